@@ -1,0 +1,218 @@
+#include "dataflow/forward.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "dataflow/kernels.hpp"
+#include "dataflow/thread_pool.hpp"
+
+namespace strata {
+
+kv_cache::kv_cache(const model_config& c, int layer_begin, int layer_end)
+    : c_(c), begin_(layer_begin), end_(layer_end) {}
+
+int kv_cache::length(seq_id s) const {
+  auto it = seqs_.find(s);
+  return it == seqs_.end() ? 0 : it->second.length;
+}
+
+void kv_cache::release(seq_id s) { seqs_.erase(s); }
+
+size_t kv_cache::bytes() const {
+  size_t n = 0;
+  for (auto& [_, e] : seqs_) n += 2 * size_t(e.capacity) * size_t(c_.kv_dim()) * e.k.size() * sizeof(float);
+  return n;
+}
+
+kv_cache::entry& kv_cache::prepare(seq_id s, int needed) {
+  auto& e = seqs_[s];
+  if (e.k.empty()) {
+    e.k.resize(size_t(end_ - begin_));
+    e.v.resize(size_t(end_ - begin_));
+  }
+  if (needed > e.capacity) {
+    // Grow geometrically (from 64 positions) up to the context length.
+    int cap = std::max(64, e.capacity);
+    while (cap < needed) cap *= 2;
+    cap = std::min(cap, c_.seq_len);
+    for (size_t l = 0; l < e.k.size(); ++l) {
+      e.k[l].resize(size_t(cap) * size_t(c_.kv_dim()));
+      e.v[l].resize(size_t(cap) * size_t(c_.kv_dim()));
+    }
+    e.capacity = cap;
+  }
+  return e;
+}
+
+status forward_layer(const model_config& c, const layer_weights& w, int layer, kv_cache& kv, const seq_id* seqs,
+                     const int* pos, int rows, float* x) {
+  if (layer < kv.begin_ || layer >= kv.end_)
+    return make_error("layer " + std::to_string(layer) + " is outside this cache's layers [" +
+                      std::to_string(kv.begin_) + ", " + std::to_string(kv.end_) + ")");
+  const int d = c.dim, q_dim = c.q_dim(), kv_dim = c.kv_dim(), hd = c.head_dim, hid = c.hidden_dim;
+  const int qkv_dim = q_dim + 2 * kv_dim;
+  const size_t li = size_t(layer - kv.begin_);
+
+  // Check positions and size every sequence's cache before any parallel work touches it.
+  std::vector<kv_cache::entry*> entry_of(static_cast<size_t>(rows));
+  for (int r = 0; r < rows; ++r) {
+    if (pos[r] < 0 || pos[r] >= c.seq_len)
+      return make_error("position " + std::to_string(pos[r]) + " outside the context of " +
+                        std::to_string(c.seq_len));
+    bool first = r == 0 || seqs[r - 1] != seqs[r];
+    int have = first ? kv.length(seqs[r]) : pos[r - 1] + 1;
+    if (pos[r] > have || (!first && pos[r] != pos[r - 1] + 1))
+      return make_error("sequence " + std::to_string(seqs[r]) + ": position " + std::to_string(pos[r]) +
+                        " does not continue the " + std::to_string(have) + " cached positions");
+    entry_of[size_t(r)] = &kv.prepare(seqs[r], pos[r] + 1);
+  }
+
+  std::vector<float> xb(size_t(rows) * d), qkv(size_t(rows) * qkv_dim), att(size_t(rows) * q_dim);
+  rmsnorm(xb.data(), x, w.att_norm.data(), rows, d, c.norm_eps);
+  matmul(qkv.data(), xb.data(), w.wqkv.data(), rows, d, qkv_dim);
+  for (int r = 0; r < rows; ++r) {
+    float* q = qkv.data() + size_t(r) * qkv_dim;
+    rope(q, c.n_heads, hd, pos[r], c.rope_theta, c.rope);
+    rope(q + q_dim, c.n_kv_heads, hd, pos[r], c.rope_theta, c.rope);
+    auto& e = *entry_of[size_t(r)];
+    std::copy(q + q_dim, q + q_dim + kv_dim, e.k[li].data() + size_t(pos[r]) * kv_dim);
+    std::copy(q + q_dim + kv_dim, q + qkv_dim, e.v[li].data() + size_t(pos[r]) * kv_dim);
+    e.length = std::max(e.length, pos[r] + 1);
+  }
+
+  // Attention: one task per (row, head); causal because a row sees positions <= its own.
+  const int group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  default_pool().parallel_for(size_t(rows) * size_t(c.n_heads), 4, [&](size_t b, size_t e) {
+    std::vector<float> scores(size_t(c.seq_len));
+    for (size_t task = b; task < e; ++task) {
+      int r = int(task / size_t(c.n_heads)), h = int(task % size_t(c.n_heads));
+      const float* q = qkv.data() + size_t(r) * qkv_dim + size_t(h) * hd;
+      const auto& ent = *entry_of[size_t(r)];
+      const float* K = ent.k[li].data() + size_t(h / group) * hd;
+      const float* V = ent.v[li].data() + size_t(h / group) * hd;
+      int n = pos[r] + 1;
+      for (int t = 0; t < n; ++t) {
+        const float* k = K + size_t(t) * kv_dim;
+        float s = 0.0f;
+        for (int i = 0; i < hd; ++i) s += q[i] * k[i];
+        scores[size_t(t)] = s * scale;
+      }
+      softmax(scores.data(), n);
+      float* out = att.data() + size_t(r) * q_dim + size_t(h) * hd;
+      std::fill(out, out + hd, 0.0f);
+      for (int t = 0; t < n; ++t) {
+        const float* v = V + size_t(t) * kv_dim;
+        float a = scores[size_t(t)];
+        for (int i = 0; i < hd; ++i) out[i] += a * v[i];
+      }
+    }
+  });
+
+  std::vector<float> tmp(size_t(rows) * d);
+  matmul(tmp.data(), att.data(), w.wo.data(), rows, q_dim, d);
+  for (size_t i = 0; i < tmp.size(); ++i) x[i] += tmp[i];
+
+  rmsnorm(xb.data(), x, w.ffn_norm.data(), rows, d, c.norm_eps);
+  std::vector<float> h13(size_t(rows) * 2 * hid), h(size_t(rows) * hid);
+  matmul(h13.data(), xb.data(), w.w13.data(), rows, d, 2 * hid);
+  for (int r = 0; r < rows; ++r) {
+    const float* g = h13.data() + size_t(r) * 2 * hid;
+    swiglu(h.data() + size_t(r) * hid, g, g + hid, size_t(hid));
+  }
+  matmul(tmp.data(), h.data(), w.w2.data(), rows, hid, d);
+  for (size_t i = 0; i < tmp.size(); ++i) x[i] += tmp[i];
+  return {};
+}
+
+void embed(const model& m, const int* tokens, int rows, float* x) {
+  const int d = m.config.dim;
+  for (int r = 0; r < rows; ++r)
+    std::copy_n(m.tok_emb.data() + size_t(tokens[r]) * d, d, x + size_t(r) * d);
+}
+
+void final_logits(const model& m, const float* x, int rows, float* logits) {
+  const int d = m.config.dim;
+  std::vector<float> xb(size_t(rows) * d);
+  rmsnorm(xb.data(), x, m.final_norm.data(), rows, d, m.config.norm_eps);
+  matmul(logits, xb.data(), m.classifier().data(), rows, d, m.config.vocab_size);
+}
+
+namespace {
+uint32_t random_u32(uint64_t& s) {
+  s ^= s >> 12;
+  s ^= s << 25;
+  s ^= s >> 27;
+  return uint32_t((s * 0x2545F4914F6CDD1Dull) >> 32);
+}
+float random_f32(uint64_t& s) { return float(random_u32(s) >> 8) / 16777216.0f; }
+}  // namespace
+
+uint64_t initial_rng_state(uint64_t seed) { return seed == 0 ? 0x853c49e6748fea9bull : seed; }
+
+int sample(float* logits, int n, const sampling_params& p, uint64_t& rng) {
+  if (p.temperature <= 0.0f) return int(std::max_element(logits, logits + n) - logits);
+  for (int i = 0; i < n; ++i) logits[i] /= p.temperature;
+  softmax(logits, n);
+  float coin = random_f32(rng);
+  if (p.top_p <= 0.0f || p.top_p >= 1.0f) {
+    float cdf = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      cdf += logits[i];
+      if (coin < cdf) return i;
+    }
+    return n - 1;
+  }
+  // Top-p: candidates above a cutoff that cannot be part of the nucleus, sorted by probability.
+  const float cutoff = (1.0f - p.top_p) / float(n - 1);
+  std::vector<int> idx;
+  for (int i = 0; i < n; ++i)
+    if (logits[i] >= cutoff) idx.push_back(i);
+  std::sort(idx.begin(), idx.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  float cum = 0.0f;
+  size_t last = idx.size() - 1;
+  for (size_t i = 0; i < idx.size(); ++i) {
+    cum += logits[idx[i]];
+    if (cum > p.top_p) {
+      last = i;
+      break;
+    }
+  }
+  float r = coin * cum, cdf = 0.0f;
+  for (size_t i = 0; i <= last; ++i) {
+    cdf += logits[idx[i]];
+    if (r < cdf) return idx[i];
+  }
+  return idx[last];
+}
+
+std::vector<int> generate_reference(const model& m, const std::vector<int>& prompt, int max_new,
+                                    const sampling_params& p) {
+  const auto& c = m.config;
+  kv_cache kv(c, 0, c.n_layers);
+  std::vector<int> out;
+  std::vector<int> feed = prompt;
+  int pos = 0;
+  uint64_t rng = initial_rng_state(p.seed);
+  std::vector<float> logits(size_t(c.vocab_size));
+  while (int(out.size()) < max_new && pos + int(feed.size()) <= c.seq_len) {
+    int rows = int(feed.size());
+    std::vector<float> x(size_t(rows) * c.dim);
+    std::vector<seq_id> seqs(static_cast<size_t>(rows), 0);
+    std::vector<int> positions(static_cast<size_t>(rows));
+    std::iota(positions.begin(), positions.end(), pos);
+    embed(m, feed.data(), rows, x.data());
+    for (int l = 0; l < c.n_layers; ++l)
+      if (!forward_layer(c, *m.layers[size_t(l)], l, kv, seqs.data(), positions.data(), rows, x.data())) return out;
+    final_logits(m, x.data() + size_t(rows - 1) * c.dim, 1, logits.data());
+    int next = sample(logits.data(), c.vocab_size, p, rng);
+    pos += rows;
+    if (next == c.bos_id || next == c.eos_id) break;
+    out.push_back(next);
+    feed = {next};
+  }
+  return out;
+}
+
+}  // namespace strata

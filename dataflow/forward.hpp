@@ -1,0 +1,73 @@
+// The Llama forward pass over a flat batch of token rows (vLLM-style): each row is one token of
+// one sequence at one position, so prefill (many rows of a sequence) and decode (one row) mix
+// freely in a batch. Layers run on a kv_cache that holds keys/values for layers [begin, end).
+#pragma once
+
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include "dataflow/model.hpp"
+
+namespace strata {
+
+using seq_id = uint64_t;
+
+class kv_cache {
+ public:
+  kv_cache() = default;
+  kv_cache(const model_config& c, int layer_begin, int layer_end);
+
+  // Positions stored for `seq` (0 if unknown).
+  int length(seq_id s) const;
+  void release(seq_id s);
+  size_t sequences() const { return seqs_.size(); }
+  size_t bytes() const;
+  int layer_begin() const { return begin_; }
+  int layer_end() const { return end_; }
+
+  // Per-sequence storage; forward_layer reaches in to write and read it.
+  struct entry {
+    std::vector<std::vector<float>> k, v;  // per layer: [capacity, kv_dim]
+    int capacity = 0;
+    int length = 0;
+  };
+  entry& prepare(seq_id s, int needed);
+
+ private:
+  friend status forward_layer(const model_config&, const layer_weights&, int, kv_cache&, const seq_id*,
+                              const int*, int, float*);
+  model_config c_;
+  int begin_ = 0, end_ = 0;
+  std::unordered_map<seq_id, entry> seqs_;
+};
+
+// Runs transformer layer `layer` on rows x[rows, dim] in place. Rows of one sequence must come
+// in increasing position order, and a sequence's first row must continue what the cache holds
+// (position <= stored length): anything else is an error, not garbage.
+status forward_layer(const model_config& c, const layer_weights& w, int layer, kv_cache& kv, const seq_id* seqs,
+                     const int* pos, int rows, float* x);
+
+// x[r] = embedding of tokens[r]. Token ids must be in range (checked by the caller).
+void embed(const model& m, const int* tokens, int rows, float* x);
+
+// Final RMSNorm and classifier: logits[rows, vocab].
+void final_logits(const model& m, const float* x, int rows, float* logits);
+
+struct sampling_params {
+  float temperature = 0.0f;  // 0: greedy
+  float top_p = 1.0f;        // nucleus sampling when in (0, 1)
+  uint64_t seed = 0;
+};
+
+// llama2.c's sampler (argmax, multinomial, top-p) and xorshift RNG; `rng` is the per-request
+// state, advanced in place. Overwrites logits with probabilities when sampling.
+int sample(float* logits, int n, const sampling_params& p, uint64_t& rng);
+uint64_t initial_rng_state(uint64_t seed);
+
+// Single-sequence generation straight on the kernels, without actors: the reference the actor
+// pipeline is tested against. Returns the generated tokens (stopping at BOS/EOS or max_new).
+std::vector<int> generate_reference(const model& m, const std::vector<int>& prompt, int max_new,
+                                    const sampling_params& p = {});
+
+}  // namespace strata

@@ -1,0 +1,327 @@
+// Hugging Face Llama directories: config.json + one or more *.safetensors (f32/f16/bf16).
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "dataflow/safetensors.hpp"
+
+namespace fs = std::filesystem;
+
+namespace strata {
+
+using json = nlohmann::json;
+
+namespace {
+
+expected<json> read_json(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) return make_error(p.string() + ": cannot open");
+  auto j = json::parse(in, nullptr, false);
+  if (j.is_discarded()) return make_error(p.string() + ": malformed JSON");
+  return j;
+}
+
+expected<model_config> parse_config(const fs::path& p) {
+  auto j = read_json(p);
+  if (!j) return j.err();
+  if (!j->is_object()) return make_error(p.string() + ": expected a JSON object");
+  model_config c;
+  auto where = p.string() + ": ";
+  auto get_int = [&](const char* key, int& out, bool required, int def) -> status {
+    if (!j->contains(key) || (*j)[key].is_null()) {
+      if (required) return make_error(where + "missing required key '" + key + "'");
+      out = def;
+      return {};
+    }
+    if (!(*j)[key].is_number_integer()) return make_error(where + "'" + key + "' must be an integer");
+    out = (*j)[key].get<int>();
+    return {};
+  };
+  if (j->contains("model_type") && (*j)["model_type"].is_string()) {
+    auto mt = (*j)["model_type"].get<std::string>();
+    if (mt != "llama" && mt != "mistral")
+      return make_error(where + "model_type '" + mt + "' is not a Llama-architecture model");
+  }
+  status st;
+  if (!(st = get_int("hidden_size", c.dim, true, 0))) return st.err();
+  if (!(st = get_int("intermediate_size", c.hidden_dim, true, 0))) return st.err();
+  if (!(st = get_int("num_hidden_layers", c.n_layers, true, 0))) return st.err();
+  if (!(st = get_int("num_attention_heads", c.n_heads, true, 0))) return st.err();
+  if (!(st = get_int("vocab_size", c.vocab_size, true, 0))) return st.err();
+  if (!(st = get_int("num_key_value_heads", c.n_kv_heads, false, c.n_heads))) return st.err();
+  if (!(st = get_int("head_dim", c.head_dim, false, c.n_heads > 0 ? c.dim / c.n_heads : 0))) return st.err();
+  if (!(st = get_int("max_position_embeddings", c.seq_len, false, 2048))) return st.err();
+  if (!(st = get_int("bos_token_id", c.bos_id, false, 1))) return st.err();
+  if (j->contains("eos_token_id") && (*j)["eos_token_id"].is_array() && !(*j)["eos_token_id"].empty() &&
+      (*j)["eos_token_id"][0].is_number_integer())
+    c.eos_id = (*j)["eos_token_id"][0].get<int>();
+  else if (!(st = get_int("eos_token_id", c.eos_id, false, 2)))
+    return st.err();
+  auto get_float = [&](const char* key, float def) -> expected<float> {
+    if (!j->contains(key) || (*j)[key].is_null()) return def;
+    if (!(*j)[key].is_number()) return make_error(where + "'" + std::string(key) + "' must be a number");
+    return (*j)[key].get<float>();
+  };
+  auto eps = get_float("rms_norm_eps", 1e-6f);
+  if (!eps) return eps.err();
+  auto theta = get_float("rope_theta", 10000.0f);
+  if (!theta) return theta.err();
+  c.norm_eps = *eps;
+  c.rope_theta = *theta;
+  if (j->contains("rope_scaling") && !(*j)["rope_scaling"].is_null())
+    return make_error(where + "rope_scaling is not supported yet");
+  c.tied_embeddings = j->value("tie_word_embeddings", false);
+  c.rope = rope_style::rotate_half;
+  if (auto v = c.validate(); !v) return make_error(where + v.message());
+  return c;
+}
+
+// Maps an HF tensor name to our canonical name; empty for tensors we knowingly ignore.
+expected<std::string> canonical_name(const std::string& n, bool tied) {
+  static const std::map<std::string, std::string> top = {
+      {"model.embed_tokens.weight", "tok_emb"}, {"model.norm.weight", "final_norm"}, {"lm_head.weight", "lm_head"}};
+  if (auto it = top.find(n); it != top.end()) {
+    if (it->second == "lm_head" && tied) return std::string();  // redundant copy of the embedding
+    return it->second;
+  }
+  static const std::map<std::string, std::string> per_layer = {
+      {"input_layernorm.weight", "att_norm"}, {"self_attn.q_proj.weight", "wq"},
+      {"self_attn.k_proj.weight", "wk"},      {"self_attn.v_proj.weight", "wv"},
+      {"self_attn.o_proj.weight", "wo"},      {"post_attention_layernorm.weight", "ffn_norm"},
+      {"mlp.gate_proj.weight", "w1"},         {"mlp.down_proj.weight", "w2"},
+      {"mlp.up_proj.weight", "w3"}};
+  const std::string prefix = "model.layers.";
+  if (n.rfind(prefix, 0) == 0) {
+    auto dot = n.find('.', prefix.size());
+    if (dot != std::string::npos) {
+      auto idx = n.substr(prefix.size(), dot - prefix.size());
+      auto rest = n.substr(dot + 1);
+      if (rest == "self_attn.rotary_emb.inv_freq") return std::string();
+      if (auto it = per_layer.find(rest); it != per_layer.end() && !idx.empty() &&
+                                          idx.find_first_not_of("0123456789") == std::string::npos)
+        return "layers." + idx + "." + it->second;
+    }
+  }
+  return make_error("unexpected tensor '" + n + "' (not part of a Llama model)");
+}
+
+// Inverse of HF's permute(): rows of head h go from halves layout back to interleaved pairs.
+// Used to write an interleaved model so that rotate_half computes the same function.
+void permute_rows_to_rotate_half(const float* src, float* dst, int n_heads, int head_dim, int cols) {
+  int half = head_dim / 2;
+  for (int h = 0; h < n_heads; ++h)
+    for (int i = 0; i < half; ++i)
+      for (int k = 0; k < 2; ++k) {
+        const float* s = src + size_t(h * head_dim + 2 * i + k) * cols;
+        float* d = dst + size_t(h * head_dim + k * half + i) * cols;
+        std::copy(s, s + cols, d);
+      }
+}
+
+}  // namespace
+
+expected<model_ptr> load_hf(const std::string& dir_str) {
+  fs::path dir(dir_str);
+  auto cfg = parse_config(dir / "config.json");
+  if (!cfg) return cfg.err();
+  auto m = std::make_shared<model>();
+  m->name = fs::absolute(dir).lexically_normal().filename().string();
+  if (m->name.empty()) m->name = fs::absolute(dir).parent_path().filename().string();
+  m->format = source_format::huggingface;
+  m->config = *cfg;
+
+  // Which files: the index's weight_map if present, else every *.safetensors in the directory.
+  std::vector<std::string> files;
+  std::error_code ec;
+  if (fs::exists(dir / "model.safetensors.index.json", ec)) {
+    auto idx = read_json(dir / "model.safetensors.index.json");
+    if (!idx) return idx.err();
+    if (!idx->contains("weight_map") || !(*idx)["weight_map"].is_object())
+      return make_error((dir / "model.safetensors.index.json").string() + ": missing weight_map");
+    for (auto& [_, f] : (*idx)["weight_map"].items()) {
+      if (!f.is_string()) return make_error((dir / "model.safetensors.index.json").string() + ": bad weight_map entry");
+      files.push_back(f.get<std::string>());
+    }
+  } else {
+    for (auto& e : fs::directory_iterator(dir, ec))
+      if (e.path().extension() == ".safetensors") files.push_back(e.path().filename().string());
+  }
+  std::sort(files.begin(), files.end());
+  files.erase(std::unique(files.begin(), files.end()), files.end());
+  if (files.empty()) return make_error(dir.string() + ": no *.safetensors files");
+
+  auto slots = allocate_slots(*m);
+  std::map<std::string, tensor_slot*> by_name;
+  for (auto& s : slots) by_name[s.name] = &s;
+  std::map<std::string, tensor_record> found;
+  for (auto& fname : files) {
+    auto st = read_safetensors((dir / fname).string());
+    if (!st) return st.err();
+    for (auto& e : st->entries) {
+      auto where = (dir / fname).string() + ": tensor '" + e.name + "'";
+      auto canon = canonical_name(e.name, m->config.tied_embeddings);
+      if (!canon) return make_error((dir / fname).string() + ": " + canon.message());
+      if (canon->empty()) continue;
+      auto it = by_name.find(*canon);
+      if (it == by_name.end())
+        return make_error(where + ": the config (" + m->config.describe() + ") has no such tensor");
+      auto& slot = *it->second;
+      if (found.count(*canon)) return make_error(where + ": appears more than once");
+      if (e.shape != slot.shape)
+        return make_error(where + ": shape " + shape_string(e.shape) + " but config.json implies " +
+                          shape_string(slot.shape));
+      const uint8_t* p = st->file.data() + e.offset;
+      convert_to_f32(e.type, p, slot.dst, slot.count());
+      tensor_record r;
+      r.name = slot.name;
+      r.source_name = e.name;
+      r.layer = slot.layer;
+      r.type = e.type;
+      r.shape = e.shape;
+      r.file = fname;
+      r.offset = e.offset;
+      r.length = e.length;
+      r.checksum = checksum64(p, e.length);
+      found[*canon] = std::move(r);
+    }
+  }
+  for (auto& s : slots) {
+    auto it = found.find(s.name);
+    if (it == found.end())
+      return make_error(dir.string() + ": missing tensor '" + s.name + "' " + shape_string(s.shape) + " in " +
+                        std::to_string(files.size()) + " safetensors file(s)");
+    m->tensors.push_back(std::move(it->second));
+  }
+  m->files = files;
+  return model_ptr(std::move(m));
+}
+
+status save_hf(const model& m, const std::string& dir_str, dtype type, uint64_t max_shard_bytes) {
+  fs::path dir(dir_str);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) return make_error(dir.string() + ": cannot create directory: " + ec.message());
+  const auto& c = m.config;
+  json cfg = {{"architectures", {"LlamaForCausalLM"}},
+              {"model_type", "llama"},
+              {"hidden_size", c.dim},
+              {"intermediate_size", c.hidden_dim},
+              {"num_hidden_layers", c.n_layers},
+              {"num_attention_heads", c.n_heads},
+              {"num_key_value_heads", c.n_kv_heads},
+              {"head_dim", c.head_dim},
+              {"vocab_size", c.vocab_size},
+              {"max_position_embeddings", c.seq_len},
+              {"rms_norm_eps", c.norm_eps},
+              {"rope_theta", c.rope_theta},
+              {"tie_word_embeddings", c.tied_embeddings},
+              {"bos_token_id", c.bos_id},
+              {"eos_token_id", c.eos_id},
+              {"hidden_act", "silu"},
+              {"torch_dtype", type == dtype::f32 ? "float32" : type == dtype::f16 ? "float16" : "bfloat16"}};
+  {
+    std::ofstream out(dir / "config.json");
+    out << cfg.dump(2) << "\n";
+    if (!out) return make_error((dir / "config.json").string() + ": write failed");
+  }
+  // Permuted copies of wq/wk for interleaved models live here until written.
+  std::vector<std::vector<float>> scratch;
+  auto rows_for = [&](const float* w, int heads, int cols) -> const float* {
+    if (c.rope == rope_style::rotate_half) return w;
+    scratch.emplace_back(size_t(heads) * c.head_dim * cols);
+    permute_rows_to_rotate_half(w, scratch.back().data(), heads, c.head_dim, cols);
+    return scratch.back().data();
+  };
+  std::vector<safetensors_out> all;
+  int64_t d = c.dim, h = c.hidden_dim, q = c.q_dim(), kv = c.kv_dim();
+  all.push_back({"model.embed_tokens.weight", {c.vocab_size, d}, m.tok_emb.data()});
+  scratch.reserve(size_t(2 * c.n_layers));
+  for (int l = 0; l < c.n_layers; ++l) {
+    const auto& lw = *m.layers[size_t(l)];
+    auto p = "model.layers." + std::to_string(l) + ".";
+    all.push_back({p + "input_layernorm.weight", {d}, lw.att_norm.data()});
+    all.push_back({p + "self_attn.q_proj.weight", {q, d}, rows_for(lw.wqkv.data(), c.n_heads, c.dim)});
+    all.push_back({p + "self_attn.k_proj.weight", {kv, d}, rows_for(lw.wqkv.data() + q * d, c.n_kv_heads, c.dim)});
+    all.push_back({p + "self_attn.v_proj.weight", {kv, d}, lw.wqkv.data() + (q + kv) * d});
+    all.push_back({p + "self_attn.o_proj.weight", {d, q}, lw.wo.data()});
+    all.push_back({p + "post_attention_layernorm.weight", {d}, lw.ffn_norm.data()});
+    all.push_back({p + "mlp.gate_proj.weight", {h, d}, lw.w13.data()});
+    all.push_back({p + "mlp.up_proj.weight", {h, d}, lw.w13.data() + h * d});
+    all.push_back({p + "mlp.down_proj.weight", {d, h}, lw.w2.data()});
+  }
+  all.push_back({"model.norm.weight", {d}, m.final_norm.data()});
+  if (!c.tied_embeddings) all.push_back({"lm_head.weight", {c.vocab_size, d}, m.lm_head.data()});
+
+  // Shard greedily by size, as transformers' save_pretrained does.
+  std::vector<std::vector<safetensors_out>> shards(1);
+  uint64_t cur = 0;
+  for (auto& t : all) {
+    uint64_t n = dtype_size(type);
+    for (auto x : t.shape) n *= uint64_t(x);
+    if (cur > 0 && cur + n > max_shard_bytes) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back().push_back(t);
+    cur += n;
+  }
+  if (shards.size() == 1) return write_safetensors((dir / "model.safetensors").string(), type, shards[0]);
+  json weight_map = json::object();
+  for (size_t i = 0; i < shards.size(); ++i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    if (auto st = write_safetensors((dir / name).string(), type, shards[i]); !st) return st;
+    for (auto& t : shards[i]) weight_map[t.name] = name;
+  }
+  std::ofstream out(dir / "model.safetensors.index.json");
+  out << json{{"metadata", json::object()}, {"weight_map", weight_map}}.dump(2) << "\n";
+  if (!out) return make_error((dir / "model.safetensors.index.json").string() + ": write failed");
+  return {};
+}
+
+namespace {
+
+// splitmix64: tiny, fast and identical everywhere, unlike std:: distributions.
+struct splitmix {
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform() { return float(next() >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f; }  // [-1, 1)
+};
+
+}  // namespace
+
+model_ptr make_random_model(const model_config& c, uint64_t seed, const std::string& name) {
+  auto m = std::make_shared<model>();
+  m->name = name;
+  m->format = source_format::generated;
+  m->config = c;
+  auto slots = allocate_slots(*m);
+  for (auto& s : slots) {
+    splitmix rng{seed ^ checksum64(s.name.data(), s.name.size())};
+    size_t n = s.count();
+    bool is_norm = s.shape.size() == 1;
+    // Uniform with std 1/sqrt(fan_in) keeps activations O(1) through many layers.
+    float scale = is_norm ? 0.1f : std::sqrt(3.0f / float(s.shape.back()));
+    for (size_t i = 0; i < n; ++i) s.dst[i] = is_norm ? 1.0f + scale * rng.uniform() : scale * rng.uniform();
+    tensor_record r;
+    r.name = s.name;
+    r.source_name = s.name;
+    r.layer = s.layer;
+    r.shape = s.shape;
+    r.length = n * 4;
+    r.checksum = checksum64(s.dst, n * 4);
+    m->tensors.push_back(std::move(r));
+  }
+  return m;
+}
+
+}  // namespace strata

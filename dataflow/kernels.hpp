@@ -1,0 +1,27 @@
+// fp32 CPU kernels of the Llama forward pass, in the plain style of llama2.c. Every kernel
+// computes each row with the same sequence of float operations whatever the batch size or
+// thread count, so results are bitwise identical for any batching and any sharding.
+#pragma once
+
+#include <cstddef>
+
+#include "dataflow/model.hpp"
+
+namespace strata {
+
+// out[r] = x[r] / rms(x[r]) * w, for `rows` rows of length n.
+void rmsnorm(float* out, const float* x, const float* w, int rows, int n, float eps);
+
+// y[r, o] = sum_i x[r, i] * W[o, i]: x is [rows, in], W is [out, in] row-major, y is [rows, out].
+// Parallel over output rows on the default thread pool.
+void matmul(float* y, const float* x, const float* W, int rows, int in, int out);
+
+// Rotates one position's query or key heads in place (n_heads heads of head_dim).
+void rope(float* v, int n_heads, int head_dim, int pos, float theta, rope_style style);
+
+// h[i] = silu(a[i]) * b[i]
+void swiglu(float* h, const float* a, const float* b, size_t n);
+
+void softmax(float* x, int n);
+
+}  // namespace strata

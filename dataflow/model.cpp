@@ -1,0 +1,304 @@
+#include "dataflow/model.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <sstream>
+
+#include "dataflow/model_io.hpp"
+
+namespace fs = std::filesystem;
+
+namespace strata {
+
+const char* to_string(dtype t) {
+  switch (t) {
+    case dtype::f32: return "f32";
+    case dtype::f16: return "f16";
+    case dtype::bf16: return "bf16";
+  }
+  return "?";
+}
+
+size_t dtype_size(dtype t) { return t == dtype::f32 ? 4 : 2; }
+
+expected<dtype> parse_dtype(const std::string& s) {
+  if (s == "f32" || s == "F32" || s == "float32") return dtype::f32;
+  if (s == "f16" || s == "F16" || s == "float16") return dtype::f16;
+  if (s == "bf16" || s == "BF16" || s == "bfloat16") return dtype::bf16;
+  return make_error("unsupported dtype '" + s + "' (expected f32, f16 or bf16)");
+}
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        mant <<= 1;
+      } while ((mant & 0x400) == 0);
+      bits = sign | uint32_t(127 - 15 - e) << 23 | (mant & 0x3ff) << 13;
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | mant << 13;
+  } else {
+    bits = sign | (exp + 127 - 15) << 23 | mant << 13;
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t f32_to_f16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000;
+  int32_t exp = int32_t((x >> 23) & 0xff) - 127 + 15;
+  uint32_t mant = x & 0x7fffff;
+  if (((x >> 23) & 0xff) == 0xff) return uint16_t(sign | 0x7c00 | (mant ? 0x200 : 0));
+  if (exp >= 31) return uint16_t(sign | 0x7c00);
+  if (exp <= 0) {
+    if (exp < -10) return uint16_t(sign);
+    mant |= 0x800000;
+    uint32_t shift = uint32_t(14 - exp);
+    uint32_t half = mant >> shift;
+    uint32_t rem = mant & ((1u << shift) - 1);
+    uint32_t mid = 1u << (shift - 1);
+    if (rem > mid || (rem == mid && (half & 1))) ++half;
+    return uint16_t(sign | half);
+  }
+  uint32_t half = sign | uint32_t(exp) << 10 | mant >> 13;
+  uint32_t rem = mant & 0x1fff;
+  if (rem > 0x1000 || (rem == 0x1000 && (half & 1))) ++half;  // may carry into exponent: fine
+  return uint16_t(half);
+}
+
+float bf16_to_f32(uint16_t h) {
+  uint32_t bits = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+uint16_t f32_to_bf16(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffff) > 0x7f800000) return uint16_t((x >> 16) | 0x40);  // quiet NaN
+  x += 0x7fff + ((x >> 16) & 1);
+  return uint16_t(x >> 16);
+}
+
+void convert_to_f32(dtype t, const void* src, float* dst, size_t count) {
+  switch (t) {
+    case dtype::f32: std::memcpy(dst, src, count * 4); return;
+    case dtype::f16: {
+      auto s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < count; ++i) dst[i] = f16_to_f32(s[i]);
+      return;
+    }
+    case dtype::bf16: {
+      auto s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < count; ++i) dst[i] = bf16_to_f32(s[i]);
+      return;
+    }
+  }
+}
+
+void convert_from_f32(dtype t, const float* src, void* dst, size_t count) {
+  switch (t) {
+    case dtype::f32: std::memcpy(dst, src, count * 4); return;
+    case dtype::f16: {
+      auto d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < count; ++i) d[i] = f32_to_f16(src[i]);
+      return;
+    }
+    case dtype::bf16: {
+      auto d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < count; ++i) d[i] = f32_to_bf16(src[i]);
+      return;
+    }
+  }
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+size_t model_config::layer_params() const {
+  size_t d = size_t(dim), h = size_t(hidden_dim);
+  return 2 * d + size_t(q_dim() + 2 * kv_dim()) * d + d * size_t(q_dim()) + 3 * h * d;
+}
+
+size_t model_config::total_params() const {
+  size_t emb = size_t(vocab_size) * size_t(dim);
+  return emb * (tied_embeddings ? 1 : 2) + size_t(n_layers) * layer_params() + size_t(dim);
+}
+
+status model_config::validate() const {
+  auto positive = [](const char* what, long v) -> status {
+    if (v <= 0) return make_error(std::string(what) + " must be positive, got " + std::to_string(v));
+    return {};
+  };
+  for (auto [what, v] : {std::pair<const char*, long>{"dim", dim}, {"hidden_dim", hidden_dim},
+                         {"n_layers", n_layers}, {"n_heads", n_heads}, {"n_kv_heads", n_kv_heads},
+                         {"head_dim", head_dim}, {"vocab_size", vocab_size}, {"seq_len", seq_len}})
+    if (auto st = positive(what, v); !st) return st;
+  if (n_heads % n_kv_heads != 0)
+    return make_error("n_heads (" + std::to_string(n_heads) + ") is not a multiple of n_kv_heads (" +
+                      std::to_string(n_kv_heads) + ")");
+  if (head_dim % 2 != 0) return make_error("head_dim must be even for RoPE, got " + std::to_string(head_dim));
+  if (dim > (1 << 20) || hidden_dim > (1 << 22) || n_layers > 4096 || vocab_size > (1 << 24) ||
+      seq_len > (1 << 24))
+    return make_error("model dimensions are implausibly large: " + describe());
+  if (!(norm_eps > 0.0f) || !(rope_theta > 0.0f)) return make_error("norm_eps and rope_theta must be positive");
+  if (bos_id < 0 || bos_id >= vocab_size || eos_id < 0 || eos_id >= vocab_size)
+    return make_error("bos/eos token id outside the vocabulary");
+  return {};
+}
+
+std::string model_config::describe() const {
+  std::ostringstream os;
+  os << "dim=" << dim << " hidden=" << hidden_dim << " layers=" << n_layers << " heads=" << n_heads
+     << " kv_heads=" << n_kv_heads << " head_dim=" << head_dim << " vocab=" << vocab_size
+     << " seq_len=" << seq_len << " rope=" << (rope == rope_style::interleaved ? "interleaved" : "rotate_half")
+     << (tied_embeddings ? " tied" : " untied") << " params=" << total_params();
+  return os.str();
+}
+
+void layer_weights::allocate(const model_config& c) {
+  size_t d = size_t(c.dim), h = size_t(c.hidden_dim);
+  att_norm.assign(d, 0.0f);
+  wqkv.assign(size_t(c.q_dim() + 2 * c.kv_dim()) * d, 0.0f);
+  wo.assign(d * size_t(c.q_dim()), 0.0f);
+  ffn_norm.assign(d, 0.0f);
+  w13.assign(2 * h * d, 0.0f);
+  w2.assign(d * h, 0.0f);
+}
+
+size_t layer_weights::bytes() const {
+  return 4 * (att_norm.size() + wqkv.size() + wo.size() + ffn_norm.size() + w13.size() + w2.size());
+}
+
+std::string layer_tensor_name(int layer, const char* what) {
+  return "layers." + std::to_string(layer) + "." + what;
+}
+
+size_t tensor_slot::count() const {
+  size_t n = 1;
+  for (auto d : shape) n *= size_t(d);
+  return n;
+}
+
+std::vector<tensor_slot> allocate_slots(model& m) {
+  const auto& c = m.config;
+  int64_t d = c.dim, h = c.hidden_dim, q = c.q_dim(), kv = c.kv_dim(), v = c.vocab_size;
+  std::vector<tensor_slot> slots;
+  m.tok_emb.assign(size_t(v * d), 0.0f);
+  slots.push_back({"tok_emb", -1, {v, d}, m.tok_emb.data()});
+  m.layers.clear();
+  for (int l = 0; l < c.n_layers; ++l) {
+    auto lw = std::make_shared<layer_weights>();
+    lw->allocate(c);
+    slots.push_back({layer_tensor_name(l, "att_norm"), l, {d}, lw->att_norm.data()});
+    slots.push_back({layer_tensor_name(l, "wq"), l, {q, d}, lw->wqkv.data()});
+    slots.push_back({layer_tensor_name(l, "wk"), l, {kv, d}, lw->wqkv.data() + q * d});
+    slots.push_back({layer_tensor_name(l, "wv"), l, {kv, d}, lw->wqkv.data() + (q + kv) * d});
+    slots.push_back({layer_tensor_name(l, "wo"), l, {d, q}, lw->wo.data()});
+    slots.push_back({layer_tensor_name(l, "ffn_norm"), l, {d}, lw->ffn_norm.data()});
+    slots.push_back({layer_tensor_name(l, "w1"), l, {h, d}, lw->w13.data()});
+    slots.push_back({layer_tensor_name(l, "w2"), l, {d, h}, lw->w2.data()});
+    slots.push_back({layer_tensor_name(l, "w3"), l, {h, d}, lw->w13.data() + h * d});
+    m.layers.push_back(std::move(lw));
+  }
+  m.final_norm.assign(size_t(d), 0.0f);
+  slots.push_back({"final_norm", -1, {d}, m.final_norm.data()});
+  if (!c.tied_embeddings) {
+    m.lm_head.assign(size_t(v * d), 0.0f);
+    slots.push_back({"lm_head", -1, {v, d}, m.lm_head.data()});
+  } else {
+    m.lm_head.clear();
+  }
+  return slots;
+}
+
+uint64_t checksum64(const void* data, size_t n) { return XXH3_64bits(data, n); }
+
+expected<mapped_file> mapped_file::open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return make_error(path + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return make_error(path + ": not a regular file");
+  }
+  mapped_file f;
+  f.path_ = path;
+  f.size_ = size_t(st.st_size);
+  if (f.size_ > 0) {
+    void* p = ::mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      return make_error(path + ": mmap failed: " + std::strerror(errno));
+    }
+    f.data_ = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+  return f;
+}
+
+mapped_file::mapped_file(mapped_file&& o) noexcept : data_(o.data_), size_(o.size_), path_(std::move(o.path_)) {
+  o.data_ = nullptr;
+  o.size_ = 0;
+}
+
+mapped_file& mapped_file::operator=(mapped_file&& o) noexcept {
+  if (this != &o) {
+    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    data_ = o.data_;
+    size_ = o.size_;
+    path_ = std::move(o.path_);
+    o.data_ = nullptr;
+    o.size_ = 0;
+  }
+  return *this;
+}
+
+mapped_file::~mapped_file() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+expected<model_ptr> load_model(const std::string& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return make_error(path + ": no such file or directory");
+  if (fs::is_directory(path, ec)) {
+    if (fs::exists(fs::path(path) / "config.json", ec)) return load_hf(path);
+    // A llama2.c directory: exactly one checkpoint *.bin that is not a tokenizer.
+    std::vector<fs::path> bins;
+    for (auto& e : fs::directory_iterator(path, ec)) {
+      auto n = e.path().filename().string();
+      if (e.path().extension() == ".bin" && n.rfind("tok", 0) != 0) bins.push_back(e.path());
+    }
+    if (bins.size() == 1) return load_llama2c(bins[0].string());
+    if (bins.empty())
+      return make_error(path + ": no config.json (Hugging Face) and no llama2.c *.bin checkpoint found");
+    return make_error(path + ": several llama2.c checkpoints found; name one file");
+  }
+  if (fs::path(path).filename() == "config.json") return load_hf(fs::path(path).parent_path().string());
+  return load_llama2c(path);
+}
+
+}  // namespace strata

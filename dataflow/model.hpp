@@ -1,0 +1,119 @@
+// A Llama-architecture model held in host memory as fp32, plus the manifest that says where
+// every tensor came from. Weights are grouped per layer so shards (and later, streamed layers)
+// can own exactly the layers they run.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dataflow/expected.hpp"
+
+namespace strata {
+
+enum class dtype : uint8_t { f32 = 0, f16 = 1, bf16 = 2 };
+enum class rope_style : uint8_t { interleaved = 0, rotate_half = 1 };
+enum class source_format : uint8_t { llama2c = 0, huggingface = 1, generated = 2 };
+
+const char* to_string(dtype t);
+size_t dtype_size(dtype t);
+expected<dtype> parse_dtype(const std::string& s);  // "f32"/"F32"/"float32", "f16", "bf16"
+
+float f16_to_f32(uint16_t h);
+uint16_t f32_to_f16(float f);
+float bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);  // round to nearest even
+
+struct model_config {
+  int dim = 0;
+  int hidden_dim = 0;
+  int n_layers = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int vocab_size = 0;
+  int seq_len = 0;
+  float norm_eps = 1e-5f;
+  float rope_theta = 10000.0f;
+  rope_style rope = rope_style::interleaved;
+  bool tied_embeddings = true;
+  int bos_id = 1;
+  int eos_id = 2;
+
+  int q_dim() const { return n_heads * head_dim; }
+  int kv_dim() const { return n_kv_heads * head_dim; }
+  // Parameters of one transformer layer, and of the whole model.
+  size_t layer_params() const;
+  size_t total_params() const;
+  // Sanity rules shared by every loader; the message names the offending field.
+  status validate() const;
+  std::string describe() const;
+};
+
+// Weights of one transformer layer. Q/K/V and gate/up are stored fused so one GEMM pass
+// computes them (fewer thread-pool rounds per layer).
+struct layer_weights {
+  std::vector<float> att_norm;  // [dim]
+  std::vector<float> wqkv;      // [q_dim + 2*kv_dim, dim]: rows of wq, then wk, then wv
+  std::vector<float> wo;        // [dim, q_dim]
+  std::vector<float> ffn_norm;  // [dim]
+  std::vector<float> w13;       // [2*hidden, dim]: rows of w1 (gate), then w3 (up)
+  std::vector<float> w2;        // [dim, hidden]
+  void allocate(const model_config& c);
+  size_t bytes() const;
+};
+
+// Where one tensor lives in the source files (one row of the flatbuffers manifest).
+struct tensor_record {
+  std::string name;         // canonical: "tok_emb", "layers.3.attn.wq", "final_norm", ...
+  std::string source_name;  // as named in the source file
+  int layer = -1;
+  dtype type = dtype::f32;
+  std::vector<int64_t> shape;
+  std::string file;  // relative to the model directory
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  uint64_t checksum = 0;  // XXH3-64 of the source bytes
+};
+
+struct model {
+  std::string name;
+  source_format format = source_format::llama2c;
+  model_config config;
+  std::vector<float> tok_emb;     // [vocab, dim]
+  std::vector<std::shared_ptr<const layer_weights>> layers;
+  std::vector<float> final_norm;  // [dim]
+  std::vector<float> lm_head;     // [vocab, dim]; empty when tied to tok_emb
+  std::vector<std::string> files;
+  std::vector<tensor_record> tensors;
+
+  const std::vector<float>& classifier() const { return lm_head.empty() ? tok_emb : lm_head; }
+};
+
+using model_ptr = std::shared_ptr<const model>;
+
+// Loads a model from a path: a llama2.c checkpoint file, a directory holding one (plus its
+// tok*.bin tokenizer), or a Hugging Face directory with config.json and *.safetensors.
+expected<model_ptr> load_model(const std::string& path);
+
+// Canonical names of the tensors of a layer, in manifest order.
+std::string layer_tensor_name(int layer, const char* what);
+
+// 64-bit checksum used throughout the data plane.
+uint64_t checksum64(const void* data, size_t n);
+
+}  // namespace strata
+
+namespace strata {
+
+// Writes `m` as a Hugging Face Llama directory (config.json + safetensors, sharded with an
+// index above max_shard_bytes). Interleaved-RoPE models (llama2.c) get their wq/wk rows permuted
+// so the written model computes the same function under HF's rotate_half convention.
+status save_hf(const model& m, const std::string& dir, dtype type, uint64_t max_shard_bytes = 2ull << 30);
+
+// A deterministic random-weight model of any shape (for benchmarks and scale tests): the same
+// config and seed give the same bits on every machine.
+model_ptr make_random_model(const model_config& c, uint64_t seed, const std::string& name = "random");
+
+}  // namespace strata

@@ -1,0 +1,33 @@
+// llama2.c's byte-fallback BPE tokenizer (tok*.bin): encode by greedy highest-score merges.
+#pragma once
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "dataflow/expected.hpp"
+
+namespace strata {
+
+class tokenizer {
+ public:
+  static expected<tokenizer> load(const std::string& path, int vocab_size);
+
+  // BOS first when `bos`; a dummy space prefix like llama2.c (and sentencepiece) when non-empty.
+  std::vector<int> encode(const std::string& text, bool bos, bool eos = false) const;
+  // The text of `token` following `prev` (a leading space after BOS is dropped; <0xNN> is a byte).
+  std::string decode(int prev, int token) const;
+  std::string decode_all(const std::vector<int>& tokens) const;
+  int vocab_size() const { return int(vocab_.size()); }
+
+ private:
+  int lookup(const std::string& s) const;
+  std::vector<std::string> vocab_;
+  std::vector<float> scores_;
+  std::unordered_map<std::string, int> index_;
+};
+
+// Finds the tokenizer next to a model: tokenizer.bin or tok*.bin in the model's directory.
+std::string find_tokenizer(const std::string& model_path);
+
+}  // namespace strata
