@@ -96,9 +96,12 @@ std::string tokenizer::decode(int prev, int token) const {
   return piece;
 }
 
-std::string tokenizer::decode_all(const std::vector<int>& tokens) const {
+std::string tokenizer::decode_all(const std::vector<int>& tokens, int prev) const {
   std::string out;
-  for (size_t i = 0; i < tokens.size(); ++i) out += decode(i ? tokens[i - 1] : -1, tokens[i]);
+  for (int t : tokens) {
+    out += decode(prev, t);
+    prev = t;
+  }
   return out;
 }
 

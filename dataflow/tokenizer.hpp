@@ -17,7 +17,8 @@ class tokenizer {
   std::vector<int> encode(const std::string& text, bool bos, bool eos = false) const;
   // The text of `token` following `prev` (a leading space after BOS is dropped; <0xNN> is a byte).
   std::string decode(int prev, int token) const;
-  std::string decode_all(const std::vector<int>& tokens) const;
+  // Text of a token sequence that follows `prev` (default BOS: the usual leading space is dropped).
+  std::string decode_all(const std::vector<int>& tokens, int prev = 1) const;
   int vocab_size() const { return int(vocab_.size()); }
 
  private:

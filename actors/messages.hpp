@@ -1,0 +1,128 @@
+// Messages between Strata's actors. Control messages are small and inspectable (they may cross
+// processes); activation batches move between actors of one process as a shared_ptr and are
+// marked unsafe so CAF never tries to serialize them (tensors travel on the transport instead).
+#pragma once
+
+#include <caf/all.hpp>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dataflow/forward.hpp"
+#include "dataflow/route.hpp"
+
+namespace strata {
+
+using step_atom = caf::atom_constant<caf::atom("step")>;
+using generate_atom = caf::atom_constant<caf::atom("generate")>;
+using token_atom = caf::atom_constant<caf::atom("token")>;
+using done_atom = caf::atom_constant<caf::atom("done")>;
+using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
+using release_atom = caf::atom_constant<caf::atom("release")>;
+using stats_atom = caf::atom_constant<caf::atom("stats")>;
+using timeout_atom = caf::atom_constant<caf::atom("steptmo")>;
+using tick_atom = caf::atom_constant<caf::atom("tick")>;
+
+// Error codes of the "strata" error category (rendered by register_strata_types()).
+enum class errc : uint8_t {
+  bad_request = 1,   // malformed or impossible request
+  overloaded = 2,    // queue full: retry later
+  unavailable = 3,   // a stage of the serving graph is down
+  timeout = 4,       // a step or request ran past its deadline
+  cancelled = 5,
+  internal = 6,
+};
+const char* to_string(errc x);
+caf::error make_error(errc code, std::string message);
+// The message carried by an error, or CAF's rendering of it.
+std::string describe(const caf::error& e);
+
+// One generation request as a client sends it to a router.
+struct generate_request {
+  std::vector<int32_t> prompt;  // token ids, normally starting with BOS
+  int32_t max_new_tokens = 64;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  bool ignore_eos = false;  // keep generating past BOS/EOS (benchmarks)
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
+  return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_p, x.seed,
+           x.ignore_eos);
+}
+
+// The end of a request, sent once with done_atom after its last token.
+struct generate_result {
+  uint64_t id = 0;
+  std::string finish_reason;  // "stop", "length", "cancelled", "error"
+  std::string error;          // set when finish_reason == "error"
+  int32_t prompt_tokens = 0;
+  int32_t generated_tokens = 0;
+  int64_t ttft_us = 0;   // admission to first token
+  int64_t total_us = 0;  // admission to done
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, generate_result& x) {
+  return f(caf::meta::type_name("generate_result"), x.id, x.finish_reason, x.error, x.prompt_tokens,
+           x.generated_tokens, x.ttft_us, x.total_us);
+}
+
+// One stop of a route: the actor that runs layers [range.begin, range.end). The head (embedding)
+// and tail (norm, classifier, sampling) are stops with empty ranges at 0 and n_layers.
+struct hop {
+  caf::actor actor;
+  layer_range range;
+};
+struct route {
+  std::vector<hop> hops;
+};
+using route_ptr = std::shared_ptr<const route>;
+
+// A batch of token rows in flight along a route (see dataflow/forward.hpp for the row model).
+struct step_batch {
+  uint64_t id = 0;
+  route_ptr path;
+  size_t hop = 0;          // index into path->hops of the stage to run next
+  caf::actor reply_to;     // the router
+  std::vector<seq_id> seqs;
+  std::vector<int32_t> pos;
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> want;  // 1: sample a token after this row
+  std::vector<float> x;       // activations [rows, dim]
+  // Per wanted row, in row order: sampling settings in, token and RNG state out.
+  std::vector<sampling_params> sampling;
+  std::vector<uint64_t> rng;
+  std::vector<int32_t> sampled;
+  bool return_logits = false;
+  std::vector<float> logits;  // [wanted rows, vocab] when return_logits
+  std::string error;          // set by the stage that failed; the batch then goes to reply_to
+  int rows() const { return int(seqs.size()); }
+};
+using step_ptr = std::shared_ptr<step_batch>;
+
+// What a stage reports about itself (tests and metrics).
+struct stage_stats {
+  int32_t layer_begin = 0;
+  int32_t layer_end = 0;
+  uint64_t steps = 0;
+  uint64_t rows = 0;
+  uint64_t kv_sequences = 0;
+  uint64_t kv_bytes = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
+  return f(caf::meta::type_name("stage_stats"), x.layer_begin, x.layer_end, x.steps, x.rows, x.kv_sequences,
+           x.kv_bytes);
+}
+
+// Adds Strata's message types and error category to an actor system config.
+void register_strata_types(caf::actor_system_config& cfg);
+
+}  // namespace strata
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(strata::step_ptr)

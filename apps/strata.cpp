@@ -1,0 +1,329 @@
+// strata: the command-line tool. Subcommands generate text through the actor pipeline, run the
+// demo, inspect/verify model manifests, write random-weight models and convert checkpoints.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include "actors/engine.hpp"
+#include "apps/args.hpp"
+#include "dataflow/manifest.hpp"
+#include "dataflow/thread_pool.hpp"
+#include "dataflow/tokenizer.hpp"
+
+using namespace strata;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* usage = R"(strata: an actor-model dataflow engine for serving transformer LLMs
+
+usage: strata <command> [options]
+
+commands:
+  generate   generate text through the actor pipeline
+               --model PATH       llama2.c checkpoint (file or dir) or Hugging Face dir (required)
+               --prompt TEXT      prompt text (default: empty, i.e. start from BOS)
+               --prompt-tokens L  comma-separated token ids instead of text (models without tokenizer)
+               --tokenizer FILE   llama2.c tokenizer (default: tok*.bin next to the model)
+               --steps N          tokens to generate (default 256)
+               --temperature T    0 = greedy (default 0)
+               --top-p P          nucleus sampling threshold (default 0.9; 1 disables)
+               --seed S           sampling seed (default 42)
+               --shards SPEC      K even layer shards, or sizes like 2,3 (default 1)
+               --n N              run N copies of the prompt concurrently (default 1)
+               --threads N        kernel threads (default: cores)
+  demo       several concurrent prompts on stories260K with a throughput summary
+               --model PATH (default ../shared/data/models/stories260K) --shards SPEC (default 3)
+  inspect    print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)
+               --model PATH  [--verify: re-read every byte range and check its checksum]
+               [--write FILE: save the flatbuffers manifest]
+  gen-model  write a deterministic random-weight Llama model in Hugging Face format
+               --out DIR --dim D --hidden H --layers L --heads NH --kv-heads NKV --vocab V
+               --seq-len S --dtype f32|f16|bf16 --seed S --untied --shard-mb MB
+  convert    write any loadable model as a Hugging Face directory
+               --model PATH --out DIR --dtype f32|f16|bf16
+  help       this text
+)";
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "strata: error: %s\n", msg.c_str());
+  return 1;
+}
+
+struct actor_runtime {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  actor_runtime() {
+    register_strata_types(cfg);
+    sys = std::make_unique<caf::actor_system>(cfg);
+  }
+};
+
+struct job_result {
+  std::string prompt;
+  std::string text;
+  completion c;
+  std::string error;
+};
+
+// Runs `prompts` concurrently through a router over `shards`, streaming the first prompt's text
+// to stdout when `stream` is set, and prints a summary.
+int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
+                   const std::vector<std::string>& labels, const std::string& shard_spec, int steps, float temperature,
+                   float top_p, uint64_t seed, bool stream) {
+  auto shards = parse_shards(shard_spec, m->config.n_layers);
+  if (!shards) return fail(shards.message());
+  actor_runtime rt;
+  auto p = spawn_pipeline(*rt.sys, m, *shards);
+  if (!p) return fail(p.message());
+  auto router = spawn_router(*rt.sys, m, p->path);
+  std::printf("model %s: %s\npipeline: head -> %s -> tail (%zu shard actors), %zu concurrent request(s)\n\n",
+              m->name.c_str(), m->config.describe().c_str(), to_string(*shards).c_str(), shards->size(),
+              prompts.size());
+  std::fflush(stdout);
+  std::vector<job_result> results(prompts.size());
+  std::mutex out_mu;
+  auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    threads.emplace_back([&, i] {
+      generate_request req;
+      req.prompt = prompts[i];
+      req.max_new_tokens = steps;
+      req.temperature = temperature;
+      req.top_p = top_p;
+      req.seed = seed + i;
+      int32_t prev = req.prompt.back();
+      auto r = generate(*rt.sys, router, req, [&](int32_t t) {
+        if (stream && i == 0 && tok) {
+          std::lock_guard<std::mutex> g(out_mu);
+          std::fputs(tok->decode(prev, t).c_str(), stdout);
+          std::fflush(stdout);
+        }
+        prev = t;
+        return true;
+      });
+      results[i].prompt = labels[i];
+      if (!r) {
+        results[i].error = r.message();
+        return;
+      }
+      results[i].c = std::move(*r);
+      if (tok) {
+        std::vector<int32_t> all = prompts[i];
+        all.insert(all.end(), results[i].c.tokens.begin(), results[i].c.tokens.end());
+        std::vector<int> ints(all.begin() + 1, all.end());  // drop BOS
+        results[i].text = tok->decode_all(ints);
+      }
+    });
+  for (auto& t : threads) t.join();
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (stream) std::printf("\n\n");
+  size_t total = 0;
+  int failed = 0;
+  std::printf("%-4s %-28s %7s %7s %-9s %9s %9s\n", "req", "prompt", "prompt", "tokens", "finish", "ttft ms", "tok/s");
+  for (size_t i = 0; i < results.size(); ++i) {
+    auto& r = results[i];
+    if (!r.error.empty()) {
+      ++failed;
+      std::printf("%-4zu %-28.28s error: %s\n", i, r.prompt.c_str(), r.error.c_str());
+      continue;
+    }
+    auto& res = r.c.result;
+    total += size_t(res.generated_tokens);
+    double rate = res.total_us > 0 ? res.generated_tokens / (double(res.total_us) / 1e6) : 0.0;
+    std::printf("%-4zu %-28.28s %7d %7d %-9s %9.1f %9.1f\n", i, ("\"" + r.prompt + "\"").c_str(), res.prompt_tokens,
+                res.generated_tokens, res.finish_reason.c_str(), double(res.ttft_us) / 1000.0, rate);
+  }
+  std::printf("\n%zu tokens from %zu requests in %.2f s: %.1f tokens/s aggregate%s\n", total, results.size(), secs,
+              double(total) / secs, failed ? " (some requests failed)" : "");
+  if (!stream && tok && prompts.size() > 1) {
+    std::printf("\n");
+    for (size_t i = 0; i < results.size(); ++i)
+      if (results[i].error.empty()) std::printf("[%zu] %s\n\n", i, results[i].text.c_str());
+  }
+  stop_pipeline(*p);
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+  return failed ? 1 : 0;
+}
+
+expected<std::vector<int32_t>> parse_token_list(const std::string& s, const model& m) {
+  std::vector<int32_t> out;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    auto part = s.substr(i, j - i);
+    char* end = nullptr;
+    long v = std::strtol(part.c_str(), &end, 10);
+    if (part.empty() || *end != '\0') return make_error("bad token id '" + part + "' in --prompt-tokens");
+    if (v < 0 || v >= m.config.vocab_size)
+      return make_error("token id " + part + " outside the vocabulary of " + std::to_string(m.config.vocab_size));
+    out.push_back(int32_t(v));
+    i = j + 1;
+  }
+  if (out.empty()) return make_error("--prompt-tokens is empty");
+  return out;
+}
+
+int cmd_generate(int argc, char** argv, bool demo) {
+  auto a = args::parse(argc, argv, 2,
+                       {"model", "prompt", "prompt-tokens", "tokenizer", "steps", "temperature", "top-p", "seed",
+                        "shards", "n", "threads"});
+  if (!a) return fail(a.message() + " (see strata help)");
+  std::string path = a->str("model", demo ? "../shared/data/models/stories260K" : "");
+  if (path.empty()) return fail("generate needs --model PATH");
+  auto steps = a->integer("steps", demo ? 200 : 256);
+  auto temp = a->number("temperature", 0.0);
+  auto top_p = a->number("top-p", 0.9);
+  auto seed = a->integer("seed", 42);
+  auto n = a->integer("n", 1);
+  auto threads = a->integer("threads", 0);
+  for (auto* e : {&steps, &seed, &n, &threads})
+    if (!*e) return fail(e->message());
+  if (!temp) return fail(temp.message());
+  if (!top_p) return fail(top_p.message());
+  if (*steps < 1 || *n < 1 || *n > 1024) return fail("--steps and --n must be positive (--n at most 1024)");
+  if (*threads > 0) set_default_threads(size_t(*threads));
+  auto t0 = std::chrono::steady_clock::now();
+  auto m = load_model(path);
+  if (!m) return fail(m.message());
+  std::printf("loaded %s in %.1f ms\n", path.c_str(),
+              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  std::unique_ptr<tokenizer> tok;
+  std::string tok_path = a->str("tokenizer", find_tokenizer(path));
+  if (!tok_path.empty()) {
+    auto t = tokenizer::load(tok_path, (*m)->config.vocab_size);
+    if (!t) return fail(t.message());
+    tok = std::make_unique<tokenizer>(std::move(*t));
+  }
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::string> labels;
+  if (demo) {
+    if (!tok) return fail("the demo needs the model's tokenizer");
+    for (const char* p : {"", "Once upon a time, Tom", "The little cat", "Lily and Ben went to the park",
+                          "One day, a big dog", "Sam had a red ball"}) {
+      auto ids = tok->encode(p, true);
+      prompts.emplace_back(ids.begin(), ids.end());
+      labels.push_back(p);
+    }
+    return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "3"), int(*steps), float(*temp),
+                          float(*top_p), uint64_t(*seed), false);
+  }
+  std::vector<int32_t> prompt;
+  if (a->has("prompt-tokens")) {
+    auto p = parse_token_list(a->str("prompt-tokens"), **m);
+    if (!p) return fail(p.message());
+    prompt = *p;
+  } else {
+    if (!tok)
+      return fail("no tokenizer found next to " + path + ": pass --tokenizer FILE or --prompt-tokens 1,2,3");
+    auto ids = tok->encode(a->str("prompt"), true);
+    prompt.assign(ids.begin(), ids.end());
+  }
+  for (long i = 0; i < *n; ++i) {
+    prompts.push_back(prompt);
+    labels.push_back(a->str("prompt", a->str("prompt-tokens")));
+  }
+  if (tok && prompt.size() > 1) std::printf("%s", a->str("prompt").c_str());
+  return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "1"), int(*steps), float(*temp),
+                        float(*top_p), uint64_t(*seed), true);
+}
+
+int cmd_inspect(int argc, char** argv) {
+  auto a = args::parse(argc, argv, 2, {"model", "write"}, {"verify"});
+  if (!a) return fail(a.message());
+  if (!a->has("model")) return fail("inspect needs --model PATH");
+  auto m = load_model(a->str("model"));
+  if (!m) return fail(m.message());
+  auto buf = build_manifest(**m);
+  auto view = read_manifest(buf.data(), buf.size());
+  if (!view) return fail(view.message());
+  std::printf("%s", format_manifest(*view).c_str());
+  std::printf("  manifest: %zu bytes of flatbuffers\n", buf.size());
+  if (a->has("write")) {
+    FILE* f = std::fopen(a->str("write").c_str(), "wb");
+    if (!f || std::fwrite(buf.data(), 1, buf.size(), f) != buf.size()) return fail("cannot write " + a->str("write"));
+    std::fclose(f);
+  }
+  if (a->has("verify")) {
+    fs::path p(a->str("model"));
+    auto dir = fs::is_directory(p) ? p : p.parent_path();
+    auto st = verify_manifest(*view, dir.string());
+    if (!st) return fail(st.message());
+    std::printf("  verified: every tensor's bytes match its checksum\n");
+  }
+  return 0;
+}
+
+int cmd_gen_model(int argc, char** argv) {
+  auto a = args::parse(argc, argv, 2,
+                       {"out", "dim", "hidden", "layers", "heads", "kv-heads", "vocab", "seq-len", "dtype", "seed",
+                        "shard-mb"},
+                       {"untied"});
+  if (!a) return fail(a.message());
+  if (!a->has("out")) return fail("gen-model needs --out DIR");
+  model_config c;
+  struct field {
+    const char* key;
+    int* dst;
+    long def;
+  };
+  for (auto f : {field{"dim", &c.dim, 256}, field{"hidden", &c.hidden_dim, 0}, field{"layers", &c.n_layers, 4},
+                 field{"heads", &c.n_heads, 8}, field{"kv-heads", &c.n_kv_heads, 0}, field{"vocab", &c.vocab_size, 512},
+                 field{"seq-len", &c.seq_len, 1024}}) {
+    auto v = a->integer(f.key, f.def);
+    if (!v) return fail(v.message());
+    *f.dst = int(*v);
+  }
+  if (c.hidden_dim == 0) c.hidden_dim = ((8 * c.dim / 3) + 63) / 64 * 64;
+  if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
+  c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
+  c.rope = rope_style::rotate_half;
+  c.tied_embeddings = !a->has("untied");
+  if (auto st = c.validate(); !st) return fail(st.message());
+  auto dt = parse_dtype(a->str("dtype", "bf16"));
+  if (!dt) return fail(dt.message());
+  auto seed = a->integer("seed", 1);
+  auto shard_mb = a->integer("shard-mb", 2048);
+  if (!seed || !shard_mb) return fail(!seed ? seed.message() : shard_mb.message());
+  auto m = make_random_model(c, uint64_t(*seed), fs::path(a->str("out")).filename().string());
+  if (auto st = save_hf(*m, a->str("out"), *dt, uint64_t(*shard_mb) << 20); !st) return fail(st.message());
+  std::printf("wrote %s: %s, %s\n", a->str("out").c_str(), c.describe().c_str(), to_string(*dt));
+  return 0;
+}
+
+int cmd_convert(int argc, char** argv) {
+  auto a = args::parse(argc, argv, 2, {"model", "out", "dtype"});
+  if (!a) return fail(a.message());
+  if (!a->has("model") || !a->has("out")) return fail("convert needs --model PATH and --out DIR");
+  auto m = load_model(a->str("model"));
+  if (!m) return fail(m.message());
+  auto dt = parse_dtype(a->str("dtype", "f32"));
+  if (!dt) return fail(dt.message());
+  if (auto st = save_hf(**m, a->str("out"), *dt); !st) return fail(st.message());
+  auto tok = find_tokenizer(a->str("model"));
+  if (!tok.empty()) fs::copy_file(tok, fs::path(a->str("out")) / "tokenizer.bin", fs::copy_options::overwrite_existing);
+  std::printf("wrote %s (%s)\n", a->str("out").c_str(), to_string(*dt));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string cmd = argc > 1 ? argv[1] : "help";
+  if (cmd == "generate") return cmd_generate(argc, argv, false);
+  if (cmd == "demo") return cmd_generate(argc, argv, true);
+  if (cmd == "inspect") return cmd_inspect(argc, argv);
+  if (cmd == "gen-model") return cmd_gen_model(argc, argv);
+  if (cmd == "convert") return cmd_convert(argc, argv);
+  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+    std::fputs(usage, stdout);
+    return 0;
+  }
+  std::fprintf(stderr, "strata: unknown command '%s'\n\n%s", cmd.c_str(), usage);
+  return 2;
+}
