@@ -85,7 +85,7 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
   const int group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(hd));
   default_pool().parallel_for(size_t(rows) * size_t(c.n_heads), 4, [&](size_t b, size_t e) {
-    std::vector<float> scores(size_t(c.seq_len));
+    std::vector<float> scores(static_cast<size_t>(c.seq_len));
     for (size_t task = b; task < e; ++task) {
       int r = int(task / size_t(c.n_heads)), h = int(task % size_t(c.n_heads));
       const float* q = qkv.data() + size_t(r) * qkv_dim + size_t(h) * hd;
@@ -195,7 +195,7 @@ std::vector<int> generate_reference(const model& m, const std::vector<int>& prom
   std::vector<int> feed = prompt;
   int pos = 0;
   uint64_t rng = initial_rng_state(p.seed);
-  std::vector<float> logits(size_t(c.vocab_size));
+  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
   while (int(out.size()) < max_new && pos + int(feed.size()) <= c.seq_len) {
     int rows = int(feed.size());
     std::vector<float> x(size_t(rows) * c.dim);

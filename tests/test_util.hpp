@@ -1,0 +1,52 @@
+// Helpers shared by Strata's tests.
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <unistd.h>
+
+namespace strata::test {
+
+inline std::string data_dir() { return STRATA_DATA_DIR; }
+inline std::string stories_dir() { return data_dir() + "/models/stories260K"; }
+
+// llama2.c's greedy output of stories260K from BOS (temperature 0): the golden text (the first
+// sentence is the one documented with the model; the rest is llama2.c's own continuation).
+inline const char* golden_text =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she "
+    "saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to "
+    "the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't "
+    "find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to "
+    "do.\"\nLily didn't want to help her mom, so she said, \"I'm sorry, mom. I didn't know what to do.\" Her "
+    "mom said, \"Don't worry, Lily. We can help you.\"";
+
+// A fresh directory under /tmp, removed when the object dies.
+class temp_dir {
+ public:
+  temp_dir() {
+    static std::atomic<int> n{0};
+    path_ = std::filesystem::temp_directory_path() /
+            ("strata-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    std::filesystem::create_directories(path_);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  std::string str() const { return path_.string(); }
+  std::string operator/(const std::string& f) const { return (path_ / f).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline std::vector<float> random_vector(size_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::uniform_real_distribution<float> d(-scale, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+}  // namespace strata::test

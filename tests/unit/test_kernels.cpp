@@ -1,0 +1,280 @@
+// Every kernel against a float64 reference on fresh random inputs.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "../test_util.hpp"
+#include "dataflow/forward.hpp"
+#include "dataflow/kernels.hpp"
+#include "dataflow/model_io.hpp"
+
+using namespace strata;
+using strata::test::random_vector;
+
+namespace {
+
+std::mt19937 fresh_rng() { return std::mt19937(std::random_device{}()); }
+
+// |a - b| within tol of the scale of the terms that produced b.
+void check_close(const std::vector<float>& got, const std::vector<double>& want, double tol, double scale = 1.0) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(double(got[i]) - want[i]) / scale);
+  CHECK(worst < tol);
+}
+
+std::vector<double> ref_rope(const std::vector<float>& v, int heads, int hd, int pos, double theta, rope_style s) {
+  std::vector<double> out(v.begin(), v.end());
+  for (int h = 0; h < heads; ++h)
+    for (int i = 0; i < hd; i += 2) {
+      double freq = 1.0 / std::pow(theta, double(i) / hd), a = pos * freq;
+      int x = s == rope_style::interleaved ? i : i / 2, y = s == rope_style::interleaved ? i + 1 : i / 2 + hd / 2;
+      double v0 = v[size_t(h * hd + x)], v1 = v[size_t(h * hd + y)];
+      out[size_t(h * hd + x)] = v0 * std::cos(a) - v1 * std::sin(a);
+      out[size_t(h * hd + y)] = v0 * std::sin(a) + v1 * std::cos(a);
+    }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("rmsnorm matches float64") {
+  auto rng = fresh_rng();
+  int rows = 3, n = 77;
+  auto x = random_vector(size_t(rows * n), rng, 3.0f), w = random_vector(size_t(n), rng);
+  std::vector<float> out(x.size());
+  rmsnorm(out.data(), x.data(), w.data(), rows, n, 1e-5f);
+  std::vector<double> want(x.size());
+  for (int r = 0; r < rows; ++r) {
+    double ss = 0;
+    for (int j = 0; j < n; ++j) ss += double(x[size_t(r * n + j)]) * x[size_t(r * n + j)];
+    double inv = 1.0 / std::sqrt(ss / n + 1e-5);
+    for (int j = 0; j < n; ++j) want[size_t(r * n + j)] = w[size_t(j)] * x[size_t(r * n + j)] * inv;
+  }
+  check_close(out, want, 1e-5);
+}
+
+TEST_CASE("matmul matches float64 for many shapes") {
+  auto rng = fresh_rng();
+  for (int rows : {1, 2, 4, 5, 9, 16})
+    for (int in : {1, 15, 16, 33, 200})
+      for (int out : {1, 7, 64}) {
+        auto x = random_vector(size_t(rows * in), rng), W = random_vector(size_t(out * in), rng);
+        std::vector<float> y(static_cast<size_t>(rows * out));
+        matmul(y.data(), x.data(), W.data(), rows, in, out);
+        std::vector<double> want(y.size());
+        for (int r = 0; r < rows; ++r)
+          for (int o = 0; o < out; ++o) {
+            double s = 0;
+            for (int i = 0; i < in; ++i) s += double(x[size_t(r * in + i)]) * W[size_t(o * in + i)];
+            want[size_t(r * out + o)] = s;
+          }
+        CAPTURE(rows);
+        CAPTURE(in);
+        CAPTURE(out);
+        check_close(y, want, 1e-5 * std::sqrt(double(in)));
+      }
+}
+
+TEST_CASE("matmul gives each row the same bits whatever the batch") {
+  auto rng = fresh_rng();
+  int rows = 11, in = 129, out = 70;
+  auto x = random_vector(size_t(rows * in), rng), W = random_vector(size_t(out * in), rng);
+  std::vector<float> all(static_cast<size_t>(rows * out));
+  matmul(all.data(), x.data(), W.data(), rows, in, out);
+  for (int r = 0; r < rows; ++r) {
+    std::vector<float> one(static_cast<size_t>(out));
+    matmul(one.data(), x.data() + size_t(r * in), W.data(), 1, in, out);
+    CHECK(std::memcmp(one.data(), all.data() + size_t(r * out), size_t(out) * 4) == 0);
+  }
+}
+
+TEST_CASE("rope matches float64 in both conventions") {
+  auto rng = fresh_rng();
+  for (auto style : {rope_style::interleaved, rope_style::rotate_half})
+    for (int pos : {0, 1, 17, 511}) {
+      int heads = 3, hd = 16;
+      auto v = random_vector(size_t(heads * hd), rng);
+      auto want = ref_rope(v, heads, hd, pos, 10000.0, style);
+      rope(v.data(), heads, hd, pos, 10000.0f, style);
+      check_close(v, want, 2e-5 * std::max(1, pos / 64));
+    }
+}
+
+TEST_CASE("rotate_half on permuted rows equals interleaved rope") {
+  // The identity behind converting llama2.c checkpoints to Hugging Face layout.
+  auto rng = fresh_rng();
+  int hd = 8;
+  auto v = random_vector(size_t(hd), rng);
+  std::vector<float> p(static_cast<size_t>(hd));
+  for (int i = 0; i < hd / 2; ++i) {
+    p[size_t(i)] = v[size_t(2 * i)];
+    p[size_t(i + hd / 2)] = v[size_t(2 * i + 1)];
+  }
+  rope(v.data(), 1, hd, 9, 10000.0f, rope_style::interleaved);
+  rope(p.data(), 1, hd, 9, 10000.0f, rope_style::rotate_half);
+  for (int i = 0; i < hd / 2; ++i) {
+    CHECK(p[size_t(i)] == doctest::Approx(v[size_t(2 * i)]).epsilon(1e-6));
+    CHECK(p[size_t(i + hd / 2)] == doctest::Approx(v[size_t(2 * i + 1)]).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("swiglu and softmax match float64") {
+  auto rng = fresh_rng();
+  auto a = random_vector(100, rng, 6.0f), b = random_vector(100, rng);
+  std::vector<float> h(100);
+  swiglu(h.data(), a.data(), b.data(), 100);
+  std::vector<double> want(100);
+  for (size_t i = 0; i < 100; ++i) want[i] = a[i] / (1.0 + std::exp(-double(a[i]))) * b[i];
+  check_close(h, want, 1e-6);
+  auto s = random_vector(50, rng, 20.0f);
+  std::vector<double> ws(50);
+  double mx = *std::max_element(s.begin(), s.end()), sum = 0;
+  for (size_t i = 0; i < 50; ++i) sum += ws[i] = std::exp(double(s[i]) - mx);
+  for (auto& x : ws) x /= sum;
+  softmax(s.data(), 50);
+  check_close(s, ws, 1e-6);
+}
+
+namespace {
+
+// A float64 transformer layer written out plainly: the reference for forward_layer.
+struct ref_layer {
+  const model_config& c;
+  const layer_weights& w;
+  std::vector<std::vector<double>> K, V;  // per position: [kv_dim]
+
+  std::vector<double> mv(const float* W, const std::vector<double>& x, int out) {
+    std::vector<double> y(static_cast<size_t>(out));
+    for (int o = 0; o < out; ++o)
+      for (size_t i = 0; i < x.size(); ++i) y[size_t(o)] += double(W[size_t(o) * x.size() + i]) * x[i];
+    return y;
+  }
+  std::vector<double> norm(const std::vector<double>& x, const std::vector<float>& g) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    double inv = 1.0 / std::sqrt(ss / double(x.size()) + c.norm_eps);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = g[i] * x[i] * inv;
+    return y;
+  }
+  void rope_d(std::vector<double>& v, int heads, int pos) {
+    auto r = v;
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < c.head_dim; i += 2) {
+        double freq = 1.0 / std::pow(double(c.rope_theta), double(i) / c.head_dim), a = pos * freq;
+        bool il = c.rope == rope_style::interleaved;
+        size_t x = size_t(h * c.head_dim + (il ? i : i / 2)), y = size_t(h * c.head_dim + (il ? i + 1 : i / 2 + c.head_dim / 2));
+        double v0 = v[x], v1 = v[y];
+        r[x] = v0 * std::cos(a) - v1 * std::sin(a);
+        r[y] = v0 * std::sin(a) + v1 * std::cos(a);
+      }
+    v = r;
+  }
+  std::vector<double> step(std::vector<double> x, int pos) {
+    int d = c.dim, q_dim = c.q_dim(), kv = c.kv_dim(), hd = c.head_dim;
+    auto xb = norm(x, w.att_norm);
+    auto q = mv(w.wqkv.data(), xb, q_dim);
+    auto k = mv(w.wqkv.data() + size_t(q_dim) * d, xb, kv);
+    auto v = mv(w.wqkv.data() + size_t(q_dim + kv) * d, xb, kv);
+    rope_d(q, c.n_heads, pos);
+    rope_d(k, c.n_kv_heads, pos);
+    K.push_back(k);
+    V.push_back(v);
+    std::vector<double> att(static_cast<size_t>(q_dim));
+    for (int h = 0; h < c.n_heads; ++h) {
+      int g = h / (c.n_heads / c.n_kv_heads);
+      std::vector<double> s(static_cast<size_t>(pos + 1));
+      double mx = -1e300, sum = 0;
+      for (int t = 0; t <= pos; ++t) {
+        for (int i = 0; i < hd; ++i) s[size_t(t)] += q[size_t(h * hd + i)] * K[size_t(t)][size_t(g * hd + i)];
+        s[size_t(t)] /= std::sqrt(double(hd));
+        mx = std::max(mx, s[size_t(t)]);
+      }
+      for (auto& e : s) sum += e = std::exp(e - mx);
+      for (int t = 0; t <= pos; ++t)
+        for (int i = 0; i < hd; ++i) att[size_t(h * hd + i)] += s[size_t(t)] / sum * V[size_t(t)][size_t(g * hd + i)];
+    }
+    auto o = mv(w.wo.data(), att, d);
+    for (int i = 0; i < d; ++i) x[size_t(i)] += o[size_t(i)];
+    xb = norm(x, w.ffn_norm);
+    auto a = mv(w.w13.data(), xb, c.hidden_dim);
+    auto b = mv(w.w13.data() + size_t(c.hidden_dim) * d, xb, c.hidden_dim);
+    std::vector<double> h(a.size());
+    for (size_t i = 0; i < a.size(); ++i) h[i] = a[i] / (1 + std::exp(-a[i])) * b[i];
+    auto f = mv(w.w2.data(), h, d);
+    for (int i = 0; i < d; ++i) x[size_t(i)] += f[size_t(i)];
+    return x;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a transformer layer (GQA, KV cache, prefill then decode) matches float64") {
+  auto rng = fresh_rng();
+  for (auto style : {rope_style::interleaved, rope_style::rotate_half}) {
+    model_config c;
+    c.dim = 48;
+    c.hidden_dim = 80;
+    c.n_layers = 1;
+    c.n_heads = 6;
+    c.n_kv_heads = 2;
+    c.head_dim = 8;
+    c.vocab_size = 10;
+    c.seq_len = 32;
+    c.rope = style;
+    auto m = make_random_model(c, rng(), "t");
+    const auto& w = *m->layers[0];
+    kv_cache kv(c, 0, 1);
+    ref_layer ref{c, w, {}, {}};
+    // Prefill 5 positions in one batch, then decode 3 one by one.
+    int prefill = 5;
+    auto x = random_vector(size_t(prefill * c.dim), rng);
+    std::vector<double> want;
+    for (int p = 0; p < prefill; ++p) {
+      auto y = ref.step(std::vector<double>(x.begin() + p * c.dim, x.begin() + (p + 1) * c.dim), p);
+      want.insert(want.end(), y.begin(), y.end());
+    }
+    std::vector<seq_id> seqs(size_t(prefill), 7);
+    std::vector<int> pos = {0, 1, 2, 3, 4};
+    REQUIRE(forward_layer(c, w, 0, kv, seqs.data(), pos.data(), prefill, x.data()));
+    check_close(x, want, 1e-4);
+    for (int p = prefill; p < prefill + 3; ++p) {
+      auto x1 = random_vector(size_t(c.dim), rng);
+      auto y = ref.step(std::vector<double>(x1.begin(), x1.end()), p);
+      seq_id s = 7;
+      REQUIRE(forward_layer(c, w, 0, kv, &s, &p, 1, x1.data()));
+      check_close(x1, y, 1e-4);
+    }
+    CHECK(kv.length(7) == prefill + 3);
+    // A gap in positions is an error, not garbage.
+    int gap = 12;
+    seq_id s = 7;
+    auto x2 = random_vector(size_t(c.dim), rng);
+    auto st = forward_layer(c, w, 0, kv, &s, &gap, 1, x2.data());
+    CHECK_FALSE(st);
+    CHECK(st.message().find("does not continue") != std::string::npos);
+    kv.release(7);
+    CHECK(kv.sequences() == 0);
+  }
+}
+
+TEST_CASE("f16 and bf16 conversions") {
+  CHECK(f32_to_f16(1.0f) == 0x3C00);
+  CHECK(f32_to_f16(-2.0f) == 0xC000);
+  CHECK(f32_to_f16(65504.0f) == 0x7BFF);
+  CHECK(f32_to_f16(1e6f) == 0x7C00);  // overflow to inf
+  CHECK(f16_to_f32(0x0001) == std::ldexp(1.0f, -24));
+  CHECK(f32_to_bf16(1.0f) == 0x3F80);
+  CHECK(bf16_to_f32(0x4049) == doctest::Approx(3.140625));
+  // Every finite half survives a round trip through float.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7C00) == 0x7C00) continue;
+    REQUIRE(f32_to_f16(f16_to_f32(uint16_t(h))) == h);
+  }
+  // Round to nearest: 1 + 2^-11 is a tie that goes to even (1.0); a bit more rounds up.
+  CHECK(f32_to_f16(1.0f + std::ldexp(1.0f, -11)) == 0x3C00);
+  CHECK(f32_to_f16(1.0f + std::ldexp(1.0f, -11) + std::ldexp(1.0f, -20)) == 0x3C01);
+}

@@ -1,0 +1,292 @@
+// Model formats: llama2.c and Hugging Face directories, the manifest, the random-model writer,
+// and precise errors for malformed files.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "../test_util.hpp"
+#include "dataflow/forward.hpp"
+#include "dataflow/manifest.hpp"
+#include "dataflow/model_io.hpp"
+#include "dataflow/tokenizer.hpp"
+
+using namespace strata;
+using strata::test::temp_dir;
+
+namespace {
+
+model_ptr stories() {
+  static model_ptr m = [] {
+    auto r = load_model(test::stories_dir());
+    REQUIRE_MESSAGE(r, r.message());
+    return *r;
+  }();
+  return m;
+}
+
+const tokenizer& stories_tok() {
+  static tokenizer t = [] {
+    auto r = tokenizer::load(find_tokenizer(test::stories_dir()), 512);
+    REQUIRE_MESSAGE(r, r.message());
+    return *r;
+  }();
+  return t;
+}
+
+std::string greedy_text(const model& m, const std::string& prompt, int n) {
+  auto ids = stories_tok().encode(prompt, true);
+  auto out = generate_reference(m, ids, n);
+  std::vector<int> all(ids.begin() + 1, ids.end());
+  all.insert(all.end(), out.begin(), out.end());
+  return stories_tok().decode_all(all);
+}
+
+std::vector<uint8_t> read_all(const std::string& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+void write_all(const std::string& p, const std::vector<uint8_t>& b) {
+  std::ofstream out(p, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(b.data()), long(b.size()));
+}
+
+std::string error_of(const std::string& path) {
+  auto r = load_model(path);
+  REQUIRE_FALSE(r);
+  return r.message();
+}
+
+bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+model_config small_config() {
+  model_config c;
+  c.dim = 64;
+  c.hidden_dim = 96;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 16;
+  c.vocab_size = 100;
+  c.seq_len = 64;
+  c.rope = rope_style::rotate_half;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("stories260K loads from its llama2.c checkpoint") {
+  auto m = stories();
+  const auto& c = m->config;
+  CHECK(c.dim == 64);
+  CHECK(c.hidden_dim == 172);
+  CHECK(c.n_layers == 5);
+  CHECK(c.n_heads == 8);
+  CHECK(c.n_kv_heads == 4);
+  CHECK(c.vocab_size == 512);
+  CHECK(c.seq_len == 512);
+  CHECK(c.tied_embeddings);
+  CHECK(m->tensors.size() == 1 + 5 * 9 + 1);
+}
+
+TEST_CASE("greedy decoding of stories260K reproduces llama2.c's text") {
+  auto text = greedy_text(*stories(), "", 400);
+  std::string golden = test::golden_text;
+  CHECK(stories_tok().encode(golden, false).size() >= 100);
+  CHECK(text.substr(0, golden.size()) == golden);
+}
+
+TEST_CASE("a BPE-encoded prompt continues as llama2.c does") {
+  auto ids = stories_tok().encode("Lily and Ben went to the park", true);
+  CHECK(ids.size() * 2 < std::string("Lily and Ben went to the park").size());  // merged well
+  auto text = greedy_text(*stories(), "Lily and Ben went to the park", 40);
+  CHECK(text.rfind("Lily and Ben went to the park. They saw a big box", 0) == 0);
+}
+
+TEST_CASE("manifest: flatbuffers round trip, verification and corruption") {
+  temp_dir dir;
+  auto bytes = read_all(test::stories_dir() + "/stories260K.bin");
+  write_all(dir / "stories260K.bin", bytes);
+  auto m = load_model(dir / "stories260K.bin");
+  REQUIRE(m);
+  auto buf = build_manifest(**m);
+  auto v = read_manifest(buf.data(), buf.size());
+  REQUIRE(v);
+  CHECK(v->config.describe() == (*m)->config.describe());
+  REQUIRE(v->tensors.size() == (*m)->tensors.size());
+  auto& wq2 = v->tensors[2 + 9 * 2 + 1];  // tok_emb, final_norm (layer -1) first, then by layer
+  CHECK(wq2.layer == 2);
+  CHECK(wq2.name == "layers.2.wq");
+  CHECK(wq2.source_name == "wq[2]");
+  CHECK(verify_manifest(*v, dir.str()));
+  auto text = format_manifest(*v);
+  CHECK(contains(text, "layers.4.w3"));
+  // Flip one byte inside layer 3's wv: verification names that tensor.
+  const tensor_record* target = nullptr;
+  for (auto& t : v->tensors)
+    if (t.name == "layers.3.wv") target = &t;
+  REQUIRE(target);
+  bytes[target->offset + 10] ^= 0x40;
+  write_all(dir / "stories260K.bin", bytes);
+  auto st = verify_manifest(*v, dir.str());
+  REQUIRE_FALSE(st);
+  CHECK(contains(st.message(), "checksum mismatch in tensor 'layers.3.wv'"));
+  // Garbage is not a manifest.
+  std::vector<uint8_t> junk(64, 7);
+  CHECK_FALSE(read_manifest(junk.data(), junk.size()));
+}
+
+TEST_CASE("stories260K converted to Hugging Face format computes the same text") {
+  temp_dir dir;
+  REQUIRE(save_hf(*stories(), dir.str(), dtype::f32));
+  auto hf = load_model(dir.str());
+  REQUIRE_MESSAGE(hf, hf.message());
+  CHECK((*hf)->format == source_format::huggingface);
+  CHECK((*hf)->config.rope == rope_style::rotate_half);
+  CHECK(greedy_text(**hf, "", 200) == greedy_text(*stories(), "", 200));
+}
+
+TEST_CASE("f16 and bf16 Hugging Face models load with the expected precision") {
+  auto m = make_random_model(small_config(), 11);
+  for (auto t : {dtype::f16, dtype::bf16}) {
+    temp_dir dir;
+    REQUIRE(save_hf(*m, dir.str(), t));
+    auto back = load_model(dir.str());
+    REQUIRE_MESSAGE(back, back.message());
+    CHECK((*back)->tensors[0].type == t);
+    double tol = t == dtype::f16 ? 1e-3 : 8e-3;  // relative step of the format
+    const auto& a = m->layers[1]->w2;
+    const auto& b = (*back)->layers[1]->w2;
+    REQUIRE(a.size() == b.size());
+    for (size_t i = 0; i < a.size(); ++i) REQUIRE(std::abs(a[i] - b[i]) <= tol * std::abs(a[i]) + 1e-7);
+  }
+}
+
+TEST_CASE("random models are deterministic, untied heads and sharded files round-trip exactly") {
+  auto c = small_config();
+  c.tied_embeddings = false;
+  auto a = make_random_model(c, 5), b = make_random_model(c, 5), d = make_random_model(c, 6);
+  CHECK(a->layers[2]->wqkv == b->layers[2]->wqkv);
+  CHECK(a->layers[2]->wqkv != d->layers[2]->wqkv);
+  temp_dir dir;
+  REQUIRE(save_hf(*a, dir.str(), dtype::f32, 40000));  // tiny shards: several files and an index
+  CHECK(std::filesystem::exists(dir / "model.safetensors.index.json"));
+  auto back = load_model(dir.str());
+  REQUIRE_MESSAGE(back, back.message());
+  CHECK((*back)->files.size() > 3);
+  CHECK((*back)->lm_head == a->lm_head);
+  CHECK((*back)->tok_emb == a->tok_emb);
+  for (int l = 0; l < c.n_layers; ++l) {
+    CHECK((*back)->layers[size_t(l)]->w13 == a->layers[size_t(l)]->w13);
+    CHECK((*back)->layers[size_t(l)]->wqkv == a->layers[size_t(l)]->wqkv);
+  }
+  auto buf = build_manifest(**back);
+  auto v = read_manifest(buf.data(), buf.size());
+  REQUIRE(v);
+  CHECK(verify_manifest(*v, dir.str()));
+  std::vector<int> prompt = {1, 5, 9};
+  CHECK(generate_reference(**back, prompt, 20) == generate_reference(*a, prompt, 20));
+}
+
+TEST_CASE("malformed llama2.c checkpoints give precise errors") {
+  temp_dir dir;
+  auto bytes = read_all(test::stories_dir() + "/stories260K.bin");
+  // Truncated in the middle of the layer tensors.
+  write_all(dir / "trunc.bin", std::vector<uint8_t>(bytes.begin(), bytes.begin() + 300000));
+  auto e = error_of(dir / "trunc.bin");
+  CHECK(contains(e, "trunc.bin: truncated: tensor '"));
+  CHECK(contains(e, "but the file has 300000 bytes"));
+  // Shorter than the header.
+  write_all(dir / "tiny.bin", std::vector<uint8_t>(bytes.begin(), bytes.begin() + 10));
+  CHECK(contains(error_of(dir / "tiny.bin"), "the header alone needs 28"));
+  // Nonsense header.
+  auto bad = bytes;
+  int32_t heads = 7;  // 64 is not divisible by 7 and 7 % 4 != 0
+  std::memcpy(bad.data() + 12, &heads, 4);
+  write_all(dir / "bad.bin", bad);
+  CHECK(contains(error_of(dir / "bad.bin"), "bad llama2.c header"));
+  // Extra bytes at the end.
+  auto longer = bytes;
+  longer.resize(bytes.size() + 100);
+  write_all(dir / "long.bin", longer);
+  CHECK(contains(error_of(dir / "long.bin"), "size mismatch"));
+  CHECK(contains(error_of(dir / "missing.bin"), "no such file"));
+}
+
+TEST_CASE("malformed Hugging Face directories give precise errors") {
+  auto m = make_random_model(small_config(), 3);
+  temp_dir good;
+  REQUIRE(save_hf(*m, good.str(), dtype::bf16));
+  auto st_bytes = read_all(good / "model.safetensors");
+  auto cfg_text = read_all(good / "config.json");
+  auto fresh = [&](temp_dir& d) {
+    write_all(d / "model.safetensors", st_bytes);
+    write_all(d / "config.json", cfg_text);
+  };
+  auto patch_config = [&](temp_dir& d, const std::function<void(nlohmann::json&)>& f) {
+    auto j = nlohmann::json::parse(std::string(cfg_text.begin(), cfg_text.end()));
+    f(j);
+    std::ofstream(d / "config.json") << j.dump();
+  };
+
+  SUBCASE("truncated safetensors") {
+    temp_dir d;
+    fresh(d);
+    write_all(d / "model.safetensors", std::vector<uint8_t>(st_bytes.begin(), st_bytes.end() - 1000));
+    auto e = error_of(d.str());
+    CHECK(contains(e, "model.safetensors: tensor '"));
+    CHECK(contains(e, "truncated"));
+  }
+  SUBCASE("garbage header") {
+    temp_dir d;
+    fresh(d);
+    auto b = st_bytes;
+    b[8] = '#';
+    write_all(d / "model.safetensors", b);
+    CHECK(contains(error_of(d.str()), "header is not a JSON object"));
+    uint64_t huge = 1ull << 40;
+    std::memcpy(b.data(), &huge, 8);
+    write_all(d / "model.safetensors", b);
+    CHECK(contains(error_of(d.str()), "bad safetensors header length"));
+  }
+  SUBCASE("config disagrees with tensor shapes") {
+    temp_dir d;
+    fresh(d);
+    patch_config(d, [](nlohmann::json& j) { j["intermediate_size"] = 128; });
+    auto e = error_of(d.str());
+    CHECK(contains(e, "model.safetensors: tensor 'model.layers.0.mlp."));
+    CHECK((contains(e, "shape [96,64] but config.json implies [128,64]") ||
+           contains(e, "shape [64,96] but config.json implies [64,128]")));
+  }
+  SUBCASE("config with fewer layers than the file") {
+    temp_dir d;
+    fresh(d);
+    patch_config(d, [](nlohmann::json& j) { j["num_hidden_layers"] = 2; });
+    CHECK(contains(error_of(d.str()), "model.layers.2."));
+  }
+  SUBCASE("config with more layers than the file") {
+    temp_dir d;
+    fresh(d);
+    patch_config(d, [](nlohmann::json& j) { j["num_hidden_layers"] = 4; });
+    CHECK(contains(error_of(d.str()), "missing tensor 'layers.3.att_norm'"));
+  }
+  SUBCASE("config problems") {
+    temp_dir d;
+    fresh(d);
+    patch_config(d, [](nlohmann::json& j) { j.erase("hidden_size"); });
+    CHECK(contains(error_of(d.str()), "missing required key 'hidden_size'"));
+    patch_config(d, [](nlohmann::json& j) { j["num_attention_heads"] = "four"; });
+    CHECK(contains(error_of(d.str()), "'num_attention_heads' must be an integer"));
+    patch_config(d, [](nlohmann::json& j) { j["model_type"] = "gpt2"; });
+    CHECK(contains(error_of(d.str()), "not a Llama-architecture model"));
+    std::ofstream(d / "config.json") << "{ not json";
+    CHECK(contains(error_of(d.str()), "config.json: malformed JSON"));
+  }
+  SUBCASE("no weights") {
+    temp_dir d;
+    write_all(d / "config.json", cfg_text);
+    CHECK(contains(error_of(d.str()), "no *.safetensors files"));
+  }
+}
