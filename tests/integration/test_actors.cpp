@@ -1,1 +1,315 @@
+// The actor pipeline, for real: CAF actors, router, continuous batching, cancellation, failures.
+#include <doctest/doctest.h>
 
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "../test_util.hpp"
+#include "actors/engine.hpp"
+#include "dataflow/tokenizer.hpp"
+
+using namespace strata;
+using namespace std::chrono_literals;
+
+namespace {
+
+model_ptr stories() {
+  static model_ptr m = [] {
+    auto r = load_model(test::stories_dir());
+    REQUIRE_MESSAGE(r, r.message());
+    return *r;
+  }();
+  return m;
+}
+
+std::vector<int32_t> encode(const std::string& text) {
+  static tokenizer t = *tokenizer::load(find_tokenizer(test::stories_dir()), 512);
+  auto ids = t.encode(text, true);
+  return {ids.begin(), ids.end()};
+}
+
+std::vector<int32_t> reference(const std::vector<int32_t>& prompt, int n, const sampling_params& p = {}) {
+  auto out = generate_reference(*stories(), std::vector<int>(prompt.begin(), prompt.end()), n, p);
+  return {out.begin(), out.end()};
+}
+
+// An actor system plus one served pipeline; everything is stopped on destruction so the
+// system can shut down.
+struct served {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  pipeline p;
+  caf::actor router;
+
+  explicit served(const std::string& shards, router_options opt = {}) {
+    register_strata_types(cfg);
+    cfg.set("scheduler.max-threads", 2);
+    sys = std::make_unique<caf::actor_system>(cfg);
+    auto ranges = parse_shards(shards, stories()->config.n_layers);
+    REQUIRE(ranges);
+    auto pl = spawn_pipeline(*sys, stories(), *ranges);
+    REQUIRE(pl);
+    p = *pl;
+    router = spawn_router(*sys, stories(), p.path, opt);
+  }
+  ~served() {
+    stop_pipeline(p);
+    caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+  }
+  expected<completion> run(const generate_request& r, const std::function<bool(int32_t)>& f = {}) {
+    return generate(*sys, router, r, f, 20s);
+  }
+  // Sum of KV sequences held by all shards (asks each shard, with a timeout).
+  uint64_t kv_sequences() {
+    caf::scoped_actor self{*sys};
+    uint64_t n = 0;
+    for (auto& h : p.shards)
+      self->request(h.actor, 5s, stats_atom::value)
+          .receive([&](const stage_stats& s) { n += s.kv_sequences; },
+                   [&](caf::error& e) { FAIL("stats request failed: " << describe(e)); });
+    return n;
+  }
+  bool kv_drains() {
+    for (int i = 0; i < 200; ++i) {
+      if (kv_sequences() == 0) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return false;
+  }
+};
+
+generate_request greedy(std::vector<int32_t> prompt, int n) {
+  generate_request r;
+  r.prompt = std::move(prompt);
+  r.max_new_tokens = n;
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("greedy text through the actors is identical for every sharding") {
+  auto want = reference({1}, 150);
+  REQUIRE(want.size() == 150);
+  for (std::string spec : {"1", "2", "5", "2,3", "1,4"}) {
+    CAPTURE(spec);
+    served s(spec);
+    auto r = s.run(greedy({1}, 150));
+    REQUIRE_MESSAGE(r, r.message());
+    CHECK(r->tokens == want);
+    CHECK(r->result.finish_reason == "length");
+    CHECK(r->result.generated_tokens == 150);
+    CHECK(s.kv_drains());
+  }
+}
+
+TEST_CASE("logits are bitwise identical for any sharding") {
+  auto prompt = encode("The little cat saw a big dog");
+  std::vector<std::vector<float>> seen;
+  for (std::string spec : {"1", "5", "3,2"}) {
+    served s(spec);
+    caf::scoped_actor self{*s.sys};
+    auto b = std::make_shared<step_batch>();
+    b->path = s.p.path;
+    b->reply_to = caf::actor_cast<caf::actor>(self);
+    for (size_t i = 0; i < prompt.size(); ++i) {
+      b->seqs.push_back(42);
+      b->pos.push_back(int32_t(i));
+      b->tokens.push_back(prompt[i]);
+      b->want.push_back(1);
+      b->sampling.push_back({});
+      b->rng.push_back(1);
+    }
+    b->return_logits = true;
+    self->send(s.p.head, step_atom::value, b);
+    step_ptr back;
+    self->receive([&](step_atom, step_ptr& r) { back = r; }, caf::after(10s) >> [] {});
+    REQUIRE(back);
+    CHECK(back->error.empty());
+    REQUIRE(back->logits.size() == prompt.size() * 512);
+    seen.push_back(back->logits);
+  }
+  CHECK(std::memcmp(seen[0].data(), seen[1].data(), seen[0].size() * 4) == 0);
+  CHECK(std::memcmp(seen[0].data(), seen[2].data(), seen[0].size() * 4) == 0);
+}
+
+TEST_CASE("concurrent requests join the running batch and each matches its solo run") {
+  const char* texts[] = {"", "Once upon a time, Tom", "The little cat", "Lily and Ben went to the park",
+                         "One day, a big dog", "Sam had a red ball", "The sun", "A bird sang"};
+  for (int inflight : {1, 2}) {
+    router_options opt;
+    opt.max_batch_tokens = 6;  // long prompts are prefilled in chunks alongside decodes
+    opt.max_inflight = inflight;
+    served s("2,3", opt);
+    std::vector<std::thread> threads;
+    std::vector<std::vector<int32_t>> got(8), want(8);
+    std::vector<std::string> errors(8);
+    for (int i = 0; i < 8; ++i) {
+      auto prompt = encode(texts[i]);
+      int n = 20 + 10 * i;
+      want[size_t(i)] = reference(prompt, n);
+      threads.emplace_back([&, i, prompt, n] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(3 * i));  // arrive while others run
+        auto r = s.run(greedy(prompt, n));
+        if (!r)
+          errors[size_t(i)] = r.message();
+        else
+          got[size_t(i)] = r->tokens;
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int i = 0; i < 8; ++i) {
+      CAPTURE(i);
+      CHECK(errors[size_t(i)] == "");
+      CHECK(got[size_t(i)] == want[size_t(i)]);
+    }
+    CHECK(s.kv_drains());
+  }
+}
+
+TEST_CASE("seeded sampling gives the same tokens for any sharding") {
+  generate_request r = greedy(encode("Once upon a time"), 80);
+  r.temperature = 0.9f;
+  r.top_p = 0.9f;
+  r.seed = 1234;
+  auto want = reference(r.prompt, 80, {0.9f, 0.9f, 1234});
+  for (std::string spec : {"1", "5"}) {
+    served s(spec);
+    auto got = s.run(r);
+    REQUIRE(got);
+    CHECK(got->tokens == want);
+  }
+  auto greedy_tokens = reference(r.prompt, 80);
+  CHECK(want != greedy_tokens);
+}
+
+TEST_CASE("a request can be cancelled and its cache is freed") {
+  served s("3");
+  auto req = greedy({1}, 300);
+  req.ignore_eos = true;
+  int seen = 0;
+  auto r = s.run(req, [&](int32_t) { return ++seen < 5; });
+  REQUIRE(r);
+  CHECK(r->result.finish_reason == "cancelled");
+  CHECK(r->tokens.size() >= 5);
+  CHECK(r->tokens.size() < 300);
+  CHECK(s.kv_drains());
+  // The router keeps serving.
+  auto again = s.run(greedy({1}, 10));
+  REQUIRE(again);
+  CHECK(again->tokens == reference({1}, 10));
+}
+
+TEST_CASE("a shard that dies fails its requests with a clear error instead of hanging") {
+  served s("2,3");
+  std::atomic<int> tokens{0};
+  expected<completion> result = make_error("not run");
+  std::thread client([&] {
+    auto req = greedy({1}, 400);
+    req.ignore_eos = true;
+    result = s.run(req, [&](int32_t) {
+      ++tokens;
+      return true;
+    });
+  });
+  while (tokens < 3) std::this_thread::sleep_for(1ms);
+  caf::anon_send_exit(s.p.shards[1].actor, caf::exit_reason::kill);
+  client.join();
+  REQUIRE_MESSAGE(result, result.message());
+  CHECK(result->result.finish_reason == "error");
+  CHECK(result->result.error.find("layer shard [2,5) is down") != std::string::npos);
+  // New requests are refused with the reason, not queued forever.
+  auto r = s.run(greedy({1}, 5));
+  REQUIRE_FALSE(r);
+  CHECK(r.message().find("unavailable: layer shard [2,5) is down") != std::string::npos);
+}
+
+TEST_CASE("bad requests are rejected with precise reasons") {
+  served s("1");
+  auto reason = [&](generate_request r) {
+    auto x = s.run(r);
+    REQUIRE_FALSE(x);
+    return x.message();
+  };
+  CHECK(reason(greedy({}, 5)).find("bad_request: empty prompt") == 0);
+  CHECK(reason(greedy({1, 999}, 5)).find("token id 999 outside the vocabulary of 512") != std::string::npos);
+  CHECK(reason(greedy(std::vector<int32_t>(600, 5), 5)).find("leaves no room in the context of 512") !=
+        std::string::npos);
+  CHECK(reason(greedy({1}, 0)).find("max_new_tokens must be at least 1") != std::string::npos);
+  auto bad_p = greedy({1}, 5);
+  bad_p.top_p = 0.0f;
+  CHECK(reason(bad_p).find("top_p") != std::string::npos);
+  auto bad_t = greedy({1}, 5);
+  bad_t.temperature = -1.0f;
+  CHECK(reason(bad_t).find("temperature") != std::string::npos);
+  // Generation stops at the context limit.
+  auto r = s.run(greedy(std::vector<int32_t>(510, 5), 50));
+  REQUIRE(r);
+  CHECK(r->result.finish_reason == "length");
+  CHECK(r->tokens.size() == 2);
+}
+
+TEST_CASE("a full queue answers overloaded instead of growing") {
+  router_options opt;
+  opt.max_running = 1;
+  opt.max_waiting = 1;
+  served s("1", opt);
+  caf::scoped_actor self{*s.sys};
+  auto req = greedy({1}, 200);
+  req.ignore_eos = true;
+  int accepted = 0, overloaded = 0;
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 6; ++i)
+    self->request(s.router, 5s, generate_atom::value, req)
+        .receive(
+            [&](uint64_t id) {
+              ++accepted;
+              ids.push_back(id);
+            },
+            [&](caf::error& e) {
+              CHECK(describe(e).find("overloaded: queue full") == 0);
+              ++overloaded;
+            });
+  CHECK(accepted >= 1);
+  CHECK(accepted <= 2);
+  CHECK(overloaded >= 4);
+  for (auto id : ids) self->send(s.router, cancel_atom::value, id);
+}
+
+TEST_CASE("requests of a client that goes away are cancelled and freed") {
+  served s("2");
+  {
+    caf::scoped_actor gone{*s.sys};
+    auto req = greedy({1}, 400);
+    req.ignore_eos = true;
+    gone->request(s.router, 5s, generate_atom::value, req).receive([](uint64_t) {}, [](caf::error&) {});
+    gone->receive([](token_atom, uint64_t, int32_t) {}, caf::after(5s) >> [] {});
+  }  // the client dies here with its request running
+  CHECK(s.kv_drains());
+  auto r = s.run(greedy({1}, 10));
+  REQUIRE(r);
+  CHECK(r->tokens == reference({1}, 10));
+}
+
+TEST_CASE("a stage that stops answering times the step out") {
+  caf::actor_system_config cfg;
+  register_strata_types(cfg);
+  caf::actor_system sys{cfg};
+  auto m = stories();
+  // A stage that swallows batches: stands for a hung peer.
+  auto black_hole = sys.spawn([]() -> caf::behavior { return {[](step_atom, step_ptr&) {}}; });
+  auto head = sys.spawn(head_actor, m);
+  auto tail = sys.spawn(tail_actor, m);
+  auto path = std::make_shared<route>();
+  path->hops = {{head, {0, 0}}, {black_hole, {0, 5}}, {tail, {5, 5}}};
+  router_options opt;
+  opt.step_timeout = 200ms;
+  auto router = spawn_router(sys, m, path, opt);
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = generate(sys, router, greedy({1}, 10), {}, 10s);
+  REQUIRE(r);
+  CHECK(r->result.finish_reason == "error");
+  CHECK(r->result.error.find("timed out after 200 ms") != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+  for (const caf::actor& a : {black_hole, head, tail, router}) caf::anon_send_exit(a, caf::exit_reason::kill);
+}
