@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <cmath>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "dataflow/thread_pool.hpp"
 
 namespace strata {
@@ -20,45 +24,86 @@ void rmsnorm(float* out, const float* x, const float* w, int rows, int n, float 
 
 namespace {
 
-// Dot products of one weight row with R activation rows. Each row keeps 16 lanes of partial
-// sums (two AVX registers, which the compiler vectorises) reduced in a fixed order, so a row's
-// result does not depend on R.
-template <int R>
-inline void dot_rows(const float* __restrict w, const float* const* x, float* out, size_t stride, int n) {
-  constexpr int L = 16;
-  float acc[R][L] = {};
+#if defined(__AVX2__) && defined(__FMA__)
+// Register tile of O weight rows x R activation rows. Every output keeps one 8-lane FMA
+// accumulator over k, reduced in a fixed order, so its bits do not depend on O or R (and so not
+// on the batch size or on where a thread's chunk starts). 4 x 3 uses 12 accumulators + 4 loads
+// in the 16 AVX registers: 7 loads feed 12 FMAs.
+template <int O, int R>
+inline void tile(const float* w, int in, const float* const* x, float* y, size_t ystride) {
+  __m256 acc[O][R];
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r) acc[o][r] = _mm256_setzero_ps();
   int k = 0;
-  for (; k + L <= n; k += L)
-    for (int r = 0; r < R; ++r) {
-      const float* xr = x[r] + k;
-#pragma omp simd
-      for (int j = 0; j < L; ++j) acc[r][j] += w[k + j] * xr[j];
+  for (; k + 8 <= in; k += 8) {
+    __m256 xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x[r] + k);
+    for (int o = 0; o < O; ++o) {
+      __m256 wv = _mm256_loadu_ps(w + size_t(o) * in + k);
+      for (int r = 0; r < R; ++r) acc[o][r] = _mm256_fmadd_ps(wv, xv[r], acc[o][r]);
     }
-  for (int r = 0; r < R; ++r) {
-    float s = 0.0f;
-    for (int j = 0; j < L; ++j) s += acc[r][j];
-    for (int t = k; t < n; ++t) s += w[t] * x[r][t];
-    out[size_t(r) * stride] = s;
+  }
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r) {
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, acc[o][r]);
+      float s = 0.0f;
+      for (int j = 0; j < 8; ++j) s += lanes[j];
+      for (int t = k; t < in; ++t) s += w[size_t(o) * in + t] * x[r][t];
+      y[size_t(r) * ystride + size_t(o)] = s;
+    }
+}
+constexpr int tile_o = 4, tile_r = 3;
+#else
+// Portable version of the same contract: 8 lanes per output, fixed-order reduction.
+template <int O, int R>
+inline void tile(const float* w, int in, const float* const* x, float* y, size_t ystride) {
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r) {
+      float lanes[8] = {};
+      int k = 0;
+      for (; k + 8 <= in; k += 8)
+        for (int j = 0; j < 8; ++j) lanes[j] += w[size_t(o) * in + k + j] * x[r][k + j];
+      float s = 0.0f;
+      for (int j = 0; j < 8; ++j) s += lanes[j];
+      for (int t = k; t < in; ++t) s += w[size_t(o) * in + t] * x[r][t];
+      y[size_t(r) * ystride + size_t(o)] = s;
+    }
+}
+constexpr int tile_o = 4, tile_r = 3;
+#endif
+
+template <int O>
+void tile_rows(int r_left, const float* w, int in, const float* const* x, float* y, size_t ystride) {
+  switch (r_left) {
+    case 1: return tile<O, 1>(w, in, x, y, ystride);
+    case 2: return tile<O, 2>(w, in, x, y, ystride);
+    default: return tile<O, 3>(w, in, x, y, ystride);
   }
 }
 
 }  // namespace
 
 void matmul(float* y, const float* x, const float* W, int rows, int in, int out) {
-  // Enough output rows per chunk that a chunk streams at least ~64 KiB of weights.
-  size_t grain = std::max<size_t>(1, (16384 + size_t(in) - 1) / size_t(in));
-  default_pool().parallel_for(size_t(out), grain, [&](size_t ob, size_t oe) {
-    const float* xs[4];
-    for (size_t o = ob; o < oe; ++o) {
-      const float* w = W + o * size_t(in);
-      int r = 0;
-      for (; r + 4 <= rows; r += 4) {
-        for (int i = 0; i < 4; ++i) xs[i] = x + size_t(r + i) * in;
-        dot_rows<4>(w, xs, y + size_t(r) * out + o, size_t(out), in);
-      }
-      for (; r < rows; ++r) {
-        xs[0] = x + size_t(r) * in;
-        dot_rows<1>(w, xs, y + size_t(r) * out + o, size_t(out), in);
+  // Chunks of whole 4-row weight blocks, each streaming at least ~64 KiB of weights.
+  size_t blocks = size_t((out + tile_o - 1) / tile_o);
+  size_t grain = std::max<size_t>(1, 16384 / (size_t(in) * tile_o) + 1);
+  default_pool().parallel_for(blocks, grain, [&](size_t bb, size_t be) {
+    const float* xs[tile_r];
+    for (size_t blk = bb; blk < be; ++blk) {
+      int o = int(blk) * tile_o;
+      int o_left = std::min(tile_o, out - o);
+      const float* w = W + size_t(o) * size_t(in);
+      for (int r = 0; r < rows; r += tile_r) {
+        int r_left = std::min(tile_r, rows - r);
+        for (int i = 0; i < r_left; ++i) xs[i] = x + size_t(r + i) * size_t(in);
+        float* yo = y + size_t(r) * size_t(out) + size_t(o);
+        switch (o_left) {
+          case 1: tile_rows<1>(r_left, w, in, xs, yo, size_t(out)); break;
+          case 2: tile_rows<2>(r_left, w, in, xs, yo, size_t(out)); break;
+          case 3: tile_rows<3>(r_left, w, in, xs, yo, size_t(out)); break;
+          default: tile_rows<4>(r_left, w, in, xs, yo, size_t(out)); break;
+        }
       }
     }
   });

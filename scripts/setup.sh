@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs Strata's Debian packages when missing, then configures and builds (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(g++ cmake ninja-build libcaf-dev libucx-dev ucx-utils libflatbuffers-dev flatbuffers-compiler
+      doctest-dev nlohmann-json3-dev libxxhash-dev)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The CUDA toolkit is optional; use it where it is installed even if it is not on PATH.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDACXX=/usr/local/cuda/bin/nvcc
+fi
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$(nproc)"
