@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The strata CLI end to end, as a user runs it: generate/convert/inspect models and get clear
+# errors for bad input. Usage: cli_test.sh STRATA_BINARY DATA_DIR
+set -euo pipefail
+strata=$1
+data=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+expect_error() {  # expect_error "needle" cmd...: the command fails and says needle
+  local needle=$1; shift
+  if out=$("$@" 2>&1); then fail "expected failure: $*"; fi
+  grep -qF -- "$needle" <<<"$out" || fail "expected '$needle' from: $* -- got: $out"
+}
+text_of() { sed -n '/^pipeline:/,/^req /p' | sed '1,2d;$d'; }
+
+# A random model in HF format, inspected, verified and served through 2 shards.
+"$strata" gen-model --out "$tmp/rand" --dim 128 --layers 4 --heads 4 --kv-heads 2 --vocab 300 --dtype bf16 \
+  --seq-len 256 --shard-mb 1 >/dev/null
+[ -f "$tmp/rand/model.safetensors.index.json" ] || fail "expected a sharded model"
+"$strata" inspect --model "$tmp/rand" --verify --write "$tmp/rand.stmf" | grep -q "verified" || fail "verify"
+[ -s "$tmp/rand.stmf" ] || fail "manifest not written"
+out=$("$strata" generate --model "$tmp/rand" --prompt-tokens 1,5,7 --steps 12 --shards 2)
+grep -q "12 tokens from 1 requests" <<<"$out" || fail "generate on random model: $out"
+expect_error "no tokenizer found" "$strata" generate --model "$tmp/rand" --prompt hello
+expect_error "token id 300 outside the vocabulary" "$strata" generate --model "$tmp/rand" --prompt-tokens 1,300
+
+# stories260K converted to HF f32 generates the same text as the llama2.c checkpoint.
+"$strata" convert --model "$data/models/stories260K" --out "$tmp/hf" --dtype f32 >/dev/null
+a=$("$strata" generate --model "$data/models/stories260K" --prompt "The little cat" --steps 60 | text_of)
+b=$("$strata" generate --model "$tmp/hf" --prompt "The little cat" --steps 60 --shards 5 | text_of)
+[ -n "$a" ] && [ "$a" == "$b" ] || fail "converted model differs: [$a] vs [$b]"
+
+# Malformed input: precise errors, non-zero exit, no crash.
+head -c 5000 "$tmp/hf/model.safetensors" > "$tmp/hf/cut" && mv "$tmp/hf/cut" "$tmp/hf/model.safetensors"
+expect_error "truncated" "$strata" generate --model "$tmp/hf" --prompt hi
+expect_error "unknown option --bogus" "$strata" generate --bogus 1
+expect_error "unsupported dtype 'f8'" "$strata" gen-model --out "$tmp/x" --dtype f8
+expect_error "cannot split 5 layers into 9 shards" "$strata" generate --model "$data/models/stories260K" --shards 9
+expect_error "--steps expects an integer" "$strata" generate --model "$data/models/stories260K" --steps many
+expect_error "unknown command" "$strata" frobnicate
+echo "cli: all checks passed"
