@@ -1,0 +1,84 @@
+// UCX endpoints in one process (two workers): eager and rendezvous messages over tcp and shared
+// memory land intact in the buffer the receiver chose. Cross-process runs are in integration/.
+#include <doctest/doctest.h>
+
+#include <condition_variable>
+#include <future>
+#include <cstring>
+#include <mutex>
+
+#include "dataflow/model.hpp"
+#include "transport/ucx_endpoint.hpp"
+
+using namespace strata;
+using namespace strata::transport;
+
+namespace {
+
+struct inbox {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<uint8_t> buffer;
+  std::vector<std::pair<std::vector<uint8_t>, bool>> landed;  // header, ok
+  receiver make() {
+    receiver r;
+    r.place = [this](const uint8_t*, size_t, size_t len) -> void* {
+      std::lock_guard<std::mutex> g(mu);
+      buffer.assign(len, 0);
+      return buffer.data();
+    };
+    r.landed = [this](std::vector<uint8_t> h, void*, size_t, status st) {
+      std::lock_guard<std::mutex> g(mu);
+      landed.push_back({std::move(h), bool(st)});
+      cv.notify_all();
+    };
+    return r;
+  }
+  bool wait(size_t n) {
+    std::unique_lock<std::mutex> g(mu);
+    return cv.wait_for(g, std::chrono::seconds(20), [&] { return landed.size() >= n; });
+  }
+};
+
+}  // namespace
+
+TEST_CASE("ucx: eager and rendezvous messages over tcp and shared memory") {
+  for (std::string tls : {"tcp", "sm"}) {
+    CAPTURE(tls);
+    inbox in;
+    auto a = ucx_endpoint::create({tls}, {});
+    auto b = ucx_endpoint::create({tls}, in.make());
+    REQUIRE_MESSAGE(a, a.message());
+    REQUIRE_MESSAGE(b, b.message());
+    auto peer = (*a)->connect((*b)->address());
+    REQUIRE_MESSAGE(peer, peer.message());
+    size_t n = 0;
+    for (size_t len : {size_t(100), size_t(3) << 20}) {
+      std::vector<uint8_t> payload(len);
+      for (size_t i = 0; i < len; ++i) payload[i] = uint8_t(i * 7 + len);
+      std::promise<status> sent;
+      (*a)->send(*peer, {1, 2, 3, uint8_t(len & 0xff)}, payload.data(), len, [&](status st) { sent.set_value(st); });
+      auto fut = sent.get_future();
+      REQUIRE(fut.wait_for(std::chrono::seconds(20)) == std::future_status::ready);
+      CHECK(fut.get());
+      REQUIRE(in.wait(++n));
+      std::lock_guard<std::mutex> g(in.mu);
+      CHECK(in.landed.back().second);
+      CHECK(in.landed.back().first == std::vector<uint8_t>{1, 2, 3, uint8_t(len & 0xff)});
+      CHECK(checksum64(in.buffer.data(), in.buffer.size()) == checksum64(payload.data(), len));
+    }
+  }
+}
+
+TEST_CASE("ucx: sending to an unknown peer fails at once") {
+  auto a = ucx_endpoint::create({"tcp"}, {});
+  REQUIRE(a);
+  std::promise<status> p;
+  (*a)->send(99, {}, nullptr, 0, [&](status st) { p.set_value(st); });
+  auto st = p.get_future().get();
+  CHECK_FALSE(st);
+  CHECK(st.message().find("unknown or failed peer 99") != std::string::npos);
+  std::vector<uint8_t> junk(10, 0xff);
+  auto bad = (*a)->connect(junk);
+  CHECK_FALSE(bad);
+}
