@@ -1,0 +1,110 @@
+#include "dataflow/param_image.hpp"
+
+#include <cstring>
+
+#include "dataflow/model_io.hpp"
+
+namespace strata {
+
+namespace {
+
+// The tensors of each segment in image order, as (pointer, count) pairs.
+std::vector<std::pair<float*, size_t>> globals_of(model& m) {
+  std::vector<std::pair<float*, size_t>> out{{m.tok_emb.data(), m.tok_emb.size()},
+                                             {m.final_norm.data(), m.final_norm.size()}};
+  if (!m.lm_head.empty()) out.push_back({m.lm_head.data(), m.lm_head.size()});
+  return out;
+}
+
+std::vector<std::pair<float*, size_t>> parts_of(layer_weights& w) {
+  return {{w.att_norm.data(), w.att_norm.size()}, {w.wqkv.data(), w.wqkv.size()},
+          {w.wo.data(), w.wo.size()},             {w.ffn_norm.data(), w.ffn_norm.size()},
+          {w.w13.data(), w.w13.size()},           {w.w2.data(), w.w2.size()}};
+}
+
+}  // namespace
+
+image_layout layout_of(const model_config& c) {
+  image_layout l;
+  uint64_t globals = 4ull * (uint64_t(c.vocab_size) * uint64_t(c.dim) * (c.tied_embeddings ? 1 : 2) + uint64_t(c.dim));
+  uint64_t layer = 4ull * c.layer_params();
+  l.bytes.push_back(globals);
+  for (int i = 0; i < c.n_layers; ++i) l.bytes.push_back(layer);
+  for (auto b : l.bytes) {
+    l.offset.push_back(l.total);
+    l.total += b;
+  }
+  return l;
+}
+
+std::vector<uint8_t> make_image(const model& cm) {
+  auto& m = const_cast<model&>(cm);  // only read through the pointers below
+  auto l = layout_of(m.config);
+  std::vector<uint8_t> img(l.total);
+  uint8_t* p = img.data();
+  for (auto [ptr, n] : globals_of(m)) {
+    std::memcpy(p, ptr, n * 4);
+    p += n * 4;
+  }
+  for (auto& lw : m.layers)
+    for (auto [ptr, n] : parts_of(const_cast<layer_weights&>(*lw))) {
+      std::memcpy(p, ptr, n * 4);
+      p += n * 4;
+    }
+  return img;
+}
+
+std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const uint8_t* seg) {
+  auto w = std::make_shared<layer_weights>();
+  w->allocate(c);
+  for (auto [ptr, n] : parts_of(*w)) {
+    std::memcpy(ptr, seg, n * 4);
+    seg += n * 4;
+  }
+  return w;
+}
+
+model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name) {
+  auto m = std::make_shared<model>();
+  m->name = name;
+  m->format = source_format::generated;
+  m->config = c;
+  allocate_slots(*m);
+  auto l = layout_of(c);
+  const uint8_t* p = image;
+  for (auto [ptr, n] : globals_of(*m)) {
+    std::memcpy(ptr, p, n * 4);
+    p += n * 4;
+  }
+  for (int i = 0; i < c.n_layers; ++i) m->layers[size_t(i)] = layer_from_segment(c, image + l.offset[size_t(i + 1)]);
+  return m;
+}
+
+expected<std::vector<chunk_desc>> make_chunks(const image_layout& l, const uint8_t* image, uint64_t chunk_bytes,
+                                              std::vector<int> order) {
+  if (chunk_bytes < 64) return make_error("chunk size must be at least 64 bytes");
+  if (order.empty())
+    for (int s = 0; s < l.segments(); ++s) order.push_back(s);
+  std::vector<bool> seen(size_t(l.segments()), false);
+  for (int s : order) {
+    if (s < 0 || s >= l.segments() || seen[size_t(s)])
+      return make_error("segment order must list each of the " + std::to_string(l.segments()) +
+                        " segments once (bad: " + std::to_string(s) + ")");
+    seen[size_t(s)] = true;
+  }
+  if (int(order.size()) != l.segments()) return make_error("segment order misses segments");
+  std::vector<chunk_desc> out;
+  for (int s : order)
+    for (uint64_t o = 0; o < l.bytes[size_t(s)]; o += chunk_bytes) {
+      chunk_desc c;
+      c.index = uint32_t(out.size());
+      c.segment = s;
+      c.offset = l.offset[size_t(s)] + o;
+      c.length = std::min(chunk_bytes, l.bytes[size_t(s)] - o);
+      c.checksum = image ? checksum64(image + c.offset, c.length) : 0;
+      out.push_back(c);
+    }
+  return out;
+}
+
+}  // namespace strata

@@ -1,0 +1,184 @@
+// Multicast planning and the parameter image.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <set>
+
+#include "dataflow/forward.hpp"
+#include "dataflow/multicast.hpp"
+#include "dataflow/param_image.hpp"
+
+using namespace strata;
+
+namespace {
+
+// Delivers every chunk along the trees (each node forwards what it receives) and returns
+// what each node ends up holding.
+std::map<node_id, std::set<uint32_t>> simulate(const multicast_plan& p) {
+  std::map<node_id, std::set<uint32_t>> have;
+  for (auto& t : p.trees) {
+    std::vector<node_id> frontier{t.root};
+    while (!frontier.empty()) {
+      node_id n = frontier.back();
+      frontier.pop_back();
+      for (auto c : t.children_of(n)) {
+        for (auto ch : t.chunks) have[c].insert(ch);
+        frontier.push_back(c);
+      }
+    }
+  }
+  return have;
+}
+
+void every_target_gets_everything(const multicast_plan& p, uint32_t n_chunks) {
+  auto have = simulate(p);
+  for (auto t : p.targets) {
+    CAPTURE(t);
+    CHECK(have[t].size() == n_chunks);
+  }
+}
+
+int depth(const forward_tree& t, node_id n) {
+  int d = 0;
+  while (n != t.root) {
+    n = t.parent.at(n);
+    ++d;
+  }
+  return d;
+}
+
+}  // namespace
+
+TEST_CASE("plan shapes: chain, binomial, k-ary, one-to-one") {
+  plan_request r;
+  r.sources = {{100}};
+  r.targets = {1, 2, 3, 4, 5, 6, 7};
+  r.n_chunks = 10;
+  r.kind = plan_kind::chain;
+  auto chain = plan_multicast(r);
+  REQUIRE(chain);
+  REQUIRE(chain->trees.size() == 1);
+  CHECK(chain->trees[0].parent.at(1) == 100);
+  CHECK(chain->trees[0].parent.at(5) == 4);
+  CHECK(depth(chain->trees[0], 7) == 7);
+  every_target_gets_everything(*chain, 10);
+
+  r.kind = plan_kind::binomial;
+  auto bin = plan_multicast(r);
+  REQUIRE(bin);
+  auto& t = bin->trees[0];
+  CHECK(t.parent.at(1) == 100);  // rank 1 <- 0
+  CHECK(t.parent.at(3) == 1);    // rank 3 <- 1
+  CHECK(t.parent.at(6) == 2);    // rank 6 <- 2
+  CHECK(t.parent.at(7) == 3);    // rank 7 <- 3
+  for (auto n : r.targets) CHECK(depth(t, n) <= 3);  // log2(8)
+  CHECK(t.children_of(100).size() == 3);
+  every_target_gets_everything(*bin, 10);
+
+  r.kind = plan_kind::kary;
+  r.fanout = 3;
+  auto k = plan_multicast(r);
+  REQUIRE(k);
+  CHECK(k->trees[0].children_of(100).size() == 3);
+  CHECK(k->trees[0].parent.at(4) == 1);
+  every_target_gets_everything(*k, 10);
+
+  r.kind = plan_kind::one_to_one;
+  auto d = plan_multicast(r);
+  REQUIRE(d);
+  CHECK(d->trees[0].children_of(100).size() == 7);
+  every_target_gets_everything(*d, 10);
+  CHECK(d->describe().find("one-to-one plan: 1 tree(s) to 7 target(s)") == 0);
+}
+
+TEST_CASE("several sources split the chunks; busy ones only as a last resort") {
+  plan_request r;
+  r.kind = plan_kind::chain;
+  r.sources = {{100}, {101, true}, {102}};
+  r.targets = {1, 2, 3, 4};
+  r.n_chunks = 9;
+  auto p = plan_multicast(r);
+  REQUIRE(p);
+  REQUIRE(p->trees.size() == 2);
+  CHECK(p->trees[0].root == 100);
+  CHECK(p->trees[1].root == 102);
+  CHECK(p->trees[0].chunks.size() + p->trees[1].chunks.size() == 9);
+  CHECK(p->trees[0].children_of(100) != p->trees[1].children_of(102));  // different first relays
+  every_target_gets_everything(*p, 9);
+  r.sources = {{101, true}};
+  auto busy = plan_multicast(r);
+  REQUIRE(busy);
+  CHECK(busy->trees[0].root == 101);
+  r.sources = {};
+  CHECK(plan_multicast(r).message() == "no source holds the parameters");
+  r.sources = {{1}};
+  CHECK(plan_multicast(r).message().find("both source and target") != std::string::npos);
+  r.sources = {{100}};
+  r.n_chunks = 0;
+  CHECK_FALSE(plan_multicast(r));
+}
+
+TEST_CASE("repair: a dead relay's children are adopted; a dead source is replaced") {
+  plan_request r;
+  r.kind = plan_kind::chain;
+  r.sources = {{100}, {101}};
+  r.max_sources = 1;
+  r.targets = {1, 2, 3, 4};
+  r.n_chunks = 8;
+  auto p = plan_multicast(r);
+  REQUIRE(p);
+  auto a = repair_plan(*p, 3);
+  REQUIRE(a);
+  REQUIRE(a->size() == 1);
+  CHECK((*a)[0].parent == 2);
+  CHECK((*a)[0].child == 4);
+  CHECK(p->trees[0].parent.at(4) == 2);
+  every_target_gets_everything(*p, 8);
+  auto b = repair_plan(*p, 100);  // the source dies: the spare source 101 takes over
+  REQUIRE(b);
+  CHECK(p->trees[0].root == 101);
+  CHECK((*b)[0].child == 1);
+  every_target_gets_everything(*p, 8);
+  auto c = repair_plan(*p, 101);
+  REQUIRE_FALSE(c);
+  CHECK(c.message().find("no other node holds chunks 0..7") != std::string::npos);
+}
+
+TEST_CASE("parameter image: round trip and chunking") {
+  model_config c;
+  c.dim = 32;
+  c.hidden_dim = 48;
+  c.n_layers = 3;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.head_dim = 8;
+  c.vocab_size = 50;
+  c.seq_len = 32;
+  c.tied_embeddings = false;
+  auto m = make_random_model(c, 4);
+  auto img = make_image(*m);
+  auto l = layout_of(c);
+  CHECK(img.size() == l.total);
+  CHECK(l.total == c.total_params() * 4);
+  auto back = model_from_image(c, img.data(), "copy");
+  CHECK(back->lm_head == m->lm_head);
+  CHECK(back->layers[2]->w2 == m->layers[2]->w2);
+  CHECK(generate_reference(*back, {1, 3}, 10) == generate_reference(*m, {1, 3}, 10));
+  auto chunks = make_chunks(l, img.data(), 1000, {0, 3, 1, 2});
+  REQUIRE(chunks);
+  std::vector<int> covered(img.size(), 0);
+  int last_segment = 0;
+  std::vector<int> seg_seq;
+  for (auto& ch : *chunks) {
+    CHECK(ch.offset >= l.offset[size_t(ch.segment)]);
+    CHECK(ch.offset + ch.length <= l.offset[size_t(ch.segment)] + l.bytes[size_t(ch.segment)]);
+    CHECK(ch.checksum == checksum64(img.data() + ch.offset, ch.length));
+    for (uint64_t i = ch.offset; i < ch.offset + ch.length; ++i) ++covered[i];
+    if (seg_seq.empty() || ch.segment != last_segment) seg_seq.push_back(ch.segment);
+    last_segment = ch.segment;
+  }
+  CHECK(seg_seq == std::vector<int>{0, 3, 1, 2});
+  CHECK(std::all_of(covered.begin(), covered.end(), [](int x) { return x == 1; }));
+  CHECK_FALSE(make_chunks(l, img.data(), 1000, {0, 1, 1, 2}));
+  CHECK_FALSE(make_chunks(l, img.data(), 10));
+}
