@@ -1,0 +1,42 @@
+// Configuration of one Strata node process (`strata node --config FILE`), read from TOML.
+// Every key has a default; command-line flags override the file. See README "Nodes".
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dataflow/expected.hpp"
+
+namespace strata {
+
+struct model_source {
+  std::string name;
+  std::string path;
+};
+
+struct node_config {
+  std::string name;                      // default: "node-<pid>"
+  std::string listen = "127.0.0.1:0";    // where this node's actor is published (port 0: any)
+  std::string controller;                // host:port to join; empty: this node is the controller
+  double memory_gb = 0;                  // host memory offered for parameters; 0: half of RAM
+  std::string transport = "tcp";         // UCX transports: tcp, sm or auto
+  int heartbeat_ms = 250;
+  int heartbeat_timeout_ms = 2000;       // controller: a node silent this long is dead
+  int host_copies = 1;                   // controller: host copies kept per model (O(1) caching)
+  int transfer_timeout_ms = 120000;      // controller: a multicast that takes longer fails
+  std::vector<model_source> models;      // models this node can load from disk
+  std::string port_file;                 // write the bound port here once listening (for scripts)
+  // Fault injection for tests: corrupt the payload of these received chunk indices once each.
+  std::vector<int> corrupt_chunks;
+  double throttle_mb_s = 0;              // tests: limit this node's sending rate (0: unlimited)
+};
+
+// Parses a TOML file; errors name the file, the key and what was expected.
+expected<node_config> load_node_config(const std::string& path);
+expected<node_config> parse_node_config(const std::string& toml_text, const std::string& origin);
+
+// "host:port" -> parts.
+expected<std::pair<std::string, uint16_t>> split_host_port(const std::string& s);
+
+}  // namespace strata
