@@ -9,6 +9,7 @@
 
 #include "actors/engine.hpp"
 #include "apps/args.hpp"
+#include "apps/cluster_cli.hpp"
 #include "dataflow/manifest.hpp"
 #include "dataflow/thread_pool.hpp"
 #include "dataflow/tokenizer.hpp"
@@ -45,6 +46,15 @@ commands:
                --seq-len S --dtype f32|f16|bf16 --seed S --untied --shard-mb MB
   convert    write any loadable model as a Hugging Face directory
                --model PATH --out DIR --dtype f32|f16|bf16
+  node       run one node process of a cluster (CAF middleman + UCX data plane)
+               --config FILE (TOML, see README) and overrides --name --listen HOST:PORT
+               --controller HOST:PORT (omit: this node is the controller) --transport tcp|sm|auto
+               --model NAME=PATH (offer a model from disk) --port-file FILE --memory-gb G
+  cluster    talk to a running cluster
+               view --controller HOST:PORT
+               multicast --controller HOST:PORT --model NAME --targets a,b,c
+                 [--plan chain|binomial|kary|one-to-one] [--chunk-kb 4096] [--fanout 2]
+                 [--busy n1,n2] [--max-sources K] [--timeout-s 300]
   help       this text
 )";
 
@@ -320,6 +330,8 @@ int main(int argc, char** argv) {
   if (cmd == "inspect") return cmd_inspect(argc, argv);
   if (cmd == "gen-model") return cmd_gen_model(argc, argv);
   if (cmd == "convert") return cmd_convert(argc, argv);
+  if (cmd == "node") return cmd_node(argc, argv);
+  if (cmd == "cluster") return cmd_cluster(argc, argv);
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     std::fputs(usage, stdout);
     return 0;

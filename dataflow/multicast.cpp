@@ -56,10 +56,11 @@ forward_tree build_tree(plan_kind kind, node_id root, const std::vector<node_id>
   return t;
 }
 
-void print_subtree(std::ostringstream& os, const forward_tree& t, node_id n, int depth) {
+void print_subtree(std::ostringstream& os, const forward_tree& t, node_id n, int depth,
+                   const std::function<std::string(node_id)>& name) {
   for (auto c : t.children_of(n)) {
-    os << std::string(size_t(4 + 2 * depth), ' ') << "n" << n << " -> n" << c << "\n";
-    print_subtree(os, t, c, depth + 1);
+    os << std::string(size_t(4 + 2 * depth), ' ') << name(n) << " -> " << name(c) << "\n";
+    print_subtree(os, t, c, depth + 1, name);
   }
 }
 
@@ -136,14 +137,15 @@ expected<std::vector<adoption>> repair_plan(multicast_plan& p, node_id failed) {
   return out;
 }
 
-std::string multicast_plan::describe() const {
+std::string multicast_plan::describe(const std::function<std::string(node_id)>& name_of) const {
+  auto name = name_of ? name_of : [](node_id n) { return "n" + std::to_string(n); };
   std::ostringstream os;
   os << to_string(kind) << " plan: " << trees.size() << " tree(s) to " << targets.size() << " target(s)\n";
   for (size_t i = 0; i < trees.size(); ++i) {
     auto& t = trees[i];
-    os << "  tree " << i << ": root n" << t.root << ", chunks " << t.chunks.front() << ".." << t.chunks.back() << " ("
+    os << "  tree " << i << ": root " << name(t.root) << ", chunks " << t.chunks.front() << ".." << t.chunks.back() << " ("
        << t.chunks.size() << ")\n";
-    print_subtree(os, t, t.root, 0);
+    print_subtree(os, t, t.root, 0, name);
   }
   return os.str();
 }

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -41,7 +42,8 @@ struct multicast_plan {
   std::vector<node_id> sources;  // every holder that may serve (also spares for repair)
   std::vector<node_id> targets;
   std::vector<forward_tree> trees;
-  std::string describe() const;
+  // `name` renders a node (default: "n<id>").
+  std::string describe(const std::function<std::string(node_id)>& name = {}) const;
 };
 
 struct plan_request {

@@ -1,0 +1,716 @@
+#include "actors/cluster.hpp"
+
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <unistd.h>
+#include <unordered_map>
+
+#include "dataflow/manifest.hpp"
+
+namespace strata {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+double since(clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); }
+
+// The UCX header of every chunk message.
+struct wire_header {
+  uint32_t magic = 0x4b4e4843;  // "CHNK"
+  uint32_t chunk = 0;
+  uint64_t transfer = 0;
+};
+
+std::vector<uint8_t> header_bytes(uint64_t tid, uint32_t chunk) {
+  wire_header h;
+  h.chunk = chunk;
+  h.transfer = tid;
+  std::vector<uint8_t> out(sizeof h);
+  std::memcpy(out.data(), &h, sizeof h);
+  return out;
+}
+
+bool parse_header(const uint8_t* p, size_t n, wire_header& h) {
+  if (n != sizeof h) return false;
+  std::memcpy(&h, p, sizeof h);
+  return h.magic == wire_header{}.magic;
+}
+
+// Where chunks of each transfer land; read by the UCX progress thread, written by the node actor.
+struct landing_zone {
+  struct entry {
+    uint8_t* image = nullptr;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges;  // per chunk: offset, length
+  };
+  std::mutex mu;
+  std::unordered_map<uint64_t, entry> transfers;
+  caf::actor node;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Node
+
+struct held_model {
+  std::vector<uint8_t> manifest;
+  std::shared_ptr<std::vector<uint8_t>> image;
+};
+
+struct transfer_state {
+  transfer_plan plan;
+  std::shared_ptr<std::vector<uint8_t>> image;
+  bool target = false;
+  std::vector<uint8_t> have;
+  std::vector<int> tree_of;   // chunk -> tree index
+  std::vector<int> seg_left;  // chunks still missing per segment
+  uint32_t remaining = 0;
+  uint32_t refetched = 0;
+  clock::time_point t0;
+  std::set<int> corrupt_once;
+  std::deque<std::pair<uint32_t, node_id>> sendq;  // only when throttled
+  bool pumping = false;
+  bool finished = false;
+};
+
+struct node_state {
+  node_config cfg;
+  uint32_t id = 0;
+  caf::actor controller;
+  std::shared_ptr<transport::ucx_endpoint> ucx;
+  std::shared_ptr<landing_zone> zone;
+  std::map<std::string, held_model> held;
+  std::map<node_id, transport::peer_id> peers;
+  std::map<uint64_t, transfer_state> transfers;
+  ~node_state() {
+    if (zone) {
+      std::lock_guard<std::mutex> g(zone->mu);
+      zone->node = nullptr;  // breaks the zone -> actor -> state -> zone cycle
+    }
+  }
+  static inline const char* name = "strata.node";
+};
+
+using node_actor = caf::stateful_actor<node_state>;
+
+expected<transport::peer_id> peer_for(node_actor* self, transfer_state& t, node_id to) {
+  auto& st = self->state;
+  if (auto it = st.peers.find(to); it != st.peers.end()) return it->second;
+  auto addr = t.plan.peers.find(to);
+  if (addr == t.plan.peers.end()) return make_error("no UCX address for node " + std::to_string(to));
+  auto p = st.ucx->connect(addr->second);
+  if (!p) return p.err();
+  st.peers[to] = *p;
+  return *p;
+}
+
+void ucx_send_chunk(node_actor* self, uint64_t tid, uint32_t idx, node_id to) {
+  auto& t = self->state.transfers[tid];
+  auto peer = peer_for(self, t, to);
+  if (!peer) return;  // the controller notices a dead peer and repairs the plan
+  const auto& c = t.plan.chunks[idx];
+  auto image = t.image;  // keeps the bytes alive until UCX is done with them
+  self->state.ucx->send(*peer, header_bytes(tid, idx), image->data() + c.offset, c.length,
+                        [image](status) {});
+}
+
+// Sends now, or queues behind a rate limit (tests use it to make transfers take a while).
+void send_chunk(node_actor* self, uint64_t tid, uint32_t idx, node_id to) {
+  auto& st = self->state;
+  if (st.cfg.throttle_mb_s <= 0) return ucx_send_chunk(self, tid, idx, to);
+  auto& t = st.transfers[tid];
+  t.sendq.emplace_back(idx, to);
+  if (!t.pumping) {
+    t.pumping = true;
+    self->send(self, pump_atom::value, tid);
+  }
+}
+
+void pump(node_actor* self, uint64_t tid) {
+  auto it = self->state.transfers.find(tid);
+  if (it == self->state.transfers.end()) return;
+  auto& t = it->second;
+  if (t.sendq.empty()) {
+    t.pumping = false;
+    return;
+  }
+  auto [idx, to] = t.sendq.front();
+  t.sendq.pop_front();
+  ucx_send_chunk(self, tid, idx, to);
+  double secs = double(t.plan.chunks[idx].length) / (self->state.cfg.throttle_mb_s * 1e6);
+  self->delayed_send(self, std::chrono::microseconds(int64_t(secs * 1e6)), pump_atom::value, tid);
+}
+
+void forward(node_actor* self, uint64_t tid, uint32_t idx) {
+  auto& t = self->state.transfers[tid];
+  const auto& tree = t.plan.plan.trees[size_t(t.tree_of[idx])];
+  for (auto child : tree.children_of(self->state.id)) send_chunk(self, tid, idx, child);
+}
+
+void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
+  auto& st = self->state;
+  auto plan = decode_plan(bytes.data(), bytes.size());
+  if (!plan) {
+    self->send(st.controller, tfail_atom::value, uint64_t(0), st.id, "bad plan: " + plan.message());
+    return;
+  }
+  uint64_t tid = plan->id;
+  auto& t = st.transfers[tid];
+  t.plan = std::move(*plan);
+  t.t0 = clock::now();
+  t.target = t.plan.is_target(st.id);
+  t.tree_of.assign(t.plan.chunks.size(), 0);
+  for (size_t i = 0; i < t.plan.plan.trees.size(); ++i)
+    for (auto c : t.plan.plan.trees[i].chunks) t.tree_of[c] = int(i);
+  for (auto c : st.cfg.corrupt_chunks) t.corrupt_once.insert(c);
+  if (t.target) {
+    t.image = std::make_shared<std::vector<uint8_t>>(t.plan.image_bytes);
+    t.have.assign(t.plan.chunks.size(), 0);
+    t.remaining = uint32_t(t.plan.chunks.size());
+    for (auto& c : t.plan.chunks) {
+      if (size_t(c.segment) >= t.seg_left.size()) t.seg_left.resize(size_t(c.segment) + 1, 0);
+      ++t.seg_left[size_t(c.segment)];
+    }
+    std::lock_guard<std::mutex> g(st.zone->mu);
+    auto& z = st.zone->transfers[tid];
+    z.image = t.image->data();
+    for (auto& c : t.plan.chunks) z.ranges.emplace_back(c.offset, c.length);
+    return;
+  }
+  auto h = st.held.find(t.plan.model);
+  if (h == st.held.end() || h->second.image->size() != t.plan.image_bytes) return;  // not a holder: idle spare
+  t.image = h->second.image;
+  for (size_t i = 0; i < t.plan.plan.trees.size(); ++i) {
+    auto& tree = t.plan.plan.trees[i];
+    if (tree.root != st.id) continue;
+    for (auto c : tree.chunks)
+      for (auto child : tree.children_of(st.id)) send_chunk(self, tid, c, child);
+  }
+}
+
+void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
+  auto& st = self->state;
+  auto it = st.transfers.find(tid);
+  if (it == st.transfers.end()) return;
+  auto& t = it->second;
+  if (!t.target || t.finished || idx >= t.have.size() || t.have[idx]) return;  // duplicate
+  const auto& c = t.plan.chunks[idx];
+  if (ok && t.corrupt_once.erase(int(idx))) (*t.image)[c.offset + c.length / 2] ^= 0x5a;  // fault injection
+  if (!ok || checksum64(t.image->data() + c.offset, c.length) != c.checksum) {
+    ++t.refetched;
+    self->send(st.controller, refetch_atom::value, tid, idx, st.id);
+    return;
+  }
+  t.have[idx] = 1;
+  --t.remaining;
+  forward(self, tid, idx);
+  if (--t.seg_left[size_t(c.segment)] == 0) self->send(st.controller, ready_atom::value, tid, st.id, c.segment);
+  if (t.remaining == 0) {
+    t.finished = true;
+    held_model hm;
+    hm.manifest = t.plan.manifest;
+    hm.image = t.image;
+    st.held[t.plan.model] = std::move(hm);
+    {
+      std::lock_guard<std::mutex> g(st.zone->mu);
+      st.zone->transfers.erase(tid);
+    }
+    self->send(st.controller, tdone_atom::value, tid, st.id, uint64_t(t.plan.image_bytes), since(t.t0), t.refetched);
+  }
+}
+
+void heartbeat(node_actor* self) {
+  auto& st = self->state;
+  if (st.id != 0) self->send(st.controller, heartbeat_atom::value, st.id);
+  self->delayed_send(self, std::chrono::milliseconds(st.cfg.heartbeat_ms), heartbeat_atom::value, uint32_t(0));
+}
+
+// Loads the models of the config and asks the controller whether to keep each host copy.
+void offer_models(node_actor* self) {
+  auto& st = self->state;
+  for (auto& src : st.cfg.models) {
+    auto m = load_model(src.path);
+    if (!m) {
+      std::fprintf(stderr, "strata node %s: cannot load model %s: %s\n", st.cfg.name.c_str(), src.name.c_str(),
+                   m.message().c_str());
+      continue;
+    }
+    auto manifest = build_manifest(**m);
+    auto image = std::make_shared<std::vector<uint8_t>>(make_image(**m));
+    std::string name = src.name;
+    self->request(st.controller, std::chrono::seconds(10), hold_atom::value, st.id, name, manifest)
+        .then(
+            [=](bool keep) {
+              if (keep) self->state.held[name] = held_model{manifest, image};
+            },
+            [=](caf::error& e) {
+              std::fprintf(stderr, "strata node: hold %s refused: %s\n", name.c_str(), describe(e).c_str());
+            });
+  }
+}
+
+caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
+                       std::shared_ptr<transport::ucx_endpoint> ucx, std::shared_ptr<landing_zone> zone) {
+  auto& st = self->state;
+  st.cfg = cfg;
+  st.controller = controller;
+  st.ucx = std::move(ucx);
+  st.zone = zone;
+  self->monitor(controller);
+  self->set_down_handler([=](caf::down_msg& dm) {
+    if (dm.source != self->state.controller.address()) return;
+    std::fprintf(stderr, "strata node %s: controller lost (%s); stopping\n", self->state.cfg.name.c_str(),
+                 caf::to_string(dm.reason).c_str());
+    self->quit(dm.reason);
+  });
+  node_info info;
+  info.name = cfg.name;
+  info.ucx_address = st.ucx->address();
+  info.memory_bytes = uint64_t(cfg.memory_gb * double(1ull << 30));
+  info.transport = cfg.transport;
+  info.devices = {"cpu"};
+  self->request(controller, std::chrono::seconds(10), join_atom::value, info, caf::actor_cast<caf::actor>(self))
+      .then(
+          [=](uint32_t id) {
+            self->state.id = id;
+            offer_models(self);
+          },
+          [=](caf::error& e) {
+            std::fprintf(stderr, "strata node %s: join failed: %s\n", self->state.cfg.name.c_str(),
+                         describe(e).c_str());
+            self->quit(e);
+          });
+  heartbeat(self);
+  return {
+      [=](heartbeat_atom, uint32_t) { heartbeat(self); },
+      [=](transfer_atom, const std::vector<uint8_t>& plan) {
+        on_transfer(self, plan);
+        return true;
+      },
+      [=](chunk_atom, uint64_t tid, uint32_t idx, bool ok) { on_chunk(self, tid, idx, ok); },
+      [=](pump_atom, uint64_t tid) { pump(self, tid); },
+      [=](chunks_atom, const std::string& model, uint64_t chunk_bytes) -> caf::result<std::vector<uint64_t>> {
+        auto h = self->state.held.find(model);
+        if (h == self->state.held.end()) return make_error(errc::bad_request, "model " + model + " is not held here");
+        auto view = read_manifest(h->second.manifest.data(), h->second.manifest.size());
+        if (!view) return make_error(errc::internal, view.message());
+        auto chunks = make_chunks(layout_of(view->config), h->second.image->data(), chunk_bytes);
+        if (!chunks) return make_error(errc::bad_request, chunks.message());
+        std::vector<uint64_t> flat;
+        for (auto& c : *chunks) flat.insert(flat.end(), {c.index, uint64_t(c.segment), c.offset, c.length, c.checksum});
+        return flat;
+      },
+      [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester) {
+        auto it = self->state.transfers.find(tid);
+        if (it == self->state.transfers.end() || idx >= it->second.plan.chunks.size()) return;
+        bool have = !it->second.target || it->second.have[idx];
+        if (have) send_chunk(self, tid, idx, requester);
+        // else: it is forwarded the moment it lands here
+      },
+      [=](missing_atom, uint64_t tid) -> std::vector<uint32_t> {
+        std::vector<uint32_t> out;
+        auto it = self->state.transfers.find(tid);
+        if (it == self->state.transfers.end()) return out;
+        for (uint32_t i = 0; i < it->second.have.size(); ++i)
+          if (!it->second.have[i]) out.push_back(i);
+        return out;
+      },
+      [=](adopt_atom, uint64_t tid, uint32_t tree, uint32_t child, const std::vector<uint32_t>& missing) {
+        auto it = self->state.transfers.find(tid);
+        if (it == self->state.transfers.end() || tree >= it->second.plan.plan.trees.size()) return;
+        auto& t = it->second;
+        auto& ft = t.plan.plan.trees[tree];
+        if (ft.root != self->state.id && !t.target) ft.root = self->state.id;  // a spare source takes over
+        ft.children[self->state.id].push_back(child);
+        ft.parent[child] = self->state.id;
+        for (auto c : missing)
+          if (c < t.plan.chunks.size() && size_t(t.tree_of[c]) == tree && (!t.target || t.have[c]))
+            send_chunk(self, tid, c, child);
+      },
+      [=](imagesum_atom, const std::string& model) -> caf::result<uint64_t> {
+        auto h = self->state.held.find(model);
+        if (h == self->state.held.end()) return make_error(errc::bad_request, "model " + model + " is not held here");
+        return checksum64(h->second.image->data(), h->second.image->size());
+      },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Controller
+
+struct node_entry {
+  node_info info;
+  caf::actor handle;
+  clock::time_point last_seen;
+};
+
+struct model_entry {
+  std::vector<uint8_t> manifest;
+  std::set<node_id> host_copies;  // at most cfg.host_copies
+  std::set<node_id> instances;    // nodes that received the parameters
+};
+
+struct active_transfer {
+  transfer_plan plan;
+  caf::response_promise rp;
+  transfer_report report;
+  clock::time_point t0;
+  std::map<node_id, size_t> row;  // target -> index in report.targets
+  std::set<node_id> pending;
+};
+
+struct controller_state {
+  node_config cfg;
+  std::map<node_id, node_entry> nodes;
+  std::map<std::string, model_entry> models;
+  std::map<uint64_t, active_transfer> transfers;
+  node_id next_id = 1;
+  uint64_t next_tid = 1;
+  static inline const char* name = "strata.controller";
+};
+
+using controller_actor = caf::stateful_actor<controller_state>;
+
+std::string node_name(controller_actor* self, node_id n) {
+  auto it = self->state.nodes.find(n);
+  return it == self->state.nodes.end() ? "n" + std::to_string(n) : it->second.info.name;
+}
+
+void finish_if_done(controller_actor* self, uint64_t tid) {
+  auto it = self->state.transfers.find(tid);
+  if (it == self->state.transfers.end() || !it->second.pending.empty()) return;
+  auto& t = it->second;
+  t.report.seconds = since(t.t0);
+  t.rp.deliver(t.report);
+  self->state.transfers.erase(it);
+}
+
+void fail_target(active_transfer& t, node_id n, const std::string& why) {
+  if (!t.pending.erase(n)) return;
+  auto& row = t.report.targets[t.row[n]];
+  row.ok = false;
+  row.error = why;
+  row.seconds = since(t.t0);
+}
+
+void node_lost(controller_actor* self, node_id n, const std::string& why) {
+  auto& st = self->state;
+  auto it = st.nodes.find(n);
+  if (it == st.nodes.end()) return;
+  std::string name = it->second.info.name;
+  st.nodes.erase(it);
+  for (auto& [_, m] : st.models) {
+    m.host_copies.erase(n);
+    m.instances.erase(n);
+  }
+  std::vector<uint64_t> touched;
+  for (auto& [tid, t] : st.transfers) {
+    bool involved = t.plan.is_target(n) || std::find(t.plan.plan.sources.begin(), t.plan.plan.sources.end(), n) !=
+                                               t.plan.plan.sources.end();
+    if (!involved) continue;
+    touched.push_back(tid);
+    t.report.events.push_back(name + " died (" + why + ") at " + std::to_string(since(t.t0)) + " s");
+    fail_target(t, n, "node died: " + why);
+    auto adoptions = repair_plan(t.plan.plan, n);
+    if (!adoptions) {
+      t.report.events.push_back("cannot repair: " + adoptions.message());
+      for (auto p : std::set<node_id>(t.pending)) fail_target(t, p, adoptions.message());
+      continue;
+    }
+    for (auto& a : *adoptions) {
+      t.report.events.push_back(node_name(self, a.child) + " adopted by " + node_name(self, a.parent) + " (tree " +
+                                std::to_string(a.tree) + ")");
+      auto child = st.nodes.find(a.child), parent = st.nodes.find(a.parent);
+      if (child == st.nodes.end() || parent == st.nodes.end()) continue;
+      auto parent_handle = parent->second.handle;
+      uint64_t id = tid;
+      uint32_t tree = uint32_t(a.tree), kid = a.child;
+      // Ask the orphan what it lacks, then have its new parent send exactly that.
+      self->request(child->second.handle, std::chrono::seconds(10), missing_atom::value, id)
+          .then([=](const std::vector<uint32_t>& missing) {
+                  self->send(parent_handle, adopt_atom::value, id, tree, kid, missing);
+                },
+                [=](caf::error&) {});
+    }
+  }
+  for (auto tid : touched) finish_if_done(self, tid);
+}
+
+void start_multicast(controller_actor* self, multicast_request req, caf::response_promise rp) {
+  auto& st = self->state;
+  auto mit = st.models.find(req.model);
+  if (mit == st.models.end()) return rp.deliver(make_error(errc::bad_request, "no node holds model " + req.model));
+  auto kind = parse_plan_kind(req.plan);
+  if (!kind) return rp.deliver(make_error(errc::bad_request, kind.message()));
+  std::vector<node_id> targets;
+  for (auto& name : req.targets) {
+    node_id found = 0;
+    for (auto& [id, e] : st.nodes)
+      if (e.info.name == name) found = id;
+    if (found == 0) return rp.deliver(make_error(errc::bad_request, "unknown target node '" + name + "'"));
+    targets.push_back(found);
+  }
+  std::vector<source_info> sources;
+  std::set<node_id> holders(mit->second.host_copies);
+  holders.insert(mit->second.instances.begin(), mit->second.instances.end());
+  for (auto h : holders) {
+    if (std::find(targets.begin(), targets.end(), h) != targets.end()) continue;
+    bool busy = std::find(req.busy.begin(), req.busy.end(), node_name(self, h)) != req.busy.end();
+    sources.push_back({h, busy});
+  }
+  if (sources.empty()) return rp.deliver(make_error(errc::unavailable, "no live holder of " + req.model));
+  auto first = st.nodes[sources.front().node].handle;
+  auto manifest = mit->second.manifest;
+  self->request(first, std::chrono::seconds(60), chunks_atom::value, req.model, req.chunk_bytes)
+      .then(
+          [=](const std::vector<uint64_t>& flat) mutable {
+            auto& st = self->state;
+            transfer_plan tp;
+            tp.id = st.next_tid++;
+            tp.model = req.model;
+            tp.manifest = manifest;
+            for (size_t i = 0; i + 4 < flat.size(); i += 5) {
+              tp.chunks.push_back({uint32_t(flat[i]), int32_t(flat[i + 1]), flat[i + 2], flat[i + 3], flat[i + 4]});
+              tp.image_bytes = std::max(tp.image_bytes, flat[i + 2] + flat[i + 3]);
+            }
+            plan_request pr;
+            pr.kind = *kind;
+            pr.sources = sources;
+            pr.targets = targets;
+            pr.n_chunks = uint32_t(tp.chunks.size());
+            pr.fanout = req.fanout;
+            pr.max_sources = req.max_sources;
+            auto plan = plan_multicast(pr);
+            if (!plan) return rp.deliver(make_error(errc::bad_request, plan.message()));
+            tp.plan = *plan;
+            std::set<node_id> involved(targets.begin(), targets.end());
+            for (auto& s : sources) involved.insert(s.node);
+            for (auto n : involved)
+              if (st.nodes.count(n)) tp.peers[n] = st.nodes[n].info.ucx_address;
+            active_transfer t;
+            t.plan = tp;
+            t.rp = rp;
+            t.t0 = clock::now();
+            t.report.id = tp.id;
+            t.report.model = req.model;
+            t.report.image_bytes = tp.image_bytes;
+            std::string text = plan->describe([=](node_id n) { return node_name(self, n); });
+            t.report.plan_text = text;
+            for (auto n : targets) {
+              t.row[n] = t.report.targets.size();
+              target_report row;
+              row.node = node_name(self, n);
+              t.report.targets.push_back(row);
+              t.pending.insert(n);
+            }
+            auto bytes = encode_plan(tp);
+            uint64_t tid = tp.id;
+            self->delayed_send(self, std::chrono::milliseconds(st.cfg.transfer_timeout_ms), ttimeout_atom::value, tid);
+            st.transfers.emplace(tid, std::move(t));
+            // Phase 1: every target prepares its landing zone and acknowledges. Phase 2: the
+            // sources start sending. So no chunk reaches a node that does not expect it yet.
+            auto acks = std::make_shared<size_t>(targets.size());
+            auto start_sources = [=] {
+              auto& st = self->state;
+              for (auto& s : sources)
+                if (st.nodes.count(s.node))
+                  self->request(st.nodes[s.node].handle, std::chrono::seconds(10), transfer_atom::value, bytes)
+                      .then([](bool) {}, [](caf::error&) {});  // a dead source is repaired via its monitor
+            };
+            for (auto n : targets) {
+              auto& handle = st.nodes[n].handle;
+              self->request(handle, std::chrono::seconds(10), transfer_atom::value, bytes)
+                  .then(
+                      [=](bool) {
+                        if (--*acks == 0) start_sources();
+                      },
+                      [=](caf::error& e) {
+                        node_lost(self, n, "did not accept the plan: " + describe(e));
+                        if (--*acks == 0) start_sources();
+                      });
+            }
+            return;
+          },
+          [=](caf::error& e) mutable { rp.deliver(e); });
+}
+
+caf::behavior controller_fun(controller_actor* self, node_config cfg) {
+  self->state.cfg = cfg;
+  self->set_down_handler([=](caf::down_msg& dm) {
+    for (auto& [id, e] : self->state.nodes)
+      if (e.handle.address() == dm.source) return node_lost(self, id, "connection lost: " + caf::to_string(dm.reason));
+  });
+  self->send(self, hbcheck_atom::value);
+  return {
+      [=](join_atom, node_info& info, caf::actor& handle) -> caf::result<uint32_t> {
+        auto& st = self->state;
+        for (auto& [id, e] : st.nodes)
+          if (e.info.name == info.name)
+            return make_error(errc::bad_request, "a node named '" + info.name + "' is already in the cluster");
+        info.id = st.next_id++;
+        self->monitor(handle);
+        st.nodes[info.id] = {info, handle, clock::now()};
+        return info.id;
+      },
+      [=](heartbeat_atom, uint32_t id) {
+        auto it = self->state.nodes.find(id);
+        if (it != self->state.nodes.end()) it->second.last_seen = clock::now();
+      },
+      [=](hbcheck_atom) {
+        auto& st = self->state;
+        std::vector<node_id> dead;
+        for (auto& [id, e] : st.nodes)
+          if (since(e.last_seen) * 1000 > st.cfg.heartbeat_timeout_ms) dead.push_back(id);
+        for (auto id : dead) node_lost(self, id, "no heartbeat for " + std::to_string(st.cfg.heartbeat_timeout_ms) + " ms");
+        self->delayed_send(self, std::chrono::milliseconds(std::max(10, st.cfg.heartbeat_timeout_ms / 4)),
+                           hbcheck_atom::value);
+      },
+      [=](hold_atom, uint32_t id, const std::string& model, const std::vector<uint8_t>& manifest) -> bool {
+        auto& st = self->state;
+        auto& m = st.models[model];
+        if (m.manifest.empty()) m.manifest = manifest;
+        if (m.manifest != manifest) return false;  // a different model under the same name
+        if (m.host_copies.count(id)) return true;
+        if (int(m.host_copies.size()) >= st.cfg.host_copies) return false;
+        m.host_copies.insert(id);
+        return true;
+      },
+      [=](view_atom) {
+        cluster_view v;
+        for (auto& [id, e] : self->state.nodes) v.nodes.push_back(e.info);
+        for (auto& [name, m] : self->state.models) {
+          std::string line = name + ":";
+          for (auto n : m.host_copies) line += " " + node_name(self, n) + " (host copy)";
+          for (auto n : m.instances) line += " " + node_name(self, n);
+          v.holdings.push_back(line);
+        }
+        return v;
+      },
+      [=](multicast_atom, multicast_request& req) -> caf::result<transfer_report> {
+        auto rp = self->make_response_promise<transfer_report>();
+        start_multicast(self, std::move(req), rp);
+        return rp;
+      },
+      [=](ready_atom, uint64_t tid, uint32_t node, int32_t) {
+        auto it = self->state.transfers.find(tid);
+        if (it == self->state.transfers.end() || !it->second.row.count(node)) return;
+        auto& row = it->second.report.targets[it->second.row[node]];
+        if (row.first_layer_s == 0) row.first_layer_s = since(it->second.t0);
+      },
+      [=](tdone_atom, uint64_t tid, uint32_t node, uint64_t bytes, double, uint32_t refetched) {
+        auto& st = self->state;
+        auto it = st.transfers.find(tid);
+        if (it == st.transfers.end() || !it->second.pending.erase(node)) return;
+        auto& row = it->second.report.targets[it->second.row[node]];
+        row.ok = true;
+        row.bytes = bytes;
+        row.seconds = since(it->second.t0);
+        row.refetched = refetched;
+        st.models[it->second.plan.model].instances.insert(node);
+        finish_if_done(self, tid);
+      },
+      [=](tfail_atom, uint64_t tid, uint32_t node, const std::string& why) {
+        auto it = self->state.transfers.find(tid);
+        if (it == self->state.transfers.end()) return;
+        fail_target(it->second, node, why);
+        finish_if_done(self, tid);
+      },
+      [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester) {
+        auto& st = self->state;
+        auto it = st.transfers.find(tid);
+        if (it == st.transfers.end()) return;
+        auto& t = it->second;
+        auto tree = t.plan.tree_of(idx);
+        if (!tree) return;
+        auto p = tree->parent.find(requester);
+        if (p == tree->parent.end() || !st.nodes.count(p->second)) return;
+        t.report.events.push_back(node_name(self, requester) + " re-fetches chunk " + std::to_string(idx) +
+                                  " (checksum mismatch) from " + node_name(self, p->second));
+        self->send(st.nodes[p->second].handle, refetch_atom::value, tid, idx, requester);
+      },
+      [=](ttimeout_atom, uint64_t tid) {
+        auto it = self->state.transfers.find(tid);
+        if (it == self->state.transfers.end()) return;
+        auto& t = it->second;
+        t.report.events.push_back("timed out after " + std::to_string(self->state.cfg.transfer_timeout_ms) + " ms");
+        for (auto n : std::set<node_id>(t.pending))
+          fail_target(t, n, "timed out after " + std::to_string(self->state.cfg.transfer_timeout_ms) + " ms");
+        finish_if_done(self, tid);
+      },
+  };
+}
+
+}  // namespace
+
+std::string transfer_report::summary() const {
+  std::ostringstream os;
+  char line[256];
+  std::snprintf(line, sizeof line, "transfer %llu of %s: %.1f MiB to %zu target(s) in %.3f s\n",
+                (unsigned long long)id, model.c_str(), double(image_bytes) / (1 << 20), targets.size(), seconds);
+  os << line << plan_text;
+  std::snprintf(line, sizeof line, "  %-14s %-6s %10s %12s %12s %9s  %s\n", "target", "ok", "seconds", "MiB/s",
+                "1st layer s", "refetch", "error");
+  os << line;
+  for (auto& t : targets) {
+    std::snprintf(line, sizeof line, "  %-14s %-6s %10.3f %12.1f %12.3f %9u  %s\n", t.node.c_str(),
+                  t.ok ? "yes" : "NO", t.seconds, t.seconds > 0 ? double(t.bytes) / (1 << 20) / t.seconds : 0.0,
+                  t.first_layer_s, t.refetched, t.error.c_str());
+    os << line;
+  }
+  for (auto& e : events) os << "  event: " << e << "\n";
+  return os.str();
+}
+
+void register_cluster_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<node_info>("strata.node_info");
+  cfg.add_message_type<multicast_request>("strata.multicast_request");
+  cfg.add_message_type<target_report>("strata.target_report");
+  cfg.add_message_type<transfer_report>("strata.transfer_report");
+  cfg.add_message_type<cluster_view>("strata.cluster_view");
+  cfg.add_message_type<std::vector<node_info>>("std::vector<strata.node_info>");
+  cfg.add_message_type<std::vector<target_report>>("std::vector<strata.target_report>");
+  cfg.add_message_type<std::vector<uint8_t>>("std::vector<uint8_t>");
+  cfg.add_message_type<std::vector<uint32_t>>("std::vector<uint32_t>");
+  cfg.add_message_type<std::vector<std::string>>("std::vector<std::string>");
+}
+
+caf::actor spawn_controller(caf::actor_system& sys, const node_config& cfg) { return sys.spawn(controller_fun, cfg); }
+
+expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& cfg, caf::actor controller) {
+  auto zone = std::make_shared<landing_zone>();
+  transport::receiver rx;
+  rx.place = [zone](const uint8_t* h, size_t hn, size_t len) -> void* {
+    wire_header hdr;
+    if (!parse_header(h, hn, hdr)) return nullptr;
+    std::lock_guard<std::mutex> g(zone->mu);
+    auto it = zone->transfers.find(hdr.transfer);
+    if (it == zone->transfers.end() || hdr.chunk >= it->second.ranges.size()) return nullptr;
+    auto [off, n] = it->second.ranges[hdr.chunk];
+    return n == len ? it->second.image + off : nullptr;
+  };
+  rx.landed = [zone](std::vector<uint8_t> h, void*, size_t, status st) {
+    wire_header hdr;
+    if (!parse_header(h.data(), h.size(), hdr)) return;
+    caf::actor node;
+    {
+      std::lock_guard<std::mutex> g(zone->mu);
+      node = zone->node;
+    }
+    if (node) caf::anon_send(node, chunk_atom::value, hdr.transfer, hdr.chunk, bool(st));
+  };
+  transport::ucx_options uo;
+  uo.tls = cfg.transport == "auto" ? "" : cfg.transport;
+  auto ucx = transport::ucx_endpoint::create(uo, rx);
+  if (!ucx) return ucx.err();
+  std::shared_ptr<transport::ucx_endpoint> shared(std::move(*ucx));
+  auto node = sys.spawn(node_fun, cfg, controller, shared, zone);
+  std::lock_guard<std::mutex> g(zone->mu);
+  zone->node = node;
+  return node;
+}
+
+}  // namespace strata

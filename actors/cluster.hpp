@@ -1,0 +1,119 @@
+// The cluster: node processes joined by CAF's middleman, a controller that keeps the cluster
+// view (nodes, memory, which node holds which model), enforces O(1) host copies, and runs
+// multicasts of parameters over UCX (plans from dataflow/multicast.hpp) with repair when a node
+// dies. CAF carries control only; chunks travel on transport/ucx_endpoint.
+#pragma once
+
+#include <caf/all.hpp>
+#include <caf/io/all.hpp>
+#include <memory>
+
+#include "actors/messages.hpp"
+#include "dataflow/node_config.hpp"
+#include "dataflow/transfer_plan.hpp"
+#include "transport/ucx_endpoint.hpp"
+
+namespace strata {
+
+using join_atom = caf::atom_constant<caf::atom("join")>;
+using heartbeat_atom = caf::atom_constant<caf::atom("heartbeat")>;
+using hbcheck_atom = caf::atom_constant<caf::atom("hbcheck")>;
+using view_atom = caf::atom_constant<caf::atom("view")>;
+using hold_atom = caf::atom_constant<caf::atom("hold")>;
+using multicast_atom = caf::atom_constant<caf::atom("multicast")>;
+using transfer_atom = caf::atom_constant<caf::atom("transfer")>;
+using chunk_atom = caf::atom_constant<caf::atom("chunk")>;
+using chunks_atom = caf::atom_constant<caf::atom("chunks")>;
+using refetch_atom = caf::atom_constant<caf::atom("refetch")>;
+using adopt_atom = caf::atom_constant<caf::atom("adopt")>;
+using missing_atom = caf::atom_constant<caf::atom("missing")>;
+using tdone_atom = caf::atom_constant<caf::atom("tdone")>;
+using tfail_atom = caf::atom_constant<caf::atom("tfail")>;
+using ready_atom = caf::atom_constant<caf::atom("ready")>;
+using imagesum_atom = caf::atom_constant<caf::atom("imagesum")>;
+using ttimeout_atom = caf::atom_constant<caf::atom("ttimeout")>;
+using pump_atom = caf::atom_constant<caf::atom("pump")>;
+
+struct node_info {
+  uint32_t id = 0;
+  std::string name;
+  std::vector<uint8_t> ucx_address;
+  uint64_t memory_bytes = 0;
+  std::string transport;
+  std::vector<std::string> devices;  // "cpu" now; CUDA devices later
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_info& x) {
+  return f(caf::meta::type_name("node_info"), x.id, x.name, x.ucx_address, x.memory_bytes, x.transport, x.devices);
+}
+
+struct multicast_request {
+  std::string model;
+  std::vector<std::string> targets;     // node names
+  std::string plan = "chain";           // one-to-one, chain, binomial, kary
+  uint64_t chunk_bytes = 4 << 20;
+  int32_t fanout = 2;
+  int32_t max_sources = 0;              // 0: every holder
+  std::vector<std::string> busy;        // holders to use only as a last resort
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, multicast_request& x) {
+  return f(caf::meta::type_name("multicast_request"), x.model, x.targets, x.plan, x.chunk_bytes, x.fanout,
+           x.max_sources, x.busy);
+}
+
+struct target_report {
+  std::string node;
+  bool ok = false;
+  std::string error;
+  uint64_t bytes = 0;
+  double seconds = 0;         // plan sent -> last chunk verified
+  double first_layer_s = 0;   // plan sent -> first segment ready
+  uint32_t refetched = 0;     // chunks fetched again after a checksum mismatch
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, target_report& x) {
+  return f(caf::meta::type_name("target_report"), x.node, x.ok, x.error, x.bytes, x.seconds, x.first_layer_s,
+           x.refetched);
+}
+
+struct transfer_report {
+  uint64_t id = 0;
+  std::string model;
+  std::string plan_text;
+  std::vector<target_report> targets;
+  std::vector<std::string> events;  // repairs and failures, in order
+  double seconds = 0;
+  uint64_t image_bytes = 0;
+  std::string summary() const;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, transfer_report& x) {
+  return f(caf::meta::type_name("transfer_report"), x.id, x.model, x.plan_text, x.targets, x.events, x.seconds,
+           x.image_bytes);
+}
+
+struct cluster_view {
+  std::vector<node_info> nodes;
+  std::vector<std::string> holdings;  // "model: node, node (host copy)"
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, cluster_view& x) {
+  return f(caf::meta::type_name("cluster_view"), x.nodes, x.holdings);
+}
+
+void register_cluster_types(caf::actor_system_config& cfg);
+
+// The controller actor: cluster view, host-copy policy, multicasts.
+caf::actor spawn_controller(caf::actor_system& sys, const node_config& cfg);
+
+// A node: joins `controller`, offers the models of its config, executes transfers. Owns the
+// UCX endpoint of its process.
+expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& cfg, caf::actor controller);
+
+}  // namespace strata

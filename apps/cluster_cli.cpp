@@ -1,0 +1,175 @@
+// `strata node` and `strata cluster`: run a node process, and talk to a running cluster.
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+#include <unistd.h>
+
+#include "actors/cluster.hpp"
+#include "apps/args.hpp"
+#include "apps/cluster_cli.hpp"
+
+namespace strata {
+
+namespace {
+
+std::atomic<bool> stop_requested{false};
+void on_signal(int) { stop_requested = true; }
+
+int fail(const std::string& msg) {
+  std::fprintf(stderr, "strata: error: %s\n", msg.c_str());
+  return 1;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i <= s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    if (j > i) out.push_back(s.substr(i, j - i));
+    i = j + 1;
+  }
+  return out;
+}
+
+struct cluster_runtime {
+  caf::actor_system_config cfg;
+  std::unique_ptr<caf::actor_system> sys;
+  cluster_runtime() {
+    register_strata_types(cfg);
+    register_cluster_types(cfg);
+    cfg.load<caf::io::middleman>();
+    cfg.set("logger.verbosity", caf::atom("quiet"));
+    sys = std::make_unique<caf::actor_system>(cfg);
+  }
+};
+
+// Connects to a published actor, retrying while it starts up.
+expected<caf::actor> connect(caf::actor_system& sys, const std::string& where, std::chrono::seconds patience) {
+  auto hp = split_host_port(where);
+  if (!hp) return hp.err();
+  auto deadline = std::chrono::steady_clock::now() + patience;
+  std::string last;
+  do {
+    auto a = sys.middleman().remote_actor(hp->first, hp->second);
+    if (a) return *a;
+    last = sys.render(a.error());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  } while (std::chrono::steady_clock::now() < deadline);
+  return make_error("cannot reach controller at " + where + ": " + last);
+}
+
+}  // namespace
+
+int cmd_node(int argc, char** argv) {
+  auto a = args::parse(argc, argv, 2,
+                       {"config", "name", "listen", "controller", "transport", "model", "port-file", "memory-gb"});
+  if (!a) return fail(a.message());
+  node_config cfg;
+  if (a->has("config")) {
+    auto c = load_node_config(a->str("config"));
+    if (!c) return fail(c.message());
+    cfg = *c;
+  }
+  if (a->has("name")) cfg.name = a->str("name");
+  if (a->has("listen")) cfg.listen = a->str("listen");
+  if (a->has("controller")) cfg.controller = a->str("controller");
+  if (a->has("transport")) cfg.transport = a->str("transport");
+  if (a->has("port-file")) cfg.port_file = a->str("port-file");
+  if (a->has("memory-gb")) cfg.memory_gb = std::atof(a->str("memory-gb").c_str());
+  if (a->has("model")) {
+    auto spec = a->str("model");
+    auto eq = spec.find('=');
+    if (eq == std::string::npos) return fail("--model expects NAME=PATH");
+    cfg.models.push_back({spec.substr(0, eq), spec.substr(eq + 1)});
+  }
+  if (cfg.name.empty()) cfg.name = "node-" + std::to_string(::getpid());
+  if (cfg.memory_gb <= 0) cfg.memory_gb = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE)) / 2 / (1 << 30);
+  auto listen = split_host_port(cfg.listen);
+  if (!listen) return fail("listen: " + listen.message());
+
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGINT, on_signal);
+  cluster_runtime rt;
+  caf::actor controller;
+  if (cfg.controller.empty()) {
+    controller = spawn_controller(*rt.sys, cfg);
+    auto port = rt.sys->middleman().publish(controller, listen->second, listen->first.c_str(), true);
+    if (!port) return fail("cannot listen on " + cfg.listen + ": " + rt.sys->render(port.error()));
+    std::printf("strata node %s: controller listening on %s:%u\n", cfg.name.c_str(), listen->first.c_str(), *port);
+    if (!cfg.port_file.empty()) {
+      std::ofstream(cfg.port_file + ".tmp") << *port << "\n";
+      std::rename((cfg.port_file + ".tmp").c_str(), cfg.port_file.c_str());
+    }
+  } else {
+    auto c = connect(*rt.sys, cfg.controller, std::chrono::seconds(10));
+    if (!c) return fail(c.message());
+    controller = *c;
+  }
+  auto node = spawn_node(*rt.sys, cfg, controller);
+  if (!node) return fail(node.message());
+  std::printf("strata node %s: up (transport %s, %.1f GiB, %zu model(s) offered)\n", cfg.name.c_str(),
+              cfg.transport.c_str(), cfg.memory_gb, cfg.models.size());
+  std::fflush(stdout);
+  caf::scoped_actor self{*rt.sys};
+  self->monitor(*node);
+  bool down = false;
+  while (!down && !stop_requested)
+    self->receive([&](caf::down_msg&) { down = true; }, caf::after(std::chrono::milliseconds(200)) >> [] {});
+  std::printf("strata node %s: stopping\n", cfg.name.c_str());
+  std::fflush(stdout);
+  caf::anon_send_exit(*node, caf::exit_reason::user_shutdown);
+  if (cfg.controller.empty()) caf::anon_send_exit(controller, caf::exit_reason::user_shutdown);
+  // The middleman may wait on peers that are gone; nothing is left to flush.
+  std::_Exit(down ? 1 : 0);
+}
+
+int cmd_cluster(int argc, char** argv) {
+  std::string sub = argc > 2 ? argv[2] : "";
+  if (sub != "view" && sub != "multicast") return fail("usage: strata cluster view|multicast --controller HOST:PORT ...");
+  auto a = args::parse(argc, argv, 3,
+                       {"controller", "model", "targets", "plan", "chunk-kb", "fanout", "busy", "max-sources",
+                        "timeout-s"});
+  if (!a) return fail(a.message());
+  if (!a->has("controller")) return fail("--controller HOST:PORT is required");
+  cluster_runtime rt;
+  auto ctl = connect(*rt.sys, a->str("controller"), std::chrono::seconds(5));
+  if (!ctl) return fail(ctl.message());
+  caf::scoped_actor self{*rt.sys};
+  int rc = 0;
+  if (sub == "view") {
+    self->request(*ctl, std::chrono::seconds(10), view_atom::value)
+        .receive(
+            [&](const cluster_view& v) {
+              std::printf("%zu node(s)\n", v.nodes.size());
+              for (auto& n : v.nodes)
+                std::printf("  %-14s id %-3u %-5s %8.1f GiB\n", n.name.c_str(), n.id, n.transport.c_str(),
+                            double(n.memory_bytes) / (1 << 30));
+              for (auto& h : v.holdings) std::printf("  %s\n", h.c_str());
+            },
+            [&](caf::error& e) { rc = fail(describe(e)); });
+  } else {
+    multicast_request req;
+    req.model = a->str("model");
+    req.targets = split_list(a->str("targets"));
+    req.plan = a->str("plan", "chain");
+    req.chunk_bytes = uint64_t(*a->integer("chunk-kb", 4096)) << 10;
+    req.fanout = int(*a->integer("fanout", 2));
+    req.max_sources = int(*a->integer("max-sources", 0));
+    req.busy = split_list(a->str("busy"));
+    auto timeout = std::chrono::seconds(*a->integer("timeout-s", 300));
+    self->request(*ctl, timeout, multicast_atom::value, req)
+        .receive(
+            [&](const transfer_report& r) {
+              std::printf("%s", r.summary().c_str());
+              for (auto& t : r.targets) rc |= t.ok ? 0 : 1;
+            },
+            [&](caf::error& e) { rc = fail(describe(e)); });
+  }
+  std::fflush(stdout);
+  std::_Exit(rc);
+}
+
+}  // namespace strata
