@@ -579,6 +579,16 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         m.host_copies.insert(id);
         return true;
       },
+      [=](imagesum_atom, const std::string& node, const std::string& model) -> caf::result<uint64_t> {
+        for (auto& [id, e] : self->state.nodes)
+          if (e.info.name == node) {
+            auto rp = self->make_response_promise<uint64_t>();
+            self->request(e.handle, std::chrono::seconds(10), imagesum_atom::value, model)
+                .then([rp](uint64_t x) mutable { rp.deliver(x); }, [rp](caf::error& err) mutable { rp.deliver(err); });
+            return rp;
+          }
+        return make_error(errc::bad_request, "unknown node '" + node + "'");
+      },
       [=](view_atom) {
         cluster_view v;
         for (auto& [id, e] : self->state.nodes) v.nodes.push_back(e.info);
