@@ -358,7 +358,8 @@ struct active_transfer {
   transfer_plan plan;
   caf::response_promise rp;
   transfer_report report;
-  clock::time_point t0;
+  clock::time_point t0;      // request accepted
+  clock::time_point stream;  // every target prepared: sources start sending
   std::map<node_id, size_t> row;  // target -> index in report.targets
   std::set<node_id> pending;
 };
@@ -394,7 +395,7 @@ void fail_target(active_transfer& t, node_id n, const std::string& why) {
   auto& row = t.report.targets[t.row[n]];
   row.ok = false;
   row.error = why;
-  row.seconds = since(t.t0);
+  row.seconds = since(t.stream);
 }
 
 void node_lost(controller_actor* self, node_id n, const std::string& why) {
@@ -494,7 +495,7 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
             active_transfer t;
             t.plan = tp;
             t.rp = rp;
-            t.t0 = clock::now();
+            t.t0 = t.stream = clock::now();
             t.report.id = tp.id;
             t.report.model = req.model;
             t.report.image_bytes = tp.image_bytes;
@@ -516,6 +517,10 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
             auto acks = std::make_shared<size_t>(targets.size());
             auto start_sources = [=] {
               auto& st = self->state;
+              if (auto it = st.transfers.find(tid); it != st.transfers.end()) {
+                it->second.stream = clock::now();
+                it->second.report.setup_seconds = since(it->second.t0);
+              }
               for (auto& s : sources)
                 if (st.nodes.count(s.node))
                   self->request(st.nodes[s.node].handle, std::chrono::seconds(10), transfer_atom::value, bytes)
@@ -609,7 +614,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         auto it = self->state.transfers.find(tid);
         if (it == self->state.transfers.end() || !it->second.row.count(node)) return;
         auto& row = it->second.report.targets[it->second.row[node]];
-        if (row.first_layer_s == 0) row.first_layer_s = since(it->second.t0);
+        if (row.first_layer_s == 0) row.first_layer_s = since(it->second.stream);
       },
       [=](tdone_atom, uint64_t tid, uint32_t node, uint64_t bytes, double, uint32_t refetched) {
         auto& st = self->state;
@@ -618,7 +623,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         auto& row = it->second.report.targets[it->second.row[node]];
         row.ok = true;
         row.bytes = bytes;
-        row.seconds = since(it->second.t0);
+        row.seconds = since(it->second.stream);
         row.refetched = refetched;
         st.models[it->second.plan.model].instances.insert(node);
         finish_if_done(self, tid);
@@ -659,8 +664,10 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
 std::string transfer_report::summary() const {
   std::ostringstream os;
   char line[256];
-  std::snprintf(line, sizeof line, "transfer %llu of %s: %.1f MiB to %zu target(s) in %.3f s\n",
-                (unsigned long long)id, model.c_str(), double(image_bytes) / (1 << 20), targets.size(), seconds);
+  std::snprintf(line, sizeof line,
+                "transfer %llu of %s: %.1f MiB to %zu target(s) in %.3f s (%.3f s preparing targets, then streaming)\n",
+                (unsigned long long)id, model.c_str(), double(image_bytes) / (1 << 20), targets.size(), seconds,
+                setup_seconds);
   os << line << plan_text;
   std::snprintf(line, sizeof line, "  %-14s %-6s %10s %12s %12s %9s  %s\n", "target", "ok", "seconds", "MiB/s",
                 "1st layer s", "refetch", "error");
@@ -688,7 +695,11 @@ void register_cluster_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<std::string>>("std::vector<std::string>");
 }
 
-caf::actor spawn_controller(caf::actor_system& sys, const node_config& cfg) { return sys.spawn(controller_fun, cfg); }
+// Both run detached: a thread of their own that wakes the moment a message arrives, instead of
+// a pooled worker that may be sleeping between polls (chunk events are latency-critical).
+caf::actor spawn_controller(caf::actor_system& sys, const node_config& cfg) {
+  return sys.spawn<caf::detached>(controller_fun, cfg);
+}
 
 expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& cfg, caf::actor controller) {
   auto zone = std::make_shared<landing_zone>();
@@ -717,7 +728,7 @@ expected<caf::actor> spawn_node(caf::actor_system& sys, const node_config& cfg, 
   auto ucx = transport::ucx_endpoint::create(uo, rx);
   if (!ucx) return ucx.err();
   std::shared_ptr<transport::ucx_endpoint> shared(std::move(*ucx));
-  auto node = sys.spawn(node_fun, cfg, controller, shared, zone);
+  auto node = sys.spawn<caf::detached>(node_fun, cfg, controller, shared, zone);
   std::lock_guard<std::mutex> g(zone->mu);
   zone->node = node;
   return node;

@@ -69,8 +69,8 @@ struct target_report {
   bool ok = false;
   std::string error;
   uint64_t bytes = 0;
-  double seconds = 0;         // plan sent -> last chunk verified
-  double first_layer_s = 0;   // plan sent -> first segment ready
+  double seconds = 0;         // sources start -> last chunk verified here
+  double first_layer_s = 0;   // sources start -> first segment ready here
   uint32_t refetched = 0;     // chunks fetched again after a checksum mismatch
 };
 
@@ -86,7 +86,8 @@ struct transfer_report {
   std::string plan_text;
   std::vector<target_report> targets;
   std::vector<std::string> events;  // repairs and failures, in order
-  double seconds = 0;
+  double seconds = 0;        // request -> report
+  double setup_seconds = 0;  // planning and preparing targets (host memory) before streaming
   uint64_t image_bytes = 0;
   std::string summary() const;
 };
@@ -94,7 +95,7 @@ struct transfer_report {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_report& x) {
   return f(caf::meta::type_name("transfer_report"), x.id, x.model, x.plan_text, x.targets, x.events, x.seconds,
-           x.image_bytes);
+           x.setup_seconds, x.image_bytes);
 }
 
 struct cluster_view {

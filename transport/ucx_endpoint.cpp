@@ -52,6 +52,7 @@ expected<std::vector<uint8_t>> unframe_address(const std::vector<uint8_t>& f) {
 }
 
 struct send_op {
+  ucx_endpoint::impl* owner;
   std::vector<uint8_t> header;  // kept alive until completion
   std::function<void(status)> done;
 };
@@ -80,6 +81,10 @@ struct ucx_endpoint::impl {
   peer_id next_peer = 1;
   // Rendezvous messages whose data is fetched after the AM callback returns (UCX's pattern).
   std::vector<std::pair<void*, recv_op*>> pending_rndv;
+  // Operations in flight. Shared-memory transports complete without waking the event fd, so
+  // the loop polls instead of sleeping while any are outstanding.
+  int inflight = 0;
+  int spins = 0;
 
   void post(std::function<void()> f) {
     {
@@ -92,6 +97,7 @@ struct ucx_endpoint::impl {
 
   static void on_send(void* request, ucs_status_t st, void* user) {
     auto* op = static_cast<send_op*>(user);
+    --op->owner->inflight;
     op->done(st == UCS_OK ? status{} : status{make_error(ucs_error("send", st))});
     delete op;
     if (request) ucp_request_free(request);
@@ -119,6 +125,7 @@ struct ucx_endpoint::impl {
 
   static void on_rndv_done(void* request, ucs_status_t st, size_t, void* user) {
     auto* c = static_cast<rndv_ctx*>(user);
+    --c->self->inflight;
     if (c->self->rx.landed)
       c->self->rx.landed(std::move(c->op->header), c->op->dst, c->op->len,
                          st == UCS_OK ? status{} : status{make_error(ucs_error("receive", st))});
@@ -132,6 +139,7 @@ struct ucx_endpoint::impl {
     pending_rndv.clear();
     for (auto [desc, op] : pending) {
       auto* c = new rndv_ctx{this, op};
+      ++inflight;
       ucp_request_param_t p{};
       p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
       p.cb.recv_am = on_rndv_done;
@@ -179,10 +187,14 @@ struct ucx_endpoint::impl {
         std::lock_guard<std::mutex> g(mu);
         if (!cmds.empty()) continue;
       }
+      // Busy-poll briefly while work is in flight, then block: on the event fd, but never longer
+      // than 1 ms while operations are outstanding (some completions raise no event).
+      if (inflight > 0 && ++spins < 2000) continue;
+      spins = 0;
       ucs_status_t st = ucp_worker_arm(worker);
       if (st == UCS_ERR_BUSY) continue;
       pollfd fds[2] = {{wake_fd, POLLIN, 0}, {cmd_fd, POLLIN, 0}};
-      ::poll(fds, 2, 100);
+      ::poll(fds, 2, inflight > 0 ? 1 : 100);
       if (fds[1].revents & POLLIN) {
         uint64_t v;
         [[maybe_unused]] auto n = ::read(cmd_fd, &v, sizeof v);
@@ -322,7 +334,7 @@ void ucx_endpoint::disconnect(peer_id peer) {
 void ucx_endpoint::send(peer_id to, std::vector<uint8_t> header, const void* payload, size_t len,
                         std::function<void(status)> done) {
   auto* m = impl_.get();
-  auto* op = new send_op{std::move(header), std::move(done)};
+  auto* op = new send_op{m, std::move(header), std::move(done)};
   m->post([m, to, op, payload, len] {
     auto it = m->eps.find(to);
     if (it == m->eps.end()) {
@@ -335,6 +347,7 @@ void ucx_endpoint::send(peer_id to, std::vector<uint8_t> header, const void* pay
     p.cb.send = impl::on_send;
     p.user_data = op;
     p.flags = 0;
+    ++m->inflight;
     auto r = ucp_am_send_nbx(it->second, am_id, op->header.data(), op->header.size(), payload, len, &p);
     if (r == nullptr) {
       impl::on_send(nullptr, UCS_OK, op);

@@ -4,42 +4,20 @@
 // client.
 #include <doctest/doctest.h>
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
-#include <fstream>
 #include <thread>
 
 #include "../test_util.hpp"
-#include "actors/cluster.hpp"
-
-extern char** environ;
+#include "actors/local_cluster.hpp"
 
 using namespace strata;
 using namespace std::chrono_literals;
 
 namespace {
 
-struct process {
-  pid_t pid = -1;
-  std::string name;
-  void kill(int sig = SIGKILL) {
-    if (pid > 0) ::kill(pid, sig);
-  }
-  void reap() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      pid = -1;
-    }
-  }
-};
-
-// A random model big enough for many chunks (about 7 MiB of fp32 parameters).
+// A random model big enough for many chunks (about 10 MiB of fp32 parameters).
 std::string make_model_dir(const test::temp_dir& dir) {
-  static std::string path;
   model_config c;
   c.dim = 256;
   c.hidden_dim = 512;
@@ -50,130 +28,55 @@ std::string make_model_dir(const test::temp_dir& dir) {
   c.vocab_size = 1000;
   c.seq_len = 128;
   c.rope = rope_style::rotate_half;
-  auto m = make_random_model(c, 9, "rand7m");
-  auto p = dir / "rand7m";
+  auto m = make_random_model(c, 9, "rand");
+  auto p = dir / "rand";
   REQUIRE(save_hf(*m, p, dtype::f32));
   return p;
 }
 
+// The test's view of a local_cluster: failures become test failures.
 class cluster {
  public:
-  explicit cluster(std::string transport, std::string controller_extra = "") : transport_(std::move(transport)) {
+  explicit cluster(std::string transport, std::string controller_extra = "") {
     model_ = make_model_dir(dir_);
-    register_strata_types(cfg_);
-    register_cluster_types(cfg_);
-    cfg_.load<caf::io::middleman>();
-    sys_ = std::make_unique<caf::actor_system>(cfg_);
-    auto port_file = dir_ / "port";
-    // Plain keys first: in TOML everything after [[models]] belongs to that table.
-    start("src", "listen = \"127.0.0.1:0\"\nport_file = \"" + port_file + "\"\nheartbeat_timeout_ms = 1500\n" +
-                     controller_extra + "[[models]]\nname = \"rand\"\npath = \"" + model_ + "\"\n");
-    for (int i = 0; i < 200 && !std::filesystem::exists(port_file); ++i) std::this_thread::sleep_for(25ms);
-    std::ifstream in(port_file);
-    in >> port_;
-    REQUIRE_MESSAGE(port_ > 0, "controller did not start");
-    for (int i = 0; i < 100 && !controller_; ++i) {
-      auto a = sys_->middleman().remote_actor("127.0.0.1", port_);
-      if (a) controller_ = *a;
-      else std::this_thread::sleep_for(50ms);
-    }
-    REQUIRE(controller_);
+    local_cluster_options o;
+    o.strata_bin = STRATA_BIN;
+    o.work_dir = dir_ / "cluster";
+    o.transport = std::move(transport);
+    o.controller_extra = std::move(controller_extra);
+    o.controller_models = {{"rand", model_}};
+    auto c = local_cluster::start(o);
+    REQUIRE_MESSAGE(c, c.message());
+    c_ = std::move(*c);
   }
-  ~cluster() {
-    for (auto& p : procs_) p.reap();
-  }
-
-  // Starts `strata node` named `name`; `extra` is appended to its TOML config.
   void start(const std::string& name, const std::string& extra = "") {
-    auto conf = dir_ / (name + ".toml");
-    std::ofstream out(conf);
-    out << "name = \"" << name << "\"\ntransport = \"" << transport_ << "\"\nheartbeat_ms = 100\n";
-    if (port_ > 0) out << "controller = \"127.0.0.1:" << port_ << "\"\n";
-    out << extra;
-    out.close();
-    std::string bin = STRATA_BIN, log = dir_ / (name + ".log");
-    std::vector<std::string> argv_s = {bin, "node", "--config", conf};
-    std::vector<char*> argv;
-    for (auto& s : argv_s) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    process p;
-    p.name = name;
-    REQUIRE(posix_spawn(&p.pid, bin.c_str(), &fa, nullptr, argv.data(), environ) == 0);
-    posix_spawn_file_actions_destroy(&fa);
-    procs_.push_back(p);
+    auto st = c_->add_node(name, extra);
+    REQUIRE_MESSAGE(st, st.message());
   }
-
-  process& proc(const std::string& name) {
-    for (auto& p : procs_)
-      if (p.name == name) return p;
-    FAIL("no process " << name);
-    return procs_.front();
-  }
-
+  void kill(const std::string& name, int sig = SIGKILL) { REQUIRE(c_->signal(name, sig)); }
+  bool wait_nodes(size_t n, std::chrono::milliseconds patience = 10s) { return bool(c_->wait_nodes(n, patience)); }
+  bool wait_holding() { return bool(c_->wait_host_copy("rand")); }
   cluster_view view() {
-    caf::scoped_actor self{*sys_};
-    cluster_view v;
-    self->request(controller_, 5s, view_atom::value).receive([&](cluster_view& x) { v = x; }, [](caf::error&) {});
-    return v;
+    auto v = c_->view();
+    REQUIRE_MESSAGE(v, v.message());
+    return *v;
   }
-
-  bool wait_nodes(size_t n, std::chrono::milliseconds patience = 10s) {
-    auto end = std::chrono::steady_clock::now() + patience;
-    while (std::chrono::steady_clock::now() < end) {
-      if (view().nodes.size() == n) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  }
-
-  // Waits until the source's host copy is registered (the node loads the model first).
-  bool wait_holding() {
-    for (int i = 0; i < 200; ++i) {
-      for (auto& h : view().holdings)
-        if (h.find("(host copy)") != std::string::npos) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  }
-
   expected<transfer_report> multicast(multicast_request req, std::function<void()> meanwhile = {}) {
-    caf::scoped_actor self{*sys_};
     req.model = "rand";
-    expected<transfer_report> out = make_error("no answer");
-    auto h = self->request(controller_, 60s, multicast_atom::value, req);
-    if (meanwhile) meanwhile();
-    std::move(h).receive([&](transfer_report& r) { out = r; }, [&](caf::error& e) { out = make_error(describe(e)); });
-    return out;
+    return c_->multicast(req, meanwhile, 60s);
   }
-
   uint64_t image_sum(const std::string& node) {
-    caf::scoped_actor self{*sys_};
-    uint64_t sum = 0;
-    self->request(controller_, 10s, imagesum_atom::value, node, std::string("rand"))
-        .receive([&](uint64_t x) { sum = x; }, [&](caf::error& e) { MESSAGE("imagesum " << node << ": " << describe(e)); });
-    return sum;
+    auto s = c_->image_sum(node, "rand");
+    if (!s) MESSAGE("imagesum " << node << ": " << s.message());
+    return s ? *s : 0;
   }
-
   const std::string& model_path() const { return model_; }
-
-  std::string log(const std::string& name) {
-    std::ifstream in(dir_ / (name + ".log"));
-    return {std::istreambuf_iterator<char>(in), {}};
-  }
+  std::string log(const std::string& name) { return c_->log(name); }
 
  private:
   test::temp_dir dir_;
-  std::string transport_;
   std::string model_;
-  caf::actor_system_config cfg_;
-  std::unique_ptr<caf::actor_system> sys_;
-  caf::actor controller_;
-  uint16_t port_ = 0;
-  std::vector<process> procs_;
+  std::unique_ptr<local_cluster> c_;
 };
 
 multicast_request request_for(std::vector<std::string> targets, const std::string& plan) {
@@ -237,7 +140,7 @@ TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others com
   REQUIRE(c.wait_holding());
   auto r = c.multicast(request_for({"a", "b", "c", "d"}, "chain"), [&] {
     std::this_thread::sleep_for(120ms);
-    c.proc("b").kill();
+    c.kill("b");
   });
   REQUIRE_MESSAGE(r, r.message());
   MESSAGE(r->summary());
@@ -299,13 +202,13 @@ TEST_CASE("a frozen node is dropped after the heartbeat timeout; a killed one at
   c.start("killed");
   REQUIRE(c.wait_nodes(3));
   auto t0 = std::chrono::steady_clock::now();
-  c.proc("killed").kill();
+  c.kill("killed");
   REQUIRE(c.wait_nodes(2, 5s));
   CHECK(std::chrono::steady_clock::now() - t0 < 1500ms);
-  c.proc("frozen").kill(SIGSTOP);
+  c.kill("frozen", SIGSTOP);
   t0 = std::chrono::steady_clock::now();
   REQUIRE(c.wait_nodes(1, 10s));
   auto took = std::chrono::steady_clock::now() - t0;
   CHECK(took < 4s);
-  c.proc("frozen").kill(SIGCONT);
+  c.kill("frozen", SIGCONT);
 }

@@ -1,0 +1,169 @@
+#include "actors/local_cluster.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+
+namespace strata {
+
+namespace {
+std::string default_bin() {
+  if (const char* b = std::getenv("STRATA_BIN")) return b;
+  std::error_code ec;
+  auto self = fs::read_symlink("/proc/self/exe", ec);
+  return (self.parent_path() / "strata").string();
+}
+}  // namespace
+
+expected<std::unique_ptr<local_cluster>> local_cluster::start(local_cluster_options opt) {
+  std::unique_ptr<local_cluster> c(new local_cluster());
+  if (opt.strata_bin.empty()) opt.strata_bin = default_bin();
+  if (!fs::exists(opt.strata_bin)) return make_error("strata binary not found at " + opt.strata_bin);
+  if (opt.work_dir.empty()) {
+    static int n = 0;
+    opt.work_dir = (fs::temp_directory_path() / ("strata-cluster-" + std::to_string(::getpid()) + "-" +
+                                                 std::to_string(n++))).string();
+    c->own_dir_ = true;
+  }
+  std::error_code ec;
+  fs::create_directories(opt.work_dir, ec);
+  if (ec) return make_error(opt.work_dir + ": " + ec.message());
+  c->opt_ = opt;
+  register_strata_types(c->cfg_);
+  register_cluster_types(c->cfg_);
+  c->cfg_.load<caf::io::middleman>();
+  c->cfg_.set("logger.verbosity", caf::atom("quiet"));
+  c->sys_ = std::make_unique<caf::actor_system>(c->cfg_);
+  auto port_file = (fs::path(opt.work_dir) / "controller.port").string();
+  fs::remove(port_file, ec);
+  // Plain keys first: in TOML everything after [[models]] belongs to that table.
+  std::string conf = "listen = \"127.0.0.1:0\"\nport_file = \"" + port_file + "\"\nheartbeat_timeout_ms = " +
+                     std::to_string(opt.heartbeat_timeout_ms) + "\n" + opt.controller_extra + "\n";
+  for (auto& m : opt.controller_models) conf += "[[models]]\nname = \"" + m.name + "\"\npath = \"" + m.path + "\"\n";
+  if (auto st = c->add_node("src", conf); !st) return st.err();
+  for (int i = 0; i < 400 && !fs::exists(port_file); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+  std::ifstream in(port_file);
+  in >> c->port_;
+  if (c->port_ == 0) return make_error("controller did not start; its log:\n" + c->log("src"));
+  for (int i = 0; i < 100 && !c->controller_; ++i) {
+    auto a = c->sys_->middleman().remote_actor("127.0.0.1", c->port_);
+    if (a) c->controller_ = *a;
+    else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!c->controller_) return make_error("cannot connect to the controller on port " + std::to_string(c->port_));
+  return c;
+}
+
+local_cluster::~local_cluster() {
+  for (auto& p : procs_)
+    if (p.pid > 0) ::kill(p.pid, SIGKILL);
+  for (auto& p : procs_)
+    if (p.pid > 0) ::waitpid(p.pid, nullptr, 0);
+  if (own_dir_) {
+    std::error_code ec;
+    fs::remove_all(opt_.work_dir, ec);
+  }
+}
+
+status local_cluster::add_node(const std::string& name, const std::string& extra) {
+  auto conf = (fs::path(opt_.work_dir) / (name + ".toml")).string();
+  {
+    std::ofstream out(conf);
+    out << "name = \"" << name << "\"\ntransport = \"" << opt_.transport << "\"\nheartbeat_ms = " << opt_.heartbeat_ms
+        << "\n";
+    if (port_ > 0) out << "controller = \"127.0.0.1:" << port_ << "\"\n";
+    out << extra;
+    if (!out) return make_error(conf + ": cannot write");
+  }
+  auto log = (fs::path(opt_.work_dir) / (name + ".log")).string();
+  std::vector<std::string> argv_s = {opt_.strata_bin, "node", "--config", conf};
+  std::vector<char*> argv;
+  for (auto& s : argv_s) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  process p;
+  p.name = name;
+  int rc = posix_spawn(&p.pid, opt_.strata_bin.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return make_error("cannot start " + opt_.strata_bin + ": " + std::strerror(rc));
+  procs_.push_back(p);
+  return {};
+}
+
+status local_cluster::signal(const std::string& name, int sig) {
+  for (auto& p : procs_)
+    if (p.name == name && p.pid > 0) {
+      ::kill(p.pid, sig);
+      return {};
+    }
+  return make_error("no node process named '" + name + "'");
+}
+
+expected<cluster_view> local_cluster::view() {
+  caf::scoped_actor self{*sys_};
+  expected<cluster_view> out = make_error("no answer");
+  self->request(controller_, std::chrono::seconds(5), view_atom::value)
+      .receive([&](cluster_view& v) { out = std::move(v); }, [&](caf::error& e) { out = make_error(describe(e)); });
+  return out;
+}
+
+status local_cluster::wait_nodes(size_t n, std::chrono::milliseconds patience) {
+  auto end = std::chrono::steady_clock::now() + patience;
+  size_t seen = 0;
+  do {
+    auto v = view();
+    if (v && (seen = v->nodes.size()) == n) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < end);
+  return make_error("cluster has " + std::to_string(seen) + " nodes, expected " + std::to_string(n));
+}
+
+status local_cluster::wait_host_copy(const std::string& model, std::chrono::milliseconds patience) {
+  auto end = std::chrono::steady_clock::now() + patience;
+  do {
+    if (auto v = view())
+      for (auto& h : v->holdings)
+        if (h.rfind(model + ":", 0) == 0 && h.find("(host copy)") != std::string::npos) return {};
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < end);
+  return make_error("no host copy of " + model + " registered; controller log:\n" + log("src"));
+}
+
+expected<transfer_report> local_cluster::multicast(const multicast_request& req, const std::function<void()>& meanwhile,
+                                                   std::chrono::seconds timeout) {
+  caf::scoped_actor self{*sys_};
+  expected<transfer_report> out = make_error("no answer");
+  auto h = self->request(controller_, timeout, multicast_atom::value, req);
+  if (meanwhile) meanwhile();
+  std::move(h).receive([&](transfer_report& r) { out = std::move(r); },
+                       [&](caf::error& e) { out = make_error(describe(e)); });
+  return out;
+}
+
+expected<uint64_t> local_cluster::image_sum(const std::string& node, const std::string& model) {
+  caf::scoped_actor self{*sys_};
+  expected<uint64_t> out = make_error("no answer");
+  self->request(controller_, std::chrono::seconds(10), imagesum_atom::value, node, model)
+      .receive([&](uint64_t x) { out = x; }, [&](caf::error& e) { out = make_error(describe(e)); });
+  return out;
+}
+
+std::string local_cluster::log(const std::string& name) const {
+  std::ifstream in(fs::path(opt_.work_dir) / (name + ".log"));
+  return {std::istreambuf_iterator<char>(in), {}};
+}
+
+}  // namespace strata

@@ -1,0 +1,60 @@
+// A cluster of `strata node` processes on this machine (loopback), driven through CAF's
+// middleman like any remote client: what tests, benchmarks and demos use to run the real
+// multi-process system without hand-written scripts.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/cluster.hpp"
+
+namespace strata {
+
+struct local_cluster_options {
+  std::string strata_bin;        // default: "strata" next to this executable, or $STRATA_BIN
+  std::string work_dir;          // configs and logs; default: a fresh directory under /tmp
+  std::string transport = "tcp";
+  std::string controller_extra;  // TOML keys appended to the controller node's config
+  std::vector<model_source> controller_models;
+  int heartbeat_ms = 100;
+  int heartbeat_timeout_ms = 1500;
+};
+
+class local_cluster {
+ public:
+  // Starts the controller node ("src") and connects to it.
+  static expected<std::unique_ptr<local_cluster>> start(local_cluster_options opt);
+  ~local_cluster();
+
+  // Starts another node process; `extra` is appended to its TOML config.
+  status add_node(const std::string& name, const std::string& extra = "");
+  status signal(const std::string& name, int sig);
+  status wait_nodes(size_t n, std::chrono::milliseconds patience = std::chrono::seconds(10));
+  status wait_host_copy(const std::string& model, std::chrono::milliseconds patience = std::chrono::seconds(60));
+  expected<cluster_view> view();
+  // Runs a multicast; `meanwhile` runs after the request is sent (fault injection).
+  expected<transfer_report> multicast(const multicast_request& req, const std::function<void()>& meanwhile = {},
+                                      std::chrono::seconds timeout = std::chrono::seconds(300));
+  expected<uint64_t> image_sum(const std::string& node, const std::string& model);
+  std::string log(const std::string& name) const;
+  const std::string& work_dir() const { return opt_.work_dir; }
+
+ private:
+  local_cluster() = default;
+  struct process {
+    int pid = -1;
+    std::string name;
+  };
+  local_cluster_options opt_;
+  bool own_dir_ = false;
+  caf::actor_system_config cfg_;
+  std::unique_ptr<caf::actor_system> sys_;
+  caf::actor controller_;
+  uint16_t port_ = 0;
+  std::vector<process> procs_;
+};
+
+}  // namespace strata
