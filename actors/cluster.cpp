@@ -72,6 +72,8 @@ struct transfer_state {
   uint32_t refetched = 0;
   clock::time_point t0;
   std::set<int> corrupt_once;
+  std::set<int> drop_once;
+  clock::time_point last_progress;
   std::deque<std::pair<uint32_t, node_id>> sendq;  // only when throttled
   bool pumping = false;
   bool finished = false;
@@ -167,6 +169,8 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
   for (size_t i = 0; i < t.plan.plan.trees.size(); ++i)
     for (auto c : t.plan.plan.trees[i].chunks) t.tree_of[c] = int(i);
   for (auto c : st.cfg.corrupt_chunks) t.corrupt_once.insert(c);
+  for (auto c : st.cfg.drop_chunks) t.drop_once.insert(c);
+  t.last_progress = clock::now();
   if (t.target) {
     t.image = std::make_shared<std::vector<uint8_t>>(t.plan.image_bytes);
     t.have.assign(t.plan.chunks.size(), 0);
@@ -179,6 +183,7 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
     auto& z = st.zone->transfers[tid];
     z.image = t.image->data();
     for (auto& c : t.plan.chunks) z.ranges.emplace_back(c.offset, c.length);
+    self->delayed_send(self, std::chrono::milliseconds(st.cfg.stall_ms), stall_atom::value, tid);
     return;
   }
   auto h = st.held.find(t.plan.model);
@@ -199,14 +204,17 @@ void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
   auto& t = it->second;
   if (!t.target || t.finished || idx >= t.have.size() || t.have[idx]) return;  // duplicate
   const auto& c = t.plan.chunks[idx];
+  if (t.drop_once.erase(int(idx))) return;  // fault injection: as if it never arrived
   if (ok && t.corrupt_once.erase(int(idx))) (*t.image)[c.offset + c.length / 2] ^= 0x5a;  // fault injection
   if (!ok || checksum64(t.image->data() + c.offset, c.length) != c.checksum) {
     ++t.refetched;
-    self->send(st.controller, refetch_atom::value, tid, idx, st.id);
+    self->send(st.controller, refetch_atom::value, tid, idx, st.id,
+               std::string(ok ? "checksum mismatch" : "receive failed"));
     return;
   }
   t.have[idx] = 1;
   --t.remaining;
+  t.last_progress = clock::now();
   forward(self, tid, idx);
   if (--t.seg_left[size_t(c.segment)] == 0) self->send(st.controller, ready_atom::value, tid, st.id, c.segment);
   if (t.remaining == 0) {
@@ -293,12 +301,32 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
       },
       [=](chunk_atom, uint64_t tid, uint32_t idx, bool ok) { on_chunk(self, tid, idx, ok); },
       [=](pump_atom, uint64_t tid) { pump(self, tid); },
-      [=](chunks_atom, const std::string& model, uint64_t chunk_bytes) -> caf::result<std::vector<uint64_t>> {
+      [=](stall_atom, uint64_t tid) {
+        // No chunk for stall_ms while some are missing: they were lost; ask for them again.
+        auto& st = self->state;
+        auto it = st.transfers.find(tid);
+        if (it == st.transfers.end() || it->second.finished) return;
+        auto& t = it->second;
+        if (since(t.last_progress) * 1000 >= st.cfg.stall_ms) {
+          int asked = 0;
+          for (uint32_t i = 0; i < t.have.size() && asked < 64; ++i)
+            if (!t.have[i]) {
+              ++asked;
+              ++t.refetched;
+              self->send(st.controller, refetch_atom::value, tid, i, st.id, std::string("lost"));
+            }
+          t.last_progress = clock::now();
+        }
+        self->delayed_send(self, std::chrono::milliseconds(st.cfg.stall_ms), stall_atom::value, tid);
+      },
+      [=](chunks_atom, const std::string& model, uint64_t chunk_bytes,
+          const std::vector<int32_t>& order) -> caf::result<std::vector<uint64_t>> {
         auto h = self->state.held.find(model);
         if (h == self->state.held.end()) return make_error(errc::bad_request, "model " + model + " is not held here");
         auto view = read_manifest(h->second.manifest.data(), h->second.manifest.size());
         if (!view) return make_error(errc::internal, view.message());
-        auto chunks = make_chunks(layout_of(view->config), h->second.image->data(), chunk_bytes);
+        auto chunks = make_chunks(layout_of(view->config), h->second.image->data(), chunk_bytes,
+                                  std::vector<int>(order.begin(), order.end()));
         if (!chunks) return make_error(errc::bad_request, chunks.message());
         std::vector<uint64_t> flat;
         for (auto& c : *chunks) flat.insert(flat.end(), {c.index, uint64_t(c.segment), c.offset, c.length, c.checksum});
@@ -466,7 +494,7 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
   if (sources.empty()) return rp.deliver(make_error(errc::unavailable, "no live holder of " + req.model));
   auto first = st.nodes[sources.front().node].handle;
   auto manifest = mit->second.manifest;
-  self->request(first, std::chrono::seconds(60), chunks_atom::value, req.model, req.chunk_bytes)
+  self->request(first, std::chrono::seconds(60), chunks_atom::value, req.model, req.chunk_bytes, req.segment_order)
       .then(
           [=](const std::vector<uint64_t>& flat) mutable {
             auto& st = self->state;
@@ -610,11 +638,12 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         start_multicast(self, std::move(req), rp);
         return rp;
       },
-      [=](ready_atom, uint64_t tid, uint32_t node, int32_t) {
+      [=](ready_atom, uint64_t tid, uint32_t node, int32_t segment) {
         auto it = self->state.transfers.find(tid);
         if (it == self->state.transfers.end() || !it->second.row.count(node)) return;
         auto& row = it->second.report.targets[it->second.row[node]];
         if (row.first_layer_s == 0) row.first_layer_s = since(it->second.stream);
+        row.ready_order.push_back(segment);
       },
       [=](tdone_atom, uint64_t tid, uint32_t node, uint64_t bytes, double, uint32_t refetched) {
         auto& st = self->state;
@@ -634,7 +663,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         fail_target(it->second, node, why);
         finish_if_done(self, tid);
       },
-      [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester) {
+      [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester, const std::string& why) {
         auto& st = self->state;
         auto it = st.transfers.find(tid);
         if (it == st.transfers.end()) return;
@@ -643,8 +672,8 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         if (!tree) return;
         auto p = tree->parent.find(requester);
         if (p == tree->parent.end() || !st.nodes.count(p->second)) return;
-        t.report.events.push_back(node_name(self, requester) + " re-fetches chunk " + std::to_string(idx) +
-                                  " (checksum mismatch) from " + node_name(self, p->second));
+        t.report.events.push_back(node_name(self, requester) + " re-fetches chunk " + std::to_string(idx) + " (" +
+                                  why + ") from " + node_name(self, p->second));
         self->send(st.nodes[p->second].handle, refetch_atom::value, tid, idx, requester);
       },
       [=](ttimeout_atom, uint64_t tid) {
@@ -693,6 +722,7 @@ void register_cluster_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<uint8_t>>("std::vector<uint8_t>");
   cfg.add_message_type<std::vector<uint32_t>>("std::vector<uint32_t>");
   cfg.add_message_type<std::vector<std::string>>("std::vector<std::string>");
+  cfg.add_message_type<std::vector<int32_t>>("std::vector<int32_t>");
 }
 
 // Both run detached: a thread of their own that wakes the moment a message arrives, instead of

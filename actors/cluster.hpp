@@ -33,6 +33,7 @@ using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using imagesum_atom = caf::atom_constant<caf::atom("imagesum")>;
 using ttimeout_atom = caf::atom_constant<caf::atom("ttimeout")>;
 using pump_atom = caf::atom_constant<caf::atom("pump")>;
+using stall_atom = caf::atom_constant<caf::atom("stall")>;
 
 struct node_info {
   uint32_t id = 0;
@@ -56,12 +57,13 @@ struct multicast_request {
   int32_t fanout = 2;
   int32_t max_sources = 0;              // 0: every holder
   std::vector<std::string> busy;        // holders to use only as a last resort
+  std::vector<int32_t> segment_order;   // layers in the order wanted (0: globals, 1 + l: layer l)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, multicast_request& x) {
   return f(caf::meta::type_name("multicast_request"), x.model, x.targets, x.plan, x.chunk_bytes, x.fanout,
-           x.max_sources, x.busy);
+           x.max_sources, x.busy, x.segment_order);
 }
 
 struct target_report {
@@ -71,13 +73,14 @@ struct target_report {
   uint64_t bytes = 0;
   double seconds = 0;         // sources start -> last chunk verified here
   double first_layer_s = 0;   // sources start -> first segment ready here
-  uint32_t refetched = 0;     // chunks fetched again after a checksum mismatch
+  uint32_t refetched = 0;     // chunks fetched again (checksum mismatch or lost)
+  std::vector<int32_t> ready_order;  // segments in the order they became ready here
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, target_report& x) {
   return f(caf::meta::type_name("target_report"), x.node, x.ok, x.error, x.bytes, x.seconds, x.first_layer_s,
-           x.refetched);
+           x.refetched, x.ready_order);
 }
 
 struct transfer_report {

@@ -28,7 +28,7 @@ expected<node_config> parse_node_config(const std::string& text, const std::stri
   node_config c;
   static const char* known[] = {"name", "listen", "controller", "memory_gb", "transport", "heartbeat_ms",
                                 "heartbeat_timeout_ms", "host_copies", "transfer_timeout_ms", "models",
-                                "port_file", "corrupt_chunks", "throttle_mb_s"};
+                                "port_file", "corrupt_chunks", "drop_chunks", "stall_ms", "throttle_mb_s"};
   for (auto& [k, v] : t) {
     bool ok = false;
     for (auto* n : known) ok = ok || k.str() == n;
@@ -59,17 +59,19 @@ expected<node_config> parse_node_config(const std::string& text, const std::stri
       !(st = num("heartbeat_timeout_ms", c.heartbeat_timeout_ms, 50, 600000)) ||
       !(st = num("host_copies", c.host_copies, 1, 1000)) ||
       !(st = num("transfer_timeout_ms", c.transfer_timeout_ms, 100, 86400000)) ||
-      !(st = num("throttle_mb_s", c.throttle_mb_s, 0, 1e9)))
+      !(st = num("throttle_mb_s", c.throttle_mb_s, 0, 1e9)) || !(st = num("stall_ms", c.stall_ms, 10, 600000)))
     return st.err();
   if (c.transport != "tcp" && c.transport != "sm" && c.transport != "auto")
     return make_error(origin + ": transport must be tcp, sm or auto, got '" + c.transport + "'");
-  if (auto n = t.get("corrupt_chunks")) {
-    if (!n->is_array()) return make_error(origin + ": 'corrupt_chunks' must be an array of integers");
-    for (auto& e : *n->as_array()) {
-      if (!e.is_integer()) return make_error(origin + ": 'corrupt_chunks' must be an array of integers");
-      c.corrupt_chunks.push_back(int(e.as_integer()->get()));
+  for (auto [key, out] : {std::pair<const char*, std::vector<int>*>{"corrupt_chunks", &c.corrupt_chunks},
+                           {"drop_chunks", &c.drop_chunks}})
+    if (auto n = t.get(key)) {
+      if (!n->is_array()) return make_error(origin + ": '" + key + "' must be an array of integers");
+      for (auto& e : *n->as_array()) {
+        if (!e.is_integer()) return make_error(origin + ": '" + key + "' must be an array of integers");
+        out->push_back(int(e.as_integer()->get()));
+      }
     }
-  }
   if (auto n = t.get("models")) {
     if (!n->is_array_of_tables()) return make_error(origin + ": 'models' must be an array of tables ([[models]])");
     for (auto& e : *n->as_array()) {

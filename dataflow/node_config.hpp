@@ -29,6 +29,8 @@ struct node_config {
   std::string port_file;                 // write the bound port here once listening (for scripts)
   // Fault injection for tests: corrupt the payload of these received chunk indices once each.
   std::vector<int> corrupt_chunks;
+  std::vector<int> drop_chunks;          // tests: ignore these received chunks once (as if lost)
+  int stall_ms = 1000;                   // re-request missing chunks after this long without progress
   double throttle_mb_s = 0;              // tests: limit this node's sending rate (0: unlimited)
 };
 

@@ -133,6 +133,27 @@ TEST_CASE("a corrupted chunk is detected by its checksum and fetched again") {
   CHECK(logged);
 }
 
+TEST_CASE("a lost chunk is fetched again, and layers become ready in the order asked for") {
+  cluster c("tcp");
+  c.start("a", "drop_chunks = [40]\nstall_ms = 200\n");  // chunk 40 lies in the last segment asked for
+  REQUIRE(c.wait_nodes(2));
+  REQUIRE(c.wait_holding());
+  auto req = request_for({"a"}, "chain");
+  req.segment_order = {0, 4, 2, 3, 1};
+  auto r = c.multicast(req);
+  REQUIRE_MESSAGE(r, r.message());
+  MESSAGE(r->summary());
+  CHECK(r->targets[0].ok);
+  CHECK(r->targets[0].refetched >= 1);
+  CHECK(r->events.at(0) == "a re-fetches chunk 40 (lost) from src");
+  CHECK(r->targets[0].ready_order == std::vector<int32_t>{0, 4, 2, 3, 1});
+  CHECK(c.image_sum("a") == c.image_sum("src"));
+  req.segment_order = {0, 1, 1, 2, 3};
+  auto bad = c.multicast(req);
+  REQUIRE_FALSE(bad);
+  CHECK(bad.message().find("segment order must list each") != std::string::npos);
+}
+
 TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others complete") {
   cluster c("tcp", "throttle_mb_s = 25\n");  // the source sends slowly: the transfer takes ~0.3 s
   for (auto n : {"a", "b", "c", "d"}) c.start(n);
@@ -161,7 +182,7 @@ TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others com
   CHECK(c.view().nodes.size() == 4);
 }
 
-TEST_CASE("nodes join mid-run and are served from any holder; one host copy is kept") {
+TEST_CASE("nodes join mid-run and are served from any holder, and one host copy is kept") {
   cluster c("tcp");
   // "a" offers the same model from disk too: with host_copies = 1 the controller keeps only one.
   c.start("a", "[[models]]\nname = \"rand\"\npath = \"" + c.model_path() + "\"\n");
@@ -196,7 +217,7 @@ TEST_CASE("nodes join mid-run and are served from any holder; one host copy is k
   CHECK(bad_plan.message().find("unknown plan 'zigzag'") != std::string::npos);
 }
 
-TEST_CASE("a frozen node is dropped after the heartbeat timeout; a killed one at once") {
+TEST_CASE("a frozen node is dropped after the heartbeat timeout, a killed one at once") {
   cluster c("tcp");
   c.start("frozen");
   c.start("killed");

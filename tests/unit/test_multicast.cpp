@@ -91,7 +91,7 @@ TEST_CASE("plan shapes: chain, binomial, k-ary, one-to-one") {
   CHECK(d->describe().find("one-to-one plan: 1 tree(s) to 7 target(s)") == 0);
 }
 
-TEST_CASE("several sources split the chunks; busy ones only as a last resort") {
+TEST_CASE("several sources split the chunks, busy ones only as a last resort") {
   plan_request r;
   r.kind = plan_kind::chain;
   r.sources = {{100}, {101, true}, {102}};
@@ -118,7 +118,7 @@ TEST_CASE("several sources split the chunks; busy ones only as a last resort") {
   CHECK_FALSE(plan_multicast(r));
 }
 
-TEST_CASE("repair: a dead relay's children are adopted; a dead source is replaced") {
+TEST_CASE("repair: a dead relay's children are adopted and a dead source is replaced") {
   plan_request r;
   r.kind = plan_kind::chain;
   r.sources = {{100}, {101}};
