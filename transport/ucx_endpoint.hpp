@@ -1,7 +1,8 @@
 // A UCX worker with its own progress thread, moving (header, payload) messages between
 // processes with UCP active messages: small payloads go eagerly, large ones by rendezvous
-// straight into the buffer the receiver chooses (zero-copy on the receive side). CAF-free; every
-// failure is a status value, and a dead peer fails its pending sends instead of hanging them.
+// straight into the buffer the receiver chooses (zero-copy on the receive side). A peer in the
+// same process is reached without UCX: one copy into its buffer. CAF-free; every failure is a
+// status value, and a dead peer fails its pending sends instead of hanging them.
 #pragma once
 
 #include <atomic>
@@ -22,6 +23,7 @@ struct ucx_options {
   // UCX transports: "tcp", "sm" (shared memory, same host) or "" for UCX's own choice.
   std::string tls;
   std::chrono::milliseconds op_timeout{30000};  // connect and flush deadline
+  bool in_process = true;  // reach peers of this process by direct copy instead of UCX
 };
 
 // How a process handles arriving messages. Callbacks run on the progress thread: keep them short
@@ -54,6 +56,8 @@ class ucx_endpoint {
             std::function<void(status)> done);
 
   const std::string& tls() const { return opt_.tls; }
+  // Messages sent to peers in this same process, which bypass UCX (one memcpy, no wire).
+  uint64_t local_messages() const;
 
   struct impl;
 

@@ -46,8 +46,11 @@ TEST_CASE("ucx: eager and rendezvous messages over tcp and shared memory") {
   for (std::string tls : {"tcp", "sm"}) {
     CAPTURE(tls);
     inbox in;
-    auto a = ucx_endpoint::create({tls}, {});
-    auto b = ucx_endpoint::create({tls}, in.make());
+    ucx_options o;
+    o.tls = tls;
+    o.in_process = false;  // both endpoints live in this test process: force the UCX path
+    auto a = ucx_endpoint::create(o, {});
+    auto b = ucx_endpoint::create(o, in.make());
     REQUIRE_MESSAGE(a, a.message());
     REQUIRE_MESSAGE(b, b.message());
     auto peer = (*a)->connect((*b)->address());
@@ -67,7 +70,31 @@ TEST_CASE("ucx: eager and rendezvous messages over tcp and shared memory") {
       CHECK(in.landed.back().first == std::vector<uint8_t>{1, 2, 3, uint8_t(len & 0xff)});
       CHECK(checksum64(in.buffer.data(), in.buffer.size()) == checksum64(payload.data(), len));
     }
+    CHECK((*a)->local_messages() == 0);
   }
+}
+
+TEST_CASE("ucx: a peer in the same process is reached by a direct copy") {
+  inbox in;
+  auto a = ucx_endpoint::create({"tcp"}, {});
+  auto b = ucx_endpoint::create({"tcp"}, in.make());
+  REQUIRE(a);
+  REQUIRE(b);
+  auto peer = (*a)->connect((*b)->address());
+  REQUIRE(peer);
+  std::vector<uint8_t> payload(1 << 20, 0x3c);
+  std::promise<status> sent;
+  (*a)->send(*peer, {9}, payload.data(), payload.size(), [&](status st) { sent.set_value(st); });
+  CHECK(sent.get_future().get());
+  REQUIRE(in.wait(1));
+  CHECK(in.buffer == payload);
+  CHECK((*a)->local_messages() == 1);
+  b->reset();  // the peer goes away: sends fail cleanly
+  std::promise<status> after;
+  (*a)->send(*peer, {9}, payload.data(), payload.size(), [&](status st) { after.set_value(st); });
+  auto st = after.get_future().get();
+  CHECK_FALSE(st);
+  CHECK(st.message().find("is gone") != std::string::npos);
 }
 
 TEST_CASE("ucx: sending to an unknown peer fails at once") {
