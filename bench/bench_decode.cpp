@@ -110,16 +110,9 @@ int main(int argc, char** argv) {
     if (!r) return std::fprintf(stderr, "%s\n", r.message().c_str()), 1;
     m = *r;
   } else {
-    model_config c;
-    c.dim = int(*a->integer("dim", 1024));
-    c.n_layers = int(*a->integer("layers", 16));
-    c.hidden_dim = int(*a->integer("hidden", 2816));
-    c.n_heads = int(*a->integer("heads", 16));
-    c.n_kv_heads = int(*a->integer("kv-heads", 4));
-    c.vocab_size = int(*a->integer("vocab", 32000));
-    c.head_dim = c.dim / c.n_heads;
-    c.seq_len = 2048;
-    c.rope = rope_style::rotate_half;
+    auto c = model_config::llama(int(*a->integer("dim", 1024)), int(*a->integer("hidden", 2816)),
+                                 int(*a->integer("layers", 16)), int(*a->integer("heads", 16)),
+                                 int(*a->integer("kv-heads", 4)), int(*a->integer("vocab", 32000)), 2048);
     if (auto st = c.validate(); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 2;
     m = make_random_model(c, 1, "bench");
   }

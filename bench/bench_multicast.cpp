@@ -58,16 +58,7 @@ int main(int argc, char** argv) {
   if (model_dir.empty()) {
     // A random Llama with about --mib MiB of fp32 parameters (vocab 32000, dim 1024).
     long mib = *a->integer("mib", 300);
-    model_config c;
-    c.dim = 1024;
-    c.hidden_dim = 2816;
-    c.n_heads = 16;
-    c.n_kv_heads = 4;
-    c.head_dim = 64;
-    c.vocab_size = 32000;
-    c.seq_len = 2048;
-    c.rope = rope_style::rotate_half;
-    c.n_layers = 1;
+    auto c = model_config::llama(1024, 2816, 1, 16, 4, 32000, 2048);
     while (double(c.total_params()) * 4 < double(mib) * (1 << 20)) ++c.n_layers;
     model_dir = tmp + "/model";
     auto m = make_random_model(c, 3, "bench");

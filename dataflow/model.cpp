@@ -138,6 +138,20 @@ std::string shape_string(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+model_config model_config::llama(int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq_len) {
+  model_config c;
+  c.dim = dim;
+  c.hidden_dim = hidden;
+  c.n_layers = layers;
+  c.n_heads = heads;
+  c.n_kv_heads = kv_heads;
+  c.head_dim = heads > 0 ? dim / heads : 0;
+  c.vocab_size = vocab;
+  c.seq_len = seq_len;
+  c.rope = rope_style::rotate_half;
+  return c;
+}
+
 size_t model_config::layer_params() const {
   size_t d = size_t(dim), h = size_t(hidden_dim);
   return 2 * d + size_t(q_dim() + 2 * kv_dim()) * d + d * size_t(q_dim()) + 3 * h * d;

@@ -41,6 +41,9 @@ struct model_config {
   int bos_id = 1;
   int eos_id = 2;
 
+  // A Hugging Face-style Llama shape (rotate_half RoPE, head_dim = dim / heads, tied embeddings).
+  static model_config llama(int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq_len);
+
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
   // Parameters of one transformer layer, and of the whole model.

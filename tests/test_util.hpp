@@ -5,12 +5,25 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <stdexcept>
 #include <unistd.h>
+
+#include "dataflow/model.hpp"
 
 namespace strata::test {
 
 inline std::string data_dir() { return STRATA_DATA_DIR; }
 inline std::string stories_dir() { return data_dir() + "/models/stories260K"; }
+
+// stories260K, loaded once per test binary.
+inline model_ptr stories() {
+  static model_ptr m = [] {
+    auto r = load_model(stories_dir());
+    if (!r) throw std::runtime_error(r.message());
+    return *r;
+  }();
+  return m;
+}
 
 // llama2.c's greedy output of stories260K from BOS (temperature 0): the golden text (the first
 // sentence is the one documented with the model; the rest is llama2.c's own continuation).

@@ -164,19 +164,23 @@ struct ucx_endpoint::impl {
     }
   }
 
-  static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t st) {
-    auto* self = static_cast<impl*>(arg);
-    auto it = self->peer_of.find(ep);
-    if (it == self->peer_of.end()) return;
-    peer_id p = it->second;
-    self->peer_of.erase(it);
-    self->eps.erase(p);
-    // Outstanding sends complete with errors through their callbacks; close the endpoint.
+  // Forgets a peer and force-closes its endpoint; outstanding sends fail through their callbacks.
+  void close_peer(peer_id p, ucp_ep_h ep) {
+    eps.erase(p);
+    peer_of.erase(ep);
     ucp_request_param_t cp{};
     cp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     cp.flags = UCP_EP_CLOSE_FLAG_FORCE;
     auto r = ucp_ep_close_nbx(ep, &cp);
     if (r && !UCS_PTR_IS_ERR(r)) ucp_request_free(r);
+  }
+
+  static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t st) {
+    auto* self = static_cast<impl*>(arg);
+    auto it = self->peer_of.find(ep);
+    if (it == self->peer_of.end()) return;
+    peer_id p = it->second;
+    self->close_peer(p, ep);
     if (self->rx.peer_failed) self->rx.peer_failed(p, ucs_status_string(st));
   }
 
@@ -348,15 +352,7 @@ void ucx_endpoint::disconnect(peer_id peer) {
   auto* m = impl_.get();
   m->post([m, peer] {
     auto it = m->eps.find(peer);
-    if (it == m->eps.end()) return;
-    ucp_ep_h ep = it->second;
-    m->eps.erase(it);
-    m->peer_of.erase(ep);
-    ucp_request_param_t cp{};
-    cp.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    cp.flags = UCP_EP_CLOSE_FLAG_FORCE;
-    auto r = ucp_ep_close_nbx(ep, &cp);
-    if (r && !UCS_PTR_IS_ERR(r)) ucp_request_free(r);
+    if (it != m->eps.end()) m->close_peer(peer, it->second);
   });
 }
 

@@ -14,14 +14,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-model_ptr stories() {
-  static model_ptr m = [] {
-    auto r = load_model(test::stories_dir());
-    REQUIRE_MESSAGE(r, r.message());
-    return *r;
-  }();
-  return m;
-}
+using test::stories;
 
 std::vector<int32_t> encode(const std::string& text) {
   static tokenizer t = *tokenizer::load(find_tokenizer(test::stories_dir()), 512);

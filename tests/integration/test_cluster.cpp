@@ -18,17 +18,7 @@ namespace {
 
 // A random model big enough for many chunks (about 10 MiB of fp32 parameters).
 std::string make_model_dir(const test::temp_dir& dir) {
-  model_config c;
-  c.dim = 256;
-  c.hidden_dim = 512;
-  c.n_layers = 4;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 64;
-  c.vocab_size = 1000;
-  c.seq_len = 128;
-  c.rope = rope_style::rotate_half;
-  auto m = make_random_model(c, 9, "rand");
+  auto m = make_random_model(model_config::llama(256, 512, 4, 4, 2, 1000, 128), 9, "rand");
   auto p = dir / "rand";
   REQUIRE(save_hf(*m, p, dtype::f32));
   return p;

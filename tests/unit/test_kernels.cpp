@@ -215,15 +215,7 @@ struct ref_layer {
 TEST_CASE("a transformer layer (GQA, KV cache, prefill then decode) matches float64") {
   auto rng = fresh_rng();
   for (auto style : {rope_style::interleaved, rope_style::rotate_half}) {
-    model_config c;
-    c.dim = 48;
-    c.hidden_dim = 80;
-    c.n_layers = 1;
-    c.n_heads = 6;
-    c.n_kv_heads = 2;
-    c.head_dim = 8;
-    c.vocab_size = 10;
-    c.seq_len = 32;
+    auto c = model_config::llama(48, 80, 1, 6, 2, 10, 32);
     c.rope = style;
     auto m = make_random_model(c, rng(), "t");
     const auto& w = *m->layers[0];

@@ -17,14 +17,7 @@ using strata::test::temp_dir;
 
 namespace {
 
-model_ptr stories() {
-  static model_ptr m = [] {
-    auto r = load_model(test::stories_dir());
-    REQUIRE_MESSAGE(r, r.message());
-    return *r;
-  }();
-  return m;
-}
+using test::stories;
 
 const tokenizer& stories_tok() {
   static tokenizer t = [] {
@@ -62,17 +55,7 @@ std::string error_of(const std::string& path) {
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 model_config small_config() {
-  model_config c;
-  c.dim = 64;
-  c.hidden_dim = 96;
-  c.n_layers = 3;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 16;
-  c.vocab_size = 100;
-  c.seq_len = 64;
-  c.rope = rope_style::rotate_half;
-  return c;
+  return model_config::llama(64, 96, 3, 4, 2, 100, 64);
 }
 
 }  // namespace

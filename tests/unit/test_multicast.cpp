@@ -145,15 +145,7 @@ TEST_CASE("repair: a dead relay's children are adopted and a dead source is repl
 }
 
 TEST_CASE("parameter image: round trip and chunking") {
-  model_config c;
-  c.dim = 32;
-  c.hidden_dim = 48;
-  c.n_layers = 3;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.head_dim = 8;
-  c.vocab_size = 50;
-  c.seq_len = 32;
+  auto c = model_config::llama(32, 48, 3, 4, 2, 50, 32);
   c.tied_embeddings = false;
   auto m = make_random_model(c, 4);
   auto img = make_image(*m);
