@@ -378,8 +378,10 @@ struct node_entry {
 
 struct model_entry {
   std::vector<uint8_t> manifest;
-  std::set<node_id> host_copies;  // at most cfg.host_copies
-  std::set<node_id> instances;    // nodes that received the parameters
+  std::set<node_id> host_copies;                // at most cfg.host_copies
+  std::set<node_id> instances;                  // nodes that received all parameters
+  std::map<node_id, std::set<int32_t>> partial; // nodes loading: segments ready so far
+  int segments = 0;
 };
 
 struct active_transfer {
@@ -418,8 +420,9 @@ void finish_if_done(controller_actor* self, uint64_t tid) {
   self->state.transfers.erase(it);
 }
 
-void fail_target(active_transfer& t, node_id n, const std::string& why) {
+void fail_target(controller_actor* self, active_transfer& t, node_id n, const std::string& why) {
   if (!t.pending.erase(n)) return;
+  self->state.models[t.plan.model].partial.erase(n);  // a half-loaded image is not a holding
   auto& row = t.report.targets[t.row[n]];
   row.ok = false;
   row.error = why;
@@ -435,6 +438,7 @@ void node_lost(controller_actor* self, node_id n, const std::string& why) {
   for (auto& [_, m] : st.models) {
     m.host_copies.erase(n);
     m.instances.erase(n);
+    m.partial.erase(n);
   }
   std::vector<uint64_t> touched;
   for (auto& [tid, t] : st.transfers) {
@@ -443,11 +447,11 @@ void node_lost(controller_actor* self, node_id n, const std::string& why) {
     if (!involved) continue;
     touched.push_back(tid);
     t.report.events.push_back(name + " died (" + why + ") at " + std::to_string(since(t.t0)) + " s");
-    fail_target(t, n, "node died: " + why);
+    fail_target(self, t, n, "node died: " + why);
     auto adoptions = repair_plan(t.plan.plan, n);
     if (!adoptions) {
       t.report.events.push_back("cannot repair: " + adoptions.message());
-      for (auto p : std::set<node_id>(t.pending)) fail_target(t, p, adoptions.message());
+      for (auto p : std::set<node_id>(t.pending)) fail_target(self, t, p, adoptions.message());
       continue;
     }
     for (auto& a : *adoptions) {
@@ -629,6 +633,11 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
           std::string line = name + ":";
           for (auto n : m.host_copies) line += " " + node_name(self, n) + " (host copy)";
           for (auto n : m.instances) line += " " + node_name(self, n);
+          for (auto& [n, segs] : m.partial) {
+            std::string list;
+            for (auto sgm : segs) list += (list.empty() ? "" : ",") + std::to_string(sgm);
+            line += " " + node_name(self, n) + " (loading; segments ready: " + list + ")";
+          }
           v.holdings.push_back(line);
         }
         return v;
@@ -644,6 +653,8 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         auto& row = it->second.report.targets[it->second.row[node]];
         if (row.first_layer_s == 0) row.first_layer_s = since(it->second.stream);
         row.ready_order.push_back(segment);
+        auto& m = self->state.models[it->second.plan.model];
+        m.partial[node].insert(segment);
       },
       [=](tdone_atom, uint64_t tid, uint32_t node, uint64_t bytes, double, uint32_t refetched) {
         auto& st = self->state;
@@ -654,13 +665,16 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         row.bytes = bytes;
         row.seconds = since(it->second.stream);
         row.refetched = refetched;
-        st.models[it->second.plan.model].instances.insert(node);
+        auto& m = st.models[it->second.plan.model];
+        m.instances.insert(node);
+        m.segments = int(m.partial[node].size());
+        m.partial.erase(node);
         finish_if_done(self, tid);
       },
       [=](tfail_atom, uint64_t tid, uint32_t node, const std::string& why) {
         auto it = self->state.transfers.find(tid);
         if (it == self->state.transfers.end()) return;
-        fail_target(it->second, node, why);
+        fail_target(self, it->second, node, why);
         finish_if_done(self, tid);
       },
       [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester, const std::string& why) {
@@ -682,7 +696,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         auto& t = it->second;
         t.report.events.push_back("timed out after " + std::to_string(self->state.cfg.transfer_timeout_ms) + " ms");
         for (auto n : std::set<node_id>(t.pending))
-          fail_target(t, n, "timed out after " + std::to_string(self->state.cfg.transfer_timeout_ms) + " ms");
+          fail_target(self, t, n, "timed out after " + std::to_string(self->state.cfg.transfer_timeout_ms) + " ms");
         finish_if_done(self, tid);
       },
   };

@@ -125,18 +125,25 @@ TEST_CASE("a corrupted chunk is detected by its checksum and fetched again") {
 
 TEST_CASE("a lost chunk is fetched again, and layers become ready in the order asked for") {
   cluster c("tcp");
-  c.start("a", "drop_chunks = [40]\nstall_ms = 200\n");  // chunk 40 lies in the last segment asked for
+  c.start("a", "drop_chunks = [40]\nstall_ms = 400\n");  // chunk 40 lies in the last segment asked for
   REQUIRE(c.wait_nodes(2));
   REQUIRE(c.wait_holding());
   auto req = request_for({"a"}, "chain");
   req.segment_order = {0, 4, 2, 3, 1};
-  auto r = c.multicast(req);
+  std::vector<std::string> during;
+  auto r = c.multicast(req, [&] {
+    std::this_thread::sleep_for(150ms);  // a waits for its lost chunk: the view shows it half loaded
+    during = c.view().holdings;
+  });
   REQUIRE_MESSAGE(r, r.message());
   MESSAGE(r->summary());
   CHECK(r->targets[0].ok);
   CHECK(r->targets[0].refetched >= 1);
   CHECK(r->events.at(0) == "a re-fetches chunk 40 (lost) from src");
   CHECK(r->targets[0].ready_order == std::vector<int32_t>{0, 4, 2, 3, 1});
+  REQUIRE(during.size() == 1);
+  CHECK(during[0] == "rand: src (host copy) a (loading; segments ready: 0,2,3,4)");
+  CHECK(c.view().holdings[0] == "rand: src (host copy) a");
   CHECK(c.image_sum("a") == c.image_sum("src"));
   req.segment_order = {0, 1, 1, 2, 3};
   auto bad = c.multicast(req);
