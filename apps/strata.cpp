@@ -8,11 +8,13 @@
 #include <thread>
 
 #include "actors/engine.hpp"
+#include "actors/replay.hpp"
 #include "apps/args.hpp"
 #include "apps/cluster_cli.hpp"
 #include "dataflow/manifest.hpp"
 #include "dataflow/thread_pool.hpp"
 #include "dataflow/tokenizer.hpp"
+#include "dataflow/trace.hpp"
 
 using namespace strata;
 namespace fs = std::filesystem;
@@ -55,6 +57,13 @@ commands:
                multicast --controller HOST:PORT --model NAME --targets a,b,c
                  [--plan chain|binomial|kary|one-to-one] [--chunk-kb 4096] [--fanout 2]
                  [--busy n1,n2] [--max-sources K] [--timeout-s 300]
+  replay     replay a request trace against the actor pipeline; latency percentiles, SLOs, SVG
+               --model PATH --trace FILE|gamma [--format azure|mooncake|burstgpt] [--strict]
+               [--start S --duration S --max-requests N (200) --speedup X | --rate R]
+               [--max-prompt P --max-output O] (lengths are also clipped to the context)
+               gamma: [--n 100 --gamma-rate 4 --burstiness 0.5 --seed 1]
+               [--shards SPEC --max-running N --max-batch-tokens N]
+               [--ttft-slo-ms 1000 --tbt-slo-ms 200] [--svg FILE]
   help       this text
 )";
 
@@ -321,6 +330,108 @@ int cmd_convert(int argc, char** argv) {
   return 0;
 }
 
+// Requests in flight over time, from the records (a step series for the timeline plot).
+step_series in_flight(const std::vector<request_record>& records) {
+  std::vector<std::pair<double, int>> ev;
+  for (auto& r : records) {
+    ev.push_back({r.arrival, +1});
+    ev.push_back({r.done >= 0 ? r.done : r.arrival, -1});
+  }
+  std::sort(ev.begin(), ev.end());
+  step_series s{"requests in flight", {}};
+  int n = 0;
+  for (auto& [t, d] : ev) s.points.push_back({t, double(n += d)});
+  return s;
+}
+
+int cmd_replay(int argc, char** argv) {
+  auto a = args::parse(argc, argv, 2,
+                       {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
+                        "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "shards", "ttft-slo-ms",
+                        "tbt-slo-ms", "svg", "max-running", "max-batch-tokens", "seed", "threads"},
+                       {"strict"});
+  if (!a) return fail(a.message() + " (see strata help)");
+  if (!a->has("model") || !a->has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
+  auto threads = a->integer("threads", 0);
+  if (!threads) return fail(threads.message());
+  if (*threads > 0) set_default_threads(size_t(*threads));
+  auto m = load_model(a->str("model"));
+  if (!m) return fail(m.message());
+  expected<trace> tr = make_error("no trace");
+  if (a->str("trace") == "gamma") {
+    gamma_options g;
+    g.n = size_t(*a->integer("n", 100));
+    g.rate = *a->number("gamma-rate", 4.0);
+    g.burstiness = *a->number("burstiness", 0.5);
+    g.seed = uint64_t(*a->integer("seed", 1));
+    g.prompt_max = std::min(256, (*m)->config.seq_len / 2);
+    g.output_max = std::min(128, (*m)->config.seq_len / 4);
+    g.prompt_min = std::min(g.prompt_min, g.prompt_max);
+    g.output_min = std::min(g.output_min, g.output_max);
+    tr = gamma_trace(g);
+  } else {
+    auto fmt = a->has("format") ? parse_trace_format(a->str("format")) : guess_trace_format(a->str("trace"));
+    if (!fmt) return fail(fmt.message());
+    trace_options to;
+    to.strict = a->has("strict");
+    tr = load_trace(a->str("trace"), *fmt, to);
+  }
+  if (!tr) return fail(tr.message());
+  shape_options so;
+  so.start = *a->number("start", 0);
+  so.duration = *a->number("duration", 0);
+  so.max_requests = size_t(*a->integer("max-requests", 200));
+  so.speedup = *a->number("speedup", 1.0);
+  so.target_rate = *a->number("rate", 0);
+  so.context = (*m)->config.seq_len;
+  so.max_prompt = int(*a->integer("max-prompt", 0));
+  so.max_output = int(*a->integer("max-output", 0));
+  auto shaped = shape_trace(*tr, so);
+  if (!shaped) return fail(shaped.message());
+  std::printf("trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
+              tr->requests.size(), tr->skipped.size(), shaped->requests.size(), shaped->requests.back().t,
+              mean_rate(*shaped));
+  for (size_t i = 0; i < std::min<size_t>(3, tr->skipped.size()); ++i) std::printf("  skipped %s\n", tr->skipped[i].c_str());
+  auto shards = parse_shards(a->str("shards", "1"), (*m)->config.n_layers);
+  if (!shards) return fail(shards.message());
+  actor_runtime rt;
+  auto p = spawn_pipeline(*rt.sys, *m, *shards);
+  if (!p) return fail(p.message());
+  router_options ro;
+  ro.max_running = int(*a->integer("max-running", 64));
+  ro.max_batch_tokens = int(*a->integer("max-batch-tokens", 512));
+  auto router = spawn_router(*rt.sys, *m, p->path, ro);
+  replay_options rpo;
+  rpo.vocab_size = (*m)->config.vocab_size;
+  rpo.seed = uint64_t(*a->integer("seed", 1));
+  rpo.progress_every = std::max<size_t>(1, shaped->requests.size() / 10);
+  rpo.progress = [](size_t done, size_t total, double t) {
+    std::printf("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
+    std::fflush(stdout);
+  };
+  auto records = replay(*rt.sys, router, *shaped, rpo);
+  stop_pipeline(*p);
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+  if (!records) return fail(records.message());
+  slo_spec slo;
+  slo.ttft_s = *a->number("ttft-slo-ms", 1000) / 1000;
+  slo.tbt_s = *a->number("tbt-slo-ms", 200) / 1000;
+  auto sum = summarize_replay(*records, slo);
+  std::printf("\n%s", sum.table("replay of " + a->str("trace") + " on " + (*m)->name + ", shards " +
+                                to_string(*shards)).c_str());
+  for (auto& r : *records)
+    if (!r.ok) {
+      std::printf("  first failure: %s\n", r.error.c_str());
+      break;
+    }
+  if (a->has("svg")) {
+    auto st = write_timeline_svg(a->str("svg"), "replay of " + a->str("trace"), *records, {in_flight(*records)});
+    if (!st) return fail(st.message());
+    std::printf("  timeline written to %s\n", a->str("svg").c_str());
+  }
+  return sum.failed ? 1 : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -331,6 +442,7 @@ int main(int argc, char** argv) {
   if (cmd == "gen-model") return cmd_gen_model(argc, argv);
   if (cmd == "convert") return cmd_convert(argc, argv);
   if (cmd == "node") return cmd_node(argc, argv);
+  if (cmd == "replay") return cmd_replay(argc, argv);
   if (cmd == "cluster") return cmd_cluster(argc, argv);
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     std::fputs(usage, stdout);

@@ -7,6 +7,7 @@
 
 #include "../test_util.hpp"
 #include "actors/engine.hpp"
+#include "actors/replay.hpp"
 #include "dataflow/tokenizer.hpp"
 
 using namespace strata;
@@ -305,4 +306,64 @@ TEST_CASE("a stage that stops answering times the step out") {
   CHECK(r->result.error.find("timed out after 200 ms") != std::string::npos);
   CHECK(std::chrono::steady_clock::now() - t0 < 5s);
   for (const caf::actor& a : {black_hole, head, tail, router}) caf::anon_send_exit(a, caf::exit_reason::kill);
+}
+
+TEST_CASE("trace replay issues every request at its time and records every token") {
+  served s("2,3");
+  gamma_options g;
+  g.n = 30;
+  g.rate = 40;
+  g.burstiness = 0.5;
+  g.prompt_max = 40;
+  g.output_max = 20;
+  auto t = gamma_trace(g);
+  REQUIRE(t);
+  replay_options o;
+  o.vocab_size = 512;
+  size_t progress_calls = 0;
+  o.progress_every = 10;
+  o.progress = [&](size_t, size_t, double) { ++progress_calls; };
+  auto records = replay(*s.sys, s.router, *t, o);
+  REQUIRE_MESSAGE(records, records.message());
+  REQUIRE(records->size() == 30);
+  for (size_t i = 0; i < records->size(); ++i) {
+    auto& r = (*records)[i];
+    CAPTURE(i);
+    CHECK(r.ok);
+    CHECK(r.generated == t->requests[i].output_tokens);
+    CHECK(r.token_times.size() == size_t(r.generated));
+    CHECK(r.arrival >= t->requests[i].t - 0.001);  // never early
+    CHECK(r.ttft() >= 0);
+  }
+  CHECK(progress_calls == 3);
+  auto sum = summarize_replay(*records, {});
+  CHECK(sum.ok == 30);
+  CHECK(s.kv_drains());
+}
+
+TEST_CASE("a replay whose pipeline loses a shard records the failures and ends") {
+  served s("2,3");
+  gamma_options g;
+  g.n = 40;
+  g.rate = 100;
+  g.output_min = 50;
+  g.output_max = 60;
+  auto t = gamma_trace(g);
+  replay_options o;
+  o.vocab_size = 512;
+  o.request_timeout = 5s;
+  std::thread killer([&] {
+    std::this_thread::sleep_for(100ms);
+    caf::anon_send_exit(s.p.shards[0].actor, caf::exit_reason::kill);
+  });
+  auto records = replay(*s.sys, s.router, *t, o);
+  killer.join();
+  REQUIRE(records);
+  size_t failed = 0;
+  for (auto& r : *records)
+    if (!r.ok) {
+      ++failed;
+      CHECK((r.error.find("layer shard [0,2) is down") != std::string::npos));
+    }
+  CHECK(failed > 0);
 }
