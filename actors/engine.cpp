@@ -33,6 +33,8 @@ void register_strata_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<generate_request>("strata.generate_request");
   cfg.add_message_type<generate_result>("strata.generate_result");
   cfg.add_message_type<stage_stats>("strata.stage_stats");
+  cfg.add_message_type<router_stats>("strata.router_stats");
+  cfg.add_message_type<std::map<uint32_t, uint32_t>>("std::map<uint32_t,uint32_t>");
   cfg.add_message_type<std::vector<int32_t>>("std::vector<int32_t>");
   cfg.add_message_type<std::vector<uint64_t>>("std::vector<uint64_t>");
   cfg.add_error_category(caf::atom("strata"), [](uint8_t code, caf::atom_value, const caf::message& ctx) {

@@ -5,6 +5,7 @@
 
 #include <caf/all.hpp>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,9 @@ using release_atom = caf::atom_constant<caf::atom("release")>;
 using stats_atom = caf::atom_constant<caf::atom("stats")>;
 using timeout_atom = caf::atom_constant<caf::atom("steptmo")>;
 using tick_atom = caf::atom_constant<caf::atom("tick")>;
+using load_atom = caf::atom_constant<caf::atom("load")>;
+using devdone_atom = caf::atom_constant<caf::atom("devdone")>;
+using routes_atom = caf::atom_constant<caf::atom("routes")>;
 
 // Error codes of the "strata" error category (rendered by register_strata_types()).
 enum class errc : uint8_t {
@@ -79,6 +83,7 @@ struct hop {
 };
 struct route {
   std::vector<hop> hops;
+  uint32_t instance = 0;  // the instance whose head admits it (load accounting)
 };
 using route_ptr = std::shared_ptr<const route>;
 
@@ -112,12 +117,32 @@ struct stage_stats {
   uint64_t rows = 0;
   uint64_t kv_sequences = 0;
   uint64_t kv_bytes = 0;
+  int32_t layers_loaded = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
   return f(caf::meta::type_name("stage_stats"), x.layer_begin, x.layer_end, x.steps, x.rows, x.kv_sequences,
-           x.kv_bytes);
+           x.kv_bytes, x.layers_loaded);
+}
+
+using layer_ptr = std::shared_ptr<const layer_weights>;
+
+// A router's load, as a scaler reads it.
+struct router_stats {
+  uint32_t waiting = 0;
+  uint32_t running = 0;
+  uint32_t routes = 0;
+  double ttft_ema_s = 0;  // smoothed time to first token of recent requests
+  uint64_t tokens = 0;    // generated so far
+  uint64_t finished = 0;  // requests ended so far
+  std::map<uint32_t, uint32_t> running_by_instance;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, router_stats& x) {
+  return f(caf::meta::type_name("router_stats"), x.waiting, x.running, x.routes, x.ttft_ema_s, x.tokens, x.finished,
+           x.running_by_instance);
 }
 
 // Adds Strata's message types and error category to an actor system config.
@@ -126,3 +151,5 @@ void register_strata_types(caf::actor_system_config& cfg);
 }  // namespace strata
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(strata::step_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(strata::layer_ptr)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(std::vector<strata::route_ptr>)

@@ -18,6 +18,7 @@ struct request_state {
   int processed = 0;            // positions already in the KV cache
   int generated = 0;
   uint64_t rng = 0;
+  route_ptr path;               // fixed once running: its KV cache lives along this route
   bool in_step = false;
   bool cancelled = false;
   bool started = false;  // has (or may have) KV state in the shards
@@ -25,18 +26,28 @@ struct request_state {
   clock::time_point first_token;
 };
 
+struct inflight_step {
+  route_ptr path;
+  std::vector<uint64_t> members;
+};
+
 struct router_state {
   model_ptr m;
-  route_ptr path;
+  std::vector<route_ptr> routes;  // where new requests may start
   router_options opt;
   std::map<uint64_t, request_state> reqs;
   std::deque<uint64_t> waiting;
   std::set<uint64_t> running;
-  std::map<uint64_t, std::vector<uint64_t>> inflight;  // step id -> request ids
-  std::map<caf::actor_addr, int> clients;              // monitored clients -> live requests
+  std::map<uint64_t, inflight_step> inflight;  // step id -> step
+  std::map<caf::actor_addr, int> clients;      // monitored clients -> live requests
+  std::set<caf::actor_addr> monitored;         // stage actors
   uint64_t next_id = 1;
   uint64_t next_step = 1;
-  std::string down;  // set when a stage died: the graph no longer serves
+  std::string down;  // set when no route is left: the model no longer serves
+  // Load signals for a scaler.
+  double ttft_ema = 0;
+  uint64_t tokens = 0;
+  uint64_t finished = 0;
   static inline const char* name = "strata.router";
 };
 
@@ -44,10 +55,9 @@ using router_actor = caf::stateful_actor<router_state>;
 
 int64_t micros(clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
 
-void release_kv(router_actor* self, const std::vector<seq_id>& seqs) {
-  if (seqs.empty()) return;
-  for (size_t i = 1; i + 1 < self->state.path->hops.size(); ++i)
-    self->send(self->state.path->hops[i].actor, release_atom::value, seqs);
+void release_kv(router_actor* self, const route_ptr& path, const std::vector<seq_id>& seqs) {
+  if (seqs.empty() || !path) return;
+  for (size_t i = 1; i + 1 < path->hops.size(); ++i) self->send(path->hops[i].actor, release_atom::value, seqs);
 }
 
 // Ends a request: tells its client (if alive) and frees its KV cache in the shards.
@@ -72,60 +82,89 @@ void finish(router_actor* self, uint64_t id, const std::string& reason, const st
       st.clients.erase(c);
     }
   }
+  ++st.finished;
   // A request inside a step is released when the step returns (see on_step), never before,
   // so a release cannot overtake the step's writes to the cache.
-  if (r.started && !r.in_step) release_kv(self, {id});
+  if (r.started && !r.in_step) release_kv(self, r.path, {id});
   st.running.erase(id);
   std::erase(st.waiting, id);
   st.reqs.erase(it);
 }
 
-void fail_all(router_actor* self, errc code, const std::string& why) {
-  std::vector<uint64_t> ids;
-  for (auto& [id, _] : self->state.reqs) ids.push_back(id);
-  for (auto id : ids) finish(self, id, code == errc::cancelled ? "cancelled" : "error", why);
+void watch(router_actor* self, const route_ptr& r) {
+  for (auto& h : r->hops)
+    if (self->state.monitored.insert(h.actor.address()).second) self->monitor(h.actor);
+}
+
+// The route with the fewest running requests of its instance, if that instance has room.
+route_ptr pick_route(router_actor* self) {
+  auto& st = self->state;
+  std::map<uint32_t, int> load;
+  for (auto id : st.running) load[st.reqs[id].path->instance]++;
+  route_ptr best;
+  int best_load = 0;
+  for (auto& r : st.routes) {
+    int l = load[r->instance];
+    if (l < st.opt.max_running && (!best || l < best_load)) {
+      best = r;
+      best_load = l;
+    }
+  }
+  return best;
 }
 
 void schedule(router_actor* self) {
   auto& st = self->state;
-  if (!st.down.empty()) return;
-  while (int(st.inflight.size()) < st.opt.max_inflight) {
-    while (!st.waiting.empty() && int(st.running.size()) < st.opt.max_running) {
-      st.running.insert(st.waiting.front());
-      st.waiting.pop_front();
-    }
-    auto s = std::make_shared<step_batch>();
-    s->id = st.next_step++;
-    s->path = st.path;
-    s->reply_to = caf::actor_cast<caf::actor>(self);
-    std::vector<uint64_t> members;
-    int budget = st.opt.max_batch_tokens;
-    for (auto id : st.running) {
-      if (budget <= 0) break;
-      auto& r = st.reqs[id];
-      if (r.in_step || r.cancelled) continue;
-      int todo = int(r.tokens.size()) - r.processed;
-      int take = std::min(todo, budget);
-      for (int i = 0; i < take; ++i) {
-        s->seqs.push_back(id);
-        s->pos.push_back(r.processed + i);
-        s->tokens.push_back(r.tokens[size_t(r.processed + i)]);
-        bool last = r.processed + i + 1 == int(r.tokens.size());
-        s->want.push_back(last ? 1 : 0);
+  while (!st.waiting.empty()) {
+    auto r = pick_route(self);
+    if (!r) break;
+    auto id = st.waiting.front();
+    st.waiting.pop_front();
+    st.reqs[id].path = r;
+    st.running.insert(id);
+  }
+  // One batch per route (each route is its own pipeline), up to max_inflight steps per route.
+  std::map<route_ptr, int> busy;
+  for (auto& [_, s] : st.inflight) busy[s.path]++;
+  std::map<route_ptr, std::vector<uint64_t>> ready;
+  for (auto id : st.running) {
+    auto& r = st.reqs[id];
+    if (!r.in_step && !r.cancelled) ready[r.path].push_back(id);
+  }
+  for (auto& [path, ids] : ready) {
+    size_t next = 0;
+    while (next < ids.size() && busy[path] < st.opt.max_inflight) {
+      auto s = std::make_shared<step_batch>();
+      s->id = st.next_step++;
+      s->path = path;
+      s->reply_to = caf::actor_cast<caf::actor>(self);
+      std::vector<uint64_t> members;
+      int budget = st.opt.max_batch_tokens;
+      for (; next < ids.size() && budget > 0; ++next) {
+        auto& r = st.reqs[ids[next]];
+        int todo = int(r.tokens.size()) - r.processed;
+        int take = std::min(todo, budget);
+        for (int i = 0; i < take; ++i) {
+          s->seqs.push_back(r.id);
+          s->pos.push_back(r.processed + i);
+          s->tokens.push_back(r.tokens[size_t(r.processed + i)]);
+          s->want.push_back(r.processed + i + 1 == int(r.tokens.size()) ? 1 : 0);
+        }
+        if (r.processed + take == int(r.tokens.size())) {
+          s->sampling.push_back({r.req.temperature, r.req.top_p, r.req.seed});
+          s->rng.push_back(r.rng);
+        }
+        budget -= take;
+        r.in_step = true;
+        r.started = true;
+        members.push_back(r.id);
       }
-      if (r.processed + take == int(r.tokens.size())) {
-        s->sampling.push_back({r.req.temperature, r.req.top_p, r.req.seed});
-        s->rng.push_back(r.rng);
-      }
-      budget -= take;
-      r.in_step = true;
-      r.started = true;
-      members.push_back(id);
+      if (members.empty()) break;
+      st.inflight.emplace(s->id, inflight_step{path, std::move(members)});
+      ++busy[path];
+      self->delayed_send(self, st.opt.step_timeout, timeout_atom::value, s->id);
+      self->send(path->hops[0].actor, step_atom::value, std::move(s));
     }
-    if (members.empty()) return;
-    st.inflight.emplace(s->id, std::move(members));
-    self->delayed_send(self, st.opt.step_timeout, timeout_atom::value, s->id);
-    self->send(st.path->hops[0].actor, step_atom::value, std::move(s));
   }
 }
 
@@ -137,10 +176,10 @@ void on_step(router_actor* self, step_ptr& s) {
     std::vector<seq_id> seqs(s->seqs.begin(), s->seqs.end());
     std::sort(seqs.begin(), seqs.end());
     seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
-    release_kv(self, seqs);
+    release_kv(self, s->path, seqs);
     return;
   }
-  auto members = std::move(it->second);
+  auto members = std::move(it->second.members);
   st.inflight.erase(it);
   // Rows per request and the index of each request's sampled token.
   std::map<uint64_t, int> rows;
@@ -173,8 +212,13 @@ void on_step(router_actor* self, step_ptr& s) {
       finish(self, id, "stop");
       continue;
     }
-    if (r.generated == 0) r.first_token = clock::now();
+    if (r.generated == 0) {
+      r.first_token = clock::now();
+      double ttft = std::chrono::duration<double>(r.first_token - r.admitted).count();
+      st.ttft_ema = st.ttft_ema == 0 ? ttft : 0.8 * st.ttft_ema + 0.2 * ttft;
+    }
     ++r.generated;
+    ++st.tokens;
     r.tokens.push_back(tok);
     self->send(r.client, token_atom::value, id, int32_t(tok));
     if (r.generated >= r.req.max_new_tokens || int(r.tokens.size()) >= c.seq_len) finish(self, id, "length");
@@ -182,25 +226,57 @@ void on_step(router_actor* self, step_ptr& s) {
   schedule(self);
 }
 
-caf::behavior router_fun(router_actor* self, model_ptr m, route_ptr path, router_options opt) {
+bool route_has(const route_ptr& r, const caf::actor_addr& a) {
+  for (auto& h : r->hops)
+    if (h.actor.address() == a) return true;
+  return false;
+}
+
+caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr> routes, router_options opt) {
   auto& st = self->state;
   st.m = m;
-  st.path = path;
+  st.routes = routes;
   st.opt = opt;
-  for (auto& h : path->hops) self->monitor(h.actor);
+  for (auto& r : routes) watch(self, r);
+  if (routes.empty()) st.down = "no route to serve from";
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
-    for (auto& h : st.path->hops)
-      if (h.actor.address() == dm.source) {
-        std::string what = h.range.size() > 0 ? "layer shard [" + std::to_string(h.range.begin) + "," +
-                                                   std::to_string(h.range.end) + ")"
-                           : h.range.begin == 0 ? "head stage"
-                                                : "tail stage";
-        st.down = what + " is down (" + to_string(dm.reason) + ")";
-        st.inflight.clear();
-        fail_all(self, errc::unavailable, st.down);
-        return;
+    if (st.monitored.erase(dm.source)) {
+      // A stage died: fail the requests routed through it and stop routing new ones there.
+      std::string what = "a stage";
+      for (auto& [_, r] : st.reqs)
+        if (r.path)
+          for (auto& h : r.path->hops)
+            if (h.actor.address() == dm.source)
+              what = h.range.size() > 0 ? "layer shard [" + std::to_string(h.range.begin) + "," +
+                                              std::to_string(h.range.end) + ")"
+                     : h.range.begin == 0 ? "head stage"
+                                          : "tail stage";
+      for (auto& r : st.routes)
+        for (auto& h : r->hops)
+          if (h.actor.address() == dm.source)
+            what = h.range.size() > 0 ? "layer shard [" + std::to_string(h.range.begin) + "," +
+                                            std::to_string(h.range.end) + ")"
+                   : h.range.begin == 0 ? "head stage"
+                                        : "tail stage";
+      std::string why = what + " is down (" + to_string(dm.reason) + ")";
+      std::erase_if(st.routes, [&](const route_ptr& r) { return route_has(r, dm.source); });
+      std::erase_if(st.inflight, [&](auto& kv) { return route_has(kv.second.path, dm.source); });
+      std::vector<uint64_t> hit;
+      for (auto& [id, r] : st.reqs)
+        if (r.path && route_has(r.path, dm.source)) hit.push_back(id);
+      for (auto id : hit) {
+        st.reqs[id].in_step = false;
+        finish(self, id, "error", why);
       }
+      if (st.routes.empty()) {
+        st.down = why;
+        std::vector<uint64_t> left(st.waiting.begin(), st.waiting.end());
+        for (auto id : left) finish(self, id, "error", why);
+      }
+      schedule(self);
+      return;
+    }
     // A client died: cancel its requests (no one is left to receive their tokens).
     auto c = st.clients.find(dm.source);
     if (c == st.clients.end()) return;
@@ -255,11 +331,31 @@ caf::behavior router_fun(router_actor* self, model_ptr m, route_ptr path, router
       },
       [=](tick_atom) { schedule(self); },
       [=](step_atom, step_ptr& s) { on_step(self, s); },
+      [=](routes_atom, std::vector<route_ptr>& routes) {
+        // New requests start on these routes; running ones finish where they are (drain).
+        auto& st = self->state;
+        for (auto& r : routes) watch(self, r);
+        st.routes = std::move(routes);
+        if (!st.routes.empty()) st.down.clear();
+        schedule(self);
+      },
+      [=](stats_atom) {
+        auto& st = self->state;
+        router_stats s;
+        s.waiting = uint32_t(st.waiting.size());
+        s.running = uint32_t(st.running.size());
+        s.routes = uint32_t(st.routes.size());
+        s.ttft_ema_s = st.ttft_ema;
+        s.tokens = st.tokens;
+        s.finished = st.finished;
+        for (auto id : st.running) s.running_by_instance[st.reqs[id].path->instance]++;
+        return s;
+      },
       [=](timeout_atom, uint64_t step) {
         auto& st = self->state;
         auto it = st.inflight.find(step);
         if (it == st.inflight.end()) return;
-        auto members = std::move(it->second);
+        auto members = std::move(it->second.members);
         st.inflight.erase(it);
         for (auto id : members) {
           auto rit = st.reqs.find(id);
@@ -288,7 +384,11 @@ caf::behavior router_fun(router_actor* self, model_ptr m, route_ptr path, router
 }  // namespace
 
 caf::actor spawn_router(caf::actor_system& sys, model_ptr m, route_ptr path, router_options opt) {
-  return sys.spawn(router_fun, std::move(m), std::move(path), opt);
+  return spawn_router(sys, std::move(m), std::vector<route_ptr>{std::move(path)}, opt);
+}
+
+caf::actor spawn_router(caf::actor_system& sys, model_ptr m, std::vector<route_ptr> routes, router_options opt) {
+  return sys.spawn(router_fun, std::move(m), std::move(routes), opt);
 }
 
 }  // namespace strata

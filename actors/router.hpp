@@ -10,7 +10,7 @@
 namespace strata {
 
 struct router_options {
-  int max_running = 64;        // sequences holding KV cache at once
+  int max_running = 64;        // sequences holding KV cache at once, per instance
   int max_waiting = 4096;      // admitted but not running; beyond this requests get errc::overloaded
   int max_batch_tokens = 512;  // rows per step; longer prompts are prefilled in chunks
   int max_inflight = 1;        // steps in flight at once (>1 overlaps steps in a multi-shard pipeline)
@@ -22,6 +22,12 @@ struct router_options {
 //   overloaded, unavailable); then the client receives (token_atom, id, int32 token) per token and
 //   one (done_atom, generate_result). (cancel_atom, id) -> bool ends a request early.
 //   A client that dies has its requests cancelled.
+//   (routes_atom, std::vector<route_ptr>) replaces the routes new requests start on; a running
+//   request keeps its route (its KV cache lives there) until it ends, so an instance whose
+//   routes are gone drains. (stats_atom) -> router_stats, the load signals a scaler reads.
+//   A request waits until some route's instance has fewer than max_running requests, then takes
+//   the least loaded one.
 caf::actor spawn_router(caf::actor_system& sys, model_ptr m, route_ptr path, router_options opt = {});
+caf::actor spawn_router(caf::actor_system& sys, model_ptr m, std::vector<route_ptr> routes, router_options opt = {});
 
 }  // namespace strata

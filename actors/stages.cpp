@@ -25,12 +25,22 @@ caf::behavior head_actor(caf::event_based_actor* self, model_ptr m) {
 }
 
 caf::behavior shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, layer_range range) {
+  return loading_shard_actor(self, std::move(m), range, {});
+}
+
+caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, layer_range range,
+                                  shard_options opt) {
   auto& st = self->state;
   st.m = m;
   st.range = range;
+  st.opt = opt;
   st.kv = kv_cache(m->config, range.begin, range.end);
   st.stats.layer_begin = range.begin;
   st.stats.layer_end = range.end;
+  st.layers.resize(size_t(range.size()));
+  if (opt.preload)
+    for (int l = range.begin; l < range.end; ++l) st.layers[size_t(l - range.begin)] = m->layers[size_t(l)];
+  st.device_free = std::chrono::steady_clock::now();
   return {
       [=](step_atom, step_ptr& s) {
         auto& st = self->state;
@@ -41,8 +51,13 @@ caf::behavior shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, l
           return pass_on(self, std::move(s));
         }
         for (int l = want.begin; l < want.end; ++l) {
-          auto r = forward_layer(st.m->config, *st.m->layers[size_t(l)], l, st.kv, s->seqs.data(), s->pos.data(),
-                                 s->rows(), s->x.data());
+          const auto& w = st.layers[size_t(l - st.range.begin)];
+          if (!w) {
+            s->error = "layer " + std::to_string(l) + " is not loaded on shard [" + std::to_string(st.range.begin) +
+                       "," + std::to_string(st.range.end) + ")";
+            break;
+          }
+          auto r = forward_layer(st.m->config, *w, l, st.kv, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
           if (!r) {
             s->error = "layer " + std::to_string(l) + ": " + r.message();
             break;
@@ -50,15 +65,31 @@ caf::behavior shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, l
         }
         ++st.stats.steps;
         st.stats.rows += uint64_t(s->rows());
-        pass_on(self, std::move(s));
+        const auto& d = st.opt.device;
+        if (!s->error.empty() || (d.layer_s <= 0 && d.per_row_s <= 0)) return pass_on(self, std::move(s));
+        // Emulated device: the step occupies it after the steps queued before it.
+        auto now = std::chrono::steady_clock::now();
+        double busy = want.size() * (d.layer_s + d.per_row_s * s->rows());
+        st.device_free = std::max(st.device_free, now) +
+                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(busy));
+        self->delayed_send(self, st.device_free - now, devdone_atom::value, std::move(s));
+      },
+      [=](devdone_atom, step_ptr& s) { pass_on(self, std::move(s)); },
+      [=](load_atom, int32_t layer, layer_ptr& w) {
+        auto& st = self->state;
+        if (layer < st.range.begin || layer >= st.range.end || !w) return;
+        st.layers[size_t(layer - st.range.begin)] = std::move(w);
       },
       [=](release_atom, const std::vector<seq_id>& seqs) {
         for (auto q : seqs) self->state.kv.release(q);
       },
       [=](stats_atom) {
-        auto s = self->state.stats;
-        s.kv_sequences = self->state.kv.sequences();
-        s.kv_bytes = self->state.kv.bytes();
+        auto& st = self->state;
+        auto s = st.stats;
+        s.kv_sequences = st.kv.sequences();
+        s.kv_bytes = st.kv.bytes();
+        s.layers_loaded = 0;
+        for (auto& l : st.layers) s.layers_loaded += l ? 1 : 0;
         return s;
       },
   };

@@ -11,14 +11,35 @@ namespace strata {
 
 caf::behavior head_actor(caf::event_based_actor* self, model_ptr m);
 
+// Emulated accelerator time of a layer shard: after the real math, a step holds the shard's
+// device for n_layers * (layer_s + per_row_s * rows) before it moves on (steps queue FIFO).
+// Zero (the default) means no emulation. Lets scaling policies be studied on a CPU machine
+// with GPU-like timing while every output stays the real model's.
+struct device_model {
+  double layer_s = 0;
+  double per_row_s = 0;
+};
+
+struct shard_options {
+  bool preload = true;  // false: layers arrive later with load_atom (a scaling instance)
+  device_model device;
+};
+
 struct shard_state {
   model_ptr m;
   layer_range range;
   kv_cache kv;
   stage_stats stats;
+  std::vector<layer_ptr> layers;  // [range.begin, range.end); null until loaded
+  shard_options opt;
+  std::chrono::steady_clock::time_point device_free;
   static inline const char* name = "strata.shard";
 };
+// A shard holding its layers from the start.
 caf::behavior shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, layer_range range);
+// A shard whose layers may stream in (load_atom) and whose timing may follow a device model.
+caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, layer_range range,
+                                  shard_options opt);
 
 caf::behavior tail_actor(caf::event_based_actor* self, model_ptr m);
 
