@@ -80,6 +80,7 @@ typename Inspector::result_type inspect(Inspector& f, generate_result& x) {
 struct hop {
   caf::actor actor;
   layer_range range;
+  uint32_t instance = 0;  // the instance whose actor this is
 };
 struct route {
   std::vector<hop> hops;
@@ -136,13 +137,14 @@ struct router_stats {
   double ttft_ema_s = 0;  // smoothed time to first token of recent requests
   uint64_t tokens = 0;    // generated so far
   uint64_t finished = 0;  // requests ended so far
-  std::map<uint32_t, uint32_t> running_by_instance;
+  std::map<uint32_t, uint32_t> running_by_instance;  // by the instance that admitted them
+  std::map<uint32_t, uint32_t> in_use_by_instance;   // running requests whose route touches it
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, router_stats& x) {
   return f(caf::meta::type_name("router_stats"), x.waiting, x.running, x.routes, x.ttft_ema_s, x.tokens, x.finished,
-           x.running_by_instance);
+           x.running_by_instance, x.in_use_by_instance);
 }
 
 // Adds Strata's message types and error category to an actor system config.

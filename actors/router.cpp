@@ -237,8 +237,7 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
   st.m = m;
   st.routes = routes;
   st.opt = opt;
-  for (auto& r : routes) watch(self, r);
-  if (routes.empty()) st.down = "no route to serve from";
+  for (auto& r : routes) watch(self, r);  // none yet: requests wait until routes arrive
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
     if (st.monitored.erase(dm.source)) {
@@ -348,7 +347,13 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         s.ttft_ema_s = st.ttft_ema;
         s.tokens = st.tokens;
         s.finished = st.finished;
-        for (auto id : st.running) s.running_by_instance[st.reqs[id].path->instance]++;
+        for (auto id : st.running) {
+          auto& path = st.reqs[id].path;
+          s.running_by_instance[path->instance]++;
+          std::set<uint32_t> touched;
+          for (auto& h : path->hops) touched.insert(h.instance);
+          for (auto i : touched) s.in_use_by_instance[i]++;
+        }
         return s;
       },
       [=](timeout_atom, uint64_t step) {

@@ -24,6 +24,24 @@ caf::behavior head_actor(caf::event_based_actor* self, model_ptr m) {
   };
 }
 
+namespace {
+void start_device_group(caf::stateful_actor<shard_state>* self) {
+  auto& st = self->state;
+  st.device_group = std::move(st.device_queue);
+  st.device_queue.clear();
+  int max_layers = 0;
+  double row_layers = 0;
+  for (auto& s : st.device_group) {
+    int n = s->path->hops[s->hop].range.size();
+    max_layers = std::max(max_layers, n);
+    row_layers += double(n) * s->rows();
+  }
+  double busy = max_layers * st.opt.device.layer_s + row_layers * st.opt.device.per_row_s;
+  st.device_busy = true;
+  self->delayed_send(self, std::chrono::microseconds(int64_t(busy * 1e6)), devdone_atom::value);
+}
+}  // namespace
+
 caf::behavior shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, layer_range range) {
   return loading_shard_actor(self, std::move(m), range, {});
 }
@@ -40,7 +58,6 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
   st.layers.resize(size_t(range.size()));
   if (opt.preload)
     for (int l = range.begin; l < range.end; ++l) st.layers[size_t(l - range.begin)] = m->layers[size_t(l)];
-  st.device_free = std::chrono::steady_clock::now();
   return {
       [=](step_atom, step_ptr& s) {
         auto& st = self->state;
@@ -67,14 +84,19 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
         st.stats.rows += uint64_t(s->rows());
         const auto& d = st.opt.device;
         if (!s->error.empty() || (d.layer_s <= 0 && d.per_row_s <= 0)) return pass_on(self, std::move(s));
-        // Emulated device: the step occupies it after the steps queued before it.
-        auto now = std::chrono::steady_clock::now();
-        double busy = want.size() * (d.layer_s + d.per_row_s * s->rows());
-        st.device_free = std::max(st.device_free, now) +
-                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(busy));
-        self->delayed_send(self, st.device_free - now, devdone_atom::value, std::move(s));
+        // Emulated device: steps that arrive while it is busy run together next, as one batch
+        // would on a GPU (fixed cost once per layer, row cost per row).
+        st.device_queue.push_back(std::move(s));
+        if (!st.device_busy) start_device_group(self);
       },
-      [=](devdone_atom, step_ptr& s) { pass_on(self, std::move(s)); },
+      [=](devdone_atom) {
+        auto& st = self->state;
+        auto group = std::move(st.device_group);
+        st.device_group.clear();
+        st.device_busy = false;
+        for (auto& s : group) pass_on(self, std::move(s));
+        if (!st.device_queue.empty()) start_device_group(self);
+      },
       [=](load_atom, int32_t layer, layer_ptr& w) {
         auto& st = self->state;
         if (layer < st.range.begin || layer >= st.range.end || !w) return;

@@ -11,8 +11,9 @@ namespace strata {
 
 caf::behavior head_actor(caf::event_based_actor* self, model_ptr m);
 
-// Emulated accelerator time of a layer shard: after the real math, a step holds the shard's
-// device for n_layers * (layer_s + per_row_s * rows) before it moves on (steps queue FIFO).
+// Emulated accelerator time of a layer shard: after the real math, steps wait for the shard's
+// device; the steps waiting when it frees run as one group taking
+// max_layers * layer_s + sum(rows * layers) * per_row_s, as one batch would on a GPU.
 // Zero (the default) means no emulation. Lets scaling policies be studied on a CPU machine
 // with GPU-like timing while every output stays the real model's.
 struct device_model {
@@ -32,7 +33,9 @@ struct shard_state {
   stage_stats stats;
   std::vector<layer_ptr> layers;  // [range.begin, range.end); null until loaded
   shard_options opt;
-  std::chrono::steady_clock::time_point device_free;
+  std::vector<step_ptr> device_queue;  // computed, waiting for the emulated device
+  std::vector<step_ptr> device_group;  // on the emulated device now
+  bool device_busy = false;
   static inline const char* name = "strata.shard";
 };
 // A shard holding its layers from the start.

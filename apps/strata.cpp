@@ -9,6 +9,7 @@
 
 #include "actors/engine.hpp"
 #include "actors/replay.hpp"
+#include "actors/scaler.hpp"
 #include "apps/args.hpp"
 #include "apps/cluster_cli.hpp"
 #include "dataflow/manifest.hpp"
@@ -64,6 +65,13 @@ commands:
                gamma: [--n 100 --gamma-rate 4 --burstiness 0.5 --seed 1]
                [--shards SPEC --max-running N --max-batch-tokens N]
                [--ttft-slo-ms 1000 --tbt-slo-ms 200] [--svg FILE]
+  autoscale  replay a trace under scaling policies and compare them (in-process instances with an
+             emulated device and link profile; the math is the real model's)
+               --model PATH --trace FILE|gamma [trace options as for replay]
+               [--policies blitz,lambda-pipe,all-cache,stop-the-world] [--min 1 --max 4 --queue 4]
+               [--ttft-slo-ms 1000 --tbt-slo-ms 200 --keep-alive-s 3 --max-running 16]
+               [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
+               [--device-layer-ms 0.5 --device-row-ms 0.02] [--svg-prefix P]
   help       this text
 )";
 
@@ -344,6 +352,47 @@ step_series in_flight(const std::vector<request_record>& records) {
   return s;
 }
 
+// The trace a replay-like command asks for: a file (format guessed or --format) or a gamma
+// process, shaped by the window/speed options and clipped to the model's context.
+expected<trace> trace_from_args(const args& a, const model& m) {
+  expected<trace> tr = make_error("no trace");
+  if (a.str("trace") == "gamma") {
+    gamma_options g;
+    g.n = size_t(*a.integer("n", 100));
+    g.rate = *a.number("gamma-rate", 4.0);
+    g.burstiness = *a.number("burstiness", 0.5);
+    g.seed = uint64_t(*a.integer("seed", 1));
+    g.prompt_max = std::min(256, m.config.seq_len / 2);
+    g.output_max = std::min(128, m.config.seq_len / 4);
+    g.prompt_min = std::min(g.prompt_min, g.prompt_max);
+    g.output_min = std::min(g.output_min, g.output_max);
+    tr = gamma_trace(g);
+  } else {
+    auto fmt = a.has("format") ? parse_trace_format(a.str("format")) : guess_trace_format(a.str("trace"));
+    if (!fmt) return fmt.err();
+    trace_options to;
+    to.strict = a.has("strict");
+    tr = load_trace(a.str("trace"), *fmt, to);
+  }
+  if (!tr) return tr.err();
+  shape_options so;
+  so.start = *a.number("start", 0);
+  so.duration = *a.number("duration", 0);
+  so.max_requests = size_t(*a.integer("max-requests", 200));
+  so.speedup = *a.number("speedup", 1.0);
+  so.target_rate = *a.number("rate", 0);
+  so.context = m.config.seq_len;
+  so.max_prompt = int(*a.integer("max-prompt", 0));
+  so.max_output = int(*a.integer("max-output", 0));
+  auto shaped = shape_trace(*tr, so);
+  if (!shaped) return shaped.err();
+  std::printf("trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
+              tr->requests.size(), tr->skipped.size(), shaped->requests.size(), shaped->requests.back().t,
+              mean_rate(*shaped));
+  for (size_t i = 0; i < std::min<size_t>(3, tr->skipped.size()); ++i) std::printf("  skipped %s\n", tr->skipped[i].c_str());
+  return shaped;
+}
+
 int cmd_replay(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
@@ -357,41 +406,8 @@ int cmd_replay(int argc, char** argv) {
   if (*threads > 0) set_default_threads(size_t(*threads));
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
-  expected<trace> tr = make_error("no trace");
-  if (a->str("trace") == "gamma") {
-    gamma_options g;
-    g.n = size_t(*a->integer("n", 100));
-    g.rate = *a->number("gamma-rate", 4.0);
-    g.burstiness = *a->number("burstiness", 0.5);
-    g.seed = uint64_t(*a->integer("seed", 1));
-    g.prompt_max = std::min(256, (*m)->config.seq_len / 2);
-    g.output_max = std::min(128, (*m)->config.seq_len / 4);
-    g.prompt_min = std::min(g.prompt_min, g.prompt_max);
-    g.output_min = std::min(g.output_min, g.output_max);
-    tr = gamma_trace(g);
-  } else {
-    auto fmt = a->has("format") ? parse_trace_format(a->str("format")) : guess_trace_format(a->str("trace"));
-    if (!fmt) return fail(fmt.message());
-    trace_options to;
-    to.strict = a->has("strict");
-    tr = load_trace(a->str("trace"), *fmt, to);
-  }
-  if (!tr) return fail(tr.message());
-  shape_options so;
-  so.start = *a->number("start", 0);
-  so.duration = *a->number("duration", 0);
-  so.max_requests = size_t(*a->integer("max-requests", 200));
-  so.speedup = *a->number("speedup", 1.0);
-  so.target_rate = *a->number("rate", 0);
-  so.context = (*m)->config.seq_len;
-  so.max_prompt = int(*a->integer("max-prompt", 0));
-  so.max_output = int(*a->integer("max-output", 0));
-  auto shaped = shape_trace(*tr, so);
+  auto shaped = trace_from_args(*a, **m);
   if (!shaped) return fail(shaped.message());
-  std::printf("trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
-              tr->requests.size(), tr->skipped.size(), shaped->requests.size(), shaped->requests.back().t,
-              mean_rate(*shaped));
-  for (size_t i = 0; i < std::min<size_t>(3, tr->skipped.size()); ++i) std::printf("  skipped %s\n", tr->skipped[i].c_str());
   auto shards = parse_shards(a->str("shards", "1"), (*m)->config.n_layers);
   if (!shards) return fail(shards.message());
   actor_runtime rt;
@@ -432,6 +448,117 @@ int cmd_replay(int argc, char** argv) {
   return sum.failed ? 1 : 0;
 }
 
+
+int cmd_autoscale(int argc, char** argv) {
+  auto a = args::parse(argc, argv, 2,
+                       {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
+                        "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "seed", "threads", "policies",
+                        "layer-mb", "globals-mb", "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms",
+                        "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s",
+                        "max-running", "svg-prefix"},
+                       {"strict"});
+  if (!a) return fail(a.message() + " (see strata help)");
+  if (!a->has("model") || !a->has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
+  if (*a->integer("threads", 0) > 0) set_default_threads(size_t(*a->integer("threads", 0)));
+  auto m = load_model(a->str("model"));
+  if (!m) return fail(m.message());
+  auto shaped = trace_from_args(*a, **m);
+  if (!shaped) return fail(shaped.message());
+  scaling_knobs k;
+  k.min_instances = int(*a->integer("min", 1));
+  k.max_instances = int(*a->integer("max", 4));
+  k.queue_per_instance = *a->number("queue", 4);
+  k.ttft_slo_s = *a->number("ttft-slo-ms", 1000) / 1000;
+  k.keep_alive_s = *a->number("keep-alive-s", 3);
+  if (k.min_instances < 1 || k.max_instances < k.min_instances) return fail("need 1 <= --min <= --max");
+  link_speeds links;
+  links.network_gb_s = *a->number("network-gbs", 12.5);
+  links.local_host_gb_s = *a->number("host-gbs", 25);
+  links.remote_gb_s = *a->number("remote-gbs", 2);
+  scaler_options so;
+  so.layer_bytes = *a->number("layer-mb", 400) * 1e6;
+  so.globals_bytes = *a->number("globals-mb", 500) * 1e6;
+  so.device.layer_s = *a->number("device-layer-ms", 0.5) / 1000;
+  so.device.per_row_s = *a->number("device-row-ms", 0.02) / 1000;
+  slo_spec slo;
+  slo.ttft_s = k.ttft_slo_s;
+  slo.tbt_s = *a->number("tbt-slo-ms", 200) / 1000;
+  std::printf("emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; links: "
+              "network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n\n",
+              so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
+              links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
+  std::string policies = a->str("policies", "blitz,lambda-pipe,all-cache,stop-the-world");
+  struct row {
+    std::string policy;
+    replay_summary sum;
+    scaling_report rep;
+  };
+  std::vector<row> rows;
+  size_t pos = 0;
+  while (pos <= policies.size()) {
+    size_t comma = policies.find(',', pos);
+    if (comma == std::string::npos) comma = policies.size();
+    std::string name = policies.substr(pos, comma - pos);
+    pos = comma + 1;
+    if (name.empty()) continue;
+    auto pol = make_policy(name, k, links);
+    if (!pol) return fail(pol.message());
+    std::printf("== %s: new instances load from %s%s\n", name.c_str(), (*pol)->loading().source.c_str(),
+                (*pol)->loading().live ? ", serving while they load" : ", serving once complete");
+    actor_runtime rt;
+    router_options ro;
+    ro.max_running = int(*a->integer("max-running", 16));
+    auto router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
+    auto scaler = spawn_scaler(*rt.sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
+    replay_options rpo;
+    rpo.vocab_size = (*m)->config.vocab_size;
+    rpo.seed = uint64_t(*a->integer("seed", 1));
+    rpo.progress_every = std::max<size_t>(1, shaped->requests.size() / 5);
+    rpo.progress = [](size_t done, size_t total, double t) {
+      std::printf("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
+      std::fflush(stdout);
+    };
+    auto records = replay(*rt.sys, router, *shaped, rpo);
+    if (!records) return fail(records.message());
+    scaling_report rep;
+    caf::scoped_actor self{*rt.sys};
+    self->request(scaler, std::chrono::seconds(5), report_atom::value)
+        .receive([&](scaling_report& r) { rep = std::move(r); }, [&](caf::error&) {});
+    caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+    auto sum = summarize_replay(*records, slo);
+    std::printf("%s", sum.table(name).c_str());
+    for (auto& e : rep.events)
+      std::printf("    %7.2f s  %-9s instance %u %s\n", e.t, e.what.c_str(), e.instance, e.detail.c_str());
+    if (a->has("svg-prefix")) {
+      step_series inst{"instances", rep.instances};
+      auto path = a->str("svg-prefix") + name + ".svg";
+      if (auto st = write_timeline_svg(path, "policy " + name, *records, {inst}); !st) return fail(st.message());
+      std::printf("  timeline: %s\n", path.c_str());
+    }
+    std::printf("\n");
+    rows.push_back({name, sum, rep});
+  }
+  const row* base = nullptr;
+  for (auto& r : rows)
+    if (r.policy == "stop-the-world") base = &r;
+  auto mean = [](const std::vector<double>& v) {
+    double s = 0;
+    for (double x : v) s += x;
+    return v.empty() ? 0.0 : s / double(v.size());
+  };
+  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s\n", "policy", "p50 TTFT", "p99 TTFT", "p99 TBT",
+              "p99 E2E", "SLO %", "inst*s", "p99 TTFT", "to serving", "to full");
+  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s\n", "", "ms", "ms", "ms", "ms", "", "", "vs STW", "s", "s");
+  for (auto& r : rows) {
+    double ratio = base && base->sum.ttft.p99 > 0 ? r.sum.ttft.p99 / base->sum.ttft.p99 : 0;
+    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %9.2f %11.3f %11.3f\n", r.policy.c_str(),
+                r.sum.ttft.p50 * 1e3, r.sum.ttft.p99 * 1e3, r.sum.tbt.p99 * 1e3, r.sum.e2e.p99 * 1e3,
+                100 * r.sum.slo_attainment, r.rep.instance_seconds, ratio, mean(r.rep.to_first_layer_s),
+                mean(r.rep.to_full_s));
+  }
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -443,6 +570,7 @@ int main(int argc, char** argv) {
   if (cmd == "convert") return cmd_convert(argc, argv);
   if (cmd == "node") return cmd_node(argc, argv);
   if (cmd == "replay") return cmd_replay(argc, argv);
+  if (cmd == "autoscale") return cmd_autoscale(argc, argv);
   if (cmd == "cluster") return cmd_cluster(argc, argv);
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     std::fputs(usage, stdout);

@@ -1,0 +1,249 @@
+#include "actors/scaler.hpp"
+
+#include <set>
+
+#include "dataflow/param_image.hpp"
+
+namespace strata {
+
+namespace {
+
+using clk = std::chrono::steady_clock;
+
+struct instance {
+  uint32_t id = 0;
+  caf::actor head, shard, tail, loader;
+  instance_view view;
+  double decided = 0;       // scale-out decision time
+  double first_route = -1;  // first time requests could be routed to it
+  double full_at = -1;
+  double idle_since = -1;
+  bool draining = false;
+};
+
+struct scaler_state {
+  model_ptr m;
+  caf::actor router;
+  std::shared_ptr<scaling_policy> policy;
+  scaling_knobs knobs;
+  scaler_options opt;
+  std::map<uint32_t, instance> insts;
+  uint32_t next = 1;
+  clk::time_point t0;
+  scaling_report report;
+  static inline const char* name = "strata.scaler";
+};
+
+using scaler_actor = caf::stateful_actor<scaler_state>;
+
+std::chrono::microseconds us(double seconds) { return std::chrono::microseconds(int64_t(seconds * 1e6)); }
+
+double now(scaler_actor* self) { return std::chrono::duration<double>(clk::now() - self->state.t0).count(); }
+
+void event(scaler_actor* self, const std::string& what, uint32_t id, const std::string& detail = {}) {
+  self->state.report.events.push_back({now(self), what, id, detail});
+}
+
+void count_instances(scaler_actor* self) {
+  auto& r = self->state.report;
+  double t = now(self), n = double(self->state.insts.size());
+  if (!r.instances.empty()) r.instance_seconds += r.instances.back().second * (t - r.instances.back().first);
+  r.instances.push_back({t, n});
+}
+
+// Streams an instance's parameters into its shard: the globals, then layers in `order`, each
+// after the time its bytes take on the link; announces each as it lands.
+struct loader_state {
+  static inline const char* name = "strata.loader";
+};
+caf::behavior loader_fun(caf::stateful_actor<loader_state>* self, model_ptr m, caf::actor shard, caf::actor scaler,
+                         uint32_t id, std::vector<int> order, double globals_s, double layer_s) {
+  self->delayed_send(self, us(globals_s), lready_atom::value, int32_t(-1), size_t(0));
+  return {
+      [=](lready_atom, int32_t layer, size_t next) {
+        if (layer >= 0) self->send(shard, load_atom::value, layer, layer_ptr(m->layers[size_t(layer)]));
+        self->send(scaler, lready_atom::value, id, layer);
+        if (next < order.size())
+          self->delayed_send(self, us(layer_s), lready_atom::value, int32_t(order[next]), next + 1);
+        else
+          self->quit();
+      },
+  };
+}
+
+route_ptr make_route(scaler_actor* self, const route_plan& p) {
+  auto& st = self->state;
+  int L = st.m->config.n_layers;
+  auto r = std::make_shared<route>();
+  r->instance = p.head;
+  r->hops.push_back({st.insts[p.head].head, {0, 0}, p.head});
+  for (auto& s : p.stops) r->hops.push_back({st.insts[s.instance].shard, {s.begin, s.end}, s.instance});
+  r->hops.push_back({st.insts[p.tail].tail, {L, L}, p.tail});
+  return r;
+}
+
+void push_routes(scaler_actor* self) {
+  auto& st = self->state;
+  int L = st.m->config.n_layers;
+  auto spec = st.policy->loading();
+  std::vector<instance_view> views;
+  for (auto& [id, in] : st.insts) {
+    auto v = in.view;
+    v.draining = in.draining;
+    views.push_back(v);
+  }
+  std::vector<route_ptr> routes;
+  for (auto& [id, in] : st.insts) {
+    if (in.draining) continue;
+    bool serve = in.view.full() || (spec.live && in.view.globals && in.view.layers() > 0);
+    if (!serve) continue;
+    auto plan = plan_route(id, views, L, spec.pipeline);
+    if (!plan) continue;  // some layer is nowhere yet
+    routes.push_back(make_route(self, *plan));
+    if (in.first_route < 0) {
+      in.first_route = now(self);
+      if (in.decided > 0 || in.full_at < 0) {
+        st.report.to_first_layer_s.push_back(in.first_route - in.decided);
+        event(self, "serving", id, to_string(*plan));
+      }
+    }
+  }
+  self->send(st.router, routes_atom::value, std::move(routes));
+}
+
+uint32_t start_instance(scaler_actor* self, bool preloaded, int k) {
+  auto& st = self->state;
+  auto& sys = self->home_system();
+  int L = st.m->config.n_layers;
+  instance in;
+  in.id = st.next++;
+  shard_options so;
+  so.preload = preloaded;
+  so.device = st.opt.device;
+  in.head = sys.spawn(head_actor, st.m);
+  in.shard = sys.spawn(loading_shard_actor, st.m, layer_range{0, L}, so);
+  in.tail = sys.spawn(tail_actor, st.m);
+  in.view.id = in.id;
+  in.view.globals = preloaded;
+  in.view.have.assign(size_t(L), preloaded);
+  in.decided = preloaded ? 0 : now(self);
+  if (preloaded) in.full_at = 0;
+  if (!preloaded) {
+    auto spec = st.policy->loading();
+    double bw = spec.gb_s * 1e9;
+    auto l = layout_of(st.m->config);
+    double layer_bytes = st.opt.layer_bytes > 0 ? st.opt.layer_bytes : double(l.bytes[1 % l.bytes.size()]);
+    double globals_bytes = st.opt.globals_bytes > 0 ? st.opt.globals_bytes : double(l.bytes[0]);
+    in.loader = sys.spawn(loader_fun, st.m, in.shard, caf::actor_cast<caf::actor>(self), in.id,
+                          st.policy->load_order(L, k), globals_bytes / bw, layer_bytes / bw);
+    event(self, "scale-out", in.id, "loading from " + spec.source);
+  }
+  st.insts[in.id] = std::move(in);
+  count_instances(self);
+  return st.insts.size() ? st.next - 1 : 0;
+}
+
+void stop_instance(scaler_actor* self, uint32_t id) {
+  auto& st = self->state;
+  auto it = st.insts.find(id);
+  if (it == st.insts.end()) return;
+  for (const caf::actor& a : {it->second.head, it->second.shard, it->second.tail, it->second.loader})
+    if (a) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  st.insts.erase(it);
+  event(self, "stopped", id);
+  count_instances(self);
+}
+
+void on_stats(scaler_actor* self, const router_stats& rs) {
+  auto& st = self->state;
+  double t = now(self);
+  // Stop drained instances: nothing running touches them any more.
+  std::vector<uint32_t> done;
+  for (auto& [id, in] : st.insts) {
+    auto u = rs.in_use_by_instance.find(id);
+    if (in.draining && (u == rs.in_use_by_instance.end() || u->second == 0)) done.push_back(id);
+  }
+  for (auto id : done) stop_instance(self, id);
+  load_view v;
+  v.now = t;
+  v.waiting = rs.waiting;
+  v.running = rs.running;
+  v.ttft_ema_s = rs.ttft_ema_s;
+  v.running_by_instance = rs.running_by_instance;
+  for (auto& [id, in] : st.insts) {
+    if (in.draining) continue;
+    if (in.view.full()) {
+      ++v.full;
+      auto r = rs.running_by_instance.find(id);
+      bool idle = r == rs.running_by_instance.end() || r->second == 0;
+      if (!idle) in.idle_since = -1;
+      else if (in.idle_since < 0) in.idle_since = t;
+      if (idle) v.idle_for_s[id] = t - in.idle_since;
+    } else {
+      ++v.loading;
+    }
+  }
+  auto d = st.policy->decide(v);
+  for (int k = 0; k < d.add; ++k) start_instance(self, false, k);
+  bool changed = d.add > 0;
+  for (auto id : d.remove) {
+    auto it = st.insts.find(id);
+    if (it == st.insts.end() || it->second.draining) continue;
+    it->second.draining = true;
+    event(self, "drain", id, "idle " + std::to_string(v.idle_for_s[id]) + " s");
+    changed = true;
+  }
+  if (changed) push_routes(self);
+}
+
+caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std::shared_ptr<scaling_policy> policy,
+                         scaling_knobs knobs, scaler_options opt) {
+  auto& st = self->state;
+  st.m = m;
+  st.router = router;
+  st.policy = policy;
+  st.knobs = knobs;
+  st.opt = opt;
+  st.t0 = clk::now();
+  st.report.policy = policy->name();
+  for (int i = 0; i < std::max(1, knobs.min_instances); ++i) start_instance(self, true, i);
+  push_routes(self);
+  self->send(self, scaletick_atom::value);
+  return {
+      [=](scaletick_atom) {
+        self->request(self->state.router, std::chrono::seconds(2), stats_atom::value)
+            .then([=](const router_stats& rs) { on_stats(self, rs); }, [](caf::error&) {});
+        self->delayed_send(self, self->state.opt.tick, scaletick_atom::value);
+      },
+      [=](lready_atom, uint32_t id, int32_t layer) {
+        auto& st = self->state;
+        auto it = st.insts.find(id);
+        if (it == st.insts.end()) return;
+        auto& in = it->second;
+        if (layer < 0)
+          in.view.globals = true;
+        else
+          in.view.have[size_t(layer)] = true;
+        if (in.view.full() && in.full_at < 0) {
+          in.full_at = now(self);
+          st.report.to_full_s.push_back(in.full_at - in.decided);
+          event(self, "full", id, std::to_string(in.view.have.size()) + " layers local");
+        }
+        push_routes(self);
+      },
+      [=](report_atom) {
+        auto& st = self->state;
+        count_instances(self);
+        return st.report;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_scaler(caf::actor_system& sys, model_ptr m, caf::actor router, std::shared_ptr<scaling_policy> policy,
+                        scaling_knobs knobs, scaler_options opt) {
+  return sys.spawn(scaler_fun, std::move(m), std::move(router), std::move(policy), knobs, opt);
+}
+
+}  // namespace strata

@@ -1,0 +1,56 @@
+// The scaler actor: watches a model's router, asks its policy how many instances to run, starts
+// instances whose parameters stream in layer by layer (at the policy's link speed) and rewrites
+// the router's routes as layers land, so a live policy serves from a new instance at once
+// (cooperative execution), and drains instances it removes. In-process for now: an instance is
+// a head, one shard actor (its device) and a tail; parameter sizes and device time follow an
+// emulated profile while the math is the real model's.
+#pragma once
+
+#include <caf/all.hpp>
+
+#include "actors/messages.hpp"
+#include "actors/stages.hpp"
+#include "dataflow/scaling.hpp"
+
+namespace strata {
+
+struct scaler_options {
+  double layer_bytes = 0;    // emulated parameter bytes per layer (0: the model's real size)
+  double globals_bytes = 0;  // emulated embedding + classifier bytes (0: real size)
+  device_model device;       // emulated compute of every instance
+  std::chrono::milliseconds tick{50};
+};
+
+struct scaling_event {
+  double t = 0;          // seconds since the scaler started
+  std::string what;      // "scale-out", "first layer", "full", "drain", "stopped"
+  uint32_t instance = 0;
+  std::string detail;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, scaling_event& x) {
+  return f(caf::meta::type_name("scaling_event"), x.t, x.what, x.instance, x.detail);
+}
+
+struct scaling_report {
+  std::string policy;
+  std::vector<scaling_event> events;
+  std::vector<std::pair<double, double>> instances;  // (t, instances started and not stopped)
+  std::vector<double> to_first_layer_s;  // per new instance: decision -> first request served
+  std::vector<double> to_full_s;         // decision -> every layer local
+  double instance_seconds = 0;           // cost: integral of started instances over time
+};
+
+using report_atom = caf::atom_constant<caf::atom("report")>;
+using lready_atom = caf::atom_constant<caf::atom("lready")>;
+using scaletick_atom = caf::atom_constant<caf::atom("scaletick")>;
+
+// Spawns a scaler for `router` (which it feeds routes). Starts policy.min_instances full
+// instances at once. (report_atom) -> scaling_report (local only).
+caf::actor spawn_scaler(caf::actor_system& sys, model_ptr m, caf::actor router,
+                        std::shared_ptr<scaling_policy> policy, scaling_knobs knobs, scaler_options opt);
+
+}  // namespace strata
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(strata::scaling_report)

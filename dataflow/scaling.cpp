@@ -1,0 +1,148 @@
+#include "dataflow/scaling.hpp"
+
+#include <algorithm>
+#include <sstream>
+
+namespace strata {
+
+bool instance_view::full() const {
+  return globals && std::all_of(have.begin(), have.end(), [](bool b) { return b; });
+}
+
+int instance_view::layers() const { return int(std::count(have.begin(), have.end(), true)); }
+
+expected<route_plan> plan_route(uint32_t head, const std::vector<instance_view>& instances, int n_layers,
+                                bool prefer_loading) {
+  const instance_view* self = nullptr;
+  for (auto& i : instances)
+    if (i.id == head) self = &i;
+  if (!self) return make_error("unknown instance " + std::to_string(head));
+  if (!self->globals) return make_error("instance " + std::to_string(head) + " has no embedding yet");
+  auto has = [](const instance_view& i, int l) { return size_t(l) < i.have.size() && i.have[size_t(l)]; };
+  route_plan r;
+  r.head = head;
+  int l = 0;
+  while (l < n_layers) {
+    const instance_view* pick = nullptr;
+    if (has(*self, l)) pick = self;
+    if (!pick && prefer_loading)
+      for (auto& i : instances)
+        if (!i.draining && !i.full() && has(i, l)) {
+          pick = &i;
+          break;
+        }
+    if (!pick)
+      for (auto& i : instances)
+        if (!i.draining && i.full()) {
+          pick = &i;
+          break;
+        }
+    if (!pick)
+      for (auto& i : instances)
+        if (has(i, l)) {
+          pick = &i;
+          break;
+        }
+    if (!pick) return make_error("layer " + std::to_string(l) + " is held by no instance");
+    int e = l;
+    while (e < n_layers && has(*pick, e)) ++e;
+    r.stops.push_back({pick->id, l, e});
+    l = e;
+  }
+  // The tail runs where the last layer ran if that instance has the classifier, else at home.
+  uint32_t last = r.stops.empty() ? head : r.stops.back().instance;
+  r.tail = head;
+  for (auto& i : instances)
+    if (i.id == last && i.globals) r.tail = last;
+  return r;
+}
+
+std::string to_string(const route_plan& r) {
+  std::ostringstream os;
+  os << "i" << r.head << ":head";
+  for (auto& s : r.stops) os << " -> i" << s.instance << "[" << s.begin << "," << s.end << ")";
+  os << " -> i" << r.tail << ":tail";
+  return os.str();
+}
+
+std::vector<int> scaling_policy::load_order(int n_layers, int) const {
+  std::vector<int> o;
+  for (int l = 0; l < n_layers; ++l) o.push_back(l);
+  return o;
+}
+
+threshold_policy::threshold_policy(std::string name, load_spec spec, scaling_knobs knobs)
+    : name_(std::move(name)), spec_(std::move(spec)), knobs_(knobs) {}
+
+scale_decision threshold_policy::decide(const load_view& v) {
+  scale_decision d;
+  int serving = std::max(1, v.full);
+  int total = v.full + v.loading;
+  // Pressure needs a queue: a high TTFT average alone lingers after a burst has been absorbed.
+  bool pressure = v.waiting > 0 &&
+                  (double(v.waiting) > knobs_.queue_per_instance * serving || v.ttft_ema_s > knobs_.ttft_slo_s);
+  if (total < knobs_.min_instances) {
+    d.add = knobs_.min_instances - total;
+  } else if (pressure && v.loading == 0 && total < knobs_.max_instances && v.now - last_out_ >= knobs_.cooldown_s) {
+    // Enough instances for the queue at queue_per_instance each, at least one, within max.
+    int want = int(double(v.waiting) / knobs_.queue_per_instance + 0.999);
+    d.add = std::clamp(want - serving, 1, knobs_.max_instances - total);
+  }
+  if (d.add > 0) {
+    last_out_ = v.now;
+    return d;
+  }
+  if (v.waiting == 0 && v.loading == 0) {
+    int can_remove = v.full - knobs_.min_instances;
+    for (auto& [id, idle] : v.idle_for_s)
+      if (can_remove > 0 && idle >= knobs_.keep_alive_s) {
+        d.remove.push_back(id);
+        --can_remove;
+      }
+  }
+  return d;
+}
+
+namespace {
+
+// λScale: instances started together load complementary orders so that, between them, every
+// layer arrives early and they can serve as one pipeline before any holds the whole model.
+class lambda_policy : public threshold_policy {
+ public:
+  using threshold_policy::threshold_policy;
+  std::vector<int> load_order(int n_layers, int k) const override {
+    auto o = scaling_policy::load_order(n_layers, k);
+    if (k % 2 == 1) std::rotate(o.begin(), o.begin() + n_layers / 2, o.end());
+    return o;
+  }
+  scale_decision decide(const load_view& v) override {
+    auto d = threshold_policy::decide(v);
+    if (d.add % 2 == 1 && v.full + v.loading + d.add < max_) ++d.add;  // start them in pairs
+    return d;
+  }
+  int max_ = 0;
+};
+
+}  // namespace
+
+expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, const scaling_knobs& k,
+                                                      const link_speeds& l) {
+  if (name == "blitz")
+    return std::unique_ptr<scaling_policy>(std::make_unique<threshold_policy>(
+        name, load_spec{l.network_gb_s, true, false, "network multicast from running instances"}, k));
+  if (name == "lambda-pipe") {
+    auto p = std::make_unique<lambda_policy>(
+        name, load_spec{l.network_gb_s, true, true, "network multicast, execute-while-load pipelines"}, k);
+    p->max_ = k.max_instances;
+    return std::unique_ptr<scaling_policy>(std::move(p));
+  }
+  if (name == "stop-the-world")
+    return std::unique_ptr<scaling_policy>(
+        std::make_unique<threshold_policy>(name, load_spec{l.remote_gb_s, false, false, "remote host copy"}, k));
+  if (name == "all-cache")
+    return std::unique_ptr<scaling_policy>(
+        std::make_unique<threshold_policy>(name, load_spec{l.local_host_gb_s, false, false, "host copy on every node"}, k));
+  return make_error("unknown policy '" + name + "' (expected blitz, lambda-pipe, stop-the-world or all-cache)");
+}
+
+}  // namespace strata

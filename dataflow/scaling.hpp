@@ -1,0 +1,117 @@
+// Autoscaling as data and small objects: the load a scaler sees, pluggable policies that decide
+// how many instances to run and how a new one gets its parameters, and the route planner that
+// lets an instance serve before it holds every layer (cooperative execution is a routing
+// decision: the layers it lacks run on instances that have them).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dataflow/expected.hpp"
+
+namespace strata {
+
+// What the planner knows of one instance.
+struct instance_view {
+  uint32_t id = 0;
+  bool globals = false;     // embedding, final norm, classifier loaded: it can be head and tail
+  std::vector<bool> have;   // per layer
+  bool draining = false;
+  bool full() const;
+  int layers() const;
+};
+
+// One stop of a planned route: `instance` runs layers [begin, end).
+struct route_stop {
+  uint32_t instance = 0;
+  int begin = 0, end = 0;
+};
+struct route_plan {
+  uint32_t head = 0;  // embeds; also the instance the route's requests count against
+  std::vector<route_stop> stops;
+  uint32_t tail = 0;  // final norm, classifier, sampling
+};
+
+// A route for requests admitted by `head`: every layer from the instance itself when it has it,
+// else from another instance that does (a loading peer first when `prefer_loading`, as λScale's
+// execute-while-load pipelines do, else a full one). Fails when some layer is nowhere.
+expected<route_plan> plan_route(uint32_t head, const std::vector<instance_view>& instances, int n_layers,
+                                bool prefer_loading = false);
+
+std::string to_string(const route_plan& r);
+
+// The load a scaler sees at one tick.
+struct load_view {
+  double now = 0;              // seconds since the scaler started
+  uint32_t waiting = 0;        // requests admitted, not yet running
+  uint32_t running = 0;
+  double ttft_ema_s = 0;
+  int full = 0;                // instances holding every layer and serving
+  int loading = 0;             // instances still receiving parameters
+  std::map<uint32_t, uint32_t> running_by_instance;
+  std::map<uint32_t, double> idle_for_s;  // serving instances: seconds without a running request
+};
+
+struct scale_decision {
+  int add = 0;                     // instances to start
+  std::vector<uint32_t> remove;    // instances to drain and stop
+};
+
+// How a new instance receives its parameters.
+struct load_spec {
+  double gb_s = 10;          // GB/s of the path the parameters come over
+  bool live = false;         // serve with the layers it has (cooperative execution)
+  bool pipeline = false;     // λScale: loading instances serve each other's missing layers
+  std::string source;        // for reports: "network multicast from instances", "host copy", ...
+};
+
+struct scaling_knobs {
+  int min_instances = 1;
+  int max_instances = 4;
+  double queue_per_instance = 4;  // waiting requests per serving instance that trigger scale-out
+  double ttft_slo_s = 1.0;        // smoothed TTFT above this triggers scale-out
+  double keep_alive_s = 3.0;      // an idle instance above the minimum is removed after this
+  double cooldown_s = 0.5;        // no new scale-out decision within this after the last
+};
+
+// A scaling policy: researchers subclass this (or threshold_policy) to try new ones.
+class scaling_policy {
+ public:
+  virtual ~scaling_policy() = default;
+  virtual std::string name() const = 0;
+  virtual load_spec loading() const = 0;
+  // Layer order for the k-th instance started by one decision (λScale: complementary orders).
+  virtual std::vector<int> load_order(int n_layers, int k) const;
+  virtual scale_decision decide(const load_view& v) = 0;
+};
+
+// Scale out on queue or TTFT pressure, in on idleness, within [min, max]; the policies below
+// differ only in how a new instance loads.
+class threshold_policy : public scaling_policy {
+ public:
+  threshold_policy(std::string name, load_spec spec, scaling_knobs knobs);
+  std::string name() const override { return name_; }
+  load_spec loading() const override { return spec_; }
+  scale_decision decide(const load_view& v) override;
+
+ private:
+  std::string name_;
+  load_spec spec_;
+  scaling_knobs knobs_;
+  double last_out_ = -1e9;
+};
+
+struct link_speeds {
+  double network_gb_s = 12.5;   // GB/s between instances (compute network, e.g. 100 Gb/s)
+  double local_host_gb_s = 25;  // GB/s host memory to device on the same node (PCIe)
+  double remote_gb_s = 2.0;     // GB/s of the cold path: a remote host copy or SSD
+};
+
+// blitz, lambda-pipe, stop-the-world (remote host copy), all-cache (host copy on every node).
+expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, const scaling_knobs& k,
+                                                      const link_speeds& l);
+
+}  // namespace strata
