@@ -31,6 +31,7 @@ struct scaler_state {
   uint32_t next = 1;
   clk::time_point t0;
   scaling_report report;
+  std::shared_ptr<std::vector<caf::actor>> owned = std::make_shared<std::vector<caf::actor>>();
   static inline const char* name = "strata.scaler";
 };
 
@@ -123,6 +124,7 @@ uint32_t start_instance(scaler_actor* self, bool preloaded, int k) {
   in.head = sys.spawn(head_actor, st.m);
   in.shard = sys.spawn(loading_shard_actor, st.m, layer_range{0, L}, so);
   in.tail = sys.spawn(tail_actor, st.m);
+  st.owned->insert(st.owned->end(), {in.head, in.shard, in.tail});
   in.view.id = in.id;
   in.view.globals = preloaded;
   in.view.have.assign(size_t(L), preloaded);
@@ -206,6 +208,10 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
   st.opt = opt;
   st.t0 = clk::now();
   st.report.policy = policy->name();
+  // Instances die with their scaler, whichever way it ends.
+  self->attach_functor([owned = st.owned] {
+    for (auto& a : *owned) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  });
   for (int i = 0; i < std::max(1, knobs.min_instances); ++i) start_instance(self, true, i);
   push_routes(self);
   self->send(self, scaletick_atom::value);

@@ -8,6 +8,7 @@
 #include "../test_util.hpp"
 #include "actors/engine.hpp"
 #include "actors/replay.hpp"
+#include "actors/scaler.hpp"
 #include "dataflow/tokenizer.hpp"
 
 using namespace strata;
@@ -366,4 +367,114 @@ TEST_CASE("a replay whose pipeline loses a shard records the failures and ends")
       CHECK((r.error.find("layer shard [0,2) is down") != std::string::npos));
     }
   CHECK(failed > 0);
+}
+
+TEST_CASE("cooperative routes through a loading instance give the same tokens as a full one") {
+  caf::actor_system_config cfg;
+  register_strata_types(cfg);
+  caf::actor_system sys{cfg};
+  auto m = stories();
+  shard_options loading;
+  loading.preload = false;
+  auto a_head = sys.spawn(head_actor, m), a_tail = sys.spawn(tail_actor, m);
+  auto a_shard = sys.spawn(shard_actor, m, layer_range{0, 5});
+  auto b_head = sys.spawn(head_actor, m), b_tail = sys.spawn(tail_actor, m);
+  auto b_shard = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, loading);
+  for (int l : {0, 1}) caf::anon_send(b_shard, load_atom::value, int32_t(l), layer_ptr(m->layers[size_t(l)]));
+  auto coop = std::make_shared<route>();
+  coop->instance = 2;
+  coop->hops = {{b_head, {0, 0}, 2}, {b_shard, {0, 2}, 2}, {a_shard, {2, 5}, 1}, {a_tail, {5, 5}, 1}};
+  auto router = spawn_router(sys, m, std::vector<route_ptr>{coop});
+  auto want = reference({1}, 120);
+  // A long request starts on the cooperative route ...
+  expected<completion> first = make_error("not run");
+  std::thread t([&] { first = generate(sys, router, greedy({1}, 120)); });
+  std::this_thread::sleep_for(20ms);
+  // ... B finishes loading and new requests go to its local route; the first keeps its route.
+  for (int l : {2, 3, 4}) caf::anon_send(b_shard, load_atom::value, int32_t(l), layer_ptr(m->layers[size_t(l)]));
+  auto local = std::make_shared<route>();
+  local->instance = 2;
+  local->hops = {{b_head, {0, 0}, 2}, {b_shard, {0, 5}, 2}, {b_tail, {5, 5}, 2}};
+  std::this_thread::sleep_for(20ms);
+  caf::anon_send(router, routes_atom::value, std::vector<route_ptr>{local});
+  auto second = generate(sys, router, greedy({1}, 120));
+  t.join();
+  REQUIRE_MESSAGE(first, first.message());
+  REQUIRE_MESSAGE(second, second.message());
+  CHECK(first->tokens == want);
+  CHECK(second->tokens == want);
+  // A route through a layer that has not landed fails clearly.
+  auto c_shard = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, loading);
+  auto bad = std::make_shared<route>();
+  bad->hops = {{b_head, {0, 0}}, {c_shard, {0, 5}}, {b_tail, {5, 5}}};
+  caf::anon_send(router, routes_atom::value, std::vector<route_ptr>{bad});
+  auto r = generate(sys, router, greedy({1}, 5));
+  REQUIRE(r);
+  CHECK(r->result.error == "layer 0 is not loaded on shard [0,5)");
+  for (const caf::actor& x : {a_head, a_tail, a_shard, b_head, b_tail, b_shard, c_shard, router})
+    caf::anon_send_exit(x, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("the scaler scales out under a burst, serves before loading ends, and drains without loss") {
+  caf::actor_system_config cfg;
+  register_strata_types(cfg);
+  caf::actor_system sys{cfg};
+  auto m = stories();
+  scaling_knobs k;
+  k.min_instances = 1;
+  k.max_instances = 3;
+  k.queue_per_instance = 2;
+  k.keep_alive_s = 0.4;
+  k.cooldown_s = 0.2;
+  link_speeds links;
+  links.network_gb_s = 1;
+  auto policy = make_policy("blitz", k, links);
+  REQUIRE(policy);
+  scaler_options so;
+  so.layer_bytes = 60e6;  // 60 ms per layer at 1 GB/s: loading takes a visible while
+  so.globals_bytes = 20e6;
+  so.device.layer_s = 0.001;
+  so.device.per_row_s = 0.0002;
+  router_options ro;
+  ro.max_running = 4;
+  auto router = spawn_router(sys, m, std::vector<route_ptr>{}, ro);
+  auto scaler = spawn_scaler(sys, m, router, std::shared_ptr<scaling_policy>(std::move(*policy)), k, so);
+  gamma_options g;
+  g.n = 60;
+  g.rate = 60;
+  g.burstiness = 0.5;
+  g.prompt_max = 30;
+  g.output_min = 20;
+  g.output_max = 40;
+  auto t = gamma_trace(g);
+  replay_options o;
+  o.vocab_size = 512;
+  auto records = replay(sys, router, *t, o);
+  REQUIRE_MESSAGE(records, records.message());
+  for (auto& r : *records) {
+    CHECK(r.ok);
+    CHECK(r.generated == r.output_tokens);
+  }
+  std::this_thread::sleep_for(1500ms);  // idle: instances above the minimum drain and stop
+  caf::scoped_actor self{sys};
+  scaling_report rep;
+  self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { rep = r; }, [](caf::error&) {});
+  std::map<uint32_t, std::map<std::string, double>> when;
+  for (auto& e : rep.events) {
+    MESSAGE(e.t << " " << e.what << " i" << e.instance << " " << e.detail);
+    if (!when[e.instance].count(e.what)) when[e.instance][e.what] = e.t;
+  }
+  bool live = false, drained = false;
+  for (auto& [id, w] : when) {
+    if (w.count("scale-out") && w.count("serving") && w.count("full") && w["serving"] < w["full"]) live = true;
+    if (w.count("drain") && w.count("stopped")) drained = true;
+  }
+  CHECK(live);     // served through a cooperative route before its last layer landed
+  CHECK(drained);  // idle instances went away after keep-alive
+  REQUIRE_FALSE(rep.instances.empty());
+  CHECK(rep.instances.back().second == 1);
+  CHECK(rep.instance_seconds > 0);
+  CHECK(rep.to_first_layer_s.size() >= 1);
+  caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
 }

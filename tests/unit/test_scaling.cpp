@@ -1,0 +1,95 @@
+// Route planning for cooperative execution and the threshold policies' decisions.
+#include <doctest/doctest.h>
+
+#include "dataflow/scaling.hpp"
+
+using namespace strata;
+
+namespace {
+instance_view inst(uint32_t id, std::vector<bool> have, bool globals = true) {
+  instance_view v;
+  v.id = id;
+  v.have = std::move(have);
+  v.globals = globals;
+  return v;
+}
+}  // namespace
+
+TEST_CASE("routes: local when full, cooperative while loading, pipelines between loaders") {
+  std::vector<instance_view> is = {inst(1, {true, true, true, true}), inst(2, {true, false, false, false})};
+  auto local = plan_route(1, is, 4);
+  REQUIRE(local);
+  CHECK(to_string(*local) == "i1:head -> i1[0,4) -> i1:tail");
+  auto coop = plan_route(2, is, 4);
+  REQUIRE(coop);
+  CHECK(to_string(*coop) == "i2:head -> i2[0,1) -> i1[1,4) -> i1:tail");
+  // λScale: two loaders with complementary halves serve as one pipeline, no full instance needed.
+  std::vector<instance_view> pair = {inst(3, {true, true, false, false}), inst(4, {false, false, true, true})};
+  auto pipe = plan_route(3, pair, 4, true);
+  REQUIRE(pipe);
+  CHECK(to_string(*pipe) == "i3:head -> i3[0,2) -> i4[2,4) -> i4:tail");
+  // Without the classifier the tail stays home.
+  pair[1].globals = false;
+  CHECK(to_string(*plan_route(3, pair, 4, true)) == "i3:head -> i3[0,2) -> i4[2,4) -> i3:tail");
+  // Nowhere to run layer 2: no route; no embedding yet: no route.
+  std::vector<instance_view> gap = {inst(5, {true, true, false, true})};
+  CHECK(plan_route(5, gap, 4).message() == "layer 2 is held by no instance");
+  CHECK_FALSE(plan_route(6, {inst(6, {true, true, true, true}, false)}, 4));
+  CHECK_FALSE(plan_route(9, is, 4));
+  // A draining full instance is not used by new routes when another full one exists.
+  is.push_back(inst(7, {true, true, true, true}));
+  is[0].draining = true;
+  CHECK(to_string(*plan_route(2, is, 4)) == "i2:head -> i2[0,1) -> i7[1,4) -> i7:tail");
+}
+
+TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-alive") {
+  scaling_knobs k;
+  k.min_instances = 1;
+  k.max_instances = 3;
+  k.queue_per_instance = 4;
+  k.keep_alive_s = 2;
+  k.cooldown_s = 1;
+  link_speeds l;
+  auto p = make_policy("blitz", k, l);
+  REQUIRE(p);
+  load_view v;
+  v.full = 1;
+  v.waiting = 3;
+  CHECK((*p)->decide(v).add == 0);  // below the threshold
+  v.waiting = 9;
+  CHECK((*p)->decide(v).add == 2);  // ceil(9 / 4) - 1 serving
+  v.now = 0.5;
+  CHECK((*p)->decide(v).add == 0);  // cooldown
+  v.now = 2;
+  v.full = 3;
+  v.waiting = 50;
+  CHECK((*p)->decide(v).add == 0);  // at max
+  v.waiting = 0;
+  v.idle_for_s = {{2, 2.5}, {3, 1.0}};
+  auto d = (*p)->decide(v);
+  CHECK(d.remove == std::vector<uint32_t>{2});
+  v.full = 0;
+  v.idle_for_s.clear();
+  CHECK((*p)->decide(v).add == 1);  // below the minimum
+  v.full = 1;
+  v.ttft_ema_s = 5;  // a stale high TTFT with no queue is no reason to scale
+  CHECK((*p)->decide(v).add == 0);
+  CHECK((*p)->loading().live);
+  CHECK_FALSE((*make_policy("stop-the-world", k, l))->loading().live);
+  CHECK((*make_policy("all-cache", k, l))->loading().gb_s == l.local_host_gb_s);
+  CHECK(make_policy("magic", k, l).message().find("unknown policy 'magic'") == 0);
+}
+
+TEST_CASE("lambda-pipe starts instances in pairs that load complementary halves") {
+  scaling_knobs k;
+  k.max_instances = 5;
+  auto p = make_policy("lambda-pipe", k, link_speeds{});
+  REQUIRE(p);
+  load_view v;
+  v.full = 1;
+  v.waiting = 5;
+  CHECK((*p)->decide(v).add == 2);
+  CHECK((*p)->load_order(4, 0) == std::vector<int>{0, 1, 2, 3});
+  CHECK((*p)->load_order(4, 1) == std::vector<int>{2, 3, 0, 1});
+  CHECK((*p)->loading().pipeline);
+}
