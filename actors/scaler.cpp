@@ -150,7 +150,10 @@ void stop_instance(scaler_actor* self, uint32_t id) {
   auto it = st.insts.find(id);
   if (it == st.insts.end()) return;
   for (const caf::actor& a : {it->second.head, it->second.shard, it->second.tail, it->second.loader})
-    if (a) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    if (a) {
+      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+      std::erase(*st.owned, a);
+    }
   st.insts.erase(it);
   event(self, "stopped", id);
   count_instances(self);
