@@ -393,6 +393,19 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   return shaped;
 }
 
+// Replay settings for the CLI: prompts from the model's vocabulary, `lines` progress lines.
+replay_options printing_replay(const model& m, const args& a, size_t requests, size_t lines) {
+  replay_options o;
+  o.vocab_size = m.config.vocab_size;
+  o.seed = uint64_t(*a.integer("seed", 1));
+  o.progress_every = std::max<size_t>(1, requests / lines);
+  o.progress = [](size_t done, size_t total, double t) {
+    std::printf("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
+    std::fflush(stdout);
+  };
+  return o;
+}
+
 int cmd_replay(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
@@ -417,15 +430,7 @@ int cmd_replay(int argc, char** argv) {
   ro.max_running = int(*a->integer("max-running", 64));
   ro.max_batch_tokens = int(*a->integer("max-batch-tokens", 512));
   auto router = spawn_router(*rt.sys, *m, p->path, ro);
-  replay_options rpo;
-  rpo.vocab_size = (*m)->config.vocab_size;
-  rpo.seed = uint64_t(*a->integer("seed", 1));
-  rpo.progress_every = std::max<size_t>(1, shaped->requests.size() / 10);
-  rpo.progress = [](size_t done, size_t total, double t) {
-    std::printf("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
-    std::fflush(stdout);
-  };
-  auto records = replay(*rt.sys, router, *shaped, rpo);
+  auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 10));
   stop_pipeline(*p);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
   if (!records) return fail(records.message());
@@ -510,15 +515,7 @@ int cmd_autoscale(int argc, char** argv) {
     ro.max_running = int(*a->integer("max-running", 16));
     auto router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
     auto scaler = spawn_scaler(*rt.sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
-    replay_options rpo;
-    rpo.vocab_size = (*m)->config.vocab_size;
-    rpo.seed = uint64_t(*a->integer("seed", 1));
-    rpo.progress_every = std::max<size_t>(1, shaped->requests.size() / 5);
-    rpo.progress = [](size_t done, size_t total, double t) {
-      std::printf("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
-      std::fflush(stdout);
-    };
-    auto records = replay(*rt.sys, router, *shaped, rpo);
+    auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 5));
     if (!records) return fail(records.message());
     scaling_report rep;
     caf::scoped_actor self{*rt.sys};
