@@ -85,6 +85,10 @@ struct hop {
 struct route {
   std::vector<hop> hops;
   uint32_t instance = 0;  // the instance whose head admits it (load accounting)
+  // Share of the instance's max_running this route may take. A cooperative route gets the
+  // fraction of layers its instance holds, so few requests are pinned to a split that leans on
+  // another instance while the rest are still loading.
+  double share = 1.0;
 };
 using route_ptr = std::shared_ptr<const route>;
 

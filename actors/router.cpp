@@ -105,7 +105,8 @@ route_ptr pick_route(router_actor* self) {
   int best_load = 0;
   for (auto& r : st.routes) {
     int l = load[r->instance];
-    if (l < st.opt.max_running && (!best || l < best_load)) {
+    int cap = std::max(1, int(double(st.opt.max_running) * r->share + 0.5));
+    if (l < cap && (!best || l < best_load)) {
       best = r;
       best_load = l;
     }

@@ -77,6 +77,7 @@ route_ptr make_route(scaler_actor* self, const route_plan& p) {
   int L = st.m->config.n_layers;
   auto r = std::make_shared<route>();
   r->instance = p.head;
+  if (st.opt.proportional_share) r->share = double(st.insts[p.head].view.layers()) / double(L);
   r->hops.push_back({st.insts[p.head].head, {0, 0}, p.head});
   for (auto& s : p.stops) r->hops.push_back({st.insts[s.instance].shard, {s.begin, s.end}, s.instance});
   r->hops.push_back({st.insts[p.tail].tail, {L, L}, p.tail});

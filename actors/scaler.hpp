@@ -18,6 +18,7 @@ struct scaler_options {
   double layer_bytes = 0;    // emulated parameter bytes per layer (0: the model's real size)
   double globals_bytes = 0;  // emulated embedding + classifier bytes (0: real size)
   device_model device;       // emulated compute of every instance
+  bool proportional_share = true;  // a loading instance takes requests in proportion to its layers
   std::chrono::milliseconds tick{50};
 };
 
