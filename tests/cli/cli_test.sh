@@ -39,4 +39,16 @@ expect_error "unsupported dtype 'f8'" "$strata" gen-model --out "$tmp/x" --dtype
 expect_error "cannot split 5 layers into 9 shards" "$strata" generate --model "$data/models/stories260K" --shards 9
 expect_error "--steps expects an integer" "$strata" generate --model "$data/models/stories260K" --steps many
 expect_error "unknown command" "$strata" frobnicate
+# Trace replay: a truncated line is reported with its number and skipped; bad input fails clearly.
+m="$data/models/stories260K"
+printf 'TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:17:03.5,20,5\r\n2023-11-16 18:17:03.6,30\r\n2023-11-16 18:17:03.9,25,4' > "$tmp/t.csv"
+out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --svg "$tmp/r.svg")
+grep -q "skipped line 3: has 2 columns (truncated?)" <<<"$out" || fail "replay skipped line: $out"
+grep -q "2 requests (2 ok, 0 failed)" <<<"$out" || fail "replay result: $out"
+grep -q "<svg" "$tmp/r.svg" || fail "no svg written"
+expect_error "line 3: has 2 columns" "$strata" replay --model "$m" --trace "$tmp/t.csv" --strict
+expect_error "cannot open trace" "$strata" replay --model "$m" --trace "$tmp/none.csv"
+expect_error "unknown policy 'magic'" "$strata" autoscale --model "$m" --trace gamma --n 5 --policies magic
+out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz,stop-the-world --threads 1)
+grep -qE "^blitz .* [0-9.]+ +[0-9.]+ +[0-9.]+$" <<<"$out" || fail "autoscale table: $out"
 echo "cli: all checks passed"
