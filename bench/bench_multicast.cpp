@@ -90,9 +90,9 @@ int main(int argc, char** argv) {
                 "of reference", "t(N)/t(1)");
     std::map<std::string, double> t1;
     int fails = 0;
-    for (std::string plan : {"one-to-one", "chain", "binomial"})
+    for (std::string plan : {"one-to-one", "chain", "binomial", "block"})
       for (int n : {1, 2, 4}) {
-        if (plan == "binomial" && n != 4) continue;
+        if ((plan == "binomial" || plan == "block") && n != 4) continue;
         double best = 1e30, setup = 0;
         uint64_t bytes = 0;
         for (int r = 0; r < reps; ++r) {

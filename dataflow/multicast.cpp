@@ -12,6 +12,7 @@ const char* to_string(plan_kind k) {
     case plan_kind::chain: return "chain";
     case plan_kind::binomial: return "binomial";
     case plan_kind::kary: return "kary";
+    case plan_kind::block: return "block";
   }
   return "?";
 }
@@ -21,7 +22,8 @@ expected<plan_kind> parse_plan_kind(const std::string& s) {
   if (s == "chain") return plan_kind::chain;
   if (s == "binomial") return plan_kind::binomial;
   if (s == "kary" || s == "k-ary") return plan_kind::kary;
-  return make_error("unknown plan '" + s + "' (expected one-to-one, chain, binomial or kary)");
+  if (s == "block" || s == "block-pipeline") return plan_kind::block;
+  return make_error("unknown plan '" + s + "' (expected one-to-one, chain, binomial, kary or block)");
 }
 
 std::vector<node_id> forward_tree::children_of(node_id n) const {
@@ -41,7 +43,8 @@ forward_tree build_tree(plan_kind kind, node_id root, const std::vector<node_id>
     size_t parent = 0;
     switch (kind) {
       case plan_kind::one_to_one: parent = 0; break;
-      case plan_kind::chain: parent = rank - 1; break;
+      case plan_kind::chain:
+      case plan_kind::block: parent = rank - 1; break;
       case plan_kind::binomial: {
         size_t hi = 1;
         while (hi * 2 <= rank) hi *= 2;
@@ -91,9 +94,22 @@ expected<multicast_plan> plan_multicast(const plan_request& r) {
     uint32_t b = uint32_t(size_t(r.n_chunks) * i / k), e = uint32_t(size_t(r.n_chunks) * (i + 1) / k);
     std::vector<node_id> order = r.targets;
     std::rotate(order.begin(), order.begin() + long(i * order.size() / k), order.end());
-    auto t = build_tree(r.kind, usable[i], order, r.fanout);
-    for (uint32_t c = b; c < e; ++c) t.chunks.push_back(c);
-    p.trees.push_back(std::move(t));
+    if (r.kind != plan_kind::block) {
+      auto t = build_tree(r.kind, usable[i], order, r.fanout);
+      for (uint32_t c = b; c < e; ++c) t.chunks.push_back(c);
+      p.trees.push_back(std::move(t));
+      continue;
+    }
+    // One block per target: block j rides a chain that starts at the j-th target.
+    size_t n = std::min<size_t>(order.size(), e - b);
+    for (size_t j = 0; j < n; ++j) {
+      std::vector<node_id> rot = order;
+      std::rotate(rot.begin(), rot.begin() + long(j), rot.end());
+      auto t = build_tree(r.kind, usable[i], rot, r.fanout);
+      uint32_t bb = b + uint32_t(size_t(e - b) * j / n), be = b + uint32_t(size_t(e - b) * (j + 1) / n);
+      for (uint32_t c = bb; c < be; ++c) t.chunks.push_back(c);
+      p.trees.push_back(std::move(t));
+    }
   }
   return p;
 }

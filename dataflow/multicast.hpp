@@ -5,6 +5,10 @@
 //   chain       source -> t1 -> t2 -> ... (BlitzScale's serial forwarding chain)
 //   binomial    binomial tree: holders double every round (λScale)
 //   kary        k-ary tree with fan-out k (λScale's k-way pipeline)
+//   block       λScale-style block pipeline: the chunks are cut into one block per target and
+//               block i travels a chain that starts at target i, so every target gets a
+//               different part of the model first (complementary blocks for execute-while-load)
+//               while the source still sends each byte once
 // Several sources split the chunks between them, one tree each; busy sources are left out.
 #pragma once
 
@@ -20,7 +24,7 @@ namespace strata {
 
 using node_id = uint32_t;
 
-enum class plan_kind : uint8_t { one_to_one, chain, binomial, kary };
+enum class plan_kind : uint8_t { one_to_one, chain, binomial, kary, block };
 const char* to_string(plan_kind k);
 expected<plan_kind> parse_plan_kind(const std::string& s);
 

@@ -67,10 +67,12 @@ struct recv_op {
 // Endpoints of this process by address: a peer found here is reached by a direct copy into its
 // landing buffer, without UCX or a wire (the in-process path).
 std::mutex local_mu;
-std::map<std::vector<uint8_t>, ucx_endpoint::impl*>& local_endpoints() {
-  static std::map<std::vector<uint8_t>, ucx_endpoint::impl*> m;
+std::map<std::string, ucx_endpoint::impl*>& local_endpoints() {
+  static std::map<std::string, ucx_endpoint::impl*> m;
   return m;
 }
+
+std::string key_of(const std::vector<uint8_t>& address) { return {address.begin(), address.end()}; }
 
 }  // namespace
 
@@ -296,14 +298,14 @@ expected<std::unique_ptr<ucx_endpoint>> ucx_endpoint::create(const ucx_options& 
   m.th = std::thread([&m] { m.loop(); });
   {
     std::lock_guard<std::mutex> g(local_mu);
-    local_endpoints()[ep->address_] = &m;
+    local_endpoints()[key_of(ep->address_)] = &m;
   }
   return ep;
 }
 
 ucx_endpoint::~ucx_endpoint() {
   std::lock_guard<std::mutex> g(local_mu);
-  local_endpoints().erase(address_);
+  local_endpoints().erase(key_of(address_));
 }
 
 uint64_t ucx_endpoint::local_messages() const { return impl_->local_messages.load(); }
@@ -313,7 +315,7 @@ expected<peer_id> ucx_endpoint::connect(const std::vector<uint8_t>& framed) {
   if (!raw) return raw.err();
   if (opt_.in_process) {
     std::lock_guard<std::mutex> g(local_mu);
-    if (local_endpoints().count(framed)) {
+    if (local_endpoints().count(key_of(framed))) {
       std::lock_guard<std::mutex> q(impl_->mu);
       peer_id id = impl_->next_peer++;
       impl_->local_peers[id] = framed;
@@ -367,7 +369,7 @@ void ucx_endpoint::send(peer_id to, std::vector<uint8_t> header, const void* pay
   if (!local.empty()) {
     // Same process: one copy straight into the receiver's buffer, on the caller's thread.
     std::lock_guard<std::mutex> g(local_mu);
-    auto it = local_endpoints().find(local);
+    auto it = local_endpoints().find(key_of(local));
     if (it == local_endpoints().end()) return done(make_error("in-process peer " + std::to_string(to) + " is gone"));
     auto& rx = it->second->rx;
     void* dst = rx.place ? rx.place(header.data(), header.size(), len) : nullptr;

@@ -80,7 +80,7 @@ multicast_request request_for(std::vector<std::string> targets, const std::strin
 
 }  // namespace
 
-TEST_CASE("multicast to 4 node processes: chain, binomial, one-to-one over tcp and shared memory") {
+TEST_CASE("multicast to 4 node processes: chain, binomial, one-to-one, block over tcp and shared memory") {
   for (std::string tls : {"tcp", "sm"}) {
     CAPTURE(tls);
     cluster c(tls);
@@ -89,7 +89,7 @@ TEST_CASE("multicast to 4 node processes: chain, binomial, one-to-one over tcp a
     REQUIRE(c.wait_holding());
     uint64_t want = c.image_sum("src");
     REQUIRE(want != 0);
-    for (std::string plan : {"chain", "binomial", "one-to-one"}) {
+    for (std::string plan : {"chain", "binomial", "one-to-one", "block"}) {
       CAPTURE(plan);
       auto r = c.multicast(request_for({"a", "b", "c", "d"}, plan));
       REQUIRE_MESSAGE(r, r.message());

@@ -91,6 +91,29 @@ TEST_CASE("plan shapes: chain, binomial, k-ary, one-to-one") {
   CHECK(d->describe().find("one-to-one plan: 1 tree(s) to 7 target(s)") == 0);
 }
 
+TEST_CASE("block pipeline: every target is first for one block, the source sends each chunk once") {
+  plan_request r;
+  r.kind = plan_kind::block;
+  r.sources = {{100}};
+  r.targets = {1, 2, 3, 4};
+  r.n_chunks = 10;
+  auto p = plan_multicast(r);
+  REQUIRE(p);
+  REQUIRE(p->trees.size() == 4);
+  std::set<node_id> first;
+  size_t chunks = 0;
+  for (auto& t : p->trees) {
+    REQUIRE(t.children_of(100).size() == 1);  // one first hop per block: each byte leaves once
+    first.insert(t.children_of(100)[0]);
+    chunks += t.chunks.size();
+    for (auto n : r.targets) CHECK(depth(t, n) <= 4);
+  }
+  CHECK(first == std::set<node_id>{1, 2, 3, 4});
+  CHECK(chunks == 10);
+  every_target_gets_everything(*p, 10);
+  CHECK(parse_plan_kind("block-pipeline").value() == plan_kind::block);
+}
+
 TEST_CASE("several sources split the chunks, busy ones only as a last resort") {
   plan_request r;
   r.kind = plan_kind::chain;
