@@ -139,6 +139,9 @@ struct router_stats {
   uint32_t running = 0;
   uint32_t routes = 0;
   double ttft_ema_s = 0;  // smoothed time to first token of recent requests
+  double tbt_ema_s = 0;   // smoothed time between tokens
+  uint64_t kv_tokens = 0; // positions held in KV caches by running requests
+  uint64_t kv_capacity = 0;  // positions the serving instances can hold (max_running * context)
   uint64_t tokens = 0;    // generated so far
   uint64_t finished = 0;  // requests ended so far
   std::map<uint32_t, uint32_t> running_by_instance;  // by the instance that admitted them
@@ -147,8 +150,8 @@ struct router_stats {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, router_stats& x) {
-  return f(caf::meta::type_name("router_stats"), x.waiting, x.running, x.routes, x.ttft_ema_s, x.tokens, x.finished,
-           x.running_by_instance, x.in_use_by_instance);
+  return f(caf::meta::type_name("router_stats"), x.waiting, x.running, x.routes, x.ttft_ema_s, x.tbt_ema_s,
+           x.kv_tokens, x.kv_capacity, x.tokens, x.finished, x.running_by_instance, x.in_use_by_instance);
 }
 
 // Adds Strata's message types and error category to an actor system config.

@@ -24,6 +24,7 @@ struct request_state {
   bool started = false;  // has (or may have) KV state in the shards
   clock::time_point admitted;
   clock::time_point first_token;
+  clock::time_point last_token;
 };
 
 struct inflight_step {
@@ -46,6 +47,7 @@ struct router_state {
   std::string down;  // set when no route is left: the model no longer serves
   // Load signals for a scaler.
   double ttft_ema = 0;
+  double tbt_ema = 0;
   uint64_t tokens = 0;
   uint64_t finished = 0;
   static inline const char* name = "strata.router";
@@ -213,11 +215,16 @@ void on_step(router_actor* self, step_ptr& s) {
       finish(self, id, "stop");
       continue;
     }
+    auto now = clock::now();
     if (r.generated == 0) {
-      r.first_token = clock::now();
+      r.first_token = now;
       double ttft = std::chrono::duration<double>(r.first_token - r.admitted).count();
       st.ttft_ema = st.ttft_ema == 0 ? ttft : 0.8 * st.ttft_ema + 0.2 * ttft;
+    } else {
+      double tbt = std::chrono::duration<double>(now - r.last_token).count();
+      st.tbt_ema = st.tbt_ema == 0 ? tbt : 0.95 * st.tbt_ema + 0.05 * tbt;
     }
+    r.last_token = now;
     ++r.generated;
     ++st.tokens;
     r.tokens.push_back(tok);
@@ -346,10 +353,15 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         s.running = uint32_t(st.running.size());
         s.routes = uint32_t(st.routes.size());
         s.ttft_ema_s = st.ttft_ema;
+        s.tbt_ema_s = st.tbt_ema;
+        std::set<uint32_t> instances;
+        for (auto& r : st.routes) instances.insert(r->instance);
+        s.kv_capacity = uint64_t(instances.size()) * uint64_t(st.opt.max_running) * uint64_t(st.m->config.seq_len);
         s.tokens = st.tokens;
         s.finished = st.finished;
         for (auto id : st.running) {
           auto& path = st.reqs[id].path;
+          s.kv_tokens += uint64_t(st.reqs[id].processed);
           s.running_by_instance[path->instance]++;
           std::set<uint32_t> touched;
           for (auto& h : path->hops) touched.insert(h.instance);

@@ -32,6 +32,8 @@ struct scaler_state {
   clk::time_point t0;
   scaling_report report;
   std::shared_ptr<std::vector<caf::actor>> owned = std::make_shared<std::vector<caf::actor>>();
+  uint64_t last_tokens = 0;
+  double last_tick = 0;
   static inline const char* name = "strata.scaler";
 };
 
@@ -175,6 +177,11 @@ void on_stats(scaler_actor* self, const router_stats& rs) {
   v.waiting = rs.waiting;
   v.running = rs.running;
   v.ttft_ema_s = rs.ttft_ema_s;
+  v.tbt_ema_s = rs.tbt_ema_s;
+  v.kv_use = rs.kv_capacity > 0 ? double(rs.kv_tokens) / double(rs.kv_capacity) : 0;
+  if (t > st.last_tick) v.tokens_per_s = double(rs.tokens - st.last_tokens) / (t - st.last_tick);
+  st.last_tokens = rs.tokens;
+  st.last_tick = t;
   v.running_by_instance = rs.running_by_instance;
   for (auto& [id, in] : st.insts) {
     if (in.draining) continue;

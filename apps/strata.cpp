@@ -474,6 +474,7 @@ int cmd_autoscale(int argc, char** argv) {
   k.max_instances = int(*a->integer("max", 4));
   k.queue_per_instance = *a->number("queue", 4);
   k.ttft_slo_s = *a->number("ttft-slo-ms", 1000) / 1000;
+  k.tbt_slo_s = *a->number("tbt-slo-ms", 200) / 1000;
   k.keep_alive_s = *a->number("keep-alive-s", 3);
   if (k.min_instances < 1 || k.max_instances < k.min_instances) return fail("need 1 <= --min <= --max");
   link_speeds links;
@@ -487,7 +488,7 @@ int cmd_autoscale(int argc, char** argv) {
   so.device.per_row_s = *a->number("device-row-ms", 0.02) / 1000;
   slo_spec slo;
   slo.ttft_s = k.ttft_slo_s;
-  slo.tbt_s = *a->number("tbt-slo-ms", 200) / 1000;
+  slo.tbt_s = k.tbt_slo_s;
   std::printf("emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; links: "
               "network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n\n",
               so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,

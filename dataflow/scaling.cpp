@@ -78,9 +78,10 @@ scale_decision threshold_policy::decide(const load_view& v) {
   scale_decision d;
   int serving = std::max(1, v.full);
   int total = v.full + v.loading;
-  // Pressure needs a queue: a high TTFT average alone lingers after a burst has been absorbed.
-  bool pressure = v.waiting > 0 &&
-                  (double(v.waiting) > knobs_.queue_per_instance * serving || v.ttft_ema_s > knobs_.ttft_slo_s);
+  // Pressure needs a queue: latency averages alone linger after a burst has been absorbed.
+  bool pressure = v.waiting > 0 && (double(v.waiting) > knobs_.queue_per_instance * serving ||
+                                    v.ttft_ema_s > knobs_.ttft_slo_s || v.tbt_ema_s > knobs_.tbt_slo_s ||
+                                    v.kv_use > knobs_.kv_high);
   if (total < knobs_.min_instances) {
     d.add = knobs_.min_instances - total;
   } else if (pressure && v.loading == 0 && total < knobs_.max_instances && v.now - last_out_ >= knobs_.cooldown_s) {

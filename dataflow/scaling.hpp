@@ -49,6 +49,9 @@ struct load_view {
   uint32_t waiting = 0;        // requests admitted, not yet running
   uint32_t running = 0;
   double ttft_ema_s = 0;
+  double tbt_ema_s = 0;
+  double tokens_per_s = 0;     // generated over the last tick
+  double kv_use = 0;           // KV positions held / what the serving instances can hold
   int full = 0;                // instances holding every layer and serving
   int loading = 0;             // instances still receiving parameters
   std::map<uint32_t, uint32_t> running_by_instance;
@@ -73,6 +76,8 @@ struct scaling_knobs {
   int max_instances = 4;
   double queue_per_instance = 4;  // waiting requests per serving instance that trigger scale-out
   double ttft_slo_s = 1.0;        // smoothed TTFT above this triggers scale-out
+  double tbt_slo_s = 0.2;         // smoothed time between tokens above this triggers scale-out
+  double kv_high = 0.9;           // KV-cache use above this triggers scale-out
   double keep_alive_s = 3.0;      // an idle instance above the minimum is removed after this
   double cooldown_s = 0.5;        // no new scale-out decision within this after the last
 };

@@ -74,6 +74,20 @@ TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-al
   v.full = 1;
   v.ttft_ema_s = 5;  // a stale high TTFT with no queue is no reason to scale
   CHECK((*p)->decide(v).add == 0);
+  v.now = 10;
+  v.waiting = 1;  // ... but with one waiting request it is
+  CHECK((*p)->decide(v).add == 1);
+  v.now = 20;
+  v.ttft_ema_s = 0;
+  v.tbt_ema_s = 0.5;  // slow tokens
+  CHECK((*p)->decide(v).add == 1);
+  v.now = 30;
+  v.tbt_ema_s = 0;
+  v.kv_use = 0.95;  // caches nearly full
+  CHECK((*p)->decide(v).add == 1);
+  v.now = 40;
+  v.kv_use = 0.5;
+  CHECK((*p)->decide(v).add == 0);
   CHECK((*p)->loading().live);
   CHECK_FALSE((*make_policy("stop-the-world", k, l))->loading().live);
   CHECK((*make_policy("all-cache", k, l))->loading().gb_s == l.local_host_gb_s);
