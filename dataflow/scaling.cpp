@@ -31,12 +31,13 @@ expected<route_plan> plan_route(uint32_t head, const std::vector<instance_view>&
           pick = &i;
           break;
         }
-    if (!pick)
+    if (!pick) {
+      // Spread cooperative work: each loading instance leans on a different full one.
+      std::vector<const instance_view*> full;
       for (auto& i : instances)
-        if (!i.draining && i.full()) {
-          pick = &i;
-          break;
-        }
+        if (!i.draining && i.full()) full.push_back(&i);
+      if (!full.empty()) pick = full[head % full.size()];
+    }
     if (!pick)
       for (auto& i : instances)
         if (has(i, l)) {

@@ -37,7 +37,8 @@ struct route_plan {
 
 // A route for requests admitted by `head`: every layer from the instance itself when it has it,
 // else from another instance that does (a loading peer first when `prefer_loading`, as λScale's
-// execute-while-load pipelines do, else a full one). Fails when some layer is nowhere.
+// execute-while-load pipelines do, else a full one, spread over the full instances by `head`).
+// Fails when some layer is nowhere.
 expected<route_plan> plan_route(uint32_t head, const std::vector<instance_view>& instances, int n_layers,
                                 bool prefer_loading = false);
 

@@ -40,6 +40,11 @@ TEST_CASE("routes: local when full, cooperative while loading, pipelines between
   is.push_back(inst(7, {true, true, true, true}));
   is[0].draining = true;
   CHECK(to_string(*plan_route(2, is, 4)) == "i2:head -> i2[0,1) -> i7[1,4) -> i7:tail");
+  // Loading instances lean on different full ones.
+  is[0].draining = false;
+  is.push_back(inst(9, {true, false, false, false}));
+  CHECK(to_string(*plan_route(2, is, 4)) != "");
+  CHECK(plan_route(2, is, 4)->stops[1].instance != plan_route(9, is, 4)->stops[1].instance);
 }
 
 TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-alive") {
