@@ -245,10 +245,12 @@ struct ucx_endpoint::impl {
 };
 
 expected<std::unique_ptr<ucx_endpoint>> ucx_endpoint::create(const ucx_options& opt, receiver r) {
-  // Shared-memory transports drop out under peer error handling unless told to support it.
-  ::setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
-  ::setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
-  ::setenv("UCX_WARN_UNUSED_ENV_VARS", "n", 0);
+  // Shared-memory transports drop out under peer error handling unless told to support it
+  // (set only where they load: UCX warns about variables no transport reads).
+  if (opt.tls != "tcp") {
+    ::setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
+    ::setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
+  }
   std::unique_ptr<ucx_endpoint> ep(new ucx_endpoint());
   ep->opt_ = opt;
   ep->impl_ = std::make_unique<impl>();
