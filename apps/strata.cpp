@@ -561,6 +561,8 @@ int cmd_autoscale(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   std::string cmd = argc > 1 ? argv[1] : "help";
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") cmd = "help";
   if (cmd == "generate") return cmd_generate(argc, argv, false);
   if (cmd == "demo") return cmd_generate(argc, argv, true);
   if (cmd == "inspect") return cmd_inspect(argc, argv);

@@ -14,6 +14,8 @@ expect_error() {  # expect_error "needle" cmd...: the command fails and says nee
 }
 text_of() { sed -n '/^pipeline:/,/^req /p' | sed '1,2d;$d'; }
 
+"$strata" generate --help | grep -q "^usage: strata <command>" || fail "generate --help"
+
 # A random model in HF format, inspected, verified and served through 2 shards.
 "$strata" gen-model --out "$tmp/rand" --dim 128 --layers 4 --heads 4 --kv-heads 2 --vocab 300 --dtype bf16 \
   --seq-len 256 --shard-mb 1 >/dev/null
