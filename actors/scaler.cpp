@@ -115,7 +115,7 @@ void push_routes(scaler_actor* self) {
   self->send(st.router, routes_atom::value, std::move(routes));
 }
 
-uint32_t start_instance(scaler_actor* self, bool preloaded, int k) {
+void start_instance(scaler_actor* self, bool preloaded, int k) {
   auto& st = self->state;
   auto& sys = self->home_system();
   int L = st.m->config.n_layers;
@@ -145,7 +145,6 @@ uint32_t start_instance(scaler_actor* self, bool preloaded, int k) {
   }
   st.insts[in.id] = std::move(in);
   count_instances(self);
-  return st.insts.size() ? st.next - 1 : 0;
 }
 
 void stop_instance(scaler_actor* self, uint32_t id) {
