@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <unordered_map>
 
+#include "actors/stages.hpp"
 #include "dataflow/manifest.hpp"
 
 namespace strata {
@@ -59,6 +60,16 @@ struct landing_zone {
 struct held_model {
   std::vector<uint8_t> manifest;
   std::shared_ptr<std::vector<uint8_t>> image;
+  bool host_copy = false;  // kept for the cluster, not only for an instance of this node
+};
+
+// A serving instance living in this node's process.
+struct hosted_instance {
+  std::string model;
+  model_config config;
+  caf::actor head, shard, tail;
+  caf::actor watcher;         // told of every layer that lands
+  std::vector<bool> loaded;   // per segment
 };
 
 struct transfer_state {
@@ -74,8 +85,6 @@ struct transfer_state {
   std::set<int> corrupt_once;
   std::set<int> drop_once;
   clock::time_point last_progress;
-  std::deque<std::pair<uint32_t, node_id>> sendq;  // only when throttled
-  bool pumping = false;
   bool finished = false;
 };
 
@@ -88,6 +97,15 @@ struct node_state {
   std::map<std::string, held_model> held;
   std::map<node_id, transport::peer_id> peers;
   std::map<uint64_t, transfer_state> transfers;
+  std::map<uint32_t, hosted_instance> hosted;
+  // Chunks waiting for the node's paced egress link (throttle_mb_s), across all transfers.
+  struct queued_send {
+    uint64_t tid;
+    uint32_t idx;
+    node_id to;
+  };
+  std::deque<queued_send> sendq;
+  bool pumping = false;
   ~node_state() {
     if (zone) {
       std::lock_guard<std::mutex> g(zone->mu);
@@ -120,31 +138,30 @@ void ucx_send_chunk(node_actor* self, uint64_t tid, uint32_t idx, node_id to) {
                         [image](status) {});
 }
 
-// Sends now, or queues behind a rate limit (tests use it to make transfers take a while).
+// Sends now, or queues behind the node's emulated link: one egress rate for all its transfers.
 void send_chunk(node_actor* self, uint64_t tid, uint32_t idx, node_id to) {
   auto& st = self->state;
   if (st.cfg.throttle_mb_s <= 0) return ucx_send_chunk(self, tid, idx, to);
-  auto& t = st.transfers[tid];
-  t.sendq.emplace_back(idx, to);
-  if (!t.pumping) {
-    t.pumping = true;
-    self->send(self, pump_atom::value, tid);
+  st.sendq.push_back({tid, idx, to});
+  if (!st.pumping) {
+    st.pumping = true;
+    self->send(self, pump_atom::value);
   }
 }
 
-void pump(node_actor* self, uint64_t tid) {
-  auto it = self->state.transfers.find(tid);
-  if (it == self->state.transfers.end()) return;
-  auto& t = it->second;
-  if (t.sendq.empty()) {
-    t.pumping = false;
+void pump(node_actor* self) {
+  auto& st = self->state;
+  while (!st.sendq.empty()) {
+    auto q = st.sendq.front();
+    st.sendq.pop_front();
+    auto it = st.transfers.find(q.tid);
+    if (it == st.transfers.end() || q.idx >= it->second.plan.chunks.size()) continue;
+    ucx_send_chunk(self, q.tid, q.idx, q.to);
+    double secs = double(it->second.plan.chunks[q.idx].length) / (st.cfg.throttle_mb_s * 1e6);
+    self->delayed_send(self, std::chrono::microseconds(int64_t(secs * 1e6)), pump_atom::value);
     return;
   }
-  auto [idx, to] = t.sendq.front();
-  t.sendq.pop_front();
-  ucx_send_chunk(self, tid, idx, to);
-  double secs = double(t.plan.chunks[idx].length) / (self->state.cfg.throttle_mb_s * 1e6);
-  self->delayed_send(self, std::chrono::microseconds(int64_t(secs * 1e6)), pump_atom::value, tid);
+  st.pumping = false;
 }
 
 void forward(node_actor* self, uint64_t tid, uint32_t idx) {
@@ -197,6 +214,84 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
   }
 }
 
+// Hands a segment that landed to a hosted instance: the globals become its head and tail, a
+// layer goes to its shard; the watcher (a scaler) learns of it after the shard has it.
+void feed_instance(node_actor* self, uint32_t id, hosted_instance& h, const uint8_t* image, int32_t segment) {
+  if (segment < 0 || size_t(segment) >= h.loaded.size() || h.loaded[size_t(segment)]) return;
+  h.loaded[size_t(segment)] = true;
+  auto l = layout_of(h.config);
+  const uint8_t* seg = image + l.offset[size_t(segment)];
+  std::vector<caf::actor> actors;
+  if (segment == 0) {
+    auto g = globals_from_segment(h.config, seg, h.model);
+    h.head = self->spawn(head_actor, g);
+    h.tail = self->spawn(tail_actor, g);
+    actors = {h.head, h.tail};
+  } else {
+    self->send(h.shard, load_atom::value, segment - 1, layer_ptr(layer_from_segment(h.config, seg)));
+  }
+  if (h.watcher) self->send(h.watcher, layerin_atom::value, id, segment - 1, actors);
+}
+
+caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::string& model,
+                                                   const std::vector<uint8_t>& manifest, uint32_t id,
+                                                   device_model dev, caf::actor watcher) {
+  auto& st = self->state;
+  if (st.hosted.count(id)) return make_error(errc::bad_request, "instance " + std::to_string(id) + " exists already");
+  auto view = read_manifest(manifest.data(), manifest.size());
+  if (!view) return make_error(errc::bad_request, "manifest of " + model + ": " + view.message());
+  hosted_instance h;
+  h.model = model;
+  h.config = view->config;
+  h.watcher = watcher;
+  int L = h.config.n_layers;
+  shard_options so;
+  so.device = dev;
+  if (auto it = st.held.find(model); it != st.held.end()) {
+    auto m = model_from_image(h.config, it->second.image->data(), model);
+    h.head = self->spawn(head_actor, m);
+    h.shard = self->spawn(loading_shard_actor, m, layer_range{0, L}, so);
+    h.tail = self->spawn(tail_actor, m);
+    h.loaded.assign(size_t(L + 1), true);
+    std::vector<caf::actor> out{h.head, h.shard, h.tail};
+    st.hosted[id] = std::move(h);
+    return out;
+  }
+  auto skeleton = std::make_shared<strata::model>();
+  skeleton->name = model;
+  skeleton->config = h.config;
+  so.preload = false;
+  h.shard = self->spawn(loading_shard_actor, model_ptr(skeleton), layer_range{0, L}, so);
+  h.loaded.assign(size_t(L + 1), false);
+  std::vector<caf::actor> out{caf::actor{}, h.shard, caf::actor{}};
+  auto& placed = st.hosted[id] = std::move(h);
+  // Segments of a running transfer that landed before the instance was asked for.
+  for (auto& [tid, t] : st.transfers)
+    if (t.target && !t.finished && t.plan.model == model)
+      for (size_t sgm = 0; sgm < t.seg_left.size(); ++sgm)
+        if (t.seg_left[sgm] == 0) feed_instance(self, id, placed, t.image->data(), int32_t(sgm));
+  return out;
+}
+
+void unhost_instance(node_actor* self, uint32_t id) {
+  auto& st = self->state;
+  auto it = st.hosted.find(id);
+  if (it == st.hosted.end()) return;
+  for (auto& a : {it->second.head, it->second.shard, it->second.tail})
+    if (a) self->send_exit(a, caf::exit_reason::user_shutdown);
+  auto model = it->second.model;
+  st.hosted.erase(it);
+  for (auto& [_, h] : st.hosted)
+    if (h.model == model) return;
+  // The instance's parameters were its device memory: freed with it, except a host copy.
+  auto held = st.held.find(model);
+  if (held != st.held.end() && !held->second.host_copy) {
+    st.held.erase(held);
+    std::erase_if(st.transfers, [&](auto& kv) { return kv.second.finished && kv.second.plan.model == model; });
+    self->send(st.controller, unhold_atom::value, st.id, model);
+  }
+}
+
 void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
   auto& st = self->state;
   auto it = st.transfers.find(tid);
@@ -216,7 +311,11 @@ void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
   --t.remaining;
   t.last_progress = clock::now();
   forward(self, tid, idx);
-  if (--t.seg_left[size_t(c.segment)] == 0) self->send(st.controller, ready_atom::value, tid, st.id, c.segment);
+  if (--t.seg_left[size_t(c.segment)] == 0) {
+    self->send(st.controller, ready_atom::value, tid, st.id, c.segment);
+    for (auto& [id, h] : st.hosted)
+      if (h.model == t.plan.model) feed_instance(self, id, h, t.image->data(), c.segment);
+  }
   if (t.remaining == 0) {
     t.finished = true;
     held_model hm;
@@ -253,7 +352,7 @@ void offer_models(node_actor* self) {
     self->request(st.controller, std::chrono::seconds(10), hold_atom::value, st.id, name, manifest)
         .then(
             [=](bool keep) {
-              if (keep) self->state.held[name] = held_model{manifest, image};
+              if (keep) self->state.held[name] = held_model{manifest, image, true};
             },
             [=](caf::error& e) {
               std::fprintf(stderr, "strata node: hold %s refused: %s\n", name.c_str(), describe(e).c_str());
@@ -300,7 +399,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         return true;
       },
       [=](chunk_atom, uint64_t tid, uint32_t idx, bool ok) { on_chunk(self, tid, idx, ok); },
-      [=](pump_atom, uint64_t tid) { pump(self, tid); },
+      [=](pump_atom) { pump(self); },
       [=](stall_atom, uint64_t tid) {
         // No chunk for stall_ms while some are missing: they were lost; ask for them again.
         auto& st = self->state;
@@ -359,6 +458,11 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
           if (c < t.plan.chunks.size() && size_t(t.tree_of[c]) == tree && (!t.target || t.have[c]))
             send_chunk(self, tid, c, child);
       },
+      [=](instance_atom, const std::string& model, const std::vector<uint8_t>& manifest, uint32_t id, double layer_s,
+          double per_row_s, caf::actor& watcher) {
+        return host_instance(self, model, manifest, id, device_model{layer_s, per_row_s}, watcher);
+      },
+      [=](uninstance_atom, uint32_t id) { unhost_instance(self, id); },
       [=](imagesum_atom, const std::string& model) -> caf::result<uint64_t> {
         auto h = self->state.held.find(model);
         if (h == self->state.held.end()) return make_error(errc::bad_request, "model " + model + " is not held here");
@@ -625,6 +729,30 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
             return rp;
           }
         return make_error(errc::bad_request, "unknown node '" + node + "'");
+      },
+      [=](instance_atom, const std::string& node, const std::string& model, uint32_t id, double layer_s,
+          double per_row_s, caf::actor& watcher) -> caf::result<std::vector<caf::actor>> {
+        auto& st = self->state;
+        auto m = st.models.find(model);
+        if (m == st.models.end()) return make_error(errc::bad_request, "no node holds model " + model);
+        for (auto& [nid, e] : st.nodes)
+          if (e.info.name == node) {
+            auto rp = self->make_response_promise<std::vector<caf::actor>>();
+            self->request(e.handle, std::chrono::seconds(30), instance_atom::value, model, m->second.manifest, id,
+                          layer_s, per_row_s, watcher)
+                .then([rp](std::vector<caf::actor>& a) mutable { rp.deliver(std::move(a)); },
+                      [rp](caf::error& err) mutable { rp.deliver(err); });
+            return rp;
+          }
+        return make_error(errc::bad_request, "unknown node '" + node + "'");
+      },
+      [=](uninstance_atom, const std::string& node, uint32_t id) {
+        for (auto& [nid, e] : self->state.nodes)
+          if (e.info.name == node) self->send(e.handle, uninstance_atom::value, id);
+      },
+      [=](unhold_atom, uint32_t node, const std::string& model) {
+        auto m = self->state.models.find(model);
+        if (m != self->state.models.end()) m->second.instances.erase(node);
       },
       [=](view_atom) {
         cluster_view v;

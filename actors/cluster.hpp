@@ -34,6 +34,10 @@ using imagesum_atom = caf::atom_constant<caf::atom("imagesum")>;
 using ttimeout_atom = caf::atom_constant<caf::atom("ttimeout")>;
 using pump_atom = caf::atom_constant<caf::atom("pump")>;
 using stall_atom = caf::atom_constant<caf::atom("stall")>;
+using instance_atom = caf::atom_constant<caf::atom("instance")>;
+using uninstance_atom = caf::atom_constant<caf::atom("uninst")>;
+using unhold_atom = caf::atom_constant<caf::atom("unhold")>;
+using layerin_atom = caf::atom_constant<caf::atom("layerin")>;
 
 struct node_info {
   uint32_t id = 0;
@@ -113,6 +117,14 @@ typename Inspector::result_type inspect(Inspector& f, cluster_view& x) {
 
 void register_cluster_types(caf::actor_system_config& cfg);
 
+// Serving instances hosted by nodes (what a scaler drives across processes). To the controller:
+//   (instance_atom, node, model, instance id, device layer_s, device per_row_s, watcher)
+//     -> std::vector<caf::actor>{head, shard, tail}: a complete instance when the node holds the
+//     model; else head and tail are invalid and the shard receives each layer as its parameters
+//     land (multicast_atom to that node), the node telling `watcher`
+//     (layerin_atom, instance id, layer, actors): layer -1 (the globals) carries {head, tail}.
+//   (uninstance_atom, node, instance id): stops it; the node drops its copy of the parameters
+//     unless it is a host copy.
 // The controller actor: cluster view, host-copy policy, multicasts.
 caf::actor spawn_controller(caf::actor_system& sys, const node_config& cfg);
 

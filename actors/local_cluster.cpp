@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 extern char** environ;
@@ -140,6 +141,28 @@ status local_cluster::wait_host_copy(const std::string& model, std::chrono::mill
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   } while (std::chrono::steady_clock::now() < end);
   return make_error("no host copy of " + model + " registered; controller log:\n" + log("src"));
+}
+
+status local_cluster::wait_only_host_copies(const std::string& model, std::chrono::milliseconds patience) {
+  auto end = std::chrono::steady_clock::now() + patience;
+  std::string last;
+  do {
+    if (auto v = view())
+      for (auto& h : v->holdings) {
+        if (h.rfind(model + ":", 0) != 0) continue;
+        last = h;
+        std::istringstream words(h.substr(model.size() + 1));
+        std::string w;
+        int names = 0, copies = 0;
+        while (words >> w) {
+          if (w == "(host") ++copies;
+          else if (w != "copy)") ++names;
+        }
+        if (names == copies) return {};
+      }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  } while (std::chrono::steady_clock::now() < end);
+  return make_error("instances of " + model + " still hold parameters: " + last);
 }
 
 expected<transfer_report> local_cluster::multicast(const multicast_request& req, const std::function<void()>& meanwhile,

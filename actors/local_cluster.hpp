@@ -35,12 +35,17 @@ class local_cluster {
   status wait_nodes(size_t n, std::chrono::milliseconds patience = std::chrono::seconds(10));
   status wait_host_copy(const std::string& model, std::chrono::milliseconds patience = std::chrono::seconds(60));
   expected<cluster_view> view();
+  // Waits until only host copies hold `model` (instances stopped, their copies dropped).
+  status wait_only_host_copies(const std::string& model, std::chrono::milliseconds patience = std::chrono::seconds(10));
   // Runs a multicast; `meanwhile` runs after the request is sent (fault injection).
   expected<transfer_report> multicast(const multicast_request& req, const std::function<void()>& meanwhile = {},
                                       std::chrono::seconds timeout = std::chrono::seconds(300));
   expected<uint64_t> image_sum(const std::string& node, const std::string& model);
   std::string log(const std::string& name) const;
   const std::string& work_dir() const { return opt_.work_dir; }
+  // The driver side: an actor system joined to the cluster (middleman loaded) and the controller.
+  caf::actor_system& system() { return *sys_; }
+  const caf::actor& controller() const { return controller_; }
 
  private:
   local_cluster() = default;

@@ -1,6 +1,7 @@
 // Messages between Strata's actors. Control messages are small and inspectable (they may cross
-// processes); activation batches move between actors of one process as a shared_ptr and are
-// marked unsafe so CAF never tries to serialize them (tensors travel on the transport instead).
+// processes). Activation batches move between actors of one process as a shared_ptr (no copy);
+// when the next hop lives in another process, send_step() ships a wire_step by value instead
+// (the activations of a step are a few KiB per row, unlike parameters, which use the transport).
 #pragma once
 
 #include <caf/all.hpp>
@@ -113,6 +114,41 @@ struct step_batch {
   int rows() const { return int(seqs.size()); }
 };
 using step_ptr = std::shared_ptr<step_batch>;
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, layer_range& x) {
+  return f(caf::meta::type_name("layer_range"), x.begin, x.end);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, sampling_params& x) {
+  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.seed);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, hop& x) {
+  return f(caf::meta::type_name("hop"), x.actor, x.range, x.instance);
+}
+
+// A step_batch by value, route included, for a hop in another process.
+struct wire_step {
+  step_batch s;
+  std::vector<hop> hops;
+  uint32_t instance = 0;
+  double share = 1.0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, wire_step& x) {
+  auto& s = x.s;
+  return f(caf::meta::type_name("wire_step"), s.id, x.hops, x.instance, x.share, s.hop, s.reply_to, s.seqs, s.pos,
+           s.tokens, s.want, s.x, s.sampling, s.rng, s.sampled, s.return_logits, s.logits, s.error);
+}
+
+// Sends a batch to `to`: the pointer itself within a process, a wire_step to another.
+void send_step(caf::event_based_actor* self, const caf::actor& to, step_ptr s);
+// The batch a wire_step carries (its route rebuilt in this process).
+step_ptr from_wire(wire_step& w);
 
 // What a stage reports about itself (tests and metrics).
 struct stage_stats {

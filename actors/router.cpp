@@ -166,7 +166,7 @@ void schedule(router_actor* self) {
       st.inflight.emplace(s->id, inflight_step{path, std::move(members)});
       ++busy[path];
       self->delayed_send(self, st.opt.step_timeout, timeout_atom::value, s->id);
-      self->send(path->hops[0].actor, step_atom::value, std::move(s));
+      send_step(self, path->hops[0].actor, std::move(s));
     }
   }
 }
@@ -338,6 +338,10 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
       },
       [=](tick_atom) { schedule(self); },
       [=](step_atom, step_ptr& s) { on_step(self, s); },
+      [=](step_atom, wire_step& w) {
+        auto s = from_wire(w);
+        on_step(self, s);
+      },
       [=](routes_atom, std::vector<route_ptr>& routes) {
         // New requests start on these routes; running ones finish where they are (drain).
         auto& st = self->state;

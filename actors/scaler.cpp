@@ -2,6 +2,7 @@
 
 #include <set>
 
+#include "actors/cluster.hpp"
 #include "dataflow/param_image.hpp"
 
 namespace strata {
@@ -12,6 +13,7 @@ using clk = std::chrono::steady_clock;
 
 struct instance {
   uint32_t id = 0;
+  std::string node;  // cluster mode: the node process hosting it
   caf::actor head, shard, tail, loader;
   instance_view view;
   double decided = 0;       // scale-out decision time
@@ -32,6 +34,8 @@ struct scaler_state {
   clk::time_point t0;
   scaling_report report;
   std::shared_ptr<std::vector<caf::actor>> owned = std::make_shared<std::vector<caf::actor>>();
+  // Cluster mode: (node, instance) pairs to stop when the scaler ends.
+  std::shared_ptr<std::map<uint32_t, std::string>> hosted = std::make_shared<std::map<uint32_t, std::string>>();
   uint64_t last_tokens = 0;
   double last_tick = 0;
   static inline const char* name = "strata.scaler";
@@ -103,7 +107,12 @@ void push_routes(scaler_actor* self) {
     if (!serve) continue;
     auto plan = plan_route(id, views, L, spec.pipeline);
     if (!plan) continue;  // some layer is nowhere yet
-    routes.push_back(make_route(self, *plan));
+    auto r = make_route(self, *plan);
+    if (std::any_of(r->hops.begin(), r->hops.end(), [](const hop& h) { return !h.actor; })) {
+      event(self, "skipped", id, "route " + to_string(*plan) + " has a stage whose actor is not known yet");
+      continue;
+    }
+    routes.push_back(std::move(r));
     if (in.first_route < 0) {
       in.first_route = now(self);
       if (in.decided > 0 || in.full_at < 0) {
@@ -115,47 +124,162 @@ void push_routes(scaler_actor* self) {
   self->send(st.router, routes_atom::value, std::move(routes));
 }
 
-void start_instance(scaler_actor* self, bool preloaded, int k) {
+void on_layer(scaler_actor* self, uint32_t id, int32_t layer);
+void stop_instance(scaler_actor* self, uint32_t id);
+
+// Cluster mode: the parameters of instances started by one decision travel in one multicast,
+// from every node holding them (or only the host copy when the policy loads from it).
+void multicast_to(scaler_actor* self, std::vector<uint32_t> ids) {
   auto& st = self->state;
-  auto& sys = self->home_system();
+  auto spec = st.policy->loading();
   int L = st.m->config.n_layers;
+  multicast_request req;
+  req.model = st.opt.cluster.model;
+  req.chunk_bytes = st.opt.cluster.chunk_bytes;
+  req.plan = !st.opt.cluster.plan.empty() ? st.opt.cluster.plan : !spec.live ? "one-to-one" : spec.pipeline ? "block" : "chain";
+  req.segment_order.push_back(0);
+  for (int l : st.policy->load_order(L, 0)) req.segment_order.push_back(1 + l);
+  std::map<std::string, uint32_t> by_node;
+  for (auto id : ids) {
+    req.targets.push_back(st.insts[id].node);
+    by_node[st.insts[id].node] = id;
+  }
+  if (!spec.live) {
+    // Stop-the-world loads from the host copy, as a serverless system loads from its storage.
+    req.max_sources = 1;
+    for (auto& [id, in] : st.insts)
+      if (in.view.full()) req.busy.push_back(in.node);
+  }
+  self->request(st.opt.cluster.controller, std::chrono::minutes(10), multicast_atom::value, req)
+      .then(
+          [=](const transfer_report& r) mutable {
+            char line[160];
+            for (auto& t : r.targets) {
+              std::snprintf(line, sizeof line, "%s: %.2f MB in %.2f s (%s)", t.node.c_str(), double(t.bytes) / 1e6,
+                            t.seconds, req.plan.c_str());
+              event(self, t.ok ? "loaded" : "load failed", by_node[t.node], t.ok ? line : t.node + ": " + t.error);
+              if (!t.ok) stop_instance(self, by_node[t.node]);
+            }
+          },
+          [=](caf::error& e) mutable {
+            event(self, "load failed", 0, describe(e));
+            for (auto& [node, id] : by_node) stop_instance(self, id);
+          });
+}
+
+void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<std::vector<uint32_t>> group,
+                            std::shared_ptr<int> pending) {
+  auto& st = self->state;
+  int L = st.m->config.n_layers;
+  std::set<std::string> used;
+  for (auto& [id, in] : st.insts) used.insert(in.node);
+  std::string node;
+  for (auto& n : st.opt.cluster.nodes)
+    if (!used.count(n)) {
+      node = n;
+      break;
+    }
+  if (node.empty()) {
+    event(self, "no node", 0, "every node hosts an instance already");
+    if (--*pending == 0 && !group->empty()) multicast_to(self, *group);
+    return;
+  }
   instance in;
   in.id = st.next++;
-  shard_options so;
-  so.preload = preloaded;
-  so.device = st.opt.device;
-  in.head = sys.spawn(head_actor, st.m);
-  in.shard = sys.spawn(loading_shard_actor, st.m, layer_range{0, L}, so);
-  in.tail = sys.spawn(tail_actor, st.m);
-  st.owned->insert(st.owned->end(), {in.head, in.shard, in.tail});
+  in.node = node;
   in.view.id = in.id;
-  in.view.globals = preloaded;
-  in.view.have.assign(size_t(L), preloaded);
+  in.view.have.assign(size_t(L), false);
   in.decided = preloaded ? 0 : now(self);
-  if (preloaded) in.full_at = 0;
-  if (!preloaded) {
-    auto spec = st.policy->loading();
-    double bw = spec.gb_s * 1e9;
-    auto l = layout_of(st.m->config);
-    double layer_bytes = st.opt.layer_bytes > 0 ? st.opt.layer_bytes : double(l.bytes[1 % l.bytes.size()]);
-    double globals_bytes = st.opt.globals_bytes > 0 ? st.opt.globals_bytes : double(l.bytes[0]);
-    in.loader = sys.spawn(loader_fun, st.m, in.shard, caf::actor_cast<caf::actor>(self), in.id,
-                          st.policy->load_order(L, k), globals_bytes / bw, layer_bytes / bw);
-    event(self, "scale-out", in.id, "loading from " + spec.source);
-  }
-  st.insts[in.id] = std::move(in);
+  uint32_t id = in.id;
+  st.insts[id] = std::move(in);
+  (*st.hosted)[id] = node;
   count_instances(self);
+  const auto& dev = st.opt.device;
+  self->request(st.opt.cluster.controller, std::chrono::seconds(30), instance_atom::value, node,
+                st.opt.cluster.model, id, dev.layer_s, dev.per_row_s, caf::actor_cast<caf::actor>(self))
+      .then(
+          [=](const std::vector<caf::actor>& a) {
+            auto& st = self->state;
+            auto it = st.insts.find(id);
+            if (it != st.insts.end() && a.size() == 3) {
+              auto& in = it->second;
+              in.shard = a[1];
+              if (a[0]) {  // the node holds the model: complete at once
+                in.head = a[0];
+                in.tail = a[2];
+                in.view.globals = true;
+                in.view.have.assign(in.view.have.size(), true);
+                in.full_at = now(self);
+                push_routes(self);
+              } else {
+                group->push_back(id);
+                event(self, "scale-out", id, "on " + in.node + ", loading from " + st.policy->loading().source);
+              }
+            }
+            if (--*pending == 0 && !group->empty()) multicast_to(self, *group);
+          },
+          [=](caf::error& e) {
+            event(self, "start failed", id, describe(e));
+            stop_instance(self, id);
+            if (--*pending == 0 && !group->empty()) multicast_to(self, *group);
+          });
+}
+
+// Starts `n` instances; `preloaded`: they hold the parameters from the start (the initial ones).
+void start_instances(scaler_actor* self, bool preloaded, int n) {
+  auto& st = self->state;
+  if (st.opt.cluster.controller) {
+    auto group = std::make_shared<std::vector<uint32_t>>();
+    auto pending = std::make_shared<int>(n);
+    for (int k = 0; k < n; ++k) start_cluster_instance(self, preloaded, group, pending);
+    return;
+  }
+  auto& sys = self->home_system();
+  int L = st.m->config.n_layers;
+  for (int k = 0; k < n; ++k) {
+    instance in;
+    in.id = st.next++;
+    shard_options so;
+    so.preload = preloaded;
+    so.device = st.opt.device;
+    in.head = sys.spawn(head_actor, st.m);
+    in.shard = sys.spawn(loading_shard_actor, st.m, layer_range{0, L}, so);
+    in.tail = sys.spawn(tail_actor, st.m);
+    st.owned->insert(st.owned->end(), {in.head, in.shard, in.tail});
+    in.view.id = in.id;
+    in.view.globals = preloaded;
+    in.view.have.assign(size_t(L), preloaded);
+    in.decided = preloaded ? 0 : now(self);
+    if (preloaded) in.full_at = 0;
+    if (!preloaded) {
+      auto spec = st.policy->loading();
+      double bw = spec.gb_s * 1e9;
+      auto l = layout_of(st.m->config);
+      double layer_bytes = st.opt.layer_bytes > 0 ? st.opt.layer_bytes : double(l.bytes[1 % l.bytes.size()]);
+      double globals_bytes = st.opt.globals_bytes > 0 ? st.opt.globals_bytes : double(l.bytes[0]);
+      in.loader = sys.spawn(loader_fun, st.m, in.shard, caf::actor_cast<caf::actor>(self), in.id,
+                            st.policy->load_order(L, k), globals_bytes / bw, layer_bytes / bw);
+      event(self, "scale-out", in.id, "loading from " + spec.source);
+    }
+    st.insts[in.id] = std::move(in);
+    count_instances(self);
+  }
 }
 
 void stop_instance(scaler_actor* self, uint32_t id) {
   auto& st = self->state;
   auto it = st.insts.find(id);
   if (it == st.insts.end()) return;
-  for (const caf::actor& a : {it->second.head, it->second.shard, it->second.tail, it->second.loader})
-    if (a) {
-      caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-      std::erase(*st.owned, a);
-    }
+  if (!it->second.node.empty()) {
+    self->send(st.opt.cluster.controller, uninstance_atom::value, it->second.node, id);
+    st.hosted->erase(id);
+  } else {
+    for (const caf::actor& a : {it->second.head, it->second.shard, it->second.tail, it->second.loader})
+      if (a) {
+        caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+        std::erase(*st.owned, a);
+      }
+  }
   st.insts.erase(it);
   event(self, "stopped", id);
   count_instances(self);
@@ -196,7 +320,7 @@ void on_stats(scaler_actor* self, const router_stats& rs) {
     }
   }
   auto d = st.policy->decide(v);
-  for (int k = 0; k < d.add; ++k) start_instance(self, false, k);
+  if (d.add > 0) start_instances(self, false, d.add);
   bool changed = d.add > 0;
   for (auto id : d.remove) {
     auto it = st.insts.find(id);
@@ -206,6 +330,23 @@ void on_stats(scaler_actor* self, const router_stats& rs) {
     changed = true;
   }
   if (changed) push_routes(self);
+}
+
+void on_layer(scaler_actor* self, uint32_t id, int32_t layer) {
+  auto& st = self->state;
+  auto it = st.insts.find(id);
+  if (it == st.insts.end()) return;
+  auto& in = it->second;
+  if (layer < 0)
+    in.view.globals = true;
+  else if (size_t(layer) < in.view.have.size())
+    in.view.have[size_t(layer)] = true;
+  if (in.view.full() && in.full_at < 0) {
+    in.full_at = now(self);
+    st.report.to_full_s.push_back(in.full_at - in.decided);
+    event(self, "full", id, std::to_string(in.view.have.size()) + " layers local");
+  }
+  push_routes(self);
 }
 
 caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std::shared_ptr<scaling_policy> policy,
@@ -219,10 +360,11 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
   st.t0 = clk::now();
   st.report.policy = policy->name();
   // Instances die with their scaler, whichever way it ends.
-  self->attach_functor([owned = st.owned] {
+  self->attach_functor([owned = st.owned, hosted = st.hosted, controller = opt.cluster.controller] {
     for (auto& a : *owned) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+    for (auto& [id, node] : *hosted) caf::anon_send(controller, uninstance_atom::value, node, id);
   });
-  for (int i = 0; i < std::max(1, knobs.min_instances); ++i) start_instance(self, true, i);
+  start_instances(self, true, std::max(1, knobs.min_instances));
   push_routes(self);
   self->send(self, scaletick_atom::value);
   return {
@@ -231,21 +373,15 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
             .then([=](const router_stats& rs) { on_stats(self, rs); }, [](caf::error&) {});
         self->delayed_send(self, self->state.opt.tick, scaletick_atom::value);
       },
-      [=](lready_atom, uint32_t id, int32_t layer) {
-        auto& st = self->state;
-        auto it = st.insts.find(id);
-        if (it == st.insts.end()) return;
-        auto& in = it->second;
-        if (layer < 0)
-          in.view.globals = true;
-        else
-          in.view.have[size_t(layer)] = true;
-        if (in.view.full() && in.full_at < 0) {
-          in.full_at = now(self);
-          st.report.to_full_s.push_back(in.full_at - in.decided);
-          event(self, "full", id, std::to_string(in.view.have.size()) + " layers local");
+      [=](lready_atom, uint32_t id, int32_t layer) { on_layer(self, id, layer); },
+      [=](layerin_atom, uint32_t id, int32_t layer, const std::vector<caf::actor>& actors) {
+        auto it = self->state.insts.find(id);
+        if (it == self->state.insts.end()) return;
+        if (layer < 0 && actors.size() == 2) {
+          it->second.head = actors[0];
+          it->second.tail = actors[1];
         }
-        push_routes(self);
+        on_layer(self, id, layer);
       },
       [=](report_atom) {
         auto& st = self->state;

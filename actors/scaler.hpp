@@ -1,9 +1,12 @@
 // The scaler actor: watches a model's router, asks its policy how many instances to run, starts
-// instances whose parameters stream in layer by layer (at the policy's link speed) and rewrites
-// the router's routes as layers land, so a live policy serves from a new instance at once
-// (cooperative execution), and drains instances it removes. In-process for now: an instance is
-// a head, one shard actor (its device) and a tail; parameter sizes and device time follow an
-// emulated profile while the math is the real model's.
+// instances whose parameters stream in layer by layer and rewrites the router's routes as layers
+// land, so a live policy serves from a new instance at once (cooperative execution), and drains
+// instances it removes. An instance is a head, one shard actor (its device) and a tail, either
+// - in a cluster (scaler_options::cluster): hosted by node processes, parameters multicast over
+//   UCX from the nodes that hold them, activations crossing processes between route hops; or
+// - in this process: parameters arrive after the time an emulated link takes (research on a
+//   single machine with a GPU-sized profile).
+// Device time may follow an emulated profile either way, while the math is the real model's.
 #pragma once
 
 #include <caf/all.hpp>
@@ -14,12 +17,22 @@
 
 namespace strata {
 
+// Where a cluster-mode scaler puts instances.
+struct cluster_placement {
+  caf::actor controller;           // set: cluster mode
+  std::string model;               // the model's name in the cluster
+  std::vector<std::string> nodes;  // nodes that may host an instance (one each), preferred first
+  uint64_t chunk_bytes = 64 << 10;
+  std::string plan;                // multicast plan; empty: block for pipelines, else chain
+};
+
 struct scaler_options {
   double layer_bytes = 0;    // emulated parameter bytes per layer (0: the model's real size)
   double globals_bytes = 0;  // emulated embedding + classifier bytes (0: real size)
   device_model device;       // emulated compute of every instance
   bool proportional_share = true;  // a loading instance takes requests in proportion to its layers
   std::chrono::milliseconds tick{50};
+  cluster_placement cluster;
 };
 
 struct scaling_event {

@@ -2,25 +2,48 @@
 
 namespace strata {
 
+void send_step(caf::event_based_actor* self, const caf::actor& to, step_ptr s) {
+  if (!to || to->node() == self->node()) return self->send(to, step_atom::value, std::move(s));
+  wire_step w;
+  w.hops = s->path->hops;
+  w.instance = s->path->instance;
+  w.share = s->path->share;
+  w.s = std::move(*s);
+  w.s.path = nullptr;
+  self->send(to, step_atom::value, std::move(w));
+}
+
+step_ptr from_wire(wire_step& w) {
+  auto r = std::make_shared<route>();
+  r->hops = std::move(w.hops);
+  r->instance = w.instance;
+  r->share = w.share;
+  auto s = std::make_shared<step_batch>(std::move(w.s));
+  s->path = std::move(r);
+  return s;
+}
+
 void pass_on(caf::event_based_actor* self, step_ptr s) {
   auto to = s->reply_to;
   if (s->error.empty() && ++s->hop < s->path->hops.size()) to = s->path->hops[s->hop].actor;
-  self->send(to, step_atom::value, std::move(s));
+  send_step(self, to, std::move(s));
 }
 
 caf::behavior head_actor(caf::event_based_actor* self, model_ptr m) {
+  auto run = [=](step_ptr s) {
+    const auto& c = m->config;
+    for (auto t : s->tokens)
+      if (t < 0 || t >= c.vocab_size) {
+        s->error = "token id " + std::to_string(t) + " outside the vocabulary of " + std::to_string(c.vocab_size);
+        return pass_on(self, std::move(s));
+      }
+    s->x.resize(size_t(s->rows()) * size_t(c.dim));
+    embed(*m, s->tokens.data(), s->rows(), s->x.data());
+    pass_on(self, std::move(s));
+  };
   return {
-      [=](step_atom, step_ptr& s) {
-        const auto& c = m->config;
-        for (auto t : s->tokens)
-          if (t < 0 || t >= c.vocab_size) {
-            s->error = "token id " + std::to_string(t) + " outside the vocabulary of " + std::to_string(c.vocab_size);
-            return pass_on(self, std::move(s));
-          }
-        s->x.resize(size_t(s->rows()) * size_t(c.dim));
-        embed(*m, s->tokens.data(), s->rows(), s->x.data());
-        pass_on(self, std::move(s));
-      },
+      [=](step_atom, step_ptr& s) { run(std::move(s)); },
+      [=](step_atom, wire_step& w) { run(from_wire(w)); },
   };
 }
 
@@ -58,8 +81,7 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
   st.layers.resize(size_t(range.size()));
   if (opt.preload)
     for (int l = range.begin; l < range.end; ++l) st.layers[size_t(l - range.begin)] = m->layers[size_t(l)];
-  return {
-      [=](step_atom, step_ptr& s) {
+  auto run = [=](step_ptr s) {
         auto& st = self->state;
         const auto& want = s->path->hops[s->hop].range;
         if (want.begin < st.range.begin || want.end > st.range.end) {
@@ -88,7 +110,10 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
         // would on a GPU (fixed cost once per layer, row cost per row).
         st.device_queue.push_back(std::move(s));
         if (!st.device_busy) start_device_group(self);
-      },
+  };
+  return {
+      [=](step_atom, step_ptr& s) { run(std::move(s)); },
+      [=](step_atom, wire_step& w) { run(from_wire(w)); },
       [=](devdone_atom) {
         auto& st = self->state;
         auto group = std::move(st.device_group);
@@ -118,8 +143,7 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
 }
 
 caf::behavior tail_actor(caf::event_based_actor* self, model_ptr m) {
-  return {
-      [=](step_atom, step_ptr& s) {
+  auto run = [=](step_ptr s) {
         const auto& c = m->config;
         std::vector<float> xs;
         for (int r = 0; r < s->rows(); ++r)
@@ -136,7 +160,10 @@ caf::behavior tail_actor(caf::event_based_actor* self, model_ptr m) {
         s->x.clear();
         s->x.shrink_to_fit();
         pass_on(self, std::move(s));
-      },
+  };
+  return {
+      [=](step_atom, step_ptr& s) { run(std::move(s)); },
+      [=](step_atom, wire_step& w) { run(from_wire(w)); },
   };
 }
 

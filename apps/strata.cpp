@@ -5,14 +5,17 @@
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "actors/engine.hpp"
+#include "actors/local_cluster.hpp"
 #include "actors/replay.hpp"
 #include "actors/scaler.hpp"
 #include "apps/args.hpp"
 #include "apps/cluster_cli.hpp"
 #include "dataflow/manifest.hpp"
+#include "dataflow/param_image.hpp"
 #include "dataflow/thread_pool.hpp"
 #include "dataflow/tokenizer.hpp"
 #include "dataflow/trace.hpp"
@@ -338,6 +341,12 @@ int cmd_convert(int argc, char** argv) {
   return 0;
 }
 
+std::string format_number(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", x);
+  return b;
+}
+
 // Requests in flight over time, from the records (a step series for the timeline plot).
 step_series in_flight(const std::vector<request_record>& records) {
   std::vector<std::pair<double, int>> ev;
@@ -460,11 +469,14 @@ int cmd_autoscale(int argc, char** argv) {
                         "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "seed", "threads", "policies",
                         "layer-mb", "globals-mb", "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms",
                         "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s",
-                        "max-running", "svg-prefix"},
+                        "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport"},
                        {"strict"});
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model") || !a->has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
-  if (*a->integer("threads", 0) > 0) set_default_threads(size_t(*a->integer("threads", 0)));
+  if (*a->integer("threads", 0) > 0) {
+    set_default_threads(size_t(*a->integer("threads", 0)));
+    ::setenv("STRATA_THREADS", std::to_string(*a->integer("threads", 0)).c_str(), 1);  // for node processes
+  }
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
   auto shaped = trace_from_args(*a, **m);
@@ -489,10 +501,43 @@ int cmd_autoscale(int argc, char** argv) {
   slo_spec slo;
   slo.ttft_s = k.ttft_slo_s;
   slo.tbt_s = k.tbt_slo_s;
-  std::printf("emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; links: "
-              "network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n\n",
-              so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
-              links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
+  // Cluster mode: instances live in node processes, parameters move over UCX.
+  int n_nodes = int(*a->integer("nodes", 0));
+  std::unique_ptr<local_cluster> cluster;
+  if (n_nodes > 0) {
+    double link = *a->number("link-mbs", 0);
+    local_cluster_options lo;
+    lo.transport = a->str("transport", "tcp");
+    lo.controller_models = {{"model", a->str("model")}};
+    std::string extra = link > 0 ? "throttle_mb_s = " + std::to_string(link) + "\n" : "";
+    lo.controller_extra = extra;
+    std::printf("starting a cluster: controller node 'src' (host copy of the model) and %d node processes, "
+                "UCX %s, each node's egress %s\n",
+                n_nodes, lo.transport.c_str(), link > 0 ? (format_number(link) + " MB/s").c_str() : "unpaced");
+    auto lc = local_cluster::start(lo);
+    if (!lc) return fail(lc.message());
+    cluster = std::move(*lc);
+    so.cluster.nodes.push_back("src");
+    for (int i = 1; i <= n_nodes; ++i) {
+      auto name = "n" + std::to_string(i);
+      if (auto st = cluster->add_node(name, extra); !st) return fail(st.message());
+      so.cluster.nodes.push_back(name);
+    }
+    if (auto st = cluster->wait_nodes(size_t(n_nodes + 1)); !st) return fail(st.message());
+    if (auto st = cluster->wait_host_copy("model"); !st) return fail(st.message());
+    so.cluster.controller = cluster->controller();
+    so.cluster.model = "model";
+    so.cluster.chunk_bytes = uint64_t(*a->number("chunk-kb", 64) * 1024);
+    std::printf("cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, "
+                "multicast in %.0f KiB chunks\n\n",
+                cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
+                double(layout_of((*m)->config).total) / 1e6, double(so.cluster.chunk_bytes) / 1024);
+  } else {
+    std::printf("emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; links: "
+                "network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n\n",
+                so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
+                links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
+  }
   std::string policies = a->str("policies", "blitz,lambda-pipe,all-cache,stop-the-world");
   struct row {
     std::string policy;
@@ -509,21 +554,32 @@ int cmd_autoscale(int argc, char** argv) {
     if (name.empty()) continue;
     auto pol = make_policy(name, k, links);
     if (!pol) return fail(pol.message());
-    std::printf("== %s: new instances load from %s%s\n", name.c_str(), (*pol)->loading().source.c_str(),
+    if (cluster && name == "all-cache")
+      return fail("all-cache needs a host copy on every node; the cluster keeps O(1) host copies "
+                  "(run it without --nodes)");
+    std::printf("== %s: new instances load from %s%s\n", name.c_str(),
+                cluster && !(*pol)->loading().live ? "the host copy (over the same links)"
+                                                   : (*pol)->loading().source.c_str(),
                 (*pol)->loading().live ? ", serving while they load" : ", serving once complete");
-    actor_runtime rt;
+    std::optional<actor_runtime> own;
+    if (!cluster) own.emplace();
+    auto& sys = cluster ? cluster->system() : *own->sys;
     router_options ro;
     ro.max_running = int(*a->integer("max-running", 16));
-    auto router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
-    auto scaler = spawn_scaler(*rt.sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
-    auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 5));
+    auto router = spawn_router(sys, *m, std::vector<route_ptr>{}, ro);
+    auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
+    auto records = replay(sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 5));
     if (!records) return fail(records.message());
     scaling_report rep;
-    caf::scoped_actor self{*rt.sys};
+    caf::scoped_actor self{sys};
     self->request(scaler, std::chrono::seconds(5), report_atom::value)
         .receive([&](scaling_report& r) { rep = std::move(r); }, [&](caf::error&) {});
     caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+    if (cluster) {
+      // The next policy starts from the same state: only the host copy holds the model.
+      if (auto st = cluster->wait_only_host_copies("model"); !st) return fail(st.message());
+    }
     auto sum = summarize_replay(*records, slo);
     std::printf("%s", sum.table(name).c_str());
     for (auto& e : rep.events)

@@ -64,19 +64,25 @@ std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const u
   return w;
 }
 
-model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name) {
+model_ptr globals_from_segment(const model_config& c, const uint8_t* seg, const std::string& name) {
   auto m = std::make_shared<model>();
   m->name = name;
   m->format = source_format::generated;
   m->config = c;
-  allocate_slots(*m);
-  auto l = layout_of(c);
-  const uint8_t* p = image;
+  m->tok_emb.assign(size_t(c.vocab_size) * size_t(c.dim), 0.0f);
+  m->final_norm.assign(size_t(c.dim), 0.0f);
+  if (!c.tied_embeddings) m->lm_head.assign(size_t(c.vocab_size) * size_t(c.dim), 0.0f);
   for (auto [ptr, n] : globals_of(*m)) {
-    std::memcpy(ptr, p, n * 4);
-    p += n * 4;
+    std::memcpy(ptr, seg, n * 4);
+    seg += n * 4;
   }
-  for (int i = 0; i < c.n_layers; ++i) m->layers[size_t(i)] = layer_from_segment(c, image + l.offset[size_t(i + 1)]);
+  return m;
+}
+
+model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name) {
+  auto m = std::const_pointer_cast<model>(globals_from_segment(c, image, name));
+  auto l = layout_of(c);
+  for (int i = 0; i < c.n_layers; ++i) m->layers.push_back(layer_from_segment(c, image + l.offset[size_t(i + 1)]));
   return m;
 }
 

@@ -26,6 +26,9 @@ std::vector<uint8_t> make_image(const model& m);
 
 // Rebuilds a model from an image (all segments present). `name` names the result.
 model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name);
+// A model holding only the globals (embedding, final norm, classifier) of segment 0: what a
+// head or tail stage needs while the layers are still streaming in.
+model_ptr globals_from_segment(const model_config& c, const uint8_t* segment, const std::string& name);
 // Rebuilds one layer from its segment.
 std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const uint8_t* segment);
 

@@ -6,10 +6,14 @@
 
 #include <signal.h>
 
+#include <random>
 #include <thread>
 
 #include "../test_util.hpp"
+#include "actors/engine.hpp"
 #include "actors/local_cluster.hpp"
+#include "actors/router.hpp"
+#include "actors/scaler.hpp"
 
 using namespace strata;
 using namespace std::chrono_literals;
@@ -62,6 +66,7 @@ class cluster {
   }
   const std::string& model_path() const { return model_; }
   std::string log(const std::string& name) { return c_->log(name); }
+  local_cluster& raw() { return *c_; }
 
  private:
   test::temp_dir dir_;
@@ -229,4 +234,91 @@ TEST_CASE("a frozen node is dropped after the heartbeat timeout, a killed one at
   auto took = std::chrono::steady_clock::now() - t0;
   CHECK(took < 4s);
   c.kill("frozen", SIGCONT);
+}
+
+TEST_CASE("the scaler runs instances in node processes: live cooperative routes across processes, exact tokens") {
+  // Every node's egress is paced to 8 MB/s, so the 10 MiB model takes over a second to reach a
+  // new instance: long enough for requests to run through it while its layers stream in.
+  cluster c("tcp", "throttle_mb_s = 8\n");
+  c.start("n1", "throttle_mb_s = 8\n");
+  c.start("n2", "throttle_mb_s = 8\n");
+  REQUIRE(c.wait_nodes(3));
+  REQUIRE(c.wait_holding());
+  auto m = load_model(c.model_path());
+  REQUIRE(m);
+  auto& sys = c.raw().system();
+  scaling_knobs k;
+  k.min_instances = 1;
+  k.max_instances = 2;
+  k.queue_per_instance = 1;
+  k.cooldown_s = 0.2;
+  k.keep_alive_s = 60;
+  auto policy = make_policy("blitz", k, link_speeds{});
+  REQUIRE(policy);
+  scaler_options so;
+  so.device.layer_s = 0.003;  // slow instances: the queue builds up and triggers a scale-out
+  so.cluster.controller = c.raw().controller();
+  so.cluster.model = "rand";
+  so.cluster.nodes = {"src", "n1", "n2"};
+  so.cluster.chunk_bytes = 128 << 10;
+  router_options ro;
+  ro.max_running = 4;
+  auto router = spawn_router(sys, *m, std::vector<route_ptr>{}, ro);
+  auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*policy)), k, so);
+  // 16 clients arriving 60 ms apart, greedy, up to 40 tokens (or the end of text).
+  const int n = 16, len = 40;
+  std::vector<std::vector<int32_t>> prompts(n), got(n);
+  std::vector<std::string> errors(n);
+  std::mt19937 rng(5);
+  for (auto& p : prompts) {
+    p.push_back(1);
+    for (int i = 0, pl = 4 + int(rng() % 12); i < pl; ++i) p.push_back(int32_t(3 + rng() % 990));
+  }
+  std::vector<std::thread> clients;
+  for (int i = 0; i < n; ++i) {
+    clients.emplace_back([&, i] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(60 * i));
+      generate_request req;
+      req.prompt = prompts[size_t(i)];
+      req.max_new_tokens = len;
+      auto out = generate(sys, router, req, {}, 60s);
+      if (out) got[size_t(i)] = out->tokens;
+      else errors[size_t(i)] = out.message();
+    });
+  }
+  for (auto& t : clients) t.join();
+  for (int i = 0; i < n; ++i) {
+    CAPTURE(i);
+    CHECK(errors[size_t(i)] == "");
+    auto want = generate_reference(**m, std::vector<int>(prompts[size_t(i)].begin(), prompts[size_t(i)].end()), len);
+    std::vector<int32_t> w(want.begin(), want.end());
+    if (got[size_t(i)] != w) {
+      size_t d = 0;
+      while (d < w.size() && d < got[size_t(i)].size() && w[d] == got[size_t(i)][d]) ++d;
+      MESSAGE("request " << i << " (prompt " << prompts[size_t(i)].size() << " tokens) differs from token " << d
+                         << " of " << w.size() << " (got " << got[size_t(i)].size() << " tokens)");
+    }
+    CHECK(got[size_t(i)] == w);
+  }
+  caf::scoped_actor self{sys};
+  scaling_report rep;
+  self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { rep = r; }, [](caf::error&) {});
+  std::map<uint32_t, std::map<std::string, double>> when;
+  std::map<uint32_t, std::string> cooperative;
+  for (auto& e : rep.events) {
+    MESSAGE(e.t << " " << e.what << " i" << e.instance << " " << e.detail);
+    if (!when[e.instance].count(e.what)) when[e.instance][e.what] = e.t;
+    if (e.what == "serving") cooperative[e.instance] = e.detail;
+  }
+  REQUIRE(when.count(2));
+  CHECK(when[2].count("loaded"));
+  REQUIRE(when[2].count("serving"));
+  REQUIRE(when[2].count("full"));
+  CHECK(when[2]["serving"] < when[2]["full"]);  // it served before its last layer landed
+  CHECK(cooperative[2].find("i1[") != std::string::npos);  // ... with layers of instance 1, in another process
+  caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+  // Stopping the instances frees their copies; the host copy stays.
+  auto st = c.raw().wait_only_host_copies("rand");
+  CHECK_MESSAGE(st, st.message());
 }
