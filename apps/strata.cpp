@@ -68,13 +68,16 @@ commands:
                gamma: [--n 100 --gamma-rate 4 --burstiness 0.5 --seed 1]
                [--shards SPEC --max-running N --max-batch-tokens N]
                [--ttft-slo-ms 1000 --tbt-slo-ms 200] [--svg FILE]
-  autoscale  replay a trace under scaling policies and compare them (in-process instances with an
-             emulated device and link profile; the math is the real model's)
+  autoscale  replay a trace under scaling policies and compare them; the math is the real model's
                --model PATH --trace FILE|gamma [trace options as for replay]
                [--policies blitz,lambda-pipe,all-cache,stop-the-world] [--min 1 --max 4 --queue 4]
                [--ttft-slo-ms 1000 --tbt-slo-ms 200 --keep-alive-s 3 --max-running 16]
-               [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
                [--device-layer-ms 0.5 --device-row-ms 0.02] [--svg-prefix P]
+             across node processes (instances in `strata node` processes, parameters over UCX):
+               --nodes N [--link-mbs MB/s per node's egress (0: unpaced)] [--chunk-kb 64]
+               [--transport tcp|sm]
+             in-process instances with an emulated link profile (without --nodes):
+               [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
   help       this text
 )";
 
