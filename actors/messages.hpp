@@ -180,6 +180,7 @@ struct router_stats {
   uint64_t kv_capacity = 0;  // positions the serving instances can hold (max_running * context)
   uint64_t tokens = 0;    // generated so far
   uint64_t finished = 0;  // requests ended so far
+  uint64_t migrations = 0;  // requests moved off a cooperative route (recomputed)
   std::map<uint32_t, uint32_t> running_by_instance;  // by the instance that admitted them
   std::map<uint32_t, uint32_t> in_use_by_instance;   // running requests whose route touches it
 };
@@ -187,7 +188,8 @@ struct router_stats {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, router_stats& x) {
   return f(caf::meta::type_name("router_stats"), x.waiting, x.running, x.routes, x.ttft_ema_s, x.tbt_ema_s,
-           x.kv_tokens, x.kv_capacity, x.tokens, x.finished, x.running_by_instance, x.in_use_by_instance);
+           x.kv_tokens, x.kv_capacity, x.tokens, x.finished, x.migrations, x.running_by_instance,
+           x.in_use_by_instance);
 }
 
 // Adds Strata's message types and error category to an actor system config.

@@ -19,6 +19,7 @@ struct request_state {
   int generated = 0;
   uint64_t rng = 0;
   route_ptr path;               // fixed once running: its KV cache lives along this route
+  route_ptr migrate_to;         // move here when the current step returns (see migrate)
   bool in_step = false;
   bool cancelled = false;
   bool started = false;  // has (or may have) KV state in the shards
@@ -50,6 +51,7 @@ struct router_state {
   double tbt_ema = 0;
   uint64_t tokens = 0;
   uint64_t finished = 0;
+  uint64_t migrations = 0;
   static inline const char* name = "strata.router";
 };
 
@@ -91,6 +93,41 @@ void finish(router_actor* self, uint64_t id, const std::string& reason, const st
   st.running.erase(id);
   std::erase(st.waiting, id);
   st.reqs.erase(it);
+}
+
+bool local_route(const route_ptr& r) {
+  for (auto& h : r->hops)
+    if (h.instance != r->instance) return false;
+  return true;
+}
+
+// Recompute migration: a request on a cooperative route moves to its instance's own route once
+// that instance holds every layer. Its KV cache is freed on the old route and rebuilt on the new
+// one by one prefill of everything so far (as vLLM recomputes preempted requests); the math is
+// deterministic per row, so the tokens do not change. Without it a request admitted while its
+// instance loaded would lean on the other instance until it ends.
+void migrate(router_actor* self, request_state& r, route_ptr to) {
+  if (r.started) release_kv(self, r.path, {r.id});
+  r.path = std::move(to);
+  r.processed = 0;
+  r.migrate_to = nullptr;
+  ++self->state.migrations;
+}
+
+void plan_migrations(router_actor* self) {
+  auto& st = self->state;
+  if (!st.opt.recompute_migration) return;
+  std::map<uint32_t, route_ptr> local;
+  for (auto& r : st.routes)
+    if (local_route(r)) local[r->instance] = r;
+  for (auto id : st.running) {
+    auto& r = st.reqs[id];
+    if (!r.path || local_route(r.path)) continue;
+    auto it = local.find(r.path->instance);
+    if (it == local.end()) continue;
+    if (r.in_step) r.migrate_to = it->second;
+    else migrate(self, r, it->second);
+  }
 }
 
 void watch(router_actor* self, const route_ptr& r) {
@@ -231,6 +268,11 @@ void on_step(router_actor* self, step_ptr& s) {
     self->send(r.client, token_atom::value, id, int32_t(tok));
     if (r.generated >= r.req.max_new_tokens || int(r.tokens.size()) >= c.seq_len) finish(self, id, "length");
   }
+  for (auto id : members) {
+    auto rit = st.reqs.find(id);
+    if (rit != st.reqs.end() && rit->second.migrate_to && !rit->second.in_step)
+      migrate(self, rit->second, rit->second.migrate_to);
+  }
   schedule(self);
 }
 
@@ -348,6 +390,7 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         for (auto& r : routes) watch(self, r);
         st.routes = std::move(routes);
         if (!st.routes.empty()) st.down.clear();
+        plan_migrations(self);
         schedule(self);
       },
       [=](stats_atom) {
@@ -363,6 +406,7 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         s.kv_capacity = uint64_t(instances.size()) * uint64_t(st.opt.max_running) * uint64_t(st.m->config.seq_len);
         s.tokens = st.tokens;
         s.finished = st.finished;
+        s.migrations = st.migrations;
         for (auto id : st.running) {
           auto& path = st.reqs[id].path;
           s.kv_tokens += uint64_t(st.reqs[id].processed);

@@ -15,6 +15,9 @@ struct router_options {
   int max_batch_tokens = 512;  // rows per step; longer prompts are prefilled in chunks
   int max_inflight = 1;        // steps in flight at once (>1 overlaps steps in a multi-shard pipeline)
   std::chrono::milliseconds step_timeout{60000};
+  // A request on a cooperative route moves to its instance's own route once that instance holds
+  // every layer, recomputing its KV cache there (one prefill).
+  bool recompute_migration = true;
 };
 
 // Client protocol:
@@ -24,7 +27,8 @@ struct router_options {
 //   A client that dies has its requests cancelled.
 //   (routes_atom, std::vector<route_ptr>) replaces the routes new requests start on; a running
 //   request keeps its route (its KV cache lives there) until it ends, so an instance whose
-//   routes are gone drains. (stats_atom) -> router_stats, the load signals a scaler reads.
+//   routes are gone drains; except that a request on a cooperative route moves to its
+//   instance's own route once there is one (recompute migration, router_options). (stats_atom) -> router_stats, the load signals a scaler reads.
 //   A request waits until some route's instance has fewer than max_running requests, then takes
 //   the least loaded one.
 caf::actor spawn_router(caf::actor_system& sys, model_ptr m, route_ptr path, router_options opt = {});

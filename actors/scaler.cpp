@@ -304,6 +304,7 @@ void on_stats(scaler_actor* self, const router_stats& rs) {
   v.kv_use = rs.kv_capacity > 0 ? double(rs.kv_tokens) / double(rs.kv_capacity) : 0;
   if (t > st.last_tick) v.tokens_per_s = double(rs.tokens - st.last_tokens) / (t - st.last_tick);
   st.last_tokens = rs.tokens;
+  st.report.migrations = rs.migrations;
   st.last_tick = t;
   v.running_by_instance = rs.running_by_instance;
   for (auto& [id, in] : st.insts) {

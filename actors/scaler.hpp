@@ -54,6 +54,7 @@ struct scaling_report {
   std::vector<double> to_first_layer_s;  // per new instance: decision -> first request served
   std::vector<double> to_full_s;         // decision -> every layer local
   double instance_seconds = 0;           // cost: integral of started instances over time
+  uint64_t migrations = 0;               // requests moved off cooperative routes (router)
 };
 
 using report_atom = caf::atom_constant<caf::atom("report")>;

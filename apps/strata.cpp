@@ -604,15 +604,16 @@ int cmd_autoscale(int argc, char** argv) {
     for (double x : v) s += x;
     return v.empty() ? 0.0 : s / double(v.size());
   };
-  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s\n", "policy", "p50 TTFT", "p99 TTFT", "p99 TBT",
-              "p99 E2E", "SLO %", "inst*s", "p99 TTFT", "to serving", "to full");
-  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s\n", "", "ms", "ms", "ms", "ms", "", "", "vs STW", "s", "s");
+  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s %9s\n", "policy", "p50 TTFT", "p99 TTFT", "p99 TBT",
+              "p99 E2E", "SLO %", "inst*s", "p99 TTFT", "to serving", "to full", "migrated");
+  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s %9s\n", "", "ms", "ms", "ms", "ms", "", "", "vs STW", "s", "s",
+              "requests");
   for (auto& r : rows) {
     double ratio = base && base->sum.ttft.p99 > 0 ? r.sum.ttft.p99 / base->sum.ttft.p99 : 0;
-    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %9.2f %11.3f %11.3f\n", r.policy.c_str(),
+    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %9.2f %11.3f %11.3f %9llu\n", r.policy.c_str(),
                 r.sum.ttft.p50 * 1e3, r.sum.ttft.p99 * 1e3, r.sum.tbt.p99 * 1e3, r.sum.e2e.p99 * 1e3,
                 100 * r.sum.slo_attainment, r.rep.instance_seconds, ratio, mean(r.rep.to_first_layer_s),
-                mean(r.rep.to_full_s));
+                mean(r.rep.to_full_s), (unsigned long long)r.rep.migrations);
   }
   return 0;
 }

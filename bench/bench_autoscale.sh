@@ -4,10 +4,15 @@
 #
 #   bench/bench_autoscale.sh [build/bin/strata]
 #
-# In-process instances with an emulated device and link profile (parameter bytes per layer,
-# GB/s per path, ms per layer and per row); the math is the real model's. Loading a layer takes
-# 2000 MB / GB/s: 0.16 s over the network, 1 s from a remote host copy, so loading spans much of
-# the burst.
+# 1. Across node processes (the real system): a controller node holding the one host copy and 5
+#    more `strata node` processes; instances live in the nodes, parameters are multicast over UCX
+#    tcp with every node's egress paced to 1 MB/s (so the 3.5 MB model takes ~3.5 s to load, as a
+#    large model would on a real network), activations cross processes. all-cache needs a host
+#    copy per node, which the cluster does not keep, so it runs in-process only.
+# 2. In-process instances with an emulated device and link profile (parameter bytes per layer,
+#    GB/s per path, ms per layer and per row); the math is the real model's. Loading a layer takes
+#    2000 MB / GB/s: 0.16 s over the network, 1 s from a remote host copy, so loading spans much
+#    of the burst.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 strata=${1:-build/bin/strata}
@@ -16,6 +21,11 @@ model=$(mktemp -d)/m24
 trap 'rm -rf "$(dirname "$model")"' EXIT
 "$strata" gen-model --out "$model" --dim 64 --hidden 128 --layers 24 --heads 4 --kv-heads 2 --vocab 512 \
   --seq-len 512 --dtype f32 >/dev/null
+echo "### across node processes: bursty gamma arrivals (rate 8/s, burstiness 0.3, 200 requests), random 24-layer model (3.5 MB), links paced to 1 MB/s, device 1 ms/layer + 0.05 ms/row"
+"$strata" autoscale --model "$model" --trace gamma --n 200 --gamma-rate 8 --burstiness 0.3 --threads 1 --max 6 \
+  --max-prompt 64 --device-layer-ms 1 --device-row-ms 0.05 --nodes 5 --link-mbs 1 --chunk-kb 32 \
+  --policies blitz,lambda-pipe,stop-the-world | grep -vE '^ +t=|^ +[0-9.]+ s  '
+echo
 profile=(--threads 1 --layer-mb 2000 --globals-mb 1000 --max 6 --max-prompt 64
          --policies blitz,lambda-pipe,all-cache,stop-the-world)
 echo "### Azure LLM code trace, the burst at 845-870 s, stories260K (5 layers), device 4 ms/layer + 0.2 ms/row"

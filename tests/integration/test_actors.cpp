@@ -376,6 +376,7 @@ TEST_CASE("cooperative routes through a loading instance give the same tokens as
   auto m = stories();
   shard_options loading;
   loading.preload = false;
+  loading.device.layer_s = 0.002;  // steps take >= 4 ms: the long request is still running when B completes
   auto a_head = sys.spawn(head_actor, m), a_tail = sys.spawn(tail_actor, m);
   auto a_shard = sys.spawn(shard_actor, m, layer_range{0, 5});
   auto b_head = sys.spawn(head_actor, m), b_tail = sys.spawn(tail_actor, m);
@@ -390,7 +391,8 @@ TEST_CASE("cooperative routes through a loading instance give the same tokens as
   expected<completion> first = make_error("not run");
   std::thread t([&] { first = generate(sys, router, greedy({1}, 120)); });
   std::this_thread::sleep_for(20ms);
-  // ... B finishes loading and new requests go to its local route; the first keeps its route.
+  // ... B finishes loading: new requests go to its local route, and the first moves there too,
+  // recomputing its KV cache on B (recompute migration).
   for (int l : {2, 3, 4}) caf::anon_send(b_shard, load_atom::value, int32_t(l), layer_ptr(m->layers[size_t(l)]));
   auto local = std::make_shared<route>();
   local->instance = 2;
@@ -403,6 +405,11 @@ TEST_CASE("cooperative routes through a loading instance give the same tokens as
   REQUIRE_MESSAGE(second, second.message());
   CHECK(first->tokens == want);
   CHECK(second->tokens == want);
+  caf::scoped_actor self{sys};
+  self->request(router, 5s, stats_atom::value)
+      .receive([&](const router_stats& s) { CHECK(s.migrations == 1); }, [](caf::error&) { FAIL("no stats"); });
+  self->request(a_shard, 5s, stats_atom::value)
+      .receive([&](const stage_stats& s) { CHECK(s.kv_sequences == 0); }, [](caf::error&) { FAIL("no stats"); });
   // A route through a layer that has not landed fails clearly.
   auto c_shard = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, loading);
   auto bad = std::make_shared<route>();
