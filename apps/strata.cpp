@@ -506,6 +506,11 @@ int cmd_autoscale(int argc, char** argv) {
   slo.tbt_s = k.tbt_slo_s;
   // Cluster mode: instances live in node processes, parameters move over UCX.
   int n_nodes = int(*a->integer("nodes", 0));
+  std::string policies = a->str("policies", n_nodes > 0 ? "blitz,lambda-pipe,stop-the-world"
+                                                        : "blitz,lambda-pipe,all-cache,stop-the-world");
+  if (n_nodes > 0 && ("," + policies + ",").find(",all-cache,") != std::string::npos)
+    return fail("all-cache needs a host copy on every node; the cluster keeps O(1) host copies "
+                "(run it without --nodes)");
   std::unique_ptr<local_cluster> cluster;
   if (n_nodes > 0) {
     double link = *a->number("link-mbs", 0);
@@ -541,7 +546,6 @@ int cmd_autoscale(int argc, char** argv) {
                 so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
                 links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
   }
-  std::string policies = a->str("policies", "blitz,lambda-pipe,all-cache,stop-the-world");
   struct row {
     std::string policy;
     replay_summary sum;
@@ -557,9 +561,6 @@ int cmd_autoscale(int argc, char** argv) {
     if (name.empty()) continue;
     auto pol = make_policy(name, k, links);
     if (!pol) return fail(pol.message());
-    if (cluster && name == "all-cache")
-      return fail("all-cache needs a host copy on every node; the cluster keeps O(1) host copies "
-                  "(run it without --nodes)");
     std::printf("== %s: new instances load from %s%s\n", name.c_str(),
                 cluster && !(*pol)->loading().live ? "the host copy (over the same links)"
                                                    : (*pol)->loading().source.c_str(),

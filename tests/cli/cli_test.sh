@@ -53,4 +53,10 @@ expect_error "cannot open trace" "$strata" replay --model "$m" --trace "$tmp/non
 expect_error "unknown policy 'magic'" "$strata" autoscale --model "$m" --trace gamma --n 5 --policies magic
 out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz,stop-the-world --threads 1)
 grep -qE "^blitz .* [0-9.]+ +[0-9.]+ +[0-9.]+$" <<<"$out" || fail "autoscale table: $out"
+# ... and across node processes (instances in `strata node` processes, parameters over UCX).
+expect_error "all-cache needs a host copy on every node" "$strata" autoscale --model "$m" --trace gamma --n 5 \
+  --nodes 2 --policies all-cache
+out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz --threads 1 --nodes 2)
+grep -q "cluster up" <<<"$out" || fail "autoscale --nodes: no cluster: $out"
+grep -q "blitz: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes: $out"
 echo "cli: all checks passed"
