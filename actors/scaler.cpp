@@ -136,7 +136,10 @@ void multicast_to(scaler_actor* self, std::vector<uint32_t> ids) {
   multicast_request req;
   req.model = st.opt.cluster.model;
   req.chunk_bytes = st.opt.cluster.chunk_bytes;
-  req.plan = !st.opt.cluster.plan.empty() ? st.opt.cluster.plan : !spec.live ? "one-to-one" : spec.pipeline ? "block" : "chain";
+  // BlitzScale chains from every holder; λScale spreads blocks over a binomial pipeline; a
+  // stop-the-world instance fetches the whole model by itself.
+  req.plan = st.opt.cluster.plan;
+  if (req.plan.empty()) req.plan = !spec.live ? "one-to-one" : spec.pipeline ? "binomial-pipeline" : "chain";
   req.segment_order.push_back(0);
   for (int l : st.policy->load_order(L, 0)) req.segment_order.push_back(1 + l);
   std::map<std::string, uint32_t> by_node;

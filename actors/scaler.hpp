@@ -23,7 +23,7 @@ struct cluster_placement {
   std::string model;               // the model's name in the cluster
   std::vector<std::string> nodes;  // nodes that may host an instance (one each), preferred first
   uint64_t chunk_bytes = 64 << 10;
-  std::string plan;                // multicast plan; empty: block for pipelines, else chain
+  std::string plan;                // multicast plan; empty: see multicast_to()
 };
 
 struct scaler_options {

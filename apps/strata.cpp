@@ -59,7 +59,7 @@ commands:
   cluster    talk to a running cluster
                view --controller HOST:PORT
                multicast --controller HOST:PORT --model NAME --targets a,b,c
-                 [--plan chain|binomial|kary|block|one-to-one] [--chunk-kb 4096] [--fanout 2]
+                 [--plan chain|binomial|kary|block|binomial-pipeline|one-to-one] [--chunk-kb 4096] [--fanout 2]
                  [--busy n1,n2] [--max-sources K] [--timeout-s 300]
   replay     replay a request trace against the actor pipeline; latency percentiles, SLOs, SVG
                --model PATH --trace FILE|gamma [--format azure|mooncake|burstgpt] [--strict]

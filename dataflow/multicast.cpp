@@ -13,6 +13,7 @@ const char* to_string(plan_kind k) {
     case plan_kind::binomial: return "binomial";
     case plan_kind::kary: return "kary";
     case plan_kind::block: return "block";
+    case plan_kind::binomial_pipeline: return "binomial-pipeline";
   }
   return "?";
 }
@@ -23,7 +24,9 @@ expected<plan_kind> parse_plan_kind(const std::string& s) {
   if (s == "binomial") return plan_kind::binomial;
   if (s == "kary" || s == "k-ary") return plan_kind::kary;
   if (s == "block" || s == "block-pipeline") return plan_kind::block;
-  return make_error("unknown plan '" + s + "' (expected one-to-one, chain, binomial, kary or block)");
+  if (s == "binomial-pipeline" || s == "binomial_pipeline") return plan_kind::binomial_pipeline;
+  return make_error("unknown plan '" + s +
+                    "' (expected one-to-one, chain, binomial, kary, block or binomial-pipeline)");
 }
 
 std::vector<node_id> forward_tree::children_of(node_id n) const {
@@ -45,7 +48,8 @@ forward_tree build_tree(plan_kind kind, node_id root, const std::vector<node_id>
       case plan_kind::one_to_one: parent = 0; break;
       case plan_kind::chain:
       case plan_kind::block: parent = rank - 1; break;
-      case plan_kind::binomial: {
+      case plan_kind::binomial:
+      case plan_kind::binomial_pipeline: {
         size_t hi = 1;
         while (hi * 2 <= rank) hi *= 2;
         parent = rank - hi;  // rank joins in the round of its highest bit
@@ -94,18 +98,28 @@ expected<multicast_plan> plan_multicast(const plan_request& r) {
     uint32_t b = uint32_t(size_t(r.n_chunks) * i / k), e = uint32_t(size_t(r.n_chunks) * (i + 1) / k);
     std::vector<node_id> order = r.targets;
     std::rotate(order.begin(), order.begin() + long(i * order.size() / k), order.end());
-    if (r.kind != plan_kind::block) {
+    bool blocks = r.kind == plan_kind::block || r.kind == plan_kind::binomial_pipeline;
+    if (!blocks) {
       auto t = build_tree(r.kind, usable[i], order, r.fanout);
       for (uint32_t c = b; c < e; ++c) t.chunks.push_back(c);
       p.trees.push_back(std::move(t));
       continue;
     }
-    // One block per target: block j rides a chain that starts at the j-th target.
+    // One block per target: block j enters at the j-th target, which passes it on along a
+    // chain (block) or a binomial tree of the targets (binomial_pipeline).
     size_t n = std::min<size_t>(order.size(), e - b);
     for (size_t j = 0; j < n; ++j) {
       std::vector<node_id> rot = order;
       std::rotate(rot.begin(), rot.begin() + long(j), rot.end());
-      auto t = build_tree(r.kind, usable[i], rot, r.fanout);
+      forward_tree t;
+      if (r.kind == plan_kind::block) {
+        t = build_tree(r.kind, usable[i], rot, r.fanout);
+      } else {
+        t = build_tree(r.kind, rot[0], std::vector<node_id>(rot.begin() + 1, rot.end()), r.fanout);
+        t.root = usable[i];
+        t.parent[rot[0]] = usable[i];
+        t.children[usable[i]] = {rot[0]};
+      }
       uint32_t bb = b + uint32_t(size_t(e - b) * j / n), be = b + uint32_t(size_t(e - b) * (j + 1) / n);
       for (uint32_t c = bb; c < be; ++c) t.chunks.push_back(c);
       p.trees.push_back(std::move(t));

@@ -9,6 +9,10 @@
 //               block i travels a chain that starts at target i, so every target gets a
 //               different part of the model first (complementary blocks for execute-while-load)
 //               while the source still sends each byte once
+//   binomial_pipeline  λScale's binomial pipeline: blocks as in `block`, but block i spreads
+//               from target i over a binomial tree of the targets (rotated per block), so a
+//               block reaches all N targets in 1 + ceil(log2 N) hops instead of N, and the
+//               forwarding work is spread over the targets
 // Several sources split the chunks between them, one tree each; busy sources are left out.
 #pragma once
 
@@ -24,7 +28,7 @@ namespace strata {
 
 using node_id = uint32_t;
 
-enum class plan_kind : uint8_t { one_to_one, chain, binomial, kary, block };
+enum class plan_kind : uint8_t { one_to_one, chain, binomial, kary, block, binomial_pipeline };
 const char* to_string(plan_kind k);
 expected<plan_kind> parse_plan_kind(const std::string& s);
 

@@ -85,7 +85,7 @@ multicast_request request_for(std::vector<std::string> targets, const std::strin
 
 }  // namespace
 
-TEST_CASE("multicast to 4 node processes: chain, binomial, one-to-one, block over tcp and shared memory") {
+TEST_CASE("multicast to 4 node processes: chain, binomial, one-to-one, block, binomial pipeline over tcp and shared memory") {
   for (std::string tls : {"tcp", "sm"}) {
     CAPTURE(tls);
     cluster c(tls);
@@ -94,7 +94,7 @@ TEST_CASE("multicast to 4 node processes: chain, binomial, one-to-one, block ove
     REQUIRE(c.wait_holding());
     uint64_t want = c.image_sum("src");
     REQUIRE(want != 0);
-    for (std::string plan : {"chain", "binomial", "one-to-one", "block"}) {
+    for (std::string plan : {"chain", "binomial", "one-to-one", "block", "binomial-pipeline"}) {
       CAPTURE(plan);
       auto r = c.multicast(request_for({"a", "b", "c", "d"}, plan));
       REQUIRE_MESSAGE(r, r.message());

@@ -114,6 +114,33 @@ TEST_CASE("block pipeline: every target is first for one block, the source sends
   CHECK(parse_plan_kind("block-pipeline").value() == plan_kind::block);
 }
 
+TEST_CASE("binomial pipeline: blocks enter at different targets and spread in log2 hops") {
+  plan_request r;
+  r.kind = plan_kind::binomial_pipeline;
+  r.sources = {{100}};
+  r.targets = {1, 2, 3, 4, 5, 6, 7, 8};
+  r.n_chunks = 16;
+  auto p = plan_multicast(r);
+  REQUIRE(p);
+  REQUIRE(p->trees.size() == 8);
+  std::set<node_id> first;
+  std::map<node_id, size_t> forwards;  // children per target over all blocks
+  for (auto& t : p->trees) {
+    REQUIRE(t.children_of(100).size() == 1);  // the source sends each chunk once
+    first.insert(t.children_of(100)[0]);
+    for (auto n : r.targets) {
+      CHECK(depth(t, n) <= 4);  // 1 hop in, then log2(8) = 3 rounds
+      forwards[n] += t.children_of(n).size();
+    }
+  }
+  CHECK(first == std::set<node_id>{1, 2, 3, 4, 5, 6, 7, 8});
+  // Rotating the tree per block spreads the relaying: every target forwards 7 blocks in all
+  // (a chain would make each forward 7 too, but one hop later each time).
+  for (auto n : r.targets) CHECK(forwards[n] == 7);
+  every_target_gets_everything(*p, 16);
+  CHECK(to_string(parse_plan_kind("binomial-pipeline").value()) == std::string("binomial-pipeline"));
+}
+
 TEST_CASE("several sources split the chunks, busy ones only as a last resort") {
   plan_request r;
   r.kind = plan_kind::chain;
