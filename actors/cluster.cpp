@@ -206,12 +206,19 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
   auto h = st.held.find(t.plan.model);
   if (h == st.held.end() || h->second.image->size() != t.plan.image_bytes) return;  // not a holder: idle spare
   t.image = h->second.image;
-  for (size_t i = 0; i < t.plan.plan.trees.size(); ++i) {
-    auto& tree = t.plan.plan.trees[i];
-    if (tree.root != st.id) continue;
-    for (auto c : tree.chunks)
-      for (auto child : tree.children_of(st.id)) send_chunk(self, tid, c, child);
-  }
+  // Round-robin over the trees rooted here, so with a block plan every target starts receiving
+  // its own block at once instead of waiting behind the blocks before it.
+  std::vector<const forward_tree*> mine;
+  size_t longest = 0;
+  for (auto& tree : t.plan.plan.trees)
+    if (tree.root == st.id) {
+      mine.push_back(&tree);
+      longest = std::max(longest, tree.chunks.size());
+    }
+  for (size_t k = 0; k < longest; ++k)
+    for (auto* tree : mine)
+      if (k < tree->chunks.size())
+        for (auto child : tree->children_of(st.id)) send_chunk(self, tid, tree->chunks[k], child);
 }
 
 // Hands a segment that landed to a hosted instance: the globals become its head and tail, a
