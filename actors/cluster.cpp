@@ -251,6 +251,10 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   h.model = model;
   h.config = view->config;
   h.watcher = watcher;
+  // Instances live as long as the scaler that asked for them, however it ends.
+  if (watcher && std::none_of(st.hosted.begin(), st.hosted.end(),
+                              [&](auto& kv) { return kv.second.watcher == watcher; }))
+    self->monitor(watcher);
   int L = h.config.n_layers;
   shard_options so;
   so.device = dev;
@@ -376,7 +380,13 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
   st.zone = zone;
   self->monitor(controller);
   self->set_down_handler([=](caf::down_msg& dm) {
-    if (dm.source != self->state.controller.address()) return;
+    if (dm.source != self->state.controller.address()) {
+      std::vector<uint32_t> orphans;
+      for (auto& [id, h] : self->state.hosted)
+        if (h.watcher.address() == dm.source) orphans.push_back(id);
+      for (auto id : orphans) unhost_instance(self, id);
+      return;
+    }
     std::fprintf(stderr, "strata node %s: controller lost (%s); stopping\n", self->state.cfg.name.c_str(),
                  caf::to_string(dm.reason).c_str());
     self->quit(dm.reason);
@@ -522,6 +532,24 @@ std::string node_name(controller_actor* self, node_id n) {
   return it == self->state.nodes.end() ? "n" + std::to_string(n) : it->second.info.name;
 }
 
+node_entry* node_named(controller_actor* self, const std::string& name) {
+  for (auto& [id, e] : self->state.nodes)
+    if (e.info.name == name) return &e;
+  return nullptr;
+}
+
+// Asks the node called `name` and hands its answer (or error) to the requester.
+template <class T, class... Ts>
+caf::result<T> relay_to_node(controller_actor* self, const std::string& name, std::chrono::seconds timeout,
+                             Ts&&... xs) {
+  auto* e = node_named(self, name);
+  if (!e) return make_error(errc::bad_request, "unknown node '" + name + "'");
+  auto rp = self->make_response_promise<T>();
+  self->request(e->handle, timeout, std::forward<Ts>(xs)...)
+      .then([rp](T& x) mutable { rp.deliver(std::move(x)); }, [rp](caf::error& err) mutable { rp.deliver(err); });
+  return rp;
+}
+
 void finish_if_done(controller_actor* self, uint64_t tid) {
   auto it = self->state.transfers.find(tid);
   if (it == self->state.transfers.end() || !it->second.pending.empty()) return;
@@ -592,11 +620,9 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
   if (!kind) return rp.deliver(make_error(errc::bad_request, kind.message()));
   std::vector<node_id> targets;
   for (auto& name : req.targets) {
-    node_id found = 0;
-    for (auto& [id, e] : st.nodes)
-      if (e.info.name == name) found = id;
-    if (found == 0) return rp.deliver(make_error(errc::bad_request, "unknown target node '" + name + "'"));
-    targets.push_back(found);
+    auto* e = node_named(self, name);
+    if (!e) return rp.deliver(make_error(errc::bad_request, "unknown target node '" + name + "'"));
+    targets.push_back(e->info.id);
   }
   std::vector<source_info> sources;
   std::set<node_id> holders(mit->second.host_copies);
@@ -727,35 +753,18 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         m.host_copies.insert(id);
         return true;
       },
-      [=](imagesum_atom, const std::string& node, const std::string& model) -> caf::result<uint64_t> {
-        for (auto& [id, e] : self->state.nodes)
-          if (e.info.name == node) {
-            auto rp = self->make_response_promise<uint64_t>();
-            self->request(e.handle, std::chrono::seconds(10), imagesum_atom::value, model)
-                .then([rp](uint64_t x) mutable { rp.deliver(x); }, [rp](caf::error& err) mutable { rp.deliver(err); });
-            return rp;
-          }
-        return make_error(errc::bad_request, "unknown node '" + node + "'");
+      [=](imagesum_atom, const std::string& node, const std::string& model) {
+        return relay_to_node<uint64_t>(self, node, std::chrono::seconds(10), imagesum_atom::value, model);
       },
       [=](instance_atom, const std::string& node, const std::string& model, uint32_t id, double layer_s,
           double per_row_s, caf::actor& watcher) -> caf::result<std::vector<caf::actor>> {
-        auto& st = self->state;
-        auto m = st.models.find(model);
-        if (m == st.models.end()) return make_error(errc::bad_request, "no node holds model " + model);
-        for (auto& [nid, e] : st.nodes)
-          if (e.info.name == node) {
-            auto rp = self->make_response_promise<std::vector<caf::actor>>();
-            self->request(e.handle, std::chrono::seconds(30), instance_atom::value, model, m->second.manifest, id,
-                          layer_s, per_row_s, watcher)
-                .then([rp](std::vector<caf::actor>& a) mutable { rp.deliver(std::move(a)); },
-                      [rp](caf::error& err) mutable { rp.deliver(err); });
-            return rp;
-          }
-        return make_error(errc::bad_request, "unknown node '" + node + "'");
+        auto m = self->state.models.find(model);
+        if (m == self->state.models.end()) return make_error(errc::bad_request, "no node holds model " + model);
+        return relay_to_node<std::vector<caf::actor>>(self, node, std::chrono::seconds(30), instance_atom::value, model,
+                                                      m->second.manifest, id, layer_s, per_row_s, watcher);
       },
       [=](uninstance_atom, const std::string& node, uint32_t id) {
-        for (auto& [nid, e] : self->state.nodes)
-          if (e.info.name == node) self->send(e.handle, uninstance_atom::value, id);
+        if (auto* e = node_named(self, node)) self->send(e->handle, uninstance_atom::value, id);
       },
       [=](unhold_atom, uint32_t node, const std::string& model) {
         auto m = self->state.models.find(model);

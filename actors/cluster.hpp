@@ -124,7 +124,8 @@ void register_cluster_types(caf::actor_system_config& cfg);
 //     land (multicast_atom to that node), the node telling `watcher`
 //     (layerin_atom, instance id, layer, actors): layer -1 (the globals) carries {head, tail}.
 //   (uninstance_atom, node, instance id): stops it; the node drops its copy of the parameters
-//     unless it is a host copy.
+//     unless it is a host copy. A node monitors each watcher and stops its instances when it
+//     goes away, so a scaler that ends (or dies with its process) leaves nothing behind.
 // The controller actor: cluster view, host-copy policy, multicasts.
 caf::actor spawn_controller(caf::actor_system& sys, const node_config& cfg);
 

@@ -34,8 +34,6 @@ struct scaler_state {
   clk::time_point t0;
   scaling_report report;
   std::shared_ptr<std::vector<caf::actor>> owned = std::make_shared<std::vector<caf::actor>>();
-  // Cluster mode: (node, instance) pairs to stop when the scaler ends.
-  std::shared_ptr<std::map<uint32_t, std::string>> hosted = std::make_shared<std::map<uint32_t, std::string>>();
   uint64_t last_tokens = 0;
   double last_tick = 0;
   static inline const char* name = "strata.scaler";
@@ -170,8 +168,17 @@ void multicast_to(scaler_actor* self, std::vector<uint32_t> ids) {
           });
 }
 
-void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<std::vector<uint32_t>> group,
-                            std::shared_ptr<int> pending) {
+// The instances one decision starts in a cluster: their multicast goes out once every node has
+// answered (a node that already holds the model needs none).
+struct start_group {
+  std::vector<uint32_t> loading;
+  int pending = 0;
+  void answered(scaler_actor* self) {
+    if (--pending == 0 && !loading.empty()) multicast_to(self, loading);
+  }
+};
+
+void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<start_group> group) {
   auto& st = self->state;
   int L = st.m->config.n_layers;
   std::set<std::string> used;
@@ -184,8 +191,7 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
     }
   if (node.empty()) {
     event(self, "no node", 0, "every node hosts an instance already");
-    if (--*pending == 0 && !group->empty()) multicast_to(self, *group);
-    return;
+    return group->answered(self);
   }
   instance in;
   in.id = st.next++;
@@ -195,7 +201,6 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
   in.decided = preloaded ? 0 : now(self);
   uint32_t id = in.id;
   st.insts[id] = std::move(in);
-  (*st.hosted)[id] = node;
   count_instances(self);
   const auto& dev = st.opt.device;
   self->request(st.opt.cluster.controller, std::chrono::seconds(30), instance_atom::value, node,
@@ -215,16 +220,16 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
                 in.full_at = now(self);
                 push_routes(self);
               } else {
-                group->push_back(id);
+                group->loading.push_back(id);
                 event(self, "scale-out", id, "on " + in.node + ", loading from " + st.policy->loading().source);
               }
             }
-            if (--*pending == 0 && !group->empty()) multicast_to(self, *group);
+            group->answered(self);
           },
           [=](caf::error& e) {
             event(self, "start failed", id, describe(e));
             stop_instance(self, id);
-            if (--*pending == 0 && !group->empty()) multicast_to(self, *group);
+            group->answered(self);
           });
 }
 
@@ -232,9 +237,9 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
 void start_instances(scaler_actor* self, bool preloaded, int n) {
   auto& st = self->state;
   if (st.opt.cluster.controller) {
-    auto group = std::make_shared<std::vector<uint32_t>>();
-    auto pending = std::make_shared<int>(n);
-    for (int k = 0; k < n; ++k) start_cluster_instance(self, preloaded, group, pending);
+    auto group = std::make_shared<start_group>();
+    group->pending = n;
+    for (int k = 0; k < n; ++k) start_cluster_instance(self, preloaded, group);
     return;
   }
   auto& sys = self->home_system();
@@ -275,7 +280,6 @@ void stop_instance(scaler_actor* self, uint32_t id) {
   if (it == st.insts.end()) return;
   if (!it->second.node.empty()) {
     self->send(st.opt.cluster.controller, uninstance_atom::value, it->second.node, id);
-    st.hosted->erase(id);
   } else {
     for (const caf::actor& a : {it->second.head, it->second.shard, it->second.tail, it->second.loader})
       if (a) {
@@ -363,10 +367,9 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
   st.opt = opt;
   st.t0 = clk::now();
   st.report.policy = policy->name();
-  // Instances die with their scaler, whichever way it ends.
-  self->attach_functor([owned = st.owned, hosted = st.hosted, controller = opt.cluster.controller] {
+  // Instances die with their scaler, whichever way it ends (nodes monitor the scaler of theirs).
+  self->attach_functor([owned = st.owned] {
     for (auto& a : *owned) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-    for (auto& [id, node] : *hosted) caf::anon_send(controller, uninstance_atom::value, node, id);
   });
   start_instances(self, true, std::max(1, knobs.min_instances));
   push_routes(self);
