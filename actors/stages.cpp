@@ -82,34 +82,34 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
   if (opt.preload)
     for (int l = range.begin; l < range.end; ++l) st.layers[size_t(l - range.begin)] = m->layers[size_t(l)];
   auto run = [=](step_ptr s) {
-        auto& st = self->state;
-        const auto& want = s->path->hops[s->hop].range;
-        if (want.begin < st.range.begin || want.end > st.range.end) {
-          s->error = "route asks shard [" + std::to_string(st.range.begin) + "," + std::to_string(st.range.end) +
-                     ") for layers [" + std::to_string(want.begin) + "," + std::to_string(want.end) + ")";
-          return pass_on(self, std::move(s));
-        }
-        for (int l = want.begin; l < want.end; ++l) {
-          const auto& w = st.layers[size_t(l - st.range.begin)];
-          if (!w) {
-            s->error = "layer " + std::to_string(l) + " is not loaded on shard [" + std::to_string(st.range.begin) +
-                       "," + std::to_string(st.range.end) + ")";
-            break;
-          }
-          auto r = forward_layer(st.m->config, *w, l, st.kv, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
-          if (!r) {
-            s->error = "layer " + std::to_string(l) + ": " + r.message();
-            break;
-          }
-        }
-        ++st.stats.steps;
-        st.stats.rows += uint64_t(s->rows());
-        const auto& d = st.opt.device;
-        if (!s->error.empty() || (d.layer_s <= 0 && d.per_row_s <= 0)) return pass_on(self, std::move(s));
-        // Emulated device: steps that arrive while it is busy run together next, as one batch
-        // would on a GPU (fixed cost once per layer, row cost per row).
-        st.device_queue.push_back(std::move(s));
-        if (!st.device_busy) start_device_group(self);
+    auto& st = self->state;
+    const auto& want = s->path->hops[s->hop].range;
+    if (want.begin < st.range.begin || want.end > st.range.end) {
+      s->error = "route asks shard [" + std::to_string(st.range.begin) + "," + std::to_string(st.range.end) +
+                 ") for layers [" + std::to_string(want.begin) + "," + std::to_string(want.end) + ")";
+      return pass_on(self, std::move(s));
+    }
+    for (int l = want.begin; l < want.end; ++l) {
+      const auto& w = st.layers[size_t(l - st.range.begin)];
+      if (!w) {
+        s->error = "layer " + std::to_string(l) + " is not loaded on shard [" + std::to_string(st.range.begin) +
+                   "," + std::to_string(st.range.end) + ")";
+        break;
+      }
+      auto r = forward_layer(st.m->config, *w, l, st.kv, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
+      if (!r) {
+        s->error = "layer " + std::to_string(l) + ": " + r.message();
+        break;
+      }
+    }
+    ++st.stats.steps;
+    st.stats.rows += uint64_t(s->rows());
+    const auto& d = st.opt.device;
+    if (!s->error.empty() || (d.layer_s <= 0 && d.per_row_s <= 0)) return pass_on(self, std::move(s));
+    // Emulated device: steps that arrive while it is busy run together next, as one batch
+    // would on a GPU (fixed cost once per layer, row cost per row).
+    st.device_queue.push_back(std::move(s));
+    if (!st.device_busy) start_device_group(self);
   };
   return {
       [=](step_atom, step_ptr& s) { run(std::move(s)); },
@@ -144,22 +144,22 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
 
 caf::behavior tail_actor(caf::event_based_actor* self, model_ptr m) {
   auto run = [=](step_ptr s) {
-        const auto& c = m->config;
-        std::vector<float> xs;
-        for (int r = 0; r < s->rows(); ++r)
-          if (s->want[size_t(r)])
-            xs.insert(xs.end(), s->x.begin() + long(r) * c.dim, s->x.begin() + long(r + 1) * c.dim);
-        int n = int(xs.size() / size_t(c.dim));
-        std::vector<float> logits(size_t(n) * size_t(c.vocab_size));
-        final_logits(*m, xs.data(), n, logits.data());
-        if (s->return_logits) s->logits = logits;
-        s->sampled.resize(size_t(n));
-        for (int i = 0; i < n; ++i)
-          s->sampled[size_t(i)] = sample(logits.data() + size_t(i) * size_t(c.vocab_size), c.vocab_size,
-                                         s->sampling[size_t(i)], s->rng[size_t(i)]);
-        s->x.clear();
-        s->x.shrink_to_fit();
-        pass_on(self, std::move(s));
+    const auto& c = m->config;
+    std::vector<float> xs;
+    for (int r = 0; r < s->rows(); ++r)
+      if (s->want[size_t(r)])
+        xs.insert(xs.end(), s->x.begin() + long(r) * c.dim, s->x.begin() + long(r + 1) * c.dim);
+    int n = int(xs.size() / size_t(c.dim));
+    std::vector<float> logits(size_t(n) * size_t(c.vocab_size));
+    final_logits(*m, xs.data(), n, logits.data());
+    if (s->return_logits) s->logits = logits;
+    s->sampled.resize(size_t(n));
+    for (int i = 0; i < n; ++i)
+      s->sampled[size_t(i)] = sample(logits.data() + size_t(i) * size_t(c.vocab_size), c.vocab_size,
+                                     s->sampling[size_t(i)], s->rng[size_t(i)]);
+    s->x.clear();
+    s->x.shrink_to_fit();
+    pass_on(self, std::move(s));
   };
   return {
       [=](step_atom, step_ptr& s) { run(std::move(s)); },
