@@ -175,6 +175,7 @@ TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others com
       CHECK(t.error.find("node died") == 0);
     } else {
       CHECK(t.ok);
+      if (!t.ok) MESSAGE("log of " << t.node << ":\n" << c.log(t.node));
       CHECK(c.image_sum(t.node) == want);
     }
   }
