@@ -38,6 +38,7 @@ void register_strata_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<std::vector<int32_t>>("std::vector<int32_t>");
   cfg.add_message_type<std::vector<uint64_t>>("std::vector<uint64_t>");
   cfg.add_message_type<wire_step>("strata.wire_step");
+  cfg.add_message_type<kv_slice>("strata.kv_slice");
   cfg.add_message_type<std::vector<caf::actor>>("std::vector<caf::actor>");
   cfg.add_error_category(caf::atom("strata"), [](uint8_t code, caf::atom_value, const caf::message& ctx) {
     std::string s = std::string("strata: ") + to_string(static_cast<errc>(code));

@@ -28,6 +28,9 @@ using tick_atom = caf::atom_constant<caf::atom("tick")>;
 using load_atom = caf::atom_constant<caf::atom("load")>;
 using devdone_atom = caf::atom_constant<caf::atom("devdone")>;
 using routes_atom = caf::atom_constant<caf::atom("routes")>;
+using kvsend_atom = caf::atom_constant<caf::atom("kvsend")>;
+using kvput_atom = caf::atom_constant<caf::atom("kvput")>;
+constexpr std::chrono::seconds kv_move_timeout{10};  // one shard-to-shard KV move
 
 // Error codes of the "strata" error category (rendered by register_strata_types()).
 enum class errc : uint8_t {
@@ -169,6 +172,11 @@ typename Inspector::result_type inspect(Inspector& f, stage_stats& x) {
 
 using layer_ptr = std::shared_ptr<const layer_weights>;
 
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, kv_slice& x) {
+  return f(caf::meta::type_name("kv_slice"), x.seq, x.begin, x.end, x.length, x.kv_dim, x.k, x.v);
+}
+
 // A router's load, as a scaler reads it.
 struct router_stats {
   uint32_t waiting = 0;
@@ -180,7 +188,9 @@ struct router_stats {
   uint64_t kv_capacity = 0;  // positions the serving instances can hold (max_running * context)
   uint64_t tokens = 0;    // generated so far
   uint64_t finished = 0;  // requests ended so far
-  uint64_t migrations = 0;  // requests moved off a cooperative route (recomputed)
+  uint64_t migrations = 0;  // requests moved off a cooperative route
+  uint64_t kv_migrations = 0;  // of those, moved with their KV cache (the rest recomputed it)
+  uint64_t kv_bytes_moved = 0;
   std::map<uint32_t, uint32_t> running_by_instance;  // by the instance that admitted them
   std::map<uint32_t, uint32_t> in_use_by_instance;   // running requests whose route touches it
 };
@@ -188,7 +198,8 @@ struct router_stats {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, router_stats& x) {
   return f(caf::meta::type_name("router_stats"), x.waiting, x.running, x.routes, x.ttft_ema_s, x.tbt_ema_s,
-           x.kv_tokens, x.kv_capacity, x.tokens, x.finished, x.migrations, x.running_by_instance,
+           x.kv_tokens, x.kv_capacity, x.tokens, x.finished, x.migrations, x.kv_migrations, x.kv_bytes_moved,
+           x.running_by_instance,
            x.in_use_by_instance);
 }
 

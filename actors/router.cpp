@@ -21,6 +21,7 @@ struct request_state {
   route_ptr path;               // fixed once running: its KV cache lives along this route
   route_ptr migrate_to;         // move here when the current step returns (see migrate)
   bool in_step = false;
+  bool moving = false;  // its KV cache is moving to migrate_to (KV migration)
   bool cancelled = false;
   bool started = false;  // has (or may have) KV state in the shards
   clock::time_point admitted;
@@ -52,6 +53,8 @@ struct router_state {
   uint64_t tokens = 0;
   uint64_t finished = 0;
   uint64_t migrations = 0;
+  uint64_t kv_migrations = 0;
+  uint64_t kv_bytes_moved = 0;
   static inline const char* name = "strata.router";
 };
 
@@ -89,7 +92,7 @@ void finish(router_actor* self, uint64_t id, const std::string& reason, const st
   ++st.finished;
   // A request inside a step is released when the step returns (see on_step), never before,
   // so a release cannot overtake the step's writes to the cache.
-  if (r.started && !r.in_step) release_kv(self, r.path, {id});
+  if (r.started && !r.in_step && !r.moving) release_kv(self, r.path, {id});
   st.running.erase(id);
   std::erase(st.waiting, id);
   st.reqs.erase(it);
@@ -101,17 +104,98 @@ bool local_route(const route_ptr& r) {
   return true;
 }
 
-// Recompute migration: a request on a cooperative route moves to its instance's own route once
-// that instance holds every layer. Its KV cache is freed on the old route and rebuilt on the new
+void schedule(router_actor* self);
+
+void release_on(router_actor* self, const std::vector<caf::actor>& shards, seq_id seq) {
+  for (auto& a : shards) self->send(a, release_atom::value, std::vector<seq_id>{seq});
+}
+
+std::vector<caf::actor> shards_of(const route_ptr& r) {
+  std::vector<caf::actor> out;
+  for (auto& h : r->hops)
+    if (h.range.size() > 0 && std::find(out.begin(), out.end(), h.actor) == out.end()) out.push_back(h.actor);
+  return out;
+}
+
+// Recompute migration: the request's KV cache is freed on the old route and rebuilt on the new
 // one by one prefill of everything so far (as vLLM recomputes preempted requests); the math is
-// deterministic per row, so the tokens do not change. Without it a request admitted while its
-// instance loaded would lean on the other instance until it ends.
-void migrate(router_actor* self, request_state& r, route_ptr to) {
+// deterministic per row, so the tokens do not change.
+void recompute_on(router_actor* self, request_state& r, route_ptr to) {
   if (r.started) release_kv(self, r.path, {r.id});
   r.path = std::move(to);
   r.processed = 0;
-  r.migrate_to = nullptr;
   ++self->state.migrations;
+}
+
+// A request on a cooperative route moves to its instance's own route once that instance holds
+// every layer; without it a request admitted while its instance loaded would lean on the other
+// instance until it ends. With kv_migration the shards it leaves send their layers' KV cache to
+// the shard that takes those layers over, and the request goes on from where it was; the move
+// is asynchronous (the request sits out steps meanwhile) and falls back to recomputing.
+void migrate(router_actor* self, request_state& r, route_ptr to) {
+  r.migrate_to = nullptr;
+  struct move {
+    caf::actor from, to;
+    layer_range layers;
+  };
+  std::vector<move> moves;
+  bool covered = true;
+  for (auto& h : r.path->hops) {
+    if (h.range.size() == 0) continue;
+    const hop* g = nullptr;
+    for (auto& n : to->hops)
+      if (n.range.size() > 0 && n.range.begin <= h.range.begin && h.range.end <= n.range.end) g = &n;
+    if (!g) covered = false;
+    else if (g->actor != h.actor) moves.push_back({h.actor, g->actor, h.range});
+  }
+  if (!self->state.opt.kv_migration || !covered || !r.started || r.processed == 0 || moves.empty())
+    return recompute_on(self, r, std::move(to));
+  r.moving = true;
+  auto id = r.id;
+  auto from_path = r.path;
+  auto left = std::make_shared<size_t>(moves.size());
+  auto bytes = std::make_shared<uint64_t>(0);
+  auto failure = std::make_shared<std::string>();
+  auto done = [=] {
+    if (--*left > 0) return;
+    auto& st = self->state;
+    auto it = st.reqs.find(id);
+    if (it == st.reqs.end()) {  // ended meanwhile: free both copies
+      release_on(self, shards_of(from_path), id);
+      release_on(self, shards_of(to), id);
+      return;
+    }
+    auto& q = it->second;
+    q.moving = false;
+    if (!failure->empty()) {
+      release_on(self, shards_of(to), id);  // whatever part arrived
+      recompute_on(self, q, to);
+    } else {
+      std::vector<caf::actor> stale;
+      auto keep = shards_of(to);
+      for (auto& a : shards_of(from_path))
+        if (std::find(keep.begin(), keep.end(), a) == keep.end()) stale.push_back(a);
+      release_on(self, stale, id);
+      q.path = to;
+      ++st.migrations;
+      ++st.kv_migrations;
+      st.kv_bytes_moved += *bytes;
+    }
+    if (q.cancelled) finish(self, id, "cancelled");
+    schedule(self);
+  };
+  for (auto& mv : moves)
+    self->request(mv.from, kv_move_timeout + std::chrono::seconds(5), kvsend_atom::value, seq_id(id),
+                  int32_t(mv.layers.begin), int32_t(mv.layers.end), mv.to)
+        .then(
+            [=](uint64_t n) {
+              *bytes += n;
+              done();
+            },
+            [=](caf::error& e) {
+              *failure = describe(e);
+              done();
+            });
 }
 
 void plan_migrations(router_actor* self) {
@@ -122,7 +206,7 @@ void plan_migrations(router_actor* self) {
     if (local_route(r)) local[r->instance] = r;
   for (auto id : st.running) {
     auto& r = st.reqs[id];
-    if (!r.path || local_route(r.path)) continue;
+    if (!r.path || r.moving || local_route(r.path)) continue;
     auto it = local.find(r.path->instance);
     if (it == local.end()) continue;
     if (r.in_step) r.migrate_to = it->second;
@@ -135,22 +219,47 @@ void watch(router_actor* self, const route_ptr& r) {
     if (self->state.monitored.insert(h.actor.address()).second) self->monitor(h.actor);
 }
 
-// The route with the fewest running requests of its instance, if that instance has room.
+route_shape shape_of(const route_ptr& r) {
+  route_shape s;
+  for (auto& h : r->hops) s.stops.emplace_back(h.instance, h.range.size());
+  return s;
+}
+
+// A route for the next waiting request among those whose instance has room (a route may take
+// its share of max_running): the zigzag choice, or the one with the fewest running requests of
+// its instance.
 route_ptr pick_route(router_actor* self) {
   auto& st = self->state;
   std::map<uint32_t, int> load;
   for (auto id : st.running) load[st.reqs[id].path->instance]++;
-  route_ptr best;
-  int best_load = 0;
-  for (auto& r : st.routes) {
-    int l = load[r->instance];
+  std::vector<size_t> room;
+  for (size_t i = 0; i < st.routes.size(); ++i) {
+    auto& r = st.routes[i];
     int cap = std::max(1, int(double(st.opt.max_running) * r->share + 0.5));
-    if (l < cap && (!best || l < best_load)) {
-      best = r;
-      best_load = l;
-    }
+    if (load[r->instance] < cap) room.push_back(i);
   }
-  return best;
+  if (room.empty()) return nullptr;
+  if (st.opt.scheduler == "zigzag") {
+    // Every route in use counts, including those no longer offered to new requests.
+    std::map<const route*, size_t> index;
+    std::vector<route_shape> shapes;
+    for (auto& r : st.routes) {
+      index[r.get()] = shapes.size();
+      shapes.push_back(shape_of(r));
+    }
+    for (auto id : st.running) {
+      auto& p = st.reqs[id].path;
+      auto [it, fresh] = index.emplace(p.get(), shapes.size());
+      if (fresh) shapes.push_back(shape_of(p));
+      shapes[it->second].running++;
+    }
+    int i = pick_split(std::move(shapes), room, st.opt.costs);
+    return i < 0 ? nullptr : st.routes[size_t(i)];
+  }
+  size_t best = room[0];
+  for (auto i : room)
+    if (load[st.routes[i]->instance] < load[st.routes[best]->instance]) best = i;
+  return st.routes[best];
 }
 
 void schedule(router_actor* self) {
@@ -169,7 +278,7 @@ void schedule(router_actor* self) {
   std::map<route_ptr, std::vector<uint64_t>> ready;
   for (auto id : st.running) {
     auto& r = st.reqs[id];
-    if (!r.in_step && !r.cancelled) ready[r.path].push_back(id);
+    if (!r.in_step && !r.moving && !r.cancelled) ready[r.path].push_back(id);
   }
   for (auto& [path, ids] : ready) {
     size_t next = 0;
@@ -336,7 +445,7 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
     for (auto id : ids) {
       auto& r = st.reqs[id];
       r.client = nullptr;
-      if (r.in_step)
+      if (r.in_step || r.moving)
         r.cancelled = true;
       else
         finish(self, id, "cancelled");
@@ -407,6 +516,8 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         s.tokens = st.tokens;
         s.finished = st.finished;
         s.migrations = st.migrations;
+        s.kv_migrations = st.kv_migrations;
+        s.kv_bytes_moved = st.kv_bytes_moved;
         for (auto id : st.running) {
           auto& path = st.reqs[id].path;
           s.kv_tokens += uint64_t(st.reqs[id].processed);
@@ -438,8 +549,8 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         auto& st = self->state;
         auto it = st.reqs.find(id);
         if (it == st.reqs.end()) return false;
-        if (it->second.in_step)
-          it->second.cancelled = true;  // finished when its step returns
+        if (it->second.in_step || it->second.moving)
+          it->second.cancelled = true;  // finished when its step returns or its move ends
         else
           finish(self, id, "cancelled");
         return true;

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "actors/messages.hpp"
+#include "dataflow/scaling.hpp"
 
 namespace strata {
 
@@ -18,6 +19,14 @@ struct router_options {
   // A request on a cooperative route moves to its instance's own route once that instance holds
   // every layer, recomputing its KV cache there (one prefill).
   bool recompute_migration = true;
+  // ... and takes its KV cache along (shard to shard) instead of recomputing it; recomputes
+  // only when the move fails.
+  bool kv_migration = true;
+  // How a waiting request picks among the routes with room: "zigzag" (the route that adds the
+  // least time per token over all running requests, dataflow/scaling.hpp pick_split) or
+  // "least-loaded" (the route whose instance runs the fewest requests).
+  std::string scheduler = "zigzag";
+  split_costs costs;
 };
 
 // Client protocol:

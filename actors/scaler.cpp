@@ -103,19 +103,28 @@ void push_routes(scaler_actor* self) {
     if (in.draining) continue;
     bool serve = in.view.full() || (spec.live && in.view.globals && in.view.layers() > 0);
     if (!serve) continue;
-    auto plan = plan_route(id, views, L, spec.pipeline);
-    if (!plan) continue;  // some layer is nowhere yet
-    auto r = make_route(self, *plan);
-    if (std::any_of(r->hops.begin(), r->hops.end(), [](const hop& h) { return !h.actor; })) {
-      event(self, "skipped", id, "route " + to_string(*plan) + " has a stage whose actor is not known yet");
-      continue;
-    }
-    routes.push_back(std::move(r));
-    if (in.first_route < 0) {
-      in.first_route = now(self);
-      if (in.decided > 0 || in.full_at < 0) {
-        st.report.to_first_layer_s.push_back(in.first_route - in.decided);
-        event(self, "serving", id, to_string(*plan));
+    std::vector<uint32_t> partners{0};  // 0: plan_route's own pick
+    if (st.opt.split_candidates && !in.view.full())
+      for (auto& v : views)
+        if (v.full() && !v.draining) partners.push_back(v.id);
+    std::set<std::string> seen;
+    for (auto partner : partners) {
+      auto plan = plan_route(id, views, L, spec.pipeline, partner);
+      if (!plan) break;  // some layer is nowhere yet
+      auto text = to_string(*plan);
+      if (!seen.insert(text).second) continue;
+      auto r = make_route(self, *plan);
+      if (std::any_of(r->hops.begin(), r->hops.end(), [](const hop& h) { return !h.actor; })) {
+        event(self, "skipped", id, "route " + text + " has a stage whose actor is not known yet");
+        continue;
+      }
+      routes.push_back(std::move(r));
+      if (in.first_route < 0) {
+        in.first_route = now(self);
+        if (in.decided > 0 || in.full_at < 0) {
+          st.report.to_first_layer_s.push_back(in.first_route - in.decided);
+          event(self, "serving", id, text);
+        }
       }
     }
   }
@@ -312,6 +321,8 @@ void on_stats(scaler_actor* self, const router_stats& rs) {
   if (t > st.last_tick) v.tokens_per_s = double(rs.tokens - st.last_tokens) / (t - st.last_tick);
   st.last_tokens = rs.tokens;
   st.report.migrations = rs.migrations;
+  st.report.kv_migrations = rs.kv_migrations;
+  st.report.kv_bytes_moved = rs.kv_bytes_moved;
   st.last_tick = t;
   v.running_by_instance = rs.running_by_instance;
   for (auto& [id, in] : st.insts) {

@@ -31,6 +31,9 @@ struct scaler_options {
   double globals_bytes = 0;  // emulated embedding + classifier bytes (0: real size)
   device_model device;       // emulated compute of every instance
   bool proportional_share = true;  // a loading instance takes requests in proportion to its layers
+  // A loading instance offers one cooperative route per full partner, for the router's zigzag
+  // scheduler to choose from (false: one route, partners spread by instance id).
+  bool split_candidates = true;
   std::chrono::milliseconds tick{50};
   cluster_placement cluster;
 };
@@ -55,6 +58,8 @@ struct scaling_report {
   std::vector<double> to_full_s;         // decision -> every layer local
   double instance_seconds = 0;           // cost: integral of started instances over time
   uint64_t migrations = 0;               // requests moved off cooperative routes (router)
+  uint64_t kv_migrations = 0;            // of those, moved with their KV cache
+  uint64_t kv_bytes_moved = 0;
 };
 
 using report_atom = caf::atom_constant<caf::atom("report")>;

@@ -130,6 +130,22 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
       [=](release_atom, const std::vector<seq_id>& seqs) {
         for (auto q : seqs) self->state.kv.release(q);
       },
+      // KV migration: send a sequence's cache for layers [b, e) to another shard; answers the
+      // bytes moved once that shard holds them (this one keeps its copy until released).
+      [=](kvsend_atom, seq_id seq, int32_t b, int32_t e, const caf::actor& to) -> caf::result<uint64_t> {
+        auto x = self->state.kv.export_seq(seq, b, e);
+        if (!x) return make_error(errc::bad_request, "KV export: " + x.message());
+        if (to == caf::actor_cast<caf::actor>(self)) return uint64_t(0);
+        auto rp = self->make_response_promise<uint64_t>();
+        uint64_t n = x->bytes();
+        self->request(to, kv_move_timeout, kvput_atom::value, std::move(*x))
+            .then([rp, n](bool) mutable { rp.deliver(n); }, [rp](caf::error& err) mutable { rp.deliver(err); });
+        return rp;
+      },
+      [=](kvput_atom, const kv_slice& x) -> caf::result<bool> {
+        if (auto st = self->state.kv.import_seq(x); !st) return make_error(errc::bad_request, "KV import: " + st.message());
+        return true;
+      },
       [=](stats_atom) {
         auto& st = self->state;
         auto s = st.stats;

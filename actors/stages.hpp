@@ -38,6 +38,10 @@ struct shard_state {
   bool device_busy = false;
   static inline const char* name = "strata.shard";
 };
+// Shards also move a sequence's KV cache between them (KV migration, driven by the router):
+//   (kvsend_atom, seq, begin, end, to) -> uint64_t bytes, once `to` holds layers [begin, end)
+//   (kvput_atom, kv_slice) -> bool
+
 // A shard holding its layers from the start.
 caf::behavior shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, layer_range range);
 // A shard whose layers may stream in (load_atom) and whose timing may follow a device model.

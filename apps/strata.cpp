@@ -73,6 +73,8 @@ commands:
                [--policies blitz,lambda-pipe,all-cache,stop-the-world] [--min 1 --max 4 --queue 4]
                [--ttft-slo-ms 1000 --tbt-slo-ms 200 --keep-alive-s 3 --max-running 16]
                [--device-layer-ms 0.5 --device-row-ms 0.02] [--svg-prefix P]
+               [--scheduler zigzag|least-loaded] (how requests pick among routes, see README)
+               [--migration kv|recompute|off] (how requests leave a cooperative route)
              across node processes (instances in `strata node` processes, parameters over UCX):
                --nodes N [--link-mbs MB/s per node's egress (0: unpaced)] [--chunk-kb 64]
                [--transport tcp|sm]
@@ -472,7 +474,7 @@ int cmd_autoscale(int argc, char** argv) {
                         "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "seed", "threads", "policies",
                         "layer-mb", "globals-mb", "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms",
                         "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s",
-                        "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport"},
+                        "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport", "scheduler", "migration"},
                        {"strict"});
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model") || !a->has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
@@ -501,6 +503,13 @@ int cmd_autoscale(int argc, char** argv) {
   so.globals_bytes = *a->number("globals-mb", 500) * 1e6;
   so.device.layer_s = *a->number("device-layer-ms", 0.5) / 1000;
   so.device.per_row_s = *a->number("device-row-ms", 0.02) / 1000;
+  std::string scheduler = a->str("scheduler", "zigzag");
+  if (scheduler != "zigzag" && scheduler != "least-loaded")
+    return fail("unknown --scheduler '" + scheduler + "' (expected zigzag or least-loaded)");
+  so.split_candidates = scheduler == "zigzag";
+  std::string migration = a->str("migration", "kv");
+  if (migration != "kv" && migration != "recompute" && migration != "off")
+    return fail("unknown --migration '" + migration + "' (expected kv, recompute or off)");
   slo_spec slo;
   slo.ttft_s = k.ttft_slo_s;
   slo.tbt_s = k.tbt_slo_s;
@@ -570,6 +579,14 @@ int cmd_autoscale(int argc, char** argv) {
     auto& sys = cluster ? cluster->system() : *own->sys;
     router_options ro;
     ro.max_running = int(*a->integer("max-running", 16));
+    ro.scheduler = scheduler;
+    ro.recompute_migration = migration != "off";
+    ro.kv_migration = migration == "kv";
+    // The zigzag scheduler's cost model in ms: the emulated device's, and a hop between
+    // instances as measured here (a process boundary costs more than a mailbox).
+    ro.costs.per_layer = std::max(so.device.layer_s * 1e3, 0.01);
+    ro.costs.per_row = so.device.per_row_s * 1e3;
+    ro.costs.per_hop = cluster ? 0.5 : 0.05;
     auto router = spawn_router(sys, *m, std::vector<route_ptr>{}, ro);
     auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
     auto records = replay(sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 5));
@@ -605,16 +622,16 @@ int cmd_autoscale(int argc, char** argv) {
     for (double x : v) s += x;
     return v.empty() ? 0.0 : s / double(v.size());
   };
-  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s %9s\n", "policy", "p50 TTFT", "p99 TTFT", "p99 TBT",
-              "p99 E2E", "SLO %", "inst*s", "p99 TTFT", "to serving", "to full", "migrated");
-  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s %9s\n", "", "ms", "ms", "ms", "ms", "", "", "vs STW", "s", "s",
-              "requests");
+  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s %9s %8s\n", "policy", "p50 TTFT", "p99 TTFT", "p99 TBT",
+              "p99 E2E", "SLO %", "inst*s", "p99 TTFT", "to serving", "to full", "migrated", "with KV");
+  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s %9s %8s\n", "", "ms", "ms", "ms", "ms", "", "", "vs STW", "s", "s",
+              "requests", "MB");
   for (auto& r : rows) {
     double ratio = base && base->sum.ttft.p99 > 0 ? r.sum.ttft.p99 / base->sum.ttft.p99 : 0;
-    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %9.2f %11.3f %11.3f %9llu\n", r.policy.c_str(),
+    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %9.2f %11.3f %11.3f %9llu %8.2f\n", r.policy.c_str(),
                 r.sum.ttft.p50 * 1e3, r.sum.ttft.p99 * 1e3, r.sum.tbt.p99 * 1e3, r.sum.e2e.p99 * 1e3,
                 100 * r.sum.slo_attainment, r.rep.instance_seconds, ratio, mean(r.rep.to_first_layer_s),
-                mean(r.rep.to_full_s), (unsigned long long)r.rep.migrations);
+                mean(r.rep.to_full_s), (unsigned long long)r.rep.migrations, double(r.rep.kv_bytes_moved) / 1e6);
   }
   return 0;
 }

@@ -45,6 +45,53 @@ kv_cache::entry& kv_cache::prepare(seq_id s, int needed) {
   return e;
 }
 
+expected<kv_slice> kv_cache::export_seq(seq_id seq, int begin, int end) const {
+  if (begin < begin_ || end > end_ || begin >= end)
+    return make_error("layers [" + std::to_string(begin) + "," + std::to_string(end) + ") are not all in this cache's [" +
+                      std::to_string(begin_) + "," + std::to_string(end_) + ")");
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) return make_error("sequence " + std::to_string(seq) + " has no cache here");
+  const auto& e = it->second;
+  kv_slice x;
+  x.seq = seq;
+  x.begin = begin;
+  x.end = end;
+  x.length = e.length;
+  x.kv_dim = c_.kv_dim();
+  size_t n = size_t(e.length) * size_t(x.kv_dim);
+  for (int l = begin; l < end; ++l) {
+    const auto& k = e.k[size_t(l - begin_)];
+    const auto& v = e.v[size_t(l - begin_)];
+    x.k.insert(x.k.end(), k.begin(), k.begin() + long(n));
+    x.v.insert(x.v.end(), v.begin(), v.begin() + long(n));
+  }
+  return x;
+}
+
+status kv_cache::import_seq(const kv_slice& x) {
+  if (x.begin < begin_ || x.end > end_ || x.begin >= x.end)
+    return make_error("slice layers [" + std::to_string(x.begin) + "," + std::to_string(x.end) +
+                      ") are not all in this cache's [" + std::to_string(begin_) + "," + std::to_string(end_) + ")");
+  size_t n = size_t(x.length) * size_t(c_.kv_dim());
+  if (x.kv_dim != c_.kv_dim() || x.length < 0 || x.length > c_.seq_len || x.k.size() != n * size_t(x.end - x.begin) ||
+      x.v.size() != x.k.size())
+    return make_error("malformed KV slice for sequence " + std::to_string(x.seq) + " (" + std::to_string(x.length) +
+                      " positions, kv_dim " + std::to_string(x.kv_dim) + ", " + std::to_string(x.k.size()) +
+                      " keys)");
+  auto it = seqs_.find(x.seq);
+  if (it != seqs_.end() && it->second.length != x.length)
+    return make_error("sequence " + std::to_string(x.seq) + " holds " + std::to_string(it->second.length) +
+                      " positions here, the slice " + std::to_string(x.length));
+  auto& e = prepare(x.seq, std::max(1, x.length));
+  for (int l = x.begin; l < x.end; ++l) {
+    size_t off = size_t(l - x.begin) * n;
+    std::copy(x.k.begin() + long(off), x.k.begin() + long(off + n), e.k[size_t(l - begin_)].begin());
+    std::copy(x.v.begin() + long(off), x.v.begin() + long(off + n), e.v[size_t(l - begin_)].begin());
+  }
+  e.length = x.length;
+  return {};
+}
+
 status forward_layer(const model_config& c, const layer_weights& w, int layer, kv_cache& kv, const seq_id* seqs,
                      const int* pos, int rows, float* x) {
   if (layer < kv.begin_ || layer >= kv.end_)

@@ -13,6 +13,17 @@ namespace strata {
 
 using seq_id = uint64_t;
 
+// The keys and values of one sequence for layers [begin, end): what moves when a running request
+// changes instance (KV migration) instead of recomputing its cache.
+struct kv_slice {
+  seq_id seq = 0;
+  int32_t begin = 0, end = 0;
+  int32_t length = 0;    // positions
+  int32_t kv_dim = 0;
+  std::vector<float> k, v;  // per layer in order: [length, kv_dim]
+  size_t bytes() const { return (k.size() + v.size()) * sizeof(float); }
+};
+
 class kv_cache {
  public:
   kv_cache() = default;
@@ -33,6 +44,11 @@ class kv_cache {
     int length = 0;
   };
   entry& prepare(seq_id s, int needed);
+
+  // Copies out `seq`'s positions for layers [begin, end) (within this cache's layers).
+  expected<kv_slice> export_seq(seq_id seq, int begin, int end) const;
+  // Stores a slice; the sequence's other layers here, if any, must hold the same positions.
+  status import_seq(const kv_slice& x);
 
  private:
   friend status forward_layer(const model_config&, const layer_weights&, int, kv_cache&, const seq_id*,

@@ -12,7 +12,7 @@ bool instance_view::full() const {
 int instance_view::layers() const { return int(std::count(have.begin(), have.end(), true)); }
 
 expected<route_plan> plan_route(uint32_t head, const std::vector<instance_view>& instances, int n_layers,
-                                bool prefer_loading) {
+                                bool prefer_loading, uint32_t lean_on) {
   const instance_view* self = nullptr;
   for (auto& i : instances)
     if (i.id == head) self = &i;
@@ -36,7 +36,9 @@ expected<route_plan> plan_route(uint32_t head, const std::vector<instance_view>&
       std::vector<const instance_view*> full;
       for (auto& i : instances)
         if (!i.draining && i.full()) full.push_back(&i);
-      if (!full.empty()) pick = full[head % full.size()];
+      for (auto* f : full)
+        if (f->id == lean_on) pick = f;
+      if (!pick && !full.empty()) pick = full[head % full.size()];
     }
     if (!pick)
       for (auto& i : instances)
@@ -64,6 +66,64 @@ std::string to_string(const route_plan& r) {
   for (auto& s : r.stops) os << " -> i" << s.instance << "[" << s.begin << "," << s.end << ")";
   os << " -> i" << r.tail << ":tail";
   return os.str();
+}
+
+std::map<uint32_t, double> step_times(const std::vector<route_shape>& routes, const split_costs& c) {
+  std::map<uint32_t, int> most;
+  std::map<uint32_t, double> row_layers;
+  for (auto& r : routes) {
+    if (r.running <= 0) continue;
+    std::map<uint32_t, int> here;
+    for (auto& [inst, layers] : r.stops) here[inst] += layers;
+    for (auto& [inst, layers] : here) {
+      most[inst] = std::max(most[inst], layers);
+      row_layers[inst] += double(r.running) * layers;
+    }
+  }
+  std::map<uint32_t, double> t;
+  for (auto& [inst, layers] : most) t[inst] = c.per_layer * layers + c.per_row * row_layers[inst];
+  return t;
+}
+
+double token_time(const route_shape& r, const std::map<uint32_t, double>& step, const split_costs& c) {
+  double t = 0;
+  uint32_t prev = 0;
+  bool first = true;
+  std::vector<uint32_t> seen;
+  for (auto& [inst, layers] : r.stops) {
+    if (!first && inst != prev) t += c.per_hop;
+    first = false;
+    prev = inst;
+    if (std::find(seen.begin(), seen.end(), inst) != seen.end()) continue;
+    seen.push_back(inst);
+    auto it = step.find(inst);
+    if (it != step.end()) t += it->second;
+  }
+  return t;
+}
+
+double total_token_time(const std::vector<route_shape>& routes, const split_costs& c) {
+  auto step = step_times(routes, c);
+  double sum = 0;
+  for (auto& r : routes)
+    if (r.running > 0) sum += r.running * token_time(r, step, c);
+  return sum;
+}
+
+int pick_split(std::vector<route_shape> routes, const std::vector<size_t>& candidates, const split_costs& c) {
+  int best = -1;
+  double best_cost = 0;
+  for (auto i : candidates) {
+    if (i >= routes.size()) continue;
+    ++routes[i].running;
+    double cost = total_token_time(routes, c);
+    --routes[i].running;
+    if (best < 0 || cost < best_cost - 1e-12) {
+      best = int(i);
+      best_cost = cost;
+    }
+  }
+  return best;
 }
 
 std::vector<int> scaling_policy::load_order(int n_layers, int) const {

@@ -37,12 +37,46 @@ struct route_plan {
 
 // A route for requests admitted by `head`: every layer from the instance itself when it has it,
 // else from another instance that does (a loading peer first when `prefer_loading`, as λScale's
-// execute-while-load pipelines do, else a full one, spread over the full instances by `head`).
-// Fails when some layer is nowhere.
+// execute-while-load pipelines do, else the full instance `lean_on` when it is one, else a full
+// one spread over the full instances by `head`). Fails when some layer is nowhere.
 expected<route_plan> plan_route(uint32_t head, const std::vector<instance_view>& instances, int n_layers,
-                                bool prefer_loading = false);
+                                bool prefer_loading = false, uint32_t lean_on = 0);
 
 std::string to_string(const route_plan& r);
+
+// ZigZag-style layer scheduling (after BlitzScale's ZigZag scheduler): which layers of a new
+// request run on a loading instance and which on the instances that hold the rest. A loading
+// instance offers one cooperative route per full partner (its loaded prefix, then the partner),
+// full instances offer their own; each request joins the route that adds the least to the time
+// per token summed over every running request (its own included). The cost model is a batched
+// device step: an instance's step takes per_layer * (most layers any active route runs there) +
+// per_row * (sum over routes of rows * layers there), and a route's time per token is the sum of
+// the step times of the instances it visits plus per_hop per change of instance. So a request
+// leans on the least busy partner, runs as deep on the new instance as it has layers, and joins
+// a cooperative route rather than a full instance's own when that costs the others less; as
+// layers land, later requests split deeper and the split zigzags with the load.
+struct split_costs {
+  double per_layer = 1.0;
+  double per_row = 0.05;
+  double per_hop = 0.5;
+};
+
+// A route as the scheduler sees it: (instance, layers run there) per stage in order, with the
+// head and tail stages as zero-layer stops, and how many running requests it has.
+struct route_shape {
+  std::vector<std::pair<uint32_t, int>> stops;
+  int running = 0;
+};
+
+// Step time per instance with these routes active (those with running requests).
+std::map<uint32_t, double> step_times(const std::vector<route_shape>& routes, const split_costs& c);
+// Time per token of a request on `r` given the instances' step times.
+double token_time(const route_shape& r, const std::map<uint32_t, double>& step, const split_costs& c);
+// Sum over running requests of their time per token.
+double total_token_time(const std::vector<route_shape>& routes, const split_costs& c);
+// The candidate (an index into `routes`) whose gaining one request adds the least to
+// total_token_time; -1 when there is none. Ties go to the earlier candidate.
+int pick_split(std::vector<route_shape> routes, const std::vector<size_t>& candidates, const split_costs& c);
 
 // The load a scaler sees at one tick.
 struct load_view {

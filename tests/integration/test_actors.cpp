@@ -374,6 +374,8 @@ TEST_CASE("cooperative routes through a loading instance give the same tokens as
   register_strata_types(cfg);
   caf::actor_system sys{cfg};
   auto m = stories();
+  for (bool kv_move : {true, false}) {
+  CAPTURE(kv_move);
   shard_options loading;
   loading.preload = false;
   loading.device.layer_s = 0.002;  // steps take >= 4 ms: the long request is still running when B completes
@@ -385,14 +387,16 @@ TEST_CASE("cooperative routes through a loading instance give the same tokens as
   auto coop = std::make_shared<route>();
   coop->instance = 2;
   coop->hops = {{b_head, {0, 0}, 2}, {b_shard, {0, 2}, 2}, {a_shard, {2, 5}, 1}, {a_tail, {5, 5}, 1}};
-  auto router = spawn_router(sys, m, std::vector<route_ptr>{coop});
+  router_options ro;
+  ro.kv_migration = kv_move;
+  auto router = spawn_router(sys, m, std::vector<route_ptr>{coop}, ro);
   auto want = reference({1}, 120);
   // A long request starts on the cooperative route ...
   expected<completion> first = make_error("not run");
   std::thread t([&] { first = generate(sys, router, greedy({1}, 120)); });
   std::this_thread::sleep_for(20ms);
   // ... B finishes loading: new requests go to its local route, and the first moves there too,
-  // recomputing its KV cache on B (recompute migration).
+  // taking its KV cache for layers [2,5) from A along (or recomputing it on B).
   for (int l : {2, 3, 4}) caf::anon_send(b_shard, load_atom::value, int32_t(l), layer_ptr(m->layers[size_t(l)]));
   auto local = std::make_shared<route>();
   local->instance = 2;
@@ -407,7 +411,15 @@ TEST_CASE("cooperative routes through a loading instance give the same tokens as
   CHECK(second->tokens == want);
   caf::scoped_actor self{sys};
   self->request(router, 5s, stats_atom::value)
-      .receive([&](const router_stats& s) { CHECK(s.migrations == 1); }, [](caf::error&) { FAIL("no stats"); });
+      .receive(
+          [&](const router_stats& s) {
+            CHECK(s.migrations == 1);
+            CHECK(s.kv_migrations == (kv_move ? 1u : 0u));
+            // 3 layers x (keys + values) x positions so far x kv_dim floats.
+            if (kv_move) CHECK(s.kv_bytes_moved % (3 * 2 * m->config.kv_dim() * sizeof(float)) == 0);
+            CHECK((s.kv_bytes_moved > 0) == kv_move);
+          },
+          [](caf::error&) { FAIL("no stats"); });
   self->request(a_shard, 5s, stats_atom::value)
       .receive([&](const stage_stats& s) { CHECK(s.kv_sequences == 0); }, [](caf::error&) { FAIL("no stats"); });
   // A route through a layer that has not landed fails clearly.
@@ -419,6 +431,69 @@ TEST_CASE("cooperative routes through a loading instance give the same tokens as
   REQUIRE(r);
   CHECK(r->result.error == "layer 0 is not loaded on shard [0,5)");
   for (const caf::actor& x : {a_head, a_tail, a_shard, b_head, b_tail, b_shard, c_shard, router})
+    caf::anon_send_exit(x, caf::exit_reason::user_shutdown);
+  }
+}
+
+TEST_CASE("the zigzag scheduler sends a new request through the least busy partner") {
+  caf::actor_system_config cfg;
+  register_strata_types(cfg);
+  caf::actor_system sys{cfg};
+  auto m = stories();
+  shard_options slow;
+  slow.device.layer_s = 0.002;  // the long requests are still running when the last one arrives
+  // Full instances 1 and 3, instance 2 loading with layers 0 and 1.
+  auto a_head = sys.spawn(head_actor, m), a_tail = sys.spawn(tail_actor, m);
+  auto a_shard = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, slow);
+  auto c_tail = sys.spawn(tail_actor, m);
+  auto c_shard = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, slow);
+  shard_options loading = slow;
+  loading.preload = false;
+  auto b_head = sys.spawn(head_actor, m);
+  auto b_shard = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, loading);
+  for (int l : {0, 1}) caf::anon_send(b_shard, load_atom::value, int32_t(l), layer_ptr(m->layers[size_t(l)]));
+  auto a_own = std::make_shared<route>();
+  a_own->instance = 1;
+  a_own->hops = {{a_head, {0, 0}, 1}, {a_shard, {0, 5}, 1}, {a_tail, {5, 5}, 1}};
+  auto via = [&](caf::actor shard, caf::actor tail, uint32_t partner) {
+    auto r = std::make_shared<route>();
+    r->instance = 2;
+    r->hops = {{b_head, {0, 0}, 2}, {b_shard, {0, 2}, 2}, {shard, {2, 5}, partner}, {tail, {5, 5}, partner}};
+    return route_ptr(r);
+  };
+  for (std::string sched : {"zigzag", "least-loaded"}) {
+    CAPTURE(sched);
+    router_options ro;
+    ro.scheduler = sched;
+    ro.costs = {1.0, 1.0, 0.5};  // rows cost as much as a pass over the weights: instance 1 is busy
+    auto router = spawn_router(sys, m, std::vector<route_ptr>{a_own}, ro);
+    std::vector<expected<completion>> busy(3, make_error("not run"));
+    std::vector<std::thread> ts;
+    for (size_t i = 0; i < busy.size(); ++i) ts.emplace_back([&, i] { busy[i] = generate(sys, router, greedy({1}, 150)); });
+    std::this_thread::sleep_for(50ms);
+    caf::anon_send(router, routes_atom::value, std::vector<route_ptr>{a_own, via(a_shard, a_tail, 1), via(c_shard, c_tail, 3)});
+    std::this_thread::sleep_for(20ms);
+    expected<completion> last = make_error("not run");
+    std::thread t([&] { last = generate(sys, router, greedy({1}, 60)); });
+    std::this_thread::sleep_for(60ms);
+    caf::scoped_actor self{sys};
+    uint64_t on_c = 99;
+    self->request(c_shard, 5s, stats_atom::value)
+        .receive([&](const stage_stats& s) { on_c = s.kv_sequences; }, [](caf::error&) { FAIL("no stats"); });
+    // zigzag: instance 3 idles, so the request leans on it; least-loaded takes the first of the
+    // two equally loaded cooperative routes, through busy instance 1.
+    CHECK(on_c == (sched == "zigzag" ? 1u : 0u));
+    t.join();
+    for (auto& th : ts) th.join();
+    REQUIRE_MESSAGE(last, last.message());
+    CHECK(last->tokens == reference({1}, 60));
+    for (auto& b : busy) {
+      REQUIRE_MESSAGE(b, b.message());
+      CHECK(b->tokens == reference({1}, 150));
+    }
+    caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+  }
+  for (const caf::actor& x : {a_head, a_tail, a_shard, c_tail, c_shard, b_head, b_shard})
     caf::anon_send_exit(x, caf::exit_reason::user_shutdown);
 }
 

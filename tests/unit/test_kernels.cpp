@@ -253,6 +253,46 @@ TEST_CASE("a transformer layer (GQA, KV cache, prefill then decode) matches floa
   }
 }
 
+TEST_CASE("a sequence's KV cache moves between caches and decoding goes on bit for bit") {
+  auto rng = fresh_rng();
+  auto c = model_config::llama(48, 80, 3, 6, 2, 10, 32);
+  auto m = make_random_model(c, rng(), "t");
+  // `whole` runs layers 0-2 throughout; `a` runs layer 0 and `b` layers 1-2, until b takes
+  // over every layer with layer 0's cache moved from a (as a request leaves a cooperative route).
+  kv_cache whole(c, 0, 3), a(c, 0, 1), b(c, 0, 3);
+  auto run = [&](kv_cache& kv, int first, int last, seq_id s, int pos, std::vector<float>& x) {
+    for (int l = first; l < last; ++l) REQUIRE(forward_layer(c, *m->layers[size_t(l)], l, kv, &s, &pos, 1, x.data()));
+  };
+  for (int p = 0; p < 6; ++p) {
+    auto x = random_vector(size_t(c.dim), rng), y = x;
+    run(whole, 0, 3, 9, p, x);
+    run(a, 0, 1, 9, p, y);
+    run(b, 1, 3, 9, p, y);
+    CHECK(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+  }
+  auto slice = a.export_seq(9, 0, 1);
+  REQUIRE(slice);
+  CHECK(slice->length == 6);
+  CHECK(slice->bytes() == 2 * 6 * size_t(c.kv_dim()) * sizeof(float));
+  REQUIRE(b.import_seq(*slice));
+  a.release(9);
+  for (int p = 6; p < 10; ++p) {
+    auto x = random_vector(size_t(c.dim), rng), y = x;
+    run(whole, 0, 3, 9, p, x);
+    run(b, 0, 3, 9, p, y);
+    CHECK(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+  }
+  // Precise errors: unknown sequence, layers outside the cache, a slice of another length, a
+  // truncated slice.
+  CHECK(a.export_seq(9, 0, 1).message() == "sequence 9 has no cache here");
+  CHECK(b.export_seq(9, 2, 4).message().find("not all in this cache's [0,3)") != std::string::npos);
+  auto stale = *slice;
+  CHECK(b.import_seq(stale).message() == "sequence 9 holds 10 positions here, the slice 6");
+  stale.seq = 10;
+  stale.k.pop_back();
+  CHECK(b.import_seq(stale).message().find("malformed KV slice") != std::string::npos);
+}
+
 TEST_CASE("f16 and bf16 conversions") {
   CHECK(f32_to_f16(1.0f) == 0x3C00);
   CHECK(f32_to_f16(-2.0f) == 0xC000);

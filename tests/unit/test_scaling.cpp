@@ -47,6 +47,61 @@ TEST_CASE("routes: local when full, cooperative while loading, pipelines between
   CHECK(plan_route(2, is, 4)->stops[1].instance != plan_route(9, is, 4)->stops[1].instance);
 }
 
+TEST_CASE("routes lean on the full partner asked for") {
+  std::vector<instance_view> is = {inst(1, {true, true, true, true}), inst(2, {true, true, true, true}),
+                                   inst(3, {true, true, false, false})};
+  CHECK(to_string(*plan_route(3, is, 4, false, 1)) == "i3:head -> i3[0,2) -> i1[2,4) -> i1:tail");
+  CHECK(to_string(*plan_route(3, is, 4, false, 2)) == "i3:head -> i3[0,2) -> i2[2,4) -> i2:tail");
+  // Not a full instance (or unknown): the default spread.
+  CHECK(to_string(*plan_route(3, is, 4, false, 3)) == to_string(*plan_route(3, is, 4)));
+}
+
+namespace {
+// head, layers on each instance in order, tail.
+route_shape shape(std::vector<std::pair<uint32_t, int>> stops, int running) {
+  route_shape r;
+  r.stops.emplace_back(stops.front().first, 0);
+  for (auto& s : stops) r.stops.push_back(s);
+  r.stops.emplace_back(stops.back().first, 0);
+  r.running = running;
+  return r;
+}
+}  // namespace
+
+TEST_CASE("zigzag cost model: batched step per instance, time per token along the route") {
+  split_costs c{1.0, 0.05, 0.5};
+  std::vector<route_shape> rs = {shape({{1, 4}}, 10), shape({{2, 2}, {1, 2}}, 2), shape({{3, 4}}, 0)};
+  auto t = step_times(rs, c);
+  CHECK(t[1] == doctest::Approx(4 + 0.05 * (10 * 4 + 2 * 2)));  // one batch of the most layers
+  CHECK(t[2] == doctest::Approx(2 + 0.05 * 2 * 2));
+  CHECK(t.count(3) == 0);  // an idle route costs nothing
+  CHECK(token_time(rs[0], t, c) == doctest::Approx(t[1]));
+  CHECK(token_time(rs[1], t, c) == doctest::Approx(t[1] + t[2] + 0.5));  // one change of instance
+  CHECK(total_token_time(rs, c) == doctest::Approx(10 * t[1] + 2 * token_time(rs[1], t, c)));
+}
+
+TEST_CASE("zigzag: lean on the least busy partner, split as deep as loaded, join open batches") {
+  split_costs c{1.0, 0.05, 0.5};
+  // Instance 3 holds 2 of 4 layers; full instances 1 (10 running) and 2 (2 running).
+  std::vector<route_shape> rs = {shape({{1, 4}}, 10), shape({{2, 4}}, 2), shape({{3, 2}, {1, 2}}, 0),
+                                 shape({{3, 2}, {2, 2}}, 0)};
+  CHECK(pick_split(rs, {2, 3}, c) == 3);
+  // A partner whose step is dominated by its rows (compute-bound): the deeper split moves work
+  // off it. While rows are cheap next to a pass over the weights, a pass over the new
+  // instance's own layers costs the request more than riding the partner's open batch.
+  std::vector<route_shape> depth = {shape({{1, 4}}, 12), shape({{3, 1}, {1, 3}}, 0), shape({{3, 3}, {1, 1}}, 0)};
+  CHECK(pick_split(depth, {1, 2}, split_costs{1.0, 0.5, 0.5}) == 2);
+  CHECK(pick_split(depth, {1, 2}, c) == 1);
+  // Joining a route that already runs costs its rows only; opening another batch on a busy
+  // instance costs every request there a pass over more layers.
+  std::vector<route_shape> open = {shape({{3, 3}, {1, 1}}, 20), shape({{3, 1}, {1, 3}}, 0)};
+  CHECK(pick_split(open, {0, 1}, c) == 0);
+  // With room on the full instance itself and nobody leaning on it, its own route wins (no hop).
+  std::vector<route_shape> own = {shape({{1, 4}}, 1), shape({{3, 2}, {1, 2}}, 0)};
+  CHECK(pick_split(own, {0, 1}, c) == 0);
+  CHECK(pick_split(own, {}, c) == -1);
+}
+
 TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-alive") {
   scaling_knobs k;
   k.min_instances = 1;
