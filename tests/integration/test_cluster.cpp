@@ -136,9 +136,15 @@ TEST_CASE("a lost chunk is fetched again, and layers become ready in the order a
   auto req = request_for({"a"}, "chain");
   req.segment_order = {0, 4, 2, 3, 1};
   std::vector<std::string> during;
+  const std::string half = "rand: src (host copy) a (loading; segments ready: 0,2,3,4)";
   auto r = c.multicast(req, [&] {
-    std::this_thread::sleep_for(150ms);  // a waits for its lost chunk: the view shows it half loaded
-    during = c.view().holdings;
+    // a waits 400 ms for its lost chunk: meanwhile the view shows it half loaded (polled, since a
+    // busy machine may start the transfer late).
+    for (int i = 0; i < 60; ++i) {
+      during = c.view().holdings;
+      if (during.size() == 1 && during[0] == half) break;
+      std::this_thread::sleep_for(5ms);
+    }
   });
   REQUIRE_MESSAGE(r, r.message());
   MESSAGE(r->summary());
@@ -147,7 +153,7 @@ TEST_CASE("a lost chunk is fetched again, and layers become ready in the order a
   CHECK(r->events.at(0) == "a re-fetches chunk 40 (lost) from src");
   CHECK(r->targets[0].ready_order == std::vector<int32_t>{0, 4, 2, 3, 1});
   REQUIRE(during.size() == 1);
-  CHECK(during[0] == "rand: src (host copy) a (loading; segments ready: 0,2,3,4)");
+  CHECK(during[0] == half);
   CHECK(c.view().holdings[0] == "rand: src (host copy) a");
   CHECK(c.image_sum("a") == c.image_sum("src"));
   req.segment_order = {0, 1, 1, 2, 3};
@@ -192,12 +198,14 @@ TEST_CASE("nodes join mid-run and are served from any holder, and one host copy 
   c.start("broken", "[[models]]\nname = \"other\"\npath = \"/nonexistent\"\n");
   REQUIRE(c.wait_nodes(3));
   REQUIRE(c.wait_holding());
+  // Once "broken" has reported its model (it offers after joining, as "a" does), both offers are in.
+  const std::string why = "cannot load model other: /nonexistent: no such file or directory";
+  for (int i = 0; i < 100 && c.log("broken").find(why) == std::string::npos; ++i) std::this_thread::sleep_for(50ms);
+  CHECK(c.log("broken").find(why) != std::string::npos);
   std::this_thread::sleep_for(300ms);  // let "a" finish offering
   auto holdings = c.view().holdings;
   REQUIRE(holdings.size() == 1);
   CHECK(holdings[0] == "rand: src (host copy)");
-  CHECK(c.log("broken").find("cannot load model other: /nonexistent: no such file or directory") !=
-        std::string::npos);
   auto first = c.multicast(request_for({"a"}, "chain"));
   REQUIRE(first);
   CHECK(first->targets[0].ok);
@@ -317,6 +325,12 @@ TEST_CASE("the scaler runs instances in node processes: live cooperative routes 
   REQUIRE(when[2].count("full"));
   CHECK(when[2]["serving"] < when[2]["full"]);  // it served before its last layer landed
   CHECK(cooperative[2].find("i1[") != std::string::npos);  // ... with layers of instance 1, in another process
+  // Requests on its cooperative route moved to it with their KV cache, from process to process
+  // (and the tokens above stayed the reference's); none fell back to recomputing.
+  MESSAGE(rep.migrations << " migrations, " << rep.kv_migrations << " with their KV cache, " << rep.kv_bytes_moved
+                         << " bytes");
+  CHECK(rep.kv_migrations == rep.migrations);
+  CHECK((rep.kv_bytes_moved > 0) == (rep.kv_migrations > 0));
   caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
   // Stopping the instances frees their copies; the host copy stays.
