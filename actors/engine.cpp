@@ -1,5 +1,7 @@
 #include "actors/engine.hpp"
 
+#include <optional>
+
 #include "actors/stages.hpp"
 
 namespace strata {
@@ -76,47 +78,81 @@ void stop_pipeline(const pipeline& p) {
   for (auto& a : p.actors()) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
 }
 
-expected<completion> generate(caf::actor_system& sys, const caf::actor& router, const generate_request& req,
-                              const std::function<bool(int32_t)>& on_token, std::chrono::milliseconds idle_timeout) {
-  caf::scoped_actor self{sys};
-  self->monitor(router);
-  uint64_t id = 0;
-  std::string err;
-  self->request(router, idle_timeout, generate_atom::value, req)
-      .receive([&](uint64_t x) { id = x; }, [&](caf::error& e) { err = describe(e); });
-  if (!err.empty()) return strata::make_error(err);
-  completion out;
-  bool done = false, cancel_sent = false;
-  while (!done) {
-    bool timed_out = false;
-    self->receive(
-        [&](token_atom, uint64_t rid, int32_t tok) {
-          if (rid != id) return;
-          out.tokens.push_back(tok);
-          if (on_token && !on_token(tok) && !cancel_sent) {
-            self->send(router, cancel_atom::value, id);
-            cancel_sent = true;
-          }
-        },
-        [&](done_atom, generate_result& r) {
-          if (r.id != id) return;
-          out.result = std::move(r);
-          done = true;
-        },
-        [&](bool) {},  // the reply to our cancel
-        [&](caf::down_msg& dm) {
-          err = "router went down (" + caf::to_string(dm.reason) + ")";
-          done = true;
-        },
-        caf::after(idle_timeout) >> [&] { timed_out = true; });
-    if (timed_out) {
-      self->send(router, cancel_atom::value, id);
-      return strata::make_error("request " + std::to_string(id) + ": no message from the router for " +
-                                std::to_string(idle_timeout.count()) + " ms; cancelled");
-    }
-  }
-  if (!err.empty()) return strata::make_error(err);
-  return out;
+request_stream::request_stream(caf::actor_system& sys, caf::actor router, std::chrono::milliseconds idle_timeout)
+    : self_(sys), router_(std::move(router)), idle_(idle_timeout) {
+  self_->monitor(router_);
 }
 
+// CAF keeps a monitor on the router until it is removed, even after this scoped actor is gone:
+// without this every request would leave one behind.
+request_stream::~request_stream() { self_->demonitor(router_); }
+
+expected<uint64_t> request_stream::start(const generate_request& req) {
+  std::optional<strata::error> err;
+  self_->request(router_, idle_, generate_atom::value, req)
+      .receive([&](uint64_t x) { id_ = x; },
+               [&](caf::error& e) {
+                 int code = e.category() == caf::atom("strata") ? int(e.code()) : int(errc::unavailable);
+                 err = strata::make_error(describe(e), code);
+               });
+  if (err) return *err;
+  return id_;
+}
+
+request_stream::event request_stream::next() {
+  event ev;
+  bool got = false;
+  while (!got) {
+    self_->receive(
+        [&](token_atom, uint64_t rid, int32_t tok) {
+          if (rid != id_) return;
+          ev.token = tok;
+          got = true;
+        },
+        [&](done_atom, generate_result& r) {
+          if (r.id != id_) return;
+          ev.done = true;
+          ev.result = std::move(r);
+          got = true;
+        },
+        [&](bool) {},  // the reply to a cancel
+        [&](caf::down_msg& dm) {
+          ev.done = true;
+          ev.error = "router went down (" + caf::to_string(dm.reason) + ")";
+          got = true;
+        },
+        caf::after(idle_) >> [&] {
+          cancel();
+          ev.done = true;
+          ev.error = "request " + std::to_string(id_) + ": no message from the router for " +
+                     std::to_string(idle_.count()) + " ms; cancelled";
+          got = true;
+        });
+  }
+  return ev;
+}
+
+void request_stream::cancel() {
+  if (cancel_sent_) return;
+  self_->send(router_, cancel_atom::value, id_);
+  cancel_sent_ = true;
+}
+
+expected<completion> generate(caf::actor_system& sys, const caf::actor& router, const generate_request& req,
+                              const std::function<bool(int32_t)>& on_token, std::chrono::milliseconds idle_timeout) {
+  request_stream rs(sys, router, idle_timeout);
+  auto id = rs.start(req);
+  if (!id) return id.err();
+  completion out;
+  for (;;) {
+    auto ev = rs.next();
+    if (ev.done) {
+      if (!ev.error.empty()) return strata::make_error(ev.error);
+      out.result = std::move(ev.result);
+      return out;
+    }
+    out.tokens.push_back(ev.token);
+    if (on_token && !on_token(ev.token)) rs.cancel();
+  }
+}
 }  // namespace strata

@@ -33,6 +33,35 @@ struct completion {
   generate_result result;
 };
 
+// One request seen from a plain thread, in two steps so that a caller (the HTTP server) learns
+// whether the router admitted it before it streams anything. The scoped actor behind it lives
+// as long as this object: destroying it mid-request makes the router cancel the request.
+class request_stream {
+ public:
+  request_stream(caf::actor_system& sys, caf::actor router, std::chrono::milliseconds idle_timeout);
+  ~request_stream();
+  request_stream(const request_stream&) = delete;
+  request_stream& operator=(const request_stream&) = delete;
+  // Admission: the router's id, or its error (error::code is the errc when the router said no).
+  expected<uint64_t> start(const generate_request& req);
+  struct event {
+    bool done = false;
+    int32_t token = 0;      // when !done
+    generate_result result;  // when done
+    std::string error;      // when done without a result: router gone or silent
+  };
+  // Blocks for the next token or the end.
+  event next();
+  void cancel();
+
+ private:
+  caf::scoped_actor self_;
+  caf::actor router_;
+  std::chrono::milliseconds idle_;
+  uint64_t id_ = 0;
+  bool cancel_sent_ = false;
+};
+
 // Sends one request and blocks until it is done, calling on_token for each token as it
 // streams (return false to cancel). Fails with a clear message when the router rejects the
 // request, dies, or stays silent for `idle_timeout`.

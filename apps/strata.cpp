@@ -1,6 +1,7 @@
 // strata: the command-line tool. Subcommands generate text through the actor pipeline, run the
 // demo, inspect/verify model manifests, write random-weight models and convert checkpoints.
 #include <algorithm>
+#include <csignal>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +10,7 @@
 #include <thread>
 
 #include "actors/engine.hpp"
+#include "actors/http_server.hpp"
 #include "actors/local_cluster.hpp"
 #include "actors/replay.hpp"
 #include "actors/scaler.hpp"
@@ -42,6 +44,11 @@ commands:
                --shards SPEC      K even layer shards, or sizes like 2,3 (default 1)
                --n N              run N copies of the prompt concurrently (default 1)
                --threads N        kernel threads (default: cores)
+  serve      OpenAI-compatible HTTP server (completions, chat, SSE streaming, models, health,
+             readiness, Prometheus metrics); SIGTERM/SIGINT drain in-flight requests, then exit 0
+               --model PATH [--port 8000 --host 127.0.0.1 --served-model-name NAME (model dir name)]
+               [--shards SPEC (1) --max-running 64 --max-waiting 256 --max-batch-tokens 512]
+               [--http-threads 64 --drain-timeout-s 30 --threads N]
   demo       several concurrent prompts on stories260K with a throughput summary
                --model PATH (default ../shared/data/models/stories260K) --shards SPEC (default 3)
   inspect    print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)
@@ -468,6 +475,69 @@ int cmd_replay(int argc, char** argv) {
 }
 
 
+int cmd_serve(int argc, char** argv) {
+  auto a = args::parse(argc, argv, 2,
+                       {"model", "port", "host", "served-model-name", "shards", "max-running", "max-waiting",
+                        "max-batch-tokens", "http-threads", "drain-timeout-s", "threads", "tokenizer"},
+                       {});
+  if (!a) return fail(a.message() + " (see strata help)");
+  if (!a->has("model")) return fail("serve needs --model PATH");
+  auto path = a->str("model");
+  if (*a->integer("threads", 0) > 0) set_default_threads(size_t(*a->integer("threads", 0)));
+  auto m = load_model(path);
+  if (!m) return fail(m.message());
+  auto tok_path = a->str("tokenizer", find_tokenizer(path));
+  if (tok_path.empty()) return fail("no tokenizer found next to " + path + " (pass --tokenizer FILE)");
+  auto tok = tokenizer::load(tok_path, (*m)->config.vocab_size);
+  if (!tok) return fail(tok.message());
+  auto shards = parse_shards(a->str("shards", "1"), (*m)->config.n_layers);
+  if (!shards) return fail(shards.message());
+  http_options ho;
+  ho.host = a->str("host", "127.0.0.1");
+  ho.port = int(*a->integer("port", 8000));
+  ho.threads = int(*a->integer("http-threads", 64));
+  auto name = a->str("served-model-name", fs::path(path).filename().string());
+  if (name.empty()) name = fs::path(path).parent_path().filename().string();
+  ho.model_name = name;
+  router_options ro;
+  ro.max_running = int(*a->integer("max-running", 64));
+  ro.max_waiting = int(*a->integer("max-waiting", 256));
+  ro.max_batch_tokens = int(*a->integer("max-batch-tokens", 512));
+  if (ro.max_running < 1 || ro.max_waiting < 0 || ro.max_batch_tokens < 1 || ho.port < 0 || ho.port > 65535)
+    return fail("need --max-running >= 1, --max-waiting >= 0, --max-batch-tokens >= 1, 0 <= --port <= 65535");
+  // Signals go to the waiting main thread only: every other thread starts with them blocked.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  actor_runtime rt;
+  auto pl = spawn_pipeline(*rt.sys, *m, *shards);
+  if (!pl) return fail(pl.message());
+  auto router = spawn_router(*rt.sys, *m, pl->path, ro);
+  auto srv = http_server::start(*rt.sys, router, *m, std::move(*tok), ho);
+  if (!srv) return fail(srv.message());
+  std::printf("serving %s as '%s' on http://%s:%d (POST /v1/completions, /v1/chat/completions; GET /v1/models, "
+              "/health, /ready, /metrics)\n",
+              path.c_str(), name.c_str(), ho.host.c_str(), (*srv)->port());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  double drain_s = *a->number("drain-timeout-s", 30);
+  std::printf("%s: draining (up to %.0f s)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT", drain_s);
+  std::fflush(stdout);
+  int left = (*srv)->drain(std::chrono::milliseconds(int64_t(drain_s * 1000)));
+  (*srv)->stop();
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+  stop_pipeline(*pl);
+  if (left > 0) {
+    std::fprintf(stderr, "strata serve: %d request(s) still running after the drain timeout\n", left);
+    return 1;
+  }
+  std::printf("drained; bye\n");
+  return 0;
+}
+
 int cmd_autoscale(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
@@ -649,6 +719,7 @@ int main(int argc, char** argv) {
   if (cmd == "node") return cmd_node(argc, argv);
   if (cmd == "replay") return cmd_replay(argc, argv);
   if (cmd == "autoscale") return cmd_autoscale(argc, argv);
+  if (cmd == "serve") return cmd_serve(argc, argv);
   if (cmd == "cluster") return cmd_cluster(argc, argv);
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     std::fputs(usage, stdout);

@@ -11,9 +11,10 @@ namespace strata {
 
 struct error {
   std::string message;
+  int code = 0;  // where a caller needs the kind (e.g. the router's errc), else 0
 };
 
-inline error make_error(std::string message) { return error{std::move(message)}; }
+inline error make_error(std::string message, int code = 0) { return error{std::move(message), code}; }
 
 template <class T>
 class expected {

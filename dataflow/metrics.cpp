@@ -148,4 +148,34 @@ status write_timeline_svg(const std::string& path, const std::string& title,
   return {};
 }
 
+prom_histogram::prom_histogram(std::vector<double> upper_bounds)
+    : bounds(std::move(upper_bounds)), counts(bounds.size() + 1, 0) {}
+
+void prom_histogram::observe(double v) {
+  size_t i = 0;
+  while (i < bounds.size() && v > bounds[i]) ++i;
+  ++counts[i];
+  sum += v;
+  ++count;
+}
+
+std::string prom_histogram::render(const std::string& name, const std::string& labels) const {
+  std::string out;
+  char buf[64];
+  uint64_t cum = 0;
+  for (size_t i = 0; i <= bounds.size(); ++i) {
+    cum += counts[i];
+    std::string le = "+Inf";
+    if (i < bounds.size()) {
+      std::snprintf(buf, sizeof buf, "%g", bounds[i]);
+      le = buf;
+    }
+    out += name + "_bucket{" + labels + (labels.empty() ? "" : ",") + "le=\"" + le + "\"} " + std::to_string(cum) + "\n";
+  }
+  std::snprintf(buf, sizeof buf, "%.9g", sum);
+  out += name + "_sum{" + labels + "} " + buf + "\n";
+  out += name + "_count{" + labels + "} " + std::to_string(count) + "\n";
+  return out;
+}
+
 }  // namespace strata

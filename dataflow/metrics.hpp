@@ -57,4 +57,17 @@ struct step_series {
 status write_timeline_svg(const std::string& path, const std::string& title,
                           const std::vector<request_record>& records, const std::vector<step_series>& steps);
 
+// A Prometheus histogram (cumulative buckets), rendered in the text exposition format.
+struct prom_histogram {
+  std::vector<double> bounds;    // upper bounds, increasing; +Inf is implied
+  std::vector<uint64_t> counts;  // per bucket (not cumulative), bounds.size() + 1
+  double sum = 0;
+  uint64_t count = 0;
+  explicit prom_histogram(std::vector<double> upper_bounds);
+  void observe(double v);
+  // name_bucket{labels,le="..."} ..., name_sum{labels}, name_count{labels}; `labels` like
+  // model_name="x" (no braces).
+  std::string render(const std::string& name, const std::string& labels) const;
+};
+
 }  // namespace strata

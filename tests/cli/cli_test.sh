@@ -5,7 +5,8 @@ set -euo pipefail
 strata=$1
 data=$2
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+srv=""
+trap 'rm -rf "$tmp"; [ -z "$srv" ] || kill "$srv" 2>/dev/null || true' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 expect_error() {  # expect_error "needle" cmd...: the command fails and says needle
   local needle=$1; shift
@@ -59,4 +60,34 @@ expect_error "all-cache needs a host copy on every node" "$strata" autoscale --m
 out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz --threads 1 --nodes 2)
 grep -q "cluster up" <<<"$out" || fail "autoscale --nodes: no cluster: $out"
 grep -q "blitz: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes: $out"
+# The HTTP front door as an operator runs it: any free port, real HTTP (curl), SIGTERM drains.
+"$strata" serve --model "$m" --port 0 --threads 1 > "$tmp/serve.log" 2>&1 &
+srv=$!
+port=""
+for _ in $(seq 100); do
+  port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$tmp/serve.log")
+  [ -n "$port" ] && break
+  sleep 0.1
+done
+[ -n "$port" ] || fail "serve did not start: $(cat "$tmp/serve.log")"
+url="http://127.0.0.1:$port"
+curl -sf "$url/health" | grep -q '"ok"' || fail "health"
+curl -sf "$url/ready" | grep -q '"ready"' || fail "ready"
+out=$(curl -s "$url/v1/completions" -H 'Content-Type: application/json' \
+  -d '{"model":"stories260K","prompt":"Once upon a time","max_tokens":8,"temperature":0}')
+grep -q '"object":"text_completion"' <<<"$out" || fail "completion: $out"
+out=$(curl -sN "$url/v1/chat/completions" -d '{"model":"stories260K","messages":[{"role":"user","content":"Hi"}],"max_tokens":5,"stream":true}')
+grep -q '^data: \[DONE\]' <<<"$out" || fail "stream: $out"
+out=$(curl -s -w ' %{http_code}' "$url/v1/completions" -d '{"model":"stories260K","prompt":"x","top_p":3}')
+grep -qF "'top_p' must be in (0, 1]" <<<"$out" && grep -q ' 400$' <<<"$out" || fail "bad top_p: $out"
+expect_error "cannot listen on 127.0.0.1:$port" "$strata" serve --model "$m" --port "$port"
+# A long request in flight when SIGTERM arrives still completes; then the server exits 0.
+curl -s "$url/v1/completions" -d '{"model":"stories260K","prompt":"Once","max_tokens":400,"ignore":1}' > "$tmp/long.json" &
+long=$!
+sleep 0.2
+kill -TERM "$srv"
+wait "$long"
+grep -q '"finish_reason"' "$tmp/long.json" || fail "in-flight request lost on SIGTERM: $(cat "$tmp/long.json")"
+wait "$srv" || fail "serve exited $? after SIGTERM: $(cat "$tmp/serve.log")"
+grep -q "drained; bye" "$tmp/serve.log" || fail "no drain: $(cat "$tmp/serve.log")"
 echo "cli: all checks passed"

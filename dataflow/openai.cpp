@@ -1,0 +1,241 @@
+#include "dataflow/openai.hpp"
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+namespace strata::openai {
+
+namespace {
+
+using json = nlohmann::json;
+
+// Byte fallback tokens may split a UTF-8 character across tokens: never cut inside one, and
+// render whatever is invalid as U+FFFD rather than failing.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+size_t complete_utf8(const std::string& s) {
+  size_t n = s.size(), i = n;
+  int back = 0;
+  while (i > 0 && back < 4) {
+    unsigned char c = static_cast<unsigned char>(s[i - 1]);
+    ++back;
+    --i;
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
+    int need = (c & 0x80) == 0 ? 1 : (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+    return back >= need ? n : i;
+  }
+  return n;
+}
+
+api_error bad(std::string message, std::string param = {}) {
+  return api_error{400, "invalid_request_error", std::move(message), std::move(param)};
+}
+
+}  // namespace
+
+std::string error_body(const api_error& e) {
+  json j = {{"error",
+             {{"message", e.message},
+              {"type", e.type},
+              {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+              {"code", e.status == 404 ? json("model_not_found") : json(nullptr)}}}};
+  return dump(j);
+}
+
+parsed parse_request(const std::string& body, bool chat) {
+  parsed out;
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) {
+    out.err = bad("the body is not valid JSON");
+    return out;
+  }
+  if (!j.is_object()) {
+    out.err = bad("the body must be a JSON object");
+    return out;
+  }
+  request r;
+  r.chat = chat;
+  auto fail = [&](std::string msg, std::string param) {
+    out.err = bad(std::move(msg), std::move(param));
+    return out;
+  };
+  auto has = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };
+  if (!has("model")) return fail("'model' is required", "model");
+  if (!j["model"].is_string()) return fail("'model' must be a string", "model");
+  r.model = j["model"].get<std::string>();
+  if (chat) {
+    if (!has("messages")) return fail("'messages' is required", "messages");
+    if (!j["messages"].is_array() || j["messages"].empty())
+      return fail("'messages' must be a non-empty array", "messages");
+    for (auto& m : j["messages"]) {
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+        return fail("each message needs a string 'role'", "messages");
+      chat_message cm;
+      cm.role = m["role"].get<std::string>();
+      if (cm.role != "system" && cm.role != "user" && cm.role != "assistant" && cm.role != "developer")
+        return fail("unknown message role '" + cm.role + "'", "messages");
+      const json* content = m.contains("content") ? &m["content"] : nullptr;
+      if (content && content->is_string()) {
+        cm.content = content->get<std::string>();
+      } else if (content && content->is_array()) {
+        for (auto& part : *content) {
+          if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+            return fail("only text content parts are supported", "messages");
+          cm.content += part["text"].get<std::string>();
+        }
+      } else {
+        return fail("each message needs 'content' as a string or text parts", "messages");
+      }
+      r.messages.push_back(std::move(cm));
+    }
+  } else {
+    if (!has("prompt")) return fail("'prompt' is required", "prompt");
+    const auto& p = j["prompt"];
+    if (p.is_string()) r.prompt = p.get<std::string>();
+    else if (p.is_array() && p.size() == 1 && p[0].is_string()) r.prompt = p[0].get<std::string>();
+    else return fail("'prompt' must be a string (batches of prompts are not supported)", "prompt");
+  }
+  const char* max_key = chat && has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  if (has(max_key)) {
+    if (!j[max_key].is_number_integer()) return fail(std::string("'") + max_key + "' must be an integer", max_key);
+    auto v = j[max_key].get<int64_t>();
+    if (v < 1) return fail(std::string("'") + max_key + "' must be at least 1", max_key);
+    r.max_tokens = v;
+  } else if (!chat) {
+    r.max_tokens = 16;  // OpenAI's default for completions
+  }
+  if (has("temperature")) {
+    if (!j["temperature"].is_number()) return fail("'temperature' must be a number", "temperature");
+    double t = j["temperature"].get<double>();
+    if (!(t >= 0 && t <= 2)) return fail("'temperature' must be in [0, 2]", "temperature");
+    r.temperature = float(t);
+  }
+  if (has("top_p")) {
+    if (!j["top_p"].is_number()) return fail("'top_p' must be a number", "top_p");
+    double t = j["top_p"].get<double>();
+    if (!(t > 0 && t <= 1)) return fail("'top_p' must be in (0, 1]", "top_p");
+    r.top_p = float(t);
+  }
+  if (has("seed")) {
+    if (!j["seed"].is_number_integer()) return fail("'seed' must be an integer", "seed");
+    r.seed = uint64_t(j["seed"].get<int64_t>());
+  }
+  if (has("n") && !(j["n"].is_number_integer() && j["n"].get<int64_t>() == 1))
+    return fail("only 'n' = 1 is supported", "n");
+  if (has("stop")) {
+    const auto& s = j["stop"];
+    if (s.is_string()) r.stop.push_back(s.get<std::string>());
+    else if (s.is_array() && s.size() <= 4 && std::all_of(s.begin(), s.end(), [](const json& x) { return x.is_string(); }))
+      for (auto& x : s) r.stop.push_back(x.get<std::string>());
+    else return fail("'stop' must be a string or an array of up to 4 strings", "stop");
+    for (auto& x : r.stop)
+      if (x.empty()) return fail("'stop' sequences must not be empty", "stop");
+  }
+  if (has("stream")) {
+    if (!j["stream"].is_boolean()) return fail("'stream' must be a boolean", "stream");
+    r.stream = j["stream"].get<bool>();
+  }
+  if (has("stream_options")) {
+    const auto& so = j["stream_options"];
+    if (!so.is_object()) return fail("'stream_options' must be an object", "stream_options");
+    if (so.contains("include_usage")) {
+      if (!so["include_usage"].is_boolean()) return fail("'include_usage' must be a boolean", "stream_options");
+      r.include_usage = so["include_usage"].get<bool>();
+    }
+  }
+  out.req = std::move(r);
+  return out;
+}
+
+std::string chat_prompt(const std::vector<chat_message>& messages) {
+  std::string s;
+  for (auto& m : messages) s += m.role + ": " + m.content + "\n";
+  return s + "assistant:";
+}
+
+namespace {
+json usage_json(const usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
+}  // namespace
+
+std::string response_body(const request& r, const std::string& id, int64_t created, const std::string& model,
+                          const std::string& text, const std::string& finish_reason, const usage& u) {
+  json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
+  if (r.chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
+  else choice["text"] = text;
+  json j = {{"id", id},
+            {"object", r.chat ? "chat.completion" : "text_completion"},
+            {"created", created},
+            {"model", model},
+            {"choices", json::array({choice})},
+            {"usage", usage_json(u)}};
+  return dump(j);
+}
+
+std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
+                       const std::string& text, const std::string* finish_reason, const usage* u, bool first) {
+  json j = {{"id", id},
+            {"object", r.chat ? "chat.completion.chunk" : "text_completion"},
+            {"created", created},
+            {"model", model}};
+  if (u && !finish_reason && text.empty()) {
+    j["choices"] = json::array();
+    j["usage"] = usage_json(*u);
+    return dump(j);
+  }
+  json choice = {{"index", 0}, {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}};
+  if (r.chat) {
+    json delta = json::object();
+    if (first) delta["role"] = "assistant";
+    if (!text.empty() || (first && !finish_reason)) delta["content"] = text;
+    choice["delta"] = delta;
+  } else {
+    choice["text"] = text;
+    choice["logprobs"] = nullptr;
+  }
+  j["choices"] = json::array({choice});
+  return dump(j);
+}
+
+std::string models_body(const std::vector<std::string>& names, int64_t created) {
+  json data = json::array();
+  for (auto& n : names) data.push_back({{"id", n}, {"object", "model"}, {"created", created}, {"owned_by", "strata"}});
+  return dump(json{{"object", "list"}, {"data", data}});
+}
+
+std::string stop_matcher::feed(const std::string& piece) {
+  if (stopped_) return {};
+  pending_ += piece;
+  size_t first = std::string::npos;
+  for (auto& s : stops_) first = std::min(first, pending_.find(s));
+  if (first != std::string::npos) {
+    stopped_ = true;
+    auto out = pending_.substr(0, first);
+    pending_.clear();
+    return out;
+  }
+  // Hold back a tail that may grow into a stop sequence, and an unfinished UTF-8 character.
+  size_t keep = 0;
+  for (auto& s : stops_)
+    for (size_t k = std::min(s.size() - 1, pending_.size()); k > keep; --k)
+      if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
+        keep = k;
+        break;
+      }
+  size_t send = std::min(pending_.size() - keep, complete_utf8(pending_));
+  auto out = pending_.substr(0, send);
+  pending_.erase(0, send);
+  return out;
+}
+
+std::string stop_matcher::flush() {
+  if (stopped_) return {};
+  auto out = std::move(pending_);
+  pending_.clear();
+  return out;
+}
+
+}  // namespace strata::openai

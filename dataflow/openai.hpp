@@ -1,0 +1,89 @@
+// The OpenAI-compatible API as data, CAF-free: parse and validate /v1/completions and
+// /v1/chat/completions bodies, render responses, stream chunks and error bodies, and cut text
+// at stop sequences while it streams. The HTTP server (actors/http_server) only moves bytes.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace strata::openai {
+
+// An error as the API reports it: HTTP status and the OpenAI error object.
+struct api_error {
+  int status = 400;
+  std::string type = "invalid_request_error";
+  std::string message;
+  std::string param;  // the offending field, if one
+};
+
+// {"error": {"message", "type", "param", "code"}}
+std::string error_body(const api_error& e);
+
+struct chat_message {
+  std::string role;  // system, user, assistant
+  std::string content;
+};
+
+struct request {
+  bool chat = false;
+  std::string model;
+  std::string prompt;                  // completions
+  std::vector<chat_message> messages;  // chat
+  std::optional<int64_t> max_tokens;   // absent: up to the end of the context
+  float temperature = 1.0f;
+  float top_p = 1.0f;
+  std::optional<uint64_t> seed;
+  std::vector<std::string> stop;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage: a last chunk with usage
+};
+
+// Parses a request body; `chat` selects /v1/chat/completions. Every malformed field is a 400
+// naming the field.
+struct parsed {
+  std::optional<request> req;
+  api_error err;
+};
+parsed parse_request(const std::string& body, bool chat);
+
+// The text a chat conversation becomes for a plain language model (documented in the README):
+// "<role>: <content>\n" per message, then "assistant:".
+std::string chat_prompt(const std::vector<chat_message>& messages);
+
+struct usage {
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+};
+
+// A whole (non-streamed) response.
+std::string response_body(const request& r, const std::string& id, int64_t created, const std::string& model,
+                          const std::string& text, const std::string& finish_reason, const usage& u);
+// One server-sent event payload (the JSON after "data: "): a text delta, or the last chunk
+// with a finish reason (text empty), or with usage only (include_usage).
+std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
+                       const std::string& text, const std::string* finish_reason, const usage* u = nullptr,
+                       bool first = false);
+// GET /v1/models
+std::string models_body(const std::vector<std::string>& names, int64_t created);
+
+// Cuts generated text at the first stop sequence. While streaming it holds back the tail that
+// could still begin a stop sequence, so no client ever sees text past a stop.
+class stop_matcher {
+ public:
+  explicit stop_matcher(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+  // Adds text; returns what may be sent now. stopped() turns true once a stop sequence matched
+  // (the text before it has been returned, the stop itself never is).
+  std::string feed(const std::string& piece);
+  // The held-back rest, at the end of generation.
+  std::string flush();
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string pending_;
+  bool stopped_ = false;
+};
+
+}  // namespace strata::openai

@@ -1,0 +1,101 @@
+// The OpenAI API as data: request validation, response shapes, stop sequences while streaming.
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "dataflow/openai.hpp"
+
+using namespace strata::openai;
+using json = nlohmann::json;
+
+TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
+  auto p = parse_request(R"({"model":"m","prompt":"hi"})", false);
+  REQUIRE(p.req);
+  CHECK(p.req->max_tokens == 16);  // completions default
+  CHECK(p.req->temperature == 1.0f);
+  CHECK_FALSE(p.req->stream);
+  auto c = parse_request(R"({"model":"m","messages":[{"role":"system","content":"be brief"},
+      {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}],
+      "max_completion_tokens":5,"stop":"\n","seed":3,"stream":true,"stream_options":{"include_usage":true}})",
+                         true);
+  REQUIRE(c.req);
+  CHECK(c.req->max_tokens == 5);
+  CHECK(c.req->messages.size() == 2);
+  CHECK(c.req->messages[1].content == "ab");
+  CHECK(c.req->stop == std::vector<std::string>{"\n"});
+  CHECK(*c.req->seed == 3);
+  CHECK(c.req->include_usage);
+  CHECK(chat_prompt(c.req->messages) == "system: be brief\nuser: ab\nassistant:");
+  CHECK_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}]})", true).req->max_tokens);
+  // Errors name the field.
+  struct bad_case {
+    const char* body;
+    const char* param;
+  };
+  for (auto b : {bad_case{R"({"model":1,"prompt":"x"})", "model"}, bad_case{R"({"model":"m"})", "prompt"},
+                 bad_case{R"({"model":"m","prompt":"x","top_p":0})", "top_p"},
+                 bad_case{R"({"model":"m","prompt":"x","seed":"s"})", "seed"},
+                 bad_case{R"({"model":"m","prompt":"x","stop":["a","b","c","d","e"]})", "stop"},
+                 bad_case{R"({"model":"m","prompt":"x","stop":""})", "stop"},
+                 bad_case{R"({"model":"m","prompt":"x","stream_options":3})", "stream_options"},
+                 bad_case{R"({"model":"m","prompt":["a","b"]})", "prompt"}}) {
+    CAPTURE(b.body);
+    auto r = parse_request(b.body, false);
+    CHECK_FALSE(r.req);
+    CHECK(r.err.status == 400);
+    CHECK(r.err.param == b.param);
+  }
+  auto e = json::parse(error_body({429, "rate_limit_error", "slow down", ""}));
+  CHECK(e["error"]["type"] == "rate_limit_error");
+  CHECK(e["error"]["param"].is_null());
+}
+
+TEST_CASE("responses and stream chunks have OpenAI's shapes") {
+  request chat;
+  chat.chat = true;
+  auto full = json::parse(response_body(chat, "chatcmpl-1", 5, "m", "hello", "stop", {3, 2}));
+  CHECK(full["object"] == "chat.completion");
+  CHECK(full["choices"][0]["message"]["content"] == "hello");
+  CHECK(full["usage"]["total_tokens"] == 5);
+  auto first = json::parse(chunk_body(chat, "chatcmpl-1", 5, "m", "", nullptr, nullptr, true));
+  CHECK(first["choices"][0]["delta"]["role"] == "assistant");
+  std::string stop = "stop";
+  auto last = json::parse(chunk_body(chat, "chatcmpl-1", 5, "m", "", &stop));
+  CHECK(last["choices"][0]["delta"].empty());
+  CHECK(last["choices"][0]["finish_reason"] == "stop");
+  usage u{3, 2};
+  auto use = json::parse(chunk_body(chat, "chatcmpl-1", 5, "m", "", nullptr, &u));
+  CHECK(use["choices"].empty());
+  CHECK(use["usage"]["completion_tokens"] == 2);
+  request plain;
+  auto t = json::parse(chunk_body(plain, "cmpl-1", 5, "m", "x", nullptr));
+  CHECK(t["object"] == "text_completion");
+  CHECK(t["choices"][0]["text"] == "x");
+  // Invalid UTF-8 from a model never breaks the JSON.
+  CHECK_FALSE(json::parse(chunk_body(plain, "cmpl-1", 5, "m", "\xff", nullptr), nullptr, false).is_discarded());
+}
+
+TEST_CASE("stop sequences: nothing past a stop is ever sent, split or not across pieces") {
+  stop_matcher m({"END", "\n\n"});
+  std::string sent;
+  for (const char* piece : {"Once up", "on a time E", "N", "D and more"}) sent += m.feed(piece);
+  CHECK(sent == "Once upon a time ");
+  CHECK(m.stopped());
+  CHECK(m.feed("x").empty());
+  CHECK(m.flush().empty());
+  // A held-back prefix that turns out not to be a stop is released.
+  stop_matcher n({"END"});
+  CHECK(n.feed("the E") == "the ");
+  CHECK(n.feed("ND") == "");
+  stop_matcher o({"END"});
+  CHECK(o.feed("the EN") == "the ");
+  CHECK(o.feed("d") == "ENd");
+  CHECK(o.flush().empty());
+  CHECK_FALSE(o.stopped());
+  // Without stops, text flows at once, except an unfinished UTF-8 character.
+  stop_matcher u({});
+  CHECK(u.feed("caf\xc3") == "caf");
+  CHECK(u.feed("\xa9!") == "\xc3\xa9!");
+  CHECK(u.feed("\xe2\x82") == "");
+  CHECK(u.flush() == "\xe2\x82");
+}
