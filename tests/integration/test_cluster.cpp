@@ -193,11 +193,11 @@ TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others com
 
 TEST_CASE("nodes join mid-run and are served from any holder, and one host copy is kept") {
   cluster c("tcp");
+  REQUIRE(c.wait_holding());  // src's copy first, so the one kept below is src's
   // "a" offers the same model from disk too: with host_copies = 1 the controller keeps only one.
   c.start("a", "[[models]]\nname = \"rand\"\npath = \"" + c.model_path() + "\"\n");
   c.start("broken", "[[models]]\nname = \"other\"\npath = \"/nonexistent\"\n");
   REQUIRE(c.wait_nodes(3));
-  REQUIRE(c.wait_holding());
   // Once "broken" has reported its model (it offers after joining, as "a" does), both offers are in.
   const std::string why = "cannot load model other: /nonexistent: no such file or directory";
   for (int i = 0; i < 100 && c.log("broken").find(why) == std::string::npos; ++i) std::this_thread::sleep_for(50ms);
