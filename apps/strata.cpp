@@ -20,6 +20,7 @@
 #include "dataflow/param_image.hpp"
 #include "dataflow/thread_pool.hpp"
 #include "dataflow/tokenizer.hpp"
+#include "dataflow/topology.hpp"
 #include "dataflow/trace.hpp"
 
 using namespace strata;
@@ -44,6 +45,9 @@ commands:
                --shards SPEC      K even layer shards, or sizes like 2,3 (default 1)
                --n N              run N copies of the prompt concurrently (default 1)
                --threads N        kernel threads (default: cores)
+  run        bring up what a topology file describes on this machine and run its job (autoscale,
+             replay or serve); every key is documented in the README; options after FILE override it
+               FILE [--option value ...]
   serve      OpenAI-compatible HTTP server (completions, chat, SSE streaming, models, health,
              readiness, Prometheus metrics); SIGTERM/SIGINT drain in-flight requests, then exit 0
                --model PATH [--port 8000 --host 127.0.0.1 --served-model-name NAME (model dir name)]
@@ -538,6 +542,44 @@ int cmd_serve(int argc, char** argv) {
   return 0;
 }
 
+int cmd_autoscale(int argc, char** argv);
+int cmd_replay(int argc, char** argv);
+
+// Runs the strata command a topology file stands for (see dataflow/topology.hpp), first writing
+// its random model, if it has one, to a temporary directory.
+int cmd_run(int argc, char** argv) {
+  if (argc < 3 || std::string(argv[2]).rfind("--", 0) == 0) return fail("run needs a topology FILE (see strata help)");
+  auto t = load_topology(argv[2]);
+  if (!t) return fail(t.message());
+  std::vector<std::string> words = {"strata", t->run};
+  std::string tmp;
+  if (!t->random_model.empty()) {
+    char pattern[] = "/tmp/strata-topology-XXXXXX";
+    if (!mkdtemp(pattern)) return fail("cannot create a temporary directory for the random model");
+    tmp = pattern;
+    std::vector<std::string> gen = {"strata", "gen-model", "--out", tmp + "/model", "--dtype", "f32"};
+    for (auto& [k, v] : t->random_model) gen.insert(gen.end(), {"--" + k, v});
+    std::vector<char*> gv;
+    for (auto& w : gen) gv.push_back(w.data());
+    if (int rc = cmd_gen_model(int(gv.size()), gv.data()); rc != 0) return rc;
+    words.insert(words.end(), {"--model", tmp + "/model"});
+  }
+  for (auto& [k, v] : t->options) words.insert(words.end(), {"--" + k, v});
+  for (auto& f : t->flags) words.push_back("--" + f);
+  for (int i = 3; i < argc; ++i) words.push_back(argv[i]);  // the command line overrides the file
+  std::string line;
+  for (size_t i = 1; i < words.size(); ++i) line += " " + words[i];
+  std::printf("topology %s: strata%s\n", argv[2], line.c_str());
+  std::fflush(stdout);
+  std::vector<char*> wv;
+  for (auto& w : words) wv.push_back(w.data());
+  int rc = t->run == "autoscale" ? cmd_autoscale(int(wv.size()), wv.data())
+           : t->run == "replay"  ? cmd_replay(int(wv.size()), wv.data())
+                                 : cmd_serve(int(wv.size()), wv.data());
+  if (!tmp.empty()) fs::remove_all(tmp);
+  return rc;
+}
+
 int cmd_autoscale(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
@@ -720,6 +762,7 @@ int main(int argc, char** argv) {
   if (cmd == "replay") return cmd_replay(argc, argv);
   if (cmd == "autoscale") return cmd_autoscale(argc, argv);
   if (cmd == "serve") return cmd_serve(argc, argv);
+  if (cmd == "run") return cmd_run(argc, argv);
   if (cmd == "cluster") return cmd_cluster(argc, argv);
   if (cmd == "help" || cmd == "--help" || cmd == "-h") {
     std::fputs(usage, stdout);

@@ -60,6 +60,13 @@ expect_error "all-cache needs a host copy on every node" "$strata" autoscale --m
 out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz --threads 1 --nodes 2)
 grep -q "cluster up" <<<"$out" || fail "autoscale --nodes: no cluster: $out"
 grep -q "blitz: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes: $out"
+# Topology files: a shipped example runs (overridden from the command line); mistakes name the key.
+topos="$(cd "$(dirname "$0")/../../apps/topologies" && pwd)"
+out=$("$strata" run "$topos/conv-replay.toml" --max-requests 10 --svg "$tmp/topo.svg")
+grep -q "10 requests (10 ok, 0 failed)" <<<"$out" || fail "run conv-replay: $out"
+printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[scaling]\nmaxx = 2\n' "$m" > "$tmp/bad.toml"
+expect_error "unknown key 'maxx' in [scaling]" "$strata" run "$tmp/bad.toml"
+expect_error "cannot open topology" "$strata" run "$tmp/none.toml"
 # The HTTP front door as an operator runs it: any free port, real HTTP (curl), SIGTERM drains.
 "$strata" serve --model "$m" --port 0 --threads 1 > "$tmp/serve.log" 2>&1 &
 srv=$!
