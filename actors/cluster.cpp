@@ -240,9 +240,24 @@ void feed_instance(node_actor* self, uint32_t id, hosted_instance& h, const uint
   if (h.watcher) self->send(h.watcher, layerin_atom::value, id, segment - 1, actors);
 }
 
+// Feeds the next segment of an instance loading from this node's host copy, `mb_s` paced.
+void local_feed(node_actor* self, uint32_t id, int32_t segment, double mb_s) {
+  auto& st = self->state;
+  auto h = st.hosted.find(id);
+  if (h == st.hosted.end()) return;
+  auto held = st.held.find(h->second.model);
+  if (held == st.held.end()) return;
+  feed_instance(self, id, h->second, held->second.image->data(), segment);
+  auto l = layout_of(h->second.config);
+  if (size_t(segment + 1) >= h->second.loaded.size()) return;
+  // bytes / (MB/s) = microseconds
+  auto wait = std::chrono::microseconds(int64_t(double(l.bytes[size_t(segment + 1)]) / mb_s));
+  self->delayed_send(self, wait, localfeed_atom::value, id, segment + 1, mb_s);
+}
+
 caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::string& model,
                                                    const std::vector<uint8_t>& manifest, uint32_t id,
-                                                   device_model dev, caf::actor watcher) {
+                                                   device_model dev, double local_mb_s, caf::actor watcher) {
   auto& st = self->state;
   if (st.hosted.count(id)) return make_error(errc::bad_request, "instance " + std::to_string(id) + " exists already");
   auto view = read_manifest(manifest.data(), manifest.size());
@@ -258,8 +273,9 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   int L = h.config.n_layers;
   shard_options so;
   so.device = dev;
-  if (auto it = st.held.find(model); it != st.held.end()) {
-    auto m = model_from_image(h.config, it->second.image->data(), model);
+  auto held = st.held.find(model);
+  if (held != st.held.end() && local_mb_s <= 0) {
+    auto m = model_from_image(h.config, held->second.image->data(), model);
     h.head = self->spawn(head_actor, m);
     h.shard = self->spawn(loading_shard_actor, m, layer_range{0, L}, so);
     h.tail = self->spawn(tail_actor, m);
@@ -276,6 +292,12 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   h.loaded.assign(size_t(L + 1), false);
   std::vector<caf::actor> out{caf::actor{}, h.shard, caf::actor{}};
   auto& placed = st.hosted[id] = std::move(h);
+  if (held != st.held.end()) {  // from the host copy here, at host-to-device speed
+    auto l = layout_of(placed.config);
+    self->delayed_send(self, std::chrono::microseconds(int64_t(double(l.bytes[0]) / local_mb_s)),
+                       localfeed_atom::value, id, int32_t(0), local_mb_s);
+    return out;
+  }
   // Segments of a running transfer that landed before the instance was asked for.
   for (auto& [tid, t] : st.transfers)
     if (t.target && !t.finished && t.plan.model == model)
@@ -347,28 +369,30 @@ void heartbeat(node_actor* self) {
   self->delayed_send(self, std::chrono::milliseconds(st.cfg.heartbeat_ms), heartbeat_atom::value, uint32_t(0));
 }
 
-// Loads the models of the config and asks the controller whether to keep each host copy.
-void offer_models(node_actor* self) {
+// Loads a model from disk and asks the controller whether to keep it as a host copy; `done`
+// learns the answer (or why not).
+void offer_model(node_actor* self, const std::string& name, const std::string& path,
+                 std::function<void(bool, const std::string&)> done) {
   auto& st = self->state;
-  for (auto& src : st.cfg.models) {
-    auto m = load_model(src.path);
-    if (!m) {
-      std::fprintf(stderr, "strata node %s: cannot load model %s: %s\n", st.cfg.name.c_str(), src.name.c_str(),
-                   m.message().c_str());
-      continue;
-    }
-    auto manifest = build_manifest(**m);
-    auto image = std::make_shared<std::vector<uint8_t>>(make_image(**m));
-    std::string name = src.name;
-    self->request(st.controller, std::chrono::seconds(10), hold_atom::value, st.id, name, manifest)
-        .then(
-            [=](bool keep) {
-              if (keep) self->state.held[name] = held_model{manifest, image, true};
-            },
-            [=](caf::error& e) {
-              std::fprintf(stderr, "strata node: hold %s refused: %s\n", name.c_str(), describe(e).c_str());
-            });
-  }
+  auto m = load_model(path);
+  if (!m) return done(false, "cannot load model " + name + ": " + m.message());
+  auto manifest = build_manifest(**m);
+  auto image = std::make_shared<std::vector<uint8_t>>(make_image(**m));
+  self->request(st.controller, std::chrono::seconds(10), hold_atom::value, st.id, name, manifest)
+      .then(
+          [=](bool keep) {
+            if (keep) self->state.held[name] = held_model{manifest, image, true};
+            done(keep, keep ? "" : "the controller keeps enough host copies of " + name);
+          },
+          [=](caf::error& e) { done(false, "hold " + name + " refused: " + describe(e)); });
+}
+
+// Offers the models of the config.
+void offer_models(node_actor* self) {
+  for (auto& src : self->state.cfg.models)
+    offer_model(self, src.name, src.path, [=](bool, const std::string& why) {
+      if (!why.empty()) std::fprintf(stderr, "strata node %s: %s\n", self->state.cfg.name.c_str(), why.c_str());
+    });
 }
 
 caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
@@ -476,8 +500,30 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
             send_chunk(self, tid, c, child);
       },
       [=](instance_atom, const std::string& model, const std::vector<uint8_t>& manifest, uint32_t id, double layer_s,
-          double per_row_s, caf::actor& watcher) {
-        return host_instance(self, model, manifest, id, device_model{layer_s, per_row_s}, watcher);
+          double per_row_s, double local_mb_s, caf::actor& watcher) {
+        return host_instance(self, model, manifest, id, device_model{layer_s, per_row_s}, local_mb_s, watcher);
+      },
+      [=](localfeed_atom, uint32_t id, int32_t segment, double mb_s) { local_feed(self, id, segment, mb_s); },
+      [=](cache_atom, const std::string& model, const std::string& path) -> caf::result<bool> {
+        if (self->state.held.count(model)) return true;
+        auto rp = self->make_response_promise<bool>();
+        offer_model(self, model, path, [rp](bool ok, const std::string& why) mutable {
+          if (ok) rp.deliver(true);
+          else rp.deliver(make_error(errc::bad_request, why));
+        });
+        return rp;
+      },
+      [=](uncache_atom, const std::string& model) {
+        auto& st = self->state;
+        auto h = st.held.find(model);
+        if (h == st.held.end() || !h->second.host_copy) return false;
+        h->second.host_copy = false;
+        // Freed now unless an instance here still runs on it (then with that instance).
+        if (std::none_of(st.hosted.begin(), st.hosted.end(), [&](auto& kv) { return kv.second.model == model; })) {
+          st.held.erase(h);
+          self->send(st.controller, unhold_atom::value, st.id, model);
+        }
+        return true;
       },
       [=](uninstance_atom, uint32_t id) { unhost_instance(self, id); },
       [=](imagesum_atom, const std::string& model) -> caf::result<uint64_t> {
@@ -757,18 +803,27 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         return relay_to_node<uint64_t>(self, node, std::chrono::seconds(10), imagesum_atom::value, model);
       },
       [=](instance_atom, const std::string& node, const std::string& model, uint32_t id, double layer_s,
-          double per_row_s, caf::actor& watcher) -> caf::result<std::vector<caf::actor>> {
+          double per_row_s, double local_mb_s, caf::actor& watcher) -> caf::result<std::vector<caf::actor>> {
         auto m = self->state.models.find(model);
         if (m == self->state.models.end()) return make_error(errc::bad_request, "no node holds model " + model);
         return relay_to_node<std::vector<caf::actor>>(self, node, std::chrono::seconds(30), instance_atom::value, model,
-                                                      m->second.manifest, id, layer_s, per_row_s, watcher);
+                                                      m->second.manifest, id, layer_s, per_row_s, local_mb_s,
+                                                      watcher);
+      },
+      [=](cache_atom, const std::string& node, const std::string& model, const std::string& path) {
+        return relay_to_node<bool>(self, node, std::chrono::seconds(60), cache_atom::value, model, path);
+      },
+      [=](uncache_atom, const std::string& node, const std::string& model) {
+        return relay_to_node<bool>(self, node, std::chrono::seconds(10), uncache_atom::value, model);
       },
       [=](uninstance_atom, const std::string& node, uint32_t id) {
         if (auto* e = node_named(self, node)) self->send(e->handle, uninstance_atom::value, id);
       },
       [=](unhold_atom, uint32_t node, const std::string& model) {
         auto m = self->state.models.find(model);
-        if (m != self->state.models.end()) m->second.instances.erase(node);
+        if (m == self->state.models.end()) return;
+        m->second.instances.erase(node);
+        m->second.host_copies.erase(node);
       },
       [=](view_atom) {
         cluster_view v;

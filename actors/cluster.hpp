@@ -38,6 +38,9 @@ using instance_atom = caf::atom_constant<caf::atom("instance")>;
 using uninstance_atom = caf::atom_constant<caf::atom("uninst")>;
 using unhold_atom = caf::atom_constant<caf::atom("unhold")>;
 using layerin_atom = caf::atom_constant<caf::atom("layerin")>;
+using cache_atom = caf::atom_constant<caf::atom("cache")>;
+using uncache_atom = caf::atom_constant<caf::atom("uncache")>;
+using localfeed_atom = caf::atom_constant<caf::atom("localfeed")>;
 
 struct node_info {
   uint32_t id = 0;
@@ -118,11 +121,17 @@ typename Inspector::result_type inspect(Inspector& f, cluster_view& x) {
 void register_cluster_types(caf::actor_system_config& cfg);
 
 // Serving instances hosted by nodes (what a scaler drives across processes). To the controller:
-//   (instance_atom, node, model, instance id, device layer_s, device per_row_s, watcher)
+//   (instance_atom, node, model, instance id, device layer_s, device per_row_s, local_mb_s, watcher)
 //     -> std::vector<caf::actor>{head, shard, tail}: a complete instance when the node holds the
-//     model; else head and tail are invalid and the shard receives each layer as its parameters
-//     land (multicast_atom to that node), the node telling `watcher`
+//     model (and local_mb_s is 0); else head and tail are invalid and the shard receives each
+//     layer as its parameters land, the node telling `watcher`
 //     (layerin_atom, instance id, layer, actors): layer -1 (the globals) carries {head, tail}.
+//     The parameters land from a multicast (multicast_atom to that node), or, when the node
+//     holds the model and local_mb_s > 0, from its own host copy at that rate (the all-cache
+//     baseline: host memory to device over PCIe).
+//   (cache_atom, node, model, path) -> bool: the node loads the model from disk and offers it as
+//     a host copy (kept when the controller's host_copies allows); (uncache_atom, node, model)
+//     -> bool drops it again. The all-cache baseline puts a host copy on every node this way.
 //   (uninstance_atom, node, instance id): stops it; the node drops its copy of the parameters
 //     unless it is a host copy. A node monitors each watcher and stops its instances when it
 //     goes away, so a scaler that ends (or dies with its process) leaves nothing behind.

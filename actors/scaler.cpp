@@ -212,8 +212,10 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
   st.insts[id] = std::move(in);
   count_instances(self);
   const auto& dev = st.opt.device;
+  bool local = !preloaded && st.policy->loading().local_copy && st.opt.cluster.local_mb_s > 0;
   self->request(st.opt.cluster.controller, std::chrono::seconds(30), instance_atom::value, node,
-                st.opt.cluster.model, id, dev.layer_s, dev.per_row_s, caf::actor_cast<caf::actor>(self))
+                st.opt.cluster.model, id, dev.layer_s, dev.per_row_s, local ? st.opt.cluster.local_mb_s : 0.0,
+                caf::actor_cast<caf::actor>(self))
       .then(
           [=](const std::vector<caf::actor>& a) {
             auto& st = self->state;
@@ -229,7 +231,7 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
                 in.full_at = now(self);
                 push_routes(self);
               } else {
-                group->loading.push_back(id);
+                if (!local) group->loading.push_back(id);  // else the node loads its own copy
                 event(self, "scale-out", id, "on " + in.node + ", loading from " + st.policy->loading().source);
               }
             }

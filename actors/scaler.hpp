@@ -24,6 +24,9 @@ struct cluster_placement {
   std::vector<std::string> nodes;  // nodes that may host an instance (one each), preferred first
   uint64_t chunk_bytes = 64 << 10;
   std::string plan;                // multicast plan; empty: see multicast_to()
+  // all-cache: MB/s from a node's own host copy to its instance (0: at once). The nodes must
+  // hold host copies (cache_atom) for such a policy.
+  double local_mb_s = 0;
 };
 
 struct scaler_options {

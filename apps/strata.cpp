@@ -88,7 +88,7 @@ commands:
                [--migration kv|recompute|off] (how requests leave a cooperative route)
              across node processes (instances in `strata node` processes, parameters over UCX):
                --nodes N [--link-mbs MB/s per node's egress (0: unpaced)] [--chunk-kb 64]
-               [--transport tcp|sm]
+               [--transport tcp|sm] (all-cache loads from a node's own copy at link x host-gbs/network-gbs)
              in-process instances with an emulated link profile (without --nodes):
                [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
   help       this text
@@ -627,11 +627,7 @@ int cmd_autoscale(int argc, char** argv) {
   slo.tbt_s = k.tbt_slo_s;
   // Cluster mode: instances live in node processes, parameters move over UCX.
   int n_nodes = int(*a->integer("nodes", 0));
-  std::string policies = a->str("policies", n_nodes > 0 ? "blitz,lambda-pipe,stop-the-world"
-                                                        : "blitz,lambda-pipe,all-cache,stop-the-world");
-  if (n_nodes > 0 && ("," + policies + ",").find(",all-cache,") != std::string::npos)
-    return fail("all-cache needs a host copy on every node; the cluster keeps O(1) host copies "
-                "(run it without --nodes)");
+  std::string policies = a->str("policies", "blitz,lambda-pipe,all-cache,stop-the-world");
   std::unique_ptr<local_cluster> cluster;
   if (n_nodes > 0) {
     double link = *a->number("link-mbs", 0);
@@ -639,7 +635,12 @@ int cmd_autoscale(int argc, char** argv) {
     lo.transport = a->str("transport", "tcp");
     lo.controller_models = {{"model", a->str("model")}};
     std::string extra = link > 0 ? "throttle_mb_s = " + std::to_string(link) + "\n" : "";
-    lo.controller_extra = extra;
+    // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
+    // policies run with the one copy 'src' holds.
+    lo.controller_extra = extra + "host_copies = " + std::to_string(n_nodes + 1) + "\n";
+    // all-cache loads from a node's own copy as much faster than the network as the in-process
+    // profile's host path is (PCIe vs network), scaled like the paced links.
+    so.cluster.local_mb_s = link > 0 ? link * links.local_host_gb_s / links.network_gb_s : 0;
     std::printf("starting a cluster: controller node 'src' (host copy of the model) and %d node processes, "
                 "UCX %s, each node's egress %s\n",
                 n_nodes, lo.transport.c_str(), link > 0 ? (format_number(link) + " MB/s").c_str() : "unpaced");
@@ -682,10 +683,26 @@ int cmd_autoscale(int argc, char** argv) {
     if (name.empty()) continue;
     auto pol = make_policy(name, k, links);
     if (!pol) return fail(pol.message());
-    std::printf("== %s: new instances load from %s%s\n", name.c_str(),
-                cluster && !(*pol)->loading().live ? "the host copy (over the same links)"
-                                                   : (*pol)->loading().source.c_str(),
+    bool all_cache = (*pol)->loading().local_copy;
+    std::string from = (*pol)->loading().source;
+    if (cluster && all_cache)
+      from = "the host copy on their own node" +
+             (so.cluster.local_mb_s > 0 ? " at " + format_number(so.cluster.local_mb_s) + " MB/s" : std::string());
+    else if (cluster && !(*pol)->loading().live)
+      from = "the host copy (over the same links)";
+    std::printf("== %s: new instances load from %s%s\n", name.c_str(), from.c_str(),
                 (*pol)->loading().live ? ", serving while they load" : ", serving once complete");
+    if (cluster && all_cache) {
+      // A host copy on every node for this policy only, loaded from disk by each node.
+      caf::scoped_actor self{cluster->system()};
+      for (size_t i = 1; i < so.cluster.nodes.size(); ++i) {
+        std::string err;
+        self->request(cluster->controller(), std::chrono::seconds(90), cache_atom::value, so.cluster.nodes[i],
+                      std::string("model"), a->str("model"))
+            .receive([](bool) {}, [&](caf::error& e) { err = describe(e); });
+        if (!err.empty()) return fail("caching the model on " + so.cluster.nodes[i] + ": " + err);
+      }
+    }
     std::optional<actor_runtime> own;
     if (!cluster) own.emplace();
     auto& sys = cluster ? cluster->system() : *own->sys;
@@ -710,6 +727,13 @@ int cmd_autoscale(int argc, char** argv) {
     caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
     if (cluster) {
+      if (all_cache) {
+        caf::scoped_actor self{cluster->system()};
+        for (size_t i = 1; i < so.cluster.nodes.size(); ++i)
+          self->request(cluster->controller(), std::chrono::seconds(10), uncache_atom::value, so.cluster.nodes[i],
+                        std::string("model"))
+              .receive([](bool) {}, [](caf::error&) {});
+      }
       // The next policy starts from the same state: only the host copy holds the model.
       if (auto st = cluster->wait_only_host_copies("model"); !st) return fail(st.message());
     }

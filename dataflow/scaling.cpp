@@ -203,7 +203,7 @@ expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, c
         std::make_unique<threshold_policy>(name, load_spec{l.remote_gb_s, false, false, "remote host copy"}, k));
   if (name == "all-cache")
     return std::unique_ptr<scaling_policy>(
-        std::make_unique<threshold_policy>(name, load_spec{l.local_host_gb_s, false, false, "host copy on every node"}, k));
+        std::make_unique<threshold_policy>(name, load_spec{l.local_host_gb_s, false, false, "host copy on every node", true}, k));
   return make_error("unknown policy '" + name + "' (expected blitz, lambda-pipe, stop-the-world or all-cache)");
 }
 

@@ -104,6 +104,7 @@ struct load_spec {
   bool live = false;         // serve with the layers it has (cooperative execution)
   bool pipeline = false;     // λScale: loading instances serve each other's missing layers
   std::string source;        // for reports: "network multicast from instances", "host copy", ...
+  bool local_copy = false;   // every node keeps a host copy and loads from it (all-cache)
 };
 
 struct scaling_knobs {

@@ -15,13 +15,16 @@ expect_error() {  # expect_error "needle" cmd...: the command fails and says nee
 }
 text_of() { sed -n '/^pipeline:/,/^req /p' | sed '1,2d;$d'; }
 
-"$strata" generate --help | grep -q "^usage: strata <command>" || fail "generate --help"
+# (outputs are captured before grep: with pipefail, grep -q closing the pipe early would fail the writer)
+out=$("$strata" generate --help)
+grep -q "^usage: strata <command>" <<<"$out" || fail "generate --help"
 
 # A random model in HF format, inspected, verified and served through 2 shards.
 "$strata" gen-model --out "$tmp/rand" --dim 128 --layers 4 --heads 4 --kv-heads 2 --vocab 300 --dtype bf16 \
   --seq-len 256 --shard-mb 1 >/dev/null
 [ -f "$tmp/rand/model.safetensors.index.json" ] || fail "expected a sharded model"
-"$strata" inspect --model "$tmp/rand" --verify --write "$tmp/rand.stmf" | grep -q "verified" || fail "verify"
+out=$("$strata" inspect --model "$tmp/rand" --verify --write "$tmp/rand.stmf")
+grep -q "verified" <<<"$out" || fail "verify"
 [ -s "$tmp/rand.stmf" ] || fail "manifest not written"
 out=$("$strata" generate --model "$tmp/rand" --prompt-tokens 1,5,7 --steps 12 --shards 2)
 grep -q "12 tokens from 1 requests" <<<"$out" || fail "generate on random model: $out"
@@ -55,10 +58,12 @@ expect_error "unknown policy 'magic'" "$strata" autoscale --model "$m" --trace g
 out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz,stop-the-world --threads 1)
 grep -qE "^blitz .* [0-9.]+ +[0-9.]+ +[0-9.]+$" <<<"$out" || fail "autoscale table: $out"
 # ... and across node processes (instances in `strata node` processes, parameters over UCX).
-expect_error "all-cache needs a host copy on every node" "$strata" autoscale --model "$m" --trace gamma --n 5 \
-  --nodes 2 --policies all-cache
-out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz --threads 1 --nodes 2)
+# all-cache puts a host copy on every node for its run only, then drops them again (blitz after it
+# loads over the network from the one copy left).
+out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies all-cache,blitz --threads 1 \
+  --nodes 2 --link-mbs 2 --device-layer-ms 2)
 grep -q "cluster up" <<<"$out" || fail "autoscale --nodes: no cluster: $out"
+grep -q "all-cache: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes all-cache: $out"
 grep -q "blitz: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes: $out"
 # Topology files: a shipped example runs (overridden from the command line); mistakes name the key.
 topos="$(cd "$(dirname "$0")/../../apps/topologies" && pwd)"
@@ -78,8 +83,8 @@ for _ in $(seq 100); do
 done
 [ -n "$port" ] || fail "serve did not start: $(cat "$tmp/serve.log")"
 url="http://127.0.0.1:$port"
-curl -sf "$url/health" | grep -q '"ok"' || fail "health"
-curl -sf "$url/ready" | grep -q '"ready"' || fail "ready"
+out=$(curl -sf "$url/health") && grep -q '"ok"' <<<"$out" || fail "health"
+out=$(curl -sf "$url/ready") && grep -q '"ready"' <<<"$out" || fail "ready"
 out=$(curl -s "$url/v1/completions" -H 'Content-Type: application/json' \
   -d '{"model":"stories260K","prompt":"Once upon a time","max_tokens":8,"temperature":0}')
 grep -q '"object":"text_completion"' <<<"$out" || fail "completion: $out"
