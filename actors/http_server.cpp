@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "actors/engine.hpp"
+#include "actors/scaler.hpp"
 #include "dataflow/metrics.hpp"
 #include "dataflow/openai.hpp"
 
@@ -281,6 +282,28 @@ std::string http_server::impl::metrics_text() {
     metric("strata:num_routes", "gauge", "Routes new requests may start on.", line("strata:num_routes", "", s->routes));
     metric("strata:request_migrations_total", "counter", "Requests moved off a cooperative route.",
            line("strata:request_migrations_total", "", double(s->migrations)));
+  }
+  if (opt.scaler) {
+    caf::scoped_actor self{sys};
+    self->request(opt.scaler, std::chrono::seconds(2), report_atom::value)
+        .receive(
+            [&](scaling_report& r) {
+              metric("strata:instances", "gauge", "Instances of the model (loading or serving).",
+                     line("strata:instances", "", r.instances.empty() ? 0 : r.instances.back().second));
+              metric("strata:layers_loaded_total", "counter", "Layers (and globals) that landed on new instances.",
+                     line("strata:layers_loaded_total", "", double(r.layers_loaded)));
+              metric("strata:parameter_bytes_loaded_total", "counter", "Parameter bytes those layers carried.",
+                     line("strata:parameter_bytes_loaded_total", "", r.bytes_loaded));
+              metric("strata:kv_bytes_migrated_total", "counter", "KV cache bytes moved with migrating requests.",
+                     line("strata:kv_bytes_migrated_total", "", double(r.kv_bytes_moved)));
+              std::map<std::string, uint64_t> by;
+              for (auto& e : r.events) ++by[e.what];
+              std::string ev;
+              for (auto& [what, n] : by) ev += line("strata:scale_events_total", ",event=\"" + what + "\"", double(n));
+              metric("strata:scale_events_total", "counter", "Scaling events (scale-out, serving, full, drain, stopped).",
+                     ev);
+            },
+            [](caf::error&) {});
   }
   metric("strata:http_requests_in_flight", "gauge", "Generation requests being served over HTTP.",
          line("strata:http_requests_in_flight", "", in_flight.load()));

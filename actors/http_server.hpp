@@ -24,6 +24,7 @@ struct http_options {
   int threads = 64;           // concurrent HTTP requests (each blocks a thread while it streams)
   size_t max_body_bytes = 1 << 20;
   std::chrono::milliseconds idle_timeout{120000};  // no token for this long: the request fails
+  caf::actor scaler;  // when the model autoscales: its report feeds the instance and scaling metrics
 };
 
 class http_server {

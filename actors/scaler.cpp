@@ -358,10 +358,19 @@ void on_layer(scaler_actor* self, uint32_t id, int32_t layer) {
   auto it = st.insts.find(id);
   if (it == st.insts.end()) return;
   auto& in = it->second;
+  bool fresh = layer < 0 ? !in.view.globals : size_t(layer) < in.view.have.size() && !in.view.have[size_t(layer)];
   if (layer < 0)
     in.view.globals = true;
   else if (size_t(layer) < in.view.have.size())
     in.view.have[size_t(layer)] = true;
+  if (fresh) {
+    auto l = layout_of(st.m->config);
+    bool emulated = !st.opt.cluster.controller;
+    double real = double(l.bytes[size_t(layer + 1) % l.bytes.size()]);
+    double want = layer < 0 ? st.opt.globals_bytes : st.opt.layer_bytes;
+    ++st.report.layers_loaded;
+    st.report.bytes_loaded += emulated && want > 0 ? want : real;
+  }
   if (in.view.full() && in.full_at < 0) {
     in.full_at = now(self);
     st.report.to_full_s.push_back(in.full_at - in.decided);

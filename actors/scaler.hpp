@@ -63,6 +63,8 @@ struct scaling_report {
   uint64_t migrations = 0;               // requests moved off cooperative routes (router)
   uint64_t kv_migrations = 0;            // of those, moved with their KV cache
   uint64_t kv_bytes_moved = 0;
+  uint64_t layers_loaded = 0;            // layer ready events of new instances (globals included)
+  double bytes_loaded = 0;               // their parameter bytes (the emulated size in-process)
 };
 
 using report_atom = caf::atom_constant<caf::atom("report")>;

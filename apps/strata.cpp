@@ -53,6 +53,9 @@ commands:
                --model PATH [--port 8000 --host 127.0.0.1 --served-model-name NAME (model dir name)]
                [--shards SPEC (1) --max-running 64 --max-waiting 256 --max-batch-tokens 512]
                [--http-threads 64 --drain-timeout-s 30 --threads N]
+               [--policy blitz|lambda-pipe|all-cache|stop-the-world: autoscale instances in this process,
+                with the scaling, link and device options of autoscale; metrics then include
+                instances, layers and bytes loaded, scale events]
   demo       several concurrent prompts on stories260K with a throughput summary
                --model PATH (default ../shared/data/models/stories260K) --shards SPEC (default 3)
   inspect    print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)
@@ -479,13 +482,62 @@ int cmd_replay(int argc, char** argv) {
 }
 
 
+// Scaling knobs, link and device profile, and the router's scheduling options of `autoscale`
+// and `serve --policy`.
+struct scaling_setup {
+  scaling_knobs knobs;
+  link_speeds links;
+  scaler_options so;
+  router_options ro;
+};
+
+expected<scaling_setup> scaling_from_args(const args& a, long default_max_running) {
+  scaling_setup s;
+  auto& k = s.knobs;
+  k.min_instances = int(*a.integer("min", 1));
+  k.max_instances = int(*a.integer("max", 4));
+  k.queue_per_instance = *a.number("queue", 4);
+  k.ttft_slo_s = *a.number("ttft-slo-ms", 1000) / 1000;
+  k.tbt_slo_s = *a.number("tbt-slo-ms", 200) / 1000;
+  k.keep_alive_s = *a.number("keep-alive-s", 3);
+  if (k.min_instances < 1 || k.max_instances < k.min_instances) return make_error("need 1 <= --min <= --max");
+  s.links.network_gb_s = *a.number("network-gbs", 12.5);
+  s.links.local_host_gb_s = *a.number("host-gbs", 25);
+  s.links.remote_gb_s = *a.number("remote-gbs", 2);
+  s.so.layer_bytes = *a.number("layer-mb", 400) * 1e6;
+  s.so.globals_bytes = *a.number("globals-mb", 500) * 1e6;
+  s.so.device.layer_s = *a.number("device-layer-ms", 0.5) / 1000;
+  s.so.device.per_row_s = *a.number("device-row-ms", 0.02) / 1000;
+  std::string scheduler = a.str("scheduler", "zigzag");
+  if (scheduler != "zigzag" && scheduler != "least-loaded")
+    return make_error("unknown --scheduler '" + scheduler + "' (expected zigzag or least-loaded)");
+  s.so.split_candidates = scheduler == "zigzag";
+  std::string migration = a.str("migration", "kv");
+  if (migration != "kv" && migration != "recompute" && migration != "off")
+    return make_error("unknown --migration '" + migration + "' (expected kv, recompute or off)");
+  s.ro.max_running = int(*a.integer("max-running", default_max_running));
+  s.ro.scheduler = scheduler;
+  s.ro.recompute_migration = migration != "off";
+  s.ro.kv_migration = migration == "kv";
+  // The zigzag scheduler's cost model in ms: the emulated device's, and a hop between instances.
+  s.ro.costs.per_layer = std::max(s.so.device.layer_s * 1e3, 0.01);
+  s.ro.costs.per_row = s.so.device.per_row_s * 1e3;
+  s.ro.costs.per_hop = 0.05;
+  return s;
+}
+
 int cmd_serve(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "port", "host", "served-model-name", "shards", "max-running", "max-waiting",
-                        "max-batch-tokens", "http-threads", "drain-timeout-s", "threads", "tokenizer"},
+                        "max-batch-tokens", "http-threads", "drain-timeout-s", "threads", "tokenizer", "policy", "min",
+                        "max", "queue", "keep-alive-s", "ttft-slo-ms", "tbt-slo-ms", "layer-mb", "globals-mb",
+                        "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms", "device-row-ms", "scheduler",
+                        "migration"},
                        {});
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model")) return fail("serve needs --model PATH");
+  auto setup = scaling_from_args(*a, 64);
+  if (!setup) return fail(setup.message());
   auto path = a->str("model");
   if (*a->integer("threads", 0) > 0) set_default_threads(size_t(*a->integer("threads", 0)));
   auto m = load_model(path);
@@ -503,8 +555,7 @@ int cmd_serve(int argc, char** argv) {
   auto name = a->str("served-model-name", fs::path(path).filename().string());
   if (name.empty()) name = fs::path(path).parent_path().filename().string();
   ho.model_name = name;
-  router_options ro;
-  ro.max_running = int(*a->integer("max-running", 64));
+  router_options ro = setup->ro;
   ro.max_waiting = int(*a->integer("max-waiting", 256));
   ro.max_batch_tokens = int(*a->integer("max-batch-tokens", 512));
   if (ro.max_running < 1 || ro.max_waiting < 0 || ro.max_batch_tokens < 1 || ho.port < 0 || ho.port > 65535)
@@ -516,9 +567,23 @@ int cmd_serve(int argc, char** argv) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   actor_runtime rt;
-  auto pl = spawn_pipeline(*rt.sys, *m, *shards);
-  if (!pl) return fail(pl.message());
-  auto router = spawn_router(*rt.sys, *m, pl->path, ro);
+  // A fixed pipeline, or instances a scaler starts and stops under its policy (in this process,
+  // parameters arriving after the emulated link time; /ready is 503 until the first serves).
+  pipeline pl;
+  caf::actor router, scaler;
+  if (a->has("policy")) {
+    auto pol = make_policy(a->str("policy"), setup->knobs, setup->links);
+    if (!pol) return fail(pol.message());
+    router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
+    scaler = spawn_scaler(*rt.sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), setup->knobs,
+                          setup->so);
+    ho.scaler = scaler;
+  } else {
+    auto p = spawn_pipeline(*rt.sys, *m, *shards);
+    if (!p) return fail(p.message());
+    pl = *p;
+    router = spawn_router(*rt.sys, *m, pl.path, ro);
+  }
   auto srv = http_server::start(*rt.sys, router, *m, std::move(*tok), ho);
   if (!srv) return fail(srv.message());
   std::printf("serving %s as '%s' on http://%s:%d (POST /v1/completions, /v1/chat/completions; GET /v1/models, "
@@ -532,8 +597,9 @@ int cmd_serve(int argc, char** argv) {
   std::fflush(stdout);
   int left = (*srv)->drain(std::chrono::milliseconds(int64_t(drain_s * 1000)));
   (*srv)->stop();
+  if (scaler) caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
-  stop_pipeline(*pl);
+  if (pl.head) stop_pipeline(pl);
   if (left > 0) {
     std::fprintf(stderr, "strata serve: %d request(s) still running after the drain timeout\n", left);
     return 1;
@@ -598,30 +664,11 @@ int cmd_autoscale(int argc, char** argv) {
   if (!m) return fail(m.message());
   auto shaped = trace_from_args(*a, **m);
   if (!shaped) return fail(shaped.message());
-  scaling_knobs k;
-  k.min_instances = int(*a->integer("min", 1));
-  k.max_instances = int(*a->integer("max", 4));
-  k.queue_per_instance = *a->number("queue", 4);
-  k.ttft_slo_s = *a->number("ttft-slo-ms", 1000) / 1000;
-  k.tbt_slo_s = *a->number("tbt-slo-ms", 200) / 1000;
-  k.keep_alive_s = *a->number("keep-alive-s", 3);
-  if (k.min_instances < 1 || k.max_instances < k.min_instances) return fail("need 1 <= --min <= --max");
-  link_speeds links;
-  links.network_gb_s = *a->number("network-gbs", 12.5);
-  links.local_host_gb_s = *a->number("host-gbs", 25);
-  links.remote_gb_s = *a->number("remote-gbs", 2);
-  scaler_options so;
-  so.layer_bytes = *a->number("layer-mb", 400) * 1e6;
-  so.globals_bytes = *a->number("globals-mb", 500) * 1e6;
-  so.device.layer_s = *a->number("device-layer-ms", 0.5) / 1000;
-  so.device.per_row_s = *a->number("device-row-ms", 0.02) / 1000;
-  std::string scheduler = a->str("scheduler", "zigzag");
-  if (scheduler != "zigzag" && scheduler != "least-loaded")
-    return fail("unknown --scheduler '" + scheduler + "' (expected zigzag or least-loaded)");
-  so.split_candidates = scheduler == "zigzag";
-  std::string migration = a->str("migration", "kv");
-  if (migration != "kv" && migration != "recompute" && migration != "off")
-    return fail("unknown --migration '" + migration + "' (expected kv, recompute or off)");
+  auto setup = scaling_from_args(*a, 16);
+  if (!setup) return fail(setup.message());
+  auto& k = setup->knobs;
+  auto& links = setup->links;
+  auto& so = setup->so;
   slo_spec slo;
   slo.ttft_s = k.ttft_slo_s;
   slo.tbt_s = k.tbt_slo_s;
@@ -706,16 +753,8 @@ int cmd_autoscale(int argc, char** argv) {
     std::optional<actor_runtime> own;
     if (!cluster) own.emplace();
     auto& sys = cluster ? cluster->system() : *own->sys;
-    router_options ro;
-    ro.max_running = int(*a->integer("max-running", 16));
-    ro.scheduler = scheduler;
-    ro.recompute_migration = migration != "off";
-    ro.kv_migration = migration == "kv";
-    // The zigzag scheduler's cost model in ms: the emulated device's, and a hop between
-    // instances as measured here (a process boundary costs more than a mailbox).
-    ro.costs.per_layer = std::max(so.device.layer_s * 1e3, 0.01);
-    ro.costs.per_row = so.device.per_row_s * 1e3;
-    ro.costs.per_hop = cluster ? 0.5 : 0.05;
+    router_options ro = setup->ro;
+    if (cluster) ro.costs.per_hop = 0.5;  // a process boundary costs more than a mailbox
     auto router = spawn_router(sys, *m, std::vector<route_ptr>{}, ro);
     auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
     auto records = replay(sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 5));

@@ -11,6 +11,7 @@
 #include "../test_util.hpp"
 #include "actors/engine.hpp"
 #include "actors/http_server.hpp"
+#include "actors/scaler.hpp"
 #include "dataflow/openai.hpp"
 
 using namespace strata;
@@ -363,6 +364,66 @@ TEST_CASE("a full queue answers 429 with Retry-After, and drain finishes in-flig
   CHECK(status == std::vector<int>{200, 200});
   CHECK(texts[0] == reference_text("Once", 60));
   CHECK(texts[1] == texts[0]);
+}
+
+TEST_CASE("an autoscaled model behind HTTP: scales out under a burst and reports it in /metrics") {
+  caf::actor_system_config cfg;
+  register_strata_types(cfg);
+  caf::actor_system sys{cfg};
+  scaling_knobs k;
+  k.min_instances = 1;
+  k.max_instances = 2;
+  k.queue_per_instance = 1;
+  k.cooldown_s = 0.1;
+  k.keep_alive_s = 60;
+  auto policy = make_policy("blitz", k, link_speeds{});
+  REQUIRE(policy);
+  scaler_options so;
+  so.layer_bytes = 100e6;  // 8 ms per layer at 12.5 GB/s
+  so.globals_bytes = 100e6;
+  so.device.layer_s = 0.002;
+  router_options ro;
+  ro.max_running = 2;
+  auto router = spawn_router(sys, stories(), std::vector<route_ptr>{}, ro);
+  auto scaler = spawn_scaler(sys, stories(), router, std::shared_ptr<scaling_policy>(std::move(*policy)), k, so);
+  http_options ho;
+  ho.port = 0;
+  ho.model_name = "stories260K";
+  ho.scaler = scaler;
+  auto srv = http_server::start(sys, router, stories(), load_tok(), ho);
+  REQUIRE(srv);
+  httplib::Client c("127.0.0.1", (*srv)->port());
+  c.set_read_timeout(60, 0);
+  c.set_tcp_nodelay(true);
+  for (int i = 0; i < 100; ++i) {  // ready once the first instance serves
+    auto r = c.Get("/ready");
+    if (r && r->status == 200) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  std::vector<std::thread> ts;
+  std::vector<std::string> texts(8);
+  for (size_t i = 0; i < texts.size(); ++i)
+    ts.emplace_back([&, i] {
+      httplib::Client cc("127.0.0.1", (*srv)->port());
+      cc.set_read_timeout(60, 0);
+      json body = {{"model", "stories260K"}, {"prompt", "Lily"}, {"max_tokens", 40}, {"temperature", 0}};
+      auto r = cc.Post("/v1/completions", body.dump(), "application/json");
+      if (r && r->status == 200) texts[i] = json::parse(r->body)["choices"][0]["text"];
+    });
+  for (auto& t : ts) t.join();
+  auto want = reference_text("Lily", 40);
+  for (auto& t : texts) CHECK(t == want);
+  auto metrics = c.Get("/metrics");
+  REQUIRE(metrics);
+  auto& body = metrics->body;
+  MESSAGE(body.substr(0, body.find("# HELP strata:http_requests_in_flight")));
+  CHECK(body.find("strata:instances{model_name=\"stories260K\"} 2") != std::string::npos);
+  CHECK(body.find("strata:scale_events_total{model_name=\"stories260K\",event=\"scale-out\"} 1") != std::string::npos);
+  CHECK(body.find("strata:layers_loaded_total{model_name=\"stories260K\"} 6") != std::string::npos);  // globals + 5
+  CHECK(body.find("strata:parameter_bytes_loaded_total{model_name=\"stories260K\"} 600000000") != std::string::npos);
+  (*srv)->stop();
+  caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("load: 10,000 requests over HTTP, none lost, no memory growth") {

@@ -67,7 +67,7 @@ TEST_CASE("topology mistakes are errors naming the file and key") {
   CHECK(err(base + "[clusters]\n").find("t.toml: unknown section [clusters]") == 0);
   CHECK(err(base + "[cluster]\nnodes = \"three\"\n") == "t.toml: [cluster] nodes must be an integer");
   CHECK(err("run = \"replay\"\n" + base + "[scaling]\nmax = 2\n") ==
-        "t.toml: [scaling] max does not apply to run = \"replay\" (only to autoscale)");
+        "t.toml: [scaling] max does not apply to run = \"replay\" (only to autoscale serve)");
   CHECK(err("run = \"train\"\n" + base).find("unknown run = \"train\"") != std::string::npos);
   CHECK(err("[workload]\ntrace = \"gamma\"\n") == "t.toml: [model] needs path = \"...\" or a [model.random] table");
   CHECK(err("[model]\npath = \"/m\"\n") == "t.toml: [workload] needs trace = \"FILE\" or \"gamma\"");
