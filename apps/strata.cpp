@@ -91,6 +91,7 @@ commands:
                [--migration kv|recompute|off] (how requests leave a cooperative route)
              across node processes (instances in `strata node` processes, parameters over UCX):
                --nodes N [--link-mbs MB/s per node's egress (0: unpaced)] [--chunk-kb 64]
+               [--placement src,n2,n1: nodes that may host instances, in the order used]
                [--transport tcp|sm] (all-cache loads from a node's own copy at link x host-gbs/network-gbs)
              in-process instances with an emulated link profile (without --nodes):
                [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
@@ -652,7 +653,8 @@ int cmd_autoscale(int argc, char** argv) {
                         "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "seed", "threads", "policies",
                         "layer-mb", "globals-mb", "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms",
                         "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s",
-                        "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport", "scheduler", "migration"},
+                        "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport", "scheduler", "migration",
+                        "placement"},
                        {"strict"});
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model") || !a->has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
@@ -676,6 +678,7 @@ int cmd_autoscale(int argc, char** argv) {
   int n_nodes = int(*a->integer("nodes", 0));
   std::string policies = a->str("policies", "blitz,lambda-pipe,all-cache,stop-the-world");
   std::unique_ptr<local_cluster> cluster;
+  std::vector<std::string> all_nodes;  // src, n1..nN
   if (n_nodes > 0) {
     double link = *a->number("link-mbs", 0);
     local_cluster_options lo;
@@ -699,6 +702,25 @@ int cmd_autoscale(int argc, char** argv) {
       auto name = "n" + std::to_string(i);
       if (auto st = cluster->add_node(name, extra); !st) return fail(st.message());
       so.cluster.nodes.push_back(name);
+    }
+    all_nodes = so.cluster.nodes;
+    if (a->has("placement")) {
+      // Which nodes may host instances, in the order they are used (the first serves from the
+      // start; a node without the host copy loads it first).
+      std::vector<std::string> order;
+      std::string list = a->str("placement") + ",";
+      for (size_t p = 0, c; (c = list.find(',', p)) != std::string::npos; p = c + 1) {
+        auto n = list.substr(p, c - p);
+        if (n.empty()) continue;
+        if (std::find(all_nodes.begin(), all_nodes.end(), n) == all_nodes.end())
+          return fail("unknown node '" + n + "' in --placement (the nodes are src and n1..n" + std::to_string(n_nodes) +
+                      ")");
+        if (std::find(order.begin(), order.end(), n) != order.end())
+          return fail("node '" + n + "' appears twice in --placement");
+        order.push_back(n);
+      }
+      if (order.empty()) return fail("--placement names no node");
+      so.cluster.nodes = order;
     }
     if (auto st = cluster->wait_nodes(size_t(n_nodes + 1)); !st) return fail(st.message());
     if (auto st = cluster->wait_host_copy("model"); !st) return fail(st.message());
@@ -742,12 +764,12 @@ int cmd_autoscale(int argc, char** argv) {
     if (cluster && all_cache) {
       // A host copy on every node for this policy only, loaded from disk by each node.
       caf::scoped_actor self{cluster->system()};
-      for (size_t i = 1; i < so.cluster.nodes.size(); ++i) {
+      for (size_t i = 1; i < all_nodes.size(); ++i) {
         std::string err;
-        self->request(cluster->controller(), std::chrono::seconds(90), cache_atom::value, so.cluster.nodes[i],
+        self->request(cluster->controller(), std::chrono::seconds(90), cache_atom::value, all_nodes[i],
                       std::string("model"), a->str("model"))
             .receive([](bool) {}, [&](caf::error& e) { err = describe(e); });
-        if (!err.empty()) return fail("caching the model on " + so.cluster.nodes[i] + ": " + err);
+        if (!err.empty()) return fail("caching the model on " + all_nodes[i] + ": " + err);
       }
     }
     std::optional<actor_runtime> own;
@@ -768,8 +790,8 @@ int cmd_autoscale(int argc, char** argv) {
     if (cluster) {
       if (all_cache) {
         caf::scoped_actor self{cluster->system()};
-        for (size_t i = 1; i < so.cluster.nodes.size(); ++i)
-          self->request(cluster->controller(), std::chrono::seconds(10), uncache_atom::value, so.cluster.nodes[i],
+        for (size_t i = 1; i < all_nodes.size(); ++i)
+          self->request(cluster->controller(), std::chrono::seconds(10), uncache_atom::value, all_nodes[i],
                         std::string("model"))
               .receive([](bool) {}, [](caf::error&) {});
       }

@@ -30,6 +30,7 @@ const key_spec keys[] = {
     {"cluster", "transport", "transport", kind::text, "autoscale"},
     {"cluster", "link_mb_s", "link-mbs", kind::number, "autoscale"},
     {"cluster", "chunk_kb", "chunk-kb", kind::integer, "autoscale"},
+    {"cluster", "placement", "placement", kind::list, "autoscale"},
     {"links", "layer_mb", "layer-mb", kind::number, "autoscale serve"},
     {"links", "globals_mb", "globals-mb", kind::number, "autoscale serve"},
     {"links", "network_gb_s", "network-gbs", kind::number, "autoscale serve"},

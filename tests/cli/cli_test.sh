@@ -65,6 +65,8 @@ out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --po
 grep -q "cluster up" <<<"$out" || fail "autoscale --nodes: no cluster: $out"
 grep -q "all-cache: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes all-cache: $out"
 grep -q "blitz: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes: $out"
+expect_error "unknown node 'n7' in --placement" "$strata" autoscale --model "$m" --trace gamma --n 5 --nodes 1 \
+  --placement n7
 # Topology files: a shipped example runs (overridden from the command line); mistakes name the key.
 topos="$(cd "$(dirname "$0")/../../apps/topologies" && pwd)"
 out=$("$strata" run "$topos/conv-replay.toml" --max-requests 10 --svg "$tmp/topo.svg")

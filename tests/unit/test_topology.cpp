@@ -63,7 +63,7 @@ TEST_CASE("topology mistakes are errors naming the file and key") {
   };
   const std::string base = "[model]\npath = \"/m\"\n[workload]\ntrace = \"gamma\"\n";
   CHECK(err(base + "[cluster]\nnodez = 3\n") ==
-        "t.toml: unknown key 'nodez' in [cluster] (known: nodes, transport, link_mb_s, chunk_kb)");
+        "t.toml: unknown key 'nodez' in [cluster] (known: nodes, transport, link_mb_s, chunk_kb, placement)");
   CHECK(err(base + "[clusters]\n").find("t.toml: unknown section [clusters]") == 0);
   CHECK(err(base + "[cluster]\nnodes = \"three\"\n") == "t.toml: [cluster] nodes must be an integer");
   CHECK(err("run = \"replay\"\n" + base + "[scaling]\nmax = 2\n") ==
