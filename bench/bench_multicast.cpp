@@ -86,13 +86,13 @@ int main(int argc, char** argv) {
     if (auto st = (*cl)->wait_nodes(5); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), -1;
     if (auto st = (*cl)->wait_host_copy("bench"); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), -1;
     std::printf("== %s (reference %.0f MiB/s)\n", title.c_str(), ref_bps / (1 << 20));
-    std::printf("%-11s %3s %9s %9s %17s %12s %10s\n", "plan", "N", "time s", "setup s", "MiB/s per target",
+    std::printf("%-17s %3s %9s %9s %17s %12s %10s\n", "plan", "N", "time s", "setup s", "MiB/s per target",
                 "of reference", "t(N)/t(1)");
     std::map<std::string, double> t1;
     int fails = 0;
-    for (std::string plan : {"one-to-one", "chain", "binomial", "block"})
+    for (std::string plan : {"one-to-one", "chain", "binomial", "block", "binomial-pipeline"})
       for (int n : {1, 2, 4}) {
-        if ((plan == "binomial" || plan == "block") && n != 4) continue;
+        if ((plan == "binomial" || plan == "block" || plan == "binomial-pipeline") && n != 4) continue;
         double best = 1e30, setup = 0;
         uint64_t bytes = 0;
         for (int r = 0; r < reps; ++r) {
@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
         if (n == 1) t1[plan] = best;
         double base = t1.count(plan) ? t1[plan] : t1["chain"];
         double rate = double(bytes) / best;
-        std::printf("%-11s %3d %9.3f %9.3f %17.0f %12.2f %10.2f\n", plan.c_str(), n, best, setup, rate / (1 << 20),
+        std::printf("%-17s %3d %9.3f %9.3f %17.0f %12.2f %10.2f\n", plan.c_str(), n, best, setup, rate / (1 << 20),
                     rate / ref_bps, best / base);
         if (check_n1 && plan == "chain" && n == 1 && rate / ref_bps < 0.8) {
           std::printf("  MISS: chain N=1 below 0.8 of the reference\n");
