@@ -1,6 +1,7 @@
 // A small --key value / --flag parser for Strata's command-line tools.
 #pragma once
 
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <set>
@@ -54,5 +55,24 @@ class args {
  private:
   std::map<std::string, std::string> v_;
 };
+
+// Prints a CLI error and gives the exit status to return.
+inline int fail(const std::string& msg) {
+  std::fprintf(stderr, "strata: error: %s\n", msg.c_str());
+  return 1;
+}
+
+// "a,b,,c" -> {"a", "b", "c"}
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i <= s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    if (j > i) out.push_back(s.substr(i, j - i));
+    i = j + 1;
+  }
+  return out;
+}
 
 }  // namespace strata

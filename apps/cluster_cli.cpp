@@ -17,23 +17,6 @@ namespace {
 std::atomic<bool> stop_requested{false};
 void on_signal(int) { stop_requested = true; }
 
-int fail(const std::string& msg) {
-  std::fprintf(stderr, "strata: error: %s\n", msg.c_str());
-  return 1;
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  size_t i = 0;
-  while (i <= s.size()) {
-    size_t j = s.find(',', i);
-    if (j == std::string::npos) j = s.size();
-    if (j > i) out.push_back(s.substr(i, j - i));
-    i = j + 1;
-  }
-  return out;
-}
-
 struct cluster_runtime {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;

@@ -98,11 +98,6 @@ commands:
   help       this text
 )";
 
-int fail(const std::string& msg) {
-  std::fprintf(stderr, "strata: error: %s\n", msg.c_str());
-  return 1;
-}
-
 struct actor_runtime {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
@@ -708,10 +703,7 @@ int cmd_autoscale(int argc, char** argv) {
       // Which nodes may host instances, in the order they are used (the first serves from the
       // start; a node without the host copy loads it first).
       std::vector<std::string> order;
-      std::string list = a->str("placement") + ",";
-      for (size_t p = 0, c; (c = list.find(',', p)) != std::string::npos; p = c + 1) {
-        auto n = list.substr(p, c - p);
-        if (n.empty()) continue;
+      for (auto& n : split_list(a->str("placement"))) {
         if (std::find(all_nodes.begin(), all_nodes.end(), n) == all_nodes.end())
           return fail("unknown node '" + n + "' in --placement (the nodes are src and n1..n" + std::to_string(n_nodes) +
                       ")");
@@ -743,13 +735,7 @@ int cmd_autoscale(int argc, char** argv) {
     scaling_report rep;
   };
   std::vector<row> rows;
-  size_t pos = 0;
-  while (pos <= policies.size()) {
-    size_t comma = policies.find(',', pos);
-    if (comma == std::string::npos) comma = policies.size();
-    std::string name = policies.substr(pos, comma - pos);
-    pos = comma + 1;
-    if (name.empty()) continue;
+  for (auto& name : split_list(policies)) {
     auto pol = make_policy(name, k, links);
     if (!pol) return fail(pol.message());
     bool all_cache = (*pol)->loading().local_copy;
