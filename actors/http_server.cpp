@@ -187,7 +187,7 @@ void http_server::impl::handle_generate(const httplib::Request& hreq, httplib::R
                                         " tokens; you requested " + std::to_string(int64_t(n_prompt) + max_new) +
                                         " (" + std::to_string(n_prompt) + " in the " + where + ", " +
                                         std::to_string(max_new) + " to generate)",
-                                    chat && hreq.body.find("max_completion_tokens") != std::string::npos ? "max_completion_tokens" : "max_tokens"));
+                                    r.max_tokens_key));
   generate_request g;
   g.prompt.assign(ids.begin(), ids.end());
   g.max_new_tokens = int32_t(max_new);

@@ -101,6 +101,7 @@ parsed parse_request(const std::string& body, bool chat) {
     auto v = j[max_key].get<int64_t>();
     if (v < 1) return fail(std::string("'") + max_key + "' must be at least 1", max_key);
     r.max_tokens = v;
+    r.max_tokens_key = max_key;
   } else if (!chat) {
     r.max_tokens = 16;  // OpenAI's default for completions
   }

@@ -32,6 +32,7 @@ struct request {
   std::string prompt;                  // completions
   std::vector<chat_message> messages;  // chat
   std::optional<int64_t> max_tokens;   // absent: up to the end of the context
+  std::string max_tokens_key = "max_tokens";  // the field it came from (for errors)
   float temperature = 1.0f;
   float top_p = 1.0f;
   std::optional<uint64_t> seed;
