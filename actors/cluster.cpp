@@ -240,7 +240,16 @@ void feed_instance(node_actor* self, uint32_t id, hosted_instance& h, const uint
   if (h.watcher) self->send(h.watcher, layerin_atom::value, id, segment - 1, actors);
 }
 
-// Feeds the next segment of an instance loading from this node's host copy, `mb_s` paced.
+// Segment `segment` of instance `id` lands from this node's host copy after the time its bytes
+// take at `mb_s` (localfeed_atom); each one that lands schedules the next.
+void schedule_local_segment(node_actor* self, uint32_t id, const hosted_instance& h, int32_t segment, double mb_s) {
+  if (size_t(segment) >= h.loaded.size()) return;
+  auto l = layout_of(h.config);
+  // bytes / (MB/s) = microseconds
+  auto wait = std::chrono::microseconds(int64_t(double(l.bytes[size_t(segment)]) / mb_s));
+  self->delayed_send(self, wait, localfeed_atom::value, id, segment, mb_s);
+}
+
 void local_feed(node_actor* self, uint32_t id, int32_t segment, double mb_s) {
   auto& st = self->state;
   auto h = st.hosted.find(id);
@@ -248,11 +257,7 @@ void local_feed(node_actor* self, uint32_t id, int32_t segment, double mb_s) {
   auto held = st.held.find(h->second.model);
   if (held == st.held.end()) return;
   feed_instance(self, id, h->second, held->second.image->data(), segment);
-  auto l = layout_of(h->second.config);
-  if (size_t(segment + 1) >= h->second.loaded.size()) return;
-  // bytes / (MB/s) = microseconds
-  auto wait = std::chrono::microseconds(int64_t(double(l.bytes[size_t(segment + 1)]) / mb_s));
-  self->delayed_send(self, wait, localfeed_atom::value, id, segment + 1, mb_s);
+  schedule_local_segment(self, id, h->second, segment + 1, mb_s);
 }
 
 caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::string& model,
@@ -293,9 +298,7 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   std::vector<caf::actor> out{caf::actor{}, h.shard, caf::actor{}};
   auto& placed = st.hosted[id] = std::move(h);
   if (held != st.held.end()) {  // from the host copy here, at host-to-device speed
-    auto l = layout_of(placed.config);
-    self->delayed_send(self, std::chrono::microseconds(int64_t(double(l.bytes[0]) / local_mb_s)),
-                       localfeed_atom::value, id, int32_t(0), local_mb_s);
+    schedule_local_segment(self, id, placed, 0, local_mb_s);
     return out;
   }
   // Segments of a running transfer that landed before the instance was asked for.
@@ -306,6 +309,19 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   return out;
 }
 
+// Frees this node's copy of `model` once no instance here runs on it, unless it is a host copy,
+// and tells the controller.
+void drop_copy_if_unused(node_actor* self, const std::string& model) {
+  auto& st = self->state;
+  for (auto& [_, h] : st.hosted)
+    if (h.model == model) return;
+  auto held = st.held.find(model);
+  if (held == st.held.end() || held->second.host_copy) return;
+  st.held.erase(held);
+  std::erase_if(st.transfers, [&](auto& kv) { return kv.second.finished && kv.second.plan.model == model; });
+  self->send(st.controller, unhold_atom::value, st.id, model);
+}
+
 void unhost_instance(node_actor* self, uint32_t id) {
   auto& st = self->state;
   auto it = st.hosted.find(id);
@@ -314,15 +330,7 @@ void unhost_instance(node_actor* self, uint32_t id) {
     if (a) self->send_exit(a, caf::exit_reason::user_shutdown);
   auto model = it->second.model;
   st.hosted.erase(it);
-  for (auto& [_, h] : st.hosted)
-    if (h.model == model) return;
-  // The instance's parameters were its device memory: freed with it, except a host copy.
-  auto held = st.held.find(model);
-  if (held != st.held.end() && !held->second.host_copy) {
-    st.held.erase(held);
-    std::erase_if(st.transfers, [&](auto& kv) { return kv.second.finished && kv.second.plan.model == model; });
-    self->send(st.controller, unhold_atom::value, st.id, model);
-  }
+  drop_copy_if_unused(self, model);  // an instance's parameters were its device memory
 }
 
 void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
@@ -518,11 +526,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         auto h = st.held.find(model);
         if (h == st.held.end() || !h->second.host_copy) return false;
         h->second.host_copy = false;
-        // Freed now unless an instance here still runs on it (then with that instance).
-        if (std::none_of(st.hosted.begin(), st.hosted.end(), [&](auto& kv) { return kv.second.model == model; })) {
-          st.held.erase(h);
-          self->send(st.controller, unhold_atom::value, st.id, model);
-        }
+        drop_copy_if_unused(self, model);  // now, or with the last instance here that runs on it
         return true;
       },
       [=](uninstance_atom, uint32_t id) { unhost_instance(self, id); },

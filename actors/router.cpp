@@ -62,9 +62,21 @@ using router_actor = caf::stateful_actor<router_state>;
 
 int64_t micros(clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
 
+// The layer shards a route visits, each once.
+std::vector<caf::actor> shards_of(const route_ptr& r) {
+  std::vector<caf::actor> out;
+  for (auto& h : r->hops)
+    if (h.range.size() > 0 && std::find(out.begin(), out.end(), h.actor) == out.end()) out.push_back(h.actor);
+  return out;
+}
+
+void release_on(router_actor* self, const std::vector<caf::actor>& shards, const std::vector<seq_id>& seqs) {
+  if (seqs.empty()) return;
+  for (auto& a : shards) self->send(a, release_atom::value, seqs);
+}
+
 void release_kv(router_actor* self, const route_ptr& path, const std::vector<seq_id>& seqs) {
-  if (seqs.empty() || !path) return;
-  for (size_t i = 1; i + 1 < path->hops.size(); ++i) self->send(path->hops[i].actor, release_atom::value, seqs);
+  if (path) release_on(self, shards_of(path), seqs);
 }
 
 // Ends a request: tells its client (if alive) and frees its KV cache in the shards.
@@ -105,17 +117,6 @@ bool local_route(const route_ptr& r) {
 }
 
 void schedule(router_actor* self);
-
-void release_on(router_actor* self, const std::vector<caf::actor>& shards, seq_id seq) {
-  for (auto& a : shards) self->send(a, release_atom::value, std::vector<seq_id>{seq});
-}
-
-std::vector<caf::actor> shards_of(const route_ptr& r) {
-  std::vector<caf::actor> out;
-  for (auto& h : r->hops)
-    if (h.range.size() > 0 && std::find(out.begin(), out.end(), h.actor) == out.end()) out.push_back(h.actor);
-  return out;
-}
 
 // Recompute migration: the request's KV cache is freed on the old route and rebuilt on the new
 // one by one prefill of everything so far (as vLLM recomputes preempted requests); the math is
@@ -161,21 +162,21 @@ void migrate(router_actor* self, request_state& r, route_ptr to) {
     auto& st = self->state;
     auto it = st.reqs.find(id);
     if (it == st.reqs.end()) {  // ended meanwhile: free both copies
-      release_on(self, shards_of(from_path), id);
-      release_on(self, shards_of(to), id);
+      release_kv(self, from_path, {id});
+      release_kv(self, to, {id});
       return;
     }
     auto& q = it->second;
     q.moving = false;
     if (!failure->empty()) {
-      release_on(self, shards_of(to), id);  // whatever part arrived
+      release_kv(self, to, {id});  // whatever part arrived
       recompute_on(self, q, to);
     } else {
       std::vector<caf::actor> stale;
       auto keep = shards_of(to);
       for (auto& a : shards_of(from_path))
         if (std::find(keep.begin(), keep.end(), a) == keep.end()) stale.push_back(a);
-      release_on(self, stale, id);
+      release_on(self, stale, {id});
       q.path = to;
       ++st.migrations;
       ++st.kv_migrations;

@@ -76,6 +76,16 @@ caf::behavior loader_fun(caf::stateful_actor<loader_state>* self, model_ptr m, c
   };
 }
 
+// Parameter bytes of a layer (-1: the globals) as they travel: the model's own in a cluster;
+// in-process the emulated size when one is set (a GPU-sized profile), else the model's.
+double segment_bytes(scaler_actor* self, int32_t layer) {
+  const auto& st = self->state;
+  auto l = layout_of(st.m->config);
+  double real = double(l.bytes[size_t(layer + 1) % l.bytes.size()]);
+  double emulated = layer < 0 ? st.opt.globals_bytes : st.opt.layer_bytes;
+  return !st.opt.cluster.controller && emulated > 0 ? emulated : real;
+}
+
 route_ptr make_route(scaler_actor* self, const route_plan& p) {
   auto& st = self->state;
   int L = st.m->config.n_layers;
@@ -273,11 +283,8 @@ void start_instances(scaler_actor* self, bool preloaded, int n) {
     if (!preloaded) {
       auto spec = st.policy->loading();
       double bw = spec.gb_s * 1e9;
-      auto l = layout_of(st.m->config);
-      double layer_bytes = st.opt.layer_bytes > 0 ? st.opt.layer_bytes : double(l.bytes[1 % l.bytes.size()]);
-      double globals_bytes = st.opt.globals_bytes > 0 ? st.opt.globals_bytes : double(l.bytes[0]);
       in.loader = sys.spawn(loader_fun, st.m, in.shard, caf::actor_cast<caf::actor>(self), in.id,
-                            st.policy->load_order(L, k), globals_bytes / bw, layer_bytes / bw);
+                            st.policy->load_order(L, k), segment_bytes(self, -1) / bw, segment_bytes(self, 0) / bw);
       event(self, "scale-out", in.id, "loading from " + spec.source);
     }
     st.insts[in.id] = std::move(in);
@@ -364,12 +371,8 @@ void on_layer(scaler_actor* self, uint32_t id, int32_t layer) {
   else if (size_t(layer) < in.view.have.size())
     in.view.have[size_t(layer)] = true;
   if (fresh) {
-    auto l = layout_of(st.m->config);
-    bool emulated = !st.opt.cluster.controller;
-    double real = double(l.bytes[size_t(layer + 1) % l.bytes.size()]);
-    double want = layer < 0 ? st.opt.globals_bytes : st.opt.layer_bytes;
     ++st.report.layers_loaded;
-    st.report.bytes_loaded += emulated && want > 0 ? want : real;
+    st.report.bytes_loaded += segment_bytes(self, layer);
   }
   if (in.view.full() && in.full_at < 0) {
     in.full_at = now(self);

@@ -45,10 +45,15 @@ kv_cache::entry& kv_cache::prepare(seq_id s, int needed) {
   return e;
 }
 
-expected<kv_slice> kv_cache::export_seq(seq_id seq, int begin, int end) const {
+status kv_cache::covers(int begin, int end) const {
   if (begin < begin_ || end > end_ || begin >= end)
     return make_error("layers [" + std::to_string(begin) + "," + std::to_string(end) + ") are not all in this cache's [" +
                       std::to_string(begin_) + "," + std::to_string(end_) + ")");
+  return {};
+}
+
+expected<kv_slice> kv_cache::export_seq(seq_id seq, int begin, int end) const {
+  if (auto st = covers(begin, end); !st) return st.err();
   auto it = seqs_.find(seq);
   if (it == seqs_.end()) return make_error("sequence " + std::to_string(seq) + " has no cache here");
   const auto& e = it->second;
@@ -69,9 +74,7 @@ expected<kv_slice> kv_cache::export_seq(seq_id seq, int begin, int end) const {
 }
 
 status kv_cache::import_seq(const kv_slice& x) {
-  if (x.begin < begin_ || x.end > end_ || x.begin >= x.end)
-    return make_error("slice layers [" + std::to_string(x.begin) + "," + std::to_string(x.end) +
-                      ") are not all in this cache's [" + std::to_string(begin_) + "," + std::to_string(end_) + ")");
+  if (auto st = covers(x.begin, x.end); !st) return st;
   size_t n = size_t(x.length) * size_t(c_.kv_dim());
   if (x.kv_dim != c_.kv_dim() || x.length < 0 || x.length > c_.seq_len || x.k.size() != n * size_t(x.end - x.begin) ||
       x.v.size() != x.k.size())

@@ -51,6 +51,7 @@ class kv_cache {
   status import_seq(const kv_slice& x);
 
  private:
+  status covers(int begin, int end) const;  // layers [begin, end) are all in this cache's
   friend status forward_layer(const model_config&, const layer_weights&, int, kv_cache&, const seq_id*,
                               const int*, int, float*);
   model_config c_;
