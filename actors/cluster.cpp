@@ -59,7 +59,7 @@ struct landing_zone {
 
 struct held_model {
   std::vector<uint8_t> manifest;
-  std::shared_ptr<std::vector<uint8_t>> image;
+  std::shared_ptr<host_buffer> image;
   bool host_copy = false;  // kept for the cluster, not only for an instance of this node
 };
 
@@ -74,7 +74,7 @@ struct hosted_instance {
 
 struct transfer_state {
   transfer_plan plan;
-  std::shared_ptr<std::vector<uint8_t>> image;
+  std::shared_ptr<host_buffer> image;
   bool target = false;
   std::vector<uint8_t> have;
   std::vector<int> tree_of;   // chunk -> tree index
@@ -189,7 +189,13 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
   for (auto c : st.cfg.drop_chunks) t.drop_once.insert(c);
   t.last_progress = clock::now();
   if (t.target) {
-    t.image = std::make_shared<std::vector<uint8_t>>(t.plan.image_bytes);
+    auto buf = host_buffer::allocate(t.plan.image_bytes);
+    if (!buf) {
+      st.transfers.erase(tid);
+      self->send(st.controller, tfail_atom::value, tid, st.id, "target cannot hold the image: " + buf.message());
+      return;
+    }
+    t.image = std::make_shared<host_buffer>(std::move(*buf));
     t.have.assign(t.plan.chunks.size(), 0);
     t.remaining = uint32_t(t.plan.chunks.size());
     for (auto& c : t.plan.chunks) {
@@ -341,7 +347,7 @@ void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
   if (!t.target || t.finished || idx >= t.have.size() || t.have[idx]) return;  // duplicate
   const auto& c = t.plan.chunks[idx];
   if (t.drop_once.erase(int(idx))) return;  // fault injection: as if it never arrived
-  if (ok && t.corrupt_once.erase(int(idx))) (*t.image)[c.offset + c.length / 2] ^= 0x5a;  // fault injection
+  if (ok && t.corrupt_once.erase(int(idx))) t.image->data()[c.offset + c.length / 2] ^= 0x5a;  // fault injection
   if (!ok || checksum64(t.image->data() + c.offset, c.length) != c.checksum) {
     ++t.refetched;
     self->send(st.controller, refetch_atom::value, tid, idx, st.id,
@@ -385,7 +391,9 @@ void offer_model(node_actor* self, const std::string& name, const std::string& p
   auto m = load_model(path);
   if (!m) return done(false, "cannot load model " + name + ": " + m.message());
   auto manifest = build_manifest(**m);
-  auto image = std::make_shared<std::vector<uint8_t>>(make_image(**m));
+  auto img = make_image(**m);
+  if (!img) return done(false, "cannot hold model " + name + ": " + img.message());
+  auto image = std::make_shared<host_buffer>(std::move(*img));
   self->request(st.controller, std::chrono::seconds(10), hold_atom::value, st.id, name, manifest)
       .then(
           [=](bool keep) {

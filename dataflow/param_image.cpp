@@ -1,6 +1,14 @@
 #include "dataflow/param_image.hpp"
 
+#include <sys/mman.h>
+
+#include <cstdlib>
 #include <cstring>
+#include <utility>
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack it, older kernels answer EINVAL
+#endif
 
 #include "dataflow/model_io.hpp"
 
@@ -24,6 +32,39 @@ std::vector<std::pair<float*, size_t>> parts_of(layer_weights& w) {
 
 }  // namespace
 
+expected<host_buffer> host_buffer::allocate(size_t bytes) {
+  host_buffer b;
+  if (bytes == 0) return b;
+  constexpr size_t huge = size_t(2) << 20;
+  b.mapped_ = (bytes + huge - 1) / huge * huge;
+  void* p = std::aligned_alloc(huge, b.mapped_);
+  if (!p) return make_error("cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+  // Huge pages first, then populate: populating first would fix the range on 4 KiB pages.
+  ::madvise(p, b.mapped_, MADV_HUGEPAGE);  // advice: ignored where the kernel has no THP
+  if (::madvise(p, b.mapped_, MADV_POPULATE_WRITE) != 0)  // Linux < 5.14: touch every page
+    for (size_t i = 0; i < b.mapped_; i += 4096) static_cast<volatile uint8_t*>(p)[i] = 0;
+  b.ptr_ = static_cast<uint8_t*>(p);
+  b.size_ = bytes;
+  return b;
+}
+
+host_buffer::host_buffer(host_buffer&& o) noexcept
+    : ptr_(std::exchange(o.ptr_, nullptr)), size_(std::exchange(o.size_, 0)), mapped_(std::exchange(o.mapped_, 0)) {}
+
+host_buffer& host_buffer::operator=(host_buffer&& o) noexcept {
+  if (this != &o) {
+    this->~host_buffer();
+    ptr_ = std::exchange(o.ptr_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    mapped_ = std::exchange(o.mapped_, 0);
+  }
+  return *this;
+}
+
+host_buffer::~host_buffer() {
+  std::free(ptr_);
+}
+
 image_layout layout_of(const model_config& c) {
   image_layout l;
   uint64_t globals = 4ull * (uint64_t(c.vocab_size) * uint64_t(c.dim) * (c.tied_embeddings ? 1 : 2) + uint64_t(c.dim));
@@ -37,11 +78,12 @@ image_layout layout_of(const model_config& c) {
   return l;
 }
 
-std::vector<uint8_t> make_image(const model& cm) {
+expected<host_buffer> make_image(const model& cm) {
   auto& m = const_cast<model&>(cm);  // only read through the pointers below
   auto l = layout_of(m.config);
-  std::vector<uint8_t> img(l.total);
-  uint8_t* p = img.data();
+  auto img = host_buffer::allocate(l.total);
+  if (!img) return img.err();
+  uint8_t* p = img->data();
   for (auto [ptr, n] : globals_of(m)) {
     std::memcpy(p, ptr, n * 4);
     p += n * 4;

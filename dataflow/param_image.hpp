@@ -12,6 +12,30 @@
 
 namespace strata {
 
+// Host memory for a parameter image: 2 MiB aligned, advised onto transparent huge pages and
+// populated by the kernel in one call. On the dev VM a 340 MiB image is ready in ~20 ms and
+// written at ~20 GB/s, where a zero-filled std::vector on 4 KiB pages takes over a second of
+// page faults and is then written at ~1.3 GB/s (TLB misses under virtualisation). Move-only.
+class host_buffer {
+ public:
+  static expected<host_buffer> allocate(size_t bytes);
+  host_buffer() = default;
+  host_buffer(host_buffer&& o) noexcept;
+  host_buffer& operator=(host_buffer&& o) noexcept;
+  host_buffer(const host_buffer&) = delete;
+  host_buffer& operator=(const host_buffer&) = delete;
+  ~host_buffer();
+
+  uint8_t* data() { return ptr_; }
+  const uint8_t* data() const { return ptr_; }
+  size_t size() const { return size_; }
+
+ private:
+  uint8_t* ptr_ = nullptr;
+  size_t size_ = 0;
+  size_t mapped_ = 0;
+};
+
 struct image_layout {
   std::vector<uint64_t> offset;  // per segment
   std::vector<uint64_t> bytes;   // per segment
@@ -22,7 +46,7 @@ struct image_layout {
 image_layout layout_of(const model_config& c);
 
 // Serialises a model into its image (size layout_of(c).total).
-std::vector<uint8_t> make_image(const model& m);
+expected<host_buffer> make_image(const model& m);
 
 // Rebuilds a model from an image (all segments present). `name` names the result.
 model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name);

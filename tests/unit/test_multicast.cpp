@@ -198,7 +198,9 @@ TEST_CASE("parameter image: round trip and chunking") {
   auto c = model_config::llama(32, 48, 3, 4, 2, 50, 32);
   c.tied_embeddings = false;
   auto m = make_random_model(c, 4);
-  auto img = make_image(*m);
+  auto made = make_image(*m);
+  REQUIRE(made);
+  auto& img = *made;
   auto l = layout_of(c);
   CHECK(img.size() == l.total);
   CHECK(l.total == c.total_params() * 4);
