@@ -1,4 +1,5 @@
 // Multicast planning and the parameter image.
+#include <cstring>
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -192,6 +193,23 @@ TEST_CASE("repair: a dead relay's children are adopted and a dead source is repl
   auto c = repair_plan(*p, 101);
   REQUIRE_FALSE(c);
   CHECK(c.message().find("no other node holds chunks 0..7") != std::string::npos);
+}
+
+TEST_CASE("host buffers: populated, writable, movable, and an impossible size is an error") {
+  auto b = host_buffer::allocate(5u << 20);
+  REQUIRE(b);
+  CHECK(b->size() == 5u << 20);
+  CHECK(reinterpret_cast<uintptr_t>(b->data()) % 4096 == 0);
+  std::memset(b->data(), 0xab, b->size());
+  host_buffer moved = std::move(*b);
+  CHECK(b->data() == nullptr);
+  CHECK(moved.data()[(5u << 20) - 1] == 0xab);
+  auto none = host_buffer::allocate(0);
+  REQUIRE(none);
+  CHECK(none->size() == 0);
+  auto huge = host_buffer::allocate(size_t(1) << 62);
+  REQUIRE_FALSE(huge);
+  CHECK(huge.message().find("cannot allocate") != std::string::npos);
 }
 
 TEST_CASE("parameter image: round trip and chunking") {
