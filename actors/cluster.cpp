@@ -228,20 +228,23 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
 }
 
 // Hands a segment that landed to a hosted instance: the globals become its head and tail, a
-// layer goes to its shard; the watcher (a scaler) learns of it after the shard has it.
-void feed_instance(node_actor* self, uint32_t id, hosted_instance& h, const uint8_t* image, int32_t segment) {
+// layer goes to its shard; the watcher (a scaler) learns of it after the shard has it. A
+// finished image (`keep`) is borrowed, zero-copy; a segment of an image still streaming is
+// copied, since a late duplicate chunk may still land on its bytes.
+void feed_instance(node_actor* self, uint32_t id, hosted_instance& h, const uint8_t* image, int32_t segment,
+                   std::shared_ptr<const host_buffer> keep = {}) {
   if (segment < 0 || size_t(segment) >= h.loaded.size() || h.loaded[size_t(segment)]) return;
   h.loaded[size_t(segment)] = true;
   auto l = layout_of(h.config);
   const uint8_t* seg = image + l.offset[size_t(segment)];
   std::vector<caf::actor> actors;
   if (segment == 0) {
-    auto g = globals_from_segment(h.config, seg, h.model);
+    auto g = globals_from_segment(h.config, seg, h.model, keep);
     h.head = self->spawn(head_actor, g);
     h.tail = self->spawn(tail_actor, g);
     actors = {h.head, h.tail};
   } else {
-    self->send(h.shard, load_atom::value, segment - 1, layer_ptr(layer_from_segment(h.config, seg)));
+    self->send(h.shard, load_atom::value, segment - 1, layer_ptr(layer_from_segment(h.config, seg, keep)));
   }
   if (h.watcher) self->send(h.watcher, layerin_atom::value, id, segment - 1, actors);
 }
@@ -262,7 +265,7 @@ void local_feed(node_actor* self, uint32_t id, int32_t segment, double mb_s) {
   if (h == st.hosted.end()) return;
   auto held = st.held.find(h->second.model);
   if (held == st.held.end()) return;
-  feed_instance(self, id, h->second, held->second.image->data(), segment);
+  feed_instance(self, id, h->second, held->second.image->data(), segment, held->second.image);
   schedule_local_segment(self, id, h->second, segment + 1, mb_s);
 }
 
@@ -286,7 +289,7 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   so.device = dev;
   auto held = st.held.find(model);
   if (held != st.held.end() && local_mb_s <= 0) {
-    auto m = model_from_image(h.config, held->second.image->data(), model);
+    auto m = model_from_image(h.config, held->second.image->data(), model, held->second.image);
     h.head = self->spawn(head_actor, m);
     h.shard = self->spawn(loading_shard_actor, m, layer_range{0, L}, so);
     h.tail = self->spawn(tail_actor, m);

@@ -3,6 +3,8 @@
 // can own exactly the layers they run.
 #pragma once
 
+#include <algorithm>
+#include <cassert>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -54,15 +56,56 @@ struct model_config {
   std::string describe() const;
 };
 
+// The fp32 values of one weight tensor: owned, or borrowed from a parameter image that `keep`
+// holds alive as long as the tensor (zero-copy: an instance on a node that holds the image
+// computes on the image's own bytes). Borrowed values are read-only.
+class tensor {
+ public:
+  void assign(size_t n, float v) {
+    clear();
+    own_.assign(n, v);
+  }
+  void clear() {
+    own_.clear();
+    view_ = nullptr;
+    n_ = 0;
+    keep_.reset();
+  }
+  void borrow(const float* values, size_t n, std::shared_ptr<const void> keep) {
+    clear();
+    view_ = values;
+    n_ = n;
+    keep_ = std::move(keep);
+  }
+  const float* data() const { return view_ ? view_ : own_.data(); }
+  float* data() {
+    assert(!view_ && "borrowed weights are read-only");
+    return own_.data();
+  }
+  size_t size() const { return view_ ? n_ : own_.size(); }
+  bool empty() const { return size() == 0; }
+  bool borrowed() const { return view_ != nullptr; }
+  float operator[](size_t i) const { return data()[i]; }
+  friend bool operator==(const tensor& a, const tensor& b) {
+    return a.size() == b.size() && std::equal(a.data(), a.data() + a.size(), b.data());
+  }
+
+ private:
+  std::vector<float> own_;
+  const float* view_ = nullptr;
+  size_t n_ = 0;
+  std::shared_ptr<const void> keep_;
+};
+
 // Weights of one transformer layer. Q/K/V and gate/up are stored fused so one GEMM pass
 // computes them (fewer thread-pool rounds per layer).
 struct layer_weights {
-  std::vector<float> att_norm;  // [dim]
-  std::vector<float> wqkv;      // [q_dim + 2*kv_dim, dim]: rows of wq, then wk, then wv
-  std::vector<float> wo;        // [dim, q_dim]
-  std::vector<float> ffn_norm;  // [dim]
-  std::vector<float> w13;       // [2*hidden, dim]: rows of w1 (gate), then w3 (up)
-  std::vector<float> w2;        // [dim, hidden]
+  tensor att_norm;  // [dim]
+  tensor wqkv;      // [q_dim + 2*kv_dim, dim]: rows of wq, then wk, then wv
+  tensor wo;        // [dim, q_dim]
+  tensor ffn_norm;  // [dim]
+  tensor w13;       // [2*hidden, dim]: rows of w1 (gate), then w3 (up)
+  tensor w2;        // [dim, hidden]
   void allocate(const model_config& c);
   size_t bytes() const;
 };
@@ -84,14 +127,14 @@ struct model {
   std::string name;
   source_format format = source_format::llama2c;
   model_config config;
-  std::vector<float> tok_emb;     // [vocab, dim]
+  tensor tok_emb;     // [vocab, dim]
   std::vector<std::shared_ptr<const layer_weights>> layers;
-  std::vector<float> final_norm;  // [dim]
-  std::vector<float> lm_head;     // [vocab, dim]; empty when tied to tok_emb
+  tensor final_norm;  // [dim]
+  tensor lm_head;     // [vocab, dim]; empty when tied to tok_emb
   std::vector<std::string> files;
   std::vector<tensor_record> tensors;
 
-  const std::vector<float>& classifier() const { return lm_head.empty() ? tok_emb : lm_head; }
+  const tensor& classifier() const { return lm_head.empty() ? tok_emb : lm_head; }
 };
 
 using model_ptr = std::shared_ptr<const model>;

@@ -16,18 +16,44 @@ namespace strata {
 
 namespace {
 
-// The tensors of each segment in image order, as (pointer, count) pairs.
-std::vector<std::pair<float*, size_t>> globals_of(model& m) {
-  std::vector<std::pair<float*, size_t>> out{{m.tok_emb.data(), m.tok_emb.size()},
-                                             {m.final_norm.data(), m.final_norm.size()}};
-  if (!m.lm_head.empty()) out.push_back({m.lm_head.data(), m.lm_head.size()});
+// The tensors of each segment in image order (const or not, as the model or layer is).
+template <class M>
+auto globals_of(M& m) {
+  std::vector<decltype(&m.tok_emb)> out{&m.tok_emb, &m.final_norm};
+  if (!m.config.tied_embeddings) out.push_back(&m.lm_head);  // as layout_of counts it
   return out;
 }
 
-std::vector<std::pair<float*, size_t>> parts_of(layer_weights& w) {
-  return {{w.att_norm.data(), w.att_norm.size()}, {w.wqkv.data(), w.wqkv.size()},
-          {w.wo.data(), w.wo.size()},             {w.ffn_norm.data(), w.ffn_norm.size()},
-          {w.w13.data(), w.w13.size()},           {w.w2.data(), w.w2.size()}};
+template <class W>
+auto parts_of(W& w) {
+  return std::vector<decltype(&w.wqkv)>{&w.att_norm, &w.wqkv, &w.wo, &w.ffn_norm, &w.w13, &w.w2};
+}
+
+// Element counts of the tensors of a layer segment and of the globals segment, in image order.
+std::vector<size_t> layer_sizes(const model_config& c) {
+  size_t d = size_t(c.dim), h = size_t(c.hidden_dim), q = size_t(c.q_dim()), kv = size_t(c.kv_dim());
+  return {d, (q + 2 * kv) * d, d * q, d, 2 * h * d, d * h};
+}
+
+std::vector<size_t> global_sizes(const model_config& c) {
+  size_t vd = size_t(c.vocab_size) * size_t(c.dim);
+  if (c.tied_embeddings) return {vd, size_t(c.dim)};
+  return {vd, size_t(c.dim), vd};
+}
+
+// Fills tensors from a segment: copies, or borrows the bytes when `keep` owns the image.
+void fill(const std::vector<tensor*>& parts, const std::vector<size_t>& sizes, const uint8_t* seg,
+          const std::shared_ptr<const host_buffer>& keep) {
+  for (size_t i = 0; i < parts.size(); ++i) {
+    size_t n = sizes[i];
+    if (keep) {
+      parts[i]->borrow(reinterpret_cast<const float*>(seg), n, keep);
+    } else {
+      parts[i]->assign(n, 0.0f);
+      std::memcpy(parts[i]->data(), seg, n * 4);
+    }
+    seg += n * 4;
+  }
 }
 
 }  // namespace
@@ -78,53 +104,46 @@ image_layout layout_of(const model_config& c) {
   return l;
 }
 
-expected<host_buffer> make_image(const model& cm) {
-  auto& m = const_cast<model&>(cm);  // only read through the pointers below
+expected<host_buffer> make_image(const model& m) {
   auto l = layout_of(m.config);
   auto img = host_buffer::allocate(l.total);
   if (!img) return img.err();
   uint8_t* p = img->data();
-  for (auto [ptr, n] : globals_of(m)) {
-    std::memcpy(p, ptr, n * 4);
-    p += n * 4;
+  for (const tensor* t : globals_of(m)) {
+    std::memcpy(p, t->data(), t->size() * 4);
+    p += t->size() * 4;
   }
   for (auto& lw : m.layers)
-    for (auto [ptr, n] : parts_of(const_cast<layer_weights&>(*lw))) {
-      std::memcpy(p, ptr, n * 4);
-      p += n * 4;
+    for (const tensor* t : parts_of(*lw)) {
+      std::memcpy(p, t->data(), t->size() * 4);
+      p += t->size() * 4;
     }
   return img;
 }
 
-std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const uint8_t* seg) {
+std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const uint8_t* seg,
+                                                  std::shared_ptr<const host_buffer> keep) {
   auto w = std::make_shared<layer_weights>();
-  w->allocate(c);
-  for (auto [ptr, n] : parts_of(*w)) {
-    std::memcpy(ptr, seg, n * 4);
-    seg += n * 4;
-  }
+  fill(parts_of(*w), layer_sizes(c), seg, keep);
   return w;
 }
 
-model_ptr globals_from_segment(const model_config& c, const uint8_t* seg, const std::string& name) {
+model_ptr globals_from_segment(const model_config& c, const uint8_t* seg, const std::string& name,
+                               std::shared_ptr<const host_buffer> keep) {
   auto m = std::make_shared<model>();
   m->name = name;
   m->format = source_format::generated;
   m->config = c;
-  m->tok_emb.assign(size_t(c.vocab_size) * size_t(c.dim), 0.0f);
-  m->final_norm.assign(size_t(c.dim), 0.0f);
-  if (!c.tied_embeddings) m->lm_head.assign(size_t(c.vocab_size) * size_t(c.dim), 0.0f);
-  for (auto [ptr, n] : globals_of(*m)) {
-    std::memcpy(ptr, seg, n * 4);
-    seg += n * 4;
-  }
+  fill(globals_of(*m), global_sizes(c), seg, keep);
   return m;
 }
 
-model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name) {
-  auto m = std::const_pointer_cast<model>(globals_from_segment(c, image, name));
+model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name,
+                           std::shared_ptr<const host_buffer> keep) {
+  auto m = std::const_pointer_cast<model>(globals_from_segment(c, image, name, keep));
   auto l = layout_of(c);
-  for (int i = 0; i < c.n_layers; ++i) m->layers.push_back(layer_from_segment(c, image + l.offset[size_t(i + 1)]));
+  for (int i = 0; i < c.n_layers; ++i)
+    m->layers.push_back(layer_from_segment(c, image + l.offset[size_t(i + 1)], keep));
   return m;
 }
 

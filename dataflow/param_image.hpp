@@ -48,13 +48,19 @@ image_layout layout_of(const model_config& c);
 // Serialises a model into its image (size layout_of(c).total).
 expected<host_buffer> make_image(const model& m);
 
-// Rebuilds a model from an image (all segments present). `name` names the result.
-model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name);
+// Rebuilds a model from an image (all segments present). `name` names the result. With `keep`
+// (the buffer holding `image`) nothing is copied: every tensor borrows its bytes from the image
+// and keeps it alive, so an instance on a node that holds the image runs on it (zero-copy). Only
+// an image that no longer changes may be borrowed.
+model_ptr model_from_image(const model_config& c, const uint8_t* image, const std::string& name,
+                           std::shared_ptr<const host_buffer> keep = {});
 // A model holding only the globals (embedding, final norm, classifier) of segment 0: what a
 // head or tail stage needs while the layers are still streaming in.
-model_ptr globals_from_segment(const model_config& c, const uint8_t* segment, const std::string& name);
+model_ptr globals_from_segment(const model_config& c, const uint8_t* segment, const std::string& name,
+                               std::shared_ptr<const host_buffer> keep = {});
 // Rebuilds one layer from its segment.
-std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const uint8_t* segment);
+std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const uint8_t* segment,
+                                                  std::shared_ptr<const host_buffer> keep = {});
 
 struct chunk_desc {
   uint32_t index = 0;

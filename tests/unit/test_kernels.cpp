@@ -152,7 +152,7 @@ struct ref_layer {
       for (size_t i = 0; i < x.size(); ++i) y[size_t(o)] += double(W[size_t(o) * x.size() + i]) * x[i];
     return y;
   }
-  std::vector<double> norm(const std::vector<double>& x, const std::vector<float>& g) {
+  std::vector<double> norm(const std::vector<double>& x, const tensor& g) {
     double ss = 0;
     for (double v : x) ss += v * v;
     double inv = 1.0 / std::sqrt(ss / double(x.size()) + c.norm_eps);

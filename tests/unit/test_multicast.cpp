@@ -212,6 +212,34 @@ TEST_CASE("host buffers: populated, writable, movable, and an impossible size is
   CHECK(huge.message().find("cannot allocate") != std::string::npos);
 }
 
+TEST_CASE("a model on a finished image borrows its bytes (zero-copy) and keeps the image alive") {
+  auto c = model_config::llama(32, 48, 3, 4, 2, 50, 32);
+  c.tied_embeddings = false;
+  auto m = make_random_model(c, 5);
+  auto made = make_image(*m);
+  REQUIRE(made);
+  auto img = std::make_shared<host_buffer>(std::move(*made));
+  const uint8_t* lo = img->data();
+  const uint8_t* hi = lo + img->size();
+  auto inside = [&](const tensor& t) {
+    auto p = reinterpret_cast<const uint8_t*>(t.data());
+    return t.borrowed() && p >= lo && p + t.size() * 4 <= hi;
+  };
+  auto view = model_from_image(c, img->data(), "view", img);
+  auto copy = model_from_image(c, img->data(), "copy");
+  CHECK(inside(view->tok_emb));
+  CHECK(inside(view->lm_head));
+  CHECK(inside(view->layers[1]->w13));
+  CHECK_FALSE(copy->layers[1]->w13.borrowed());
+  std::weak_ptr<host_buffer> alive = img;
+  img.reset();  // the node drops its copy; the instance still runs on it
+  REQUIRE_FALSE(alive.expired());
+  CHECK(view->layers[2]->wqkv == m->layers[2]->wqkv);
+  CHECK(generate_reference(*view, {1, 3}, 10) == generate_reference(*m, {1, 3}, 10));
+  view.reset();
+  CHECK(alive.expired());
+}
+
 TEST_CASE("parameter image: round trip and chunking") {
   auto c = model_config::llama(32, 48, 3, 4, 2, 50, 32);
   c.tied_embeddings = false;
