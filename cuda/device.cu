@@ -1,20 +1,9 @@
-#include <cuda_runtime.h>
-
+#include "cuda/check.hpp"
 #include "cuda/device.hpp"
 
 namespace strata::cuda {
 
 namespace {
-
-std::string cuda_error(const char* what, cudaError_t e) {
-  return std::string(what) + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")";
-}
-
-#define STRATA_CUDA_TRY(call)                                          \
-  do {                                                                 \
-    cudaError_t e_ = (call);                                           \
-    if (e_ != cudaSuccess) return make_error(cuda_error(#call, e_));   \
-  } while (0)
 
 // One block per row; a shared-memory tree reduction for the sum of squares.
 __global__ void rmsnorm_kernel(float* out, const float* x, const float* w, int n, float eps) {

@@ -1,14 +1,93 @@
-// GPU kernels against the CPU backend. Without a CUDA device this program says why and exits
-// 77, which ctest reports as skipped.
+// GPU kernels and layer shards against the CPU backend. Without a CUDA device this program says
+// why and exits 77, which ctest reports as skipped.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
 
 #include "cuda/device.hpp"
+#include "cuda/shard.hpp"
+#include "dataflow/forward.hpp"
 #include "dataflow/kernels.hpp"
+#include "tests/test_util.hpp"
+
+using namespace strata;
+
+namespace {
+
+// Largest |a - b| relative to the largest |b|: how far the GPU's logits are from the CPU's.
+double max_rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, scale = 1e-12;
+  for (size_t i = 0; i < b.size(); ++i) {
+    worst = std::max(worst, double(std::abs(a[i] - b[i])));
+    scale = std::max(scale, double(std::abs(b[i])));
+  }
+  return worst / scale;
+}
+
+// A batch: seq 1 prefills `prompt` rows while seq 2 (already holding `prompt` positions) decodes.
+struct batch {
+  std::vector<seq_id> seqs;
+  std::vector<int> pos, tokens;
+};
+
+batch prefill(const std::vector<seq_id>& ids, int rows_each, int vocab) {
+  batch b;
+  for (auto s : ids)
+    for (int p = 0; p < rows_each; ++p) {
+      b.seqs.push_back(s);
+      b.pos.push_back(p);
+      b.tokens.push_back(int((s * 31 + uint64_t(p) * 7) % uint64_t(vocab)));
+    }
+  return b;
+}
+
+// Runs `steps` batches through all layers on the CPU and through a GPU shard for layers
+// [split, L) (CPU below: a mixed route), returning the worst logits error over all steps.
+double compare(const model& m, cuda::weight_type type, int split, int steps) {
+  const auto& c = m.config;
+  const int L = c.n_layers;
+  kv_cache cpu_kv(c, 0, L), mixed_kv(c, 0, L);
+  cuda::shard_options o;
+  o.type = type;
+  o.max_sequences = 4;
+  auto g = cuda::gpu_shard::create(c, split, L, o);
+  REQUIRE_MESSAGE(g, g.message());
+  for (int l = split; l < L; ++l) REQUIRE((*g)->load_layer(l, *m.layers[size_t(l)]));
+  REQUIRE((*g)->wait_loaded());
+  double worst = 0;
+  std::vector<int> len = {0, 0, 0};
+  for (int step = 0; step < steps; ++step) {
+    batch b = step == 0 ? prefill({1, 2}, 6, c.vocab_size) : batch{};
+    if (step > 0)
+      for (seq_id s : {seq_id(1), seq_id(2)}) {
+        b.seqs.push_back(s);
+        b.pos.push_back(len[s]);
+        b.tokens.push_back(int((s * 13 + uint64_t(step) * 5) % uint64_t(c.vocab_size)));
+      }
+    int rows = int(b.seqs.size());
+    std::vector<float> x(size_t(rows) * size_t(c.dim)), y;
+    embed(m, b.tokens.data(), rows, x.data());
+    y = x;
+    for (int l = 0; l < L; ++l) REQUIRE(forward_layer(c, *m.layers[size_t(l)], l, cpu_kv, b.seqs.data(), b.pos.data(), rows, x.data()));
+    for (int l = 0; l < split; ++l)
+      REQUIRE(forward_layer(c, *m.layers[size_t(l)], l, mixed_kv, b.seqs.data(), b.pos.data(), rows, y.data()));
+    auto st = (*g)->forward(split, L, b.seqs.data(), b.pos.data(), rows, y.data());
+    REQUIRE_MESSAGE(st, st.message());
+    std::vector<float> lc(size_t(rows) * size_t(c.vocab_size)), lg(lc.size());
+    final_logits(m, x.data(), rows, lc.data());
+    final_logits(m, y.data(), rows, lg.data());
+    worst = std::max(worst, max_rel_error(lg, lc));
+    for (int r = 0; r < rows; ++r) len[b.seqs[size_t(r)]] = b.pos[size_t(r)] + 1;
+  }
+  CHECK((*g)->length(1) == len[1]);
+  return worst;
+}
+
+}  // namespace
 
 TEST_CASE("rmsnorm on the GPU matches the CPU kernel") {
   std::mt19937 rng(std::random_device{}());
@@ -23,6 +102,64 @@ TEST_CASE("rmsnorm on the GPU matches the CPU kernel") {
   double worst = 0;
   for (size_t i = 0; i < cpu.size(); ++i) worst = std::max(worst, double(std::abs(cpu[i] - gpu[i])));
   CHECK(worst < 1e-4);
+}
+
+TEST_CASE("GPU layers match the CPU backend: random model and stories260K, bf16 and fp16, mixed routes") {
+  for (auto rope : {rope_style::rotate_half, rope_style::interleaved}) {
+    auto c = model_config::llama(256, 688, 4, 8, 2, 512, 256);
+    c.rope = rope;
+    auto m = make_random_model(c, 11);
+    double bf = compare(*m, cuda::weight_type::bf16, 0, 6);
+    double hf = compare(*m, cuda::weight_type::fp16, 0, 6);
+    double mixed = compare(*m, cuda::weight_type::bf16, 2, 6);
+    std::printf("random model (%s): max relative logits error bf16 %.2e, fp16 %.2e, CPU+GPU route %.2e\n",
+                rope == rope_style::interleaved ? "interleaved" : "rotate_half", bf, hf, mixed);
+    CHECK(bf < 3e-2);
+    CHECK(hf < 5e-3);
+    CHECK(mixed < 3e-2);
+  }
+  auto s = test::stories();
+  double bf = compare(*s, cuda::weight_type::bf16, 0, 8);
+  double mixed = compare(*s, cuda::weight_type::fp16, 3, 8);
+  std::printf("stories260K: max relative logits error bf16 %.2e, fp16 CPU+GPU route %.2e\n", bf, mixed);
+  CHECK(bf < 3e-2);
+  CHECK(mixed < 5e-3);
+}
+
+TEST_CASE("a GPU shard refuses what it cannot run, with the reason, and keeps working") {
+  auto c = model_config::llama(128, 344, 2, 4, 2, 300, 64);
+  auto m = make_random_model(c, 3);
+  cuda::shard_options o;
+  o.max_sequences = 1;
+  auto g = cuda::gpu_shard::create(c, 0, 2, o);
+  REQUIRE_MESSAGE(g, g.message());
+  std::vector<float> x(size_t(c.dim), 0.5f);
+  seq_id s1 = 1, s2 = 2;
+  int p0 = 0, p5 = 5;
+  auto st = (*g)->forward(0, 2, &s1, &p0, 1, x.data());
+  REQUIRE_FALSE(st);
+  CHECK(st.message().find("never loaded") != std::string::npos);
+  REQUIRE((*g)->load_layer(0, *m->layers[0]));
+  REQUIRE((*g)->load_layer(1, *m->layers[1]));
+  CHECK_FALSE((*g)->load_layer(1, *m->layers[1]));
+  CHECK_FALSE((*g)->load_layer(2, *m->layers[1]));
+  REQUIRE((*g)->wait_loaded());
+  CHECK((*g)->ready(1));
+  st = (*g)->forward(0, 2, &s1, &p5, 1, x.data());
+  REQUIRE_FALSE(st);
+  CHECK(st.message().find("does not continue") != std::string::npos);
+  REQUIRE((*g)->forward(0, 2, &s1, &p0, 1, x.data()));
+  st = (*g)->forward(0, 2, &s2, &p0, 1, x.data());
+  REQUIRE_FALSE(st);
+  CHECK(st.message().find("KV slots are in use") != std::string::npos);
+  (*g)->release(s1);
+  CHECK((*g)->forward(0, 2, &s2, &p0, 1, x.data()));
+  CHECK((*g)->stats().layers_ready == 2);
+  cuda::shard_options tiny;
+  tiny.pool_bytes = 1024;
+  auto small = cuda::gpu_shard::create(c, 0, 2, tiny);
+  REQUIRE_FALSE(small);
+  CHECK(small.message().find("the shard needs") != std::string::npos);
 }
 
 int main(int argc, char** argv) {

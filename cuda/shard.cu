@@ -1,0 +1,493 @@
+#include "cuda/shard.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+#include "cuda/arena.hpp"
+#include "cuda/check.hpp"
+
+namespace strata::cuda {
+
+namespace {
+
+template <class T>
+__device__ __host__ inline T from_float(float v);
+template <>
+__device__ __host__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <>
+__device__ __host__ inline __half from_float<__half>(float v) {
+  return __float2half(v);
+}
+
+// Sum over a block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
+__device__ float block_sum(float v) {
+  __shared__ float warp_sums[32];
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  int warps = blockDim.x / 32;
+  v = lane < warps ? warp_sums[lane] : 0.0f;
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();  // warp_sums is reused by the next call
+  return v;
+}
+
+__device__ float block_max(float v) {
+  __shared__ float warp_max[32];
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_max[warp] = v;
+  __syncthreads();
+  int warps = blockDim.x / 32;
+  v = lane < warps ? warp_max[lane] : -INFINITY;
+  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  __syncthreads();
+  return v;
+}
+
+// out[r] = w * x[r] / rms(x[r]) in the GEMM input type; one block per row.
+template <class T>
+__global__ void rmsnorm_kernel(T* out, const float* x, const float* w, int n, float eps) {
+  const float* xr = x + size_t(blockIdx.x) * n;
+  T* o = out + size_t(blockIdx.x) * n;
+  float s = 0.0f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) s += xr[j] * xr[j];
+  float scale = rsqrtf(block_sum(s) / float(n) + eps);
+  for (int j = threadIdx.x; j < n; j += blockDim.x) o[j] = from_float<T>(w[j] * (scale * xr[j]));
+}
+
+template <class T>
+__global__ void to_half_kernel(T* out, const float* in, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    out[i] = from_float<T>(in[i]);
+}
+
+// RoPE on the q and k parts of each row of qkv, both conventions, the CPU kernel's frequencies
+// (theta^(-i/head_dim) for even i). One block per row, one thread per rotated pair.
+__global__ void rope_kernel(float* qkv, const int* pos, int qkv_dim, int heads, int kv_heads, int hd, float theta,
+                            bool interleaved) {
+  float* row = qkv + size_t(blockIdx.x) * qkv_dim;
+  int pairs = (heads + kv_heads) * hd / 2;
+  for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+    int h = p / (hd / 2), i = 2 * (p % (hd / 2));
+    float freq = 1.0f / powf(theta, float(i) / float(hd));
+    float val = float(pos[blockIdx.x]) * freq;
+    float c, s;
+    sincosf(val, &s, &c);
+    float* x = row + size_t(h) * hd;  // k heads follow the q heads directly
+    int a = interleaved ? i : i / 2;
+    int b = interleaved ? i + 1 : i / 2 + hd / 2;
+    float x0 = x[a], x1 = x[b];
+    x[a] = x0 * c - x1 * s;
+    x[b] = x0 * s + x1 * c;
+  }
+}
+
+// The KV cache: per slot, per layer, keys then values, each [positions, kv_dim] fp32.
+struct kv_geometry {
+  float* base;
+  int layers, positions, kv_dim;
+  __device__ __host__ float* k(int slot, int layer) const {
+    return base + ((size_t(slot) * layers + layer) * 2) * size_t(positions) * kv_dim;
+  }
+  __device__ __host__ float* v(int slot, int layer) const { return k(slot, layer) + size_t(positions) * kv_dim; }
+};
+
+__global__ void kv_write_kernel(kv_geometry g, int layer, const float* qkv, const int* slot, const int* pos,
+                                int q_dim, int qkv_dim) {
+  const float* row = qkv + size_t(blockIdx.x) * qkv_dim;
+  float* k = g.k(slot[blockIdx.x], layer) + size_t(pos[blockIdx.x]) * g.kv_dim;
+  float* v = g.v(slot[blockIdx.x], layer) + size_t(pos[blockIdx.x]) * g.kv_dim;
+  for (int i = threadIdx.x; i < g.kv_dim; i += blockDim.x) {
+    k[i] = row[q_dim + i];
+    v[i] = row[q_dim + g.kv_dim + i];
+  }
+}
+
+// Causal attention of one (row, head) per block over positions 0..pos[row] of its slot, exact
+// softmax with the scores in shared memory (positions <= the slot size checked at creation).
+__global__ void attention_kernel(kv_geometry g, int layer, const float* qkv, const int* slot, const int* pos,
+                                 float* out, int heads, int kv_heads, int hd, int q_dim, int qkv_dim, float scale) {
+  extern __shared__ float smem[];
+  float* q = smem;        // [hd]
+  float* scores = q + hd;  // [pos + 1]
+  int r = blockIdx.x, h = blockIdx.y;
+  const float* qrow = qkv + size_t(r) * qkv_dim + size_t(h) * hd;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) q[i] = qrow[i];
+  __syncthreads();
+  int kvh = h / (heads / kv_heads);
+  const float* K = g.k(slot[r], layer) + size_t(kvh) * hd;
+  const float* V = g.v(slot[r], layer) + size_t(kvh) * hd;
+  int n = pos[r] + 1;
+  float local_max = -INFINITY;
+  for (int t = threadIdx.x; t < n; t += blockDim.x) {
+    const float* k = K + size_t(t) * g.kv_dim;
+    float s = 0.0f;
+    for (int i = 0; i < hd; ++i) s += q[i] * k[i];
+    s *= scale;
+    scores[t] = s;
+    local_max = fmaxf(local_max, s);
+  }
+  float mx = block_max(local_max);
+  float local_sum = 0.0f;
+  for (int t = threadIdx.x; t < n; t += blockDim.x) {
+    float e = __expf(scores[t] - mx);
+    scores[t] = e;
+    local_sum += e;
+  }
+  float inv = 1.0f / block_sum(local_sum);  // block_sum synchronises: every score is written
+  float* o = out + size_t(r) * q_dim + size_t(h) * hd;
+  for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float acc = 0.0f;
+    for (int t = 0; t < n; ++t) acc += scores[t] * V[size_t(t) * g.kv_dim + i];
+    o[i] = acc * inv;
+  }
+}
+
+// h[r] = silu(gate[r]) * up[r] from the fused [gate | up] rows, in the GEMM input type.
+template <class T>
+__global__ void swiglu_kernel(T* h, const float* h13, int hid) {
+  const float* g = h13 + size_t(blockIdx.x) * 2 * hid;
+  T* o = h + size_t(blockIdx.x) * hid;
+  for (int i = threadIdx.x; i < hid; i += blockDim.x) {
+    float v = g[i];
+    o[i] = from_float<T>(v / (1.0f + __expf(-v)) * g[hid + i]);
+  }
+}
+
+struct device_layer {
+  void *wqkv = nullptr, *wo = nullptr, *w13 = nullptr, *w2 = nullptr;
+  float *att_norm = nullptr, *ffn_norm = nullptr;
+  cudaEvent_t landed = nullptr;
+  bool started = false;
+  void* pinned = nullptr;  // staging, freed once the copy has landed
+};
+
+}  // namespace
+
+struct gpu_shard::impl {
+  model_config c;
+  int begin = 0, end = 0;
+  shard_options o;
+  size_t half_bytes = 2;
+  void* pool_base = nullptr;
+  arena pool{0};
+  cublasHandle_t blas = nullptr;
+  cudaStream_t compute = nullptr, copy = nullptr;
+  std::vector<device_layer> layers;
+  kv_geometry kv{};
+  size_t kv_bytes = 0, weight_bytes = 0;
+  struct seq_slot {
+    int slot = 0;
+    int length = 0;
+  };
+  std::unordered_map<seq_id, seq_slot> seqs;
+  std::vector<int> free_slots;
+  // Activation buffers for max_rows rows.
+  float *x = nullptr, *qkv = nullptr, *att = nullptr, *h13 = nullptr;
+  void *xb = nullptr, *hb = nullptr;  // GEMM inputs (bf16/fp16)
+  int *d_slot = nullptr, *d_pos = nullptr;
+
+  cudaDataType_t half_type() const { return o.type == weight_type::bf16 ? CUDA_R_16BF : CUDA_R_16F; }
+
+  template <class P>
+  expected<P*> take(size_t bytes) {
+    auto off = pool.allocate(bytes);
+    if (!off) return off.err();
+    return reinterpret_cast<P*>(static_cast<char*>(pool_base) + *off);
+  }
+
+  // Y[rows, out] (+)= X[rows, in] . W[out, in]^T; row-major on our side, column-major in cuBLAS.
+  status gemm(float* y, const void* x_half, const void* w_half, int rows, int in, int out, bool accumulate) {
+    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+    STRATA_CUBLAS_TRY(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w_half, half_type(), in,
+                                   x_half, half_type(), in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
+                                   CUBLAS_GEMM_DEFAULT));
+    return {};
+  }
+
+  template <class T>
+  status run_layer(int layer, int rows) {
+    const auto& l = layers[size_t(layer - begin)];
+    const int d = c.dim, q_dim = c.q_dim(), kv_dim = c.kv_dim(), hd = c.head_dim, hid = c.hidden_dim;
+    const int qkv_dim = q_dim + 2 * kv_dim;
+    const int threads = 256;
+    const int li = layer - begin;
+    rmsnorm_kernel<T><<<rows, threads, 0, compute>>>(static_cast<T*>(xb), x, l.att_norm, d, c.norm_eps);
+    if (auto st = gemm(qkv, xb, l.wqkv, rows, d, qkv_dim, false); !st) return st;
+    rope_kernel<<<rows, 128, 0, compute>>>(qkv, d_pos, qkv_dim, c.n_heads, c.n_kv_heads, hd, c.rope_theta,
+                                           c.rope == rope_style::interleaved);
+    kv_write_kernel<<<rows, 128, 0, compute>>>(kv, li, qkv, d_slot, d_pos, q_dim, qkv_dim);
+    size_t smem = size_t(hd + kv.positions) * sizeof(float);
+    attention_kernel<<<dim3(unsigned(rows), unsigned(c.n_heads)), 128, smem, compute>>>(
+        kv, li, qkv, d_slot, d_pos, att, c.n_heads, c.n_kv_heads, hd, q_dim, qkv_dim, 1.0f / std::sqrt(float(hd)));
+    size_t n_att = size_t(rows) * q_dim;
+    to_half_kernel<T><<<unsigned(std::min<size_t>((n_att + 255) / 256, 4096)), 256, 0, compute>>>(
+        static_cast<T*>(xb), att, n_att);
+    if (auto st = gemm(x, xb, l.wo, rows, q_dim, d, true); !st) return st;
+    rmsnorm_kernel<T><<<rows, threads, 0, compute>>>(static_cast<T*>(xb), x, l.ffn_norm, d, c.norm_eps);
+    if (auto st = gemm(h13, xb, l.w13, rows, d, 2 * hid, false); !st) return st;
+    swiglu_kernel<T><<<rows, threads, 0, compute>>>(static_cast<T*>(hb), h13, hid);
+    if (auto st = gemm(x, hb, l.w2, rows, hid, d, true); !st) return st;
+    STRATA_CUDA_TRY(cudaGetLastError());
+    return {};
+  }
+
+  // Frees the staging memory of loads that have landed.
+  void reap() {
+    for (auto& l : layers)
+      if (l.pinned && cudaEventQuery(l.landed) == cudaSuccess) {
+        cudaFreeHost(l.pinned);
+        l.pinned = nullptr;
+      }
+  }
+
+  ~impl() {
+    if (copy) cudaStreamSynchronize(copy);
+    if (compute) cudaStreamSynchronize(compute);
+    for (auto& l : layers) {
+      if (l.pinned) cudaFreeHost(l.pinned);
+      if (l.landed) cudaEventDestroy(l.landed);
+    }
+    if (blas) cublasDestroy(blas);
+    if (compute) cudaStreamDestroy(compute);
+    if (copy) cudaStreamDestroy(copy);
+    if (pool_base) cudaFree(pool_base);
+  }
+};
+
+expected<std::unique_ptr<gpu_shard>> gpu_shard::create(const model_config& c, int begin, int end,
+                                                       const shard_options& o) {
+  if (auto st = c.validate(); !st) return st.err();
+  if (begin < 0 || end > c.n_layers || begin >= end)
+    return make_error("gpu shard: layers [" + std::to_string(begin) + "," + std::to_string(end) +
+                      ") are not a range of the model's " + std::to_string(c.n_layers));
+  if (o.max_rows < 1 || o.max_sequences < 1) return make_error("gpu shard: max_rows and max_sequences must be >= 1");
+  if (c.head_dim % 2 != 0) return make_error("gpu shard: head_dim must be even for RoPE");
+  std::unique_ptr<gpu_shard> s(new gpu_shard());
+  s->impl_ = std::make_unique<impl>();
+  auto& m = *s->impl_;
+  m.c = c;
+  m.begin = begin;
+  m.end = end;
+  m.o = o;
+  const int positions = o.kv_positions > 0 ? std::min(o.kv_positions, c.seq_len) : c.seq_len;
+  size_t smem = size_t(c.head_dim + positions) * sizeof(float);
+  if (smem > 48 * 1024)
+    return make_error("gpu shard: attention keeps " + std::to_string(positions) +
+                      " scores in shared memory, at most " + std::to_string(48 * 1024 / 4 - c.head_dim) +
+                      " positions per KV slot (set kv_positions)");
+  STRATA_CUDA_TRY(cudaSetDevice(o.device));
+  const size_t L = size_t(end - begin), d = size_t(c.dim), hid = size_t(c.hidden_dim);
+  const size_t q_dim = size_t(c.q_dim()), kv_dim = size_t(c.kv_dim()), qkv_dim = q_dim + 2 * kv_dim;
+  const size_t rows = size_t(o.max_rows);
+  auto up = [](size_t b) { return (b + 255) / 256 * 256; };
+  size_t per_layer = up(qkv_dim * d * 2) + up(d * q_dim * 2) + up(2 * hid * d * 2) + up(d * hid * 2) + 2 * up(d * 4);
+  m.weight_bytes = L * per_layer;
+  m.kv_bytes = size_t(o.max_sequences) * L * 2 * size_t(positions) * kv_dim * sizeof(float);
+  size_t act = up(rows * d * 4) + up(rows * qkv_dim * 4) + up(rows * q_dim * 4) + up(rows * 2 * hid * 4) +
+               up(rows * std::max(d, q_dim) * 2) + up(rows * hid * 2) + 2 * up(rows * 4);
+  size_t need = m.weight_bytes + up(m.kv_bytes) + act;
+  size_t pool_bytes = o.pool_bytes ? o.pool_bytes : need;
+  if (pool_bytes < need)
+    return make_error("gpu shard: pool of " + std::to_string(pool_bytes) + " bytes, the shard needs " +
+                      std::to_string(need) + " (weights " + std::to_string(m.weight_bytes) + ", KV " +
+                      std::to_string(m.kv_bytes) + ", activations " + std::to_string(act) + ")");
+  STRATA_CUDA_TRY(cudaMalloc(&m.pool_base, pool_bytes));
+  m.pool = arena(pool_bytes);
+  STRATA_CUDA_TRY(cudaStreamCreateWithFlags(&m.compute, cudaStreamNonBlocking));
+  STRATA_CUDA_TRY(cudaStreamCreateWithFlags(&m.copy, cudaStreamNonBlocking));
+  STRATA_CUBLAS_TRY(cublasCreate(&m.blas));
+  STRATA_CUBLAS_TRY(cublasSetStream(m.blas, m.compute));
+  auto kv = m.take<float>(m.kv_bytes);
+  if (!kv) return kv.err();
+  m.kv = kv_geometry{*kv, int(L), positions, int(kv_dim)};
+  for (int i = o.max_sequences - 1; i >= 0; --i) m.free_slots.push_back(i);
+  auto x = m.take<float>(rows * d * 4);
+  auto qkv = m.take<float>(rows * qkv_dim * 4);
+  auto att = m.take<float>(rows * q_dim * 4);
+  auto h13 = m.take<float>(rows * 2 * hid * 4);
+  auto xb = m.take<char>(rows * std::max(d, q_dim) * 2);
+  auto hb = m.take<char>(rows * hid * 2);
+  auto ds = m.take<int>(rows * 4);
+  auto dp = m.take<int>(rows * 4);
+  for (auto* e : {&x, &qkv, &att, &h13})
+    if (!*e) return e->err();
+  for (auto* e : {&xb, &hb})
+    if (!*e) return e->err();
+  if (!ds) return ds.err();
+  if (!dp) return dp.err();
+  m.x = *x, m.qkv = *qkv, m.att = *att, m.h13 = *h13, m.xb = *xb, m.hb = *hb, m.d_slot = *ds, m.d_pos = *dp;
+  m.layers.resize(L);
+  for (auto& l : m.layers) STRATA_CUDA_TRY(cudaEventCreateWithFlags(&l.landed, cudaEventDisableTiming));
+  return std::move(s);  // C++17 (nvcc here): no implicit move into expected<>
+}
+
+gpu_shard::~gpu_shard() = default;
+
+status gpu_shard::load_layer(int layer, const layer_weights& w) {
+  auto& m = *impl_;
+  if (layer < m.begin || layer >= m.end)
+    return make_error("gpu shard: layer " + std::to_string(layer) + " is not in [" + std::to_string(m.begin) + "," +
+                      std::to_string(m.end) + ")");
+  auto& l = m.layers[size_t(layer - m.begin)];
+  if (l.started) return make_error("gpu shard: layer " + std::to_string(layer) + " is loaded already");
+  const model_config& c = m.c;
+  const size_t d = size_t(c.dim), hid = size_t(c.hidden_dim), q_dim = size_t(c.q_dim());
+  const size_t qkv_n = (q_dim + 2 * size_t(c.kv_dim())) * d;
+  if (w.att_norm.size() != d || w.ffn_norm.size() != d || w.wqkv.size() != qkv_n || w.wo.size() != d * q_dim ||
+      w.w13.size() != 2 * hid * d || w.w2.size() != d * hid)
+    return make_error("gpu shard: layer " + std::to_string(layer) + " has tensors of the wrong size for " +
+                      c.describe());
+  cudaSetDevice(m.o.device);
+  // Device ranges, then one pinned staging buffer in the same order: halves, then the fp32 norms.
+  const tensor* mats[] = {&w.wqkv, &w.wo, &w.w13, &w.w2};
+  void** dst[] = {&l.wqkv, &l.wo, &l.w13, &l.w2};
+  size_t staged = 0;
+  for (auto* t : mats) staged += t->size() * 2;
+  staged += 2 * d * 4;
+  STRATA_CUDA_TRY(cudaMallocHost(&l.pinned, staged));
+  char* p = static_cast<char*>(l.pinned);
+  for (int i = 0; i < 4; ++i) {
+    auto dev = m.take<char>(mats[i]->size() * 2);
+    if (!dev) return dev.err();
+    *dst[i] = *dev;
+    const float* src = mats[i]->data();
+    size_t n = mats[i]->size();
+    if (m.o.type == weight_type::bf16) {
+      auto* h = reinterpret_cast<__nv_bfloat16*>(p);
+      for (size_t j = 0; j < n; ++j) h[j] = __float2bfloat16(src[j]);
+    } else {
+      auto* h = reinterpret_cast<__half*>(p);
+      for (size_t j = 0; j < n; ++j) h[j] = __float2half(src[j]);
+    }
+    STRATA_CUDA_TRY(cudaMemcpyAsync(*dst[i], p, n * 2, cudaMemcpyHostToDevice, m.copy));
+    p += n * 2;
+  }
+  for (auto [t, out] : {std::pair{&w.att_norm, &l.att_norm}, std::pair{&w.ffn_norm, &l.ffn_norm}}) {
+    auto dev = m.take<float>(d * 4);
+    if (!dev) return dev.err();
+    *out = *dev;
+    std::copy_n(t->data(), d, reinterpret_cast<float*>(p));
+    STRATA_CUDA_TRY(cudaMemcpyAsync(*out, p, d * 4, cudaMemcpyHostToDevice, m.copy));
+    p += d * 4;
+  }
+  STRATA_CUDA_TRY(cudaEventRecord(l.landed, m.copy));
+  l.started = true;
+  m.reap();
+  return {};
+}
+
+bool gpu_shard::ready(int layer) const {
+  auto& m = *impl_;
+  if (layer < m.begin || layer >= m.end) return false;
+  auto& l = m.layers[size_t(layer - m.begin)];
+  return l.started && cudaEventQuery(l.landed) == cudaSuccess;
+}
+
+status gpu_shard::wait_loaded() {
+  STRATA_CUDA_TRY(cudaStreamSynchronize(impl_->copy));
+  impl_->reap();
+  return {};
+}
+
+status gpu_shard::forward(int first, int last, const seq_id* seqs, const int* pos, int rows, float* x) {
+  auto& m = *impl_;
+  if (first < m.begin || last > m.end || first >= last)
+    return make_error("gpu shard: layers [" + std::to_string(first) + "," + std::to_string(last) +
+                      ") are not within this shard's [" + std::to_string(m.begin) + "," + std::to_string(m.end) + ")");
+  if (rows < 1 || rows > m.o.max_rows)
+    return make_error("gpu shard: " + std::to_string(rows) + " rows, at most " + std::to_string(m.o.max_rows));
+  for (int l = first; l < last; ++l)
+    if (!m.layers[size_t(l - m.begin)].started)
+      return make_error("gpu shard: layer " + std::to_string(l) + " was never loaded");
+  // Positions as forward_layer checks them; slots for new sequences (given back on any error).
+  std::vector<int> slot(size_t(rows), 0);
+  std::vector<seq_id> fresh;
+  auto undo = [&] {
+    for (auto s : fresh) release(s);
+  };
+  for (int r = 0; r < rows; ++r) {
+    if (pos[r] < 0 || pos[r] >= m.kv.positions) {
+      undo();
+      return make_error("position " + std::to_string(pos[r]) + " outside the KV slot of " +
+                        std::to_string(m.kv.positions) + " positions");
+    }
+    bool first_row = r == 0 || seqs[r - 1] != seqs[r];
+    auto it = m.seqs.find(seqs[r]);
+    int have = first_row ? (it == m.seqs.end() ? 0 : it->second.length) : pos[r - 1] + 1;
+    if (pos[r] > have || (!first_row && pos[r] != pos[r - 1] + 1)) {
+      undo();
+      return make_error("sequence " + std::to_string(seqs[r]) + ": position " + std::to_string(pos[r]) +
+                        " does not continue the " + std::to_string(have) + " cached positions");
+    }
+    if (it == m.seqs.end()) {
+      if (m.free_slots.empty()) {
+        undo();
+        return make_error("gpu shard: all " + std::to_string(m.o.max_sequences) + " KV slots are in use");
+      }
+      it = m.seqs.emplace(seqs[r], impl::seq_slot{m.free_slots.back(), 0}).first;
+      m.free_slots.pop_back();
+      fresh.push_back(seqs[r]);
+    }
+    slot[size_t(r)] = it->second.slot;
+  }
+  cudaSetDevice(m.o.device);
+  const size_t xbytes = size_t(rows) * size_t(m.c.dim) * sizeof(float);
+  auto run = [&]() -> status {
+    STRATA_CUDA_TRY(cudaMemcpyAsync(m.x, x, xbytes, cudaMemcpyHostToDevice, m.compute));
+    STRATA_CUDA_TRY(cudaMemcpyAsync(m.d_slot, slot.data(), size_t(rows) * 4, cudaMemcpyHostToDevice, m.compute));
+    STRATA_CUDA_TRY(cudaMemcpyAsync(m.d_pos, pos, size_t(rows) * 4, cudaMemcpyHostToDevice, m.compute));
+    for (int l = first; l < last; ++l) {
+      STRATA_CUDA_TRY(cudaStreamWaitEvent(m.compute, m.layers[size_t(l - m.begin)].landed, 0));
+      auto st = m.o.type == weight_type::bf16 ? m.run_layer<__nv_bfloat16>(l, rows) : m.run_layer<__half>(l, rows);
+      if (!st) return st;
+    }
+    STRATA_CUDA_TRY(cudaMemcpyAsync(x, m.x, xbytes, cudaMemcpyDeviceToHost, m.compute));
+    STRATA_CUDA_TRY(cudaStreamSynchronize(m.compute));
+    return {};
+  };
+  if (auto st = run(); !st) {
+    undo();
+    return st;
+  }
+  for (int r = 0; r < rows; ++r) {
+    auto& e = m.seqs[seqs[r]];
+    e.length = std::max(e.length, pos[r] + 1);
+  }
+  m.reap();
+  return {};
+}
+
+int gpu_shard::length(seq_id s) const {
+  auto it = impl_->seqs.find(s);
+  return it == impl_->seqs.end() ? 0 : it->second.length;
+}
+
+void gpu_shard::release(seq_id s) {
+  auto it = impl_->seqs.find(s);
+  if (it == impl_->seqs.end()) return;
+  impl_->free_slots.push_back(it->second.slot);
+  impl_->seqs.erase(it);
+}
+
+shard_stats gpu_shard::stats() const {
+  auto& m = *impl_;
+  shard_stats s;
+  s.pool_bytes = m.pool.capacity();
+  s.pool_in_use = m.pool.in_use();
+  s.weight_bytes = m.weight_bytes;
+  s.kv_bytes = m.kv_bytes;
+  for (int l = m.begin; l < m.end; ++l) s.layers_ready += ready(l) ? 1 : 0;
+  s.sequences = int(m.seqs.size());
+  return s;
+}
+
+}  // namespace strata::cuda
