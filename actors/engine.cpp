@@ -56,14 +56,20 @@ std::vector<caf::actor> pipeline::actors() const {
   return out;
 }
 
-expected<pipeline> spawn_pipeline(caf::actor_system& sys, model_ptr m, const std::vector<layer_range>& shards) {
+expected<pipeline> spawn_pipeline(caf::actor_system& sys, model_ptr m, const std::vector<layer_range>& shards,
+                                  const std::vector<int>& devices) {
   if (auto st = validate_route(shards, m->config.n_layers); !st) return st.err();
+  if (!devices.empty() && devices.size() != shards.size())
+    return make_error(std::to_string(devices.size()) + " devices for " + std::to_string(shards.size()) + " shards");
   pipeline p;
   auto r = std::make_shared<route>();
   p.head = sys.spawn(head_actor, m);
   r->hops.push_back({p.head, {0, 0}});
-  for (auto& range : shards) {
-    auto a = sys.spawn(shard_actor, m, range);
+  for (size_t i = 0; i < shards.size(); ++i) {
+    const auto& range = shards[i];
+    shard_options so;
+    so.cuda_device = devices.empty() ? -1 : devices[i];
+    auto a = sys.spawn(loading_shard_actor, m, range, so);
     p.shards.push_back({a, range});
     r->hops.push_back({a, range});
   }

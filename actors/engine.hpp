@@ -21,8 +21,10 @@ struct pipeline {
   std::vector<caf::actor> actors() const;
 };
 
-// One shard actor per range; the ranges must cover the model's layers in order.
-expected<pipeline> spawn_pipeline(caf::actor_system& sys, model_ptr m, const std::vector<layer_range>& shards);
+// One shard actor per range; the ranges must cover the model's layers in order. `devices` (from
+// parse_devices; empty: all CPU) places each shard on the CPU (-1) or a CUDA device.
+expected<pipeline> spawn_pipeline(caf::actor_system& sys, model_ptr m, const std::vector<layer_range>& shards,
+                                  const std::vector<int>& devices = {});
 
 // Stops every actor of the pipeline (and nothing else).
 void stop_pipeline(const pipeline& p);

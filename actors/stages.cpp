@@ -65,6 +65,38 @@ void start_device_group(caf::stateful_actor<shard_state>* self) {
 }
 }  // namespace
 
+namespace {
+
+// The CUDA backend of a shard: its device pool and KV slots sized for the router's defaults.
+void start_gpu(shard_state& st) {
+#ifdef STRATA_HAVE_CUDA
+  cuda::shard_options o;
+  o.device = st.opt.cuda_device;
+  o.max_rows = 1024;
+  o.max_sequences = 64;
+  auto g = cuda::gpu_shard::create(st.m->config, st.range.begin, st.range.end, o);
+  if (g)
+    st.gpu = std::move(*g);
+  else
+    st.backend_error = "shard on cuda:" + std::to_string(st.opt.cuda_device) + ": " + g.message();
+#else
+  st.backend_error = "shard on cuda:" + std::to_string(st.opt.cuda_device) + ": this build has no CUDA backend";
+#endif
+}
+
+// A layer that arrived: the CPU backend keeps it, the GPU backend starts copying it to the device
+// (its forward waits for the copy) and keeps the pointer as the mark that it is loaded.
+void place_layer(shard_state& st, int layer, layer_ptr w) {
+  if (st.gpu)
+    if (auto r = st.gpu->load_layer(layer, *w); !r) {
+      st.backend_error = "layer " + std::to_string(layer) + " to the GPU: " + r.message();
+      return;
+    }
+  st.layers[size_t(layer - st.range.begin)] = std::move(w);
+}
+
+}  // namespace
+
 caf::behavior shard_actor(caf::stateful_actor<shard_state>* self, model_ptr m, layer_range range) {
   return loading_shard_actor(self, std::move(m), range, {});
 }
@@ -79,8 +111,9 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
   st.stats.layer_begin = range.begin;
   st.stats.layer_end = range.end;
   st.layers.resize(size_t(range.size()));
+  if (opt.cuda_device >= 0) start_gpu(st);
   if (opt.preload)
-    for (int l = range.begin; l < range.end; ++l) st.layers[size_t(l - range.begin)] = m->layers[size_t(l)];
+    for (int l = range.begin; l < range.end; ++l) place_layer(st, l, m->layers[size_t(l)]);
   auto run = [=](step_ptr s) {
     auto& st = self->state;
     const auto& want = s->path->hops[s->hop].range;
@@ -89,18 +122,19 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
                  ") for layers [" + std::to_string(want.begin) + "," + std::to_string(want.end) + ")";
       return pass_on(self, std::move(s));
     }
-    for (int l = want.begin; l < want.end; ++l) {
-      const auto& w = st.layers[size_t(l - st.range.begin)];
-      if (!w) {
+    for (int l = want.begin; l < want.end && s->error.empty(); ++l)
+      if (!st.layers[size_t(l - st.range.begin)])
         s->error = "layer " + std::to_string(l) + " is not loaded on shard [" + std::to_string(st.range.begin) +
                    "," + std::to_string(st.range.end) + ")";
-        break;
-      }
+    if (s->error.empty() && !st.backend_error.empty()) s->error = st.backend_error;
+    if (s->error.empty() && st.gpu) {
+      auto r = st.gpu->forward(want.begin, want.end, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
+      if (!r) s->error = "layers [" + std::to_string(want.begin) + "," + std::to_string(want.end) + ") on the GPU: " + r.message();
+    }
+    for (int l = want.begin; l < want.end && s->error.empty() && !st.gpu; ++l) {
+      const auto& w = st.layers[size_t(l - st.range.begin)];
       auto r = forward_layer(st.m->config, *w, l, st.kv, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
-      if (!r) {
-        s->error = "layer " + std::to_string(l) + ": " + r.message();
-        break;
-      }
+      if (!r) s->error = "layer " + std::to_string(l) + ": " + r.message();
     }
     ++st.stats.steps;
     st.stats.rows += uint64_t(s->rows());
@@ -125,14 +159,18 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
       [=](load_atom, int32_t layer, layer_ptr& w) {
         auto& st = self->state;
         if (layer < st.range.begin || layer >= st.range.end || !w) return;
-        st.layers[size_t(layer - st.range.begin)] = std::move(w);
+        place_layer(st, layer, std::move(w));
       },
       [=](release_atom, const std::vector<seq_id>& seqs) {
-        for (auto q : seqs) self->state.kv.release(q);
+        for (auto q : seqs) {
+          self->state.kv.release(q);
+          if (self->state.gpu) self->state.gpu->release(q);
+        }
       },
       // KV migration: send a sequence's cache for layers [b, e) to another shard; answers the
       // bytes moved once that shard holds them (this one keeps its copy until released).
       [=](kvsend_atom, seq_id seq, int32_t b, int32_t e, const caf::actor& to) -> caf::result<uint64_t> {
+        if (self->state.opt.cuda_device >= 0) return make_error(errc::bad_request, "KV export from a GPU shard is not built");
         auto x = self->state.kv.export_seq(seq, b, e);
         if (!x) return make_error(errc::bad_request, "KV export: " + x.message());
         if (to == caf::actor_cast<caf::actor>(self)) return uint64_t(0);
@@ -143,14 +181,15 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
         return rp;
       },
       [=](kvput_atom, const kv_slice& x) -> caf::result<bool> {
+        if (self->state.opt.cuda_device >= 0) return make_error(errc::bad_request, "KV import into a GPU shard is not built");
         if (auto st = self->state.kv.import_seq(x); !st) return make_error(errc::bad_request, "KV import: " + st.message());
         return true;
       },
       [=](stats_atom) {
         auto& st = self->state;
         auto s = st.stats;
-        s.kv_sequences = st.kv.sequences();
-        s.kv_bytes = st.kv.bytes();
+        s.kv_sequences = st.gpu ? size_t(st.gpu->stats().sequences) : st.kv.sequences();
+        s.kv_bytes = st.gpu ? st.gpu->stats().kv_bytes : st.kv.bytes();
         s.layers_loaded = 0;
         for (auto& l : st.layers) s.layers_loaded += l ? 1 : 0;
         return s;

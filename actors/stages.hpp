@@ -6,6 +6,7 @@
 #include <caf/all.hpp>
 
 #include "actors/messages.hpp"
+#include "cuda/shard.hpp"
 
 namespace strata {
 
@@ -24,6 +25,9 @@ struct device_model {
 struct shard_options {
   bool preload = true;  // false: layers arrive later with load_atom (a scaling instance)
   device_model device;
+  // >= 0: the layers run on this CUDA device (cuda::gpu_shard, bf16 weights); a route may mix
+  // CPU and GPU shards, activations cross at each hop. Without CUDA, steps fail with the reason.
+  int cuda_device = -1;
 };
 
 struct shard_state {
@@ -36,9 +40,12 @@ struct shard_state {
   std::vector<step_ptr> device_queue;  // computed, waiting for the emulated device
   std::vector<step_ptr> device_group;  // on the emulated device now
   bool device_busy = false;
+  std::shared_ptr<cuda::gpu_shard> gpu;  // the CUDA backend, when opt.cuda_device >= 0
+  std::string backend_error;             // why the CUDA backend cannot run (every step reports it)
   static inline const char* name = "strata.shard";
 };
-// Shards also move a sequence's KV cache between them (KV migration, driven by the router):
+// Shards also move a sequence's KV cache between them (KV migration, driven by the router; CPU
+// shards only: a GPU shard refuses, and the router recomputes instead):
 //   (kvsend_atom, seq, begin, end, to) -> uint64_t bytes, once `to` holds layers [begin, end)
 //   (kvput_atom, kv_slice) -> bool
 

@@ -43,6 +43,8 @@ commands:
                --top-p P          nucleus sampling threshold (default 0.9; 1 disables)
                --seed S           sampling seed (default 42)
                --shards SPEC      K even layer shards, or sizes like 2,3 (default 1)
+               --devices LIST     where each shard runs: cpu or cuda:N, one for all or one per
+                                  shard (default cpu); GPU shards hold bf16 weights
                --n N              run N copies of the prompt concurrently (default 1)
                --threads N        kernel threads (default: cores)
   run        bring up what a topology file describes on this machine and run its job (autoscale,
@@ -117,17 +119,20 @@ struct job_result {
 // Runs `prompts` concurrently through a router over `shards`, streaming the first prompt's text
 // to stdout when `stream` is set, and prints a summary.
 int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
-                   const std::vector<std::string>& labels, const std::string& shard_spec, int steps, float temperature,
-                   float top_p, uint64_t seed, bool stream) {
+                   const std::vector<std::string>& labels, const std::string& shard_spec,
+                   const std::string& device_spec, int steps, float temperature, float top_p, uint64_t seed,
+                   bool stream) {
   auto shards = parse_shards(shard_spec, m->config.n_layers);
   if (!shards) return fail(shards.message());
+  auto devices = parse_devices(device_spec, shards->size());
+  if (!devices) return fail(devices.message());
   actor_runtime rt;
-  auto p = spawn_pipeline(*rt.sys, m, *shards);
+  auto p = spawn_pipeline(*rt.sys, m, *shards, *devices);
   if (!p) return fail(p.message());
   auto router = spawn_router(*rt.sys, m, p->path);
-  std::printf("model %s: %s\npipeline: head -> %s -> tail (%zu shard actors), %zu concurrent request(s)\n\n",
+  std::printf("model %s: %s\npipeline: head -> %s -> tail (%zu shard actors on %s), %zu concurrent request(s)\n\n",
               m->name.c_str(), m->config.describe().c_str(), to_string(*shards).c_str(), shards->size(),
-              prompts.size());
+              device_spec.c_str(), prompts.size());
   std::fflush(stdout);
   std::vector<job_result> results(prompts.size());
   std::mutex out_mu;
@@ -157,6 +162,10 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
         return;
       }
       results[i].c = std::move(*r);
+      if (results[i].c.result.finish_reason == "error") {  // a stage failed mid-generation
+        results[i].error = results[i].c.result.error;
+        return;
+      }
       if (tok) {
         std::vector<int32_t> all = prompts[i];
         all.insert(all.end(), results[i].c.tokens.begin(), results[i].c.tokens.end());
@@ -217,7 +226,7 @@ expected<std::vector<int32_t>> parse_token_list(const std::string& s, const mode
 int cmd_generate(int argc, char** argv, bool demo) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "prompt", "prompt-tokens", "tokenizer", "steps", "temperature", "top-p", "seed",
-                        "shards", "n", "threads"});
+                        "shards", "devices", "n", "threads"});
   if (!a) return fail(a.message() + " (see strata help)");
   std::string path = a->str("model", demo ? "../shared/data/models/stories260K" : "");
   if (path.empty()) return fail("generate needs --model PATH");
@@ -255,7 +264,7 @@ int cmd_generate(int argc, char** argv, bool demo) {
       prompts.emplace_back(ids.begin(), ids.end());
       labels.push_back(p);
     }
-    return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "3"), int(*steps), float(*temp),
+    return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "3"), a->str("devices", "cpu"), int(*steps), float(*temp),
                           float(*top_p), uint64_t(*seed), false);
   }
   std::vector<int32_t> prompt;
@@ -274,7 +283,7 @@ int cmd_generate(int argc, char** argv, bool demo) {
     labels.push_back(a->str("prompt", a->str("prompt-tokens")));
   }
   if (tok && prompt.size() > 1) std::printf("%s", a->str("prompt").c_str());
-  return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "1"), int(*steps), float(*temp),
+  return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "1"), a->str("devices", "cpu"), int(*steps), float(*temp),
                         float(*top_p), uint64_t(*seed), true);
 }
 

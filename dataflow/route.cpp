@@ -43,6 +43,28 @@ expected<std::vector<layer_range>> parse_shards(const std::string& spec, int n_l
   return out;
 }
 
+expected<std::vector<int>> parse_devices(const std::string& spec, size_t shards) {
+  std::vector<int> out;
+  std::stringstream ss(spec);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    if (part == "cpu") {
+      out.push_back(-1);
+      continue;
+    }
+    char* end = nullptr;
+    long n = part.rfind("cuda:", 0) == 0 ? std::strtol(part.c_str() + 5, &end, 10) : -1;
+    if (n < 0 || part.size() == 5 || *end != '\0')
+      return make_error("bad device '" + part + "' in '" + spec + "': expected cpu or cuda:N");
+    out.push_back(int(n));
+  }
+  if (out.size() == 1) out.assign(shards, out[0]);
+  if (out.size() != shards)
+    return make_error("device list '" + spec + "' names " + std::to_string(out.size()) + " devices for " +
+                      std::to_string(shards) + " shards");
+  return out;
+}
+
 status validate_route(const std::vector<layer_range>& hops, int n_layers) {
   int expect = 0;
   for (auto& h : hops) {

@@ -23,6 +23,10 @@ expected<std::vector<layer_range>> even_shards(int n_layers, int k);
 // Parses a shard spec: "K" (K even shards) or "a,b,c" (explicit sizes summing to n_layers).
 expected<std::vector<layer_range>> parse_shards(const std::string& spec, int n_layers);
 
+// Where each of `shards` shards runs: "cpu" or "cuda:N" per shard, comma-separated, or one
+// entry for all. -1 means the CPU, N >= 0 the CUDA device N.
+expected<std::vector<int>> parse_devices(const std::string& spec, size_t shards);
+
 // A route must cover layers [0, n_layers) in order, each exactly once, with no empty hop.
 status validate_route(const std::vector<layer_range>& hops, int n_layers);
 

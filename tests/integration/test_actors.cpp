@@ -37,13 +37,15 @@ struct served {
   pipeline p;
   caf::actor router;
 
-  explicit served(const std::string& shards, router_options opt = {}) {
+  explicit served(const std::string& shards, router_options opt = {}, const std::string& devices = "cpu") {
     register_strata_types(cfg);
     cfg.set("scheduler.max-threads", 2);
     sys = std::make_unique<caf::actor_system>(cfg);
     auto ranges = parse_shards(shards, stories()->config.n_layers);
     REQUIRE(ranges);
-    auto pl = spawn_pipeline(*sys, stories(), *ranges);
+    auto devs = parse_devices(devices, ranges->size());
+    REQUIRE(devs);
+    auto pl = spawn_pipeline(*sys, stories(), *ranges, *devs);
     REQUIRE(pl);
     p = *pl;
     router = spawn_router(*sys, stories(), p.path, opt);
@@ -82,6 +84,20 @@ generate_request greedy(std::vector<int32_t> prompt, int n) {
 }
 
 }  // namespace
+
+TEST_CASE("a route through a CUDA shard generates where a GPU exists, and fails with the reason where none does") {
+  served s("3,2", {}, "cpu,cuda:0");
+  auto r = s.run(greedy(encode("Once upon a time"), 12));
+  REQUIRE(r);
+  if (r->result.finish_reason == "error") {  // no usable device or no CUDA in this build
+    CHECK(r->result.error.find("cuda:0") != std::string::npos);
+    MESSAGE("no GPU here: " << r->result.error);
+  } else {
+    CHECK(r->result.generated_tokens == 12);
+    CHECK(r->tokens.size() == 12);
+  }
+  CHECK(s.kv_drains());
+}
 
 TEST_CASE("greedy text through the actors is identical for every sharding") {
   auto want = reference({1}, 150);

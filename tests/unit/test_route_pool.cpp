@@ -28,6 +28,16 @@ TEST_CASE("even and explicit shardings") {
   CHECK(validate_route({{0, 1}, {1, 5}}, 5));
 }
 
+TEST_CASE("device lists place shards on the CPU or CUDA devices") {
+  CHECK(*parse_devices("cpu", 3) == std::vector<int>{-1, -1, -1});
+  CHECK(*parse_devices("cuda:1", 2) == std::vector<int>{1, 1});
+  CHECK(*parse_devices("cpu,cuda:0,cuda:3", 3) == std::vector<int>{-1, 0, 3});
+  for (auto bad : {"gpu", "cuda:", "cuda:-1", "cuda:1x", "", "cpu,,cpu"})
+    CHECK_MESSAGE(!parse_devices(bad, 3), bad);
+  CHECK(parse_devices("gpu", 1).message().find("expected cpu or cuda:N") != std::string::npos);
+  CHECK(parse_devices("cpu,cpu", 3).message().find("2 devices for 3 shards") != std::string::npos);
+}
+
 TEST_CASE("thread pool covers every index once, with concurrent callers") {
   thread_pool pool(3);
   std::vector<std::atomic<int>> hits(10007);
