@@ -1,0 +1,132 @@
+// The CUDA backend against the limits of the GPU it runs on, all measured in the same run:
+//
+//   build/bin/bench_gpu [--dim 2048 --hidden 5632 --layers 22 --heads 32 --kv-heads 4 --vocab 32000]
+//                       [--steps 32] [--device 0]
+//
+// 1. HBM bandwidth: a 1 GiB device-to-device copy (read + write bytes per second). Decode at
+//    batch B streams every weight once per step, so weight_bytes / step_time over that rate is
+//    the fraction of the bandwidth limit reached, at batch 1 and 32.
+// 2. Host-to-GPU loading: every layer through gpu_shard::load_layer (fp32 -> bf16 on the host into
+//    pinned staging, copy on a copy stream) against a plain pinned cudaMemcpy of the same bytes.
+// Without a CUDA device it says so and exits 0 (nothing to measure).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include "apps/args.hpp"
+#include "cuda/device.hpp"
+#include "cuda/shard.hpp"
+
+using namespace strata;
+using clk = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+#define BENCH_CUDA(call)                                                                 \
+  do {                                                                                   \
+    cudaError_t e_ = (call);                                                             \
+    if (e_ != cudaSuccess) {                                                             \
+      std::fprintf(stderr, "%s: %s\n", #call, cudaGetErrorString(e_));                   \
+      std::exit(1);                                                                      \
+    }                                                                                    \
+  } while (0)
+
+// Best of 5 timed copies of `bytes`; returns bytes per second moved (for D2D: read + write).
+double copy_rate(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, double traffic_factor) {
+  double best = 0;
+  for (int rep = 0; rep < 6; ++rep) {
+    BENCH_CUDA(cudaDeviceSynchronize());
+    auto t0 = clk::now();
+    BENCH_CUDA(cudaMemcpy(dst, src, bytes, kind));
+    BENCH_CUDA(cudaDeviceSynchronize());
+    if (rep > 0) best = std::max(best, traffic_factor * double(bytes) / seconds_since(t0));
+  }
+  return best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto a = args::parse(argc, argv, 1, {"dim", "hidden", "layers", "heads", "kv-heads", "vocab", "steps", "device"});
+  if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
+  auto devs = cuda::devices();
+  if (!devs) {
+    std::printf("SKIP: no usable CUDA device (%s)\n", devs.message().c_str());
+    return 0;
+  }
+  int device = int(*a->integer("device", 0));
+  BENCH_CUDA(cudaSetDevice(device));
+  auto c = model_config::llama(int(*a->integer("dim", 2048)), int(*a->integer("hidden", 5632)),
+                               int(*a->integer("layers", 22)), int(*a->integer("heads", 32)),
+                               int(*a->integer("kv-heads", 4)), int(*a->integer("vocab", 32000)), 2048);
+  int steps = int(*a->integer("steps", 32));
+  std::printf("device %d: %s, %d SMs\nmodel: %s\n\n", device, (*devs)[size_t(device)].name.c_str(),
+              (*devs)[size_t(device)].sm_count, c.describe().c_str());
+
+  // 1. Limits.
+  const size_t probe = size_t(1) << 30;
+  void *d0 = nullptr, *d1 = nullptr, *pinned = nullptr;
+  BENCH_CUDA(cudaMalloc(&d0, probe));
+  BENCH_CUDA(cudaMalloc(&d1, probe));
+  BENCH_CUDA(cudaMallocHost(&pinned, probe));
+  double hbm = copy_rate(d1, d0, probe, cudaMemcpyDeviceToDevice, 2.0);
+  double h2d = copy_rate(d0, pinned, probe, cudaMemcpyHostToDevice, 1.0);
+  BENCH_CUDA(cudaFree(d0));
+  BENCH_CUDA(cudaFree(d1));
+  BENCH_CUDA(cudaFreeHost(pinned));
+  std::printf("limits: HBM copy traffic %.0f GB/s, pinned host-to-device %.1f GB/s\n\n", hbm / 1e9, h2d / 1e9);
+
+  // 2. Loading every layer, against the pinned copy rate of the same (bf16) bytes.
+  auto m = make_random_model(c, 1, "bench");
+  cuda::shard_options o;
+  o.device = device;
+  o.max_rows = 64;
+  o.max_sequences = 32;
+  o.kv_positions = 1024;
+  auto g = cuda::gpu_shard::create(c, 0, c.n_layers, o);
+  if (!g) return std::fprintf(stderr, "%s\n", g.message().c_str()), 1;
+  auto t0 = clk::now();
+  for (int l = 0; l < c.n_layers; ++l)
+    if (auto st = (*g)->load_layer(l, *m->layers[size_t(l)]); !st)
+      return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
+  if (auto st = (*g)->wait_loaded(); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
+  double load_s = seconds_since(t0);
+  double wbytes = double((*g)->stats().weight_bytes);
+  std::printf("load %d layers (%.0f MiB bf16): %.3f s = %.1f GB/s, %.2f of pinned copy bandwidth "
+              "(includes fp32->bf16 conversion on one host core)\n\n",
+              c.n_layers, wbytes / (1 << 20), load_s, wbytes / load_s / 1e9, wbytes / load_s / h2d);
+
+  // 3. Decode at batch 1 and 32: one row per sequence per step, positions advancing.
+  std::printf("%-6s %12s %12s %14s %14s\n", "batch", "step ms", "tokens/s", "weight GB/s", "of HBM limit");
+  seq_id next = 1;
+  for (int batch : {1, 32}) {
+    std::vector<seq_id> seqs(static_cast<size_t>(batch));
+    for (auto& s : seqs) s = next++;
+    std::vector<int> pos(static_cast<size_t>(batch), 0);
+    std::vector<float> x(size_t(batch) * size_t(c.dim), 0.01f);
+    std::vector<double> times;
+    for (int step = 0; step < steps + 2; ++step) {
+      auto ts = clk::now();
+      if (auto st = (*g)->forward(0, c.n_layers, seqs.data(), pos.data(), batch, x.data()); !st)
+        return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
+      if (step >= 2) times.push_back(seconds_since(ts));  // two warm-up steps (cuBLAS heuristics)
+      for (auto& p : pos) ++p;
+    }
+    for (auto s : seqs) (*g)->release(s);
+    double t = median(times);
+    double rate = wbytes / t;
+    std::printf("%-6d %12.3f %12.0f %14.0f %14.2f\n", batch, t * 1e3, batch / t, rate / 1e9, rate / hbm);
+  }
+  std::printf("\n(layers only: embedding and classifier run on the CPU stages)\n");
+  return 0;
+}
