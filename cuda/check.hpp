@@ -32,3 +32,4 @@ inline std::string cublas_error(const char* what, cublasStatus_t s) {
     cublasStatus_t s_ = (call);                                                            \
     if (s_ != CUBLAS_STATUS_SUCCESS) return ::strata::make_error(::strata::cuda::cublas_error(#call, s_)); \
   } while (0)
+

@@ -1,7 +1,10 @@
 #include "cuda/shard.hpp"
 
 #include <cuda_bf16.h>
+#include <cuda.h>
 #include <cuda_fp16.h>
+
+#include <type_traits>
 
 #include <algorithm>
 #include <cmath>
@@ -162,6 +165,101 @@ __global__ void swiglu_kernel(T* h, const float* h13, int hid) {
   }
 }
 
+// A share of the GPU's SMs: a green context and a stream in it. Whole GPU: no context, no stream.
+struct sm_partition {
+  CUgreenCtx ctx = nullptr;
+  cudaStream_t stream = nullptr;
+  int sms = 0;
+  void reset();
+};
+
+// The driver's green-context calls, looked up through the runtime: linking libcuda would stop
+// every binary from starting on a machine without a driver.
+struct green_api {
+  decltype(&cuDeviceGetDevResource) get_resource = nullptr;
+  decltype(&cuDevSmResourceSplitByCount) split = nullptr;
+  decltype(&cuDevResourceGenerateDesc) describe = nullptr;
+  decltype(&cuGreenCtxCreate) create = nullptr;
+  decltype(&cuGreenCtxDestroy) destroy = nullptr;
+  decltype(&cuGreenCtxStreamCreate) stream_create = nullptr;
+  decltype(&cuGetErrorName) error_name = nullptr;
+
+  std::string error(const char* what, CUresult r) const {
+    const char* name = "?";
+    if (error_name) error_name(r, &name);
+    return std::string(what) + ": " + name;
+  }
+};
+
+expected<const green_api*> green() {
+  static green_api api;
+  static std::string failure = [] {
+    auto load = [](const char* name, auto& fn) -> std::string {
+      void* p = nullptr;
+      cudaDriverEntryPointQueryResult q{};
+      cudaError_t e = cudaGetDriverEntryPointByVersion(name, &p, 12040, cudaEnableDefault, &q);
+      if (e != cudaSuccess || q != cudaDriverEntryPointSuccess || !p)
+        return std::string("the CUDA driver has no ") + name + " (green contexts need CUDA 12.4+)";
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(p);
+      return "";
+    };
+    for (auto r : {load("cuDeviceGetDevResource", api.get_resource), load("cuDevSmResourceSplitByCount", api.split),
+                   load("cuDevResourceGenerateDesc", api.describe), load("cuGreenCtxCreate", api.create),
+                   load("cuGreenCtxDestroy", api.destroy), load("cuGreenCtxStreamCreate", api.stream_create),
+                   load("cuGetErrorName", api.error_name)})
+      if (!r.empty()) return r;
+    return std::string();
+  }();
+  if (!failure.empty()) return make_error(failure);
+  return &api;
+}
+
+#define STRATA_CU_TRY(api, call)                                     \
+  do {                                                               \
+    CUresult r_ = (call);                                            \
+    if (r_ != CUDA_SUCCESS) return make_error((api)->error(#call, r_)); \
+  } while (0)
+
+void sm_partition::reset() {
+  if (stream) cudaStreamDestroy(stream);
+  if (ctx)
+    if (auto api = green()) (*api)->destroy(ctx);
+  *this = {};
+}
+
+expected<sm_partition> make_partition(int device, int sms) {
+  if (sms <= 0) {  // the whole GPU: no green context, works on any driver
+    sm_partition whole;
+    STRATA_CUDA_TRY(cudaDeviceGetAttribute(&whole.sms, cudaDevAttrMultiProcessorCount, device));
+    return whole;
+  }
+  auto api = green();
+  if (!api) return api.err();
+  const green_api* g = *api;
+  CUdevice dev = device;  // the runtime's device ordinal is the driver's
+  CUdevResource all{};
+  STRATA_CU_TRY(g, g->get_resource(dev, &all, CU_DEV_RESOURCE_TYPE_SM));
+  sm_partition p;
+  p.sms = int(all.sm.smCount);
+  if (sms <= 0 || sms >= int(all.sm.smCount)) return p;
+  CUdevResource part{};
+  unsigned int groups = 1;
+  STRATA_CU_TRY(g, g->split(&part, &groups, &all, nullptr, 0, unsigned(sms)));
+  if (groups < 1)
+    return make_error("cannot split " + std::to_string(all.sm.smCount) + " SMs into a group of " + std::to_string(sms));
+  CUdevResourceDesc desc;
+  STRATA_CU_TRY(g, g->describe(&desc, &part, 1));
+  STRATA_CU_TRY(g, g->create(&p.ctx, desc, dev, CU_GREEN_CTX_DEFAULT_STREAM));
+  CUstream s = nullptr;
+  if (CUresult r = g->stream_create(&s, p.ctx, CU_STREAM_NON_BLOCKING, 0); r != CUDA_SUCCESS) {
+    g->destroy(p.ctx);
+    return make_error(g->error("cuGreenCtxStreamCreate", r));
+  }
+  p.stream = reinterpret_cast<cudaStream_t>(s);
+  p.sms = int(part.sm.smCount);
+  return p;
+}
+
 struct device_layer {
   void *wqkv = nullptr, *wo = nullptr, *w13 = nullptr, *w2 = nullptr;
   float *att_norm = nullptr, *ffn_norm = nullptr;
@@ -181,6 +279,8 @@ struct gpu_shard::impl {
   arena pool{0};
   cublasHandle_t blas = nullptr;
   cudaStream_t compute = nullptr, copy = nullptr;
+  cudaStream_t own_compute = nullptr;  // the whole-GPU stream; `compute` is it or a partition's
+  sm_partition partition;
   std::vector<device_layer> layers;
   kv_geometry kv{};
   size_t kv_bytes = 0, weight_bytes = 0;
@@ -257,7 +357,8 @@ struct gpu_shard::impl {
       if (l.landed) cudaEventDestroy(l.landed);
     }
     if (blas) cublasDestroy(blas);
-    if (compute) cudaStreamDestroy(compute);
+    partition.reset();
+    if (own_compute) cudaStreamDestroy(own_compute);
     if (copy) cudaStreamDestroy(copy);
     if (pool_base) cudaFree(pool_base);
   }
@@ -302,7 +403,8 @@ expected<std::unique_ptr<gpu_shard>> gpu_shard::create(const model_config& c, in
                       std::to_string(m.kv_bytes) + ", activations " + std::to_string(act) + ")");
   STRATA_CUDA_TRY(cudaMalloc(&m.pool_base, pool_bytes));
   m.pool = arena(pool_bytes);
-  STRATA_CUDA_TRY(cudaStreamCreateWithFlags(&m.compute, cudaStreamNonBlocking));
+  STRATA_CUDA_TRY(cudaStreamCreateWithFlags(&m.own_compute, cudaStreamNonBlocking));
+  m.compute = m.own_compute;
   STRATA_CUDA_TRY(cudaStreamCreateWithFlags(&m.copy, cudaStreamNonBlocking));
   STRATA_CUBLAS_TRY(cublasCreate(&m.blas));
   STRATA_CUBLAS_TRY(cublasSetStream(m.blas, m.compute));
@@ -327,6 +429,7 @@ expected<std::unique_ptr<gpu_shard>> gpu_shard::create(const model_config& c, in
   m.x = *x, m.qkv = *qkv, m.att = *att, m.h13 = *h13, m.xb = *xb, m.hb = *hb, m.d_slot = *ds, m.d_pos = *dp;
   m.layers.resize(L);
   for (auto& l : m.layers) STRATA_CUDA_TRY(cudaEventCreateWithFlags(&l.landed, cudaEventDisableTiming));
+  if (auto st = s->set_sm_count(o.sm_count); !st) return st.err();
   return std::move(s);  // C++17 (nvcc here): no implicit move into expected<>
 }
 
@@ -466,6 +569,20 @@ status gpu_shard::forward(int first, int last, const seq_id* seqs, const int* po
   return {};
 }
 
+status gpu_shard::set_sm_count(int sms) {
+  auto& m = *impl_;
+  cudaSetDevice(m.o.device);
+  auto p = make_partition(m.o.device, sms);
+  if (!p) return p.err();
+  STRATA_CUDA_TRY(cudaStreamSynchronize(m.compute));  // nothing of the old partition in flight
+  cudaStream_t next = p->stream ? p->stream : m.own_compute;
+  STRATA_CUBLAS_TRY(cublasSetStream(m.blas, next));
+  m.partition.reset();
+  m.partition = *p;
+  m.compute = next;
+  return {};
+}
+
 int gpu_shard::length(seq_id s) const {
   auto it = impl_->seqs.find(s);
   return it == impl_->seqs.end() ? 0 : it->second.length;
@@ -487,6 +604,7 @@ shard_stats gpu_shard::stats() const {
   s.kv_bytes = m.kv_bytes;
   for (int l = m.begin; l < m.end; ++l) s.layers_ready += ready(l) ? 1 : 0;
   s.sequences = int(m.seqs.size());
+  s.sm_count = m.partition.sms;
   return s;
 }
 

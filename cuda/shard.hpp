@@ -31,6 +31,7 @@ struct shard_options {
   int max_sequences = 16;   // KV slots: sequences this shard holds at once
   int kv_positions = 0;     // positions per KV slot; 0: the model's seq_len
   size_t pool_bytes = 0;    // device pool; 0: exactly what the layers, KV slots and buffers need
+  int sm_count = 0;         // SMs for this shard's kernels (a green context); 0: the whole GPU
 };
 
 struct shard_stats {
@@ -38,6 +39,7 @@ struct shard_stats {
   size_t weight_bytes = 0, kv_bytes = 0;
   int layers_ready = 0;
   int sequences = 0;
+  int sm_count = 0;  // SMs its kernels may use (the partition's, rounded to the GPU's granularity)
 };
 
 class gpu_shard {
@@ -58,6 +60,11 @@ class gpu_shard {
   // Runs layers [first, last) (all within this shard, all loaded or loading) on host rows
   // x[rows, dim] in place. Errors as forward_layer: bad positions, unknown layers, full KV slots.
   status forward(int first, int last, const seq_id* seqs, const int* pos, int rows, float* x);
+
+  // HAS-GPU's vertical scaling: moves the shard's kernels to a partition of `sms` SMs (a CUDA
+  // green context; 0 or >= the GPU's SMs: the whole GPU), between two forward() calls. The count
+  // is rounded up to the GPU's partition granularity; stats().sm_count says what it got.
+  status set_sm_count(int sms);
 
   int length(seq_id s) const;
   void release(seq_id s);

@@ -162,6 +162,38 @@ TEST_CASE("a GPU shard refuses what it cannot run, with the reason, and keeps wo
   CHECK(small.message().find("the shard needs") != std::string::npos);
 }
 
+TEST_CASE("a GPU shard resized to a share of the SMs (green context) computes the same") {
+  auto c = model_config::llama(256, 688, 2, 8, 2, 512, 128);
+  auto m = make_random_model(c, 5);
+  auto run = [&](int sms, int& got) {
+    cuda::shard_options o;
+    o.sm_count = sms;
+    auto g = cuda::gpu_shard::create(c, 0, 2, o);
+    REQUIRE_MESSAGE(g, g.message());
+    for (int l = 0; l < 2; ++l) REQUIRE((*g)->load_layer(l, *m->layers[size_t(l)]));
+    batch b = prefill({7}, 16, c.vocab_size);
+    std::vector<float> x(size_t(16) * size_t(c.dim));
+    embed(*m, b.tokens.data(), 16, x.data());
+    auto st = (*g)->forward(0, 2, b.seqs.data(), b.pos.data(), 16, x.data());
+    REQUIRE_MESSAGE(st, st.message());
+    got = (*g)->stats().sm_count;
+    REQUIRE((*g)->set_sm_count(0));  // resized back to the whole GPU at run time
+    seq_id s = 7;
+    int p = 16;
+    std::vector<float> one(x.end() - c.dim, x.end());
+    REQUIRE((*g)->forward(0, 2, &s, &p, 1, one.data()));
+    CHECK((*g)->stats().sm_count >= got);
+    return x;
+  };
+  int whole = 0, part = 0;
+  auto a = run(0, whole);
+  auto b = run(16, part);
+  MESSAGE("whole GPU " << whole << " SMs, partition " << part << " SMs");
+  CHECK(part >= 16);
+  CHECK(part < whole);
+  CHECK(max_rel_error(b, a) < 1e-3);
+}
+
 int main(int argc, char** argv) {
   auto devs = strata::cuda::devices();
   if (!devs) {
