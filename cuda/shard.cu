@@ -7,6 +7,8 @@
 #include <type_traits>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 #include <cmath>
 #include <unordered_map>
 
@@ -263,6 +265,11 @@ expected<sm_partition> make_partition(int device, int sms) {
 struct device_layer {
   void *wqkv = nullptr, *wo = nullptr, *w13 = nullptr, *w2 = nullptr;
   float *att_norm = nullptr, *ffn_norm = nullptr;
+  // The tensors in device order: wqkv, wo, w13, w2 (weight type), att_norm, ffn_norm (fp32).
+  void* part(int i) const {
+    void* parts[] = {wqkv, wo, w13, w2, att_norm, ffn_norm};
+    return parts[i];
+  }
   cudaEvent_t landed = nullptr;
   bool started = false;
   void* pinned = nullptr;  // staging, freed once the copy has landed
@@ -294,6 +301,36 @@ struct gpu_shard::impl {
   float *x = nullptr, *qkv = nullptr, *att = nullptr, *h13 = nullptr;
   void *xb = nullptr, *hb = nullptr;  // GEMM inputs (bf16/fp16)
   int *d_slot = nullptr, *d_pos = nullptr;
+
+  std::unordered_map<std::string, void*> peers;  // opened IPC pools of other processes
+
+  // Bytes of a layer's tensors in device order (see device_layer::part).
+  std::array<size_t, 6> part_bytes() const {
+    const size_t d = size_t(c.dim), hid = size_t(c.hidden_dim), q = size_t(c.q_dim()), kv = size_t(c.kv_dim());
+    return {(q + 2 * kv) * d * 2, d * q * 2, 2 * hid * d * 2, d * hid * 2, d * 4, d * 4};
+  }
+
+  // Device ranges for a layer that has not been loaded yet.
+  expected<device_layer*> claim(int layer) {
+    if (layer < begin || layer >= end)
+      return make_error("gpu shard: layer " + std::to_string(layer) + " is not in [" + std::to_string(begin) + "," +
+                        std::to_string(end) + ")");
+    auto& l = layers[size_t(layer - begin)];
+    if (l.started) return make_error("gpu shard: layer " + std::to_string(layer) + " is loaded already");
+    if (!l.wqkv) {
+      auto bytes = part_bytes();
+      void* got[6];
+      for (int i = 0; i < 6; ++i) {
+        auto p = take<char>(bytes[size_t(i)]);
+        if (!p) return p.err();
+        got[i] = *p;
+      }
+      l.wqkv = got[0], l.wo = got[1], l.w13 = got[2], l.w2 = got[3];
+      l.att_norm = static_cast<float*>(got[4]), l.ffn_norm = static_cast<float*>(got[5]);
+    }
+    cudaSetDevice(o.device);
+    return &l;
+  }
 
   cudaDataType_t half_type() const { return o.type == weight_type::bf16 ? CUDA_R_16BF : CUDA_R_16F; }
 
@@ -356,6 +393,7 @@ struct gpu_shard::impl {
       if (l.pinned) cudaFreeHost(l.pinned);
       if (l.landed) cudaEventDestroy(l.landed);
     }
+    for (auto& [_, base] : peers) cudaIpcCloseMemHandle(base);
     if (blas) cublasDestroy(blas);
     partition.reset();
     if (own_compute) cudaStreamDestroy(own_compute);
@@ -363,6 +401,48 @@ struct gpu_shard::impl {
     if (pool_base) cudaFree(pool_base);
   }
 };
+
+std::vector<uint8_t> ipc_layers::to_bytes() const {
+  std::vector<uint8_t> out;
+  auto put = [&](const void* p, size_t n) {
+    size_t at = out.size();
+    out.resize(at + n);
+    if (n) std::memcpy(out.data() + at, p, n);
+  };
+  uint32_t magic = 0x43504953, hn = uint32_t(handle.size()), on = uint32_t(offsets.size());  // "SIPC"
+  int32_t head[4] = {device, int32_t(type), begin, end};
+  put(&magic, 4);
+  put(head, sizeof head);
+  put(&hn, 4);
+  put(handle.data(), handle.size());
+  put(&on, 4);
+  put(offsets.data(), offsets.size() * 8);
+  return out;
+}
+
+expected<ipc_layers> ipc_layers::from_bytes(const std::vector<uint8_t>& b) {
+  size_t at = 0;
+  auto get = [&](void* p, size_t n) {
+    if (at + n > b.size()) return false;
+    std::memcpy(p, b.data() + at, n);
+    at += n;
+    return true;
+  };
+  uint32_t magic = 0, hn = 0, on = 0;
+  int32_t head[4];
+  ipc_layers x;
+  if (!get(&magic, 4) || magic != 0x43504953 || !get(head, sizeof head) || !get(&hn, 4) || hn > 256)
+    return make_error("not a GPU layer export (" + std::to_string(b.size()) + " bytes)");
+  x.handle.resize(hn);
+  if (!get(x.handle.data(), hn) || !get(&on, 4) || on > (1u << 20)) return make_error("truncated GPU layer export");
+  x.offsets.resize(on);
+  if (!get(x.offsets.data(), size_t(on) * 8) || at != b.size()) return make_error("truncated GPU layer export");
+  x.device = head[0];
+  x.type = head[1] == 0 ? weight_type::bf16 : weight_type::fp16;
+  x.begin = head[2];
+  x.end = head[3];
+  return x;
+}
 
 expected<std::unique_ptr<gpu_shard>> gpu_shard::create(const model_config& c, int begin, int end,
                                                        const shard_options& o) {
@@ -437,54 +517,86 @@ gpu_shard::~gpu_shard() = default;
 
 status gpu_shard::load_layer(int layer, const layer_weights& w) {
   auto& m = *impl_;
-  if (layer < m.begin || layer >= m.end)
-    return make_error("gpu shard: layer " + std::to_string(layer) + " is not in [" + std::to_string(m.begin) + "," +
-                      std::to_string(m.end) + ")");
-  auto& l = m.layers[size_t(layer - m.begin)];
-  if (l.started) return make_error("gpu shard: layer " + std::to_string(layer) + " is loaded already");
-  const model_config& c = m.c;
-  const size_t d = size_t(c.dim), hid = size_t(c.hidden_dim), q_dim = size_t(c.q_dim());
-  const size_t qkv_n = (q_dim + 2 * size_t(c.kv_dim())) * d;
-  if (w.att_norm.size() != d || w.ffn_norm.size() != d || w.wqkv.size() != qkv_n || w.wo.size() != d * q_dim ||
-      w.w13.size() != 2 * hid * d || w.w2.size() != d * hid)
-    return make_error("gpu shard: layer " + std::to_string(layer) + " has tensors of the wrong size for " +
-                      c.describe());
-  cudaSetDevice(m.o.device);
-  // Device ranges, then one pinned staging buffer in the same order: halves, then the fp32 norms.
-  const tensor* mats[] = {&w.wqkv, &w.wo, &w.w13, &w.w2};
-  void** dst[] = {&l.wqkv, &l.wo, &l.w13, &l.w2};
+  auto slot = m.claim(layer);
+  if (!slot) return slot.err();
+  device_layer& l = **slot;
+  auto bytes = m.part_bytes();
+  const tensor* parts[] = {&w.wqkv, &w.wo, &w.w13, &w.w2, &w.att_norm, &w.ffn_norm};
+  for (int i = 0; i < 6; ++i)
+    if (parts[i]->size() * (i < 4 ? 2 : 4) != bytes[size_t(i)])
+      return make_error("gpu shard: layer " + std::to_string(layer) + " has tensors of the wrong size for " +
+                        m.c.describe());
+  // One pinned staging buffer in device order: the matrices in the weight type, the fp32 norms.
   size_t staged = 0;
-  for (auto* t : mats) staged += t->size() * 2;
-  staged += 2 * d * 4;
+  for (auto b : bytes) staged += b;
   STRATA_CUDA_TRY(cudaMallocHost(&l.pinned, staged));
   char* p = static_cast<char*>(l.pinned);
-  for (int i = 0; i < 4; ++i) {
-    auto dev = m.take<char>(mats[i]->size() * 2);
-    if (!dev) return dev.err();
-    *dst[i] = *dev;
-    const float* src = mats[i]->data();
-    size_t n = mats[i]->size();
-    if (m.o.type == weight_type::bf16) {
-      auto* h = reinterpret_cast<__nv_bfloat16*>(p);
-      for (size_t j = 0; j < n; ++j) h[j] = __float2bfloat16(src[j]);
-    } else {
-      auto* h = reinterpret_cast<__half*>(p);
-      for (size_t j = 0; j < n; ++j) h[j] = __float2half(src[j]);
-    }
-    STRATA_CUDA_TRY(cudaMemcpyAsync(*dst[i], p, n * 2, cudaMemcpyHostToDevice, m.copy));
-    p += n * 2;
-  }
-  for (auto [t, out] : {std::pair{&w.att_norm, &l.att_norm}, std::pair{&w.ffn_norm, &l.ffn_norm}}) {
-    auto dev = m.take<float>(d * 4);
-    if (!dev) return dev.err();
-    *out = *dev;
-    std::copy_n(t->data(), d, reinterpret_cast<float*>(p));
-    STRATA_CUDA_TRY(cudaMemcpyAsync(*out, p, d * 4, cudaMemcpyHostToDevice, m.copy));
-    p += d * 4;
+  for (int i = 0; i < 6; ++i) {
+    const float* src = parts[i]->data();
+    size_t n = parts[i]->size();
+    if (i >= 4)
+      std::copy_n(src, n, reinterpret_cast<float*>(p));
+    else if (m.o.type == weight_type::bf16)
+      for (size_t j = 0; j < n; ++j) reinterpret_cast<__nv_bfloat16*>(p)[j] = __float2bfloat16(src[j]);
+    else
+      for (size_t j = 0; j < n; ++j) reinterpret_cast<__half*>(p)[j] = __float2half(src[j]);
+    STRATA_CUDA_TRY(cudaMemcpyAsync(l.part(i), p, bytes[size_t(i)], cudaMemcpyHostToDevice, m.copy));
+    p += bytes[size_t(i)];
   }
   STRATA_CUDA_TRY(cudaEventRecord(l.landed, m.copy));
   l.started = true;
   m.reap();
+  return {};
+}
+
+expected<ipc_layers> gpu_shard::export_layers() const {
+  auto& m = *impl_;
+  cudaIpcMemHandle_t h;
+  STRATA_CUDA_TRY(cudaIpcGetMemHandle(&h, m.pool_base));
+  ipc_layers x;
+  x.handle.assign(reinterpret_cast<const uint8_t*>(&h), reinterpret_cast<const uint8_t*>(&h) + sizeof h);
+  x.device = m.o.device;
+  x.type = m.o.type;
+  x.begin = m.begin;
+  x.end = m.end;
+  for (auto& l : m.layers)
+    for (int i = 0; i < 6; ++i)
+      x.offsets.push_back(l.started ? uint64_t(static_cast<char*>(l.part(i)) - static_cast<char*>(m.pool_base))
+                                    : ~uint64_t(0));
+  return x;
+}
+
+status gpu_shard::load_layer_from_peer(int layer, const ipc_layers& peer) {
+  auto& m = *impl_;
+  if (peer.type != m.o.type || peer.device != m.o.device)
+    return make_error("gpu shard: the peer holds its layers on cuda:" + std::to_string(peer.device) + " in " +
+                      (peer.type == weight_type::bf16 ? "bf16" : "fp16") + ", this shard runs on cuda:" +
+                      std::to_string(m.o.device) + " in " + (m.o.type == weight_type::bf16 ? "bf16" : "fp16"));
+  if (layer < peer.begin || layer >= peer.end ||
+      peer.offsets.size() != size_t(peer.end - peer.begin) * 6 ||
+      peer.offsets[size_t(layer - peer.begin) * 6] == ~uint64_t(0))
+    return make_error("gpu shard: the peer does not hold layer " + std::to_string(layer));
+  if (peer.handle.size() != sizeof(cudaIpcMemHandle_t)) return make_error("gpu shard: malformed IPC handle");
+  cudaSetDevice(m.o.device);
+  std::string key(peer.handle.begin(), peer.handle.end());
+  auto it = m.peers.find(key);
+  if (it == m.peers.end()) {
+    cudaIpcMemHandle_t h;
+    std::memcpy(&h, peer.handle.data(), sizeof h);
+    void* base = nullptr;
+    STRATA_CUDA_TRY(cudaIpcOpenMemHandle(&base, h, cudaIpcMemLazyEnablePeerAccess));
+    it = m.peers.emplace(key, base).first;
+  }
+  auto slot = m.claim(layer);
+  if (!slot) return slot.err();
+  device_layer& l = **slot;
+  auto bytes = m.part_bytes();
+  const char* base = static_cast<const char*>(it->second);
+  for (int i = 0; i < 6; ++i)
+    STRATA_CUDA_TRY(cudaMemcpyAsync(l.part(i), base + peer.offsets[size_t(layer - peer.begin) * 6 + size_t(i)],
+                                    bytes[size_t(i)], cudaMemcpyDeviceToDevice, m.copy));
+  STRATA_CUDA_TRY(cudaEventRecord(l.landed, m.copy));
+  l.started = true;
   return {};
 }
 

@@ -42,6 +42,19 @@ struct shard_stats {
   int sm_count = 0;  // SMs its kernels may use (the partition's, rounded to the GPU's granularity)
 };
 
+// What another process on the same GPU needs to copy a shard's layers device-to-device: a CUDA
+// IPC handle of the shard's device pool and where each layer's tensors sit in it. Travels as
+// bytes (to_bytes/from_bytes) in a control message.
+struct ipc_layers {
+  std::vector<uint8_t> handle;  // cudaIpcMemHandle_t
+  int device = 0;
+  weight_type type = weight_type::bf16;
+  int begin = 0, end = 0;
+  std::vector<uint64_t> offsets;  // per layer: wqkv, wo, w13, w2, att_norm, ffn_norm (bytes into the pool)
+  std::vector<uint8_t> to_bytes() const;
+  static expected<ipc_layers> from_bytes(const std::vector<uint8_t>& b);
+};
+
 class gpu_shard {
  public:
   static expected<std::unique_ptr<gpu_shard>> create(const model_config& c, int begin, int end,
@@ -56,6 +69,12 @@ class gpu_shard {
   bool ready(int layer) const;
   // Blocks until every started load has landed, or returns the copy's error.
   status wait_loaded();
+
+  // The layers this shard holds, for peers in other processes on the same GPU.
+  expected<ipc_layers> export_layers() const;
+  // Loads layer `layer` from such a peer: device-to-device, no host round trip (the peer must
+  // hold it, with the same weight type and model shape, and keep it until ready()).
+  status load_layer_from_peer(int layer, const ipc_layers& peer);
 
   // Runs layers [first, last) (all within this shard, all loaded or loading) on host rows
   // x[rows, dim] in place. Errors as forward_layer: bad positions, unknown layers, full KV slots.

@@ -3,9 +3,16 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <random>
 
 #include "cuda/device.hpp"
@@ -194,7 +201,80 @@ TEST_CASE("a GPU shard resized to a share of the SMs (green context) computes th
   CHECK(max_rel_error(b, a) < 1e-3);
 }
 
+namespace {
+
+// The model and batch both sides of the IPC test compute on (same seed: same weights).
+model_config ipc_config() { return model_config::llama(256, 688, 3, 8, 2, 512, 128); }
+
+std::vector<float> ipc_forward(cuda::gpu_shard& g, const model& m) {
+  batch b = prefill({3}, 8, m.config.vocab_size);
+  std::vector<float> x(size_t(8) * size_t(m.config.dim));
+  embed(m, b.tokens.data(), 8, x.data());
+  auto st = g.forward(0, m.config.n_layers, b.seqs.data(), b.pos.data(), 8, x.data());
+  if (!st) std::fprintf(stderr, "forward: %s\n", st.message().c_str());
+  return x;
+}
+
+// The importing process: loads every layer from the exporter's device memory, runs the batch and
+// writes its activations to `out`.
+int ipc_child(const char* in, const char* out) {
+  std::ifstream f(in, std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto peer = cuda::ipc_layers::from_bytes(bytes);
+  if (!peer) return std::fprintf(stderr, "%s\n", peer.message().c_str()), 1;
+  auto m = make_random_model(ipc_config(), 9);
+  auto g = cuda::gpu_shard::create(m->config, 0, m->config.n_layers);
+  if (!g) return std::fprintf(stderr, "%s\n", g.message().c_str()), 1;
+  for (int l = 0; l < m->config.n_layers; ++l)
+    if (auto st = (*g)->load_layer_from_peer(l, *peer); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
+  if (auto st = (*g)->wait_loaded(); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
+  auto x = ipc_forward(**g, *m);
+  std::ofstream o(out, std::ios::binary);
+  o.write(reinterpret_cast<const char*>(x.data()), std::streamsize(x.size() * sizeof(float)));
+  return o ? 0 : 1;
+}
+
+}  // namespace
+
+TEST_CASE("another process on the GPU loads a shard's layers device-to-device through CUDA IPC") {
+  auto m = make_random_model(ipc_config(), 9);
+  auto g = cuda::gpu_shard::create(m->config, 0, m->config.n_layers);
+  REQUIRE_MESSAGE(g, g.message());
+  for (int l = 0; l < m->config.n_layers; ++l) REQUIRE((*g)->load_layer(l, *m->layers[size_t(l)]));
+  REQUIRE((*g)->wait_loaded());
+  auto mine = ipc_forward(**g, *m);
+  auto exported = (*g)->export_layers();
+  REQUIRE_MESSAGE(exported, exported.message());
+  auto back = cuda::ipc_layers::from_bytes(exported->to_bytes());
+  REQUIRE(back);
+  CHECK(back->offsets == exported->offsets);
+  CHECK_FALSE(cuda::ipc_layers::from_bytes({1, 2, 3}));
+  std::string dir = "/tmp/strata-ipc-" + std::to_string(::getpid());
+  std::string in = dir + ".export", out = dir + ".x";
+  {
+    auto bytes = exported->to_bytes();
+    std::ofstream f(in, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+  }
+  char self_exe[] = "/proc/self/exe", flag[] = "--ipc-child";
+  std::vector<char*> args{self_exe, flag, in.data(), out.data(), nullptr};
+  pid_t pid = 0;
+  REQUIRE(posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, args.data(), environ) == 0);
+  int wstatus = 0;
+  REQUIRE(waitpid(pid, &wstatus, 0) == pid);
+  REQUIRE(WIFEXITED(wstatus));
+  CHECK(WEXITSTATUS(wstatus) == 0);
+  std::ifstream f(out, std::ios::binary);
+  std::vector<float> theirs(mine.size());
+  f.read(reinterpret_cast<char*>(theirs.data()), std::streamsize(theirs.size() * sizeof(float)));
+  REQUIRE(f);
+  CHECK(max_rel_error(theirs, mine) < 1e-6);  // the same bf16 bytes and kernels
+  std::remove(in.c_str());
+  std::remove(out.c_str());
+}
+
 int main(int argc, char** argv) {
+  if (argc == 4 && std::strcmp(argv[1], "--ipc-child") == 0) return ipc_child(argv[2], argv[3]);
   auto devs = strata::cuda::devices();
   if (!devs) {
     std::printf("SKIP: no usable CUDA device (%s)\n", devs.message().c_str());
