@@ -17,6 +17,11 @@
 
 #include "cuda/device.hpp"
 #include "cuda/shard.hpp"
+#ifdef STRATA_HAVE_NCCL
+#include <cuda_runtime.h>
+
+#include "cuda/nccl_chain.hpp"
+#endif
 #include "dataflow/forward.hpp"
 #include "dataflow/kernels.hpp"
 #include "tests/test_util.hpp"
@@ -273,8 +278,71 @@ TEST_CASE("another process on the GPU loads a shard's layers device-to-device th
   std::remove(out.c_str());
 }
 
+#ifdef STRATA_HAVE_NCCL
+namespace {
+
+// One rank of the NCCL chain test: joins, broadcasts 64 MiB along chain 0 -> 1 -> ... and checks
+// every byte that arrived.
+int nccl_rank(const char* id_file, int nranks, int rank) {
+  std::ifstream f(id_file, std::ios::binary);
+  std::vector<uint8_t> id((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto g = cuda::nccl_group::join(id, nranks, rank, rank);
+  if (!g) return std::fprintf(stderr, "rank %d: %s\n", rank, g.message().c_str()), 1;
+  const size_t n = size_t(64) << 20;
+  std::vector<uint8_t> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = uint8_t(rank == 0 ? (i * 131 + 7) : 0);
+  void* dev = nullptr;
+  if (cudaMalloc(&dev, n) != cudaSuccess || cudaMemcpy(dev, host.data(), n, cudaMemcpyHostToDevice) != cudaSuccess)
+    return 1;
+  std::vector<int> chain;
+  for (int r = 0; r < nranks; ++r) chain.push_back(r);
+  auto st = (*g)->chain_broadcast(dev, n, chain, size_t(4) << 20);
+  if (!st) return std::fprintf(stderr, "rank %d: %s\n", rank, st.message().c_str()), 1;
+  cudaMemcpy(host.data(), dev, n, cudaMemcpyDeviceToHost);
+  for (size_t i = 0; i < n; ++i)
+    if (host[i] != uint8_t(i * 131 + 7)) return std::fprintf(stderr, "rank %d: byte %zu wrong\n", rank, i), 1;
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE("an NCCL chain over every GPU delivers a buffer intact to each rank") {
+  int n = 0;
+  cudaGetDeviceCount(&n);
+  if (n < 2) {
+    MESSAGE("the NCCL chain needs 2 GPUs, this machine has " << n << ": not run");
+    return;
+  }
+  auto id = cuda::nccl_group::new_id();
+  REQUIRE_MESSAGE(id, id.message());
+  std::string file = "/tmp/strata-nccl-" + std::to_string(::getpid()) + ".id";
+  {
+    std::ofstream f(file, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(id->data()), std::streamsize(id->size()));
+  }
+  std::vector<pid_t> pids;
+  for (int r = 0; r < n; ++r) {
+    std::string ranks = std::to_string(n), rank = std::to_string(r);
+    char self_exe[] = "/proc/self/exe", flag[] = "--nccl-rank";
+    std::vector<char*> args{self_exe, flag, file.data(), ranks.data(), rank.data(), nullptr};
+    pid_t pid = 0;
+    REQUIRE(posix_spawn(&pid, "/proc/self/exe", nullptr, nullptr, args.data(), environ) == 0);
+    pids.push_back(pid);
+  }
+  for (auto pid : pids) {
+    int ws = 0;
+    REQUIRE(waitpid(pid, &ws, 0) == pid);
+    CHECK((WIFEXITED(ws) && WEXITSTATUS(ws) == 0));
+  }
+  std::remove(file.c_str());
+}
+#endif
+
 int main(int argc, char** argv) {
   if (argc == 4 && std::strcmp(argv[1], "--ipc-child") == 0) return ipc_child(argv[2], argv[3]);
+#ifdef STRATA_HAVE_NCCL
+  if (argc == 5 && std::strcmp(argv[1], "--nccl-rank") == 0) return nccl_rank(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+#endif
   auto devs = strata::cuda::devices();
   if (!devs) {
     std::printf("SKIP: no usable CUDA device (%s)\n", devs.message().c_str());
