@@ -8,12 +8,22 @@
 //    the fraction of the bandwidth limit reached, at batch 1 and 32.
 // 2. Host-to-GPU loading: every layer through gpu_shard::load_layer (fp32 -> bf16 on the host into
 //    pinned staging, copy on a copy stream) against a plain pinned cudaMemcpy of the same bytes.
+// 3. IPC loading: a second process loads every layer from this one's device memory (CUDA IPC,
+//    device-to-device) against a plain device-to-device cudaMemcpy.
 // Without a CUDA device it says so and exits 0 (nothing to measure).
 #include <cuda_runtime.h>
+
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
 #include <vector>
 
 #include "apps/args.hpp"
@@ -54,10 +64,32 @@ double copy_rate(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
   return best;
 }
 
+// The importing side of 3: loads every layer from the exporter and prints the seconds it took.
+int ipc_import(const model_config& c, int device, const char* file) {
+  std::ifstream f(file, std::ios::binary);
+  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto peer = cuda::ipc_layers::from_bytes(bytes);
+  if (!peer) return std::fprintf(stderr, "%s\n", peer.message().c_str()), 1;
+  cuda::shard_options o;
+  o.device = device;
+  o.max_rows = 64;
+  o.max_sequences = 1;
+  o.kv_positions = 64;
+  auto g = cuda::gpu_shard::create(c, 0, c.n_layers, o);
+  if (!g) return std::fprintf(stderr, "%s\n", g.message().c_str()), 1;
+  auto t0 = clk::now();
+  for (int l = 0; l < c.n_layers; ++l)
+    if (auto st = (*g)->load_layer_from_peer(l, *peer); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
+  if (auto st = (*g)->wait_loaded(); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
+  std::printf("%.6f\n", seconds_since(t0));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 1, {"dim", "hidden", "layers", "heads", "kv-heads", "vocab", "steps", "device"});
+  auto a = args::parse(argc, argv, 1,
+                       {"dim", "hidden", "layers", "heads", "kv-heads", "vocab", "steps", "device", "ipc-import"});
   if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
   auto devs = cuda::devices();
   if (!devs) {
@@ -70,6 +102,7 @@ int main(int argc, char** argv) {
                                int(*a->integer("layers", 22)), int(*a->integer("heads", 32)),
                                int(*a->integer("kv-heads", 4)), int(*a->integer("vocab", 32000)), 2048);
   int steps = int(*a->integer("steps", 32));
+  if (a->has("ipc-import")) return ipc_import(c, device, a->str("ipc-import").c_str());
   std::printf("device %d: %s, %d SMs\nmodel: %s\n\n", device, (*devs)[size_t(device)].name.c_str(),
               (*devs)[size_t(device)].sm_count, c.describe().c_str());
 
@@ -106,7 +139,32 @@ int main(int argc, char** argv) {
               "(includes fp32->bf16 conversion on one host core)\n\n",
               c.n_layers, wbytes / (1 << 20), load_s, wbytes / load_s / 1e9, wbytes / load_s / h2d);
 
-  // 3. Decode at batch 1 and 32: one row per sequence per step, positions advancing.
+  // 3. A second process loads the layers from this one's device memory.
+  {
+    auto x = (*g)->export_layers();
+    if (!x) return std::fprintf(stderr, "%s\n", x.message().c_str()), 1;
+    std::string file = "/tmp/strata-bench-ipc-" + std::to_string(::getpid());
+    auto bytes = x->to_bytes();
+    std::ofstream(file, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    std::string cmd = "/proc/" + std::to_string(::getpid()) + "/exe";
+    std::string line;
+    {
+      std::string full = cmd + " --ipc-import " + file;
+      for (auto k : {"dim", "hidden", "layers", "heads", "kv-heads", "vocab", "device"})
+        if (a->has(k)) full += std::string(" --") + k + " " + a->str(k);
+      FILE* p = ::popen(full.c_str(), "r");
+      char buf[128] = {0};
+      if (p && std::fgets(buf, sizeof buf, p)) line = buf;
+      if (p) ::pclose(p);
+    }
+    std::remove(file.c_str());
+    double secs = std::atof(line.c_str());
+    if (secs <= 0) return std::fprintf(stderr, "the IPC importer failed\n"), 1;
+    std::printf("IPC load of %d layers in another process: %.3f s = %.1f GB/s, %.2f of device copy bandwidth\n\n",
+                c.n_layers, secs, wbytes / secs / 1e9, wbytes / secs / (hbm / 2));
+  }
+
+  // 4. Decode at batch 1 and 32: one row per sequence per step, positions advancing.
   std::printf("%-6s %12s %12s %14s %14s\n", "batch", "step ms", "tokens/s", "weight GB/s", "of HBM limit");
   seq_id next = 1;
   for (int batch : {1, 32}) {
