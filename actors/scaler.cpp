@@ -271,6 +271,7 @@ void start_instances(scaler_actor* self, bool preloaded, int n) {
     shard_options so;
     so.preload = preloaded;
     so.device = st.opt.device;
+    so.cuda_device = st.opt.cuda_device;
     in.head = sys.spawn(head_actor, st.m);
     in.shard = sys.spawn(loading_shard_actor, st.m, layer_range{0, L}, so);
     in.tail = sys.spawn(tail_actor, st.m);

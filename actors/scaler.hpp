@@ -33,6 +33,7 @@ struct scaler_options {
   double layer_bytes = 0;    // emulated parameter bytes per layer (0: the model's real size)
   double globals_bytes = 0;  // emulated embedding + classifier bytes (0: real size)
   device_model device;       // emulated compute of every instance
+  int cuda_device = -1;      // >= 0: in-process instances run their layers on this CUDA device
   bool proportional_share = true;  // a loading instance takes requests in proportion to its layers
   // A loading instance offers one cooperative route per full partner, for the router's zigzag
   // scheduler to choose from (false: one route, partners spread by instance id).

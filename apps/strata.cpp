@@ -55,6 +55,8 @@ commands:
                --model PATH [--port 8000 --host 127.0.0.1 --served-model-name NAME (model dir name)]
                [--shards SPEC (1) --max-running 64 --max-waiting 256 --max-batch-tokens 512]
                [--http-threads 64 --drain-timeout-s 30 --threads N]
+               [--devices cpu|cuda:N[,...]: where shards run, one for all or one per shard;
+                with --policy, the device of every instance]
                [--policy blitz|lambda-pipe|all-cache|stop-the-world: autoscale instances in this process,
                 with the scaling, link and device options of autoscale; metrics then include
                 instances, layers and bytes loaded, scale events]
@@ -537,7 +539,7 @@ int cmd_serve(int argc, char** argv) {
                         "max-batch-tokens", "http-threads", "drain-timeout-s", "threads", "tokenizer", "policy", "min",
                         "max", "queue", "keep-alive-s", "ttft-slo-ms", "tbt-slo-ms", "layer-mb", "globals-mb",
                         "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms", "device-row-ms", "scheduler",
-                        "migration"},
+                        "migration", "devices"},
                        {});
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model")) return fail("serve needs --model PATH");
@@ -579,12 +581,17 @@ int cmd_serve(int argc, char** argv) {
   if (a->has("policy")) {
     auto pol = make_policy(a->str("policy"), setup->knobs, setup->links);
     if (!pol) return fail(pol.message());
+    auto dev = parse_devices(a->str("devices", "cpu"), 1);  // one device for every instance
+    if (!dev) return fail(dev.message());
+    setup->so.cuda_device = dev->front();
     router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
     scaler = spawn_scaler(*rt.sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), setup->knobs,
                           setup->so);
     ho.scaler = scaler;
   } else {
-    auto p = spawn_pipeline(*rt.sys, *m, *shards);
+    auto devs = parse_devices(a->str("devices", "cpu"), shards->size());
+    if (!devs) return fail(devs.message());
+    auto p = spawn_pipeline(*rt.sys, *m, *shards, *devs);
     if (!p) return fail(p.message());
     pl = *p;
     router = spawn_router(*rt.sys, *m, pl.path, ro);
