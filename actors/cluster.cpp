@@ -287,6 +287,7 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   int L = h.config.n_layers;
   shard_options so;
   so.device = dev;
+  so.cuda_device = st.cfg.cuda_device;  // GPU nodes: layers go to the device as they land
   auto held = st.held.find(model);
   if (held != st.held.end() && local_mb_s <= 0) {
     auto m = model_from_image(h.config, held->second.image->data(), model, held->second.image);

@@ -1,5 +1,7 @@
 #include "dataflow/node_config.hpp"
 
+#include "dataflow/route.hpp"
+
 #include <fstream>
 #include <sstream>
 #include <toml++/toml.h>
@@ -28,7 +30,7 @@ expected<node_config> parse_node_config(const std::string& text, const std::stri
   node_config c;
   static const char* known[] = {"name", "listen", "controller", "memory_gb", "transport", "heartbeat_ms",
                                 "heartbeat_timeout_ms", "host_copies", "transfer_timeout_ms", "models",
-                                "port_file", "corrupt_chunks", "drop_chunks", "stall_ms", "throttle_mb_s"};
+                                "port_file", "corrupt_chunks", "drop_chunks", "stall_ms", "throttle_mb_s", "device"};
   for (auto& [k, v] : t) {
     bool ok = false;
     for (auto* n : known) ok = ok || k.str() == n;
@@ -61,6 +63,11 @@ expected<node_config> parse_node_config(const std::string& text, const std::stri
       !(st = num("transfer_timeout_ms", c.transfer_timeout_ms, 100, 86400000)) ||
       !(st = num("throttle_mb_s", c.throttle_mb_s, 0, 1e9)) || !(st = num("stall_ms", c.stall_ms, 10, 600000)))
     return st.err();
+  std::string device = "cpu";
+  if (!(st = str("device", device))) return st.err();
+  auto dev = parse_devices(device, 1);
+  if (!dev) return make_error(origin + ": 'device': " + dev.message());
+  c.cuda_device = dev->front();
   if (c.transport != "tcp" && c.transport != "sm" && c.transport != "auto")
     return make_error(origin + ": transport must be tcp, sm or auto, got '" + c.transport + "'");
   for (auto [key, out] : {std::pair<const char*, std::vector<int>*>{"corrupt_chunks", &c.corrupt_chunks},

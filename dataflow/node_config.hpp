@@ -32,6 +32,7 @@ struct node_config {
   std::vector<int> drop_chunks;          // tests: ignore these received chunks once (as if lost)
   int stall_ms = 1000;                   // re-request missing chunks after this long without progress
   double throttle_mb_s = 0;              // tests: limit this node's sending rate (0: unlimited)
+  int cuda_device = -1;                  // "device": instances here run on cpu (-1) or cuda:N
 };
 
 // Parses a TOML file; errors name the file, the key and what was expected.

@@ -11,6 +11,7 @@ TEST_CASE("node config: defaults, every key, and precise errors") {
   CHECK(d->transport == "tcp");
   CHECK(d->host_copies == 1);
   CHECK(d->controller.empty());
+  CHECK(d->cuda_device == -1);
   auto full = parse_node_config(R"(
 name = "a"
 listen = "127.0.0.1:7001"
@@ -26,6 +27,7 @@ throttle_mb_s = 100
 stall_ms = 300
 corrupt_chunks = [1, 2]
 drop_chunks = [3]
+device = "cuda:1"
 [[models]]
 name = "m"
 path = "/models/m"
@@ -38,6 +40,7 @@ path = "/models/m"
   CHECK(full->host_copies == 2);
   CHECK(full->corrupt_chunks == std::vector<int>{1, 2});
   CHECK(full->drop_chunks == std::vector<int>{3});
+  CHECK(full->cuda_device == 1);
   REQUIRE(full->models.size() == 1);
   CHECK(full->models[0].path == "/models/m");
 
@@ -55,5 +58,6 @@ path = "/models/m"
   CHECK(err("[[models]]\nname = \"m\"").find("needs name and path") != std::string::npos);
   CHECK(err("name = ").rfind("x.toml:1:", 0) == 0);  // parse errors carry the line
   CHECK(err("corrupt_chunks = [\"a\"]").find("array of integers") != std::string::npos);
+  CHECK(err("device = \"gpu0\"").find("'device': bad device 'gpu0'") != std::string::npos);
   CHECK_FALSE(load_node_config("/nonexistent.toml"));
 }
