@@ -467,7 +467,11 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         auto it = st.transfers.find(tid);
         if (it == st.transfers.end() || it->second.finished) return;
         auto& t = it->second;
-        if (since(t.last_progress) * 1000 >= st.cfg.stall_ms) {
+        // Until a first chunk lands the sources may still be starting (the controller waits for
+        // every target to prepare), so a busy machine gets a longer grace before "lost".
+        bool streaming = t.remaining < t.have.size();
+        double quiet_ms = streaming ? st.cfg.stall_ms : std::max(10.0 * st.cfg.stall_ms, 5000.0);
+        if (since(t.last_progress) * 1000 >= quiet_ms) {
           int asked = 0;
           for (uint32_t i = 0; i < t.have.size() && asked < 64; ++i)
             if (!t.have[i]) {

@@ -322,7 +322,10 @@ struct gpu_shard::impl {
       void* got[6];
       for (int i = 0; i < 6; ++i) {
         auto p = take<char>(bytes[size_t(i)]);
-        if (!p) return p.err();
+        if (!p) {
+          for (int j = 0; j < i; ++j) pool.release(size_t(static_cast<char*>(got[j]) - static_cast<char*>(pool_base)));
+          return p.err();
+        }
         got[i] = *p;
       }
       l.wqkv = got[0], l.wo = got[1], l.w13 = got[2], l.w2 = got[3];
