@@ -128,6 +128,14 @@ expected<transport::peer_id> peer_for(node_actor* self, transfer_state& t, node_
   return *p;
 }
 
+// Connects to every node this one forwards to in transfer `t`, before any chunk moves: a
+// connection is wired up while every peer is alive (see ucx_endpoint::connect). Failures are
+// left to the controller, which notices a dead peer and repairs the plan.
+void connect_children(node_actor* self, transfer_state& t) {
+  for (auto& tree : t.plan.plan.trees)
+    for (auto child : tree.children_of(self->state.id)) (void)peer_for(self, t, child);
+}
+
 void ucx_send_chunk(node_actor* self, uint64_t tid, uint32_t idx, node_id to) {
   auto& t = self->state.transfers[tid];
   auto peer = peer_for(self, t, to);
@@ -207,11 +215,13 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
     z.image = t.image->data();
     for (auto& c : t.plan.chunks) z.ranges.emplace_back(c.offset, c.length);
     self->delayed_send(self, std::chrono::milliseconds(st.cfg.stall_ms), stall_atom::value, tid);
+    connect_children(self, t);
     return;
   }
   auto h = st.held.find(t.plan.model);
   if (h == st.held.end() || h->second.image->size() != t.plan.image_bytes) return;  // not a holder: idle spare
   t.image = h->second.image;
+  connect_children(self, t);
   // Round-robin over the trees rooted here, so with a block plan every target starts receiving
   // its own block at once instead of waiting behind the blocks before it.
   std::vector<const forward_tree*> mine;

@@ -80,7 +80,7 @@ class tensor {
   const float* data() const { return view_ ? view_ : own_.data(); }
   float* data() {
     assert(!view_ && "borrowed weights are read-only");
-    return own_.data();
+    return view_ ? const_cast<float*>(view_) : own_.data();  // release builds: still the values
   }
   size_t size() const { return view_ ? n_ : own_.size(); }
   bool empty() const { return size() == 0; }

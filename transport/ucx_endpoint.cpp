@@ -194,8 +194,9 @@ struct ucx_endpoint::impl {
         todo.swap(cmds);
       }
       for (auto& f : todo) f();
-      while (ucp_worker_progress(worker) != 0) {
-      }
+      bool progressed = !todo.empty();
+      while (ucp_worker_progress(worker) != 0) progressed = true;
+      if (progressed) spins = 0;
       if (!pending_rndv.empty()) {
         start_rndv();
         continue;
@@ -204,10 +205,10 @@ struct ucx_endpoint::impl {
         std::lock_guard<std::mutex> g(mu);
         if (!cmds.empty()) continue;
       }
-      // Busy-poll briefly while work is in flight, then block: on the event fd, but never longer
-      // than 1 ms while operations are outstanding (some completions raise no event).
+      // Busy-poll briefly after progress while work is in flight, then block: on the event fd,
+      // but never longer than 1 ms while operations are outstanding (some completions raise no
+      // event). Operations stuck on a dead peer no longer keep a core spinning.
       if (inflight > 0 && ++spins < 2000) continue;
-      spins = 0;
       ucs_status_t st = ucp_worker_arm(worker);
       if (st == UCS_ERR_BUSY) continue;
       pollfd fds[2] = {{wake_fd, POLLIN, 0}, {cmd_fd, POLLIN, 0}};
@@ -345,7 +346,35 @@ expected<peer_id> ucx_endpoint::connect(const std::vector<uint8_t>& framed) {
     peer_id id = m->next_peer++;
     m->eps[id] = ep;
     m->peer_of[ep] = id;
-    prom->set_value(id);
+    // Flush to finish the wireup now: UCX 1.13 aborts the process (an assertion in
+    // ucp_request.c) when a peer dies while a connection to it is still being wired up, so the
+    // window is kept to connect time, before any transfer starts.
+    struct flush_ctx {
+      impl* m;
+      std::shared_ptr<std::promise<expected<peer_id>>> prom;
+      peer_id id;
+    };
+    auto* fc = new flush_ctx{m, prom, id};
+    ucp_request_param_t fp{};
+    fp.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    fp.user_data = fc;
+    fp.cb.send = [](void* req, ucs_status_t st, void* user) {
+      auto* c = static_cast<flush_ctx*>(user);
+      --c->m->inflight;
+      if (st == UCS_OK)
+        c->prom->set_value(c->id);
+      else
+        c->prom->set_value(make_error(ucs_error("connect (flush)", st)));
+      delete c;
+      if (req) ucp_request_free(req);
+    };
+    ++m->inflight;
+    auto r = ucp_ep_flush_nbx(ep, &fp);
+    if (r == nullptr) {
+      fp.cb.send(nullptr, UCS_OK, fc);
+    } else if (UCS_PTR_IS_ERR(r)) {
+      fp.cb.send(nullptr, UCS_PTR_STATUS(r), fc);
+    }
   });
   if (fut.wait_for(opt_.op_timeout) != std::future_status::ready)
     return make_error("ucx connect timed out after " + std::to_string(opt_.op_timeout.count()) + " ms");
