@@ -390,6 +390,7 @@ struct gpu_shard::impl {
   }
 
   ~impl() {
+    cudaSetDevice(o.device);  // the actor may end on another thread than the one that made it
     if (copy) cudaStreamSynchronize(copy);
     if (compute) cudaStreamSynchronize(compute);
     for (auto& l : layers) {
