@@ -153,8 +153,9 @@ model_config model_config::llama(int dim, int hidden, int layers, int heads, int
 }
 
 size_t model_config::layer_params() const {
-  size_t d = size_t(dim), h = size_t(hidden_dim);
-  return 2 * d + size_t(q_dim() + 2 * kv_dim()) * d + d * size_t(q_dim()) + 3 * h * d;
+  size_t n = 0;
+  for (auto k : layer_weights::sizes(*this)) n += k;
+  return n;
 }
 
 size_t model_config::total_params() const {
@@ -193,18 +194,21 @@ std::string model_config::describe() const {
   return os.str();
 }
 
+std::array<size_t, 6> layer_weights::sizes(const model_config& c) {
+  size_t d = size_t(c.dim), h = size_t(c.hidden_dim), q = size_t(c.q_dim()), kv = size_t(c.kv_dim());
+  return {d, (q + 2 * kv) * d, d * q, d, 2 * h * d, d * h};
+}
+
 void layer_weights::allocate(const model_config& c) {
-  size_t d = size_t(c.dim), h = size_t(c.hidden_dim);
-  att_norm.assign(d, 0.0f);
-  wqkv.assign(size_t(c.q_dim() + 2 * c.kv_dim()) * d, 0.0f);
-  wo.assign(d * size_t(c.q_dim()), 0.0f);
-  ffn_norm.assign(d, 0.0f);
-  w13.assign(2 * h * d, 0.0f);
-  w2.assign(d * h, 0.0f);
+  auto n = sizes(c);
+  auto p = parts();
+  for (size_t i = 0; i < p.size(); ++i) p[i]->assign(n[i], 0.0f);
 }
 
 size_t layer_weights::bytes() const {
-  return 4 * (att_norm.size() + wqkv.size() + wo.size() + ffn_norm.size() + w13.size() + w2.size());
+  size_t n = 0;
+  for (const tensor* t : parts()) n += t->size();
+  return 4 * n;
 }
 
 std::string layer_tensor_name(int layer, const char* what) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cassert>
 #include <cstdint>
 #include <memory>
@@ -65,6 +66,10 @@ class tensor {
     clear();
     own_.assign(n, v);
   }
+  void copy(const float* values, size_t n) {
+    clear();
+    own_.assign(values, values + n);
+  }
   void clear() {
     own_.clear();
     view_ = nullptr;
@@ -108,6 +113,10 @@ struct layer_weights {
   tensor w2;        // [dim, hidden]
   void allocate(const model_config& c);
   size_t bytes() const;
+  // The tensors in a fixed order (the parameter image's), and their element counts for `c`.
+  std::array<tensor*, 6> parts() { return {&att_norm, &wqkv, &wo, &ffn_norm, &w13, &w2}; }
+  std::array<const tensor*, 6> parts() const { return {&att_norm, &wqkv, &wo, &ffn_norm, &w13, &w2}; }
+  static std::array<size_t, 6> sizes(const model_config& c);
 };
 
 // Where one tensor lives in the source files (one row of the flatbuffers manifest).

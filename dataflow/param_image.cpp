@@ -16,23 +16,12 @@ namespace strata {
 
 namespace {
 
-// The tensors of each segment in image order (const or not, as the model or layer is).
+// The global tensors in image order (const or not, as the model is), and their element counts.
 template <class M>
 auto globals_of(M& m) {
   std::vector<decltype(&m.tok_emb)> out{&m.tok_emb, &m.final_norm};
-  if (!m.config.tied_embeddings) out.push_back(&m.lm_head);  // as layout_of counts it
+  if (!m.config.tied_embeddings) out.push_back(&m.lm_head);  // as global_sizes counts it
   return out;
-}
-
-template <class W>
-auto parts_of(W& w) {
-  return std::vector<decltype(&w.wqkv)>{&w.att_norm, &w.wqkv, &w.wo, &w.ffn_norm, &w.w13, &w.w2};
-}
-
-// Element counts of the tensors of a layer segment and of the globals segment, in image order.
-std::vector<size_t> layer_sizes(const model_config& c) {
-  size_t d = size_t(c.dim), h = size_t(c.hidden_dim), q = size_t(c.q_dim()), kv = size_t(c.kv_dim());
-  return {d, (q + 2 * kv) * d, d * q, d, 2 * h * d, d * h};
 }
 
 std::vector<size_t> global_sizes(const model_config& c) {
@@ -42,17 +31,15 @@ std::vector<size_t> global_sizes(const model_config& c) {
 }
 
 // Fills tensors from a segment: copies, or borrows the bytes when `keep` owns the image.
-void fill(const std::vector<tensor*>& parts, const std::vector<size_t>& sizes, const uint8_t* seg,
-          const std::shared_ptr<const host_buffer>& keep) {
+template <class Parts, class Sizes>
+void fill(const Parts& parts, const Sizes& sizes, const uint8_t* seg, const std::shared_ptr<const host_buffer>& keep) {
   for (size_t i = 0; i < parts.size(); ++i) {
-    size_t n = sizes[i];
-    if (keep) {
-      parts[i]->borrow(reinterpret_cast<const float*>(seg), n, keep);
-    } else {
-      parts[i]->assign(n, 0.0f);
-      std::memcpy(parts[i]->data(), seg, n * 4);
-    }
-    seg += n * 4;
+    auto* values = reinterpret_cast<const float*>(seg);
+    if (keep)
+      parts[i]->borrow(values, sizes[i], keep);
+    else
+      parts[i]->copy(values, sizes[i]);
+    seg += sizes[i] * 4;
   }
 }
 
@@ -93,7 +80,8 @@ host_buffer::~host_buffer() {
 
 image_layout layout_of(const model_config& c) {
   image_layout l;
-  uint64_t globals = 4ull * (uint64_t(c.vocab_size) * uint64_t(c.dim) * (c.tied_embeddings ? 1 : 2) + uint64_t(c.dim));
+  uint64_t globals = 0;
+  for (auto n : global_sizes(c)) globals += 4ull * n;
   uint64_t layer = 4ull * c.layer_params();
   l.bytes.push_back(globals);
   for (int i = 0; i < c.n_layers; ++i) l.bytes.push_back(layer);
@@ -114,7 +102,7 @@ expected<host_buffer> make_image(const model& m) {
     p += t->size() * 4;
   }
   for (auto& lw : m.layers)
-    for (const tensor* t : parts_of(*lw)) {
+    for (const tensor* t : lw->parts()) {
       std::memcpy(p, t->data(), t->size() * 4);
       p += t->size() * 4;
     }
@@ -124,7 +112,7 @@ expected<host_buffer> make_image(const model& m) {
 std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const uint8_t* seg,
                                                   std::shared_ptr<const host_buffer> keep) {
   auto w = std::make_shared<layer_weights>();
-  fill(parts_of(*w), layer_sizes(c), seg, keep);
+  fill(w->parts(), layer_weights::sizes(c), seg, keep);
   return w;
 }
 
