@@ -17,10 +17,15 @@ class arena {
     if (capacity > 0) free_[0] = capacity;
   }
 
+  // What an allocation of `bytes` takes at that alignment.
+  static size_t round_up(size_t bytes, size_t align = 256) {
+    size_t n = (bytes + align - 1) / align * align;
+    return n == 0 ? align : n;
+  }
+
   // The offset of `bytes` (rounded up to the alignment), or why there is no room.
   expected<size_t> allocate(size_t bytes) {
-    size_t need = (bytes + align_ - 1) / align_ * align_;
-    if (need == 0) need = align_;
+    size_t need = round_up(bytes, align_);
     for (auto it = free_.begin(); it != free_.end(); ++it) {
       if (it->second < need) continue;
       size_t off = it->first, left = it->second - need;

@@ -20,8 +20,8 @@ struct device_info {
 // The CUDA devices of this machine, or why there are none usable.
 expected<std::vector<device_info>> devices();
 
-// RMSNorm of `rows` rows of length n on the device (host buffers in and out): the first kernel
-// of the GPU layer path, checked against the CPU kernel in tests/gpu.
+// RMSNorm of `rows` rows of length n on the device (host buffers in and out): the layer path's
+// kernel (cuda/shard.cu) on its own, checked against the CPU kernel in tests/gpu.
 status rmsnorm_host(float* out, const float* x, const float* w, int rows, int n, float eps, int device = 0);
 
 }  // namespace strata::cuda

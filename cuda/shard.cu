@@ -14,6 +14,7 @@
 
 #include "cuda/arena.hpp"
 #include "cuda/check.hpp"
+#include "cuda/device.hpp"
 
 namespace strata::cuda {
 
@@ -28,6 +29,10 @@ __device__ __host__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
 template <>
 __device__ __host__ inline __half from_float<__half>(float v) {
   return __float2half(v);
+}
+template <>
+__device__ __host__ inline float from_float<float>(float v) {
+  return v;
 }
 
 // Sum over a block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
@@ -262,14 +267,18 @@ expected<sm_partition> make_partition(int device, int sms) {
   return p;
 }
 
+// The norms stay fp32; the matrices are in the weight type. Parts in layer_weights::parts() order.
+constexpr bool is_norm(size_t part) { return part == 0 || part == 3; }
+
 struct device_layer {
-  void *wqkv = nullptr, *wo = nullptr, *w13 = nullptr, *w2 = nullptr;
-  float *att_norm = nullptr, *ffn_norm = nullptr;
-  // The tensors in device order: wqkv, wo, w13, w2 (weight type), att_norm, ffn_norm (fp32).
-  void* part(int i) const {
-    void* parts[] = {wqkv, wo, w13, w2, att_norm, ffn_norm};
-    return parts[i];
-  }
+  // att_norm, wqkv, wo, ffn_norm, w13, w2 (layer_weights::parts() order)
+  std::array<void*, 6> part{};
+  const float* att_norm() const { return static_cast<const float*>(part[0]); }
+  const void* wqkv() const { return part[1]; }
+  const void* wo() const { return part[2]; }
+  const float* ffn_norm() const { return static_cast<const float*>(part[3]); }
+  const void* w13() const { return part[4]; }
+  const void* w2() const { return part[5]; }
   cudaEvent_t landed = nullptr;
   bool started = false;
   void* pinned = nullptr;  // staging, freed once the copy has landed
@@ -304,10 +313,11 @@ struct gpu_shard::impl {
 
   std::unordered_map<std::string, void*> peers;  // opened IPC pools of other processes
 
-  // Bytes of a layer's tensors in device order (see device_layer::part).
+  // Bytes of a layer's tensors on the device, in layer_weights::parts() order.
   std::array<size_t, 6> part_bytes() const {
-    const size_t d = size_t(c.dim), hid = size_t(c.hidden_dim), q = size_t(c.q_dim()), kv = size_t(c.kv_dim());
-    return {(q + 2 * kv) * d * 2, d * q * 2, 2 * hid * d * 2, d * hid * 2, d * 4, d * 4};
+    auto n = layer_weights::sizes(c);
+    for (size_t i = 0; i < n.size(); ++i) n[i] *= is_norm(i) ? 4 : 2;
+    return n;
   }
 
   // Device ranges for a layer that has not been loaded yet.
@@ -317,32 +327,31 @@ struct gpu_shard::impl {
                         std::to_string(end) + ")");
     auto& l = layers[size_t(layer - begin)];
     if (l.started) return make_error("gpu shard: layer " + std::to_string(layer) + " is loaded already");
-    if (!l.wqkv) {
-      auto bytes = part_bytes();
-      void* got[6];
-      for (int i = 0; i < 6; ++i) {
-        auto p = take<char>(bytes[size_t(i)]);
-        if (!p) {
-          for (int j = 0; j < i; ++j) pool.release(size_t(static_cast<char*>(got[j]) - static_cast<char*>(pool_base)));
-          return p.err();
-        }
-        got[i] = *p;
-      }
-      l.wqkv = got[0], l.wo = got[1], l.w13 = got[2], l.w2 = got[3];
-      l.att_norm = static_cast<float*>(got[4]), l.ffn_norm = static_cast<float*>(got[5]);
+    if (!l.part[0]) {
+      auto got = take_all(part_bytes());
+      if (!got) return got.err();
+      std::copy(got->begin(), got->end(), l.part.begin());
     }
     cudaSetDevice(o.device);
     return &l;
   }
 
-  cudaDataType_t half_type() const { return o.type == weight_type::bf16 ? CUDA_R_16BF : CUDA_R_16F; }
-
-  template <class P>
-  expected<P*> take(size_t bytes) {
-    auto off = pool.allocate(bytes);
-    if (!off) return off.err();
-    return reinterpret_cast<P*>(static_cast<char*>(pool_base) + *off);
+  // One pool range per size, all or none.
+  template <size_t N>
+  expected<std::array<void*, N>> take_all(const std::array<size_t, N>& bytes) {
+    std::array<void*, N> got{};
+    for (size_t i = 0; i < N; ++i) {
+      auto off = pool.allocate(bytes[i]);
+      if (!off) {
+        for (size_t j = 0; j < i; ++j) pool.release(size_t(static_cast<char*>(got[j]) - static_cast<char*>(pool_base)));
+        return off.err();
+      }
+      got[i] = static_cast<char*>(pool_base) + *off;
+    }
+    return got;
   }
+
+  cudaDataType_t half_type() const { return o.type == weight_type::bf16 ? CUDA_R_16BF : CUDA_R_16F; }
 
   // Y[rows, out] (+)= X[rows, in] . W[out, in]^T; row-major on our side, column-major in cuBLAS.
   status gemm(float* y, const void* x_half, const void* w_half, int rows, int in, int out, bool accumulate) {
@@ -360,8 +369,8 @@ struct gpu_shard::impl {
     const int qkv_dim = q_dim + 2 * kv_dim;
     const int threads = 256;
     const int li = layer - begin;
-    rmsnorm_kernel<T><<<rows, threads, 0, compute>>>(static_cast<T*>(xb), x, l.att_norm, d, c.norm_eps);
-    if (auto st = gemm(qkv, xb, l.wqkv, rows, d, qkv_dim, false); !st) return st;
+    rmsnorm_kernel<T><<<rows, threads, 0, compute>>>(static_cast<T*>(xb), x, l.att_norm(), d, c.norm_eps);
+    if (auto st = gemm(qkv, xb, l.wqkv(), rows, d, qkv_dim, false); !st) return st;
     rope_kernel<<<rows, 128, 0, compute>>>(qkv, d_pos, qkv_dim, c.n_heads, c.n_kv_heads, hd, c.rope_theta,
                                            c.rope == rope_style::interleaved);
     kv_write_kernel<<<rows, 128, 0, compute>>>(kv, li, qkv, d_slot, d_pos, q_dim, qkv_dim);
@@ -371,11 +380,11 @@ struct gpu_shard::impl {
     size_t n_att = size_t(rows) * q_dim;
     to_half_kernel<T><<<unsigned(std::min<size_t>((n_att + 255) / 256, 4096)), 256, 0, compute>>>(
         static_cast<T*>(xb), att, n_att);
-    if (auto st = gemm(x, xb, l.wo, rows, q_dim, d, true); !st) return st;
-    rmsnorm_kernel<T><<<rows, threads, 0, compute>>>(static_cast<T*>(xb), x, l.ffn_norm, d, c.norm_eps);
-    if (auto st = gemm(h13, xb, l.w13, rows, d, 2 * hid, false); !st) return st;
+    if (auto st = gemm(x, xb, l.wo(), rows, q_dim, d, true); !st) return st;
+    rmsnorm_kernel<T><<<rows, threads, 0, compute>>>(static_cast<T*>(xb), x, l.ffn_norm(), d, c.norm_eps);
+    if (auto st = gemm(h13, xb, l.w13(), rows, d, 2 * hid, false); !st) return st;
     swiglu_kernel<T><<<rows, threads, 0, compute>>>(static_cast<T*>(hb), h13, hid);
-    if (auto st = gemm(x, hb, l.w2, rows, hid, d, true); !st) return st;
+    if (auto st = gemm(x, hb, l.w2(), rows, hid, d, true); !st) return st;
     STRATA_CUDA_TRY(cudaGetLastError());
     return {};
   }
@@ -405,6 +414,29 @@ struct gpu_shard::impl {
     if (pool_base) cudaFree(pool_base);
   }
 };
+
+status rmsnorm_host(float* out, const float* x, const float* w, int rows, int n, float eps, int device) {
+  STRATA_CUDA_TRY(cudaSetDevice(device));
+  const size_t bytes = size_t(rows) * size_t(n) * sizeof(float);
+  struct device_buffers {  // freed on every return path
+    void* p[3] = {nullptr, nullptr, nullptr};
+    ~device_buffers() {
+      for (void* q : p) cudaFree(q);
+    }
+  } b;
+  STRATA_CUDA_TRY(cudaMalloc(&b.p[0], bytes));
+  STRATA_CUDA_TRY(cudaMalloc(&b.p[1], size_t(n) * sizeof(float)));
+  STRATA_CUDA_TRY(cudaMalloc(&b.p[2], bytes));
+  auto* dx = static_cast<float*>(b.p[0]);
+  auto* dw = static_cast<float*>(b.p[1]);
+  auto* dout = static_cast<float*>(b.p[2]);
+  STRATA_CUDA_TRY(cudaMemcpy(dx, x, bytes, cudaMemcpyHostToDevice));
+  STRATA_CUDA_TRY(cudaMemcpy(dw, w, size_t(n) * sizeof(float), cudaMemcpyHostToDevice));
+  rmsnorm_kernel<float><<<rows, 256>>>(dout, dx, dw, n, eps);
+  STRATA_CUDA_TRY(cudaGetLastError());
+  STRATA_CUDA_TRY(cudaMemcpy(out, dout, bytes, cudaMemcpyDeviceToHost));
+  return {};
+}
 
 std::vector<uint8_t> ipc_layers::to_bytes() const {
   std::vector<uint8_t> out;
@@ -473,13 +505,18 @@ expected<std::unique_ptr<gpu_shard>> gpu_shard::create(const model_config& c, in
   const size_t L = size_t(end - begin), d = size_t(c.dim), hid = size_t(c.hidden_dim);
   const size_t q_dim = size_t(c.q_dim()), kv_dim = size_t(c.kv_dim()), qkv_dim = q_dim + 2 * kv_dim;
   const size_t rows = size_t(o.max_rows);
-  auto up = [](size_t b) { return (b + 255) / 256 * 256; };
-  size_t per_layer = up(qkv_dim * d * 2) + up(d * q_dim * 2) + up(2 * hid * d * 2) + up(d * hid * 2) + 2 * up(d * 4);
+  // What the pool holds: the layers, the KV slots, and the activations of max_rows rows (x, qkv,
+  // attention out, gate|up in fp32; the GEMM inputs in the weight type; slots and positions).
+  size_t per_layer = 0;
+  for (auto b : m.part_bytes()) per_layer += arena::round_up(b);
   m.weight_bytes = L * per_layer;
   m.kv_bytes = size_t(o.max_sequences) * L * 2 * size_t(positions) * kv_dim * sizeof(float);
-  size_t act = up(rows * d * 4) + up(rows * qkv_dim * 4) + up(rows * q_dim * 4) + up(rows * 2 * hid * 4) +
-               up(rows * std::max(d, q_dim) * 2) + up(rows * hid * 2) + 2 * up(rows * 4);
-  size_t need = m.weight_bytes + up(m.kv_bytes) + act;
+  const std::array<size_t, 8> act_bytes{rows * d * 4,   rows * qkv_dim * 4,          rows * q_dim * 4,
+                                        rows * 2 * hid * 4, rows * std::max(d, q_dim) * 2, rows * hid * 2,
+                                        rows * 4,       rows * 4};
+  size_t act = 0;
+  for (auto b : act_bytes) act += arena::round_up(b);
+  size_t need = m.weight_bytes + arena::round_up(m.kv_bytes) + act;
   size_t pool_bytes = o.pool_bytes ? o.pool_bytes : need;
   if (pool_bytes < need)
     return make_error("gpu shard: pool of " + std::to_string(pool_bytes) + " bytes, the shard needs " +
@@ -492,25 +529,16 @@ expected<std::unique_ptr<gpu_shard>> gpu_shard::create(const model_config& c, in
   STRATA_CUDA_TRY(cudaStreamCreateWithFlags(&m.copy, cudaStreamNonBlocking));
   STRATA_CUBLAS_TRY(cublasCreate(&m.blas));
   STRATA_CUBLAS_TRY(cublasSetStream(m.blas, m.compute));
-  auto kv = m.take<float>(m.kv_bytes);
+  auto kv = m.take_all(std::array<size_t, 1>{m.kv_bytes});
   if (!kv) return kv.err();
-  m.kv = kv_geometry{*kv, int(L), positions, int(kv_dim)};
+  m.kv = kv_geometry{static_cast<float*>((*kv)[0]), int(L), positions, int(kv_dim)};
   for (int i = o.max_sequences - 1; i >= 0; --i) m.free_slots.push_back(i);
-  auto x = m.take<float>(rows * d * 4);
-  auto qkv = m.take<float>(rows * qkv_dim * 4);
-  auto att = m.take<float>(rows * q_dim * 4);
-  auto h13 = m.take<float>(rows * 2 * hid * 4);
-  auto xb = m.take<char>(rows * std::max(d, q_dim) * 2);
-  auto hb = m.take<char>(rows * hid * 2);
-  auto ds = m.take<int>(rows * 4);
-  auto dp = m.take<int>(rows * 4);
-  for (auto* e : {&x, &qkv, &att, &h13})
-    if (!*e) return e->err();
-  for (auto* e : {&xb, &hb})
-    if (!*e) return e->err();
-  if (!ds) return ds.err();
-  if (!dp) return dp.err();
-  m.x = *x, m.qkv = *qkv, m.att = *att, m.h13 = *h13, m.xb = *xb, m.hb = *hb, m.d_slot = *ds, m.d_pos = *dp;
+  auto bufs = m.take_all(act_bytes);
+  if (!bufs) return bufs.err();
+  auto& a = *bufs;
+  m.x = static_cast<float*>(a[0]), m.qkv = static_cast<float*>(a[1]), m.att = static_cast<float*>(a[2]);
+  m.h13 = static_cast<float*>(a[3]), m.xb = a[4], m.hb = a[5];
+  m.d_slot = static_cast<int*>(a[6]), m.d_pos = static_cast<int*>(a[7]);
   m.layers.resize(L);
   for (auto& l : m.layers) STRATA_CUDA_TRY(cudaEventCreateWithFlags(&l.landed, cudaEventDisableTiming));
   if (auto st = s->set_sm_count(o.sm_count); !st) return st.err();
@@ -525,9 +553,9 @@ status gpu_shard::load_layer(int layer, const layer_weights& w) {
   if (!slot) return slot.err();
   device_layer& l = **slot;
   auto bytes = m.part_bytes();
-  const tensor* parts[] = {&w.wqkv, &w.wo, &w.w13, &w.w2, &w.att_norm, &w.ffn_norm};
-  for (int i = 0; i < 6; ++i)
-    if (parts[i]->size() * (i < 4 ? 2 : 4) != bytes[size_t(i)])
+  auto parts = w.parts();
+  for (size_t i = 0; i < parts.size(); ++i)
+    if (parts[i]->size() * (is_norm(i) ? 4 : 2) != bytes[i])
       return make_error("gpu shard: layer " + std::to_string(layer) + " has tensors of the wrong size for " +
                         m.c.describe());
   // One pinned staging buffer in device order: the matrices in the weight type, the fp32 norms.
@@ -535,17 +563,17 @@ status gpu_shard::load_layer(int layer, const layer_weights& w) {
   for (auto b : bytes) staged += b;
   STRATA_CUDA_TRY(cudaMallocHost(&l.pinned, staged));
   char* p = static_cast<char*>(l.pinned);
-  for (int i = 0; i < 6; ++i) {
+  for (size_t i = 0; i < parts.size(); ++i) {
     const float* src = parts[i]->data();
     size_t n = parts[i]->size();
-    if (i >= 4)
+    if (is_norm(i))
       std::copy_n(src, n, reinterpret_cast<float*>(p));
     else if (m.o.type == weight_type::bf16)
       for (size_t j = 0; j < n; ++j) reinterpret_cast<__nv_bfloat16*>(p)[j] = __float2bfloat16(src[j]);
     else
       for (size_t j = 0; j < n; ++j) reinterpret_cast<__half*>(p)[j] = __float2half(src[j]);
-    STRATA_CUDA_TRY(cudaMemcpyAsync(l.part(i), p, bytes[size_t(i)], cudaMemcpyHostToDevice, m.copy));
-    p += bytes[size_t(i)];
+    STRATA_CUDA_TRY(cudaMemcpyAsync(l.part[i], p, bytes[i], cudaMemcpyHostToDevice, m.copy));
+    p += bytes[i];
   }
   STRATA_CUDA_TRY(cudaEventRecord(l.landed, m.copy));
   l.started = true;
@@ -565,7 +593,7 @@ expected<ipc_layers> gpu_shard::export_layers() const {
   x.end = m.end;
   for (auto& l : m.layers)
     for (int i = 0; i < 6; ++i)
-      x.offsets.push_back(l.started ? uint64_t(static_cast<char*>(l.part(i)) - static_cast<char*>(m.pool_base))
+      x.offsets.push_back(l.started ? uint64_t(static_cast<char*>(l.part[size_t(i)]) - static_cast<char*>(m.pool_base))
                                     : ~uint64_t(0));
   return x;
 }
@@ -597,7 +625,7 @@ status gpu_shard::load_layer_from_peer(int layer, const ipc_layers& peer) {
   auto bytes = m.part_bytes();
   const char* base = static_cast<const char*>(it->second);
   for (int i = 0; i < 6; ++i)
-    STRATA_CUDA_TRY(cudaMemcpyAsync(l.part(i), base + peer.offsets[size_t(layer - peer.begin) * 6 + size_t(i)],
+    STRATA_CUDA_TRY(cudaMemcpyAsync(l.part[size_t(i)], base + peer.offsets[size_t(layer - peer.begin) * 6 + size_t(i)],
                                     bytes[size_t(i)], cudaMemcpyDeviceToDevice, m.copy));
   STRATA_CUDA_TRY(cudaEventRecord(l.landed, m.copy));
   l.started = true;

@@ -50,7 +50,7 @@ struct ipc_layers {
   int device = 0;
   weight_type type = weight_type::bf16;
   int begin = 0, end = 0;
-  std::vector<uint64_t> offsets;  // per layer: wqkv, wo, w13, w2, att_norm, ffn_norm (bytes into the pool)
+  std::vector<uint64_t> offsets;  // per layer, per layer_weights::parts(): bytes into the pool
   std::vector<uint8_t> to_bytes() const;
   static expected<ipc_layers> from_bytes(const std::vector<uint8_t>& b);
 };
