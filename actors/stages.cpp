@@ -63,9 +63,6 @@ void start_device_group(caf::stateful_actor<shard_state>* self) {
   st.device_busy = true;
   self->delayed_send(self, std::chrono::microseconds(int64_t(busy * 1e6)), devdone_atom::value);
 }
-}  // namespace
-
-namespace {
 
 // The CUDA backend of a shard: its device pool and KV slots sized for the router's defaults.
 void start_gpu(shard_state& st) {
@@ -130,11 +127,12 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
     if (s->error.empty() && st.gpu) {
       auto r = st.gpu->forward(want.begin, want.end, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
       if (!r) s->error = "layers [" + std::to_string(want.begin) + "," + std::to_string(want.end) + ") on the GPU: " + r.message();
-    }
-    for (int l = want.begin; l < want.end && s->error.empty() && !st.gpu; ++l) {
-      const auto& w = st.layers[size_t(l - st.range.begin)];
-      auto r = forward_layer(st.m->config, *w, l, st.kv, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
-      if (!r) s->error = "layer " + std::to_string(l) + ": " + r.message();
+    } else {
+      for (int l = want.begin; l < want.end && s->error.empty(); ++l) {
+        const auto& w = st.layers[size_t(l - st.range.begin)];
+        auto r = forward_layer(st.m->config, *w, l, st.kv, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
+        if (!r) s->error = "layer " + std::to_string(l) + ": " + r.message();
+      }
     }
     ++st.stats.steps;
     st.stats.rows += uint64_t(s->rows());
@@ -188,8 +186,14 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
       [=](stats_atom) {
         auto& st = self->state;
         auto s = st.stats;
-        s.kv_sequences = st.gpu ? size_t(st.gpu->stats().sequences) : st.kv.sequences();
-        s.kv_bytes = st.gpu ? st.gpu->stats().kv_bytes : st.kv.bytes();
+        if (st.gpu) {
+          auto g = st.gpu->stats();
+          s.kv_sequences = size_t(g.sequences);
+          s.kv_bytes = g.kv_bytes;
+        } else {
+          s.kv_sequences = st.kv.sequences();
+          s.kv_bytes = st.kv.bytes();
+        }
         s.layers_loaded = 0;
         for (auto& l : st.layers) s.layers_loaded += l ? 1 : 0;
         return s;
