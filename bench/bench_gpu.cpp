@@ -64,18 +64,24 @@ double copy_rate(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
   return best;
 }
 
+// A shard for every layer of `c`, with KV slots for `sequences` sequences of `positions`.
+expected<std::unique_ptr<cuda::gpu_shard>> whole_model_shard(const model_config& c, int device, int sequences,
+                                                             int positions) {
+  cuda::shard_options o;
+  o.device = device;
+  o.max_rows = 64;
+  o.max_sequences = sequences;
+  o.kv_positions = positions;
+  return cuda::gpu_shard::create(c, 0, c.n_layers, o);
+}
+
 // The importing side of 3: loads every layer from the exporter and prints the seconds it took.
 int ipc_import(const model_config& c, int device, const char* file) {
   std::ifstream f(file, std::ios::binary);
   std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   auto peer = cuda::ipc_layers::from_bytes(bytes);
   if (!peer) return std::fprintf(stderr, "%s\n", peer.message().c_str()), 1;
-  cuda::shard_options o;
-  o.device = device;
-  o.max_rows = 64;
-  o.max_sequences = 1;
-  o.kv_positions = 64;
-  auto g = cuda::gpu_shard::create(c, 0, c.n_layers, o);
+  auto g = whole_model_shard(c, device, 1, 64);
   if (!g) return std::fprintf(stderr, "%s\n", g.message().c_str()), 1;
   auto t0 = clk::now();
   for (int l = 0; l < c.n_layers; ++l)
@@ -121,12 +127,7 @@ int main(int argc, char** argv) {
 
   // 2. Loading every layer, against the pinned copy rate of the same (bf16) bytes.
   auto m = make_random_model(c, 1, "bench");
-  cuda::shard_options o;
-  o.device = device;
-  o.max_rows = 64;
-  o.max_sequences = 32;
-  o.kv_positions = 1024;
-  auto g = cuda::gpu_shard::create(c, 0, c.n_layers, o);
+  auto g = whole_model_shard(c, device, 32, 1024);
   if (!g) return std::fprintf(stderr, "%s\n", g.message().c_str()), 1;
   auto t0 = clk::now();
   for (int l = 0; l < c.n_layers; ++l)

@@ -30,6 +30,17 @@ using namespace strata;
 
 namespace {
 
+std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+bool write_bytes(const std::string& path, const void* data, size_t n) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(static_cast<const char*>(data), std::streamsize(n));
+  return bool(f);
+}
+
 // Largest |a - b| relative to the largest |b|: how far the GPU's logits are from the CPU's.
 double max_rel_error(const std::vector<float>& a, const std::vector<float>& b) {
   double worst = 0, scale = 1e-12;
@@ -223,9 +234,7 @@ std::vector<float> ipc_forward(cuda::gpu_shard& g, const model& m) {
 // The importing process: loads every layer from the exporter's device memory, runs the batch and
 // writes its activations to `out`.
 int ipc_child(const char* in, const char* out) {
-  std::ifstream f(in, std::ios::binary);
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  auto peer = cuda::ipc_layers::from_bytes(bytes);
+  auto peer = cuda::ipc_layers::from_bytes(read_bytes(in));
   if (!peer) return std::fprintf(stderr, "%s\n", peer.message().c_str()), 1;
   auto m = make_random_model(ipc_config(), 9);
   auto g = cuda::gpu_shard::create(m->config, 0, m->config.n_layers);
@@ -234,9 +243,7 @@ int ipc_child(const char* in, const char* out) {
     if (auto st = (*g)->load_layer_from_peer(l, *peer); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
   if (auto st = (*g)->wait_loaded(); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
   auto x = ipc_forward(**g, *m);
-  std::ofstream o(out, std::ios::binary);
-  o.write(reinterpret_cast<const char*>(x.data()), std::streamsize(x.size() * sizeof(float)));
-  return o ? 0 : 1;
+  return write_bytes(out, x.data(), x.size() * sizeof(float)) ? 0 : 1;
 }
 
 }  // namespace
@@ -256,11 +263,8 @@ TEST_CASE("another process on the GPU loads a shard's layers device-to-device th
   CHECK_FALSE(cuda::ipc_layers::from_bytes({1, 2, 3}));
   std::string dir = "/tmp/strata-ipc-" + std::to_string(::getpid());
   std::string in = dir + ".export", out = dir + ".x";
-  {
-    auto bytes = exported->to_bytes();
-    std::ofstream f(in, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
-  }
+  auto bytes = exported->to_bytes();
+  REQUIRE(write_bytes(in, bytes.data(), bytes.size()));
   char self_exe[] = "/proc/self/exe", flag[] = "--ipc-child";
   std::vector<char*> args{self_exe, flag, in.data(), out.data(), nullptr};
   pid_t pid = 0;
@@ -284,9 +288,7 @@ namespace {
 // One rank of the NCCL chain test: joins, broadcasts 64 MiB along chain 0 -> 1 -> ... and checks
 // every byte that arrived.
 int nccl_rank(const char* id_file, int nranks, int rank) {
-  std::ifstream f(id_file, std::ios::binary);
-  std::vector<uint8_t> id((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  auto g = cuda::nccl_group::join(id, nranks, rank, rank);
+  auto g = cuda::nccl_group::join(read_bytes(id_file), nranks, rank, rank);
   if (!g) return std::fprintf(stderr, "rank %d: %s\n", rank, g.message().c_str()), 1;
   const size_t n = size_t(64) << 20;
   std::vector<uint8_t> host(n);
@@ -316,10 +318,7 @@ TEST_CASE("an NCCL chain over every GPU delivers a buffer intact to each rank") 
   auto id = cuda::nccl_group::new_id();
   REQUIRE_MESSAGE(id, id.message());
   std::string file = "/tmp/strata-nccl-" + std::to_string(::getpid()) + ".id";
-  {
-    std::ofstream f(file, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(id->data()), std::streamsize(id->size()));
-  }
+  REQUIRE(write_bytes(file, id->data(), id->size()));
   std::vector<pid_t> pids;
   for (int r = 0; r < n; ++r) {
     std::string ranks = std::to_string(n), rank = std::to_string(r);

@@ -212,9 +212,17 @@ TEST_CASE("host buffers: populated, writable, movable, and an impossible size is
   CHECK(huge.message().find("cannot allocate") != std::string::npos);
 }
 
-TEST_CASE("a model on a finished image borrows its bytes (zero-copy) and keeps the image alive") {
+namespace {
+// A small model with its own classifier, so the image holds all three global tensors.
+model_config untied_config() {
   auto c = model_config::llama(32, 48, 3, 4, 2, 50, 32);
   c.tied_embeddings = false;
+  return c;
+}
+}  // namespace
+
+TEST_CASE("a model on a finished image borrows its bytes (zero-copy) and keeps the image alive") {
+  auto c = untied_config();
   auto m = make_random_model(c, 5);
   auto made = make_image(*m);
   REQUIRE(made);
@@ -241,8 +249,7 @@ TEST_CASE("a model on a finished image borrows its bytes (zero-copy) and keeps t
 }
 
 TEST_CASE("parameter image: round trip and chunking") {
-  auto c = model_config::llama(32, 48, 3, 4, 2, 50, 32);
-  c.tied_embeddings = false;
+  auto c = untied_config();
   auto m = make_random_model(c, 4);
   auto made = make_image(*m);
   REQUIRE(made);
