@@ -251,7 +251,7 @@ void feed_instance(node_actor* self, uint32_t id, hosted_instance& h, const uint
   if (segment == 0) {
     auto g = globals_from_segment(h.config, seg, h.model, keep);
     h.head = self->spawn(head_actor, g);
-    h.tail = self->spawn(tail_actor, g);
+    h.tail = self->spawn(device_tail_actor, g, int32_t(self->state.cfg.cuda_device));
     actors = {h.head, h.tail};
   } else {
     self->send(h.shard, load_atom::value, segment - 1, layer_ptr(layer_from_segment(h.config, seg, keep)));
@@ -303,7 +303,7 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
     auto m = model_from_image(h.config, held->second.image->data(), model, held->second.image);
     h.head = self->spawn(head_actor, m);
     h.shard = self->spawn(loading_shard_actor, m, layer_range{0, L}, so);
-    h.tail = self->spawn(tail_actor, m);
+    h.tail = self->spawn(device_tail_actor, m, int32_t(so.cuda_device));
     h.loaded.assign(size_t(L + 1), true);
     std::vector<caf::actor> out{h.head, h.shard, h.tail};
     st.hosted[id] = std::move(h);

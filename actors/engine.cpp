@@ -73,7 +73,8 @@ expected<pipeline> spawn_pipeline(caf::actor_system& sys, model_ptr m, const std
     p.shards.push_back({a, range});
     r->hops.push_back({a, range});
   }
-  p.tail = sys.spawn(tail_actor, m);
+  // The tail sits with the last shard: hidden states cross once, the logits stay on its device.
+  p.tail = sys.spawn(device_tail_actor, m, int32_t(devices.empty() ? -1 : devices.back()));
   int L = m->config.n_layers;
   r->hops.push_back({p.tail, {L, L}});
   p.path = std::move(r);

@@ -30,6 +30,7 @@ using devdone_atom = caf::atom_constant<caf::atom("devdone")>;
 using routes_atom = caf::atom_constant<caf::atom("routes")>;
 using kvsend_atom = caf::atom_constant<caf::atom("kvsend")>;
 using kvput_atom = caf::atom_constant<caf::atom("kvput")>;
+using resize_atom = caf::atom_constant<caf::atom("resize")>;
 constexpr std::chrono::seconds kv_move_timeout{10};  // one shard-to-shard KV move
 
 // Error codes of the "strata" error category (rendered by register_strata_types()).

@@ -21,6 +21,8 @@ struct instance {
   double full_at = -1;
   double idle_since = -1;
   bool draining = false;
+  double share = 1.0;  // compute share of its device, as its shard last confirmed
+  bool resizable = true;  // false once its shard refused a share: a whole device from then on
 };
 
 struct scaler_state {
@@ -36,6 +38,7 @@ struct scaler_state {
   std::shared_ptr<std::vector<caf::actor>> owned = std::make_shared<std::vector<caf::actor>>();
   uint64_t last_tokens = 0;
   double last_tick = 0;
+  double shares = 0;  // sum of the started instances' shares since the last count
   static inline const char* name = "strata.scaler";
 };
 
@@ -50,10 +53,43 @@ void event(scaler_actor* self, const std::string& what, uint32_t id, const std::
 }
 
 void count_instances(scaler_actor* self) {
-  auto& r = self->state.report;
-  double t = now(self), n = double(self->state.insts.size());
-  if (!r.instances.empty()) r.instance_seconds += r.instances.back().second * (t - r.instances.back().first);
+  auto& st = self->state;
+  auto& r = st.report;
+  double t = now(self), n = double(st.insts.size());
+  if (!r.instances.empty()) {
+    r.instance_seconds += r.instances.back().second * (t - r.instances.back().first);
+    r.device_seconds += st.shares * (t - r.instances.back().first);
+  }
   r.instances.push_back({t, n});
+  st.shares = 0;
+  for (auto& [id, in] : st.insts) st.shares += in.share;
+}
+
+// Vertical scaling: asks an instance's shard for a compute share. Until it answers the instance
+// keeps its old share; a shard that cannot resize (a plain CPU shard) counts as a whole device
+// and is left out of the shares the policy sees, so a vertical policy scales it horizontally.
+void resize_instance(scaler_actor* self, uint32_t id, double share) {
+  auto it = self->state.insts.find(id);
+  if (it == self->state.insts.end() || !it->second.shard) return;
+  self->request(it->second.shard, std::chrono::seconds(5), resize_atom::value, share)
+      .then(
+          [=](double got) {
+            auto it = self->state.insts.find(id);
+            if (it == self->state.insts.end()) return;
+            char detail[64];
+            std::snprintf(detail, sizeof detail, "share %.2f -> %.2f", it->second.share, got);
+            it->second.share = got;
+            event(self, "resize", id, detail);
+            count_instances(self);
+          },
+          [=](caf::error& e) {
+            auto it = self->state.insts.find(id);
+            if (it == self->state.insts.end()) return;
+            event(self, "resize failed", id, describe(e) + "; counted as a whole device");
+            it->second.share = 1.0;
+            it->second.resizable = false;
+            count_instances(self);
+          });
 }
 
 // Streams an instance's parameters into its shard: the globals, then layers in `order`, each
@@ -233,6 +269,7 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
             if (it != st.insts.end() && a.size() == 3) {
               auto& in = it->second;
               in.shard = a[1];
+              if (double s = st.policy->initial_share(); s < 1.0) resize_instance(self, id, s);
               if (a[0]) {  // the node holds the model: complete at once
                 in.head = a[0];
                 in.tail = a[2];
@@ -274,7 +311,7 @@ void start_instances(scaler_actor* self, bool preloaded, int n) {
     so.cuda_device = st.opt.cuda_device;
     in.head = sys.spawn(head_actor, st.m);
     in.shard = sys.spawn(loading_shard_actor, st.m, layer_range{0, L}, so);
-    in.tail = sys.spawn(tail_actor, st.m);
+    in.tail = sys.spawn(device_tail_actor, st.m, int32_t(so.cuda_device));
     st.owned->insert(st.owned->end(), {in.head, in.shard, in.tail});
     in.view.id = in.id;
     in.view.globals = preloaded;
@@ -288,8 +325,10 @@ void start_instances(scaler_actor* self, bool preloaded, int n) {
                             st.policy->load_order(L, k), segment_bytes(self, -1) / bw, segment_bytes(self, 0) / bw);
       event(self, "scale-out", in.id, "loading from " + spec.source);
     }
-    st.insts[in.id] = std::move(in);
+    uint32_t id = in.id;
+    st.insts[id] = std::move(in);
     count_instances(self);
+    if (double s = st.policy->initial_share(); s < 1.0) resize_instance(self, id, s);
   }
 }
 
@@ -339,6 +378,7 @@ void on_stats(scaler_actor* self, const router_stats& rs) {
     if (in.draining) continue;
     if (in.view.full()) {
       ++v.full;
+      if (in.resizable) v.share[id] = in.share;
       auto r = rs.running_by_instance.find(id);
       bool idle = r == rs.running_by_instance.end() || r->second == 0;
       if (!idle) in.idle_since = -1;
@@ -350,6 +390,7 @@ void on_stats(scaler_actor* self, const router_stats& rs) {
   }
   auto d = st.policy->decide(v);
   if (d.add > 0) start_instances(self, false, d.add);
+  for (auto& [id, share] : d.resize) resize_instance(self, id, share);
   bool changed = d.add > 0;
   for (auto id : d.remove) {
     auto it = st.insts.find(id);

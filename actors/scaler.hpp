@@ -44,7 +44,7 @@ struct scaler_options {
 
 struct scaling_event {
   double t = 0;          // seconds since the scaler started
-  std::string what;      // "scale-out", "first layer", "full", "drain", "stopped"
+  std::string what;      // "scale-out", "first layer", "full", "resize", "drain", "stopped"
   uint32_t instance = 0;
   std::string detail;
 };
@@ -61,6 +61,7 @@ struct scaling_report {
   std::vector<double> to_first_layer_s;  // per new instance: decision -> first request served
   std::vector<double> to_full_s;         // decision -> every layer local
   double instance_seconds = 0;           // cost: integral of started instances over time
+  double device_seconds = 0;             // cost in devices: integral of their compute shares
   uint64_t migrations = 0;               // requests moved off cooperative routes (router)
   uint64_t kv_migrations = 0;            // of those, moved with their KV cache
   uint64_t kv_bytes_moved = 0;

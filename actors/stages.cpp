@@ -1,5 +1,11 @@
 #include "actors/stages.hpp"
 
+#include <cmath>
+
+#ifdef STRATA_HAVE_CUDA
+#include "cuda/device.hpp"
+#endif
+
 namespace strata {
 
 void send_step(caf::event_based_actor* self, const caf::actor& to, step_ptr s) {
@@ -59,10 +65,21 @@ void start_device_group(caf::stateful_actor<shard_state>* self) {
     max_layers = std::max(max_layers, n);
     row_layers += double(n) * s->rows();
   }
-  double busy = max_layers * st.opt.device.layer_s + row_layers * st.opt.device.per_row_s;
+  double busy = (max_layers * st.opt.device.layer_s + row_layers * st.opt.device.per_row_s) / st.opt.share;
   st.device_busy = true;
   self->delayed_send(self, std::chrono::microseconds(int64_t(busy * 1e6)), devdone_atom::value);
 }
+
+#ifdef STRATA_HAVE_CUDA
+// SMs for a compute share of a device (0: the whole GPU).
+expected<int> sms_for(int device, double share) {
+  if (share >= 1.0) return 0;
+  auto devs = cuda::devices();
+  if (!devs) return devs.err();
+  if (device >= int(devs->size())) return make_error("no cuda:" + std::to_string(device));
+  return std::max(1, int(std::ceil(share * (*devs)[size_t(device)].sm_count)));
+}
+#endif
 
 // The CUDA backend of a shard: its device pool and KV slots sized for the router's defaults.
 void start_gpu(shard_state& st) {
@@ -71,6 +88,12 @@ void start_gpu(shard_state& st) {
   o.device = st.opt.cuda_device;
   o.max_rows = 1024;
   o.max_sequences = 64;
+  auto sms = sms_for(o.device, st.opt.share);
+  if (!sms) {
+    st.backend_error = "shard on cuda:" + std::to_string(st.opt.cuda_device) + ": " + sms.message();
+    return;
+  }
+  o.sm_count = *sms;
   auto g = cuda::gpu_shard::create(st.m->config, st.range.begin, st.range.end, o);
   if (g)
     st.gpu = std::move(*g);
@@ -183,6 +206,27 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
         if (auto st = self->state.kv.import_seq(x); !st) return make_error(errc::bad_request, "KV import: " + st.message());
         return true;
       },
+      [=](resize_atom, double share) -> caf::result<double> {
+        auto& st = self->state;
+        if (!(share > 0.0 && share <= 1.0))
+          return make_error(errc::bad_request, "compute share " + std::to_string(share) + " outside (0, 1]");
+        if (st.gpu) {
+#ifdef STRATA_HAVE_CUDA
+          auto sms = sms_for(st.opt.cuda_device, share);
+          if (!sms) return make_error(errc::bad_request, "resize: " + sms.message());
+          if (auto r = st.gpu->set_sm_count(*sms); !r) return make_error(errc::bad_request, "resize: " + r.message());
+          auto devs = cuda::devices();
+          int total = devs && st.opt.cuda_device < int(devs->size()) ? (*devs)[size_t(st.opt.cuda_device)].sm_count : 0;
+          st.opt.share = total > 0 ? std::min(1.0, double(st.gpu->stats().sm_count) / total) : share;
+          return st.opt.share;
+#endif
+        }
+        if (!st.backend_error.empty()) return make_error(errc::bad_request, st.backend_error);
+        if (st.opt.device.layer_s <= 0 && st.opt.device.per_row_s <= 0)
+          return make_error(errc::bad_request, "a CPU shard without an emulated device has no compute share to resize");
+        st.opt.share = share;  // the next device group runs at the new share
+        return share;
+      },
       [=](stats_atom) {
         auto& st = self->state;
         auto s = st.stats;
@@ -201,21 +245,48 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
   };
 }
 
-caf::behavior tail_actor(caf::event_based_actor* self, model_ptr m) {
+caf::behavior tail_actor(caf::event_based_actor* self, model_ptr m) { return device_tail_actor(self, std::move(m), -1); }
+
+caf::behavior device_tail_actor(caf::event_based_actor* self, model_ptr m, int32_t cuda_device) {
+  std::shared_ptr<cuda::gpu_head> gpu;
+  std::string backend_error;
+  if (cuda_device >= 0) {
+#ifdef STRATA_HAVE_CUDA
+    cuda::head_options o;
+    o.device = cuda_device;
+    if (auto g = cuda::gpu_head::create(*m, o))
+      gpu = std::move(*g);
+    else
+      backend_error = "tail on cuda:" + std::to_string(cuda_device) + ": " + g.message();
+#else
+    backend_error = "tail on cuda:" + std::to_string(cuda_device) + ": this build has no CUDA backend";
+#endif
+  }
   auto run = [=](step_ptr s) {
     const auto& c = m->config;
+    if (!backend_error.empty()) {
+      s->error = backend_error;
+      return pass_on(self, std::move(s));
+    }
     std::vector<float> xs;
     for (int r = 0; r < s->rows(); ++r)
       if (s->want[size_t(r)])
         xs.insert(xs.end(), s->x.begin() + long(r) * c.dim, s->x.begin() + long(r + 1) * c.dim);
     int n = int(xs.size() / size_t(c.dim));
-    std::vector<float> logits(size_t(n) * size_t(c.vocab_size));
-    final_logits(*m, xs.data(), n, logits.data());
-    if (s->return_logits) s->logits = logits;
     s->sampled.resize(size_t(n));
-    for (int i = 0; i < n; ++i)
-      s->sampled[size_t(i)] = sample(logits.data() + size_t(i) * size_t(c.vocab_size), c.vocab_size,
-                                     s->sampling[size_t(i)], s->rng[size_t(i)]);
+    if (gpu) {
+      if (s->return_logits) s->logits.resize(size_t(n) * size_t(c.vocab_size));
+      auto st = gpu->sample(xs.data(), n, s->sampling.data(), s->rng.data(), s->sampled.data(),
+                            s->return_logits ? s->logits.data() : nullptr);
+      if (!st) s->error = "sampling on the GPU: " + st.message();
+    } else {
+      std::vector<float> logits(size_t(n) * size_t(c.vocab_size));
+      final_logits(*m, xs.data(), n, logits.data());
+      if (s->return_logits) s->logits = logits;
+      for (int i = 0; i < n; ++i)
+        s->sampled[size_t(i)] = sample(logits.data() + size_t(i) * size_t(c.vocab_size), c.vocab_size,
+                                       s->sampling[size_t(i)], s->rng[size_t(i)]);
+    }
     s->x.clear();
     s->x.shrink_to_fit();
     pass_on(self, std::move(s));

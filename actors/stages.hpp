@@ -6,6 +6,7 @@
 #include <caf/all.hpp>
 
 #include "actors/messages.hpp"
+#include "cuda/head.hpp"
 #include "cuda/shard.hpp"
 
 namespace strata {
@@ -28,6 +29,10 @@ struct shard_options {
   // >= 0: the layers run on this CUDA device (cuda::gpu_shard, bf16 weights); a route may mix
   // CPU and GPU shards, activations cross at each hop. Without CUDA, steps fail with the reason.
   int cuda_device = -1;
+  // Compute share of the device, (0, 1] (HAS-GPU's vertical scaling): on a GPU the shard's kernels
+  // run in a green context of that share of the SMs; on an emulated device its time stretches by
+  // 1 / share. Resized at run time with (resize_atom, double share) -> double (what it got).
+  double share = 1.0;
 };
 
 struct shard_state {
@@ -44,6 +49,7 @@ struct shard_state {
   std::string backend_error;             // why the CUDA backend cannot run (every step reports it)
   static inline const char* name = "strata.shard";
 };
+// A CPU shard without an emulated device has no compute share to resize and says so.
 // Shards also move a sequence's KV cache between them (KV migration, driven by the router; CPU
 // shards only: a GPU shard refuses, and the router recomputes instead):
 //   (kvsend_atom, seq, begin, end, to) -> uint64_t bytes, once `to` holds layers [begin, end)
@@ -56,6 +62,10 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
                                   shard_options opt);
 
 caf::behavior tail_actor(caf::event_based_actor* self, model_ptr m);
+// A tail on a CUDA device (>= 0; -1: the CPU tail): final norm, classifier and sampling run there
+// (cuda::gpu_head, bf16 classifier), only the tokens come back. Without CUDA, steps fail with the
+// reason, as a GPU shard's do.
+caf::behavior device_tail_actor(caf::event_based_actor* self, model_ptr m, int32_t cuda_device);
 
 // Hands a batch to the next hop of its route, or back to the router when the route is done
 // or the batch carries an error.

@@ -57,7 +57,7 @@ commands:
                [--http-threads 64 --drain-timeout-s 30 --threads N]
                [--devices cpu|cuda:N[,...]: where shards run, one for all or one per shard;
                 with --policy, the device of every instance]
-               [--policy blitz|lambda-pipe|all-cache|stop-the-world: autoscale instances in this process,
+               [--policy blitz|lambda-pipe|all-cache|stop-the-world|has-gpu: autoscale instances in this process,
                 with the scaling, link and device options of autoscale; metrics then include
                 instances, layers and bytes loaded, scale events]
   demo       several concurrent prompts on stories260K with a throughput summary
@@ -88,8 +88,9 @@ commands:
                [--ttft-slo-ms 1000 --tbt-slo-ms 200] [--svg FILE]
   autoscale  replay a trace under scaling policies and compare them; the math is the real model's
                --model PATH --trace FILE|gamma [trace options as for replay]
-               [--policies blitz,lambda-pipe,all-cache,stop-the-world] [--min 1 --max 4 --queue 4]
+               [--policies blitz,lambda-pipe,all-cache,stop-the-world,has-gpu] [--min 1 --max 4 --queue 4]
                [--ttft-slo-ms 1000 --tbt-slo-ms 200 --keep-alive-s 3 --max-running 16]
+               [--min-share 0.25] (has-gpu: a new instance's share of its device, and the smallest)
                [--device-layer-ms 0.5 --device-row-ms 0.02] [--svg-prefix P]
                [--scheduler zigzag|least-loaded] (how requests pick among routes, see README)
                [--migration kv|recompute|off] (how requests leave a cooperative route)
@@ -508,6 +509,8 @@ expected<scaling_setup> scaling_from_args(const args& a, long default_max_runnin
   k.tbt_slo_s = *a.number("tbt-slo-ms", 200) / 1000;
   k.keep_alive_s = *a.number("keep-alive-s", 3);
   if (k.min_instances < 1 || k.max_instances < k.min_instances) return make_error("need 1 <= --min <= --max");
+  k.min_share = *a.number("min-share", 0.25);
+  if (!(k.min_share > 0 && k.min_share <= 1)) return make_error("--min-share must be in (0, 1]");
   s.links.network_gb_s = *a.number("network-gbs", 12.5);
   s.links.local_host_gb_s = *a.number("host-gbs", 25);
   s.links.remote_gb_s = *a.number("remote-gbs", 2);
@@ -537,7 +540,7 @@ int cmd_serve(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "port", "host", "served-model-name", "shards", "max-running", "max-waiting",
                         "max-batch-tokens", "http-threads", "drain-timeout-s", "threads", "tokenizer", "policy", "min",
-                        "max", "queue", "keep-alive-s", "ttft-slo-ms", "tbt-slo-ms", "layer-mb", "globals-mb",
+                        "max", "queue", "keep-alive-s", "min-share", "ttft-slo-ms", "tbt-slo-ms", "layer-mb", "globals-mb",
                         "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms", "device-row-ms", "scheduler",
                         "migration", "devices"},
                        {});
@@ -663,7 +666,7 @@ int cmd_autoscale(int argc, char** argv) {
                        {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
                         "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "seed", "threads", "policies",
                         "layer-mb", "globals-mb", "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms",
-                        "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s",
+                        "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s", "min-share",
                         "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport", "scheduler", "migration",
                         "placement"},
                        {"strict"});
@@ -821,15 +824,15 @@ int cmd_autoscale(int argc, char** argv) {
     for (double x : v) s += x;
     return v.empty() ? 0.0 : s / double(v.size());
   };
-  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s %9s %8s\n", "policy", "p50 TTFT", "p99 TTFT", "p99 TBT",
-              "p99 E2E", "SLO %", "inst*s", "p99 TTFT", "to serving", "to full", "migrated", "with KV");
-  std::printf("%-15s %9s %9s %9s %9s %7s %8s %9s %11s %11s %9s %8s\n", "", "ms", "ms", "ms", "ms", "", "", "vs STW", "s", "s",
-              "requests", "MB");
+  std::printf("%-15s %9s %9s %9s %9s %7s %8s %8s %9s %11s %11s %9s %8s\n", "policy", "p50 TTFT", "p99 TTFT",
+              "p99 TBT", "p99 E2E", "SLO %", "inst*s", "dev*s", "p99 TTFT", "to serving", "to full", "migrated", "with KV");
+  std::printf("%-15s %9s %9s %9s %9s %7s %8s %8s %9s %11s %11s %9s %8s\n", "", "ms", "ms", "ms", "ms", "", "", "", "vs STW", "s",
+              "s", "requests", "MB");
   for (auto& r : rows) {
     double ratio = base && base->sum.ttft.p99 > 0 ? r.sum.ttft.p99 / base->sum.ttft.p99 : 0;
-    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %9.2f %11.3f %11.3f %9llu %8.2f\n", r.policy.c_str(),
+    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %8.1f %9.2f %11.3f %11.3f %9llu %8.2f\n", r.policy.c_str(),
                 r.sum.ttft.p50 * 1e3, r.sum.ttft.p99 * 1e3, r.sum.tbt.p99 * 1e3, r.sum.e2e.p99 * 1e3,
-                100 * r.sum.slo_attainment, r.rep.instance_seconds, ratio, mean(r.rep.to_first_layer_s),
+                100 * r.sum.slo_attainment, r.rep.instance_seconds, r.rep.device_seconds, ratio, mean(r.rep.to_first_layer_s),
                 mean(r.rep.to_full_s), (unsigned long long)r.rep.migrations, double(r.rep.kv_bytes_moved) / 1e6);
   }
   return 0;

@@ -15,69 +15,13 @@
 #include "cuda/arena.hpp"
 #include "cuda/check.hpp"
 #include "cuda/device.hpp"
+#include "cuda/kernels.cuh"
 
 namespace strata::cuda {
 
 namespace {
 
-template <class T>
-__device__ __host__ inline T from_float(float v);
-template <>
-__device__ __host__ inline __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
-  return __float2bfloat16(v);
-}
-template <>
-__device__ __host__ inline __half from_float<__half>(float v) {
-  return __float2half(v);
-}
-template <>
-__device__ __host__ inline float from_float<float>(float v) {
-  return v;
-}
-
-// Sum over a block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
-__device__ float block_sum(float v) {
-  __shared__ float warp_sums[32];
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  int warps = blockDim.x / 32;
-  v = lane < warps ? warp_sums[lane] : 0.0f;
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  __syncthreads();  // warp_sums is reused by the next call
-  return v;
-}
-
-__device__ float block_max(float v) {
-  __shared__ float warp_max[32];
-  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_max[warp] = v;
-  __syncthreads();
-  int warps = blockDim.x / 32;
-  v = lane < warps ? warp_max[lane] : -INFINITY;
-  for (int o = 16; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  __syncthreads();
-  return v;
-}
-
-// out[r] = w * x[r] / rms(x[r]) in the GEMM input type; one block per row.
-template <class T>
-__global__ void rmsnorm_kernel(T* out, const float* x, const float* w, int n, float eps) {
-  const float* xr = x + size_t(blockIdx.x) * n;
-  T* o = out + size_t(blockIdx.x) * n;
-  float s = 0.0f;
-  for (int j = threadIdx.x; j < n; j += blockDim.x) s += xr[j] * xr[j];
-  float scale = rsqrtf(block_sum(s) / float(n) + eps);
-  for (int j = threadIdx.x; j < n; j += blockDim.x) o[j] = from_float<T>(w[j] * (scale * xr[j]));
-}
-
-template <class T>
-__global__ void to_half_kernel(T* out, const float* in, size_t n) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    out[i] = from_float<T>(in[i]);
-}
+using namespace detail;
 
 // RoPE on the q and k parts of each row of qkv, both conventions, the CPU kernel's frequencies
 // (theta^(-i/head_dim) for even i). One block per row, one thread per rotated pair.
@@ -281,7 +225,6 @@ struct device_layer {
   const void* w2() const { return part[5]; }
   cudaEvent_t landed = nullptr;
   bool started = false;
-  void* pinned = nullptr;  // staging, freed once the copy has landed
 };
 
 }  // namespace
@@ -298,6 +241,14 @@ struct gpu_shard::impl {
   cudaStream_t own_compute = nullptr;  // the whole-GPU stream; `compute` is it or a partition's
   sm_partition partition;
   std::vector<device_layer> layers;
+  // Pinned staging for host loads: two layer-sized buffers taken in turn, so converting one layer
+  // on the host overlaps the copy of the one before; each is reused once its copy has drained.
+  struct staging_buffer {
+    void* host = nullptr;
+    cudaEvent_t drained = nullptr;
+  };
+  std::array<staging_buffer, 2> staging{};
+  size_t staged_loads = 0;
   kv_geometry kv{};
   size_t kv_bytes = 0, weight_bytes = 0;
   struct seq_slot {
@@ -353,13 +304,8 @@ struct gpu_shard::impl {
 
   cudaDataType_t half_type() const { return o.type == weight_type::bf16 ? CUDA_R_16BF : CUDA_R_16F; }
 
-  // Y[rows, out] (+)= X[rows, in] . W[out, in]^T; row-major on our side, column-major in cuBLAS.
   status gemm(float* y, const void* x_half, const void* w_half, int rows, int in, int out, bool accumulate) {
-    const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-    STRATA_CUBLAS_TRY(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w_half, half_type(), in,
-                                   x_half, half_type(), in, &beta, y, CUDA_R_32F, out, CUBLAS_COMPUTE_32F,
-                                   CUBLAS_GEMM_DEFAULT));
-    return {};
+    return detail::gemm(blas, half_type(), y, x_half, w_half, rows, in, out, accumulate);
   }
 
   template <class T>
@@ -389,22 +335,28 @@ struct gpu_shard::impl {
     return {};
   }
 
-  // Frees the staging memory of loads that have landed.
-  void reap() {
-    for (auto& l : layers)
-      if (l.pinned && cudaEventQuery(l.landed) == cudaSuccess) {
-        cudaFreeHost(l.pinned);
-        l.pinned = nullptr;
-      }
+  // The next staging buffer, once its previous copy has drained (allocated on first use: shards
+  // loaded only from peers never pin host memory).
+  expected<void*> next_staging(size_t bytes) {
+    auto& b = staging[staged_loads++ % staging.size()];
+    if (!b.host) {
+      STRATA_CUDA_TRY(cudaMallocHost(&b.host, bytes));
+      STRATA_CUDA_TRY(cudaEventCreateWithFlags(&b.drained, cudaEventDisableTiming));
+    } else {
+      STRATA_CUDA_TRY(cudaEventSynchronize(b.drained));
+    }
+    return b.host;
   }
 
   ~impl() {
     cudaSetDevice(o.device);  // the actor may end on another thread than the one that made it
     if (copy) cudaStreamSynchronize(copy);
     if (compute) cudaStreamSynchronize(compute);
-    for (auto& l : layers) {
-      if (l.pinned) cudaFreeHost(l.pinned);
+    for (auto& l : layers)
       if (l.landed) cudaEventDestroy(l.landed);
+    for (auto& b : staging) {
+      if (b.host) cudaFreeHost(b.host);
+      if (b.drained) cudaEventDestroy(b.drained);
     }
     for (auto& [_, base] : peers) cudaIpcCloseMemHandle(base);
     if (blas) cublasDestroy(blas);
@@ -558,26 +510,26 @@ status gpu_shard::load_layer(int layer, const layer_weights& w) {
     if (parts[i]->size() * (is_norm(i) ? 4 : 2) != bytes[i])
       return make_error("gpu shard: layer " + std::to_string(layer) + " has tensors of the wrong size for " +
                         m.c.describe());
-  // One pinned staging buffer in device order: the matrices in the weight type, the fp32 norms.
+  // Staged in device order: the matrices in the weight type, the fp32 norms.
   size_t staged = 0;
   for (auto b : bytes) staged += b;
-  STRATA_CUDA_TRY(cudaMallocHost(&l.pinned, staged));
-  char* p = static_cast<char*>(l.pinned);
+  auto buffer = m.next_staging(staged);
+  if (!buffer) return buffer.err();
+  auto& drained = m.staging[(m.staged_loads - 1) % m.staging.size()].drained;
+  char* p = static_cast<char*>(*buffer);
   for (size_t i = 0; i < parts.size(); ++i) {
     const float* src = parts[i]->data();
     size_t n = parts[i]->size();
     if (is_norm(i))
       std::copy_n(src, n, reinterpret_cast<float*>(p));
-    else if (m.o.type == weight_type::bf16)
-      for (size_t j = 0; j < n; ++j) reinterpret_cast<__nv_bfloat16*>(p)[j] = __float2bfloat16(src[j]);
     else
-      for (size_t j = 0; j < n; ++j) reinterpret_cast<__half*>(p)[j] = __float2half(src[j]);
+      convert_weights(p, src, n, m.o.type == weight_type::bf16);
     STRATA_CUDA_TRY(cudaMemcpyAsync(l.part[i], p, bytes[i], cudaMemcpyHostToDevice, m.copy));
     p += bytes[i];
   }
   STRATA_CUDA_TRY(cudaEventRecord(l.landed, m.copy));
+  STRATA_CUDA_TRY(cudaEventRecord(drained, m.copy));
   l.started = true;
-  m.reap();
   return {};
 }
 
@@ -641,7 +593,6 @@ bool gpu_shard::ready(int layer) const {
 
 status gpu_shard::wait_loaded() {
   STRATA_CUDA_TRY(cudaStreamSynchronize(impl_->copy));
-  impl_->reap();
   return {};
 }
 
@@ -709,7 +660,6 @@ status gpu_shard::forward(int first, int last, const seq_id* seqs, const int* po
     auto& e = m.seqs[seqs[r]];
     e.length = std::max(e.length, pos[r] + 1);
   }
-  m.reap();
   return {};
 }
 

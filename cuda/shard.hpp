@@ -4,9 +4,10 @@
 // others on CPU shards. Weights are bf16 or fp16 in a device pool, GEMMs go through cuBLAS with
 // fp32 accumulation, norms/RoPE/attention/SwiGLU are our kernels, the KV cache is fp32.
 //
-// Layers stream in while the shard serves: load_layer() converts a layer into pinned staging
-// memory and copies it on a copy stream; the layer is ready once that copy finishes (ready()),
-// and forward() orders itself after the copies of the layers it runs.
+// Layers stream in while the shard serves: load_layer() converts a layer into one of two pinned
+// staging buffers and copies it on a copy stream, so the next layer's conversion overlaps this
+// copy; the layer is ready once its copy finishes (ready()), and forward() orders itself after
+// the copies of the layers it runs.
 //
 // Without a device, create() returns the CUDA runtime's reason; nothing else is reachable.
 #pragma once

@@ -196,8 +196,9 @@ uint32_t random_u32(uint64_t& s) {
   s ^= s >> 27;
   return uint32_t((s * 0x2545F4914F6CDD1Dull) >> 32);
 }
-float random_f32(uint64_t& s) { return float(random_u32(s) >> 8) / 16777216.0f; }
 }  // namespace
+
+float draw_coin(uint64_t& rng) { return float(random_u32(rng) >> 8) / 16777216.0f; }
 
 uint64_t initial_rng_state(uint64_t seed) { return seed == 0 ? 0x853c49e6748fea9bull : seed; }
 
@@ -205,7 +206,7 @@ int sample(float* logits, int n, const sampling_params& p, uint64_t& rng) {
   if (p.temperature <= 0.0f) return int(std::max_element(logits, logits + n) - logits);
   for (int i = 0; i < n; ++i) logits[i] /= p.temperature;
   softmax(logits, n);
-  float coin = random_f32(rng);
+  float coin = draw_coin(rng);
   if (p.top_p <= 0.0f || p.top_p >= 1.0f) {
     float cdf = 0.0f;
     for (int i = 0; i < n; ++i) {

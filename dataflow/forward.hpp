@@ -81,6 +81,9 @@ struct sampling_params {
 // state, advanced in place. Overwrites logits with probabilities when sampling.
 int sample(float* logits, int n, const sampling_params& p, uint64_t& rng);
 uint64_t initial_rng_state(uint64_t seed);
+// The next uniform [0, 1) draw of a request's RNG: what sample() takes once per token when it
+// samples (temperature > 0), for samplers elsewhere (the GPU head) to keep the same stream.
+float draw_coin(uint64_t& rng);
 
 // Single-sequence generation straight on the kernels, without actors: the reference the actor
 // pipeline is tested against. Returns the generated tokens (stopping at BOS/EOS or max_new).

@@ -1,6 +1,7 @@
 #include "dataflow/scaling.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 namespace strata {
@@ -165,6 +166,67 @@ scale_decision threshold_policy::decide(const load_view& v) {
   return d;
 }
 
+double predict_share(double share, double tbt_s, double slo_s, bool tbt_bound, double step) {
+  step = std::clamp(step, 1e-3, 1.0);
+  double want = tbt_bound && tbt_s > 0 && slo_s > 0 ? share * tbt_s / slo_s * 1.1 : 2 * share;
+  want = std::max(want, share + step);
+  want = std::ceil(want / step - 1e-9) * step;
+  return std::clamp(want, step, 1.0);
+}
+
+has_gpu_policy::has_gpu_policy(std::string name, load_spec spec, scaling_knobs knobs)
+    : threshold_policy(std::move(name), std::move(spec), knobs) {}
+
+scale_decision has_gpu_policy::decide(const load_view& v) {
+  const double step = std::clamp(knobs_.min_share, 1e-3, 1.0), eps = 1e-9;
+  auto share_of = [&](uint32_t id) {  // an instance that cannot be resized: a whole device
+    auto it = v.share.find(id);
+    return it == v.share.end() ? 1.0 : it->second;
+  };
+  auto since_resize = [&](uint32_t id) {
+    auto it = last_resize_.find(id);
+    return it == last_resize_.end() ? 1e18 : v.now - it->second;
+  };
+  int serving = std::max(1, v.full);
+  bool tbt_high = v.tbt_ema_s > knobs_.tbt_slo_s;
+  bool pressure = v.waiting > 0 && (double(v.waiting) > knobs_.queue_per_instance * serving ||
+                                    v.ttft_ema_s > knobs_.ttft_slo_s || tbt_high);
+  scale_decision d;
+  // Vertical first: while a serving instance holds less than a whole device, grow shares (a full
+  // KV cache is the exception: more compute does not give it room, another instance does).
+  if (pressure && v.kv_use <= knobs_.kv_high) {
+    bool below_whole = false;
+    for (auto& [id, share] : v.share) {
+      if (share >= 1.0 - eps) continue;
+      below_whole = true;
+      if (since_resize(id) < knobs_.cooldown_s) continue;  // let the last resize show its effect
+      d.resize[id] = predict_share(share, v.tbt_ema_s, knobs_.tbt_slo_s, tbt_high, step);
+      last_resize_[id] = v.now;
+    }
+    if (below_whole) return d;
+  }
+  d = threshold_policy::decide(v);
+  // Scale in vertically first too: an idle instance halves its share, one keep-alive apart, and
+  // may only be removed once it has been down to min_share for a keep-alive.
+  d.remove.clear();
+  if (v.waiting == 0 && v.loading == 0) {
+    int can_remove = v.full - knobs_.min_instances;
+    for (auto& [id, idle] : v.idle_for_s) {
+      if (idle < knobs_.keep_alive_s || since_resize(id) < knobs_.keep_alive_s) continue;
+      double share = share_of(id);
+      if (v.share.count(id) && share > step + eps) {
+        d.resize[id] = std::max(step, std::ceil(share / 2 / step - eps) * step);
+        last_resize_[id] = v.now;
+      } else if (can_remove > 0) {
+        d.remove.push_back(id);
+        --can_remove;
+      }
+    }
+  }
+  for (auto id : d.remove) last_resize_.erase(id);
+  return d;
+}
+
 namespace {
 
 // λScale: instances started together load complementary orders so that, between them, every
@@ -204,7 +266,11 @@ expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, c
   if (name == "all-cache")
     return std::unique_ptr<scaling_policy>(
         std::make_unique<threshold_policy>(name, load_spec{l.local_host_gb_s, false, false, "host copy on every node", true}, k));
-  return make_error("unknown policy '" + name + "' (expected blitz, lambda-pipe, stop-the-world or all-cache)");
+  if (name == "has-gpu")
+    return std::unique_ptr<scaling_policy>(std::make_unique<has_gpu_policy>(
+        name, load_spec{l.network_gb_s, true, false, "network multicast from running instances"}, k));
+  return make_error("unknown policy '" + name +
+                    "' (expected blitz, lambda-pipe, stop-the-world, all-cache or has-gpu)");
 }
 
 }  // namespace strata

@@ -91,11 +91,13 @@ struct load_view {
   int loading = 0;             // instances still receiving parameters
   std::map<uint32_t, uint32_t> running_by_instance;
   std::map<uint32_t, double> idle_for_s;  // serving instances: seconds without a running request
+  std::map<uint32_t, double> share;       // serving instances that can be resized: compute share (1: a device)
 };
 
 struct scale_decision {
   int add = 0;                     // instances to start
   std::vector<uint32_t> remove;    // instances to drain and stop
+  std::map<uint32_t, double> resize;  // instance -> new compute share (vertical scaling)
 };
 
 // How a new instance receives its parameters.
@@ -116,6 +118,7 @@ struct scaling_knobs {
   double kv_high = 0.9;           // KV-cache use above this triggers scale-out
   double keep_alive_s = 3.0;      // an idle instance above the minimum is removed after this
   double cooldown_s = 0.5;        // no new scale-out decision within this after the last
+  double min_share = 0.25;        // has-gpu: a new instance's compute share, and the smallest
 };
 
 // A scaling policy: researchers subclass this (or threshold_policy) to try new ones.
@@ -127,6 +130,8 @@ class scaling_policy {
   // Layer order for the k-th instance started by one decision (λScale: complementary orders).
   virtual std::vector<int> load_order(int n_layers, int k) const;
   virtual scale_decision decide(const load_view& v) = 0;
+  // The compute share a new instance starts with (1: a whole device).
+  virtual double initial_share() const { return 1.0; }
 };
 
 // Scale out on queue or TTFT pressure, in on idleness, within [min, max]; the policies below
@@ -138,11 +143,32 @@ class threshold_policy : public scaling_policy {
   load_spec loading() const override { return spec_; }
   scale_decision decide(const load_view& v) override;
 
- private:
+ protected:
   std::string name_;
   load_spec spec_;
   scaling_knobs knobs_;
   double last_out_ = -1e9;
+};
+
+// HAS-GPU's predictor for vertical scaling, on the model that a step's time is inversely
+// proportional to the compute share at a fixed batch: when time per token is what is too high
+// (`tbt_bound`), the share that brings `tbt_s` (measured at `share`) to `slo_s` with 10% headroom,
+// else (a queue) double the share; always at least one `step` more, rounded up to a multiple of
+// `step` (the partition granularity), at most 1.
+double predict_share(double share, double tbt_s, double slo_s, bool tbt_bound, double step);
+
+// HAS-GPU (vertical before horizontal): new instances start with knobs.min_share of a device
+// (loaded like blitz, from running instances); under pressure the serving instances' shares grow
+// (predict_share) and an instance is added only once every serving one holds a whole device;
+// idle instances shrink by halves to min_share before they are removed.
+class has_gpu_policy : public threshold_policy {
+ public:
+  has_gpu_policy(std::string name, load_spec spec, scaling_knobs knobs);
+  scale_decision decide(const load_view& v) override;
+  double initial_share() const override { return knobs_.min_share; }
+
+ private:
+  std::map<uint32_t, double> last_resize_;  // per instance: when it was last resized
 };
 
 struct link_speeds {
@@ -151,7 +177,8 @@ struct link_speeds {
   double remote_gb_s = 2.0;     // GB/s of the cold path: a remote host copy or SSD
 };
 
-// blitz, lambda-pipe, stop-the-world (remote host copy), all-cache (host copy on every node).
+// blitz, lambda-pipe, stop-the-world (remote host copy), all-cache (host copy on every node),
+// has-gpu (blitz loading, vertical before horizontal scaling).
 expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, const scaling_knobs& k,
                                                       const link_speeds& l);
 

@@ -51,6 +51,7 @@ const key_spec keys[] = {
     {"scaling", "max", "max", kind::integer, "autoscale serve"},
     {"scaling", "queue", "queue", kind::number, "autoscale serve"},
     {"scaling", "keep_alive_s", "keep-alive-s", kind::number, "autoscale serve"},
+    {"scaling", "min_share", "min-share", kind::number, "autoscale serve"},
     {"slo", "ttft_ms", "ttft-slo-ms", kind::number, "autoscale replay serve"},
     {"slo", "tbt_ms", "tbt-slo-ms", kind::number, "autoscale replay serve"},
     {"workload", "trace", "trace", kind::path, "autoscale replay"},

@@ -16,6 +16,7 @@
 #include <random>
 
 #include "cuda/device.hpp"
+#include "cuda/head.hpp"
 #include "cuda/shard.hpp"
 #ifdef STRATA_HAVE_NCCL
 #include <cuda_runtime.h>
@@ -147,6 +148,46 @@ TEST_CASE("GPU layers match the CPU backend: random model and stories260K, bf16 
   std::printf("stories260K: max relative logits error bf16 %.2e, fp16 CPU+GPU route %.2e\n", bf, mixed);
   CHECK(bf < 3e-2);
   CHECK(mixed < 5e-3);
+}
+
+TEST_CASE("the GPU head's logits and tokens match the CPU tail: greedy, temperature, top-p") {
+  auto check = [](const model& m, const char* name) {
+    const auto& c = m.config;
+    const int rows = 300;  // more than max_rows: two device passes
+    std::mt19937 gen(17);
+    std::normal_distribution<float> d(0.0f, 1.0f);
+    std::vector<float> x(size_t(rows) * size_t(c.dim));
+    for (auto& v : x) v = d(gen);
+    std::vector<float> cpu(size_t(rows) * size_t(c.vocab_size));
+    final_logits(m, x.data(), rows, cpu.data());
+    auto h = cuda::gpu_head::create(m, {});
+    REQUIRE_MESSAGE(h, h.message());
+    for (auto [temp, top_p] : {std::pair{0.0f, 1.0f}, {0.8f, 1.0f}, {1.0f, 0.9f}, {0.7f, 0.5f}}) {
+      std::vector<sampling_params> p(size_t(rows), sampling_params{temp, top_p, 0});
+      std::vector<uint64_t> rng_gpu(static_cast<size_t>(rows)), rng_cpu;
+      for (int r = 0; r < rows; ++r) rng_gpu[size_t(r)] = initial_rng_state(uint64_t(r) + 1);
+      rng_cpu = rng_gpu;
+      std::vector<int32_t> tokens(size_t(rows), -1);
+      std::vector<float> logits(cpu.size());
+      auto st = (*h)->sample(x.data(), rows, p.data(), rng_gpu.data(), tokens.data(), logits.data());
+      REQUIRE_MESSAGE(st, st.message());
+      double err = max_rel_error(logits, cpu);
+      // The CPU sampler on the GPU's own logits: the same token for the same coin, up to ties
+      // and float summation order.
+      int same = 0;
+      for (int r = 0; r < rows; ++r) {
+        std::vector<float> row(logits.begin() + long(r) * c.vocab_size, logits.begin() + long(r + 1) * c.vocab_size);
+        same += sample(row.data(), c.vocab_size, p[size_t(r)], rng_cpu[size_t(r)]) == tokens[size_t(r)];
+      }
+      std::printf("%s head, temperature %.1f top_p %.1f: logits error %.2e, %d/%d tokens as the CPU sampler\n", name,
+                  double(temp), double(top_p), err, same, rows);
+      CHECK(err < 3e-2);
+      CHECK(same >= rows * 99 / 100);
+      CHECK(rng_gpu == rng_cpu);  // one random stream, wherever the tail runs
+    }
+  };
+  check(*make_random_model(model_config::llama(256, 688, 2, 8, 2, 512, 128), 21), "random model");
+  check(*test::stories(), "stories260K");
 }
 
 TEST_CASE("a GPU shard refuses what it cannot run, with the reason, and keeps working") {

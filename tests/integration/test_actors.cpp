@@ -513,7 +513,17 @@ TEST_CASE("the zigzag scheduler sends a new request through the least busy partn
     caf::anon_send_exit(x, caf::exit_reason::user_shutdown);
 }
 
-TEST_CASE("the scaler scales out under a burst, serves before loading ends, and drains without loss") {
+namespace {
+
+// A burst replayed under `policy` with in-process instances on an emulated device: every request
+// must complete in full; then 1.5 s idle for the instances above the minimum to go. The report
+// and the events per instance (first time of each kind) are returned.
+struct burst_outcome {
+  scaling_report rep;
+  std::map<uint32_t, std::map<std::string, double>> when;
+};
+
+burst_outcome burst_under(const std::string& policy_name, bool emulated_device = true) {
   caf::actor_system_config cfg;
   register_strata_types(cfg);
   caf::actor_system sys{cfg};
@@ -524,15 +534,18 @@ TEST_CASE("the scaler scales out under a burst, serves before loading ends, and 
   k.queue_per_instance = 2;
   k.keep_alive_s = 0.4;
   k.cooldown_s = 0.2;
+  k.min_share = 0.25;
   link_speeds links;
   links.network_gb_s = 1;
-  auto policy = make_policy("blitz", k, links);
+  auto policy = make_policy(policy_name, k, links);
   REQUIRE(policy);
   scaler_options so;
   so.layer_bytes = 60e6;  // 60 ms per layer at 1 GB/s: loading takes a visible while
   so.globals_bytes = 20e6;
-  so.device.layer_s = 0.001;
-  so.device.per_row_s = 0.0002;
+  if (emulated_device) {
+    so.device.layer_s = 0.001;
+    so.device.per_row_s = 0.0002;
+  }
   router_options ro;
   ro.max_running = 4;
   auto router = spawn_router(sys, m, std::vector<route_ptr>{}, ro);
@@ -555,13 +568,21 @@ TEST_CASE("the scaler scales out under a burst, serves before loading ends, and 
   }
   std::this_thread::sleep_for(1500ms);  // idle: instances above the minimum drain and stop
   caf::scoped_actor self{sys};
-  scaling_report rep;
-  self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { rep = r; }, [](caf::error&) {});
-  std::map<uint32_t, std::map<std::string, double>> when;
-  for (auto& e : rep.events) {
+  burst_outcome out;
+  self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { out.rep = r; }, [](caf::error&) {});
+  for (auto& e : out.rep.events) {
     MESSAGE(e.t << " " << e.what << " i" << e.instance << " " << e.detail);
-    if (!when[e.instance].count(e.what)) when[e.instance][e.what] = e.t;
+    if (!out.when[e.instance].count(e.what)) out.when[e.instance][e.what] = e.t;
   }
+  caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the scaler scales out under a burst, serves before loading ends, and drains without loss") {
+  auto [rep, when] = burst_under("blitz");
   bool live = false, drained = false;
   for (auto& [id, w] : when) {
     if (w.count("scale-out") && w.count("serving") && w.count("full") && w["serving"] < w["full"]) live = true;
@@ -572,7 +593,63 @@ TEST_CASE("the scaler scales out under a burst, serves before loading ends, and 
   REQUIRE_FALSE(rep.instances.empty());
   CHECK(rep.instances.back().second == 1);
   CHECK(rep.instance_seconds > 0);
+  CHECK(rep.device_seconds == doctest::Approx(rep.instance_seconds).epsilon(1e-6));  // whole devices
   CHECK(rep.to_first_layer_s.size() >= 1);
-  caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
-  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("has-gpu grows an instance's compute share before it adds instances, and shrinks it when idle") {
+  auto [rep, when] = burst_under("has-gpu");
+  double first_grow = 1e9, first_out = 1e9, first_shrink = 1e9;
+  for (auto& e : rep.events) {
+    double from = 0, to = 0;
+    if (e.what == "resize" && std::sscanf(e.detail.c_str(), "share %lf -> %lf", &from, &to) == 2) {
+      if (to > from && from > 0.26 - 0.02) first_grow = std::min(first_grow, e.t);  // past the initial 1 -> 0.25
+      if (to < from && e.t > first_grow) first_shrink = std::min(first_shrink, e.t);
+    }
+    if (e.what == "scale-out") first_out = std::min(first_out, e.t);
+  }
+  CHECK(when[1].count("resize"));  // the first instance starts at min_share
+  CHECK(first_grow < first_out);   // vertical before horizontal
+  CHECK(first_shrink < 1e9);       // and back down when idle
+  CHECK(rep.device_seconds < rep.instance_seconds);  // fractions of devices cost less
+}
+
+TEST_CASE("a shard resizes its compute share, refusing what it cannot") {
+  caf::actor_system_config cfg;
+  register_strata_types(cfg);
+  caf::actor_system sys{cfg};
+  auto m = stories();
+  shard_options emulated;
+  emulated.device.layer_s = 0.001;
+  auto a = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, emulated);
+  auto b = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, shard_options{});
+  caf::scoped_actor self{sys};
+  auto ask = [&](const caf::actor& s, double share) -> expected<double> {
+    expected<double> out = make_error("no answer");
+    self->request(s, 5s, resize_atom::value, share)
+        .receive([&](double got) { out = got; }, [&](caf::error& e) { out = make_error(describe(e)); });
+    return out;
+  };
+  auto r = ask(a, 0.5);
+  REQUIRE_MESSAGE(r, r.message());
+  CHECK(*r == 0.5);
+  r = ask(a, 1.5);
+  REQUIRE_FALSE(r);
+  CHECK(r.message().find("outside (0, 1]") != std::string::npos);
+  r = ask(b, 0.5);
+  REQUIRE_FALSE(r);
+  CHECK(r.message().find("no compute share") != std::string::npos);
+  for (const caf::actor& x : {a, b}) caf::anon_send_exit(x, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("has-gpu on shards that cannot resize treats them as whole devices and says why") {
+  auto rep = burst_under("has-gpu", false).rep;
+  std::map<uint32_t, int> refused;
+  for (auto& e : rep.events) {
+    if (e.what == "resize failed" && e.detail.find("no compute share") != std::string::npos) ++refused[e.instance];
+    CHECK(e.what != "resize");
+  }
+  REQUIRE_FALSE(refused.empty());
+  for (auto& [id, n] : refused) CHECK(n == 1);  // asked once, then treated as a whole device
+  CHECK(rep.device_seconds == doctest::Approx(rep.instance_seconds).epsilon(1e-6));
 }

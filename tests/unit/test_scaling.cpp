@@ -102,13 +102,22 @@ TEST_CASE("zigzag: lean on the least busy partner, split as deep as loaded, join
   CHECK(pick_split(own, {}, c) == -1);
 }
 
-TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-alive") {
+namespace {
+// Knobs of the policy tests: 1..3 instances, out above 4 waiting per instance, 1 s cooldown, in
+// after a 2 s keep-alive.
+scaling_knobs policy_knobs() {
   scaling_knobs k;
   k.min_instances = 1;
   k.max_instances = 3;
   k.queue_per_instance = 4;
   k.keep_alive_s = 2;
   k.cooldown_s = 1;
+  return k;
+}
+}  // namespace
+
+TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-alive") {
+  auto k = policy_knobs();
   link_speeds l;
   auto p = make_policy("blitz", k, l);
   REQUIRE(p);
@@ -166,4 +175,70 @@ TEST_CASE("lambda-pipe starts instances in pairs that load complementary halves"
   CHECK((*p)->load_order(4, 0) == std::vector<int>{0, 1, 2, 3});
   CHECK((*p)->load_order(4, 1) == std::vector<int>{2, 3, 0, 1});
   CHECK((*p)->loading().pipeline);
+}
+
+TEST_CASE("has-gpu predictor: share for the SLO from time per token, doubling on a queue") {
+  CHECK(predict_share(0.25, 0.4, 0.2, true, 0.125) == doctest::Approx(0.625));  // 0.25 * 2 * 1.1 = 0.55
+  CHECK(predict_share(0.25, 0.0, 0.2, false, 0.125) == doctest::Approx(0.5));   // queue: double
+  CHECK(predict_share(0.5, 0.21, 0.2, true, 0.25) == doctest::Approx(0.75));    // at least one step more
+  CHECK(predict_share(0.75, 1.0, 0.2, true, 0.25) == doctest::Approx(1.0));     // at most a device
+  CHECK(predict_share(0.0, 0.0, 0.2, false, 0.25) == doctest::Approx(0.25));
+}
+
+TEST_CASE("has-gpu policy: vertical before horizontal, out and in") {
+  auto k = policy_knobs();
+  k.min_share = 0.25;
+  auto p = make_policy("has-gpu", k, link_speeds{});
+  REQUIRE(p);
+  CHECK((*p)->initial_share() == 0.25);
+  CHECK((*p)->loading().live);
+  load_view v;
+  v.full = 1;
+  v.waiting = 9;
+  v.share = {{1, 0.25}};
+  auto d = (*p)->decide(v);
+  CHECK(d.add == 0);  // grows instead of adding
+  REQUIRE(d.resize.count(1));
+  CHECK(d.resize[1] == doctest::Approx(0.5));
+  v.now = 0.5;
+  v.share = {{1, 0.5}};
+  d = (*p)->decide(v);
+  CHECK(d.add == 0);  // cooling down: neither grows again nor adds
+  CHECK(d.resize.empty());
+  v.now = 1.5;
+  v.tbt_ema_s = 0.5;  // time per token is what is high: the predictor sizes the step
+  v.share = {{1, 0.5}};
+  d = (*p)->decide(v);
+  CHECK(d.resize[1] == doctest::Approx(1.0));
+  v.now = 3;
+  v.share = {{1, 1.0}};
+  d = (*p)->decide(v);
+  CHECK(d.add == 2);  // every instance is whole: now horizontal
+  CHECK(d.resize.empty());
+  // A full KV cache needs another instance even below a whole device.
+  v.now = 10;
+  v.tbt_ema_s = 0;
+  v.waiting = 1;
+  v.kv_use = 0.95;
+  v.share = {{1, 0.5}};
+  CHECK((*p)->decide(v).add == 1);
+  // In: idle instances halve their shares, one keep-alive apart, and go once at min_share.
+  v = {};
+  v.now = 20;
+  v.full = 2;
+  v.share = {{1, 1.0}, {2, 0.25}};
+  v.idle_for_s = {{1, 3.0}, {2, 3.0}};
+  d = (*p)->decide(v);
+  CHECK(d.resize[1] == doctest::Approx(0.5));
+  CHECK(d.remove == std::vector<uint32_t>{2});  // already at min_share (never resized lately)
+  v.now = 21;
+  v.full = 1;
+  v.share = {{1, 0.5}};
+  v.idle_for_s = {{1, 4.0}};
+  d = (*p)->decide(v);
+  CHECK(d.resize.empty());  // within a keep-alive of the last shrink
+  v.now = 22.5;
+  d = (*p)->decide(v);
+  CHECK(d.resize[1] == doctest::Approx(0.25));
+  CHECK(d.remove.empty());  // the minimum of one instance stays
 }
