@@ -191,8 +191,8 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
       // KV migration: send a sequence's cache for layers [b, e) to another shard; answers the
       // bytes moved once that shard holds them (this one keeps its copy until released).
       [=](kvsend_atom, seq_id seq, int32_t b, int32_t e, const caf::actor& to) -> caf::result<uint64_t> {
-        if (self->state.opt.cuda_device >= 0) return make_error(errc::bad_request, "KV export from a GPU shard is not built");
-        auto x = self->state.kv.export_seq(seq, b, e);
+        auto& st = self->state;
+        auto x = st.gpu ? st.gpu->export_seq(seq, b, e) : st.kv.export_seq(seq, b, e);
         if (!x) return make_error(errc::bad_request, "KV export: " + x.message());
         if (to == caf::actor_cast<caf::actor>(self)) return uint64_t(0);
         auto rp = self->make_response_promise<uint64_t>();
@@ -202,8 +202,10 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
         return rp;
       },
       [=](kvput_atom, const kv_slice& x) -> caf::result<bool> {
-        if (self->state.opt.cuda_device >= 0) return make_error(errc::bad_request, "KV import into a GPU shard is not built");
-        if (auto st = self->state.kv.import_seq(x); !st) return make_error(errc::bad_request, "KV import: " + st.message());
+        auto& st = self->state;
+        if (!st.backend_error.empty()) return make_error(errc::bad_request, "KV import: " + st.backend_error);
+        if (auto r = st.gpu ? st.gpu->import_seq(x) : st.kv.import_seq(x); !r)
+          return make_error(errc::bad_request, "KV import: " + r.message());
         return true;
       },
       [=](resize_atom, double share) -> caf::result<double> {

@@ -50,8 +50,8 @@ struct shard_state {
   static inline const char* name = "strata.shard";
 };
 // A CPU shard without an emulated device has no compute share to resize and says so.
-// Shards also move a sequence's KV cache between them (KV migration, driven by the router; CPU
-// shards only: a GPU shard refuses, and the router recomputes instead):
+// Shards also move a sequence's KV cache between them (KV migration, driven by the router; CPU and
+// GPU shards alike, through the host):
 //   (kvsend_atom, seq, begin, end, to) -> uint64_t bytes, once `to` holds layers [begin, end)
 //   (kvput_atom, kv_slice) -> bool
 

@@ -27,7 +27,7 @@ echo "### across node processes: bursty gamma arrivals (rate 8/s, burstiness 0.3
   --policies blitz,lambda-pipe,all-cache,stop-the-world | grep -vE '^ +t=|^ +[0-9.]+ s  '
 echo
 profile=(--threads 1 --layer-mb 2000 --globals-mb 1000 --max 6 --max-prompt 64
-         --policies blitz,lambda-pipe,all-cache,stop-the-world)
+         --policies blitz,lambda-pipe,all-cache,stop-the-world,has-gpu)
 echo "### Azure LLM code trace, the burst at 845-870 s, stories260K (5 layers), device 4 ms/layer + 0.2 ms/row"
 "$strata" autoscale --model "$data/models/stories260K" --trace "$data/traces/AzureLLMInferenceTrace_code.csv" \
   --start 845 --duration 25 --max-requests 1000 --device-layer-ms 4 --device-row-ms 0.2 "${profile[@]}" \

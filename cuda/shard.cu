@@ -689,6 +689,71 @@ void gpu_shard::release(seq_id s) {
   impl_->seqs.erase(it);
 }
 
+expected<kv_slice> gpu_shard::export_seq(seq_id seq, int begin, int end) const {
+  auto& m = *impl_;
+  if (begin < m.begin || end > m.end || begin >= end)
+    return make_error("gpu shard: layers [" + std::to_string(begin) + "," + std::to_string(end) +
+                      ") are not within this shard's [" + std::to_string(m.begin) + "," + std::to_string(m.end) + ")");
+  auto it = m.seqs.find(seq);
+  if (it == m.seqs.end()) return make_error("sequence " + std::to_string(seq) + " has no cache here");
+  kv_slice x;
+  x.seq = seq;
+  x.begin = begin;
+  x.end = end;
+  x.length = it->second.length;
+  x.kv_dim = m.kv.kv_dim;
+  const size_t n = size_t(x.length) * size_t(x.kv_dim);
+  x.k.resize(n * size_t(end - begin));
+  x.v.resize(x.k.size());
+  STRATA_CUDA_TRY(cudaSetDevice(m.o.device));
+  STRATA_CUDA_TRY(cudaStreamSynchronize(m.compute));  // the last forward's KV writes have landed
+  for (int l = begin; l < end; ++l) {
+    size_t off = size_t(l - begin) * n;
+    STRATA_CUDA_TRY(cudaMemcpy(x.k.data() + off, m.kv.k(it->second.slot, l - m.begin), n * 4, cudaMemcpyDeviceToHost));
+    STRATA_CUDA_TRY(cudaMemcpy(x.v.data() + off, m.kv.v(it->second.slot, l - m.begin), n * 4, cudaMemcpyDeviceToHost));
+  }
+  return x;
+}
+
+status gpu_shard::import_seq(const kv_slice& x) {
+  auto& m = *impl_;
+  if (x.begin < m.begin || x.end > m.end || x.begin >= x.end)
+    return make_error("gpu shard: layers [" + std::to_string(x.begin) + "," + std::to_string(x.end) +
+                      ") are not within this shard's [" + std::to_string(m.begin) + "," + std::to_string(m.end) + ")");
+  const size_t n = size_t(std::max(0, x.length)) * size_t(m.kv.kv_dim);
+  if (x.kv_dim != m.kv.kv_dim || x.length < 0 || x.length > m.kv.positions ||
+      x.k.size() != n * size_t(x.end - x.begin) || x.v.size() != x.k.size())
+    return make_error("malformed KV slice for sequence " + std::to_string(x.seq) + " (" + std::to_string(x.length) +
+                      " positions, kv_dim " + std::to_string(x.kv_dim) + ", " + std::to_string(x.k.size()) +
+                      " keys; this shard holds " + std::to_string(m.kv.positions) + " positions of kv_dim " +
+                      std::to_string(m.kv.kv_dim) + ")");
+  auto it = m.seqs.find(x.seq);
+  if (it != m.seqs.end() && it->second.length != x.length)
+    return make_error("sequence " + std::to_string(x.seq) + " holds " + std::to_string(it->second.length) +
+                      " positions here, the slice " + std::to_string(x.length));
+  bool fresh = it == m.seqs.end();
+  if (fresh) {
+    if (m.free_slots.empty())
+      return make_error("gpu shard: all " + std::to_string(m.o.max_sequences) + " KV slots are in use");
+    it = m.seqs.emplace(x.seq, impl::seq_slot{m.free_slots.back(), x.length}).first;
+    m.free_slots.pop_back();
+  }
+  auto copy_in = [&]() -> status {
+    STRATA_CUDA_TRY(cudaSetDevice(m.o.device));
+    for (int l = x.begin; l < x.end; ++l) {
+      size_t off = size_t(l - x.begin) * n;
+      STRATA_CUDA_TRY(cudaMemcpy(m.kv.k(it->second.slot, l - m.begin), x.k.data() + off, n * 4, cudaMemcpyHostToDevice));
+      STRATA_CUDA_TRY(cudaMemcpy(m.kv.v(it->second.slot, l - m.begin), x.v.data() + off, n * 4, cudaMemcpyHostToDevice));
+    }
+    return {};
+  };
+  if (auto st = copy_in(); !st) {
+    if (fresh) release(x.seq);
+    return st;
+  }
+  return {};
+}
+
 shard_stats gpu_shard::stats() const {
   auto& m = *impl_;
   shard_stats s;

@@ -88,6 +88,11 @@ class gpu_shard {
 
   int length(seq_id s) const;
   void release(seq_id s);
+
+  // KV migration, as kv_cache::export_seq / import_seq: a sequence's keys and values for layers
+  // [begin, end) copied to the host, and a slice from any shard (CPU or GPU) stored here.
+  expected<kv_slice> export_seq(seq_id seq, int begin, int end) const;
+  status import_seq(const kv_slice& x);
   shard_stats stats() const;
 
   struct impl;

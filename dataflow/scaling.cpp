@@ -166,10 +166,9 @@ scale_decision threshold_policy::decide(const load_view& v) {
   return d;
 }
 
-double predict_share(double share, double tbt_s, double slo_s, bool tbt_bound, double step) {
+double predict_share(double share, double tbt_s, double slo_s, double step) {
   step = std::clamp(step, 1e-3, 1.0);
-  double want = tbt_bound && tbt_s > 0 && slo_s > 0 ? share * tbt_s / slo_s * 1.1 : 2 * share;
-  want = std::max(want, share + step);
+  double want = tbt_s > 0 && slo_s > 0 ? share * tbt_s / (slo_s / 2) : share;
   want = std::ceil(want / step - 1e-9) * step;
   return std::clamp(want, step, 1.0);
 }
@@ -187,6 +186,10 @@ scale_decision has_gpu_policy::decide(const load_view& v) {
     auto it = last_resize_.find(id);
     return it == last_resize_.end() ? 1e18 : v.now - it->second;
   };
+  auto resize = [&](scale_decision& d, uint32_t id, double to) {
+    d.resize[id] = to;
+    last_resize_[id] = v.now;
+  };
   int serving = std::max(1, v.full);
   bool tbt_high = v.tbt_ema_s > knobs_.tbt_slo_s;
   bool pressure = v.waiting > 0 && (double(v.waiting) > knobs_.queue_per_instance * serving ||
@@ -200,29 +203,31 @@ scale_decision has_gpu_policy::decide(const load_view& v) {
       if (share >= 1.0 - eps) continue;
       below_whole = true;
       if (since_resize(id) < knobs_.cooldown_s) continue;  // let the last resize show its effect
-      d.resize[id] = predict_share(share, v.tbt_ema_s, knobs_.tbt_slo_s, tbt_high, step);
-      last_resize_[id] = v.now;
+      double to = tbt_high ? std::max(predict_share(share, v.tbt_ema_s, knobs_.tbt_slo_s, step), share + step) : 1.0;
+      resize(d, id, std::min(1.0, to));
     }
     if (below_whole) return d;
   }
   d = threshold_policy::decide(v);
-  // Scale in vertically first too: an idle instance halves its share, one keep-alive apart, and
-  // may only be removed once it has been down to min_share for a keep-alive.
   d.remove.clear();
-  if (v.waiting == 0 && v.loading == 0) {
-    int can_remove = v.full - knobs_.min_instances;
-    for (auto& [id, idle] : v.idle_for_s) {
-      if (idle < knobs_.keep_alive_s || since_resize(id) < knobs_.keep_alive_s) continue;
-      double share = share_of(id);
-      if (v.share.count(id) && share > step + eps) {
-        d.resize[id] = std::max(step, std::ceil(share / 2 / step - eps) * step);
-        last_resize_[id] = v.now;
-      } else if (can_remove > 0) {
-        d.remove.push_back(id);
-        --can_remove;
-      }
-    }
+  if (v.waiting > 0 || v.loading > 0) return d;
+  // Scaling in, vertical first: shrink what runs faster than it needs to or idles, at most by
+  // half per keep-alive; remove only what has sat at min_share for a keep-alive.
+  int can_remove = v.full - knobs_.min_instances;
+  for (auto& [id, share] : v.share) {
+    if (share <= step + eps || since_resize(id) < knobs_.keep_alive_s) continue;
+    auto idle = v.idle_for_s.find(id);
+    bool idle_long = idle != v.idle_for_s.end() && idle->second >= knobs_.keep_alive_s;
+    double to = idle_long ? step : predict_share(share, v.tbt_ema_s, knobs_.tbt_slo_s, step);
+    to = std::max(to, std::ceil(share / 2 / step - eps) * step);
+    if (to < share - eps) resize(d, id, to);
   }
+  for (auto& [id, idle] : v.idle_for_s)
+    if (can_remove > 0 && idle >= knobs_.keep_alive_s && share_of(id) <= step + eps &&
+        since_resize(id) >= knobs_.keep_alive_s) {
+      d.remove.push_back(id);
+      --can_remove;
+    }
   for (auto id : d.remove) last_resize_.erase(id);
   return d;
 }

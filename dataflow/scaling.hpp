@@ -150,17 +150,20 @@ class threshold_policy : public scaling_policy {
   double last_out_ = -1e9;
 };
 
-// HAS-GPU's predictor for vertical scaling, on the model that a step's time is inversely
-// proportional to the compute share at a fixed batch: when time per token is what is too high
-// (`tbt_bound`), the share that brings `tbt_s` (measured at `share`) to `slo_s` with 10% headroom,
-// else (a queue) double the share; always at least one `step` more, rounded up to a multiple of
-// `step` (the partition granularity), at most 1.
-double predict_share(double share, double tbt_s, double slo_s, bool tbt_bound, double step);
+// HAS-GPU's predictor for vertical scaling, on the model that time per token is inversely
+// proportional to the compute share at a fixed batch: the share at which `tbt_s` (measured at
+// `share`) becomes half of `slo_s` (headroom for the bursts a tick does not see yet), rounded up
+// to a multiple of `step` (the partition granularity), within [step, 1]. Without a measurement
+// (tbt_s or slo_s <= 0): `share`, rounded.
+double predict_share(double share, double tbt_s, double slo_s, double step);
 
 // HAS-GPU (vertical before horizontal): new instances start with knobs.min_share of a device
-// (loaded like blitz, from running instances); under pressure the serving instances' shares grow
-// (predict_share) and an instance is added only once every serving one holds a whole device;
-// idle instances shrink by halves to min_share before they are removed.
+// (loaded like blitz, from running instances). Under pressure the serving instances grow first:
+// to predict_share (at least a step more) when time per token is over its SLO, to a whole device
+// when requests queue; an instance is added only once every serving one is whole (or the KV
+// caches are full). Scaling in is vertical first too: an instance shrinks, at most by half per
+// keep-alive, to the predicted share when its tokens are faster than they need to be, by half
+// when idle, and is removed only after a keep-alive at min_share.
 class has_gpu_policy : public threshold_policy {
  public:
   has_gpu_policy(std::string name, load_spec spec, scaling_knobs knobs);

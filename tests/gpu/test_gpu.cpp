@@ -190,6 +190,76 @@ TEST_CASE("the GPU head's logits and tokens match the CPU tail: greedy, temperat
   check(*test::stories(), "stories260K");
 }
 
+TEST_CASE("a sequence's KV cache moves between GPU and CPU shards and decoding goes on as before") {
+  auto c = model_config::llama(256, 688, 3, 8, 2, 512, 128);
+  auto m = make_random_model(c, 23);
+  const int L = c.n_layers, prompt = 6, decode = 3;
+  batch pre = prefill({1}, prompt, c.vocab_size);
+  // Runs `decode` single-token steps of sequence 1 from position `prompt` on `step`, returning the
+  // logits of every step.
+  auto decode_on = [&](auto step) {
+    std::vector<float> out;
+    for (int i = 0; i < decode; ++i) {
+      seq_id s = 1;
+      int p = prompt + i, tok = (17 * i + 3) % c.vocab_size;
+      std::vector<float> x(size_t(c.dim)), lg(size_t(c.vocab_size));
+      embed(*m, &tok, 1, x.data());
+      step(&s, &p, x.data());
+      final_logits(*m, x.data(), 1, lg.data());
+      out.insert(out.end(), lg.begin(), lg.end());
+    }
+    return out;
+  };
+  auto cpu_prefill = [&](kv_cache& kv) {
+    std::vector<float> x(size_t(prompt) * size_t(c.dim));
+    embed(*m, pre.tokens.data(), prompt, x.data());
+    for (int l = 0; l < L; ++l)
+      REQUIRE(forward_layer(c, *m->layers[size_t(l)], l, kv, pre.seqs.data(), pre.pos.data(), prompt, x.data()));
+  };
+  auto cpu_step = [&](kv_cache& kv) {
+    return [&](seq_id* s, int* p, float* x) {
+      for (int l = 0; l < L; ++l) REQUIRE(forward_layer(c, *m->layers[size_t(l)], l, kv, s, p, 1, x));
+    };
+  };
+  auto gpu_shard_loaded = [&]() {
+    auto g = cuda::gpu_shard::create(c, 0, L, {});
+    REQUIRE_MESSAGE(g, g.message());
+    for (int l = 0; l < L; ++l) REQUIRE((*g)->load_layer(l, *m->layers[size_t(l)]));
+    return std::move(*g);
+  };
+  kv_cache ref_kv(c, 0, L);
+  cpu_prefill(ref_kv);
+  auto ref = decode_on(cpu_step(ref_kv));
+  // GPU prefill, then the cache to a CPU shard, which decodes.
+  auto g = gpu_shard_loaded();
+  std::vector<float> x(size_t(prompt) * size_t(c.dim));
+  embed(*m, pre.tokens.data(), prompt, x.data());
+  REQUIRE(g->forward(0, L, pre.seqs.data(), pre.pos.data(), prompt, x.data()));
+  auto out = g->export_seq(1, 0, L);
+  REQUIRE_MESSAGE(out, out.message());
+  CHECK(out->length == prompt);
+  kv_cache cpu_kv(c, 0, L);
+  REQUIRE(cpu_kv.import_seq(*out));
+  double to_cpu = max_rel_error(decode_on(cpu_step(cpu_kv)), ref);
+  // CPU prefill, then the cache to a fresh GPU shard, which decodes.
+  kv_cache src(c, 0, L);
+  cpu_prefill(src);
+  auto in = src.export_seq(1, 0, L);
+  REQUIRE(in);
+  auto g2 = gpu_shard_loaded();
+  REQUIRE(g2->import_seq(*in));
+  CHECK(g2->length(1) == prompt);
+  double to_gpu = max_rel_error(decode_on([&](seq_id* s, int* p, float* x) { REQUIRE(g2->forward(0, L, s, p, 1, x)); }), ref);
+  std::printf("KV migration: GPU->CPU decode logits error %.2e, CPU->GPU %.2e\n", to_cpu, to_gpu);
+  CHECK(to_cpu < 3e-2);
+  CHECK(to_gpu < 3e-2);
+  in->kv_dim += 1;  // a slice of another model
+  auto bad = g2->import_seq(*in);
+  REQUIRE_FALSE(bad);
+  CHECK(bad.message().find("malformed KV slice") != std::string::npos);
+  CHECK_FALSE(g2->export_seq(99, 0, L));
+}
+
 TEST_CASE("a GPU shard refuses what it cannot run, with the reason, and keeps working") {
   auto c = model_config::llama(128, 344, 2, 4, 2, 300, 64);
   auto m = make_random_model(c, 3);

@@ -177,12 +177,12 @@ TEST_CASE("lambda-pipe starts instances in pairs that load complementary halves"
   CHECK((*p)->loading().pipeline);
 }
 
-TEST_CASE("has-gpu predictor: share for the SLO from time per token, doubling on a queue") {
-  CHECK(predict_share(0.25, 0.4, 0.2, true, 0.125) == doctest::Approx(0.625));  // 0.25 * 2 * 1.1 = 0.55
-  CHECK(predict_share(0.25, 0.0, 0.2, false, 0.125) == doctest::Approx(0.5));   // queue: double
-  CHECK(predict_share(0.5, 0.21, 0.2, true, 0.25) == doctest::Approx(0.75));    // at least one step more
-  CHECK(predict_share(0.75, 1.0, 0.2, true, 0.25) == doctest::Approx(1.0));     // at most a device
-  CHECK(predict_share(0.0, 0.0, 0.2, false, 0.25) == doctest::Approx(0.25));
+TEST_CASE("has-gpu predictor: the share that meets the time-per-token SLO, in steps") {
+  CHECK(predict_share(0.25, 0.15, 0.2, 0.125) == doctest::Approx(0.375));  // 0.25 * 0.15 / 0.1
+  CHECK(predict_share(1.0, 0.03, 0.2, 0.25) == doctest::Approx(0.5));      // 0.3, rounded up
+  CHECK(predict_share(0.75, 1.0, 0.2, 0.25) == doctest::Approx(1.0));     // at most a device
+  CHECK(predict_share(0.5, 0.0, 0.2, 0.25) == doctest::Approx(0.5));      // nothing measured
+  CHECK(predict_share(0.1, 0.0, 0.2, 0.25) == doctest::Approx(0.25));     // at least a step
 }
 
 TEST_CASE("has-gpu policy: vertical before horizontal, out and in") {
@@ -195,19 +195,18 @@ TEST_CASE("has-gpu policy: vertical before horizontal, out and in") {
   load_view v;
   v.full = 1;
   v.waiting = 9;
+  v.tbt_ema_s = 0.25;  // over the 0.2 s SLO: the predictor sizes the step
   v.share = {{1, 0.25}};
   auto d = (*p)->decide(v);
   CHECK(d.add == 0);  // grows instead of adding
-  REQUIRE(d.resize.count(1));
-  CHECK(d.resize[1] == doctest::Approx(0.5));
+  CHECK(d.resize[1] == doctest::Approx(0.75));  // 0.25 * 0.25 / 0.1 = 0.625, in steps
   v.now = 0.5;
   v.share = {{1, 0.5}};
   d = (*p)->decide(v);
   CHECK(d.add == 0);  // cooling down: neither grows again nor adds
   CHECK(d.resize.empty());
   v.now = 1.5;
-  v.tbt_ema_s = 0.5;  // time per token is what is high: the predictor sizes the step
-  v.share = {{1, 0.5}};
+  v.tbt_ema_s = 0;  // a queue alone: a whole device at once
   d = (*p)->decide(v);
   CHECK(d.resize[1] == doctest::Approx(1.0));
   v.now = 3;
@@ -217,28 +216,35 @@ TEST_CASE("has-gpu policy: vertical before horizontal, out and in") {
   CHECK(d.resize.empty());
   // A full KV cache needs another instance even below a whole device.
   v.now = 10;
-  v.tbt_ema_s = 0;
   v.waiting = 1;
   v.kv_use = 0.95;
   v.share = {{1, 0.5}};
   CHECK((*p)->decide(v).add == 1);
-  // In: idle instances halve their shares, one keep-alive apart, and go once at min_share.
+  // In: tokens much faster than the SLO shrink a busy instance to the predicted share, at most
+  // by half; idle instances halve, one keep-alive apart, and go once at min_share.
   v = {};
   v.now = 20;
-  v.full = 2;
-  v.share = {{1, 1.0}, {2, 0.25}};
-  v.idle_for_s = {{1, 3.0}, {2, 3.0}};
+  v.full = 3;
+  v.tbt_ema_s = 0.01;
+  v.share = {{1, 1.0}, {2, 0.25}, {3, 1.0}};
+  v.idle_for_s = {{2, 3.0}, {3, 3.0}};
   d = (*p)->decide(v);
-  CHECK(d.resize[1] == doctest::Approx(0.5));
+  CHECK(d.resize[1] == doctest::Approx(0.5));   // predicted 0.1 -> 0.25, halved at most
+  CHECK(d.resize[3] == doctest::Approx(0.5));   // idle: halves
   CHECK(d.remove == std::vector<uint32_t>{2});  // already at min_share (never resized lately)
   v.now = 21;
-  v.full = 1;
-  v.share = {{1, 0.5}};
-  v.idle_for_s = {{1, 4.0}};
+  v.full = 2;
+  v.share = {{1, 0.5}, {3, 0.5}};
+  v.idle_for_s = {{3, 4.0}};
   d = (*p)->decide(v);
   CHECK(d.resize.empty());  // within a keep-alive of the last shrink
   v.now = 22.5;
   d = (*p)->decide(v);
   CHECK(d.resize[1] == doctest::Approx(0.25));
-  CHECK(d.remove.empty());  // the minimum of one instance stays
+  CHECK(d.resize[3] == doctest::Approx(0.25));
+  CHECK(d.remove.empty());  // instance 3 only now reaches min_share
+  v.now = 25;
+  v.share = {{1, 0.25}, {3, 0.25}};
+  d = (*p)->decide(v);
+  CHECK(d.remove == std::vector<uint32_t>{3});
 }
