@@ -174,7 +174,7 @@ double predict_share(double share, double tbt_s, double slo_s, double step) {
 }
 
 has_gpu_policy::has_gpu_policy(std::string name, load_spec spec, scaling_knobs knobs)
-    : threshold_policy(std::move(name), std::move(spec), knobs) {}
+    : threshold_policy(std::move(name), std::move(spec), knobs), next_share_(knobs.min_share) {}
 
 scale_decision has_gpu_policy::decide(const load_view& v) {
   const double step = std::clamp(knobs_.min_share, 1e-3, 1.0), eps = 1e-9;
@@ -210,6 +210,7 @@ scale_decision has_gpu_policy::decide(const load_view& v) {
   }
   d = threshold_policy::decide(v);
   d.remove.clear();
+  next_share_ = v.full + v.loading < knobs_.min_instances ? knobs_.min_share : 1.0;
   if (v.waiting > 0 || v.loading > 0) return d;
   // Scaling in, vertical first: shrink what runs faster than it needs to or idles, at most by
   // half per keep-alive; remove only what has sat at min_share for a keep-alive.
@@ -218,7 +219,9 @@ scale_decision has_gpu_policy::decide(const load_view& v) {
     if (share <= step + eps || since_resize(id) < knobs_.keep_alive_s) continue;
     auto idle = v.idle_for_s.find(id);
     bool idle_long = idle != v.idle_for_s.end() && idle->second >= knobs_.keep_alive_s;
-    double to = idle_long ? step : predict_share(share, v.tbt_ema_s, knobs_.tbt_slo_s, step);
+    // A busy instance only shrinks while first tokens come fast too: no queue building lately.
+    bool calm = v.ttft_ema_s <= knobs_.ttft_slo_s / 2;
+    double to = idle_long ? step : calm ? predict_share(share, v.tbt_ema_s, knobs_.tbt_slo_s, step) : share;
     to = std::max(to, std::ceil(share / 2 / step - eps) * step);
     if (to < share - eps) resize(d, id, to);
   }

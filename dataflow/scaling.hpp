@@ -157,21 +157,22 @@ class threshold_policy : public scaling_policy {
 // (tbt_s or slo_s <= 0): `share`, rounded.
 double predict_share(double share, double tbt_s, double slo_s, double step);
 
-// HAS-GPU (vertical before horizontal): new instances start with knobs.min_share of a device
-// (loaded like blitz, from running instances). Under pressure the serving instances grow first:
-// to predict_share (at least a step more) when time per token is over its SLO, to a whole device
-// when requests queue; an instance is added only once every serving one is whole (or the KV
-// caches are full). Scaling in is vertical first too: an instance shrinks, at most by half per
+// HAS-GPU (vertical before horizontal): the first instances start with knobs.min_share of a
+// device (loaded like blitz, from running instances). Under pressure the serving instances grow
+// first: to predict_share (at least a step more) when time per token is over its SLO, to a whole
+// device when requests queue; an instance is added only once every serving one is whole (or the
+// KV caches are full), and then whole itself, since the load it is for is already there. Scaling in is vertical first too: an instance shrinks, at most by half per
 // keep-alive, to the predicted share when its tokens are faster than they need to be, by half
 // when idle, and is removed only after a keep-alive at min_share.
 class has_gpu_policy : public threshold_policy {
  public:
   has_gpu_policy(std::string name, load_spec spec, scaling_knobs knobs);
   scale_decision decide(const load_view& v) override;
-  double initial_share() const override { return knobs_.min_share; }
+  double initial_share() const override { return next_share_; }
 
  private:
   std::map<uint32_t, double> last_resize_;  // per instance: when it was last resized
+  double next_share_;                       // of the instances the last decision added
 };
 
 struct link_speeds {

@@ -214,6 +214,7 @@ TEST_CASE("has-gpu policy: vertical before horizontal, out and in") {
   d = (*p)->decide(v);
   CHECK(d.add == 2);  // every instance is whole: now horizontal
   CHECK(d.resize.empty());
+  CHECK((*p)->initial_share() == 1.0);  // added for load that is already there: whole
   // A full KV cache needs another instance even below a whole device.
   v.now = 10;
   v.waiting = 1;
