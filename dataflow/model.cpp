@@ -253,7 +253,19 @@ std::vector<tensor_slot> allocate_slots(model& m) {
   return slots;
 }
 
-uint64_t checksum64(const void* data, size_t n) { return XXH3_64bits(data, n); }
+#ifdef STRATA_XXH3_AVX2
+namespace detail {
+uint64_t checksum64_avx2(const void* data, size_t n);
+}
+#endif
+
+uint64_t checksum64(const void* data, size_t n) {
+#ifdef STRATA_XXH3_AVX2
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx2) return detail::checksum64_avx2(data, n);
+#endif
+  return XXH3_64bits(data, n);
+}
 
 expected<mapped_file> mapped_file::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -2,7 +2,9 @@
 // processes with UCP active messages: small payloads go eagerly, large ones by rendezvous
 // straight into the buffer the receiver chooses (zero-copy on the receive side). A peer in the
 // same process is reached without UCX: one copy into its buffer. CAF-free; every failure is a
-// status value, and a dead peer fails its pending sends instead of hanging them.
+// status value, and over tcp a dead peer fails its pending sends instead of hanging them (over
+// "sm" UCX runs without peer failure handling, for its zero-copy path: the caller's control
+// plane must notice a dead peer).
 #pragma once
 
 #include <atomic>
@@ -33,7 +35,7 @@ struct receiver {
   std::function<void*(const uint8_t* header, size_t header_len, size_t payload_len)> place;
   // The payload is in place (or failed to arrive).
   std::function<void(std::vector<uint8_t> header, void* dst, size_t len, status st)> landed;
-  // A connected peer failed (its process died, the link broke).
+  // A connected peer failed (its process died, the link broke; not reported over "sm").
   std::function<void(peer_id peer, const std::string& why)> peer_failed;
 };
 

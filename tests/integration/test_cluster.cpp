@@ -169,33 +169,36 @@ TEST_CASE("a lost chunk is fetched again, and layers become ready in the order a
   CHECK(bad.message().find("segment order must list each") != std::string::npos);
 }
 
-TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others complete") {
-  cluster c("tcp", "throttle_mb_s = 25\n");  // the source sends slowly: the transfer takes ~0.3 s
-  for (auto n : {"a", "b", "c", "d"}) c.start(n);
-  REQUIRE(c.wait_nodes(5));
-  REQUIRE(c.wait_holding());
-  auto r = c.multicast(request_for({"a", "b", "c", "d"}, "chain"), [&] {
-    std::this_thread::sleep_for(120ms);
-    c.kill("b");
-  });
-  REQUIRE_MESSAGE(r, r.message());
-  MESSAGE(r->summary());
-  uint64_t want = c.image_sum("src");
-  for (auto& t : r->targets) {
-    CAPTURE(t.node);
-    if (t.node == "b") {
-      CHECK_FALSE(t.ok);
-      CHECK(t.error.find("node died") == 0);
-    } else {
-      CHECK(t.ok);
-      if (!t.ok) MESSAGE("log of " << t.node << ":\n" << c.log(t.node));
-      CHECK(c.image_sum(t.node) == want);
+TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others complete, over tcp and sm") {
+  for (std::string tls : {"tcp", "sm"}) {
+    CAPTURE(tls);
+    cluster c(tls, "throttle_mb_s = 25\n");  // the source sends slowly: the transfer takes ~0.3 s
+    for (auto n : {"a", "b", "c", "d"}) c.start(n);
+    REQUIRE(c.wait_nodes(5));
+    REQUIRE(c.wait_holding());
+    auto r = c.multicast(request_for({"a", "b", "c", "d"}, "chain"), [&] {
+      std::this_thread::sleep_for(120ms);
+      c.kill("b");
+    });
+    REQUIRE_MESSAGE(r, r.message());
+    MESSAGE(r->summary());
+    uint64_t want = c.image_sum("src");
+    for (auto& t : r->targets) {
+      CAPTURE(t.node);
+      if (t.node == "b") {
+        CHECK_FALSE(t.ok);
+        CHECK(t.error.find("node died") == 0);
+      } else {
+        CHECK(t.ok);
+        if (!t.ok) MESSAGE("log of " << t.node << ":\n" << c.log(t.node));
+        CHECK(c.image_sum(t.node) == want);
+      }
     }
+    bool adopted = false;
+    for (auto& e : r->events) adopted = adopted || e == "c adopted by a (tree 0)";
+    CHECK(adopted);
+    CHECK(c.view().nodes.size() == 4);
   }
-  bool adopted = false;
-  for (auto& e : r->events) adopted = adopted || e == "c adopted by a (tree 0)";
-  CHECK(adopted);
-  CHECK(c.view().nodes.size() == 4);
 }
 
 TEST_CASE("nodes join mid-run and are served from any holder, and one host copy is kept") {

@@ -279,3 +279,19 @@ TEST_CASE("parameter image: round trip and chunking") {
   CHECK_FALSE(make_chunks(l, img.data(), 1000, {0, 1, 1, 2}));
   CHECK_FALSE(make_chunks(l, img.data(), 10));
 }
+
+TEST_CASE("chunk checksums are XXH3-64 whichever vector path computes them") {
+  // Reference values from the distribution's libxxhash (XXH3_64bits, seed 0) for bytes i*131+7:
+  // the AVX2 build checksum64 picks at run time must agree on every size class (empty, short,
+  // mid, long, and past a 4 MiB chunk).
+  const std::pair<size_t, uint64_t> want[] = {
+      {0, 0x2d06800538d394c2ull},   {1, 0x4c5cca45d0f4811full},    {17, 0xb58bf5dc5022d071ull},
+      {240, 0xb6cfaf343fab81e6ull}, {241, 0x956cae592c67279eull},  {1000, 0x571d5cbfef44331bull},
+      {(4u << 20) + 3, 0xc14698b8422103d4ull}};
+  for (auto [n, sum] : want) {
+    std::vector<unsigned char> b(n);
+    for (size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(i * 131 + 7);
+    CAPTURE(n);
+    CHECK(checksum64(b.data(), n) == sum);
+  }
+}
