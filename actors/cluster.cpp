@@ -704,12 +704,13 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
   std::set<node_id> holders(mit->second.host_copies);
   holders.insert(mit->second.instances.begin(), mit->second.instances.end());
   for (auto h : holders) {
-    if (std::find(targets.begin(), targets.end(), h) != targets.end()) continue;
+    // A holder the cluster view no longer lists (dropped, then heard from late) is no source.
+    if (!st.nodes.count(h) || std::find(targets.begin(), targets.end(), h) != targets.end()) continue;
     bool busy = std::find(req.busy.begin(), req.busy.end(), node_name(self, h)) != req.busy.end();
     sources.push_back({h, busy});
   }
   if (sources.empty()) return rp.deliver(make_error(errc::unavailable, "no live holder of " + req.model));
-  auto first = st.nodes[sources.front().node].handle;
+  auto first = st.nodes.at(sources.front().node).handle;
   auto manifest = mit->second.manifest;
   self->request(first, std::chrono::seconds(60), chunks_atom::value, req.model, req.chunk_bytes, req.segment_order)
       .then(
@@ -772,8 +773,16 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
                       .then([](bool) {}, [](caf::error&) {});  // a dead source is repaired via its monitor
             };
             for (auto n : targets) {
-              auto& handle = st.nodes[n].handle;
-              self->request(handle, std::chrono::seconds(10), transfer_atom::value, bytes)
+              auto node = st.nodes.find(n);
+              if (node == st.nodes.end()) {  // lost while the source listed its chunks
+                if (auto it = st.transfers.find(tid); it != st.transfers.end()) {
+                  fail_target(self, it->second, n, "node left the cluster before the transfer started");
+                  finish_if_done(self, tid);
+                }
+                if (--*acks == 0) start_sources();
+                continue;
+              }
+              self->request(node->second.handle, std::chrono::seconds(10), transfer_atom::value, bytes)
                   .then(
                       [=](bool) {
                         if (--*acks == 0) start_sources();
@@ -821,6 +830,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
       },
       [=](hold_atom, uint32_t id, const std::string& model, const std::vector<uint8_t>& manifest) -> bool {
         auto& st = self->state;
+        if (!st.nodes.count(id)) return false;  // not (or no longer) in the cluster view
         auto& m = st.models[model];
         if (m.manifest.empty()) m.manifest = manifest;
         if (m.manifest != manifest) return false;  // a different model under the same name
