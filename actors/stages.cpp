@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "cuda/head.hpp"
 #ifdef STRATA_HAVE_CUDA
 #include "cuda/device.hpp"
 #endif
@@ -71,14 +72,16 @@ void start_device_group(caf::stateful_actor<shard_state>* self) {
 }
 
 #ifdef STRATA_HAVE_CUDA
-// SMs for a compute share of a device (0: the whole GPU).
-expected<int> sms_for(int device, double share) {
-  if (share >= 1.0) return 0;
+// The SMs of a CUDA device.
+expected<int> device_sms(int device) {
   auto devs = cuda::devices();
   if (!devs) return devs.err();
   if (device >= int(devs->size())) return make_error("no cuda:" + std::to_string(device));
-  return std::max(1, int(std::ceil(share * (*devs)[size_t(device)].sm_count)));
+  return (*devs)[size_t(device)].sm_count;
 }
+
+// SMs for a compute share of a device of `total` SMs (0: the whole GPU, no partition).
+int sms_of(int total, double share) { return share >= 1.0 ? 0 : std::max(1, int(std::ceil(share * total))); }
 #endif
 
 // The CUDA backend of a shard: its device pool and KV slots sized for the router's defaults.
@@ -88,12 +91,14 @@ void start_gpu(shard_state& st) {
   o.device = st.opt.cuda_device;
   o.max_rows = 1024;
   o.max_sequences = 64;
-  auto sms = sms_for(o.device, st.opt.share);
-  if (!sms) {
-    st.backend_error = "shard on cuda:" + std::to_string(st.opt.cuda_device) + ": " + sms.message();
-    return;
+  if (st.opt.share < 1.0) {
+    auto total = device_sms(o.device);
+    if (!total) {
+      st.backend_error = "shard on cuda:" + std::to_string(st.opt.cuda_device) + ": " + total.message();
+      return;
+    }
+    o.sm_count = sms_of(*total, st.opt.share);
   }
-  o.sm_count = *sms;
   auto g = cuda::gpu_shard::create(st.m->config, st.range.begin, st.range.end, o);
   if (g)
     st.gpu = std::move(*g);
@@ -214,12 +219,12 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
           return make_error(errc::bad_request, "compute share " + std::to_string(share) + " outside (0, 1]");
         if (st.gpu) {
 #ifdef STRATA_HAVE_CUDA
-          auto sms = sms_for(st.opt.cuda_device, share);
-          if (!sms) return make_error(errc::bad_request, "resize: " + sms.message());
-          if (auto r = st.gpu->set_sm_count(*sms); !r) return make_error(errc::bad_request, "resize: " + r.message());
-          auto devs = cuda::devices();
-          int total = devs && st.opt.cuda_device < int(devs->size()) ? (*devs)[size_t(st.opt.cuda_device)].sm_count : 0;
-          st.opt.share = total > 0 ? std::min(1.0, double(st.gpu->stats().sm_count) / total) : share;
+          auto total = device_sms(st.opt.cuda_device);
+          if (!total) return make_error(errc::bad_request, "resize: " + total.message());
+          if (auto r = st.gpu->set_sm_count(sms_of(*total, share)); !r)
+            return make_error(errc::bad_request, "resize: " + r.message());
+          // What it got: the partition is rounded up to the GPU's granularity.
+          st.opt.share = std::min(1.0, double(st.gpu->stats().sm_count) / *total);
           return st.opt.share;
 #endif
         }

@@ -6,7 +6,6 @@
 #include <caf/all.hpp>
 
 #include "actors/messages.hpp"
-#include "cuda/head.hpp"
 #include "cuda/shard.hpp"
 
 namespace strata {

@@ -136,14 +136,18 @@ std::vector<int> scaling_policy::load_order(int n_layers, int) const {
 threshold_policy::threshold_policy(std::string name, load_spec spec, scaling_knobs knobs)
     : name_(std::move(name)), spec_(std::move(spec)), knobs_(knobs) {}
 
+bool threshold_policy::under_pressure(const load_view& v) const {
+  // Pressure needs a queue: latency averages alone linger after a burst has been absorbed.
+  return v.waiting > 0 && (double(v.waiting) > knobs_.queue_per_instance * std::max(1, v.full) ||
+                           v.ttft_ema_s > knobs_.ttft_slo_s || v.tbt_ema_s > knobs_.tbt_slo_s ||
+                           v.kv_use > knobs_.kv_high);
+}
+
 scale_decision threshold_policy::decide(const load_view& v) {
   scale_decision d;
   int serving = std::max(1, v.full);
   int total = v.full + v.loading;
-  // Pressure needs a queue: latency averages alone linger after a burst has been absorbed.
-  bool pressure = v.waiting > 0 && (double(v.waiting) > knobs_.queue_per_instance * serving ||
-                                    v.ttft_ema_s > knobs_.ttft_slo_s || v.tbt_ema_s > knobs_.tbt_slo_s ||
-                                    v.kv_use > knobs_.kv_high);
+  bool pressure = under_pressure(v);
   if (total < knobs_.min_instances) {
     d.add = knobs_.min_instances - total;
   } else if (pressure && v.loading == 0 && total < knobs_.max_instances && v.now - last_out_ >= knobs_.cooldown_s) {
@@ -166,11 +170,15 @@ scale_decision threshold_policy::decide(const load_view& v) {
   return d;
 }
 
+namespace {
+// The smallest multiple of `step` at or above x (shares come in partition-sized steps).
+double round_up_to_step(double x, double step) { return std::ceil(x / step - 1e-9) * step; }
+}  // namespace
+
 double predict_share(double share, double tbt_s, double slo_s, double step) {
   step = std::clamp(step, 1e-3, 1.0);
   double want = tbt_s > 0 && slo_s > 0 ? share * tbt_s / (slo_s / 2) : share;
-  want = std::ceil(want / step - 1e-9) * step;
-  return std::clamp(want, step, 1.0);
+  return std::clamp(round_up_to_step(want, step), step, 1.0);
 }
 
 has_gpu_policy::has_gpu_policy(std::string name, load_spec spec, scaling_knobs knobs)
@@ -190,14 +198,11 @@ scale_decision has_gpu_policy::decide(const load_view& v) {
     d.resize[id] = to;
     last_resize_[id] = v.now;
   };
-  int serving = std::max(1, v.full);
   bool tbt_high = v.tbt_ema_s > knobs_.tbt_slo_s;
-  bool pressure = v.waiting > 0 && (double(v.waiting) > knobs_.queue_per_instance * serving ||
-                                    v.ttft_ema_s > knobs_.ttft_slo_s || tbt_high);
   scale_decision d;
   // Vertical first: while a serving instance holds less than a whole device, grow shares (a full
   // KV cache is the exception: more compute does not give it room, another instance does).
-  if (pressure && v.kv_use <= knobs_.kv_high) {
+  if (under_pressure(v) && v.kv_use <= knobs_.kv_high) {
     bool below_whole = false;
     for (auto& [id, share] : v.share) {
       if (share >= 1.0 - eps) continue;
@@ -222,7 +227,7 @@ scale_decision has_gpu_policy::decide(const load_view& v) {
     // A busy instance only shrinks while first tokens come fast too: no queue building lately.
     bool calm = v.ttft_ema_s <= knobs_.ttft_slo_s / 2;
     double to = idle_long ? step : calm ? predict_share(share, v.tbt_ema_s, knobs_.tbt_slo_s, step) : share;
-    to = std::max(to, std::ceil(share / 2 / step - eps) * step);
+    to = std::max(to, round_up_to_step(share / 2, step));
     if (to < share - eps) resize(d, id, to);
   }
   for (auto& [id, idle] : v.idle_for_s)

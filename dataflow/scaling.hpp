@@ -144,6 +144,9 @@ class threshold_policy : public scaling_policy {
   scale_decision decide(const load_view& v) override;
 
  protected:
+  // Requests wait and the queue, smoothed TTFT or TBT, or KV-cache use is past its limit.
+  bool under_pressure(const load_view& v) const;
+
   std::string name_;
   load_spec spec_;
   scaling_knobs knobs_;
