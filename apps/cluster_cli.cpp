@@ -61,7 +61,7 @@ int cmd_node(int argc, char** argv) {
   if (a->has("controller")) cfg.controller = a->str("controller");
   if (a->has("transport")) cfg.transport = a->str("transport");
   if (a->has("port-file")) cfg.port_file = a->str("port-file");
-  if (a->has("memory-gb")) cfg.memory_gb = std::atof(a->str("memory-gb").c_str());
+  if (a->has("memory-gb")) cfg.memory_gb = a->positive("memory-gb", 0, 1 << 20);
   if (a->has("model")) {
     auto spec = a->str("model");
     auto eq = spec.find('=');
@@ -117,6 +117,16 @@ int cmd_cluster(int argc, char** argv) {
                         "timeout-s"});
   if (!a) return fail(a.message());
   if (!a->has("controller")) return fail("--controller HOST:PORT is required");
+  // Every value is checked before anything connects.
+  multicast_request req;
+  req.model = a->str("model");
+  req.targets = split_list(a->str("targets"));
+  req.plan = a->str("plan", "chain");
+  req.chunk_bytes = uint64_t(a->integer("chunk-kb", 4096, 1, 1 << 20)) << 10;
+  req.fanout = int(a->integer("fanout", 2, 1, 64));
+  req.max_sources = int(a->integer("max-sources", 0, 1, 1024));  // absent (0): every holder
+  req.busy = split_list(a->str("busy"));
+  auto timeout = std::chrono::seconds(a->integer("timeout-s", 300, 1, 86400));
   cluster_runtime rt;
   auto ctl = connect(*rt.sys, a->str("controller"), std::chrono::seconds(5));
   if (!ctl) return fail(ctl.message());
@@ -134,15 +144,6 @@ int cmd_cluster(int argc, char** argv) {
             },
             [&](caf::error& e) { rc = fail(describe(e)); });
   } else {
-    multicast_request req;
-    req.model = a->str("model");
-    req.targets = split_list(a->str("targets"));
-    req.plan = a->str("plan", "chain");
-    req.chunk_bytes = uint64_t(*a->integer("chunk-kb", 4096)) << 10;
-    req.fanout = int(*a->integer("fanout", 2));
-    req.max_sources = int(*a->integer("max-sources", 0));
-    req.busy = split_list(a->str("busy"));
-    auto timeout = std::chrono::seconds(*a->integer("timeout-s", 300));
     self->request(*ctl, timeout, multicast_atom::value, req)
         .receive(
             [&](const transfer_report& r) {

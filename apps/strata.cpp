@@ -1,6 +1,7 @@
 // strata: the command-line tool. Subcommands generate text through the actor pipeline, run the
 // demo, inspect/verify model manifests, write random-weight models and convert checkpoints.
 #include <algorithm>
+#include <climits>
 #include <csignal>
 #include <chrono>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "actors/scaler.hpp"
 #include "apps/args.hpp"
 #include "apps/cluster_cli.hpp"
+#include "dataflow/files.hpp"
 #include "dataflow/manifest.hpp"
 #include "dataflow/param_image.hpp"
 #include "dataflow/thread_pool.hpp"
@@ -102,6 +104,17 @@ commands:
                [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
   help       this text
 )";
+
+// Options every model-loading command takes: --threads N (kernel threads; 0: one per core) and
+// --max-memory SIZE (the memory budget models are checked against before they are allocated).
+void apply_common(const args& a) {
+  if (long t = a.integer("threads", 0, 0, 1024); t > 0) set_default_threads(size_t(t));
+  if (a.has("max-memory")) {
+    auto b = parse_bytes(a.str("max-memory"));
+    if (!b || *b == 0) throw usage_error("--max-memory: " + (b ? std::string("must be positive") : b.message()));
+    set_memory_budget(*b);
+  }
+}
 
 struct actor_runtime {
   caf::actor_system_config cfg;
@@ -229,22 +242,16 @@ expected<std::vector<int32_t>> parse_token_list(const std::string& s, const mode
 int cmd_generate(int argc, char** argv, bool demo) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "prompt", "prompt-tokens", "tokenizer", "steps", "temperature", "top-p", "seed",
-                        "shards", "devices", "n", "threads"});
+                        "shards", "devices", "n", "threads", "max-memory"});
   if (!a) return fail(a.message() + " (see strata help)");
   std::string path = a->str("model", demo ? "../shared/data/models/stories260K" : "");
   if (path.empty()) return fail("generate needs --model PATH");
-  auto steps = a->integer("steps", demo ? 200 : 256);
-  auto temp = a->number("temperature", 0.0);
-  auto top_p = a->number("top-p", 0.9);
-  auto seed = a->integer("seed", 42);
-  auto n = a->integer("n", 1);
-  auto threads = a->integer("threads", 0);
-  for (auto* e : {&steps, &seed, &n, &threads})
-    if (!*e) return fail(e->message());
-  if (!temp) return fail(temp.message());
-  if (!top_p) return fail(top_p.message());
-  if (*steps < 1 || *n < 1 || *n > 1024) return fail("--steps and --n must be positive (--n at most 1024)");
-  if (*threads > 0) set_default_threads(size_t(*threads));
+  const long steps = a->integer("steps", demo ? 200 : 256, 1, 1 << 24);
+  const double temp = a->number("temperature", 0.0, 0, 100);
+  const double top_p = a->number("top-p", 0.9, 0, 1);
+  const long seed = a->integer("seed", 42, 0, LONG_MAX);
+  const long n = a->integer("n", 1, 1, 1024);
+  apply_common(*a);
   auto t0 = std::chrono::steady_clock::now();
   auto m = load_model(path);
   if (!m) return fail(m.message());
@@ -267,8 +274,8 @@ int cmd_generate(int argc, char** argv, bool demo) {
       prompts.emplace_back(ids.begin(), ids.end());
       labels.push_back(p);
     }
-    return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "3"), a->str("devices", "cpu"), int(*steps), float(*temp),
-                          float(*top_p), uint64_t(*seed), false);
+    return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "3"), a->str("devices", "cpu"), int(steps), float(temp),
+                          float(top_p), uint64_t(seed), false);
   }
   std::vector<int32_t> prompt;
   if (a->has("prompt-tokens")) {
@@ -281,18 +288,19 @@ int cmd_generate(int argc, char** argv, bool demo) {
     auto ids = tok->encode(a->str("prompt"), true);
     prompt.assign(ids.begin(), ids.end());
   }
-  for (long i = 0; i < *n; ++i) {
+  for (long i = 0; i < n; ++i) {
     prompts.push_back(prompt);
     labels.push_back(a->str("prompt", a->str("prompt-tokens")));
   }
   if (tok && prompt.size() > 1) std::printf("%s", a->str("prompt").c_str());
-  return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "1"), a->str("devices", "cpu"), int(*steps), float(*temp),
-                        float(*top_p), uint64_t(*seed), true);
+  return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "1"), a->str("devices", "cpu"), int(steps), float(temp),
+                        float(top_p), uint64_t(seed), true);
 }
 
 int cmd_inspect(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2, {"model", "write"}, {"verify"});
+  auto a = args::parse(argc, argv, 2, {"model", "write", "max-memory"}, {"verify"});
   if (!a) return fail(a.message());
+  apply_common(*a);
   if (!a->has("model")) return fail("inspect needs --model PATH");
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
@@ -332,9 +340,7 @@ int cmd_gen_model(int argc, char** argv) {
   for (auto f : {field{"dim", &c.dim, 256}, field{"hidden", &c.hidden_dim, 0}, field{"layers", &c.n_layers, 4},
                  field{"heads", &c.n_heads, 8}, field{"kv-heads", &c.n_kv_heads, 0}, field{"vocab", &c.vocab_size, 512},
                  field{"seq-len", &c.seq_len, 1024}}) {
-    auto v = a->integer(f.key, f.def);
-    if (!v) return fail(v.message());
-    *f.dst = int(*v);
+    *f.dst = int(a->integer(f.key, f.def, 0, INT32_MAX));
   }
   if (c.hidden_dim == 0) c.hidden_dim = ((8 * c.dim / 3) + 63) / 64 * 64;
   if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
@@ -344,18 +350,19 @@ int cmd_gen_model(int argc, char** argv) {
   if (auto st = c.validate(); !st) return fail(st.message());
   auto dt = parse_dtype(a->str("dtype", "bf16"));
   if (!dt) return fail(dt.message());
-  auto seed = a->integer("seed", 1);
-  auto shard_mb = a->integer("shard-mb", 2048);
-  if (!seed || !shard_mb) return fail(!seed ? seed.message() : shard_mb.message());
-  auto m = make_random_model(c, uint64_t(*seed), fs::path(a->str("out")).filename().string());
-  if (auto st = save_hf(*m, a->str("out"), *dt, uint64_t(*shard_mb) << 20); !st) return fail(st.message());
+  const long seed = a->integer("seed", 1, 0, LONG_MAX);
+  const long shard_mb = a->integer("shard-mb", 2048, 1, 1 << 30);
+  if (auto st = c.fits_memory(); !st) return fail(st.message());
+  auto m = make_random_model(c, uint64_t(seed), fs::path(a->str("out")).filename().string());
+  if (auto st = save_hf(*m, a->str("out"), *dt, uint64_t(shard_mb) << 20); !st) return fail(st.message());
   std::printf("wrote %s: %s, %s\n", a->str("out").c_str(), c.describe().c_str(), to_string(*dt));
   return 0;
 }
 
 int cmd_convert(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2, {"model", "out", "dtype"});
+  auto a = args::parse(argc, argv, 2, {"model", "out", "dtype", "max-memory"});
   if (!a) return fail(a.message());
+  apply_common(*a);
   if (!a->has("model") || !a->has("out")) return fail("convert needs --model PATH and --out DIR");
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
@@ -394,10 +401,10 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   expected<trace> tr = make_error("no trace");
   if (a.str("trace") == "gamma") {
     gamma_options g;
-    g.n = size_t(*a.integer("n", 100));
-    g.rate = *a.number("gamma-rate", 4.0);
-    g.burstiness = *a.number("burstiness", 0.5);
-    g.seed = uint64_t(*a.integer("seed", 1));
+    g.n = size_t(a.integer("n", 100, 1, 10'000'000));
+    g.rate = a.positive("gamma-rate", 4.0, 1e6);
+    g.burstiness = a.positive("burstiness", 0.5, 1e3);
+    g.seed = uint64_t(a.integer("seed", 1, 0, LONG_MAX));
     g.prompt_max = std::min(256, m.config.seq_len / 2);
     g.output_max = std::min(128, m.config.seq_len / 4);
     g.prompt_min = std::min(g.prompt_min, g.prompt_max);
@@ -412,14 +419,14 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   }
   if (!tr) return tr.err();
   shape_options so;
-  so.start = *a.number("start", 0);
-  so.duration = *a.number("duration", 0);
-  so.max_requests = size_t(*a.integer("max-requests", 200));
-  so.speedup = *a.number("speedup", 1.0);
-  so.target_rate = *a.number("rate", 0);
+  so.start = a.number("start", 0, 0, 1e13);
+  so.duration = a.number("duration", 0, 0, 1e13);
+  so.max_requests = size_t(a.integer("max-requests", 200, 0, 100'000'000));
+  so.speedup = a.positive("speedup", 1.0, 1e6);
+  so.target_rate = a.number("rate", 0, 0, 1e6);
   so.context = m.config.seq_len;
-  so.max_prompt = int(*a.integer("max-prompt", 0));
-  so.max_output = int(*a.integer("max-output", 0));
+  so.max_prompt = int(a.integer("max-prompt", 0, 0, 1 << 24));
+  so.max_output = int(a.integer("max-output", 0, 0, 1 << 24));
   auto shaped = shape_trace(*tr, so);
   if (!shaped) return shaped.err();
   std::printf("trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
@@ -433,7 +440,7 @@ expected<trace> trace_from_args(const args& a, const model& m) {
 replay_options printing_replay(const model& m, const args& a, size_t requests, size_t lines) {
   replay_options o;
   o.vocab_size = m.config.vocab_size;
-  o.seed = uint64_t(*a.integer("seed", 1));
+  o.seed = uint64_t(a.integer("seed", 1, 0, LONG_MAX));
   o.progress_every = std::max<size_t>(1, requests / lines);
   o.progress = [](size_t done, size_t total, double t) {
     std::printf("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
@@ -446,13 +453,11 @@ int cmd_replay(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
                         "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "shards", "ttft-slo-ms",
-                        "tbt-slo-ms", "svg", "max-running", "max-batch-tokens", "seed", "threads"},
+                        "tbt-slo-ms", "svg", "max-running", "max-batch-tokens", "seed", "threads", "max-memory"},
                        {"strict"});
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model") || !a->has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
-  auto threads = a->integer("threads", 0);
-  if (!threads) return fail(threads.message());
-  if (*threads > 0) set_default_threads(size_t(*threads));
+  apply_common(*a);
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
   auto shaped = trace_from_args(*a, **m);
@@ -463,16 +468,16 @@ int cmd_replay(int argc, char** argv) {
   auto p = spawn_pipeline(*rt.sys, *m, *shards);
   if (!p) return fail(p.message());
   router_options ro;
-  ro.max_running = int(*a->integer("max-running", 64));
-  ro.max_batch_tokens = int(*a->integer("max-batch-tokens", 512));
+  ro.max_running = int(a->integer("max-running", 64, 1, 1 << 16));
+  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 512, 1, 1 << 24));
   auto router = spawn_router(*rt.sys, *m, p->path, ro);
   auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 10));
   stop_pipeline(*p);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
   if (!records) return fail(records.message());
   slo_spec slo;
-  slo.ttft_s = *a->number("ttft-slo-ms", 1000) / 1000;
-  slo.tbt_s = *a->number("tbt-slo-ms", 200) / 1000;
+  slo.ttft_s = a->positive("ttft-slo-ms", 1000, 1e9) / 1000;
+  slo.tbt_s = a->positive("tbt-slo-ms", 200, 1e9) / 1000;
   auto sum = summarize_replay(*records, slo);
   std::printf("\n%s", sum.table("replay of " + a->str("trace") + " on " + (*m)->name + ", shards " +
                                 to_string(*shards)).c_str());
@@ -502,30 +507,25 @@ struct scaling_setup {
 expected<scaling_setup> scaling_from_args(const args& a, long default_max_running) {
   scaling_setup s;
   auto& k = s.knobs;
-  k.min_instances = int(*a.integer("min", 1));
-  k.max_instances = int(*a.integer("max", 4));
-  k.queue_per_instance = *a.number("queue", 4);
-  k.ttft_slo_s = *a.number("ttft-slo-ms", 1000) / 1000;
-  k.tbt_slo_s = *a.number("tbt-slo-ms", 200) / 1000;
-  k.keep_alive_s = *a.number("keep-alive-s", 3);
-  if (k.min_instances < 1 || k.max_instances < k.min_instances) return make_error("need 1 <= --min <= --max");
-  k.min_share = *a.number("min-share", 0.25);
-  if (!(k.min_share > 0 && k.min_share <= 1)) return make_error("--min-share must be in (0, 1]");
-  s.links.network_gb_s = *a.number("network-gbs", 12.5);
-  s.links.local_host_gb_s = *a.number("host-gbs", 25);
-  s.links.remote_gb_s = *a.number("remote-gbs", 2);
-  s.so.layer_bytes = *a.number("layer-mb", 400) * 1e6;
-  s.so.globals_bytes = *a.number("globals-mb", 500) * 1e6;
-  s.so.device.layer_s = *a.number("device-layer-ms", 0.5) / 1000;
-  s.so.device.per_row_s = *a.number("device-row-ms", 0.02) / 1000;
-  std::string scheduler = a.str("scheduler", "zigzag");
-  if (scheduler != "zigzag" && scheduler != "least-loaded")
-    return make_error("unknown --scheduler '" + scheduler + "' (expected zigzag or least-loaded)");
+  k.min_instances = int(a.integer("min", 1, 1, 1024));
+  k.max_instances = int(a.integer("max", std::max(4, k.min_instances), 1, 1024));
+  k.queue_per_instance = a.positive("queue", 4, 1e6);
+  k.ttft_slo_s = a.positive("ttft-slo-ms", 1000, 1e9) / 1000;
+  k.tbt_slo_s = a.positive("tbt-slo-ms", 200, 1e9) / 1000;
+  k.keep_alive_s = a.number("keep-alive-s", 3, 0, 1e6);
+  if (k.max_instances < k.min_instances) return make_error("need --min <= --max");
+  k.min_share = a.positive("min-share", 0.25, 1);
+  s.links.network_gb_s = a.positive("network-gbs", 12.5, 1e5);
+  s.links.local_host_gb_s = a.positive("host-gbs", 25, 1e5);
+  s.links.remote_gb_s = a.positive("remote-gbs", 2, 1e5);
+  s.so.layer_bytes = a.number("layer-mb", 400, 0, 1e7) * 1e6;
+  s.so.globals_bytes = a.number("globals-mb", 500, 0, 1e7) * 1e6;
+  s.so.device.layer_s = a.number("device-layer-ms", 0.5, 0, 1e6) / 1000;
+  s.so.device.per_row_s = a.number("device-row-ms", 0.02, 0, 1e6) / 1000;
+  std::string scheduler = a.choice("scheduler", "zigzag", {"zigzag", "least-loaded"});
   s.so.split_candidates = scheduler == "zigzag";
-  std::string migration = a.str("migration", "kv");
-  if (migration != "kv" && migration != "recompute" && migration != "off")
-    return make_error("unknown --migration '" + migration + "' (expected kv, recompute or off)");
-  s.ro.max_running = int(*a.integer("max-running", default_max_running));
+  std::string migration = a.choice("migration", "kv", {"kv", "recompute", "off"});
+  s.ro.max_running = int(a.integer("max-running", default_max_running, 1, 1 << 16));
   s.ro.scheduler = scheduler;
   s.ro.recompute_migration = migration != "off";
   s.ro.kv_migration = migration == "kv";
@@ -539,7 +539,7 @@ expected<scaling_setup> scaling_from_args(const args& a, long default_max_runnin
 int cmd_serve(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "port", "host", "served-model-name", "shards", "max-running", "max-waiting",
-                        "max-batch-tokens", "http-threads", "drain-timeout-s", "threads", "tokenizer", "policy", "min",
+                        "max-batch-tokens", "http-threads", "drain-timeout-s", "threads", "max-memory", "tokenizer", "policy", "min",
                         "max", "queue", "keep-alive-s", "min-share", "ttft-slo-ms", "tbt-slo-ms", "layer-mb", "globals-mb",
                         "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms", "device-row-ms", "scheduler",
                         "migration", "devices"},
@@ -549,7 +549,7 @@ int cmd_serve(int argc, char** argv) {
   auto setup = scaling_from_args(*a, 64);
   if (!setup) return fail(setup.message());
   auto path = a->str("model");
-  if (*a->integer("threads", 0) > 0) set_default_threads(size_t(*a->integer("threads", 0)));
+  apply_common(*a);
   auto m = load_model(path);
   if (!m) return fail(m.message());
   auto tok_path = a->str("tokenizer", find_tokenizer(path));
@@ -560,16 +560,16 @@ int cmd_serve(int argc, char** argv) {
   if (!shards) return fail(shards.message());
   http_options ho;
   ho.host = a->str("host", "127.0.0.1");
-  ho.port = int(*a->integer("port", 8000));
-  ho.threads = int(*a->integer("http-threads", 64));
+  ho.port = int(a->integer("port", 8000, 0, 65535));
+  ho.threads = int(a->integer("http-threads", 64, 1, 4096));
   auto name = a->str("served-model-name", fs::path(path).filename().string());
   if (name.empty()) name = fs::path(path).parent_path().filename().string();
   ho.model_name = name;
   router_options ro = setup->ro;
-  ro.max_waiting = int(*a->integer("max-waiting", 256));
-  ro.max_batch_tokens = int(*a->integer("max-batch-tokens", 512));
-  if (ro.max_running < 1 || ro.max_waiting < 0 || ro.max_batch_tokens < 1 || ho.port < 0 || ho.port > 65535)
-    return fail("need --max-running >= 1, --max-waiting >= 0, --max-batch-tokens >= 1, 0 <= --port <= 65535");
+  // A server that can queue nothing rejects every request: at least one may wait.
+  ro.max_waiting = int(a->integer("max-waiting", 256, 1, 1 << 20));
+  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 512, 1, 1 << 24));
+  const double drain_s = a->number("drain-timeout-s", 30, 0, 86400);
   // Signals go to the waiting main thread only: every other thread starts with them blocked.
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -607,8 +607,7 @@ int cmd_serve(int argc, char** argv) {
   std::fflush(stdout);
   int sig = 0;
   sigwait(&sigs, &sig);
-  double drain_s = *a->number("drain-timeout-s", 30);
-  std::printf("%s: draining (up to %.0f s)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT", drain_s);
+  std::printf("%s: draining (up to %g s)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT", drain_s);
   std::fflush(stdout);
   int left = (*srv)->drain(std::chrono::milliseconds(int64_t(drain_s * 1000)));
   (*srv)->stop();
@@ -664,7 +663,7 @@ int cmd_run(int argc, char** argv) {
 int cmd_autoscale(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
-                        "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "seed", "threads", "policies",
+                        "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "seed", "threads", "max-memory", "policies",
                         "layer-mb", "globals-mb", "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms",
                         "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s", "min-share",
                         "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport", "scheduler", "migration",
@@ -672,10 +671,12 @@ int cmd_autoscale(int argc, char** argv) {
                        {"strict"});
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model") || !a->has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
-  if (*a->integer("threads", 0) > 0) {
-    set_default_threads(size_t(*a->integer("threads", 0)));
-    ::setenv("STRATA_THREADS", std::to_string(*a->integer("threads", 0)).c_str(), 1);  // for node processes
-  }
+  apply_common(*a);
+  if (a->has("threads")) ::setenv("STRATA_THREADS", a->str("threads").c_str(), 1);  // for node processes
+  const int n_nodes = int(a->integer("nodes", 0, 0, 64));
+  const double link = a->number("link-mbs", 0, 0, 1e6);
+  const uint64_t chunk_bytes = uint64_t(a->integer("chunk-kb", 64, 1, 1 << 20)) << 10;
+  const std::string transport = a->choice("transport", "tcp", {"tcp", "sm"});
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
   auto shaped = trace_from_args(*a, **m);
@@ -689,14 +690,12 @@ int cmd_autoscale(int argc, char** argv) {
   slo.ttft_s = k.ttft_slo_s;
   slo.tbt_s = k.tbt_slo_s;
   // Cluster mode: instances live in node processes, parameters move over UCX.
-  int n_nodes = int(*a->integer("nodes", 0));
   std::string policies = a->str("policies", "blitz,lambda-pipe,all-cache,stop-the-world");
   std::unique_ptr<local_cluster> cluster;
   std::vector<std::string> all_nodes;  // src, n1..nN
   if (n_nodes > 0) {
-    double link = *a->number("link-mbs", 0);
     local_cluster_options lo;
-    lo.transport = a->str("transport", "tcp");
+    lo.transport = transport;
     lo.controller_models = {{"model", a->str("model")}};
     std::string extra = link > 0 ? "throttle_mb_s = " + std::to_string(link) + "\n" : "";
     // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
@@ -737,7 +736,7 @@ int cmd_autoscale(int argc, char** argv) {
     if (auto st = cluster->wait_host_copy("model"); !st) return fail(st.message());
     so.cluster.controller = cluster->controller();
     so.cluster.model = "model";
-    so.cluster.chunk_bytes = uint64_t(*a->number("chunk-kb", 64) * 1024);
+    so.cluster.chunk_bytes = chunk_bytes;
     std::printf("cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, "
                 "multicast in %.0f KiB chunks\n\n",
                 cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
@@ -837,9 +836,7 @@ int cmd_autoscale(int argc, char** argv) {
   }
   return 0;
 }
-}  // namespace
-
-int main(int argc, char** argv) {
+int dispatch(int argc, char** argv) {
   std::string cmd = argc > 1 ? argv[1] : "help";
   for (int i = 1; i < argc; ++i)
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") cmd = "help";
@@ -858,6 +855,21 @@ int main(int argc, char** argv) {
     std::fputs(usage, stdout);
     return 0;
   }
-  std::fprintf(stderr, "strata: unknown command '%s'\n\n%s", cmd.c_str(), usage);
-  return 2;
+  std::fprintf(stderr, "strata: error: unknown command '%s' (see strata help)\n", cmd.c_str());
+  return 1;
+}
+
+}  // namespace
+
+// Bad input ends in one line on stderr and exit status 1, whatever throws: never an abort.
+int main(int argc, char** argv) {
+  try {
+    return dispatch(argc, argv);
+  } catch (const usage_error& e) {
+    return fail(std::string(e.what()) + " (see strata help)");
+  } catch (const std::bad_alloc&) {
+    return fail("out of memory (a smaller model, or --max-memory to be told before loading)");
+  } catch (const std::exception& e) {
+    return fail(std::string("internal error: ") + e.what());
+  }
 }

@@ -8,6 +8,7 @@
 //    weight_bytes / step_time over that traffic rate is the fraction of the limit reached.
 // 2. Actor overhead: the same model and batch as 1 shard actor vs one actor per layer,
 //    interleaved runs, medians; the per-layer pipeline should cost < 5% at batch 16.
+#include <climits>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -110,14 +111,14 @@ int main(int argc, char** argv) {
     if (!r) return std::fprintf(stderr, "%s\n", r.message().c_str()), 1;
     m = *r;
   } else {
-    auto c = model_config::llama(int(*a->integer("dim", 1024)), int(*a->integer("hidden", 2816)),
-                                 int(*a->integer("layers", 16)), int(*a->integer("heads", 16)),
-                                 int(*a->integer("kv-heads", 4)), int(*a->integer("vocab", 32000)), 2048);
+    auto c = model_config::llama(int(a->integer("dim", 1024, 0, INT32_MAX)), int(a->integer("hidden", 2816, 0, INT32_MAX)),
+                                 int(a->integer("layers", 16, 0, INT32_MAX)), int(a->integer("heads", 16, 0, INT32_MAX)),
+                                 int(a->integer("kv-heads", 4, 0, INT32_MAX)), int(a->integer("vocab", 32000, 0, INT32_MAX)), 2048);
     if (auto st = c.validate(); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 2;
     m = make_random_model(c, 1, "bench");
   }
-  int steps = int(*a->integer("steps", 24));
-  int reps = int(*a->integer("reps", 3));
+  int steps = int(a->integer("steps", 24, 0, INT32_MAX));
+  int reps = int(a->integer("reps", 3, 0, INT32_MAX));
   const auto& c = m->config;
   double weight_bytes = double(c.total_params()) * 4.0;
   std::printf("model: %s (%.0f M params, %.0f MB fp32)\nthreads: %zu\n\n", c.describe().c_str(),

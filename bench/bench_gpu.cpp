@@ -11,6 +11,7 @@
 // 3. IPC loading: a second process loads every layer from this one's device memory (CUDA IPC,
 //    device-to-device) against a plain device-to-device cudaMemcpy.
 // Without a CUDA device it says so and exits 0 (nothing to measure).
+#include <climits>
 #include <cuda_runtime.h>
 
 #include <spawn.h>
@@ -103,12 +104,12 @@ int main(int argc, char** argv) {
     std::printf("SKIP: no usable CUDA device (%s)\n", devs.message().c_str());
     return 0;
   }
-  int device = int(*a->integer("device", 0));
+  int device = int(a->integer("device", 0, 0, INT32_MAX));
   BENCH_CUDA(cudaSetDevice(device));
-  auto c = model_config::llama(int(*a->integer("dim", 2048)), int(*a->integer("hidden", 5632)),
-                               int(*a->integer("layers", 22)), int(*a->integer("heads", 32)),
-                               int(*a->integer("kv-heads", 4)), int(*a->integer("vocab", 32000)), 2048);
-  int steps = int(*a->integer("steps", 32));
+  auto c = model_config::llama(int(a->integer("dim", 2048, 0, INT32_MAX)), int(a->integer("hidden", 5632, 0, INT32_MAX)),
+                               int(a->integer("layers", 22, 0, INT32_MAX)), int(a->integer("heads", 32, 0, INT32_MAX)),
+                               int(a->integer("kv-heads", 4, 0, INT32_MAX)), int(a->integer("vocab", 32000, 0, INT32_MAX)), 2048);
+  int steps = int(a->integer("steps", 32, 0, INT32_MAX));
   if (a->has("ipc-import")) return ipc_import(c, device, a->str("ipc-import").c_str());
   std::printf("device %d: %s, %d SMs\nmodel: %s\n\n", device, (*devs)[size_t(device)].name.c_str(),
               (*devs)[size_t(device)].sm_count, c.describe().c_str());

@@ -9,6 +9,7 @@
 // one-to-one baseline (which must grow with N). On one 2-core machine every hop of a chain
 // copies on the same two cores, so a last section paces each node's egress (an emulated link
 // per node) to show the plans' behaviour where links, not cores, are the bottleneck.
+#include <climits>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -52,13 +53,13 @@ expected<double> perftest(const std::string& tls, uint64_t msg_bytes, int iters)
 int main(int argc, char** argv) {
   auto a = args::parse(argc, argv, 1, {"mib", "chunk-kb", "reps", "transports", "model", "link-mb-s"});
   if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
-  uint64_t chunk = uint64_t(*a->integer("chunk-kb", 4096)) << 10;
-  int reps = int(*a->integer("reps", 2));
+  uint64_t chunk = uint64_t(a->integer("chunk-kb", 4096, 1, 1 << 20)) << 10;
+  int reps = int(a->integer("reps", 2, 0, INT32_MAX));
   std::string model_dir = a->str("model");
   std::string tmp = (fs::temp_directory_path() / ("strata-bench-mc-" + std::to_string(::getpid()))).string();
   if (model_dir.empty()) {
     // A random Llama with about --mib MiB of fp32 parameters (vocab 32000, dim 1024).
-    long mib = *a->integer("mib", 300);
+    long mib = a->integer("mib", 300, 0, INT32_MAX);
     auto c = model_config::llama(1024, 2816, 1, 16, 4, 32000, 2048);
     while (double(c.total_params()) * 4 < double(mib) * (1 << 20)) ++c.n_layers;
     model_dir = tmp + "/model";
@@ -67,7 +68,7 @@ int main(int argc, char** argv) {
     std::printf("model: %s, %.0f MiB fp32\n", c.describe().c_str(), double(c.total_params()) * 4 / (1 << 20));
   }
   std::string transports = a->str("transports", "tcp,sm");
-  double link_mb_s = *a->number("link-mb-s", 400);
+  double link_mb_s = a->number("link-mb-s", 400, 0, 1e9);
   std::printf("chunk %llu KiB, best of %d runs per point\n", (unsigned long long)(chunk >> 10), reps);
   std::printf("times run from the moment every target has prepared its host memory to its last verified chunk\n\n");
   int failures = 0;

@@ -103,20 +103,25 @@ __global__ void sample_kernel(float* logits, int n, const float* temperature, co
                               int32_t* out) {
   float* p = logits + size_t(blockIdx.x) * n;
   const float temp = temperature[blockIdx.x];
-  if (temp <= 0.0f) {
+  float mx = -INFINITY;
+  if (temp > 0.0f) {
+    for (int i = threadIdx.x; i < n; i += blockDim.x) mx = fmaxf(mx, p[i] / temp);  // fmaxf skips NaN
+    mx = block_max(mx);
+  }
+  // Greedy, and as strata::sample when the scaled maximum is not finite: the first argmax.
+  if (temp <= 0.0f || !isfinite(mx)) {
     arg_best best{-INFINITY, INT_MAX};
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-      if (beats({p[i], i}, best, true)) best = {p[i], i};
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+      float v = temp > 0.0f ? p[i] / temp : p[i];  // the first to overflow wins, as on the CPU
+      if (beats({v, i}, best, true)) best = {v, i};
+    }
     best = block_arg(best, true);
     if (threadIdx.x == 0) out[blockIdx.x] = best.i < n ? best.i : 0;
     return;
   }
-  float mx = -INFINITY;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) mx = fmaxf(mx, p[i] / temp);
-  mx = block_max(mx);
   float sum = 0.0f;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    float e = expf(p[i] / temp - mx);
+    float e = isnan(p[i]) ? 0.0f : expf(p[i] / temp - mx);  // NaNs get no mass, as on the CPU
     p[i] = e;
     sum += e;
   }
@@ -196,9 +201,9 @@ struct gpu_head::impl {
     const int d = c.dim, v = c.vocab_size, mr = o.max_rows;
     std::vector<float> host(size_t(3) * size_t(mr), 0.0f);
     for (int r = 0; r < rows; ++r) {
-      host[size_t(r)] = p[r].temperature;
+      host[size_t(r)] = samples(p[r]) ? p[r].temperature : 0.0f;  // 0: greedy, as strata::sample
       host[size_t(mr + r)] = p[r].top_p;
-      host[size_t(2 * mr + r)] = p[r].temperature > 0.0f ? draw_coin(rng[r]) : 0.0f;
+      host[size_t(2 * mr + r)] = samples(p[r]) ? draw_coin(rng[r]) : 0.0f;
     }
     STRATA_CUDA_TRY(cudaMemcpyAsync(x, hx, size_t(rows) * d * sizeof(float), cudaMemcpyHostToDevice, stream));
     STRATA_CUDA_TRY(cudaMemcpyAsync(params, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice, stream));

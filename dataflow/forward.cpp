@@ -202,12 +202,30 @@ float draw_coin(uint64_t& rng) { return float(random_u32(rng) >> 8) / 16777216.0
 
 uint64_t initial_rng_state(uint64_t seed) { return seed == 0 ? 0x853c49e6748fea9bull : seed; }
 
+int argmax(const float* x, int n) {
+  int best = 0;
+  while (best < n && std::isnan(x[best])) ++best;
+  if (best == n) return 0;
+  for (int i = best + 1; i < n; ++i)
+    if (x[i] > x[best]) best = i;
+  return best;
+}
+
 int sample(float* logits, int n, const sampling_params& p, uint64_t& rng) {
-  if (p.temperature <= 0.0f) return int(std::max_element(logits, logits + n) - logits);
+  if (!samples(p)) return argmax(logits, n);
   for (int i = 0; i < n; ++i) logits[i] /= p.temperature;
-  softmax(logits, n);
-  float coin = draw_coin(rng);
-  if (p.top_p <= 0.0f || p.top_p >= 1.0f) {
+  const int top = argmax(logits, n);
+  const float mx = logits[top];
+  float coin = draw_coin(rng);  // drawn on every path: the request's stream does not depend on the values
+  if (std::isnan(mx) || std::isinf(mx)) return top;  // all NaN, all -inf, or an infinite winner
+  float sum = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    float e = std::isnan(logits[i]) ? 0.0f : std::exp(logits[i] - mx);
+    logits[i] = e;
+    sum += e;  // >= 1: the top token contributes exp(0)
+  }
+  for (int i = 0; i < n; ++i) logits[i] /= sum;
+  if (!(p.top_p > 0.0f && p.top_p < 1.0f)) {
     float cdf = 0.0f;
     for (int i = 0; i < n; ++i) {
       cdf += logits[i];
@@ -216,11 +234,13 @@ int sample(float* logits, int n, const sampling_params& p, uint64_t& rng) {
     return n - 1;
   }
   // Top-p: candidates above a cutoff that cannot be part of the nucleus, sorted by probability.
-  const float cutoff = (1.0f - p.top_p) / float(n - 1);
+  // When top_p < 1/n the cutoff may exceed every probability; the nucleus is then the top token.
+  const float cutoff = n > 1 ? (1.0f - p.top_p) / float(n - 1) : 0.0f;
   std::vector<int> idx;
   for (int i = 0; i < n; ++i)
     if (logits[i] >= cutoff) idx.push_back(i);
-  std::sort(idx.begin(), idx.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  if (idx.empty()) return top;
+  std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return logits[a] > logits[b]; });
   float cum = 0.0f;
   size_t last = idx.size() - 1;
   for (size_t i = 0; i < idx.size(); ++i) {

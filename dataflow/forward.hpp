@@ -72,13 +72,25 @@ void embed(const model& m, const int* tokens, int rows, float* x);
 void final_logits(const model& m, const float* x, int rows, float* logits);
 
 struct sampling_params {
-  float temperature = 0.0f;  // 0: greedy
+  float temperature = 0.0f;  // below min_sampling_temperature (0 included): greedy
   float top_p = 1.0f;        // nucleus sampling when in (0, 1)
   uint64_t seed = 0;
 };
 
+// Temperatures below this sample greedily, as vLLM's _SAMPLING_EPS: logits divided by a tinier
+// one overflow to inf, and the distribution they stand for is the argmax anyway.
+constexpr float min_sampling_temperature = 1e-5f;
+inline bool samples(const sampling_params& p) {
+  return p.temperature >= min_sampling_temperature && p.temperature <= 3.4e38f;  // NaN and inf: greedy
+}
+
+// The first index of the largest value, NaNs skipped (0 when every value is NaN).
+int argmax(const float* x, int n);
+
 // llama2.c's sampler (argmax, multinomial, top-p) and xorshift RNG; `rng` is the per-request
-// state, advanced in place. Overwrites logits with probabilities when sampling.
+// state, advanced in place. Overwrites logits with probabilities when sampling. Total: any
+// logits (NaN, +-inf) and parameters give a token in [0, n); an infinite scaled logit takes all
+// the mass (the first such token), NaNs none.
 int sample(float* logits, int n, const sampling_params& p, uint64_t& rng);
 uint64_t initial_rng_state(uint64_t seed);
 // The next uniform [0, 1) draw of a request's RNG: what sample() takes once per token when it

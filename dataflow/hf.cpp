@@ -1,5 +1,6 @@
 // Hugging Face Llama directories: config.json + one or more *.safetensors (f32/f16/bf16).
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -7,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "dataflow/json_fields.hpp"
 #include "dataflow/safetensors.hpp"
 
 namespace fs = std::filesystem;
@@ -17,10 +19,13 @@ using json = nlohmann::json;
 
 namespace {
 
+// JSON files of a model directory are small; anything larger is not one.
+constexpr uint64_t max_json_bytes = 64ull << 20;
+
 expected<json> read_json(const fs::path& p) {
-  std::ifstream in(p);
-  if (!in) return make_error(p.string() + ": cannot open");
-  auto j = json::parse(in, nullptr, false);
+  auto text = read_file(p.string(), max_json_bytes, "model file");
+  if (!text) return text.err();
+  auto j = json::parse(*text, nullptr, false);
   if (j.is_discarded()) return make_error(p.string() + ": malformed JSON");
   return j;
 }
@@ -29,52 +34,47 @@ expected<model_config> parse_config(const fs::path& p) {
   auto j = read_json(p);
   if (!j) return j.err();
   if (!j->is_object()) return make_error(p.string() + ": expected a JSON object");
-  model_config c;
   auto where = p.string() + ": ";
-  auto get_int = [&](const char* key, int& out, bool required, int def) -> status {
-    if (!j->contains(key) || (*j)[key].is_null()) {
-      if (required) return make_error(where + "missing required key '" + key + "'");
-      out = def;
-      return {};
-    }
-    if (!(*j)[key].is_number_integer()) return make_error(where + "'" + key + "' must be an integer");
-    out = (*j)[key].get<int>();
-    return {};
-  };
-  if (j->contains("model_type") && (*j)["model_type"].is_string()) {
-    auto mt = (*j)["model_type"].get<std::string>();
-    if (mt != "llama" && mt != "mistral")
-      return make_error(where + "model_type '" + mt + "' is not a Llama-architecture model");
-  }
+  json_fields f(*j, where);
+  std::string mt = "llama";
+  if (auto st = f.string("model_type", mt); !st) return st.err();
+  if (mt != "llama" && mt != "mistral")
+    return make_error(where + "model_type '" + mt + "' is not a Llama-architecture model");
+  // Integers are read as 64-bit and bounded here (no silent wrap of 2^32+5 to 5); the model's
+  // own bounds and their names come from model_config::validate below.
+  const int big = INT32_MAX;
+  model_config c;
   status st;
-  if (!(st = get_int("hidden_size", c.dim, true, 0))) return st.err();
-  if (!(st = get_int("intermediate_size", c.hidden_dim, true, 0))) return st.err();
-  if (!(st = get_int("num_hidden_layers", c.n_layers, true, 0))) return st.err();
-  if (!(st = get_int("num_attention_heads", c.n_heads, true, 0))) return st.err();
-  if (!(st = get_int("vocab_size", c.vocab_size, true, 0))) return st.err();
-  if (!(st = get_int("num_key_value_heads", c.n_kv_heads, false, c.n_heads))) return st.err();
-  if (!(st = get_int("head_dim", c.head_dim, false, c.n_heads > 0 ? c.dim / c.n_heads : 0))) return st.err();
-  if (!(st = get_int("max_position_embeddings", c.seq_len, false, 2048))) return st.err();
-  if (!(st = get_int("bos_token_id", c.bos_id, false, 1))) return st.err();
-  if (j->contains("eos_token_id") && (*j)["eos_token_id"].is_array() && !(*j)["eos_token_id"].empty() &&
-      (*j)["eos_token_id"][0].is_number_integer())
-    c.eos_id = (*j)["eos_token_id"][0].get<int>();
-  else if (!(st = get_int("eos_token_id", c.eos_id, false, 2)))
+  for (auto* key : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"})
+    if (!(st = f.require(key))) return st.err();
+  if (!(st = f.integer("hidden_size", c.dim, 1, big)) || !(st = f.integer("intermediate_size", c.hidden_dim, 1, big)) ||
+      !(st = f.integer("num_hidden_layers", c.n_layers, 1, big)) ||
+      !(st = f.integer("num_attention_heads", c.n_heads, 1, big)) || !(st = f.integer("vocab_size", c.vocab_size, 1, big)))
     return st.err();
-  auto get_float = [&](const char* key, float def) -> expected<float> {
-    if (!j->contains(key) || (*j)[key].is_null()) return def;
-    if (!(*j)[key].is_number()) return make_error(where + "'" + std::string(key) + "' must be a number");
-    return (*j)[key].get<float>();
-  };
-  auto eps = get_float("rms_norm_eps", 1e-6f);
-  if (!eps) return eps.err();
-  auto theta = get_float("rope_theta", 10000.0f);
-  if (!theta) return theta.err();
-  c.norm_eps = *eps;
-  c.rope_theta = *theta;
-  if (j->contains("rope_scaling") && !(*j)["rope_scaling"].is_null())
-    return make_error(where + "rope_scaling is not supported yet");
-  c.tied_embeddings = j->value("tie_word_embeddings", false);
+  c.n_kv_heads = c.n_heads;
+  c.head_dim = c.dim / c.n_heads;
+  c.seq_len = 2048;
+  c.bos_id = 1;
+  c.eos_id = 2;
+  c.norm_eps = 1e-6f;
+  c.rope_theta = 10000.0f;
+  c.tied_embeddings = false;
+  if (!(st = f.integer("num_key_value_heads", c.n_kv_heads, 1, big)) || !(st = f.integer("head_dim", c.head_dim, 1, big)) ||
+      !(st = f.integer("max_position_embeddings", c.seq_len, 1, big)) || !(st = f.integer("bos_token_id", c.bos_id, 0, big)))
+    return st.err();
+  if (f.has("eos_token_id") && (*j)["eos_token_id"].is_array()) {  // several EOS ids: the first
+    const auto& ids = (*j)["eos_token_id"];
+    if (ids.empty()) return make_error(where + "'eos_token_id' is an empty array");
+    int64_t v = 0;
+    if (!(st = json_fields::integer_value(ids[0], where + "'eos_token_id[0]'", v, 0, big))) return st.err();
+    c.eos_id = int(v);
+  } else if (!(st = f.integer("eos_token_id", c.eos_id, 0, big))) {
+    return st.err();
+  }
+  if (!(st = f.number("rms_norm_eps", c.norm_eps, 1e-30, 1.0)) || !(st = f.number("rope_theta", c.rope_theta, 1e-3, 1e12)) ||
+      !(st = f.boolean("tie_word_embeddings", c.tied_embeddings)))
+    return st.err();
+  if (f.has("rope_scaling")) return make_error(where + "rope_scaling is not supported yet");
   c.rope = rope_style::rotate_half;
   if (auto v = c.validate(); !v) return make_error(where + v.message());
   return c;
@@ -137,14 +137,22 @@ expected<model_ptr> load_hf(const std::string& dir_str) {
   // Which files: the index's weight_map if present, else every *.safetensors in the directory.
   std::vector<std::string> files;
   std::error_code ec;
-  if (fs::exists(dir / "model.safetensors.index.json", ec)) {
-    auto idx = read_json(dir / "model.safetensors.index.json");
+  const auto index_path = dir / "model.safetensors.index.json";
+  if (fs::exists(index_path, ec)) {
+    auto idx = read_json(index_path);
     if (!idx) return idx.err();
-    if (!idx->contains("weight_map") || !(*idx)["weight_map"].is_object())
-      return make_error((dir / "model.safetensors.index.json").string() + ": missing weight_map");
-    for (auto& [_, f] : (*idx)["weight_map"].items()) {
-      if (!f.is_string()) return make_error((dir / "model.safetensors.index.json").string() + ": bad weight_map entry");
-      files.push_back(f.get<std::string>());
+    if (!idx->is_object() || !idx->contains("weight_map") || !(*idx)["weight_map"].is_object())
+      return make_error(index_path.string() + ": missing weight_map (an object of tensor name -> file)");
+    for (auto& [tensor, f] : (*idx)["weight_map"].items()) {
+      if (!f.is_string())
+        return make_error(index_path.string() + ": weight_map['" + tensor + "'] must be a file name, got " +
+                          json_fields::describe(f));
+      auto name = f.get<std::string>();
+      // Names from the index stay inside the model directory.
+      if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+        return make_error(index_path.string() + ": weight_map['" + tensor + "'] = '" + name +
+                          "' is not a file name in the model directory");
+      files.push_back(std::move(name));
     }
   } else {
     for (auto& e : fs::directory_iterator(dir, ec))
@@ -154,14 +162,23 @@ expected<model_ptr> load_hf(const std::string& dir_str) {
   files.erase(std::unique(files.begin(), files.end()), files.end());
   if (files.empty()) return make_error(dir.string() + ": no *.safetensors files");
 
-  auto slots = allocate_slots(*m);
-  std::map<std::string, tensor_slot*> by_name;
-  for (auto& s : slots) by_name[s.name] = &s;
-  std::map<std::string, tensor_record> found;
+  // First every header, checked against what the config implies, then the memory budget, and
+  // only then allocation and conversion: a config that claims a huge model over small files
+  // fails on the first missing or misshapen tensor, having allocated nothing.
+  auto plan = model_slots(m->config);
+  std::map<std::string, size_t> by_name;
+  for (size_t i = 0; i < plan.size(); ++i) by_name[plan[i].name] = i;
+  std::vector<safetensors_file> opened;
+  struct source {
+    size_t file;  // into opened
+    safetensors_entry entry;
+  };
+  std::map<size_t, source> found;  // slot index -> where its values are
   for (auto& fname : files) {
     auto st = read_safetensors((dir / fname).string());
     if (!st) return st.err();
-    for (auto& e : st->entries) {
+    opened.push_back(std::move(*st));
+    for (auto& e : opened.back().entries) {
       auto where = (dir / fname).string() + ": tensor '" + e.name + "'";
       auto canon = canonical_name(e.name, m->config.tied_embeddings);
       if (!canon) return make_error((dir / fname).string() + ": " + canon.message());
@@ -169,32 +186,35 @@ expected<model_ptr> load_hf(const std::string& dir_str) {
       auto it = by_name.find(*canon);
       if (it == by_name.end())
         return make_error(where + ": the config (" + m->config.describe() + ") has no such tensor");
-      auto& slot = *it->second;
-      if (found.count(*canon)) return make_error(where + ": appears more than once");
-      if (e.shape != slot.shape)
+      if (found.count(it->second)) return make_error(where + ": appears more than once");
+      if (e.shape != plan[it->second].shape)
         return make_error(where + ": shape " + shape_string(e.shape) + " but config.json implies " +
-                          shape_string(slot.shape));
-      const uint8_t* p = st->file.data() + e.offset;
-      convert_to_f32(e.type, p, slot.dst, slot.count());
-      tensor_record r;
-      r.name = slot.name;
-      r.source_name = e.name;
-      r.layer = slot.layer;
-      r.type = e.type;
-      r.shape = e.shape;
-      r.file = fname;
-      r.offset = e.offset;
-      r.length = e.length;
-      r.checksum = checksum64(p, e.length);
-      found[*canon] = std::move(r);
+                          shape_string(plan[it->second].shape));
+      found[it->second] = {opened.size() - 1, e};
     }
   }
-  for (auto& s : slots) {
-    auto it = found.find(s.name);
-    if (it == found.end())
-      return make_error(dir.string() + ": missing tensor '" + s.name + "' " + shape_string(s.shape) + " in " +
-                        std::to_string(files.size()) + " safetensors file(s)");
-    m->tensors.push_back(std::move(it->second));
+  for (size_t i = 0; i < plan.size(); ++i)
+    if (!found.count(i))
+      return make_error(dir.string() + ": missing tensor '" + plan[i].name + "' " + shape_string(plan[i].shape) +
+                        " in " + std::to_string(files.size()) + " safetensors file(s)");
+  if (auto st = m->config.fits_memory(); !st) return make_error(dir.string() + ": " + st.message());
+
+  auto slots = allocate_slots(*m);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const auto& [fi, e] = found.at(i);
+    const uint8_t* p = opened[fi].file.data() + e.offset;
+    convert_to_f32(e.type, p, slots[i].dst, slots[i].count());
+    tensor_record r;
+    r.name = slots[i].name;
+    r.source_name = e.name;
+    r.layer = slots[i].layer;
+    r.type = e.type;
+    r.shape = e.shape;
+    r.file = files[fi];
+    r.offset = e.offset;
+    r.length = e.length;
+    r.checksum = checksum64(p, e.length);
+    m->tensors.push_back(std::move(r));
   }
   m->files = files;
   return model_ptr(std::move(m));

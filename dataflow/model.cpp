@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include "dataflow/files.hpp"
 #include "dataflow/model_io.hpp"
 
 namespace fs = std::filesystem;
@@ -164,24 +165,43 @@ size_t model_config::total_params() const {
 }
 
 status model_config::validate() const {
-  auto positive = [](const char* what, long v) -> status {
-    if (v <= 0) return make_error(std::string(what) + " must be positive, got " + std::to_string(v));
-    return {};
+  // Bounds first, field by field, so that every product below fits in 64 bits and the message
+  // names the field that is off. The bounds are far above any published Llama-style model.
+  struct bound {
+    const char* what;
+    int value;
+    int lo, hi;
   };
-  for (auto [what, v] : {std::pair<const char*, long>{"dim", dim}, {"hidden_dim", hidden_dim},
-                         {"n_layers", n_layers}, {"n_heads", n_heads}, {"n_kv_heads", n_kv_heads},
-                         {"head_dim", head_dim}, {"vocab_size", vocab_size}, {"seq_len", seq_len}})
-    if (auto st = positive(what, v); !st) return st;
+  for (auto b : {bound{"dim", dim, 1, 1 << 20}, bound{"hidden_dim", hidden_dim, 1, 1 << 22},
+                 bound{"n_layers", n_layers, 1, 4096}, bound{"n_heads", n_heads, 1, 1 << 14},
+                 bound{"n_kv_heads", n_kv_heads, 1, 1 << 14}, bound{"head_dim", head_dim, 2, 1 << 14},
+                 bound{"vocab_size", vocab_size, 1, 1 << 24}, bound{"seq_len", seq_len, 1, 1 << 24}})
+    if (b.value < b.lo || b.value > b.hi)
+      return make_error(std::string(b.what) + " = " + std::to_string(b.value) + " is outside [" + std::to_string(b.lo) +
+                        ", " + std::to_string(b.hi) + "]");
   if (n_heads % n_kv_heads != 0)
     return make_error("n_heads (" + std::to_string(n_heads) + ") is not a multiple of n_kv_heads (" +
                       std::to_string(n_kv_heads) + ")");
   if (head_dim % 2 != 0) return make_error("head_dim must be even for RoPE, got " + std::to_string(head_dim));
-  if (dim > (1 << 20) || hidden_dim > (1 << 22) || n_layers > 4096 || vocab_size > (1 << 24) ||
-      seq_len > (1 << 24))
-    return make_error("model dimensions are implausibly large: " + describe());
-  if (!(norm_eps > 0.0f) || !(rope_theta > 0.0f)) return make_error("norm_eps and rope_theta must be positive");
+  if (int64_t(n_heads) * head_dim > (1 << 22))
+    return make_error("n_heads * head_dim = " + std::to_string(int64_t(n_heads) * head_dim) + " is above " +
+                      std::to_string(1 << 22));
+  if (!(norm_eps > 0.0f) || !std::isfinite(norm_eps))
+    return make_error("norm_eps must be a positive number, got " + std::to_string(norm_eps));
+  if (!(rope_theta > 0.0f) || !std::isfinite(rope_theta))
+    return make_error("rope_theta must be a positive number, got " + std::to_string(rope_theta));
   if (bos_id < 0 || bos_id >= vocab_size || eos_id < 0 || eos_id >= vocab_size)
-    return make_error("bos/eos token id outside the vocabulary");
+    return make_error("bos/eos token id (" + std::to_string(bos_id) + ", " + std::to_string(eos_id) +
+                      ") outside the vocabulary of " + std::to_string(vocab_size));
+  return {};
+}
+
+status model_config::fits_memory() const {
+  uint64_t need = uint64_t(total_params()) * 4, budget = memory_budget();
+  if (need > budget)
+    return make_error("the model needs " + format_bytes(need) + " for its fp32 weights (" + describe() +
+                      ") but the memory budget is " + format_bytes(budget) +
+                      " (--max-memory, STRATA_MAX_MEMORY, or this machine's memory)");
   return {};
 }
 
@@ -221,37 +241,38 @@ size_t tensor_slot::count() const {
   return n;
 }
 
-std::vector<tensor_slot> allocate_slots(model& m) {
-  const auto& c = m.config;
+std::vector<tensor_slot> model_slots(const model_config& c, model* m) {
   int64_t d = c.dim, h = c.hidden_dim, q = c.q_dim(), kv = c.kv_dim(), v = c.vocab_size;
+  auto place = [&](tensor& t, size_t n) -> float* {
+    if (!m) return nullptr;
+    t.assign(n, 0.0f);
+    return t.data();
+  };
   std::vector<tensor_slot> slots;
-  m.tok_emb.assign(size_t(v * d), 0.0f);
-  slots.push_back({"tok_emb", -1, {v, d}, m.tok_emb.data()});
-  m.layers.clear();
+  if (m) m->layers.clear();
+  slots.push_back({"tok_emb", -1, {v, d}, m ? place(m->tok_emb, size_t(v * d)) : nullptr});
   for (int l = 0; l < c.n_layers; ++l) {
     auto lw = std::make_shared<layer_weights>();
-    lw->allocate(c);
-    slots.push_back({layer_tensor_name(l, "att_norm"), l, {d}, lw->att_norm.data()});
-    slots.push_back({layer_tensor_name(l, "wq"), l, {q, d}, lw->wqkv.data()});
-    slots.push_back({layer_tensor_name(l, "wk"), l, {kv, d}, lw->wqkv.data() + q * d});
-    slots.push_back({layer_tensor_name(l, "wv"), l, {kv, d}, lw->wqkv.data() + (q + kv) * d});
-    slots.push_back({layer_tensor_name(l, "wo"), l, {d, q}, lw->wo.data()});
-    slots.push_back({layer_tensor_name(l, "ffn_norm"), l, {d}, lw->ffn_norm.data()});
-    slots.push_back({layer_tensor_name(l, "w1"), l, {h, d}, lw->w13.data()});
-    slots.push_back({layer_tensor_name(l, "w2"), l, {d, h}, lw->w2.data()});
-    slots.push_back({layer_tensor_name(l, "w3"), l, {h, d}, lw->w13.data() + h * d});
-    m.layers.push_back(std::move(lw));
+    if (m) lw->allocate(c);
+    auto at = [&](tensor& t, int64_t off) { return m ? t.data() + off : nullptr; };
+    slots.push_back({layer_tensor_name(l, "att_norm"), l, {d}, at(lw->att_norm, 0)});
+    slots.push_back({layer_tensor_name(l, "wq"), l, {q, d}, at(lw->wqkv, 0)});
+    slots.push_back({layer_tensor_name(l, "wk"), l, {kv, d}, at(lw->wqkv, q * d)});
+    slots.push_back({layer_tensor_name(l, "wv"), l, {kv, d}, at(lw->wqkv, (q + kv) * d)});
+    slots.push_back({layer_tensor_name(l, "wo"), l, {d, q}, at(lw->wo, 0)});
+    slots.push_back({layer_tensor_name(l, "ffn_norm"), l, {d}, at(lw->ffn_norm, 0)});
+    slots.push_back({layer_tensor_name(l, "w1"), l, {h, d}, at(lw->w13, 0)});
+    slots.push_back({layer_tensor_name(l, "w2"), l, {d, h}, at(lw->w2, 0)});
+    slots.push_back({layer_tensor_name(l, "w3"), l, {h, d}, at(lw->w13, h * d)});
+    if (m) m->layers.push_back(std::move(lw));
   }
-  m.final_norm.assign(size_t(d), 0.0f);
-  slots.push_back({"final_norm", -1, {d}, m.final_norm.data()});
-  if (!c.tied_embeddings) {
-    m.lm_head.assign(size_t(v * d), 0.0f);
-    slots.push_back({"lm_head", -1, {v, d}, m.lm_head.data()});
-  } else {
-    m.lm_head.clear();
-  }
+  slots.push_back({"final_norm", -1, {d}, m ? place(m->final_norm, size_t(d)) : nullptr});
+  if (!c.tied_embeddings) slots.push_back({"lm_head", -1, {v, d}, m ? place(m->lm_head, size_t(v * d)) : nullptr});
+  else if (m) m->lm_head.clear();
   return slots;
 }
+
+std::vector<tensor_slot> allocate_slots(model& m) { return model_slots(m.config, &m); }
 
 #ifdef STRATA_XXH3_AVX2
 namespace detail {
@@ -265,50 +286,6 @@ uint64_t checksum64(const void* data, size_t n) {
   if (avx2) return detail::checksum64_avx2(data, n);
 #endif
   return XXH3_64bits(data, n);
-}
-
-expected<mapped_file> mapped_file::open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return make_error(path + ": cannot open: " + std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return make_error(path + ": not a regular file");
-  }
-  mapped_file f;
-  f.path_ = path;
-  f.size_ = size_t(st.st_size);
-  if (f.size_ > 0) {
-    void* p = ::mmap(nullptr, f.size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      ::close(fd);
-      return make_error(path + ": mmap failed: " + std::strerror(errno));
-    }
-    f.data_ = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
-  return f;
-}
-
-mapped_file::mapped_file(mapped_file&& o) noexcept : data_(o.data_), size_(o.size_), path_(std::move(o.path_)) {
-  o.data_ = nullptr;
-  o.size_ = 0;
-}
-
-mapped_file& mapped_file::operator=(mapped_file&& o) noexcept {
-  if (this != &o) {
-    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-    data_ = o.data_;
-    size_ = o.size_;
-    path_ = std::move(o.path_);
-    o.data_ = nullptr;
-    o.size_ = 0;
-  }
-  return *this;
-}
-
-mapped_file::~mapped_file() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 expected<model_ptr> load_model(const std::string& path) {

@@ -52,8 +52,11 @@ struct model_config {
   // Parameters of one transformer layer, and of the whole model.
   size_t layer_params() const;
   size_t total_params() const;
-  // Sanity rules shared by every loader; the message names the offending field.
+  // Sanity rules shared by every loader; the message names the offending field and its bounds.
+  // After it passes, every size derived from the config fits in 64 bits.
   status validate() const;
+  // Whether the fp32 weights fit the memory budget (files.hpp); checked before allocating.
+  status fits_memory() const;
   std::string describe() const;
 };
 

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "dataflow/files.hpp"
 #include "dataflow/model.hpp"
 
 namespace strata {
@@ -18,7 +19,10 @@ struct tensor_slot {
   size_t count() const;
 };
 
-// Allocates every weight of `m` for m.config and lists the slots in manifest order.
+// The tensors a model of config `c` has, in manifest order; with `m`, allocated in m (dst set),
+// else only named and shaped (dst null), to check files against before allocating anything.
+std::vector<tensor_slot> model_slots(const model_config& c, model* m = nullptr);
+// model_slots(m.config, &m)
 std::vector<tensor_slot> allocate_slots(model& m);
 
 // Converts `count` source elements of type `t` into fp32.
@@ -26,27 +30,6 @@ void convert_to_f32(dtype t, const void* src, float* dst, size_t count);
 void convert_from_f32(dtype t, const float* src, void* dst, size_t count);
 
 std::string shape_string(const std::vector<int64_t>& shape);
-
-// A read-only memory-mapped file. Mapping instead of reading keeps loading of large checkpoints
-// zero-copy until conversion.
-class mapped_file {
- public:
-  static expected<mapped_file> open(const std::string& path);
-  mapped_file() = default;
-  mapped_file(mapped_file&& other) noexcept;
-  mapped_file& operator=(mapped_file&& other) noexcept;
-  mapped_file(const mapped_file&) = delete;
-  mapped_file& operator=(const mapped_file&) = delete;
-  ~mapped_file();
-  const uint8_t* data() const { return data_; }
-  size_t size() const { return size_; }
-  const std::string& path() const { return path_; }
-
- private:
-  const uint8_t* data_ = nullptr;
-  size_t size_ = 0;
-  std::string path_;
-};
 
 // The llama2.c and HF loaders.
 expected<model_ptr> load_llama2c(const std::string& checkpoint_path);

@@ -1,8 +1,8 @@
 #include "dataflow/node_config.hpp"
 
+#include "dataflow/files.hpp"
 #include "dataflow/route.hpp"
 
-#include <fstream>
 #include <sstream>
 #include <toml++/toml.h>
 
@@ -96,11 +96,9 @@ expected<node_config> parse_node_config(const std::string& text, const std::stri
 }
 
 expected<node_config> load_node_config(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return make_error(path + ": cannot open node config");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_node_config(ss.str(), path);
+  auto text = read_file(path, 1 << 20, "node config");
+  if (!text) return text.err();
+  return parse_node_config(*text, path);
 }
 
 }  // namespace strata

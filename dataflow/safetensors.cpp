@@ -3,7 +3,10 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <climits>
 #include <nlohmann/json.hpp>
+
+#include "dataflow/json_fields.hpp"
 
 namespace strata {
 
@@ -35,21 +38,26 @@ expected<safetensors_file> read_safetensors(const std::string& path) {
     auto t = parse_dtype(v["dtype"].get<std::string>());
     if (!t) return make_error(where + ": " + t.message());
     e.type = *t;
-    uint64_t count = 1;
+    if (v["shape"].size() > 8) return make_error(where + ": shape has " + std::to_string(v["shape"].size()) + " dimensions");
+    // The byte count is checked for overflow: a shape whose product wraps could otherwise pass
+    // for a small tensor.
+    uint64_t bytes = dtype_size(e.type);
     for (auto& d : v["shape"]) {
-      if (!d.is_number_integer() || d.get<int64_t>() < 0) return make_error(where + ": shape has a bad dimension");
-      e.shape.push_back(d.get<int64_t>());
-      count *= uint64_t(d.get<int64_t>());
+      int64_t x = 0;
+      if (auto st = json_fields::integer_value(d, where + ": a shape dimension", x, 0, INT64_MAX); !st) return st.err();
+      e.shape.push_back(x);
+      if (!mul_ok(bytes, uint64_t(x), bytes))
+        return make_error(where + ": shape " + shape_string(e.shape) + " overflows 64-bit byte counts");
     }
     auto& off = v["data_offsets"];
     if (!off[0].is_number_unsigned() || !off[1].is_number_unsigned())
       return make_error(where + ": data_offsets must be non-negative integers");
     uint64_t b = off[0].get<uint64_t>(), end = off[1].get<uint64_t>();
     if (end < b) return make_error(where + ": data_offsets end before they begin");
-    if (end - b != count * dtype_size(e.type))
+    if (end - b != bytes)
       return make_error(where + ": " + std::to_string(end - b) + " bytes for shape " + shape_string(e.shape) +
-                        " of " + to_string(e.type) + " (expected " + std::to_string(count * dtype_size(e.type)) + ")");
-    if (base + end > f->size())
+                        " of " + to_string(e.type) + " (expected " + std::to_string(bytes) + ")");
+    if (end > f->size() - base)
       return make_error(where + ": truncated: needs bytes up to " + std::to_string(base + end) +
                         " but the file has " + std::to_string(f->size()));
     e.offset = base + b;

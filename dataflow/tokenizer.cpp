@@ -1,40 +1,59 @@
 #include "dataflow/tokenizer.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <memory>
+#include <queue>
+
+#include "dataflow/files.hpp"
 
 namespace fs = std::filesystem;
 
 namespace strata {
 
 expected<tokenizer> tokenizer::load(const std::string& path, int vocab_size) {
-  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) return make_error(path + ": cannot open tokenizer: " + std::strerror(errno));
+  auto bytes = read_file(path, 1ull << 30, "tokenizer");
+  if (!bytes) return bytes.err();
+  const std::string& b = *bytes;
+  size_t at = 0;
+  auto take = [&](void* dst, size_t n) {
+    if (b.size() - at < n) return false;
+    std::memcpy(dst, b.data() + at, n);
+    at += n;
+    return true;
+  };
   tokenizer t;
   int32_t max_len = 0;
-  if (std::fread(&max_len, 4, 1, f.get()) != 1 || max_len <= 0 || max_len > 4096)
-    return make_error(path + ": bad tokenizer header");
+  if (!take(&max_len, 4) || max_len <= 0 || max_len > 4096)
+    return make_error(path + ": bad tokenizer header (max token length " + std::to_string(max_len) + ")");
+  if (vocab_size < 1) return make_error(path + ": the model's vocabulary is empty");
+  // Each token needs at least 8 bytes: a vocabulary the file cannot hold fails before reserving.
+  if (uint64_t(vocab_size) * 8 > b.size() - at)
+    return make_error(path + ": truncated tokenizer: " + std::to_string(b.size()) + " bytes cannot hold " +
+                      std::to_string(vocab_size) + " tokens");
   t.vocab_.reserve(size_t(vocab_size));
   for (int i = 0; i < vocab_size; ++i) {
     float score;
     int32_t len;
-    if (std::fread(&score, 4, 1, f.get()) != 1 || std::fread(&len, 4, 1, f.get()) != 1)
+    if (!take(&score, 4) || !take(&len, 4))
       return make_error(path + ": truncated tokenizer at token " + std::to_string(i) + " of " +
                         std::to_string(vocab_size));
     if (len < 0 || len > max_len)
       return make_error(path + ": token " + std::to_string(i) + " has length " + std::to_string(len) +
                         " (max " + std::to_string(max_len) + ")");
+    if (!std::isfinite(score)) return make_error(path + ": token " + std::to_string(i) + " has a non-finite score");
     std::string s(size_t(len), '\0');
-    if (len > 0 && std::fread(s.data(), 1, size_t(len), f.get()) != size_t(len))
-      return make_error(path + ": truncated tokenizer in token " + std::to_string(i));
+    if (!take(s.data(), size_t(len))) return make_error(path + ": truncated tokenizer in token " + std::to_string(i));
     t.scores_.push_back(score);
     t.index_.emplace(s, i);  // first occurrence wins, like llama2.c's sorted lookup
     t.vocab_.push_back(std::move(s));
   }
-  if (std::fgetc(f.get()) != EOF)
+  if (at != b.size())
     return make_error(path + ": tokenizer has more than the model's " + std::to_string(vocab_size) + " tokens");
+  if (vocab_size < 259)
+    return make_error(path + ": " + std::to_string(vocab_size) + " tokens cannot hold llama2.c's BOS/EOS and 256 byte tokens");
   return t;
 }
 
@@ -66,25 +85,66 @@ std::vector<int> tokenizer::encode(const std::string& text, bool bos, bool eos) 
     }
     i += n;
   }
-  // Merge the adjacent pair with the best score until none merges.
-  for (;;) {
-    float best = -1e10f;
-    int best_id = -1;
-    size_t best_i = 0;
-    for (size_t i = 0; i + 1 < tokens.size(); ++i) {
-      int id = lookup(vocab_[size_t(tokens[i])] + vocab_[size_t(tokens[i + 1])]);
-      if (id >= 0 && scores_[size_t(id)] > best) {
-        best = scores_[size_t(id)];
-        best_id = id;
-        best_i = i;
-      }
-    }
-    if (best_id < 0) break;
-    tokens[best_i] = best_id;
-    tokens.erase(tokens.begin() + long(best_i) + 1);
-  }
+  merge(tokens);
   if (eos) tokens.push_back(2);
   return tokens;
+}
+
+// llama2.c merges the adjacent pair with the best score (the leftmost on ties) until none merges,
+// rescanning the whole list per merge: O(n^2). The same merges in the same order, O(n log n): a
+// heap of candidate pairs over a linked list of symbols, as llama.cpp's SentencePiece tokenizer.
+// A heap entry is stale once either of its symbols changed; it is then skipped.
+void tokenizer::merge(std::vector<int>& tokens) const {
+  const int n = int(tokens.size());
+  if (n < 2) return;
+  std::vector<int> prev(static_cast<size_t>(n)), next(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    prev[size_t(i)] = i - 1;
+    next[size_t(i)] = i + 1 < n ? i + 1 : -1;
+  }
+  struct cand {
+    float score;
+    int left, right;         // symbol positions (the list keeps positions in text order)
+    int left_id, right_id;   // the symbols' tokens when pushed
+    int merged;
+  };
+  auto worse = [](const cand& a, const cand& b) {
+    return a.score != b.score ? a.score < b.score : a.left > b.left;  // best score, then leftmost
+  };
+  std::priority_queue<cand, std::vector<cand>, decltype(worse)> heap(worse);
+  auto consider = [&](int l) {
+    if (l < 0) return;
+    int r = next[size_t(l)];
+    if (r < 0) return;
+    int a = tokens[size_t(l)], b = tokens[size_t(r)];
+    int id = lookup(vocab_[size_t(a)] + vocab_[size_t(b)]);
+    if (id >= 0) heap.push({scores_[size_t(id)], l, r, a, b, id});
+  };
+  for (int i = 0; i + 1 < n; ++i) consider(i);
+  while (!heap.empty()) {
+    cand c = heap.top();
+    heap.pop();
+    if (tokens[size_t(c.left)] != c.left_id || next[size_t(c.left)] != c.right ||
+        tokens[size_t(c.right)] != c.right_id)
+      continue;  // stale: one side merged since
+    tokens[size_t(c.left)] = c.merged;
+    int after = next[size_t(c.right)];
+    next[size_t(c.left)] = after;
+    if (after >= 0) prev[size_t(after)] = c.left;
+    tokens[size_t(c.right)] = -1;
+    next[size_t(c.right)] = -2;
+    consider(prev[size_t(c.left)]);
+    consider(c.left);
+  }
+  size_t w = 0;
+  for (int i = 0; i >= 0; i = next[size_t(i)]) tokens[w++] = tokens[size_t(i)];
+  tokens.resize(w);
+}
+
+size_t tokenizer::max_token_bytes() const {
+  size_t m = 1;
+  for (auto& v : vocab_) m = std::max(m, v.size());
+  return m;
 }
 
 std::string tokenizer::decode(int prev, int token) const {

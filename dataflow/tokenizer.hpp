@@ -20,8 +20,12 @@ class tokenizer {
   // Text of a token sequence that follows `prev` (default BOS: the usual leading space is dropped).
   std::string decode_all(const std::vector<int>& tokens, int prev = 1) const;
   int vocab_size() const { return int(vocab_.size()); }
+  // The longest token's text: a text of N bytes encodes to at least N / max_token_bytes() tokens,
+  // so servers can refuse an over-long prompt before encoding it.
+  size_t max_token_bytes() const;
 
  private:
+  void merge(std::vector<int>& tokens) const;
   int lookup(const std::string& s) const;
   std::vector<std::string> vocab_;
   std::vector<float> scores_;

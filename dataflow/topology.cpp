@@ -1,7 +1,8 @@
 #include "dataflow/topology.hpp"
 
+#include "dataflow/files.hpp"
+
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 #include <toml++/toml.h>
 
@@ -205,12 +206,10 @@ expected<topology> parse_topology(const std::string& text, const std::string& di
 }
 
 expected<topology> load_topology(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return make_error("cannot open topology " + path);
-  std::stringstream ss;
-  ss << f.rdbuf();
+  auto text = read_file(path, 1 << 20, "topology");
+  if (!text) return text.err();
   auto dir = fs::path(path).parent_path().string();
-  return parse_topology(ss.str(), dir.empty() ? "." : dir, path);
+  return parse_topology(*text, dir.empty() ? "." : dir, path);
 }
 
 }  // namespace strata

@@ -1,12 +1,18 @@
 #include "dataflow/trace.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <climits>
 #include <cmath>
 #include <ctime>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
+
+#include "dataflow/files.hpp"
+#include "dataflow/json_fields.hpp"
 
 namespace strata {
 
@@ -24,10 +30,12 @@ expected<trace_format> guess_trace_format(const std::string& path) {
   };
   if (ends(".jsonl")) return trace_format::mooncake;
   if (ends(".csv")) {
-    std::ifstream in(path);
-    std::string header;
-    std::getline(in, header);
-    return header.rfind("TIMESTAMP", 0) == 0 ? trace_format::azure : trace_format::burstgpt;
+    auto fd = open_regular(path);  // a FIFO named *.csv must not block
+    if (!fd) return make_error("trace " + fd.message());
+    char head[9] = {};
+    ssize_t n = ::read(*fd, head, 9);
+    ::close(*fd);
+    return n == 9 && std::string(head, 9) == "TIMESTAMP" ? trace_format::azure : trace_format::burstgpt;
   }
   return make_error(path + ": cannot tell the trace format from the name; pass --format");
 }
@@ -52,15 +60,19 @@ std::vector<std::string> split_csv(const std::string& line) {
 bool parse_int(const std::string& s, long& out) {
   if (s.empty()) return false;
   char* end = nullptr;
+  errno = 0;
   out = std::strtol(s.c_str(), &end, 10);
-  return *end == '\0';
+  return *end == '\0' && errno == 0;
 }
+
+// Timestamps beyond this many seconds from the epoch (about 300,000 years) are corrupt.
+constexpr double max_abs_time = 1e13;
 
 bool parse_double(const std::string& s, double& out) {
   if (s.empty()) return false;
   char* end = nullptr;
   out = std::strtod(s.c_str(), &end);
-  return *end == '\0' && std::isfinite(out);
+  return *end == '\0' && std::isfinite(out) && std::abs(out) <= max_abs_time;
 }
 
 // "2023-11-16 18:17:03.9799600" -> seconds since the epoch (UTC).
@@ -127,15 +139,23 @@ expected<trace> parse_trace(const std::string& text, trace_format f, const std::
         if (auto st = bad("not a JSON object (truncated?)"); !st) return st.err();
         continue;
       }
-      if (!j.contains("timestamp") || !j["timestamp"].is_number() || !j.contains("input_length") ||
-          !j["input_length"].is_number_integer() || !j.contains("output_length") ||
-          !j["output_length"].is_number_integer()) {
-        if (auto st = bad("needs numeric timestamp, input_length and output_length"); !st) return st.err();
+      // Typed, bounded reads: a huge or fractional count is a bad line, never a wrapped value.
+      json_fields jf(j, "");
+      double ms = NAN;
+      int64_t a = -1, b = -1;
+      status st;
+      for (auto* key : {"timestamp", "input_length", "output_length"})
+        if (st && !jf.has(key)) st = make_error("needs numeric timestamp, input_length and output_length");
+      if (st) st = jf.number("timestamp", ms, -max_abs_time * 1000, max_abs_time * 1000);
+      if (st) st = jf.integer("input_length", a, INT64_MIN, INT64_MAX);
+      if (st) st = jf.integer("output_length", b, INT64_MIN, INT64_MAX);
+      if (!st) {
+        if (auto s2 = bad(st.message()); !s2) return s2.err();
         continue;
       }
-      ts = j["timestamp"].get<double>() / 1000.0;  // milliseconds
-      in_tok = j["input_length"].get<long>();
-      out_tok = j["output_length"].get<long>();
+      ts = ms / 1000.0;  // milliseconds
+      in_tok = long(a);
+      out_tok = long(b);
     } else {
       auto cols = split_csv(line);
       int need = std::max({col_t, col_in, col_out});
@@ -171,11 +191,9 @@ expected<trace> parse_trace(const std::string& text, trace_format f, const std::
 }
 
 expected<trace> load_trace(const std::string& path, trace_format f, const trace_options& o) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return make_error(path + ": cannot open trace");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_trace(ss.str(), f, path, o);
+  auto text = read_file(path, o.max_bytes, "trace");
+  if (!text) return text.err();
+  return parse_trace(*text, f, path, o);
 }
 
 expected<trace> gamma_trace(const gamma_options& o) {

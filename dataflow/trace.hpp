@@ -31,6 +31,7 @@ struct trace {
 struct trace_options {
   bool strict = false;       // reject the whole trace on the first malformed line
   size_t max_skipped = 100;  // more malformed lines than this: reject (it is not this format)
+  uint64_t max_bytes = 4ull << 30;  // a larger file is refused before it is read
 };
 
 expected<trace> load_trace(const std::string& path, trace_format f, const trace_options& o = {});

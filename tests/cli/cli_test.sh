@@ -8,9 +8,11 @@ tmp=$(mktemp -d)
 srv=""
 trap 'rm -rf "$tmp"; [ -z "$srv" ] || kill "$srv" 2>/dev/null || true' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
-expect_error() {  # expect_error "needle" cmd...: the command fails and says needle
+expect_error() {  # expect_error "needle" cmd...: the command fails with status 1 (never a crash) and says needle
   local needle=$1; shift
-  if out=$("$@" 2>&1); then fail "expected failure: $*"; fi
+  local rc=0
+  out=$(timeout 60 "$@" 2>&1) || rc=$?
+  [ "$rc" -eq 1 ] || fail "expected exit status 1, got $rc from: $* -- output: $out"
   grep -qF -- "$needle" <<<"$out" || fail "expected '$needle' from: $* -- got: $out"
 }
 text_of() { sed -n '/^pipeline:/,/^req /p' | sed '1,2d;$d'; }
@@ -43,7 +45,30 @@ expect_error "truncated" "$strata" generate --model "$tmp/hf" --prompt hi
 expect_error "unknown option --bogus" "$strata" generate --bogus 1
 expect_error "unsupported dtype 'f8'" "$strata" gen-model --out "$tmp/x" --dtype f8
 expect_error "cannot split 5 layers into 9 shards" "$strata" generate --model "$data/models/stories260K" --shards 9
-expect_error "--steps expects an integer" "$strata" generate --model "$data/models/stories260K" --steps many
+expect_error "--steps: expected an integer, got 'many'" "$strata" generate --model "$data/models/stories260K" --steps many
+# Every value is checked before it is used: bad values end in one line and status 1, never an abort.
+expect_error "--min: expected an integer, got 'abc'" "$strata" serve --model "$data/models/stories260K" --min abc
+expect_error "--http-threads: expected an integer in [1, 4096], got '0'" "$strata" serve --model "$data/models/stories260K" --http-threads 0
+expect_error "--http-threads: expected an integer in [1, 4096], got '-5'" "$strata" serve --model "$data/models/stories260K" --http-threads -5
+expect_error "--threads: expected an integer in [0, 1024], got '-1'" "$strata" generate --model "$data/models/stories260K" --threads -1
+expect_error "--drain-timeout-s: expected a number in [0, 86400], got '-1'" "$strata" serve --model "$data/models/stories260K" --drain-timeout-s -1
+expect_error "--max-waiting: expected an integer in [1, 1048576], got '0'" "$strata" serve --model "$data/models/stories260K" --max-waiting 0
+expect_error "--chunk-kb: expected an integer, got 'abc'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --nodes 2 --chunk-kb abc
+expect_error "--chunk-kb: expected an integer in [1, 1048576], got '0'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --nodes 2 --chunk-kb 0
+expect_error "--chunk-kb: expected an integer in [1, 1048576], got '-5'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --nodes 2 --chunk-kb -5
+expect_error "--scheduler: expected one of zigzag, least-loaded, got 'x'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --scheduler x
+expect_error "--max-sources: expected an integer in [1, 1024], got '0'" "$strata" cluster multicast --controller 127.0.0.1:1 --max-sources 0
+expect_error "--memory-gb: expected a number, got 'abc'" "$strata" node --memory-gb abc
+expect_error "--max-memory: expected a size" "$strata" generate --model "$data/models/stories260K" --max-memory lots
+expect_error "but the memory budget is 100.00 KiB" "$strata" generate --model "$data/models/stories260K" --max-memory 100K
+# A FIFO where a model should be fails at once instead of blocking.
+mkfifo "$tmp/fifo.bin"
+expect_error "a FIFO, not a regular file" "$strata" inspect --model "$tmp/fifo.bin"
+expect_error "a FIFO, not a regular file" "$strata" replay --model "$data/models/stories260K" --trace "$tmp/fifo.bin" --format azure
+# A tiny temperature with top-p samples greedily instead of crashing (was SIGSEGV).
+out=$("$strata" generate --model "$data/models/stories260K" --prompt "Once" --temperature 1e-40 --top-p 0.5 --steps 20)
+greedy=$("$strata" generate --model "$data/models/stories260K" --prompt "Once" --temperature 0 --steps 20)
+[ "$(text_of <<<"$out")" = "$(text_of <<<"$greedy")" ] || fail "temperature 1e-40 is not greedy: $out"
 expect_error "unknown command" "$strata" frobnicate
 # Trace replay: a truncated line is reported with its number and skipped; bad input fails clearly.
 m="$data/models/stories260K"
@@ -53,7 +78,7 @@ grep -q "skipped line 3: has 2 columns (truncated?)" <<<"$out" || fail "replay s
 grep -q "2 requests (2 ok, 0 failed)" <<<"$out" || fail "replay result: $out"
 grep -q "<svg" "$tmp/r.svg" || fail "no svg written"
 expect_error "line 3: has 2 columns" "$strata" replay --model "$m" --trace "$tmp/t.csv" --strict
-expect_error "cannot open trace" "$strata" replay --model "$m" --trace "$tmp/none.csv"
+expect_error "trace $tmp/none.csv: cannot open" "$strata" replay --model "$m" --trace "$tmp/none.csv"
 expect_error "unknown policy 'magic'" "$strata" autoscale --model "$m" --trace gamma --n 5 --policies magic
 out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz,stop-the-world --threads 1)
 grep -qE "^blitz .* [0-9.]+ +[0-9.]+ +[0-9.]+$" <<<"$out" || fail "autoscale table: $out"
@@ -73,7 +98,7 @@ out=$("$strata" run "$topos/conv-replay.toml" --max-requests 10 --svg "$tmp/topo
 grep -q "10 requests (10 ok, 0 failed)" <<<"$out" || fail "run conv-replay: $out"
 printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[scaling]\nmaxx = 2\n' "$m" > "$tmp/bad.toml"
 expect_error "unknown key 'maxx' in [scaling]" "$strata" run "$tmp/bad.toml"
-expect_error "cannot open topology" "$strata" run "$tmp/none.toml"
+expect_error "topology $tmp/none.toml: cannot open" "$strata" run "$tmp/none.toml"
 # The HTTP front door as an operator runs it: any free port, real HTTP (curl), SIGTERM drains.
 "$strata" serve --model "$m" --port 0 --threads 1 > "$tmp/serve.log" 2>&1 &
 srv=$!

@@ -2,11 +2,16 @@
 // and precise errors for malformed files.
 #include <doctest/doctest.h>
 
+#include <sys/stat.h>
+
+#include <climits>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "../test_util.hpp"
+#include "dataflow/files.hpp"
 #include "dataflow/forward.hpp"
 #include "dataflow/manifest.hpp"
 #include "dataflow/model_io.hpp"
@@ -272,4 +277,93 @@ TEST_CASE("malformed Hugging Face directories give precise errors") {
     write_all(d / "config.json", cfg_text);
     CHECK(contains(error_of(d.str()), "no *.safetensors files"));
   }
+  SUBCASE("wrong JSON types are errors naming the key, never a throw") {
+    temp_dir d;
+    fresh(d);
+    patch_config(d, [](nlohmann::json& j) { j["tie_word_embeddings"] = "yes"; });
+    CHECK(contains(error_of(d.str()), "'tie_word_embeddings' must be a boolean, got a string (\"yes\")"));
+    patch_config(d, [](nlohmann::json& j) { j["rms_norm_eps"] = "small"; });
+    CHECK(contains(error_of(d.str()), "'rms_norm_eps' must be a number"));
+    patch_config(d, [](nlohmann::json& j) { j["eos_token_id"] = nlohmann::json::array({"x"}); });
+    CHECK(contains(error_of(d.str()), "'eos_token_id[0]' must be an integer"));
+    patch_config(d, [](nlohmann::json& j) { j["model_type"] = 7; });
+    CHECK(contains(error_of(d.str()), "'model_type' must be a string"));
+  }
+  SUBCASE("integers beyond 32 bits are refused, not wrapped") {
+    temp_dir d;
+    fresh(d);
+    patch_config(d, [](nlohmann::json& j) { j["num_hidden_layers"] = (1ull << 32) + 5; });
+    CHECK(contains(error_of(d.str()), "'num_hidden_layers' must be an integer in [1, 2147483647], got an integer (4294967301)"));
+    patch_config(d, [](nlohmann::json& j) { j["hidden_size"] = -64; });
+    CHECK(contains(error_of(d.str()), "'hidden_size' must be an integer in [1, 2147483647]"));
+    patch_config(d, [](nlohmann::json& j) { j["num_hidden_layers"] = 5000; });
+    CHECK(contains(error_of(d.str()), "n_layers = 5000 is outside [1, 4096]"));
+  }
+  SUBCASE("a huge config over small files fails on the files before allocating") {
+    temp_dir d;
+    fresh(d);
+    // 2^24 x 2^20 fp32 embedding alone would be 64 TiB: the shape check comes first.
+    patch_config(d, [](nlohmann::json& j) {
+      j["vocab_size"] = 1 << 24;
+      j["hidden_size"] = 1 << 20;
+      j["intermediate_size"] = 1 << 22;
+    });
+    CHECK(contains(error_of(d.str()), "but config.json implies"));
+  }
+  SUBCASE("a model larger than the memory budget is refused before allocating") {
+    temp_dir d;
+    fresh(d);
+    set_memory_budget(64 << 10);
+    auto e = error_of(d.str());
+    set_memory_budget(0);
+    CHECK(contains(e, "for its fp32 weights"));
+    CHECK(contains(e, "but the memory budget is 64.00 KiB"));
+  }
+  SUBCASE("index file names stay inside the model directory") {
+    temp_dir d;
+    fresh(d);
+    std::ofstream(d / "model.safetensors.index.json") << R"({"weight_map": {"model.norm.weight": "../x.safetensors"}})";
+    CHECK(contains(error_of(d.str()), "is not a file name in the model directory"));
+    std::ofstream(d / "model.safetensors.index.json") << R"({"weight_map": {"model.norm.weight": 5}})";
+    CHECK(contains(error_of(d.str()), "must be a file name, got an integer (5)"));
+  }
+}
+
+TEST_CASE("only regular files are opened: a FIFO, a directory or a device fails at once") {
+  temp_dir d;
+  auto fifo = [&](const std::string& p) { REQUIRE(::mkfifo(p.c_str(), 0600) == 0); };
+  // A FIFO named model.safetensors next to a good config: the load must not block on it.
+  auto m = make_random_model(small_config(), 3);
+  REQUIRE(save_hf(*m, d.str(), dtype::f32));
+  std::filesystem::remove(d / "model.safetensors");
+  fifo(d / "model.safetensors");
+  CHECK(contains(error_of(d.str()), "model.safetensors: a FIFO, not a regular file"));
+  temp_dir e;
+  REQUIRE(save_hf(*m, e.str(), dtype::f32));
+  std::filesystem::remove(e / "config.json");
+  fifo(e / "config.json");
+  CHECK(contains(error_of(e.str()), "config.json: a FIFO, not a regular file"));
+  fifo(d / "ckpt.bin");
+  CHECK(contains(error_of(d / "ckpt.bin"), "a FIFO, not a regular file"));
+  CHECK(contains(error_of("/dev/zero"), "a character device, not a regular file"));
+  fifo(d / "tok.bin");
+  auto t = tokenizer::load(d / "tok.bin", 512);
+  REQUIRE_FALSE(t);
+  CHECK(contains(t.message(), "a FIFO, not a regular file"));
+}
+
+TEST_CASE("a llama2.c header that implies more than the file holds fails before allocating") {
+  temp_dir dir;
+  auto bytes = read_all(test::stories_dir() + "/stories260K.bin");
+  auto bad = bytes;
+  int32_t hidden = 4 << 20;  // 4M: gigabytes of w1/w2/w3 for a 1 MB file
+  std::memcpy(bad.data() + 4, &hidden, 4);
+  write_all(dir / "big.bin", bad);
+  auto e = error_of(dir / "big.bin");
+  CHECK(contains(e, "truncated: tensor 'w1[0]'"));
+  int32_t vocab = INT32_MIN;  // -vocab means untied; INT_MIN has no positive
+  bad = bytes;
+  std::memcpy(bad.data() + 20, &vocab, 4);
+  write_all(dir / "neg.bin", bad);
+  CHECK(contains(error_of(dir / "neg.bin"), "vocab_size = 2147483647 is outside [1, 16777216]"));
 }

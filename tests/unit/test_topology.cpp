@@ -73,7 +73,7 @@ TEST_CASE("topology mistakes are errors naming the file and key") {
   CHECK(err("[model]\npath = \"/m\"\n") == "t.toml: [workload] needs trace = \"FILE\" or \"gamma\"");
   CHECK(err(base + "[model.random]\nlayers = 2\n") == "t.toml: [model] has both path and random; choose one");
   CHECK(err("[model\npath = 1").find("t.toml:1:") == 0);  // TOML syntax, with its line
-  CHECK(load_topology("/nonexistent.toml").message() == "cannot open topology /nonexistent.toml");
+  CHECK(load_topology("/nonexistent.toml").message() == "topology /nonexistent.toml: cannot open: No such file or directory");
 }
 
 TEST_CASE("the shipped example topologies parse") {
