@@ -1,6 +1,7 @@
 #include "actors/stages.hpp"
 
 #include <cmath>
+#include <cstdio>
 
 #include "cuda/head.hpp"
 #ifdef STRATA_HAVE_CUDA
@@ -20,14 +21,49 @@ void send_step(caf::event_based_actor* self, const caf::actor& to, step_ptr s) {
   self->send(to, step_atom::value, std::move(w));
 }
 
-step_ptr from_wire(wire_step& w) {
+std::string malformed_step(const step_batch& s, size_t n_hops, int dim, bool at_router) {
+  const size_t rows = s.seqs.size();
+  if (s.hop > n_hops || (s.hop == n_hops && !at_router)) return "hop " + std::to_string(s.hop) + " of a route with " + std::to_string(n_hops) + " stops";
+  if (rows > (1u << 20)) return std::to_string(rows) + " rows";
+  if (s.pos.size() != rows || s.want.size() != rows || s.tokens.size() != rows)
+    return "rows disagree: " + std::to_string(rows) + " sequences, " + std::to_string(s.pos.size()) + " positions, " +
+           std::to_string(s.tokens.size()) + " tokens, " + std::to_string(s.want.size()) + " sample flags";
+  if (!s.x.empty() && s.x.size() != rows * size_t(dim))
+    return std::to_string(s.x.size()) + " activations for " + std::to_string(rows) + " rows of dim " + std::to_string(dim);
+  size_t wanted = 0;
+  for (auto w : s.want) wanted += w ? 1 : 0;
+  if (s.sampling.size() != wanted || s.rng.size() != wanted || s.sampled.size() > wanted)
+    return std::to_string(wanted) + " rows to sample but " + std::to_string(s.sampling.size()) + " sampling settings, " +
+           std::to_string(s.rng.size()) + " RNG states";
+  if (at_router && s.error.empty() && s.sampled.size() != wanted)
+    return std::to_string(s.sampled.size()) + " tokens sampled for " + std::to_string(wanted) + " rows";
+  for (auto p : s.pos)
+    if (p < 0) return "negative position " + std::to_string(p);
+  return {};
+}
+
+step_ptr from_wire(caf::event_based_actor* self, wire_step& w, int dim, bool at_router) {
   auto r = std::make_shared<route>();
   r->hops = std::move(w.hops);
   r->instance = w.instance;
   r->share = w.share;
   auto s = std::make_shared<step_batch>(std::move(w.s));
   s->path = std::move(r);
-  return s;
+  auto why = malformed_step(*s, s->path->hops.size(), dim, at_router);
+  if (why.empty() && !at_router && s->x.empty() && s->hop > 0 && s->path->hops[s->hop].range.size() > 0)
+    why = "no activations for a stage that runs layers";
+  if (why.empty()) return s;
+  // Never run it: its router fails the batch's requests with the reason (at the router, a clean
+  // batch that carries only the id and the error; elsewhere, sent to the router it names).
+  auto bad = std::make_shared<step_batch>();
+  bad->id = s->id;
+  bad->path = s->path;
+  bad->reply_to = s->reply_to;
+  bad->error = "malformed step from another process: " + why;
+  if (at_router) return bad;
+  if (bad->reply_to) send_step(self, bad->reply_to, std::move(bad));
+  else std::fprintf(stderr, "strata: dropped a %s\n", bad->error.c_str());
+  return nullptr;
 }
 
 void pass_on(caf::event_based_actor* self, step_ptr s) {
@@ -50,7 +86,9 @@ caf::behavior head_actor(caf::event_based_actor* self, model_ptr m) {
   };
   return {
       [=](step_atom, step_ptr& s) { run(std::move(s)); },
-      [=](step_atom, wire_step& w) { run(from_wire(w)); },
+      [=](step_atom, wire_step& w) {
+        if (auto s = from_wire(self, w, m->config.dim)) run(std::move(s));
+      },
   };
 }
 
@@ -173,7 +211,9 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
   };
   return {
       [=](step_atom, step_ptr& s) { run(std::move(s)); },
-      [=](step_atom, wire_step& w) { run(from_wire(w)); },
+      [=](step_atom, wire_step& w) {
+        if (auto s = from_wire(self, w, m->config.dim)) run(std::move(s));
+      },
       [=](devdone_atom) {
         auto& st = self->state;
         auto group = std::move(st.device_group);
@@ -300,7 +340,9 @@ caf::behavior device_tail_actor(caf::event_based_actor* self, model_ptr m, int32
   };
   return {
       [=](step_atom, step_ptr& s) { run(std::move(s)); },
-      [=](step_atom, wire_step& w) { run(from_wire(w)); },
+      [=](step_atom, wire_step& w) {
+        if (auto s = from_wire(self, w, m->config.dim)) run(std::move(s));
+      },
   };
 }
 

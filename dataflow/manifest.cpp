@@ -32,11 +32,12 @@ std::vector<uint8_t> build_manifest(const model& m) {
 
 expected<manifest_view> read_manifest(const uint8_t* data, size_t size) {
   flatbuffers::Verifier v(data, size);
-  if (!fb::ModelManifestBufferHasIdentifier(data) || !fb::VerifyModelManifestBuffer(v))
+  if (size < 8 || !fb::ModelManifestBufferHasIdentifier(data) || !fb::VerifyModelManifestBuffer(v))
     return make_error("not a valid Strata model manifest (" + std::to_string(size) + " bytes)");
   auto r = fb::GetModelManifest(data);
   manifest_view out;
   out.name = r->name() ? r->name()->str() : "";
+  if (int(r->format()) > int(source_format::generated)) return make_error("manifest: unknown source format " + std::to_string(int(r->format())));
   out.format = static_cast<source_format>(r->format());
   if (auto a = r->arch()) {
     auto& c = out.config;
@@ -50,11 +51,15 @@ expected<manifest_view> read_manifest(const uint8_t* data, size_t size) {
     c.seq_len = a->seq_len();
     c.norm_eps = a->norm_eps();
     c.rope_theta = a->rope_theta();
+    if (int(a->rope_style()) > int(rope_style::rotate_half))
+      return make_error("manifest: unknown RoPE style " + std::to_string(int(a->rope_style())));
     c.rope = static_cast<rope_style>(a->rope_style());
     c.tied_embeddings = a->tied_embeddings();
     c.bos_id = a->bos_id();
     c.eos_id = a->eos_id();
   }
+  // A manifest from another node sizes the image this node allocates: the config must be sane.
+  if (auto st = out.config.validate(); !st) return make_error("manifest of '" + out.name + "': " + st.message());
   if (r->files())
     for (auto f : *r->files()) out.files.push_back(f->str());
   if (r->tensors())
@@ -63,9 +68,12 @@ expected<manifest_view> read_manifest(const uint8_t* data, size_t size) {
       rec.name = t->name() ? t->name()->str() : "";
       rec.source_name = t->source_name() ? t->source_name()->str() : "";
       rec.layer = t->layer();
+      if (int(t->dtype()) > int(dtype::bf16)) return make_error("manifest: tensor with unknown dtype " + std::to_string(int(t->dtype())));
       rec.type = static_cast<dtype>(t->dtype());
       if (t->shape()) rec.shape.assign(t->shape()->begin(), t->shape()->end());
       rec.file = t->file() ? t->file()->str() : "";
+      if (rec.file.find('/') != std::string::npos || rec.file == "..")
+        return make_error("manifest: tensor '" + rec.name + "' names file '" + rec.file + "' outside the model directory");
       rec.offset = t->offset();
       rec.length = t->length();
       rec.checksum = t->checksum();

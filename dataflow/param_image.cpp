@@ -1,5 +1,7 @@
 #include "dataflow/param_image.hpp"
 
+#include "dataflow/files.hpp"
+
 #include <sys/mman.h>
 
 #include <cstdlib>
@@ -48,6 +50,9 @@ void fill(const Parts& parts, const Sizes& sizes, const uint8_t* seg, const std:
 expected<host_buffer> host_buffer::allocate(size_t bytes) {
   host_buffer b;
   if (bytes == 0) return b;
+  if (bytes > memory_budget())
+    return make_error("cannot allocate " + std::to_string(bytes) + " bytes of host memory: the memory budget is " +
+                      format_bytes(memory_budget()));
   constexpr size_t huge = size_t(2) << 20;
   b.mapped_ = (bytes + huge - 1) / huge * huge;
   void* p = std::aligned_alloc(huge, b.mapped_);

@@ -1,5 +1,7 @@
 #include "dataflow/route.hpp"
 
+#include <algorithm>
+#include <climits>
 #include <cstdlib>
 #include <sstream>
 
@@ -25,7 +27,7 @@ expected<std::vector<layer_range>> parse_shards(const std::string& spec, int n_l
     char* end = nullptr;
     long k = std::strtol(spec.c_str(), &end, 10);
     if (*end != '\0') return make_error("bad shard spec '" + spec + "': expected a count or sizes like 2,3");
-    return even_shards(n_layers, int(k));
+    return even_shards(n_layers, int(std::max<long>(0, std::min<long>(k, INT32_MAX))));
   }
   std::vector<layer_range> out;
   std::stringstream ss(spec);
@@ -36,6 +38,8 @@ expected<std::vector<layer_range>> parse_shards(const std::string& spec, int n_l
     long n = std::strtol(part.c_str(), &end, 10);
     if (part.empty() || *end != '\0' || n <= 0)
       return make_error("bad shard size '" + part + "' in '" + spec + "'");
+    if (n > long(n_layers) - b)
+      return make_error("shard spec '" + spec + "' has more than the model's " + std::to_string(n_layers) + " layers");
     out.push_back({b, b + int(n)});
     b += int(n);
   }
@@ -54,7 +58,7 @@ expected<std::vector<int>> parse_devices(const std::string& spec, size_t shards)
     }
     char* end = nullptr;
     long n = part.rfind("cuda:", 0) == 0 ? std::strtol(part.c_str() + 5, &end, 10) : -1;
-    if (n < 0 || part.size() == 5 || *end != '\0')
+    if (n < 0 || n > 1023 || part.size() == 5 || *end != '\0')
       return make_error("bad device '" + part + "' in '" + spec + "': expected cpu or cuda:N");
     out.push_back(int(n));
   }

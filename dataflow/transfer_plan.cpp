@@ -1,6 +1,9 @@
 #include "dataflow/transfer_plan.hpp"
 
 #include <algorithm>
+#include <cstdint>
+
+#include "dataflow/files.hpp"
 
 #include "strata/schemas/transfer_generated.h"
 
@@ -38,6 +41,31 @@ std::vector<uint8_t> encode_plan(const transfer_plan& p) {
   return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
 }
 
+std::vector<uint64_t> flatten_chunks(const std::vector<chunk_desc>& chunks) {
+  std::vector<uint64_t> flat;
+  flat.reserve(chunks.size() * 5);
+  for (auto& c : chunks) flat.insert(flat.end(), {c.index, uint64_t(uint32_t(c.segment)), c.offset, c.length, c.checksum});
+  return flat;
+}
+
+expected<std::vector<chunk_desc>> unflatten_chunks(const std::vector<uint64_t>& flat, uint64_t& image_bytes) {
+  if (flat.size() % 5 != 0)
+    return make_error("chunk table of " + std::to_string(flat.size()) + " integers is not whole chunks of 5");
+  std::vector<chunk_desc> out;
+  image_bytes = 0;
+  for (size_t i = 0; i < flat.size(); i += 5) {
+    chunk_desc c{uint32_t(flat[i]), int32_t(uint32_t(flat[i + 1])), flat[i + 2], flat[i + 3], flat[i + 4]};
+    uint64_t end = 0;
+    if (flat[i] != out.size() || flat[i + 1] > UINT32_MAX || !add_ok(c.offset, c.length, end) || c.length == 0)
+      return make_error("chunk table: entry " + std::to_string(out.size()) + " is malformed (index " +
+                        std::to_string(flat[i]) + ", offset " + std::to_string(c.offset) + ", length " +
+                        std::to_string(c.length) + ")");
+    image_bytes = std::max(image_bytes, end);
+    out.push_back(c);
+  }
+  return out;
+}
+
 expected<transfer_plan> decode_plan(const uint8_t* data, size_t size) {
   flatbuffers::Verifier v(data, size);
   if (size < 8 || !flatbuffers::BufferHasIdentifier(data, "STTP") || !v.VerifyBuffer<fb::TransferPlan>("STTP"))
@@ -53,7 +81,12 @@ expected<transfer_plan> decode_plan(const uint8_t* data, size_t size) {
   p.image_bytes = r->image_bytes();
   if (r->chunks())
     for (auto c : *r->chunks()) {
-      if (c->offset() + c->length() > p.image_bytes) return make_error("transfer plan: chunk beyond the image");
+      uint64_t end = 0;
+      if (!add_ok(c->offset(), c->length(), end) || end > p.image_bytes)
+        return make_error("transfer plan: chunk " + std::to_string(c->index()) + " lies beyond the image");
+      if (c->index() != p.chunks.size())
+        return make_error("transfer plan: chunk " + std::to_string(p.chunks.size()) + " has index " +
+                          std::to_string(c->index()));
       p.chunks.push_back({c->index(), c->segment(), c->offset(), c->length(), c->checksum()});
     }
   if (r->trees())

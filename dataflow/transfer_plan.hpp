@@ -27,6 +27,14 @@ struct transfer_plan {
 };
 
 std::vector<uint8_t> encode_plan(const transfer_plan& p);
+// Verifies the flatbuffer, then that the chunks tile an image without overflow and every tree
+// names known chunks; an error says which check failed.
 expected<transfer_plan> decode_plan(const uint8_t* data, size_t size);
+
+// A chunk table as the node that cuts it sends it (five integers per chunk), and back: chunk i
+// must have index i, and offset + length must not overflow. `image_bytes` is the end of the
+// last-ending chunk.
+std::vector<uint64_t> flatten_chunks(const std::vector<chunk_desc>& chunks);
+expected<std::vector<chunk_desc>> unflatten_chunks(const std::vector<uint64_t>& flat, uint64_t& image_bytes);
 
 }  // namespace strata

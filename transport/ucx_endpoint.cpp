@@ -28,6 +28,30 @@ std::string ucs_error(const char* what, ucs_status_t s) { return std::string(wha
 // so anything that is not a whole, intact address is refused before UCX sees it.
 constexpr uint32_t address_magic = 0x58555453;  // "STUX"
 
+struct send_op {
+  ucx_endpoint::impl* owner;
+  std::vector<uint8_t> header;  // kept alive until completion
+  std::function<void(status)> done;
+};
+
+struct recv_op {
+  std::vector<uint8_t> header;
+  void* dst;
+  size_t len;
+};
+
+// Endpoints of this process by address: a peer found here is reached by a direct copy into its
+// landing buffer, without UCX or a wire (the in-process path).
+std::mutex local_mu;
+std::map<std::string, ucx_endpoint::impl*>& local_endpoints() {
+  static std::map<std::string, ucx_endpoint::impl*> m;
+  return m;
+}
+
+std::string key_of(const std::vector<uint8_t>& address) { return {address.begin(), address.end()}; }
+
+}  // namespace
+
 std::vector<uint8_t> frame_address(const uint8_t* raw, size_t n) {
   std::vector<uint8_t> out(16 + n);
   uint32_t magic = address_magic, len = uint32_t(n);
@@ -52,29 +76,6 @@ expected<std::vector<uint8_t>> unframe_address(const std::vector<uint8_t>& f) {
   return std::vector<uint8_t>(f.begin() + 16, f.end());
 }
 
-struct send_op {
-  ucx_endpoint::impl* owner;
-  std::vector<uint8_t> header;  // kept alive until completion
-  std::function<void(status)> done;
-};
-
-struct recv_op {
-  std::vector<uint8_t> header;
-  void* dst;
-  size_t len;
-};
-
-// Endpoints of this process by address: a peer found here is reached by a direct copy into its
-// landing buffer, without UCX or a wire (the in-process path).
-std::mutex local_mu;
-std::map<std::string, ucx_endpoint::impl*>& local_endpoints() {
-  static std::map<std::string, ucx_endpoint::impl*> m;
-  return m;
-}
-
-std::string key_of(const std::vector<uint8_t>& address) { return {address.begin(), address.end()}; }
-
-}  // namespace
 
 struct ucx_endpoint::impl {
   ucx_options opt;

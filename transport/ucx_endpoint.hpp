@@ -70,4 +70,9 @@ class ucx_endpoint {
   ucx_options opt_;
 };
 
+// Worker addresses travel framed with a magic and a checksum (UCX aborts on a garbled address):
+// unframe_address refuses anything that is not a whole, intact address before UCX sees it.
+std::vector<uint8_t> frame_address(const uint8_t* raw, size_t n);
+expected<std::vector<uint8_t>> unframe_address(const std::vector<uint8_t>& framed);
+
 }  // namespace strata::transport

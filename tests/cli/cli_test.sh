@@ -48,8 +48,8 @@ expect_error "cannot split 5 layers into 9 shards" "$strata" generate --model "$
 expect_error "--steps: expected an integer, got 'many'" "$strata" generate --model "$data/models/stories260K" --steps many
 # Every value is checked before it is used: bad values end in one line and status 1, never an abort.
 expect_error "--min: expected an integer, got 'abc'" "$strata" serve --model "$data/models/stories260K" --min abc
-expect_error "--http-threads: expected an integer in [1, 4096], got '0'" "$strata" serve --model "$data/models/stories260K" --http-threads 0
-expect_error "--http-threads: expected an integer in [1, 4096], got '-5'" "$strata" serve --model "$data/models/stories260K" --http-threads -5
+expect_error "--http-threads: expected an integer in [1, 256], got '0'" "$strata" serve --model "$data/models/stories260K" --http-threads 0
+expect_error "--http-threads: expected an integer in [1, 256], got '-5'" "$strata" serve --model "$data/models/stories260K" --http-threads -5
 expect_error "--threads: expected an integer in [0, 1024], got '-1'" "$strata" generate --model "$data/models/stories260K" --threads -1
 expect_error "--drain-timeout-s: expected a number in [0, 86400], got '-1'" "$strata" serve --model "$data/models/stories260K" --drain-timeout-s -1
 expect_error "--max-waiting: expected an integer in [1, 1048576], got '0'" "$strata" serve --model "$data/models/stories260K" --max-waiting 0

@@ -288,7 +288,9 @@ TEST_CASE("chunk checksums are XXH3-64 whichever vector path computes them") {
       {0, 0x2d06800538d394c2ull},   {1, 0x4c5cca45d0f4811full},    {17, 0xb58bf5dc5022d071ull},
       {240, 0xb6cfaf343fab81e6ull}, {241, 0x956cae592c67279eull},  {1000, 0x571d5cbfef44331bull},
       {(4u << 20) + 3, 0xc14698b8422103d4ull}};
-  for (auto [n, sum] : want) {
+  for (const auto& w : want) {
+    const size_t n = w.first;
+    const uint64_t sum = w.second;
     std::vector<unsigned char> b(n);
     for (size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(i * 131 + 7);
     CAPTURE(n);

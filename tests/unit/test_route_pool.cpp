@@ -22,7 +22,10 @@ TEST_CASE("even and explicit shardings") {
   CHECK_FALSE(parse_shards("2,2", 5));
   CHECK_FALSE(parse_shards("2,x", 5));
   CHECK_FALSE(parse_shards("", 5));
-  CHECK(parse_shards("3,3", 5).message().find("covers 6 of 5") != std::string::npos);
+  CHECK(parse_shards("3,3", 5).message().find("more than the model's 5 layers") != std::string::npos);
+  CHECK(parse_shards("2,2", 5).message().find("covers 4 of 5") != std::string::npos);
+  CHECK_FALSE(parse_shards("2147483647,2147483647", 5));
+  CHECK_FALSE(parse_shards("99999999999", 5));
   CHECK_FALSE(validate_route({{0, 2}, {3, 5}}, 5));
   CHECK_FALSE(validate_route({{0, 2}, {2, 2}, {2, 5}}, 5));
   CHECK(validate_route({{0, 1}, {1, 5}}, 5));

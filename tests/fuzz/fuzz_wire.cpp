@@ -1,0 +1,63 @@
+// Bytes a node receives from peers: the framed UCX worker address, the flatbuffers transfer plan
+// and model manifest (verifier first), the flat chunk table; and the small text formats of the
+// CLI and configs (shard and device lists, host:port, sizes).
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "dataflow/files.hpp"
+#include "dataflow/manifest.hpp"
+#include "dataflow/node_config.hpp"
+#include "dataflow/route.hpp"
+#include "dataflow/transfer_plan.hpp"
+#include "transport/ucx_endpoint.hpp"
+
+// With STRATA_FUZZ_SEED_OUT set: write a well-formed transfer plan and chunk table there (seeds.sh).
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  const char* out = std::getenv("STRATA_FUZZ_SEED_OUT");
+  if (!out) return 0;
+  auto save = [&](const char* name, const void* p, size_t n) {
+    std::FILE* f = std::fopen((std::string(out) + "/" + name).c_str(), "wb");
+    if (f) std::fwrite(p, 1, n, f), std::fclose(f);
+  };
+  strata::transfer_plan tp;
+  tp.id = 3;
+  tp.model = "m";
+  tp.image_bytes = 300;
+  for (uint32_t i = 0; i < 3; ++i) tp.chunks.push_back({i, int32_t(i), i * 100ull, 100, 77});
+  strata::plan_request pr;
+  pr.kind = strata::plan_kind::chain;
+  pr.sources = {{0, false}};
+  pr.targets = {1, 2};
+  pr.n_chunks = 3;
+  if (auto plan = strata::plan_multicast(pr)) tp.plan = *plan;
+  tp.peers[1] = strata::transport::frame_address(reinterpret_cast<const uint8_t*>("addr"), 4);
+  auto b = strata::encode_plan(tp);
+  save("plan.sttp", b.data(), b.size());
+  auto flat = strata::flatten_chunks(tp.chunks);
+  save("chunks.bin", flat.data(), flat.size() * 8);
+  save("address.bin", tp.peers[1].data(), tp.peers[1].size());
+  save("shards.txt", "2,3", 3);
+  std::_Exit(0);
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  std::vector<uint8_t> bytes(data, data + size);
+  (void)strata::transport::unframe_address(bytes);
+  if (auto p = strata::decode_plan(data, size)) {
+    for (auto& t : p->plan.trees)
+      for (auto c : t.chunks)
+        if (c >= p->chunks.size()) __builtin_trap();
+    (void)strata::read_manifest(p->manifest.data(), p->manifest.size());
+  }
+  if (auto m = strata::read_manifest(data, size)) (void)strata::format_manifest(*m);
+  std::vector<uint64_t> flat(size / 8);
+  if (!flat.empty()) std::memcpy(flat.data(), data, flat.size() * 8);
+  uint64_t image = 0;
+  (void)strata::unflatten_chunks(flat, image);
+  std::string s(reinterpret_cast<const char*>(data), size);
+  if (auto sh = strata::parse_shards(s, 24)) (void)strata::parse_devices(s, sh->size());
+  (void)strata::split_host_port(s);
+  (void)strata::parse_bytes(s);
+  return 0;
+}
