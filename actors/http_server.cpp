@@ -1,13 +1,20 @@
 #include "actors/http_server.hpp"
 
-#include <httplib.h>
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
 
 #include <atomic>
+#include <csignal>
+#include <cstring>
 #include <ctime>
+#include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "actors/engine.hpp"
@@ -19,6 +26,10 @@ namespace strata {
 
 namespace {
 
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+using tcp = net::ip::tcp;
 using clk = std::chrono::steady_clock;
 using openai::api_error;
 
@@ -28,30 +39,175 @@ std::vector<double> latency_buckets() {
   return {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
 }
 
-void reply_error(httplib::Response& res, const api_error& e) {
-  res.status = e.status;
-  res.set_content(openai::error_body(e), "application/json");
+api_error status_error(int status, std::string type, std::string message, std::string param = {}) {
+  return api_error{status, std::move(type), std::move(message), std::move(param), {}};
 }
 
-api_error status_error(int status, std::string type, std::string message, std::string param = {}) {
-  return api_error{status, std::move(type), std::move(message), std::move(param)};
+const char* reason_of(int status) {
+  return bhttp::obsolete_reason(bhttp::status(unsigned(status))).data();
 }
+
+// A whole response as bytes.
+std::string render(int status, const std::string& content_type, const std::string& body,
+                   const std::vector<std::pair<std::string, std::string>>& headers, bool keep_alive) {
+  std::string out = "HTTP/1.1 " + std::to_string(status) + " " + reason_of(status) + "\r\n";
+  out += "Content-Type: " + content_type + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  for (auto& [k, v] : headers) out += k + ": " + v + "\r\n";
+  out += keep_alive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n";
+  return out + body;
+}
+
+std::string chunk(const std::string& data) {
+  char len[20];
+  std::snprintf(len, sizeof len, "%zx\r\n", data.size());
+  return len + data + "\r\n";
+}
+
+// A request id unique across processes and restarts: 96 random bits.
+std::string random_id(const char* prefix) {
+  static thread_local std::mt19937_64 rng{std::random_device{}() ^ uint64_t(clk::now().time_since_epoch().count())};
+  char b[40];
+  std::snprintf(b, sizeof b, "%016llx%08x", (unsigned long long)rng(), unsigned(rng()));
+  return prefix + std::string(b);
+}
+
+bool same_secret(const std::string& a, const std::string& b) {  // constant time in the key's length
+  unsigned char d = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < b.size(); ++i) d |= static_cast<unsigned char>((i < a.size() ? a[i] : 0) ^ b[i]);
+  return d == 0;
+}
+
+// What a generation actor reports, from CAF threads; implemented by the session (posted to its
+// strand) and by the readiness probe.
+struct gen_events {
+  virtual ~gen_events() = default;
+  virtual void admitted(expected<uint64_t> id) = 0;
+  virtual void token(int32_t tok) = 0;
+  virtual void done(generate_result r, std::string error) = 0;  // error: router gone or silent
+};
+
+// One router request, driven by events instead of a blocking receive: admission (a request with
+// a timeout), tokens, the end; cancel_atom from the HTTP side cancels it; the router dying or
+// staying silent for `idle` ends it with a reason. Never outlives its request.
+caf::behavior generation_actor(caf::event_based_actor* self, caf::actor router, generate_request req,
+                               std::chrono::milliseconds idle, std::shared_ptr<gen_events> ev) {
+  struct state {
+    uint64_t id = 0;
+    bool cancel = false, over = false;
+  };
+  auto st = std::make_shared<state>();
+  self->monitor(router);
+  // CAF 0.17 keeps a monitor on the router after its owner is gone: remove it before quitting,
+  // or the router collects one per request.
+  auto finish = [=] {
+    self->demonitor(router);
+    self->quit();
+  };
+  self->set_down_handler([=](caf::down_msg& dm) {
+    if (dm.source != router.address() || st->over) return;
+    st->over = true;
+    ev->done({}, "router went down (" + caf::to_string(dm.reason) + ")");
+    finish();
+  });
+  self->request(router, idle, generate_atom::value, req)
+      .then(
+          [=](uint64_t id) {
+            st->id = id;
+            ev->admitted(id);
+            if (st->cancel) self->send(router, cancel_atom::value, id);
+          },
+          [=](caf::error& e) {
+            if (st->over) return;
+            st->over = true;
+            int code = e.category() == caf::atom("strata") ? int(e.code()) : int(errc::unavailable);
+            ev->admitted(strata::make_error(describe(e), code));
+            finish();
+          });
+  return {
+      [=](token_atom, uint64_t rid, int32_t tok) {
+        if (rid == st->id && !st->over) ev->token(tok);
+      },
+      [=](done_atom, generate_result& r) {
+        if (r.id != st->id || st->over) return;
+        st->over = true;
+        ev->done(std::move(r), {});
+        finish();
+      },
+      [=](cancel_atom) {
+        if (st->cancel) return;
+        st->cancel = true;
+        if (st->id) self->send(router, cancel_atom::value, st->id);
+      },
+      [=](bool) {},  // the router's answer to a cancel
+      caf::after(idle) >>
+          [=] {
+            if (!st->id || st->over) return;  // still being admitted: the request's own timeout
+            st->over = true;
+            self->send(router, cancel_atom::value, st->id);
+            ev->done({}, "request " + std::to_string(st->id) + ": no message from the router for " +
+                             std::to_string(idle.count()) + " ms; cancelled");
+            finish();
+          },
+  };
+}
+
+// Asks `whom` once without blocking the calling thread; `f` runs on a CAF thread.
+template <class Reply, class F, class... Ts>
+void ask(caf::actor_system& sys, const caf::actor& whom, std::chrono::milliseconds timeout, F f, Ts... xs) {
+  if (!whom) return f(expected<Reply>(make_error("no actor to ask")));
+  sys.spawn([=](caf::event_based_actor* self) {
+    self->request(whom, timeout, xs...)
+        .then([=](Reply& r) { f(expected<Reply>(std::move(r))); },
+              [=](caf::error& e) { f(expected<Reply>(make_error(describe(e)))); });
+  });
+}
+
+struct session;
+
+// The link from CAF threads into one session's strand. stop() closes every bridge before the
+// I/O context goes away, so a late event is dropped instead of posted to a dead executor.
+struct bridge {
+  std::mutex mu;
+  bool closed = false;
+  net::strand<net::io_context::executor_type> strand;
+  std::weak_ptr<session> s;
+  explicit bridge(net::strand<net::io_context::executor_type> st) : strand(std::move(st)) {}
+  template <class F>
+  void post(F f) {
+    std::lock_guard<std::mutex> g(mu);
+    if (closed) return;
+    net::post(strand, [w = s, f = std::move(f)]() mutable {
+      if (auto p = w.lock()) f(*p);
+    });
+  }
+};
 
 }  // namespace
 
-struct http_server::impl {
+struct http_server::impl : std::enable_shared_from_this<impl> {
   caf::actor_system& sys;
   caf::actor router;
   model_ptr m;
   tokenizer tok;
   http_options opt;
-  httplib::Server srv;
-  std::thread listener;
+  net::io_context io;
+  tcp::acceptor acceptor{io};
+  std::vector<std::thread> threads;
   int port = 0;
-  int64_t created = std::time(nullptr);
-  std::atomic<bool> draining{false};
+  int64_t created_at = std::time(nullptr);
+  std::atomic<bool> draining{false}, stopped{false};
   std::atomic<int> in_flight{0};
-  std::atomic<uint64_t> next_id{1};
+  // Connections and their bridges, under conn_mu.
+  std::mutex conn_mu;
+  std::map<std::string, int> per_client;
+  int connections = 0;
+  std::set<std::shared_ptr<bridge>> bridges;
+  // Readiness: the last probe's result, reused for a few seconds (under ready_mu).
+  std::mutex ready_mu;
+  clk::time_point probed{};
+  std::string probe_error = "not probed yet";
+  bool probing = false;
+  std::vector<std::function<void(std::string)>> probe_waiters;
   // Metrics, under mu.
   std::mutex mu;
   prom_histogram ttft{latency_buckets()}, itl{latency_buckets()}, e2e{latency_buckets()};
@@ -62,204 +218,591 @@ struct http_server::impl {
   impl(caf::actor_system& s, caf::actor r, model_ptr mm, tokenizer t, http_options o)
       : sys(s), router(std::move(r)), m(std::move(mm)), tok(std::move(t)), opt(std::move(o)) {}
 
-  void reject(httplib::Response& res, const api_error& e) {
-    {
-      std::lock_guard<std::mutex> g(mu);
-      ++rejected[e.status];
-    }
-    reply_error(res, e);
+  void count_rejected(int status) {
+    std::lock_guard<std::mutex> g(mu);
+    ++rejected[status];
   }
-
-  expected<router_stats> stats() {
-    caf::scoped_actor self{sys};
-    expected<router_stats> out = make_error("no answer");
-    self->request(router, std::chrono::seconds(2), stats_atom::value)
-        .receive([&](router_stats& s) { out = std::move(s); }, [&](caf::error& e) { out = make_error(describe(e)); });
-    return out;
-  }
-
-  void handle_generate(const httplib::Request& hreq, httplib::Response& res, bool chat);
-  std::string metrics_text();
+  void accept();
+  void readiness(std::function<void(std::string)> done);  // "" when a request can succeed
+  void metrics(std::function<void(std::string)> done);
+  std::string metrics_text(const expected<router_stats>& s, const expected<scaling_report>& rep);
 };
 
 namespace {
 
-// Counts a request as in flight from admission until its generation (and stream) ends.
-struct in_flight_guard {
-  std::atomic<int>& n;
-  explicit in_flight_guard(std::atomic<int>& c) : n(c) { ++n; }
-  ~in_flight_guard() { --n; }
-};
+// One connection: reads requests one at a time (pipelined ones wait in the buffer and are
+// answered in order), writes through one queue, and runs at most one generation at a time.
+struct session : std::enable_shared_from_this<session> {
+  std::shared_ptr<http_server::impl> srv;
+  tcp::socket sock;
+  std::string client;  // remote address, for the per-client bound
+  net::strand<net::io_context::executor_type> strand;
+  net::steady_timer timer;
+  beast::flat_buffer buf;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser;
+  std::deque<std::string> out;
+  bool writing = false, closing = false, close_after_write = false, keep_alive = true;
+  bool watching = false, want_next = false;  // a read that notices a client leaving mid-generation
+  std::array<char, 4096> peek{};
+  std::shared_ptr<bridge> br;
+  // The generation running on this connection, if any.
+  struct gen_state {
+    openai::request req;
+    std::string id;
+    int64_t created = 0;
+    int prompt_tokens = 0, prev = 0, generated = 0;
+    clk::time_point t0, last;
+    std::optional<openai::stop_matcher> stops;
+    std::string text;  // non-streamed: the response so far
+    bool first_chunk = true, stopped_sent = false;
+    caf::actor actor;
+  };
+  std::optional<gen_state> gen;
 
-// One admitted request: runs its token stream through the stop matcher, records metrics, and
-// hands text to `emit` (false from emit: the client is gone).
-struct generation {
-  http_server::impl& s;
-  openai::request req;
-  std::shared_ptr<request_stream> rs;
-  std::string id;
-  int prompt_tokens = 0;
-  int prev_token = 0;
-  clk::time_point t0;
-  openai::stop_matcher stops;
-  in_flight_guard guard;
-  int generated = 0;
-  std::string finish_reason;  // OpenAI's: stop, length; or "error"
-  std::string error;
-  bool client_gone = false;
+  session(std::shared_ptr<http_server::impl> s, tcp::socket so, std::string who)
+      : srv(std::move(s)), sock(std::move(so)), client(std::move(who)),
+        strand(net::make_strand(srv->io)), timer(strand) {}
 
-  generation(http_server::impl& srv, openai::request r, std::shared_ptr<request_stream> stream, std::string rid,
-             int prompt, int prev, clk::time_point start)
-      : s(srv), req(std::move(r)), rs(std::move(stream)), id(std::move(rid)), prompt_tokens(prompt), prev_token(prev),
-        t0(start), stops(req.stop), guard(srv.in_flight) {}
-
-  void run(const std::function<bool(const std::string&)>& emit) {
-    auto last = t0;
-    for (;;) {
-      auto ev = rs->next();
-      auto now = clk::now();
-      if (ev.done) {
-        if (!ev.error.empty()) {
-          finish_reason = "error";
-          error = ev.error;
-        } else if (stops.stopped()) {
-          finish_reason = "stop";
-        } else if (ev.result.finish_reason == "error") {
-          finish_reason = "error";
-          error = ev.result.error;
-        } else {
-          finish_reason = ev.result.finish_reason == "length" ? "length" : "stop";
-        }
-        break;
-      }
-      if (stops.stopped() || client_gone) continue;  // cancelled: wait for the end
-      {
-        std::lock_guard<std::mutex> g(s.mu);
-        if (generated == 0) s.ttft.observe(seconds(now - t0));
-        else s.itl.observe(seconds(now - last));
-        ++s.generation_tokens;
-      }
-      last = now;
-      ++generated;
-      auto text = stops.feed(s.tok.decode(prev_token, ev.token));
-      prev_token = ev.token;
-      if (!text.empty() && !emit(text)) {
-        client_gone = true;
-        rs->cancel();
-        return;  // nobody to tell; the router frees the request
-      }
-      if (stops.stopped()) rs->cancel();
+  ~session() {
+    if (gen && gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
+    if (gen) end_generation("abort");
+    std::lock_guard<std::mutex> g(srv->conn_mu);
+    --srv->connections;
+    if (--srv->per_client[client] <= 0) srv->per_client.erase(client);
+    if (br) {
+      std::lock_guard<std::mutex> g2(br->mu);
+      br->closed = true;
+      srv->bridges.erase(br);
     }
-    auto tail = stops.flush();
-    if (!tail.empty() && !emit(tail)) client_gone = true;
   }
 
-  ~generation() {
-    std::lock_guard<std::mutex> g(s.mu);
-    s.e2e.observe(seconds(clk::now() - t0));
-    s.prompt_tokens += uint64_t(prompt_tokens);
-    ++s.finished[client_gone || finish_reason.empty() ? "abort" : finish_reason];
+  void start() {
+    br = std::make_shared<bridge>(strand);
+    br->s = weak_from_this();
+    {
+      std::lock_guard<std::mutex> g(srv->conn_mu);
+      if (srv->stopped) return;
+      srv->bridges.insert(br);
+    }
+    net::dispatch(strand, [self = shared_from_this()] { self->read_next(); });
+  }
+
+  void close() {
+    if (closing) return;
+    closing = true;
+    beast::error_code ec;
+    timer.cancel();
+    sock.shutdown(tcp::socket::shutdown_both, ec);
+    sock.close(ec);
+    if (gen && gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
+  }
+
+  // After the last response of a connection: stop sending, but read and discard what the client
+  // still sends (up to a bound and a deadline), so that a client still writing a body we refused
+  // gets to read our answer instead of a reset.
+  void linger(size_t left = 8u << 20) {
+    if (closing) return;
+    beast::error_code ec;
+    sock.shutdown(tcp::socket::shutdown_send, ec);
+    if (left == (8u << 20)) arm(std::chrono::seconds(2));
+    sock.async_read_some(net::buffer(peek), net::bind_executor(strand, [self = shared_from_this(), left](beast::error_code e, size_t n) {
+                           if (e || n >= left) return self->close();
+                           self->linger(left - n);
+                         }));
+  }
+
+  void arm(std::chrono::milliseconds d) {
+    timer.expires_after(d);
+    timer.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (!ec) self->close();  // the deadline passed: whatever was pending fails
+    });
+  }
+
+  // --- reading -----------------------------------------------------------------------------
+
+  void read_next() {
+    if (closing) return;
+    if (srv->stopped) return close();
+    if (!keep_alive) return linger();
+    if (watching) {  // the watch read owns the socket: cancel it, and parse what it kept
+      want_next = true;
+      beast::error_code ec;
+      sock.cancel(ec);
+      return;
+    }
+    parser.emplace();
+    parser->header_limit(uint32_t(srv->opt.max_header_bytes));
+    parser->body_limit(srv->opt.max_body_bytes);
+    arm(srv->opt.head_timeout);
+    bhttp::async_read_header(sock, buf, *parser,
+                             net::bind_executor(strand, [self = shared_from_this()](beast::error_code ec, size_t) {
+                               self->on_header(ec);
+                             }));
+  }
+
+  void on_header(beast::error_code ec) {
+    if (closing) return;
+    if (ec) return on_read_error(ec);
+    auto& req = parser->get();
+    // A client that waits for "100 Continue" before its body (curl does for bodies > 1 KiB).
+    auto expect = req[bhttp::field::expect];
+    bool continue_first = beast::iequals(expect, "100-continue") && !parser->is_done();
+    arm(srv->opt.body_timeout);
+    auto read_body = [self = shared_from_this()] {
+      bhttp::async_read(self->sock, self->buf, *self->parser,
+                        net::bind_executor(self->strand, [self](beast::error_code ec2, size_t) {
+                          if (self->closing) return;
+                          if (ec2) return self->on_read_error(ec2);
+                          self->timer.cancel();
+                          self->on_request();
+                        }));
+    };
+    if (parser->is_done()) {
+      timer.cancel();
+      return on_request();
+    }
+    if (continue_first) {
+      auto msg = std::make_shared<std::string>("HTTP/1.1 100 Continue\r\n\r\n");
+      net::async_write(sock, net::buffer(*msg),
+                       net::bind_executor(strand, [self = shared_from_this(), msg, read_body](beast::error_code e2, size_t) {
+                         if (e2) return self->close();
+                         read_body();
+                       }));
+      return;
+    }
+    read_body();
+  }
+
+  void on_read_error(beast::error_code ec) {
+    timer.cancel();
+    if (ec == bhttp::error::end_of_stream || ec == net::error::eof || ec == net::error::operation_aborted ||
+        ec == net::error::connection_reset)
+      return close();
+    keep_alive = false;
+    if (ec == bhttp::error::header_limit)
+      return reply_error(status_error(431, "invalid_request_error",
+                                      "the request head is larger than " + std::to_string(srv->opt.max_header_bytes) + " bytes"));
+    if (ec == bhttp::error::body_limit)
+      return reply_error(status_error(413, "invalid_request_error", "the body is larger than the server accepts (" +
+                                                                        std::to_string(srv->opt.max_body_bytes) + " bytes)"));
+    reply_error(status_error(400, "invalid_request_error", "malformed HTTP request: " + ec.message()));
+  }
+
+  // While a generation runs nothing else is read, but a read stays pending so that a client that
+  // closes its connection is noticed (and its request cancelled) at once. Bytes that arrive are
+  // the next pipelined request: kept, up to a bound.
+  void watch() {
+    if (watching || closing || buf.size() > srv->opt.max_body_bytes + srv->opt.max_header_bytes) return;
+    watching = true;
+    sock.async_read_some(net::buffer(peek), net::bind_executor(strand, [self = shared_from_this()](beast::error_code ec, size_t n) {
+                           self->watching = false;
+                           if (self->closing) return;
+                           if (ec == net::error::operation_aborted) {  // cancelled by read_next
+                             if (self->want_next) {
+                               self->want_next = false;
+                               self->read_next();
+                             }
+                             return;
+                           }
+                           if (ec) {
+                             if (self->gen && self->gen->actor) caf::anon_send(self->gen->actor, cancel_atom::value);
+                             self->keep_alive = false;
+                             if (!self->gen) self->close();
+                             else self->client_gone();
+                             return;
+                           }
+                           auto dst = self->buf.prepare(n);
+                           std::memcpy(dst.data(), self->peek.data(), n);
+                           self->buf.commit(n);
+                           if (self->want_next) {
+                             self->want_next = false;
+                             return self->read_next();
+                           }
+                           self->watch();
+                         }));
+  }
+
+  // --- writing -----------------------------------------------------------------------------
+
+  void send(std::string bytes) {
+    if (closing) return;
+    out.push_back(std::move(bytes));
+    if (!writing) write_front();
+  }
+
+  void write_front() {
+    writing = true;
+    arm(srv->opt.write_timeout);
+    net::async_write(sock, net::buffer(out.front()),
+                     net::bind_executor(strand, [self = shared_from_this()](beast::error_code ec, size_t) {
+                       self->writing = false;
+                       self->timer.cancel();
+                       if (self->closing) return;
+                       if (ec) return self->client_gone();
+                       self->out.pop_front();
+                       if (!self->out.empty()) return self->write_front();
+                       if (self->close_after_write) {
+                         self->close_after_write = false;
+                         self->read_next();
+                       }
+                     }));
+  }
+
+  // A whole response; the connection then reads its next request.
+  void respond(int status, const std::string& type, const std::string& body,
+               std::vector<std::pair<std::string, std::string>> headers = {}) {
+    if (srv->draining) keep_alive = false;
+    close_after_write = true;
+    send(render(status, type, body, headers, keep_alive));
+  }
+
+  void reply_error(const api_error& e, std::vector<std::pair<std::string, std::string>> headers = {}) {
+    srv->count_rejected(e.status);
+    respond(e.status, "application/json", openai::error_body(e), std::move(headers));
+  }
+
+  void client_gone() {
+    keep_alive = false;
+    if (gen) {
+      if (gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
+      end_generation("abort");
+    }
+    close();
+  }
+
+  // --- requests ----------------------------------------------------------------------------
+
+  void on_request();
+  void start_generation(bool chat);
+  void on_admitted(expected<uint64_t> id);
+  void on_token(int32_t tok);
+  void on_done(generate_result r, std::string error);
+  void emit(const std::string& text);
+  void end_generation(const std::string& reason);
+};
+
+struct session_events : gen_events {
+  std::shared_ptr<bridge> br;
+  explicit session_events(std::shared_ptr<bridge> b) : br(std::move(b)) {}
+  void admitted(expected<uint64_t> id) override {
+    br->post([id = std::move(id)](session& s) mutable { s.on_admitted(std::move(id)); });
+  }
+  void token(int32_t tok) override {
+    br->post([tok](session& s) { s.on_token(tok); });
+  }
+  void done(generate_result r, std::string error) override {
+    br->post([r = std::move(r), error = std::move(error)](session& s) mutable { s.on_done(std::move(r), std::move(error)); });
   }
 };
 
-}  // namespace
+void session::on_request() {
+  auto& req = parser->get();
+  keep_alive = req.keep_alive() && !srv->draining;
+  std::string path(req.target());
+  if (auto q = path.find('?'); q != std::string::npos) path.resize(q);
+  const auto method = req.method();
+  const bool get = method == bhttp::verb::get, post = method == bhttp::verb::post;
+  // Known paths and their methods; a known path with another method is 405, an unknown path 404.
+  static const std::map<std::string, const char*> routes = {
+      {"/v1/completions", "POST"}, {"/v1/chat/completions", "POST"}, {"/v1/models", "GET"},
+      {"/health", "GET"},          {"/ready", "GET"},                {"/metrics", "GET"}};
+  const std::string model_prefix = "/v1/models/";
+  bool model_path = path.rfind(model_prefix, 0) == 0 && path.size() > model_prefix.size();
+  auto it = routes.find(path);
+  if (it == routes.end() && !model_path)
+    return reply_error(status_error(404, "invalid_request_error", "no route for " + std::string(req.method_string()) + " " + path));
+  const char* allowed = model_path ? "GET" : it->second;
+  if (!(std::string(allowed) == "GET" ? get : post))
+    return reply_error(status_error(405, "invalid_request_error",
+                                    std::string(req.method_string()) + " is not allowed on " + path + " (only " + allowed + ")"),
+                       {{"Allow", allowed}});
+  if (path.rfind("/v1/", 0) == 0 && !srv->opt.api_key.empty()) {
+    std::string auth(req[bhttp::field::authorization]);
+    const std::string bearer = "Bearer ";
+    if (auth.rfind(bearer, 0) != 0 || !same_secret(auth.substr(bearer.size()), srv->opt.api_key)) {
+      api_error e = status_error(401, "invalid_request_error",
+                                 auth.empty() ? "missing API key: send Authorization: Bearer <key>" : "incorrect API key");
+      e.code = "invalid_api_key";
+      return reply_error(e, {{"WWW-Authenticate", "Bearer"}});
+    }
+  }
+  auto self = shared_from_this();
+  if (path == "/health") return respond(200, "application/json", "{\"status\":\"ok\"}");
+  if (path == "/v1/models") return respond(200, "application/json", openai::models_body({srv->opt.model_name}, srv->created_at));
+  if (model_path) {
+    auto id = path.substr(model_prefix.size());
+    if (id != srv->opt.model_name)
+      return reply_error(status_error(404, "invalid_request_error", "The model '" + id + "' does not exist", "model"));
+    return respond(200, "application/json", openai::model_body(id, srv->created_at));
+  }
+  if (path == "/ready") {
+    if (srv->draining) return reply_error(status_error(503, "server_error", "draining"));
+    watch();
+    return srv->readiness([br = br](std::string why) {
+      br->post([why](session& s) {
+        if (why.empty()) return s.respond(200, "application/json", "{\"status\":\"ready\"}");
+        s.reply_error(status_error(503, "server_error", why));
+      });
+    });
+  }
+  if (path == "/metrics") {
+    watch();
+    return srv->metrics([br = br](std::string text) {
+      br->post([text](session& s) { s.respond(200, "text/plain; version=0.0.4", text); });
+    });
+  }
+  start_generation(path == "/v1/chat/completions");
+}
 
-void http_server::impl::handle_generate(const httplib::Request& hreq, httplib::Response& res, bool chat) {
+void session::start_generation(bool chat) {
   auto t0 = clk::now();
-  if (draining) return reject(res, status_error(503, "server_error", "the server is shutting down"));
-  auto p = openai::parse_request(hreq.body, chat);
-  if (!p.req) return reject(res, p.err);
+  auto& body = parser->get().body();
+  if (srv->draining) return reply_error(status_error(503, "server_error", "the server is shutting down"));
+  auto p = openai::parse_request(body, chat);
+  if (!p.req) return reply_error(p.err);
   auto& r = *p.req;
-  if (r.model != opt.model_name)
-    return reject(res, status_error(404, "invalid_request_error", "The model '" + r.model + "' does not exist", "model"));
-  auto ids = tok.encode(chat ? openai::chat_prompt(r.messages) : r.prompt, true);
-  const int ctx = m->config.seq_len, n_prompt = int(ids.size());
+  if (r.model != srv->opt.model_name)
+    return reply_error(status_error(404, "invalid_request_error", "The model '" + r.model + "' does not exist", "model"));
+  const int64_t ctx = srv->m->config.seq_len;
   const std::string where = chat ? "messages" : "prompt";
-  if (n_prompt >= ctx)
-    return reject(res, status_error(400, "invalid_request_error",
-                                    "This model's maximum context length is " + std::to_string(ctx) + " tokens; the " +
-                                        where + " has " + std::to_string(n_prompt) + " tokens",
-                                    where));
+  auto too_long = [&](const std::string& what) {
+    api_error e = status_error(400, "invalid_request_error",
+                               "This model's maximum context length is " + std::to_string(ctx) + " tokens; " + what, where);
+    e.code = "context_length_exceeded";
+    return e;
+  };
+  std::string text = chat ? openai::chat_prompt(r.messages) : r.prompt;
+  // Every token covers at most max_token_bytes of text: a longer prompt cannot fit, and is
+  // refused before the encoder spends time on it.
+  if (uint64_t(text.size()) > uint64_t(ctx) * srv->tok.max_token_bytes())
+    return reply_error(too_long("the " + where + " has " + std::to_string(text.size()) + " bytes, more than " +
+                                std::to_string(ctx) + " tokens can hold"));
+  auto ids = srv->tok.encode(text, true);
+  const int64_t n_prompt = int64_t(ids.size());
+  if (n_prompt >= ctx) return reply_error(too_long("the " + where + " has " + std::to_string(n_prompt) + " tokens"));
   int64_t max_new = r.max_tokens.value_or(ctx - n_prompt);
-  if (n_prompt + max_new > ctx)
-    return reject(res, status_error(400, "invalid_request_error",
-                                    "This model's maximum context length is " + std::to_string(ctx) +
-                                        " tokens; you requested " + std::to_string(int64_t(n_prompt) + max_new) +
-                                        " (" + std::to_string(n_prompt) + " in the " + where + ", " +
-                                        std::to_string(max_new) + " to generate)",
-                                    r.max_tokens_key));
+  if (max_new > ctx - n_prompt) {  // no overflow: both sides are bounded by the context
+    api_error e = too_long("you requested " + std::to_string(max_new) + " tokens to generate after " +
+                           std::to_string(n_prompt) + " in the " + where);
+    e.param = r.max_tokens_key;
+    return reply_error(e);
+  }
   generate_request g;
   g.prompt.assign(ids.begin(), ids.end());
   g.max_new_tokens = int32_t(max_new);
   g.temperature = r.temperature;
   g.top_p = r.top_p;
-  g.seed = r.seed ? *r.seed : std::random_device{}() * 0x9E3779B97F4A7C15ull + uint64_t(next_id.load());
-  auto rs = std::make_shared<request_stream>(sys, router, opt.idle_timeout);
-  auto admitted = rs->start(g);
-  if (!admitted) {
-    switch (errc(admitted.err().code)) {
-      case errc::bad_request: return reject(res, status_error(400, "invalid_request_error", admitted.message()));
-      case errc::overloaded:
-        res.set_header("Retry-After", "1");
-        return reject(res, status_error(429, "rate_limit_error", "the server is at capacity; retry later (" +
-                                                                     admitted.message() + ")"));
-      case errc::timeout: return reject(res, status_error(504, "server_error", admitted.message()));
-      default: return reject(res, status_error(503, "server_error", admitted.message()));
+  g.seed = r.seed ? *r.seed : std::random_device{}() * 0x9E3779B97F4A7C15ull + uint64_t(clk::now().time_since_epoch().count());
+  gen.emplace();
+  gen->req = std::move(r);
+  gen->id = random_id(chat ? "chatcmpl-" : "cmpl-");
+  gen->created = std::time(nullptr);
+  gen->prompt_tokens = int(n_prompt);
+  gen->prev = ids.back();
+  gen->t0 = gen->last = t0;
+  gen->stops.emplace(gen->req.stop);
+  ++srv->in_flight;
+  gen->actor = srv->sys.spawn(generation_actor, srv->router, g, srv->opt.idle_timeout,
+                              std::shared_ptr<gen_events>(std::make_shared<session_events>(br)));
+  watch();
+}
+
+void session::on_admitted(expected<uint64_t> id) {
+  if (!gen) return;
+  if (id) {
+    if (gen->req.stream) {
+      send("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+           "Transfer-Encoding: chunked\r\nConnection: " +
+           std::string(keep_alive ? "keep-alive" : "close") + "\r\n\r\n");
+      if (gen->req.chat) {  // the role comes first, as OpenAI sends it
+        send(chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, "", nullptr,
+                                                 nullptr, true, gen->req.include_usage) + "\n\n"));
+        gen->first_chunk = false;
+      }
     }
-  }
-  std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id++);
-  auto gen = std::make_shared<generation>(*this, r, rs, id, n_prompt, ids.back(), t0);
-  if (!r.stream) {
-    std::string text;
-    gen->run([&](const std::string& t) {
-      text += t;
-      return true;
-    });
-    if (gen->finish_reason == "error")
-      return reply_error(res, status_error(500, "server_error", "generation failed: " + gen->error));
-    res.set_content(openai::response_body(r, id, created, opt.model_name, text, gen->finish_reason,
-                                          {n_prompt, gen->generated}),
-                    "application/json");
     return;
   }
-  res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider("text/event-stream", [this, gen, n_prompt](size_t, httplib::DataSink& sink) {
-    auto send = [&](const std::string& payload) {
-      std::string ev = "data: " + payload + "\n\n";
-      return sink.write(ev.data(), ev.size());
-    };
-    const auto& r = gen->req;
-    bool first = true;
-    if (r.chat) {  // the role comes first, as OpenAI sends it
-      if (!send(openai::chunk_body(r, gen->id, created, opt.model_name, "", nullptr, nullptr, true))) {
-        gen->client_gone = true;
-        gen->rs->cancel();
-        return false;
-      }
-      first = false;
+  api_error e;
+  switch (errc(id.err().code)) {
+    case errc::bad_request: e = status_error(400, "invalid_request_error", id.message()); break;
+    case errc::overloaded:
+      e = status_error(429, "rate_limit_error", "the server is at capacity; retry later (" + id.message() + ")");
+      break;
+    case errc::timeout: e = status_error(504, "server_error", id.message()); break;
+    default: e = status_error(503, "server_error", id.message());
+  }
+  gen.reset();
+  --srv->in_flight;
+  if (e.status == 429) return reply_error(e, {{"Retry-After", "1"}});
+  reply_error(e);
+}
+
+void session::emit(const std::string& text) {
+  if (text.empty()) return;
+  if (!gen->req.stream) {
+    gen->text += text;
+    return;
+  }
+  send(chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, text, nullptr,
+                                           nullptr, gen->first_chunk, gen->req.include_usage) + "\n\n"));
+  gen->first_chunk = false;
+}
+
+void session::on_token(int32_t tok) {
+  if (!gen || gen->stops->stopped()) return;
+  auto now = clk::now();
+  {
+    std::lock_guard<std::mutex> g(srv->mu);
+    if (gen->generated == 0) srv->ttft.observe(seconds(now - gen->t0));
+    else srv->itl.observe(seconds(now - gen->last));
+    ++srv->generation_tokens;
+  }
+  gen->last = now;
+  ++gen->generated;
+  emit(gen->stops->feed(srv->tok.decode(gen->prev, tok)));
+  gen->prev = tok;
+  if (gen->stops->stopped() && gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
+}
+
+void session::on_done(generate_result r, std::string error) {
+  if (!gen) return;
+  std::string reason;
+  if (!error.empty()) reason = "error";
+  else if (gen->stops->stopped()) reason = "stop";
+  else if (r.finish_reason == "error") reason = "error", error = r.error;
+  else reason = r.finish_reason == "length" ? "length" : "stop";
+  emit(gen->stops->flush());
+  auto& q = gen->req;
+  openai::usage u{gen->prompt_tokens, gen->generated};
+  if (!q.stream) {
+    if (reason == "error") {
+      auto e = status_error(500, "server_error", "generation failed: " + error);
+      end_generation(reason);
+      return reply_error(e);
     }
-    gen->run([&](const std::string& t) {
-      bool ok = send(openai::chunk_body(r, gen->id, created, opt.model_name, t, nullptr, nullptr, first));
-      first = false;
-      return ok;
-    });
-    if (gen->client_gone) return false;
-    if (gen->finish_reason == "error") {
-      send(openai::error_body(status_error(500, "server_error", "generation failed: " + gen->error)));
-    } else {
-      send(openai::chunk_body(r, gen->id, created, opt.model_name, "", &gen->finish_reason));
-      if (r.include_usage) {
-        openai::usage u{n_prompt, gen->generated};
-        send(openai::chunk_body(r, gen->id, created, opt.model_name, "", nullptr, &u));
+    auto body = openai::response_body(q, gen->id, gen->created, srv->opt.model_name, gen->text, reason, u);
+    end_generation(reason);
+    return respond(200, "application/json", body);
+  }
+  if (reason == "error") {
+    send(chunk("data: " + openai::error_body(status_error(500, "server_error", "generation failed: " + error)) + "\n\n"));
+  } else {
+    send(chunk("data: " + openai::chunk_body(q, gen->id, gen->created, srv->opt.model_name, "", &reason, nullptr,
+                                             false, q.include_usage) + "\n\n"));
+    if (q.include_usage)
+      send(chunk("data: " + openai::chunk_body(q, gen->id, gen->created, srv->opt.model_name, "", nullptr, &u) + "\n\n"));
+  }
+  send(chunk("data: [DONE]\n\n"));
+  end_generation(reason);
+  close_after_write = true;
+  send("0\r\n\r\n");
+}
+
+void session::end_generation(const std::string& reason) {
+  if (!gen) return;
+  {
+    std::lock_guard<std::mutex> g(srv->mu);
+    srv->e2e.observe(seconds(clk::now() - gen->t0));
+    srv->prompt_tokens += uint64_t(gen->prompt_tokens);
+    ++srv->finished[reason];
+  }
+  gen.reset();
+  --srv->in_flight;
+}
+
+}  // namespace
+
+void http_server::impl::accept() {
+  acceptor.async_accept(net::make_strand(io), [self = shared_from_this()](beast::error_code ec, tcp::socket sock) {
+    if (self->stopped) return;
+    if (!ec) {
+      beast::error_code e2;
+      auto ep = sock.remote_endpoint(e2);
+      std::string who = e2 ? std::string("?") : ep.address().to_string();
+      bool room;
+      {
+        std::lock_guard<std::mutex> g(self->conn_mu);
+        room = self->connections < self->opt.max_connections && self->per_client[who] < self->opt.max_connections_per_client;
+        if (room) {
+          ++self->connections;
+          ++self->per_client[who];
+        } else if (self->per_client[who] == 0) {
+          self->per_client.erase(who);
+        }
+      }
+      if (room) {
+        sock.set_option(tcp::no_delay(true), e2);  // each SSE event goes out at once
+        std::make_shared<session>(self, std::move(sock), who)->start();
+      } else {
+        sock.close(e2);  // over the bound: refused at once, costing nothing
       }
     }
-    send("[DONE]");
-    sink.done();
-    return true;
+    self->accept();
   });
 }
 
-std::string http_server::impl::metrics_text() {
+void http_server::impl::readiness(std::function<void(std::string)> done) {
+  // Readiness means a request can succeed: the model has a route and a real one-token
+  // generation went through it within the last few seconds.
+  auto self = shared_from_this();
+  ask<router_stats>(sys, router, std::chrono::seconds(2), [self, done](expected<router_stats> s) {
+    if (!s) return done("router: " + s.message());
+    if (s->routes == 0) return done("no instance of the model serves yet");
+    std::unique_lock<std::mutex> g(self->ready_mu);
+    if (clk::now() - self->probed < std::chrono::seconds(5) && !self->probing) {
+      auto why = self->probe_error;
+      g.unlock();
+      return done(why);
+    }
+    self->probe_waiters.push_back(done);
+    if (self->probing) return;
+    self->probing = true;
+    g.unlock();
+    struct probe_events : gen_events {
+      std::shared_ptr<http_server::impl> srv;
+      void finish(std::string why) {
+        std::vector<std::function<void(std::string)>> w;
+        {
+          std::lock_guard<std::mutex> g2(srv->ready_mu);
+          srv->probe_error = why;
+          srv->probed = clk::now();
+          srv->probing = false;
+          w.swap(srv->probe_waiters);
+        }
+        for (auto& f : w) f(why);
+      }
+      void admitted(expected<uint64_t> id) override {
+        if (!id) finish(id.err().code == int(errc::overloaded) ? "" : "a test request was refused: " + id.message());
+      }
+      void token(int32_t) override {}
+      void done(generate_result r, std::string error) override {
+        if (!error.empty()) return finish("a test request failed: " + error);
+        if (r.finish_reason == "error") return finish("a test request failed: " + r.error);
+        finish("");
+      }
+    };
+    auto ev = std::make_shared<probe_events>();
+    ev->srv = self;
+    generate_request g1;
+    g1.prompt = {self->m->config.bos_id};
+    g1.max_new_tokens = 1;
+    g1.ignore_eos = true;
+    self->sys.spawn(generation_actor, self->router, g1, std::chrono::milliseconds(10000),
+                    std::shared_ptr<gen_events>(ev));
+  }, stats_atom::value);
+}
+
+void http_server::impl::metrics(std::function<void(std::string)> done) {
+  auto self = shared_from_this();
+  ask<router_stats>(sys, router, std::chrono::seconds(2), [self, done](expected<router_stats> s) {
+    if (!self->opt.scaler) return done(self->metrics_text(s, make_error("no scaler")));
+    ask<scaling_report>(self->sys, self->opt.scaler, std::chrono::seconds(2),
+                        [self, done, s](expected<scaling_report> rep) { done(self->metrics_text(s, rep)); },
+                        report_atom::value);
+  }, stats_atom::value);
+}
+
+std::string http_server::impl::metrics_text(const expected<router_stats>& s, const expected<scaling_report>& rep) {
   std::string labels = "model_name=\"" + opt.model_name + "\"";
   std::string out;
   auto metric = [&](const std::string& name, const char* type, const char* help, const std::string& body) {
@@ -270,40 +813,32 @@ std::string http_server::impl::metrics_text() {
     std::snprintf(buf, sizeof buf, "%.9g", v);
     return name + "{" + labels + extra + "} " + buf + "\n";
   };
-  if (auto s = stats()) {
+  if (s) {
     metric("strata:num_requests_running", "gauge", "Requests holding KV cache in the engine.",
            line("strata:num_requests_running", "", s->running));
     metric("strata:num_requests_waiting", "gauge", "Requests admitted and waiting to run.",
            line("strata:num_requests_waiting", "", s->waiting));
     metric("strata:kv_cache_usage_perc", "gauge", "KV positions held / what the serving instances can hold.",
            line("strata:kv_cache_usage_perc", "", s->kv_capacity ? double(s->kv_tokens) / double(s->kv_capacity) : 0));
-    std::set<uint32_t> instances;
-    for (auto& [i, _] : s->running_by_instance) instances.insert(i);
     metric("strata:num_routes", "gauge", "Routes new requests may start on.", line("strata:num_routes", "", s->routes));
     metric("strata:request_migrations_total", "counter", "Requests moved off a cooperative route.",
            line("strata:request_migrations_total", "", double(s->migrations)));
   }
-  if (opt.scaler) {
-    caf::scoped_actor self{sys};
-    self->request(opt.scaler, std::chrono::seconds(2), report_atom::value)
-        .receive(
-            [&](scaling_report& r) {
-              metric("strata:instances", "gauge", "Instances of the model (loading or serving).",
-                     line("strata:instances", "", r.instances.empty() ? 0 : r.instances.back().second));
-              metric("strata:layers_loaded_total", "counter", "Layers (and globals) that landed on new instances.",
-                     line("strata:layers_loaded_total", "", double(r.layers_loaded)));
-              metric("strata:parameter_bytes_loaded_total", "counter", "Parameter bytes those layers carried.",
-                     line("strata:parameter_bytes_loaded_total", "", r.bytes_loaded));
-              metric("strata:kv_bytes_migrated_total", "counter", "KV cache bytes moved with migrating requests.",
-                     line("strata:kv_bytes_migrated_total", "", double(r.kv_bytes_moved)));
-              std::map<std::string, uint64_t> by;
-              for (auto& e : r.events) ++by[e.what];
-              std::string ev;
-              for (auto& [what, n] : by) ev += line("strata:scale_events_total", ",event=\"" + what + "\"", double(n));
-              metric("strata:scale_events_total", "counter", "Scaling events (scale-out, serving, full, drain, stopped).",
-                     ev);
-            },
-            [](caf::error&) {});
+  if (rep) {
+    auto& r = *rep;
+    metric("strata:instances", "gauge", "Instances of the model (loading or serving).",
+           line("strata:instances", "", r.instances.empty() ? 0 : r.instances.back().second));
+    metric("strata:layers_loaded_total", "counter", "Layers (and globals) that landed on new instances.",
+           line("strata:layers_loaded_total", "", double(r.layers_loaded)));
+    metric("strata:parameter_bytes_loaded_total", "counter", "Parameter bytes those layers carried.",
+           line("strata:parameter_bytes_loaded_total", "", r.bytes_loaded));
+    metric("strata:kv_bytes_migrated_total", "counter", "KV cache bytes moved with migrating requests.",
+           line("strata:kv_bytes_migrated_total", "", double(r.kv_bytes_moved)));
+    std::map<std::string, uint64_t> by;
+    for (auto& e : r.events) ++by[e.what];
+    std::string ev;
+    for (auto& [what, n] : by) ev += line("strata:scale_events_total", ",event=\"" + what + "\"", double(n));
+    metric("strata:scale_events_total", "counter", "Scaling events (scale-out, serving, full, drain, stopped).", ev);
   }
   metric("strata:http_requests_in_flight", "gauge", "Generation requests being served over HTTP.",
          line("strata:http_requests_in_flight", "", in_flight.load()));
@@ -330,58 +865,32 @@ std::string http_server::impl::metrics_text() {
 expected<std::unique_ptr<http_server>> http_server::start(caf::actor_system& sys, caf::actor router, model_ptr m,
                                                           tokenizer tok, http_options opt) {
   if (opt.model_name.empty()) return make_error("http server: no model name");
+  // A peer that closes while we write must be an error code, not a signal that ends the process.
+  std::signal(SIGPIPE, SIG_IGN);
   std::unique_ptr<http_server> out(new http_server);
-  out->impl_ = std::make_unique<impl>(sys, std::move(router), std::move(m), std::move(tok), opt);
-  auto* s = out->impl_.get();
-  auto& srv = s->srv;
-  int threads = std::max(2, opt.threads);
-  srv.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
-  srv.set_payload_max_length(opt.max_body_bytes);
-  srv.set_tcp_nodelay(true);
-  // httplib sets SO_REUSEPORT, which would let a second server share the port silently; keep
-  // only SO_REUSEADDR (a restart may bind while old connections linger in TIME_WAIT).
-  srv.set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });  // each SSE event and small response goes out at once (no Nagle delay)
-  srv.Post("/v1/completions", [s](const httplib::Request& q, httplib::Response& r) { s->handle_generate(q, r, false); });
-  srv.Post("/v1/chat/completions",
-           [s](const httplib::Request& q, httplib::Response& r) { s->handle_generate(q, r, true); });
-  srv.Get("/v1/models", [s](const httplib::Request&, httplib::Response& r) {
-    r.set_content(openai::models_body({s->opt.model_name}, s->created), "application/json");
-  });
-  srv.Get("/health", [](const httplib::Request&, httplib::Response& r) {
-    r.set_content("{\"status\":\"ok\"}", "application/json");
-  });
-  srv.Get("/ready", [s](const httplib::Request&, httplib::Response& r) {
-    std::string why;
-    if (s->draining) why = "draining";
-    else if (auto st = s->stats(); !st) why = "router: " + st.message();
-    else if (st->routes == 0) why = "no instance of the model serves yet";
-    if (why.empty()) return r.set_content("{\"status\":\"ready\"}", "application/json");
-    reply_error(r, status_error(503, "server_error", why));
-  });
-  srv.Get("/metrics", [s](const httplib::Request&, httplib::Response& r) {
-    r.set_content(s->metrics_text(), "text/plain; version=0.0.4");
-  });
-  // Errors httplib answers itself (unknown path, body too large, ...) get an OpenAI error body.
-  srv.set_error_handler([](const httplib::Request& q, httplib::Response& r) {
-    if (!r.body.empty()) return;
-    std::string what = r.status == 404   ? "no route for " + q.method + " " + q.path
-                       : r.status == 413 ? "the body is larger than the server accepts"
-                                         : "HTTP status " + std::to_string(r.status);
-    reply_error(r, status_error(r.status, "invalid_request_error", what));
-  });
-  if (opt.port == 0) {
-    s->port = srv.bind_to_any_port(opt.host);
-    if (s->port < 0) return make_error("http server: cannot bind " + opt.host);
-  } else {
-    if (!srv.bind_to_port(opt.host, opt.port))
-      return make_error("http server: cannot listen on " + opt.host + ":" + std::to_string(opt.port) +
-                        " (in use, or not an address of this machine)");
-    s->port = opt.port;
+  out->impl_ = std::make_shared<impl>(sys, std::move(router), std::move(m), std::move(tok), opt);
+  auto& s = *out->impl_;
+  beast::error_code ec;
+  auto addr = net::ip::make_address(opt.host, ec);
+  if (ec) {
+    // A host name: resolve it (localhost and the like).
+    tcp::resolver res(s.io);
+    auto r = res.resolve(opt.host, std::to_string(opt.port), ec);
+    if (ec || r.empty()) return make_error("http server: cannot resolve host '" + opt.host + "': " + ec.message());
+    addr = r.begin()->endpoint().address();
   }
-  s->listener = std::thread([s] { s->srv.listen_after_bind(); });
+  tcp::endpoint ep(addr, uint16_t(opt.port));
+  s.acceptor.open(ep.protocol(), ec);
+  if (!ec) s.acceptor.set_option(net::socket_base::reuse_address(true), ec);  // no SO_REUSEPORT: no silent sharing
+  if (!ec) s.acceptor.bind(ep, ec);
+  if (!ec) s.acceptor.listen(net::socket_base::max_listen_connections, ec);
+  if (ec)
+    return make_error("http server: cannot listen on " + opt.host + ":" + std::to_string(opt.port) + " (" + ec.message() +
+                      ")");
+  s.port = s.acceptor.local_endpoint().port();
+  s.accept();
+  int n = std::max(1, opt.threads);
+  for (int i = 0; i < n; ++i) s.threads.emplace_back([p = out->impl_] { p->io.run(); });
   return out;
 }
 
@@ -392,14 +901,45 @@ int http_server::port() const { return impl_->port; }
 int http_server::drain(std::chrono::milliseconds timeout) {
   impl_->draining = true;
   auto until = clk::now() + timeout;
-  while (impl_->in_flight > 0 && clk::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  while (impl_->in_flight > 0 && clk::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   return impl_->in_flight.load();
 }
 
 void http_server::stop() {
-  if (!impl_) return;
-  impl_->srv.stop();
-  if (impl_->listener.joinable()) impl_->listener.join();
+  if (!impl_ || impl_->stopped.exchange(true)) return;
+  // Close every connection on its own strand and stop accepting; no event from CAF threads is
+  // posted after this. The I/O threads then run out of work (or are stopped after a second).
+  {
+    std::lock_guard<std::mutex> g(impl_->conn_mu);
+    for (auto& b : impl_->bridges) {
+      std::lock_guard<std::mutex> g2(b->mu);
+      b->closed = true;
+      net::post(b->strand, [w = b->s] {
+        if (auto p = w.lock()) p->close();
+      });
+    }
+  }
+  net::post(impl_->io, [p = impl_] {
+    beast::error_code ec;
+    p->acceptor.close(ec);
+  });
+  auto until = clk::now() + std::chrono::seconds(1);
+  while (!impl_->io.stopped() && clk::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  impl_->io.stop();
+  for (auto& t : impl_->threads)
+    if (t.joinable()) t.join();
+  impl_->threads.clear();
+}
+
+status probe_generation(caf::actor_system& sys, const caf::actor& router, std::chrono::milliseconds timeout) {
+  generate_request g;
+  g.prompt = {1};
+  g.max_new_tokens = 1;
+  g.ignore_eos = true;
+  auto r = generate(sys, router, g, {}, timeout);
+  if (!r) return r.err();
+  if (r->result.finish_reason == "error") return make_error(r->result.error);
+  return {};
 }
 
 }  // namespace strata

@@ -1,10 +1,14 @@
-// The front door: an OpenAI-compatible HTTP server (cpp-httplib) in front of a model's router.
+// The front door: an OpenAI-compatible HTTP/1.1 server in front of a model's router.
 //   POST /v1/completions, POST /v1/chat/completions (stream: true -> server-sent events ending
-//   in "data: [DONE]"), GET /v1/models, GET /health (alive), GET /ready (503 until the model has
-//   a route, and while draining), GET /metrics (Prometheus text, "strata:" names).
-// Each HTTP request becomes one router request (request_stream) on a server thread: a client
-// that goes away mid-stream has its request cancelled and its KV cache freed; a full router
-// queue answers 429 with Retry-After; drain() stops admitting and lets in-flight requests end.
+//   in "data: [DONE]"), GET /v1/models, GET /v1/models/{id}, GET /health (alive), GET /ready (503
+//   unless a request can succeed now), GET /metrics (Prometheus text, "strata:" names).
+// Asynchronous (Boost.Beast on Asio, a few I/O threads): a connection costs no thread, so slow or
+// idle clients cannot starve others. The whole request head must arrive within head_timeout and
+// the body within body_timeout; connections are bounded per client address and in all; pipelined
+// requests are answered in order; Range is ignored (no partial content). Each generation is one
+// router request driven by a small actor: a client that goes away (streaming or not) has its
+// request cancelled and its KV cache freed; a full router queue answers 429 with Retry-After;
+// drain() stops admitting and lets in-flight requests end; stop() returns at once.
 #pragma once
 
 #include <caf/all.hpp>
@@ -21,9 +25,16 @@ struct http_options {
   std::string host = "127.0.0.1";
   int port = 8000;            // 0: any free port (see http_server::port)
   std::string model_name;     // the name clients use in "model"
-  int threads = 64;           // concurrent HTTP requests (each blocks a thread while it streams)
+  int threads = 4;            // I/O threads (connections do not hold threads)
   size_t max_body_bytes = 1 << 20;
+  size_t max_header_bytes = 64 << 10;
+  std::chrono::milliseconds head_timeout{10000};   // from connection (or last response) to a whole request head
+  std::chrono::milliseconds body_timeout{30000};   // to the whole body after the head
   std::chrono::milliseconds idle_timeout{120000};  // no token for this long: the request fails
+  std::chrono::milliseconds write_timeout{60000};  // a client that reads nothing for this long is dropped
+  int max_connections = 4096;
+  int max_connections_per_client = 256;  // per remote address
+  std::string api_key;  // non-empty: /v1/* needs "Authorization: Bearer <api_key>" (401 otherwise)
   caf::actor scaler;  // when the model autoscales: its report feeds the instance and scaling metrics
 };
 
@@ -36,12 +47,17 @@ class http_server {
   // Stops admitting (new generation requests and readiness get 503) and waits up to `timeout`
   // for in-flight requests to end; returns how many were still running.
   int drain(std::chrono::milliseconds timeout);
+  // Closes every connection and returns (in-flight requests are cancelled).
   void stop();
 
   struct impl;
 
  private:
-  std::unique_ptr<impl> impl_;
+  std::shared_ptr<impl> impl_;
 };
+
+// Runs one short greedy generation through `router` (a prompt of one BOS token, one new token)
+// and says whether it succeeded: what readiness means. Blocks up to `timeout`.
+status probe_generation(caf::actor_system& sys, const caf::actor& router, std::chrono::milliseconds timeout);
 
 }  // namespace strata

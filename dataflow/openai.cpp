@@ -28,7 +28,7 @@ size_t complete_utf8(const std::string& s) {
 }
 
 api_error bad(std::string message, std::string param = {}) {
-  return api_error{400, "invalid_request_error", std::move(message), std::move(param)};
+  return api_error{400, "invalid_request_error", std::move(message), std::move(param), {}};
 }
 
 }  // namespace
@@ -38,7 +38,9 @@ std::string error_body(const api_error& e) {
              {{"message", e.message},
               {"type", e.type},
               {"param", e.param.empty() ? json(nullptr) : json(e.param)},
-              {"code", e.status == 404 ? json("model_not_found") : json(nullptr)}}}};
+              {"code", !e.code.empty()                        ? json(e.code)
+                       : e.status == 404 && e.param == "model" ? json("model_not_found")
+                                                               : json(nullptr)}}}};
   return dump(j);
 }
 
@@ -177,7 +179,8 @@ std::string response_body(const request& r, const std::string& id, int64_t creat
 }
 
 std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
-                       const std::string& text, const std::string* finish_reason, const usage* u, bool first) {
+                       const std::string& text, const std::string* finish_reason, const usage* u, bool first,
+                       bool usage_null) {
   json j = {{"id", id},
             {"object", r.chat ? "chat.completion.chunk" : "text_completion"},
             {"created", created},
@@ -198,7 +201,12 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
     choice["logprobs"] = nullptr;
   }
   j["choices"] = json::array({choice});
+  if (usage_null) j["usage"] = nullptr;
   return dump(j);
+}
+
+std::string model_body(const std::string& name, int64_t created) {
+  return dump({{"id", name}, {"object", "model"}, {"created", created}, {"owned_by", "strata"}});
 }
 
 std::string models_body(const std::vector<std::string>& names, int64_t created) {

@@ -16,6 +16,7 @@ struct api_error {
   std::string type = "invalid_request_error";
   std::string message;
   std::string param;  // the offending field, if one
+  std::string code;   // OpenAI's machine-readable code (context_length_exceeded, invalid_api_key, ...)
 };
 
 // {"error": {"message", "type", "param", "code"}}
@@ -62,12 +63,14 @@ struct usage {
 std::string response_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                           const std::string& text, const std::string& finish_reason, const usage& u);
 // One server-sent event payload (the JSON after "data: "): a text delta, or the last chunk
-// with a finish reason (text empty), or with usage only (include_usage).
+// with a finish reason (text empty), or with usage only (include_usage). `usage_null` adds
+// "usage": null, as OpenAI sends on every chunk but the last when include_usage is set.
 std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                        const std::string& text, const std::string* finish_reason, const usage* u = nullptr,
-                       bool first = false);
-// GET /v1/models
+                       bool first = false, bool usage_null = false);
+// GET /v1/models, GET /v1/models/{id}
 std::string models_body(const std::vector<std::string>& names, int64_t created);
+std::string model_body(const std::string& name, int64_t created);
 
 // Cuts generated text at the first stop sequence. While streaming it holds back the tail that
 // could still begin a stop sequence, so no client ever sees text past a stop.

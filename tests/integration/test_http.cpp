@@ -4,6 +4,13 @@
 #include <doctest/doctest.h>
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <climits>
+#include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -31,7 +38,7 @@ struct server {
   caf::actor router;
   std::unique_ptr<http_server> http;
 
-  explicit server(router_options ro = {}, shard_options so = {}) {
+  explicit server(router_options ro = {}, shard_options so = {}, const std::function<void(http_options&)>& tune = {}) {
     register_strata_types(cfg);
     sys = std::make_unique<caf::actor_system>(cfg);
     auto pl = spawn_pipeline(*sys, stories(), {{0, 5}});
@@ -48,7 +55,8 @@ struct server {
     http_options ho;
     ho.port = 0;
     ho.model_name = "stories260K";
-    ho.threads = 32;
+    ho.threads = 4;
+    if (tune) tune(ho);
     auto s = http_server::start(*sys, router, stories(), load_tok(), ho);
     REQUIRE_MESSAGE(s, s.message());
     http = std::move(*s);
@@ -106,6 +114,73 @@ std::vector<std::string> sse_data(const std::string& body) {
     pos = end;
   }
   return out;
+}
+
+// A raw TCP connection from a chosen loopback address (127.0.0.x counts as its own client).
+struct raw_conn {
+  int fd = -1;
+  raw_conn(int port, const char* from = "127.0.0.1") {
+    fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    ::inet_pton(AF_INET, from, &local.sin_addr);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&local), sizeof local);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(uint16_t(port));
+    ::inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      ::close(fd);
+      fd = -1;
+    }
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  ~raw_conn() {
+    if (fd >= 0) ::close(fd);
+  }
+  bool send(const std::string& b) { return fd >= 0 && ::send(fd, b.data(), b.size(), MSG_NOSIGNAL) == ssize_t(b.size()); }
+  // Reads until `done(received)` or the peer closes or 10 s pass.
+  std::string read_until(const std::function<bool(const std::string&)>& done) {
+    std::string got;
+    char b[65536];
+    while (!done(got)) {
+      ssize_t n = ::recv(fd, b, sizeof b, 0);
+      if (n <= 0) break;
+      got.append(b, size_t(n));
+    }
+    return got;
+  }
+  bool closed_by_peer() {  // within the receive timeout
+    char b[256];
+    for (;;) {
+      ssize_t n = ::recv(fd, b, sizeof b, 0);
+      if (n == 0) return true;
+      if (n < 0) return errno == ECONNRESET;
+    }
+  }
+};
+
+std::string http_post(const std::string& path, const std::string& body, const std::string& extra = "") {
+  return "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + extra +
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// How many complete HTTP responses with a Content-Length body `s` holds.
+size_t responses_in(const std::string& s) {
+  size_t n = 0, pos = 0;
+  for (;;) {
+    auto h = s.find("HTTP/1.1 ", pos);
+    if (h == std::string::npos) return n;
+    auto end = s.find("\r\n\r\n", h);
+    if (end == std::string::npos) return n;
+    auto cl = s.find("Content-Length: ", h);
+    if (cl == std::string::npos || cl > end) return n;
+    size_t len = std::stoul(s.substr(cl + 16));
+    if (s.size() < end + 4 + len) return n;
+    ++n;
+    pos = end + 4 + len;
+  }
 }
 
 size_t rss_kb() {
@@ -179,10 +254,13 @@ TEST_CASE("streaming sends the same text as server-sent events ending in [DONE]"
     for (size_t i = 0; i + 1 < events.size(); ++i) {
       auto j = json::parse(events[i]);
       CHECK(j["object"] == (chat ? "chat.completion.chunk" : "text_completion"));
-      if (j.contains("usage")) {
+      REQUIRE(j.contains("usage"));  // include_usage: null on every chunk but the last
+      if (j["usage"].is_object()) {
         usage = j["usage"]["completion_tokens"];
+        CHECK(j["choices"].empty());
         continue;
       }
+      CHECK(j["usage"].is_null());
       auto& ch = j["choices"][0];
       if (!ch["finish_reason"].is_null()) finish = ch["finish_reason"];
       if (chat) {
@@ -276,12 +354,25 @@ TEST_CASE("bad requests get OpenAI-style errors with the right status, and the s
   auto absurd = error_of("/v1/completions",
                          json{{"model", "stories260K"}, {"prompt", "x"}, {"max_tokens", 1000000000}}.dump(), 400);
   CHECK(absurd["param"] == "max_tokens");
-  CHECK(absurd["message"].get<std::string>().find("1000000000 to generate") != std::string::npos);
+  CHECK(absurd["message"].get<std::string>().find("1000000000 tokens to generate") != std::string::npos);
+  CHECK(absurd["code"] == "context_length_exceeded");
+  CHECK(too_long["code"] == "context_length_exceeded");
+  CHECK(too_long["param"] == "prompt");
+  // max_tokens near 2^63 must not overflow past the context check.
+  auto huge = error_of("/v1/completions",
+                       json{{"model", "stories260K"}, {"prompt", "x"}, {"max_tokens", INT64_MAX}}.dump(), 400);
+  CHECK(huge["param"] == "max_tokens");
+  CHECK(huge["code"] == "context_length_exceeded");
   // Unknown paths and oversized bodies.
   auto r404 = c.Get("/v1/nothing");
   REQUIRE(r404);
   CHECK(r404->status == 404);
   CHECK(json::parse(r404->body)["error"]["message"] == "no route for GET /v1/nothing");
+  CHECK(json::parse(r404->body)["error"]["code"].is_null());  // model_not_found is for models only
+  auto r405 = c.Get("/v1/completions");
+  REQUIRE(r405);
+  CHECK(r405->status == 405);
+  CHECK(r405->get_header_value("Allow") == "POST");
   auto big = c.Post("/v1/completions", std::string(2 << 20, 'x'), "application/json");
   REQUIRE(big);
   CHECK(big->status == 413);
@@ -469,4 +560,154 @@ TEST_CASE("load: 10,000 requests over HTTP, none lost, no memory growth") {
   // request; a monitor left behind per request cost 700). Pending step-timeout timers (one per
   // step for step_timeout) account for a bounded part of what growth remains.
   CHECK(rss_end < rss_warm + 4 * 1024);
+}
+
+// What a hostile client found before the asynchronous front door (issue 14, 1b), each kept as a
+// regression test.
+TEST_CASE("hostile clients: slow heads, many connections, pipelining, Range, odd methods, huge prompts") {
+  server s({}, {}, [](http_options& o) {
+    o.head_timeout = 1s;
+    o.max_connections_per_client = 100;
+  });
+  const int port = s.http->port();
+  SUBCASE("trickling connections neither starve others nor live past the head deadline") {
+    std::vector<std::unique_ptr<raw_conn>> slow;
+    for (int i = 0; i < 90; ++i) {  // more than the old server's 64 threads
+      slow.push_back(std::make_unique<raw_conn>(port));
+      REQUIRE(slow.back()->send("GET /health HTTP/1.1\r\nHo"));
+    }
+    auto t0 = std::chrono::steady_clock::now();
+    auto c = s.client();
+    auto h = c.Get("/health");
+    REQUIRE(h);
+    CHECK(h->status == 200);
+    CHECK(std::chrono::steady_clock::now() - t0 < 1s);
+    for (auto& k : slow) CHECK(k->closed_by_peer());  // cut at the 1 s head deadline
+  }
+  SUBCASE("connections are bounded per client address, and other addresses are still served") {
+    std::vector<std::unique_ptr<raw_conn>> many;
+    for (int i = 0; i < 100; ++i) many.push_back(std::make_unique<raw_conn>(port, "127.0.0.2"));
+    raw_conn over(port, "127.0.0.2");
+    CHECK(over.closed_by_peer());
+    raw_conn other(port, "127.0.0.3");
+    REQUIRE(other.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"));
+    CHECK(other.read_until([](const std::string& g) { return responses_in(g) == 1; }).find("200 OK") != std::string::npos);
+  }
+  SUBCASE("pipelined requests are all answered, in order") {
+    raw_conn k(port);
+    std::string body = R"({"model":"stories260K","prompt":"Once","max_tokens":5,"temperature":0})";
+    REQUIRE(k.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + http_post("/v1/completions", body) +
+                   "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n" + http_post("/v1/completions", body)));
+    auto got = k.read_until([](const std::string& g) { return responses_in(g) == 4; });
+    REQUIRE(responses_in(got) == 4);
+    auto a = got.find("{\"status\":\"ok\"}"), b = got.find("text_completion"), m = got.find("\"object\":\"list\""),
+         d = got.rfind("text_completion");
+    CHECK(a < b);
+    CHECK(b < m);
+    CHECK(m < d);
+  }
+  SUBCASE("Range is ignored on POST: the whole JSON, status 200") {
+    raw_conn k(port);
+    REQUIRE(k.send(http_post("/v1/completions", R"({"model":"stories260K","prompt":"Once","max_tokens":8,"temperature":0})",
+                             "Range: bytes=0-10\r\n")));
+    auto got = k.read_until([](const std::string& g) { return responses_in(g) == 1; });
+    CHECK(got.rfind("HTTP/1.1 200 OK", 0) == 0);
+    auto j = json::parse(got.substr(got.find("\r\n\r\n") + 4), nullptr, false);
+    CHECK_FALSE(j.is_discarded());
+  }
+  SUBCASE("unknown methods: 405 on a known path, 404 elsewhere") {
+    raw_conn k(port);
+    REQUIRE(k.send("FOO /v1/completions HTTP/1.1\r\nHost: x\r\n\r\nFOO /nothing HTTP/1.1\r\nHost: x\r\n\r\n"));
+    auto got = k.read_until([](const std::string& g) { return responses_in(g) == 2; });
+    CHECK(got.find("HTTP/1.1 405") != std::string::npos);
+    CHECK(got.find("HTTP/1.1 404") != std::string::npos);
+  }
+  SUBCASE("a tiny temperature with top_p samples greedily (it was a SIGSEGV)") {
+    auto c = s.client();
+    for (bool stream : {false, true}) {
+      json b = {{"model", "stories260K"}, {"prompt", "Once"}, {"max_tokens", 12}, {"temperature", 1e-40},
+                {"top_p", 0.5}, {"stream", stream}};
+      auto r = c.Post("/v1/completions", b.dump(), "application/json");
+      REQUIRE(r);
+      CHECK(r->status == 200);
+      if (!stream) CHECK(json::parse(r->body)["choices"][0]["text"] == reference_text("Once", 12));
+    }
+    json chat = {{"model", "stories260K"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 4},
+                 {"temperature", 1e-38}, {"top_p", 0.1}};
+    auto r = c.Post("/v1/chat/completions", chat.dump(), "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 200);
+  }
+  SUBCASE("a prompt larger than the context can hold is refused before it is encoded") {
+    auto c = s.client();
+    std::string huge(1000000, 'a');
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = c.Post("/v1/completions", json{{"model", "stories260K"}, {"prompt", huge}}.dump(), "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 400);
+    CHECK(json::parse(r->body)["error"]["code"] == "context_length_exceeded");
+    CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+    auto h = c.Get("/health");
+    REQUIRE(h);
+    CHECK(h->status == 200);
+  }
+  SUBCASE("a non-streaming client that hangs up has its request cancelled") {
+    raw_conn k(port);
+    REQUIRE(k.send(http_post("/v1/completions", R"({"model":"stories260K","prompt":"Once","max_tokens":500,"temperature":0.8})")));
+    std::this_thread::sleep_for(30ms);
+    ::shutdown(k.fd, SHUT_RDWR);
+    bool freed = false;
+    for (int i = 0; i < 300 && !freed; ++i) {
+      freed = s.stats().running == 0 && s.kv_sequences() == 0;
+      std::this_thread::sleep_for(10ms);
+    }
+    CHECK(freed);
+  }
+}
+
+TEST_CASE("an API key guards /v1/*: 401 in OpenAI's shape without it, health and metrics stay open") {
+  server s({}, {}, [](http_options& o) { o.api_key = "sk-test-123"; });
+  auto c = s.client();
+  json b = {{"model", "stories260K"}, {"prompt", "Once"}, {"max_tokens", 3}};
+  auto none = c.Post("/v1/completions", b.dump(), "application/json");
+  REQUIRE(none);
+  CHECK(none->status == 401);
+  CHECK(json::parse(none->body)["error"]["code"] == "invalid_api_key");
+  httplib::Headers wrong = {{"Authorization", "Bearer sk-test-124"}};
+  auto bad = c.Post("/v1/completions", wrong, b.dump(), "application/json");
+  REQUIRE(bad);
+  CHECK(bad->status == 401);
+  CHECK(c.Get("/v1/models")->status == 401);
+  httplib::Headers right = {{"Authorization", "Bearer sk-test-123"}};
+  auto ok = c.Post("/v1/completions", right, b.dump(), "application/json");
+  REQUIRE(ok);
+  CHECK(ok->status == 200);
+  CHECK(c.Get("/health")->status == 200);
+  CHECK(c.Get("/metrics")->status == 200);
+}
+
+TEST_CASE("drain is bounded by its timeout, and stop returns at once under open streams") {
+  shard_options slow;
+  slow.device.layer_s = 0.004;  // ~20 ms per token: 8 streams of 400 tokens outlast the drain
+  server s({}, slow);
+  std::vector<std::thread> ts;
+  std::atomic<int> started{0};
+  for (int i = 0; i < 8; ++i)
+    ts.emplace_back([&] {
+      raw_conn k(s.http->port());
+      k.send(http_post("/v1/completions", R"({"model":"stories260K","prompt":"Once","max_tokens":400,"stream":true})"));
+      k.read_until([&](const std::string& g) {
+        if (g.find("data: ") != std::string::npos && g.size() < 2000) ++started;
+        return g.find("[DONE]") != std::string::npos || g.size() > 2000;
+      });
+      k.read_until([](const std::string&) { return false; });  // until the server closes
+    });
+  for (int i = 0; i < 500 && started < 8; ++i) std::this_thread::sleep_for(10ms);
+  auto t0 = std::chrono::steady_clock::now();
+  int left = s.http->drain(1s);
+  s.http->stop();
+  auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(left > 0);
+  CHECK(took < 2500ms);
+  for (auto& t : ts) t.join();
 }

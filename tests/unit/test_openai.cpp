@@ -45,7 +45,7 @@ TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
     CHECK(r.err.status == 400);
     CHECK(r.err.param == b.param);
   }
-  auto e = json::parse(error_body({429, "rate_limit_error", "slow down", ""}));
+  auto e = json::parse(error_body({429, "rate_limit_error", "slow down", "", ""}));
   CHECK(e["error"]["type"] == "rate_limit_error");
   CHECK(e["error"]["param"].is_null());
 }
