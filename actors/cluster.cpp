@@ -98,6 +98,9 @@ struct node_state {
   std::map<node_id, transport::peer_id> peers;
   std::map<uint64_t, transfer_state> transfers;
   std::map<uint32_t, hosted_instance> hosted;
+  // Models whose instances here all stopped while their parameters were still arriving: the copy
+  // is dropped when the transfer completes (else it would count as a holding no one asked for).
+  std::set<std::string> orphan_loads;
   // Chunks waiting for the node's paced egress link (throttle_mb_s), across all transfers.
   struct queued_send {
     uint64_t tid;
@@ -290,6 +293,7 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   h.model = model;
   h.config = view->config;
   h.watcher = watcher;
+  st.orphan_loads.erase(model);  // an instance wants the copy after all
   // Instances live as long as the scaler that asked for them, however it ends.
   if (watcher && std::none_of(st.hosted.begin(), st.hosted.end(),
                               [&](auto& kv) { return kv.second.watcher == watcher; }))
@@ -350,6 +354,7 @@ void unhost_instance(node_actor* self, uint32_t id) {
     if (a) self->send_exit(a, caf::exit_reason::user_shutdown);
   auto model = it->second.model;
   st.hosted.erase(it);
+  if (!st.held.count(model)) st.orphan_loads.insert(model);
   drop_copy_if_unused(self, model);  // an instance's parameters were its device memory
 }
 
@@ -388,6 +393,7 @@ void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
       st.zone->transfers.erase(tid);
     }
     self->send(st.controller, tdone_atom::value, tid, st.id, uint64_t(t.plan.image_bytes), since(t.t0), t.refetched);
+    if (st.orphan_loads.erase(t.plan.model)) drop_copy_if_unused(self, t.plan.model);
   }
 }
 
@@ -502,9 +508,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         auto chunks = make_chunks(layout_of(view->config), h->second.image->data(), chunk_bytes,
                                   std::vector<int>(order.begin(), order.end()));
         if (!chunks) return make_error(errc::bad_request, chunks.message());
-        std::vector<uint64_t> flat;
-        for (auto& c : *chunks) flat.insert(flat.end(), {c.index, uint64_t(c.segment), c.offset, c.length, c.checksum});
-        return flat;
+        return flatten_chunks(*chunks);
       },
       [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester) {
         auto it = self->state.transfers.find(tid);
@@ -571,6 +575,7 @@ struct node_entry {
   node_info info;
   caf::actor handle;
   clock::time_point last_seen;
+  std::set<caf::actor> watchers;  // scalers with instances here: told when the node is lost
 };
 
 struct model_entry {
@@ -649,6 +654,7 @@ void node_lost(controller_actor* self, node_id n, const std::string& why) {
   auto it = st.nodes.find(n);
   if (it == st.nodes.end()) return;
   std::string name = it->second.info.name;
+  for (auto& w : it->second.watchers) self->send(w, nodelost_atom::value, name, why);
   st.nodes.erase(it);
   for (auto& [_, m] : st.models) {
     m.host_copies.erase(n);
@@ -720,10 +726,10 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
             tp.id = st.next_tid++;
             tp.model = req.model;
             tp.manifest = manifest;
-            for (size_t i = 0; i + 4 < flat.size(); i += 5) {
-              tp.chunks.push_back({uint32_t(flat[i]), int32_t(flat[i + 1]), flat[i + 2], flat[i + 3], flat[i + 4]});
-              tp.image_bytes = std::max(tp.image_bytes, flat[i + 2] + flat[i + 3]);
-            }
+            auto chunks = unflatten_chunks(flat, tp.image_bytes);
+            if (!chunks) return rp.deliver(make_error(errc::internal, "node " + node_name(self, sources.front().node) +
+                                                                          ": " + chunks.message()));
+            tp.chunks = std::move(*chunks);
             plan_request pr;
             pr.kind = *kind;
             pr.sources = sources;
@@ -846,6 +852,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
           double per_row_s, double local_mb_s, caf::actor& watcher) -> caf::result<std::vector<caf::actor>> {
         auto m = self->state.models.find(model);
         if (m == self->state.models.end()) return make_error(errc::bad_request, "no node holds model " + model);
+        if (auto* e = node_named(self, node); e && watcher) e->watchers.insert(watcher);
         return relay_to_node<std::vector<caf::actor>>(self, node, std::chrono::seconds(30), instance_atom::value, model,
                                                       m->second.manifest, id, layer_s, per_row_s, local_mb_s,
                                                       watcher);

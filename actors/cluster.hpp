@@ -41,6 +41,7 @@ using layerin_atom = caf::atom_constant<caf::atom("layerin")>;
 using cache_atom = caf::atom_constant<caf::atom("cache")>;
 using uncache_atom = caf::atom_constant<caf::atom("uncache")>;
 using localfeed_atom = caf::atom_constant<caf::atom("localfeed")>;
+using nodelost_atom = caf::atom_constant<caf::atom("nodelost")>;
 
 struct node_info {
   uint32_t id = 0;
@@ -135,6 +136,8 @@ void register_cluster_types(caf::actor_system_config& cfg);
 //   (uninstance_atom, node, instance id): stops it; the node drops its copy of the parameters
 //     unless it is a host copy. A node monitors each watcher and stops its instances when it
 //     goes away, so a scaler that ends (or dies with its process) leaves nothing behind.
+//   The controller tells each watcher of a node's instances when it drops that node (connection
+//   lost, or no heartbeat within heartbeat_timeout_ms: a hung node): (nodelost_atom, node, why).
 // The controller actor: cluster view, host-copy policy, multicasts.
 caf::actor spawn_controller(caf::actor_system& sys, const node_config& cfg);
 

@@ -30,6 +30,8 @@ expected<std::unique_ptr<local_cluster>> local_cluster::start(local_cluster_opti
   std::unique_ptr<local_cluster> c(new local_cluster());
   if (opt.strata_bin.empty()) opt.strata_bin = default_bin();
   if (!fs::exists(opt.strata_bin)) return make_error("strata binary not found at " + opt.strata_bin);
+  // STRATA_CLUSTER_DIR keeps the configs and logs (a folder of that name, not removed).
+  if (opt.work_dir.empty() && std::getenv("STRATA_CLUSTER_DIR")) opt.work_dir = std::getenv("STRATA_CLUSTER_DIR");
   if (opt.work_dir.empty()) {
     static int n = 0;
     opt.work_dir = (fs::temp_directory_path() / ("strata-cluster-" + std::to_string(::getpid()) + "-" +
@@ -97,11 +99,34 @@ status local_cluster::add_node(const std::string& name, const std::string& extra
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
   process p;
   p.name = name;
+  p.extra = extra;
+  // The node dies with this process, however it ends (strata node sets PR_SET_PDEATHSIG).
+  ::setenv("STRATA_PARENT_PID", std::to_string(::getpid()).c_str(), 1);
   int rc = posix_spawn(&p.pid, opt_.strata_bin.c_str(), &fa, nullptr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
   if (rc != 0) return make_error("cannot start " + opt_.strata_bin + ": " + std::strerror(rc));
   procs_.push_back(p);
   return {};
+}
+
+status local_cluster::restart(const std::string& name, std::chrono::milliseconds patience) {
+  auto it = std::find_if(procs_.begin(), procs_.end(), [&](const process& p) { return p.name == name; });
+  if (it == procs_.end()) return make_error("no node process named '" + name + "'");
+  auto extra = it->extra;
+  if (it->pid > 0) {
+    ::kill(it->pid, SIGKILL);
+    ::waitpid(it->pid, nullptr, 0);
+  }
+  procs_.erase(it);
+  // The controller must have dropped the old one before the new one can join under its name.
+  auto end = std::chrono::steady_clock::now() + patience;
+  for (;;) {
+    auto v = view();
+    if (v && std::none_of(v->nodes.begin(), v->nodes.end(), [&](const node_info& n) { return n.name == name; })) break;
+    if (std::chrono::steady_clock::now() >= end) return make_error("the controller still lists node '" + name + "'");
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return add_node(name, extra);
 }
 
 status local_cluster::signal(const std::string& name, int sig) {

@@ -32,6 +32,9 @@ class local_cluster {
   // Starts another node process; `extra` is appended to its TOML config.
   status add_node(const std::string& name, const std::string& extra = "");
   status signal(const std::string& name, int sig);
+  // Kills a node process (if still running), waits until the controller has dropped it and starts
+  // it again with the same config: a fresh node with nothing loaded.
+  status restart(const std::string& name, std::chrono::milliseconds patience = std::chrono::seconds(10));
   status wait_nodes(size_t n, std::chrono::milliseconds patience = std::chrono::seconds(10));
   status wait_host_copy(const std::string& model, std::chrono::milliseconds patience = std::chrono::seconds(60));
   expected<cluster_view> view();
@@ -52,6 +55,7 @@ class local_cluster {
   struct process {
     int pid = -1;
     std::string name;
+    std::string extra;
   };
   local_cluster_options opt_;
   bool own_dir_ = false;

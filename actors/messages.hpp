@@ -31,6 +31,10 @@ using routes_atom = caf::atom_constant<caf::atom("routes")>;
 using kvsend_atom = caf::atom_constant<caf::atom("kvsend")>;
 using kvput_atom = caf::atom_constant<caf::atom("kvput")>;
 using resize_atom = caf::atom_constant<caf::atom("resize")>;
+using grace_atom = caf::atom_constant<caf::atom("grace")>;
+// (stagelost_atom, std::vector<caf::actor>, std::string why): these stages are gone (their node
+// died or hung); sent to a router by whoever learns it first (a scaler told by the controller).
+using stagelost_atom = caf::atom_constant<caf::atom("stagelost")>;
 constexpr std::chrono::seconds kv_move_timeout{10};  // one shard-to-shard KV move
 
 // Error codes of the "strata" error category (rendered by register_strata_types()).
@@ -151,8 +155,12 @@ typename Inspector::result_type inspect(Inspector& f, wire_step& x) {
 
 // Sends a batch to `to`: the pointer itself within a process, a wire_step to another.
 void send_step(caf::event_based_actor* self, const caf::actor& to, step_ptr s);
-// The batch a wire_step carries (its route rebuilt in this process).
-step_ptr from_wire(wire_step& w);
+// The batch a wire_step carries (its route rebuilt in this process), or null when it is malformed:
+// then its router, if it names one, is sent the batch with the reason as its error.
+step_ptr from_wire(caf::event_based_actor* self, wire_step& w, int dim, bool at_router = false);
+// Why a batch that arrived from elsewhere cannot be run (empty: it can), for a route of n_hops
+// stops and a model of width dim; at the router the batch has passed its last stop.
+std::string malformed_step(const step_batch& s, size_t n_hops, int dim, bool at_router);
 
 // What a stage reports about itself (tests and metrics).
 struct stage_stats {
@@ -192,6 +200,7 @@ struct router_stats {
   uint64_t migrations = 0;  // requests moved off a cooperative route
   uint64_t kv_migrations = 0;  // of those, moved with their KV cache (the rest recomputed it)
   uint64_t kv_bytes_moved = 0;
+  uint64_t readmissions = 0;  // requests moved off a route that lost a stage (or timed out)
   std::map<uint32_t, uint32_t> running_by_instance;  // by the instance that admitted them
   std::map<uint32_t, uint32_t> in_use_by_instance;   // running requests whose route touches it
 };
@@ -200,7 +209,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, router_stats& x) {
   return f(caf::meta::type_name("router_stats"), x.waiting, x.running, x.routes, x.ttft_ema_s, x.tbt_ema_s,
            x.kv_tokens, x.kv_capacity, x.tokens, x.finished, x.migrations, x.kv_migrations, x.kv_bytes_moved,
-           x.running_by_instance,
+           x.readmissions, x.running_by_instance,
            x.in_use_by_instance);
 }
 

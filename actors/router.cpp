@@ -4,6 +4,8 @@
 #include <map>
 #include <set>
 
+#include "dataflow/readmission.hpp"
+
 namespace strata {
 
 namespace {
@@ -12,6 +14,8 @@ using clock = std::chrono::steady_clock;
 
 struct request_state {
   uint64_t id = 0;
+  seq_id seq = 0;  // its KV cache's sequence in the shards: fresh per attempt, so the late return
+                   // of a step from a lost attempt cannot free the cache of the next one
   caf::actor client;
   generate_request req;
   std::vector<int32_t> tokens;  // prompt, then generated tokens
@@ -44,7 +48,10 @@ struct router_state {
   std::map<uint64_t, inflight_step> inflight;  // step id -> step
   std::map<caf::actor_addr, int> clients;      // monitored clients -> live requests
   std::set<caf::actor_addr> monitored;         // stage actors
+  std::set<caf::actor_addr> lost;              // stages known dead or hung: no route through them
+  readmission readmit;
   uint64_t next_id = 1;
+  seq_id next_seq = 1;
   uint64_t next_step = 1;
   std::string down;  // set when no route is left: the model no longer serves
   // Load signals for a scaler.
@@ -104,7 +111,8 @@ void finish(router_actor* self, uint64_t id, const std::string& reason, const st
   ++st.finished;
   // A request inside a step is released when the step returns (see on_step), never before,
   // so a release cannot overtake the step's writes to the cache.
-  if (r.started && !r.in_step && !r.moving) release_kv(self, r.path, {id});
+  if (r.started && !r.in_step && !r.moving) release_kv(self, r.path, {r.seq});
+  st.readmit.forget(id);
   st.running.erase(id);
   std::erase(st.waiting, id);
   st.reqs.erase(it);
@@ -118,11 +126,47 @@ bool local_route(const route_ptr& r) {
 
 void schedule(router_actor* self);
 
+bool touches_lost(router_actor* self, const route_ptr& r) {
+  if (!r) return false;
+  for (auto& h : r->hops)
+    if (self->state.lost.count(h.actor.address())) return true;
+  return false;
+}
+
+// Carries out the re-admission object's decisions. A re-admitted request leaves its route (its
+// surviving shards free its cache) and waits at the front of the queue with everything it has
+// streamed so far as its prompt; the next step on a surviving route prefills all of it.
+void apply(router_actor* self, const readmit_actions& a) {
+  auto& st = self->state;
+  for (auto& [id, why] : a.fail) {
+    if (auto it = st.reqs.find(id); it != st.reqs.end()) it->second.in_step = it->second.moving = false;
+    finish(self, id, "error", why);
+  }
+  for (auto it = a.requeue.rbegin(); it != a.requeue.rend(); ++it) {
+    auto rit = st.reqs.find(*it);
+    if (rit == st.reqs.end()) continue;
+    auto& r = rit->second;
+    if (r.started && !r.moving) release_kv(self, r.path, {r.seq});
+    r.in_step = r.started = r.moving = false;
+    r.path = r.migrate_to = nullptr;
+    r.processed = 0;
+    st.running.erase(r.id);
+    if (r.cancelled) {
+      finish(self, r.id, "cancelled");
+      continue;
+    }
+    std::erase(st.waiting, r.id);
+    st.waiting.push_front(r.id);
+  }
+  if (a.arm_grace_ms > 0)
+    self->delayed_send(self, std::chrono::milliseconds(a.arm_grace_ms), grace_atom::value, a.grace_epoch);
+}
+
 // Recompute migration: the request's KV cache is freed on the old route and rebuilt on the new
 // one by one prefill of everything so far (as vLLM recomputes preempted requests); the math is
 // deterministic per row, so the tokens do not change.
 void recompute_on(router_actor* self, request_state& r, route_ptr to) {
-  if (r.started) release_kv(self, r.path, {r.id});
+  if (r.started) release_kv(self, r.path, {r.seq});
   r.path = std::move(to);
   r.processed = 0;
   ++self->state.migrations;
@@ -153,6 +197,7 @@ void migrate(router_actor* self, request_state& r, route_ptr to) {
     return recompute_on(self, r, std::move(to));
   r.moving = true;
   auto id = r.id;
+  auto seq = r.seq;
   auto from_path = r.path;
   auto left = std::make_shared<size_t>(moves.size());
   auto bytes = std::make_shared<uint64_t>(0);
@@ -162,21 +207,30 @@ void migrate(router_actor* self, request_state& r, route_ptr to) {
     auto& st = self->state;
     auto it = st.reqs.find(id);
     if (it == st.reqs.end()) {  // ended meanwhile: free both copies
-      release_kv(self, from_path, {id});
-      release_kv(self, to, {id});
+      release_kv(self, from_path, {seq});
+      release_kv(self, to, {seq});
       return;
     }
     auto& q = it->second;
     q.moving = false;
+    if (touches_lost(self, from_path) || touches_lost(self, to)) {
+      // A stage of either route was lost during the move: start over on a surviving route.
+      release_kv(self, from_path, {seq});
+      release_kv(self, to, {seq});
+      q.started = false;
+      apply(self, st.readmit.on_timeout({id}, "a stage was lost while its KV cache moved"));
+      schedule(self);
+      return;
+    }
     if (!failure->empty()) {
-      release_kv(self, to, {id});  // whatever part arrived
+      release_kv(self, to, {seq});  // whatever part arrived
       recompute_on(self, q, to);
     } else {
       std::vector<caf::actor> stale;
       auto keep = shards_of(to);
       for (auto& a : shards_of(from_path))
         if (std::find(keep.begin(), keep.end(), a) == keep.end()) stale.push_back(a);
-      release_on(self, stale, {id});
+      release_on(self, stale, {seq});
       q.path = to;
       ++st.migrations;
       ++st.kv_migrations;
@@ -186,7 +240,7 @@ void migrate(router_actor* self, request_state& r, route_ptr to) {
     schedule(self);
   };
   for (auto& mv : moves)
-    self->request(mv.from, kv_move_timeout + std::chrono::seconds(5), kvsend_atom::value, seq_id(id),
+    self->request(mv.from, kv_move_timeout + std::chrono::seconds(5), kvsend_atom::value, seq,
                   int32_t(mv.layers.begin), int32_t(mv.layers.end), mv.to)
         .then(
             [=](uint64_t n) {
@@ -270,7 +324,9 @@ void schedule(router_actor* self) {
     if (!r) break;
     auto id = st.waiting.front();
     st.waiting.pop_front();
-    st.reqs[id].path = r;
+    auto& q = st.reqs[id];
+    q.path = r;
+    q.seq = st.next_seq++;
     st.running.insert(id);
   }
   // One batch per route (each route is its own pipeline), up to max_inflight steps per route.
@@ -295,7 +351,7 @@ void schedule(router_actor* self) {
         int todo = int(r.tokens.size()) - r.processed;
         int take = std::min(todo, budget);
         for (int i = 0; i < take; ++i) {
-          s->seqs.push_back(r.id);
+          s->seqs.push_back(r.seq);
           s->pos.push_back(r.processed + i);
           s->tokens.push_back(r.tokens[size_t(r.processed + i)]);
           s->want.push_back(r.processed + i + 1 == int(r.tokens.size()) ? 1 : 0);
@@ -332,8 +388,8 @@ void on_step(router_actor* self, step_ptr& s) {
   auto members = std::move(it->second.members);
   st.inflight.erase(it);
   // Rows per request and the index of each request's sampled token.
-  std::map<uint64_t, int> rows;
-  std::map<uint64_t, int> sample_idx;
+  std::map<seq_id, int> rows;
+  std::map<seq_id, int> sample_idx;
   int w = 0;
   for (int r = 0; r < s->rows(); ++r) {
     ++rows[s->seqs[size_t(r)]];
@@ -348,12 +404,12 @@ void on_step(router_actor* self, step_ptr& s) {
       finish(self, id, "error", s->error);
       continue;
     }
-    r.processed += rows[id];
+    r.processed += rows[r.seq];
     if (r.cancelled) {
       finish(self, id, "cancelled");
       continue;
     }
-    auto si = sample_idx.find(id);
+    auto si = sample_idx.find(r.seq);
     if (si == sample_idx.end()) continue;  // a prefill chunk: nothing to sample yet
     int tok = s->sampled[size_t(si->second)];
     r.rng = s->rng[size_t(si->second)];
@@ -392,48 +448,52 @@ bool route_has(const route_ptr& r, const caf::actor_addr& a) {
   return false;
 }
 
+std::string stage_name(router_actor* self, const caf::actor_addr& a) {
+  auto name = [&](const route_ptr& r) -> std::string {
+    for (auto& h : r->hops)
+      if (h.actor.address() == a)
+        return h.range.size() > 0 ? "layer shard [" + std::to_string(h.range.begin) + "," + std::to_string(h.range.end) +
+                                        ") of instance " + std::to_string(h.instance)
+               : h.range.begin == 0 ? "head stage of instance " + std::to_string(h.instance)
+                                    : "tail stage of instance " + std::to_string(h.instance);
+    return {};
+  };
+  for (auto& r : self->state.routes)
+    if (auto n = name(r); !n.empty()) return n;
+  for (auto& [_, q] : self->state.reqs)
+    if (q.path)
+      if (auto n = name(q.path); !n.empty()) return n;
+  return "a stage";
+}
+
+// A stage died or hung: no route goes through it any more, and the requests that were on routes
+// through it are re-admitted on the others (or fail with the reason when none can exist).
+void stage_lost(router_actor* self, const caf::actor_addr& a, const std::string& reason) {
+  auto& st = self->state;
+  if (!st.lost.insert(a).second) return;
+  std::string why = stage_name(self, a) + " is down (" + reason + ")";
+  std::erase_if(st.routes, [&](const route_ptr& r) { return route_has(r, a); });
+  std::erase_if(st.inflight, [&](auto& kv) { return route_has(kv.second.path, a); });
+  std::vector<uint64_t> hit;
+  for (auto& [id, r] : st.reqs)
+    if (r.path && !r.moving && route_has(r.path, a)) hit.push_back(id);
+  std::vector<uint64_t> waiting(st.waiting.begin(), st.waiting.end());
+  apply(self, st.readmit.on_loss(hit, waiting, !st.routes.empty(), why));
+  if (st.routes.empty() && !st.readmit.in_grace()) st.down = why;
+  schedule(self);
+}
+
 caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr> routes, router_options opt) {
   auto& st = self->state;
   st.m = m;
   st.routes = routes;
   st.opt = opt;
+  st.readmit = readmission(opt.readmit);
   for (auto& r : routes) watch(self, r);  // none yet: requests wait until routes arrive
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
     if (st.monitored.erase(dm.source)) {
-      // A stage died: fail the requests routed through it and stop routing new ones there.
-      std::string what = "a stage";
-      for (auto& [_, r] : st.reqs)
-        if (r.path)
-          for (auto& h : r.path->hops)
-            if (h.actor.address() == dm.source)
-              what = h.range.size() > 0 ? "layer shard [" + std::to_string(h.range.begin) + "," +
-                                              std::to_string(h.range.end) + ")"
-                     : h.range.begin == 0 ? "head stage"
-                                          : "tail stage";
-      for (auto& r : st.routes)
-        for (auto& h : r->hops)
-          if (h.actor.address() == dm.source)
-            what = h.range.size() > 0 ? "layer shard [" + std::to_string(h.range.begin) + "," +
-                                            std::to_string(h.range.end) + ")"
-                   : h.range.begin == 0 ? "head stage"
-                                        : "tail stage";
-      std::string why = what + " is down (" + to_string(dm.reason) + ")";
-      std::erase_if(st.routes, [&](const route_ptr& r) { return route_has(r, dm.source); });
-      std::erase_if(st.inflight, [&](auto& kv) { return route_has(kv.second.path, dm.source); });
-      std::vector<uint64_t> hit;
-      for (auto& [id, r] : st.reqs)
-        if (r.path && route_has(r.path, dm.source)) hit.push_back(id);
-      for (auto id : hit) {
-        st.reqs[id].in_step = false;
-        finish(self, id, "error", why);
-      }
-      if (st.routes.empty()) {
-        st.down = why;
-        std::vector<uint64_t> left(st.waiting.begin(), st.waiting.end());
-        for (auto id : left) finish(self, id, "error", why);
-      }
-      schedule(self);
+      stage_lost(self, dm.source, to_string(dm.reason));
       return;
     }
     // A client died: cancel its requests (no one is left to receive their tokens).
@@ -489,16 +549,29 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         return id;
       },
       [=](tick_atom) { schedule(self); },
+      [=](stagelost_atom, const std::vector<caf::actor>& stages, const std::string& why) {
+        for (auto& a : stages)
+          if (a) stage_lost(self, a.address(), why);
+      },
+      [=](grace_atom, uint64_t epoch) {
+        auto& st = self->state;
+        std::vector<uint64_t> waiting(st.waiting.begin(), st.waiting.end());
+        auto a = st.readmit.grace_expired(epoch, waiting);
+        if (a.fail.empty()) return;
+        if (st.routes.empty()) st.down = a.fail.front().second;
+        apply(self, a);
+      },
       [=](step_atom, step_ptr& s) { on_step(self, s); },
       [=](step_atom, wire_step& w) {
-        auto s = from_wire(w);
-        on_step(self, s);
+        if (auto s = from_wire(self, w, m->config.dim, true)) on_step(self, s);
       },
       [=](routes_atom, std::vector<route_ptr>& routes) {
         // New requests start on these routes; running ones finish where they are (drain).
         auto& st = self->state;
+        std::erase_if(routes, [&](const route_ptr& r) { return touches_lost(self, r); });
         for (auto& r : routes) watch(self, r);
         st.routes = std::move(routes);
+        st.readmit.on_routes(st.routes.size());
         if (!st.routes.empty()) st.down.clear();
         plan_migrations(self);
         schedule(self);
@@ -519,6 +592,7 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         s.migrations = st.migrations;
         s.kv_migrations = st.kv_migrations;
         s.kv_bytes_moved = st.kv_bytes_moved;
+        s.readmissions = st.readmit.readmitted();
         for (auto id : st.running) {
           auto& path = st.reqs[id].path;
           s.kv_tokens += uint64_t(st.reqs[id].processed);
@@ -535,15 +609,11 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         if (it == st.inflight.end()) return;
         auto members = std::move(it->second.members);
         st.inflight.erase(it);
-        for (auto id : members) {
-          auto rit = st.reqs.find(id);
-          if (rit == st.reqs.end()) continue;
-          rit->second.in_step = false;
-          rit->second.started = false;  // the late step's return releases the cache (on_step)
-          finish(self, id, "error",
-                 "step " + std::to_string(step) + " timed out after " + std::to_string(st.opt.step_timeout.count()) +
-                     " ms");
-        }
+        std::erase_if(members, [&](uint64_t id) { return !st.reqs.count(id); });
+        // The late return (if any) frees what the step wrote: it names this attempt's sequences.
+        for (auto id : members) st.reqs[id].started = false;
+        apply(self, st.readmit.on_timeout(members, "step " + std::to_string(step) + " timed out after " +
+                                                       std::to_string(st.opt.step_timeout.count()) + " ms"));
         schedule(self);
       },
       [=](cancel_atom, uint64_t id) -> bool {

@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "actors/messages.hpp"
+#include "dataflow/readmission.hpp"
 #include "dataflow/scaling.hpp"
 
 namespace strata {
@@ -16,6 +17,10 @@ struct router_options {
   int max_batch_tokens = 512;  // rows per step; longer prompts are prefilled in chunks
   int max_inflight = 1;        // steps in flight at once (>1 overlaps steps in a multi-shard pipeline)
   std::chrono::milliseconds step_timeout{60000};
+  // Requests on a route that loses a stage (or whose step times out) are re-admitted on the
+  // others, each up to max_retries times; grace_ms: how long they wait for a new route when the
+  // loss left none (a scaler may start one), 0 to fail at once.
+  readmit_options readmit;
   // A request on a cooperative route moves to its instance's own route once that instance holds
   // every layer, recomputing its KV cache there (one prefill).
   bool recompute_migration = true;

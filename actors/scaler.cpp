@@ -39,6 +39,7 @@ struct scaler_state {
   uint64_t last_tokens = 0;
   double last_tick = 0;
   double shares = 0;  // sum of the started instances' shares since the last count
+  std::set<std::string> lost_nodes;  // dropped by the controller: never placed on again
   static inline const char* name = "strata.scaler";
 };
 
@@ -238,6 +239,7 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
   int L = st.m->config.n_layers;
   std::set<std::string> used;
   for (auto& [id, in] : st.insts) used.insert(in.node);
+  used.insert(st.lost_nodes.begin(), st.lost_nodes.end());
   std::string node;
   for (auto& n : st.opt.cluster.nodes)
     if (!used.count(n)) {
@@ -245,7 +247,7 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
       break;
     }
   if (node.empty()) {
-    event(self, "no node", 0, "every node hosts an instance already");
+    event(self, "no node", 0, "every node hosts an instance already or was lost");
     return group->answered(self);
   }
   instance in;
@@ -350,6 +352,31 @@ void stop_instance(scaler_actor* self, uint32_t id) {
   count_instances(self);
 }
 
+// The controller dropped a node (dead or hung): its instances are gone. The router hears of their
+// stages at once (a hung node's connection stays up, so no monitor would tell it) and re-admits
+// their requests elsewhere; the node gets no new instance.
+void node_lost(scaler_actor* self, const std::string& node, const std::string& why) {
+  auto& st = self->state;
+  st.lost_nodes.insert(node);
+  std::vector<uint32_t> gone;
+  std::vector<caf::actor> stages;
+  for (auto& [id, in] : st.insts)
+    if (in.node == node) {
+      gone.push_back(id);
+      for (const caf::actor& a : {in.head, in.shard, in.tail})
+        if (a) stages.push_back(a);
+    }
+  if (!stages.empty()) self->send(st.router, stagelost_atom::value, stages, "node " + node + " lost: " + why);
+  for (auto id : gone) {
+    st.insts.erase(id);
+    event(self, "lost", id, node + ": " + why);
+  }
+  if (!gone.empty()) {
+    count_instances(self);
+    push_routes(self);
+  }
+}
+
 void on_stats(scaler_actor* self, const router_stats& rs) {
   auto& st = self->state;
   double t = now(self);
@@ -448,6 +475,7 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
         self->delayed_send(self, self->state.opt.tick, scaletick_atom::value);
       },
       [=](lready_atom, uint32_t id, int32_t layer) { on_layer(self, id, layer); },
+      [=](nodelost_atom, const std::string& node, const std::string& why) { node_lost(self, node, why); },
       [=](layerin_atom, uint32_t id, int32_t layer, const std::vector<caf::actor>& actors) {
         auto it = self->state.insts.find(id);
         if (it == self->state.insts.end()) return;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <fstream>
 #include <thread>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include "actors/cluster.hpp"
@@ -46,7 +47,17 @@ expected<caf::actor> connect(caf::actor_system& sys, const std::string& where, s
 
 }  // namespace
 
+// A node started by a driver (local_cluster: autoscale, tests) dies with it, however the driver
+// ends, instead of living on under init.
+void die_with_parent() {
+  const char* pp = std::getenv("STRATA_PARENT_PID");
+  if (!pp) return;
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (std::to_string(::getppid()) != pp) std::_Exit(1);  // the parent ended before prctl took hold
+}
+
 int cmd_node(int argc, char** argv) {
+  die_with_parent();
   auto a = args::parse(argc, argv, 2,
                        {"config", "name", "listen", "controller", "transport", "model", "port-file", "memory-gb"});
   if (!a) return fail(a.message());

@@ -56,7 +56,8 @@ commands:
              readiness, Prometheus metrics); SIGTERM/SIGINT drain in-flight requests, then exit 0
                --model PATH [--port 8000 --host 127.0.0.1 --served-model-name NAME (model dir name)]
                [--shards SPEC (1) --max-running 64 --max-waiting 256 --max-batch-tokens 512]
-               [--http-threads 64 --drain-timeout-s 30 --threads N]
+               [--http-threads 4 (I/O threads) --max-connections-per-client 256 --drain-timeout-s 30 --threads N]
+               [--api-key KEY (or STRATA_API_KEY): /v1/* needs "Authorization: Bearer KEY"]
                [--devices cpu|cuda:N[,...]: where shards run, one for all or one per shard;
                 with --policy, the device of every instance]
                [--policy blitz|lambda-pipe|all-cache|stop-the-world|has-gpu: autoscale instances in this process,
@@ -100,6 +101,9 @@ commands:
                --nodes N [--link-mbs MB/s per node's egress (0: unpaced)] [--chunk-kb 64]
                [--placement src,n2,n1: nodes that may host instances, in the order used]
                [--transport tcp|sm] (all-cache loads from a node's own copy at link x host-gbs/network-gbs)
+               [--kill n1@2.5 [--kill-signal KILL|STOP]]: fault injection: that node process gets the
+                signal 2.5 s into each policy's replay (and is restarted fresh after it); requests on
+                its instances are re-admitted elsewhere
              in-process instances with an emulated link profile (without --nodes):
                [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
   help       this text
@@ -125,6 +129,22 @@ struct actor_runtime {
   }
 };
 
+// Stops what a command spawned on every way out of it: an actor system waits for its actors when
+// it ends, so one left running after an error would turn the error into a hang. Declared after
+// the actor system it belongs to, so it runs first.
+struct stop_on_exit {
+  std::vector<caf::actor> actors;
+  std::vector<pipeline> pipelines;
+  stop_on_exit() = default;
+  stop_on_exit(const stop_on_exit&) = delete;
+  stop_on_exit& operator=(const stop_on_exit&) = delete;
+  ~stop_on_exit() {
+    for (auto& p : pipelines) stop_pipeline(p);
+    for (auto& a : actors)
+      if (a) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  }
+};
+
 struct job_result {
   std::string prompt;
   std::string text;
@@ -143,9 +163,12 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
   auto devices = parse_devices(device_spec, shards->size());
   if (!devices) return fail(devices.message());
   actor_runtime rt;
+  stop_on_exit guard;
   auto p = spawn_pipeline(*rt.sys, m, *shards, *devices);
   if (!p) return fail(p.message());
+  guard.pipelines.push_back(*p);
   auto router = spawn_router(*rt.sys, m, p->path);
+  guard.actors.push_back(router);
   std::printf("model %s: %s\npipeline: head -> %s -> tail (%zu shard actors on %s), %zu concurrent request(s)\n\n",
               m->name.c_str(), m->config.describe().c_str(), to_string(*shards).c_str(), shards->size(),
               device_spec.c_str(), prompts.size());
@@ -465,12 +488,15 @@ int cmd_replay(int argc, char** argv) {
   auto shards = parse_shards(a->str("shards", "1"), (*m)->config.n_layers);
   if (!shards) return fail(shards.message());
   actor_runtime rt;
+  stop_on_exit guard;
   auto p = spawn_pipeline(*rt.sys, *m, *shards);
   if (!p) return fail(p.message());
+  guard.pipelines.push_back(*p);
   router_options ro;
   ro.max_running = int(a->integer("max-running", 64, 1, 1 << 16));
   ro.max_batch_tokens = int(a->integer("max-batch-tokens", 512, 1, 1 << 24));
   auto router = spawn_router(*rt.sys, *m, p->path, ro);
+  guard.actors.push_back(router);
   auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 10));
   stop_pipeline(*p);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
@@ -539,7 +565,7 @@ expected<scaling_setup> scaling_from_args(const args& a, long default_max_runnin
 int cmd_serve(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "port", "host", "served-model-name", "shards", "max-running", "max-waiting",
-                        "max-batch-tokens", "http-threads", "drain-timeout-s", "threads", "max-memory", "tokenizer", "policy", "min",
+                        "max-batch-tokens", "http-threads", "max-connections-per-client", "api-key", "drain-timeout-s", "threads", "max-memory", "tokenizer", "policy", "min",
                         "max", "queue", "keep-alive-s", "min-share", "ttft-slo-ms", "tbt-slo-ms", "layer-mb", "globals-mb",
                         "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms", "device-row-ms", "scheduler",
                         "migration", "devices"},
@@ -561,7 +587,10 @@ int cmd_serve(int argc, char** argv) {
   http_options ho;
   ho.host = a->str("host", "127.0.0.1");
   ho.port = int(a->integer("port", 8000, 0, 65535));
-  ho.threads = int(a->integer("http-threads", 64, 1, 4096));
+  ho.threads = int(a->integer("http-threads", 4, 1, 256));
+  ho.max_connections_per_client = int(a->integer("max-connections-per-client", 256, 1, 1 << 16));
+  ho.api_key = a->str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
+  if (a->has("api-key") && ho.api_key.empty()) throw usage_error("--api-key: must not be empty");
   auto name = a->str("served-model-name", fs::path(path).filename().string());
   if (name.empty()) name = fs::path(path).parent_path().filename().string();
   ho.model_name = name;
@@ -577,6 +606,7 @@ int cmd_serve(int argc, char** argv) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   actor_runtime rt;
+  stop_on_exit guard;
   // A fixed pipeline, or instances a scaler starts and stops under its policy (in this process,
   // parameters arriving after the emulated link time; /ready is 503 until the first serves).
   pipeline pl;
@@ -590,6 +620,7 @@ int cmd_serve(int argc, char** argv) {
     router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
     scaler = spawn_scaler(*rt.sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), setup->knobs,
                           setup->so);
+    guard.actors = {scaler, router};
     ho.scaler = scaler;
   } else {
     auto devs = parse_devices(a->str("devices", "cpu"), shards->size());
@@ -597,8 +628,18 @@ int cmd_serve(int argc, char** argv) {
     auto p = spawn_pipeline(*rt.sys, *m, *shards, *devs);
     if (!p) return fail(p.message());
     pl = *p;
+    guard.pipelines.push_back(pl);
     router = spawn_router(*rt.sys, *m, pl.path, ro);
+    guard.actors.push_back(router);
   }
+  // A fixed pipeline must serve before the server says it does: one real generation through it
+  // (a GPU without a driver, say, fails here with the reason instead of in every request).
+  if (!scaler)
+    if (auto st = probe_generation(*rt.sys, router, std::chrono::seconds(60)); !st) {
+      if (pl.head) stop_pipeline(pl);
+      caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+      return fail("the model cannot serve a request: " + st.message());
+    }
   auto srv = http_server::start(*rt.sys, router, *m, std::move(*tok), ho);
   if (!srv) return fail(srv.message());
   std::printf("serving %s as '%s' on http://%s:%d (POST /v1/completions, /v1/chat/completions; GET /v1/models, "
@@ -667,7 +708,7 @@ int cmd_autoscale(int argc, char** argv) {
                         "layer-mb", "globals-mb", "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms",
                         "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s", "min-share",
                         "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport", "scheduler", "migration",
-                        "placement"},
+                        "placement", "kill", "kill-signal"},
                        {"strict"});
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model") || !a->has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
@@ -677,6 +718,26 @@ int cmd_autoscale(int argc, char** argv) {
   const double link = a->number("link-mbs", 0, 0, 1e6);
   const uint64_t chunk_bytes = uint64_t(a->integer("chunk-kb", 64, 1, 1 << 20)) << 10;
   const std::string transport = a->choice("transport", "tcp", {"tcp", "sm"});
+  std::string victim;
+  double kill_at = 0;
+  const int kill_sig = a->choice("kill-signal", "KILL", {"KILL", "STOP"}) == "KILL" ? SIGKILL : SIGSTOP;
+  if (a->has("kill")) {
+    auto spec = a->str("kill");
+    auto at = spec.find('@');
+    if (at == std::string::npos || at == 0) return fail("--kill: expected NODE@SECONDS, got '" + spec + "'");
+    victim = spec.substr(0, at);
+    auto when = spec.substr(at + 1);
+    char* end = nullptr;
+    kill_at = std::strtod(when.c_str(), &end);
+    if (when.empty() || *end != '\0' || !(kill_at >= 0 && kill_at <= 86400))
+      return fail("--kill: expected seconds in [0, 86400] after '@', got '" + when + "'");
+    if (n_nodes == 0) return fail("--kill needs --nodes (it kills a node process)");
+    if (victim == "src")
+      return fail("--kill: src runs the controller and holds the host copy; kill one of n1..n" + std::to_string(n_nodes));
+    bool known = false;
+    for (int i = 1; i <= n_nodes; ++i) known |= victim == "n" + std::to_string(i);
+    if (!known) return fail("--kill: unknown node '" + victim + "' (the nodes are n1..n" + std::to_string(n_nodes) + ")");
+  }
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
   auto shaped = trace_from_args(*a, **m);
@@ -753,6 +814,7 @@ int cmd_autoscale(int argc, char** argv) {
     scaling_report rep;
   };
   std::vector<row> rows;
+  std::string first_failure;
   for (auto& name : split_list(policies)) {
     auto pol = make_policy(name, k, links);
     if (!pol) return fail(pol.message());
@@ -780,30 +842,62 @@ int cmd_autoscale(int argc, char** argv) {
     if (!cluster) own.emplace();
     auto& sys = cluster ? cluster->system() : *own->sys;
     router_options ro = setup->ro;
-    if (cluster) ro.costs.per_hop = 0.5;  // a process boundary costs more than a mailbox
+    if (cluster) {
+      ro.costs.per_hop = 0.5;  // a process boundary costs more than a mailbox
+      ro.readmit.grace_ms = 10000;  // a lost instance's requests may wait for the scaler's next one
+    }
     auto router = spawn_router(sys, *m, std::vector<route_ptr>{}, ro);
     auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
+    stop_on_exit guard;
+    guard.actors = {scaler, router};
+    std::thread killer;
+    std::atomic<bool> replay_done{false};
+    std::atomic<double> killed_at{-1};
+    auto t_start = std::chrono::steady_clock::now();
+    if (!victim.empty())
+      killer = std::thread([&] {
+        auto when = t_start + std::chrono::microseconds(int64_t(kill_at * 1e6));
+        while (!replay_done && std::chrono::steady_clock::now() < when) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        if (replay_done) return;
+        (void)cluster->signal(victim, kill_sig);
+        killed_at = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+      });
     auto records = replay(sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 5));
+    replay_done = true;
+    if (killer.joinable()) killer.join();
     if (!records) return fail(records.message());
+    router_stats rstats;
+    {
+      caf::scoped_actor self{sys};
+      self->request(router, std::chrono::seconds(5), stats_atom::value)
+          .receive([&](router_stats& s) { rstats = s; }, [](caf::error&) {});
+    }
     scaling_report rep;
     caf::scoped_actor self{sys};
     self->request(scaler, std::chrono::seconds(5), report_atom::value)
         .receive([&](scaling_report& r) { rep = std::move(r); }, [&](caf::error&) {});
     caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
-    if (cluster) {
-      if (all_cache) {
-        caf::scoped_actor self{cluster->system()};
-        for (size_t i = 1; i < all_nodes.size(); ++i)
-          self->request(cluster->controller(), std::chrono::seconds(10), uncache_atom::value, all_nodes[i],
-                        std::string("model"))
-              .receive([](bool) {}, [](caf::error&) {});
-      }
-      // The next policy starts from the same state: only the host copy holds the model.
-      if (auto st = cluster->wait_only_host_copies("model"); !st) return fail(st.message());
-    }
     auto sum = summarize_replay(*records, slo);
     std::printf("%s", sum.table(name).c_str());
+    if (!victim.empty()) {
+      // Recovery: the longest a request running at the signal waited from it for its next token.
+      double ka = killed_at, recovered = 0;
+      size_t in_flight = 0;
+      for (auto& r : *records) {
+        if (ka < 0 || r.arrival > ka || (r.done >= 0 && r.done <= ka)) continue;
+        ++in_flight;
+        auto next = std::upper_bound(r.token_times.begin(), r.token_times.end(), ka);
+        if (next != r.token_times.end()) recovered = std::max(recovered, *next - ka);
+      }
+      if (ka < 0)
+        std::printf("  fault: %s was not signalled (the replay ended first)\n", victim.c_str());
+      else
+        std::printf("  fault: SIG%s to %s at %.2f s; %llu request(s) re-admitted; requests in flight then: %zu, "
+                    "the longest wait of one of them for its next token %.3f s\n",
+                    kill_sig == SIGKILL ? "KILL" : "STOP", victim.c_str(), ka,
+                    (unsigned long long)rstats.readmissions, in_flight, recovered);
+    }
     for (auto& e : rep.events)
       std::printf("    %7.2f s  %-9s instance %u %s\n", e.t, e.what.c_str(), e.instance, e.detail.c_str());
     if (a->has("svg-prefix")) {
@@ -812,8 +906,30 @@ int cmd_autoscale(int argc, char** argv) {
       if (auto st = write_timeline_svg(path, "policy " + name, *records, {inst}); !st) return fail(st.message());
       std::printf("  timeline: %s\n", path.c_str());
     }
+    if (cluster) {
+      if (all_cache) {
+        caf::scoped_actor self{cluster->system()};
+        for (size_t i = 1; i < all_nodes.size(); ++i)
+          self->request(cluster->controller(), std::chrono::seconds(10), uncache_atom::value, all_nodes[i],
+                        std::string("model"))
+              .receive([](bool) {}, [](caf::error&) {});
+      }
+      // The next policy starts from the same state: every node up, only the host copy holds the model.
+      if (!victim.empty()) {
+        if (auto st = cluster->restart(victim); !st) return fail("restarting " + victim + ": " + st.message());
+        if (auto st = cluster->wait_nodes(size_t(n_nodes + 1)); !st) return fail(st.message());
+      }
+      if (auto st = cluster->wait_only_host_copies("model"); !st) return fail(st.message());
+    }
     std::printf("\n");
     rows.push_back({name, sum, rep});
+    if (first_failure.empty())
+      for (auto& r : *records)
+        if (!r.ok) {
+          first_failure = name + ": " + std::to_string(sum.failed) + " of " + std::to_string(sum.requests) +
+                          " requests failed; the first: " + r.error;
+          break;
+        }
   }
   const row* base = nullptr;
   for (auto& r : rows)
@@ -834,6 +950,8 @@ int cmd_autoscale(int argc, char** argv) {
                 100 * r.sum.slo_attainment, r.rep.instance_seconds, r.rep.device_seconds, ratio, mean(r.rep.to_first_layer_s),
                 mean(r.rep.to_full_s), (unsigned long long)r.rep.migrations, double(r.rep.kv_bytes_moved) / 1e6);
   }
+  // A run that lost requests says so in its exit status, with the first reason.
+  if (!first_failure.empty()) return fail(first_failure);
   return 0;
 }
 int dispatch(int argc, char** argv) {

@@ -228,11 +228,89 @@ TEST_CASE("a shard that dies fails its requests with a clear error instead of ha
   client.join();
   REQUIRE_MESSAGE(result, result.message());
   CHECK(result->result.finish_reason == "error");
-  CHECK(result->result.error.find("layer shard [2,5) is down") != std::string::npos);
+  CHECK(result->result.error.find("layer shard [2,5) of instance 0 is down") != std::string::npos);
   // New requests are refused with the reason, not queued forever.
   auto r = s.run(greedy({1}, 5));
   REQUIRE_FALSE(r);
-  CHECK(r.message().find("unavailable: layer shard [2,5) is down") != std::string::npos);
+  CHECK(r.message().find("unavailable: layer shard [2,5) of instance 0 is down") != std::string::npos);
+}
+
+TEST_CASE("requests on an instance that dies are re-admitted on another: no error, no gap, the same tokens") {
+  caf::actor_system_config cfg;
+  register_strata_types(cfg);
+  cfg.set("scheduler.max-threads", 2);
+  caf::actor_system sys{cfg};
+  auto m = stories();
+  shard_options slow;
+  slow.device.layer_s = 0.0005;  // steps take a few ms: the requests are mid-stream at the kill
+  auto instance = [&](uint32_t id, std::vector<caf::actor>& parts) {
+    auto h = sys.spawn(head_actor, m), sh = sys.spawn(loading_shard_actor, m, layer_range{0, 5}, slow),
+         t = sys.spawn(tail_actor, m);
+    parts = {h, sh, t};
+    auto r = std::make_shared<route>();
+    r->instance = id;
+    r->hops = {{h, {0, 0}, id}, {sh, {0, 5}, id}, {t, {5, 5}, id}};
+    return r;
+  };
+  std::vector<caf::actor> a, b;
+  auto ra = instance(1, a), rb = instance(2, b);
+  router_options ro;
+  ro.scheduler = "least-loaded";  // spreads the requests over both instances
+  auto router = spawn_router(sys, m, std::vector<route_ptr>{ra, rb}, ro);
+  // Greedy and seeded-sampling requests: both must continue exactly where they were.
+  const int n = 8, len = 150;
+  std::vector<generate_request> reqs;
+  std::vector<std::vector<int32_t>> want;
+  for (int i = 0; i < n; ++i) {
+    auto r = greedy({1, int32_t(100 + i)}, len);
+    r.ignore_eos = true;
+    if (i % 2) {
+      r.temperature = 0.8f;
+      r.top_p = 0.9f;
+      r.seed = uint64_t(77 + i);
+    }
+    want.push_back(reference(r.prompt, len, {r.temperature, r.top_p, r.seed}));
+    reqs.push_back(r);
+  }
+  std::vector<expected<completion>> got(n, make_error("not run"));
+  std::vector<std::vector<int32_t>> streamed(n);
+  std::atomic<int> tokens{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < n; ++i)
+    clients.emplace_back([&, i] {
+      got[size_t(i)] = generate(sys, router, reqs[size_t(i)], [&, i](int32_t t) {
+        streamed[size_t(i)].push_back(t);
+        ++tokens;
+        return true;
+      });
+    });
+  while (tokens < n * 10) std::this_thread::sleep_for(1ms);
+  caf::anon_send_exit(b[1], caf::exit_reason::kill);  // instance 2's shard: its requests lose their KV cache
+  for (auto& c : clients) c.join();
+  for (int i = 0; i < n; ++i) {
+    CAPTURE(i);
+    REQUIRE_MESSAGE(got[size_t(i)], got[size_t(i)].message());
+    CHECK(got[size_t(i)]->result.error == "");
+    CHECK(got[size_t(i)]->result.finish_reason == "length");
+    CHECK(streamed[size_t(i)] == want[size_t(i)]);  // each token streamed once, none missing
+  }
+  caf::scoped_actor self{sys};
+  self->request(router, 5s, stats_atom::value)
+      .receive(
+          [&](const router_stats& s) {
+            CHECK(s.routes == 1);
+            CHECK(s.readmissions >= 2);  // least-loaded put about half of them on instance 2
+          },
+          [](caf::error&) { FAIL("no stats"); });
+  // Losing the last instance fails what runs there with the reason, and refuses new work.
+  caf::anon_send_exit(a[1], caf::exit_reason::kill);
+  std::this_thread::sleep_for(50ms);
+  auto r = generate(sys, router, greedy({1}, 5));
+  REQUIRE_FALSE(r);
+  CHECK(r.message().find("layer shard [0,5) of instance 1 is down") != std::string::npos);
+  for (auto& x : a) caf::anon_send_exit(x, caf::exit_reason::user_shutdown);
+  for (auto& x : b) caf::anon_send_exit(x, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("bad requests are rejected with precise reasons") {
@@ -380,7 +458,7 @@ TEST_CASE("a replay whose pipeline loses a shard records the failures and ends")
   for (auto& r : *records)
     if (!r.ok) {
       ++failed;
-      CHECK((r.error.find("layer shard [0,2) is down") != std::string::npos));
+      CHECK((r.error.find("layer shard [0,2) of instance 0 is down") != std::string::npos));
     }
   CHECK(failed > 0);
 }

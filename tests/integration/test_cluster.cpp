@@ -81,6 +81,44 @@ class cluster {
   std::unique_ptr<local_cluster> c_;
 };
 
+// The scaler tests' serving graph: blitz from one instance (on src) to two (on n1, then n2),
+// devices slow enough that a queue builds up and triggers the scale-out.
+struct scaled {
+  caf::actor router, scaler;
+};
+scaled spawn_scaled(cluster& c, const model_ptr& m, router_options ro) {
+  scaling_knobs k;
+  k.min_instances = 1;
+  k.max_instances = 2;
+  k.queue_per_instance = 1;
+  k.cooldown_s = 0.2;
+  k.keep_alive_s = 60;
+  auto policy = make_policy("blitz", k, link_speeds{});
+  REQUIRE(policy);
+  scaler_options so;
+  so.device.layer_s = 0.003;
+  so.cluster.controller = c.raw().controller();
+  so.cluster.model = "rand";
+  so.cluster.nodes = {"src", "n1", "n2"};
+  so.cluster.chunk_bytes = 128 << 10;
+  ro.max_running = 4;
+  auto& sys = c.raw().system();
+  auto router = spawn_router(sys, m, std::vector<route_ptr>{}, ro);
+  auto scaler = spawn_scaler(sys, m, router, std::shared_ptr<scaling_policy>(std::move(*policy)), k, so);
+  return {router, scaler};
+}
+
+// BOS and 4-15 random tokens each.
+std::vector<std::vector<int32_t>> random_prompts(int n, unsigned seed) {
+  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(n));
+  std::mt19937 rng(seed);
+  for (auto& p : prompts) {
+    p.push_back(1);
+    for (int i = 0, pl = 4 + int(rng() % 12); i < pl; ++i) p.push_back(int32_t(3 + rng() % 990));
+  }
+  return prompts;
+}
+
 multicast_request request_for(std::vector<std::string> targets, const std::string& plan) {
   multicast_request r;
   r.targets = std::move(targets);
@@ -266,33 +304,13 @@ TEST_CASE("the scaler runs instances in node processes: live cooperative routes 
   auto m = load_model(c.model_path());
   REQUIRE(m);
   auto& sys = c.raw().system();
-  scaling_knobs k;
-  k.min_instances = 1;
-  k.max_instances = 2;
-  k.queue_per_instance = 1;
-  k.cooldown_s = 0.2;
-  k.keep_alive_s = 60;
-  auto policy = make_policy("blitz", k, link_speeds{});
-  REQUIRE(policy);
-  scaler_options so;
-  so.device.layer_s = 0.003;  // slow instances: the queue builds up and triggers a scale-out
-  so.cluster.controller = c.raw().controller();
-  so.cluster.model = "rand";
-  so.cluster.nodes = {"src", "n1", "n2"};
-  so.cluster.chunk_bytes = 128 << 10;
-  router_options ro;
-  ro.max_running = 4;
-  auto router = spawn_router(sys, *m, std::vector<route_ptr>{}, ro);
-  auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*policy)), k, so);
+  auto g = spawn_scaled(c, *m, {});
+  auto router = g.router, scaler = g.scaler;
   // 16 clients arriving 60 ms apart, greedy, up to 40 tokens (or the end of text).
   const int n = 16, len = 40;
-  std::vector<std::vector<int32_t>> prompts(n), got(n);
+  auto prompts = random_prompts(n, 5);
+  std::vector<std::vector<int32_t>> got(n);
   std::vector<std::string> errors(n);
-  std::mt19937 rng(5);
-  for (auto& p : prompts) {
-    p.push_back(1);
-    for (int i = 0, pl = 4 + int(rng() % 12); i < pl; ++i) p.push_back(int32_t(3 + rng() % 990));
-  }
   std::vector<std::thread> clients;
   for (int i = 0; i < n; ++i) {
     clients.emplace_back([&, i] {
@@ -346,4 +364,105 @@ TEST_CASE("the scaler runs instances in node processes: live cooperative routes 
   // Stopping the instances frees their copies; the host copy stays.
   auto st = c.raw().wait_only_host_copies("rand");
   CHECK_MESSAGE(st, st.message());
+}
+
+namespace {
+
+// When the scaler's instance 2 (on n1) reaches `stage` ("serving": a cooperative route whose head
+// and first layers are on n1, the rest on src; "full": a whole instance on n1), n1 gets `sig`.
+// Every request must still complete with the reference's tokens: those on n1's routes are
+// re-admitted on the surviving ones, recomputing from what they streamed.
+void node_death_run(const std::string& stage, int sig) {
+  CAPTURE(stage);
+  CAPTURE(sig);
+  cluster c("tcp", "throttle_mb_s = 8\n", 1500);
+  c.start("n1", "throttle_mb_s = 8\n");
+  c.start("n2", "throttle_mb_s = 8\n");
+  REQUIRE(c.wait_nodes(3));
+  REQUIRE(c.wait_holding());
+  auto m = load_model(c.model_path());
+  REQUIRE(m);
+  auto& sys = c.raw().system();
+  router_options ro;
+  ro.readmit.grace_ms = 10000;
+  auto g = spawn_scaled(c, *m, ro);
+  auto router = g.router, scaler = g.scaler;
+  const int n = 24, len = 60;
+  auto prompts = random_prompts(n, 11);
+  std::vector<std::vector<int32_t>> got(n);
+  std::vector<std::string> errors(n);
+  std::atomic<bool> done{false};
+  std::atomic<double> killed_at{-1};
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread killer([&] {
+    caf::scoped_actor self{sys};
+    while (!done) {
+      bool reached = false;
+      self->request(scaler, 5s, report_atom::value)
+          .receive(
+              [&](scaling_report& r) {
+                for (auto& e : r.events) reached |= e.instance == 2 && e.what == stage;
+              },
+              [](caf::error&) {});
+      if (reached) {
+        c.kill("n1", sig);
+        killed_at = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  std::vector<std::thread> clients;
+  for (int i = 0; i < n; ++i)
+    clients.emplace_back([&, i] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(80 * i));
+      generate_request req;
+      req.prompt = prompts[size_t(i)];
+      req.max_new_tokens = len;
+      auto out = generate(sys, router, req, {}, 60s);
+      if (out && out->result.error.empty()) got[size_t(i)] = out->tokens;
+      else errors[size_t(i)] = out ? out->result.error : out.message();
+    });
+  for (auto& t : clients) t.join();
+  done = true;
+  killer.join();
+  REQUIRE_MESSAGE(killed_at >= 0, "instance 2 never reached '" << stage << "'");
+  for (int i = 0; i < n; ++i) {
+    CAPTURE(i);
+    CHECK(errors[size_t(i)] == "");
+    auto want = generate_reference(**m, std::vector<int>(prompts[size_t(i)].begin(), prompts[size_t(i)].end()), len);
+    CHECK(got[size_t(i)] == std::vector<int32_t>(want.begin(), want.end()));
+  }
+  caf::scoped_actor self{sys};
+  router_stats rs;
+  self->request(router, 5s, stats_atom::value).receive([&](router_stats& s) { rs = s; }, [](caf::error&) {});
+  scaling_report rep;
+  self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { rep = r; }, [](caf::error&) {});
+  bool lost = false, placed_on_n1_again = false;
+  for (auto& e : rep.events) {
+    MESSAGE(e.t << " " << e.what << " i" << e.instance << " " << e.detail);
+    lost |= e.what == "lost" && e.instance == 2;
+    placed_on_n1_again |= e.what == "scale-out" && e.instance > 2 && e.detail.find("on n1,") != std::string::npos;
+  }
+  MESSAGE("killed at " << killed_at << " s; " << rs.readmissions << " re-admissions");
+  CHECK(lost);
+  CHECK_FALSE(placed_on_n1_again);
+  CHECK(rs.readmissions > 0);  // some requests were on n1 when it went
+  if (sig == SIGSTOP) c.kill("n1", SIGKILL);
+  caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
+}
+
+}  // namespace
+
+TEST_CASE("a node killed while its instance serves cooperatively: no request lost, exact tokens") {
+  node_death_run("serving", SIGKILL);
+}
+
+TEST_CASE("a node killed while it hosts a whole instance: no request lost, exact tokens") {
+  node_death_run("full", SIGKILL);
+}
+
+TEST_CASE("a node hung (SIGSTOP) while it hosts an instance: dropped by heartbeat, no request lost") {
+  node_death_run("full", SIGSTOP);
 }
