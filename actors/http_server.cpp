@@ -162,23 +162,51 @@ void ask(caf::actor_system& sys, const caf::actor& whom, std::chrono::millisecon
   });
 }
 
+// One generation in flight on a connection (outside session: clang needs it complete to default-construct).
+struct gen_state {
+  openai::request req;
+  std::string id;
+  int64_t created = 0;
+  int prompt_tokens = 0, prev = 0, generated = 0;
+  clk::time_point t0, last;
+  std::optional<openai::stop_matcher> stops;
+  std::string text;  // non-streamed: the response so far
+  bool first_chunk = true, stopped_sent = false;
+  caf::actor actor;
+};
+
 struct session;
 
-// The link from CAF threads into one session's strand. stop() closes every bridge before the
-// I/O context goes away, so a late event is dropped instead of posted to a dead executor.
+// The link from CAF threads into one session's strand. A session's end and stop() close its
+// bridge before the I/O context goes away: a late event is dropped instead of posted to a dead
+// executor, and the strand is released at once (a generation actor may hold the bridge longer
+// than the server lives, and a strand must not outlive its I/O context).
 struct bridge {
   std::mutex mu;
-  bool closed = false;
-  net::strand<net::io_context::executor_type> strand;
+  std::optional<net::strand<net::io_context::executor_type>> strand;  // empty once closed
   std::weak_ptr<session> s;
   explicit bridge(net::strand<net::io_context::executor_type> st) : strand(std::move(st)) {}
   template <class F>
   void post(F f) {
     std::lock_guard<std::mutex> g(mu);
-    if (closed) return;
-    net::post(strand, [w = s, f = std::move(f)]() mutable {
+    if (!strand) return;
+    net::post(*strand, [w = s, f = std::move(f)]() mutable {
       if (auto p = w.lock()) f(*p);
     });
+  }
+  // Runs `last` on the strand (if still open), then closes.
+  template <class F>
+  void close(F last) {
+    std::lock_guard<std::mutex> g(mu);
+    if (!strand) return;
+    net::post(*strand, [w = s, f = std::move(last)]() mutable {
+      if (auto p = w.lock()) f(*p);
+    });
+    strand.reset();
+  }
+  void close() {
+    std::lock_guard<std::mutex> g(mu);
+    strand.reset();
   }
 };
 
@@ -246,17 +274,6 @@ struct session : std::enable_shared_from_this<session> {
   std::array<char, 4096> peek{};
   std::shared_ptr<bridge> br;
   // The generation running on this connection, if any.
-  struct gen_state {
-    openai::request req;
-    std::string id;
-    int64_t created = 0;
-    int prompt_tokens = 0, prev = 0, generated = 0;
-    clk::time_point t0, last;
-    std::optional<openai::stop_matcher> stops;
-    std::string text;  // non-streamed: the response so far
-    bool first_chunk = true, stopped_sent = false;
-    caf::actor actor;
-  };
   std::optional<gen_state> gen;
 
   session(std::shared_ptr<http_server::impl> s, tcp::socket so, std::string who)
@@ -270,8 +287,7 @@ struct session : std::enable_shared_from_this<session> {
     --srv->connections;
     if (--srv->per_client[client] <= 0) srv->per_client.erase(client);
     if (br) {
-      std::lock_guard<std::mutex> g2(br->mu);
-      br->closed = true;
+      br->close();
       srv->bridges.erase(br);
     }
   }
@@ -911,13 +927,7 @@ void http_server::stop() {
   // posted after this. The I/O threads then run out of work (or are stopped after a second).
   {
     std::lock_guard<std::mutex> g(impl_->conn_mu);
-    for (auto& b : impl_->bridges) {
-      std::lock_guard<std::mutex> g2(b->mu);
-      b->closed = true;
-      net::post(b->strand, [w = b->s] {
-        if (auto p = w.lock()) p->close();
-      });
-    }
+    for (auto& b : impl_->bridges) b->close([](session& s) { s.close(); });
   }
   net::post(impl_->io, [p = impl_] {
     beast::error_code ec;

@@ -118,7 +118,7 @@ expected<trace> parse_trace(const std::string& text, trace_format f, const std::
     ++lineno;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
-    if (f != trace_format::mooncake && lineno == 1) {  // header: find columns by name
+    if (f != trace_format::mooncake && col_t < 0) {  // header (the first line that is not blank)
       auto cols = split_csv(line);
       for (int i = 0; i < int(cols.size()); ++i) {
         const auto& c = cols[size_t(i)];
@@ -127,7 +127,7 @@ expected<trace> parse_trace(const std::string& text, trace_format f, const std::
         if (c == "GeneratedTokens" || c == "Response tokens") col_out = i;
       }
       if (col_t < 0 || col_in < 0 || col_out < 0)
-        return make_error(origin + ": line 1: header '" + line + "' lacks the timestamp/input/output columns");
+        return make_error(origin + ": line " + std::to_string(lineno) + ": header '" + line + "' lacks the timestamp/input/output columns");
       continue;
     }
     ++t.lines;

@@ -73,6 +73,13 @@ TEST_CASE("malformed and truncated trace lines are reported with their line numb
   CHECK(parse_trace("Foo,Bar\n1,2\n", trace_format::burstgpt, "x.csv").message().find("lacks the timestamp") !=
         std::string::npos);
   CHECK_FALSE(parse_trace("", trace_format::mooncake, "e.jsonl"));
+  // The header is the first line that is not blank (a blank first line once made line 2 a data
+  // row read through column -1; found by fuzzing).
+  auto blank_first = parse_trace("\nTimestamp,Request tokens,Response tokens\n5,10,20\n", trace_format::burstgpt, "b.csv");
+  REQUIRE(blank_first);
+  CHECK(blank_first->requests.size() == 1);
+  CHECK(parse_trace("\n\nFoo\n1\n", trace_format::burstgpt, "x.csv").message() ==
+        "x.csv: line 3: header 'Foo' lacks the timestamp/input/output columns");
   // A file of the wrong format is rejected, not replayed as nonsense.
   std::string garbage;
   for (int i = 0; i < 200; ++i) garbage += "not json\n";
