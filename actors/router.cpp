@@ -50,6 +50,7 @@ struct router_state {
   std::set<caf::actor_addr> monitored;         // stage actors
   std::set<caf::actor_addr> lost;              // stages known dead or hung: no route through them
   readmission readmit;
+  std::set<caf::actor_addr> wake;                 // told (once) when the next request is admitted
   uint64_t next_id = 1;
   seq_id next_seq = 1;
   uint64_t next_step = 1;
@@ -546,7 +547,13 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         st.waiting.push_back(id);
         // Reply before scheduling so the id reaches the client ahead of its first token.
         self->send(self, tick_atom::value);
+        for (auto& w : st.wake)
+          if (auto a = caf::actor_cast<caf::actor>(w)) self->send(a, wake_atom::value);
+        st.wake.clear();
         return id;
+      },
+      [=](wake_atom) {
+        if (auto& w = self->current_sender()) self->state.wake.insert(caf::actor_cast<caf::actor_addr>(w));
       },
       [=](tick_atom) { schedule(self); },
       [=](stagelost_atom, const std::vector<caf::actor>& stages, const std::string& why) {

@@ -42,7 +42,8 @@ struct router_options {
 //   (routes_atom, std::vector<route_ptr>) replaces the routes new requests start on; a running
 //   request keeps its route (its KV cache lives there) until it ends, so an instance whose
 //   routes are gone drains; except that a request on a cooperative route moves to its
-//   instance's own route once there is one (recompute migration, router_options). (stats_atom) -> router_stats, the load signals a scaler reads.
+//   instance's own route once there is one (recompute migration, router_options). (stats_atom) -> router_stats, the load signals a scaler reads; (wake_atom): the sender gets one
+//   (wake_atom) when the next request is admitted.
 //   A request waits until some route's instance has fewer than max_running requests, then takes
 //   the least loaded one.
 caf::actor spawn_router(caf::actor_system& sys, model_ptr m, route_ptr path, router_options opt = {});

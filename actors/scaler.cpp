@@ -38,6 +38,7 @@ struct scaler_state {
   std::shared_ptr<std::vector<caf::actor>> owned = std::make_shared<std::vector<caf::actor>>();
   uint64_t last_tokens = 0;
   double last_tick = 0;
+  uint64_t tick_epoch = 0;  // one chain of ticks: a wake-up starts a new one, older ticks lapse
   double shares = 0;  // sum of the started instances' shares since the last count
   std::set<std::string> lost_nodes;  // dropped by the controller: never placed on again
   static inline const char* name = "strata.scaler";
@@ -377,7 +378,8 @@ void node_lost(scaler_actor* self, const std::string& node, const std::string& w
   }
 }
 
-void on_stats(scaler_actor* self, const router_stats& rs) {
+// Returns whether the model is idle: nothing waits or runs and no instance loads or drains.
+bool on_stats(scaler_actor* self, const router_stats& rs) {
   auto& st = self->state;
   double t = now(self);
   // Stop drained instances: nothing running touches them any more.
@@ -427,6 +429,26 @@ void on_stats(scaler_actor* self, const router_stats& rs) {
     changed = true;
   }
   if (changed) push_routes(self);
+  if (changed || rs.waiting > 0 || rs.running > 0 || v.loading > 0) return false;
+  for (auto& [id, in] : st.insts)
+    if (in.draining) return false;
+  return true;
+}
+
+void tick(scaler_actor* self, uint64_t epoch) {
+  if (epoch != self->state.tick_epoch) return;
+  self->request(self->state.router, std::chrono::seconds(2), stats_atom::value)
+      .then(
+          [=](const router_stats& rs) {
+            bool idle = on_stats(self, rs);
+            if (epoch != self->state.tick_epoch) return;
+            if (idle) self->send(self->state.router, wake_atom::value);
+            self->delayed_send(self, idle ? self->state.opt.idle_tick : self->state.opt.tick, scaletick_atom::value, epoch);
+          },
+          [=](caf::error&) {
+            if (epoch == self->state.tick_epoch)
+              self->delayed_send(self, self->state.opt.tick, scaletick_atom::value, epoch);
+          });
 }
 
 void on_layer(scaler_actor* self, uint32_t id, int32_t layer) {
@@ -467,13 +489,10 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
   });
   start_instances(self, true, std::max(1, knobs.min_instances));
   push_routes(self);
-  self->send(self, scaletick_atom::value);
+  self->send(self, scaletick_atom::value, st.tick_epoch);
   return {
-      [=](scaletick_atom) {
-        self->request(self->state.router, std::chrono::seconds(2), stats_atom::value)
-            .then([=](const router_stats& rs) { on_stats(self, rs); }, [](caf::error&) {});
-        self->delayed_send(self, self->state.opt.tick, scaletick_atom::value);
-      },
+      [=](scaletick_atom, uint64_t epoch) { tick(self, epoch); },
+      [=](wake_atom) { tick(self, ++self->state.tick_epoch); },
       [=](lready_atom, uint32_t id, int32_t layer) { on_layer(self, id, layer); },
       [=](nodelost_atom, const std::string& node, const std::string& why) { node_lost(self, node, why); },
       [=](layerin_atom, uint32_t id, int32_t layer, const std::vector<caf::actor>& actors) {

@@ -38,7 +38,8 @@ struct scaler_options {
   // A loading instance offers one cooperative route per full partner, for the router's zigzag
   // scheduler to choose from (false: one route, partners spread by instance id).
   bool split_candidates = true;
-  std::chrono::milliseconds tick{50};
+  std::chrono::milliseconds tick{50};        // load checks while requests run or instances change
+  std::chrono::milliseconds idle_tick{1000};  // ... while nothing does (an arrival wakes the scaler)
   cluster_placement cluster;
 };
 
