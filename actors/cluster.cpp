@@ -101,6 +101,7 @@ struct node_state {
   // Models whose instances here all stopped while their parameters were still arriving: the copy
   // is dropped when the transfer completes (else it would count as a holding no one asked for).
   std::set<std::string> orphan_loads;
+  std::map<uint64_t, std::shared_ptr<host_buffer>> retired;  // images of aborted transfers, freed later
   // Chunks waiting for the node's paced egress link (throttle_mb_s), across all transfers.
   struct queued_send {
     uint64_t tid;
@@ -181,6 +182,26 @@ void forward(node_actor* self, uint64_t tid, uint32_t idx) {
   for (auto child : tree.children_of(self->state.id)) send_chunk(self, tid, idx, child);
 }
 
+// memory_gb is what a node offers for parameters: held copies and images being received count
+// against it (an instance's layers alias those images), and nothing past it is allocated.
+std::string over_memory(node_actor* self, uint64_t more, const std::string& what) {
+  auto& st = self->state;
+  std::set<const host_buffer*> seen;
+  uint64_t used = 0;
+  auto count = [&](const std::shared_ptr<host_buffer>& b) {
+    if (b && seen.insert(b.get()).second) used += b->size();
+  };
+  for (auto& [name, h] : st.held) count(h.image);
+  for (auto& [tid, t] : st.transfers) count(t.image);
+  const uint64_t limit = uint64_t(st.cfg.memory_gb * double(1ull << 30));
+  if (used + more <= limit) return {};
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "node %s cannot take %s: %.4g GiB more on top of %.4g GiB held exceeds its memory_gb of %.4g GiB",
+                st.cfg.name.c_str(), what.c_str(), double(more) / double(1ull << 30), double(used) / double(1ull << 30),
+                st.cfg.memory_gb);
+  return buf;
+}
+
 void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
   auto& st = self->state;
   auto plan = decode_plan(bytes.data(), bytes.size());
@@ -200,6 +221,11 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
   for (auto c : st.cfg.drop_chunks) t.drop_once.insert(c);
   t.last_progress = clock::now();
   if (t.target) {
+    if (auto why = over_memory(self, t.plan.image_bytes, "the parameters of " + t.plan.model); !why.empty()) {
+      st.transfers.erase(tid);
+      self->send(st.controller, tfail_atom::value, tid, st.id, why);
+      return;
+    }
     auto buf = host_buffer::allocate(t.plan.image_bytes);
     if (!buf) {
       st.transfers.erase(tid);
@@ -397,6 +423,28 @@ void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
   }
 }
 
+// The controller gave up on a transfer: stop sending it, and drop what landed of it. UCX may still
+// be writing a chunk into the image, so the buffer is kept a while after the zone forgets it.
+void abort_transfer(node_actor* self, uint64_t tid) {
+  auto& st = self->state;
+  auto it = st.transfers.find(tid);
+  if (it == st.transfers.end()) return;
+  auto& t = it->second;
+  std::string model = t.plan.model;
+  bool finished = t.finished;
+  if (t.target && !finished) {
+    {
+      std::lock_guard<std::mutex> g(st.zone->mu);
+      st.zone->transfers.erase(tid);
+    }
+    st.retired[tid] = t.image;
+    self->delayed_send(self, std::chrono::seconds(30), tabort_atom::value, tid);
+  }
+  st.transfers.erase(it);
+  // Finished just before the abort: the controller counted it failed, so it is no holding.
+  if (finished) drop_copy_if_unused(self, model);
+}
+
 void heartbeat(node_actor* self) {
   auto& st = self->state;
   if (st.id != 0) self->send(st.controller, heartbeat_atom::value, st.id);
@@ -404,15 +452,17 @@ void heartbeat(node_actor* self) {
 }
 
 // Loads a model from disk and asks the controller whether to keep it as a host copy; `done`
-// learns the answer (or why not).
-void offer_model(node_actor* self, const std::string& name, const std::string& path,
-                 std::function<void(bool, const std::string&)> done) {
+// learns the answer (or why not). A model that cannot be loaded or held here is an error at once.
+status offer_model(node_actor* self, const std::string& name, const std::string& path,
+                   std::function<void(bool, const std::string&)> done) {
   auto& st = self->state;
   auto m = load_model(path);
-  if (!m) return done(false, "cannot load model " + name + ": " + m.message());
+  if (!m) return make_error("cannot load model " + name + ": " + m.message());
   auto manifest = build_manifest(**m);
+  if (auto why = over_memory(self, layout_of((*m)->config).total, "a host copy of " + name); !why.empty())
+    return make_error(why);
   auto img = make_image(**m);
-  if (!img) return done(false, "cannot hold model " + name + ": " + img.message());
+  if (!img) return make_error("cannot hold model " + name + ": " + img.message());
   auto image = std::make_shared<host_buffer>(std::move(*img));
   self->request(st.controller, std::chrono::seconds(10), hold_atom::value, st.id, name, manifest)
       .then(
@@ -421,14 +471,22 @@ void offer_model(node_actor* self, const std::string& name, const std::string& p
             done(keep, keep ? "" : "the controller keeps enough host copies of " + name);
           },
           [=](caf::error& e) { done(false, "hold " + name + " refused: " + describe(e)); });
+  return {};
 }
 
-// Offers the models of the config.
+// Offers the models of the config; one that cannot be offered stops the node (its operator
+// named it: a node that stayed up offering nothing would hide the mistake).
 void offer_models(node_actor* self) {
-  for (auto& src : self->state.cfg.models)
-    offer_model(self, src.name, src.path, [=](bool, const std::string& why) {
+  for (auto& src : self->state.cfg.models) {
+    auto st = offer_model(self, src.name, src.path, [=](bool, const std::string& why) {
       if (!why.empty()) std::fprintf(stderr, "strata node %s: %s\n", self->state.cfg.name.c_str(), why.c_str());
     });
+    if (!st) {
+      std::fprintf(stderr, "strata node %s: %s; stopping\n", self->state.cfg.name.c_str(), st.message().c_str());
+      self->quit(make_error(errc::bad_request, st.message()));
+      return;
+    }
+  }
 }
 
 caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
@@ -471,6 +529,8 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
   heartbeat(self);
   return {
       [=](heartbeat_atom, uint32_t) { heartbeat(self); },
+      [=](tabort_atom, uint64_t tid, const std::string&) { abort_transfer(self, tid); },
+      [=](tabort_atom, uint64_t tid) { self->state.retired.erase(tid); },
       [=](transfer_atom, const std::vector<uint8_t>& plan) {
         on_transfer(self, plan);
         return true;
@@ -545,10 +605,11 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
       [=](cache_atom, const std::string& model, const std::string& path) -> caf::result<bool> {
         if (self->state.held.count(model)) return true;
         auto rp = self->make_response_promise<bool>();
-        offer_model(self, model, path, [rp](bool ok, const std::string& why) mutable {
+        auto st = offer_model(self, model, path, [rp](bool ok, const std::string& why) mutable {
           if (ok) rp.deliver(true);
           else rp.deliver(make_error(errc::bad_request, why));
         });
+        if (!st) rp.deliver(make_error(errc::bad_request, st.message()));
         return rp;
       },
       [=](uncache_atom, const std::string& model) {
@@ -594,6 +655,7 @@ struct active_transfer {
   clock::time_point stream;  // every target prepared: sources start sending
   std::map<node_id, size_t> row;  // target -> index in report.targets
   std::set<node_id> pending;
+  int64_t timeout_ms = 0;
 };
 
 struct controller_state {
@@ -700,12 +762,25 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
   if (mit == st.models.end()) return rp.deliver(make_error(errc::bad_request, "no node holds model " + req.model));
   auto kind = parse_plan_kind(req.plan);
   if (!kind) return rp.deliver(make_error(errc::bad_request, kind.message()));
+  // A target that holds the model, or is receiving it, would get every byte again.
   std::vector<node_id> targets;
+  const auto& me = mit->second;
   for (auto& name : req.targets) {
     auto* e = node_named(self, name);
     if (!e) return rp.deliver(make_error(errc::bad_request, "unknown target node '" + name + "'"));
-    targets.push_back(e->info.id);
+    auto id = e->info.id;
+    if (std::find(targets.begin(), targets.end(), id) != targets.end())
+      return rp.deliver(make_error(errc::bad_request, "target node '" + name + "' named twice"));
+    if (!req.resend && (me.host_copies.count(id) || me.instances.count(id)))
+      return rp.deliver(make_error(errc::bad_request, "node '" + name + "' already holds " + req.model));
+    for (auto& [tid, t] : st.transfers)
+      if (t.plan.model == req.model && t.pending.count(id))
+        return rp.deliver(make_error(errc::bad_request, "node '" + name + "' is already receiving " + req.model +
+                                                            " (transfer " + std::to_string(tid) + ")"));
+    targets.push_back(id);
   }
+  for (auto& name : req.busy)
+    if (!node_named(self, name)) return rp.deliver(make_error(errc::bad_request, "busy: unknown node '" + name + "'"));
   std::vector<source_info> sources;
   std::set<node_id> holders(mit->second.host_copies);
   holders.insert(mit->second.instances.begin(), mit->second.instances.end());
@@ -762,7 +837,9 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
             }
             auto bytes = encode_plan(tp);
             uint64_t tid = tp.id;
-            self->delayed_send(self, std::chrono::milliseconds(st.cfg.transfer_timeout_ms), ttimeout_atom::value, tid);
+            t.timeout_ms = req.timeout_ms > 0 ? std::min<int64_t>(req.timeout_ms, st.cfg.transfer_timeout_ms)
+                                              : st.cfg.transfer_timeout_ms;
+            self->delayed_send(self, std::chrono::milliseconds(t.timeout_ms), ttimeout_atom::value, tid);
             st.transfers.emplace(tid, std::move(t));
             // Phase 1: every target prepares its landing zone and acknowledges. Phase 2: the
             // sources start sending. So no chunk reaches a node that does not expect it yet.
@@ -818,7 +895,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
             return make_error(errc::bad_request, "a node named '" + info.name + "' is already in the cluster");
         info.id = st.next_id++;
         self->monitor(handle);
-        st.nodes[info.id] = {info, handle, clock::now()};
+        st.nodes[info.id] = node_entry{info, handle, clock::now(), {}};
         return info.id;
       },
       [=](heartbeat_atom, uint32_t id) {
@@ -940,9 +1017,15 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         auto it = self->state.transfers.find(tid);
         if (it == self->state.transfers.end()) return;
         auto& t = it->second;
-        t.report.events.push_back("timed out after " + std::to_string(self->state.cfg.transfer_timeout_ms) + " ms");
-        for (auto n : std::set<node_id>(t.pending))
-          fail_target(self, t, n, "timed out after " + std::to_string(self->state.cfg.transfer_timeout_ms) + " ms");
+        if (t.pending.empty()) return;
+        const std::string why = "timed out after " + std::to_string(t.timeout_ms) + " ms";
+        t.report.events.push_back(why + "; aborted");
+        for (auto n : std::set<node_id>(t.pending)) fail_target(self, t, n, why);
+        // Nothing of it goes on behind the report: every node stops and drops it.
+        for (auto& [n, addr] : t.plan.peers) {
+          auto e = self->state.nodes.find(n);
+          if (e != self->state.nodes.end()) self->send(e->second.handle, tabort_atom::value, tid, why);
+        }
         finish_if_done(self, tid);
       },
   };

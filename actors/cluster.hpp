@@ -32,6 +32,9 @@ using tfail_atom = caf::atom_constant<caf::atom("tfail")>;
 using ready_atom = caf::atom_constant<caf::atom("ready")>;
 using imagesum_atom = caf::atom_constant<caf::atom("imagesum")>;
 using ttimeout_atom = caf::atom_constant<caf::atom("ttimeout")>;
+// (tabort_atom, transfer id, why): controller -> the nodes of a multicast that failed as a whole
+// (timed out): they stop sending and drop what they received of it.
+using tabort_atom = caf::atom_constant<caf::atom("tabort")>;
 using pump_atom = caf::atom_constant<caf::atom("pump")>;
 using stall_atom = caf::atom_constant<caf::atom("stall")>;
 using instance_atom = caf::atom_constant<caf::atom("instance")>;
@@ -66,12 +69,14 @@ struct multicast_request {
   int32_t max_sources = 0;              // 0: every holder
   std::vector<std::string> busy;        // holders to use only as a last resort
   std::vector<int32_t> segment_order;   // layers in the order wanted (0: globals, 1 + l: layer l)
+  int64_t timeout_ms = 0;               // the transfer fails and is aborted after this (0: the controller's transfer_timeout_ms)
+  bool resend = false;                  // send even to targets that hold the model already (benchmarks)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, multicast_request& x) {
   return f(caf::meta::type_name("multicast_request"), x.model, x.targets, x.plan, x.chunk_bytes, x.fanout,
-           x.max_sources, x.busy, x.segment_order);
+           x.max_sources, x.busy, x.segment_order, x.timeout_ms, x.resend);
 }
 
 struct target_report {

@@ -138,6 +138,9 @@ int cmd_cluster(int argc, char** argv) {
   req.max_sources = int(a->integer("max-sources", 0, 1, 1024));  // absent (0): every holder
   req.busy = split_list(a->str("busy"));
   auto timeout = std::chrono::seconds(a->integer("timeout-s", 300, 1, 86400));
+  // The controller aborts the transfer at the timeout and answers with its report; the client
+  // waits a little longer for that answer.
+  req.timeout_ms = int64_t(timeout.count()) * 1000;
   cluster_runtime rt;
   auto ctl = connect(*rt.sys, a->str("controller"), std::chrono::seconds(5));
   if (!ctl) return fail(ctl.message());
@@ -155,7 +158,7 @@ int cmd_cluster(int argc, char** argv) {
             },
             [&](caf::error& e) { rc = fail(describe(e)); });
   } else {
-    self->request(*ctl, timeout, multicast_atom::value, req)
+    self->request(*ctl, timeout + std::chrono::seconds(10), multicast_atom::value, req)
         .receive(
             [&](const transfer_report& r) {
               std::printf("%s", r.summary().c_str());

@@ -107,6 +107,9 @@ commands:
              in-process instances with an emulated link profile (without --nodes):
                [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
   help       this text
+
+every command that loads a model also takes --max-memory SIZE (e.g. 8G; or STRATA_MAX_MEMORY;
+default: physical RAM): a model whose tensors would not fit is refused before anything is allocated
 )";
 
 // Options every model-loading command takes: --threads N (kernel threads; 0: one per core) and
@@ -481,6 +484,13 @@ int cmd_replay(int argc, char** argv) {
   if (!a) return fail(a.message() + " (see strata help)");
   if (!a->has("model") || !a->has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
   apply_common(*a);
+  // Every value is checked before the replay starts, not after it.
+  slo_spec slo;
+  slo.ttft_s = a->positive("ttft-slo-ms", 1000, 1e9) / 1000;
+  slo.tbt_s = a->positive("tbt-slo-ms", 200, 1e9) / 1000;
+  router_options ro;
+  ro.max_running = int(a->integer("max-running", 64, 1, 1 << 16));
+  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 512, 1, 1 << 24));
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
   auto shaped = trace_from_args(*a, **m);
@@ -492,18 +502,12 @@ int cmd_replay(int argc, char** argv) {
   auto p = spawn_pipeline(*rt.sys, *m, *shards);
   if (!p) return fail(p.message());
   guard.pipelines.push_back(*p);
-  router_options ro;
-  ro.max_running = int(a->integer("max-running", 64, 1, 1 << 16));
-  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 512, 1, 1 << 24));
   auto router = spawn_router(*rt.sys, *m, p->path, ro);
   guard.actors.push_back(router);
   auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 10));
   stop_pipeline(*p);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
   if (!records) return fail(records.message());
-  slo_spec slo;
-  slo.ttft_s = a->positive("ttft-slo-ms", 1000, 1e9) / 1000;
-  slo.tbt_s = a->positive("tbt-slo-ms", 200, 1e9) / 1000;
   auto sum = summarize_replay(*records, slo);
   std::printf("\n%s", sum.table("replay of " + a->str("trace") + " on " + (*m)->name + ", shards " +
                                 to_string(*shards)).c_str());

@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
         uint64_t bytes = 0;
         for (int r = 0; r < reps; ++r) {
           multicast_request req;
+          req.resend = true;  // the same targets, once per plan
           req.model = "bench";
           req.plan = plan;
           req.chunk_bytes = chunk;

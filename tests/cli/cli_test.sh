@@ -59,6 +59,9 @@ expect_error "--chunk-kb: expected an integer in [1, 1048576], got '-5'" "$strat
 expect_error "--scheduler: expected one of zigzag, least-loaded, got 'x'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --scheduler x
 expect_error "--max-sources: expected an integer in [1, 1024], got '0'" "$strata" cluster multicast --controller 127.0.0.1:1 --max-sources 0
 expect_error "--memory-gb: expected a number, got 'abc'" "$strata" node --memory-gb abc
+# A node refuses at start what it cannot offer (it once stayed up offering nothing).
+expect_error "cannot load model m: $tmp/none: no such file" "$strata" node --name c1 --model "m=$tmp/none"
+expect_error "exceeds its memory_gb of 0.0001 GiB" "$strata" node --name c1 --memory-gb 0.0001 --model "m=$data/models/stories260K"
 expect_error "--max-memory: expected a size" "$strata" generate --model "$data/models/stories260K" --max-memory lots
 expect_error "but the memory budget is 100.00 KiB" "$strata" generate --model "$data/models/stories260K" --max-memory 100K
 # A FIFO where a model should be fails at once instead of blocking.
@@ -99,6 +102,9 @@ grep -q "10 requests (10 ok, 0 failed)" <<<"$out" || fail "run conv-replay: $out
 printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[scaling]\nmaxx = 2\n' "$m" > "$tmp/bad.toml"
 expect_error "unknown key 'maxx' in [scaling]" "$strata" run "$tmp/bad.toml"
 expect_error "topology $tmp/none.toml: cannot open" "$strata" run "$tmp/none.toml"
+# Values are checked before the job runs (a negative SLO once failed only after a whole replay).
+printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[slo]\nttft_ms = -5\n' "$m" > "$tmp/slo.toml"
+expect_error "--ttft-slo-ms: expected a number in [0, 1e+09], got '-5'" timeout 10 "$strata" run "$tmp/slo.toml"
 # The HTTP front door as an operator runs it: any free port, real HTTP (curl), SIGTERM drains.
 "$strata" serve --model "$m" --port 0 --threads 1 > "$tmp/serve.log" 2>&1 &
 srv=$!

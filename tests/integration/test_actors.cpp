@@ -386,7 +386,7 @@ TEST_CASE("a stage that stops answering times the step out") {
   caf::actor_system sys{cfg};
   auto m = stories();
   // A stage that swallows batches: stands for a hung peer.
-  auto black_hole = sys.spawn([]() -> caf::behavior { return {[](step_atom, step_ptr&) {}}; });
+  auto black_hole = sys.spawn([](caf::event_based_actor*) -> caf::behavior { return {[](step_atom, step_ptr&) {}}; });
   auto head = sys.spawn(head_actor, m);
   auto tail = sys.spawn(tail_actor, m);
   auto path = std::make_shared<route>();

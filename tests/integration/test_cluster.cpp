@@ -121,6 +121,7 @@ std::vector<std::vector<int32_t>> random_prompts(int n, unsigned seed) {
 
 multicast_request request_for(std::vector<std::string> targets, const std::string& plan) {
   multicast_request r;
+  r.resend = true;  // tests send the same model to the same nodes once per plan
   r.targets = std::move(targets);
   r.plan = plan;
   r.chunk_bytes = 256 << 10;
@@ -244,13 +245,14 @@ TEST_CASE("nodes join mid-run and are served from any holder, and one host copy 
   REQUIRE(c.wait_holding());  // src's copy first, so the one kept below is src's
   // "a" offers the same model from disk too: with host_copies = 1 the controller keeps only one.
   c.start("a", "[[models]]\nname = \"rand\"\npath = \"" + c.model_path() + "\"\n");
+  REQUIRE(c.wait_nodes(2));
+  // A node whose model cannot be loaded says why and leaves (it once stayed, offering nothing).
   c.start("broken", "[[models]]\nname = \"other\"\npath = \"/nonexistent\"\n");
-  REQUIRE(c.wait_nodes(3));
-  // Once "broken" has reported its model (it offers after joining, as "a" does), both offers are in.
-  const std::string why = "cannot load model other: /nonexistent: no such file or directory";
-  for (int i = 0; i < 100 && c.log("broken").find(why) == std::string::npos; ++i) std::this_thread::sleep_for(50ms);
+  const std::string why = "cannot load model other: /nonexistent: no such file or directory; stopping";
+  for (int i = 0; i < 200 && c.log("broken").find(why) == std::string::npos; ++i) std::this_thread::sleep_for(50ms);
   CHECK(c.log("broken").find(why) != std::string::npos);
   std::this_thread::sleep_for(300ms);  // let "a" finish offering
+  CHECK(c.view().nodes.size() == 2);
   auto holdings = c.view().holdings;
   REQUIRE(holdings.size() == 1);
   CHECK(holdings[0] == "rand: src (host copy)");
@@ -258,7 +260,7 @@ TEST_CASE("nodes join mid-run and are served from any holder, and one host copy 
   REQUIRE(first);
   CHECK(first->targets[0].ok);
   c.start("late");
-  REQUIRE(c.wait_nodes(4));
+  REQUIRE(c.wait_nodes(3));
   multicast_request r = request_for({"late"}, "chain");
   r.max_sources = 0;  // src and a both serve
   auto second = c.multicast(r);
@@ -274,6 +276,56 @@ TEST_CASE("nodes join mid-run and are served from any holder, and one host copy 
   auto bad_plan = c.multicast(request_for({"a"}, "zigzag"));
   REQUIRE_FALSE(bad_plan);
   CHECK(bad_plan.message().find("unknown plan 'zigzag'") != std::string::npos);
+  // Nothing is sent again to a node that holds the model, named twice, or to an unknown busy node.
+  auto no_resend = [](multicast_request r) {
+    r.resend = false;
+    return r;
+  };
+  auto holder = c.multicast(no_resend(request_for({"src"}, "chain")));
+  REQUIRE_FALSE(holder);
+  CHECK(holder.message().find("node 'src' already holds rand") != std::string::npos);
+  auto again = c.multicast(no_resend(request_for({"late"}, "chain")));
+  REQUIRE_FALSE(again);
+  CHECK(again.message().find("node 'late' already holds rand") != std::string::npos);
+  c.start("fresh");
+  REQUIRE(c.wait_nodes(4));
+  auto twice = c.multicast(request_for({"fresh", "fresh"}, "chain"));
+  REQUIRE_FALSE(twice);
+  CHECK(twice.message().find("target node 'fresh' named twice") != std::string::npos);
+  auto busy = request_for({"fresh"}, "chain");
+  busy.busy = {"zzz"};
+  auto bad_busy = c.multicast(busy);
+  REQUIRE_FALSE(bad_busy);
+  CHECK(bad_busy.message().find("busy: unknown node 'zzz'") != std::string::npos);
+}
+
+TEST_CASE("a multicast past its timeout is aborted on every node: reported failed, nothing held, retried cleanly") {
+  // src sends at 4 MB/s: the 10 MiB model takes over 2 s, far past a 300 ms timeout.
+  cluster c("tcp", "throttle_mb_s = 4\n");
+  c.start("a");
+  c.start("b");
+  REQUIRE(c.wait_nodes(3));
+  REQUIRE(c.wait_holding());
+  auto r = request_for({"a", "b"}, "chain");
+  r.timeout_ms = 300;
+  auto timed_out = c.multicast(r);
+  REQUIRE_MESSAGE(timed_out, timed_out.message());
+  for (auto& t : timed_out->targets) {
+    CHECK_FALSE(t.ok);
+    CHECK(t.error == "timed out after 300 ms");
+  }
+  // The transfer does not go on behind the report: after the time it would have taken, no
+  // target holds (or half-holds) the model, and a new multicast to both is not refused as a
+  // duplicate and completes.
+  std::this_thread::sleep_for(3s);
+  auto holdings = c.view().holdings;
+  REQUIRE(holdings.size() == 1);
+  CHECK(holdings[0] == "rand: src (host copy)");
+  r.timeout_ms = 0;
+  auto retry = c.multicast(r);
+  REQUIRE_MESSAGE(retry, retry.message());
+  for (auto& t : retry->targets) CHECK(t.ok);
+  CHECK(c.image_sum("b") == c.image_sum("src"));
 }
 
 TEST_CASE("a frozen node is dropped after the heartbeat timeout, a killed one at once") {
