@@ -1,5 +1,7 @@
 // `strata node` and `strata cluster`: run a node process, and talk to a running cluster.
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -34,15 +36,41 @@ struct cluster_runtime {
 expected<caf::actor> connect(caf::actor_system& sys, const std::string& where, std::chrono::seconds patience) {
   auto hp = split_host_port(where);
   if (!hp) return hp.err();
+  // CAF's remote_actor waits without limit for a peer that accepts but never completes the
+  // handshake (a frozen controller, some other service): it runs on a thread of its own, and
+  // the caller gives up at the deadline (and must then exit: that thread stays blocked).
+  struct attempt {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    expected<caf::actor> result = make_error("not tried");
+  };
+  auto at = std::make_shared<attempt>();
   auto deadline = std::chrono::steady_clock::now() + patience;
-  std::string last;
-  do {
-    auto a = sys.middleman().remote_actor(hp->first, hp->second);
-    if (a) return *a;
-    last = sys.render(a.error());
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  } while (std::chrono::steady_clock::now() < deadline);
-  return make_error("cannot reach controller at " + where + ": " + last);
+  std::thread([&sys, at, hp = *hp, deadline] {
+    std::string last;
+    expected<caf::actor> r = make_error("not tried");
+    do {
+      auto a = sys.middleman().remote_actor(hp.first, hp.second);
+      if (a) {
+        r = *a;
+        break;
+      }
+      last = sys.render(a.error());
+      r = make_error(last);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    } while (std::chrono::steady_clock::now() < deadline);
+    std::lock_guard<std::mutex> g(at->mu);
+    at->result = std::move(r);
+    at->done = true;
+    at->cv.notify_all();
+  }).detach();
+  std::unique_lock<std::mutex> g(at->mu);
+  if (!at->cv.wait_until(g, deadline + std::chrono::seconds(1), [&] { return at->done; }))
+    return make_error("controller at " + where + " accepted the connection but did not answer within " +
+                      std::to_string(patience.count()) + " s (frozen, or not a strata controller?)");
+  if (at->result) return at->result;
+  return make_error("cannot reach controller at " + where + ": " + at->result.message());
 }
 
 }  // namespace
@@ -99,7 +127,10 @@ int cmd_node(int argc, char** argv) {
     }
   } else {
     auto c = connect(*rt.sys, cfg.controller, std::chrono::seconds(10));
-    if (!c) return fail(c.message());
+    if (!c) {
+      fail(c.message());
+      std::_Exit(1);  // the actor system would wait for a connection attempt that never ends
+    }
     controller = *c;
   }
   auto node = spawn_node(*rt.sys, cfg, controller);
@@ -143,7 +174,10 @@ int cmd_cluster(int argc, char** argv) {
   req.timeout_ms = int64_t(timeout.count()) * 1000;
   cluster_runtime rt;
   auto ctl = connect(*rt.sys, a->str("controller"), std::chrono::seconds(5));
-  if (!ctl) return fail(ctl.message());
+  if (!ctl) {
+    fail(ctl.message());
+    std::_Exit(1);  // the actor system would wait for a connection attempt that never ends
+  }
   caf::scoped_actor self{*rt.sys};
   int rc = 0;
   if (sub == "view") {

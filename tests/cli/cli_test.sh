@@ -59,6 +59,14 @@ expect_error "--chunk-kb: expected an integer in [1, 1048576], got '-5'" "$strat
 expect_error "--scheduler: expected one of zigzag, least-loaded, got 'x'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --scheduler x
 expect_error "--max-sources: expected an integer in [1, 1024], got '0'" "$strata" cluster multicast --controller 127.0.0.1:1 --max-sources 0
 expect_error "--memory-gb: expected a number, got 'abc'" "$strata" node --memory-gb abc
+# Clients of a frozen controller give up within their patience (they once waited forever).
+"$strata" node --name frozen --listen 127.0.0.1:0 --port-file "$tmp/frozen.port" > "$tmp/frozen.log" 2>&1 &
+frozen=$!
+for _ in $(seq 100); do [ -s "$tmp/frozen.port" ] && break; sleep 0.1; done
+kill -STOP "$frozen"
+expect_error "did not answer within 5 s" timeout 20 "$strata" cluster view --controller "127.0.0.1:$(cat "$tmp/frozen.port")"
+expect_error "did not answer within 10 s" timeout 20 "$strata" node --name late --controller "127.0.0.1:$(cat "$tmp/frozen.port")"
+kill -KILL "$frozen"; wait "$frozen" 2>/dev/null || true
 # A node refuses at start what it cannot offer (it once stayed up offering nothing).
 expect_error "cannot load model m: $tmp/none: no such file" "$strata" node --name c1 --model "m=$tmp/none"
 expect_error "exceeds its memory_gb of 0.0001 GiB" "$strata" node --name c1 --memory-gb 0.0001 --model "m=$data/models/stories260K"
