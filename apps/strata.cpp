@@ -120,6 +120,10 @@ void apply_common(const args& a) {
     auto b = parse_bytes(a.str("max-memory"));
     if (!b || *b == 0) throw usage_error("--max-memory: " + (b ? std::string("must be positive") : b.message()));
     set_memory_budget(*b);
+  } else if (const char* env = std::getenv("STRATA_MAX_MEMORY")) {
+    // An environment setting is checked like the flag: a typo must not silently mean "all RAM".
+    auto b = parse_bytes(env);
+    if (!b || *b == 0) throw usage_error("STRATA_MAX_MEMORY: " + (b ? std::string("must be positive") : b.message()));
   }
 }
 
@@ -947,12 +951,23 @@ int cmd_autoscale(int argc, char** argv) {
               "p99 TBT", "p99 E2E", "SLO %", "inst*s", "dev*s", "p99 TTFT", "to serving", "to full", "migrated", "with KV");
   std::printf("%-15s %9s %9s %9s %9s %7s %8s %8s %9s %11s %11s %9s %8s\n", "", "ms", "ms", "ms", "ms", "", "", "", "vs STW", "s",
               "s", "requests", "MB");
+  // A column that does not apply (no stop-the-world run to compare with, no scale-out to time)
+  // prints "-", never a 0 that reads as a measurement.
+  auto cell = [](bool applies, double v, const char* fmt) {
+    char b[32];
+    if (!applies) return std::string("-");
+    std::snprintf(b, sizeof b, fmt, v);
+    return std::string(b);
+  };
   for (auto& r : rows) {
-    double ratio = base && base->sum.ttft.p99 > 0 ? r.sum.ttft.p99 / base->sum.ttft.p99 : 0;
-    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %8.1f %9.2f %11.3f %11.3f %9llu %8.2f\n", r.policy.c_str(),
+    bool vs = base && base->sum.ttft.p99 > 0;
+    std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %8.1f %9s %11s %11s %9llu %8.2f\n", r.policy.c_str(),
                 r.sum.ttft.p50 * 1e3, r.sum.ttft.p99 * 1e3, r.sum.tbt.p99 * 1e3, r.sum.e2e.p99 * 1e3,
-                100 * r.sum.slo_attainment, r.rep.instance_seconds, r.rep.device_seconds, ratio, mean(r.rep.to_first_layer_s),
-                mean(r.rep.to_full_s), (unsigned long long)r.rep.migrations, double(r.rep.kv_bytes_moved) / 1e6);
+                100 * r.sum.slo_attainment, r.rep.instance_seconds, r.rep.device_seconds,
+                cell(vs, vs ? r.sum.ttft.p99 / base->sum.ttft.p99 : 0, "%.2f").c_str(),
+                cell(!r.rep.to_first_layer_s.empty(), mean(r.rep.to_first_layer_s), "%.3f").c_str(),
+                cell(!r.rep.to_full_s.empty(), mean(r.rep.to_full_s), "%.3f").c_str(),
+                (unsigned long long)r.rep.migrations, double(r.rep.kv_bytes_moved) / 1e6);
   }
   // A run that lost requests says so in its exit status, with the first reason.
   if (!first_failure.empty()) return fail(first_failure);
