@@ -11,6 +11,7 @@
 #include <unordered_map>
 
 #include "actors/stages.hpp"
+#include "dataflow/files.hpp"
 #include "dataflow/manifest.hpp"
 
 namespace strata {
@@ -489,6 +490,46 @@ void offer_models(node_actor* self) {
   }
 }
 
+void join(node_actor* self) {
+  auto& st = self->state;
+  node_info info;
+  info.name = st.cfg.name;
+  info.ucx_address = st.ucx->address();
+  info.memory_bytes = uint64_t(st.cfg.memory_gb * double(1ull << 30));
+  info.transport = st.cfg.transport;
+  info.devices = {"cpu"};
+  self->request(st.controller, std::chrono::seconds(10), join_atom::value, info, caf::actor_cast<caf::actor>(self))
+      .then(
+          [=](uint32_t id) {
+            self->state.id = id;
+            offer_models(self);
+          },
+          [=](caf::error& e) {
+            std::fprintf(stderr, "strata node %s: join failed: %s\n", self->state.cfg.name.c_str(),
+                         describe(e).c_str());
+            self->quit(e);
+          });
+}
+
+// The controller dropped this node (it was frozen or cut off past the heartbeat timeout) and
+// has heard from it again: whatever it ran or received was written off by the cluster (its
+// instances' requests were re-admitted elsewhere), so it starts over as a fresh member.
+void rejoin(node_actor* self) {
+  auto& st = self->state;
+  if (st.id == 0) return;  // already rejoining
+  std::fprintf(stderr, "strata node %s: dropped by the controller; rejoining\n", st.cfg.name.c_str());
+  st.id = 0;
+  std::vector<uint32_t> ids;
+  for (auto& [id, h] : st.hosted) ids.push_back(id);
+  for (auto id : ids) unhost_instance(self, id);
+  std::vector<uint64_t> tids;
+  for (auto& [tid, t] : st.transfers) tids.push_back(tid);
+  for (auto tid : tids) abort_transfer(self, tid);
+  st.held.clear();
+  st.orphan_loads.clear();
+  join(self);
+}
+
 caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
                        std::shared_ptr<transport::ucx_endpoint> ucx, std::shared_ptr<landing_zone> zone) {
   auto& st = self->state;
@@ -509,26 +550,11 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
                  caf::to_string(dm.reason).c_str());
     self->quit(dm.reason);
   });
-  node_info info;
-  info.name = cfg.name;
-  info.ucx_address = st.ucx->address();
-  info.memory_bytes = uint64_t(cfg.memory_gb * double(1ull << 30));
-  info.transport = cfg.transport;
-  info.devices = {"cpu"};
-  self->request(controller, std::chrono::seconds(10), join_atom::value, info, caf::actor_cast<caf::actor>(self))
-      .then(
-          [=](uint32_t id) {
-            self->state.id = id;
-            offer_models(self);
-          },
-          [=](caf::error& e) {
-            std::fprintf(stderr, "strata node %s: join failed: %s\n", self->state.cfg.name.c_str(),
-                         describe(e).c_str());
-            self->quit(e);
-          });
+  join(self);
   heartbeat(self);
   return {
       [=](heartbeat_atom, uint32_t) { heartbeat(self); },
+      [=](rejoin_atom) { rejoin(self); },
       [=](tabort_atom, uint64_t tid, const std::string&) { abort_transfer(self, tid); },
       [=](tabort_atom, uint64_t tid) { self->state.retired.erase(tid); },
       [=](transfer_atom, const std::vector<uint8_t>& plan) {
@@ -604,8 +630,19 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
       [=](localfeed_atom, uint32_t id, int32_t segment, double mb_s) { local_feed(self, id, segment, mb_s); },
       [=](cache_atom, const std::string& model, const std::string& path) -> caf::result<bool> {
         if (self->state.held.count(model)) return true;
+        // A remote party names the path: only what the operator put under a model root is read.
+        auto& cfg = self->state.cfg;
+        auto roots = cfg.model_roots;
+        for (auto& m : cfg.models) roots.push_back(m.path);
+        auto confined = confine_path(path, roots);
+        if (!confined) {
+          auto why = "node " + cfg.name + " refuses to load " + model + ": " + confined.message() +
+                     "; add a model_roots entry to its config to allow it";
+          std::fprintf(stderr, "strata node %s: %s\n", cfg.name.c_str(), why.c_str());
+          return make_error(errc::bad_request, why);
+        }
         auto rp = self->make_response_promise<bool>();
-        auto st = offer_model(self, model, path, [rp](bool ok, const std::string& why) mutable {
+        auto st = offer_model(self, model, *confined, [rp](bool ok, const std::string& why) mutable {
           if (ok) rp.deliver(true);
           else rp.deliver(make_error(errc::bad_request, why));
         });
@@ -665,6 +702,7 @@ struct controller_state {
   std::map<uint64_t, active_transfer> transfers;
   node_id next_id = 1;
   uint64_t next_tid = 1;
+  clock::time_point last_check = clock::now();  // of the heartbeat check: late means the controller stalled
   static inline const char* name = "strata.controller";
 };
 
@@ -900,10 +938,25 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
       },
       [=](heartbeat_atom, uint32_t id) {
         auto it = self->state.nodes.find(id);
-        if (it != self->state.nodes.end()) it->second.last_seen = clock::now();
+        if (it != self->state.nodes.end()) {
+          it->second.last_seen = clock::now();
+          return;
+        }
+        // A node dropped earlier that is alive after all (it was frozen): it starts over.
+        if (auto n = caf::actor_cast<caf::actor>(self->current_sender())) self->send(n, rejoin_atom::value);
       },
       [=](hbcheck_atom) {
         auto& st = self->state;
+        // A check that comes late means the controller itself was stalled (frozen, swapped out):
+        // the nodes' silence is its own, and their heartbeats may still sit unread. Each gets a
+        // full timeout from now instead of being dropped.
+        const double interval_s = std::max(10, st.cfg.heartbeat_timeout_ms / 4) / 1000.0;
+        if (since(st.last_check) > 2 * interval_s + st.cfg.heartbeat_timeout_ms / 2000.0) {
+          std::fprintf(stderr, "strata controller: stalled for %.1f s; giving every node a fresh heartbeat timeout\n",
+                       since(st.last_check));
+          for (auto& [id, e] : st.nodes) e.last_seen = clock::now();
+        }
+        st.last_check = clock::now();
         std::vector<node_id> dead;
         for (auto& [id, e] : st.nodes)
           if (since(e.last_seen) * 1000 > st.cfg.heartbeat_timeout_ms) dead.push_back(id);

@@ -35,6 +35,8 @@ using ttimeout_atom = caf::atom_constant<caf::atom("ttimeout")>;
 // (tabort_atom, transfer id, why): controller -> the nodes of a multicast that failed as a whole
 // (timed out): they stop sending and drop what they received of it.
 using tabort_atom = caf::atom_constant<caf::atom("tabort")>;
+// (rejoin_atom): controller -> a node it dropped that is heard from again: start over and join.
+using rejoin_atom = caf::atom_constant<caf::atom("rejoin")>;
 using pump_atom = caf::atom_constant<caf::atom("pump")>;
 using stall_atom = caf::atom_constant<caf::atom("stall")>;
 using instance_atom = caf::atom_constant<caf::atom("instance")>;

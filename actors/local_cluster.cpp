@@ -42,10 +42,13 @@ expected<std::unique_ptr<local_cluster>> local_cluster::start(local_cluster_opti
   fs::create_directories(opt.work_dir, ec);
   if (ec) return make_error(opt.work_dir + ": " + ec.message());
   c->opt_ = opt;
-  register_strata_types(c->cfg_);
-  register_cluster_types(c->cfg_);
-  c->cfg_.load<caf::io::middleman>();
-  c->cfg_.set("logger.verbosity", caf::atom("quiet"));
+  std::optional<tls::identity> id;
+  if (!opt.tls_dir.empty()) {
+    auto i = tls::load_identity(opt.tls_dir, tls::client_name);
+    if (!i) return i.err();
+    id = *i;
+  }
+  configure_control_plane(c->cfg_, id);
   c->sys_ = std::make_unique<caf::actor_system>(c->cfg_);
   auto port_file = (fs::path(opt.work_dir) / "controller.port").string();
   fs::remove(port_file, ec);
@@ -58,12 +61,9 @@ expected<std::unique_ptr<local_cluster>> local_cluster::start(local_cluster_opti
   std::ifstream in(port_file);
   in >> c->port_;
   if (c->port_ == 0) return make_error("controller did not start; its log:\n" + c->log("src"));
-  for (int i = 0; i < 100 && !c->controller_; ++i) {
-    auto a = c->sys_->middleman().remote_actor("127.0.0.1", c->port_);
-    if (a) c->controller_ = *a;
-    else std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  if (!c->controller_) return make_error("cannot connect to the controller on port " + std::to_string(c->port_));
+  auto ctl = connect_control(*c->sys_, "127.0.0.1:" + std::to_string(c->port_), std::chrono::seconds(5), false);
+  if (!ctl) return make_error(ctl.message() + "; its log:\n" + c->log("src"));
+  c->controller_ = *ctl;
   return c;
 }
 
@@ -85,6 +85,12 @@ status local_cluster::add_node(const std::string& name, const std::string& extra
     out << "name = \"" << name << "\"\ntransport = \"" << opt_.transport << "\"\nheartbeat_ms = " << opt_.heartbeat_ms
         << "\n";
     if (port_ > 0) out << "controller = \"127.0.0.1:" << port_ << "\"\n";
+    if (!opt_.tls_dir.empty()) out << "tls = \"" << opt_.tls_dir << "\"\n";
+    if (!opt_.model_roots.empty()) {
+      out << "model_roots = [";
+      for (size_t i = 0; i < opt_.model_roots.size(); ++i) out << (i ? ", \"" : "\"") << opt_.model_roots[i] << "\"";
+      out << "]\n";
+    }
     out << extra;
     if (!out) return make_error(conf + ": cannot write");
   }

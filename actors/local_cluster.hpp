@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "actors/cluster.hpp"
+#include "actors/control_plane.hpp"
 
 namespace strata {
 
@@ -19,6 +20,8 @@ struct local_cluster_options {
   std::string transport = "tcp";
   std::string controller_extra;  // TOML keys appended to the controller node's config
   std::vector<model_source> controller_models;
+  std::vector<std::string> model_roots;  // written into every node's config (cache requests)
+  std::string tls_dir;           // certificates (strata cluster init-certs): the cluster runs mutual TLS
   int heartbeat_ms = 100;
   int heartbeat_timeout_ms = 1500;
 };
@@ -46,9 +49,11 @@ class local_cluster {
   expected<uint64_t> image_sum(const std::string& node, const std::string& model);
   std::string log(const std::string& name) const;
   const std::string& work_dir() const { return opt_.work_dir; }
-  // The driver side: an actor system joined to the cluster (middleman loaded) and the controller.
+  // The driver side: an actor system joined to the cluster (middleman loaded; with TLS as the
+  // identity "client") and the controller.
   caf::actor_system& system() { return *sys_; }
   const caf::actor& controller() const { return controller_; }
+  uint16_t controller_port() const { return port_; }
 
  private:
   local_cluster() = default;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "actors/cluster.hpp"
+#include "actors/control_plane.hpp"
 #include "apps/args.hpp"
 #include "apps/cluster_cli.hpp"
 
@@ -23,54 +24,18 @@ void on_signal(int) { stop_requested = true; }
 struct cluster_runtime {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
-  cluster_runtime() {
-    register_strata_types(cfg);
-    register_cluster_types(cfg);
-    cfg.load<caf::io::middleman>();
-    cfg.set("logger.verbosity", caf::atom("quiet"));
+  explicit cluster_runtime(const std::optional<tls::identity>& id) {
+    configure_control_plane(cfg, id);
     sys = std::make_unique<caf::actor_system>(cfg);
   }
 };
 
-// Connects to a published actor, retrying while it starts up.
-expected<caf::actor> connect(caf::actor_system& sys, const std::string& where, std::chrono::seconds patience) {
-  auto hp = split_host_port(where);
-  if (!hp) return hp.err();
-  // CAF's remote_actor waits without limit for a peer that accepts but never completes the
-  // handshake (a frozen controller, some other service): it runs on a thread of its own, and
-  // the caller gives up at the deadline (and must then exit: that thread stays blocked).
-  struct attempt {
-    std::mutex mu;
-    std::condition_variable cv;
-    bool done = false;
-    expected<caf::actor> result = make_error("not tried");
-  };
-  auto at = std::make_shared<attempt>();
-  auto deadline = std::chrono::steady_clock::now() + patience;
-  std::thread([&sys, at, hp = *hp, deadline] {
-    std::string last;
-    expected<caf::actor> r = make_error("not tried");
-    do {
-      auto a = sys.middleman().remote_actor(hp.first, hp.second);
-      if (a) {
-        r = *a;
-        break;
-      }
-      last = sys.render(a.error());
-      r = make_error(last);
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    } while (std::chrono::steady_clock::now() < deadline);
-    std::lock_guard<std::mutex> g(at->mu);
-    at->result = std::move(r);
-    at->done = true;
-    at->cv.notify_all();
-  }).detach();
-  std::unique_lock<std::mutex> g(at->mu);
-  if (!at->cv.wait_until(g, deadline + std::chrono::seconds(1), [&] { return at->done; }))
-    return make_error("controller at " + where + " accepted the connection but did not answer within " +
-                      std::to_string(patience.count()) + " s (frozen, or not a strata controller?)");
-  if (at->result) return at->result;
-  return make_error("cannot reach controller at " + where + ": " + at->result.message());
+// The identity of a --tls DIR (or a node config's tls), checked before CAF sees its files.
+expected<std::optional<tls::identity>> identity_for(const std::string& dir, const std::string& name) {
+  if (dir.empty()) return std::optional<tls::identity>{};
+  auto id = tls::load_identity(dir, name);
+  if (!id) return id.err();
+  return std::optional<tls::identity>{*id};
 }
 
 }  // namespace
@@ -87,7 +52,8 @@ void die_with_parent() {
 int cmd_node(int argc, char** argv) {
   die_with_parent();
   auto a = args::parse(argc, argv, 2,
-                       {"config", "name", "listen", "controller", "transport", "model", "port-file", "memory-gb"});
+                       {"config", "name", "listen", "controller", "transport", "model", "port-file", "memory-gb", "tls",
+                        "model-root"});
   if (!a) return fail(a.message());
   node_config cfg;
   if (a->has("config")) {
@@ -100,6 +66,8 @@ int cmd_node(int argc, char** argv) {
   if (a->has("controller")) cfg.controller = a->str("controller");
   if (a->has("transport")) cfg.transport = a->str("transport");
   if (a->has("port-file")) cfg.port_file = a->str("port-file");
+  if (a->has("tls")) cfg.tls = a->str("tls");
+  if (a->has("model-root")) cfg.model_roots.push_back(a->str("model-root"));
   if (a->has("memory-gb")) cfg.memory_gb = a->positive("memory-gb", 0, 1 << 20);
   if (a->has("model")) {
     auto spec = a->str("model");
@@ -112,21 +80,25 @@ int cmd_node(int argc, char** argv) {
   auto listen = split_host_port(cfg.listen);
   if (!listen) return fail("listen: " + listen.message());
 
+  auto id = identity_for(cfg.tls, cfg.name);
+  if (!id) return fail(id.message());
+
   std::signal(SIGTERM, on_signal);
   std::signal(SIGINT, on_signal);
-  cluster_runtime rt;
+  cluster_runtime rt(*id);
   caf::actor controller;
   if (cfg.controller.empty()) {
     controller = spawn_controller(*rt.sys, cfg);
-    auto port = rt.sys->middleman().publish(controller, listen->second, listen->first.c_str(), true);
-    if (!port) return fail("cannot listen on " + cfg.listen + ": " + rt.sys->render(port.error()));
-    std::printf("strata node %s: controller listening on %s:%u\n", cfg.name.c_str(), listen->first.c_str(), *port);
+    auto port = publish_control(*rt.sys, controller, listen->first, listen->second);
+    if (!port) return fail(port.message());
+    std::printf("strata node %s: controller listening on %s:%u%s\n", cfg.name.c_str(), listen->first.c_str(), *port,
+                *id ? " (mutual TLS)" : "");
     if (!cfg.port_file.empty()) {
       std::ofstream(cfg.port_file + ".tmp") << *port << "\n";
       std::rename((cfg.port_file + ".tmp").c_str(), cfg.port_file.c_str());
     }
   } else {
-    auto c = connect(*rt.sys, cfg.controller, std::chrono::seconds(10));
+    auto c = connect_control(*rt.sys, cfg.controller, std::chrono::seconds(10), true);
     if (!c) {
       fail(c.message());
       std::_Exit(1);  // the actor system would wait for a connection attempt that never ends
@@ -151,13 +123,34 @@ int cmd_node(int argc, char** argv) {
   std::_Exit(down ? 1 : 0);
 }
 
+// strata cluster init-certs DIR --names src,a,b: a cluster CA and a certificate for each member
+// (and for "client", the identity of CLI clients and drivers).
+int cmd_init_certs(int argc, char** argv) {
+  if (argc < 4 || argv[3][0] == '-') return fail("usage: strata cluster init-certs DIR --names A,B,... [--days N]");
+  std::string dir = argv[3];
+  auto a = args::parse(argc, argv, 4, {"names", "days"});
+  if (!a) return fail(a.message());
+  auto names = split_list(a->str("names"));
+  names.push_back(tls::client_name);
+  auto made = tls::make_certs(dir, names, int(a->integer("days", 825, 1, 36500)));
+  if (!made) return fail(made.message());
+  for (auto& n : *made) std::printf("made %s/%s.pem and %s.key\n", dir.c_str(), n.c_str(), n.c_str());
+  std::printf("%s: CA ca.pem (its key ca.key signs new members: keep it off the nodes); %zu new member(s)\n",
+              dir.c_str(), made->size());
+  return 0;
+}
+
 int cmd_cluster(int argc, char** argv) {
   std::string sub = argc > 2 ? argv[2] : "";
-  if (sub != "view" && sub != "multicast") return fail("usage: strata cluster view|multicast --controller HOST:PORT ...");
+  if (sub == "init-certs") return cmd_init_certs(argc, argv);
+  if (sub != "view" && sub != "multicast")
+    return fail("usage: strata cluster view|multicast --controller HOST:PORT ... | init-certs DIR --names A,B");
   auto a = args::parse(argc, argv, 3,
                        {"controller", "model", "targets", "plan", "chunk-kb", "fanout", "busy", "max-sources",
-                        "timeout-s"});
+                        "timeout-s", "tls", "tls-name"});
   if (!a) return fail(a.message());
+  auto id = identity_for(a->str("tls"), a->str("tls-name", tls::client_name));
+  if (!id) return fail(id.message());
   if (!a->has("controller")) return fail("--controller HOST:PORT is required");
   // Every value is checked before anything connects.
   multicast_request req;
@@ -172,8 +165,8 @@ int cmd_cluster(int argc, char** argv) {
   // The controller aborts the transfer at the timeout and answers with its report; the client
   // waits a little longer for that answer.
   req.timeout_ms = int64_t(timeout.count()) * 1000;
-  cluster_runtime rt;
-  auto ctl = connect(*rt.sys, a->str("controller"), std::chrono::seconds(5));
+  cluster_runtime rt(*id);
+  auto ctl = connect_control(*rt.sys, a->str("controller"), std::chrono::seconds(5), true);
   if (!ctl) {
     fail(ctl.message());
     std::_Exit(1);  // the actor system would wait for a connection attempt that never ends

@@ -77,11 +77,13 @@ commands:
                --config FILE (TOML, see README) and overrides --name --listen HOST:PORT
                --controller HOST:PORT (omit: this node is the controller) --transport tcp|sm|auto
                --model NAME=PATH (offer a model from disk) --port-file FILE --memory-gb G
-  cluster    talk to a running cluster
+               --model-root DIR (where others may ask it to load models) --tls DIR (mutual TLS)
+  cluster    talk to a running cluster (every command takes --tls DIR for a TLS cluster)
                view --controller HOST:PORT
                multicast --controller HOST:PORT --model NAME --targets a,b,c
                  [--plan chain|binomial|kary|block|binomial-pipeline|one-to-one] [--chunk-kb 4096] [--fanout 2]
                  [--busy n1,n2] [--max-sources K] [--timeout-s 300]
+               init-certs DIR --names src,a,b [--days 825]: a cluster CA and member certificates
   replay     replay a request trace against the actor pipeline; latency percentiles, SLOs, SVG
                --model PATH --trace FILE|gamma [--format azure|mooncake|burstgpt] [--strict]
                [--start S --duration S --max-requests N (200) --speedup X | --rate R]
@@ -766,6 +768,7 @@ int cmd_autoscale(int argc, char** argv) {
     local_cluster_options lo;
     lo.transport = transport;
     lo.controller_models = {{"model", a->str("model")}};
+    lo.model_roots = {a->str("model")};  // all-cache has every node load it from disk
     std::string extra = link > 0 ? "throttle_mb_s = " + std::to_string(link) + "\n" : "";
     // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
     // policies run with the one copy 'src' holds.

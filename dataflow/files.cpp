@@ -5,11 +5,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 namespace strata {
 
@@ -45,6 +47,21 @@ expected<int> open_regular(const std::string& path) {
   int fl = ::fcntl(fd, F_GETFL);
   if (fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
   return fd;
+}
+
+expected<std::string> confine_path(const std::string& path, const std::vector<std::string>& roots) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  auto p = fs::canonical(path, ec);
+  if (ec) return make_error(path + ": " + ec.message());
+  std::string listed;
+  for (auto& r : roots) {
+    listed += (listed.empty() ? "" : ", ") + r;
+    auto root = fs::canonical(r, ec);
+    if (ec) continue;
+    if (std::mismatch(root.begin(), root.end(), p.begin(), p.end()).first == root.end()) return p.string();
+  }
+  return make_error(path + " is outside the model roots (" + (listed.empty() ? "none configured" : listed) + ")");
 }
 
 expected<std::string> read_file(const std::string& path, uint64_t max_bytes, const char* what) {

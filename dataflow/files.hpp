@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "dataflow/expected.hpp"
 
@@ -39,6 +40,10 @@ class mapped_file {
   size_t size_ = 0;
   std::string path_;
 };
+
+// `path` with symlinks and ".." resolved, if that lies under one of `roots` (each resolved too);
+// otherwise an error naming the path and the roots. For paths a remote party names.
+expected<std::string> confine_path(const std::string& path, const std::vector<std::string>& roots);
 
 // Physical memory of this machine in bytes.
 uint64_t system_memory_bytes();

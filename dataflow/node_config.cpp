@@ -30,7 +30,8 @@ expected<node_config> parse_node_config(const std::string& text, const std::stri
   node_config c;
   static const char* known[] = {"name", "listen", "controller", "memory_gb", "transport", "heartbeat_ms",
                                 "heartbeat_timeout_ms", "host_copies", "transfer_timeout_ms", "models",
-                                "port_file", "corrupt_chunks", "drop_chunks", "stall_ms", "throttle_mb_s", "device"};
+                                "port_file", "corrupt_chunks", "drop_chunks", "stall_ms", "throttle_mb_s", "device",
+                                "model_roots", "tls"};
   for (auto& [k, v] : t) {
     bool ok = false;
     for (auto* n : known) ok = ok || k.str() == n;
@@ -56,7 +57,7 @@ expected<node_config> parse_node_config(const std::string& text, const std::stri
   };
   status st;
   if (!(st = str("name", c.name)) || !(st = str("listen", c.listen)) || !(st = str("controller", c.controller)) ||
-      !(st = str("transport", c.transport)) || !(st = str("port_file", c.port_file)) ||
+      !(st = str("transport", c.transport)) || !(st = str("port_file", c.port_file)) || !(st = str("tls", c.tls)) ||
       !(st = num("memory_gb", c.memory_gb, 0, 1 << 20)) || !(st = num("heartbeat_ms", c.heartbeat_ms, 10, 60000)) ||
       !(st = num("heartbeat_timeout_ms", c.heartbeat_timeout_ms, 50, 600000)) ||
       !(st = num("host_copies", c.host_copies, 1, 1000)) ||
@@ -79,6 +80,14 @@ expected<node_config> parse_node_config(const std::string& text, const std::stri
         out->push_back(int(e.as_integer()->get()));
       }
     }
+  if (auto n = t.get("model_roots")) {
+    if (!n->is_array()) return make_error(origin + ": 'model_roots' must be an array of directory paths");
+    for (auto& e : *n->as_array()) {
+      if (!e.is_string() || e.as_string()->get().empty())
+        return make_error(origin + ": 'model_roots' must be an array of directory paths");
+      c.model_roots.push_back(e.as_string()->get());
+    }
+  }
   if (auto n = t.get("models")) {
     if (!n->is_array_of_tables()) return make_error(origin + ": 'models' must be an array of tables ([[models]])");
     for (auto& e : *n->as_array()) {

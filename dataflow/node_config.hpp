@@ -26,6 +26,12 @@ struct node_config {
   int host_copies = 1;                   // controller: host copies kept per model (O(1) caching)
   int transfer_timeout_ms = 120000;      // controller: a multicast that takes longer fails
   std::vector<model_source> models;      // models this node can load from disk
+  // Directories a remote party (controller, driver) may name models under when it asks this
+  // node to load one (cache); empty: only the paths of `models`.
+  std::vector<std::string> model_roots;
+  // Certificates directory (strata cluster init-certs): when set, every control-plane
+  // connection is mutual TLS with the identity `name` and peers must hold a cluster certificate.
+  std::string tls;
   std::string port_file;                 // write the bound port here once listening (for scripts)
   // Fault injection for tests: corrupt the payload of these received chunk indices once each.
   std::vector<int> corrupt_chunks;

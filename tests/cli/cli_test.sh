@@ -67,6 +67,14 @@ kill -STOP "$frozen"
 expect_error "did not answer within 5 s" timeout 20 "$strata" cluster view --controller "127.0.0.1:$(cat "$tmp/frozen.port")"
 expect_error "did not answer within 10 s" timeout 20 "$strata" node --name late --controller "127.0.0.1:$(cat "$tmp/frozen.port")"
 kill -KILL "$frozen"; wait "$frozen" 2>/dev/null || true
+# TLS: certificates are made and checked before anything connects.
+"$strata" cluster init-certs "$tmp/certs" --names src,a | grep -q "3 new member(s)" || fail "init-certs"
+"$strata" cluster init-certs "$tmp/certs" --names src,a,b | grep -q "made $tmp/certs/b.pem" || fail "init-certs adds b"
+expect_error "'../x' cannot name a certificate" "$strata" cluster init-certs "$tmp/certs" --names ../x
+expect_error "no certificate for 'zed' in $tmp/certs" "$strata" node --name zed --tls "$tmp/certs"
+cp "$tmp/certs/b.key" "$tmp/certs/a.key"
+expect_error "a.key is not the key of" "$strata" node --name a --tls "$tmp/certs"
+expect_error "no certificate for 'nobody'" "$strata" cluster view --controller 127.0.0.1:1 --tls "$tmp/certs" --tls-name nobody
 # A node refuses at start what it cannot offer (it once stayed up offering nothing).
 expect_error "cannot load model m: $tmp/none: no such file" "$strata" node --name c1 --model "m=$tmp/none"
 expect_error "exceeds its memory_gb of 0.0001 GiB" "$strata" node --name c1 --memory-gb 0.0001 --model "m=$data/models/stories260K"

@@ -6,11 +6,14 @@
 
 #include <signal.h>
 
+#include <fstream>
 #include <random>
 #include <thread>
 
 #include "../test_util.hpp"
+#include "actors/control_plane.hpp"
 #include "actors/engine.hpp"
+#include "dataflow/files.hpp"
 #include "actors/local_cluster.hpp"
 #include "actors/router.hpp"
 #include "actors/scaler.hpp"
@@ -33,9 +36,11 @@ class cluster {
  public:
   // A node silent for heartbeat_timeout_ms is dropped: generous by default, so a loaded machine
   // (tests run two at a time on 2 cores) does not drop a live node; the frozen-node test sets it.
-  explicit cluster(std::string transport, std::string controller_extra = "", int heartbeat_timeout_ms = 5000) {
+  explicit cluster(std::string transport, std::string controller_extra = "", int heartbeat_timeout_ms = 5000,
+                   std::string tls_dir = "") {
     model_ = make_model_dir(dir_);
     local_cluster_options o;
+    o.tls_dir = std::move(tls_dir);
     o.heartbeat_timeout_ms = heartbeat_timeout_ms;
     o.strata_bin = STRATA_BIN;
     o.work_dir = dir_ / "cluster";
@@ -70,6 +75,15 @@ class cluster {
     auto s = c_->image_sum(node, "rand");
     if (!s) MESSAGE("imagesum " << node << ": " << s.message());
     return s ? *s : 0;
+  }
+  // A multicast to `targets` that must succeed, each target then holding the controller's image.
+  void multicast_ok(const std::vector<std::string>& targets) {
+    multicast_request r;
+    r.targets = targets;
+    auto rep = multicast(r);
+    REQUIRE_MESSAGE(rep, rep.message());
+    for (auto& t : rep->targets) CHECK_MESSAGE(t.ok, t.error);
+    for (auto& t : targets) CHECK(image_sum(t) == image_sum("src"));
   }
   const std::string& model_path() const { return model_; }
   std::string log(const std::string& name) { return c_->log(name); }
@@ -342,7 +356,32 @@ TEST_CASE("a frozen node is dropped after the heartbeat timeout, a killed one at
   REQUIRE(c.wait_nodes(1, 10s));
   auto took = std::chrono::steady_clock::now() - t0;
   CHECK(took < 4s);
+  // Resumed, it is heard from again: the controller tells it to start over and it rejoins as a
+  // fresh member that a multicast can reach (it used to stay a ghost: alive, never listed).
   c.kill("frozen", SIGCONT);
+  REQUIRE(c.wait_nodes(2, 10s));
+  CHECK(c.log("frozen").find("dropped by the controller; rejoining") != std::string::npos);
+  c.multicast_ok({"frozen"});
+}
+
+TEST_CASE("a controller frozen past the heartbeat timeout keeps its cluster") {
+  cluster c("tcp", "", 1500);
+  c.start("a");
+  c.start("b");
+  REQUIRE(c.wait_nodes(3));
+  REQUIRE(c.wait_holding());
+  c.kill("src", SIGSTOP);
+  std::this_thread::sleep_for(4s);
+  c.kill("src", SIGCONT);
+  // It notices its own stall and gives every node a fresh timeout instead of evicting them all
+  // (and itself, with the host copy).
+  std::this_thread::sleep_for(2s);
+  auto v = c.view();
+  CHECK(v.nodes.size() == 3);
+  REQUIRE(v.holdings.size() == 1);
+  CHECK(v.holdings[0] == "rand: src (host copy)");
+  CHECK(c.log("src").find("stalled for") != std::string::npos);
+  c.multicast_ok({"a", "b"});
 }
 
 TEST_CASE("the scaler runs instances in node processes: live cooperative routes across processes, exact tokens") {
@@ -517,4 +556,82 @@ TEST_CASE("a node killed while it hosts a whole instance: no request lost, exact
 
 TEST_CASE("a node hung (SIGSTOP) while it hosts an instance: dropped by heartbeat, no request lost") {
   node_death_run("full", SIGSTOP);
+}
+
+// A client of the controller in a process of its own making (an actor system of this test's).
+expected<caf::actor> try_connect(uint16_t port, const std::optional<tls::identity>& id) {
+  caf::actor_system_config cfg;
+  configure_control_plane(cfg, id);
+  caf::actor_system sys{cfg};
+  auto a = connect_control(sys, "127.0.0.1:" + std::to_string(port), 3s, false);
+  if (!a) return a.err();
+  caf::scoped_actor self{sys};
+  expected<caf::actor> out = make_error("no answer");
+  self->request(*a, 5s, view_atom::value).receive([&](const cluster_view&) { out = *a; },
+                                                  [&](caf::error& e) { out = make_error(describe(e)); });
+  return out;
+}
+
+TEST_CASE("a TLS cluster: members with the cluster's certificates work; a peer without one is refused and logged") {
+  test::temp_dir certs_dir;
+  auto certs = certs_dir / "certs";
+  REQUIRE(tls::make_certs(certs, {"src", "a", "b", tls::client_name}));
+  auto other = certs_dir / "other";
+  REQUIRE(tls::make_certs(other, {tls::client_name}));
+  cluster c("tcp", "", 5000, certs);
+  c.start("a");
+  c.start("b");
+  REQUIRE(c.wait_nodes(3));
+  REQUIRE(c.wait_holding());
+  auto port = c.raw().controller_port();
+  // A plain CAF client, and one holding another cluster's certificate: refused at the handshake.
+  auto plain = try_connect(port, std::nullopt);
+  REQUIRE(!plain);
+  CHECK(plain.message().find("disconnect_during_handshake") != std::string::npos);
+  auto stranger = tls::load_identity(other, tls::client_name);
+  REQUIRE(stranger);
+  CHECK(!try_connect(port, *stranger));
+  // A node with another cluster's certificate does not join.
+  auto rogue_conf = certs_dir / "rogue.toml";
+  std::ofstream(rogue_conf) << "name = \"client\"\ncontroller = \"127.0.0.1:" << port << "\"\ntls = \"" << other << "\"\n";
+  auto rogue_log = certs_dir / "rogue.log";
+  CHECK(std::system(("env -u STRATA_PARENT_PID " + std::string(STRATA_BIN) + " node --config " + rogue_conf + " >" +
+                     rogue_log + " 2>&1")
+                        .c_str()) != 0);
+  auto rogue_out = read_file(rogue_log, 1 << 20, "log");
+  REQUIRE(rogue_out);
+  CHECK_MESSAGE(rogue_out->find("cannot reach controller") != std::string::npos, *rogue_out);
+  auto own = tls::load_identity(certs, tls::client_name);
+  REQUIRE(own);
+  CHECK_MESSAGE(try_connect(port, *own), "a client with the cluster's certificate is served");
+  // The refusals cost the members nothing (CAF's stale OpenSSL errors used to drop them).
+  std::this_thread::sleep_for(1s);
+  CHECK(c.view().nodes.size() == 3);
+  c.multicast_ok({"a", "b"});
+  auto log = c.log("src");
+  CHECK(log.find("TLS peer 127.0.0.1") != std::string::npos);
+  CHECK(log.find("authenticated as 'a'") != std::string::npos);
+  CHECK(log.find("did not speak TLS") != std::string::npos);
+}
+
+TEST_CASE("a node loads a model a remote party names only from under its model roots") {
+  cluster c("tcp", "host_copies = 3\n");
+  auto root = std::filesystem::path(c.model_path()).parent_path().string();
+  c.start("open", "model_roots = [\"" + root + "\"]\n");
+  c.start("closed");
+  REQUIRE(c.wait_nodes(3));
+  auto cache = [&](const std::string& node, const std::string& path) -> status {
+    caf::scoped_actor self{c.raw().system()};
+    status out = make_error("no answer");
+    self->request(c.raw().controller(), 60s, cache_atom::value, node, std::string("rand"), path)
+        .receive([&](bool) { out = {}; }, [&](caf::error& e) { out = make_error(describe(e)); });
+    return out;
+  };
+  auto refused = cache("closed", c.model_path());
+  REQUIRE(!refused);
+  CHECK(refused.message().find("outside the model roots") != std::string::npos);
+  CHECK(c.log("closed").find("refuses to load rand") != std::string::npos);
+  CHECK(!cache("open", root + "/rand/../../../etc"));
+  auto ok = cache("open", c.model_path());
+  CHECK_MESSAGE(ok, ok.message());
 }

@@ -28,6 +28,8 @@ stall_ms = 300
 corrupt_chunks = [1, 2]
 drop_chunks = [3]
 device = "cuda:1"
+model_roots = ["/models", "/data/llm"]
+tls = "/etc/strata/certs"
 [[models]]
 name = "m"
 path = "/models/m"
@@ -41,6 +43,8 @@ path = "/models/m"
   CHECK(full->corrupt_chunks == std::vector<int>{1, 2});
   CHECK(full->drop_chunks == std::vector<int>{3});
   CHECK(full->cuda_device == 1);
+  CHECK(full->model_roots == std::vector<std::string>{"/models", "/data/llm"});
+  CHECK(full->tls == "/etc/strata/certs");
   REQUIRE(full->models.size() == 1);
   CHECK(full->models[0].path == "/models/m");
 
@@ -59,5 +63,8 @@ path = "/models/m"
   CHECK(err("name = ").rfind("x.toml:1:", 0) == 0);  // parse errors carry the line
   CHECK(err("corrupt_chunks = [\"a\"]").find("array of integers") != std::string::npos);
   CHECK(err("device = \"gpu0\"").find("'device': bad device 'gpu0'") != std::string::npos);
+  CHECK(err("model_roots = \"/models\"").find("'model_roots' must be an array of directory paths") != std::string::npos);
+  CHECK(err("model_roots = [\"\"]").find("'model_roots' must be an array") != std::string::npos);
+  CHECK(err("tls = 1") == "x.toml: 'tls' must be a string");
   CHECK_FALSE(load_node_config("/nonexistent.toml"));
 }
