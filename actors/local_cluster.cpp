@@ -50,21 +50,30 @@ expected<std::unique_ptr<local_cluster>> local_cluster::start(local_cluster_opti
   }
   configure_control_plane(c->cfg_, id);
   c->sys_ = std::make_unique<caf::actor_system>(c->cfg_);
+  if (auto st = c->boot(); !st) return st.err();
+  return c;
+}
+
+status local_cluster::boot() {
+  auto& opt = opt_;
+  std::error_code ec;
   auto port_file = (fs::path(opt.work_dir) / "controller.port").string();
   fs::remove(port_file, ec);
+  port_ = 0;
+  controller_ = nullptr;
   // Plain keys first: in TOML everything after [[models]] belongs to that table.
   std::string conf = "listen = \"127.0.0.1:0\"\nport_file = \"" + port_file + "\"\nheartbeat_timeout_ms = " +
                      std::to_string(opt.heartbeat_timeout_ms) + "\n" + opt.controller_extra + "\n";
   for (auto& m : opt.controller_models) conf += "[[models]]\nname = \"" + m.name + "\"\npath = \"" + m.path + "\"\n";
-  if (auto st = c->add_node("src", conf); !st) return st.err();
+  if (auto st = add_node("src", conf); !st) return st;
   for (int i = 0; i < 400 && !fs::exists(port_file); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(25));
   std::ifstream in(port_file);
-  in >> c->port_;
-  if (c->port_ == 0) return make_error("controller did not start; its log:\n" + c->log("src"));
-  auto ctl = connect_control(*c->sys_, "127.0.0.1:" + std::to_string(c->port_), std::chrono::seconds(5), false);
-  if (!ctl) return make_error(ctl.message() + "; its log:\n" + c->log("src"));
-  c->controller_ = *ctl;
-  return c;
+  in >> port_;
+  if (port_ == 0) return make_error("controller did not start; its log:\n" + log("src"));
+  auto ctl = connect_control(*sys_, "127.0.0.1:" + std::to_string(port_), std::chrono::seconds(5), false);
+  if (!ctl) return make_error(ctl.message() + "; its log:\n" + log("src"));
+  controller_ = *ctl;
+  return {};
 }
 
 local_cluster::~local_cluster() {
@@ -119,6 +128,22 @@ status local_cluster::restart(const std::string& name, std::chrono::milliseconds
   auto it = std::find_if(procs_.begin(), procs_.end(), [&](const process& p) { return p.name == name; });
   if (it == procs_.end()) return make_error("no node process named '" + name + "'");
   auto extra = it->extra;
+  if (name == "src") {
+    // Every node leaves with its controller: the cluster starts over as it was started.
+    std::vector<std::pair<std::string, std::string>> others;
+    for (auto& p : procs_) {
+      if (p.pid > 0) {
+        ::kill(p.pid, SIGKILL);
+        ::waitpid(p.pid, nullptr, 0);
+      }
+      if (p.name != "src") others.emplace_back(p.name, p.extra);
+    }
+    procs_.clear();
+    if (auto st = boot(); !st) return st;
+    for (auto& [n, e] : others)
+      if (auto st = add_node(n, e); !st) return st;
+    return wait_nodes(others.size() + 1, patience);
+  }
   if (it->pid > 0) {
     ::kill(it->pid, SIGKILL);
     ::waitpid(it->pid, nullptr, 0);

@@ -36,7 +36,8 @@ class local_cluster {
   status add_node(const std::string& name, const std::string& extra = "");
   status signal(const std::string& name, int sig);
   // Kills a node process (if still running), waits until the controller has dropped it and starts
-  // it again with the same config: a fresh node with nothing loaded.
+  // it again with the same config: a fresh node with nothing loaded. "src" restarts the whole
+  // cluster (the nodes leave with their controller), on a new port.
   status restart(const std::string& name, std::chrono::milliseconds patience = std::chrono::seconds(10));
   status wait_nodes(size_t n, std::chrono::milliseconds patience = std::chrono::seconds(10));
   status wait_host_copy(const std::string& model, std::chrono::milliseconds patience = std::chrono::seconds(60));
@@ -57,6 +58,7 @@ class local_cluster {
 
  private:
   local_cluster() = default;
+  status boot();  // starts "src" (the controller) and connects to it
   struct process {
     int pid = -1;
     std::string name;

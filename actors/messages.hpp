@@ -35,6 +35,9 @@ using grace_atom = caf::atom_constant<caf::atom("grace")>;
 // (stagelost_atom, std::vector<caf::actor>, std::string why): these stages are gone (their node
 // died or hung); sent to a router by whoever learns it first (a scaler told by the controller).
 using stagelost_atom = caf::atom_constant<caf::atom("stagelost")>;
+// (closed_atom, std::string why) to a router: no new route will come (its scaler lost the
+// cluster's controller): what waits fails with `why` now and new requests are refused.
+using closed_atom = caf::atom_constant<caf::atom("closed")>;
 // (wake_atom) to a router: the sender gets one (wake_atom) when the next request is admitted (a
 // scaler that found the model idle ticks slowly until then; idle costs no CPU).
 using wake_atom = caf::atom_constant<caf::atom("wake")>;

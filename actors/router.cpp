@@ -560,6 +560,13 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         for (auto& a : stages)
           if (a) stage_lost(self, a.address(), why);
       },
+      [=](closed_atom, const std::string& why) {
+        auto& st = self->state;
+        st.down = why;
+        std::vector<uint64_t> waiting(st.waiting.begin(), st.waiting.end());
+        apply(self, st.readmit.close(waiting, why));
+        schedule(self);
+      },
       [=](grace_atom, uint64_t epoch) {
         auto& st = self->state;
         std::vector<uint64_t> waiting(st.waiting.begin(), st.waiting.end());

@@ -1,5 +1,6 @@
 #include "actors/scaler.hpp"
 
+#include <functional>
 #include <set>
 
 #include "actors/cluster.hpp"
@@ -41,6 +42,7 @@ struct scaler_state {
   uint64_t tick_epoch = 0;  // one chain of ticks: a wake-up starts a new one, older ticks lapse
   double shares = 0;  // sum of the started instances' shares since the last count
   std::set<std::string> lost_nodes;  // dropped by the controller: never placed on again
+  std::string controller_lost;       // set once the cluster's controller is gone: nothing can be placed
   static inline const char* name = "strata.scaler";
 };
 
@@ -298,6 +300,7 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
 void start_instances(scaler_actor* self, bool preloaded, int n) {
   auto& st = self->state;
   if (st.opt.cluster.controller) {
+    if (!st.controller_lost.empty()) return;
     auto group = std::make_shared<start_group>();
     group->pending = n;
     for (int k = 0; k < n; ++k) start_cluster_instance(self, preloaded, group);
@@ -356,26 +359,42 @@ void stop_instance(scaler_actor* self, uint32_t id) {
 // The controller dropped a node (dead or hung): its instances are gone. The router hears of their
 // stages at once (a hung node's connection stays up, so no monitor would tell it) and re-admits
 // their requests elsewhere; the node gets no new instance.
-void node_lost(scaler_actor* self, const std::string& node, const std::string& why) {
+void drop_instances(scaler_actor* self, const std::function<bool(const instance&)>& gone_if, const std::string& why) {
   auto& st = self->state;
-  st.lost_nodes.insert(node);
   std::vector<uint32_t> gone;
   std::vector<caf::actor> stages;
   for (auto& [id, in] : st.insts)
-    if (in.node == node) {
+    if (gone_if(in)) {
       gone.push_back(id);
       for (const caf::actor& a : {in.head, in.shard, in.tail})
         if (a) stages.push_back(a);
     }
-  if (!stages.empty()) self->send(st.router, stagelost_atom::value, stages, "node " + node + " lost: " + why);
+  if (!stages.empty()) self->send(st.router, stagelost_atom::value, stages, why);
   for (auto id : gone) {
+    event(self, "lost", id, st.insts[id].node + ": " + why);
     st.insts.erase(id);
-    event(self, "lost", id, node + ": " + why);
   }
   if (!gone.empty()) {
     count_instances(self);
     push_routes(self);
   }
+}
+
+void node_lost(scaler_actor* self, const std::string& node, const std::string& why) {
+  self->state.lost_nodes.insert(node);
+  drop_instances(self, [&](const instance& in) { return in.node == node; }, "node " + node + " lost: " + why);
+}
+
+// Every message to a node goes through the controller's connection: with it gone, so are all the
+// cluster's instances, and none can be started. The router fails what waits instead of letting
+// it sit out the grace period, and the model is down (a clear error, not minutes of timeouts).
+void controller_lost(scaler_actor* self, const std::string& reason) {
+  auto& st = self->state;
+  if (!st.controller_lost.empty()) return;
+  st.controller_lost = "the cluster's controller was lost (" + reason + "); no instance can run or start";
+  event(self, "controller lost", 0, reason);
+  drop_instances(self, [](const instance& in) { return !in.node.empty(); }, st.controller_lost);
+  self->send(st.router, closed_atom::value, st.controller_lost);
 }
 
 // Returns whether the model is idle: nothing waits or runs and no instance loads or drains.
@@ -487,6 +506,12 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
   self->attach_functor([owned = st.owned] {
     for (auto& a : *owned) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
   });
+  if (opt.cluster.controller) {
+    self->monitor(opt.cluster.controller);
+    self->set_down_handler([=](caf::down_msg& dm) {
+      if (dm.source == self->state.opt.cluster.controller.address()) controller_lost(self, caf::to_string(dm.reason));
+    });
+  }
   start_instances(self, true, std::max(1, knobs.min_instances));
   push_routes(self);
   self->send(self, scaletick_atom::value, st.tick_epoch);

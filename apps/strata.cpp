@@ -105,7 +105,8 @@ commands:
                [--transport tcp|sm] (all-cache loads from a node's own copy at link x host-gbs/network-gbs)
                [--kill n1@2.5 [--kill-signal KILL|STOP]]: fault injection: that node process gets the
                 signal 2.5 s into each policy's replay (and is restarted fresh after it); requests on
-                its instances are re-admitted elsewhere
+                its instances are re-admitted elsewhere. src (the controller): the run fails at once
+                with the reason, and the next policy gets a fresh cluster
              in-process instances with an emulated link profile (without --nodes):
                [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
   help       this text
@@ -742,9 +743,7 @@ int cmd_autoscale(int argc, char** argv) {
     if (when.empty() || *end != '\0' || !(kill_at >= 0 && kill_at <= 86400))
       return fail("--kill: expected seconds in [0, 86400] after '@', got '" + when + "'");
     if (n_nodes == 0) return fail("--kill needs --nodes (it kills a node process)");
-    if (victim == "src")
-      return fail("--kill: src runs the controller and holds the host copy; kill one of n1..n" + std::to_string(n_nodes));
-    bool known = false;
+    bool known = victim == "src";
     for (int i = 1; i <= n_nodes; ++i) known |= victim == "n" + std::to_string(i);
     if (!known) return fail("--kill: unknown node '" + victim + "' (the nodes are n1..n" + std::to_string(n_nodes) + ")");
   }
@@ -857,6 +856,7 @@ int cmd_autoscale(int argc, char** argv) {
       ro.costs.per_hop = 0.5;  // a process boundary costs more than a mailbox
       ro.readmit.grace_ms = 10000;  // a lost instance's requests may wait for the scaler's next one
     }
+    if (cluster) so.cluster.controller = cluster->controller();  // a new one after --kill src
     auto router = spawn_router(sys, *m, std::vector<route_ptr>{}, ro);
     auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
     stop_on_exit guard;
@@ -904,13 +904,19 @@ int cmd_autoscale(int argc, char** argv) {
       if (ka < 0)
         std::printf("  fault: %s was not signalled (the replay ended first)\n", victim.c_str());
       else
-        std::printf("  fault: SIG%s to %s at %.2f s; %llu request(s) re-admitted; requests in flight then: %zu, "
-                    "the longest wait of one of them for its next token %.3f s\n",
-                    kill_sig == SIGKILL ? "KILL" : "STOP", victim.c_str(), ka,
-                    (unsigned long long)rstats.readmissions, in_flight, recovered);
+        std::printf("  fault: SIG%s to %s at %.2f s; %llu request(s) re-admitted; requests in flight then: %zu, %s\n",
+                    kill_sig == SIGKILL ? "KILL" : "STOP", victim.c_str(), ka, (unsigned long long)rstats.readmissions,
+                    in_flight,
+                    recovered > 0 ? ("the longest wait of one of them for its next token " + std::to_string(recovered).substr(0, 5) +
+                                     " s").c_str()
+                    : in_flight > 0 ? "none of them got another token"
+                                    : "none to recover");
     }
     for (auto& e : rep.events)
-      std::printf("    %7.2f s  %-9s instance %u %s\n", e.t, e.what.c_str(), e.instance, e.detail.c_str());
+      if (e.instance == 0)  // an event of the cluster, not of one instance
+        std::printf("    %7.2f s  %s: %s\n", e.t, e.what.c_str(), e.detail.c_str());
+      else
+        std::printf("    %7.2f s  %-9s instance %u %s\n", e.t, e.what.c_str(), e.instance, e.detail.c_str());
     if (a->has("svg-prefix")) {
       step_series inst{"instances", rep.instances};
       auto path = a->str("svg-prefix") + name + ".svg";
@@ -918,14 +924,15 @@ int cmd_autoscale(int argc, char** argv) {
       std::printf("  timeline: %s\n", path.c_str());
     }
     if (cluster) {
-      if (all_cache) {
+      if (all_cache && victim != "src") {
         caf::scoped_actor self{cluster->system()};
         for (size_t i = 1; i < all_nodes.size(); ++i)
           self->request(cluster->controller(), std::chrono::seconds(10), uncache_atom::value, all_nodes[i],
                         std::string("model"))
               .receive([](bool) {}, [](caf::error&) {});
       }
-      // The next policy starts from the same state: every node up, only the host copy holds the model.
+      // The next policy starts from the same state: every node up, only the host copy holds the model
+      // (after the controller's death, a whole new cluster).
       if (!victim.empty()) {
         if (auto st = cluster->restart(victim); !st) return fail("restarting " + victim + ": " + st.message());
         if (auto st = cluster->wait_nodes(size_t(n_nodes + 1)); !st) return fail(st.message());

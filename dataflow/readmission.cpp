@@ -69,6 +69,17 @@ readmit_actions readmission::grace_expired(uint64_t epoch, const std::vector<uin
   return out;
 }
 
+readmit_actions readmission::close(const std::vector<uint64_t>& waiting, const std::string& why) {
+  readmit_actions out;
+  grace_open_ = false;
+  ++epoch_;  // a grace timer still armed finds nothing to do
+  for (auto id : waiting) {
+    out.fail.emplace_back(id, why);
+    retries_.erase(id);
+  }
+  return out;
+}
+
 int readmission::retries(uint64_t id) const {
   auto it = retries_.find(id);
   return it == retries_.end() ? 0 : it->second;

@@ -44,6 +44,9 @@ class readmission {
   void on_routes(size_t n_routes);
   // The grace timer armed by an earlier action fired: if still no route, everything waiting fails.
   readmit_actions grace_expired(uint64_t epoch, const std::vector<uint64_t>& waiting);
+  // No route can come back (the scaler lost its cluster's controller): everything waiting fails
+  // with `why` now, grace or not.
+  readmit_actions close(const std::vector<uint64_t>& waiting, const std::string& why);
   void forget(uint64_t id) { retries_.erase(id); }
 
   int retries(uint64_t id) const;

@@ -459,6 +459,50 @@ TEST_CASE("the scaler runs instances in node processes: live cooperative routes 
 
 namespace {
 
+// src, n1 and n2 with egress paced to 8 MB/s (a new instance takes over a second to load), the
+// host copy registered.
+void start_paced(cluster& c) {
+  c.start("n1", "throttle_mb_s = 8\n");
+  c.start("n2", "throttle_mb_s = 8\n");
+  REQUIRE(c.wait_nodes(3));
+  REQUIRE(c.wait_holding());
+}
+
+struct client_results {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::string> errors;
+  std::vector<double> ended;  // seconds after t0
+};
+
+// One client thread per prompt, the i-th starting i * stagger after t0, each asking for `len`
+// tokens; returns when all are answered.
+client_results run_clients(caf::actor_system& sys, const caf::actor& router,
+                           const std::vector<std::vector<int32_t>>& prompts, int len, std::chrono::milliseconds stagger,
+                           std::chrono::steady_clock::time_point t0) {
+  size_t n = prompts.size();
+  client_results r{std::vector<std::vector<int32_t>>(n), std::vector<std::string>(n), std::vector<double>(n)};
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < n; ++i)
+    clients.emplace_back([&, i] {
+      std::this_thread::sleep_until(t0 + stagger * int(i));
+      generate_request req;
+      req.prompt = prompts[i];
+      req.max_new_tokens = len;
+      auto out = generate(sys, router, req, {}, 60s);
+      if (out && out->result.error.empty()) r.tokens[i] = out->tokens;
+      else r.errors[i] = out ? out->result.error : out.message();
+      r.ended[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+  for (auto& t : clients) t.join();
+  return r;
+}
+
+// The plain reference's tokens for a prompt.
+std::vector<int32_t> reference_tokens(const model& m, const std::vector<int32_t>& prompt, int len) {
+  auto want = generate_reference(m, std::vector<int>(prompt.begin(), prompt.end()), len);
+  return std::vector<int32_t>(want.begin(), want.end());
+}
+
 // When the scaler's instance 2 (on n1) reaches `stage` ("serving": a cooperative route whose head
 // and first layers are on n1, the rest on src; "full": a whole instance on n1), n1 gets `sig`.
 // Every request must still complete with the reference's tokens: those on n1's routes are
@@ -467,10 +511,7 @@ void node_death_run(const std::string& stage, int sig) {
   CAPTURE(stage);
   CAPTURE(sig);
   cluster c("tcp", "throttle_mb_s = 8\n", 1500);
-  c.start("n1", "throttle_mb_s = 8\n");
-  c.start("n2", "throttle_mb_s = 8\n");
-  REQUIRE(c.wait_nodes(3));
-  REQUIRE(c.wait_holding());
+  start_paced(c);
   auto m = load_model(c.model_path());
   REQUIRE(m);
   auto& sys = c.raw().system();
@@ -480,8 +521,6 @@ void node_death_run(const std::string& stage, int sig) {
   auto router = g.router, scaler = g.scaler;
   const int n = 24, len = 60;
   auto prompts = random_prompts(n, 11);
-  std::vector<std::vector<int32_t>> got(n);
-  std::vector<std::string> errors(n);
   std::atomic<bool> done{false};
   std::atomic<double> killed_at{-1};
   auto t0 = std::chrono::steady_clock::now();
@@ -503,26 +542,14 @@ void node_death_run(const std::string& stage, int sig) {
       std::this_thread::sleep_for(10ms);
     }
   });
-  std::vector<std::thread> clients;
-  for (int i = 0; i < n; ++i)
-    clients.emplace_back([&, i] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(80 * i));
-      generate_request req;
-      req.prompt = prompts[size_t(i)];
-      req.max_new_tokens = len;
-      auto out = generate(sys, router, req, {}, 60s);
-      if (out && out->result.error.empty()) got[size_t(i)] = out->tokens;
-      else errors[size_t(i)] = out ? out->result.error : out.message();
-    });
-  for (auto& t : clients) t.join();
+  auto res = run_clients(sys, router, prompts, len, 80ms, t0);
   done = true;
   killer.join();
   REQUIRE_MESSAGE(killed_at >= 0, "instance 2 never reached '" << stage << "'");
   for (int i = 0; i < n; ++i) {
     CAPTURE(i);
-    CHECK(errors[size_t(i)] == "");
-    auto want = generate_reference(**m, std::vector<int>(prompts[size_t(i)].begin(), prompts[size_t(i)].end()), len);
-    CHECK(got[size_t(i)] == std::vector<int32_t>(want.begin(), want.end()));
+    CHECK(res.errors[size_t(i)] == "");
+    CHECK(res.tokens[size_t(i)] == reference_tokens(**m, prompts[size_t(i)], len));
   }
   caf::scoped_actor self{sys};
   router_stats rs;
@@ -556,6 +583,58 @@ TEST_CASE("a node killed while it hosts a whole instance: no request lost, exact
 
 TEST_CASE("a node hung (SIGSTOP) while it hosts an instance: dropped by heartbeat, no request lost") {
   node_death_run("full", SIGSTOP);
+}
+
+TEST_CASE("the controller killed mid-replay: what cannot finish fails at once with the reason, nothing hangs") {
+  cluster c("tcp", "throttle_mb_s = 8\n", 1500);
+  start_paced(c);
+  auto m = load_model(c.model_path());
+  REQUIRE(m);
+  auto& sys = c.raw().system();
+  router_options ro;
+  ro.readmit.grace_ms = 10000;  // the loss must not wait this out
+  auto g = spawn_scaled(c, *m, ro);
+  const int n = 16, len = 60;
+  auto prompts = random_prompts(n, 5);
+  auto t0 = std::chrono::steady_clock::now();
+  double killed = -1;
+  std::thread killer([&] {
+    std::this_thread::sleep_until(t0 + 800ms);
+    c.kill("src");
+    killed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  });
+  auto res = run_clients(sys, g.router, prompts, len, 100ms, t0);
+  killer.join();
+  int failed = 0;
+  for (int i = 0; i < n; ++i) {
+    CAPTURE(i);
+    CHECK(res.ended[size_t(i)] < killed + 8);  // not the 10 s grace, not the 60 s step timeouts
+    if (!res.errors[size_t(i)].empty()) {
+      ++failed;
+      CHECK(res.errors[size_t(i)].find("the cluster's controller was lost") != std::string::npos);
+    } else {
+      CHECK(res.tokens[size_t(i)] == reference_tokens(**m, prompts[size_t(i)], len));
+    }
+  }
+  CHECK(failed > 0);  // requests were running or waiting when it died
+  caf::scoped_actor self{sys};
+  scaling_report rep;
+  self->request(g.scaler, 5s, report_atom::value).receive([&](scaling_report& r) { rep = r; }, [](caf::error&) {});
+  double lost_at = -1;
+  for (auto& e : rep.events) {
+    if (e.what == "controller lost") lost_at = e.t;
+    if (lost_at >= 0) CHECK_MESSAGE(e.what != "scale-out", "nothing is started once the controller is gone");
+  }
+  CHECK(lost_at >= 0);
+  // New requests are refused with the reason.
+  generate_request req;
+  req.prompt = prompts[0];
+  req.max_new_tokens = 4;
+  auto late = generate(sys, g.router, req, {}, 10s);
+  std::string why = late ? late->result.error : late.message();
+  CHECK(why.find("the cluster's controller was lost") != std::string::npos);
+  caf::anon_send_exit(g.scaler, caf::exit_reason::user_shutdown);
+  caf::anon_send_exit(g.router, caf::exit_reason::user_shutdown);
 }
 
 // A client of the controller in a process of its own making (an actor system of this test's).

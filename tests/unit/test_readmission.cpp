@@ -67,3 +67,16 @@ TEST_CASE("readmission: a step timeout spends the same budget") {
   REQUIRE(again.fail.size() == 1);
   CHECK(again.fail[0].second == "step 9 timed out (after 1 re-admission)");
 }
+
+TEST_CASE("readmission: closing (no route can come back) fails what waits at once, grace or not") {
+  readmission r({3, 5000});
+  auto a = r.on_loss({1, 2}, {}, false, "node src died");
+  REQUIRE(a.arm_grace_ms == 5000);
+  auto c = r.close({1, 2, 3}, "the controller was lost");
+  REQUIRE(c.fail.size() == 3);
+  CHECK(c.fail[2] == std::pair<uint64_t, std::string>{3, "the controller was lost"});
+  CHECK(c.requeue.empty());
+  CHECK_FALSE(r.in_grace());
+  CHECK(r.grace_expired(a.grace_epoch, {1, 2}).fail.empty());  // the armed timer is stale
+  CHECK(r.retries(1) == 0);
+}
