@@ -705,9 +705,24 @@ int cmd_run(int argc, char** argv) {
   std::fflush(stdout);
   std::vector<char*> wv;
   for (auto& w : words) wv.push_back(w.data());
-  int rc = t->run == "autoscale" ? cmd_autoscale(int(wv.size()), wv.data())
-           : t->run == "replay"  ? cmd_replay(int(wv.size()), wv.data())
-                                 : cmd_serve(int(wv.size()), wv.data());
+  int rc = 1;
+  try {
+    rc = t->run == "autoscale" ? cmd_autoscale(int(wv.size()), wv.data())
+         : t->run == "replay"  ? cmd_replay(int(wv.size()), wv.data())
+                               : cmd_serve(int(wv.size()), wv.data());
+  } catch (const usage_error& e) {
+    if (!tmp.empty()) fs::remove_all(tmp);
+    // A bad value from the file is named by its key there, not by the option it became (unless
+    // the command line set that option too).
+    std::string msg = e.what();
+    auto colon = msg.find(':');
+    std::string opt = msg.rfind("--", 0) == 0 && colon != std::string::npos ? msg.substr(2, colon - 2) : "";
+    bool on_line = false;
+    for (int i = 3; i < argc; ++i) on_line |= std::string(argv[i]) == "--" + opt;
+    for (auto& [o, where] : t->origins)
+      if (!opt.empty() && o == opt && !on_line) return fail(t->source + ": " + where + msg.substr(colon));
+    throw;
+  }
   if (!tmp.empty()) fs::remove_all(tmp);
   return rc;
 }

@@ -184,6 +184,7 @@ expected<topology> parse_topology(const std::string& text, const std::string& di
       std::string err;
       auto value = render(v, spec->k, dir, err);
       if (!err.empty()) return make_error(source + ": [" + section + "] " + key + " " + err);
+      out.origins.emplace_back(spec->option, "[" + section + "] " + key);
       if (spec->k == kind::boolean) {
         if (!value.empty()) out.flags.push_back(spec->option);
         continue;

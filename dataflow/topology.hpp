@@ -19,6 +19,7 @@ struct topology {
   std::vector<std::pair<std::string, std::string>> options;  // command-line options (without --)
   std::vector<std::string> flags;                            // options without a value (without --)
   std::vector<std::pair<std::string, std::string>> random_model;  // gen-model options, if [model.random]
+  std::vector<std::pair<std::string, std::string>> origins;  // option -> "[section] key" it came from
   std::string source;                                        // the file, for messages
 };
 

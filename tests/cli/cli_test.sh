@@ -123,7 +123,10 @@ expect_error "unknown key 'maxx' in [scaling]" "$strata" run "$tmp/bad.toml"
 expect_error "topology $tmp/none.toml: cannot open" "$strata" run "$tmp/none.toml"
 # Values are checked before the job runs (a negative SLO once failed only after a whole replay).
 printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[slo]\nttft_ms = -5\n' "$m" > "$tmp/slo.toml"
-expect_error "--ttft-slo-ms: expected a number in [0, 1e+09], got '-5'" timeout 10 "$strata" run "$tmp/slo.toml"
+expect_error "$tmp/slo.toml: [slo] ttft_ms: expected a number in [0, 1e+09], got '-5'" timeout 10 "$strata" run "$tmp/slo.toml"
+expect_error "--ttft-slo-ms: expected a number in [0, 1e+09], got '-7'" timeout 10 "$strata" run "$tmp/slo.toml" --ttft-slo-ms -7
+printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[scaling]\nmax = 0\n' "$m" > "$tmp/max.toml"
+expect_error "$tmp/max.toml: [scaling] max: expected an integer in" timeout 10 "$strata" run "$tmp/max.toml"
 # The HTTP front door as an operator runs it: any free port, real HTTP (curl), SIGTERM drains.
 "$strata" serve --model "$m" --port 0 --threads 1 > "$tmp/serve.log" 2>&1 &
 srv=$!
