@@ -34,7 +34,11 @@ class expected {
   T&& value() && { return std::get<0>(std::move(v_)); }
 
   const error& err() const { return std::get<1>(v_); }
-  const std::string& message() const { return std::get<1>(v_).message; }
+  // Empty when there is a value (messages are built eagerly in some callers: test macros).
+  const std::string& message() const {
+    static const std::string none;
+    return v_.index() == 1 ? std::get<1>(v_).message : none;
+  }
 
  private:
   std::variant<T, error> v_;

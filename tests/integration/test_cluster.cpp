@@ -100,14 +100,15 @@ class cluster {
 struct scaled {
   caf::actor router, scaler;
 };
-scaled spawn_scaled(cluster& c, const model_ptr& m, router_options ro) {
+scaled spawn_scaled(cluster& c, const model_ptr& m, router_options ro, const std::string& policy_name = "blitz",
+                    int max_instances = 2) {
   scaling_knobs k;
   k.min_instances = 1;
-  k.max_instances = 2;
+  k.max_instances = max_instances;
   k.queue_per_instance = 1;
   k.cooldown_s = 0.2;
   k.keep_alive_s = 60;
-  auto policy = make_policy("blitz", k, link_speeds{});
+  auto policy = make_policy(policy_name, k, link_speeds{});
   REQUIRE(policy);
   scaler_options so;
   so.device.layer_s = 0.003;
@@ -507,9 +508,10 @@ std::vector<int32_t> reference_tokens(const model& m, const std::vector<int32_t>
 // and first layers are on n1, the rest on src; "full": a whole instance on n1), n1 gets `sig`.
 // Every request must still complete with the reference's tokens: those on n1's routes are
 // re-admitted on the surviving ones, recomputing from what they streamed.
-void node_death_run(const std::string& stage, int sig) {
+void node_death_run(const std::string& stage, int sig, const std::string& policy = "blitz") {
   CAPTURE(stage);
   CAPTURE(sig);
+  CAPTURE(policy);
   cluster c("tcp", "throttle_mb_s = 8\n", 1500);
   start_paced(c);
   auto m = load_model(c.model_path());
@@ -517,7 +519,9 @@ void node_death_run(const std::string& stage, int sig) {
   auto& sys = c.raw().system();
   router_options ro;
   ro.readmit.grace_ms = 10000;
-  auto g = spawn_scaled(c, *m, ro);
+  // λScale starts instances in pairs (n1 and n2) whose blocks spread over a binomial pipeline:
+  // each relays to the other.
+  auto g = spawn_scaled(c, *m, ro, policy, policy == "lambda-pipe" ? 3 : 2);
   auto router = g.router, scaler = g.scaler;
   const int n = 24, len = 60;
   auto prompts = random_prompts(n, 11);
@@ -566,6 +570,12 @@ void node_death_run(const std::string& stage, int sig) {
   CHECK(lost);
   CHECK_FALSE(placed_on_n1_again);
   CHECK(rs.readmissions > 0);  // some requests were on n1 when it went
+  if (policy == "lambda-pipe") {
+    // n2's transfer went on around its dead relay: adopted, it completed.
+    bool n2_loaded = false;
+    for (auto& e : rep.events) n2_loaded |= e.what == "loaded" && e.detail.rfind("n2:", 0) == 0;
+    CHECK(n2_loaded);
+  }
   if (sig == SIGSTOP) c.kill("n1", SIGKILL);
   caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
@@ -579,6 +589,10 @@ TEST_CASE("a node killed while its instance serves cooperatively: no request los
 
 TEST_CASE("a node killed while it hosts a whole instance: no request lost, exact tokens") {
   node_death_run("full", SIGKILL);
+}
+
+TEST_CASE("a multicast relay killed while the pair it serves loads (lambda-pipe): no request lost, the other completes") {
+  node_death_run("serving", SIGKILL, "lambda-pipe");
 }
 
 TEST_CASE("a node hung (SIGSTOP) while it hosts an instance: dropped by heartbeat, no request lost") {
