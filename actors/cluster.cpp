@@ -111,6 +111,7 @@ struct node_state {
   };
   std::deque<queued_send> sendq;
   bool pumping = false;
+  bool controller_lost = false;  // it stays up only while it hosts instances
   ~node_state() {
     if (zone) {
       std::lock_guard<std::mutex> g(zone->mu);
@@ -383,6 +384,10 @@ void unhost_instance(node_actor* self, uint32_t id) {
   st.hosted.erase(it);
   if (!st.held.count(model)) st.orphan_loads.insert(model);
   drop_copy_if_unused(self, model);  // an instance's parameters were its device memory
+  if (st.controller_lost && st.hosted.empty()) {
+    std::fprintf(stderr, "strata node %s: the last instance ended; stopping (no controller)\n", st.cfg.name.c_str());
+    self->quit(caf::exit_reason::normal);
+  }
 }
 
 void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
@@ -498,6 +503,7 @@ void join(node_actor* self) {
   info.memory_bytes = uint64_t(st.cfg.memory_gb * double(1ull << 30));
   info.transport = st.cfg.transport;
   info.devices = {"cpu"};
+  info.control_address = st.cfg.advertise;
   self->request(st.controller, std::chrono::seconds(10), join_atom::value, info, caf::actor_cast<caf::actor>(self))
       .then(
           [=](uint32_t id) {
@@ -546,9 +552,22 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
       for (auto id : orphans) unhost_instance(self, id);
       return;
     }
-    std::fprintf(stderr, "strata node %s: controller lost (%s); stopping\n", self->state.cfg.name.c_str(),
-                 caf::to_string(dm.reason).c_str());
-    self->quit(dm.reason);
+    // Instances here serve on without the controller (their clients reach this process
+    // directly): the node stays until their scalers end them, then stops.
+    auto& st = self->state;
+    st.controller_lost = true;
+    if (st.hosted.empty()) {
+      std::fprintf(stderr, "strata node %s: controller lost (%s); stopping\n", st.cfg.name.c_str(),
+                   caf::to_string(dm.reason).c_str());
+      self->quit(dm.reason);
+      return;
+    }
+    std::fprintf(stderr, "strata node %s: controller lost (%s); serving its %zu instance(s) on until their scalers end\n",
+                 st.cfg.name.c_str(), caf::to_string(dm.reason).c_str(), st.hosted.size());
+    // Transfers cannot finish without the controller's plan and repairs.
+    std::vector<uint64_t> tids;
+    for (auto& [tid, t] : st.transfers) tids.push_back(tid);
+    for (auto tid : tids) abort_transfer(self, tid);
   });
   join(self);
   heartbeat(self);

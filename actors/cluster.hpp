@@ -55,11 +55,16 @@ struct node_info {
   uint64_t memory_bytes = 0;
   std::string transport;
   std::vector<std::string> devices;  // "cpu" now; CUDA devices later
+  // host:port where this node's process accepts control-plane connections: the other members
+  // connect there directly (control_plane's mesh), so their traffic does not ride the
+  // controller's connection and outlives it. Empty: reached only through the controller.
+  std::string control_address;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_info& x) {
-  return f(caf::meta::type_name("node_info"), x.id, x.name, x.ucx_address, x.memory_bytes, x.transport, x.devices);
+  return f(caf::meta::type_name("node_info"), x.id, x.name, x.ucx_address, x.memory_bytes, x.transport, x.devices,
+           x.control_address);
 }
 
 struct multicast_request {

@@ -2,6 +2,7 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include <caf/openssl/all.hpp>
@@ -81,6 +82,62 @@ expected<caf::actor> connect_control(caf::actor_system& sys, const std::string& 
     return make_error("controller at " + where + " accepted the connection but did not answer within " +
                       std::to_string(patience.count()) + " s (frozen, or not a strata controller?)");
   return explain(std::move(at->result));
+}
+
+namespace {
+
+struct mesh_state {
+  std::set<std::string> connected, pending, complained;  // by "name@host:port"
+  static inline const char* name = "strata.mesh";
+};
+
+void mesh_tick(caf::stateful_actor<mesh_state>* self, caf::actor controller, std::string self_name) {
+  self->request(controller, std::chrono::seconds(2), view_atom::value)
+      .then(
+          [=](const cluster_view& v) {
+            auto& st = self->state;
+            std::set<std::string> listed;
+            auto mm = self->home_system().has_openssl_manager() ? self->home_system().openssl_manager().actor_handle()
+                                                                : self->home_system().middleman().actor_handle();
+            for (auto& n : v.nodes) {
+              if (n.control_address.empty() || n.name == self_name) continue;
+              auto key = n.name + "@" + n.control_address;
+              listed.insert(key);
+              // One connection per pair: between two nodes, the one with the smaller name dials.
+              if (!self_name.empty() && self_name > n.name) continue;
+              if (st.connected.count(key) || st.pending.count(key)) continue;
+              auto hp = split_host_port(n.control_address);
+              if (!hp) continue;
+              st.pending.insert(key);
+              self->request(mm, std::chrono::seconds(10), caf::connect_atom::value, hp->first, hp->second)
+                  .then(
+                      [=](const caf::node_id&, const caf::strong_actor_ptr&, const std::set<std::string>&) {
+                        self->state.pending.erase(key);
+                        self->state.connected.insert(key);
+                      },
+                      [=](caf::error& e) {
+                        self->state.pending.erase(key);
+                        if (self->state.complained.insert(key).second)
+                          std::fprintf(stderr, "strata: no direct connection to %s (%s); its traffic goes through the controller\n",
+                                       key.c_str(), self->system().render(e).c_str());
+                      });
+            }
+            // A member that left: a new one under its name and address is dialled afresh.
+            std::erase_if(st.connected, [&](const std::string& k) { return !listed.count(k); });
+          },
+          [](caf::error&) {});
+  self->delayed_send(self, std::chrono::seconds(1), caf::tick_atom::value);
+}
+
+}  // namespace
+
+caf::actor spawn_mesh(caf::actor_system& sys, const caf::actor& controller, const std::string& self_name) {
+  return sys.spawn([controller, self_name](caf::stateful_actor<mesh_state>* self) -> caf::behavior {
+    self->monitor(controller);
+    self->set_down_handler([=](caf::down_msg&) { self->quit(); });
+    mesh_tick(self, controller, self_name);
+    return {[=](caf::tick_atom) { mesh_tick(self, controller, self_name); }};
+  });
 }
 
 }  // namespace strata

@@ -34,4 +34,11 @@ expected<uint16_t> publish_control(caf::actor_system& sys, const caf::actor& a, 
 expected<caf::actor> connect_control(caf::actor_system& sys, const std::string& where, std::chrono::seconds patience,
                                      bool detach);
 
+// Keeps a direct control-plane connection from this process to every member the controller
+// lists with a control address (other than `self_name`; the driver passes ""), checking the view
+// every second. CAF then routes to a node's actors over that connection rather than through the
+// controller's (its routing table prefers direct routes), so serving outlives the controller.
+// A member that cannot be reached directly is logged once and stays reachable via the controller.
+caf::actor spawn_mesh(caf::actor_system& sys, const caf::actor& controller, const std::string& self_name);
+
 }  // namespace strata

@@ -73,6 +73,7 @@ status local_cluster::boot() {
   auto ctl = connect_control(*sys_, "127.0.0.1:" + std::to_string(port_), std::chrono::seconds(5), false);
   if (!ctl) return make_error(ctl.message() + "; its log:\n" + log("src"));
   controller_ = *ctl;
+  spawn_mesh(*sys_, controller_, "");  // the driver reaches every node directly
   return {};
 }
 

@@ -385,16 +385,25 @@ void node_lost(scaler_actor* self, const std::string& node, const std::string& w
   drop_instances(self, [&](const instance& in) { return in.node == node; }, "node " + node + " lost: " + why);
 }
 
-// Every message to a node goes through the controller's connection: with it gone, so are all the
-// cluster's instances, and none can be started. The router fails what waits instead of letting
-// it sit out the grace period, and the model is down (a clear error, not minutes of timeouts).
+// Without the controller nothing can be placed or loaded: the instances of its own node are gone
+// and so are those still loading (their transfers cannot finish). Whole instances elsewhere serve
+// on (the driver reaches their nodes directly, control_plane's mesh). With none left the router
+// fails what waits at once instead of letting it sit out the grace period.
 void controller_lost(scaler_actor* self, const std::string& reason) {
   auto& st = self->state;
   if (!st.controller_lost.empty()) return;
-  st.controller_lost = "the cluster's controller was lost (" + reason + "); no instance can run or start";
-  event(self, "controller lost", 0, reason);
-  drop_instances(self, [](const instance& in) { return !in.node.empty(); }, st.controller_lost);
-  self->send(st.router, closed_atom::value, st.controller_lost);
+  st.controller_lost = "the cluster's controller was lost (" + reason + "); no instance can start";
+  auto controller_node = st.opt.cluster.controller.node();
+  drop_instances(self,
+                 [&](const instance& in) {
+                   return !in.node.empty() && (!in.view.full() || (in.head && in.head.node() == controller_node));
+                 },
+                 st.controller_lost);
+  size_t left = 0;
+  for (auto& [id, in] : st.insts) left += in.node.empty() ? 0 : 1;
+  event(self, "controller lost", 0,
+        reason + "; " + std::to_string(left) + " instance(s) serve on" + (left ? ", no scaling" : ""));
+  if (left == 0) self->send(st.router, closed_atom::value, st.controller_lost + " and none runs");
 }
 
 // Returns whether the model is idle: nothing waits or runs and no instance loads or drains.

@@ -104,6 +104,25 @@ int cmd_node(int argc, char** argv) {
       std::_Exit(1);  // the actor system would wait for a connection attempt that never ends
     }
     controller = *c;
+    // A door for direct connections from the other members (control_plane's mesh): what they
+    // send to this node's actors then does not depend on the controller's connection. It is
+    // advertised only where the others can reach it.
+    auto loopback = [](const std::string& h) { return h.rfind("127.", 0) == 0 || h == "localhost" || h == "::1"; };
+    auto ctl_host = split_host_port(cfg.controller);
+    if (listen->first == "0.0.0.0" || listen->first == "::" || listen->first.empty())
+      std::fprintf(stderr, "strata node %s: --listen %s is no address others can dial; its traffic goes through the "
+                   "controller\n", cfg.name.c_str(), cfg.listen.c_str());
+    else if (loopback(listen->first) && ctl_host && !loopback(ctl_host->first))
+      std::fprintf(stderr, "strata node %s: --listen %s is loopback but the controller is remote; its traffic goes "
+                   "through the controller (listen on this host's cluster address for direct connections)\n",
+                   cfg.name.c_str(), cfg.listen.c_str());
+    else {
+      auto door = rt.sys->spawn([]() -> caf::behavior { return {[](view_atom) {}}; });
+      auto port = publish_control(*rt.sys, door, listen->first, listen->second);
+      if (!port) return fail(port.message());
+      cfg.advertise = listen->first + ":" + std::to_string(*port);
+    }
+    spawn_mesh(*rt.sys, controller, cfg.name);
   }
   auto node = spawn_node(*rt.sys, cfg, controller);
   if (!node) return fail(node.message());

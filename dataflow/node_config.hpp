@@ -17,7 +17,7 @@ struct model_source {
 
 struct node_config {
   std::string name;                      // default: "node-<pid>"
-  std::string listen = "127.0.0.1:0";    // where this node's actor is published (port 0: any)
+  std::string listen = "127.0.0.1:0";    // control-plane port (the controller's, or for direct connections)
   std::string controller;                // host:port to join; empty: this node is the controller
   double memory_gb = 0;                  // host memory offered for parameters; 0: half of RAM
   std::string transport = "tcp";         // UCX transports: tcp, sm or auto
@@ -33,6 +33,7 @@ struct node_config {
   // connection is mutual TLS with the identity `name` and peers must hold a cluster certificate.
   std::string tls;
   std::string port_file;                 // write the bound port here once listening (for scripts)
+  std::string advertise;                 // set at run time: the bound host:port of `listen`
   // Fault injection for tests: corrupt the payload of these received chunk indices once each.
   std::vector<int> corrupt_chunks;
   std::vector<int> drop_chunks;          // tests: ignore these received chunks once (as if lost)

@@ -74,8 +74,8 @@ wait_nodes() {  # wait_nodes N: the view lists N nodes within 20 s
 }
 node c src --listen "$ip_c:7000" --model "rand=$tmp/model"
 for _ in $(seq 100); do grep -q "controller listening" "$tmp/src.log" && break; sleep 0.1; done
-node a a --controller "$ip_c:7000"
-node b b --controller "$ip_c:7000"
+node a a --controller "$ip_c:7000" --listen "$ip_a:0"
+node b b --controller "$ip_c:7000" --listen "$ip_b:0"
 wait_nodes 3
 echo "ok: a TLS cluster of three hosts ($ip_c, $ip_a, $ip_b)"
 
@@ -85,6 +85,10 @@ echo "$out" | grep -q "cannot reach controller" || fail "unexpected refusal mess
 grep -q "refused TLS peer $ip_x" "$tmp/src.log" || fail "the controller did not log the refused peer $ip_x"
 grep -q "authenticated as 'a'" "$tmp/src.log" || fail "the controller did not log member a"
 echo "ok: an outsider at $ip_x is refused and logged"
+# Members also talk directly (the mesh: the smaller name dials), over TLS, not only via src.
+for _ in $(seq 40); do grep -q "TLS peer $ip_a:[0-9]* authenticated as 'a'" "$tmp/b.log" && break; sleep 0.25; done
+grep -q "TLS peer $ip_a:[0-9]* authenticated as 'a'" "$tmp/b.log" || fail "a did not connect to b directly"
+echo "ok: members a and b connected directly over TLS"
 
 # A chain multicast src -> a -> b crosses two shaped links: at 10 MB/s per link it cannot take
 # less than the model's size over that bandwidth (loopback would be ~100x faster).
@@ -100,8 +104,8 @@ echo "ok: multicast of $mib MiB over the shaped links to b in $secs s"
 
 # A relay killed mid-multicast: in the chain src -> a2 -> b2, a2 dies; b2 is adopted by a2's
 # parent and completes.
-node a a2 --controller "$ip_c:7000"
-node b b2 --controller "$ip_c:7000"
+node a a2 --controller "$ip_c:7000" --listen "$ip_a:0"
+node b b2 --controller "$ip_c:7000" --listen "$ip_b:0"
 wait_nodes 5
 in_ns x "$strata" cluster multicast --controller "$ip_c:7000" --tls "$tmp/certs" --model rand --targets a2,b2 \
   --plan chain --chunk-kb 64 >"$tmp/mc2.out" 2>&1 &
