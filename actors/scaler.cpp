@@ -11,6 +11,7 @@ namespace strata {
 namespace {
 
 using clk = std::chrono::steady_clock;
+using cping_atom = caf::atom_constant<caf::atom("cping")>;  // does the controller still answer?
 
 struct instance {
   uint32_t id = 0;
@@ -516,6 +517,7 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
     for (auto& a : *owned) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
   });
   if (opt.cluster.controller) {
+    self->send(self, cping_atom::value);
     self->monitor(opt.cluster.controller);
     self->set_down_handler([=](caf::down_msg& dm) {
       if (dm.source == self->state.opt.cluster.controller.address()) controller_lost(self, caf::to_string(dm.reason));
@@ -529,6 +531,24 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
       [=](wake_atom) { tick(self, ++self->state.tick_epoch); },
       [=](lready_atom, uint32_t id, int32_t layer) { on_layer(self, id, layer); },
       [=](nodelost_atom, const std::string& node, const std::string& why) { node_lost(self, node, why); },
+      [=](cping_atom) {
+        // A hung controller (frozen, swapped out) keeps its connection: no monitor fires, and
+        // the instance on its node hangs with it. Silence past the timeout is treated as its loss.
+        auto& st = self->state;
+        if (!st.controller_lost.empty()) return;
+        self->request(st.opt.cluster.controller, st.opt.controller_timeout, view_atom::value)
+            .then(
+                [=](const cluster_view&) {
+                  self->delayed_send(self, self->state.opt.controller_ping, cping_atom::value);
+                },
+                [=](caf::error& e) {
+                  controller_lost(self, e == caf::sec::request_timeout
+                                            ? "no answer within " +
+                                                  std::to_string(self->state.opt.controller_timeout.count()) +
+                                                  " ms: it hangs"
+                                            : describe(e));
+                });
+      },
       [=](layerin_atom, uint32_t id, int32_t layer, const std::vector<caf::actor>& actors) {
         auto it = self->state.insts.find(id);
         if (it == self->state.insts.end()) return;

@@ -40,6 +40,10 @@ struct scaler_options {
   bool split_candidates = true;
   std::chrono::milliseconds tick{50};        // load checks while requests run or instances change
   std::chrono::milliseconds idle_tick{1000};  // ... while nothing does (an arrival wakes the scaler)
+  // Cluster mode: the controller is asked for its view this often; no answer within
+  // controller_timeout means it hangs (a dead one is noticed at once by a monitor).
+  std::chrono::milliseconds controller_ping{1000};
+  std::chrono::milliseconds controller_timeout{4000};
   cluster_placement cluster;
 };
 
