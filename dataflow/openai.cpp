@@ -1,6 +1,7 @@
 #include "dataflow/openai.hpp"
 
 #include <algorithm>
+#include <set>
 #include <nlohmann/json.hpp>
 
 namespace strata::openai {
@@ -44,6 +45,63 @@ std::string error_body(const api_error& e) {
   return dump(j);
 }
 
+namespace {
+
+// Fields parse_request implements. `user` identifies the end user to the operator; it changes
+// nothing in the output, which is what honouring it means.
+bool honoured(const std::string& key, bool chat) {
+  static const std::set<std::string> common = {"model", "max_tokens", "temperature", "top_p", "seed", "n",
+                                               "stop", "stream", "stream_options", "user"};
+  if (common.count(key)) return true;
+  return chat ? key == "messages" || key == "max_completion_tokens" : key == "prompt";
+}
+
+struct neutral_field {
+  const char* key;
+  int endpoints;  // 1: completions, 2: chat, 3: both
+  const char* off;
+  bool (*is_off)(const json&);
+};
+
+bool is_zero(const json& v) { return v.is_number() && v.get<double>() == 0; }
+bool is_one(const json& v) { return v.is_number() && v.get<double>() == 1; }
+bool is_false(const json& v) { return v.is_boolean() && !v.get<bool>(); }
+bool is_empty(const json& v) { return (v.is_object() || v.is_array() || v.is_string()) && v.empty(); }
+
+// Not implemented yet: accepted at their "off" value only (OpenAI's and vLLM's defaults).
+const neutral_field neutral_fields[] = {
+    {"logprobs", 1, "null", [](const json&) { return false; }},
+    {"logprobs", 2, "false", is_false},
+    {"top_logprobs", 2, "0", is_zero},
+    {"echo", 1, "false", is_false},
+    {"best_of", 1, "1", is_one},
+    {"suffix", 1, "\"\"", [](const json& v) { return v.is_string() && v.get<std::string>().empty(); }},
+    {"logit_bias", 3, "{}", is_empty},
+    {"presence_penalty", 3, "0", is_zero},
+    {"frequency_penalty", 3, "0", is_zero},
+    {"repetition_penalty", 3, "1", is_one},
+    {"top_k", 3, "-1 or 0 (off)", [](const json& v) { return v.is_number_integer() && v.get<int64_t>() <= 0 && v.get<int64_t>() >= -1; }},
+    {"min_p", 3, "0", is_zero},
+    {"min_tokens", 3, "0", is_zero},
+    {"ignore_eos", 3, "false", is_false},
+    {"stop_token_ids", 3, "[]", is_empty},
+    {"tools", 2, "[]", is_empty},
+    {"tool_choice", 2, "\"none\"", [](const json& v) { return v.is_string() && v.get<std::string>() == "none"; }},
+    {"parallel_tool_calls", 2, "a boolean without tools", [](const json& v) { return v.is_boolean(); }},
+    {"functions", 2, "[]", is_empty},
+    {"response_format", 2, "{\"type\": \"text\"}",
+     [](const json& v) { return v.is_object() && v.size() == 1 && v.value("type", "") == "text"; }},
+    {"store", 2, "false", is_false},
+};
+
+const neutral_field* find_neutral(const std::string& key, bool chat) {
+  for (auto& f : neutral_fields)
+    if (key == f.key && (f.endpoints & (chat ? 2 : 1))) return &f;
+  return nullptr;
+}
+
+}  // namespace
+
 parsed parse_request(const std::string& body, bool chat) {
   parsed out;
   json j = json::parse(body, nullptr, false);
@@ -62,6 +120,16 @@ parsed parse_request(const std::string& body, bool chat) {
     return out;
   };
   auto has = [&](const char* k) { return j.contains(k) && !j[k].is_null(); };
+  // Every field is honoured or refused: a field this server does not implement passes only at
+  // the value that means "off" (what clients such as LangChain send by default).
+  for (auto& [key, value] : j.items()) {
+    if (value.is_null() || honoured(key, chat)) continue;
+    const neutral_field* nf = find_neutral(key, chat);
+    if (!nf) return fail("'" + key + "' is not a supported field of " + (chat ? "/v1/chat/completions" : "/v1/completions"), key);
+    if (!nf->is_off(value)) return fail("'" + key + "' is not supported yet (only " + nf->off + ")", key);
+  }
+  if (has("stream_options") && !(j.contains("stream") && j["stream"].is_boolean() && j["stream"].get<bool>()))
+    return fail("'stream_options' is only allowed with 'stream': true", "stream_options");
   if (!has("model")) return fail("'model' is required", "model");
   if (!j["model"].is_string()) return fail("'model' must be a string", "model");
   r.model = j["model"].get<std::string>();

@@ -50,6 +50,49 @@ TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
   CHECK(e["error"]["param"].is_null());
 }
 
+TEST_CASE("no field is silently ignored: unimplemented ones pass only at their 'off' value, else a 400 naming them") {
+  auto ok = [](const std::string& extra, bool chat) {
+    std::string body = chat ? R"({"model":"m","messages":[{"role":"user","content":"x"}])" : R"({"model":"m","prompt":"x")";
+    auto r = parse_request(body + extra + "}", chat);
+    if (!r.req) MESSAGE(extra << ": " << r.err.message);
+    return bool(r.req);
+  };
+  auto refused = [](const std::string& extra, bool chat) {
+    std::string body = chat ? R"({"model":"m","messages":[{"role":"user","content":"x"}])" : R"({"model":"m","prompt":"x")";
+    auto r = parse_request(body + extra + "}", chat);
+    CHECK(r.err.status == 400);
+    return r.req ? std::string("(accepted)") : r.err.param;
+  };
+  // What LangChain, LiteLLM and the openai client send by default is accepted.
+  CHECK(ok(R"(,"presence_penalty":0,"frequency_penalty":0,"logit_bias":{},"n":1,"user":"u1")", false));
+  CHECK(ok(R"(,"echo":false,"best_of":1,"logprobs":null,"suffix":"","top_k":-1,"min_p":0)", false));
+  CHECK(ok(R"(,"logprobs":false,"top_logprobs":0,"tools":[],"tool_choice":"none","response_format":{"type":"text"})", true));
+  CHECK(ok(R"(,"stream":true,"stream_options":{"include_usage":true},"repetition_penalty":1,"ignore_eos":false)", true));
+  // Anything that would change the output is refused by name.
+  CHECK(refused(R"(,"logprobs":2)", false) == "logprobs");
+  CHECK(refused(R"(,"logprobs":true)", true) == "logprobs");
+  CHECK(refused(R"(,"echo":true)", false) == "echo");
+  CHECK(refused(R"(,"presence_penalty":0.5)", false) == "presence_penalty");
+  CHECK(refused(R"(,"frequency_penalty":-1)", true) == "frequency_penalty");
+  CHECK(refused(R"(,"top_k":"x")", false) == "top_k");
+  CHECK(refused(R"(,"top_k":40)", false) == "top_k");
+  CHECK(refused(R"(,"min_p":5)", true) == "min_p");
+  CHECK(refused(R"(,"logit_bias":{"50256":-100})", false) == "logit_bias");
+  CHECK(refused(R"(,"best_of":2)", false) == "best_of");
+  CHECK(refused(R"(,"suffix":"end")", false) == "suffix");
+  CHECK(refused(R"(,"response_format":{"type":"json_object"})", true) == "response_format");
+  CHECK(refused(R"(,"tools":[{"type":"function"}])", true) == "tools");
+  CHECK(refused(R"(,"tool_choice":"auto")", true) == "tool_choice");
+  CHECK(refused(R"(,"frobnicate":1)", false) == "frobnicate");  // unknown fields too
+  CHECK(refused(R"(,"messages":[])", false) == "messages");     // chat's field on completions
+  CHECK(refused(R"(,"echo":false)", true) == "echo");           // a completions field on chat
+  CHECK(refused(R"(,"max_completion_tokens":3)", false) == "max_completion_tokens");
+  CHECK(refused(R"(,"stream_options":{"include_usage":true})", false) == "stream_options");  // needs stream
+  CHECK(refused(R"(,"stream":false,"stream_options":{"include_usage":true})", true) == "stream_options");
+  auto msg = parse_request(R"({"model":"m","prompt":"x","presence_penalty":1})", false).err.message;
+  CHECK(msg == "'presence_penalty' is not supported yet (only 0)");
+}
+
 TEST_CASE("responses and stream chunks have OpenAI's shapes") {
   request chat;
   chat.chat = true;
