@@ -49,6 +49,8 @@ commands:
                                   shard (default cpu); GPU shards hold bf16 weights
                --n N              run N copies of the prompt concurrently (default 1)
                --threads N        kernel threads (default: cores)
+               --logits FILE      write every generated position's logits (JSON: position,
+                                  token, logits) from the plain forward pass, to compare engines
   run        bring up what a topology file describes on this machine and run its job (autoscale,
              replay or serve); every key is documented in the README; options after FILE override it
                FILE [--option value ...]
@@ -272,10 +274,45 @@ expected<std::vector<int32_t>> parse_token_list(const std::string& s, const mode
   return out;
 }
 
+// strata generate --logits FILE: every generated position's full logits (before sampling) and
+// the token drawn from them, as JSON, so the forward pass can be compared with other engines.
+// The plain forward pass (generate_reference) gives the same tokens as the actor pipeline.
+int write_logits(const model& m, const tokenizer* tok, const std::vector<int32_t>& prompt, int steps,
+                 const sampling_params& sp, const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "w");
+  if (!f) return fail("--logits: cannot write " + path + ": " + std::strerror(errno));
+  std::fprintf(f, "{\"vocab_size\": %d, \"prompt_tokens\": [", m.config.vocab_size);
+  for (size_t i = 0; i < prompt.size(); ++i) std::fprintf(f, "%s%d", i ? ", " : "", prompt[i]);
+  std::fprintf(f, "],\n \"positions\": [");
+  int count = 0;
+  std::string text;
+  auto out = generate_reference(m, std::vector<int>(prompt.begin(), prompt.end()), steps, sp,
+                                [&](int position, const float* logits, int token) {
+                                  std::fprintf(f, "%s\n  {\"position\": %d, \"token\": %d, \"logits\": [",
+                                               count++ ? "," : "", position, token);
+                                  // %.9g: every float reads back bit for bit.
+                                  for (int i = 0; i < m.config.vocab_size; ++i)
+                                    std::fprintf(f, "%s%.9g", i ? ", " : "", double(logits[i]));
+                                  std::fprintf(f, "]}");
+                                });
+  std::fprintf(f, "\n ],\n \"tokens\": [");
+  for (size_t i = 0; i < out.size(); ++i) std::fprintf(f, "%s%d", i ? ", " : "", out[i]);
+  std::fprintf(f, "]}\n");
+  bool ok = std::ferror(f) == 0;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok) return fail("--logits: writing " + path + " failed");
+  int prev = prompt.empty() ? 1 : prompt.back();
+  if (tok)
+    for (int t : out) text += tok->decode(std::exchange(prev, t), t);
+  std::printf("%s\n%d position(s) of %d logits written to %s\n", text.c_str(), count, m.config.vocab_size,
+              path.c_str());
+  return 0;
+}
+
 int cmd_generate(int argc, char** argv, bool demo) {
   auto a = args::parse(argc, argv, 2,
                        {"model", "prompt", "prompt-tokens", "tokenizer", "steps", "temperature", "top-p", "seed",
-                        "shards", "devices", "n", "threads", "max-memory"});
+                        "shards", "devices", "n", "threads", "max-memory", "logits"});
   if (!a) return fail(a.message() + " (see strata help)");
   std::string path = a->str("model", demo ? "../shared/data/models/stories260K" : "");
   if (path.empty()) return fail("generate needs --model PATH");
@@ -320,6 +357,12 @@ int cmd_generate(int argc, char** argv, bool demo) {
       return fail("no tokenizer found next to " + path + ": pass --tokenizer FILE or --prompt-tokens 1,2,3");
     auto ids = tok->encode(a->str("prompt"), true);
     prompt.assign(ids.begin(), ids.end());
+  }
+  if (a->has("logits")) {
+    if (n != 1 || a->has("shards") || a->has("devices"))
+      return fail("--logits runs one sequence through the plain forward pass: no --n, --shards or --devices");
+    return write_logits(**m, tok.get(), prompt, int(steps), {float(temp), float(top_p), uint64_t(seed)},
+                        a->str("logits"));
   }
   for (long i = 0; i < n; ++i) {
     prompts.push_back(prompt);

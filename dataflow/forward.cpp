@@ -259,7 +259,7 @@ int sample(float* logits, int n, const sampling_params& p, uint64_t& rng) {
 }
 
 std::vector<int> generate_reference(const model& m, const std::vector<int>& prompt, int max_new,
-                                    const sampling_params& p) {
+                                    const sampling_params& p, const logits_observer& on_logits) {
   const auto& c = m.config;
   kv_cache kv(c, 0, c.n_layers);
   std::vector<int> out;
@@ -277,7 +277,10 @@ std::vector<int> generate_reference(const model& m, const std::vector<int>& prom
     for (int l = 0; l < c.n_layers; ++l)
       if (!forward_layer(c, *m.layers[size_t(l)], l, kv, seqs.data(), positions.data(), rows, x.data())) return out;
     final_logits(m, x.data() + size_t(rows - 1) * c.dim, 1, logits.data());
+    std::vector<float> seen;
+    if (on_logits) seen = logits;  // sample() overwrites them with probabilities
     int next = sample(logits.data(), c.vocab_size, p, rng);
+    if (on_logits) on_logits(pos + rows - 1, seen.data(), next);
     pos += rows;
     if (next == c.bos_id || next == c.eos_id) break;
     out.push_back(next);

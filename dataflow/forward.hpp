@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <unordered_map>
+#include <functional>
 #include <vector>
 
 #include "dataflow/model.hpp"
@@ -99,7 +100,10 @@ float draw_coin(uint64_t& rng);
 
 // Single-sequence generation straight on the kernels, without actors: the reference the actor
 // pipeline is tested against. Returns the generated tokens (stopping at BOS/EOS or max_new).
+// `on_logits`, if set, sees every position's logits before sampling and the token drawn from
+// them (also a final BOS/EOS that ends generation): what `strata generate --logits` writes.
+using logits_observer = std::function<void(int position, const float* logits, int token)>;
 std::vector<int> generate_reference(const model& m, const std::vector<int>& prompt, int max_new,
-                                    const sampling_params& p = {});
+                                    const sampling_params& p = {}, const logits_observer& on_logits = {});
 
 }  // namespace strata

@@ -67,6 +67,16 @@ kill -STOP "$frozen"
 expect_error "did not answer within 5 s" timeout 20 "$strata" cluster view --controller "127.0.0.1:$(cat "$tmp/frozen.port")"
 expect_error "did not answer within 10 s" timeout 20 "$strata" node --name late --controller "127.0.0.1:$(cat "$tmp/frozen.port")"
 kill -KILL "$frozen"; wait "$frozen" 2>/dev/null || true
+# --logits: every generated position's logits; the greedy token is their argmax, and the text is
+# the same as without the dump.
+"$strata" generate --model "$data/models/stories260K" --prompt "Once upon" --steps 12 --logits "$tmp/logits.json" > "$tmp/logits.out" \
+  || fail "generate --logits"
+grep -q "12 position(s) of 512 logits written" "$tmp/logits.out" || fail "logits summary: $(cat "$tmp/logits.out")"
+[ "$(grep -o '"position"' "$tmp/logits.json" | wc -l)" = 12 ] || fail "logits: expected 12 positions"
+dumped=$(sed -n 2p "$tmp/logits.out")
+plain=$("$strata" generate --model "$data/models/stories260K" --prompt "Once upon" --steps 12)
+[ -n "$dumped" ] && grep -qxF "$dumped" <<<"$plain" || fail "logits text '$dumped' is not the pipeline's: $plain"
+expect_error "--logits runs one sequence" "$strata" generate --model "$data/models/stories260K" --n 2 --logits "$tmp/x.json"
 # TLS: certificates are made and checked before anything connects.
 "$strata" cluster init-certs "$tmp/certs" --names src,a | grep -q "3 new member(s)" || fail "init-certs"
 "$strata" cluster init-certs "$tmp/certs" --names src,a,b | grep -q "made $tmp/certs/b.pem" || fail "init-certs adds b"
@@ -147,9 +157,11 @@ out=$(curl -sN "$url/v1/chat/completions" -d '{"model":"stories260K","messages":
 grep -q '^data: \[DONE\]' <<<"$out" || fail "stream: $out"
 out=$(curl -s -w ' %{http_code}' "$url/v1/completions" -d '{"model":"stories260K","prompt":"x","top_p":3}')
 grep -qF "'top_p' must be in (0, 1]" <<<"$out" && grep -q ' 400$' <<<"$out" || fail "bad top_p: $out"
+out=$(curl -s -w ' %{http_code}' "$url/v1/completions" -d '{"model":"stories260K","prompt":"x","presence_penalty":0.5}')
+grep -qF '"param":"presence_penalty"' <<<"$out" && grep -q ' 400$' <<<"$out" || fail "presence_penalty not refused: $out"
 expect_error "cannot listen on 127.0.0.1:$port" "$strata" serve --model "$m" --port "$port"
 # A long request in flight when SIGTERM arrives still completes; then the server exits 0.
-curl -s "$url/v1/completions" -d '{"model":"stories260K","prompt":"Once","max_tokens":400,"ignore":1}' > "$tmp/long.json" &
+curl -s "$url/v1/completions" -d '{"model":"stories260K","prompt":"Once","max_tokens":400}' > "$tmp/long.json" &
 long=$!
 sleep 0.2
 kill -TERM "$srv"

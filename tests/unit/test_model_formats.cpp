@@ -86,6 +86,33 @@ TEST_CASE("greedy decoding of stories260K reproduces llama2.c's text") {
   CHECK(text.substr(0, golden.size()) == golden);
 }
 
+TEST_CASE("the logits observer sees every position before sampling; greedy picks their argmax") {
+  std::vector<int> prompt = {1, 403, 407};
+  std::vector<int> positions, picked;
+  std::vector<std::vector<float>> seen;
+  auto out = generate_reference(*stories(), prompt, 10, {}, [&](int pos, const float* logits, int token) {
+    positions.push_back(pos);
+    picked.push_back(token);
+    seen.emplace_back(logits, logits + stories()->config.vocab_size);
+  });
+  REQUIRE(out.size() == 10);
+  CHECK(std::vector<int>(picked.begin(), picked.begin() + 10) == out);
+  for (size_t i = 0; i < positions.size(); ++i) {
+    CHECK(positions[i] == int(prompt.size() - 1 + i));
+    CHECK(argmax(seen[i].data(), int(seen[i].size())) == picked[i]);
+  }
+  // Sampling: the observer gets logits (not the probabilities sample() leaves behind).
+  sampling_params sp{0.8f, 0.9f, 7};
+  std::vector<float> first;
+  auto sampled = generate_reference(*stories(), prompt, 3, sp, [&](int, const float* logits, int) {
+    if (first.empty()) first.assign(logits, logits + stories()->config.vocab_size);
+  });
+  CHECK(sampled == generate_reference(*stories(), prompt, 3, sp));  // observing changes nothing
+  float sum = 0;
+  for (float v : first) sum += v;
+  CHECK(std::abs(sum - 1.0f) > 0.5f);  // raw logits, not a distribution
+}
+
 TEST_CASE("a BPE-encoded prompt continues as llama2.c does") {
   auto ids = stories_tok().encode("Lily and Ben went to the park", true);
   CHECK(ids.size() * 2 < std::string("Lily and Ben went to the park").size());  // merged well
