@@ -587,13 +587,25 @@ void session::start_generation(bool chat) {
     e.code = "context_length_exceeded";
     return e;
   };
-  std::string text = chat ? openai::chat_prompt(r.messages) : r.prompt;
-  // Every token covers at most max_token_bytes of text: a longer prompt cannot fit, and is
-  // refused before the encoder spends time on it.
-  if (uint64_t(text.size()) > uint64_t(ctx) * srv->tok.max_token_bytes())
-    return reply_error(too_long("the " + where + " has " + std::to_string(text.size()) + " bytes, more than " +
-                                std::to_string(ctx) + " tokens can hold"));
-  auto ids = srv->tok.encode(text, true);
+  std::vector<int> ids;
+  if (r.prompt_tokens) {
+    const int vocab = srv->m->config.vocab_size;
+    for (auto t : *r.prompt_tokens)
+      if (t >= vocab)
+        return reply_error(status_error(400, "invalid_request_error",
+                                        "'prompt' token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                            std::to_string(vocab) + ")",
+                                        "prompt"));
+    ids.assign(r.prompt_tokens->begin(), r.prompt_tokens->end());
+  } else {
+    std::string text = chat ? openai::chat_prompt(r.messages) : r.prompt;
+    // Every token covers at most max_token_bytes of text: a longer prompt cannot fit, and is
+    // refused before the encoder spends time on it.
+    if (uint64_t(text.size()) > uint64_t(ctx) * srv->tok.max_token_bytes())
+      return reply_error(too_long("the " + where + " has " + std::to_string(text.size()) + " bytes, more than " +
+                                  std::to_string(ctx) + " tokens can hold"));
+    ids = srv->tok.encode(text, true);
+  }
   const int64_t n_prompt = int64_t(ids.size());
   if (n_prompt >= ctx) return reply_error(too_long("the " + where + " has " + std::to_string(n_prompt) + " tokens"));
   int64_t max_new = r.max_tokens.value_or(ctx - n_prompt);
@@ -608,6 +620,7 @@ void session::start_generation(bool chat) {
   g.max_new_tokens = int32_t(max_new);
   g.temperature = r.temperature;
   g.top_p = r.top_p;
+  g.ignore_eos = r.ignore_eos;
   g.seed = r.seed ? *r.seed : std::random_device{}() * 0x9E3779B97F4A7C15ull + uint64_t(clk::now().time_since_epoch().count());
   gen.emplace();
   gen->req = std::move(r);
@@ -675,7 +688,9 @@ void session::on_token(int32_t tok) {
   }
   gen->last = now;
   ++gen->generated;
-  emit(gen->stops->feed(srv->tok.decode(gen->prev, tok)));
+  // BOS/EOS (generated only with ignore_eos) add no text, as vLLM's skip_special_tokens.
+  const auto& c = srv->m->config;
+  if (tok != c.bos_id && tok != c.eos_id) emit(gen->stops->feed(srv->tok.decode(gen->prev, tok)));
   gen->prev = tok;
   if (gen->stops->stopped() && gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
 }
@@ -689,7 +704,9 @@ void session::on_done(generate_result r, std::string error) {
   else reason = r.finish_reason == "length" ? "length" : "stop";
   emit(gen->stops->flush());
   auto& q = gen->req;
-  openai::usage u{gen->prompt_tokens, gen->generated};
+  // Ending on EOS (or BOS), the token that ended it counts, as vLLM counts it.
+  const bool on_eos = reason == "stop" && !gen->stops->stopped() && r.finish_reason == "stop";
+  openai::usage u{gen->prompt_tokens, gen->generated + (on_eos ? 1 : 0)};
   if (!q.stream) {
     if (reason == "error") {
       auto e = status_error(500, "server_error", "generation failed: " + error);

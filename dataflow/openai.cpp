@@ -1,6 +1,7 @@
 #include "dataflow/openai.hpp"
 
 #include <algorithm>
+#include <climits>
 #include <set>
 #include <nlohmann/json.hpp>
 
@@ -51,7 +52,7 @@ namespace {
 // nothing in the output, which is what honouring it means.
 bool honoured(const std::string& key, bool chat) {
   static const std::set<std::string> common = {"model", "max_tokens", "temperature", "top_p", "seed", "n",
-                                               "stop", "stream", "stream_options", "user"};
+                                               "stop", "stream", "stream_options", "user", "ignore_eos"};
   if (common.count(key)) return true;
   return chat ? key == "messages" || key == "max_completion_tokens" : key == "prompt";
 }
@@ -83,7 +84,6 @@ const neutral_field neutral_fields[] = {
     {"top_k", 3, "-1 or 0 (off)", [](const json& v) { return v.is_number_integer() && v.get<int64_t>() <= 0 && v.get<int64_t>() >= -1; }},
     {"min_p", 3, "0", is_zero},
     {"min_tokens", 3, "0", is_zero},
-    {"ignore_eos", 3, "false", is_false},
     {"stop_token_ids", 3, "[]", is_empty},
     {"tools", 2, "[]", is_empty},
     {"tool_choice", 2, "\"none\"", [](const json& v) { return v.is_string() && v.get<std::string>() == "none"; }},
@@ -161,9 +161,28 @@ parsed parse_request(const std::string& body, bool chat) {
   } else {
     if (!has("prompt")) return fail("'prompt' is required", "prompt");
     const auto& p = j["prompt"];
-    if (p.is_string()) r.prompt = p.get<std::string>();
-    else if (p.is_array() && p.size() == 1 && p[0].is_string()) r.prompt = p[0].get<std::string>();
-    else return fail("'prompt' must be a string (batches of prompts are not supported)", "prompt");
+    // A string, token ids, or a batch of one of either (OpenAI's and vLLM's forms).
+    auto ids = [](const json& a) {
+      return a.is_array() && !a.empty() &&
+             std::all_of(a.begin(), a.end(), [](const json& x) { return x.is_number_integer(); });
+    };
+    const json* one = &p;
+    if (p.is_array() && !p.empty() && (p[0].is_string() || p[0].is_array())) {
+      if (p.size() > 1) return fail("batches of prompts are not supported yet: send one prompt per request", "prompt");
+      one = &p[0];
+    }
+    if (one->is_string()) {
+      r.prompt = one->get<std::string>();
+    } else if (ids(*one)) {
+      r.prompt_tokens.emplace();
+      for (auto& x : *one) {
+        auto v = x.get<int64_t>();
+        if (v < 0 || v > INT32_MAX) return fail("'prompt' token ids must be non-negative 32-bit integers", "prompt");
+        r.prompt_tokens->push_back(int32_t(v));
+      }
+    } else {
+      return fail("'prompt' must be a string or a non-empty array of token ids", "prompt");
+    }
   }
   const char* max_key = chat && has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   if (has(max_key)) {
@@ -201,6 +220,10 @@ parsed parse_request(const std::string& body, bool chat) {
     else return fail("'stop' must be a string or an array of up to 4 strings", "stop");
     for (auto& x : r.stop)
       if (x.empty()) return fail("'stop' sequences must not be empty", "stop");
+  }
+  if (has("ignore_eos")) {
+    if (!j["ignore_eos"].is_boolean()) return fail("'ignore_eos' must be a boolean", "ignore_eos");
+    r.ignore_eos = j["ignore_eos"].get<bool>();
   }
   if (has("stream")) {
     if (!j["stream"].is_boolean()) return fail("'stream' must be a boolean", "stream");

@@ -30,7 +30,8 @@ struct chat_message {
 struct request {
   bool chat = false;
   std::string model;
-  std::string prompt;                  // completions
+  std::string prompt;                  // completions: text ...
+  std::optional<std::vector<int32_t>> prompt_tokens;  // ... or token ids, taken as they are (no BOS added)
   std::vector<chat_message> messages;  // chat
   std::optional<int64_t> max_tokens;   // absent: up to the end of the context
   std::string max_tokens_key = "max_tokens";  // the field it came from (for errors)
@@ -40,6 +41,7 @@ struct request {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with usage
+  bool ignore_eos = false;     // vLLM's: generate past BOS/EOS up to max_tokens
 };
 
 // Parses a request body; `chat` selects /v1/chat/completions. Every malformed field is a 400

@@ -232,6 +232,55 @@ TEST_CASE("completions, chat, models, health and readiness over HTTP") {
         post(c, "/v1/completions", sampled, 200)["choices"][0]["text"]);
 }
 
+TEST_CASE("token-id prompts, ignore_eos, and completion_tokens counting the EOS as vLLM does") {
+  server s;
+  auto c = s.client();
+  auto tok = load_tok();
+  auto ids = tok.encode("Once upon a time", true);
+  // Token ids are taken as they are: the same ids as the text's encoding give the same text.
+  for (json prompt : {json(ids), json::array({ids})}) {
+    CAPTURE(prompt.dump());
+    auto j = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", prompt}, {"max_tokens", 20}, {"temperature", 0}},
+                  200);
+    CHECK(j["choices"][0]["text"] == reference_text("Once upon a time", 20));
+    CHECK(j["usage"]["prompt_tokens"] == int(ids.size()));
+  }
+  auto bad = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", {1, 600}}}, 400);
+  CHECK(bad["error"]["param"] == "prompt");
+  CHECK(bad["error"]["message"].get<std::string>().find("outside the vocabulary") != std::string::npos);
+  auto batch = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", {"a", "b"}}}, 400);
+  CHECK(batch["error"]["param"] == "prompt");
+  // Find a prompt whose greedy continuation ends on BOS/EOS well before the context does.
+  std::vector<int> prompt;
+  std::vector<int> ended;
+  for (const char* p : {"", "The little cat", "Sam had a red ball", "One day, a big dog"}) {
+    auto pi = tok.encode(p, true);
+    auto out = generate_reference(*stories(), pi, 300);
+    if (out.size() < 300 && pi.size() + out.size() + 40 < 512) {
+      prompt = pi;
+      ended = out;
+      break;
+    }
+  }
+  REQUIRE_MESSAGE(!prompt.empty(), "no test prompt ends on EOS within 300 tokens");
+  json body = {{"model", "stories260K"}, {"prompt", prompt}, {"max_tokens", 300}, {"temperature", 0}};
+  auto j = post(c, "/v1/completions", body, 200);
+  CHECK(j["choices"][0]["finish_reason"] == "stop");
+  CHECK(j["choices"][0]["text"] == tok.decode_all(ended, prompt.back()));
+  CHECK(j["usage"]["completion_tokens"] == int(ended.size()) + 1);  // the EOS counts
+  // ignore_eos: on past it, to max_tokens; the special token adds no text.
+  int want = int(ended.size()) + 20;
+  body["max_tokens"] = want;
+  body["ignore_eos"] = true;
+  auto k = post(c, "/v1/completions", body, 200);
+  CHECK(k["choices"][0]["finish_reason"] == "length");
+  CHECK(k["usage"]["completion_tokens"] == want);
+  auto text = k["choices"][0]["text"].get<std::string>();
+  CHECK(text.rfind(tok.decode_all(ended, prompt.back()), 0) == 0);
+  CHECK(text.find("<s>") == std::string::npos);
+  CHECK(text.find("</s>") == std::string::npos);
+}
+
 TEST_CASE("streaming sends the same text as server-sent events ending in [DONE]") {
   server s;
   auto c = s.client();

@@ -27,6 +27,11 @@ TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
   CHECK(c.req->include_usage);
   CHECK(chat_prompt(c.req->messages) == "system: be brief\nuser: ab\nassistant:");
   CHECK_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}]})", true).req->max_tokens);
+  // Prompts as token ids, and batches of one (OpenAI's and vLLM's forms).
+  CHECK(*parse_request(R"({"model":"m","prompt":[1,403,407]})", false).req->prompt_tokens == std::vector<int32_t>{1, 403, 407});
+  CHECK(*parse_request(R"({"model":"m","prompt":[[1,5]]})", false).req->prompt_tokens == std::vector<int32_t>{1, 5});
+  CHECK(parse_request(R"({"model":"m","prompt":["hi"]})", false).req->prompt == "hi");
+  CHECK(parse_request(R"({"model":"m","prompt":"x","ignore_eos":true})", false).req->ignore_eos);
   // Errors name the field.
   struct bad_case {
     const char* body;
@@ -38,7 +43,12 @@ TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
                  bad_case{R"({"model":"m","prompt":"x","stop":["a","b","c","d","e"]})", "stop"},
                  bad_case{R"({"model":"m","prompt":"x","stop":""})", "stop"},
                  bad_case{R"({"model":"m","prompt":"x","stream_options":3})", "stream_options"},
-                 bad_case{R"({"model":"m","prompt":["a","b"]})", "prompt"}}) {
+                 bad_case{R"({"model":"m","prompt":["a","b"]})", "prompt"},
+                 bad_case{R"({"model":"m","prompt":[]})", "prompt"},
+                 bad_case{R"({"model":"m","prompt":[1,-2]})", "prompt"},
+                 bad_case{R"({"model":"m","prompt":[1,"a"]})", "prompt"},
+                 bad_case{R"({"model":"m","prompt":[[1],[2]]})", "prompt"},
+                 bad_case{R"({"model":"m","prompt":"x","ignore_eos":1})", "ignore_eos"}}) {
     CAPTURE(b.body);
     auto r = parse_request(b.body, false);
     CHECK_FALSE(r.req);
