@@ -162,17 +162,33 @@ void ask(caf::actor_system& sys, const caf::actor& whom, std::chrono::millisecon
   });
 }
 
-// One generation in flight on a connection (outside session: clang needs it complete to default-construct).
+// One choice of a request: one router generation (a prompt of the batch, one of its n).
+struct choice_state {
+  int prompt_tokens = 0, prev = 0, generated = 0;
+  clk::time_point last;
+  std::optional<openai::stop_matcher> stops;
+  std::string text;     // non-streamed: the choice so far
+  std::string pending;  // streamed: chunks held until every choice is admitted (headers go first)
+  bool first_chunk = true, admitted = false, done = false;
+  std::string finish_reason, error;
+  caf::actor actor;
+};
+
+// The request in flight on a connection (outside session: clang needs it complete to default-construct).
 struct gen_state {
   openai::request req;
   std::string id;
   int64_t created = 0;
-  int prompt_tokens = 0, prev = 0, generated = 0;
-  clk::time_point t0, last;
-  std::optional<openai::stop_matcher> stops;
-  std::string text;  // non-streamed: the response so far
-  bool first_chunk = true, stopped_sent = false;
-  caf::actor actor;
+  clk::time_point t0;
+  std::vector<choice_state> choices;
+  uint64_t serial = 0;  // events of an earlier request's choices (cancelled, still ending) carry another
+  int unadmitted = 0, running = 0;
+  bool headers_sent = false, failed = false;
+  int prompt_tokens = 0;  // once per prompt of the batch
+  void cancel_all() {
+    for (auto& c : choices)
+      if (c.actor && !c.done) caf::anon_send(c.actor, cancel_atom::value);
+  }
 };
 
 struct session;
@@ -281,7 +297,7 @@ struct session : std::enable_shared_from_this<session> {
         strand(net::make_strand(srv->io)), timer(strand) {}
 
   ~session() {
-    if (gen && gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
+    if (gen) gen->cancel_all();
     if (gen) end_generation("abort");
     std::lock_guard<std::mutex> g(srv->conn_mu);
     --srv->connections;
@@ -310,7 +326,7 @@ struct session : std::enable_shared_from_this<session> {
     timer.cancel();
     sock.shutdown(tcp::socket::shutdown_both, ec);
     sock.close(ec);
-    if (gen && gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
+    if (gen) gen->cancel_all();
   }
 
   // After the last response of a connection: stop sending, but read and discard what the client
@@ -421,7 +437,7 @@ struct session : std::enable_shared_from_this<session> {
                              return;
                            }
                            if (ec) {
-                             if (self->gen && self->gen->actor) caf::anon_send(self->gen->actor, cancel_atom::value);
+                             if (self->gen) self->gen->cancel_all();
                              self->keep_alive = false;
                              if (!self->gen) self->close();
                              else self->client_gone();
@@ -480,7 +496,7 @@ struct session : std::enable_shared_from_this<session> {
   void client_gone() {
     keep_alive = false;
     if (gen) {
-      if (gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
+      gen->cancel_all();
       end_generation("abort");
     }
     close();
@@ -490,24 +506,32 @@ struct session : std::enable_shared_from_this<session> {
 
   void on_request();
   void start_generation(bool chat);
-  void on_admitted(expected<uint64_t> id);
-  void on_token(int32_t tok);
-  void on_done(generate_result r, std::string error);
-  void emit(const std::string& text);
+  uint64_t serials = 0;
+  bool ours(uint64_t serial, size_t i) const { return gen && gen->serial == serial && i < gen->choices.size(); }
+  void on_admitted(uint64_t serial, size_t i, expected<uint64_t> id);
+  void on_token(uint64_t serial, size_t i, int32_t tok);
+  void on_done(uint64_t serial, size_t i, generate_result r, std::string error);
+  void emit(size_t i, const std::string& text);
+  void send_event(const std::string& data);
+  void finish_request();
   void end_generation(const std::string& reason);
 };
 
 struct session_events : gen_events {
   std::shared_ptr<bridge> br;
-  explicit session_events(std::shared_ptr<bridge> b) : br(std::move(b)) {}
+  uint64_t serial;  // the request
+  size_t i;         // its choice
+  session_events(std::shared_ptr<bridge> b, uint64_t req, size_t choice) : br(std::move(b)), serial(req), i(choice) {}
   void admitted(expected<uint64_t> id) override {
-    br->post([id = std::move(id)](session& s) mutable { s.on_admitted(std::move(id)); });
+    br->post([n = serial, i = i, id = std::move(id)](session& s) mutable { s.on_admitted(n, i, std::move(id)); });
   }
   void token(int32_t tok) override {
-    br->post([tok](session& s) { s.on_token(tok); });
+    br->post([n = serial, i = i, tok](session& s) { s.on_token(n, i, tok); });
   }
   void done(generate_result r, std::string error) override {
-    br->post([r = std::move(r), error = std::move(error)](session& s) mutable { s.on_done(std::move(r), std::move(error)); });
+    br->post([n = serial, i = i, r = std::move(r), error = std::move(error)](session& s) mutable {
+      s.on_done(n, i, std::move(r), std::move(error));
+    });
   }
 };
 
@@ -587,70 +611,111 @@ void session::start_generation(bool chat) {
     e.code = "context_length_exceeded";
     return e;
   };
-  std::vector<int> ids;
-  if (r.prompt_tokens) {
-    const int vocab = srv->m->config.vocab_size;
-    for (auto t : *r.prompt_tokens)
-      if (t >= vocab)
-        return reply_error(status_error(400, "invalid_request_error",
-                                        "'prompt' token id " + std::to_string(t) + " is outside the vocabulary [0, " +
-                                            std::to_string(vocab) + ")",
-                                        "prompt"));
-    ids.assign(r.prompt_tokens->begin(), r.prompt_tokens->end());
-  } else {
-    std::string text = chat ? openai::chat_prompt(r.messages) : r.prompt;
-    // Every token covers at most max_token_bytes of text: a longer prompt cannot fit, and is
-    // refused before the encoder spends time on it.
-    if (uint64_t(text.size()) > uint64_t(ctx) * srv->tok.max_token_bytes())
-      return reply_error(too_long("the " + where + " has " + std::to_string(text.size()) + " bytes, more than " +
-                                  std::to_string(ctx) + " tokens can hold"));
-    ids = srv->tok.encode(text, true);
+  if (chat) r.prompts = {{openai::chat_prompt(r.messages), std::nullopt}};
+  // Every prompt is checked before any generation starts: a batch is served whole or refused.
+  std::vector<std::vector<int>> encoded;
+  for (size_t k = 0; k < r.prompts.size(); ++k) {
+    auto& in = r.prompts[k];
+    const std::string which = r.prompts.size() > 1 ? where + "[" + std::to_string(k) + "]" : where;
+    std::vector<int> ids;
+    if (in.tokens) {
+      const int vocab = srv->m->config.vocab_size;
+      for (auto t : *in.tokens)
+        if (t >= vocab)
+          return reply_error(status_error(400, "invalid_request_error",
+                                          "'" + which + "' token id " + std::to_string(t) +
+                                              " is outside the vocabulary [0, " + std::to_string(vocab) + ")",
+                                          "prompt"));
+      ids.assign(in.tokens->begin(), in.tokens->end());
+    } else {
+      // Every token covers at most max_token_bytes of text: a longer prompt cannot fit, and is
+      // refused before the encoder spends time on it.
+      if (uint64_t(in.text.size()) > uint64_t(ctx) * srv->tok.max_token_bytes())
+        return reply_error(too_long("the " + which + " has " + std::to_string(in.text.size()) + " bytes, more than " +
+                                    std::to_string(ctx) + " tokens can hold"));
+      ids = srv->tok.encode(in.text, true);
+    }
+    const int64_t n_prompt = int64_t(ids.size());
+    if (n_prompt >= ctx) return reply_error(too_long("the " + which + " has " + std::to_string(n_prompt) + " tokens"));
+    int64_t max_new = r.max_tokens.value_or(ctx - n_prompt);
+    if (max_new > ctx - n_prompt) {  // no overflow: both sides are bounded by the context
+      api_error e = too_long("you requested " + std::to_string(max_new) + " tokens to generate after " +
+                             std::to_string(n_prompt) + " in the " + which);
+      e.param = r.max_tokens_key;
+      return reply_error(e);
+    }
+    encoded.push_back(std::move(ids));
   }
-  const int64_t n_prompt = int64_t(ids.size());
-  if (n_prompt >= ctx) return reply_error(too_long("the " + where + " has " + std::to_string(n_prompt) + " tokens"));
-  int64_t max_new = r.max_tokens.value_or(ctx - n_prompt);
-  if (max_new > ctx - n_prompt) {  // no overflow: both sides are bounded by the context
-    api_error e = too_long("you requested " + std::to_string(max_new) + " tokens to generate after " +
-                           std::to_string(n_prompt) + " in the " + where);
-    e.param = r.max_tokens_key;
-    return reply_error(e);
-  }
-  generate_request g;
-  g.prompt.assign(ids.begin(), ids.end());
-  g.max_new_tokens = int32_t(max_new);
-  g.temperature = r.temperature;
-  g.top_p = r.top_p;
-  g.ignore_eos = r.ignore_eos;
-  g.seed = r.seed ? *r.seed : std::random_device{}() * 0x9E3779B97F4A7C15ull + uint64_t(clk::now().time_since_epoch().count());
   gen.emplace();
-  gen->req = std::move(r);
+  gen->serial = ++serials;
   gen->id = random_id(chat ? "chatcmpl-" : "cmpl-");
   gen->created = std::time(nullptr);
-  gen->prompt_tokens = int(n_prompt);
-  gen->prev = ids.back();
-  gen->t0 = gen->last = t0;
-  gen->stops.emplace(gen->req.stop);
+  gen->t0 = t0;
+  const uint64_t base_seed =
+      r.seed ? *r.seed : std::random_device{}() * 0x9E3779B97F4A7C15ull + uint64_t(clk::now().time_since_epoch().count());
+  std::vector<generate_request> reqs;
+  for (size_t k = 0; k < encoded.size(); ++k) {
+    auto& ids = encoded[k];
+    gen->prompt_tokens += int(ids.size());
+    for (int j = 0; j < r.n; ++j) {
+      generate_request g;
+      g.prompt.assign(ids.begin(), ids.end());
+      g.max_new_tokens = int32_t(r.max_tokens.value_or(ctx - int64_t(ids.size())));
+      g.temperature = r.temperature;
+      g.top_p = r.top_p;
+      g.ignore_eos = r.ignore_eos;
+      g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
+      reqs.push_back(std::move(g));
+      choice_state c;
+      c.prompt_tokens = int(ids.size());
+      c.prev = ids.back();
+      c.last = t0;
+      c.stops.emplace(r.stop);
+      gen->choices.push_back(std::move(c));
+    }
+  }
+  gen->req = std::move(r);
+  gen->unadmitted = gen->running = int(gen->choices.size());
   ++srv->in_flight;
-  gen->actor = srv->sys.spawn(generation_actor, srv->router, g, srv->opt.idle_timeout,
-                              std::shared_ptr<gen_events>(std::make_shared<session_events>(br)));
+  for (size_t i = 0; i < reqs.size(); ++i)
+    gen->choices[i].actor = srv->sys.spawn(generation_actor, srv->router, reqs[i], srv->opt.idle_timeout,
+                                           std::shared_ptr<gen_events>(std::make_shared<session_events>(br, gen->serial, i)));
   watch();
 }
 
-void session::on_admitted(expected<uint64_t> id) {
-  if (!gen) return;
+void session::send_event(const std::string& data) { send(chunk("data: " + data + "\n\n")); }
+
+void session::on_admitted(uint64_t serial, size_t i, expected<uint64_t> id) {
+  if (!ours(serial, i)) return;
+  auto& c = gen->choices[i];
   if (id) {
-    if (gen->req.stream) {
-      send("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-           "Transfer-Encoding: chunked\r\nConnection: " +
-           std::string(keep_alive ? "keep-alive" : "close") + "\r\n\r\n");
-      if (gen->req.chat) {  // the role comes first, as OpenAI sends it
-        send(chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, "", nullptr,
-                                                 nullptr, true, gen->req.include_usage) + "\n\n"));
-        gen->first_chunk = false;
+    c.admitted = true;
+    if (--gen->unadmitted > 0 || gen->failed || !gen->req.stream) return;
+    // Every choice is admitted: the stream starts, then what they produced meanwhile.
+    gen->headers_sent = true;
+    send("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+         "Transfer-Encoding: chunked\r\nConnection: " +
+         std::string(keep_alive ? "keep-alive" : "close") + "\r\n\r\n");
+    for (size_t k = 0; k < gen->choices.size(); ++k) {
+      auto& ck = gen->choices[k];
+      if (gen->req.chat && ck.first_chunk) {  // the role comes first, as OpenAI sends it
+        send_event(openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, "", nullptr, nullptr, true,
+                                      gen->req.include_usage, int(k)));
+        ck.first_chunk = false;
       }
+      if (!ck.pending.empty()) send(std::exchange(ck.pending, {}));
     }
+    if (gen->running == 0) finish_request();
     return;
   }
+  // One refused choice refuses the request (nothing has been sent yet: the stream starts only
+  // once all are admitted); the others are cancelled.
+  --gen->unadmitted;
+  c.done = true;
+  --gen->running;
+  if (gen->failed) return;
+  gen->failed = true;
+  gen->cancel_all();
   api_error e;
   switch (errc(id.err().code)) {
     case errc::bad_request: e = status_error(400, "invalid_request_error", id.message()); break;
@@ -660,71 +725,98 @@ void session::on_admitted(expected<uint64_t> id) {
     case errc::timeout: e = status_error(504, "server_error", id.message()); break;
     default: e = status_error(503, "server_error", id.message());
   }
-  gen.reset();
-  --srv->in_flight;
+  end_generation("error");
   if (e.status == 429) return reply_error(e, {{"Retry-After", "1"}});
   reply_error(e);
 }
 
-void session::emit(const std::string& text) {
+void session::emit(size_t i, const std::string& text) {
   if (text.empty()) return;
+  auto& c = gen->choices[i];
   if (!gen->req.stream) {
-    gen->text += text;
+    c.text += text;
     return;
   }
-  send(chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, text, nullptr,
-                                           nullptr, gen->first_chunk, gen->req.include_usage) + "\n\n"));
-  gen->first_chunk = false;
+  auto ev = chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, text, nullptr,
+                                                nullptr, c.first_chunk, gen->req.include_usage, int(i)) + "\n\n");
+  c.first_chunk = false;
+  if (gen->headers_sent) send(ev);
+  else c.pending += ev;
 }
 
-void session::on_token(int32_t tok) {
-  if (!gen || gen->stops->stopped()) return;
+void session::on_token(uint64_t serial, size_t i, int32_t tok) {
+  if (!ours(serial, i) || gen->failed) return;
+  auto& c = gen->choices[i];
+  if (c.stops->stopped()) return;
   auto now = clk::now();
   {
     std::lock_guard<std::mutex> g(srv->mu);
-    if (gen->generated == 0) srv->ttft.observe(seconds(now - gen->t0));
-    else srv->itl.observe(seconds(now - gen->last));
+    if (c.generated == 0) srv->ttft.observe(seconds(now - gen->t0));
+    else srv->itl.observe(seconds(now - c.last));
     ++srv->generation_tokens;
   }
-  gen->last = now;
-  ++gen->generated;
+  c.last = now;
+  ++c.generated;
   // BOS/EOS (generated only with ignore_eos) add no text, as vLLM's skip_special_tokens.
-  const auto& c = srv->m->config;
-  if (tok != c.bos_id && tok != c.eos_id) emit(gen->stops->feed(srv->tok.decode(gen->prev, tok)));
-  gen->prev = tok;
-  if (gen->stops->stopped() && gen->actor) caf::anon_send(gen->actor, cancel_atom::value);
+  const auto& mc = srv->m->config;
+  if (tok != mc.bos_id && tok != mc.eos_id) emit(i, c.stops->feed(srv->tok.decode(c.prev, tok)));
+  c.prev = tok;
+  if (c.stops->stopped() && c.actor) caf::anon_send(c.actor, cancel_atom::value);
 }
 
-void session::on_done(generate_result r, std::string error) {
-  if (!gen) return;
+void session::on_done(uint64_t serial, size_t i, generate_result r, std::string error) {
+  if (!ours(serial, i) || gen->failed) return;
+  auto& c = gen->choices[i];
+  if (c.done) return;
+  c.done = true;
+  --gen->running;
   std::string reason;
   if (!error.empty()) reason = "error";
-  else if (gen->stops->stopped()) reason = "stop";
+  else if (c.stops->stopped()) reason = "stop";
   else if (r.finish_reason == "error") reason = "error", error = r.error;
   else reason = r.finish_reason == "length" ? "length" : "stop";
-  emit(gen->stops->flush());
-  auto& q = gen->req;
   // Ending on EOS (or BOS), the token that ended it counts, as vLLM counts it.
-  const bool on_eos = reason == "stop" && !gen->stops->stopped() && r.finish_reason == "stop";
-  openai::usage u{gen->prompt_tokens, gen->generated + (on_eos ? 1 : 0)};
+  if (reason == "stop" && !c.stops->stopped() && r.finish_reason == "stop") ++c.generated;
+  c.finish_reason = reason;
+  c.error = error;
+  emit(i, c.stops->flush());
+  auto& q = gen->req;
+  if (q.stream) {
+    std::string ev = reason == "error"
+                         ? openai::error_body(status_error(500, "server_error", "generation failed: " + error))
+                         : openai::chunk_body(q, gen->id, gen->created, srv->opt.model_name, "", &reason, nullptr, false,
+                                              q.include_usage, int(i));
+    if (gen->headers_sent) send_event(ev);
+    else c.pending += chunk("data: " + ev + "\n\n");
+  }
+  if (gen->running == 0 && (!q.stream || gen->headers_sent)) finish_request();
+}
+
+// Every choice has ended: the whole response, or the stream's usage and [DONE].
+void session::finish_request() {
+  auto& q = gen->req;
+  openai::usage u{gen->prompt_tokens, 0};
+  std::string reason = "stop", first_error;
+  std::vector<openai::choice_out> out;
+  for (auto& c : gen->choices) {
+    u.completion_tokens += c.generated;
+    out.push_back({c.text, c.finish_reason});
+    if (c.finish_reason == "error" && first_error.empty()) first_error = c.error;
+    if (c.finish_reason == "length") reason = "length";
+  }
+  if (!first_error.empty()) reason = "error";
   if (!q.stream) {
-    if (reason == "error") {
-      auto e = status_error(500, "server_error", "generation failed: " + error);
+    if (!first_error.empty()) {
+      auto e = status_error(500, "server_error", "generation failed: " + first_error);
       end_generation(reason);
       return reply_error(e);
     }
-    auto body = openai::response_body(q, gen->id, gen->created, srv->opt.model_name, gen->text, reason, u);
+    auto body = openai::response_body(q, gen->id, gen->created, srv->opt.model_name, out, u);
     end_generation(reason);
     return respond(200, "application/json", body);
   }
-  if (reason == "error") {
-    send(chunk("data: " + openai::error_body(status_error(500, "server_error", "generation failed: " + error)) + "\n\n"));
-  } else {
-    send(chunk("data: " + openai::chunk_body(q, gen->id, gen->created, srv->opt.model_name, "", &reason, nullptr,
-                                             false, q.include_usage) + "\n\n"));
-    if (q.include_usage)
-      send(chunk("data: " + openai::chunk_body(q, gen->id, gen->created, srv->opt.model_name, "", nullptr, &u) + "\n\n"));
-  }
+  if (q.include_usage)
+    send_event(openai::chunk_body(q, gen->id, gen->created, srv->opt.model_name, "", nullptr, &u));
   send(chunk("data: [DONE]\n\n"));
   end_generation(reason);
   close_after_write = true;

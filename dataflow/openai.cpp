@@ -161,27 +161,34 @@ parsed parse_request(const std::string& body, bool chat) {
   } else {
     if (!has("prompt")) return fail("'prompt' is required", "prompt");
     const auto& p = j["prompt"];
-    // A string, token ids, or a batch of one of either (OpenAI's and vLLM's forms).
+    // A string, token ids, or a batch of either (OpenAI's and vLLM's forms).
     auto ids = [](const json& a) {
       return a.is_array() && !a.empty() &&
              std::all_of(a.begin(), a.end(), [](const json& x) { return x.is_number_integer(); });
     };
-    const json* one = &p;
+    std::vector<const json*> items;
     if (p.is_array() && !p.empty() && (p[0].is_string() || p[0].is_array())) {
-      if (p.size() > 1) return fail("batches of prompts are not supported yet: send one prompt per request", "prompt");
-      one = &p[0];
-    }
-    if (one->is_string()) {
-      r.prompt = one->get<std::string>();
-    } else if (ids(*one)) {
-      r.prompt_tokens.emplace();
-      for (auto& x : *one) {
-        auto v = x.get<int64_t>();
-        if (v < 0 || v > INT32_MAX) return fail("'prompt' token ids must be non-negative 32-bit integers", "prompt");
-        r.prompt_tokens->push_back(int32_t(v));
-      }
+      if (p.size() > size_t(max_choices))
+        return fail("at most " + std::to_string(max_choices) + " prompts per request", "prompt");
+      for (auto& x : p) items.push_back(&x);
     } else {
-      return fail("'prompt' must be a string or a non-empty array of token ids", "prompt");
+      items.push_back(&p);
+    }
+    for (const json* one : items) {
+      request::prompt_input in;
+      if (one->is_string()) {
+        in.text = one->get<std::string>();
+      } else if (ids(*one)) {
+        in.tokens.emplace();
+        for (auto& x : *one) {
+          auto v = x.get<int64_t>();
+          if (v < 0 || v > INT32_MAX) return fail("'prompt' token ids must be non-negative 32-bit integers", "prompt");
+          in.tokens->push_back(int32_t(v));
+        }
+      } else {
+        return fail("'prompt' must be a string, a non-empty array of token ids, or a list of either", "prompt");
+      }
+      r.prompts.push_back(std::move(in));
     }
   }
   const char* max_key = chat && has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
@@ -210,8 +217,13 @@ parsed parse_request(const std::string& body, bool chat) {
     if (!j["seed"].is_number_integer()) return fail("'seed' must be an integer", "seed");
     r.seed = uint64_t(j["seed"].get<int64_t>());
   }
-  if (has("n") && !(j["n"].is_number_integer() && j["n"].get<int64_t>() == 1))
-    return fail("only 'n' = 1 is supported", "n");
+  if (has("n")) {
+    if (!j["n"].is_number_integer() || j["n"].get<int64_t>() < 1) return fail("'n' must be a positive integer", "n");
+    size_t prompts = chat ? 1 : r.prompts.size();
+    if (j["n"].get<int64_t>() * int64_t(prompts) > max_choices)
+      return fail("'n' x prompts must be at most " + std::to_string(max_choices), "n");
+    r.n = int(j["n"].get<int64_t>());
+  }
   if (has("stop")) {
     const auto& s = j["stop"];
     if (s.is_string()) r.stop.push_back(s.get<std::string>());
@@ -256,22 +268,26 @@ json usage_json(const usage& u) {
 }  // namespace
 
 std::string response_body(const request& r, const std::string& id, int64_t created, const std::string& model,
-                          const std::string& text, const std::string& finish_reason, const usage& u) {
-  json choice = {{"index", 0}, {"finish_reason", finish_reason}, {"logprobs", nullptr}};
-  if (r.chat) choice["message"] = {{"role", "assistant"}, {"content", text}};
-  else choice["text"] = text;
+                          const std::vector<choice_out>& choices, const usage& u) {
+  json list = json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    json choice = {{"index", i}, {"finish_reason", choices[i].finish_reason}, {"logprobs", nullptr}};
+    if (r.chat) choice["message"] = {{"role", "assistant"}, {"content", choices[i].text}};
+    else choice["text"] = choices[i].text;
+    list.push_back(std::move(choice));
+  }
   json j = {{"id", id},
             {"object", r.chat ? "chat.completion" : "text_completion"},
             {"created", created},
             {"model", model},
-            {"choices", json::array({choice})},
+            {"choices", list},
             {"usage", usage_json(u)}};
   return dump(j);
 }
 
 std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                        const std::string& text, const std::string* finish_reason, const usage* u, bool first,
-                       bool usage_null) {
+                       bool usage_null, int index) {
   json j = {{"id", id},
             {"object", r.chat ? "chat.completion.chunk" : "text_completion"},
             {"created", created},
@@ -281,7 +297,7 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
     j["usage"] = usage_json(*u);
     return dump(j);
   }
-  json choice = {{"index", 0}, {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}};
+  json choice = {{"index", index}, {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}};
   if (r.chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";

@@ -30,8 +30,14 @@ struct chat_message {
 struct request {
   bool chat = false;
   std::string model;
-  std::string prompt;                  // completions: text ...
-  std::optional<std::vector<int32_t>> prompt_tokens;  // ... or token ids, taken as they are (no BOS added)
+  // completions: each prompt text, or token ids taken as they are (no BOS added); a batch gives
+  // one choice per prompt (times n).
+  struct prompt_input {
+    std::string text;
+    std::optional<std::vector<int32_t>> tokens;
+  };
+  std::vector<prompt_input> prompts;
+  int n = 1;                           // choices per prompt
   std::vector<chat_message> messages;  // chat
   std::optional<int64_t> max_tokens;   // absent: up to the end of the context
   std::string max_tokens_key = "max_tokens";  // the field it came from (for errors)
@@ -61,15 +67,27 @@ struct usage {
   int completion_tokens = 0;
 };
 
-// A whole (non-streamed) response.
+// Choices of one request: prompts x n, at most this many.
+constexpr int max_choices = 64;
+
+struct choice_out {
+  std::string text;
+  std::string finish_reason;
+};
+
+// A whole (non-streamed) response; choice i has index i.
 std::string response_body(const request& r, const std::string& id, int64_t created, const std::string& model,
-                          const std::string& text, const std::string& finish_reason, const usage& u);
+                          const std::vector<choice_out>& choices, const usage& u);
+inline std::string response_body(const request& r, const std::string& id, int64_t created, const std::string& model,
+                                 const std::string& text, const std::string& finish_reason, const usage& u) {
+  return response_body(r, id, created, model, std::vector<choice_out>{{text, finish_reason}}, u);
+}
 // One server-sent event payload (the JSON after "data: "): a text delta, or the last chunk
 // with a finish reason (text empty), or with usage only (include_usage). `usage_null` adds
 // "usage": null, as OpenAI sends on every chunk but the last when include_usage is set.
 std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                        const std::string& text, const std::string* finish_reason, const usage* u = nullptr,
-                       bool first = false, bool usage_null = false);
+                       bool first = false, bool usage_null = false, int index = 0);
 // GET /v1/models, GET /v1/models/{id}
 std::string models_body(const std::vector<std::string>& names, int64_t created);
 std::string model_body(const std::string& name, int64_t created);

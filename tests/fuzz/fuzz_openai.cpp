@@ -11,7 +11,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       continue;
     }
     auto& r = *p.req;
-    std::string text = chat ? strata::openai::chat_prompt(r.messages) : r.prompt;
+    std::string text = chat ? strata::openai::chat_prompt(r.messages) : r.prompts.at(0).text;
     strata::openai::stop_matcher m(r.stop);
     std::string out;
     for (size_t i = 0; i < text.size(); i += 3) out += m.feed(text.substr(i, 3));

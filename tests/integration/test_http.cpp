@@ -2,6 +2,9 @@
 // sequences, every bad-input case, a client that disconnects mid-stream, a full queue, drain,
 // and a load test.
 #include <doctest/doctest.h>
+
+#include <map>
+#include <set>
 #include <httplib.h>
 
 #include <arpa/inet.h>
@@ -248,8 +251,9 @@ TEST_CASE("token-id prompts, ignore_eos, and completion_tokens counting the EOS 
   auto bad = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", {1, 600}}}, 400);
   CHECK(bad["error"]["param"] == "prompt");
   CHECK(bad["error"]["message"].get<std::string>().find("outside the vocabulary") != std::string::npos);
-  auto batch = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", {"a", "b"}}}, 400);
-  CHECK(batch["error"]["param"] == "prompt");
+  auto batch_bad = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", {json::array({1, 5}), json::array({1, 9999})}}}, 400);
+  CHECK(batch_bad["error"]["param"] == "prompt");
+  CHECK(batch_bad["error"]["message"].get<std::string>().find("prompt[1]") != std::string::npos);
   // Find a prompt whose greedy continuation ends on BOS/EOS well before the context does.
   std::vector<int> prompt;
   std::vector<int> ended;
@@ -279,6 +283,76 @@ TEST_CASE("token-id prompts, ignore_eos, and completion_tokens counting the EOS 
   CHECK(text.rfind(tok.decode_all(ended, prompt.back()), 0) == 0);
   CHECK(text.find("<s>") == std::string::npos);
   CHECK(text.find("</s>") == std::string::npos);
+}
+
+TEST_CASE("n choices and batches of prompts: one choice per prompt x n, each the reference's") {
+  server s;
+  auto c = s.client();
+  auto tok = load_tok();
+  // A batch mixing text and token ids: choice i is prompt i's greedy continuation.
+  std::vector<std::string> texts = {"Once upon a time", "The little cat", "Sam had a red ball"};
+  json prompts = json::array({texts[0], tok.encode(texts[1], true), texts[2]});
+  auto j = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", prompts}, {"max_tokens", 15}, {"temperature", 0}}, 200);
+  REQUIRE(j["choices"].size() == 3);
+  int prompt_tokens = 0;
+  for (int i = 0; i < 3; ++i) {
+    CAPTURE(i);
+    CHECK(j["choices"][i]["index"] == i);
+    CHECK(j["choices"][i]["text"] == reference_text(texts[size_t(i)], 15));
+    prompt_tokens += int(tok.encode(texts[size_t(i)], true).size());
+  }
+  CHECK(j["usage"]["prompt_tokens"] == prompt_tokens);
+  CHECK(j["usage"]["completion_tokens"] == 45);
+  // n = 3 sampled with a seed: choice k is what the same request with seed + k gives alone.
+  json body = {{"model", "stories260K"}, {"prompt", "The dog"}, {"max_tokens", 12}, {"temperature", 0.9}, {"seed", 11}, {"n", 3}};
+  auto many = post(c, "/v1/completions", body, 200);
+  REQUIRE(many["choices"].size() == 3);
+  std::set<std::string> distinct;
+  for (int k = 0; k < 3; ++k) {
+    json one = body;
+    one.erase("n");
+    one["seed"] = 11 + k;
+    CHECK(many["choices"][k]["text"] == post(c, "/v1/completions", one, 200)["choices"][0]["text"]);
+    distinct.insert(many["choices"][k]["text"].get<std::string>());
+  }
+  CHECK(distinct.size() > 1);
+  CHECK(many["usage"]["prompt_tokens"] == int(tok.encode("The dog", true).size()));  // once per prompt
+  // Chat with n = 2, streamed: each index's deltas make that choice's text; one [DONE].
+  json chat = {{"model", "stories260K"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 10},
+               {"temperature", 0.8}, {"seed", 3}, {"n", 2}, {"stream", true}, {"stream_options", {{"include_usage", true}}}};
+  auto r = c.Post("/v1/chat/completions", chat.dump(), "application/json");
+  REQUIRE(r);
+  REQUIRE(r->status == 200);
+  auto events = sse_data(r->body);
+  REQUIRE(!events.empty());
+  CHECK(events.back() == "[DONE]");
+  std::map<int, std::string> text;
+  std::map<int, int> finishes;
+  int usage_chunks = 0;
+  for (auto& e : events) {
+    if (e == "[DONE]") continue;
+    auto ev = json::parse(e);
+    if (ev.contains("usage") && !ev["usage"].is_null()) {
+      ++usage_chunks;
+      CHECK(ev["usage"]["completion_tokens"] == 20);
+      continue;
+    }
+    for (auto& ch : ev["choices"]) {
+      int idx = ch["index"];
+      if (ch["delta"].contains("content")) text[idx] += ch["delta"]["content"].get<std::string>();
+      if (!ch["finish_reason"].is_null()) ++finishes[idx];
+    }
+  }
+  CHECK(usage_chunks == 1);
+  CHECK(finishes == std::map<int, int>{{0, 1}, {1, 1}});
+  for (int k = 0; k < 2; ++k) {
+    json one = chat;
+    one.erase("n");
+    one.erase("stream");
+    one.erase("stream_options");
+    one["seed"] = 3 + k;
+    CHECK(text[k] == post(c, "/v1/chat/completions", one, 200)["choices"][0]["message"]["content"]);
+  }
 }
 
 TEST_CASE("streaming sends the same text as server-sent events ending in [DONE]") {
@@ -385,7 +459,8 @@ TEST_CASE("bad requests get OpenAI-style errors with the right status, and the s
         "max_tokens");
   CHECK(error_of("/v1/completions", R"({"model":"stories260K","prompt":"x","max_tokens":1.5})", 400)["param"] ==
         "max_tokens");
-  CHECK(error_of("/v1/completions", R"({"model":"stories260K","prompt":"x","n":3})", 400)["param"] == "n");
+  CHECK(error_of("/v1/completions", R"({"model":"stories260K","prompt":"x","n":0})", 400)["param"] == "n");
+  CHECK(error_of("/v1/completions", R"({"model":"stories260K","prompt":"x","n":65})", 400)["param"] == "n");
   CHECK(error_of("/v1/completions", R"({"model":"stories260K","prompt":"x","stop":[1]})", 400)["param"] == "stop");
   CHECK(error_of("/v1/completions", R"({"model":"stories260K","prompt":"x","stream":"yes"})", 400)["param"] ==
         "stream");

@@ -28,9 +28,17 @@ TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
   CHECK(chat_prompt(c.req->messages) == "system: be brief\nuser: ab\nassistant:");
   CHECK_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}]})", true).req->max_tokens);
   // Prompts as token ids, and batches of one (OpenAI's and vLLM's forms).
-  CHECK(*parse_request(R"({"model":"m","prompt":[1,403,407]})", false).req->prompt_tokens == std::vector<int32_t>{1, 403, 407});
-  CHECK(*parse_request(R"({"model":"m","prompt":[[1,5]]})", false).req->prompt_tokens == std::vector<int32_t>{1, 5});
-  CHECK(parse_request(R"({"model":"m","prompt":["hi"]})", false).req->prompt == "hi");
+  CHECK(*parse_request(R"({"model":"m","prompt":[1,403,407]})", false).req->prompts.at(0).tokens ==
+        std::vector<int32_t>{1, 403, 407});
+  CHECK(*parse_request(R"({"model":"m","prompt":[[1,5]]})", false).req->prompts.at(0).tokens == std::vector<int32_t>{1, 5});
+  CHECK(parse_request(R"({"model":"m","prompt":["hi"]})", false).req->prompts.at(0).text == "hi");
+  // Batches: one choice per prompt, times n.
+  auto batch = parse_request(R"({"model":"m","prompt":["a",[7,8],"c"],"n":2})", false);
+  REQUIRE(batch.req);
+  REQUIRE(batch.req->prompts.size() == 3);
+  CHECK(batch.req->prompts[1].tokens == std::vector<int32_t>{7, 8});
+  CHECK(batch.req->prompts[2].text == "c");
+  CHECK(batch.req->n == 2);
   CHECK(parse_request(R"({"model":"m","prompt":"x","ignore_eos":true})", false).req->ignore_eos);
   // Errors name the field.
   struct bad_case {
@@ -43,11 +51,13 @@ TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
                  bad_case{R"({"model":"m","prompt":"x","stop":["a","b","c","d","e"]})", "stop"},
                  bad_case{R"({"model":"m","prompt":"x","stop":""})", "stop"},
                  bad_case{R"({"model":"m","prompt":"x","stream_options":3})", "stream_options"},
-                 bad_case{R"({"model":"m","prompt":["a","b"]})", "prompt"},
                  bad_case{R"({"model":"m","prompt":[]})", "prompt"},
                  bad_case{R"({"model":"m","prompt":[1,-2]})", "prompt"},
                  bad_case{R"({"model":"m","prompt":[1,"a"]})", "prompt"},
-                 bad_case{R"({"model":"m","prompt":[[1],[2]]})", "prompt"},
+                 bad_case{R"({"model":"m","prompt":[[1],[]]})", "prompt"},
+                 bad_case{R"({"model":"m","prompt":"x","n":0})", "n"},
+                 bad_case{R"({"model":"m","prompt":"x","n":65})", "n"},
+                 bad_case{R"({"model":"m","prompt":["a","b","c","d"],"n":17})", "n"},
                  bad_case{R"({"model":"m","prompt":"x","ignore_eos":1})", "ignore_eos"}}) {
     CAPTURE(b.body);
     auto r = parse_request(b.body, false);
