@@ -34,6 +34,7 @@ std::string describe(const caf::error& e) {
 void register_strata_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<generate_request>("strata.generate_request");
   cfg.add_message_type<generate_result>("strata.generate_result");
+  cfg.add_message_type<token_logprobs>("strata.token_logprobs");
   cfg.add_message_type<stage_stats>("strata.stage_stats");
   cfg.add_message_type<router_stats>("strata.router_stats");
   cfg.add_message_type<std::map<uint32_t, uint32_t>>("std::map<uint32_t,uint32_t>");

@@ -82,7 +82,7 @@ bool same_secret(const std::string& a, const std::string& b) {  // constant time
 struct gen_events {
   virtual ~gen_events() = default;
   virtual void admitted(expected<uint64_t> id) = 0;
-  virtual void token(int32_t tok) = 0;
+  virtual void token(int32_t tok, std::optional<token_logprobs> lp) = 0;
   virtual void done(generate_result r, std::string error) = 0;  // error: router gone or silent
 };
 
@@ -125,7 +125,10 @@ caf::behavior generation_actor(caf::event_based_actor* self, caf::actor router, 
           });
   return {
       [=](token_atom, uint64_t rid, int32_t tok) {
-        if (rid == st->id && !st->over) ev->token(tok);
+        if (rid == st->id && !st->over) ev->token(tok, std::nullopt);
+      },
+      [=](token_atom, uint64_t rid, int32_t tok, token_logprobs& lp) {
+        if (rid == st->id && !st->over) ev->token(tok, std::move(lp));
       },
       [=](done_atom, generate_result& r) {
         if (r.id != st->id || st->over) return;
@@ -169,6 +172,8 @@ struct choice_state {
   std::optional<openai::stop_matcher> stops;
   std::string text;     // non-streamed: the choice so far
   std::string pending;  // streamed: chunks held until every choice is admitted (headers go first)
+  std::vector<openai::logprob_entry> logprobs;  // non-streamed, when asked for
+  int raw_offset = 0;                           // bytes of token text so far (text_offset)
   bool first_chunk = true, admitted = false, done = false;
   std::string finish_reason, error;
   caf::actor actor;
@@ -509,9 +514,9 @@ struct session : std::enable_shared_from_this<session> {
   uint64_t serials = 0;
   bool ours(uint64_t serial, size_t i) const { return gen && gen->serial == serial && i < gen->choices.size(); }
   void on_admitted(uint64_t serial, size_t i, expected<uint64_t> id);
-  void on_token(uint64_t serial, size_t i, int32_t tok);
+  void on_token(uint64_t serial, size_t i, int32_t tok, std::optional<token_logprobs> lp);
   void on_done(uint64_t serial, size_t i, generate_result r, std::string error);
-  void emit(size_t i, const std::string& text);
+  void emit(size_t i, const std::string& text, const std::vector<openai::logprob_entry>* lps = nullptr);
   void send_event(const std::string& data);
   void finish_request();
   void end_generation(const std::string& reason);
@@ -525,8 +530,8 @@ struct session_events : gen_events {
   void admitted(expected<uint64_t> id) override {
     br->post([n = serial, i = i, id = std::move(id)](session& s) mutable { s.on_admitted(n, i, std::move(id)); });
   }
-  void token(int32_t tok) override {
-    br->post([n = serial, i = i, tok](session& s) { s.on_token(n, i, tok); });
+  void token(int32_t tok, std::optional<token_logprobs> lp) override {
+    br->post([n = serial, i = i, tok, lp = std::move(lp)](session& s) mutable { s.on_token(n, i, tok, std::move(lp)); });
   }
   void done(generate_result r, std::string error) override {
     br->post([n = serial, i = i, r = std::move(r), error = std::move(error)](session& s) mutable {
@@ -664,6 +669,7 @@ void session::start_generation(bool chat) {
       g.temperature = r.temperature;
       g.top_p = r.top_p;
       g.ignore_eos = r.ignore_eos;
+      g.logprobs = r.logprobs;
       g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
       reqs.push_back(std::move(g));
       choice_state c;
@@ -730,21 +736,23 @@ void session::on_admitted(uint64_t serial, size_t i, expected<uint64_t> id) {
   reply_error(e);
 }
 
-void session::emit(size_t i, const std::string& text) {
-  if (text.empty()) return;
+void session::emit(size_t i, const std::string& text, const std::vector<openai::logprob_entry>* lps) {
+  if (text.empty() && !lps) return;
   auto& c = gen->choices[i];
   if (!gen->req.stream) {
     c.text += text;
+    if (lps) c.logprobs.insert(c.logprobs.end(), lps->begin(), lps->end());
     return;
   }
   auto ev = chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, text, nullptr,
-                                                nullptr, c.first_chunk, gen->req.include_usage, int(i)) + "\n\n");
+                                                nullptr, c.first_chunk, gen->req.include_usage, int(i), lps) +
+                  "\n\n");
   c.first_chunk = false;
   if (gen->headers_sent) send(ev);
   else c.pending += ev;
 }
 
-void session::on_token(uint64_t serial, size_t i, int32_t tok) {
+void session::on_token(uint64_t serial, size_t i, int32_t tok, std::optional<token_logprobs> lp) {
   if (!ours(serial, i) || gen->failed) return;
   auto& c = gen->choices[i];
   if (c.stops->stopped()) return;
@@ -759,7 +767,23 @@ void session::on_token(uint64_t serial, size_t i, int32_t tok) {
   ++c.generated;
   // BOS/EOS (generated only with ignore_eos) add no text, as vLLM's skip_special_tokens.
   const auto& mc = srv->m->config;
-  if (tok != mc.bos_id && tok != mc.eos_id) emit(i, c.stops->feed(srv->tok.decode(c.prev, tok)));
+  const bool special = tok == mc.bos_id || tok == mc.eos_id;
+  std::string piece = special ? std::string() : srv->tok.decode(c.prev, tok);
+  std::string out = special ? std::string() : c.stops->feed(piece);
+  if (gen->req.logprobs >= 0 && lp) {
+    // Each token's chunk carries its log-probabilities, even while its text is held back.
+    openai::logprob_entry e;
+    e.token = piece;
+    e.logprob = lp->logprob;
+    e.text_offset = c.raw_offset;
+    for (size_t k = 0; k < lp->top_ids.size(); ++k)
+      e.top.emplace_back(srv->tok.decode(c.prev, lp->top_ids[k]), lp->top_logprobs[k]);
+    std::vector<openai::logprob_entry> one{std::move(e)};
+    emit(i, out, &one);
+  } else {
+    emit(i, out);
+  }
+  c.raw_offset += int(piece.size());
   c.prev = tok;
   if (c.stops->stopped() && c.actor) caf::anon_send(c.actor, cancel_atom::value);
 }
@@ -800,7 +824,7 @@ void session::finish_request() {
   std::vector<openai::choice_out> out;
   for (auto& c : gen->choices) {
     u.completion_tokens += c.generated;
-    out.push_back({c.text, c.finish_reason});
+    out.push_back({c.text, c.finish_reason, c.logprobs});
     if (c.finish_reason == "error" && first_error.empty()) first_error = c.error;
     if (c.finish_reason == "length") reason = "length";
   }
@@ -899,7 +923,7 @@ void http_server::impl::readiness(std::function<void(std::string)> done) {
       void admitted(expected<uint64_t> id) override {
         if (!id) finish(id.err().code == int(errc::overloaded) ? "" : "a test request was refused: " + id.message());
       }
-      void token(int32_t) override {}
+      void token(int32_t, std::optional<token_logprobs>) override {}
       void done(generate_result r, std::string error) override {
         if (!error.empty()) return finish("a test request failed: " + error);
         if (r.finish_reason == "error") return finish("a test request failed: " + r.error);

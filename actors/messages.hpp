@@ -65,12 +65,20 @@ struct generate_request {
   float top_p = 1.0f;
   uint64_t seed = 0;
   bool ignore_eos = false;  // keep generating past BOS/EOS (benchmarks)
+  // >= 0: every token comes with its log-probability and this many top alternatives
+  // (token_atom then carries a token_logprobs), computed from the logits the tail returns.
+  int32_t logprobs = -1;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_p, x.seed,
-           x.ignore_eos);
+           x.ignore_eos, x.logprobs);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, token_logprobs& x) {
+  return f(caf::meta::type_name("token_logprobs"), x.logprob, x.top_ids, x.top_logprobs);
 }
 
 // The end of a request, sent once with done_atom after its last token.

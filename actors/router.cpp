@@ -360,6 +360,7 @@ void schedule(router_actor* self) {
         if (r.processed + take == int(r.tokens.size())) {
           s->sampling.push_back({r.req.temperature, r.req.top_p, r.req.seed});
           s->rng.push_back(r.rng);
+          if (r.req.logprobs >= 0) s->return_logits = true;  // the router computes them
         }
         budget -= take;
         r.in_step = true;
@@ -432,7 +433,12 @@ void on_step(router_actor* self, step_ptr& s) {
     ++r.generated;
     ++st.tokens;
     r.tokens.push_back(tok);
-    self->send(r.client, token_atom::value, id, int32_t(tok));
+    if (r.req.logprobs >= 0 && s->logits.size() >= size_t(si->second + 1) * size_t(c.vocab_size))
+      self->send(r.client, token_atom::value, id, int32_t(tok),
+                 logprobs_of(s->logits.data() + size_t(si->second) * size_t(c.vocab_size), c.vocab_size, tok,
+                             r.req.logprobs));
+    else
+      self->send(r.client, token_atom::value, id, int32_t(tok));
     if (r.generated >= r.req.max_new_tokens || int(r.tokens.size()) >= c.seq_len) finish(self, id, "length");
   }
   for (auto id : members) {
@@ -519,6 +525,7 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         const auto& c = st.m->config;
         if (!st.down.empty()) return make_error(errc::unavailable, st.down);
         if (req.prompt.empty()) return make_error(errc::bad_request, "empty prompt (start it with BOS)");
+        if (req.logprobs > 20) return make_error(errc::bad_request, "at most 20 top logprobs per token");
         if (int(req.prompt.size()) >= c.seq_len)
           return make_error(errc::bad_request, "prompt of " + std::to_string(req.prompt.size()) +
                                                    " tokens leaves no room in the context of " +

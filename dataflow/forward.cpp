@@ -258,6 +258,39 @@ int sample(float* logits, int n, const sampling_params& p, uint64_t& rng) {
   return idx[last];
 }
 
+token_logprobs logprobs_of(const float* logits, int n, int token, int top_k) {
+  token_logprobs out;
+  if (n <= 0) return out;
+  // log-sum-exp in double: the normaliser is one number shared by every reported value.
+  double mx = -INFINITY;
+  for (int i = 0; i < n; ++i)
+    if (!std::isnan(logits[i])) mx = std::max(mx, double(logits[i]));
+  double sum = 0;
+  if (std::isfinite(mx))
+    for (int i = 0; i < n; ++i)
+      if (!std::isnan(logits[i])) sum += std::exp(double(logits[i]) - mx);
+  const double lse = std::isfinite(mx) ? mx + std::log(sum) : mx;
+  auto lp = [&](int i) -> float {
+    if (std::isnan(logits[i]) || !std::isfinite(lse)) return -INFINITY;
+    return float(double(logits[i]) - lse);
+  };
+  out.logprob = token >= 0 && token < n ? lp(token) : -INFINITY;
+  top_k = std::clamp(top_k, 0, n);
+  if (top_k > 0) {
+    std::vector<int32_t> idx(static_cast<size_t>(n));
+    std::iota(idx.begin(), idx.end(), 0);
+    auto key = [&](int32_t i) { return std::isnan(logits[i]) ? -INFINITY : logits[i]; };
+    std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(), [&](int32_t a, int32_t b) {
+      return key(a) > key(b) || (key(a) == key(b) && a < b);
+    });
+    for (int k = 0; k < top_k; ++k) {
+      out.top_ids.push_back(idx[size_t(k)]);
+      out.top_logprobs.push_back(lp(idx[size_t(k)]));
+    }
+  }
+  return out;
+}
+
 std::vector<int> generate_reference(const model& m, const std::vector<int>& prompt, int max_new,
                                     const sampling_params& p, const logits_observer& on_logits) {
   const auto& c = m.config;

@@ -98,6 +98,16 @@ uint64_t initial_rng_state(uint64_t seed);
 // samples (temperature > 0), for samplers elsewhere (the GPU head) to keep the same stream.
 float draw_coin(uint64_t& rng);
 
+// The log-probabilities of one position, as the API reports them: of the chosen token and of
+// the top_k most likely ones (descending; ties by token id), from the model's raw distribution
+// (log-softmax of the logits, before temperature or top-p: what vLLM and OpenAI report).
+struct token_logprobs {
+  float logprob = 0;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+token_logprobs logprobs_of(const float* logits, int n, int token, int top_k);
+
 // Single-sequence generation straight on the kernels, without actors: the reference the actor
 // pipeline is tested against. Returns the generated tokens (stopping at BOS/EOS or max_new).
 // `on_logits`, if set, sees every position's logits before sampling and the token drawn from

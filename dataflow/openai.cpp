@@ -52,9 +52,9 @@ namespace {
 // nothing in the output, which is what honouring it means.
 bool honoured(const std::string& key, bool chat) {
   static const std::set<std::string> common = {"model", "max_tokens", "temperature", "top_p", "seed", "n",
-                                               "stop", "stream", "stream_options", "user", "ignore_eos"};
+                                               "stop", "stream", "stream_options", "user", "ignore_eos", "logprobs"};
   if (common.count(key)) return true;
-  return chat ? key == "messages" || key == "max_completion_tokens" : key == "prompt";
+  return chat ? key == "messages" || key == "max_completion_tokens" || key == "top_logprobs" : key == "prompt";
 }
 
 struct neutral_field {
@@ -71,9 +71,6 @@ bool is_empty(const json& v) { return (v.is_object() || v.is_array() || v.is_str
 
 // Not implemented yet: accepted at their "off" value only (OpenAI's and vLLM's defaults).
 const neutral_field neutral_fields[] = {
-    {"logprobs", 1, "null", [](const json&) { return false; }},
-    {"logprobs", 2, "false", is_false},
-    {"top_logprobs", 2, "0", is_zero},
     {"echo", 1, "false", is_false},
     {"best_of", 1, "1", is_one},
     {"suffix", 1, "\"\"", [](const json& v) { return v.is_string() && v.get<std::string>().empty(); }},
@@ -233,6 +230,24 @@ parsed parse_request(const std::string& body, bool chat) {
     for (auto& x : r.stop)
       if (x.empty()) return fail("'stop' sequences must not be empty", "stop");
   }
+  if (chat) {
+    if (has("logprobs")) {
+      if (!j["logprobs"].is_boolean()) return fail("'logprobs' must be a boolean", "logprobs");
+      if (j["logprobs"].get<bool>()) r.logprobs = 0;
+    }
+    if (has("top_logprobs")) {
+      const auto& t = j["top_logprobs"];
+      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() > 20)
+        return fail("'top_logprobs' must be an integer in [0, 20]", "top_logprobs");
+      if (r.logprobs < 0 && t.get<int64_t>() > 0) return fail("'top_logprobs' needs 'logprobs': true", "top_logprobs");
+      if (r.logprobs >= 0) r.logprobs = int(t.get<int64_t>());
+    }
+  } else if (has("logprobs")) {
+    const auto& l = j["logprobs"];
+    if (!l.is_number_integer() || l.get<int64_t>() < 0 || l.get<int64_t>() > 20)
+      return fail("'logprobs' must be an integer in [0, 20]", "logprobs");
+    r.logprobs = int(l.get<int64_t>());
+  }
   if (has("ignore_eos")) {
     if (!j["ignore_eos"].is_boolean()) return fail("'ignore_eos' must be a boolean", "ignore_eos");
     r.ignore_eos = j["ignore_eos"].get<bool>();
@@ -267,11 +282,46 @@ json usage_json(const usage& u) {
 }
 }  // namespace
 
+namespace {
+
+// OpenAI's two shapes: completions' parallel lists, chat's list of token objects.
+json logprobs_json(const request& r, const std::vector<logprob_entry>& lps) {
+  if (r.chat) {
+    json content = json::array();
+    for (auto& e : lps) {
+      json top = json::array();
+      for (auto& [t, lp] : e.top) {
+        std::vector<int> b;
+        for (unsigned char ch : t) b.push_back(ch);
+        top.push_back({{"token", t}, {"logprob", lp}, {"bytes", b}});
+      }
+      std::vector<int> b;
+      for (unsigned char ch : e.token) b.push_back(ch);
+      content.push_back({{"token", e.token}, {"logprob", e.logprob}, {"bytes", b}, {"top_logprobs", top}});
+    }
+    return {{"content", content}};
+  }
+  json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
+  for (auto& e : lps) {
+    tokens.push_back(e.token);
+    token_logprobs.push_back(e.logprob);
+    json alt = json::object();
+    for (auto& [t, lp] : e.top) alt[t] = lp;  // two alternatives with one text: the likelier stays
+    top.push_back(alt);
+    offsets.push_back(e.text_offset);
+  }
+  return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+}
+
+}  // namespace
+
 std::string response_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                           const std::vector<choice_out>& choices, const usage& u) {
   json list = json::array();
   for (size_t i = 0; i < choices.size(); ++i) {
-    json choice = {{"index", i}, {"finish_reason", choices[i].finish_reason}, {"logprobs", nullptr}};
+    json choice = {{"index", i},
+                   {"finish_reason", choices[i].finish_reason},
+                   {"logprobs", r.logprobs >= 0 ? logprobs_json(r, choices[i].logprobs) : json(nullptr)}};
     if (r.chat) choice["message"] = {{"role", "assistant"}, {"content", choices[i].text}};
     else choice["text"] = choices[i].text;
     list.push_back(std::move(choice));
@@ -287,7 +337,7 @@ std::string response_body(const request& r, const std::string& id, int64_t creat
 
 std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                        const std::string& text, const std::string* finish_reason, const usage* u, bool first,
-                       bool usage_null, int index) {
+                       bool usage_null, int index, const std::vector<logprob_entry>* logprobs) {
   json j = {{"id", id},
             {"object", r.chat ? "chat.completion.chunk" : "text_completion"},
             {"created", created},
@@ -303,9 +353,10 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
     if (first) delta["role"] = "assistant";
     if (!text.empty() || (first && !finish_reason)) delta["content"] = text;
     choice["delta"] = delta;
+    choice["logprobs"] = logprobs ? logprobs_json(r, *logprobs) : json(nullptr);
   } else {
     choice["text"] = text;
-    choice["logprobs"] = nullptr;
+    choice["logprobs"] = logprobs ? logprobs_json(r, *logprobs) : json(nullptr);
   }
   j["choices"] = json::array({choice});
   if (usage_null) j["usage"] = nullptr;

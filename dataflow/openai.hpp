@@ -48,6 +48,9 @@ struct request {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage: a last chunk with usage
   bool ignore_eos = false;     // vLLM's: generate past BOS/EOS up to max_tokens
+  // >= 0: log-probabilities of every generated token and this many top alternatives
+  // (completions: logprobs = N; chat: logprobs = true with top_logprobs = N)
+  int logprobs = -1;
 };
 
 // Parses a request body; `chat` selects /v1/chat/completions. Every malformed field is a 400
@@ -70,9 +73,19 @@ struct usage {
 // Choices of one request: prompts x n, at most this many.
 constexpr int max_choices = 64;
 
+// One generated token's log-probabilities, as rendered: its text, its offset in the choice's
+// text (before stop sequences cut it), and the top alternatives' texts.
+struct logprob_entry {
+  std::string token;
+  float logprob = 0;
+  std::vector<std::pair<std::string, float>> top;
+  int text_offset = 0;
+};
+
 struct choice_out {
   std::string text;
   std::string finish_reason;
+  std::vector<logprob_entry> logprobs;  // rendered when the request asked for them
 };
 
 // A whole (non-streamed) response; choice i has index i.
@@ -87,7 +100,8 @@ inline std::string response_body(const request& r, const std::string& id, int64_
 // "usage": null, as OpenAI sends on every chunk but the last when include_usage is set.
 std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                        const std::string& text, const std::string* finish_reason, const usage* u = nullptr,
-                       bool first = false, bool usage_null = false, int index = 0);
+                       bool first = false, bool usage_null = false, int index = 0,
+                       const std::vector<logprob_entry>* logprobs = nullptr);
 // GET /v1/models, GET /v1/models/{id}
 std::string models_body(const std::vector<std::string>& names, int64_t created);
 std::string model_body(const std::string& name, int64_t created);

@@ -12,7 +12,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
+#include <cmath>
 #include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -353,6 +355,83 @@ TEST_CASE("n choices and batches of prompts: one choice per prompt x n, each the
     one["seed"] = 3 + k;
     CHECK(text[k] == post(c, "/v1/chat/completions", one, 200)["choices"][0]["message"]["content"]);
   }
+}
+
+// log-softmax over the reference's logits at each generated position of `prompt` (greedy).
+std::vector<std::vector<double>> reference_logprobs(const std::vector<int>& prompt, int n) {
+  std::vector<std::vector<double>> out;
+  generate_reference(*stories(), prompt, n, {}, [&](int, const float* l, int) {
+    int v = stories()->config.vocab_size;
+    double mx = *std::max_element(l, l + v), sum = 0;
+    for (int i = 0; i < v; ++i) sum += std::exp(double(l[i]) - mx);
+    std::vector<double> row(static_cast<size_t>(v));
+    for (int i = 0; i < v; ++i) row[size_t(i)] = double(l[i]) - mx - std::log(sum);
+    out.push_back(std::move(row));
+  });
+  return out;
+}
+
+TEST_CASE("logprobs: completions' and chat's shapes, each value the log-softmax of the reference's logits") {
+  server s;
+  auto c = s.client();
+  auto tok = load_tok();
+  const int n = 12;
+  auto ids = tok.encode("Once upon a time", true);
+  auto ref = reference_logprobs(ids, n);
+  auto ref_tokens = generate_reference(*stories(), ids, n);
+  REQUIRE(ref.size() == size_t(n));
+  auto j = post(c, "/v1/completions",
+                {{"model", "stories260K"}, {"prompt", "Once upon a time"}, {"max_tokens", n}, {"temperature", 0}, {"logprobs", 3}},
+                200);
+  auto& lp = j["choices"][0]["logprobs"];
+  REQUIRE(lp["tokens"].size() == size_t(n));
+  std::string joined;
+  int prev = ids.back();
+  for (int i = 0; i < n; ++i) {
+    CAPTURE(i);
+    int t = ref_tokens[size_t(i)];
+    CHECK(lp["tokens"][i] == tok.decode(prev, t));
+    CHECK(lp["text_offset"][i] == int(joined.size()));
+    joined += lp["tokens"][i].get<std::string>();
+    CHECK(lp["token_logprobs"][i].get<double>() == doctest::Approx(ref[size_t(i)][size_t(t)]).epsilon(1e-4));
+    auto& top = lp["top_logprobs"][i];
+    CHECK(top.size() <= 3);
+    CHECK(top.contains(tok.decode(prev, t)));  // greedy: the chosen token is the likeliest
+    for (auto& [text, v] : top.items()) CHECK(v.get<double>() <= lp["token_logprobs"][i].get<double>() + 1e-6);
+    prev = t;
+  }
+  CHECK(joined == j["choices"][0]["text"]);
+  // Chat: logprobs true + top_logprobs 2, streamed: one entry per token across the chunks.
+  json chat = {{"model", "stories260K"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 6},
+               {"temperature", 0}, {"logprobs", true}, {"top_logprobs", 2}, {"stream", true}};
+  auto cids = tok.encode(openai::chat_prompt({{"user", "Hi"}}), true);
+  auto cref = reference_logprobs(cids, 6);
+  auto ctoks = generate_reference(*stories(), cids, 6);
+  auto r = c.Post("/v1/chat/completions", chat.dump(), "application/json");
+  REQUIRE(r);
+  REQUIRE(r->status == 200);
+  std::vector<json> entries;
+  for (auto& e : sse_data(r->body)) {
+    if (e == "[DONE]") continue;
+    auto ev = json::parse(e);
+    for (auto& ch : ev["choices"])
+      if (ch.contains("logprobs") && !ch["logprobs"].is_null())
+        for (auto& x : ch["logprobs"]["content"]) entries.push_back(x);
+  }
+  REQUIRE(entries.size() == ctoks.size());
+  for (size_t i = 0; i < entries.size(); ++i) {
+    CAPTURE(i);
+    CHECK(entries[i]["logprob"].get<double>() == doctest::Approx(cref[i][size_t(ctoks[i])]).epsilon(1e-4));
+    CHECK(entries[i]["top_logprobs"].size() == 2);
+    CHECK(entries[i]["top_logprobs"][0]["token"] == entries[i]["token"]);
+    CHECK(entries[i]["bytes"].size() == entries[i]["token"].get<std::string>().size());
+  }
+  // Out of range, or top_logprobs without logprobs: 400 naming the field.
+  CHECK(post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"logprobs", 21}}, 400)["error"]["param"] ==
+        "logprobs");
+  CHECK(post(c, "/v1/chat/completions",
+             {{"model", "stories260K"}, {"messages", {{{"role", "user"}, {"content", "x"}}}}, {"top_logprobs", 2}}, 400)
+            ["error"]["param"] == "top_logprobs");
 }
 
 TEST_CASE("streaming sends the same text as server-sent events ending in [DONE]") {

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 
 #include <climits>
+#include <cmath>
+#include <random>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -393,4 +395,37 @@ TEST_CASE("a llama2.c header that implies more than the file holds fails before 
   std::memcpy(bad.data() + 20, &vocab, 4);
   write_all(dir / "neg.bin", bad);
   CHECK(contains(error_of(dir / "neg.bin"), "vocab_size = 2147483647 is outside [1, 16777216]"));
+}
+
+TEST_CASE("logprobs_of: log-softmax of the chosen token and the top k, against double precision") {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> d(0, 4);
+  for (int trial = 0; trial < 20; ++trial) {
+    int n = 3 + int(rng() % 600);
+    std::vector<float> l(static_cast<size_t>(n));
+    for (auto& v : l) v = d(rng);
+    if (trial % 5 == 0) l[size_t(rng() % n)] = NAN;  // NaNs carry no mass
+    double mx = -1e300, sum = 0;
+    for (float v : l)
+      if (!std::isnan(v)) mx = std::max(mx, double(v));
+    for (float v : l)
+      if (!std::isnan(v)) sum += std::exp(double(v) - mx);
+    int tok = int(rng() % n);
+    int k = int(rng() % 6);
+    auto lp = logprobs_of(l.data(), n, tok, k);
+    double want = std::isnan(l[size_t(tok)]) ? -INFINITY : double(l[size_t(tok)]) - mx - std::log(sum);
+    if (std::isinf(want)) CHECK(std::isinf(lp.logprob));
+    else CHECK(lp.logprob == doctest::Approx(want).epsilon(1e-6));
+    REQUIRE(lp.top_ids.size() == size_t(std::min(k, n)));
+    for (size_t i = 0; i + 1 < lp.top_ids.size(); ++i) CHECK(lp.top_logprobs[i] >= lp.top_logprobs[i + 1]);
+    if (k > 0) CHECK(lp.top_ids[0] == argmax(l.data(), n));
+    double total = 0;  // every probability together sums to 1
+    for (int i = 0; i < n; ++i) total += std::exp(double(logprobs_of(l.data(), n, i, 0).logprob));
+    CHECK(total == doctest::Approx(1.0).epsilon(1e-5));
+  }
+  std::vector<float> ties = {1, 3, 3, 0};
+  auto t = logprobs_of(ties.data(), 4, 2, 3);
+  CHECK(t.top_ids == std::vector<int32_t>{1, 2, 0});  // ties by id
+  std::vector<float> all_nan = {NAN, NAN};
+  CHECK(std::isinf(logprobs_of(all_nan.data(), 2, 0, 2).logprob));
 }

@@ -40,6 +40,16 @@ TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
   CHECK(batch.req->prompts[2].text == "c");
   CHECK(batch.req->n == 2);
   CHECK(parse_request(R"({"model":"m","prompt":"x","ignore_eos":true})", false).req->ignore_eos);
+  CHECK(parse_request(R"({"model":"m","prompt":"x"})", false).req->logprobs == -1);
+  CHECK(parse_request(R"({"model":"m","prompt":"x","logprobs":0})", false).req->logprobs == 0);
+  CHECK(parse_request(R"({"model":"m","prompt":"x","logprobs":5})", false).req->logprobs == 5);
+  const char* chat_x = R"({"model":"m","messages":[{"role":"user","content":"x"}])";
+  CHECK(parse_request(std::string(chat_x) + R"(,"logprobs":true})", true).req->logprobs == 0);
+  CHECK(parse_request(std::string(chat_x) + R"(,"logprobs":true,"top_logprobs":4})", true).req->logprobs == 4);
+  CHECK(parse_request(std::string(chat_x) + R"(,"logprobs":false,"top_logprobs":0})", true).req->logprobs == -1);
+  CHECK(parse_request(std::string(chat_x) + R"(,"logprobs":2})", true).err.param == "logprobs");
+  CHECK(parse_request(std::string(chat_x) + R"(,"top_logprobs":2})", true).err.param == "top_logprobs");
+  CHECK(parse_request(R"({"model":"m","prompt":"x","logprobs":true})", false).err.param == "logprobs");
   // Errors name the field.
   struct bad_case {
     const char* body;
@@ -89,8 +99,8 @@ TEST_CASE("no field is silently ignored: unimplemented ones pass only at their '
   CHECK(ok(R"(,"logprobs":false,"top_logprobs":0,"tools":[],"tool_choice":"none","response_format":{"type":"text"})", true));
   CHECK(ok(R"(,"stream":true,"stream_options":{"include_usage":true},"repetition_penalty":1,"ignore_eos":false)", true));
   // Anything that would change the output is refused by name.
-  CHECK(refused(R"(,"logprobs":2)", false) == "logprobs");
-  CHECK(refused(R"(,"logprobs":true)", true) == "logprobs");
+  CHECK(refused(R"(,"logprobs":21)", false) == "logprobs");
+  CHECK(refused(R"(,"logprobs":1)", true) == "logprobs");
   CHECK(refused(R"(,"echo":true)", false) == "echo");
   CHECK(refused(R"(,"presence_penalty":0.5)", false) == "presence_penalty");
   CHECK(refused(R"(,"frequency_penalty":-1)", true) == "frequency_penalty");
