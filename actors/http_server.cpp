@@ -651,6 +651,12 @@ void session::start_generation(bool chat) {
     }
     encoded.push_back(std::move(ids));
   }
+  for (auto t : r.stop_token_ids)
+    if (t >= srv->m->config.vocab_size)
+      return reply_error(status_error(400, "invalid_request_error",
+                                      "'stop_token_ids' has " + std::to_string(t) + ", outside the vocabulary [0, " +
+                                          std::to_string(srv->m->config.vocab_size) + ")",
+                                      "stop_token_ids"));
   gen.emplace();
   gen->serial = ++serials;
   gen->id = random_id(chat ? "chatcmpl-" : "cmpl-");
@@ -670,6 +676,7 @@ void session::start_generation(bool chat) {
       g.top_p = r.top_p;
       g.ignore_eos = r.ignore_eos;
       g.logprobs = r.logprobs;
+      g.stop_token_ids = r.stop_token_ids;
       g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
       reqs.push_back(std::move(g));
       choice_state c;
@@ -681,6 +688,19 @@ void session::start_generation(bool chat) {
     }
   }
   gen->req = std::move(r);
+  if (gen->req.echo)  // the prompt's text first: as sent, or what its token ids spell
+    for (size_t i = 0; i < gen->choices.size(); ++i) {
+      auto& in = gen->req.prompts[i / size_t(gen->req.n)];
+      std::string text = in.text;
+      if (in.tokens) {
+        int prev = srv->m->config.bos_id;
+        for (auto t : *in.tokens) {
+          if (t != srv->m->config.bos_id && t != srv->m->config.eos_id) text += srv->tok.decode(prev, t);
+          prev = t;
+        }
+      }
+      emit(i, text);
+    }
   gen->unadmitted = gen->running = int(gen->choices.size());
   ++srv->in_flight;
   for (size_t i = 0; i < reqs.size(); ++i)

@@ -68,12 +68,13 @@ struct generate_request {
   // >= 0: every token comes with its log-probability and this many top alternatives
   // (token_atom then carries a token_logprobs), computed from the logits the tail returns.
   int32_t logprobs = -1;
+  std::vector<int32_t> stop_token_ids;  // these end the generation like EOS (even with ignore_eos)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_p, x.seed,
-           x.ignore_eos, x.logprobs);
+           x.ignore_eos, x.logprobs, x.stop_token_ids);
 }
 
 template <class Inspector>

@@ -416,7 +416,8 @@ void on_step(router_actor* self, step_ptr& s) {
     int tok = s->sampled[size_t(si->second)];
     r.rng = s->rng[size_t(si->second)];
     const auto& c = st.m->config;
-    if (!r.req.ignore_eos && (tok == c.bos_id || tok == c.eos_id)) {
+    if ((!r.req.ignore_eos && (tok == c.bos_id || tok == c.eos_id)) ||
+        std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), tok) != r.req.stop_token_ids.end()) {
       finish(self, id, "stop");
       continue;
     }

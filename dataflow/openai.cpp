@@ -52,9 +52,11 @@ namespace {
 // nothing in the output, which is what honouring it means.
 bool honoured(const std::string& key, bool chat) {
   static const std::set<std::string> common = {"model", "max_tokens", "temperature", "top_p", "seed", "n",
-                                               "stop", "stream", "stream_options", "user", "ignore_eos", "logprobs"};
+                                               "stop", "stream", "stream_options", "user", "ignore_eos", "logprobs",
+                                               "stop_token_ids"};
   if (common.count(key)) return true;
-  return chat ? key == "messages" || key == "max_completion_tokens" || key == "top_logprobs" : key == "prompt";
+  return chat ? key == "messages" || key == "max_completion_tokens" || key == "top_logprobs"
+              : key == "prompt" || key == "echo";
 }
 
 struct neutral_field {
@@ -71,7 +73,6 @@ bool is_empty(const json& v) { return (v.is_object() || v.is_array() || v.is_str
 
 // Not implemented yet: accepted at their "off" value only (OpenAI's and vLLM's defaults).
 const neutral_field neutral_fields[] = {
-    {"echo", 1, "false", is_false},
     {"best_of", 1, "1", is_one},
     {"suffix", 1, "\"\"", [](const json& v) { return v.is_string() && v.get<std::string>().empty(); }},
     {"logit_bias", 3, "{}", is_empty},
@@ -81,7 +82,6 @@ const neutral_field neutral_fields[] = {
     {"top_k", 3, "-1 or 0 (off)", [](const json& v) { return v.is_number_integer() && v.get<int64_t>() <= 0 && v.get<int64_t>() >= -1; }},
     {"min_p", 3, "0", is_zero},
     {"min_tokens", 3, "0", is_zero},
-    {"stop_token_ids", 3, "[]", is_empty},
     {"tools", 2, "[]", is_empty},
     {"tool_choice", 2, "\"none\"", [](const json& v) { return v.is_string() && v.get<std::string>() == "none"; }},
     {"parallel_tool_calls", 2, "a boolean without tools", [](const json& v) { return v.is_boolean(); }},
@@ -247,6 +247,19 @@ parsed parse_request(const std::string& body, bool chat) {
     if (!l.is_number_integer() || l.get<int64_t>() < 0 || l.get<int64_t>() > 20)
       return fail("'logprobs' must be an integer in [0, 20]", "logprobs");
     r.logprobs = int(l.get<int64_t>());
+  }
+  if (has("stop_token_ids")) {
+    const auto& t = j["stop_token_ids"];
+    if (!t.is_array() || t.size() > 64 ||
+        !std::all_of(t.begin(), t.end(), [](const json& x) { return x.is_number_integer() && x.get<int64_t>() >= 0 && x.get<int64_t>() <= INT32_MAX; }))
+      return fail("'stop_token_ids' must be an array of up to 64 token ids", "stop_token_ids");
+    for (auto& x : t) r.stop_token_ids.push_back(int32_t(x.get<int64_t>()));
+  }
+  if (!chat && has("echo")) {
+    if (!j["echo"].is_boolean()) return fail("'echo' must be a boolean", "echo");
+    r.echo = j["echo"].get<bool>();
+    if (r.echo && r.logprobs >= 0)
+      return fail("'echo' with 'logprobs' needs the prompt's logprobs, which are not supported yet", "echo");
   }
   if (has("ignore_eos")) {
     if (!j["ignore_eos"].is_boolean()) return fail("'ignore_eos' must be a boolean", "ignore_eos");

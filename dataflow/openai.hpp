@@ -51,6 +51,8 @@ struct request {
   // >= 0: log-probabilities of every generated token and this many top alternatives
   // (completions: logprobs = N; chat: logprobs = true with top_logprobs = N)
   int logprobs = -1;
+  std::vector<int32_t> stop_token_ids;  // vLLM's: these tokens end a choice like EOS
+  bool echo = false;                    // completions: the prompt's text comes first
 };
 
 // Parses a request body; `chat` selects /v1/chat/completions. Every malformed field is a 400

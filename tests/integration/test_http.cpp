@@ -434,6 +434,42 @@ TEST_CASE("logprobs: completions' and chat's shapes, each value the log-softmax 
             ["error"]["param"] == "top_logprobs");
 }
 
+TEST_CASE("echo puts the prompt first; stop_token_ids end a choice like EOS") {
+  server s;
+  auto c = s.client();
+  auto tok = load_tok();
+  const std::string prompt = "Lily and Ben";
+  auto want = prompt + reference_text(prompt, 10);
+  json body = {{"model", "stories260K"}, {"prompt", prompt}, {"max_tokens", 10}, {"temperature", 0}, {"echo", true}};
+  CHECK(post(c, "/v1/completions", body, 200)["choices"][0]["text"] == want);
+  body["stream"] = true;
+  auto r = c.Post("/v1/completions", body.dump(), "application/json");
+  REQUIRE(r);
+  std::string streamed;
+  for (auto& e : sse_data(r->body))
+    if (e != "[DONE]") streamed += json::parse(e)["choices"][0]["text"].get<std::string>();
+  CHECK(streamed == want);
+  // Token ids echo as the text they spell.
+  json ids_body = {{"model", "stories260K"}, {"prompt", tok.encode(prompt, true)}, {"max_tokens", 10}, {"temperature", 0},
+                   {"echo", true}};
+  CHECK(post(c, "/v1/completions", ids_body, 200)["choices"][0]["text"] == want);
+  CHECK(post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"echo", true}, {"logprobs", 1}}, 400)
+            ["error"]["param"] == "echo");
+  // stop_token_ids: the greedy continuation's third token ends it where it first appears.
+  auto ids = tok.encode(prompt, true);
+  auto ref = generate_reference(*stories(), ids, 10);
+  int stop_tok = ref[2];
+  size_t first = size_t(std::find(ref.begin(), ref.end(), stop_tok) - ref.begin());
+  auto j = post(c, "/v1/completions",
+                {{"model", "stories260K"}, {"prompt", prompt}, {"max_tokens", 10}, {"temperature", 0}, {"stop_token_ids", {stop_tok}}},
+                200);
+  CHECK(j["choices"][0]["finish_reason"] == "stop");
+  CHECK(j["choices"][0]["text"] == tok.decode_all(std::vector<int>(ref.begin(), ref.begin() + long(first)), ids.back()));
+  CHECK(j["usage"]["completion_tokens"] == int(first) + 1);  // the stop token counts, as EOS does
+  CHECK(post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"stop_token_ids", {9999}}}, 400)["error"]["param"] ==
+        "stop_token_ids");
+}
+
 TEST_CASE("streaming sends the same text as server-sent events ending in [DONE]") {
   server s;
   auto c = s.client();

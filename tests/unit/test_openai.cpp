@@ -98,10 +98,12 @@ TEST_CASE("no field is silently ignored: unimplemented ones pass only at their '
   CHECK(ok(R"(,"echo":false,"best_of":1,"logprobs":null,"suffix":"","top_k":-1,"min_p":0)", false));
   CHECK(ok(R"(,"logprobs":false,"top_logprobs":0,"tools":[],"tool_choice":"none","response_format":{"type":"text"})", true));
   CHECK(ok(R"(,"stream":true,"stream_options":{"include_usage":true},"repetition_penalty":1,"ignore_eos":false)", true));
+  CHECK(ok(R"(,"echo":true,"stop_token_ids":[2,5])", false));
   // Anything that would change the output is refused by name.
   CHECK(refused(R"(,"logprobs":21)", false) == "logprobs");
   CHECK(refused(R"(,"logprobs":1)", true) == "logprobs");
-  CHECK(refused(R"(,"echo":true)", false) == "echo");
+  CHECK(refused(R"(,"echo":1)", false) == "echo");
+  CHECK(refused(R"(,"stop_token_ids":[-1])", false) == "stop_token_ids");
   CHECK(refused(R"(,"presence_penalty":0.5)", false) == "presence_penalty");
   CHECK(refused(R"(,"frequency_penalty":-1)", true) == "frequency_penalty");
   CHECK(refused(R"(,"top_k":"x")", false) == "top_k");
