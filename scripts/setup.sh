@@ -17,6 +17,20 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The official openai npm client, for the API tests (tests/client): Node.js from Debian where
+# none is installed, the client from the npm registry (pinned in package-lock.json).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "setup: installing nodejs npm"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if [ ! -f tests/client/node_modules/openai/package.json ]; then
+  echo "setup: npm install (tests/client: the openai client)"
+  (cd tests/client && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
 # The CUDA toolkit is optional; use it where it is installed even if it is not on PATH.
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDACXX=/usr/local/cuda/bin/nvcc
