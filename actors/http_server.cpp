@@ -668,14 +668,15 @@ void session::start_generation(bool chat) {
   for (size_t k = 0; k < encoded.size(); ++k) {
     auto& ids = encoded[k];
     gen->prompt_tokens += int(ids.size());
-    for (int j = 0; j < r.n; ++j) {
+    for (int j = 0; j < r.best_of; ++j) {  // best_of >= n candidates; the n likeliest are returned
       generate_request g;
       g.prompt.assign(ids.begin(), ids.end());
       g.max_new_tokens = int32_t(r.max_tokens.value_or(ctx - int64_t(ids.size())));
       g.temperature = r.temperature;
       g.top_p = r.top_p;
       g.ignore_eos = r.ignore_eos;
-      g.logprobs = r.logprobs;
+      // best_of ranks candidates by their tokens' log-probabilities: it needs them even unasked.
+      g.logprobs = r.best_of > r.n ? std::max(r.logprobs, 0) : r.logprobs;
       g.stop_token_ids = r.stop_token_ids;
       g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
       reqs.push_back(std::move(g));
@@ -690,7 +691,7 @@ void session::start_generation(bool chat) {
   gen->req = std::move(r);
   if (gen->req.echo)  // the prompt's text first: as sent, or what its token ids spell
     for (size_t i = 0; i < gen->choices.size(); ++i) {
-      auto& in = gen->req.prompts[i / size_t(gen->req.n)];
+      auto& in = gen->req.prompts[i / size_t(gen->req.best_of)];
       std::string text = in.text;
       if (in.tokens) {
         int prev = srv->m->config.bos_id;
@@ -790,7 +791,7 @@ void session::on_token(uint64_t serial, size_t i, int32_t tok, std::optional<tok
   const bool special = tok == mc.bos_id || tok == mc.eos_id;
   std::string piece = special ? std::string() : srv->tok.decode(c.prev, tok);
   std::string out = special ? std::string() : c.stops->feed(piece);
-  if (gen->req.logprobs >= 0 && lp) {
+  if (lp) {  // asked for, or needed to rank best_of candidates
     // Each token's chunk carries its log-probabilities, even while its text is held back.
     openai::logprob_entry e;
     e.token = piece;
@@ -843,10 +844,26 @@ void session::finish_request() {
   std::string reason = "stop", first_error;
   std::vector<openai::choice_out> out;
   for (auto& c : gen->choices) {
-    u.completion_tokens += c.generated;
+    u.completion_tokens += c.generated;  // every candidate's tokens, as OpenAI bills best_of
     out.push_back({c.text, c.finish_reason, c.logprobs});
     if (c.finish_reason == "error" && first_error.empty()) first_error = c.error;
     if (c.finish_reason == "length") reason = "length";
+  }
+  if (q.best_of > q.n) {
+    // Per prompt, the n candidates with the highest total log-probability (ties: the first).
+    std::vector<openai::choice_out> best;
+    const size_t per = size_t(q.best_of);
+    for (size_t k = 0; k * per < out.size(); ++k) {
+      std::vector<std::pair<double, size_t>> score;
+      for (size_t j = 0; j < per; ++j) {
+        double sum = 0;
+        for (auto& e : out[k * per + j].logprobs) sum += e.logprob;
+        score.emplace_back(sum, j);
+      }
+      std::stable_sort(score.begin(), score.end(), [](auto& a, auto& b) { return a.first > b.first; });
+      for (int j = 0; j < q.n; ++j) best.push_back(std::move(out[k * per + score[size_t(j)].second]));
+    }
+    out = std::move(best);
   }
   if (!first_error.empty()) reason = "error";
   if (!q.stream) {

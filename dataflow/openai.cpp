@@ -56,7 +56,7 @@ bool honoured(const std::string& key, bool chat) {
                                                "stop_token_ids"};
   if (common.count(key)) return true;
   return chat ? key == "messages" || key == "max_completion_tokens" || key == "top_logprobs"
-              : key == "prompt" || key == "echo";
+              : key == "prompt" || key == "echo" || key == "best_of";
 }
 
 struct neutral_field {
@@ -73,7 +73,6 @@ bool is_empty(const json& v) { return (v.is_object() || v.is_array() || v.is_str
 
 // Not implemented yet: accepted at their "off" value only (OpenAI's and vLLM's defaults).
 const neutral_field neutral_fields[] = {
-    {"best_of", 1, "1", is_one},
     {"suffix", 1, "\"\"", [](const json& v) { return v.is_string() && v.get<std::string>().empty(); }},
     {"logit_bias", 3, "{}", is_empty},
     {"presence_penalty", 3, "0", is_zero},
@@ -248,6 +247,17 @@ parsed parse_request(const std::string& body, bool chat) {
       return fail("'logprobs' must be an integer in [0, 20]", "logprobs");
     r.logprobs = int(l.get<int64_t>());
   }
+  if (!chat && has("best_of")) {
+    const auto& b = j["best_of"];
+    if (!b.is_number_integer() || b.get<int64_t>() < r.n || b.get<int64_t>() > max_choices)
+      return fail("'best_of' must be an integer in [n, " + std::to_string(max_choices) + "]", "best_of");
+    r.best_of = int(b.get<int64_t>());
+    if (int64_t(r.best_of) * int64_t(r.prompts.size()) > max_choices)
+      return fail("'best_of' x prompts must be at most " + std::to_string(max_choices), "best_of");
+    if (r.best_of > r.n && j.contains("stream") && j["stream"].is_boolean() && j["stream"].get<bool>())
+      return fail("'best_of' greater than 'n' cannot be streamed (the best are known only at the end)", "best_of");
+  }
+  r.best_of = std::max(r.best_of, r.n);
   if (has("stop_token_ids")) {
     const auto& t = j["stop_token_ids"];
     if (!t.is_array() || t.size() > 64 ||

@@ -38,6 +38,7 @@ struct request {
   };
   std::vector<prompt_input> prompts;
   int n = 1;                           // choices per prompt
+  int best_of = 1;                     // completions: candidates per prompt, the n likeliest returned
   std::vector<chat_message> messages;  // chat
   std::optional<int64_t> max_tokens;   // absent: up to the end of the context
   std::string max_tokens_key = "max_tokens";  // the field it came from (for errors)

@@ -470,6 +470,46 @@ TEST_CASE("echo puts the prompt first; stop_token_ids end a choice like EOS") {
         "stop_token_ids");
 }
 
+TEST_CASE("best_of: the n candidates with the highest total log-probability, every candidate billed") {
+  server s;
+  auto c = s.client();
+  json body = {{"model", "stories260K"}, {"prompt", "The dog"}, {"max_tokens", 10}, {"temperature", 1.0}, {"seed", 7}};
+  // The candidates alone: seeds 7, 8, 9, with their tokens' log-probabilities.
+  std::vector<std::pair<double, std::string>> cands;
+  int tokens = 0;
+  for (int k = 0; k < 3; ++k) {
+    json one = body;
+    one["seed"] = 7 + k;
+    one["logprobs"] = 0;
+    auto j = post(c, "/v1/completions", one, 200);
+    double sum = 0;
+    for (auto& v : j["choices"][0]["logprobs"]["token_logprobs"]) sum += v.get<double>();
+    cands.emplace_back(sum, j["choices"][0]["text"].get<std::string>());
+    tokens += j["usage"]["completion_tokens"].get<int>();
+  }
+  auto sorted = cands;
+  std::stable_sort(sorted.begin(), sorted.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  body["best_of"] = 3;
+  auto best = post(c, "/v1/completions", body, 200);
+  REQUIRE(best["choices"].size() == 1);
+  CHECK(best["choices"][0]["logprobs"].is_null());  // ranked by them, not asked for them
+  CHECK(best["usage"]["completion_tokens"] == tokens);
+  if (sorted[0].first - sorted[1].first > 1e-3) CHECK(best["choices"][0]["text"] == sorted[0].second);
+  body["n"] = 2;
+  auto two = post(c, "/v1/completions", body, 200);
+  REQUIRE(two["choices"].size() == 2);
+  CHECK(two["choices"][1]["index"] == 1);
+  if (sorted[1].first - sorted[2].first > 1e-3 && sorted[0].first - sorted[1].first > 1e-3) {
+    CHECK(two["choices"][0]["text"] == sorted[0].second);
+    CHECK(two["choices"][1]["text"] == sorted[1].second);
+  }
+  body["n"] = 4;
+  CHECK(post(c, "/v1/completions", body, 400)["error"]["param"] == "best_of");  // best_of < n
+  body["n"] = 1;
+  body["stream"] = true;
+  CHECK(post(c, "/v1/completions", body, 400)["error"]["param"] == "best_of");
+}
+
 TEST_CASE("streaming sends the same text as server-sent events ending in [DONE]") {
   server s;
   auto c = s.client();

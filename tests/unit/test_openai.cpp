@@ -99,6 +99,7 @@ TEST_CASE("no field is silently ignored: unimplemented ones pass only at their '
   CHECK(ok(R"(,"logprobs":false,"top_logprobs":0,"tools":[],"tool_choice":"none","response_format":{"type":"text"})", true));
   CHECK(ok(R"(,"stream":true,"stream_options":{"include_usage":true},"repetition_penalty":1,"ignore_eos":false)", true));
   CHECK(ok(R"(,"echo":true,"stop_token_ids":[2,5])", false));
+  CHECK(ok(R"(,"best_of":3,"n":2)", false));
   // Anything that would change the output is refused by name.
   CHECK(refused(R"(,"logprobs":21)", false) == "logprobs");
   CHECK(refused(R"(,"logprobs":1)", true) == "logprobs");
@@ -110,7 +111,10 @@ TEST_CASE("no field is silently ignored: unimplemented ones pass only at their '
   CHECK(refused(R"(,"top_k":40)", false) == "top_k");
   CHECK(refused(R"(,"min_p":5)", true) == "min_p");
   CHECK(refused(R"(,"logit_bias":{"50256":-100})", false) == "logit_bias");
-  CHECK(refused(R"(,"best_of":2)", false) == "best_of");
+  CHECK(refused(R"(,"best_of":0)", false) == "best_of");
+  CHECK(refused(R"(,"n":3,"best_of":2)", false) == "best_of");
+  CHECK(refused(R"(,"best_of":2,"stream":true)", false) == "best_of");
+  CHECK(refused(R"(,"best_of":2)", true) == "best_of");  // completions only
   CHECK(refused(R"(,"suffix":"end")", false) == "suffix");
   CHECK(refused(R"(,"response_format":{"type":"json_object"})", true) == "response_format");
   CHECK(refused(R"(,"tools":[{"type":"function"}])", true) == "tools");
