@@ -140,15 +140,24 @@ parsed parse_request(const std::string& body, bool chat) {
       cm.role = m["role"].get<std::string>();
       if (cm.role != "system" && cm.role != "user" && cm.role != "assistant" && cm.role != "developer")
         return fail("unknown message role '" + cm.role + "'", "messages");
+      // A message's other fields are refused rather than dropped (an empty tool_calls is none).
+      for (auto& [k, v] : m.items())
+        if (k != "role" && k != "content" && !v.is_null() && !(k == "tool_calls" && v.is_array() && v.empty()))
+          return fail("'" + k + "' in messages is not supported", "messages");
       const json* content = m.contains("content") ? &m["content"] : nullptr;
       if (content && content->is_string()) {
         cm.content = content->get<std::string>();
       } else if (content && content->is_array()) {
+        // Text parts are joined with newlines, as vLLM joins them.
+        bool first = true;
         for (auto& part : *content) {
           if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
             return fail("only text content parts are supported", "messages");
-          cm.content += part["text"].get<std::string>();
+          cm.content += (first ? "" : "\n") + part["text"].get<std::string>();
+          first = false;
         }
+      } else if (content && content->is_null() && cm.role == "assistant") {
+        // An assistant turn may carry no content (OpenAI allows it): it adds an empty turn.
       } else {
         return fail("each message needs 'content' as a string or text parts", "messages");
       }
@@ -353,6 +362,7 @@ std::string response_body(const request& r, const std::string& id, int64_t creat
             {"object", r.chat ? "chat.completion" : "text_completion"},
             {"created", created},
             {"model", model},
+            {"system_fingerprint", system_fingerprint},
             {"choices", list},
             {"usage", usage_json(u)}};
   return dump(j);
@@ -364,7 +374,8 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
   json j = {{"id", id},
             {"object", r.chat ? "chat.completion.chunk" : "text_completion"},
             {"created", created},
-            {"model", model}};
+            {"model", model},
+            {"system_fingerprint", system_fingerprint}};
   if (u && !finish_reason && text.empty()) {
     j["choices"] = json::array();
     j["usage"] = usage_json(*u);

@@ -73,6 +73,9 @@ struct usage {
   int completion_tokens = 0;
 };
 
+// Names the serving configuration in every response, as OpenAI's system_fingerprint does.
+inline constexpr const char* system_fingerprint = "fp_strata_cpu";
+
 // Choices of one request: prompts x n, at most this many.
 constexpr int max_choices = 64;
 

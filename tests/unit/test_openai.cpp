@@ -21,11 +21,18 @@ TEST_CASE("requests parse with OpenAI's defaults and every field checked") {
   REQUIRE(c.req);
   CHECK(c.req->max_tokens == 5);
   CHECK(c.req->messages.size() == 2);
-  CHECK(c.req->messages[1].content == "ab");
+  CHECK(c.req->messages[1].content == "a\nb");  // parts joined as vLLM joins them
   CHECK(c.req->stop == std::vector<std::string>{"\n"});
   CHECK(*c.req->seed == 3);
   CHECK(c.req->include_usage);
-  CHECK(chat_prompt(c.req->messages) == "system: be brief\nuser: ab\nassistant:");
+  CHECK(chat_prompt(c.req->messages) == "system: be brief\nuser: a\nb\nassistant:");
+  auto null_turn = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"},{"role":"assistant","content":null,"tool_calls":[]},{"role":"user","content":"y"}]})", true);
+  REQUIRE_MESSAGE(null_turn.req, null_turn.err.message);
+  CHECK(null_turn.req->messages[1].content == "");
+  CHECK(parse_request(R"({"model":"m","messages":[{"role":"user","content":null}]})", true).err.param == "messages");
+  auto named = parse_request(R"({"model":"m","messages":[{"role":"user","content":"x","name":"bob"}]})", true);
+  CHECK(named.err.param == "messages");
+  CHECK(named.err.message == "'name' in messages is not supported");
   CHECK_FALSE(parse_request(R"({"model":"m","messages":[{"role":"user","content":"x"}]})", true).req->max_tokens);
   // Prompts as token ids, and batches of one (OpenAI's and vLLM's forms).
   CHECK(*parse_request(R"({"model":"m","prompt":[1,403,407]})", false).req->prompts.at(0).tokens ==
@@ -133,6 +140,8 @@ TEST_CASE("responses and stream chunks have OpenAI's shapes") {
   request chat;
   chat.chat = true;
   auto full = json::parse(response_body(chat, "chatcmpl-1", 5, "m", "hello", "stop", {3, 2}));
+  CHECK(full["system_fingerprint"] == system_fingerprint);
+  CHECK(json::parse(chunk_body(chat, "chatcmpl-1", 5, "m", "x", nullptr))["system_fingerprint"] == system_fingerprint);
   CHECK(full["object"] == "chat.completion");
   CHECK(full["choices"][0]["message"]["content"] == "hello");
   CHECK(full["usage"]["total_tokens"] == 5);
