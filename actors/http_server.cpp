@@ -651,6 +651,12 @@ void session::start_generation(bool chat) {
     }
     encoded.push_back(std::move(ids));
   }
+  for (auto& [t, b] : r.logit_bias)
+    if (t >= srv->m->config.vocab_size)
+      return reply_error(status_error(400, "invalid_request_error",
+                                      "'logit_bias' has token " + std::to_string(t) + ", outside the vocabulary [0, " +
+                                          std::to_string(srv->m->config.vocab_size) + ")",
+                                      "logit_bias"));
   for (auto t : r.stop_token_ids)
     if (t >= srv->m->config.vocab_size)
       return reply_error(status_error(400, "invalid_request_error",
@@ -678,6 +684,13 @@ void session::start_generation(bool chat) {
       // best_of ranks candidates by their tokens' log-probabilities: it needs them even unasked.
       g.logprobs = r.best_of > r.n ? std::max(r.logprobs, 0) : r.logprobs;
       g.stop_token_ids = r.stop_token_ids;
+      g.presence_penalty = r.presence_penalty;
+      g.frequency_penalty = r.frequency_penalty;
+      g.repetition_penalty = r.repetition_penalty;
+      g.top_k = r.top_k;
+      g.min_p = r.min_p;
+      g.logit_bias = r.logit_bias;
+      g.min_tokens = r.min_tokens;
       g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
       reqs.push_back(std::move(g));
       choice_state c;

@@ -69,12 +69,19 @@ struct generate_request {
   // (token_atom then carries a token_logprobs), computed from the logits the tail returns.
   int32_t logprobs = -1;
   std::vector<int32_t> stop_token_ids;  // these end the generation like EOS (even with ignore_eos)
+  // Logit processing (see logit_processing) and sampling filters, all off by default.
+  float presence_penalty = 0, frequency_penalty = 0, repetition_penalty = 1;
+  int32_t top_k = 0;
+  float min_p = 0;
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  int32_t min_tokens = 0;  // EOS, BOS and stop_token_ids cannot be drawn before this many tokens
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_p, x.seed,
-           x.ignore_eos, x.logprobs, x.stop_token_ids);
+           x.ignore_eos, x.logprobs, x.stop_token_ids, x.presence_penalty, x.frequency_penalty, x.repetition_penalty,
+           x.top_k, x.min_p, x.logit_bias, x.min_tokens);
 }
 
 template <class Inspector>
@@ -131,6 +138,7 @@ struct step_batch {
   std::vector<sampling_params> sampling;
   std::vector<uint64_t> rng;
   std::vector<int32_t> sampled;
+  std::vector<logit_processing> processing;  // per wanted row, or empty when no row has any
   bool return_logits = false;
   std::vector<float> logits;  // [wanted rows, vocab] when return_logits
   std::string error;          // set by the stage that failed; the batch then goes to reply_to
@@ -145,7 +153,13 @@ typename Inspector::result_type inspect(Inspector& f, layer_range& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, sampling_params& x) {
-  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.seed);
+  return f(caf::meta::type_name("sampling_params"), x.temperature, x.top_p, x.seed, x.top_k, x.min_p);
+}
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, logit_processing& x) {
+  return f(caf::meta::type_name("logit_processing"), x.banned, x.bias, x.repetition, x.seen, x.presence, x.frequency,
+           x.counts);
 }
 
 template <class Inspector>
@@ -165,7 +179,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, wire_step& x) {
   auto& s = x.s;
   return f(caf::meta::type_name("wire_step"), s.id, x.hops, x.instance, x.share, s.hop, s.reply_to, s.seqs, s.pos,
-           s.tokens, s.want, s.x, s.sampling, s.rng, s.sampled, s.return_logits, s.logits, s.error);
+           s.tokens, s.want, s.x, s.sampling, s.rng, s.sampled, s.processing, s.return_logits, s.logits, s.error);
 }
 
 // Sends a batch to `to`: the pointer itself within a process, a wire_step to another.

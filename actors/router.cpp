@@ -19,6 +19,7 @@ struct request_state {
   caf::actor client;
   generate_request req;
   std::vector<int32_t> tokens;  // prompt, then generated tokens
+  std::map<int32_t, int32_t> out_counts;  // generated token -> occurrences (penalties)
   int processed = 0;            // positions already in the KV cache
   int generated = 0;
   uint64_t rng = 0;
@@ -67,6 +68,26 @@ struct router_state {
 };
 
 using router_actor = caf::stateful_actor<router_state>;
+
+// The logit processing of a request's next token, from what it generated so far.
+logit_processing processing_of(const model_config& c, const request_state& r) {
+  logit_processing p;
+  const auto& q = r.req;
+  if (r.generated < q.min_tokens) {
+    p.banned = {c.eos_id, c.bos_id};
+    p.banned.insert(p.banned.end(), q.stop_token_ids.begin(), q.stop_token_ids.end());
+  }
+  p.bias = q.logit_bias;
+  p.repetition = q.repetition_penalty;
+  if (q.repetition_penalty != 1.0f) {
+    std::set<int32_t> seen(r.tokens.begin(), r.tokens.end());
+    p.seen.assign(seen.begin(), seen.end());
+  }
+  p.presence = q.presence_penalty;
+  p.frequency = q.frequency_penalty;
+  if (q.presence_penalty != 0 || q.frequency_penalty != 0) p.counts.assign(r.out_counts.begin(), r.out_counts.end());
+  return p;
+}
 
 int64_t micros(clock::duration d) { return std::chrono::duration_cast<std::chrono::microseconds>(d).count(); }
 
@@ -346,6 +367,8 @@ void schedule(router_actor* self) {
       s->path = path;
       s->reply_to = caf::actor_cast<caf::actor>(self);
       std::vector<uint64_t> members;
+      std::vector<logit_processing> procs;  // one per sampled row, kept if any does something
+      bool any_proc = false;
       int budget = st.opt.max_batch_tokens;
       for (; next < ids.size() && budget > 0; ++next) {
         auto& r = st.reqs[ids[next]];
@@ -358,8 +381,10 @@ void schedule(router_actor* self) {
           s->want.push_back(r.processed + i + 1 == int(r.tokens.size()) ? 1 : 0);
         }
         if (r.processed + take == int(r.tokens.size())) {
-          s->sampling.push_back({r.req.temperature, r.req.top_p, r.req.seed});
+          s->sampling.push_back({r.req.temperature, r.req.top_p, r.req.seed, r.req.top_k, r.req.min_p});
           s->rng.push_back(r.rng);
+          procs.push_back(processing_of(st.m->config, r));
+          any_proc |= procs.back().active();
           if (r.req.logprobs >= 0) s->return_logits = true;  // the router computes them
         }
         budget -= take;
@@ -368,6 +393,7 @@ void schedule(router_actor* self) {
         members.push_back(r.id);
       }
       if (members.empty()) break;
+      if (any_proc) s->processing = std::move(procs);
       st.inflight.emplace(s->id, inflight_step{path, std::move(members)});
       ++busy[path];
       self->delayed_send(self, st.opt.step_timeout, timeout_atom::value, s->id);
@@ -434,6 +460,7 @@ void on_step(router_actor* self, step_ptr& s) {
     ++r.generated;
     ++st.tokens;
     r.tokens.push_back(tok);
+    ++r.out_counts[tok];
     if (r.req.logprobs >= 0 && s->logits.size() >= size_t(si->second + 1) * size_t(c.vocab_size))
       self->send(r.client, token_atom::value, id, int32_t(tok),
                  logprobs_of(s->logits.data() + size_t(si->second) * size_t(c.vocab_size), c.vocab_size, tok,

@@ -35,6 +35,8 @@ std::string malformed_step(const step_batch& s, size_t n_hops, int dim, bool at_
   if (s.sampling.size() != wanted || s.rng.size() != wanted || s.sampled.size() > wanted)
     return std::to_string(wanted) + " rows to sample but " + std::to_string(s.sampling.size()) + " sampling settings, " +
            std::to_string(s.rng.size()) + " RNG states";
+  if (!s.processing.empty() && s.processing.size() != wanted)
+    return std::to_string(s.processing.size()) + " logit processings for " + std::to_string(wanted) + " rows";
   if (at_router && s.error.empty() && s.sampled.size() != wanted)
     return std::to_string(s.sampled.size()) + " tokens sampled for " + std::to_string(wanted) + " rows";
   for (auto p : s.pos)
@@ -321,18 +323,38 @@ caf::behavior device_tail_actor(caf::event_based_actor* self, model_ptr m, int32
         xs.insert(xs.end(), s->x.begin() + long(r) * c.dim, s->x.begin() + long(r + 1) * c.dim);
     int n = int(xs.size() / size_t(c.dim));
     s->sampled.resize(size_t(n));
+    const size_t V = size_t(c.vocab_size);
+    // Rows whose request processes its logits or filters with top_k / min_p are sampled here
+    // from the logits (the GPU sampler knows temperature and top-p only).
+    auto host_row = [&](int i) {
+      const auto& sp = s->sampling[size_t(i)];
+      return (!s->processing.empty() && s->processing[size_t(i)].active()) || sp.top_k > 0 || sp.min_p > 0;
+    };
+    auto sample_row = [&](float* row, int i) {
+      if (!s->processing.empty()) apply_logit_processing(row, c.vocab_size, s->processing[size_t(i)]);
+      s->sampled[size_t(i)] = sample(row, c.vocab_size, s->sampling[size_t(i)], s->rng[size_t(i)]);
+    };
     if (gpu) {
-      if (s->return_logits) s->logits.resize(size_t(n) * size_t(c.vocab_size));
+      bool any_host = false;
+      for (int i = 0; i < n; ++i) any_host |= host_row(i);
+      std::vector<float> logits;
+      if (s->return_logits || any_host) logits.resize(size_t(n) * V);
+      const auto rng_before = s->rng;
       auto st = gpu->sample(xs.data(), n, s->sampling.data(), s->rng.data(), s->sampled.data(),
-                            s->return_logits ? s->logits.data() : nullptr);
+                            logits.empty() ? nullptr : logits.data());
       if (!st) s->error = "sampling on the GPU: " + st.message();
+      if (s->return_logits) s->logits = logits;
+      if (st && any_host)
+        for (int i = 0; i < n; ++i)
+          if (host_row(i)) {
+            s->rng[size_t(i)] = rng_before[size_t(i)];  // the row's draw is the host's, as on the CPU path
+            sample_row(logits.data() + size_t(i) * V, i);
+          }
     } else {
-      std::vector<float> logits(size_t(n) * size_t(c.vocab_size));
+      std::vector<float> logits(size_t(n) * V);
       final_logits(*m, xs.data(), n, logits.data());
       if (s->return_logits) s->logits = logits;
-      for (int i = 0; i < n; ++i)
-        s->sampled[size_t(i)] = sample(logits.data() + size_t(i) * size_t(c.vocab_size), c.vocab_size,
-                                       s->sampling[size_t(i)], s->rng[size_t(i)]);
+      for (int i = 0; i < n; ++i) sample_row(logits.data() + size_t(i) * V, i);
     }
     s->x.clear();
     s->x.shrink_to_fit();

@@ -211,9 +211,48 @@ int argmax(const float* x, int n) {
   return best;
 }
 
+void apply_logit_processing(float* logits, int n, const logit_processing& p) {
+  auto in = [n](int32_t t) { return t >= 0 && t < n; };
+  for (auto t : p.banned)
+    if (in(t)) logits[t] = -INFINITY;
+  for (auto [t, b] : p.bias)
+    if (in(t)) logits[t] += b;
+  if (p.repetition != 1.0f)
+    for (auto t : p.seen)
+      if (in(t)) logits[t] = logits[t] > 0 ? logits[t] / p.repetition : logits[t] * p.repetition;
+  for (auto [t, c] : p.counts)
+    if (in(t) && c > 0) logits[t] -= p.frequency * float(c) + p.presence;
+}
+
+namespace {
+
+// top_k and min_p as masks over scaled logits (-inf outside), before the softmax: tokens they
+// drop get no mass at all.
+void apply_top_k_min_p(float* logits, int n, const sampling_params& p) {
+  if (p.top_k > 0 && p.top_k < n) {
+    std::vector<int32_t> idx(static_cast<size_t>(n));
+    std::iota(idx.begin(), idx.end(), 0);
+    auto key = [&](int32_t i) { return std::isnan(logits[i]) ? -INFINITY : logits[i]; };
+    std::nth_element(idx.begin(), idx.begin() + p.top_k, idx.end(), [&](int32_t a, int32_t b) {
+      return key(a) > key(b) || (key(a) == key(b) && a < b);
+    });
+    for (size_t k = size_t(p.top_k); k < idx.size(); ++k) logits[idx[k]] = -INFINITY;
+  }
+  if (p.min_p > 0.0f) {
+    // p_i >= min_p * p_max  <=>  l_i >= l_max + log(min_p)
+    const float mx = logits[argmax(logits, n)];
+    const float cut = mx + std::log(p.min_p);
+    for (int i = 0; i < n; ++i)
+      if (!(logits[i] >= cut)) logits[i] = -INFINITY;
+  }
+}
+
+}  // namespace
+
 int sample(float* logits, int n, const sampling_params& p, uint64_t& rng) {
   if (!samples(p)) return argmax(logits, n);
   for (int i = 0; i < n; ++i) logits[i] /= p.temperature;
+  apply_top_k_min_p(logits, n, p);
   const int top = argmax(logits, n);
   const float mx = logits[top];
   float coin = draw_coin(rng);  // drawn on every path: the request's stream does not depend on the values

@@ -76,7 +76,26 @@ struct sampling_params {
   float temperature = 0.0f;  // below min_sampling_temperature (0 included): greedy
   float top_p = 1.0f;        // nucleus sampling when in (0, 1)
   uint64_t seed = 0;
+  int32_t top_k = 0;         // > 0: only the k likeliest tokens (ties by id)
+  float min_p = 0.0f;        // > 0: only tokens with probability >= min_p x the top one's
 };
+
+// What a request does to a row's logits before sampling (vLLM's order: banned tokens, logit
+// bias, repetition penalty, then frequency and presence penalties). Default: nothing.
+struct logit_processing {
+  std::vector<int32_t> banned;                      // set to -inf (EOS, BOS, stop ids under min_tokens)
+  std::vector<std::pair<int32_t, float>> bias;      // added (OpenAI's logit_bias)
+  float repetition = 1.0f;                          // over prompt and output tokens (HF/vLLM)
+  std::vector<int32_t> seen;                        // distinct prompt and output tokens
+  float presence = 0.0f, frequency = 0.0f;          // over output tokens (OpenAI)
+  std::vector<std::pair<int32_t, int32_t>> counts;  // output token -> occurrences
+  bool active() const {
+    return !banned.empty() || !bias.empty() || (repetition != 1.0f && !seen.empty()) ||
+           ((presence != 0.0f || frequency != 0.0f) && !counts.empty());
+  }
+};
+// Applies `p` to logits[0, n) in place; ids out of range are skipped.
+void apply_logit_processing(float* logits, int n, const logit_processing& p);
 
 // Temperatures below this sample greedily, as vLLM's _SAMPLING_EPS: logits divided by a tinier
 // one overflow to inf, and the distribution they stand for is the argmax anyway.

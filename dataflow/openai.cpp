@@ -53,7 +53,8 @@ namespace {
 bool honoured(const std::string& key, bool chat) {
   static const std::set<std::string> common = {"model", "max_tokens", "temperature", "top_p", "seed", "n",
                                                "stop", "stream", "stream_options", "user", "ignore_eos", "logprobs",
-                                               "stop_token_ids"};
+                                               "stop_token_ids", "presence_penalty", "frequency_penalty",
+                                               "repetition_penalty", "top_k", "min_p", "logit_bias", "min_tokens"};
   if (common.count(key)) return true;
   return chat ? key == "messages" || key == "max_completion_tokens" || key == "top_logprobs"
               : key == "prompt" || key == "echo" || key == "best_of";
@@ -74,13 +75,6 @@ bool is_empty(const json& v) { return (v.is_object() || v.is_array() || v.is_str
 // Not implemented yet: accepted at their "off" value only (OpenAI's and vLLM's defaults).
 const neutral_field neutral_fields[] = {
     {"suffix", 1, "\"\"", [](const json& v) { return v.is_string() && v.get<std::string>().empty(); }},
-    {"logit_bias", 3, "{}", is_empty},
-    {"presence_penalty", 3, "0", is_zero},
-    {"frequency_penalty", 3, "0", is_zero},
-    {"repetition_penalty", 3, "1", is_one},
-    {"top_k", 3, "-1 or 0 (off)", [](const json& v) { return v.is_number_integer() && v.get<int64_t>() <= 0 && v.get<int64_t>() >= -1; }},
-    {"min_p", 3, "0", is_zero},
-    {"min_tokens", 3, "0", is_zero},
     {"tools", 2, "[]", is_empty},
     {"tool_choice", 2, "\"none\"", [](const json& v) { return v.is_string() && v.get<std::string>() == "none"; }},
     {"parallel_tool_calls", 2, "a boolean without tools", [](const json& v) { return v.is_boolean(); }},
@@ -267,6 +261,46 @@ parsed parse_request(const std::string& body, bool chat) {
       return fail("'best_of' greater than 'n' cannot be streamed (the best are known only at the end)", "best_of");
   }
   r.best_of = std::max(r.best_of, r.n);
+  auto number_in = [&](const char* key, double lo, double hi, bool lo_open, float& out) -> bool {
+    if (!has(key)) return true;
+    if (!j[key].is_number()) return false;
+    double v = j[key].get<double>();
+    if (!(lo_open ? v > lo : v >= lo) || !(v <= hi)) return false;
+    out = float(v);
+    return true;
+  };
+  if (!number_in("presence_penalty", -2, 2, false, r.presence_penalty))
+    return fail("'presence_penalty' must be a number in [-2, 2]", "presence_penalty");
+  if (!number_in("frequency_penalty", -2, 2, false, r.frequency_penalty))
+    return fail("'frequency_penalty' must be a number in [-2, 2]", "frequency_penalty");
+  if (!number_in("repetition_penalty", 0, 10, true, r.repetition_penalty))
+    return fail("'repetition_penalty' must be a number in (0, 10]", "repetition_penalty");
+  if (!number_in("min_p", 0, 1, false, r.min_p)) return fail("'min_p' must be a number in [0, 1]", "min_p");
+  if (has("top_k")) {
+    const auto& k = j["top_k"];
+    if (!k.is_number_integer() || k.get<int64_t>() < -1 || k.get<int64_t>() > INT32_MAX)
+      return fail("'top_k' must be an integer: -1 or 0 (off), or the number of tokens kept", "top_k");
+    r.top_k = int32_t(std::max<int64_t>(0, k.get<int64_t>()));
+  }
+  if (has("min_tokens")) {
+    const auto& k = j["min_tokens"];
+    if (!k.is_number_integer() || k.get<int64_t>() < 0 || (r.max_tokens && k.get<int64_t>() > *r.max_tokens))
+      return fail("'min_tokens' must be an integer in [0, max_tokens]", "min_tokens");
+    r.min_tokens = int32_t(std::min<int64_t>(k.get<int64_t>(), INT32_MAX));
+  }
+  if (has("logit_bias")) {
+    const auto& b = j["logit_bias"];
+    if (!b.is_object() || b.size() > 300) return fail("'logit_bias' must be an object of up to 300 token ids", "logit_bias");
+    for (auto& [k, v] : b.items()) {
+      char* end = nullptr;
+      long id = std::strtol(k.c_str(), &end, 10);
+      if (k.empty() || *end != '\0' || id < 0 || id > INT32_MAX)
+        return fail("'logit_bias' keys must be token ids, got '" + k + "'", "logit_bias");
+      if (!v.is_number() || !(v.get<double>() >= -100 && v.get<double>() <= 100))
+        return fail("'logit_bias' values must be numbers in [-100, 100]", "logit_bias");
+      r.logit_bias.emplace_back(int32_t(id), float(v.get<double>()));
+    }
+  }
   if (has("stop_token_ids")) {
     const auto& t = j["stop_token_ids"];
     if (!t.is_array() || t.size() > 64 ||

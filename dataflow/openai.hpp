@@ -53,6 +53,11 @@ struct request {
   // (completions: logprobs = N; chat: logprobs = true with top_logprobs = N)
   int logprobs = -1;
   std::vector<int32_t> stop_token_ids;  // vLLM's: these tokens end a choice like EOS
+  // Logit processing and sampling filters (see strata::logit_processing): off by default.
+  float presence_penalty = 0, frequency_penalty = 0, repetition_penalty = 1, min_p = 0;
+  int32_t top_k = 0;
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  int32_t min_tokens = 0;
   bool echo = false;                    // completions: the prompt's text comes first
 };
 

@@ -157,8 +157,8 @@ out=$(curl -sN "$url/v1/chat/completions" -d '{"model":"stories260K","messages":
 grep -q '^data: \[DONE\]' <<<"$out" || fail "stream: $out"
 out=$(curl -s -w ' %{http_code}' "$url/v1/completions" -d '{"model":"stories260K","prompt":"x","top_p":3}')
 grep -qF "'top_p' must be in (0, 1]" <<<"$out" && grep -q ' 400$' <<<"$out" || fail "bad top_p: $out"
-out=$(curl -s -w ' %{http_code}' "$url/v1/completions" -d '{"model":"stories260K","prompt":"x","presence_penalty":0.5}')
-grep -qF '"param":"presence_penalty"' <<<"$out" && grep -q ' 400$' <<<"$out" || fail "presence_penalty not refused: $out"
+out=$(curl -s -w ' %{http_code}' "$url/v1/completions" -d '{"model":"stories260K","prompt":"x","suffix":"end"}')
+grep -qF '"param":"suffix"' <<<"$out" && grep -q ' 400$' <<<"$out" || fail "suffix not refused: $out"
 expect_error "cannot listen on 127.0.0.1:$port" "$strata" serve --model "$m" --port "$port"
 # A long request in flight when SIGTERM arrives still completes; then the server exits 0.
 curl -s "$url/v1/completions" -d '{"model":"stories260K","prompt":"Once","max_tokens":400}' > "$tmp/long.json" &

@@ -97,10 +97,16 @@ for await (const c of await client.chat.completions.create({
 assert.equal(chatStreamed, chat.choices[0].message.content);
 ok("chat: message, logprobs.content, and the same text streamed");
 
+// Penalties are honoured: a strong presence penalty changes the greedy text.
+const long = await client.completions.create({ model, prompt, max_tokens: 40, temperature: 0 });
+const penalized = await client.completions.create({ model, prompt, max_tokens: 40, temperature: 0, presence_penalty: 2, frequency_penalty: 1 });
+assert.notEqual(penalized.choices[0].text, long.choices[0].text);
+ok("presence and frequency penalties change the greedy text");
+
 // What is not implemented is refused by name, never ignored.
 await assert.rejects(
-  client.completions.create({ model, prompt, presence_penalty: 0.5 }),
-  (e) => e instanceof OpenAI.BadRequestError && e.status === 400 && e.param === "presence_penalty",
+  client.completions.create({ model, prompt, suffix: "The end." }),
+  (e) => e instanceof OpenAI.BadRequestError && e.status === 400 && e.param === "suffix",
 );
 await assert.rejects(
   client.chat.completions.create({ model, messages: [{ role: "user", content: "x" }], tools: [{ type: "function", function: { name: "f" } }] }),
@@ -109,7 +115,7 @@ await assert.rejects(
 // The defaults such clients send are accepted.
 const defaults = await client.completions.create({ model, prompt, max_tokens: 4, temperature: 0, presence_penalty: 0, frequency_penalty: 0, n: 1 });
 assert.equal(defaults.choices.length, 1);
-ok("penalties and tools are refused by name; their off values are accepted");
+ok("suffix and tools are refused by name; penalties at their off values are accepted");
 
 // Models.
 const models = await client.models.list();

@@ -510,6 +510,100 @@ TEST_CASE("best_of: the n candidates with the highest total log-probability, eve
   CHECK(post(c, "/v1/completions", body, 400)["error"]["param"] == "best_of");
 }
 
+// Greedy decoding with OpenAI's and vLLM's logit processing written out here, independently of
+// the engine: banned EOS/BOS under min_tokens, logit bias, repetition penalty over prompt and
+// output, frequency and presence penalties over the output.
+std::vector<int> penalized_reference(const std::vector<int>& prompt, int n, float presence, float frequency,
+                                     float repetition, const std::map<int, float>& bias, int min_tokens) {
+  const auto& m = *stories();
+  const auto& c = m.config;
+  kv_cache kv(c, 0, c.n_layers);
+  std::vector<int> out, feed = prompt;
+  std::map<int, int> counts;
+  std::set<int> seen(prompt.begin(), prompt.end());
+  std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+  int pos = 0;
+  while (int(out.size()) < n) {
+    int rows = int(feed.size());
+    std::vector<float> x(static_cast<size_t>(rows) * size_t(c.dim));
+    std::vector<seq_id> seqs(static_cast<size_t>(rows), 0);
+    std::vector<int> positions(static_cast<size_t>(rows));
+    for (int i = 0; i < rows; ++i) positions[size_t(i)] = pos + i;
+    embed(m, feed.data(), rows, x.data());
+    for (int l = 0; l < c.n_layers; ++l)
+      REQUIRE(forward_layer(c, *m.layers[size_t(l)], l, kv, seqs.data(), positions.data(), rows, x.data()));
+    final_logits(m, x.data() + size_t(rows - 1) * size_t(c.dim), 1, logits.data());
+    if (int(out.size()) < min_tokens) logits[size_t(c.eos_id)] = logits[size_t(c.bos_id)] = -INFINITY;
+    for (auto [t, b] : bias) logits[size_t(t)] += b;
+    for (int t : seen) {
+      float& v = logits[size_t(t)];
+      v = v > 0 ? v / repetition : v * repetition;
+    }
+    for (auto [t, k] : counts) logits[size_t(t)] -= frequency * float(k) + presence;
+    int next = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    pos += rows;
+    if (next == c.bos_id || next == c.eos_id) break;
+    out.push_back(next);
+    ++counts[next];
+    seen.insert(next);
+    feed = {next};
+  }
+  return out;
+}
+
+TEST_CASE("penalties, logit_bias and min_tokens: greedy text equals an independent reference") {
+  server s;
+  auto c = s.client();
+  auto tok = load_tok();
+  const std::string prompt = "Once upon a time";
+  auto ids = tok.encode(prompt, true);
+  struct setting {
+    float presence, frequency, repetition;
+    std::map<int, float> bias;
+    int min_tokens;
+  };
+  const int n = 30;
+  auto plain = generate_reference(*stories(), ids, n);
+  for (auto st : {setting{1.5f, 0, 1, {}, 0}, setting{0, 0.8f, 1, {}, 0}, setting{0, 0, 1.6f, {}, 0},
+                  setting{0.4f, 0.4f, 1.2f, {}, 0}, setting{0, 0, 1, {{plain[0], -100.0f}, {plain[3], 5.0f}}, 0}}) {
+    CAPTURE(st.presence);
+    CAPTURE(st.frequency);
+    CAPTURE(st.repetition);
+    json body = {{"model", "stories260K"}, {"prompt", prompt}, {"max_tokens", n}, {"temperature", 0},
+                 {"presence_penalty", st.presence}, {"frequency_penalty", st.frequency}, {"repetition_penalty", st.repetition}};
+    json bias = json::object();
+    for (auto [t, b] : st.bias) bias[std::to_string(t)] = b;
+    if (!st.bias.empty()) body["logit_bias"] = bias;
+    auto want = penalized_reference(ids, n, st.presence, st.frequency, st.repetition, st.bias, 0);
+    CHECK(want != std::vector<int>(plain.begin(), plain.begin() + long(std::min(plain.size(), want.size()))));
+    CHECK(post(c, "/v1/completions", body, 200)["choices"][0]["text"] == tok.decode_all(want, ids.back()));
+  }
+  // min_tokens: a prompt whose greedy text ends on EOS early goes on past it.
+  for (const char* p : {"", "The little cat", "Sam had a red ball", "One day, a big dog"}) {
+    auto pi = tok.encode(p, true);
+    auto ended = generate_reference(*stories(), pi, 300);
+    if (ended.size() >= 300 || pi.size() + ended.size() + 40 >= 512) continue;
+    int min_tokens = int(ended.size()) + 10;
+    auto want = penalized_reference(pi, min_tokens + 5, 0, 0, 1, {}, min_tokens);
+    REQUIRE(int(want.size()) >= min_tokens);
+    auto j = post(c, "/v1/completions",
+                  {{"model", "stories260K"}, {"prompt", pi}, {"max_tokens", min_tokens + 5}, {"temperature", 0},
+                   {"min_tokens", min_tokens}},
+                  200);
+    CHECK(j["choices"][0]["text"] == tok.decode_all(want, pi.back()));
+    CHECK(j["usage"]["completion_tokens"].get<int>() >= min_tokens);
+    break;
+  }
+  // top_k = 1 samples greedily at any temperature.
+  auto greedy = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", prompt}, {"max_tokens", 12}, {"temperature", 0}}, 200);
+  auto k1 = post(c, "/v1/completions",
+                 {{"model", "stories260K"}, {"prompt", prompt}, {"max_tokens", 12}, {"temperature", 1.5}, {"top_k", 1}, {"seed", 3}},
+                 200);
+  CHECK(k1["choices"][0]["text"] == greedy["choices"][0]["text"]);
+  CHECK(post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", prompt}, {"logit_bias", {{"600", 1}}}}, 400)["error"]["param"] ==
+        "logit_bias");
+}
+
 TEST_CASE("streaming sends the same text as server-sent events ending in [DONE]") {
   server s;
   auto c = s.client();

@@ -112,12 +112,23 @@ TEST_CASE("no field is silently ignored: unimplemented ones pass only at their '
   CHECK(refused(R"(,"logprobs":1)", true) == "logprobs");
   CHECK(refused(R"(,"echo":1)", false) == "echo");
   CHECK(refused(R"(,"stop_token_ids":[-1])", false) == "stop_token_ids");
-  CHECK(refused(R"(,"presence_penalty":0.5)", false) == "presence_penalty");
-  CHECK(refused(R"(,"frequency_penalty":-1)", true) == "frequency_penalty");
+  CHECK(refused(R"(,"presence_penalty":2.5)", false) == "presence_penalty");
+  CHECK(refused(R"(,"frequency_penalty":"x")", true) == "frequency_penalty");
+  CHECK(refused(R"(,"repetition_penalty":0)", true) == "repetition_penalty");
   CHECK(refused(R"(,"top_k":"x")", false) == "top_k");
-  CHECK(refused(R"(,"top_k":40)", false) == "top_k");
+  CHECK(refused(R"(,"top_k":-2)", false) == "top_k");
   CHECK(refused(R"(,"min_p":5)", true) == "min_p");
-  CHECK(refused(R"(,"logit_bias":{"50256":-100})", false) == "logit_bias");
+  CHECK(refused(R"(,"logit_bias":{"a":1})", false) == "logit_bias");
+  CHECK(refused(R"(,"logit_bias":{"5":101})", false) == "logit_bias");
+  CHECK(refused(R"(,"max_tokens":4,"min_tokens":5)", false) == "min_tokens");
+  CHECK(ok(R"(,"presence_penalty":0.5,"frequency_penalty":-1,"repetition_penalty":1.3,"top_k":40,"min_p":0.1)", false));
+  CHECK(ok(R"(,"logit_bias":{"50256":-100,"7":2.5},"min_tokens":3)", true));
+  auto pen = parse_request(R"({"model":"m","prompt":"x","top_k":40,"logit_bias":{"7":2.5},"min_tokens":3})", false).req;
+  REQUIRE(pen);
+  CHECK(pen->top_k == 40);
+  CHECK(pen->logit_bias == std::vector<std::pair<int32_t, float>>{{7, 2.5f}});
+  CHECK(pen->min_tokens == 3);
+  CHECK(parse_request(R"({"model":"m","prompt":"x","top_k":-1})", false).req->top_k == 0);
   CHECK(refused(R"(,"best_of":0)", false) == "best_of");
   CHECK(refused(R"(,"n":3,"best_of":2)", false) == "best_of");
   CHECK(refused(R"(,"best_of":2,"stream":true)", false) == "best_of");
@@ -132,8 +143,8 @@ TEST_CASE("no field is silently ignored: unimplemented ones pass only at their '
   CHECK(refused(R"(,"max_completion_tokens":3)", false) == "max_completion_tokens");
   CHECK(refused(R"(,"stream_options":{"include_usage":true})", false) == "stream_options");  // needs stream
   CHECK(refused(R"(,"stream":false,"stream_options":{"include_usage":true})", true) == "stream_options");
-  auto msg = parse_request(R"({"model":"m","prompt":"x","presence_penalty":1})", false).err.message;
-  CHECK(msg == "'presence_penalty' is not supported yet (only 0)");
+  auto msg = parse_request(R"({"model":"m","prompt":"x","suffix":"end"})", false).err.message;
+  CHECK(msg == "'suffix' is not supported yet (only \"\")");
 }
 
 TEST_CASE("responses and stream chunks have OpenAI's shapes") {

@@ -231,3 +231,57 @@ TEST_CASE("tokenizer: the heap encoder makes llama2.c's merges, token for token"
   }
   for (auto& s : texts) REQUIRE(tok.encode(s, true) == ref.encode(s));
 }
+
+TEST_CASE("logit processing: banned, bias, repetition, frequency and presence by their formulas") {
+  std::vector<float> l = {2.0f, -1.0f, 0.5f, 3.0f, -2.0f, 1.0f};
+  logit_processing p;
+  CHECK_FALSE(p.active());
+  p.banned = {4, 99};         // 99: out of range, skipped
+  p.bias = {{0, 1.5f}, {-3, 7.0f}};
+  p.repetition = 2.0f;
+  p.seen = {0, 1, 3};
+  p.presence = 0.5f;
+  p.frequency = 0.25f;
+  p.counts = {{3, 2}, {5, 1}, {2, 0}};
+  CHECK(p.active());
+  apply_logit_processing(l.data(), int(l.size()), p);
+  CHECK(l[0] == doctest::Approx((2.0 + 1.5) / 2));        // bias, then positive: divided
+  CHECK(l[1] == doctest::Approx(-1.0 * 2));                 // negative: multiplied
+  CHECK(l[2] == doctest::Approx(0.5));                      // count 0: untouched
+  CHECK(l[3] == doctest::Approx(3.0 / 2 - 0.25 * 2 - 0.5)); // repetition, then frequency + presence
+  CHECK(std::isinf(l[4]));
+  CHECK(l[5] == doctest::Approx(1.0 - 0.25 - 0.5));
+}
+
+TEST_CASE("sampling: top_k and min_p keep only their tokens, in proportion to their probabilities") {
+  std::vector<float> base = {1.0f, 3.0f, 2.5f, 0.0f, 2.9f, -1.0f, 2.0f};
+  auto draws = [&](sampling_params p, int n) {
+    std::map<int, int> seen;
+    uint64_t rng = initial_rng_state(p.seed);
+    for (int i = 0; i < n; ++i) {
+      auto l = base;
+      ++seen[sample(l.data(), int(l.size()), p, rng)];
+    }
+    return seen;
+  };
+  // top_k = 3: tokens 1, 4, 2 only, with softmax-renormalised frequencies.
+  sampling_params k3{1.0f, 1.0f, 3, 3, 0.0f};
+  auto got = draws(k3, 20000);
+  double z = std::exp(3.0) + std::exp(2.9) + std::exp(2.5);
+  for (auto [t, c] : got) {
+    CAPTURE(t);
+    REQUIRE((t == 1 || t == 4 || t == 2));
+    CHECK(double(c) / 20000 == doctest::Approx(std::exp(double(base[size_t(t)])) / z).epsilon(0.05));
+  }
+  // min_p = 0.5 at temperature 1: p_i >= 0.5 p_max  <=>  l_i >= 3 + ln 0.5 = 2.307: tokens 1, 4, 2.
+  sampling_params mp{1.0f, 1.0f, 9, 0, 0.5f};
+  for (auto [t, c] : draws(mp, 5000)) CHECK((t == 1 || t == 4 || t == 2));
+  // top_k = 1 is greedy whatever the temperature; ties go to the lower id.
+  std::vector<float> tie = {1.0f, 5.0f, 5.0f};
+  sampling_params k1{1.5f, 1.0f, 4, 1, 0.0f};
+  uint64_t rng = initial_rng_state(4);
+  for (int i = 0; i < 50; ++i) {
+    auto l = tie;
+    CHECK(sample(l.data(), 3, k1, rng) == 1);
+  }
+}
