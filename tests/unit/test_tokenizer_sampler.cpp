@@ -268,7 +268,8 @@ TEST_CASE("sampling: top_k and min_p keep only their tokens, in proportion to th
   sampling_params k3{1.0f, 1.0f, 3, 3, 0.0f};
   auto got = draws(k3, 20000);
   double z = std::exp(3.0) + std::exp(2.9) + std::exp(2.5);
-  for (auto [t, c] : got) {
+  for (auto& kv : got) {
+    const int t = kv.first, c = kv.second;  // a structured binding cannot be captured (clang 14)
     CAPTURE(t);
     REQUIRE((t == 1 || t == 4 || t == 2));
     CHECK(double(c) / 20000 == doctest::Approx(std::exp(double(base[size_t(t)])) / z).epsilon(0.05));
