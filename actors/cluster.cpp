@@ -495,6 +495,12 @@ void offer_models(node_actor* self) {
   }
 }
 
+void abort_all_transfers(node_actor* self) {
+  std::vector<uint64_t> tids;
+  for (auto& [tid, t] : self->state.transfers) tids.push_back(tid);
+  for (auto tid : tids) abort_transfer(self, tid);
+}
+
 void join(node_actor* self) {
   auto& st = self->state;
   node_info info;
@@ -528,9 +534,7 @@ void rejoin(node_actor* self) {
   std::vector<uint32_t> ids;
   for (auto& [id, h] : st.hosted) ids.push_back(id);
   for (auto id : ids) unhost_instance(self, id);
-  std::vector<uint64_t> tids;
-  for (auto& [tid, t] : st.transfers) tids.push_back(tid);
-  for (auto tid : tids) abort_transfer(self, tid);
+  abort_all_transfers(self);
   st.held.clear();
   st.orphan_loads.clear();
   join(self);
@@ -565,9 +569,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
     std::fprintf(stderr, "strata node %s: controller lost (%s); serving its %zu instance(s) on until their scalers end\n",
                  st.cfg.name.c_str(), caf::to_string(dm.reason).c_str(), st.hosted.size());
     // Transfers cannot finish without the controller's plan and repairs.
-    std::vector<uint64_t> tids;
-    for (auto& [tid, t] : st.transfers) tids.push_back(tid);
-    for (auto tid : tids) abort_transfer(self, tid);
+    abort_all_transfers(self);
   });
   join(self);
   heartbeat(self);

@@ -167,14 +167,14 @@ void ask(caf::actor_system& sys, const caf::actor& whom, std::chrono::millisecon
 
 // One choice of a request: one router generation (a prompt of the batch, one of its n).
 struct choice_state {
-  int prompt_tokens = 0, prev = 0, generated = 0;
+  int prev = 0, generated = 0;
   clk::time_point last;
   std::optional<openai::stop_matcher> stops;
   std::string text;     // non-streamed: the choice so far
   std::string pending;  // streamed: chunks held until every choice is admitted (headers go first)
   std::vector<openai::logprob_entry> logprobs;  // non-streamed, when asked for
   int raw_offset = 0;                           // bytes of token text so far (text_offset)
-  bool first_chunk = true, admitted = false, done = false;
+  bool first_chunk = true, done = false;
   std::string finish_reason, error;
   caf::actor actor;
 };
@@ -616,6 +616,13 @@ void session::start_generation(bool chat) {
     e.code = "context_length_exceeded";
     return e;
   };
+  // Token ids the parser could not check: the vocabulary is the model's.
+  const int vocab = srv->m->config.vocab_size;
+  auto outside_vocab = [&](const std::string& what, int32_t t, const char* param) {
+    return status_error(400, "invalid_request_error",
+                        what + " " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")",
+                        param);
+  };
   if (chat) r.prompts = {{openai::chat_prompt(r.messages), std::nullopt}};
   // Every prompt is checked before any generation starts: a batch is served whole or refused.
   std::vector<std::vector<int>> encoded;
@@ -624,13 +631,8 @@ void session::start_generation(bool chat) {
     const std::string which = r.prompts.size() > 1 ? where + "[" + std::to_string(k) + "]" : where;
     std::vector<int> ids;
     if (in.tokens) {
-      const int vocab = srv->m->config.vocab_size;
       for (auto t : *in.tokens)
-        if (t >= vocab)
-          return reply_error(status_error(400, "invalid_request_error",
-                                          "'" + which + "' token id " + std::to_string(t) +
-                                              " is outside the vocabulary [0, " + std::to_string(vocab) + ")",
-                                          "prompt"));
+        if (t >= vocab) return reply_error(outside_vocab("'" + which + "' token id", t, "prompt"));
       ids.assign(in.tokens->begin(), in.tokens->end());
     } else {
       // Every token covers at most max_token_bytes of text: a longer prompt cannot fit, and is
@@ -652,17 +654,9 @@ void session::start_generation(bool chat) {
     encoded.push_back(std::move(ids));
   }
   for (auto& [t, b] : r.logit_bias)
-    if (t >= srv->m->config.vocab_size)
-      return reply_error(status_error(400, "invalid_request_error",
-                                      "'logit_bias' has token " + std::to_string(t) + ", outside the vocabulary [0, " +
-                                          std::to_string(srv->m->config.vocab_size) + ")",
-                                      "logit_bias"));
+    if (t >= vocab) return reply_error(outside_vocab("'logit_bias' token", t, "logit_bias"));
   for (auto t : r.stop_token_ids)
-    if (t >= srv->m->config.vocab_size)
-      return reply_error(status_error(400, "invalid_request_error",
-                                      "'stop_token_ids' has " + std::to_string(t) + ", outside the vocabulary [0, " +
-                                          std::to_string(srv->m->config.vocab_size) + ")",
-                                      "stop_token_ids"));
+    if (t >= vocab) return reply_error(outside_vocab("'stop_token_ids' token", t, "stop_token_ids"));
   gen.emplace();
   gen->serial = ++serials;
   gen->id = random_id(chat ? "chatcmpl-" : "cmpl-");
@@ -694,7 +688,6 @@ void session::start_generation(bool chat) {
       g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
       reqs.push_back(std::move(g));
       choice_state c;
-      c.prompt_tokens = int(ids.size());
       c.prev = ids.back();
       c.last = t0;
       c.stops.emplace(r.stop);
@@ -729,7 +722,6 @@ void session::on_admitted(uint64_t serial, size_t i, expected<uint64_t> id) {
   if (!ours(serial, i)) return;
   auto& c = gen->choices[i];
   if (id) {
-    c.admitted = true;
     if (--gen->unadmitted > 0 || gen->failed || !gen->req.stream) return;
     // Every choice is admitted: the stream starts, then what they produced meanwhile.
     gen->headers_sent = true;

@@ -20,6 +20,7 @@ struct request_state {
   generate_request req;
   std::vector<int32_t> tokens;  // prompt, then generated tokens
   std::map<int32_t, int32_t> out_counts;  // generated token -> occurrences (penalties)
+  std::set<int32_t> seen;                 // distinct prompt and generated tokens (repetition penalty only)
   int processed = 0;            // positions already in the KV cache
   int generated = 0;
   uint64_t rng = 0;
@@ -79,10 +80,7 @@ logit_processing processing_of(const model_config& c, const request_state& r) {
   }
   p.bias = q.logit_bias;
   p.repetition = q.repetition_penalty;
-  if (q.repetition_penalty != 1.0f) {
-    std::set<int32_t> seen(r.tokens.begin(), r.tokens.end());
-    p.seen.assign(seen.begin(), seen.end());
-  }
+  if (q.repetition_penalty != 1.0f) p.seen.assign(r.seen.begin(), r.seen.end());
   p.presence = q.presence_penalty;
   p.frequency = q.frequency_penalty;
   if (q.presence_penalty != 0 || q.frequency_penalty != 0) p.counts.assign(r.out_counts.begin(), r.out_counts.end());
@@ -461,6 +459,7 @@ void on_step(router_actor* self, step_ptr& s) {
     ++st.tokens;
     r.tokens.push_back(tok);
     ++r.out_counts[tok];
+    if (r.req.repetition_penalty != 1.0f) r.seen.insert(tok);
     if (r.req.logprobs >= 0 && s->logits.size() >= size_t(si->second + 1) * size_t(c.vocab_size))
       self->send(r.client, token_atom::value, id, int32_t(tok),
                  logprobs_of(s->logits.data() + size_t(si->second) * size_t(c.vocab_size), c.vocab_size, tok,
@@ -575,6 +574,7 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
         r.id = id;
         r.client = client;
         r.tokens = req.prompt;
+        if (req.repetition_penalty != 1.0f) r.seen.insert(req.prompt.begin(), req.prompt.end());
         r.req = std::move(req);
         r.rng = initial_rng_state(r.req.seed);
         r.admitted = clock::now();

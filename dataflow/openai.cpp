@@ -350,20 +350,21 @@ json usage_json(const usage& u) {
 
 namespace {
 
+// A token's UTF-8 bytes as chat's logprobs list them.
+std::vector<int> bytes_of(const std::string& s) {
+  std::vector<int> b;
+  for (unsigned char ch : s) b.push_back(ch);
+  return b;
+}
+
 // OpenAI's two shapes: completions' parallel lists, chat's list of token objects.
 json logprobs_json(const request& r, const std::vector<logprob_entry>& lps) {
   if (r.chat) {
     json content = json::array();
     for (auto& e : lps) {
       json top = json::array();
-      for (auto& [t, lp] : e.top) {
-        std::vector<int> b;
-        for (unsigned char ch : t) b.push_back(ch);
-        top.push_back({{"token", t}, {"logprob", lp}, {"bytes", b}});
-      }
-      std::vector<int> b;
-      for (unsigned char ch : e.token) b.push_back(ch);
-      content.push_back({{"token", e.token}, {"logprob", e.logprob}, {"bytes", b}, {"top_logprobs", top}});
+      for (auto& [t, lp] : e.top) top.push_back({{"token", t}, {"logprob", lp}, {"bytes", bytes_of(t)}});
+      content.push_back({{"token", e.token}, {"logprob", e.logprob}, {"bytes", bytes_of(e.token)}, {"top_logprobs", top}});
     }
     return {{"content", content}};
   }
