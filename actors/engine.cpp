@@ -35,6 +35,7 @@ void register_strata_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<generate_request>("strata.generate_request");
   cfg.add_message_type<generate_result>("strata.generate_result");
   cfg.add_message_type<token_logprobs>("strata.token_logprobs");
+  cfg.add_message_type<std::vector<token_logprobs>>("std::vector<strata.token_logprobs>");
   cfg.add_message_type<stage_stats>("strata.stage_stats");
   cfg.add_message_type<router_stats>("strata.router_stats");
   cfg.add_message_type<std::map<uint32_t, uint32_t>>("std::map<uint32_t,uint32_t>");
@@ -117,6 +118,15 @@ request_stream::event request_stream::next() {
           ev.token = tok;
           got = true;
         },
+        [&](token_atom, uint64_t rid, int32_t tok, token_logprobs& lp) {
+          if (rid != id_) return;
+          ev.token = tok;
+          ev.logprobs = std::move(lp);
+          got = true;
+        },
+        [&](promptlp_atom, uint64_t rid, std::vector<token_logprobs>& lps) {
+          if (rid == id_) ev.prompt_logprobs = std::move(lps);  // the token or the end follows
+        },
         [&](done_atom, generate_result& r) {
           if (r.id != id_) return;
           ev.done = true;
@@ -154,12 +164,14 @@ expected<completion> generate(caf::actor_system& sys, const caf::actor& router, 
   completion out;
   for (;;) {
     auto ev = rs.next();
+    if (!ev.prompt_logprobs.empty()) out.prompt_logprobs = std::move(ev.prompt_logprobs);
     if (ev.done) {
       if (!ev.error.empty()) return strata::make_error(ev.error);
       out.result = std::move(ev.result);
       return out;
     }
     out.tokens.push_back(ev.token);
+    if (ev.logprobs) out.logprobs.push_back(std::move(*ev.logprobs));
     if (on_token && !on_token(ev.token)) rs.cancel();
   }
 }

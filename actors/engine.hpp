@@ -5,6 +5,7 @@
 #include <caf/all.hpp>
 #include <chrono>
 #include <functional>
+#include <optional>
 
 #include "actors/messages.hpp"
 #include "actors/router.hpp"
@@ -32,6 +33,8 @@ void stop_pipeline(const pipeline& p);
 // A finished generation as seen by a blocking client.
 struct completion {
   std::vector<int32_t> tokens;
+  std::vector<token_logprobs> logprobs;         // per token, when the request asked for them
+  std::vector<token_logprobs> prompt_logprobs;  // per prompt token after the first, when asked
   generate_result result;
 };
 
@@ -49,6 +52,8 @@ class request_stream {
   struct event {
     bool done = false;
     int32_t token = 0;      // when !done
+    std::optional<token_logprobs> logprobs;       // with the token, when asked for
+    std::vector<token_logprobs> prompt_logprobs;  // before the first token, when asked for
     generate_result result;  // when done
     std::string error;      // when done without a result: router gone or silent
   };

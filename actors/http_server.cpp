@@ -83,6 +83,7 @@ struct gen_events {
   virtual ~gen_events() = default;
   virtual void admitted(expected<uint64_t> id) = 0;
   virtual void token(int32_t tok, std::optional<token_logprobs> lp) = 0;
+  virtual void prompt_logprobs(std::vector<token_logprobs>) {}  // only sessions ask for them
   virtual void done(generate_result r, std::string error) = 0;  // error: router gone or silent
 };
 
@@ -130,6 +131,9 @@ caf::behavior generation_actor(caf::event_based_actor* self, caf::actor router, 
       [=](token_atom, uint64_t rid, int32_t tok, token_logprobs& lp) {
         if (rid == st->id && !st->over) ev->token(tok, std::move(lp));
       },
+      [=](promptlp_atom, uint64_t rid, std::vector<token_logprobs>& lps) {
+        if (rid == st->id && !st->over) ev->prompt_logprobs(std::move(lps));
+      },
       [=](done_atom, generate_result& r) {
         if (r.id != st->id || st->over) return;
         st->over = true;
@@ -174,6 +178,9 @@ struct choice_state {
   std::string pending;  // streamed: chunks held until every choice is admitted (headers go first)
   std::vector<openai::logprob_entry> logprobs;  // non-streamed, when asked for
   int raw_offset = 0;                           // bytes of token text so far (text_offset)
+  size_t prompt_entries = 0;                    // logprobs' leading entries that score the prompt
+  std::vector<int32_t> prompt;                  // echo with logprobs: the prompt's ids ...
+  std::string echo;                             // ... and its text, sent with their logprobs
   bool first_chunk = true, done = false;
   std::string finish_reason, error;
   caf::actor actor;
@@ -515,6 +522,8 @@ struct session : std::enable_shared_from_this<session> {
   bool ours(uint64_t serial, size_t i) const { return gen && gen->serial == serial && i < gen->choices.size(); }
   void on_admitted(uint64_t serial, size_t i, expected<uint64_t> id);
   void on_token(uint64_t serial, size_t i, int32_t tok, std::optional<token_logprobs> lp);
+  void on_prompt_logprobs(uint64_t serial, size_t i, std::vector<token_logprobs> lps);
+  openai::logprob_entry entry_of(int32_t prev, int32_t tok, const token_logprobs* lp, int offset) const;
   void on_done(uint64_t serial, size_t i, generate_result r, std::string error);
   void emit(size_t i, const std::string& text, const std::vector<openai::logprob_entry>* lps = nullptr);
   void send_event(const std::string& data);
@@ -532,6 +541,9 @@ struct session_events : gen_events {
   }
   void token(int32_t tok, std::optional<token_logprobs> lp) override {
     br->post([n = serial, i = i, tok, lp = std::move(lp)](session& s) mutable { s.on_token(n, i, tok, std::move(lp)); });
+  }
+  void prompt_logprobs(std::vector<token_logprobs> lps) override {
+    br->post([n = serial, i = i, lps = std::move(lps)](session& s) mutable { s.on_prompt_logprobs(n, i, std::move(lps)); });
   }
   void done(generate_result r, std::string error) override {
     br->post([n = serial, i = i, r = std::move(r), error = std::move(error)](session& s) mutable {
@@ -677,6 +689,7 @@ void session::start_generation(bool chat) {
       g.ignore_eos = r.ignore_eos;
       // best_of ranks candidates by their tokens' log-probabilities: it needs them even unasked.
       g.logprobs = r.best_of > r.n ? std::max(r.logprobs, 0) : r.logprobs;
+      if (r.echo && r.logprobs >= 0) g.prompt_logprobs = r.logprobs;
       g.stop_token_ids = r.stop_token_ids;
       g.presence_penalty = r.presence_penalty;
       g.frequency_penalty = r.frequency_penalty;
@@ -691,6 +704,7 @@ void session::start_generation(bool chat) {
       c.prev = ids.back();
       c.last = t0;
       c.stops.emplace(r.stop);
+      if (r.echo && r.logprobs >= 0) c.prompt.assign(ids.begin(), ids.end());
       gen->choices.push_back(std::move(c));
     }
   }
@@ -706,7 +720,11 @@ void session::start_generation(bool chat) {
           prev = t;
         }
       }
-      emit(i, text);
+      auto& c = gen->choices[i];
+      c.raw_offset = int(text.size());  // generated tokens' offsets index the echoed text
+      // With logprobs the text waits for the prompt's (on_prompt_logprobs), to travel with them.
+      if (c.prompt.empty()) emit(i, text);
+      else c.echo = std::move(text);
     }
   gen->unadmitted = gen->running = int(gen->choices.size());
   ++srv->in_flight;
@@ -798,13 +816,7 @@ void session::on_token(uint64_t serial, size_t i, int32_t tok, std::optional<tok
   std::string out = special ? std::string() : c.stops->feed(piece);
   if (lp) {  // asked for, or needed to rank best_of candidates
     // Each token's chunk carries its log-probabilities, even while its text is held back.
-    openai::logprob_entry e;
-    e.token = piece;
-    e.logprob = lp->logprob;
-    e.text_offset = c.raw_offset;
-    for (size_t k = 0; k < lp->top_ids.size(); ++k)
-      e.top.emplace_back(srv->tok.decode(c.prev, lp->top_ids[k]), lp->top_logprobs[k]);
-    std::vector<openai::logprob_entry> one{std::move(e)};
+    std::vector<openai::logprob_entry> one{entry_of(c.prev, tok, &*lp, c.raw_offset)};
     emit(i, out, &one);
   } else {
     emit(i, out);
@@ -812,6 +824,38 @@ void session::on_token(uint64_t serial, size_t i, int32_t tok, std::optional<tok
   c.raw_offset += int(piece.size());
   c.prev = tok;
   if (c.stops->stopped() && c.actor) caf::anon_send(c.actor, cancel_atom::value);
+}
+
+openai::logprob_entry session::entry_of(int32_t prev, int32_t tok, const token_logprobs* lp, int offset) const {
+  const auto& mc = srv->m->config;
+  auto text = [&](int32_t t) { return t == mc.bos_id || t == mc.eos_id ? std::string() : srv->tok.decode(prev, t); };
+  openai::logprob_entry e;
+  e.token = text(tok);
+  e.text_offset = offset;
+  e.scored = lp != nullptr;
+  if (lp) {
+    e.logprob = lp->logprob;
+    for (size_t k = 0; k < lp->top_ids.size() && k < lp->top_logprobs.size(); ++k)
+      e.top.emplace_back(text(lp->top_ids[k]), lp->top_logprobs[k]);
+  }
+  return e;
+}
+
+// The prompt's logprobs (echo with logprobs): its first token has none, as in OpenAI's and
+// vLLM's answers; they go out with the echoed text.
+void session::on_prompt_logprobs(uint64_t serial, size_t i, std::vector<token_logprobs> lps) {
+  if (!ours(serial, i) || gen->failed) return;
+  auto& c = gen->choices[i];
+  if (c.prompt.empty() || lps.size() + 1 != c.prompt.size()) return;
+  std::vector<openai::logprob_entry> entries;
+  int offset = 0;
+  for (size_t p = 0; p < c.prompt.size(); ++p) {
+    const int32_t prev = p == 0 ? srv->m->config.bos_id : c.prompt[p - 1];
+    entries.push_back(entry_of(prev, c.prompt[p], p == 0 ? nullptr : &lps[p - 1], offset));
+    offset += int(entries.back().token.size());
+  }
+  c.prompt_entries = entries.size();
+  emit(i, std::exchange(c.echo, {}), &entries);
 }
 
 void session::on_done(uint64_t serial, size_t i, generate_result r, std::string error) {
@@ -861,8 +905,9 @@ void session::finish_request() {
     for (size_t k = 0; k * per < out.size(); ++k) {
       std::vector<std::pair<double, size_t>> score;
       for (size_t j = 0; j < per; ++j) {
-        double sum = 0;
-        for (auto& e : out[k * per + j].logprobs) sum += e.logprob;
+        double sum = 0;  // of the generated tokens (the prompt's are the same for all)
+        const auto& lps = out[k * per + j].logprobs;
+        for (size_t t = gen->choices[k * per + j].prompt_entries; t < lps.size(); ++t) sum += lps[t].logprob;
         score.emplace_back(sum, j);
       }
       std::stable_sort(score.begin(), score.end(), [](auto& a, auto& b) { return a.first > b.first; });

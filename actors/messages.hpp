@@ -19,6 +19,9 @@ namespace strata {
 using step_atom = caf::atom_constant<caf::atom("step")>;
 using generate_atom = caf::atom_constant<caf::atom("generate")>;
 using token_atom = caf::atom_constant<caf::atom("token")>;
+// (promptlp_atom, uint64_t id, std::vector<token_logprobs>) to a client that asked for
+// prompt_logprobs: entry p scores prompt token p+1; sent once, before the first token.
+using promptlp_atom = caf::atom_constant<caf::atom("promptlp")>;
 using done_atom = caf::atom_constant<caf::atom("done")>;
 using cancel_atom = caf::atom_constant<caf::atom("cancel")>;
 using release_atom = caf::atom_constant<caf::atom("release")>;
@@ -60,7 +63,7 @@ std::string describe(const caf::error& e);
 // One generation request as a client sends it to a router.
 struct generate_request {
   std::vector<int32_t> prompt;  // token ids, normally starting with BOS
-  int32_t max_new_tokens = 64;
+  int32_t max_new_tokens = 64;  // 0: only prefill the prompt (to score it: prompt_logprobs)
   float temperature = 0.0f;
   float top_p = 1.0f;
   uint64_t seed = 0;
@@ -68,6 +71,9 @@ struct generate_request {
   // >= 0: every token comes with its log-probability and this many top alternatives
   // (token_atom then carries a token_logprobs), computed from the logits the tail returns.
   int32_t logprobs = -1;
+  // >= 0: the prompt's tokens too (after the first), with this many top alternatives each
+  // (OpenAI's echo with logprobs); the tail returns logits for every prompt row.
+  int32_t prompt_logprobs = -1;
   std::vector<int32_t> stop_token_ids;  // these end the generation like EOS (even with ignore_eos)
   // Logit processing (see logit_processing) and sampling filters, all off by default.
   float presence_penalty = 0, frequency_penalty = 0, repetition_penalty = 1;
@@ -80,7 +86,7 @@ struct generate_request {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_p, x.seed,
-           x.ignore_eos, x.logprobs, x.stop_token_ids, x.presence_penalty, x.frequency_penalty, x.repetition_penalty,
+           x.ignore_eos, x.logprobs, x.prompt_logprobs, x.stop_token_ids, x.presence_penalty, x.frequency_penalty, x.repetition_penalty,
            x.top_k, x.min_p, x.logit_bias, x.min_tokens);
 }
 
@@ -132,7 +138,9 @@ struct step_batch {
   std::vector<seq_id> seqs;
   std::vector<int32_t> pos;
   std::vector<int32_t> tokens;
-  std::vector<uint8_t> want;  // 1: sample a token after this row
+  // 1: logits and a token after this row. The router reads only the logits of rows it scores
+  // (prompt logprobs); their token is drawn greedily and dropped.
+  std::vector<uint8_t> want;
   std::vector<float> x;       // activations [rows, dim]
   // Per wanted row, in row order: sampling settings in, token and RNG state out.
   std::vector<sampling_params> sampling;

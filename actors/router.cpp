@@ -21,6 +21,8 @@ struct request_state {
   std::vector<int32_t> tokens;  // prompt, then generated tokens
   std::map<int32_t, int32_t> out_counts;  // generated token -> occurrences (penalties)
   std::set<int32_t> seen;                 // distinct prompt and generated tokens (repetition penalty only)
+  std::vector<token_logprobs> prompt_lps;  // prompt_logprobs so far: entry p scores prompt token p+1
+  bool prompt_scored = false;              // prompt_lps sent (re-admission does not score again)
   int processed = 0;            // positions already in the KV cache
   int generated = 0;
   uint64_t rng = 0;
@@ -69,6 +71,12 @@ struct router_state {
 };
 
 using router_actor = caf::stateful_actor<router_state>;
+
+// Whether the row at position p only gives the logits that score prompt token p+1.
+bool scores_row(const request_state& r, int p) {
+  return r.req.prompt_logprobs >= 0 && !r.prompt_scored && p + 1 < int(r.req.prompt.size()) &&
+         p >= int(r.prompt_lps.size());
+}
 
 // The logit processing of a request's next token, from what it generated so far.
 logit_processing processing_of(const model_config& c, const request_state& r) {
@@ -373,10 +381,18 @@ void schedule(router_actor* self) {
         int todo = int(r.tokens.size()) - r.processed;
         int take = std::min(todo, budget);
         for (int i = 0; i < take; ++i) {
+          const int p = r.processed + i;
           s->seqs.push_back(r.seq);
-          s->pos.push_back(r.processed + i);
-          s->tokens.push_back(r.tokens[size_t(r.processed + i)]);
-          s->want.push_back(r.processed + i + 1 == int(r.tokens.size()) ? 1 : 0);
+          s->pos.push_back(p);
+          s->tokens.push_back(r.tokens[size_t(p)]);
+          s->want.push_back(p + 1 == int(r.tokens.size()) ? 1 : 0);
+          if (scores_row(r, p)) {  // logits only: drawn greedily, dropped (see on_step)
+            s->want.back() = 1;
+            s->sampling.push_back({0.0f, 1.0f, 0, 0, 0.0f});
+            s->rng.push_back(0);
+            procs.emplace_back();
+            s->return_logits = true;
+          }
         }
         if (r.processed + take == int(r.tokens.size())) {
           s->sampling.push_back({r.req.temperature, r.req.top_p, r.req.seed, r.req.top_k, r.req.min_p});
@@ -413,14 +429,18 @@ void on_step(router_actor* self, step_ptr& s) {
   }
   auto members = std::move(it->second.members);
   st.inflight.erase(it);
-  // Rows per request and the index of each request's sampled token.
+  // Rows per request and, per request, its wanted rows (index among them, position), the last
+  // one its sampled token when the step reached the end of its tokens.
   std::map<seq_id, int> rows;
-  std::map<seq_id, int> sample_idx;
+  std::map<seq_id, std::vector<std::pair<int, int>>> wanted;
   int w = 0;
   for (int r = 0; r < s->rows(); ++r) {
     ++rows[s->seqs[size_t(r)]];
-    if (s->want[size_t(r)]) sample_idx[s->seqs[size_t(r)]] = w++;
+    if (s->want[size_t(r)]) wanted[s->seqs[size_t(r)]].emplace_back(w++, s->pos[size_t(r)]);
   }
+  const auto& c = st.m->config;
+  const size_t V = size_t(c.vocab_size);
+  const bool have_logits = s->logits.size() >= size_t(w) * V;
   for (auto id : members) {
     auto rit = st.reqs.find(id);
     if (rit == st.reqs.end()) continue;
@@ -435,11 +455,31 @@ void on_step(router_actor* self, step_ptr& s) {
       finish(self, id, "cancelled");
       continue;
     }
-    auto si = sample_idx.find(r.seq);
-    if (si == sample_idx.end()) continue;  // a prefill chunk: nothing to sample yet
-    int tok = s->sampled[size_t(si->second)];
-    r.rng = s->rng[size_t(si->second)];
-    const auto& c = st.m->config;
+    auto& mine = wanted[r.seq];
+    const bool sampled = !mine.empty() && mine.back().second + 1 == int(r.tokens.size());
+    for (size_t k = 0; k + (sampled ? 1 : 0) < mine.size(); ++k) {
+      auto [row, p] = mine[k];
+      if (!scores_row(r, p)) continue;  // scored before a re-admission
+      if (!have_logits) {
+        finish(self, id, "error", "the tail returned no logits to score the prompt");
+        break;
+      }
+      r.prompt_lps.push_back(logprobs_of(s->logits.data() + size_t(row) * V, c.vocab_size,
+                                         r.req.prompt[size_t(p + 1)], r.req.prompt_logprobs));
+    }
+    if (!st.reqs.count(id)) continue;
+    if (r.req.prompt_logprobs >= 0 && !r.prompt_scored && r.prompt_lps.size() + 1 == r.req.prompt.size()) {
+      r.prompt_scored = true;
+      self->send(r.client, promptlp_atom::value, id, std::exchange(r.prompt_lps, {}));
+    }
+    if (!sampled) continue;  // a prefill chunk: nothing to sample yet
+    const int si = mine.back().first;
+    if (r.req.max_new_tokens == 0) {  // the prompt was all it asked for
+      finish(self, id, "length");
+      continue;
+    }
+    int tok = s->sampled[size_t(si)];
+    r.rng = s->rng[size_t(si)];
     if ((!r.req.ignore_eos && (tok == c.bos_id || tok == c.eos_id)) ||
         std::find(r.req.stop_token_ids.begin(), r.req.stop_token_ids.end(), tok) != r.req.stop_token_ids.end()) {
       finish(self, id, "stop");
@@ -460,10 +500,9 @@ void on_step(router_actor* self, step_ptr& s) {
     r.tokens.push_back(tok);
     ++r.out_counts[tok];
     if (r.req.repetition_penalty != 1.0f) r.seen.insert(tok);
-    if (r.req.logprobs >= 0 && s->logits.size() >= size_t(si->second + 1) * size_t(c.vocab_size))
+    if (r.req.logprobs >= 0 && have_logits)
       self->send(r.client, token_atom::value, id, int32_t(tok),
-                 logprobs_of(s->logits.data() + size_t(si->second) * size_t(c.vocab_size), c.vocab_size, tok,
-                             r.req.logprobs));
+                 logprobs_of(s->logits.data() + size_t(si) * V, c.vocab_size, tok, r.req.logprobs));
     else
       self->send(r.client, token_atom::value, id, int32_t(tok));
     if (r.generated >= r.req.max_new_tokens || int(r.tokens.size()) >= c.seq_len) finish(self, id, "length");
@@ -561,7 +600,8 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
           if (t < 0 || t >= c.vocab_size)
             return make_error(errc::bad_request, "token id " + std::to_string(t) + " outside the vocabulary of " +
                                                      std::to_string(c.vocab_size));
-        if (req.max_new_tokens < 1) return make_error(errc::bad_request, "max_new_tokens must be at least 1");
+        if (req.prompt_logprobs > 20) return make_error(errc::bad_request, "at most 20 top logprobs per prompt token");
+        if (req.max_new_tokens < 0) return make_error(errc::bad_request, "max_new_tokens must not be negative");
         if (!(req.temperature >= 0.0f) || req.temperature > 100.0f)
           return make_error(errc::bad_request, "temperature must be in [0, 100]");
         if (!(req.top_p > 0.0f && req.top_p <= 1.0f)) return make_error(errc::bad_request, "top_p must be in (0, 1]");

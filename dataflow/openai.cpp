@@ -194,7 +194,7 @@ parsed parse_request(const std::string& body, bool chat) {
   if (has(max_key)) {
     if (!j[max_key].is_number_integer()) return fail(std::string("'") + max_key + "' must be an integer", max_key);
     auto v = j[max_key].get<int64_t>();
-    if (v < 1) return fail(std::string("'") + max_key + "' must be at least 1", max_key);
+    if (v < 0) return fail(std::string("'") + max_key + "' must not be negative", max_key);
     r.max_tokens = v;
     r.max_tokens_key = max_key;
   } else if (!chat) {
@@ -311,9 +311,9 @@ parsed parse_request(const std::string& body, bool chat) {
   if (!chat && has("echo")) {
     if (!j["echo"].is_boolean()) return fail("'echo' must be a boolean", "echo");
     r.echo = j["echo"].get<bool>();
-    if (r.echo && r.logprobs >= 0)
-      return fail("'echo' with 'logprobs' needs the prompt's logprobs, which are not supported yet", "echo");
   }
+  if (r.max_tokens == 0 && !r.echo)
+    return fail(std::string("'") + max_key + "' must be at least 1 (0 only with 'echo', to score the prompt)", max_key);
   if (has("ignore_eos")) {
     if (!j["ignore_eos"].is_boolean()) return fail("'ignore_eos' must be a boolean", "ignore_eos");
     r.ignore_eos = j["ignore_eos"].get<bool>();
@@ -371,10 +371,10 @@ json logprobs_json(const request& r, const std::vector<logprob_entry>& lps) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(), offsets = json::array();
   for (auto& e : lps) {
     tokens.push_back(e.token);
-    token_logprobs.push_back(e.logprob);
+    token_logprobs.push_back(e.scored ? json(e.logprob) : json(nullptr));
     json alt = json::object();
     for (auto& [t, lp] : e.top) alt[t] = lp;  // two alternatives with one text: the likelier stays
-    top.push_back(alt);
+    top.push_back(e.scored ? alt : json(nullptr));
     offsets.push_back(e.text_offset);
   }
   return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};

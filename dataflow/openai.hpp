@@ -88,6 +88,7 @@ constexpr int max_choices = 64;
 // text (before stop sequences cut it), and the top alternatives' texts.
 struct logprob_entry {
   std::string token;
+  bool scored = true;  // false: the prompt's first token, rendered with null logprobs
   float logprob = 0;
   std::vector<std::pair<std::string, float>> top;
   int text_offset = 0;

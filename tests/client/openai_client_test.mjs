@@ -69,6 +69,20 @@ const echoed = await client.completions.create({ model, prompt, max_tokens: 16, 
 assert.equal(echoed.choices[0].text, prompt + text);
 ok("echo puts the prompt first");
 
+// Echo with logprobs and max_tokens 0 (how lm-eval scores a text): the prompt's tokens, the
+// first unscored, the rest equal to what generation reports for the same tokens.
+const scored = await client.completions.create({ model, prompt: prompt + text, max_tokens: 0, echo: true, logprobs: 1 });
+const S = scored.choices[0].logprobs;
+assert.equal(scored.choices[0].text, prompt + text);
+assert.equal(S.tokens.join(""), prompt + text);
+assert.equal(S.token_logprobs[0], null);
+assert.equal(scored.usage.completion_tokens, 0);
+const gen = await client.completions.create({ model, prompt, max_tokens: 16, temperature: 0, logprobs: 1 });
+const G = gen.choices[0].logprobs.token_logprobs;
+const tail = S.token_logprobs.slice(S.token_logprobs.length - G.length);
+for (let i = 0; i < G.length; i++) assert.ok(Math.abs(tail[i] - G[i]) < 1e-5, `token ${i}: ${tail[i]} vs ${G[i]}`);
+ok("echo with logprobs scores the prompt as generation scored the same tokens");
+
 // Logprobs: one per token, the chosen greedy token the likeliest of the top 2.
 const lp = await client.completions.create({ model, prompt, max_tokens: 8, temperature: 0, logprobs: 2 });
 const L = lp.choices[0].logprobs;

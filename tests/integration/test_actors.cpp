@@ -178,6 +178,45 @@ TEST_CASE("concurrent requests join the running batch and each matches its solo 
   }
 }
 
+TEST_CASE("prompt logprobs through chunked prefill beside other requests: the reference's bits") {
+  router_options opt;
+  opt.max_batch_tokens = 3;  // the prompt is scored over several steps, with other rows in them
+  served s("2,3", opt);
+  auto prompt = encode("Lily and Ben went to the park to play with a ball");
+  const int V = stories()->config.vocab_size;
+  // Prompt token p+1's logprobs from the logits after [0, p], each prefix run on its own.
+  std::vector<token_logprobs> want;
+  for (size_t p = 0; p + 1 < prompt.size(); ++p) {
+    std::vector<int> prefix(prompt.begin(), prompt.begin() + long(p + 1));
+    generate_reference(*stories(), prefix, 1, {}, [&](int pos, const float* l, int) {
+      if (pos == int(p)) want.push_back(logprobs_of(l, V, prompt[p + 1], 3));
+    });
+  }
+  REQUIRE(want.size() + 1 == prompt.size());
+  std::vector<std::thread> others;
+  for (int i = 0; i < 3; ++i) others.emplace_back([&, i] { CHECK(s.run(greedy(encode("The sun"), 10 + 5 * i))); });
+  for (int max_new : {6, 0}) {  // 0: the prompt only, as lm-eval's loglikelihood asks
+    CAPTURE(max_new);
+    auto r = greedy(prompt, max_new);
+    r.prompt_logprobs = 3;
+    r.logprobs = 1;
+    auto got = s.run(r);
+    REQUIRE_MESSAGE(got, got.message());
+    CHECK(got->tokens == reference(prompt, max_new));
+    CHECK(got->logprobs.size() == size_t(max_new));
+    REQUIRE(got->prompt_logprobs.size() == want.size());
+    for (size_t p = 0; p < want.size(); ++p) {
+      CAPTURE(p);
+      CHECK(got->prompt_logprobs[p].logprob == want[p].logprob);
+      CHECK(got->prompt_logprobs[p].top_ids == want[p].top_ids);
+      CHECK(got->prompt_logprobs[p].top_logprobs == want[p].top_logprobs);
+    }
+    CHECK(got->result.finish_reason == "length");
+  }
+  for (auto& t : others) t.join();
+  CHECK(s.kv_drains());
+}
+
 TEST_CASE("seeded sampling gives the same tokens for any sharding") {
   generate_request r = greedy(encode("Once upon a time"), 80);
   r.temperature = 0.9f;
@@ -324,7 +363,10 @@ TEST_CASE("bad requests are rejected with precise reasons") {
   CHECK(reason(greedy({1, 999}, 5)).find("token id 999 outside the vocabulary of 512") != std::string::npos);
   CHECK(reason(greedy(std::vector<int32_t>(600, 5), 5)).find("leaves no room in the context of 512") !=
         std::string::npos);
-  CHECK(reason(greedy({1}, 0)).find("max_new_tokens must be at least 1") != std::string::npos);
+  CHECK(reason(greedy({1}, -1)).find("max_new_tokens must not be negative") != std::string::npos);
+  auto bad_lp = greedy({1, 5}, 5);
+  bad_lp.prompt_logprobs = 21;
+  CHECK(reason(bad_lp).find("at most 20 top logprobs per prompt token") != std::string::npos);
   auto bad_p = greedy({1}, 5);
   bad_p.top_p = 0.0f;
   CHECK(reason(bad_p).find("top_p") != std::string::npos);

@@ -455,8 +455,6 @@ TEST_CASE("echo puts the prompt first; stop_token_ids end a choice like EOS") {
   json ids_body = {{"model", "stories260K"}, {"prompt", tok.encode(prompt, true)}, {"max_tokens", 10}, {"temperature", 0},
                    {"echo", true}};
   CHECK(post(c, "/v1/completions", ids_body, 200)["choices"][0]["text"] == want);
-  CHECK(post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"echo", true}, {"logprobs", 1}}, 400)
-            ["error"]["param"] == "echo");
   // stop_token_ids: the greedy continuation's third token ends it where it first appears.
   auto ids = tok.encode(prompt, true);
   auto ref = generate_reference(*stories(), ids, 10);
@@ -470,6 +468,69 @@ TEST_CASE("echo puts the prompt first; stop_token_ids end a choice like EOS") {
   CHECK(j["usage"]["completion_tokens"] == int(first) + 1);  // the stop token counts, as EOS does
   CHECK(post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"stop_token_ids", {9999}}}, 400)["error"]["param"] ==
         "stop_token_ids");
+}
+
+TEST_CASE("echo with logprobs scores the prompt: each value the log-softmax of the reference's logits") {
+  server s;
+  auto c = s.client();
+  auto tok = load_tok();
+  const std::string prompt = "Lily and Ben went";
+  auto ids = tok.encode(prompt, true);
+  const size_t P = ids.size(), n = 4;
+  auto gen = generate_reference(*stories(), ids, int(n));
+  json body = {{"model", "stories260K"}, {"prompt", prompt}, {"max_tokens", n}, {"temperature", 0}, {"echo", true}, {"logprobs", 2}};
+  auto j = post(c, "/v1/completions", body, 200);
+  auto& ch = j["choices"][0];
+  const std::string text = ch["text"];
+  CHECK(text == prompt + reference_text(prompt, int(n)));
+  auto& lp = ch["logprobs"];
+  REQUIRE(lp["tokens"].size() == P + n);
+  // The first token has nothing before it to be scored by, as in OpenAI's and vLLM's answers.
+  CHECK(lp["token_logprobs"][0].is_null());
+  CHECK(lp["top_logprobs"][0].is_null());
+  for (size_t i = 0; i < P + n; ++i) {
+    CAPTURE(i);
+    const std::string t = lp["tokens"][i];
+    const int off = lp["text_offset"][i];
+    CHECK(text.substr(size_t(off), t.size()) == t);  // offsets index the returned text
+    if (i == 0) continue;
+    // Prompt token i is scored by the logits after tokens [0, i), computed here on its own.
+    int id = i < P ? ids[i] : gen[i - P];
+    std::vector<int> prefix(ids.begin(), ids.begin() + long(std::min(i, P)));
+    prefix.insert(prefix.end(), gen.begin(), gen.begin() + long(i > P ? i - P : 0));
+    double want = reference_logprobs(prefix, 1)[0][size_t(id)];
+    CHECK(lp["token_logprobs"][i].get<double>() == doctest::Approx(want).epsilon(1e-4));
+    CHECK(lp["top_logprobs"][i].size() <= 2);
+    for (auto& [alt, v] : lp["top_logprobs"][i].items()) CHECK(v.get<double>() <= 0);
+  }
+  CHECK(j["usage"]["completion_tokens"] == int(n));
+  // Streamed: the echoed text travels with the prompt's logprobs, the same values.
+  body["stream"] = true;
+  auto r = c.Post("/v1/completions", body.dump(), "application/json");
+  REQUIRE(r);
+  REQUIRE(r->status == 200);
+  json streamed = json::array();
+  std::string stext;
+  for (auto& e : sse_data(r->body)) {
+    if (e == "[DONE]") continue;
+    auto ev = json::parse(e);
+    stext += ev["choices"][0]["text"].get<std::string>();
+    auto& l = ev["choices"][0]["logprobs"];
+    if (!l.is_null())
+      for (auto& v : l["token_logprobs"]) streamed.push_back(v);
+  }
+  CHECK(stext == text);
+  CHECK(streamed == lp["token_logprobs"]);
+  // max_tokens 0 with echo scores the prompt alone (lm-eval's loglikelihood); without echo, 400.
+  auto z = post(c, "/v1/completions",
+                {{"model", "stories260K"}, {"prompt", ids}, {"max_tokens", 0}, {"echo", true}, {"logprobs", 0}}, 200);
+  CHECK(z["choices"][0]["text"] == prompt);
+  CHECK(z["choices"][0]["finish_reason"] == "length");
+  CHECK(z["usage"]["completion_tokens"] == 0);
+  REQUIRE(z["choices"][0]["logprobs"]["token_logprobs"].size() == P);
+  for (size_t i = 1; i < P; ++i) CHECK(z["choices"][0]["logprobs"]["token_logprobs"][i] == lp["token_logprobs"][i]);
+  CHECK(post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"max_tokens", 0}}, 400)["error"]["param"] ==
+        "max_tokens");
 }
 
 TEST_CASE("best_of: the n candidates with the highest total log-probability, every candidate billed") {
