@@ -4,6 +4,7 @@
 set -euo pipefail
 strata=$1
 data=$2
+. "$(dirname "$0")/../serve_port.sh"
 tmp=$(mktemp -d)
 srv=""
 trap 'rm -rf "$tmp"; [ -z "$srv" ] || kill "$srv" 2>/dev/null || true' EXIT
@@ -140,12 +141,7 @@ expect_error "$tmp/max.toml: [scaling] max: expected an integer in" timeout 10 "
 # The HTTP front door as an operator runs it: any free port, real HTTP (curl), SIGTERM drains.
 "$strata" serve --model "$m" --port 0 --threads 1 > "$tmp/serve.log" 2>&1 &
 srv=$!
-port=""
-for _ in $(seq 100); do
-  port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$tmp/serve.log")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
+port=$(serve_port "$tmp/serve.log")
 [ -n "$port" ] || fail "serve did not start: $(cat "$tmp/serve.log")"
 url="http://127.0.0.1:$port"
 out=$(curl -sf "$url/health") && grep -q '"ok"' <<<"$out" || fail "health"

@@ -7,6 +7,7 @@ set -uo pipefail
 strata=$1
 data=$2
 here="$(cd "$(dirname "$0")" && pwd)"
+. "$here/../serve_port.sh"
 if ! command -v node >/dev/null || [ ! -d "$here/node_modules/openai" ]; then
   echo "SKIP: Node.js or the openai package is missing (scripts/setup.sh installs them)"
   exit 77
@@ -16,12 +17,7 @@ key="sk-test-$$"
 "$strata" serve --model "$data/models/stories260K" --port 0 --threads 1 --api-key "$key" >"$tmp/serve.log" 2>&1 &
 srv=$!
 trap 'kill -KILL $srv 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"' EXIT
-port=""
-for _ in $(seq 100); do
-  port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$tmp/serve.log")
-  [ -n "$port" ] && break
-  sleep 0.1
-done
+port=$(serve_port "$tmp/serve.log")
 [ -n "$port" ] || { echo "FAIL: the server did not start"; cat "$tmp/serve.log"; exit 1; }
 # The prompt's token ids, as the server's tokenizer encodes it (BOS first).
 ids=$("$strata" generate --model "$data/models/stories260K" --prompt "Once upon a time" --steps 1 --logits "$tmp/l.json" >/dev/null &&

@@ -504,6 +504,44 @@ std::vector<int32_t> reference_tokens(const model& m, const std::vector<int32_t>
   return std::vector<int32_t>(want.begin(), want.end());
 }
 
+scaling_report report_of(caf::actor_system& sys, const caf::actor& scaler) {
+  caf::scoped_actor self{sys};
+  scaling_report rep;
+  self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { rep = r; }, [](caf::error&) {});
+  return rep;
+}
+
+// Clients for `prompts` (80 ms apart) against the scaled model while a thread watches the
+// scaler's report and, once instance 2 has an event `stage`, sends `sig` to `node`. killed_at:
+// seconds after the start, or -1 if the stage never came.
+struct killed_run {
+  client_results res;
+  double killed_at = -1;
+};
+killed_run run_and_kill(cluster& c, const scaled& g, const std::vector<std::vector<int32_t>>& prompts, int len,
+                        const std::string& stage, const std::string& node, int sig) {
+  auto& sys = c.raw().system();
+  std::atomic<bool> done{false};
+  std::atomic<double> killed_at{-1};
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread killer([&] {
+    while (!done) {
+      bool reached = false;
+      for (auto& e : report_of(sys, g.scaler).events) reached |= e.instance == 2 && e.what == stage;
+      if (reached) {
+        c.kill(node, sig);
+        killed_at = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        return;
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  auto res = run_clients(sys, g.router, prompts, len, 80ms, t0);
+  done = true;
+  killer.join();
+  return {std::move(res), killed_at};
+}
+
 // When the scaler's instance 2 (on n1) reaches `stage` ("serving": a cooperative route whose head
 // and first layers are on n1, the rest on src; "full": a whole instance on n1), n1 gets `sig`.
 // Every request must still complete with the reference's tokens: those on n1's routes are
@@ -525,30 +563,9 @@ void node_death_run(const std::string& stage, int sig, const std::string& policy
   auto router = g.router, scaler = g.scaler;
   const int n = 24, len = 60;
   auto prompts = random_prompts(n, 11);
-  std::atomic<bool> done{false};
-  std::atomic<double> killed_at{-1};
-  auto t0 = std::chrono::steady_clock::now();
-  std::thread killer([&] {
-    caf::scoped_actor self{sys};
-    while (!done) {
-      bool reached = false;
-      self->request(scaler, 5s, report_atom::value)
-          .receive(
-              [&](scaling_report& r) {
-                for (auto& e : r.events) reached |= e.instance == 2 && e.what == stage;
-              },
-              [](caf::error&) {});
-      if (reached) {
-        c.kill("n1", sig);
-        killed_at = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        return;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-  });
-  auto res = run_clients(sys, router, prompts, len, 80ms, t0);
-  done = true;
-  killer.join();
+  auto run = run_and_kill(c, g, prompts, len, stage, "n1", sig);
+  auto& res = run.res;
+  const double killed_at = run.killed_at;
   REQUIRE_MESSAGE(killed_at >= 0, "instance 2 never reached '" << stage << "'");
   for (int i = 0; i < n; ++i) {
     CAPTURE(i);
@@ -558,8 +575,7 @@ void node_death_run(const std::string& stage, int sig, const std::string& policy
   caf::scoped_actor self{sys};
   router_stats rs;
   self->request(router, 5s, stats_atom::value).receive([&](router_stats& s) { rs = s; }, [](caf::error&) {});
-  scaling_report rep;
-  self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { rep = r; }, [](caf::error&) {});
+  auto rep = report_of(sys, scaler);
   bool lost = false, placed_on_n1_again = false;
   for (auto& e : rep.events) {
     MESSAGE(e.t << " " << e.what << " i" << e.instance << " " << e.detail);
@@ -614,30 +630,9 @@ void controller_death_run(bool after_full, int sig = SIGKILL) {
   auto g = spawn_scaled(c, *m, ro);
   const int n = 24, len = 60;
   auto prompts = random_prompts(n, 5);
-  auto t0 = std::chrono::steady_clock::now();
-  std::atomic<double> killed{-1};
-  std::atomic<bool> done{false};
-  std::thread killer([&] {
-    caf::scoped_actor self{sys};
-    while (!done) {
-      bool reached = false;
-      self->request(g.scaler, 5s, report_atom::value)
-          .receive(
-              [&](scaling_report& r) {
-                for (auto& e : r.events) reached |= e.instance == 2 && e.what == (after_full ? "full" : "scale-out");
-              },
-              [](caf::error&) {});
-      if (reached) {
-        c.kill("src", sig);
-        killed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        return;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-  });
-  auto res = run_clients(sys, g.router, prompts, len, 80ms, t0);
-  done = true;
-  killer.join();
+  auto run = run_and_kill(c, g, prompts, len, after_full ? "full" : "scale-out", "src", sig);
+  auto& res = run.res;
+  const double killed = run.killed_at;
   REQUIRE(killed >= 0);
   int failed = 0;
   for (int i = 0; i < n; ++i) {
@@ -652,9 +647,7 @@ void controller_death_run(bool after_full, int sig = SIGKILL) {
       CHECK(res.tokens[size_t(i)] == reference_tokens(**m, prompts[size_t(i)], len));
     }
   }
-  caf::scoped_actor self{sys};
-  scaling_report rep;
-  self->request(g.scaler, 5s, report_atom::value).receive([&](scaling_report& r) { rep = r; }, [](caf::error&) {});
+  auto rep = report_of(sys, g.scaler);
   double lost_at = -1;
   for (auto& e : rep.events) {
     MESSAGE(e.t << " " << e.what << " i" << e.instance << " " << e.detail);
