@@ -412,12 +412,10 @@ bool on_stats(scaler_actor* self, const router_stats& rs) {
   auto& st = self->state;
   double t = now(self);
   // Stop drained instances: nothing running touches them any more.
-  std::vector<uint32_t> done;
-  for (auto& [id, in] : st.insts) {
-    auto u = rs.in_use_by_instance.find(id);
-    if (in.draining && (u == rs.in_use_by_instance.end() || u->second == 0)) done.push_back(id);
-  }
-  for (auto id : done) stop_instance(self, id);
+  std::vector<uint32_t> draining;
+  for (auto& [id, in] : st.insts)
+    if (in.draining) draining.push_back(id);
+  for (auto id : drained(draining, rs.in_use_by_instance)) stop_instance(self, id);
   load_view v;
   v.now = t;
   v.waiting = rs.waiting;

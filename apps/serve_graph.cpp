@@ -60,7 +60,11 @@ int main(int argc, char** argv) {
                  std::to_string(r->result.generated_tokens) + " tokens]";
     });
   for (auto& c : clients) c.join();
-  for (auto& t : texts) std::printf("%s\n\n", t.c_str());
+  int rc = 0;
+  for (auto& t : texts) {
+    std::printf("%s\n\n", t.c_str());
+    if (t.rfind("error: ", 0) == 0) rc = 1;  // a failed request fails the app, not just its text
+  }
   for (const caf::actor& a : {head, front, back, tail, router}) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  return 0;
+  return rc;
 }

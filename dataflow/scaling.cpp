@@ -133,6 +133,15 @@ std::vector<int> scaling_policy::load_order(int n_layers, int) const {
   return o;
 }
 
+std::vector<uint32_t> drained(const std::vector<uint32_t>& draining, const std::map<uint32_t, uint32_t>& in_use) {
+  std::vector<uint32_t> out;
+  for (auto id : draining) {
+    auto u = in_use.find(id);
+    if (u == in_use.end() || u->second == 0) out.push_back(id);
+  }
+  return out;
+}
+
 threshold_policy::threshold_policy(std::string name, load_spec spec, scaling_knobs knobs)
     : name_(std::move(name)), spec_(std::move(spec)), knobs_(knobs) {}
 

@@ -121,6 +121,10 @@ struct scaling_knobs {
   double min_share = 0.25;        // has-gpu: a new instance's compute share, and the smallest
 };
 
+// The draining instances that may stop now: no running request's route touches them (a
+// cooperative route leaning on one keeps it, whatever else has left).
+std::vector<uint32_t> drained(const std::vector<uint32_t>& draining, const std::map<uint32_t, uint32_t>& in_use);
+
 // A scaling policy: researchers subclass this (or threshold_policy) to try new ones.
 class scaling_policy {
  public:

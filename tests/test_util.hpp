@@ -2,6 +2,8 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -54,6 +56,17 @@ class temp_dir {
  private:
   std::filesystem::path path_;
 };
+
+// Random tests draw from a fixed seed, so a failure reproduces; STRATA_TEST_SEED=N tries others.
+// Print it with the failure: INFO("STRATA_TEST_SEED=" << test_seed()).
+inline uint32_t test_seed() {
+  static const uint32_t s = [] {
+    const char* e = std::getenv("STRATA_TEST_SEED");
+    return e && *e ? uint32_t(std::strtoul(e, nullptr, 10)) : 20261206u;
+  }();
+  return s;
+}
+inline std::mt19937 seeded_rng() { return std::mt19937(test_seed()); }
 
 inline std::vector<float> random_vector(size_t n, std::mt19937& rng, float scale = 1.0f) {
   std::uniform_real_distribution<float> d(-scale, scale);

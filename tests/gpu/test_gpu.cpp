@@ -114,7 +114,8 @@ double compare(const model& m, cuda::weight_type type, int split, int steps) {
 }  // namespace
 
 TEST_CASE("rmsnorm on the GPU matches the CPU kernel") {
-  std::mt19937 rng(std::random_device{}());
+  auto rng = strata::test::seeded_rng();
+  INFO("STRATA_TEST_SEED=" << strata::test::test_seed());
   std::uniform_real_distribution<float> d(-2.0f, 2.0f);
   int rows = 37, n = 1000;
   std::vector<float> x(static_cast<size_t>(rows * n)), w(static_cast<size_t>(n)), cpu(x.size()), gpu(x.size());

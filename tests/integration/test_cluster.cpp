@@ -700,7 +700,7 @@ expected<caf::actor> try_connect(uint16_t port, const std::optional<tls::identit
   return out;
 }
 
-TEST_CASE("a TLS cluster: members with the cluster's certificates work; a peer without one is refused and logged") {
+TEST_CASE("a TLS cluster: members with the cluster's certificates work, a peer without one is refused and logged") {
   test::temp_dir certs_dir;
   auto certs = certs_dir / "certs";
   REQUIRE(tls::make_certs(certs, {"src", "a", "b", tls::client_name}));

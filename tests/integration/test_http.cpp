@@ -436,7 +436,7 @@ TEST_CASE("logprobs: completions' and chat's shapes, each value the log-softmax 
             ["error"]["param"] == "top_logprobs");
 }
 
-TEST_CASE("echo puts the prompt first; stop_token_ids end a choice like EOS") {
+TEST_CASE("echo puts the prompt first, and stop_token_ids end a choice like EOS") {
   server s;
   auto c = s.client();
   auto tok = load_tok();
@@ -794,6 +794,18 @@ TEST_CASE("bad requests get OpenAI-style errors with the right status, and the s
   CHECK(absurd["code"] == "context_length_exceeded");
   CHECK(too_long["code"] == "context_length_exceeded");
   CHECK(too_long["param"] == "prompt");
+  // The boundary: prompt + max_tokens may fill the context exactly, one more token is refused.
+  std::vector<int> ids(500, 403);
+  ids[0] = 1;
+  json fits = {{"model", "stories260K"}, {"prompt", ids}, {"max_tokens", 12}, {"temperature", 0}};
+  CHECK(post(c, "/v1/completions", fits, 200)["usage"]["prompt_tokens"] == 500);
+  fits["max_tokens"] = 13;
+  auto over = post(c, "/v1/completions", fits, 400)["error"];
+  CHECK(over["code"] == "context_length_exceeded");
+  CHECK(over["param"] == "max_tokens");
+  ids.resize(512, 403);  // a prompt that is the whole context leaves no room
+  CHECK(post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", ids}, {"max_tokens", 1}}, 400)["error"]["param"] ==
+        "prompt");
   // max_tokens near 2^63 must not overflow past the context check.
   auto huge = error_of("/v1/completions",
                        json{{"model", "stories260K"}, {"prompt", "x"}, {"max_tokens", INT64_MAX}}.dump(), 400);

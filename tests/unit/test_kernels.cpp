@@ -1,4 +1,5 @@
-// Every kernel against a float64 reference on fresh random inputs.
+// Every kernel against a float64 reference on random inputs (a fixed seed; STRATA_TEST_SEED=N
+// draws others).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -16,14 +17,13 @@ using strata::test::random_vector;
 
 namespace {
 
-std::mt19937 fresh_rng() { return std::mt19937(std::random_device{}()); }
 
 // |a - b| within tol of the scale of the terms that produced b.
 void check_close(const std::vector<float>& got, const std::vector<double>& want, double tol, double scale = 1.0) {
   REQUIRE(got.size() == want.size());
   double worst = 0;
   for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(double(got[i]) - want[i]) / scale);
-  CHECK(worst < tol);
+  CHECK_MESSAGE(worst < tol, "worst " << worst << " (STRATA_TEST_SEED=" << strata::test::test_seed() << ")");
 }
 
 std::vector<double> ref_rope(const std::vector<float>& v, int heads, int hd, int pos, double theta, rope_style s) {
@@ -41,24 +41,31 @@ std::vector<double> ref_rope(const std::vector<float>& v, int heads, int hd, int
 
 }  // namespace
 
-TEST_CASE("rmsnorm matches float64") {
-  auto rng = fresh_rng();
+TEST_CASE("rmsnorm matches float64, eps included") {
+  auto rng = strata::test::seeded_rng();
   int rows = 3, n = 77;
-  auto x = random_vector(size_t(rows * n), rng, 3.0f), w = random_vector(size_t(n), rng);
-  std::vector<float> out(x.size());
-  rmsnorm(out.data(), x.data(), w.data(), rows, n, 1e-5f);
-  std::vector<double> want(x.size());
-  for (int r = 0; r < rows; ++r) {
-    double ss = 0;
-    for (int j = 0; j < n; ++j) ss += double(x[size_t(r * n + j)]) * x[size_t(r * n + j)];
-    double inv = 1.0 / std::sqrt(ss / n + 1e-5);
-    for (int j = 0; j < n; ++j) want[size_t(r * n + j)] = w[size_t(j)] * x[size_t(r * n + j)] * inv;
-  }
-  check_close(out, want, 1e-5);
+  // Rows of scale 3 (eps negligible) and of scale 1e-3, where the mean square is near eps and a
+  // kernel that drops eps, or uses another one, is off by far more than the tolerance.
+  for (float scale : {3.0f, 1e-3f})
+    for (float eps : {1e-5f, 1e-6f}) {
+      CAPTURE(scale);
+      CAPTURE(eps);
+      auto x = random_vector(size_t(rows * n), rng, scale), w = random_vector(size_t(n), rng);
+      std::vector<float> out(x.size());
+      rmsnorm(out.data(), x.data(), w.data(), rows, n, eps);
+      std::vector<double> want(x.size());
+      for (int r = 0; r < rows; ++r) {
+        double ss = 0;
+        for (int j = 0; j < n; ++j) ss += double(x[size_t(r * n + j)]) * x[size_t(r * n + j)];
+        double inv = 1.0 / std::sqrt(ss / n + double(eps));
+        for (int j = 0; j < n; ++j) want[size_t(r * n + j)] = w[size_t(j)] * x[size_t(r * n + j)] * inv;
+      }
+      check_close(out, want, 1e-5);
+    }
 }
 
 TEST_CASE("matmul matches float64 for many shapes") {
-  auto rng = fresh_rng();
+  auto rng = strata::test::seeded_rng();
   for (int rows : {1, 2, 4, 5, 9, 16})
     for (int in : {1, 15, 16, 33, 200})
       for (int out : {1, 7, 64}) {
@@ -82,7 +89,7 @@ TEST_CASE("matmul matches float64 for many shapes") {
 TEST_CASE("matmul gives each row the same bits whatever the batch") {
   // Widths with a scalar tail after the 8-lane loop (172: stories260K's hidden size) are where
   // a compiler's FMA contraction once made 1-, 2- and 3-row tiles disagree.
-  auto rng = fresh_rng();
+  auto rng = strata::test::seeded_rng();
   for (int in : {129, 172, 61, 64}) {
     int rows = 11, out = 70;
     auto x = random_vector(size_t(rows * in), rng), W = random_vector(size_t(out * in), rng);
@@ -101,7 +108,7 @@ TEST_CASE("matmul gives each row the same bits whatever the batch") {
 }
 
 TEST_CASE("rope matches float64 in both conventions") {
-  auto rng = fresh_rng();
+  auto rng = strata::test::seeded_rng();
   for (auto style : {rope_style::interleaved, rope_style::rotate_half})
     for (int pos : {0, 1, 17, 511}) {
       int heads = 3, hd = 16;
@@ -114,7 +121,7 @@ TEST_CASE("rope matches float64 in both conventions") {
 
 TEST_CASE("rotate_half on permuted rows equals interleaved rope") {
   // The identity behind converting llama2.c checkpoints to Hugging Face layout.
-  auto rng = fresh_rng();
+  auto rng = strata::test::seeded_rng();
   int hd = 8;
   auto v = random_vector(size_t(hd), rng);
   std::vector<float> p(static_cast<size_t>(hd));
@@ -131,7 +138,7 @@ TEST_CASE("rotate_half on permuted rows equals interleaved rope") {
 }
 
 TEST_CASE("swiglu and softmax match float64") {
-  auto rng = fresh_rng();
+  auto rng = strata::test::seeded_rng();
   auto a = random_vector(100, rng, 6.0f), b = random_vector(100, rng);
   std::vector<float> h(100);
   swiglu(h.data(), a.data(), b.data(), 100);
@@ -222,7 +229,7 @@ struct ref_layer {
 }  // namespace
 
 TEST_CASE("a transformer layer (GQA, KV cache, prefill then decode) matches float64") {
-  auto rng = fresh_rng();
+  auto rng = strata::test::seeded_rng();
   for (auto style : {rope_style::interleaved, rope_style::rotate_half}) {
     auto c = model_config::llama(48, 80, 1, 6, 2, 10, 32);
     c.rope = style;
@@ -250,20 +257,27 @@ TEST_CASE("a transformer layer (GQA, KV cache, prefill then decode) matches floa
       check_close(x1, y, 1e-4);
     }
     CHECK(kv.length(7) == prefill + 3);
-    // A gap in positions is an error, not garbage.
-    int gap = 12;
+    // A gap in positions is an error, not garbage: one past the next position, or within a batch.
+    int gap = kv.length(7) + 1;
     seq_id s = 7;
     auto x2 = random_vector(size_t(c.dim), rng);
     auto st = forward_layer(c, w, 0, kv, &s, &gap, 1, x2.data());
     CHECK_FALSE(st);
     CHECK(st.message().find("does not continue") != std::string::npos);
+    seq_id two[] = {8, 8};
+    int skip[] = {0, 2};
+    std::vector<float> x3 = random_vector(size_t(2 * c.dim), rng);
+    st = forward_layer(c, w, 0, kv, two, skip, 2, x3.data());
+    CHECK_FALSE(st);
+    CHECK(st.message().find("sequence 8: position 2 does not continue") != std::string::npos);
+    kv.release(8);
     kv.release(7);
     CHECK(kv.sequences() == 0);
   }
 }
 
 TEST_CASE("a sequence's KV cache moves between caches and decoding goes on bit for bit") {
-  auto rng = fresh_rng();
+  auto rng = strata::test::seeded_rng();
   auto c = model_config::llama(48, 80, 3, 6, 2, 10, 32);
   auto m = make_random_model(c, rng(), "t");
   // `whole` runs layers 0-2 throughout; `a` runs layer 0 and `b` layers 1-2, until b takes
@@ -324,7 +338,7 @@ TEST_CASE("f16 and bf16 conversions") {
 // its sequence's tokens only, not of the other rows of its batch nor of how its prompt was
 // split into prefill chunks.
 TEST_CASE("a sequence's logits do not depend on its batch or on its prefill chunks") {
-  auto rng = fresh_rng();
+  auto rng = strata::test::seeded_rng();
   for (auto c : {model_config::llama(48, 80, 3, 6, 2, 50, 32), model_config::llama(64, 172, 5, 8, 4, 512, 32)}) {
     auto m = make_random_model(c, rng(), "t");
     const int n = 12, V = c.vocab_size;

@@ -88,7 +88,7 @@ TEST_CASE("greedy decoding of stories260K reproduces llama2.c's text") {
   CHECK(text.substr(0, golden.size()) == golden);
 }
 
-TEST_CASE("the logits observer sees every position before sampling; greedy picks their argmax") {
+TEST_CASE("the logits observer sees every position before sampling, and greedy picks their argmax") {
   std::vector<int> prompt = {1, 403, 407};
   std::vector<int> positions, picked;
   std::vector<std::vector<float>> seen;

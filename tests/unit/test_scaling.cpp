@@ -163,6 +163,66 @@ TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-al
   CHECK(make_policy("magic", k, l).message().find("unknown policy 'magic'") == 0);
 }
 
+// Every threshold at, just below and just above its value: "above" means strictly above, and
+// the keep-alive and cooldown count from their value on.
+TEST_CASE("threshold policy: each threshold's boundary, exactly") {
+  auto k = policy_knobs();  // queue 4 per instance, keep-alive 2 s, cooldown 1 s, max 3
+  link_speeds l;
+  struct row {
+    const char* what;
+    int waiting;
+    double ttft, tbt, kv;
+    int add;
+  };
+  const row rows[] = {
+      {"queue at its threshold", 4, 0, 0, 0, 0},
+      {"queue one above", 5, 0, 0, 0, 1},
+      {"ttft at the SLO", 1, k.ttft_slo_s, 0, 0, 0},
+      {"ttft above the SLO", 1, k.ttft_slo_s * 1.001, 0, 0, 1},
+      {"tbt at the SLO", 1, 0, k.tbt_slo_s, 0, 0},
+      {"tbt above the SLO", 1, 0, k.tbt_slo_s * 1.001, 0, 1},
+      {"kv use at its high mark", 1, 0, 0, k.kv_high, 0},
+      {"kv use above it", 1, 0, 0, k.kv_high + 0.001, 1},
+      {"no queue, every signal high", 0, 9, 9, 1, 0},
+  };
+  for (auto& r : rows) {
+    CAPTURE(r.what);
+    auto p = make_policy("blitz", k, l);
+    REQUIRE(p);
+    load_view v;
+    v.full = 1;
+    v.now = 100;
+    v.waiting = r.waiting;
+    v.ttft_ema_s = r.ttft;
+    v.tbt_ema_s = r.tbt;
+    v.kv_use = r.kv;
+    CHECK((*p)->decide(v).add == r.add);
+  }
+  auto p = make_policy("blitz", k, l);
+  load_view v;
+  v.full = 1;
+  v.waiting = 9;
+  v.now = 10;
+  REQUIRE((*p)->decide(v).add == 2);
+  v.full = 2;  // one still to come: the next decision waits out the cooldown from 10 s
+  v.now = 10 + k.cooldown_s - 0.001;
+  CHECK((*p)->decide(v).add == 0);
+  v.now = 10 + k.cooldown_s;
+  CHECK((*p)->decide(v).add == 1);
+  // Keep-alive: an instance idle exactly that long goes, one idle a little less stays.
+  v.full = 3;
+  v.waiting = 0;
+  v.idle_for_s = {{2, k.keep_alive_s}, {3, k.keep_alive_s - 0.001}};
+  CHECK((*p)->decide(v).remove == std::vector<uint32_t>{2});
+}
+
+TEST_CASE("a draining instance stops only once no running request touches it") {
+  // 1: one cooperative request still leans on it; 2: none (an entry of 0); 3: never used.
+  CHECK(drained({1, 2, 3}, {{1, 1}, {2, 0}}) == std::vector<uint32_t>{2, 3});
+  CHECK(drained({1}, {{1, 5}}).empty());
+  CHECK(drained({}, {{1, 0}}).empty());  // only draining ones, never one that serves
+}
+
 TEST_CASE("lambda-pipe starts instances in pairs that load complementary halves") {
   scaling_knobs k;
   k.max_instances = 5;

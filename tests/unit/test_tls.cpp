@@ -14,7 +14,7 @@
 using namespace strata;
 namespace fs = std::filesystem;
 
-TEST_CASE("tls: init-certs makes a CA and members that verify; keys are private; rerun adds only new names") {
+TEST_CASE("tls: init-certs makes a CA and members that verify, keys are private, a rerun adds only new names") {
   test::temp_dir d;
   auto dir = d / "certs";
   auto made = tls::make_certs(dir, {"src", "a"});

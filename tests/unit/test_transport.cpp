@@ -109,3 +109,27 @@ TEST_CASE("ucx: sending to an unknown peer fails at once") {
   auto bad = (*a)->connect(junk);
   CHECK_FALSE(bad);
 }
+
+TEST_CASE("ucx: a worker address round-trips framed, and any flipped byte, cut or extension is refused") {
+  std::vector<uint8_t> raw(57);
+  for (size_t i = 0; i < raw.size(); ++i) raw[i] = uint8_t(i * 31 + 7);
+  auto framed = transport::frame_address(raw.data(), raw.size());
+  auto back = transport::unframe_address(framed);
+  REQUIRE_MESSAGE(back, back.message());
+  CHECK(*back == raw);
+  for (size_t i = 0; i < framed.size(); ++i) {  // magic, length, checksum and address bytes alike
+    CAPTURE(i);
+    auto bad = framed;
+    bad[i] ^= 0x10;
+    auto r = transport::unframe_address(bad);
+    CHECK_FALSE(r);
+    CHECK(r.message().find("not a valid Strata UCX worker address") == 0);
+  }
+  auto cut = framed;
+  cut.pop_back();
+  CHECK_FALSE(transport::unframe_address(cut));
+  auto longer = framed;
+  longer.push_back(0);
+  CHECK_FALSE(transport::unframe_address(longer));
+  CHECK_FALSE(transport::unframe_address({}));
+}
