@@ -1,5 +1,6 @@
-// A researcher's scaling policy as a C++ app file: subclass scaling_policy, hand it to a scaler,
-// replay a trace, read the report. This one scales out by the backlog's size at once (no
+// A researcher's scaling policy as a C++ app file: subclass scaling_policy, register it by name
+// (then make_policy, --policy and `strata policies` know it like a built-in), hand it to a
+// scaler, replay a trace, read the report. This one scales out by the backlog's size at once (no
 // cooldown) and loads over the network while serving, like blitz.
 //
 //   build/bin/custom_policy [MODEL_DIR]
@@ -43,7 +44,14 @@ int main(int argc, char** argv) {
   so.layer_bytes = 1e9;  // emulate 1 GB layers: 80 ms each over 12.5 GB/s
   so.device.layer_s = 0.002;
   so.device.per_row_s = 0.0002;
-  auto scaler = spawn_scaler(sys, *m, router, std::make_shared<backlog_policy>(), scaling_knobs{}, so);
+  auto reg = register_policy({"backlog", "one more instance per 8 waiting requests, at once",
+                              [](const scaling_knobs&, const link_speeds&) -> std::unique_ptr<scaling_policy> {
+                                return std::make_unique<backlog_policy>();
+                              }});
+  if (!reg) return std::fprintf(stderr, "%s\n", reg.message().c_str()), 1;
+  auto policy = make_policy("backlog", scaling_knobs{}, link_speeds{});
+  if (!policy) return std::fprintf(stderr, "%s\n", policy.message().c_str()), 1;
+  auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*policy)), scaling_knobs{}, so);
 
   gamma_options g;  // a burst: 80 requests at 40/s, gaps gamma-distributed with shape 0.3
   g.n = 80;

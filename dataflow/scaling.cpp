@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <sstream>
 
 namespace strata {
@@ -271,28 +272,77 @@ class lambda_policy : public threshold_policy {
 
 }  // namespace
 
+namespace {
+
+template <class P>
+std::unique_ptr<scaling_policy> make_as(const std::string& name, load_spec spec, const scaling_knobs& k) {
+  return std::make_unique<P>(name, std::move(spec), k);
+}
+
+struct policy_registry {
+  std::mutex mu;
+  std::vector<policy_entry> entries;
+  policy_registry() {
+    auto blitz = [](const scaling_knobs& k, const link_speeds& l) {
+      return make_as<threshold_policy>("blitz", {l.network_gb_s, true, false, "network multicast from running instances"}, k);
+    };
+    auto lambda = [](const scaling_knobs& k, const link_speeds& l) -> std::unique_ptr<scaling_policy> {
+      auto p = std::make_unique<lambda_policy>(
+          "lambda-pipe", load_spec{l.network_gb_s, true, true, "network multicast, execute-while-load pipelines"}, k);
+      p->max_ = k.max_instances;
+      return p;
+    };
+    auto stw = [](const scaling_knobs& k, const link_speeds& l) {
+      return make_as<threshold_policy>("stop-the-world", {l.remote_gb_s, false, false, "remote host copy"}, k);
+    };
+    auto all_cache = [](const scaling_knobs& k, const link_speeds& l) {
+      return make_as<threshold_policy>("all-cache", {l.local_host_gb_s, false, false, "host copy on every node", true}, k);
+    };
+    auto has_gpu = [](const scaling_knobs& k, const link_speeds& l) {
+      return make_as<has_gpu_policy>("has-gpu", {l.network_gb_s, true, false, "network multicast from running instances"}, k);
+    };
+    entries = {
+        {"blitz", "BlitzScale: multicast from running instances, serve while loading (cooperative routes)", blitz},
+        {"lambda-pipe", "lambdaScale: instances in pairs loading complementary halves, execute-while-load pipelines",
+         lambda},
+        {"all-cache", "a host copy on every node: load from it, serve once complete", all_cache},
+        {"stop-the-world", "load from a remote host copy, serve once complete (the baseline)", stw},
+        {"has-gpu", "HAS-GPU: grow an instance's compute share before adding instances; blitz loading", has_gpu},
+    };
+  }
+};
+
+policy_registry& registry() {
+  static policy_registry r;
+  return r;
+}
+
+}  // namespace
+
+status register_policy(policy_entry e) {
+  auto& r = registry();
+  std::lock_guard<std::mutex> g(r.mu);
+  if (e.name.empty() || !e.make) return make_error("a policy needs a name and a factory");
+  for (auto& x : r.entries)
+    if (x.name == e.name) return make_error("policy '" + e.name + "' is registered already");
+  r.entries.push_back(std::move(e));
+  return {};
+}
+
+std::vector<policy_entry> scaling_policies() {
+  auto& r = registry();
+  std::lock_guard<std::mutex> g(r.mu);
+  return r.entries;
+}
+
 expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, const scaling_knobs& k,
                                                       const link_speeds& l) {
-  if (name == "blitz")
-    return std::unique_ptr<scaling_policy>(std::make_unique<threshold_policy>(
-        name, load_spec{l.network_gb_s, true, false, "network multicast from running instances"}, k));
-  if (name == "lambda-pipe") {
-    auto p = std::make_unique<lambda_policy>(
-        name, load_spec{l.network_gb_s, true, true, "network multicast, execute-while-load pipelines"}, k);
-    p->max_ = k.max_instances;
-    return std::unique_ptr<scaling_policy>(std::move(p));
+  std::string names;
+  for (auto& e : scaling_policies()) {
+    if (e.name == name) return e.make(k, l);
+    names += (names.empty() ? "" : ", ") + e.name;
   }
-  if (name == "stop-the-world")
-    return std::unique_ptr<scaling_policy>(
-        std::make_unique<threshold_policy>(name, load_spec{l.remote_gb_s, false, false, "remote host copy"}, k));
-  if (name == "all-cache")
-    return std::unique_ptr<scaling_policy>(
-        std::make_unique<threshold_policy>(name, load_spec{l.local_host_gb_s, false, false, "host copy on every node", true}, k));
-  if (name == "has-gpu")
-    return std::unique_ptr<scaling_policy>(std::make_unique<has_gpu_policy>(
-        name, load_spec{l.network_gb_s, true, false, "network multicast from running instances"}, k));
-  return make_error("unknown policy '" + name +
-                    "' (expected blitz, lambda-pipe, stop-the-world, all-cache or has-gpu)");
+  return make_error("unknown policy '" + name + "' (expected one of " + names + "; see strata policies)");
 }
 
 }  // namespace strata

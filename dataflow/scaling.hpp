@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -188,8 +189,21 @@ struct link_speeds {
   double remote_gb_s = 2.0;     // GB/s of the cold path: a remote host copy or SSD
 };
 
-// blitz, lambda-pipe, stop-the-world (remote host copy), all-cache (host copy on every node),
-// has-gpu (blitz loading, vertical before horizontal scaling).
+// The policy registry: name -> factory. Built in: blitz, lambda-pipe, stop-the-world (remote
+// host copy), all-cache (host copy on every node), has-gpu (blitz loading, vertical before
+// horizontal scaling). An app file registers its own before it parses options; `strata
+// policies` lists them.
+struct policy_entry {
+  std::string name;
+  std::string description;
+  std::function<std::unique_ptr<scaling_policy>(const scaling_knobs&, const link_speeds&)> make;
+};
+
+// Adds a policy; an empty or taken name is an error.
+status register_policy(policy_entry e);
+// Every registered policy, built-ins first, then in registration order.
+std::vector<policy_entry> scaling_policies();
+
 expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, const scaling_knobs& k,
                                                       const link_speeds& l);
 
