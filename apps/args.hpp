@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -20,9 +22,86 @@ struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// One option of a command: the single source of its parser, its --help and the README's CLI
+// reference (apps/commands.cpp holds the table; a docs test keeps the README equal to it).
+struct option_spec {
+  std::string name;   // without "--"
+  std::string value;  // what it takes, e.g. "N", "PATH"; empty: a flag that takes none
+  std::string def;    // the default the typed getters use when the option is absent ("" = none)
+  std::string help;   // one line; for people
+  std::string shown;  // how the default reads in help when it is computed (e.g. "cores"); else def
+};
+
+struct command_spec {
+  std::string name;      // "generate", "cluster view"
+  std::string operands;  // what comes before the options, e.g. "FILE"
+  std::string summary;
+  std::vector<option_spec> options;
+  std::string notes;  // a paragraph after the options
+  const option_spec* find(const std::string& k) const {
+    for (auto& o : options)
+      if (o.name == k) return &o;
+    return nullptr;
+  }
+};
+
+// The option of `spec` closest to a mistyped one (edit distance at most 2, or a prefix), or "".
+inline std::string nearest_option(const command_spec& spec, const std::string& k) {
+  std::string best;
+  size_t best_d = 3;
+  for (auto& o : spec.options) {
+    const std::string& n = o.name;
+    std::vector<size_t> prev(n.size() + 1), cur(n.size() + 1);
+    for (size_t j = 0; j <= n.size(); ++j) prev[j] = j;
+    for (size_t i = 1; i <= k.size(); ++i) {
+      cur[0] = i;
+      for (size_t j = 1; j <= n.size(); ++j)
+        cur[j] = std::min({prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (k[i - 1] == n[j - 1] ? 0 : 1)});
+      std::swap(prev, cur);
+    }
+    size_t d = prev[n.size()];
+    if (k.size() >= 3 && n.rfind(k, 0) == 0) d = std::min<size_t>(d, 1);
+    if (d < best_d && d <= k.size() / 2) best_d = d, best = n;  // "min" is not a typo of "n"
+  }
+  return best;
+}
+
 class args {
  public:
-  // `flags` take no value; every other --option takes exactly one.
+  // Parses argv[first..] against a command's options: --key value, --key=value, or --flag.
+  static expected<args> parse(int argc, char** argv, int first, const command_spec& spec) {
+    args a;
+    a.spec_ = &spec;
+    for (int i = first; i < argc; ++i) {
+      std::string k = argv[i];
+      if (k.rfind("--", 0) != 0)
+        return make_error(spec.name + ": unexpected argument '" + k + "' (see strata " + spec.name + " --help)");
+      k = k.substr(2);
+      std::optional<std::string> inline_value;
+      if (auto eq = k.find('='); eq != std::string::npos) inline_value = k.substr(eq + 1), k = k.substr(0, eq);
+      const option_spec* o = spec.find(k);
+      if (!o) {
+        auto near = nearest_option(spec, k);
+        return make_error(spec.name + ": unknown option --" + k +
+                          (near.empty() ? "" : " (did you mean --" + near + "?)") + " (see strata " + spec.name +
+                          " --help)");
+      }
+      if (o->value.empty()) {
+        if (inline_value) return make_error("--" + k + " takes no value");
+        a.v_[k] = "1";
+        continue;
+      }
+      if (inline_value) {
+        a.v_[k] = *inline_value;
+        continue;
+      }
+      if (i + 1 >= argc) return make_error("option --" + k + " needs a value (" + o->value + ")");
+      a.v_[k] = argv[++i];
+    }
+    return a;
+  }
+  // For tools without a command table (the benchmarks): `flags` take no value; every other
+  // --option takes exactly one.
   static expected<args> parse(int argc, char** argv, int first, const std::set<std::string>& known,
                               const std::set<std::string>& flags = {}) {
     args a;
@@ -41,9 +120,17 @@ class args {
     return a;
   }
   bool has(const std::string& k) const { return v_.count(k) > 0; }
-  std::string str(const std::string& k, const std::string& def = "") const {
+  std::string str(const std::string& k, const std::string& def) const {
     auto it = v_.find(k);
     return it == v_.end() ? def : it->second;
+  }
+  // The value, or the command table's default for it.
+  std::string str(const std::string& k) const { return str(k, table_default(k)); }
+  long integer(const std::string& k, long lo, long hi) const { return with_default(k).integer(k, 0, lo, hi); }
+  double number(const std::string& k, double lo, double hi) const { return with_default(k).number(k, 0, lo, hi); }
+  double positive(const std::string& k, double hi) const { return with_default(k).positive(k, 0, hi); }
+  std::string choice(const std::string& k, std::initializer_list<const char*> options) const {
+    return choice(k, table_default(k), options);
   }
   // Typed values, checked: a value that is not of the type, or lies outside [lo, hi], throws
   // usage_error ("--min: expected an integer, got 'abc'"), which main() reports in one line with
@@ -87,12 +174,27 @@ class args {
   }
 
  private:
+  std::string table_default(const std::string& k) const {
+    const option_spec* o = spec_ ? spec_->find(k) : nullptr;
+    if (!o) throw std::logic_error("option --" + k + " is not in its command's table");
+    return o->def;
+  }
+  // Itself, or a copy holding the table's default for k: a default goes through the same checks
+  // as a value from the command line.
+  args with_default(const std::string& k) const {
+    if (has(k)) return *this;
+    args d = *this;
+    d.v_[k] = table_default(k);
+    if (d.v_[k].empty()) throw std::logic_error("option --" + k + " has no default in its command's table");
+    return d;
+  }
   static std::string format(double x) {
     char b[32];
     std::snprintf(b, sizeof b, "%g", x);
     return b;
   }
   std::map<std::string, std::string> v_;
+  const command_spec* spec_ = nullptr;
 };
 
 // Prints a CLI error and gives the exit status to return.

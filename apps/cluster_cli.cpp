@@ -13,6 +13,7 @@
 #include "actors/control_plane.hpp"
 #include "apps/args.hpp"
 #include "apps/cluster_cli.hpp"
+#include "apps/commands.hpp"
 
 namespace strata {
 
@@ -51,9 +52,7 @@ void die_with_parent() {
 
 int cmd_node(int argc, char** argv) {
   die_with_parent();
-  auto a = args::parse(argc, argv, 2,
-                       {"config", "name", "listen", "controller", "transport", "model", "port-file", "memory-gb", "tls",
-                        "model-root"});
+  auto a = args::parse(argc, argv, 2, strata_command("node"));
   if (!a) return fail(a.message());
   node_config cfg;
   if (a->has("config")) {
@@ -147,11 +146,11 @@ int cmd_node(int argc, char** argv) {
 int cmd_init_certs(int argc, char** argv) {
   if (argc < 4 || argv[3][0] == '-') return fail("usage: strata cluster init-certs DIR --names A,B,... [--days N]");
   std::string dir = argv[3];
-  auto a = args::parse(argc, argv, 4, {"names", "days"});
+  auto a = args::parse(argc, argv, 4, strata_command("cluster init-certs"));
   if (!a) return fail(a.message());
   auto names = split_list(a->str("names"));
   names.push_back(tls::client_name);
-  auto made = tls::make_certs(dir, names, int(a->integer("days", 825, 1, 36500)));
+  auto made = tls::make_certs(dir, names, int(a->integer("days", 1, 36500)));
   if (!made) return fail(made.message());
   for (auto& n : *made) std::printf("made %s/%s.pem and %s.key\n", dir.c_str(), n.c_str(), n.c_str());
   std::printf("%s: CA ca.pem (its key ca.key signs new members: keep it off the nodes); %zu new member(s)\n",
@@ -164,26 +163,27 @@ int cmd_cluster(int argc, char** argv) {
   if (sub == "init-certs") return cmd_init_certs(argc, argv);
   if (sub != "view" && sub != "multicast")
     return fail("usage: strata cluster view|multicast --controller HOST:PORT ... | init-certs DIR --names A,B");
-  auto a = args::parse(argc, argv, 3,
-                       {"controller", "model", "targets", "plan", "chunk-kb", "fanout", "busy", "max-sources",
-                        "timeout-s", "tls", "tls-name"});
+  auto a = args::parse(argc, argv, 3, strata_command("cluster " + sub));
   if (!a) return fail(a.message());
-  auto id = identity_for(a->str("tls"), a->str("tls-name", tls::client_name));
+  auto id = identity_for(a->str("tls"), a->str("tls-name"));
   if (!id) return fail(id.message());
   if (!a->has("controller")) return fail("--controller HOST:PORT is required");
   // Every value is checked before anything connects.
   multicast_request req;
-  req.model = a->str("model");
-  req.targets = split_list(a->str("targets"));
-  req.plan = a->str("plan", "chain");
-  req.chunk_bytes = uint64_t(a->integer("chunk-kb", 4096, 1, 1 << 20)) << 10;
-  req.fanout = int(a->integer("fanout", 2, 1, 64));
-  req.max_sources = int(a->integer("max-sources", 0, 1, 1024));  // absent (0): every holder
-  req.busy = split_list(a->str("busy"));
-  auto timeout = std::chrono::seconds(a->integer("timeout-s", 300, 1, 86400));
-  // The controller aborts the transfer at the timeout and answers with its report; the client
-  // waits a little longer for that answer.
-  req.timeout_ms = int64_t(timeout.count()) * 1000;
+  auto timeout = std::chrono::seconds(10);
+  if (sub == "multicast") {
+    req.model = a->str("model");
+    req.targets = split_list(a->str("targets"));
+    req.plan = a->str("plan");
+    req.chunk_bytes = uint64_t(a->integer("chunk-kb", 1, 1 << 20)) << 10;
+    req.fanout = int(a->integer("fanout", 1, 64));
+    req.max_sources = int(a->integer("max-sources", 0, 1, 1024));  // absent (0): every holder
+    req.busy = split_list(a->str("busy"));
+    timeout = std::chrono::seconds(a->integer("timeout-s", 1, 86400));
+    // The controller aborts the transfer at the timeout and answers with its report; the client
+    // waits a little longer for that answer.
+    req.timeout_ms = int64_t(timeout.count()) * 1000;
+  }
   cluster_runtime rt(*id);
   auto ctl = connect_control(*rt.sys, a->str("controller"), std::chrono::seconds(5), true);
   if (!ctl) {

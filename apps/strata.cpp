@@ -17,6 +17,7 @@
 #include "actors/scaler.hpp"
 #include "apps/args.hpp"
 #include "apps/cluster_cli.hpp"
+#include "apps/commands.hpp"
 #include "dataflow/files.hpp"
 #include "dataflow/manifest.hpp"
 #include "dataflow/param_image.hpp"
@@ -30,97 +31,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* usage = R"(strata: an actor-model dataflow engine for serving transformer LLMs
-
-usage: strata <command> [options]
-
-commands:
-  generate   generate text through the actor pipeline
-               --model PATH       llama2.c checkpoint (file or dir) or Hugging Face dir (required)
-               --prompt TEXT      prompt text (default: empty, i.e. start from BOS)
-               --prompt-tokens L  comma-separated token ids instead of text (models without tokenizer)
-               --tokenizer FILE   llama2.c tokenizer (default: tok*.bin next to the model)
-               --steps N          tokens to generate (default 256)
-               --temperature T    0 = greedy (default 0)
-               --top-p P          nucleus sampling threshold (default 0.9; 1 disables)
-               --seed S           sampling seed (default 42)
-               --shards SPEC      K even layer shards, or sizes like 2,3 (default 1)
-               --devices LIST     where each shard runs: cpu or cuda:N, one for all or one per
-                                  shard (default cpu); GPU shards hold bf16 weights
-               --n N              run N copies of the prompt concurrently (default 1)
-               --threads N        kernel threads (default: cores)
-               --logits FILE      write every generated position's logits (JSON: position,
-                                  token, logits) from the plain forward pass, to compare engines
-  run        bring up what a topology file describes on this machine and run its job (autoscale,
-             replay or serve); every key is documented in the README; options after FILE override it
-               FILE [--option value ...]
-  serve      OpenAI-compatible HTTP server (completions, chat, SSE streaming, models, health,
-             readiness, Prometheus metrics); SIGTERM/SIGINT drain in-flight requests, then exit 0
-               --model PATH [--port 8000 --host 127.0.0.1 --served-model-name NAME (model dir name)]
-               [--shards SPEC (1) --max-running 64 --max-waiting 256 --max-batch-tokens 512]
-               [--http-threads 4 (I/O threads) --max-connections-per-client 256 --drain-timeout-s 30 --threads N]
-               [--api-key KEY (or STRATA_API_KEY): /v1/* needs "Authorization: Bearer KEY"]
-               [--devices cpu|cuda:N[,...]: where shards run, one for all or one per shard;
-                with --policy, the device of every instance]
-               [--policy blitz|lambda-pipe|all-cache|stop-the-world|has-gpu: autoscale instances in this process,
-                with the scaling, link and device options of autoscale; metrics then include
-                instances, layers and bytes loaded, scale events]
-  demo       several concurrent prompts on stories260K with a throughput summary
-               --model PATH (default ../shared/data/models/stories260K) --shards SPEC (default 3)
-  inspect    print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)
-               --model PATH  [--verify: re-read every byte range and check its checksum]
-               [--write FILE: save the flatbuffers manifest]
-  gen-model  write a deterministic random-weight Llama model in Hugging Face format
-               --out DIR --dim D --hidden H --layers L --heads NH --kv-heads NKV --vocab V
-               --seq-len S --dtype f32|f16|bf16 --seed S --untied --shard-mb MB
-  convert    write any loadable model as a Hugging Face directory
-               --model PATH --out DIR --dtype f32|f16|bf16
-  node       run one node process of a cluster (CAF middleman + UCX data plane)
-               --config FILE (TOML, see README) and overrides --name --listen HOST:PORT
-               --controller HOST:PORT (omit: this node is the controller) --transport tcp|sm|auto
-               --model NAME=PATH (offer a model from disk) --port-file FILE --memory-gb G
-               --model-root DIR (where others may ask it to load models) --tls DIR (mutual TLS)
-  cluster    talk to a running cluster (every command takes --tls DIR for a TLS cluster)
-               view --controller HOST:PORT
-               multicast --controller HOST:PORT --model NAME --targets a,b,c
-                 [--plan chain|binomial|kary|block|binomial-pipeline|one-to-one] [--chunk-kb 4096] [--fanout 2]
-                 [--busy n1,n2] [--max-sources K] [--timeout-s 300]
-               init-certs DIR --names src,a,b [--days 825]: a cluster CA and member certificates
-  replay     replay a request trace against the actor pipeline; latency percentiles, SLOs, SVG
-               --model PATH --trace FILE|gamma [--format azure|mooncake|burstgpt] [--strict]
-               [--start S --duration S --max-requests N (200) --speedup X | --rate R]
-               [--max-prompt P --max-output O] (lengths are also clipped to the context)
-               gamma: [--n 100 --gamma-rate 4 --burstiness 0.5 --seed 1]
-               [--shards SPEC --max-running N --max-batch-tokens N]
-               [--ttft-slo-ms 1000 --tbt-slo-ms 200] [--svg FILE]
-  autoscale  replay a trace under scaling policies and compare them; the math is the real model's
-               --model PATH --trace FILE|gamma [trace options as for replay]
-               [--policies blitz,lambda-pipe,all-cache,stop-the-world,has-gpu] [--min 1 --max 4 --queue 4]
-               [--ttft-slo-ms 1000 --tbt-slo-ms 200 --keep-alive-s 3 --max-running 16]
-               [--min-share 0.25] (has-gpu: a new instance's share of its device, and the smallest)
-               [--device-layer-ms 0.5 --device-row-ms 0.02] [--svg-prefix P]
-               [--scheduler zigzag|least-loaded] (how requests pick among routes, see README)
-               [--migration kv|recompute|off] (how requests leave a cooperative route)
-             across node processes (instances in `strata node` processes, parameters over UCX):
-               --nodes N [--link-mbs MB/s per node's egress (0: unpaced)] [--chunk-kb 64]
-               [--placement src,n2,n1: nodes that may host instances, in the order used]
-               [--transport tcp|sm] (all-cache loads from a node's own copy at link x host-gbs/network-gbs)
-               [--kill n1@2.5 [--kill-signal KILL|STOP]]: fault injection: that node process gets the
-                signal 2.5 s into each policy's replay (and is restarted fresh after it); requests on
-                its instances are re-admitted elsewhere. src (the controller): the run fails at once
-                with the reason, and the next policy gets a fresh cluster
-             in-process instances with an emulated link profile (without --nodes):
-               [--layer-mb 400 --globals-mb 500 --network-gbs 12.5 --host-gbs 25 --remote-gbs 2]
-  help       this text
-
-every command that loads a model also takes --max-memory SIZE (e.g. 8G; or STRATA_MAX_MEMORY;
-default: physical RAM): a model whose tensors would not fit is refused before anything is allocated
-)";
+// The command being run, for "see strata CMD --help" after a usage error.
+std::string current_command = "help";
 
 // Options every model-loading command takes: --threads N (kernel threads; 0: one per core) and
 // --max-memory SIZE (the memory budget models are checked against before they are allocated).
 void apply_common(const args& a) {
-  if (long t = a.integer("threads", 0, 0, 1024); t > 0) set_default_threads(size_t(t));
+  if (long t = a.integer("threads", 0, 0, 1024); t > 0) set_default_threads(size_t(t));  // not every command has it
   if (a.has("max-memory")) {
     auto b = parse_bytes(a.str("max-memory"));
     if (!b || *b == 0) throw usage_error("--max-memory: " + (b ? std::string("must be positive") : b.message()));
@@ -157,6 +74,12 @@ struct stop_on_exit {
   }
 };
 
+// A prompt's text as the user wrote it: its tokens decoded, without the BOS the encoder put first.
+std::string prompt_text(const tokenizer& tok, const std::vector<int32_t>& prompt) {
+  size_t skip = !prompt.empty() && prompt[0] == 1 ? 1 : 0;
+  return tok.decode_all(std::vector<int>(prompt.begin() + long(skip), prompt.end()));
+}
+
 struct job_result {
   std::string prompt;
   std::string text;
@@ -164,12 +87,15 @@ struct job_result {
   std::string error;
 };
 
-// Runs `prompts` concurrently through a router over `shards`, streaming the first prompt's text
-// to stdout when `stream` is set, and prints a summary.
+// Runs `prompts` concurrently through a router over `shards`. The results go to stdout: one
+// request's text streamed as it comes, several requests' texts each after the run (token ids for
+// a model without a tokenizer). The pipeline, the per-request table and the totals go to stderr
+// unless `quiet`.
 int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
                    const std::vector<std::string>& labels, const std::string& shard_spec,
                    const std::string& device_spec, int steps, float temperature, float top_p, uint64_t seed,
-                   bool stream) {
+                   bool quiet) {
+  const bool stream = prompts.size() == 1 && tok;
   auto shards = parse_shards(shard_spec, m->config.n_layers);
   if (!shards) return fail(shards.message());
   auto devices = parse_devices(device_spec, shards->size());
@@ -181,10 +107,14 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
   guard.pipelines.push_back(*p);
   auto router = spawn_router(*rt.sys, m, p->path);
   guard.actors.push_back(router);
-  std::printf("model %s: %s\npipeline: head -> %s -> tail (%zu shard actors on %s), %zu concurrent request(s)\n\n",
-              m->name.c_str(), m->config.describe().c_str(), to_string(*shards).c_str(), shards->size(),
-              device_spec.c_str(), prompts.size());
-  std::fflush(stdout);
+  if (!quiet)
+    std::fprintf(stderr, "model %s: %s\npipeline: head -> %s -> tail (%zu shard actors on %s), %zu concurrent request(s)\n",
+                 m->name.c_str(), m->config.describe().c_str(), to_string(*shards).c_str(), shards->size(),
+                 device_spec.c_str(), prompts.size());
+  if (stream) {  // the prompt's text first, then the generation
+    std::fputs(prompt_text(*tok, prompts[0]).c_str(), stdout);
+    std::fflush(stdout);
+  }
   std::vector<job_result> results(prompts.size());
   std::mutex out_mu;
   auto t0 = std::chrono::steady_clock::now();
@@ -199,7 +129,7 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
       req.seed = seed + i;
       int32_t prev = req.prompt.back();
       auto r = generate(*rt.sys, router, req, [&](int32_t t) {
-        if (stream && i == 0 && tok) {
+        if (stream) {
           std::lock_guard<std::mutex> g(out_mu);
           std::fputs(tok->decode(prev, t).c_str(), stdout);
           std::fflush(stdout);
@@ -220,35 +150,43 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
       if (tok) {
         std::vector<int32_t> all = prompts[i];
         all.insert(all.end(), results[i].c.tokens.begin(), results[i].c.tokens.end());
-        std::vector<int> ints(all.begin() + 1, all.end());  // drop BOS
-        results[i].text = tok->decode_all(ints);
+        results[i].text = prompt_text(*tok, all);
+      } else {
+        for (auto t : results[i].c.tokens) results[i].text += (results[i].text.empty() ? "" : " ") + std::to_string(t);
       }
     });
   for (auto& t : threads) t.join();
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (stream) std::printf("\n\n");
+  if (stream) std::printf("\n");
   size_t total = 0;
   int failed = 0;
-  std::printf("%-4s %-28s %7s %7s %-9s %9s %9s\n", "req", "prompt", "prompt", "tokens", "finish", "ttft ms", "tok/s");
-  for (size_t i = 0; i < results.size(); ++i) {
-    auto& r = results[i];
-    if (!r.error.empty()) {
-      ++failed;
-      std::printf("%-4zu %-28.28s error: %s\n", i, r.prompt.c_str(), r.error.c_str());
-      continue;
-    }
-    auto& res = r.c.result;
-    total += size_t(res.generated_tokens);
-    double rate = res.total_us > 0 ? res.generated_tokens / (double(res.total_us) / 1e6) : 0.0;
-    std::printf("%-4zu %-28.28s %7d %7d %-9s %9.1f %9.1f\n", i, ("\"" + r.prompt + "\"").c_str(), res.prompt_tokens,
-                res.generated_tokens, res.finish_reason.c_str(), double(res.ttft_us) / 1000.0, rate);
+  for (auto& r : results) {
+    failed += r.error.empty() ? 0 : 1;
+    total += r.error.empty() ? size_t(r.c.result.generated_tokens) : 0;
   }
-  std::printf("\n%zu tokens from %zu requests in %.2f s: %.1f tokens/s aggregate%s\n", total, results.size(), secs,
-              double(total) / secs, failed ? " (some requests failed)" : "");
-  if (!stream && tok && prompts.size() > 1) {
-    std::printf("\n");
+  if (!stream)
     for (size_t i = 0; i < results.size(); ++i)
       if (results[i].error.empty()) std::printf("[%zu] %s\n\n", i, results[i].text.c_str());
+  std::fflush(stdout);
+  for (size_t i = 0; i < results.size(); ++i)
+    if (!results[i].error.empty()) std::fprintf(stderr, "strata: error: request %zu: %s\n", i, results[i].error.c_str());
+  if (!quiet) {
+    std::fprintf(stderr, "\n%-4s %-28s %7s %7s %-9s %9s %9s\n", "req", "prompt", "prompt", "tokens", "finish", "ttft ms",
+                 "tok/s");
+    for (size_t i = 0; i < results.size(); ++i) {
+      auto& r = results[i];
+      if (!r.error.empty()) {
+        std::fprintf(stderr, "%-4zu %-28.28s error\n", i, r.prompt.c_str());
+        continue;
+      }
+      auto& res = r.c.result;
+      double rate = res.total_us > 0 ? res.generated_tokens / (double(res.total_us) / 1e6) : 0.0;
+      std::fprintf(stderr, "%-4zu %-28.28s %7d %7d %-9s %9.1f %9.1f\n", i, ("\"" + r.prompt + "\"").c_str(),
+                   res.prompt_tokens, res.generated_tokens, res.finish_reason.c_str(), double(res.ttft_us) / 1000.0,
+                   rate);
+    }
+    std::fprintf(stderr, "%zu tokens from %zu requests in %.2f s: %.0f tokens/s aggregate%s\n", total, results.size(),
+                 secs, double(total) / secs, failed ? " (some requests failed)" : "");
   }
   stop_pipeline(*p);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
@@ -302,31 +240,33 @@ int write_logits(const model& m, const tokenizer* tok, const std::vector<int32_t
   ok = std::fclose(f) == 0 && ok;
   if (!ok) return fail("--logits: writing " + path + " failed");
   int prev = prompt.empty() ? 1 : prompt.back();
-  if (tok)
+  if (tok) {
+    text = prompt_text(*tok, prompt);
     for (int t : out) text += tok->decode(std::exchange(prev, t), t);
-  std::printf("%s\n%d position(s) of %d logits written to %s\n", text.c_str(), count, m.config.vocab_size,
-              path.c_str());
+  }
+  std::printf("%s\n", text.c_str());
+  std::fprintf(stderr, "%d position(s) of %d logits written to %s\n", count, m.config.vocab_size, path.c_str());
   return 0;
 }
 
 int cmd_generate(int argc, char** argv, bool demo) {
-  auto a = args::parse(argc, argv, 2,
-                       {"model", "prompt", "prompt-tokens", "tokenizer", "steps", "temperature", "top-p", "seed",
-                        "shards", "devices", "n", "threads", "max-memory", "logits"});
-  if (!a) return fail(a.message() + " (see strata help)");
-  std::string path = a->str("model", demo ? "../shared/data/models/stories260K" : "");
+  auto a = args::parse(argc, argv, 2, strata_command(demo ? "demo" : "generate"));
+  if (!a) return fail(a.message());
+  std::string path = a->str("model");
   if (path.empty()) return fail("generate needs --model PATH");
-  const long steps = a->integer("steps", demo ? 200 : 256, 1, 1 << 24);
-  const double temp = a->number("temperature", 0.0, 0, 100);
-  const double top_p = a->number("top-p", 0.9, 0, 1);
-  const long seed = a->integer("seed", 42, 0, LONG_MAX);
-  const long n = a->integer("n", 1, 1, 1024);
+  const long steps = a->integer("steps", 1, 1 << 24);
+  const double temp = a->number("temperature", 0, 100);
+  const double top_p = a->number("top-p", 0, 1);
+  const long seed = a->integer("seed", 0, LONG_MAX);
+  const long n = demo ? 1 : a->integer("n", 1, 1024);
+  const bool quiet = a->has("quiet");
   apply_common(*a);
   auto t0 = std::chrono::steady_clock::now();
   auto m = load_model(path);
   if (!m) return fail(m.message());
-  std::printf("loaded %s in %.1f ms\n", path.c_str(),
-              std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  if (!quiet)
+    std::fprintf(stderr, "loaded %s in %.1f ms\n", path.c_str(),
+                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   std::unique_ptr<tokenizer> tok;
   std::string tok_path = a->str("tokenizer", find_tokenizer(path));
   if (!tok_path.empty()) {
@@ -344,8 +284,8 @@ int cmd_generate(int argc, char** argv, bool demo) {
       prompts.emplace_back(ids.begin(), ids.end());
       labels.push_back(p);
     }
-    return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "3"), a->str("devices", "cpu"), int(steps), float(temp),
-                          float(top_p), uint64_t(seed), false);
+    return run_generation(*m, tok.get(), prompts, labels, a->str("shards"), a->str("devices"), int(steps),
+                          float(temp), float(top_p), uint64_t(seed), quiet);
   }
   std::vector<int32_t> prompt;
   if (a->has("prompt-tokens")) {
@@ -368,13 +308,12 @@ int cmd_generate(int argc, char** argv, bool demo) {
     prompts.push_back(prompt);
     labels.push_back(a->str("prompt", a->str("prompt-tokens")));
   }
-  if (tok && prompt.size() > 1) std::printf("%s", a->str("prompt").c_str());
-  return run_generation(*m, tok.get(), prompts, labels, a->str("shards", "1"), a->str("devices", "cpu"), int(steps), float(temp),
-                        float(top_p), uint64_t(seed), true);
+  return run_generation(*m, tok.get(), prompts, labels, a->str("shards"), a->str("devices"), int(steps),
+                        float(temp), float(top_p), uint64_t(seed), quiet);
 }
 
 int cmd_inspect(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2, {"model", "write", "max-memory"}, {"verify"});
+  auto a = args::parse(argc, argv, 2, strata_command("inspect"));
   if (!a) return fail(a.message());
   apply_common(*a);
   if (!a->has("model")) return fail("inspect needs --model PATH");
@@ -401,33 +340,28 @@ int cmd_inspect(int argc, char** argv) {
 }
 
 int cmd_gen_model(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2,
-                       {"out", "dim", "hidden", "layers", "heads", "kv-heads", "vocab", "seq-len", "dtype", "seed",
-                        "shard-mb"},
-                       {"untied"});
+  auto a = args::parse(argc, argv, 2, strata_command("gen-model"));
   if (!a) return fail(a.message());
   if (!a->has("out")) return fail("gen-model needs --out DIR");
   model_config c;
   struct field {
     const char* key;
     int* dst;
-    long def;
   };
-  for (auto f : {field{"dim", &c.dim, 256}, field{"hidden", &c.hidden_dim, 0}, field{"layers", &c.n_layers, 4},
-                 field{"heads", &c.n_heads, 8}, field{"kv-heads", &c.n_kv_heads, 0}, field{"vocab", &c.vocab_size, 512},
-                 field{"seq-len", &c.seq_len, 1024}}) {
-    *f.dst = int(a->integer(f.key, f.def, 0, INT32_MAX));
-  }
+  for (auto f : {field{"dim", &c.dim}, field{"hidden", &c.hidden_dim}, field{"layers", &c.n_layers},
+                 field{"heads", &c.n_heads}, field{"kv-heads", &c.n_kv_heads}, field{"vocab", &c.vocab_size},
+                 field{"seq-len", &c.seq_len}})
+    *f.dst = int(a->integer(f.key, 0, INT32_MAX));
   if (c.hidden_dim == 0) c.hidden_dim = ((8 * c.dim / 3) + 63) / 64 * 64;
   if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
   c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
   c.rope = rope_style::rotate_half;
   c.tied_embeddings = !a->has("untied");
   if (auto st = c.validate(); !st) return fail(st.message());
-  auto dt = parse_dtype(a->str("dtype", "bf16"));
+  auto dt = parse_dtype(a->str("dtype"));
   if (!dt) return fail(dt.message());
-  const long seed = a->integer("seed", 1, 0, LONG_MAX);
-  const long shard_mb = a->integer("shard-mb", 2048, 1, 1 << 30);
+  const long seed = a->integer("seed", 0, LONG_MAX);
+  const long shard_mb = a->integer("shard-mb", 1, 1 << 30);
   if (auto st = c.fits_memory(); !st) return fail(st.message());
   auto m = make_random_model(c, uint64_t(seed), fs::path(a->str("out")).filename().string());
   if (auto st = save_hf(*m, a->str("out"), *dt, uint64_t(shard_mb) << 20); !st) return fail(st.message());
@@ -436,13 +370,13 @@ int cmd_gen_model(int argc, char** argv) {
 }
 
 int cmd_convert(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2, {"model", "out", "dtype", "max-memory"});
+  auto a = args::parse(argc, argv, 2, strata_command("convert"));
   if (!a) return fail(a.message());
   apply_common(*a);
   if (!a->has("model") || !a->has("out")) return fail("convert needs --model PATH and --out DIR");
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
-  auto dt = parse_dtype(a->str("dtype", "f32"));
+  auto dt = parse_dtype(a->str("dtype"));
   if (!dt) return fail(dt.message());
   if (auto st = save_hf(**m, a->str("out"), *dt); !st) return fail(st.message());
   auto tok = find_tokenizer(a->str("model"));
@@ -477,10 +411,10 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   expected<trace> tr = make_error("no trace");
   if (a.str("trace") == "gamma") {
     gamma_options g;
-    g.n = size_t(a.integer("n", 100, 1, 10'000'000));
-    g.rate = a.positive("gamma-rate", 4.0, 1e6);
-    g.burstiness = a.positive("burstiness", 0.5, 1e3);
-    g.seed = uint64_t(a.integer("seed", 1, 0, LONG_MAX));
+    g.n = size_t(a.integer("n", 1, 10'000'000));
+    g.rate = a.positive("gamma-rate", 1e6);
+    g.burstiness = a.positive("burstiness", 1e3);
+    g.seed = uint64_t(a.integer("seed", 0, LONG_MAX));
     g.prompt_max = std::min(256, m.config.seq_len / 2);
     g.output_max = std::min(128, m.config.seq_len / 4);
     g.prompt_min = std::min(g.prompt_min, g.prompt_max);
@@ -495,14 +429,14 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   }
   if (!tr) return tr.err();
   shape_options so;
-  so.start = a.number("start", 0, 0, 1e13);
-  so.duration = a.number("duration", 0, 0, 1e13);
-  so.max_requests = size_t(a.integer("max-requests", 200, 0, 100'000'000));
-  so.speedup = a.positive("speedup", 1.0, 1e6);
-  so.target_rate = a.number("rate", 0, 0, 1e6);
+  so.start = a.number("start", 0, 1e13);
+  so.duration = a.number("duration", 0, 1e13);
+  so.max_requests = size_t(a.integer("max-requests", 0, 100'000'000));
+  so.speedup = a.positive("speedup", 1e6);
+  so.target_rate = a.number("rate", 0, 1e6);
   so.context = m.config.seq_len;
-  so.max_prompt = int(a.integer("max-prompt", 0, 0, 1 << 24));
-  so.max_output = int(a.integer("max-output", 0, 0, 1 << 24));
+  so.max_prompt = int(a.integer("max-prompt", 0, 1 << 24));
+  so.max_output = int(a.integer("max-output", 0, 1 << 24));
   auto shaped = shape_trace(*tr, so);
   if (!shaped) return shaped.err();
   std::printf("trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
@@ -516,7 +450,7 @@ expected<trace> trace_from_args(const args& a, const model& m) {
 replay_options printing_replay(const model& m, const args& a, size_t requests, size_t lines) {
   replay_options o;
   o.vocab_size = m.config.vocab_size;
-  o.seed = uint64_t(a.integer("seed", 1, 0, LONG_MAX));
+  o.seed = uint64_t(a.integer("seed", 0, LONG_MAX));
   o.progress_every = std::max<size_t>(1, requests / lines);
   o.progress = [](size_t done, size_t total, double t) {
     std::printf("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
@@ -526,26 +460,22 @@ replay_options printing_replay(const model& m, const args& a, size_t requests, s
 }
 
 int cmd_replay(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2,
-                       {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
-                        "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "shards", "ttft-slo-ms",
-                        "tbt-slo-ms", "svg", "max-running", "max-batch-tokens", "seed", "threads", "max-memory"},
-                       {"strict"});
-  if (!a) return fail(a.message() + " (see strata help)");
+  auto a = args::parse(argc, argv, 2, strata_command("replay"));
+  if (!a) return fail(a.message());
   if (!a->has("model") || !a->has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
   apply_common(*a);
   // Every value is checked before the replay starts, not after it.
   slo_spec slo;
-  slo.ttft_s = a->positive("ttft-slo-ms", 1000, 1e9) / 1000;
-  slo.tbt_s = a->positive("tbt-slo-ms", 200, 1e9) / 1000;
+  slo.ttft_s = a->positive("ttft-slo-ms", 1e9) / 1000;
+  slo.tbt_s = a->positive("tbt-slo-ms", 1e9) / 1000;
   router_options ro;
-  ro.max_running = int(a->integer("max-running", 64, 1, 1 << 16));
-  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 512, 1, 1 << 24));
+  ro.max_running = int(a->integer("max-running", 1, 1 << 16));
+  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 1, 1 << 24));
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
   auto shaped = trace_from_args(*a, **m);
   if (!shaped) return fail(shaped.message());
-  auto shards = parse_shards(a->str("shards", "1"), (*m)->config.n_layers);
+  auto shards = parse_shards(a->str("shards"), (*m)->config.n_layers);
   if (!shards) return fail(shards.message());
   actor_runtime rt;
   stop_on_exit guard;
@@ -584,28 +514,28 @@ struct scaling_setup {
   router_options ro;
 };
 
-expected<scaling_setup> scaling_from_args(const args& a, long default_max_running) {
+expected<scaling_setup> scaling_from_args(const args& a) {
   scaling_setup s;
   auto& k = s.knobs;
-  k.min_instances = int(a.integer("min", 1, 1, 1024));
+  k.min_instances = int(a.integer("min", 1, 1024));
   k.max_instances = int(a.integer("max", std::max(4, k.min_instances), 1, 1024));
-  k.queue_per_instance = a.positive("queue", 4, 1e6);
-  k.ttft_slo_s = a.positive("ttft-slo-ms", 1000, 1e9) / 1000;
-  k.tbt_slo_s = a.positive("tbt-slo-ms", 200, 1e9) / 1000;
-  k.keep_alive_s = a.number("keep-alive-s", 3, 0, 1e6);
+  k.queue_per_instance = a.positive("queue", 1e6);
+  k.ttft_slo_s = a.positive("ttft-slo-ms", 1e9) / 1000;
+  k.tbt_slo_s = a.positive("tbt-slo-ms", 1e9) / 1000;
+  k.keep_alive_s = a.number("keep-alive-s", 0, 1e6);
   if (k.max_instances < k.min_instances) return make_error("need --min <= --max");
-  k.min_share = a.positive("min-share", 0.25, 1);
-  s.links.network_gb_s = a.positive("network-gbs", 12.5, 1e5);
-  s.links.local_host_gb_s = a.positive("host-gbs", 25, 1e5);
-  s.links.remote_gb_s = a.positive("remote-gbs", 2, 1e5);
-  s.so.layer_bytes = a.number("layer-mb", 400, 0, 1e7) * 1e6;
-  s.so.globals_bytes = a.number("globals-mb", 500, 0, 1e7) * 1e6;
-  s.so.device.layer_s = a.number("device-layer-ms", 0.5, 0, 1e6) / 1000;
-  s.so.device.per_row_s = a.number("device-row-ms", 0.02, 0, 1e6) / 1000;
-  std::string scheduler = a.choice("scheduler", "zigzag", {"zigzag", "least-loaded"});
+  k.min_share = a.positive("min-share", 1);
+  s.links.network_gb_s = a.positive("network-gbs", 1e5);
+  s.links.local_host_gb_s = a.positive("host-gbs", 1e5);
+  s.links.remote_gb_s = a.positive("remote-gbs", 1e5);
+  s.so.layer_bytes = a.number("layer-mb", 0, 1e7) * 1e6;
+  s.so.globals_bytes = a.number("globals-mb", 0, 1e7) * 1e6;
+  s.so.device.layer_s = a.number("device-layer-ms", 0, 1e6) / 1000;
+  s.so.device.per_row_s = a.number("device-row-ms", 0, 1e6) / 1000;
+  std::string scheduler = a.choice("scheduler", {"zigzag", "least-loaded"});
   s.so.split_candidates = scheduler == "zigzag";
-  std::string migration = a.choice("migration", "kv", {"kv", "recompute", "off"});
-  s.ro.max_running = int(a.integer("max-running", default_max_running, 1, 1 << 16));
+  std::string migration = a.choice("migration", {"kv", "recompute", "off"});
+  s.ro.max_running = int(a.integer("max-running", 1, 1 << 16));
   s.ro.scheduler = scheduler;
   s.ro.recompute_migration = migration != "off";
   s.ro.kv_migration = migration == "kv";
@@ -617,18 +547,25 @@ expected<scaling_setup> scaling_from_args(const args& a, long default_max_runnin
 }
 
 int cmd_serve(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2,
-                       {"model", "port", "host", "served-model-name", "shards", "max-running", "max-waiting",
-                        "max-batch-tokens", "http-threads", "max-connections-per-client", "api-key", "drain-timeout-s", "threads", "max-memory", "tokenizer", "policy", "min",
-                        "max", "queue", "keep-alive-s", "min-share", "ttft-slo-ms", "tbt-slo-ms", "layer-mb", "globals-mb",
-                        "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms", "device-row-ms", "scheduler",
-                        "migration", "devices"},
-                       {});
-  if (!a) return fail(a.message() + " (see strata help)");
+  auto a = args::parse(argc, argv, 2, strata_command("serve"));
+  if (!a) return fail(a.message());
   if (!a->has("model")) return fail("serve needs --model PATH");
-  auto setup = scaling_from_args(*a, 64);
+  auto setup = scaling_from_args(*a);
   if (!setup) return fail(setup.message());
   auto path = a->str("model");
+  // Every value is checked before the model loads.
+  http_options ho;
+  ho.host = a->str("host");
+  ho.port = int(a->integer("port", 0, 65535));
+  ho.threads = int(a->integer("http-threads", 1, 256));
+  ho.max_connections_per_client = int(a->integer("max-connections-per-client", 1, 1 << 16));
+  ho.api_key = a->str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
+  if (a->has("api-key") && ho.api_key.empty()) throw usage_error("--api-key: must not be empty");
+  router_options ro = setup->ro;
+  // A server that can queue nothing rejects every request: at least one may wait.
+  ro.max_waiting = int(a->integer("max-waiting", 1, 1 << 20));
+  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 1, 1 << 24));
+  const double drain_s = a->number("drain-timeout-s", 0, 86400);
   apply_common(*a);
   auto m = load_model(path);
   if (!m) return fail(m.message());
@@ -636,23 +573,11 @@ int cmd_serve(int argc, char** argv) {
   if (tok_path.empty()) return fail("no tokenizer found next to " + path + " (pass --tokenizer FILE)");
   auto tok = tokenizer::load(tok_path, (*m)->config.vocab_size);
   if (!tok) return fail(tok.message());
-  auto shards = parse_shards(a->str("shards", "1"), (*m)->config.n_layers);
+  auto shards = parse_shards(a->str("shards"), (*m)->config.n_layers);
   if (!shards) return fail(shards.message());
-  http_options ho;
-  ho.host = a->str("host", "127.0.0.1");
-  ho.port = int(a->integer("port", 8000, 0, 65535));
-  ho.threads = int(a->integer("http-threads", 4, 1, 256));
-  ho.max_connections_per_client = int(a->integer("max-connections-per-client", 256, 1, 1 << 16));
-  ho.api_key = a->str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
-  if (a->has("api-key") && ho.api_key.empty()) throw usage_error("--api-key: must not be empty");
   auto name = a->str("served-model-name", fs::path(path).filename().string());
   if (name.empty()) name = fs::path(path).parent_path().filename().string();
   ho.model_name = name;
-  router_options ro = setup->ro;
-  // A server that can queue nothing rejects every request: at least one may wait.
-  ro.max_waiting = int(a->integer("max-waiting", 256, 1, 1 << 20));
-  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 512, 1, 1 << 24));
-  const double drain_s = a->number("drain-timeout-s", 30, 0, 86400);
   // Signals go to the waiting main thread only: every other thread starts with them blocked.
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -668,7 +593,7 @@ int cmd_serve(int argc, char** argv) {
   if (a->has("policy")) {
     auto pol = make_policy(a->str("policy"), setup->knobs, setup->links);
     if (!pol) return fail(pol.message());
-    auto dev = parse_devices(a->str("devices", "cpu"), 1);  // one device for every instance
+    auto dev = parse_devices(a->str("devices"), 1);  // one device for every instance
     if (!dev) return fail(dev.message());
     setup->so.cuda_device = dev->front();
     router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
@@ -677,7 +602,7 @@ int cmd_serve(int argc, char** argv) {
     guard.actors = {scaler, router};
     ho.scaler = scaler;
   } else {
-    auto devs = parse_devices(a->str("devices", "cpu"), shards->size());
+    auto devs = parse_devices(a->str("devices"), shards->size());
     if (!devs) return fail(devs.message());
     auto p = spawn_pipeline(*rt.sys, *m, *shards, *devs);
     if (!p) return fail(p.message());
@@ -748,6 +673,7 @@ int cmd_run(int argc, char** argv) {
   std::fflush(stdout);
   std::vector<char*> wv;
   for (auto& w : words) wv.push_back(w.data());
+  current_command = t->run;
   int rc = 1;
   try {
     rc = t->run == "autoscale" ? cmd_autoscale(int(wv.size()), wv.data())
@@ -771,25 +697,18 @@ int cmd_run(int argc, char** argv) {
 }
 
 int cmd_autoscale(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2,
-                       {"model", "trace", "format", "start", "duration", "max-requests", "speedup", "rate",
-                        "gamma-rate", "burstiness", "n", "max-prompt", "max-output", "seed", "threads", "max-memory", "policies",
-                        "layer-mb", "globals-mb", "network-gbs", "host-gbs", "remote-gbs", "device-layer-ms",
-                        "device-row-ms", "min", "max", "queue", "ttft-slo-ms", "tbt-slo-ms", "keep-alive-s", "min-share",
-                        "max-running", "svg-prefix", "nodes", "link-mbs", "chunk-kb", "transport", "scheduler", "migration",
-                        "placement", "kill", "kill-signal"},
-                       {"strict"});
-  if (!a) return fail(a.message() + " (see strata help)");
+  auto a = args::parse(argc, argv, 2, strata_command("autoscale"));
+  if (!a) return fail(a.message());
   if (!a->has("model") || !a->has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
   apply_common(*a);
   if (a->has("threads")) ::setenv("STRATA_THREADS", a->str("threads").c_str(), 1);  // for node processes
-  const int n_nodes = int(a->integer("nodes", 0, 0, 64));
-  const double link = a->number("link-mbs", 0, 0, 1e6);
-  const uint64_t chunk_bytes = uint64_t(a->integer("chunk-kb", 64, 1, 1 << 20)) << 10;
-  const std::string transport = a->choice("transport", "tcp", {"tcp", "sm"});
+  const int n_nodes = int(a->integer("nodes", 0, 64));
+  const double link = a->number("link-mbs", 0, 1e6);
+  const uint64_t chunk_bytes = uint64_t(a->integer("chunk-kb", 1, 1 << 20)) << 10;
+  const std::string transport = a->choice("transport", {"tcp", "sm"});
   std::string victim;
   double kill_at = 0;
-  const int kill_sig = a->choice("kill-signal", "KILL", {"KILL", "STOP"}) == "KILL" ? SIGKILL : SIGSTOP;
+  const int kill_sig = a->choice("kill-signal", {"KILL", "STOP"}) == "KILL" ? SIGKILL : SIGSTOP;
   if (a->has("kill")) {
     auto spec = a->str("kill");
     auto at = spec.find('@');
@@ -809,7 +728,7 @@ int cmd_autoscale(int argc, char** argv) {
   if (!m) return fail(m.message());
   auto shaped = trace_from_args(*a, **m);
   if (!shaped) return fail(shaped.message());
-  auto setup = scaling_from_args(*a, 16);
+  auto setup = scaling_from_args(*a);
   if (!setup) return fail(setup.message());
   auto& k = setup->knobs;
   auto& links = setup->links;
@@ -818,7 +737,7 @@ int cmd_autoscale(int argc, char** argv) {
   slo.ttft_s = k.ttft_slo_s;
   slo.tbt_s = k.tbt_slo_s;
   // Cluster mode: instances live in node processes, parameters move over UCX.
-  std::string policies = a->str("policies", "blitz,lambda-pipe,all-cache,stop-the-world");
+  std::string policies = a->str("policies");
   std::unique_ptr<local_cluster> cluster;
   std::vector<std::string> all_nodes;  // src, n1..nN
   if (n_nodes > 0) {
@@ -1041,10 +960,48 @@ int cmd_autoscale(int argc, char** argv) {
   if (!first_failure.empty()) return fail(first_failure);
   return 0;
 }
+int cmd_policies() {
+  std::printf("scaling policies (--policy, --policies):\n");
+  for (auto& p : scaling_policies()) std::printf("  %-16s %s\n", p.name.c_str(), p.description.c_str());
+  std::printf("route schedulers (--scheduler):\n");
+  std::printf("  %-16s %s\n", "zigzag", "the route that adds the least time per token over all running requests");
+  std::printf("  %-16s %s\n", "least-loaded", "the route whose instance runs the fewest requests");
+  return 0;
+}
+
+// The command a help request or a usage error is about: "generate", "cluster multicast", ...
+std::string command_of(int argc, char** argv) {
+  std::string cmd = argc > 1 ? argv[1] : "help";
+  if (cmd == "cluster" && argc > 2 && argv[2][0] != '-') cmd += " " + std::string(argv[2]);
+  return cmd;
+}
+
+bool known_command(const std::string& name) {
+  for (auto& c : strata_commands())
+    if (c.name == name) return true;
+  return false;
+}
+
 int dispatch(int argc, char** argv) {
   std::string cmd = argc > 1 ? argv[1] : "help";
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") cmd = "help";
+  current_command = command_of(argc, argv);
+  bool help = cmd == "help" || cmd == "--help" || cmd == "-h";
+  for (int i = 2; i < argc; ++i) help |= std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h";
+  if (help) {
+    if (cmd == "help" || cmd == "--help" || cmd == "-h") {
+      if (argc > 2 && std::string(argv[2]) == "--markdown") return std::fputs(markdown_reference().c_str(), stdout), 0;
+      if (argc > 2 && known_command(argv[2])) return std::fputs(command_help(strata_command(argv[2])).c_str(), stdout), 0;
+      if (argc > 2) return fail("help: unknown command '" + std::string(argv[2]) + "' (see strata help)");
+      return std::fputs(overview_help().c_str(), stdout), 0;
+    }
+    if (known_command(current_command)) return std::fputs(command_help(strata_command(current_command)).c_str(), stdout), 0;
+    if (cmd == "cluster") {
+      for (const char* sub : {"cluster view", "cluster multicast", "cluster init-certs"})
+        std::printf("%s\n", command_help(strata_command(sub)).c_str());
+      return 0;
+    }
+    return fail("unknown command '" + cmd + "' (see strata help)");
+  }
   if (cmd == "generate") return cmd_generate(argc, argv, false);
   if (cmd == "demo") return cmd_generate(argc, argv, true);
   if (cmd == "inspect") return cmd_inspect(argc, argv);
@@ -1056,12 +1013,12 @@ int dispatch(int argc, char** argv) {
   if (cmd == "serve") return cmd_serve(argc, argv);
   if (cmd == "run") return cmd_run(argc, argv);
   if (cmd == "cluster") return cmd_cluster(argc, argv);
-  if (cmd == "help" || cmd == "--help" || cmd == "-h") {
-    std::fputs(usage, stdout);
-    return 0;
-  }
-  std::fprintf(stderr, "strata: error: unknown command '%s' (see strata help)\n", cmd.c_str());
-  return 1;
+  if (cmd == "policies") return argc > 2 ? fail("policies takes no options") : cmd_policies();
+  std::string near;
+  for (auto& c : strata_commands())
+    if (c.name.find(' ') == std::string::npos && nearest_option(command_spec{"", "", "", {{c.name, "", "", "", ""}}, ""}, cmd) == c.name)
+      near = c.name;
+  return fail("unknown command '" + cmd + "'" + (near.empty() ? "" : " (did you mean " + near + "?)") + " (see strata help)");
 }
 
 }  // namespace
@@ -1071,7 +1028,7 @@ int main(int argc, char** argv) {
   try {
     return dispatch(argc, argv);
   } catch (const usage_error& e) {
-    return fail(std::string(e.what()) + " (see strata help)");
+    return fail(std::string(e.what()) + " (see strata " + current_command + " --help)");
   } catch (const std::bad_alloc&) {
     return fail("out of memory (a smaller model, or --max-memory to be told before loading)");
   } catch (const std::exception& e) {

@@ -1,0 +1,301 @@
+#include "apps/commands.hpp"
+
+#include <sstream>
+#include <stdexcept>
+
+namespace strata {
+
+namespace {
+
+using opts = std::vector<option_spec>;
+
+opts operator+(opts a, const opts& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Options every model-loading command takes.
+const opts common = {
+    {"threads", "N", "0", "kernel threads, 0: one per core (or STRATA_THREADS)", "cores"},
+    {"max-memory", "SIZE", "",
+     "memory budget a model is checked against before anything is allocated, e.g. 8G (or STRATA_MAX_MEMORY)",
+     "physical RAM"},
+};
+
+const opts model_opt = {
+    {"model", "PATH", "", "llama2.c checkpoint (file or directory) or Hugging Face directory (required)", ""},
+};
+
+const opts sampling = {
+    {"steps", "N", "256", "tokens to generate", ""},
+    {"temperature", "T", "0", "0: greedy", ""},
+    {"top-p", "P", "0.9", "nucleus sampling threshold (1: off)", ""},
+    {"seed", "S", "42", "sampling seed (request i of --n uses S + i)", ""},
+    {"devices", "LIST", "cpu", "where each shard runs: cpu or cuda:N, one for all or one per shard", ""},
+    {"tokenizer", "FILE", "", "llama2.c tokenizer", "tok*.bin next to the model"},
+    {"quiet", "", "", "only results on stdout, nothing on stderr but errors", ""},
+};
+
+// The trace a replay-like command reads, and how it is shaped.
+const opts trace_opts = {
+    {"trace", "FILE|gamma", "", "a request trace (Azure, Mooncake, BurstGPT) or a gamma process (required)", ""},
+    {"format", "NAME", "", "azure, mooncake or burstgpt", "from the file"},
+    {"strict", "", "", "a malformed trace line is an error instead of skipped", ""},
+    {"start", "S", "0", "skip the trace's first S seconds", ""},
+    {"duration", "S", "0", "replay S seconds of it (0: all)", ""},
+    {"max-requests", "N", "200", "at most N requests (0: all)", ""},
+    {"speedup", "X", "1", "replay X times faster", ""},
+    {"rate", "R", "0", "rescale arrivals to R requests/s (0: as recorded)", ""},
+    {"max-prompt", "P", "0", "clip prompts to P tokens (0: the context)", ""},
+    {"max-output", "O", "0", "clip outputs to O tokens (0: the context)", ""},
+    {"n", "N", "100", "gamma: requests", ""},
+    {"gamma-rate", "R", "4", "gamma: mean requests/s", ""},
+    {"burstiness", "B", "0.5", "gamma: shape (lower: burstier)", ""},
+    {"seed", "S", "1", "gamma arrivals and prompt tokens", ""},
+};
+
+const opts slo_opts = {
+    {"ttft-slo-ms", "MS", "1000", "time-to-first-token SLO", ""},
+    {"tbt-slo-ms", "MS", "200", "time-between-tokens SLO", ""},
+};
+
+// Scaling knobs, emulated links and device, and scheduling (autoscale, serve --policy).
+const opts scaling_opts = {
+    {"min", "N", "1", "fewest instances", ""},
+    {"max", "N", "4", "most instances", "max(4, --min)"},
+    {"queue", "Q", "4", "scale out above Q waiting requests per instance", ""},
+    {"keep-alive-s", "S", "3", "an instance idle this long is stopped", ""},
+    {"min-share", "F", "0.25", "has-gpu: a new instance's share of its device, and the smallest", ""},
+    {"layer-mb", "MB", "400", "emulated bytes per layer (in-process instances)", ""},
+    {"globals-mb", "MB", "500", "emulated embedding + classifier bytes", ""},
+    {"network-gbs", "GB/s", "12.5", "emulated compute network", ""},
+    {"host-gbs", "GB/s", "25", "emulated host-to-device link", ""},
+    {"remote-gbs", "GB/s", "2", "emulated remote storage", ""},
+    {"device-layer-ms", "MS", "0.5", "emulated device time per layer and step", ""},
+    {"device-row-ms", "MS", "0.02", "emulated device time per row and layer", ""},
+    {"scheduler", "NAME", "zigzag", "how a request picks among routes: zigzag or least-loaded", ""},
+    {"migration", "HOW", "kv", "how requests leave a cooperative route: kv, recompute or off", ""},
+};
+
+const opts tls_opts = {
+    {"tls", "DIR", "", "the cluster's certificates (strata cluster init-certs): mutual TLS", ""},
+    {"tls-name", "NAME", "client", "the member certificate to present", ""},
+};
+
+std::vector<command_spec> make_table() {
+  std::vector<command_spec> t;
+  t.push_back({"generate", "", "generate text through the actor pipeline",
+               model_opt + opts{{"prompt", "TEXT", "", "prompt text (empty: start from BOS)", ""},
+                                {"prompt-tokens", "LIST", "",
+                                 "comma-separated token ids instead of text (models without a tokenizer)", ""},
+                                {"shards", "SPEC", "1", "K even layer shards, or sizes like 2,3", ""},
+                                {"n", "N", "1", "run N copies of the prompt concurrently and print each", ""},
+                                {"logits", "FILE", "",
+                                 "write every generated position's logits (JSON) from the plain forward pass", ""}} +
+                   sampling + common,
+               "The text goes to stdout (streamed for one request; each completion after the run for --n > 1; "
+               "token ids for a model without a tokenizer); timings and the per-request table go to stderr."});
+  t.push_back({"demo", "", "several concurrent prompts on stories260K with a throughput summary",
+               opts{{"model", "PATH", "../shared/data/models/stories260K", "the model", ""},
+                    {"shards", "SPEC", "3", "K even layer shards, or sizes like 2,3", ""}} +
+                   opts{{"steps", "N", "200", "tokens to generate per prompt", ""}} +
+                   opts(sampling.begin() + 1, sampling.end()) + common,
+               ""});
+  t.push_back({"serve", "",
+               "OpenAI-compatible HTTP server (completions, chat, SSE streaming, models, health, readiness, "
+               "Prometheus metrics); SIGTERM/SIGINT drain in-flight requests, then exit 0",
+               model_opt +
+                   opts{{"host", "ADDR", "127.0.0.1", "address to listen on", ""},
+                        {"port", "N", "8000", "port (0: any free port)", ""},
+                        {"served-model-name", "NAME", "", "the model's name in the API", "the model directory's name"},
+                        {"tokenizer", "FILE", "", "llama2.c tokenizer", "tok*.bin next to the model"},
+                        {"shards", "SPEC", "1", "K even layer shards, or sizes like 2,3", ""},
+                        {"devices", "LIST", "cpu",
+                         "where shards run (one for all or one per shard); with --policy, every instance's", ""},
+                        {"max-running", "N", "64", "sequences decoding at once", ""},
+                        {"max-waiting", "N", "256", "queued requests before 429", ""},
+                        {"max-batch-tokens", "N", "512", "rows per step (long prompts are prefilled in chunks)", ""},
+                        {"http-threads", "N", "4", "HTTP I/O threads", ""},
+                        {"max-connections-per-client", "N", "256", "open connections per client address", ""},
+                        {"drain-timeout-s", "S", "30", "how long SIGTERM waits for running requests", ""},
+                        {"api-key", "KEY", "", "/v1/* needs Authorization: Bearer KEY (or STRATA_API_KEY)", ""},
+                        {"policy", "NAME", "",
+                         "autoscale instances in this process under this policy (see strata policies)", ""}} +
+                   opts(scaling_opts.begin(), scaling_opts.end()) + slo_opts + common,
+               "With --policy the scaling, link and device options of autoscale apply; /ready is 503 until the "
+               "first instance serves."});
+  t.push_back({"run", "FILE", "bring up what a topology file describes on this machine and run its job "
+               "(autoscale, replay or serve); options after FILE override the file's", {},
+               "Every key of a topology file is listed in the README (Topology files)."});
+  t.push_back({"replay", "", "replay a request trace against the actor pipeline: latency percentiles, SLOs, SVG",
+               model_opt + trace_opts +
+                   opts{{"shards", "SPEC", "1", "K even layer shards, or sizes like 2,3", ""},
+                        {"max-running", "N", "64", "sequences decoding at once", ""},
+                        {"max-batch-tokens", "N", "512", "rows per step", ""},
+                        {"svg", "FILE", "", "write a timeline plot", ""}} +
+                   slo_opts + common,
+               "Lengths are also clipped to the model's context. Exit 1 when a request failed."});
+  t.push_back({"autoscale", "", "replay a trace under scaling policies and compare them (the math is the real model's)",
+               model_opt + trace_opts +
+                   opts{{"policies", "LIST", "blitz,lambda-pipe,all-cache,stop-the-world",
+                         "policies to compare, in order (see strata policies)", ""},
+                        {"max-running", "N", "16", "sequences decoding at once per instance", ""},
+                        {"svg-prefix", "P", "", "write P<policy>.svg timelines", ""},
+                        {"nodes", "N", "0", "instances in N strata node processes, parameters over UCX (0: in-process)",
+                         ""},
+                        {"link-mbs", "MB/s", "0", "nodes: pace each node's egress (0: unpaced)", ""},
+                        {"chunk-kb", "KB", "64", "nodes: multicast chunk size", ""},
+                        {"transport", "NAME", "tcp", "nodes: UCX transport, tcp or sm", ""},
+                        {"placement", "LIST", "", "nodes that may host instances, in order (e.g. src,n2,n1)",
+                         "src,n1..nN"},
+                        {"kill", "NODE@S", "", "nodes: send NODE the --kill-signal S seconds into each replay", ""},
+                        {"kill-signal", "SIG", "KILL", "KILL or STOP", ""}} +
+                   opts(scaling_opts.begin(), scaling_opts.end()) + slo_opts + common,
+               "Without --nodes, instances run in this process and parameters arrive after the emulated link time. "
+               "Exit 1 when a request failed, with the first reason."});
+  t.push_back({"inspect", "", "print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)",
+               model_opt + opts{{"verify", "", "", "re-read every byte range and check its checksum", ""},
+                                {"write", "FILE", "", "save the flatbuffers manifest", ""},
+                                common[1]},
+               ""});
+  t.push_back({"gen-model", "", "write a deterministic random-weight Llama model in Hugging Face format",
+               {{"out", "DIR", "", "where to write it (required)", ""},
+                {"dim", "D", "256", "model width", ""},
+                {"hidden", "H", "0", "feed-forward width", "8*dim/3 rounded up to 64"},
+                {"layers", "L", "4", "layers", ""},
+                {"heads", "N", "8", "attention heads", ""},
+                {"kv-heads", "N", "0", "key/value heads", "--heads"},
+                {"vocab", "V", "512", "vocabulary size", ""},
+                {"seq-len", "S", "1024", "context length", ""},
+                {"dtype", "TYPE", "bf16", "f32, f16 or bf16", ""},
+                {"seed", "S", "1", "weights' seed", ""},
+                {"untied", "", "", "a classifier of its own instead of the embedding's", ""},
+                {"shard-mb", "MB", "2048", "split safetensors files at this size", ""}},
+               ""});
+  t.push_back({"convert", "", "write any loadable model as a Hugging Face directory",
+               model_opt + opts{{"out", "DIR", "", "where to write it (required)", ""},
+                                {"dtype", "TYPE", "f32", "f32, f16 or bf16", ""},
+                                common[1]},
+               ""});
+  t.push_back({"node", "", "run one node process of a cluster (CAF middleman + UCX data plane)",
+               {{"config", "FILE", "", "node configuration (TOML, see README); the options below override it", ""},
+                {"name", "NAME", "", "the node's name", "node-PID"},
+                {"listen", "HOST:PORT", "", "where the control plane listens", "from the config"},
+                {"controller", "HOST:PORT", "", "the controller to join (omit: this node is the controller)", ""},
+                {"transport", "NAME", "", "UCX transport: tcp, sm or auto", "from the config"},
+                {"model", "NAME=PATH", "", "offer a model from disk", ""},
+                {"port-file", "FILE", "", "write the control port here once listening", ""},
+                {"memory-gb", "G", "", "memory for parameters", "half the RAM"},
+                {"model-root", "DIR", "", "where others may ask it to load models from", "its models' paths"},
+                {"tls", "DIR", "", "the cluster's certificates: mutual TLS", ""}},
+               ""});
+  t.push_back({"cluster view", "", "print a running cluster's nodes and who holds which model",
+               opts{{"controller", "HOST:PORT", "", "the controller (required)", ""}} + tls_opts, ""});
+  t.push_back({"cluster multicast", "", "multicast a model's parameters to nodes and print the transfer's report",
+               opts{{"controller", "HOST:PORT", "", "the controller (required)", ""},
+                    {"model", "NAME", "", "a model some node holds (required)", ""},
+                    {"targets", "LIST", "", "nodes to receive it (required)", ""},
+                    {"plan", "NAME", "chain", "chain, binomial, kary, block, binomial-pipeline or one-to-one", ""},
+                    {"chunk-kb", "KB", "4096", "chunk size", ""},
+                    {"fanout", "K", "2", "kary: children per node", ""},
+                    {"busy", "LIST", "", "holders to use as sources only as a last resort", ""},
+                    {"max-sources", "K", "", "holders that send", "every holder"},
+                    {"timeout-s", "S", "300", "abort the transfer on every node after S seconds", ""}} +
+                   tls_opts,
+               ""});
+  t.push_back({"cluster init-certs", "DIR", "make a cluster CA and member certificates (keys 0600; a rerun adds "
+               "new members and keeps the CA)",
+               {{"names", "LIST", "", "member names, e.g. src,a,b (required)", ""},
+                {"days", "N", "825", "validity", ""}},
+               ""});
+  t.push_back({"policies", "", "list the scaling policies and route schedulers", {}, ""});
+  t.push_back({"help", "", "this overview; strata help --markdown prints the README's CLI reference",
+               {{"markdown", "", "", "the CLI reference as Markdown", ""}}, ""});
+  return t;
+}
+
+std::string left(const std::string& s, size_t w) { return s.size() >= w ? s + " " : s + std::string(w - s.size(), ' '); }
+
+// Words of `s` in lines of at most 100 columns, continuation lines indented by `indent`.
+std::string wrap(const std::string& s, size_t indent) {
+  std::string out, word;
+  size_t col = indent;
+  std::istringstream in(s);
+  while (in >> word) {
+    if (col > indent && col + 1 + word.size() > 100) {
+      out += "\n" + std::string(indent, ' ');
+      col = indent;
+    } else if (col > indent) {
+      out += ' ';
+      ++col;
+    }
+    out += word;
+    col += word.size();
+  }
+  return out;
+}
+
+std::string shown_default(const option_spec& o) { return o.shown.empty() ? o.def : o.shown; }
+
+}  // namespace
+
+const std::vector<command_spec>& strata_commands() {
+  static const std::vector<command_spec> t = make_table();
+  return t;
+}
+
+const command_spec& strata_command(const std::string& name) {
+  for (auto& c : strata_commands())
+    if (c.name == name) return c;
+  throw std::logic_error("no command '" + name + "' in the table");
+}
+
+std::string overview_help() {
+  std::ostringstream os;
+  os << "strata: an actor-model dataflow engine for serving transformer LLMs\n\n"
+     << "usage: strata <command> [options]      strata <command> --help: its options and defaults\n\ncommands:\n";
+  for (auto& c : strata_commands()) os << "  " << left(c.name, 20) << wrap(c.summary, 22) << "\n";
+  os << "\nresults go to stdout, progress and diagnostics to stderr; a bad value or file is one line\n"
+        "'strata: error: ...' and exit status 1\n";
+  return os.str();
+}
+
+std::string command_help(const command_spec& c) {
+  std::ostringstream os;
+  os << "usage: strata " << c.name << (c.operands.empty() ? "" : " " + c.operands)
+     << (c.options.empty() ? "" : " [options]") << "\n  " << c.summary << "\n";
+  if (!c.options.empty()) os << "\noptions:\n";
+  for (auto& o : c.options) {
+    std::string lhs = "--" + o.name + (o.value.empty() ? "" : " " + o.value);
+    auto d = shown_default(o);
+    os << "  " << left(lhs, 30) << wrap(o.help + (d.empty() ? "" : " (default " + d + ")"), 32) << "\n";
+  }
+  if (!c.notes.empty()) os << "\n" << wrap(c.notes, 0) << "\n";
+  return os.str();
+}
+
+std::string markdown_reference() {
+  std::ostringstream os;
+  os << "Generated by `strata help --markdown` from the table the parser uses (`apps/commands.cpp`); a test\n"
+        "checks this section equals its output.\n";
+  for (auto& c : strata_commands()) {
+    os << "\n#### `strata " << c.name << (c.operands.empty() ? "" : " " + c.operands) << "`\n\n" << c.summary << ".";
+    if (!c.notes.empty()) os << " " << c.notes;
+    os << "\n";
+    if (c.options.empty()) continue;
+    os << "\n| option | default | meaning |\n| --- | --- | --- |\n";
+    for (auto& o : c.options) {
+      auto d = shown_default(o);
+      std::string help = o.help;
+      for (size_t p = 0; (p = help.find('|', p)) != std::string::npos; p += 2) help.replace(p, 1, "\\|");
+      std::string value = o.value;
+      for (size_t p = 0; (p = value.find('|', p)) != std::string::npos; p += 2) value.replace(p, 1, "\\|");
+      // A literal default as code; a computed one ("cores") as words.
+      std::string shown = d.empty() ? "" : o.shown.empty() ? "`" + d + "`" : d;
+      os << "| `--" << o.name << (value.empty() ? "" : " " + value) << "` | " << shown << " | " << help << " |\n";
+    }
+  }
+  return os.str();
+}
+
+}  // namespace strata
