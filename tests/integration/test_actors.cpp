@@ -67,6 +67,14 @@ struct served {
                    [&](caf::error& e) { FAIL("stats request failed: " << describe(e)); });
     return n;
   }
+  stage_stats shard_stats(size_t i) {
+    caf::scoped_actor self{*sys};
+    stage_stats out;
+    self->request(p.shards.at(i).actor, 5s, stats_atom::value)
+        .receive([&](const stage_stats& s) { out = s; },
+                 [&](caf::error& e) { FAIL("stats request failed: " << describe(e)); });
+    return out;
+  }
   bool kv_drains() {
     for (int i = 0; i < 200; ++i) {
       if (kv_sequences() == 0) return true;
@@ -176,6 +184,22 @@ TEST_CASE("concurrent requests join the running batch and each matches its solo 
     }
     CHECK(s.kv_drains());
   }
+}
+
+TEST_CASE("a long prompt is prefilled in steps of at most max_batch_tokens rows") {
+  router_options opt;
+  opt.max_batch_tokens = 8;
+  served s("5", opt);
+  auto prompt = encode("Lily and Ben went to the park to play with a ball. They ran and jumped and laughed all day long");
+  REQUIRE(prompt.size() >= 20);
+  prompt.resize(20);
+  auto r = s.run(greedy(prompt, 3));
+  REQUIRE_MESSAGE(r, r.message());
+  CHECK(r->tokens == reference(prompt, 3));
+  // 20 prompt rows in steps of 8, 8 and 4 (the last samples the first token), then 2 decode steps.
+  auto st = s.shard_stats(0);
+  CHECK(st.rows == 22);
+  CHECK(st.steps == 5);
 }
 
 TEST_CASE("prompt logprobs through chunked prefill beside other requests: the reference's bits") {

@@ -1165,6 +1165,13 @@ TEST_CASE("an API key guards /v1/*: 401 in OpenAI's shape without it, health and
   REQUIRE(bad);
   CHECK(bad->status == 401);
   CHECK(c.Get("/v1/models")->status == 401);
+  // Keys that share the right one's start or end are wrong keys too.
+  for (const char* k : {"Bearer sk-test-1234", "Bearer sk-test-12", "Bearer xsk-test-123", "Bearer ", "sk-test-123"}) {
+    CAPTURE(k);
+    auto r = c.Post("/v1/completions", httplib::Headers{{"Authorization", k}}, b.dump(), "application/json");
+    REQUIRE(r);
+    CHECK(r->status == 401);
+  }
   httplib::Headers right = {{"Authorization", "Bearer sk-test-123"}};
   auto ok = c.Post("/v1/completions", right, b.dump(), "application/json");
   REQUIRE(ok);

@@ -270,6 +270,10 @@ TEST_CASE("a transformer layer (GQA, KV cache, prefill then decode) matches floa
     st = forward_layer(c, w, 0, kv, two, skip, 2, x3.data());
     CHECK_FALSE(st);
     CHECK(st.message().find("sequence 8: position 2 does not continue") != std::string::npos);
+    int twice[] = {0, 0};  // one position written twice in a batch
+    st = forward_layer(c, w, 0, kv, two, twice, 2, x3.data());
+    CHECK_FALSE(st);
+    CHECK(st.message().find("sequence 8: position 0 does not continue") != std::string::npos);
     kv.release(8);
     kv.release(7);
     CHECK(kv.sequences() == 0);

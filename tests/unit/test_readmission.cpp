@@ -52,6 +52,9 @@ TEST_CASE("readmission: a grace period waits for a route to come back, then fail
   auto c = r.on_loss({1}, {2}, false, "node c died");
   REQUIRE(c.arm_grace_ms == 5000);
   CHECK(c.grace_epoch != a.grace_epoch);
+  // The first timer fires late, during the second grace: it is stale and fails nothing early.
+  CHECK(r.grace_expired(a.grace_epoch, {1, 2}).fail.empty());
+  CHECK(r.in_grace());
   r.on_routes(0);  // an empty route list ends nothing
   auto d = r.grace_expired(c.grace_epoch, {1, 2});
   REQUIRE(d.fail.size() == 2);

@@ -28,6 +28,8 @@ TEST_CASE("even and explicit shardings") {
   CHECK_FALSE(parse_shards("99999999999", 5));
   CHECK_FALSE(validate_route({{0, 2}, {3, 5}}, 5));
   CHECK_FALSE(validate_route({{0, 2}, {2, 2}, {2, 5}}, 5));
+  CHECK_FALSE(validate_route({{0, 3}, {2, 5}}, 5));  // layer 2 twice
+  CHECK(validate_route({{0, 3}, {2, 5}}, 5).message().find("does not cover layers in order from 3") != std::string::npos);
   CHECK(validate_route({{0, 1}, {1, 5}}, 5));
 }
 

@@ -280,6 +280,14 @@ TEST_CASE("sampling: top_k and min_p keep only their tokens, in proportion to th
   // min_p = 0.5 at temperature 1: p_i >= 0.5 p_max  <=>  l_i >= 3 + ln 0.5 = 2.307: tokens 1, 4, 2.
   sampling_params mp{1.0f, 1.0f, 9, 0, 0.5f};
   for (auto [t, c] : draws(mp, 5000)) CHECK((t == 1 || t == 4 || t == 2));
+  // top_p = 0.7 over probabilities 0.5, 0.3, 0.15, 0.05: the nucleus is {0, 1} (0.5 <= 0.7 < 0.8),
+  // drawn in proportion within it: 0.625 and 0.375.
+  base = {std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
+  sampling_params tp{1.0f, 0.7f, 11, 0, 0.0f};
+  auto nucleus = draws(tp, 20000);
+  CHECK(nucleus.size() == 2);
+  CHECK(double(nucleus[0]) / 20000 == doctest::Approx(0.625).epsilon(0.03));
+  CHECK(double(nucleus[1]) / 20000 == doctest::Approx(0.375).epsilon(0.03));
   // top_k = 1 is greedy whatever the temperature; ties go to the lower id.
   std::vector<float> tie = {1.0f, 5.0f, 5.0f};
   sampling_params k1{1.5f, 1.0f, 4, 1, 0.0f};
