@@ -54,6 +54,7 @@ struct router_state {
   std::set<caf::actor_addr> monitored;         // stage actors
   std::set<caf::actor_addr> lost;              // stages known dead or hung: no route through them
   readmission readmit;
+  std::function<int(const route_choice&)> pick;  // the route scheduler's
   std::set<caf::actor_addr> wake;                 // told (once) when the next request is admitted
   uint64_t next_id = 1;
   seq_id next_seq = 1;
@@ -309,8 +310,7 @@ route_shape shape_of(const route_ptr& r) {
 }
 
 // A route for the next waiting request among those whose instance has room (a route may take
-// its share of max_running): the zigzag choice, or the one with the fewest running requests of
-// its instance.
+// its share of max_running), as the configured route scheduler picks it.
 route_ptr pick_route(router_actor* self) {
   auto& st = self->state;
   std::map<uint32_t, int> load;
@@ -322,27 +322,27 @@ route_ptr pick_route(router_actor* self) {
     if (load[r->instance] < cap) room.push_back(i);
   }
   if (room.empty()) return nullptr;
-  if (st.opt.scheduler == "zigzag") {
-    // Every route in use counts, including those no longer offered to new requests.
-    std::map<const route*, size_t> index;
-    std::vector<route_shape> shapes;
-    for (auto& r : st.routes) {
-      index[r.get()] = shapes.size();
-      shapes.push_back(shape_of(r));
-    }
-    for (auto id : st.running) {
-      auto& p = st.reqs[id].path;
-      auto [it, fresh] = index.emplace(p.get(), shapes.size());
-      if (fresh) shapes.push_back(shape_of(p));
-      shapes[it->second].running++;
-    }
-    int i = pick_split(std::move(shapes), room, st.opt.costs);
-    return i < 0 ? nullptr : st.routes[size_t(i)];
+  // Every route in use counts, including those no longer offered to new requests.
+  route_choice c;
+  c.candidates = std::move(room);
+  c.costs = st.opt.costs;
+  std::map<const route*, size_t> index;
+  for (auto& r : st.routes) {
+    index[r.get()] = c.routes.size();
+    c.routes.push_back(shape_of(r));
+    c.instance_load.push_back(load[r->instance]);
   }
-  size_t best = room[0];
-  for (auto i : room)
-    if (load[st.routes[i]->instance] < load[st.routes[best]->instance]) best = i;
-  return st.routes[best];
+  for (auto id : st.running) {
+    auto& p = st.reqs[id].path;
+    auto [it, fresh] = index.emplace(p.get(), c.routes.size());
+    if (fresh) {
+      c.routes.push_back(shape_of(p));
+      c.instance_load.push_back(load[p->instance]);
+    }
+    c.routes[it->second].running++;
+  }
+  int i = st.pick(c);
+  return i >= 0 && size_t(i) < st.routes.size() ? st.routes[size_t(i)] : nullptr;
 }
 
 void schedule(router_actor* self) {
@@ -562,6 +562,10 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
   st.routes = routes;
   st.opt = opt;
   st.readmit = readmission(opt.readmit);
+  if (auto sch = find_route_scheduler(opt.scheduler))
+    st.pick = sch->pick;
+  else  // nothing can be scheduled: every request is refused with the reason
+    st.down = "route scheduler: " + sch.message();
   for (auto& r : routes) watch(self, r);  // none yet: requests wait until routes arrive
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;

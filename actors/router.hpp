@@ -27,9 +27,9 @@ struct router_options {
   // ... and takes its KV cache along (shard to shard) instead of recomputing it; recomputes
   // only when the move fails.
   bool kv_migration = true;
-  // How a waiting request picks among the routes with room: "zigzag" (the route that adds the
-  // least time per token over all running requests, dataflow/scaling.hpp pick_split) or
-  // "least-loaded" (the route whose instance runs the fewest requests).
+  // How a waiting request picks among the routes with room: a registered route scheduler
+  // (dataflow/scaling.hpp): "zigzag" (the route that adds the least time per token over all
+  // running requests, pick_split) or "least-loaded" (whose instance runs the fewest requests).
   std::string scheduler = "zigzag";
   split_costs costs;
 };

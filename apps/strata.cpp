@@ -532,8 +532,10 @@ expected<scaling_setup> scaling_from_args(const args& a) {
   s.so.globals_bytes = a.number("globals-mb", 0, 1e7) * 1e6;
   s.so.device.layer_s = a.number("device-layer-ms", 0, 1e6) / 1000;
   s.so.device.per_row_s = a.number("device-row-ms", 0, 1e6) / 1000;
-  std::string scheduler = a.choice("scheduler", {"zigzag", "least-loaded"});
-  s.so.split_candidates = scheduler == "zigzag";
+  std::string scheduler = a.str("scheduler");
+  auto sch = find_route_scheduler(scheduler);
+  if (!sch) throw usage_error("--scheduler: " + sch.message());
+  s.so.split_candidates = sch->wants_splits;
   std::string migration = a.choice("migration", {"kv", "recompute", "off"});
   s.ro.max_running = int(a.integer("max-running", 1, 1 << 16));
   s.ro.scheduler = scheduler;
@@ -964,8 +966,7 @@ int cmd_policies() {
   std::printf("scaling policies (--policy, --policies):\n");
   for (auto& p : scaling_policies()) std::printf("  %-16s %s\n", p.name.c_str(), p.description.c_str());
   std::printf("route schedulers (--scheduler):\n");
-  std::printf("  %-16s %s\n", "zigzag", "the route that adds the least time per token over all running requests");
-  std::printf("  %-16s %s\n", "least-loaded", "the route whose instance runs the fewest requests");
+  for (auto& r : route_schedulers()) std::printf("  %-16s %s\n", r.name.c_str(), r.description.c_str());
   return 0;
 }
 

@@ -335,6 +335,55 @@ std::vector<policy_entry> scaling_policies() {
   return r.entries;
 }
 
+namespace {
+
+struct scheduler_registry {
+  std::mutex mu;
+  std::vector<route_scheduler> entries = {
+      {"zigzag", "the route that adds the least time per token over all running requests (BlitzScale's ZigZag)",
+       [](const route_choice& c) { return pick_split(c.routes, c.candidates, c.costs); }, true},
+      {"least-loaded", "the route whose instance runs the fewest requests (the first on ties)",
+       [](const route_choice& c) {
+         int best = -1;
+         for (auto i : c.candidates)
+           if (best < 0 || c.instance_load[i] < c.instance_load[size_t(best)]) best = int(i);
+         return best;
+       }},
+  };
+};
+
+scheduler_registry& schedulers() {
+  static scheduler_registry r;
+  return r;
+}
+
+}  // namespace
+
+status register_route_scheduler(route_scheduler e) {
+  auto& r = schedulers();
+  std::lock_guard<std::mutex> g(r.mu);
+  if (e.name.empty() || !e.pick) return make_error("a route scheduler needs a name and a pick function");
+  for (auto& x : r.entries)
+    if (x.name == e.name) return make_error("route scheduler '" + e.name + "' is registered already");
+  r.entries.push_back(std::move(e));
+  return {};
+}
+
+std::vector<route_scheduler> route_schedulers() {
+  auto& r = schedulers();
+  std::lock_guard<std::mutex> g(r.mu);
+  return r.entries;
+}
+
+expected<route_scheduler> find_route_scheduler(const std::string& name) {
+  std::string names;
+  for (auto& e : route_schedulers()) {
+    if (e.name == name) return e;
+    names += (names.empty() ? "" : ", ") + e.name;
+  }
+  return make_error("expected one of " + names + ", got '" + name + "'");
+}
+
 expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, const scaling_knobs& k,
                                                       const link_speeds& l) {
   std::string names;

@@ -79,6 +79,29 @@ double total_token_time(const std::vector<route_shape>& routes, const split_cost
 // total_token_time; -1 when there is none. Ties go to the earlier candidate.
 int pick_split(std::vector<route_shape> routes, const std::vector<size_t>& candidates, const split_costs& c);
 
+// What a route scheduler sees when a waiting request starts: the routes offered to new requests
+// (first, in the router's order) and the others still in use, each with its running requests;
+// which offered ones have room; and per route the running requests of its own instance.
+struct route_choice {
+  std::vector<route_shape> routes;
+  std::vector<size_t> candidates;   // indices into routes
+  std::vector<int> instance_load;   // per route
+  split_costs costs;
+};
+
+// The route scheduler registry: name -> a pick (an index among the candidates, or -1). Built in:
+// zigzag (pick_split) and least-loaded; `strata policies` lists them.
+struct route_scheduler {
+  std::string name;
+  std::string description;
+  std::function<int(const route_choice&)> pick;
+  // A loading instance offers it one cooperative route per full partner to choose from (else one).
+  bool wants_splits = false;
+};
+status register_route_scheduler(route_scheduler s);
+std::vector<route_scheduler> route_schedulers();
+expected<route_scheduler> find_route_scheduler(const std::string& name);
+
 // The load a scaler sees at one tick.
 struct load_view {
   double now = 0;              // seconds since the scaler started

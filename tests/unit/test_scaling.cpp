@@ -309,3 +309,44 @@ TEST_CASE("has-gpu policy: vertical before horizontal, out and in") {
   d = (*p)->decide(v);
   CHECK(d.remove == std::vector<uint32_t>{3});
 }
+
+TEST_CASE("policies and route schedulers come from registries that apps extend") {
+  // Built-ins by name, in order; an unknown name lists what exists.
+  std::vector<std::string> names;
+  for (auto& p : scaling_policies()) names.push_back(p.name);
+  CHECK(names == std::vector<std::string>{"blitz", "lambda-pipe", "all-cache", "stop-the-world", "has-gpu"});
+  CHECK(make_policy("magic", {}, {}).message() ==
+        "unknown policy 'magic' (expected one of blitz, lambda-pipe, all-cache, stop-the-world, has-gpu; see strata "
+        "policies)");
+  // An app's own policy: built by name like a built-in; a name cannot be taken twice.
+  auto made = register_policy({"test-fixed", "always one instance", [](const scaling_knobs& k, const link_speeds&) {
+                                 return std::unique_ptr<scaling_policy>(
+                                     std::make_unique<threshold_policy>("test-fixed", load_spec{}, k));
+                               }});
+  REQUIRE_MESSAGE(made, made.message());
+  auto p = make_policy("test-fixed", {}, {});
+  REQUIRE(p);
+  CHECK((*p)->name() == "test-fixed");
+  CHECK(register_policy({"blitz", "", [](const scaling_knobs&, const link_speeds&) {
+                           return std::unique_ptr<scaling_policy>();
+                         }}).message() == "policy 'blitz' is registered already");
+
+  // least-loaded: the candidate whose instance runs the fewest, the first on ties.
+  auto ll = find_route_scheduler("least-loaded");
+  REQUIRE(ll);
+  route_choice c;
+  c.routes.resize(4);
+  c.instance_load = {3, 1, 1, 0};
+  c.candidates = {0, 1, 2};  // route 3 has no room
+  CHECK(ll->pick(c) == 1);
+  CHECK_FALSE(ll->wants_splits);
+  c.candidates.clear();
+  CHECK(ll->pick(c) == -1);
+  CHECK(find_route_scheduler("zigzag")->wants_splits);
+  CHECK(find_route_scheduler("fifo").message() == "expected one of zigzag, least-loaded, got 'fifo'");
+  REQUIRE(register_route_scheduler({"test-last", "the last candidate", [](const route_choice& x) {
+                                      return x.candidates.empty() ? -1 : int(x.candidates.back());
+                                    }}));
+  c.candidates = {0, 2};
+  CHECK(find_route_scheduler("test-last")->pick(c) == 2);
+}
