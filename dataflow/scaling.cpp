@@ -1,8 +1,9 @@
 #include "dataflow/scaling.hpp"
 
+#include "dataflow/registry.hpp"
+
 #include <algorithm>
 #include <cmath>
-#include <mutex>
 #include <sstream>
 
 namespace strata {
@@ -279,10 +280,8 @@ std::unique_ptr<scaling_policy> make_as(const std::string& name, load_spec spec,
   return std::make_unique<P>(name, std::move(spec), k);
 }
 
-struct policy_registry {
-  std::mutex mu;
-  std::vector<policy_entry> entries;
-  policy_registry() {
+registry<policy_entry>& policies() {
+  static registry<policy_entry> r("policy", [] {
     auto blitz = [](const scaling_knobs& k, const link_speeds& l) {
       return make_as<threshold_policy>("blitz", {l.network_gb_s, true, false, "network multicast from running instances"}, k);
     };
@@ -301,97 +300,56 @@ struct policy_registry {
     auto has_gpu = [](const scaling_knobs& k, const link_speeds& l) {
       return make_as<has_gpu_policy>("has-gpu", {l.network_gb_s, true, false, "network multicast from running instances"}, k);
     };
-    entries = {
-        {"blitz", "BlitzScale: multicast from running instances, serve while loading (cooperative routes)", blitz},
-        {"lambda-pipe", "lambdaScale: instances in pairs loading complementary halves, execute-while-load pipelines",
-         lambda},
-        {"all-cache", "a host copy on every node: load from it, serve once complete", all_cache},
-        {"stop-the-world", "load from a remote host copy, serve once complete (the baseline)", stw},
-        {"has-gpu", "HAS-GPU: grow an instance's compute share before adding instances; blitz loading", has_gpu},
+    return std::vector<policy_entry>{
+      {"blitz", "BlitzScale: multicast from running instances, serve while loading (cooperative routes)", blitz},
+      {"lambda-pipe", "lambdaScale: instances in pairs loading complementary halves, execute-while-load pipelines",
+       lambda},
+      {"all-cache", "a host copy on every node: load from it, serve once complete", all_cache},
+      {"stop-the-world", "load from a remote host copy, serve once complete (the baseline)", stw},
+      {"has-gpu", "HAS-GPU: grow an instance's compute share before adding instances; blitz loading", has_gpu},
     };
-  }
-};
+  }());
+  return r;
+}
 
-policy_registry& registry() {
-  static policy_registry r;
+registry<route_scheduler>& schedulers() {
+  static registry<route_scheduler> r("route scheduler", {
+    {"zigzag", "the route that adds the least time per token over all running requests (BlitzScale's ZigZag)",
+     [](const route_choice& c) { return pick_split(c.routes, c.candidates, c.costs); }, true},
+    {"least-loaded", "the route whose instance runs the fewest requests (the first on ties)",
+     [](const route_choice& c) {
+       int best = -1;
+       for (auto i : c.candidates)
+         if (best < 0 || c.instance_load[i] < c.instance_load[size_t(best)]) best = int(i);
+       return best;
+     }},
+  });
   return r;
 }
 
 }  // namespace
 
 status register_policy(policy_entry e) {
-  auto& r = registry();
-  std::lock_guard<std::mutex> g(r.mu);
-  if (e.name.empty() || !e.make) return make_error("a policy needs a name and a factory");
-  for (auto& x : r.entries)
-    if (x.name == e.name) return make_error("policy '" + e.name + "' is registered already");
-  r.entries.push_back(std::move(e));
-  return {};
+  if (!e.make) return make_error("policy '" + e.name + "' needs a factory");
+  return policies().add(std::move(e));
 }
 
-std::vector<policy_entry> scaling_policies() {
-  auto& r = registry();
-  std::lock_guard<std::mutex> g(r.mu);
-  return r.entries;
-}
-
-namespace {
-
-struct scheduler_registry {
-  std::mutex mu;
-  std::vector<route_scheduler> entries = {
-      {"zigzag", "the route that adds the least time per token over all running requests (BlitzScale's ZigZag)",
-       [](const route_choice& c) { return pick_split(c.routes, c.candidates, c.costs); }, true},
-      {"least-loaded", "the route whose instance runs the fewest requests (the first on ties)",
-       [](const route_choice& c) {
-         int best = -1;
-         for (auto i : c.candidates)
-           if (best < 0 || c.instance_load[i] < c.instance_load[size_t(best)]) best = int(i);
-         return best;
-       }},
-  };
-};
-
-scheduler_registry& schedulers() {
-  static scheduler_registry r;
-  return r;
-}
-
-}  // namespace
+std::vector<policy_entry> scaling_policies() { return policies().all(); }
 
 status register_route_scheduler(route_scheduler e) {
-  auto& r = schedulers();
-  std::lock_guard<std::mutex> g(r.mu);
-  if (e.name.empty() || !e.pick) return make_error("a route scheduler needs a name and a pick function");
-  for (auto& x : r.entries)
-    if (x.name == e.name) return make_error("route scheduler '" + e.name + "' is registered already");
-  r.entries.push_back(std::move(e));
-  return {};
+  if (!e.pick) return make_error("route scheduler '" + e.name + "' needs a pick function");
+  return schedulers().add(std::move(e));
 }
 
-std::vector<route_scheduler> route_schedulers() {
-  auto& r = schedulers();
-  std::lock_guard<std::mutex> g(r.mu);
-  return r.entries;
-}
+std::vector<route_scheduler> route_schedulers() { return schedulers().all(); }
 
-expected<route_scheduler> find_route_scheduler(const std::string& name) {
-  std::string names;
-  for (auto& e : route_schedulers()) {
-    if (e.name == name) return e;
-    names += (names.empty() ? "" : ", ") + e.name;
-  }
-  return make_error("expected one of " + names + ", got '" + name + "'");
-}
+expected<route_scheduler> find_route_scheduler(const std::string& name) { return schedulers().find(name); }
 
 expected<std::unique_ptr<scaling_policy>> make_policy(const std::string& name, const scaling_knobs& k,
                                                       const link_speeds& l) {
-  std::string names;
-  for (auto& e : scaling_policies()) {
-    if (e.name == name) return e.make(k, l);
-    names += (names.empty() ? "" : ", ") + e.name;
-  }
-  return make_error("unknown policy '" + name + "' (expected one of " + names + "; see strata policies)");
+  auto e = policies().find(name);
+  if (!e) return make_error(e.message() + "; see strata policies");
+  return e->make(k, l);
 }
 
 }  // namespace strata

@@ -78,7 +78,7 @@ expect_error "--max-waiting: expected an integer in [1, 1048576], got '0'" "$str
 expect_error "--chunk-kb: expected an integer, got 'abc'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --nodes 2 --chunk-kb abc
 expect_error "--chunk-kb: expected an integer in [1, 1048576], got '0'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --nodes 2 --chunk-kb 0
 expect_error "--chunk-kb: expected an integer in [1, 1048576], got '-5'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --nodes 2 --chunk-kb -5
-expect_error "--scheduler: expected one of zigzag, least-loaded, got 'x'" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --scheduler x
+expect_error "--scheduler: unknown route scheduler 'x' (expected one of zigzag, least-loaded)" "$strata" autoscale --model "$data/models/stories260K" --trace gamma --scheduler x
 expect_error "--max-sources: expected an integer in [1, 1024], got '0'" "$strata" cluster multicast --controller 127.0.0.1:1 --max-sources 0
 expect_error "--memory-gb: expected a number, got 'abc'" "$strata" node --memory-gb abc
 # Clients of a frozen controller give up within their patience (they once waited forever).

@@ -316,8 +316,8 @@ TEST_CASE("policies and route schedulers come from registries that apps extend")
   for (auto& p : scaling_policies()) names.push_back(p.name);
   CHECK(names == std::vector<std::string>{"blitz", "lambda-pipe", "all-cache", "stop-the-world", "has-gpu"});
   CHECK(make_policy("magic", {}, {}).message() ==
-        "unknown policy 'magic' (expected one of blitz, lambda-pipe, all-cache, stop-the-world, has-gpu; see strata "
-        "policies)");
+        "unknown policy 'magic' (expected one of blitz, lambda-pipe, all-cache, stop-the-world, has-gpu); see strata "
+        "policies");
   // An app's own policy: built by name like a built-in; a name cannot be taken twice.
   auto made = register_policy({"test-fixed", "always one instance", [](const scaling_knobs& k, const link_speeds&) {
                                  return std::unique_ptr<scaling_policy>(
@@ -343,7 +343,7 @@ TEST_CASE("policies and route schedulers come from registries that apps extend")
   c.candidates.clear();
   CHECK(ll->pick(c) == -1);
   CHECK(find_route_scheduler("zigzag")->wants_splits);
-  CHECK(find_route_scheduler("fifo").message() == "expected one of zigzag, least-loaded, got 'fifo'");
+  CHECK(find_route_scheduler("fifo").message() == "unknown route scheduler 'fifo' (expected one of zigzag, least-loaded)");
   REQUIRE(register_route_scheduler({"test-last", "the last candidate", [](const route_choice& x) {
                                       return x.candidates.empty() ? -1 : int(x.candidates.back());
                                     }}));
