@@ -153,5 +153,5 @@ int main(int argc, char** argv) {
   std::printf("  1 shard actor:         %.1f ms/step\n", median(t1) * 1e3);
   std::printf("  %d actors (1 per layer): %.1f ms/step\n", c.n_layers, median(tl) * 1e3);
   std::printf("  ratio per-layer / single: %.3f (limit 1.05) %s\n", ratio, ratio <= 1.05 ? "PASS" : "FAIL");
-  return 0;
+  return ratio <= 1.05 ? 0 : 1;  // a benchmark that misses its limit says so in its exit status
 }

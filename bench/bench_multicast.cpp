@@ -180,5 +180,5 @@ int main(int argc, char** argv) {
   std::error_code ec;
   fs::remove_all(tmp, ec);
   std::printf("%s\n", failures ? "some targets missed (see MISS lines)" : "all targets met");
-  return 0;
+  return failures ? 1 : 0;
 }
