@@ -96,7 +96,7 @@ std::vector<command_spec> make_table() {
                "The text goes to stdout (streamed for one request; each completion after the run for --n > 1; "
                "token ids for a model without a tokenizer); timings and the per-request table go to stderr."});
   t.push_back({"demo", "", "several concurrent prompts on stories260K with a throughput summary",
-               opts{{"model", "PATH", "../shared/data/models/stories260K", "the model", ""},
+               opts{{"model", "PATH", "", "the model", "$STRATA_DATA_DIR or ../shared/data, then models/stories260K"},
                     {"shards", "SPEC", "3", "K even layer shards, or sizes like 2,3", ""}} +
                    opts{{"steps", "N", "200", "tokens to generate per prompt", ""}} +
                    opts(sampling.begin() + 1, sampling.end()) + common,

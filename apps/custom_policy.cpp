@@ -3,12 +3,13 @@
 // scaler, replay a trace, read the report. This one scales out by the backlog's size at once (no
 // cooldown) and loads over the network while serving, like blitz.
 //
-//   build/bin/custom_policy [MODEL_DIR]
+//   build/bin/custom_policy [MODEL_DIR]   (default: $STRATA_DATA_DIR or ../shared/data, models/stories260K)
 #include <cstdio>
 
 #include "actors/engine.hpp"
 #include "actors/replay.hpp"
 #include "actors/scaler.hpp"
+#include "dataflow/files.hpp"
 
 using namespace strata;
 
@@ -30,9 +31,9 @@ class backlog_policy : public scaling_policy {
 };
 
 int main(int argc, char** argv) {
-  std::string dir = argc > 1 ? argv[1] : "../shared/data/models/stories260K";
+  std::string dir = argc > 1 ? argv[1] : default_model_dir();
   auto m = load_model(dir);
-  if (!m) return std::fprintf(stderr, "%s\n", m.message().c_str()), 1;
+  if (!m) return std::fprintf(stderr, "%s\n", with_data_hint(dir, m.message()).c_str()), 1;
   caf::actor_system_config cfg;
   register_strata_types(cfg);
   caf::actor_system sys{cfg};

@@ -2,19 +2,20 @@
 // building blocks by hand. It loads stories260K, places its 5 layers on two shard actors
 // (layers [0,2) and [2,5)), puts a router in front and streams two requests concurrently.
 //
-//   build/bin/serve_graph [MODEL_DIR]
+//   build/bin/serve_graph [MODEL_DIR]   (default: $STRATA_DATA_DIR or ../shared/data, models/stories260K)
 #include <cstdio>
 #include <thread>
 
 #include "actors/engine.hpp"
+#include "dataflow/files.hpp"
 #include "dataflow/tokenizer.hpp"
 
 using namespace strata;
 
 int main(int argc, char** argv) {
-  std::string dir = argc > 1 ? argv[1] : "../shared/data/models/stories260K";
+  std::string dir = argc > 1 ? argv[1] : default_model_dir();
   auto m = load_model(dir);
-  if (!m) return std::fprintf(stderr, "%s\n", m.message().c_str()), 1;
+  if (!m) return std::fprintf(stderr, "%s\n", with_data_hint(dir, m.message()).c_str()), 1;
   auto tok = tokenizer::load(find_tokenizer(dir), (*m)->config.vocab_size);
   if (!tok) return std::fprintf(stderr, "%s\n", tok.message().c_str()), 1;
 

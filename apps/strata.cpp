@@ -252,7 +252,7 @@ int write_logits(const model& m, const tokenizer* tok, const std::vector<int32_t
 int cmd_generate(int argc, char** argv, bool demo) {
   auto a = args::parse(argc, argv, 2, strata_command(demo ? "demo" : "generate"));
   if (!a) return fail(a.message());
-  std::string path = a->str("model");
+  std::string path = demo ? a->str("model", default_model_dir()) : a->str("model");
   if (path.empty()) return fail("generate needs --model PATH");
   const long steps = a->integer("steps", 1, 1 << 24);
   const double temp = a->number("temperature", 0, 100);
@@ -263,7 +263,7 @@ int cmd_generate(int argc, char** argv, bool demo) {
   apply_common(*a);
   auto t0 = std::chrono::steady_clock::now();
   auto m = load_model(path);
-  if (!m) return fail(m.message());
+  if (!m) return fail(with_data_hint(path, m.message()));
   if (!quiet)
     std::fprintf(stderr, "loaded %s in %.1f ms\n", path.c_str(),
                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
@@ -439,10 +439,11 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   so.max_output = int(a.integer("max-output", 0, 1 << 24));
   auto shaped = shape_trace(*tr, so);
   if (!shaped) return shaped.err();
-  std::printf("trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
-              tr->requests.size(), tr->skipped.size(), shaped->requests.size(), shaped->requests.back().t,
-              mean_rate(*shaped));
-  for (size_t i = 0; i < std::min<size_t>(3, tr->skipped.size()); ++i) std::printf("  skipped %s\n", tr->skipped[i].c_str());
+  std::fprintf(stderr, "trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
+               tr->requests.size(), tr->skipped.size(), shaped->requests.size(), shaped->requests.back().t,
+               mean_rate(*shaped));
+  for (size_t i = 0; i < std::min<size_t>(3, tr->skipped.size()); ++i)
+    std::fprintf(stderr, "  skipped %s\n", tr->skipped[i].c_str());
   return shaped;
 }
 
@@ -453,8 +454,7 @@ replay_options printing_replay(const model& m, const args& a, size_t requests, s
   o.seed = uint64_t(a.integer("seed", 0, LONG_MAX));
   o.progress_every = std::max<size_t>(1, requests / lines);
   o.progress = [](size_t done, size_t total, double t) {
-    std::printf("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
-    std::fflush(stdout);
+    std::fprintf(stderr, "  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
   };
   return o;
 }
@@ -671,8 +671,7 @@ int cmd_run(int argc, char** argv) {
   for (int i = 3; i < argc; ++i) words.push_back(argv[i]);  // the command line overrides the file
   std::string line;
   for (size_t i = 1; i < words.size(); ++i) line += " " + words[i];
-  std::printf("topology %s: strata%s\n", argv[2], line.c_str());
-  std::fflush(stdout);
+  std::fprintf(stderr, "topology %s: strata%s\n", argv[2], line.c_str());
   std::vector<char*> wv;
   for (auto& w : words) wv.push_back(w.data());
   current_command = t->run;
@@ -754,7 +753,7 @@ int cmd_autoscale(int argc, char** argv) {
     // all-cache loads from a node's own copy as much faster than the network as the in-process
     // profile's host path is (PCIe vs network), scaled like the paced links.
     so.cluster.local_mb_s = link > 0 ? link * links.local_host_gb_s / links.network_gb_s : 0;
-    std::printf("starting a cluster: controller node 'src' (host copy of the model) and %d node processes, "
+    std::fprintf(stderr, "starting a cluster: controller node 'src' (host copy of the model) and %d node processes, "
                 "UCX %s, each node's egress %s\n",
                 n_nodes, lo.transport.c_str(), link > 0 ? (format_number(link) + " MB/s").c_str() : "unpaced");
     auto lc = local_cluster::start(lo);
@@ -787,13 +786,13 @@ int cmd_autoscale(int argc, char** argv) {
     so.cluster.controller = cluster->controller();
     so.cluster.model = "model";
     so.cluster.chunk_bytes = chunk_bytes;
-    std::printf("cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, "
-                "multicast in %.0f KiB chunks\n\n",
+    std::fprintf(stderr, "cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, "
+                "multicast in %.0f KiB chunks\n",
                 cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
                 double(layout_of((*m)->config).total) / 1e6, double(so.cluster.chunk_bytes) / 1024);
   } else {
-    std::printf("emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; links: "
-                "network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n\n",
+    std::fprintf(stderr, "emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; "
+                "links: network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n",
                 so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
                 links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
   }

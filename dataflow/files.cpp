@@ -174,4 +174,17 @@ std::string format_bytes(uint64_t n) {
   return b;
 }
 
+std::string shared_data_dir() {
+  const char* e = std::getenv("STRATA_DATA_DIR");
+  return e && *e ? e : "../shared/data";
+}
+
+std::string default_model_dir() { return shared_data_dir() + "/models/stories260K"; }
+
+std::string with_data_hint(const std::string& path, const std::string& error) {
+  if (path != default_model_dir()) return error;
+  return error + " (the shared data is read from $STRATA_DATA_DIR, else ../shared/data from the working directory: "
+                 "run from the checkout with ../shared beside it, set STRATA_DATA_DIR, or name a model)";
+}
+
 }  // namespace strata

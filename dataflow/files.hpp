@@ -45,6 +45,14 @@ class mapped_file {
 // otherwise an error naming the path and the roots. For paths a remote party names.
 expected<std::string> confine_path(const std::string& path, const std::vector<std::string>& roots);
 
+// Where the shared real data lives (the stories260K model, traces): $STRATA_DATA_DIR, else
+// ../shared/data from the working directory (a checkout with ../shared beside it).
+std::string shared_data_dir();
+// The default model of the demo and the example app files: shared_data_dir()/models/stories260K.
+std::string default_model_dir();
+// An error loading `path` that the default model path explains: how to point at the data.
+std::string with_data_hint(const std::string& path, const std::string& error);
+
 // Physical memory of this machine in bytes.
 uint64_t system_memory_bytes();
 

@@ -14,14 +14,19 @@
 
 namespace strata::test {
 
-inline std::string data_dir() { return STRATA_DATA_DIR; }
+// The shared data: $STRATA_DATA_DIR when set (a data folder elsewhere, without reconfiguring),
+// else the folder CMake was configured with (-DSTRATA_DATA_DIR, default ../shared/data).
+inline std::string data_dir() {
+  const char* e = std::getenv("STRATA_DATA_DIR");
+  return e && *e ? e : STRATA_DATA_DIR;
+}
 inline std::string stories_dir() { return data_dir() + "/models/stories260K"; }
 
 // stories260K, loaded once per test binary.
 inline model_ptr stories() {
   static model_ptr m = [] {
     auto r = load_model(stories_dir());
-    if (!r) throw std::runtime_error(r.message());
+    if (!r) throw std::runtime_error(r.message() + " (point STRATA_DATA_DIR or -DSTRATA_DATA_DIR at the shared data)");
     return *r;
   }();
   return m;

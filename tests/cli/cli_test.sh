@@ -125,7 +125,7 @@ expect_error "unknown command" "$strata" frobnicate
 # Trace replay: a truncated line is reported with its number and skipped; bad input fails clearly.
 m="$data/models/stories260K"
 printf 'TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:17:03.5,20,5\r\n2023-11-16 18:17:03.6,30\r\n2023-11-16 18:17:03.9,25,4' > "$tmp/t.csv"
-out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --svg "$tmp/r.svg")
+out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --svg "$tmp/r.svg" 2>&1)
 grep -q "skipped line 3: has 2 columns (truncated?)" <<<"$out" || fail "replay skipped line: $out"
 grep -q "2 requests (2 ok, 0 failed)" <<<"$out" || fail "replay result: $out"
 grep -q "<svg" "$tmp/r.svg" || fail "no svg written"
@@ -138,7 +138,7 @@ grep -qE "^blitz .* ([0-9.]+|-) +[0-9]+ +[0-9.]+$" <<<"$out" || fail "autoscale 
 # all-cache puts a host copy on every node for its run only, then drops them again (blitz after it
 # loads over the network from the one copy left).
 out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies all-cache,blitz --threads 1 \
-  --nodes 2 --link-mbs 2 --device-layer-ms 2)
+  --nodes 2 --link-mbs 2 --device-layer-ms 2 2>&1)
 grep -q "cluster up" <<<"$out" || fail "autoscale --nodes: no cluster: $out"
 grep -q "all-cache: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes all-cache: $out"
 grep -q "blitz: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes: $out"
