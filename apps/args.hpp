@@ -68,9 +68,30 @@ inline std::string nearest_option(const command_spec& spec, const std::string& k
 
 class args {
  public:
-  // Parses argv[first..] against a command's options: --key value, --key=value, or --flag.
-  static expected<args> parse(int argc, char** argv, int first, const command_spec& spec) {
+  // Values given by a program rather than a command line (a topology file): each must be one of
+  // the command's options, flags with no value.
+  static expected<args> from_values(const command_spec& spec,
+                                    const std::vector<std::pair<std::string, std::string>>& values,
+                                    const std::vector<std::string>& flags = {}) {
     args a;
+    a.spec_ = &spec;
+    for (auto& [k, v] : values) {
+      const option_spec* o = spec.find(k);
+      if (!o || o->value.empty()) return make_error(spec.name + ": no option --" + k + " that takes a value");
+      a.v_[k] = v;
+    }
+    for (auto& k : flags) {
+      const option_spec* o = spec.find(k);
+      if (!o || !o->value.empty()) return make_error(spec.name + ": no flag --" + k);
+      a.v_[k] = "1";
+    }
+    return a;
+  }
+  // Parses argv[first..] against a command's options: --key value, --key=value, or --flag; on
+  // top of `base`'s values when given (the command line overrides them).
+  static expected<args> parse(int argc, char** argv, int first, const command_spec& spec, const args* base = nullptr) {
+    args a;
+    if (base) a = *base;
     a.spec_ = &spec;
     for (int i = first; i < argc; ++i) {
       std::string k = argv[i];
@@ -120,6 +141,16 @@ class args {
     return a;
   }
   bool has(const std::string& k) const { return v_.count(k) > 0; }
+  void set(const std::string& k, const std::string& v) { v_[k] = v; }
+  // "--key value ..." as a command line would say it.
+  std::string line() const {
+    std::string out;
+    for (auto& [k, v] : v_) {
+      const option_spec* o = spec_ ? spec_->find(k) : nullptr;
+      out += " --" + k + (o && o->value.empty() ? "" : " " + v);
+    }
+    return out;
+  }
   std::string str(const std::string& k, const std::string& def) const {
     auto it = v_.find(k);
     return it == v_.end() ? def : it->second;

@@ -339,10 +339,16 @@ int cmd_inspect(int argc, char** argv) {
   return 0;
 }
 
+int run_gen_model(const args& a);
+
 int cmd_gen_model(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2, strata_command("gen-model"));
   if (!a) return fail(a.message());
-  if (!a->has("out")) return fail("gen-model needs --out DIR");
+  return run_gen_model(*a);
+}
+
+int run_gen_model(const args& a) {
+  if (!a.has("out")) return fail("gen-model needs --out DIR");
   model_config c;
   struct field {
     const char* key;
@@ -351,21 +357,21 @@ int cmd_gen_model(int argc, char** argv) {
   for (auto f : {field{"dim", &c.dim}, field{"hidden", &c.hidden_dim}, field{"layers", &c.n_layers},
                  field{"heads", &c.n_heads}, field{"kv-heads", &c.n_kv_heads}, field{"vocab", &c.vocab_size},
                  field{"seq-len", &c.seq_len}})
-    *f.dst = int(a->integer(f.key, 0, INT32_MAX));
+    *f.dst = int(a.integer(f.key, 0, INT32_MAX));
   if (c.hidden_dim == 0) c.hidden_dim = ((8 * c.dim / 3) + 63) / 64 * 64;
   if (c.n_kv_heads == 0) c.n_kv_heads = c.n_heads;
   c.head_dim = c.n_heads > 0 ? c.dim / c.n_heads : 0;
   c.rope = rope_style::rotate_half;
-  c.tied_embeddings = !a->has("untied");
+  c.tied_embeddings = !a.has("untied");
   if (auto st = c.validate(); !st) return fail(st.message());
-  auto dt = parse_dtype(a->str("dtype"));
+  auto dt = parse_dtype(a.str("dtype"));
   if (!dt) return fail(dt.message());
-  const long seed = a->integer("seed", 0, LONG_MAX);
-  const long shard_mb = a->integer("shard-mb", 1, 1 << 30);
+  const long seed = a.integer("seed", 0, LONG_MAX);
+  const long shard_mb = a.integer("shard-mb", 1, 1 << 30);
   if (auto st = c.fits_memory(); !st) return fail(st.message());
-  auto m = make_random_model(c, uint64_t(seed), fs::path(a->str("out")).filename().string());
-  if (auto st = save_hf(*m, a->str("out"), *dt, uint64_t(shard_mb) << 20); !st) return fail(st.message());
-  std::printf("wrote %s: %s, %s\n", a->str("out").c_str(), c.describe().c_str(), to_string(*dt));
+  auto m = make_random_model(c, uint64_t(seed), fs::path(a.str("out")).filename().string());
+  if (auto st = save_hf(*m, a.str("out"), *dt, uint64_t(shard_mb) << 20); !st) return fail(st.message());
+  std::printf("wrote %s: %s, %s\n", a.str("out").c_str(), c.describe().c_str(), to_string(*dt));
   return 0;
 }
 
@@ -459,23 +465,29 @@ replay_options printing_replay(const model& m, const args& a, size_t requests, s
   return o;
 }
 
+int run_replay(const args& a);
+
 int cmd_replay(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2, strata_command("replay"));
   if (!a) return fail(a.message());
-  if (!a->has("model") || !a->has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
-  apply_common(*a);
+  return run_replay(*a);
+}
+
+int run_replay(const args& a) {
+  if (!a.has("model") || !a.has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
+  apply_common(a);
   // Every value is checked before the replay starts, not after it.
   slo_spec slo;
-  slo.ttft_s = a->positive("ttft-slo-ms", 1e9) / 1000;
-  slo.tbt_s = a->positive("tbt-slo-ms", 1e9) / 1000;
+  slo.ttft_s = a.positive("ttft-slo-ms", 1e9) / 1000;
+  slo.tbt_s = a.positive("tbt-slo-ms", 1e9) / 1000;
   router_options ro;
-  ro.max_running = int(a->integer("max-running", 1, 1 << 16));
-  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 1, 1 << 24));
-  auto m = load_model(a->str("model"));
+  ro.max_running = int(a.integer("max-running", 1, 1 << 16));
+  ro.max_batch_tokens = int(a.integer("max-batch-tokens", 1, 1 << 24));
+  auto m = load_model(a.str("model"));
   if (!m) return fail(m.message());
-  auto shaped = trace_from_args(*a, **m);
+  auto shaped = trace_from_args(a, **m);
   if (!shaped) return fail(shaped.message());
-  auto shards = parse_shards(a->str("shards"), (*m)->config.n_layers);
+  auto shards = parse_shards(a.str("shards"), (*m)->config.n_layers);
   if (!shards) return fail(shards.message());
   actor_runtime rt;
   stop_on_exit guard;
@@ -484,22 +496,22 @@ int cmd_replay(int argc, char** argv) {
   guard.pipelines.push_back(*p);
   auto router = spawn_router(*rt.sys, *m, p->path, ro);
   guard.actors.push_back(router);
-  auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 10));
+  auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, a, shaped->requests.size(), 10));
   stop_pipeline(*p);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
   if (!records) return fail(records.message());
   auto sum = summarize_replay(*records, slo);
-  std::printf("\n%s", sum.table("replay of " + a->str("trace") + " on " + (*m)->name + ", shards " +
+  std::printf("\n%s", sum.table("replay of " + a.str("trace") + " on " + (*m)->name + ", shards " +
                                 to_string(*shards)).c_str());
   for (auto& r : *records)
     if (!r.ok) {
       std::printf("  first failure: %s\n", r.error.c_str());
       break;
     }
-  if (a->has("svg")) {
-    auto st = write_timeline_svg(a->str("svg"), "replay of " + a->str("trace"), *records, {in_flight(*records)});
+  if (a.has("svg")) {
+    auto st = write_timeline_svg(a.str("svg"), "replay of " + a.str("trace"), *records, {in_flight(*records)});
     if (!st) return fail(st.message());
-    std::printf("  timeline written to %s\n", a->str("svg").c_str());
+    std::printf("  timeline written to %s\n", a.str("svg").c_str());
   }
   return sum.failed ? 1 : 0;
 }
@@ -548,36 +560,42 @@ expected<scaling_setup> scaling_from_args(const args& a) {
   return s;
 }
 
+int run_serve(const args& a);
+
 int cmd_serve(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2, strata_command("serve"));
   if (!a) return fail(a.message());
-  if (!a->has("model")) return fail("serve needs --model PATH");
-  auto setup = scaling_from_args(*a);
+  return run_serve(*a);
+}
+
+int run_serve(const args& a) {
+  if (!a.has("model")) return fail("serve needs --model PATH");
+  auto setup = scaling_from_args(a);
   if (!setup) return fail(setup.message());
-  auto path = a->str("model");
+  auto path = a.str("model");
   // Every value is checked before the model loads.
   http_options ho;
-  ho.host = a->str("host");
-  ho.port = int(a->integer("port", 0, 65535));
-  ho.threads = int(a->integer("http-threads", 1, 256));
-  ho.max_connections_per_client = int(a->integer("max-connections-per-client", 1, 1 << 16));
-  ho.api_key = a->str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
-  if (a->has("api-key") && ho.api_key.empty()) throw usage_error("--api-key: must not be empty");
+  ho.host = a.str("host");
+  ho.port = int(a.integer("port", 0, 65535));
+  ho.threads = int(a.integer("http-threads", 1, 256));
+  ho.max_connections_per_client = int(a.integer("max-connections-per-client", 1, 1 << 16));
+  ho.api_key = a.str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
+  if (a.has("api-key") && ho.api_key.empty()) throw usage_error("--api-key: must not be empty");
   router_options ro = setup->ro;
   // A server that can queue nothing rejects every request: at least one may wait.
-  ro.max_waiting = int(a->integer("max-waiting", 1, 1 << 20));
-  ro.max_batch_tokens = int(a->integer("max-batch-tokens", 1, 1 << 24));
-  const double drain_s = a->number("drain-timeout-s", 0, 86400);
-  apply_common(*a);
+  ro.max_waiting = int(a.integer("max-waiting", 1, 1 << 20));
+  ro.max_batch_tokens = int(a.integer("max-batch-tokens", 1, 1 << 24));
+  const double drain_s = a.number("drain-timeout-s", 0, 86400);
+  apply_common(a);
   auto m = load_model(path);
   if (!m) return fail(m.message());
-  auto tok_path = a->str("tokenizer", find_tokenizer(path));
+  auto tok_path = a.str("tokenizer", find_tokenizer(path));
   if (tok_path.empty()) return fail("no tokenizer found next to " + path + " (pass --tokenizer FILE)");
   auto tok = tokenizer::load(tok_path, (*m)->config.vocab_size);
   if (!tok) return fail(tok.message());
-  auto shards = parse_shards(a->str("shards"), (*m)->config.n_layers);
+  auto shards = parse_shards(a.str("shards"), (*m)->config.n_layers);
   if (!shards) return fail(shards.message());
-  auto name = a->str("served-model-name", fs::path(path).filename().string());
+  auto name = a.str("served-model-name", fs::path(path).filename().string());
   if (name.empty()) name = fs::path(path).parent_path().filename().string();
   ho.model_name = name;
   // Signals go to the waiting main thread only: every other thread starts with them blocked.
@@ -592,10 +610,10 @@ int cmd_serve(int argc, char** argv) {
   // parameters arriving after the emulated link time; /ready is 503 until the first serves).
   pipeline pl;
   caf::actor router, scaler;
-  if (a->has("policy")) {
-    auto pol = make_policy(a->str("policy"), setup->knobs, setup->links);
+  if (a.has("policy")) {
+    auto pol = make_policy(a.str("policy"), setup->knobs, setup->links);
     if (!pol) return fail(pol.message());
-    auto dev = parse_devices(a->str("devices"), 1);  // one device for every instance
+    auto dev = parse_devices(a.str("devices"), 1);  // one device for every instance
     if (!dev) return fail(dev.message());
     setup->so.cuda_device = dev->front();
     router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
@@ -604,7 +622,7 @@ int cmd_serve(int argc, char** argv) {
     guard.actors = {scaler, router};
     ho.scaler = scaler;
   } else {
-    auto devs = parse_devices(a->str("devices"), shards->size());
+    auto devs = parse_devices(a.str("devices"), shards->size());
     if (!devs) return fail(devs.message());
     auto p = spawn_pipeline(*rt.sys, *m, *shards, *devs);
     if (!p) return fail(p.message());
@@ -644,8 +662,9 @@ int cmd_serve(int argc, char** argv) {
   return 0;
 }
 
-int cmd_autoscale(int argc, char** argv);
-int cmd_replay(int argc, char** argv);
+int run_autoscale(const args& a);
+int run_replay(const args& a);
+int run_serve(const args& a);
 
 // Runs the strata command a topology file stands for (see dataflow/topology.hpp), first writing
 // its random model, if it has one, to a temporary directory.
@@ -653,33 +672,28 @@ int cmd_run(int argc, char** argv) {
   if (argc < 3 || std::string(argv[2]).rfind("--", 0) == 0) return fail("run needs a topology FILE (see strata help)");
   auto t = load_topology(argv[2]);
   if (!t) return fail(t.message());
-  std::vector<std::string> words = {"strata", t->run};
+  const command_spec& spec = strata_command(t->run);
+  auto from_file = args::from_values(spec, t->options, t->flags);
+  if (!from_file) return fail(t->source + ": " + from_file.message());
   std::string tmp;
   if (!t->random_model.empty()) {
     char pattern[] = "/tmp/strata-topology-XXXXXX";
     if (!mkdtemp(pattern)) return fail("cannot create a temporary directory for the random model");
     tmp = pattern;
-    std::vector<std::string> gen = {"strata", "gen-model", "--out", tmp + "/model", "--dtype", "f32"};
-    for (auto& [k, v] : t->random_model) gen.insert(gen.end(), {"--" + k, v});
-    std::vector<char*> gv;
-    for (auto& w : gen) gv.push_back(w.data());
-    if (int rc = cmd_gen_model(int(gv.size()), gv.data()); rc != 0) return rc;
-    words.insert(words.end(), {"--model", tmp + "/model"});
+    auto gen = args::from_values(strata_command("gen-model"), t->random_model);
+    if (!gen) return fail(t->source + ": [model.random]: " + gen.message());
+    gen->set("out", tmp + "/model");
+    gen->set("dtype", "f32");
+    if (int rc = run_gen_model(*gen); rc != 0) return rc;
+    from_file->set("model", tmp + "/model");
   }
-  for (auto& [k, v] : t->options) words.insert(words.end(), {"--" + k, v});
-  for (auto& f : t->flags) words.push_back("--" + f);
-  for (int i = 3; i < argc; ++i) words.push_back(argv[i]);  // the command line overrides the file
-  std::string line;
-  for (size_t i = 1; i < words.size(); ++i) line += " " + words[i];
-  std::fprintf(stderr, "topology %s: strata%s\n", argv[2], line.c_str());
-  std::vector<char*> wv;
-  for (auto& w : words) wv.push_back(w.data());
+  auto a = args::parse(argc, argv, 3, spec, &*from_file);  // the command line overrides the file
+  if (!a) return fail(a.message());
+  std::fprintf(stderr, "topology %s: strata %s%s\n", argv[2], t->run.c_str(), a->line().c_str());
   current_command = t->run;
   int rc = 1;
   try {
-    rc = t->run == "autoscale" ? cmd_autoscale(int(wv.size()), wv.data())
-         : t->run == "replay"  ? cmd_replay(int(wv.size()), wv.data())
-                               : cmd_serve(int(wv.size()), wv.data());
+    rc = t->run == "autoscale" ? run_autoscale(*a) : t->run == "replay" ? run_replay(*a) : run_serve(*a);
   } catch (const usage_error& e) {
     if (!tmp.empty()) fs::remove_all(tmp);
     // A bad value from the file is named by its key there, not by the option it became (unless
@@ -687,8 +701,8 @@ int cmd_run(int argc, char** argv) {
     std::string msg = e.what();
     auto colon = msg.find(':');
     std::string opt = msg.rfind("--", 0) == 0 && colon != std::string::npos ? msg.substr(2, colon - 2) : "";
-    bool on_line = false;
-    for (int i = 3; i < argc; ++i) on_line |= std::string(argv[i]) == "--" + opt;
+    auto line = args::parse(argc, argv, 3, spec);
+    bool on_line = line && line->has(opt);
     for (auto& [o, where] : t->origins)
       if (!opt.empty() && o == opt && !on_line) return fail(t->source + ": " + where + msg.substr(colon));
     throw;
@@ -697,21 +711,27 @@ int cmd_run(int argc, char** argv) {
   return rc;
 }
 
+int run_autoscale(const args& a);
+
 int cmd_autoscale(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2, strata_command("autoscale"));
   if (!a) return fail(a.message());
-  if (!a->has("model") || !a->has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
-  apply_common(*a);
-  if (a->has("threads")) ::setenv("STRATA_THREADS", a->str("threads").c_str(), 1);  // for node processes
-  const int n_nodes = int(a->integer("nodes", 0, 64));
-  const double link = a->number("link-mbs", 0, 1e6);
-  const uint64_t chunk_bytes = uint64_t(a->integer("chunk-kb", 1, 1 << 20)) << 10;
-  const std::string transport = a->choice("transport", {"tcp", "sm"});
+  return run_autoscale(*a);
+}
+
+int run_autoscale(const args& a) {
+  if (!a.has("model") || !a.has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
+  apply_common(a);
+  if (a.has("threads")) ::setenv("STRATA_THREADS", a.str("threads").c_str(), 1);  // for node processes
+  const int n_nodes = int(a.integer("nodes", 0, 64));
+  const double link = a.number("link-mbs", 0, 1e6);
+  const uint64_t chunk_bytes = uint64_t(a.integer("chunk-kb", 1, 1 << 20)) << 10;
+  const std::string transport = a.choice("transport", {"tcp", "sm"});
   std::string victim;
   double kill_at = 0;
-  const int kill_sig = a->choice("kill-signal", {"KILL", "STOP"}) == "KILL" ? SIGKILL : SIGSTOP;
-  if (a->has("kill")) {
-    auto spec = a->str("kill");
+  const int kill_sig = a.choice("kill-signal", {"KILL", "STOP"}) == "KILL" ? SIGKILL : SIGSTOP;
+  if (a.has("kill")) {
+    auto spec = a.str("kill");
     auto at = spec.find('@');
     if (at == std::string::npos || at == 0) return fail("--kill: expected NODE@SECONDS, got '" + spec + "'");
     victim = spec.substr(0, at);
@@ -725,11 +745,11 @@ int cmd_autoscale(int argc, char** argv) {
     for (int i = 1; i <= n_nodes; ++i) known |= victim == "n" + std::to_string(i);
     if (!known) return fail("--kill: unknown node '" + victim + "' (the nodes are n1..n" + std::to_string(n_nodes) + ")");
   }
-  auto m = load_model(a->str("model"));
+  auto m = load_model(a.str("model"));
   if (!m) return fail(m.message());
-  auto shaped = trace_from_args(*a, **m);
+  auto shaped = trace_from_args(a, **m);
   if (!shaped) return fail(shaped.message());
-  auto setup = scaling_from_args(*a);
+  auto setup = scaling_from_args(a);
   if (!setup) return fail(setup.message());
   auto& k = setup->knobs;
   auto& links = setup->links;
@@ -738,14 +758,14 @@ int cmd_autoscale(int argc, char** argv) {
   slo.ttft_s = k.ttft_slo_s;
   slo.tbt_s = k.tbt_slo_s;
   // Cluster mode: instances live in node processes, parameters move over UCX.
-  std::string policies = a->str("policies");
+  std::string policies = a.str("policies");
   std::unique_ptr<local_cluster> cluster;
   std::vector<std::string> all_nodes;  // src, n1..nN
   if (n_nodes > 0) {
     local_cluster_options lo;
     lo.transport = transport;
-    lo.controller_models = {{"model", a->str("model")}};
-    lo.model_roots = {a->str("model")};  // all-cache has every node load it from disk
+    lo.controller_models = {{"model", a.str("model")}};
+    lo.model_roots = {a.str("model")};  // all-cache has every node load it from disk
     std::string extra = link > 0 ? "throttle_mb_s = " + std::to_string(link) + "\n" : "";
     // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
     // policies run with the one copy 'src' holds.
@@ -766,11 +786,11 @@ int cmd_autoscale(int argc, char** argv) {
       so.cluster.nodes.push_back(name);
     }
     all_nodes = so.cluster.nodes;
-    if (a->has("placement")) {
+    if (a.has("placement")) {
       // Which nodes may host instances, in the order they are used (the first serves from the
       // start; a node without the host copy loads it first).
       std::vector<std::string> order;
-      for (auto& n : split_list(a->str("placement"))) {
+      for (auto& n : split_list(a.str("placement"))) {
         if (std::find(all_nodes.begin(), all_nodes.end(), n) == all_nodes.end())
           return fail("unknown node '" + n + "' in --placement (the nodes are src and n1..n" + std::to_string(n_nodes) +
                       ")");
@@ -821,7 +841,7 @@ int cmd_autoscale(int argc, char** argv) {
       for (size_t i = 1; i < all_nodes.size(); ++i) {
         std::string err;
         self->request(cluster->controller(), std::chrono::seconds(90), cache_atom::value, all_nodes[i],
-                      std::string("model"), a->str("model"))
+                      std::string("model"), a.str("model"))
             .receive([](bool) {}, [&](caf::error& e) { err = describe(e); });
         if (!err.empty()) return fail("caching the model on " + all_nodes[i] + ": " + err);
       }
@@ -851,7 +871,7 @@ int cmd_autoscale(int argc, char** argv) {
         (void)cluster->signal(victim, kill_sig);
         killed_at = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
       });
-    auto records = replay(sys, router, *shaped, printing_replay(**m, *a, shaped->requests.size(), 5));
+    auto records = replay(sys, router, *shaped, printing_replay(**m, a, shaped->requests.size(), 5));
     replay_done = true;
     if (killer.joinable()) killer.join();
     if (!records) return fail(records.message());
@@ -895,9 +915,9 @@ int cmd_autoscale(int argc, char** argv) {
         std::printf("    %7.2f s  %s: %s\n", e.t, e.what.c_str(), e.detail.c_str());
       else
         std::printf("    %7.2f s  %-9s instance %u %s\n", e.t, e.what.c_str(), e.instance, e.detail.c_str());
-    if (a->has("svg-prefix")) {
+    if (a.has("svg-prefix")) {
       step_series inst{"instances", rep.instances};
-      auto path = a->str("svg-prefix") + name + ".svg";
+      auto path = a.str("svg-prefix") + name + ".svg";
       if (auto st = write_timeline_svg(path, "policy " + name, *records, {inst}); !st) return fail(st.message());
       std::printf("  timeline: %s\n", path.c_str());
     }
