@@ -12,7 +12,7 @@
 
 #include "actors/stages.hpp"
 #include "dataflow/files.hpp"
-#include "dataflow/manifest.hpp"
+#include "dataflow/model/manifest.hpp"
 
 namespace strata {
 

@@ -1,6 +1,6 @@
 // The cluster: node processes joined by CAF's middleman, a controller that keeps the cluster
 // view (nodes, memory, which node holds which model), enforces O(1) host copies, and runs
-// multicasts of parameters over UCX (plans from dataflow/multicast.hpp) with repair when a node
+// multicasts of parameters over UCX (plans from dataflow/cluster/multicast.hpp) with repair when a node
 // dies. CAF carries control only; chunks travel on transport/ucx_endpoint.
 #pragma once
 
@@ -9,8 +9,8 @@
 #include <memory>
 
 #include "actors/messages.hpp"
-#include "dataflow/node_config.hpp"
-#include "dataflow/transfer_plan.hpp"
+#include "dataflow/cluster/node_config.hpp"
+#include "dataflow/cluster/transfer_plan.hpp"
 #include "transport/ucx_endpoint.hpp"
 
 namespace strata {

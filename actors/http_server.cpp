@@ -19,8 +19,8 @@
 
 #include "actors/engine.hpp"
 #include "actors/scaler.hpp"
-#include "dataflow/metrics.hpp"
-#include "dataflow/openai.hpp"
+#include "dataflow/experiment/metrics.hpp"
+#include "dataflow/text/openai.hpp"
 
 namespace strata {
 

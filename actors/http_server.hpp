@@ -17,7 +17,7 @@
 #include <string>
 
 #include "actors/messages.hpp"
-#include "dataflow/tokenizer.hpp"
+#include "dataflow/text/tokenizer.hpp"
 
 namespace strata {
 

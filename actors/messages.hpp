@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "dataflow/forward.hpp"
-#include "dataflow/route.hpp"
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/serving/route.hpp"
 
 namespace strata {
 
@@ -129,7 +129,7 @@ struct route {
 };
 using route_ptr = std::shared_ptr<const route>;
 
-// A batch of token rows in flight along a route (see dataflow/forward.hpp for the row model).
+// A batch of token rows in flight along a route (see dataflow/compute/forward.hpp for the row model).
 struct step_batch {
   uint64_t id = 0;
   route_ptr path;

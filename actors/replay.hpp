@@ -6,8 +6,8 @@
 #include <functional>
 
 #include "actors/messages.hpp"
-#include "dataflow/metrics.hpp"
-#include "dataflow/trace.hpp"
+#include "dataflow/experiment/metrics.hpp"
+#include "dataflow/experiment/trace.hpp"
 
 namespace strata {
 

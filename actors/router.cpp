@@ -4,7 +4,7 @@
 #include <map>
 #include <set>
 
-#include "dataflow/readmission.hpp"
+#include "dataflow/serving/readmission.hpp"
 
 namespace strata {
 

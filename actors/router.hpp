@@ -6,8 +6,8 @@
 #include <chrono>
 
 #include "actors/messages.hpp"
-#include "dataflow/readmission.hpp"
-#include "dataflow/scaling.hpp"
+#include "dataflow/serving/readmission.hpp"
+#include "dataflow/scaling/scaling.hpp"
 
 namespace strata {
 
@@ -28,7 +28,7 @@ struct router_options {
   // only when the move fails.
   bool kv_migration = true;
   // How a waiting request picks among the routes with room: a registered route scheduler
-  // (dataflow/scaling.hpp): "zigzag" (the route that adds the least time per token over all
+  // (dataflow/scaling/scaling.hpp): "zigzag" (the route that adds the least time per token over all
   // running requests, pick_split) or "least-loaded" (whose instance runs the fewest requests).
   std::string scheduler = "zigzag";
   split_costs costs;

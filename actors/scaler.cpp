@@ -4,7 +4,7 @@
 #include <set>
 
 #include "actors/cluster.hpp"
-#include "dataflow/param_image.hpp"
+#include "dataflow/model/param_image.hpp"
 
 namespace strata {
 

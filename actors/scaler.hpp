@@ -13,7 +13,7 @@
 
 #include "actors/messages.hpp"
 #include "actors/stages.hpp"
-#include "dataflow/scaling.hpp"
+#include "dataflow/scaling/scaling.hpp"
 
 namespace strata {
 

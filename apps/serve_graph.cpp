@@ -8,7 +8,7 @@
 
 #include "actors/engine.hpp"
 #include "dataflow/files.hpp"
-#include "dataflow/tokenizer.hpp"
+#include "dataflow/text/tokenizer.hpp"
 
 using namespace strata;
 

@@ -19,12 +19,12 @@
 #include "apps/cluster_cli.hpp"
 #include "apps/commands.hpp"
 #include "dataflow/files.hpp"
-#include "dataflow/manifest.hpp"
-#include "dataflow/param_image.hpp"
+#include "dataflow/model/manifest.hpp"
+#include "dataflow/model/param_image.hpp"
 #include "dataflow/thread_pool.hpp"
-#include "dataflow/tokenizer.hpp"
-#include "dataflow/topology.hpp"
-#include "dataflow/trace.hpp"
+#include "dataflow/text/tokenizer.hpp"
+#include "dataflow/experiment/topology.hpp"
+#include "dataflow/experiment/trace.hpp"
 
 using namespace strata;
 namespace fs = std::filesystem;
@@ -666,7 +666,7 @@ int run_autoscale(const args& a);
 int run_replay(const args& a);
 int run_serve(const args& a);
 
-// Runs the strata command a topology file stands for (see dataflow/topology.hpp), first writing
+// Runs the strata command a topology file stands for (see dataflow/experiment/topology.hpp), first writing
 // its random model, if it has one, to a temporary directory.
 int cmd_run(int argc, char** argv) {
   if (argc < 3 || std::string(argv[2]).rfind("--", 0) == 0) return fail("run needs a topology FILE (see strata help)");

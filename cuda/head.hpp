@@ -14,8 +14,8 @@
 
 #include "cuda/shard.hpp"
 #include "dataflow/expected.hpp"
-#include "dataflow/forward.hpp"
-#include "dataflow/model.hpp"
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata::cuda {
 

@@ -18,8 +18,8 @@
 #include <vector>
 
 #include "dataflow/expected.hpp"
-#include "dataflow/forward.hpp"
-#include "dataflow/model.hpp"
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata::cuda {
 

@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <unistd.h>
 
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata::test {
 

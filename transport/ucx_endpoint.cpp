@@ -1,6 +1,6 @@
 #include "transport/ucx_endpoint.hpp"
 
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 
 #include <poll.h>
 #include <sys/eventfd.h>

@@ -2,7 +2,7 @@
 // safetensors file, as three parts of the input.
 #include <filesystem>
 
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 #include "fuzz_util.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

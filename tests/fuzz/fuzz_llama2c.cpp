@@ -1,5 +1,5 @@
 // llama2.c checkpoints: header and weights layout, from any bytes.
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 #include "fuzz_util.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

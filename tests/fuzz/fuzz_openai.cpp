@@ -1,6 +1,6 @@
 // OpenAI request bodies (completions and chat), and rendering whatever they carry: chat prompt,
 // stop matching over arbitrary pieces, response and chunk bodies (invalid UTF-8 included).
-#include "dataflow/openai.hpp"
+#include "dataflow/text/openai.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string body(reinterpret_cast<const char*>(data), size);

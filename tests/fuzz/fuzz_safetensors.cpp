@@ -1,5 +1,5 @@
 // The safetensors container: header length, JSON header, dtype/shape/offset checks.
-#include "dataflow/safetensors.hpp"
+#include "dataflow/model/safetensors.hpp"
 #include "fuzz_util.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -1,6 +1,6 @@
 // The llama2.c tokenizer file, and encoding text with whatever it loaded: input = text, then the
 // tokenizer file (parts split as fuzz_util.hpp says).
-#include "dataflow/tokenizer.hpp"
+#include "dataflow/text/tokenizer.hpp"
 #include "fuzz_util.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

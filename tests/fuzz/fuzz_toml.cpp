@@ -1,6 +1,6 @@
 // TOML from operators: topology files and node configs.
-#include "dataflow/node_config.hpp"
-#include "dataflow/topology.hpp"
+#include "dataflow/cluster/node_config.hpp"
+#include "dataflow/experiment/topology.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string text(reinterpret_cast<const char*>(data), size);

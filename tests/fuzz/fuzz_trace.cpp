@@ -1,7 +1,7 @@
 // Request traces (Azure and BurstGPT CSV, Mooncake JSONL), then shaped as a replay shapes them.
 #include <cmath>
 
-#include "dataflow/trace.hpp"
+#include "dataflow/experiment/trace.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string text(reinterpret_cast<const char*>(data), size);

@@ -6,10 +6,10 @@
 #include <cstring>
 
 #include "dataflow/files.hpp"
-#include "dataflow/manifest.hpp"
-#include "dataflow/node_config.hpp"
-#include "dataflow/route.hpp"
-#include "dataflow/transfer_plan.hpp"
+#include "dataflow/model/manifest.hpp"
+#include "dataflow/cluster/node_config.hpp"
+#include "dataflow/serving/route.hpp"
+#include "dataflow/cluster/transfer_plan.hpp"
 #include "transport/ucx_endpoint.hpp"
 
 // With STRATA_FUZZ_SEED_OUT set: write a well-formed transfer plan and chunk table there (seeds.sh).

@@ -23,8 +23,8 @@
 
 #include "cuda/nccl_chain.hpp"
 #endif
-#include "dataflow/forward.hpp"
-#include "dataflow/kernels.hpp"
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/compute/kernels.hpp"
 #include "tests/test_util.hpp"
 
 using namespace strata;

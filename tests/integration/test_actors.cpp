@@ -9,7 +9,7 @@
 #include "actors/engine.hpp"
 #include "actors/replay.hpp"
 #include "actors/scaler.hpp"
-#include "dataflow/tokenizer.hpp"
+#include "dataflow/text/tokenizer.hpp"
 
 using namespace strata;
 using namespace std::chrono_literals;
@@ -390,6 +390,9 @@ TEST_CASE("bad requests are rejected with precise reasons") {
   CHECK(reason(greedy({1}, -1)).find("max_new_tokens must not be negative") != std::string::npos);
   auto bad_lp = greedy({1, 5}, 5);
   bad_lp.prompt_logprobs = 21;
+  auto bad_top = greedy({1, 5}, 2);
+  bad_top.logprobs = 21;
+  CHECK(reason(bad_top).find("at most 20 top logprobs per token") != std::string::npos);
   CHECK(reason(bad_lp).find("at most 20 top logprobs per prompt token") != std::string::npos);
   auto bad_p = greedy({1}, 5);
   bad_p.top_p = 0.0f;

@@ -26,7 +26,7 @@
 #include "actors/engine.hpp"
 #include "actors/http_server.hpp"
 #include "actors/scaler.hpp"
-#include "dataflow/openai.hpp"
+#include "dataflow/text/openai.hpp"
 
 using namespace strata;
 using namespace std::chrono_literals;

@@ -8,9 +8,9 @@
 #include <numeric>
 
 #include "../test_util.hpp"
-#include "dataflow/forward.hpp"
-#include "dataflow/kernels.hpp"
-#include "dataflow/model_io.hpp"
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/compute/kernels.hpp"
+#include "dataflow/model/model_io.hpp"
 
 using namespace strata;
 using strata::test::random_vector;

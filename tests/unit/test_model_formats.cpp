@@ -14,10 +14,10 @@
 
 #include "../test_util.hpp"
 #include "dataflow/files.hpp"
-#include "dataflow/forward.hpp"
-#include "dataflow/manifest.hpp"
-#include "dataflow/model_io.hpp"
-#include "dataflow/tokenizer.hpp"
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/model/manifest.hpp"
+#include "dataflow/model/model_io.hpp"
+#include "dataflow/text/tokenizer.hpp"
 
 using namespace strata;
 using strata::test::temp_dir;
@@ -255,6 +255,18 @@ TEST_CASE("malformed Hugging Face directories give precise errors") {
     auto e = error_of(d.str());
     CHECK(contains(e, "model.safetensors: tensor '"));
     CHECK(contains(e, "truncated"));
+  }
+  SUBCASE("a tensor whose bytes do not fit its shape and dtype") {
+    temp_dir d;
+    fresh(d);
+    std::string s(st_bytes.begin(), st_bytes.end());
+    auto at = s.find("\"BF16\"");
+    REQUIRE(at != std::string::npos);
+    s.replace(at, 6, "\"F32\" ");  // same header length, twice the bytes per value
+    write_all(d / "model.safetensors", std::vector<uint8_t>(s.begin(), s.end()));
+    auto e = error_of(d.str());
+    CHECK(contains(e, "bytes for shape"));
+    CHECK(contains(e, "of f32 (expected "));
   }
   SUBCASE("garbage header") {
     temp_dir d;

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <set>
 
-#include "dataflow/forward.hpp"
-#include "dataflow/multicast.hpp"
-#include "dataflow/param_image.hpp"
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/cluster/multicast.hpp"
+#include "dataflow/model/param_image.hpp"
 
 using namespace strata;
 

@@ -1,6 +1,6 @@
 #include <doctest/doctest.h>
 
-#include "dataflow/node_config.hpp"
+#include "dataflow/cluster/node_config.hpp"
 
 using namespace strata;
 

@@ -3,7 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "dataflow/openai.hpp"
+#include "dataflow/text/openai.hpp"
 
 using namespace strata::openai;
 using json = nlohmann::json;

@@ -1,7 +1,7 @@
 // The router's re-admission of requests whose route lost a stage: budgets, order, grace period.
 #include <doctest/doctest.h>
 
-#include "dataflow/readmission.hpp"
+#include "dataflow/serving/readmission.hpp"
 
 using namespace strata;
 

@@ -3,7 +3,7 @@
 #include <atomic>
 #include <thread>
 
-#include "dataflow/route.hpp"
+#include "dataflow/serving/route.hpp"
 #include "dataflow/thread_pool.hpp"
 
 using namespace strata;

@@ -1,7 +1,7 @@
 // Route planning for cooperative execution and the threshold policies' decisions.
 #include <doctest/doctest.h>
 
-#include "dataflow/scaling.hpp"
+#include "dataflow/scaling/scaling.hpp"
 
 using namespace strata;
 

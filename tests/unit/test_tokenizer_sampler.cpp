@@ -6,8 +6,8 @@
 #include <map>
 
 #include "../test_util.hpp"
-#include "dataflow/forward.hpp"
-#include "dataflow/tokenizer.hpp"
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/text/tokenizer.hpp"
 
 using namespace strata;
 

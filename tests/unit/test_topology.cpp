@@ -4,7 +4,7 @@
 #include <algorithm>
 
 #include "../test_util.hpp"
-#include "dataflow/topology.hpp"
+#include "dataflow/experiment/topology.hpp"
 
 using namespace strata;
 

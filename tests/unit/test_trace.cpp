@@ -5,8 +5,8 @@
 #include <fstream>
 
 #include "../test_util.hpp"
-#include "dataflow/metrics.hpp"
-#include "dataflow/trace.hpp"
+#include "dataflow/experiment/metrics.hpp"
+#include "dataflow/experiment/trace.hpp"
 
 using namespace strata;
 
@@ -78,6 +78,12 @@ TEST_CASE("malformed and truncated trace lines are reported with their line numb
   auto blank_first = parse_trace("\nTimestamp,Request tokens,Response tokens\n5,10,20\n", trace_format::burstgpt, "b.csv");
   REQUIRE(blank_first);
   CHECK(blank_first->requests.size() == 1);
+  // A timestamp no clock reaches (corrupt, or in the wrong unit) is a bad line, not a time.
+  auto far = parse_trace("Timestamp,Request tokens,Response tokens\n5,10,20\n1e300,10,20\n-1e14,10,20\n",
+                         trace_format::burstgpt, "f.csv");
+  REQUIRE(far);
+  CHECK(far->requests.size() == 1);
+  CHECK(far->skipped.size() == 2);
   CHECK(parse_trace("\n\nFoo\n1\n", trace_format::burstgpt, "x.csv").message() ==
         "x.csv: line 3: header 'Foo' lacks the timestamp/input/output columns");
   // A file of the wrong format is rejected, not replayed as nonsense.
@@ -149,6 +155,11 @@ TEST_CASE("replay metrics: percentiles, SLO attainment, goodput, SVG") {
   rs[1] = {1.0, 3.0, 3.5, 10, 3, 3, {3.0, 3.1, 3.2}, true, ""};  // TTFT 2 s: misses the SLO
   rs[2] = {2.0, -1, 2.5, 10, 3, 0, {}, false, "error: shard down"};
   auto s = summarize_replay(rs, {1.0, 0.2});
+  // Both SLOs count: a fast first token with slow tokens after it misses.
+  auto slow = rs;
+  slow[0].token_times = {0.1, 0.5, 0.9};  // TTFT 0.1 s, TBT 0.4 s > 0.2 s
+  CHECK(summarize_replay(slow, {1.0, 0.2}).slo_attainment == 0);
+  CHECK(summarize_replay(slow, {1.0, 0.5}).slo_attainment == doctest::Approx(1.0 / 3));
   CHECK(s.ok == 2);
   CHECK(s.failed == 1);
   CHECK(s.slo_attainment == doctest::Approx(1.0 / 3));

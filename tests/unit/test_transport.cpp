@@ -7,7 +7,7 @@
 #include <cstring>
 #include <mutex>
 
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 #include "transport/ucx_endpoint.hpp"
 
 using namespace strata;

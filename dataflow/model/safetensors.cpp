@@ -1,4 +1,4 @@
-#include "dataflow/safetensors.hpp"
+#include "dataflow/model/safetensors.hpp"
 
 #include <cstdio>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "dataflow/metrics.hpp"
+#include "dataflow/experiment/metrics.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "dataflow/scaling.hpp"
+#include "dataflow/scaling/scaling.hpp"
 
 #include "dataflow/registry.hpp"
 

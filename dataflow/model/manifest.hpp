@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata {
 

@@ -1,10 +1,10 @@
-#include "dataflow/manifest.hpp"
+#include "dataflow/model/manifest.hpp"
 
 #include <filesystem>
 #include <map>
 #include <sstream>
 
-#include "dataflow/model_io.hpp"
+#include "dataflow/model/model_io.hpp"
 #include "strata/schemas/manifest_generated.h"
 
 namespace strata {

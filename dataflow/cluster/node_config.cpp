@@ -1,7 +1,7 @@
-#include "dataflow/node_config.hpp"
+#include "dataflow/cluster/node_config.hpp"
 
 #include "dataflow/files.hpp"
-#include "dataflow/route.hpp"
+#include "dataflow/serving/route.hpp"
 
 #include <sstream>
 #include <toml++/toml.h>

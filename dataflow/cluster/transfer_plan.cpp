@@ -1,4 +1,4 @@
-#include "dataflow/transfer_plan.hpp"
+#include "dataflow/cluster/transfer_plan.hpp"
 
 #include <algorithm>
 #include <cstdint>

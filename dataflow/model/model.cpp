@@ -1,4 +1,4 @@
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -12,7 +12,7 @@
 #include <sstream>
 
 #include "dataflow/files.hpp"
-#include "dataflow/model_io.hpp"
+#include "dataflow/model/model_io.hpp"
 
 namespace fs = std::filesystem;
 

@@ -8,7 +8,7 @@
 #include <functional>
 #include <vector>
 
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata {
 

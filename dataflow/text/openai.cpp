@@ -1,4 +1,4 @@
-#include "dataflow/openai.hpp"
+#include "dataflow/text/openai.hpp"
 
 #include <algorithm>
 #include <climits>

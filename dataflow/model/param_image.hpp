@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata {
 

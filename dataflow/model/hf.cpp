@@ -9,7 +9,7 @@
 #include <random>
 
 #include "dataflow/json_fields.hpp"
-#include "dataflow/safetensors.hpp"
+#include "dataflow/model/safetensors.hpp"
 
 namespace fs = std::filesystem;
 

@@ -1,4 +1,4 @@
-#include "dataflow/topology.hpp"
+#include "dataflow/experiment/topology.hpp"
 
 #include "dataflow/files.hpp"
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "dataflow/model_io.hpp"
+#include "dataflow/model/model_io.hpp"
 
 namespace strata {
 

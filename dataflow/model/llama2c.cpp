@@ -5,7 +5,7 @@
 #include <cstring>
 #include <filesystem>
 
-#include "dataflow/model_io.hpp"
+#include "dataflow/model/model_io.hpp"
 
 namespace strata {
 

@@ -5,7 +5,7 @@
 
 #include <cstddef>
 
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata {
 

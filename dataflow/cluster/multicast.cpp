@@ -1,4 +1,4 @@
-#include "dataflow/multicast.hpp"
+#include "dataflow/cluster/multicast.hpp"
 
 #include <algorithm>
 #include <set>

@@ -1,4 +1,4 @@
-#include "dataflow/route.hpp"
+#include "dataflow/serving/route.hpp"
 
 #include <algorithm>
 #include <climits>

@@ -1,4 +1,4 @@
-#include "dataflow/trace.hpp"
+#include "dataflow/experiment/trace.hpp"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "dataflow/kernels.hpp"
+#include "dataflow/compute/kernels.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "dataflow/multicast.hpp"
-#include "dataflow/param_image.hpp"
+#include "dataflow/cluster/multicast.hpp"
+#include "dataflow/model/param_image.hpp"
 
 namespace strata {
 

@@ -1,4 +1,4 @@
-#include "dataflow/tokenizer.hpp"
+#include "dataflow/text/tokenizer.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "dataflow/readmission.hpp"
+#include "dataflow/serving/readmission.hpp"
 
 #include <algorithm>
 

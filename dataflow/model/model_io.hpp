@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "dataflow/files.hpp"
-#include "dataflow/model.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata {
 

@@ -1,10 +1,10 @@
-#include "dataflow/forward.hpp"
+#include "dataflow/compute/forward.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
-#include "dataflow/kernels.hpp"
+#include "dataflow/compute/kernels.hpp"
 #include "dataflow/thread_pool.hpp"
 
 namespace strata {

@@ -1,4 +1,4 @@
-#include "dataflow/param_image.hpp"
+#include "dataflow/model/param_image.hpp"
 
 #include "dataflow/files.hpp"
 
@@ -12,7 +12,7 @@
 #define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack it, older kernels answer EINVAL
 #endif
 
-#include "dataflow/model_io.hpp"
+#include "dataflow/model/model_io.hpp"
 
 namespace strata {
 
