@@ -52,6 +52,7 @@ const opts trace_opts = {
     {"gamma-rate", "R", "4", "gamma: mean requests/s", ""},
     {"burstiness", "B", "0.5", "gamma: shape (lower: burstier)", ""},
     {"seed", "S", "1", "gamma arrivals and prompt tokens", ""},
+    {"quiet", "", "", "only results on stdout, nothing on stderr but errors", ""},
 };
 
 const opts slo_opts = {

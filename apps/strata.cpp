@@ -34,6 +34,13 @@ namespace {
 // The command being run, for "see strata CMD --help" after a usage error.
 std::string current_command = "help";
 
+// Progress and diagnostics: stderr, unless the command runs with --quiet (results stay on stdout).
+bool quiet_logs = false;
+template <class... Ts>
+void say(const char* fmt, Ts... xs) {
+  if (!quiet_logs) std::fprintf(stderr, fmt, xs...);
+}
+
 // Options every model-loading command takes: --threads N (kernel threads; 0: one per core) and
 // --max-memory SIZE (the memory budget models are checked against before they are allocated).
 void apply_common(const args& a) {
@@ -445,11 +452,11 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   so.max_output = int(a.integer("max-output", 0, 1 << 24));
   auto shaped = shape_trace(*tr, so);
   if (!shaped) return shaped.err();
-  std::fprintf(stderr, "trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
+  say("trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
                tr->requests.size(), tr->skipped.size(), shaped->requests.size(), shaped->requests.back().t,
                mean_rate(*shaped));
   for (size_t i = 0; i < std::min<size_t>(3, tr->skipped.size()); ++i)
-    std::fprintf(stderr, "  skipped %s\n", tr->skipped[i].c_str());
+    say("  skipped %s\n", tr->skipped[i].c_str());
   return shaped;
 }
 
@@ -460,7 +467,7 @@ replay_options printing_replay(const model& m, const args& a, size_t requests, s
   o.seed = uint64_t(a.integer("seed", 0, LONG_MAX));
   o.progress_every = std::max<size_t>(1, requests / lines);
   o.progress = [](size_t done, size_t total, double t) {
-    std::fprintf(stderr, "  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
+    say("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
   };
   return o;
 }
@@ -474,6 +481,7 @@ int cmd_replay(int argc, char** argv) {
 }
 
 int run_replay(const args& a) {
+  quiet_logs = a.has("quiet");
   if (!a.has("model") || !a.has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
   apply_common(a);
   // Every value is checked before the replay starts, not after it.
@@ -689,7 +697,8 @@ int cmd_run(int argc, char** argv) {
   }
   auto a = args::parse(argc, argv, 3, spec, &*from_file);  // the command line overrides the file
   if (!a) return fail(a.message());
-  std::fprintf(stderr, "topology %s: strata %s%s\n", argv[2], t->run.c_str(), a->line().c_str());
+  quiet_logs = a->has("quiet");
+  say("topology %s: strata %s%s\n", argv[2], t->run.c_str(), a->line().c_str());
   current_command = t->run;
   int rc = 1;
   try {
@@ -720,6 +729,7 @@ int cmd_autoscale(int argc, char** argv) {
 }
 
 int run_autoscale(const args& a) {
+  quiet_logs = a.has("quiet");
   if (!a.has("model") || !a.has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
   apply_common(a);
   if (a.has("threads")) ::setenv("STRATA_THREADS", a.str("threads").c_str(), 1);  // for node processes
@@ -773,7 +783,7 @@ int run_autoscale(const args& a) {
     // all-cache loads from a node's own copy as much faster than the network as the in-process
     // profile's host path is (PCIe vs network), scaled like the paced links.
     so.cluster.local_mb_s = link > 0 ? link * links.local_host_gb_s / links.network_gb_s : 0;
-    std::fprintf(stderr, "starting a cluster: controller node 'src' (host copy of the model) and %d node processes, "
+    say("starting a cluster: controller node 'src' (host copy of the model) and %d node processes, "
                 "UCX %s, each node's egress %s\n",
                 n_nodes, lo.transport.c_str(), link > 0 ? (format_number(link) + " MB/s").c_str() : "unpaced");
     auto lc = local_cluster::start(lo);
@@ -806,12 +816,12 @@ int run_autoscale(const args& a) {
     so.cluster.controller = cluster->controller();
     so.cluster.model = "model";
     so.cluster.chunk_bytes = chunk_bytes;
-    std::fprintf(stderr, "cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, "
+    say("cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, "
                 "multicast in %.0f KiB chunks\n",
                 cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
                 double(layout_of((*m)->config).total) / 1e6, double(so.cluster.chunk_bytes) / 1024);
   } else {
-    std::fprintf(stderr, "emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; "
+    say("emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; "
                 "links: network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n",
                 so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
                 links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);

@@ -129,6 +129,8 @@ out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --svg "$tmp/r.svg" 2>&1
 grep -q "skipped line 3: has 2 columns (truncated?)" <<<"$out" || fail "replay skipped line: $out"
 grep -q "2 requests (2 ok, 0 failed)" <<<"$out" || fail "replay result: $out"
 grep -q "<svg" "$tmp/r.svg" || fail "no svg written"
+out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --quiet 2>&1 >/dev/null)
+[ -z "$out" ] || fail "replay --quiet printed on stderr: $out"
 expect_error "line 3: has 2 columns" "$strata" replay --model "$m" --trace "$tmp/t.csv" --strict
 expect_error "trace $tmp/none.csv: cannot open" "$strata" replay --model "$m" --trace "$tmp/none.csv"
 expect_error "unknown policy 'magic'" "$strata" autoscale --model "$m" --trace gamma --n 5 --policies magic
