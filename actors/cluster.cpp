@@ -644,9 +644,9 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
           if (c < t.plan.chunks.size() && size_t(t.tree_of[c]) == tree && (!t.target || t.have[c]))
             send_chunk(self, tid, c, child);
       },
-      [=](instance_atom, const std::string& model, const std::vector<uint8_t>& manifest, uint32_t id, double layer_s,
-          double per_row_s, double local_mb_s, caf::actor& watcher) {
-        return host_instance(self, model, manifest, id, device_model{layer_s, per_row_s}, local_mb_s, watcher);
+      [=](instance_atom, instance_spec& s) {
+        return host_instance(self, s.model, s.manifest, s.id, device_model{s.layer_s, s.per_row_s}, s.local_mb_s,
+                             s.watcher);
       },
       [=](localfeed_atom, uint32_t id, int32_t segment, double mb_s) { local_feed(self, id, segment, mb_s); },
       [=](cache_atom, const std::string& model, const std::string& path) -> caf::result<bool> {
@@ -999,14 +999,14 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
       [=](imagesum_atom, const std::string& node, const std::string& model) {
         return relay_to_node<uint64_t>(self, node, std::chrono::seconds(10), imagesum_atom::value, model);
       },
-      [=](instance_atom, const std::string& node, const std::string& model, uint32_t id, double layer_s,
-          double per_row_s, double local_mb_s, caf::actor& watcher) -> caf::result<std::vector<caf::actor>> {
-        auto m = self->state.models.find(model);
-        if (m == self->state.models.end()) return make_error(errc::bad_request, "no node holds model " + model);
-        if (auto* e = node_named(self, node); e && watcher) e->watchers.insert(watcher);
-        return relay_to_node<std::vector<caf::actor>>(self, node, std::chrono::seconds(30), instance_atom::value, model,
-                                                      m->second.manifest, id, layer_s, per_row_s, local_mb_s,
-                                                      watcher);
+      [=](instance_atom, instance_spec& s) -> caf::result<std::vector<caf::actor>> {
+        auto m = self->state.models.find(s.model);
+        if (m == self->state.models.end()) return make_error(errc::bad_request, "no node holds model " + s.model);
+        if (auto* e = node_named(self, s.node); e && s.watcher) e->watchers.insert(s.watcher);
+        s.manifest = m->second.manifest;
+        auto node = s.node;
+        return relay_to_node<std::vector<caf::actor>>(self, node, std::chrono::seconds(30), instance_atom::value,
+                                                      std::move(s));
       },
       [=](cache_atom, const std::string& node, const std::string& model, const std::string& path) {
         return relay_to_node<bool>(self, node, std::chrono::seconds(60), cache_atom::value, model, path);
@@ -1134,6 +1134,7 @@ void register_cluster_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<target_report>("strata.target_report");
   cfg.add_message_type<transfer_report>("strata.transfer_report");
   cfg.add_message_type<cluster_view>("strata.cluster_view");
+  cfg.add_message_type<instance_spec>("strata.instance_spec");
   cfg.add_message_type<std::vector<node_info>>("std::vector<strata.node_info>");
   cfg.add_message_type<std::vector<target_report>>("std::vector<strata.target_report>");
   cfg.add_message_type<std::vector<uint8_t>>("std::vector<uint8_t>");

@@ -86,6 +86,24 @@ typename Inspector::result_type inspect(Inspector& f, multicast_request& x) {
            x.max_sources, x.busy, x.segment_order, x.timeout_ms, x.resend);
 }
 
+// One serving instance a node is asked to host (instance_atom): named fields, not a tuple.
+struct instance_spec {
+  std::string node;                // the node to host it (the controller relays to it)
+  std::string model;
+  std::vector<uint8_t> manifest;   // filled by the controller from the model's holders
+  uint32_t id = 0;                 // the scaler's instance id
+  double layer_s = 0;              // emulated device: time per layer and step
+  double per_row_s = 0;            // ... and per row and layer
+  double local_mb_s = 0;           // > 0: load from the node's own host copy at this rate (all-cache)
+  caf::actor watcher;              // told (layerin_atom) as each layer lands
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, instance_spec& x) {
+  return f(caf::meta::type_name("instance_spec"), x.node, x.model, x.manifest, x.id, x.layer_s, x.per_row_s,
+           x.local_mb_s, x.watcher);
+}
+
 struct target_report {
   std::string node;
   bool ok = false;
@@ -134,7 +152,7 @@ typename Inspector::result_type inspect(Inspector& f, cluster_view& x) {
 void register_cluster_types(caf::actor_system_config& cfg);
 
 // Serving instances hosted by nodes (what a scaler drives across processes). To the controller:
-//   (instance_atom, node, model, instance id, device layer_s, device per_row_s, local_mb_s, watcher)
+//   (instance_atom, instance_spec: node, model, instance id, device layer_s and per_row_s, local_mb_s, watcher)
 //     -> std::vector<caf::actor>{head, shard, tail}: a complete instance when the node holds the
 //     model (and local_mb_s is 0); else head and tail are invalid and the shard receives each
 //     layer as its parameters land, the node telling `watcher`

@@ -265,9 +265,15 @@ void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<
   count_instances(self);
   const auto& dev = st.opt.device;
   bool local = !preloaded && st.policy->loading().local_copy && st.opt.cluster.local_mb_s > 0;
-  self->request(st.opt.cluster.controller, std::chrono::seconds(30), instance_atom::value, node,
-                st.opt.cluster.model, id, dev.layer_s, dev.per_row_s, local ? st.opt.cluster.local_mb_s : 0.0,
-                caf::actor_cast<caf::actor>(self))
+  instance_spec spec;
+  spec.node = node;
+  spec.model = st.opt.cluster.model;
+  spec.id = id;
+  spec.layer_s = dev.layer_s;
+  spec.per_row_s = dev.per_row_s;
+  spec.local_mb_s = local ? st.opt.cluster.local_mb_s : 0.0;
+  spec.watcher = caf::actor_cast<caf::actor>(self);
+  self->request(st.opt.cluster.controller, std::chrono::seconds(30), instance_atom::value, std::move(spec))
       .then(
           [=](const std::vector<caf::actor>& a) {
             auto& st = self->state;
