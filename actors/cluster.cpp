@@ -314,9 +314,9 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
                                                    const std::vector<uint8_t>& manifest, uint32_t id,
                                                    device_model dev, double local_mb_s, caf::actor watcher) {
   auto& st = self->state;
-  if (st.hosted.count(id)) return make_error(errc::bad_request, "instance " + std::to_string(id) + " exists already");
+  if (st.hosted.count(id)) return make_caf_error(errc::bad_request, "instance " + std::to_string(id) + " exists already");
   auto view = read_manifest(manifest.data(), manifest.size());
-  if (!view) return make_error(errc::bad_request, "manifest of " + model + ": " + view.message());
+  if (!view) return make_caf_error(errc::bad_request, "manifest of " + model + ": " + view.message());
   hosted_instance h;
   h.model = model;
   h.config = view->config;
@@ -489,7 +489,7 @@ void offer_models(node_actor* self) {
     });
     if (!st) {
       std::fprintf(stderr, "strata node %s: %s; stopping\n", self->state.cfg.name.c_str(), st.message().c_str());
-      self->quit(make_error(errc::bad_request, st.message()));
+      self->quit(make_caf_error(errc::bad_request, st.message()));
       return;
     }
   }
@@ -609,12 +609,12 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
       [=](chunks_atom, const std::string& model, uint64_t chunk_bytes,
           const std::vector<int32_t>& order) -> caf::result<std::vector<chunk_desc>> {
         auto h = self->state.held.find(model);
-        if (h == self->state.held.end()) return make_error(errc::bad_request, "model " + model + " is not held here");
+        if (h == self->state.held.end()) return make_caf_error(errc::bad_request, "model " + model + " is not held here");
         auto view = read_manifest(h->second.manifest.data(), h->second.manifest.size());
-        if (!view) return make_error(errc::internal, view.message());
+        if (!view) return make_caf_error(errc::internal, view.message());
         auto chunks = make_chunks(layout_of(view->config), h->second.image->data(), chunk_bytes,
                                   std::vector<int>(order.begin(), order.end()));
-        if (!chunks) return make_error(errc::bad_request, chunks.message());
+        if (!chunks) return make_caf_error(errc::bad_request, chunks.message());
         return std::move(*chunks);
       },
       [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester) {
@@ -660,14 +660,14 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
           auto why = "node " + cfg.name + " refuses to load " + model + ": " + confined.message() +
                      "; add a model_roots entry to its config to allow it";
           std::fprintf(stderr, "strata node %s: %s\n", cfg.name.c_str(), why.c_str());
-          return make_error(errc::bad_request, why);
+          return make_caf_error(errc::bad_request, why);
         }
         auto rp = self->make_response_promise<bool>();
         auto st = offer_model(self, model, *confined, [rp](bool ok, const std::string& why) mutable {
           if (ok) rp.deliver(true);
-          else rp.deliver(make_error(errc::bad_request, why));
+          else rp.deliver(make_caf_error(errc::bad_request, why));
         });
-        if (!st) rp.deliver(make_error(errc::bad_request, st.message()));
+        if (!st) rp.deliver(make_caf_error(errc::bad_request, st.message()));
         return rp;
       },
       [=](uncache_atom, const std::string& model) {
@@ -681,7 +681,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
       [=](uninstance_atom, uint32_t id) { unhost_instance(self, id); },
       [=](imagesum_atom, const std::string& model) -> caf::result<uint64_t> {
         auto h = self->state.held.find(model);
-        if (h == self->state.held.end()) return make_error(errc::bad_request, "model " + model + " is not held here");
+        if (h == self->state.held.end()) return make_caf_error(errc::bad_request, "model " + model + " is not held here");
         return checksum64(h->second.image->data(), h->second.image->size());
       },
   };
@@ -745,7 +745,7 @@ template <class T, class... Ts>
 caf::result<T> relay_to_node(controller_actor* self, const std::string& name, std::chrono::seconds timeout,
                              Ts&&... xs) {
   auto* e = node_named(self, name);
-  if (!e) return make_error(errc::bad_request, "unknown node '" + name + "'");
+  if (!e) return make_caf_error(errc::bad_request, "unknown node '" + name + "'");
   auto rp = self->make_response_promise<T>();
   self->request(e->handle, timeout, std::forward<Ts>(xs)...)
       .then([rp](T& x) mutable { rp.deliver(std::move(x)); }, [rp](caf::error& err) mutable { rp.deliver(err); });
@@ -818,28 +818,28 @@ void node_lost(controller_actor* self, node_id n, const std::string& why) {
 void start_multicast(controller_actor* self, multicast_request req, caf::response_promise rp) {
   auto& st = self->state;
   auto mit = st.models.find(req.model);
-  if (mit == st.models.end()) return rp.deliver(make_error(errc::bad_request, "no node holds model " + req.model));
+  if (mit == st.models.end()) return rp.deliver(make_caf_error(errc::bad_request, "no node holds model " + req.model));
   auto kind = parse_plan_kind(req.plan);
-  if (!kind) return rp.deliver(make_error(errc::bad_request, kind.message()));
+  if (!kind) return rp.deliver(make_caf_error(errc::bad_request, kind.message()));
   // A target that holds the model, or is receiving it, would get every byte again.
   std::vector<node_id> targets;
   const auto& me = mit->second;
   for (auto& name : req.targets) {
     auto* e = node_named(self, name);
-    if (!e) return rp.deliver(make_error(errc::bad_request, "unknown target node '" + name + "'"));
+    if (!e) return rp.deliver(make_caf_error(errc::bad_request, "unknown target node '" + name + "'"));
     auto id = e->info.id;
     if (std::find(targets.begin(), targets.end(), id) != targets.end())
-      return rp.deliver(make_error(errc::bad_request, "target node '" + name + "' named twice"));
+      return rp.deliver(make_caf_error(errc::bad_request, "target node '" + name + "' named twice"));
     if (!req.resend && (me.host_copies.count(id) || me.instances.count(id)))
-      return rp.deliver(make_error(errc::bad_request, "node '" + name + "' already holds " + req.model));
+      return rp.deliver(make_caf_error(errc::bad_request, "node '" + name + "' already holds " + req.model));
     for (auto& [tid, t] : st.transfers)
       if (t.plan.model == req.model && t.pending.count(id))
-        return rp.deliver(make_error(errc::bad_request, "node '" + name + "' is already receiving " + req.model +
+        return rp.deliver(make_caf_error(errc::bad_request, "node '" + name + "' is already receiving " + req.model +
                                                             " (transfer " + std::to_string(tid) + ")"));
     targets.push_back(id);
   }
   for (auto& name : req.busy)
-    if (!node_named(self, name)) return rp.deliver(make_error(errc::bad_request, "busy: unknown node '" + name + "'"));
+    if (!node_named(self, name)) return rp.deliver(make_caf_error(errc::bad_request, "busy: unknown node '" + name + "'"));
   std::vector<source_info> sources;
   std::set<node_id> holders(mit->second.host_copies);
   holders.insert(mit->second.instances.begin(), mit->second.instances.end());
@@ -849,7 +849,7 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
     bool busy = std::find(req.busy.begin(), req.busy.end(), node_name(self, h)) != req.busy.end();
     sources.push_back({h, busy});
   }
-  if (sources.empty()) return rp.deliver(make_error(errc::unavailable, "no live holder of " + req.model));
+  if (sources.empty()) return rp.deliver(make_caf_error(errc::unavailable, "no live holder of " + req.model));
   auto first = st.nodes.at(sources.front().node).handle;
   auto manifest = mit->second.manifest;
   self->request(first, std::chrono::seconds(60), chunks_atom::value, req.model, req.chunk_bytes, req.segment_order)
@@ -861,7 +861,7 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
             tp.model = req.model;
             tp.manifest = manifest;
             if (auto ok = check_chunk_table(chunks, tp.image_bytes); !ok)
-              return rp.deliver(make_error(errc::internal, "node " + node_name(self, sources.front().node) + ": " +
+              return rp.deliver(make_caf_error(errc::internal, "node " + node_name(self, sources.front().node) + ": " +
                                                                ok.message()));
             tp.chunks = std::move(chunks);
             plan_request pr;
@@ -872,7 +872,7 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
             pr.fanout = req.fanout;
             pr.max_sources = req.max_sources;
             auto plan = plan_multicast(pr);
-            if (!plan) return rp.deliver(make_error(errc::bad_request, plan.message()));
+            if (!plan) return rp.deliver(make_caf_error(errc::bad_request, plan.message()));
             tp.plan = *plan;
             std::set<node_id> involved(targets.begin(), targets.end());
             for (auto& s : sources) involved.insert(s.node);
@@ -951,7 +951,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         auto& st = self->state;
         for (auto& [id, e] : st.nodes)
           if (e.info.name == info.name)
-            return make_error(errc::bad_request, "a node named '" + info.name + "' is already in the cluster");
+            return make_caf_error(errc::bad_request, "a node named '" + info.name + "' is already in the cluster");
         info.id = st.next_id++;
         self->monitor(handle);
         st.nodes[info.id] = node_entry{info, handle, clock::now(), {}};
@@ -1001,7 +1001,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
       },
       [=](instance_atom, instance_spec& s) -> caf::result<std::vector<caf::actor>> {
         auto m = self->state.models.find(s.model);
-        if (m == self->state.models.end()) return make_error(errc::bad_request, "no node holds model " + s.model);
+        if (m == self->state.models.end()) return make_caf_error(errc::bad_request, "no node holds model " + s.model);
         if (auto* e = node_named(self, s.node); e && s.watcher) e->watchers.insert(s.watcher);
         s.manifest = m->second.manifest;
         auto node = s.node;

@@ -6,20 +6,15 @@
 
 namespace strata {
 
-const char* to_string(errc x) {
-  switch (x) {
-    case errc::bad_request: return "bad_request";
-    case errc::overloaded: return "overloaded";
-    case errc::unavailable: return "unavailable";
-    case errc::timeout: return "timeout";
-    case errc::cancelled: return "cancelled";
-    case errc::internal: return "internal";
-  }
-  return "unknown";
+caf::error make_caf_error(errc code, std::string message) {
+  return caf::error(static_cast<uint8_t>(code), caf::atom("strata"), caf::make_message(std::move(message)));
 }
 
-caf::error make_error(errc code, std::string message) {
-  return caf::error(static_cast<uint8_t>(code), caf::atom("strata"), caf::make_message(std::move(message)));
+caf::error to_caf(const error& e) { return make_caf_error(e.code, e.message); }
+
+error from_caf(const caf::error& e) {
+  // Not one of ours (CAF's own: a dead or unreachable actor, a request timeout): unavailable.
+  return make_error(e.category() == caf::atom("strata") ? static_cast<errc>(e.code()) : errc::unavailable, describe(e));
 }
 
 std::string describe(const caf::error& e) {
@@ -101,8 +96,7 @@ expected<uint64_t> request_stream::start(const generate_request& req) {
   self_->request(router_, idle_, generate_atom::value, req)
       .receive([&](uint64_t x) { id_ = x; },
                [&](caf::error& e) {
-                 int code = e.category() == caf::atom("strata") ? int(e.code()) : int(errc::unavailable);
-                 err = strata::make_error(describe(e), code);
+                 err = from_caf(e);
                });
   if (err) return *err;
   return id_;

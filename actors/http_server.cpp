@@ -120,8 +120,7 @@ caf::behavior generation_actor(caf::event_based_actor* self, caf::actor router, 
           [=](caf::error& e) {
             if (st->over) return;
             st->over = true;
-            int code = e.category() == caf::atom("strata") ? int(e.code()) : int(errc::unavailable);
-            ev->admitted(strata::make_error(describe(e), code));
+            ev->admitted(from_caf(e));
             finish();
           });
   return {
@@ -767,14 +766,11 @@ void session::on_admitted(uint64_t serial, size_t i, expected<uint64_t> id) {
   gen->failed = true;
   gen->cancel_all();
   api_error e;
-  switch (errc(id.err().code)) {
-    case errc::bad_request: e = status_error(400, "invalid_request_error", id.message()); break;
-    case errc::overloaded:
-      e = status_error(429, "rate_limit_error", "the server is at capacity; retry later (" + id.message() + ")");
-      break;
-    case errc::timeout: e = status_error(504, "server_error", id.message()); break;
-    default: e = status_error(503, "server_error", id.message());
-  }
+  const int status = http_status(id.err().code);
+  e = status == 400   ? status_error(400, "invalid_request_error", id.message())
+      : status == 429 ? status_error(429, "rate_limit_error",
+                                     "the server is at capacity; retry later (" + id.message() + ")")
+                      : status_error(status == 500 ? 503 : status, "server_error", id.message());
   end_generation("error");
   if (e.status == 429) return reply_error(e, {{"Retry-After", "1"}});
   reply_error(e);
@@ -1008,7 +1004,7 @@ void http_server::impl::readiness(std::function<void(std::string)> done) {
         for (auto& f : w) f(why);
       }
       void admitted(expected<uint64_t> id) override {
-        if (!id) finish(id.err().code == int(errc::overloaded) ? "" : "a test request was refused: " + id.message());
+        if (!id) finish(id.err().code == errc::overloaded ? "" : "a test request was refused: " + id.message());
       }
       void token(int32_t, std::optional<token_logprobs>) override {}
       void done(generate_result r, std::string error) override {

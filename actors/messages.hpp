@@ -46,17 +46,12 @@ using closed_atom = caf::atom_constant<caf::atom("closed")>;
 using wake_atom = caf::atom_constant<caf::atom("wake")>;
 constexpr std::chrono::seconds kv_move_timeout{10};  // one shard-to-shard KV move
 
-// Error codes of the "strata" error category (rendered by register_strata_types()).
-enum class errc : uint8_t {
-  bad_request = 1,   // malformed or impossible request
-  overloaded = 2,    // queue full: retry later
-  unavailable = 3,   // a stage of the serving graph is down
-  timeout = 4,       // a step or request ran past its deadline
-  cancelled = 5,
-  internal = 6,
-};
-const char* to_string(errc x);
-caf::error make_error(errc code, std::string message);
+// The error vocabulary of dataflow/expected.hpp (errc + message) across actor boundaries: a CAF
+// error of the "strata" category (rendered by register_strata_types()), made in the same order
+// as make_error; to_caf converts a core error, from_caf turns one back.
+caf::error make_caf_error(errc code, std::string message);
+caf::error to_caf(const error& e);
+error from_caf(const caf::error& e);
 // The message carried by an error, or CAF's rendering of it.
 std::string describe(const caf::error& e);
 

@@ -593,26 +593,26 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
       [=](generate_atom, generate_request& req) -> caf::result<uint64_t> {
         auto& st = self->state;
         const auto& c = st.m->config;
-        if (!st.down.empty()) return make_error(errc::unavailable, st.down);
-        if (req.prompt.empty()) return make_error(errc::bad_request, "empty prompt (start it with BOS)");
-        if (req.logprobs > 20) return make_error(errc::bad_request, "at most 20 top logprobs per token");
+        if (!st.down.empty()) return make_caf_error(errc::unavailable, st.down);
+        if (req.prompt.empty()) return make_caf_error(errc::bad_request, "empty prompt (start it with BOS)");
+        if (req.logprobs > 20) return make_caf_error(errc::bad_request, "at most 20 top logprobs per token");
         if (int(req.prompt.size()) >= c.seq_len)
-          return make_error(errc::bad_request, "prompt of " + std::to_string(req.prompt.size()) +
+          return make_caf_error(errc::bad_request, "prompt of " + std::to_string(req.prompt.size()) +
                                                    " tokens leaves no room in the context of " +
                                                    std::to_string(c.seq_len));
         for (auto t : req.prompt)
           if (t < 0 || t >= c.vocab_size)
-            return make_error(errc::bad_request, "token id " + std::to_string(t) + " outside the vocabulary of " +
+            return make_caf_error(errc::bad_request, "token id " + std::to_string(t) + " outside the vocabulary of " +
                                                      std::to_string(c.vocab_size));
-        if (req.prompt_logprobs > 20) return make_error(errc::bad_request, "at most 20 top logprobs per prompt token");
-        if (req.max_new_tokens < 0) return make_error(errc::bad_request, "max_new_tokens must not be negative");
+        if (req.prompt_logprobs > 20) return make_caf_error(errc::bad_request, "at most 20 top logprobs per prompt token");
+        if (req.max_new_tokens < 0) return make_caf_error(errc::bad_request, "max_new_tokens must not be negative");
         if (!(req.temperature >= 0.0f) || req.temperature > 100.0f)
-          return make_error(errc::bad_request, "temperature must be in [0, 100]");
-        if (!(req.top_p > 0.0f && req.top_p <= 1.0f)) return make_error(errc::bad_request, "top_p must be in (0, 1]");
+          return make_caf_error(errc::bad_request, "temperature must be in [0, 100]");
+        if (!(req.top_p > 0.0f && req.top_p <= 1.0f)) return make_caf_error(errc::bad_request, "top_p must be in (0, 1]");
         if (int(st.waiting.size()) >= st.opt.max_waiting)
-          return make_error(errc::overloaded, "queue full (" + std::to_string(st.waiting.size()) + " waiting)");
+          return make_caf_error(errc::overloaded, "queue full (" + std::to_string(st.waiting.size()) + " waiting)");
         auto client = caf::actor_cast<caf::actor>(self->current_sender());
-        if (!client) return make_error(errc::bad_request, "anonymous sender: no one to stream tokens to");
+        if (!client) return make_caf_error(errc::bad_request, "anonymous sender: no one to stream tokens to");
         uint64_t id = st.next_id++;
         auto& r = st.reqs[id];
         r.id = id;

@@ -240,7 +240,7 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
       [=](kvsend_atom, seq_id seq, int32_t b, int32_t e, const caf::actor& to) -> caf::result<uint64_t> {
         auto& st = self->state;
         auto x = st.gpu ? st.gpu->export_seq(seq, b, e) : st.kv.export_seq(seq, b, e);
-        if (!x) return make_error(errc::bad_request, "KV export: " + x.message());
+        if (!x) return make_caf_error(errc::bad_request, "KV export: " + x.message());
         if (to == caf::actor_cast<caf::actor>(self)) return uint64_t(0);
         auto rp = self->make_response_promise<uint64_t>();
         uint64_t n = x->bytes();
@@ -250,29 +250,29 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
       },
       [=](kvput_atom, const kv_slice& x) -> caf::result<bool> {
         auto& st = self->state;
-        if (!st.backend_error.empty()) return make_error(errc::bad_request, "KV import: " + st.backend_error);
+        if (!st.backend_error.empty()) return make_caf_error(errc::bad_request, "KV import: " + st.backend_error);
         if (auto r = st.gpu ? st.gpu->import_seq(x) : st.kv.import_seq(x); !r)
-          return make_error(errc::bad_request, "KV import: " + r.message());
+          return make_caf_error(errc::bad_request, "KV import: " + r.message());
         return true;
       },
       [=](resize_atom, double share) -> caf::result<double> {
         auto& st = self->state;
         if (!(share > 0.0 && share <= 1.0))
-          return make_error(errc::bad_request, "compute share " + std::to_string(share) + " outside (0, 1]");
+          return make_caf_error(errc::bad_request, "compute share " + std::to_string(share) + " outside (0, 1]");
         if (st.gpu) {
 #ifdef STRATA_HAVE_CUDA
           auto total = device_sms(st.opt.cuda_device);
-          if (!total) return make_error(errc::bad_request, "resize: " + total.message());
+          if (!total) return make_caf_error(errc::bad_request, "resize: " + total.message());
           if (auto r = st.gpu->set_sm_count(sms_of(*total, share)); !r)
-            return make_error(errc::bad_request, "resize: " + r.message());
+            return make_caf_error(errc::bad_request, "resize: " + r.message());
           // What it got: the partition is rounded up to the GPU's granularity.
           st.opt.share = std::min(1.0, double(st.gpu->stats().sm_count) / *total);
           return st.opt.share;
 #endif
         }
-        if (!st.backend_error.empty()) return make_error(errc::bad_request, st.backend_error);
+        if (!st.backend_error.empty()) return make_caf_error(errc::bad_request, st.backend_error);
         if (st.opt.device.layer_s <= 0 && st.opt.device.per_row_s <= 0)
-          return make_error(errc::bad_request, "a CPU shard without an emulated device has no compute share to resize");
+          return make_caf_error(errc::bad_request, "a CPU shard without an emulated device has no compute share to resize");
         st.opt.share = share;  // the next device group runs at the new share
         return share;
       },

@@ -3,18 +3,59 @@
 #pragma once
 
 #include <cassert>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <variant>
 
 namespace strata {
 
-struct error {
-  std::string message;
-  int code = 0;  // where a caller needs the kind (e.g. the router's errc), else 0
+// The one error vocabulary: what kind of failure, for callers that act on it (HTTP statuses,
+// retries); the message says what and where. Actors carry it as CAF errors of the "strata"
+// category (actors/messages.hpp converts), the HTTP layer maps it to statuses (http_status).
+enum class errc : uint8_t {
+  none = 0,          // a failure with no particular kind (most parse and load errors)
+  bad_request = 1,   // malformed or impossible request
+  overloaded = 2,    // queue full: retry later
+  unavailable = 3,   // a stage of the serving graph is down
+  timeout = 4,       // a step or request ran past its deadline
+  cancelled = 5,
+  internal = 6,
 };
 
-inline error make_error(std::string message, int code = 0) { return error{std::move(message), code}; }
+inline const char* to_string(errc x) {
+  switch (x) {
+    case errc::none: return "error";
+    case errc::bad_request: return "bad_request";
+    case errc::overloaded: return "overloaded";
+    case errc::unavailable: return "unavailable";
+    case errc::timeout: return "timeout";
+    case errc::cancelled: return "cancelled";
+    case errc::internal: return "internal";
+  }
+  return "unknown";
+}
+
+// The HTTP status an error of this kind answers with (400, 429, 503, 504, 500).
+inline int http_status(errc x) {
+  switch (x) {
+    case errc::bad_request: return 400;
+    case errc::overloaded: return 429;
+    case errc::timeout: return 504;
+    case errc::none:
+    case errc::internal: return 500;
+    default: return 503;
+  }
+}
+
+struct error {
+  std::string message;
+  errc code = errc::none;
+};
+
+// Everywhere the same order: the kind, then the message.
+inline error make_error(errc code, std::string message) { return error{std::move(message), code}; }
+inline error make_error(std::string message) { return error{std::move(message), errc::none}; }
 
 template <class T>
 class expected {

@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dataflow/expected.hpp"
 #include "dataflow/text/openai.hpp"
 
 using namespace strata::openai;
@@ -197,4 +198,17 @@ TEST_CASE("stop sequences: nothing past a stop is ever sent, split or not across
   CHECK(u.feed("\xa9!") == "\xc3\xa9!");
   CHECK(u.feed("\xe2\x82") == "");
   CHECK(u.flush() == "\xe2\x82");
+}
+
+TEST_CASE("one error vocabulary: kinds, their names and HTTP statuses") {
+  auto e = strata::make_error(strata::errc::overloaded, "queue full");
+  CHECK(e.code == strata::errc::overloaded);
+  CHECK(e.message == "queue full");
+  CHECK(strata::make_error("plain").code == strata::errc::none);
+  CHECK(std::string(strata::to_string(strata::errc::bad_request)) == "bad_request");
+  CHECK(strata::http_status(strata::errc::bad_request) == 400);
+  CHECK(strata::http_status(strata::errc::overloaded) == 429);
+  CHECK(strata::http_status(strata::errc::timeout) == 504);
+  CHECK(strata::http_status(strata::errc::unavailable) == 503);
+  CHECK(strata::http_status(strata::errc::internal) == 500);
 }
