@@ -6,6 +6,7 @@ counts it killed when they fail. The score is killed / (mutants that compiled).
   scripts/mutate.py                 # every mutant, build/ as the build folder
   scripts/mutate.py --only ID ...   # some of them
   scripts/mutate.py --list          # the catalogue
+  scripts/mutate.py --check         # every mutant still matches its code (the test command runs this)
 
 Each source file is restored after its mutant (also on Ctrl-C). It edits the tree it runs in: run
 it in a clone of its own if you keep working meanwhile. Progress on stderr, the table on stdout;
@@ -52,6 +53,8 @@ def main():
     ap.add_argument("--catalogue", default="tests/mutants.toml")
     ap.add_argument("--only", nargs="*", help="mutant ids to run")
     ap.add_argument("--list", action="store_true", help="print the catalogue and exit")
+    ap.add_argument("--check", action="store_true",
+                    help="only check that every mutant's text is still in its file, once (fast; a test runs it)")
     ap.add_argument("--min", type=float, default=90.0, help="lowest acceptable score in percent")
     ap.add_argument("--timeout", type=int, default=300, help="per test, seconds")
     ap.add_argument("--json", help="also write the results to this file")
@@ -84,6 +87,9 @@ def main():
         for s in stale:
             log("mutate: stale: " + s)
         return 1
+    if a.check:
+        print(f"mutate: all {len(mutants)} mutants of {a.catalogue} match their code")
+        return 0
 
     # The tests must pass on the code as it is, or a failure says nothing about a mutant.
     targets = sorted({t for m in mutants for t in m["targets"]})

@@ -4,7 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(g++ cmake ninja-build libcaf-dev libucx-dev ucx-utils libflatbuffers-dev flatbuffers-compiler
-      doctest-dev nlohmann-json3-dev libxxhash-dev libtomlplusplus-dev libcpp-httplib-dev libboost-dev libssl-dev pkg-config curl)
+      doctest-dev nlohmann-json3-dev libxxhash-dev libtomlplusplus-dev libcpp-httplib-dev libboost-dev libssl-dev pkg-config curl
+      python3)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
