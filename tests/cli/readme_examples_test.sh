@@ -24,8 +24,8 @@ n=$(wc -l < "$tmp/examples")
 
 ran=0 checked=0
 while IFS= read -r line; do
+  line=${line//\/tmp\//$tmp\/}  # first: the data and build paths may lie under /tmp themselves
   line=${line//..\/shared\/data/$data}
-  line=${line//\/tmp\//$tmp\/}
   line=${line//build\/bin\//$bin\/}
   eval "words=($line)"  # the README's quoting, as a shell reads it
   prog=$(basename "${words[0]}")
