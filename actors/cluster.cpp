@@ -607,7 +607,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         self->delayed_send(self, std::chrono::milliseconds(st.cfg.stall_ms), stall_atom::value, tid);
       },
       [=](chunks_atom, const std::string& model, uint64_t chunk_bytes,
-          const std::vector<int32_t>& order) -> caf::result<std::vector<uint64_t>> {
+          const std::vector<int32_t>& order) -> caf::result<std::vector<chunk_desc>> {
         auto h = self->state.held.find(model);
         if (h == self->state.held.end()) return make_caf_error(errc::bad_request, "model " + model + " is not held here");
         auto view = read_manifest(h->second.manifest.data(), h->second.manifest.size());
@@ -615,7 +615,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         auto chunks = make_chunks(layout_of(view->config), h->second.image->data(), chunk_bytes,
                                   std::vector<int>(order.begin(), order.end()));
         if (!chunks) return make_caf_error(errc::bad_request, chunks.message());
-        return flatten_chunks(*chunks);
+        return std::move(*chunks);
       },
       [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester) {
         auto it = self->state.transfers.find(tid);
@@ -854,16 +854,16 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
   auto manifest = mit->second.manifest;
   self->request(first, std::chrono::seconds(60), chunks_atom::value, req.model, req.chunk_bytes, req.segment_order)
       .then(
-          [=](const std::vector<uint64_t>& flat) mutable {
+          [=](std::vector<chunk_desc>& chunks) mutable {
             auto& st = self->state;
             transfer_plan tp;
             tp.id = st.next_tid++;
             tp.model = req.model;
             tp.manifest = manifest;
-            auto chunks = unflatten_chunks(flat, tp.image_bytes);
-            if (!chunks) return rp.deliver(make_caf_error(errc::internal, "node " + node_name(self, sources.front().node) +
-                                                                          ": " + chunks.message()));
-            tp.chunks = std::move(*chunks);
+            if (auto ok = check_chunk_table(chunks, tp.image_bytes); !ok)
+              return rp.deliver(make_caf_error(errc::internal, "node " + node_name(self, sources.front().node) + ": " +
+                                                               ok.message()));
+            tp.chunks = std::move(chunks);
             plan_request pr;
             pr.kind = *kind;
             pr.sources = sources;
@@ -1135,6 +1135,8 @@ void register_cluster_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<transfer_report>("strata.transfer_report");
   cfg.add_message_type<cluster_view>("strata.cluster_view");
   cfg.add_message_type<instance_spec>("strata.instance_spec");
+  cfg.add_message_type<chunk_desc>("strata.chunk_desc");
+  cfg.add_message_type<std::vector<chunk_desc>>("std::vector<strata.chunk_desc>");
   cfg.add_message_type<std::vector<node_info>>("std::vector<strata.node_info>");
   cfg.add_message_type<std::vector<target_report>>("std::vector<strata.target_report>");
   cfg.add_message_type<std::vector<uint8_t>>("std::vector<uint8_t>");

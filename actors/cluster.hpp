@@ -86,6 +86,12 @@ typename Inspector::result_type inspect(Inspector& f, multicast_request& x) {
            x.max_sources, x.busy, x.segment_order, x.timeout_ms, x.resend);
 }
 
+// A chunk of a parameter image as a node describes it to the controller (chunks_atom).
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, chunk_desc& x) {
+  return f(caf::meta::type_name("chunk_desc"), x.index, x.segment, x.offset, x.length, x.checksum);
+}
+
 // One serving instance a node is asked to host (instance_atom): named fields, not a tuple.
 struct instance_spec {
   std::string node;                // the node to host it (the controller relays to it)

@@ -41,29 +41,18 @@ std::vector<uint8_t> encode_plan(const transfer_plan& p) {
   return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
 }
 
-std::vector<uint64_t> flatten_chunks(const std::vector<chunk_desc>& chunks) {
-  std::vector<uint64_t> flat;
-  flat.reserve(chunks.size() * 5);
-  for (auto& c : chunks) flat.insert(flat.end(), {c.index, uint64_t(uint32_t(c.segment)), c.offset, c.length, c.checksum});
-  return flat;
-}
-
-expected<std::vector<chunk_desc>> unflatten_chunks(const std::vector<uint64_t>& flat, uint64_t& image_bytes) {
-  if (flat.size() % 5 != 0)
-    return make_error("chunk table of " + std::to_string(flat.size()) + " integers is not whole chunks of 5");
-  std::vector<chunk_desc> out;
+status check_chunk_table(const std::vector<chunk_desc>& chunks, uint64_t& image_bytes) {
   image_bytes = 0;
-  for (size_t i = 0; i < flat.size(); i += 5) {
-    chunk_desc c{uint32_t(flat[i]), int32_t(uint32_t(flat[i + 1])), flat[i + 2], flat[i + 3], flat[i + 4]};
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const auto& c = chunks[i];
     uint64_t end = 0;
-    if (flat[i] != out.size() || flat[i + 1] > UINT32_MAX || !add_ok(c.offset, c.length, end) || c.length == 0)
-      return make_error("chunk table: entry " + std::to_string(out.size()) + " is malformed (index " +
-                        std::to_string(flat[i]) + ", offset " + std::to_string(c.offset) + ", length " +
-                        std::to_string(c.length) + ")");
+    if (c.index != i || c.segment < 0 || !add_ok(c.offset, c.length, end) || c.length == 0)
+      return make_error("chunk table: entry " + std::to_string(i) + " is malformed (index " + std::to_string(c.index) +
+                        ", segment " + std::to_string(c.segment) + ", offset " + std::to_string(c.offset) +
+                        ", length " + std::to_string(c.length) + ")");
     image_bytes = std::max(image_bytes, end);
-    out.push_back(c);
   }
-  return out;
+  return {};
 }
 
 expected<transfer_plan> decode_plan(const uint8_t* data, size_t size) {

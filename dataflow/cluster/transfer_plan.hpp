@@ -34,7 +34,9 @@ expected<transfer_plan> decode_plan(const uint8_t* data, size_t size);
 // A chunk table as the node that cuts it sends it (five integers per chunk), and back: chunk i
 // must have index i, and offset + length must not overflow. `image_bytes` is the end of the
 // last-ending chunk.
-std::vector<uint64_t> flatten_chunks(const std::vector<chunk_desc>& chunks);
-expected<std::vector<chunk_desc>> unflatten_chunks(const std::vector<uint64_t>& flat, uint64_t& image_bytes);
+// A chunk table from another process, checked before use: indices 0, 1, 2, ... in order,
+// segments not negative, non-empty ranges whose ends do not overflow. Sets image_bytes to the
+// furthest end.
+status check_chunk_table(const std::vector<chunk_desc>& chunks, uint64_t& image_bytes);
 
 }  // namespace strata

@@ -1,5 +1,5 @@
 // Bytes a node receives from peers: the framed UCX worker address, the flatbuffers transfer plan
-// and model manifest (verifier first), the flat chunk table; and the small text formats of the
+// and model manifest (verifier first), a chunk table; and the small text formats of the
 // CLI and configs (shard and device lists, host:port, sizes).
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +11,21 @@
 #include "dataflow/serving/route.hpp"
 #include "dataflow/cluster/transfer_plan.hpp"
 #include "transport/ucx_endpoint.hpp"
+
+// A chunk table in the fuzzer's bytes: 32 per chunk (index, segment, offset, length, checksum).
+constexpr size_t chunk_record = 32;
+std::vector<uint8_t> chunk_bytes(const std::vector<strata::chunk_desc>& chunks) {
+  std::vector<uint8_t> out(chunks.size() * chunk_record);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    uint8_t* r = out.data() + i * chunk_record;
+    std::memcpy(r, &chunks[i].index, 4);
+    std::memcpy(r + 4, &chunks[i].segment, 4);
+    std::memcpy(r + 8, &chunks[i].offset, 8);
+    std::memcpy(r + 16, &chunks[i].length, 8);
+    std::memcpy(r + 24, &chunks[i].checksum, 8);
+  }
+  return out;
+}
 
 // With STRATA_FUZZ_SEED_OUT set: write a well-formed transfer plan and chunk table there (seeds.sh).
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -34,8 +49,8 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   tp.peers[1] = strata::transport::frame_address(reinterpret_cast<const uint8_t*>("addr"), 4);
   auto b = strata::encode_plan(tp);
   save("plan.sttp", b.data(), b.size());
-  auto flat = strata::flatten_chunks(tp.chunks);
-  save("chunks.bin", flat.data(), flat.size() * 8);
+  auto table = chunk_bytes(tp.chunks);
+  save("chunks.bin", table.data(), table.size());
   save("address.bin", tp.peers[1].data(), tp.peers[1].size());
   save("shards.txt", "2,3", 3);
   std::_Exit(0);
@@ -51,10 +66,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)strata::read_manifest(p->manifest.data(), p->manifest.size());
   }
   if (auto m = strata::read_manifest(data, size)) (void)strata::format_manifest(*m);
-  std::vector<uint64_t> flat(size / 8);
-  if (!flat.empty()) std::memcpy(flat.data(), data, flat.size() * 8);
+  // A chunk table as another process may send it: every field any value.
+  std::vector<strata::chunk_desc> chunks(size / chunk_record);
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const uint8_t* r = data + i * chunk_record;
+    auto& c = chunks[i];
+    std::memcpy(&c.index, r, 4);
+    std::memcpy(&c.segment, r + 4, 4);
+    std::memcpy(&c.offset, r + 8, 8);
+    std::memcpy(&c.length, r + 16, 8);
+    std::memcpy(&c.checksum, r + 24, 8);
+  }
   uint64_t image = 0;
-  (void)strata::unflatten_chunks(flat, image);
+  if (strata::check_chunk_table(chunks, image))
+    for (auto& c : chunks)
+      if (c.offset + c.length > image) __builtin_trap();
   std::string s(reinterpret_cast<const char*>(data), size);
   if (auto sh = strata::parse_shards(s, 24)) (void)strata::parse_devices(s, sh->size());
   (void)strata::split_host_port(s);

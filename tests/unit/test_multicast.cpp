@@ -7,6 +7,7 @@
 
 #include "dataflow/compute/forward.hpp"
 #include "dataflow/cluster/multicast.hpp"
+#include "dataflow/cluster/transfer_plan.hpp"
 #include "dataflow/model/param_image.hpp"
 
 using namespace strata;
@@ -296,4 +297,31 @@ TEST_CASE("chunk checksums are XXH3-64 whichever vector path computes them") {
     CAPTURE(n);
     CHECK(checksum64(b.data(), n) == sum);
   }
+}
+
+TEST_CASE("a chunk table from another process is checked before use") {
+  std::vector<chunk_desc> good = {{0, 0, 0, 100, 1}, {1, 1, 100, 50, 2}, {2, 2, 150, 10, 3}};
+  uint64_t image = 0;
+  REQUIRE(check_chunk_table(good, image));
+  CHECK(image == 160);
+  auto bad = [&](std::vector<chunk_desc> t) {
+    uint64_t i = 0;
+    auto st = check_chunk_table(t, i);
+    CHECK_FALSE(st);
+    return st.message();
+  };
+  auto t = good;
+  t[1].index = 2;  // out of order
+  CHECK(bad(t) == "chunk table: entry 1 is malformed (index 2, segment 1, offset 100, length 50)");
+  t = good;
+  t[2].length = 0;
+  bad(t);
+  t = good;
+  t[0].segment = -1;
+  bad(t);
+  t = good;
+  t[2].offset = UINT64_MAX - 5;  // the end overflows
+  bad(t);
+  CHECK(check_chunk_table({}, image));
+  CHECK(image == 0);
 }
