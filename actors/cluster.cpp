@@ -775,6 +775,8 @@ void node_lost(controller_actor* self, node_id n, const std::string& why) {
   auto it = st.nodes.find(n);
   if (it == st.nodes.end()) return;
   std::string name = it->second.info.name;
+  // Operators (and a failing test's log) see every node the cluster drops, and why.
+  std::fprintf(stderr, "strata controller: node %s dropped: %s\n", name.c_str(), why.c_str());
   for (auto& w : it->second.watchers) self->send(w, nodelost_atom::value, name, why);
   st.nodes.erase(it);
   for (auto& [_, m] : st.models) {
