@@ -153,7 +153,7 @@ topos="$(cd "$(dirname "$0")/../../apps/topologies" && pwd)"
 out=$("$strata" run "$topos/conv-replay.toml" --max-requests 10 --svg "$tmp/topo.svg")
 grep -q "10 requests (10 ok, 0 failed)" <<<"$out" || fail "run conv-replay: $out"
 # A topology with a random model: written to a temp dir first, then the job runs on it.
-out=$("$strata" run "$topos/gamma-random-model.toml" --max-requests 6 --policies blitz 2>&1)
+out=$("$strata" run "$topos/gamma-random-model.toml" --max-requests 6 --policies blitz --nodes 2 --link-mbs 8 2>&1)
 grep -q "blitz: 6 requests (6 ok, 0 failed)" <<<"$out" || fail "run gamma-random-model: $out"
 grep -q "^topology .*: strata autoscale .*--model /tmp/strata-topology-" <<<"$out" || fail "run prints its command: $out"
 printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[scaling]\nmaxx = 2\n' "$m" > "$tmp/bad.toml"
