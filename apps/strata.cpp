@@ -346,14 +346,6 @@ int cmd_inspect(int argc, char** argv) {
   return 0;
 }
 
-int run_gen_model(const args& a);
-
-int cmd_gen_model(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2, strata_command("gen-model"));
-  if (!a) return fail(a.message());
-  return run_gen_model(*a);
-}
-
 int run_gen_model(const args& a) {
   if (!a.has("out")) return fail("gen-model needs --out DIR");
   model_config c;
@@ -472,14 +464,6 @@ replay_options printing_replay(const model& m, const args& a, size_t requests, s
   return o;
 }
 
-int run_replay(const args& a);
-
-int cmd_replay(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2, strata_command("replay"));
-  if (!a) return fail(a.message());
-  return run_replay(*a);
-}
-
 int run_replay(const args& a) {
   quiet_logs = a.has("quiet");
   if (!a.has("model") || !a.has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
@@ -566,14 +550,6 @@ expected<scaling_setup> scaling_from_args(const args& a) {
   s.ro.costs.per_row = s.so.device.per_row_s * 1e3;
   s.ro.costs.per_hop = 0.05;
   return s;
-}
-
-int run_serve(const args& a);
-
-int cmd_serve(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2, strata_command("serve"));
-  if (!a) return fail(a.message());
-  return run_serve(*a);
 }
 
 int run_serve(const args& a) {
@@ -671,8 +647,6 @@ int run_serve(const args& a) {
 }
 
 int run_autoscale(const args& a);
-int run_replay(const args& a);
-int run_serve(const args& a);
 
 // Runs the strata command a topology file stands for (see dataflow/experiment/topology.hpp), first writing
 // its random model, if it has one, to a temporary directory.
@@ -718,14 +692,6 @@ int cmd_run(int argc, char** argv) {
   }
   if (!tmp.empty()) fs::remove_all(tmp);
   return rc;
-}
-
-int run_autoscale(const args& a);
-
-int cmd_autoscale(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 2, strata_command("autoscale"));
-  if (!a) return fail(a.message());
-  return run_autoscale(*a);
 }
 
 int run_autoscale(const args& a) {
@@ -991,6 +957,13 @@ int run_autoscale(const args& a) {
   if (!first_failure.empty()) return fail(first_failure);
   return 0;
 }
+// A command that runs from its parsed options (strata run builds the same args from a file).
+int parsed(int argc, char** argv, const char* name, int (*run)(const args&)) {
+  auto a = args::parse(argc, argv, 2, strata_command(name));
+  if (!a) return fail(a.message());
+  return run(*a);
+}
+
 int cmd_policies() {
   std::printf("scaling policies (--policy, --policies):\n");
   for (auto& p : scaling_policies()) std::printf("  %-16s %s\n", p.name.c_str(), p.description.c_str());
@@ -1035,12 +1008,12 @@ int dispatch(int argc, char** argv) {
   if (cmd == "generate") return cmd_generate(argc, argv, false);
   if (cmd == "demo") return cmd_generate(argc, argv, true);
   if (cmd == "inspect") return cmd_inspect(argc, argv);
-  if (cmd == "gen-model") return cmd_gen_model(argc, argv);
+  if (cmd == "gen-model") return parsed(argc, argv, "gen-model", run_gen_model);
   if (cmd == "convert") return cmd_convert(argc, argv);
   if (cmd == "node") return cmd_node(argc, argv);
-  if (cmd == "replay") return cmd_replay(argc, argv);
-  if (cmd == "autoscale") return cmd_autoscale(argc, argv);
-  if (cmd == "serve") return cmd_serve(argc, argv);
+  if (cmd == "replay") return parsed(argc, argv, "replay", run_replay);
+  if (cmd == "autoscale") return parsed(argc, argv, "autoscale", run_autoscale);
+  if (cmd == "serve") return parsed(argc, argv, "serve", run_serve);
   if (cmd == "run") return cmd_run(argc, argv);
   if (cmd == "cluster") return cmd_cluster(argc, argv);
   if (cmd == "policies") return argc > 2 ? fail("policies takes no options") : cmd_policies();
