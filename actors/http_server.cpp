@@ -770,7 +770,7 @@ void session::on_admitted(uint64_t serial, size_t i, expected<uint64_t> id) {
   e = status == 400   ? status_error(400, "invalid_request_error", id.message())
       : status == 429 ? status_error(429, "rate_limit_error",
                                      "the server is at capacity; retry later (" + id.message() + ")")
-                      : status_error(status == 500 ? 503 : status, "server_error", id.message());
+                      : status_error(status, "server_error", id.message());
   end_generation("error");
   if (e.status == 429) return reply_error(e, {{"Retry-After", "1"}});
   reply_error(e);

@@ -55,6 +55,7 @@ struct router_state {
   std::set<caf::actor_addr> lost;              // stages known dead or hung: no route through them
   readmission readmit;
   std::function<int(const route_choice&)> pick;  // the route scheduler's
+  std::string misconfigured;  // set when opt.scheduler names no scheduler: every request is refused
   std::set<caf::actor_addr> wake;                 // told (once) when the next request is admitted
   uint64_t next_id = 1;
   seq_id next_seq = 1;
@@ -564,8 +565,8 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
   st.readmit = readmission(opt.readmit);
   if (auto sch = find_route_scheduler(opt.scheduler))
     st.pick = sch->pick;
-  else  // nothing can be scheduled: every request is refused with the reason
-    st.down = "route scheduler: " + sch.message();
+  else  // nothing can be scheduled, whatever routes arrive: every request is refused with the reason
+    st.misconfigured = "route scheduler: " + sch.message();
   for (auto& r : routes) watch(self, r);  // none yet: requests wait until routes arrive
   self->set_down_handler([=](caf::down_msg& dm) {
     auto& st = self->state;
@@ -593,6 +594,7 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
       [=](generate_atom, generate_request& req) -> caf::result<uint64_t> {
         auto& st = self->state;
         const auto& c = st.m->config;
+        if (!st.misconfigured.empty()) return make_caf_error(errc::bad_request, st.misconfigured);
         if (!st.down.empty()) return make_caf_error(errc::unavailable, st.down);
         if (req.prompt.empty()) return make_caf_error(errc::bad_request, "empty prompt (start it with BOS)");
         if (req.logprobs > 20) return make_caf_error(errc::bad_request, "at most 20 top logprobs per token");

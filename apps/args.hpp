@@ -45,12 +45,11 @@ struct command_spec {
   }
 };
 
-// The option of `spec` closest to a mistyped one (edit distance at most 2, or a prefix), or "".
-inline std::string nearest_option(const command_spec& spec, const std::string& k) {
+// The name closest to a mistyped one (edit distance at most 2, or a prefix), or "".
+inline std::string nearest_name(const std::vector<std::string>& names, const std::string& k) {
   std::string best;
   size_t best_d = 3;
-  for (auto& o : spec.options) {
-    const std::string& n = o.name;
+  for (const std::string& n : names) {
     std::vector<size_t> prev(n.size() + 1), cur(n.size() + 1);
     for (size_t j = 0; j <= n.size(); ++j) prev[j] = j;
     for (size_t i = 1; i <= k.size(); ++i) {
@@ -102,7 +101,9 @@ class args {
       if (auto eq = k.find('='); eq != std::string::npos) inline_value = k.substr(eq + 1), k = k.substr(0, eq);
       const option_spec* o = spec.find(k);
       if (!o) {
-        auto near = nearest_option(spec, k);
+        std::vector<std::string> names;
+        for (auto& x : spec.options) names.push_back(x.name);
+        auto near = nearest_name(names, k);
         return make_error(spec.name + ": unknown option --" + k +
                           (near.empty() ? "" : " (did you mean --" + near + "?)") + " (see strata " + spec.name +
                           " --help)");

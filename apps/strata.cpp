@@ -96,12 +96,10 @@ struct job_result {
 
 // Runs `prompts` concurrently through a router over `shards`. The results go to stdout: one
 // request's text streamed as it comes, several requests' texts each after the run (token ids for
-// a model without a tokenizer). The pipeline, the per-request table and the totals go to stderr
-// unless `quiet`.
+// a model without a tokenizer). The pipeline, the per-request table and the totals are logs (say).
 int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
                    const std::vector<std::string>& labels, const std::string& shard_spec,
-                   const std::string& device_spec, int steps, float temperature, float top_p, uint64_t seed,
-                   bool quiet) {
+                   const std::string& device_spec, int steps, float temperature, float top_p, uint64_t seed) {
   const bool stream = prompts.size() == 1 && tok;
   auto shards = parse_shards(shard_spec, m->config.n_layers);
   if (!shards) return fail(shards.message());
@@ -114,10 +112,9 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
   guard.pipelines.push_back(*p);
   auto router = spawn_router(*rt.sys, m, p->path);
   guard.actors.push_back(router);
-  if (!quiet)
-    std::fprintf(stderr, "model %s: %s\npipeline: head -> %s -> tail (%zu shard actors on %s), %zu concurrent request(s)\n",
-                 m->name.c_str(), m->config.describe().c_str(), to_string(*shards).c_str(), shards->size(),
-                 device_spec.c_str(), prompts.size());
+  say("model %s: %s\npipeline: head -> %s -> tail (%zu shard actors on %s), %zu concurrent request(s)\n",
+      m->name.c_str(), m->config.describe().c_str(), to_string(*shards).c_str(), shards->size(), device_spec.c_str(),
+      prompts.size());
   if (stream) {  // the prompt's text first, then the generation
     std::fputs(prompt_text(*tok, prompts[0]).c_str(), stdout);
     std::fflush(stdout);
@@ -177,24 +174,22 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
   std::fflush(stdout);
   for (size_t i = 0; i < results.size(); ++i)
     if (!results[i].error.empty()) std::fprintf(stderr, "strata: error: request %zu: %s\n", i, results[i].error.c_str());
-  if (!quiet) {
-    std::fprintf(stderr, "\n%-4s %-28s %7s %7s %-9s %9s %9s\n", "req", "prompt", "prompt", "tokens", "finish", "ttft ms",
-                 "tok/s");
-    for (size_t i = 0; i < results.size(); ++i) {
-      auto& r = results[i];
-      if (!r.error.empty()) {
-        std::fprintf(stderr, "%-4zu %-28.28s error\n", i, r.prompt.c_str());
-        continue;
-      }
-      auto& res = r.c.result;
-      double rate = res.total_us > 0 ? res.generated_tokens / (double(res.total_us) / 1e6) : 0.0;
-      std::fprintf(stderr, "%-4zu %-28.28s %7d %7d %-9s %9.1f %9.1f\n", i, ("\"" + r.prompt + "\"").c_str(),
-                   res.prompt_tokens, res.generated_tokens, res.finish_reason.c_str(), double(res.ttft_us) / 1000.0,
-                   rate);
+  say("\n%-4s %-28s %7s %7s %-9s %9s %9s\n", "req", "prompt", "prompt", "tokens", "finish", "ttft ms",
+      "tok/s");
+  for (size_t i = 0; i < results.size(); ++i) {
+    auto& r = results[i];
+    if (!r.error.empty()) {
+      say("%-4zu %-28.28s error\n", i, r.prompt.c_str());
+      continue;
     }
-    std::fprintf(stderr, "%zu tokens from %zu requests in %.2f s: %.0f tokens/s aggregate%s\n", total, results.size(),
-                 secs, double(total) / secs, failed ? " (some requests failed)" : "");
+    auto& res = r.c.result;
+    double rate = res.total_us > 0 ? res.generated_tokens / (double(res.total_us) / 1e6) : 0.0;
+    say("%-4zu %-28.28s %7d %7d %-9s %9.1f %9.1f\n", i, ("\"" + r.prompt + "\"").c_str(),
+        res.prompt_tokens, res.generated_tokens, res.finish_reason.c_str(), double(res.ttft_us) / 1000.0,
+        rate);
   }
+  say("%zu tokens from %zu requests in %.2f s: %.0f tokens/s aggregate%s\n", total, results.size(),
+      secs, double(total) / secs, failed ? " (some requests failed)" : "");
   stop_pipeline(*p);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
   return failed ? 1 : 0;
@@ -266,14 +261,13 @@ int cmd_generate(int argc, char** argv, bool demo) {
   const double top_p = a->number("top-p", 0, 1);
   const long seed = a->integer("seed", 0, LONG_MAX);
   const long n = demo ? 1 : a->integer("n", 1, 1024);
-  const bool quiet = a->has("quiet");
+  quiet_logs = a->has("quiet");
   apply_common(*a);
   auto t0 = std::chrono::steady_clock::now();
   auto m = load_model(path);
   if (!m) return fail(with_data_hint(path, m.message()));
-  if (!quiet)
-    std::fprintf(stderr, "loaded %s in %.1f ms\n", path.c_str(),
-                 std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  say("loaded %s in %.1f ms\n", path.c_str(),
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   std::unique_ptr<tokenizer> tok;
   std::string tok_path = a->str("tokenizer", find_tokenizer(path));
   if (!tok_path.empty()) {
@@ -292,7 +286,7 @@ int cmd_generate(int argc, char** argv, bool demo) {
       labels.push_back(p);
     }
     return run_generation(*m, tok.get(), prompts, labels, a->str("shards"), a->str("devices"), int(steps),
-                          float(temp), float(top_p), uint64_t(seed), quiet);
+                          float(temp), float(top_p), uint64_t(seed));
   }
   std::vector<int32_t> prompt;
   if (a->has("prompt-tokens")) {
@@ -316,7 +310,7 @@ int cmd_generate(int argc, char** argv, bool demo) {
     labels.push_back(a->str("prompt", a->str("prompt-tokens")));
   }
   return run_generation(*m, tok.get(), prompts, labels, a->str("shards"), a->str("devices"), int(steps),
-                        float(temp), float(top_p), uint64_t(seed), quiet);
+                        float(temp), float(top_p), uint64_t(seed));
 }
 
 int cmd_inspect(int argc, char** argv) {
@@ -445,8 +439,8 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   auto shaped = shape_trace(*tr, so);
   if (!shaped) return shaped.err();
   say("trace: %zu requests read, %zu lines skipped; replaying %zu over %.1f s (%.2f req/s)\n",
-               tr->requests.size(), tr->skipped.size(), shaped->requests.size(), shaped->requests.back().t,
-               mean_rate(*shaped));
+      tr->requests.size(), tr->skipped.size(), shaped->requests.size(), shaped->requests.back().t,
+      mean_rate(*shaped));
   for (size_t i = 0; i < std::min<size_t>(3, tr->skipped.size()); ++i)
     say("  skipped %s\n", tr->skipped[i].c_str());
   return shaped;
@@ -465,7 +459,6 @@ replay_options printing_replay(const model& m, const args& a, size_t requests, s
 }
 
 int run_replay(const args& a) {
-  quiet_logs = a.has("quiet");
   if (!a.has("model") || !a.has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
   apply_common(a);
   // Every value is checked before the replay starts, not after it.
@@ -695,7 +688,6 @@ int cmd_run(int argc, char** argv) {
 }
 
 int run_autoscale(const args& a) {
-  quiet_logs = a.has("quiet");
   if (!a.has("model") || !a.has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
   apply_common(a);
   if (a.has("threads")) ::setenv("STRATA_THREADS", a.str("threads").c_str(), 1);  // for node processes
@@ -750,8 +742,8 @@ int run_autoscale(const args& a) {
     // profile's host path is (PCIe vs network), scaled like the paced links.
     so.cluster.local_mb_s = link > 0 ? link * links.local_host_gb_s / links.network_gb_s : 0;
     say("starting a cluster: controller node 'src' (host copy of the model) and %d node processes, "
-                "UCX %s, each node's egress %s\n",
-                n_nodes, lo.transport.c_str(), link > 0 ? (format_number(link) + " MB/s").c_str() : "unpaced");
+        "UCX %s, each node's egress %s\n",
+        n_nodes, lo.transport.c_str(), link > 0 ? (format_number(link) + " MB/s").c_str() : "unpaced");
     auto lc = local_cluster::start(lo);
     if (!lc) return fail(lc.message());
     cluster = std::move(*lc);
@@ -783,14 +775,14 @@ int run_autoscale(const args& a) {
     so.cluster.model = "model";
     so.cluster.chunk_bytes = chunk_bytes;
     say("cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, "
-                "multicast in %.0f KiB chunks\n",
-                cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
-                double(layout_of((*m)->config).total) / 1e6, double(so.cluster.chunk_bytes) / 1024);
+        "multicast in %.0f KiB chunks\n",
+        cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
+        double(layout_of((*m)->config).total) / 1e6, double(so.cluster.chunk_bytes) / 1024);
   } else {
     say("emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; "
-                "links: network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n",
-                so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
-                links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
+        "links: network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n",
+        so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
+        links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
   }
   struct row {
     std::string policy;
@@ -961,6 +953,7 @@ int run_autoscale(const args& a) {
 int parsed(int argc, char** argv, const char* name, int (*run)(const args&)) {
   auto a = args::parse(argc, argv, 2, strata_command(name));
   if (!a) return fail(a.message());
+  quiet_logs = a->has("quiet");
   return run(*a);
 }
 
@@ -1017,10 +1010,10 @@ int dispatch(int argc, char** argv) {
   if (cmd == "run") return cmd_run(argc, argv);
   if (cmd == "cluster") return cmd_cluster(argc, argv);
   if (cmd == "policies") return argc > 2 ? fail("policies takes no options") : cmd_policies();
-  std::string near;
+  std::vector<std::string> names;
   for (auto& c : strata_commands())
-    if (c.name.find(' ') == std::string::npos && nearest_option(command_spec{"", "", "", {{c.name, "", "", "", ""}}, ""}, cmd) == c.name)
-      near = c.name;
+    if (c.name.find(' ') == std::string::npos) names.push_back(c.name);
+  auto near = nearest_name(names, cmd);
   return fail("unknown command '" + cmd + "'" + (near.empty() ? "" : " (did you mean " + near + "?)") + " (see strata help)");
 }
 

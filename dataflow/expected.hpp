@@ -36,14 +36,13 @@ inline const char* to_string(errc x) {
   return "unknown";
 }
 
-// The HTTP status an error of this kind answers with (400, 429, 503, 504, 500).
+// The HTTP status an error of this kind answers with: 400, 429, 504, and 503 for the rest (the
+// serving side could not answer; a client may retry).
 inline int http_status(errc x) {
   switch (x) {
     case errc::bad_request: return 400;
     case errc::overloaded: return 429;
     case errc::timeout: return 504;
-    case errc::none:
-    case errc::internal: return 500;
     default: return 503;
   }
 }

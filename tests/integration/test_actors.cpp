@@ -407,6 +407,20 @@ TEST_CASE("bad requests are rejected with precise reasons") {
   CHECK(r->tokens.size() == 2);
 }
 
+TEST_CASE("a router with an unknown route scheduler refuses every request with the reason, whatever routes arrive") {
+  router_options opt;
+  opt.scheduler = "nope";
+  served s("5", opt);
+  auto refused = [&] {
+    auto x = s.run(greedy({1, 5}, 2));
+    REQUIRE_FALSE(x);
+    CHECK(x.message() == "bad_request: route scheduler: unknown route scheduler 'nope' (expected one of zigzag, least-loaded)");
+  };
+  refused();
+  caf::anon_send(s.router, routes_atom::value, std::vector<route_ptr>{s.p.path});  // routes do not make it schedule
+  refused();
+}
+
 TEST_CASE("a full queue answers overloaded instead of growing") {
   router_options opt;
   opt.max_running = 1;

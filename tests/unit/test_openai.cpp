@@ -210,5 +210,6 @@ TEST_CASE("one error vocabulary: kinds, their names and HTTP statuses") {
   CHECK(strata::http_status(strata::errc::overloaded) == 429);
   CHECK(strata::http_status(strata::errc::timeout) == 504);
   CHECK(strata::http_status(strata::errc::unavailable) == 503);
-  CHECK(strata::http_status(strata::errc::internal) == 500);
+  CHECK(strata::http_status(strata::errc::internal) == 503);
+  CHECK(strata::http_status(strata::errc::none) == 503);
 }
