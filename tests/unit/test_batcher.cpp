@@ -1,0 +1,560 @@
+// The batcher as a plain object: every event driven by hand, time from a manual clock, steps
+// answered by the test. The ugly orders of events (loss during prefill, cancel during a step or a
+// KV move, a step that returns after its timeout) are tables of events and expected actions.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "dataflow/serving/batcher.hpp"
+
+using namespace strata;
+
+namespace {
+
+model_config small_model() {
+  model_config c;
+  c.dim = 8;
+  c.n_layers = 4;
+  c.vocab_size = 32;
+  c.seq_len = 16;
+  c.bos_id = 1;
+  c.eos_id = 2;
+  return c;
+}
+
+// Instance i's own route: head 10i, one shard 10i+1 over all layers, tail 10i+9.
+route_info local(uint32_t i, route_id id) {
+  return {id, {{10 * i, {0, 0}, i}, {10 * i + 1, {0, 4}, i}, {10 * i + 9, {4, 4}, i}}, i, 1.0};
+}
+
+// Instance 2 while it loads: its shard 21 runs layers [0,2), instance 1's shard 11 the rest.
+route_info cooperative(route_id id) {
+  return {id, {{20, {0, 0}, 2}, {21, {0, 2}, 2}, {11, {2, 4}, 1}, {29, {4, 4}, 2}}, 2, 0.5};
+}
+
+struct harness {
+  batcher::time_point now{};
+  batcher b;
+  explicit harness(batcher_options o = {}) : b(small_model(), o, [this] { return now; }) {}
+
+  uint64_t admit(std::vector<int32_t> prompt, int max_new = 3, uint64_t client = 1) {
+    generate_request q;
+    q.prompt = std::move(prompt);
+    q.max_new_tokens = max_new;
+    auto id = b.admit(std::move(q), client);
+    REQUIRE_MESSAGE(id, id.message());
+    return *id;
+  }
+  std::vector<batcher_action> run() {
+    b.schedule();
+    return b.take_actions();
+  }
+};
+
+template <class T>
+std::vector<T> only(const std::vector<batcher_action>& a) {
+  std::vector<T> out;
+  for (auto& x : a)
+    if (auto* p = std::get_if<T>(&x)) out.push_back(*p);
+  return out;
+}
+
+// What the route gives back: per wanted row the token `sample(seq, pos)`, the RNG advanced by one.
+step_return answer(const act::step& s, const std::function<int32_t(seq_id, int32_t)>& sample) {
+  step_return r{s.rows.seqs, s.rows.pos, s.rows.want, {}, {}, {}, {}};
+  size_t k = 0;
+  for (size_t i = 0; i < s.rows.seqs.size(); ++i)
+    if (s.rows.want[i]) {
+      r.sampled.push_back(sample(s.rows.seqs[i], s.rows.pos[i]));
+      r.rng.push_back(s.rows.rng[k++] + 1);
+    }
+  return r;
+}
+int32_t ten(seq_id, int32_t) { return 10; }
+
+}  // namespace
+
+TEST_CASE("batcher: check_request names what is wrong, at each boundary") {
+  const auto c = small_model();
+  struct row {
+    const char* what;
+    std::function<void(generate_request&)> edit;
+    const char* error;  // empty: accepted
+  };
+  const std::vector<row> table = {
+      {"plain", [](auto&) {}, ""},
+      {"empty prompt", [](auto& q) { q.prompt.clear(); }, "empty prompt"},
+      {"prompt one short of the context", [](auto& q) { q.prompt.assign(15, 5); }, ""},
+      {"prompt the whole context", [](auto& q) { q.prompt.assign(16, 5); }, "leaves no room in the context of 16"},
+      {"token -1", [](auto& q) { q.prompt = {1, -1}; }, "token id -1 outside the vocabulary of 32"},
+      {"token = vocab", [](auto& q) { q.prompt = {1, 32}; }, "token id 32 outside"},
+      {"token = vocab - 1", [](auto& q) { q.prompt = {1, 31}; }, ""},
+      {"20 logprobs", [](auto& q) { q.logprobs = 20; }, ""},
+      {"21 logprobs", [](auto& q) { q.logprobs = 21; }, "at most 20 top logprobs per token"},
+      {"21 prompt logprobs", [](auto& q) { q.prompt_logprobs = 21; }, "per prompt token"},
+      {"max_new_tokens -1", [](auto& q) { q.max_new_tokens = -1; }, "must not be negative"},
+      {"max_new_tokens 0", [](auto& q) { q.max_new_tokens = 0; }, ""},
+      {"temperature 100", [](auto& q) { q.temperature = 100; }, ""},
+      {"temperature 100.5", [](auto& q) { q.temperature = 100.5f; }, "temperature must be in [0, 100]"},
+      {"temperature NaN", [](auto& q) { q.temperature = std::nanf(""); }, "temperature"},
+      {"temperature -0.1", [](auto& q) { q.temperature = -0.1f; }, "temperature"},
+      {"top_p 1", [](auto& q) { q.top_p = 1; }, ""},
+      {"top_p 0", [](auto& q) { q.top_p = 0; }, "top_p must be in (0, 1]"},
+      {"top_p 1.01", [](auto& q) { q.top_p = 1.01f; }, "top_p"},
+  };
+  for (auto& r : table) {
+    CAPTURE(r.what);
+    generate_request q;
+    q.prompt = {1, 5, 6};
+    r.edit(q);
+    auto s = check_request(q, c);
+    if (std::string(r.error).empty()) {
+      CHECK_MESSAGE(bool(s), s.message());
+    } else {
+      REQUIRE_FALSE(bool(s));
+      CHECK(s.err().code == errc::bad_request);
+      CHECK(s.message().find(r.error) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("batcher: the queue holds exactly max_waiting requests, then answers overloaded") {
+  batcher_options o;
+  o.max_waiting = 2;
+  harness h(o);  // no route yet: everything waits
+  h.admit({1, 5});
+  h.admit({1, 6});
+  generate_request q;
+  q.prompt = {1, 7};
+  auto third = h.b.admit(q, 1);
+  REQUIRE_FALSE(third);
+  CHECK(third.err().code == errc::overloaded);
+  CHECK(third.message() == "queue full (2 waiting)");
+  CHECK(h.run().empty());
+  h.b.set_routes({local(1, 1)});  // a route arrives: the queue drains into one step
+  auto steps = only<act::step>(h.b.take_actions());
+  REQUIRE(steps.size() == 1);
+  CHECK(steps[0].rows.seqs.size() == 4);
+  CHECK(h.b.admit(q, 1));
+}
+
+TEST_CASE("batcher: a misconfigured route scheduler refuses every request, routes or not") {
+  batcher_options o;
+  o.scheduler = "no-such";
+  harness h(o);
+  h.b.set_routes({local(1, 1)});
+  generate_request q;
+  q.prompt = {1, 5};
+  auto id = h.b.admit(q, 1);
+  REQUIRE_FALSE(id);
+  CHECK(id.err().code == errc::bad_request);
+  CHECK(id.message().find("route scheduler") != std::string::npos);
+  CHECK(h.run().empty());
+}
+
+TEST_CASE("batcher: chunked prefill takes at most max_batch_tokens rows a step, sampling only at the end") {
+  batcher_options o;
+  o.max_batch_tokens = 4;
+  harness h(o);
+  h.b.set_routes({local(1, 1)});
+  auto id = h.admit({1, 3, 4, 5, 6, 7, 8, 9, 10, 11}, 1);  // 10 prompt rows: 4 + 4 + 2
+  std::vector<size_t> rows;
+  std::vector<int> sampled_rows;
+  for (int i = 0; i < 3; ++i) {
+    auto steps = only<act::step>(h.run());
+    REQUIRE(steps.size() == 1);
+    auto& s = steps[0];
+    rows.push_back(s.rows.seqs.size());
+    sampled_rows.push_back(int(s.rows.sampling.size()));
+    CHECK(s.rows.pos.front() == 4 * i);
+    CHECK(h.b.on_step(s.id, answer(s, ten)));
+  }
+  CHECK(rows == std::vector<size_t>{4, 4, 2});
+  CHECK(sampled_rows == std::vector<int>{0, 0, 1});
+  auto a = h.b.take_actions();
+  auto done = only<act::done>(a);
+  REQUIRE(done.size() == 1);  // max_new_tokens 1: the token, then done with "length"
+  CHECK(only<act::token>(a).size() == 1);
+  CHECK(done[0].result.id == id);
+  CHECK(done[0].result.finish_reason == "length");
+  CHECK(done[0].result.generated_tokens == 1);
+  CHECK(h.b.requests() == 0);
+}
+
+TEST_CASE("batcher: a request joins the running batch between steps and each ends on its own") {
+  harness h;
+  h.b.set_routes({local(1, 1)});
+  auto a = h.admit({1, 5}, 3);
+  auto s1 = only<act::step>(h.run());
+  REQUIRE(s1.size() == 1);
+  auto b = h.admit({1, 6, 7}, 1);  // arrives while a's step is out
+  h.b.schedule();
+  CHECK(only<act::step>(h.b.take_actions()).empty());  // max_inflight 1: waits for the step
+  h.b.on_step(s1[0].id, answer(s1[0], ten));
+  auto s2 = only<act::step>(h.b.take_actions());
+  REQUIRE(s2.size() == 1);
+  CHECK(s2[0].rows.seqs.size() == 1 + 3);  // a's decode row + b's prefill
+  CHECK(s2[0].rows.sampling.size() == 2);
+  h.b.on_step(s2[0].id, answer(s2[0], ten));
+  auto out = h.b.take_actions();
+  auto done = only<act::done>(out);
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].result.id == b);
+  auto s3 = only<act::step>(out);
+  REQUIRE(s3.size() == 1);
+  CHECK(s3[0].rows.seqs.size() == 1);  // a goes on alone
+  h.b.on_step(s3[0].id, answer(s3[0], ten));
+  done = only<act::done>(h.b.take_actions());
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].result.id == a);
+  CHECK(done[0].result.generated_tokens == 3);
+}
+
+TEST_CASE("batcher: how a request ends, at each boundary") {
+  struct row {
+    const char* what;
+    std::vector<int32_t> prompt;
+    int max_new;
+    std::function<void(generate_request&)> edit;
+    int32_t token;  // every sampled token
+    int tokens;     // streamed
+    const char* reason;
+  };
+  std::vector<int32_t> fifteen(15, 5);
+  fifteen[0] = 1;
+  const std::vector<row> table = {
+      {"max_new_tokens exactly", {1, 5}, 3, [](auto&) {}, 10, 3, "length"},
+      {"the context ends first", fifteen, 8, [](auto&) {}, 10, 1, "length"},
+      {"eos stops, unstreamed", {1, 5}, 3, [](auto&) {}, 2, 0, "stop"},
+      {"bos stops (llama2.c's end of story)", {1, 5}, 3, [](auto&) {}, 1, 0, "stop"},
+      {"ignore_eos goes on", {1, 5}, 3, [](auto& q) { q.ignore_eos = true; }, 2, 3, "length"},
+      {"a stop token id stops even with ignore_eos", {1, 5}, 3,
+       [](auto& q) { q.ignore_eos = true; q.stop_token_ids = {10}; }, 10, 0, "stop"},
+      {"max_new_tokens 0 only prefills", {1, 5}, 0, [](auto&) {}, 10, 0, "length"},
+  };
+  for (auto& r : table) {
+    CAPTURE(r.what);
+    harness h;
+    h.b.set_routes({local(1, 1)});
+    generate_request q;
+    q.prompt = r.prompt;
+    q.max_new_tokens = r.max_new;
+    r.edit(q);
+    REQUIRE(h.b.admit(q, 7));
+    int streamed = 0;
+    std::vector<act::done> done;
+    auto a = h.run();
+    for (int guard = 0; guard < 20 && done.empty(); ++guard) {
+      streamed += int(only<act::token>(a).size());
+      done = only<act::done>(a);
+      std::vector<batcher_action> next;
+      for (auto& s : only<act::step>(a)) {
+        h.b.on_step(s.id, answer(s, [&](seq_id, int32_t) { return r.token; }));
+        for (auto& x : h.b.take_actions()) next.push_back(std::move(x));
+      }
+      a = std::move(next);
+    }
+    REQUIRE(done.size() == 1);
+    CHECK(done[0].client == 7);
+    CHECK(done[0].result.finish_reason == r.reason);
+    CHECK(streamed == r.tokens);
+    CHECK(done[0].result.generated_tokens == r.tokens);
+  }
+}
+
+TEST_CASE("batcher: cancel while waiting ends at once; cancel during a step ends when it returns, then frees") {
+  harness h;
+  auto waiting = h.admit({1, 5});
+  CHECK(h.b.cancel(waiting));
+  auto a = h.b.take_actions();
+  REQUIRE(only<act::done>(a).size() == 1);
+  CHECK(only<act::release>(a).empty());  // never ran: nothing to free
+  CHECK_FALSE(h.b.cancel(waiting));      // gone
+
+  h.b.set_routes({local(1, 1)});
+  auto id = h.admit({1, 5});
+  auto s = only<act::step>(h.run());
+  REQUIRE(s.size() == 1);
+  CHECK(h.b.cancel(id));
+  CHECK(h.b.take_actions().empty());  // the step still writes its cache: nothing yet
+  h.b.on_step(s[0].id, answer(s[0], ten));
+  a = h.b.take_actions();
+  CHECK(only<act::token>(a).empty());
+  auto done = only<act::done>(a);
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].result.finish_reason == "cancelled");
+  auto rel = only<act::release>(a);
+  REQUIRE(rel.size() == 1);
+  CHECK(rel[0].stages == std::vector<stage_id>{11});
+  CHECK(rel[0].seqs == std::vector<seq_id>{s[0].rows.seqs[0]});
+}
+
+TEST_CASE("batcher: a client that goes away has its requests cancelled, and nothing is sent to it") {
+  harness h;
+  h.b.set_routes({local(1, 1)});
+  h.admit({1, 5}, 3, 4);
+  h.admit({1, 6}, 3, 5);
+  auto s = only<act::step>(h.run());
+  h.b.cancel_client(4);
+  h.b.on_step(s[0].id, answer(s[0], ten));
+  auto a = h.b.take_actions();
+  for (auto& t : only<act::token>(a)) CHECK(t.client == 5);
+  CHECK(only<act::release>(a).size() == 1);  // the gone client's cache is freed
+  CHECK(h.b.requests() == 1);
+}
+
+TEST_CASE("batcher: a stage lost during prefill re-admits its request on the other route, from the start") {
+  batcher_options o;
+  o.max_batch_tokens = 2;
+  o.scheduler = "least-loaded";
+  harness h(o);
+  h.b.set_routes({local(1, 1), local(2, 2)});
+  auto id = h.admit({1, 3, 4, 5}, 2);
+  auto s = only<act::step>(h.run());
+  REQUIRE(s.size() == 1);
+  const auto first = s[0];
+  CHECK(first.route == 1);
+  h.b.on_stage_lost(11, "node a died");
+  auto a = h.b.take_actions();
+  auto again = only<act::step>(a);
+  REQUIRE(again.size() == 1);
+  CHECK(again[0].route == 2);
+  CHECK(again[0].rows.pos == std::vector<int32_t>{0, 1});  // prefills from the start on a fresh sequence
+  CHECK(again[0].rows.seqs[0] != first.rows.seqs[0]);
+  CHECK(h.b.stats().readmissions == 1);
+  CHECK(only<act::done>(a).empty());
+  // The lost route's step comes back late: not ours any more, the wiring frees what it wrote.
+  CHECK_FALSE(h.b.on_step(first.id, answer(first, ten)));
+  CHECK(h.b.take_actions().empty());
+  CHECK(h.b.requests() == 1);
+  (void)id;
+}
+
+TEST_CASE("batcher: losing the last route fails what runs and waits, naming the stage") {
+  harness h;
+  h.b.set_routes({local(3, 1)});
+  h.admit({1, 5});
+  h.run();
+  h.admit({1, 6});  // waits (a step is out)
+  h.b.on_stage_lost(39, "node c died");
+  auto done = only<act::done>(h.b.take_actions());
+  REQUIRE(done.size() == 2);
+  for (auto& d : done) {
+    CHECK(d.result.finish_reason == "error");
+    CHECK(d.result.error == "tail stage of instance 3 is down (node c died)");
+  }
+  generate_request q;
+  q.prompt = {1, 5};
+  auto refused = h.b.admit(q, 1);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.err().code == errc::unavailable);
+}
+
+TEST_CASE("batcher: with a grace period the requests wait for a route, and fail when none comes") {
+  batcher_options o;
+  o.readmit.grace_ms = 500;
+  harness h(o);
+  h.b.set_routes({local(1, 1)});
+  h.admit({1, 5});
+  h.run();
+  h.b.on_stage_lost(11, "node a died");
+  auto g = only<act::grace>(h.b.take_actions());
+  REQUIRE(g.size() == 1);
+  CHECK(g[0].ms == 500);
+  CHECK(h.b.down().empty());  // still admitting meanwhile
+  h.b.on_grace(g[0].epoch);
+  auto done = only<act::done>(h.b.take_actions());
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].result.error.find("layer shard [0,4) of instance 1 is down") != std::string::npos);
+}
+
+TEST_CASE("batcher: a step that times out re-admits its members; the retry budget ends in an error") {
+  batcher_options o;
+  o.readmit.max_retries = 1;
+  o.step_timeout = std::chrono::milliseconds(250);
+  harness h(o);
+  h.b.set_routes({local(1, 1)});
+  h.admit({1, 5});
+  auto s1 = only<act::step>(h.run());
+  REQUIRE(s1.size() == 1);
+  h.b.on_step_timeout(s1[0].id);
+  auto s2 = only<act::step>(h.b.take_actions());
+  REQUIRE(s2.size() == 1);  // tried again
+  CHECK(s2[0].rows.seqs[0] != s1[0].rows.seqs[0]);
+  h.b.on_step_timeout(s2[0].id);
+  auto done = only<act::done>(h.b.take_actions());
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].result.error.find("timed out after 250 ms") != std::string::npos);
+  h.b.on_step_timeout(s2[0].id);  // a second timer for the same step does nothing
+  CHECK(h.b.take_actions().empty());
+}
+
+namespace {
+
+// A request decoding on the cooperative route of instance 2 when its own route arrives.
+struct migrating {
+  harness h;
+  uint64_t id = 0;
+  act::step out;  // the step in flight on the cooperative route
+  explicit migrating(batcher_options o = {}) : h(o) {
+    h.b.set_routes({cooperative(2)});
+    id = h.admit({1, 5}, 4);
+    auto s = only<act::step>(h.run());
+    REQUIRE(s.size() == 1);
+    h.b.on_step(s[0].id, answer(s[0], ten));
+    auto next = only<act::step>(h.b.take_actions());
+    REQUIRE(next.size() == 1);
+    out = next[0];
+  }
+};
+
+}  // namespace
+
+TEST_CASE("batcher: a request moves off a cooperative route with its KV cache once its instance is whole") {
+  harness probe;
+  probe.b.set_routes({cooperative(2)});
+  probe.admit({1, 5}, 4);
+  auto s = only<act::step>(probe.run());
+  REQUIRE(s.size() == 1);
+  CHECK(s[0].route == 2);
+  probe.b.on_step(s[0].id, answer(s[0], ten));
+  auto s2 = only<act::step>(probe.b.take_actions());
+  REQUIRE(s2.size() == 1);
+  probe.b.set_routes({local(2, 3)});  // instance 2 holds every layer now
+  CHECK(probe.b.take_actions().empty());  // the step is out: the move waits for it
+  probe.b.on_step(s2[0].id, answer(s2[0], ten));
+  auto a = probe.b.take_actions();
+  auto mv = only<act::kv_move>(a);
+  REQUIRE(mv.size() == 1);
+  CHECK(only<act::step>(a).empty());  // sits out steps while its cache moves
+  // Shard 21 already holds layers [0,2) of this sequence; only instance 1's part moves.
+  REQUIRE(mv[0].parts.size() == 1);
+  CHECK(mv[0].parts[0].from == 11);
+  CHECK(mv[0].parts[0].to == 21);
+  CHECK(mv[0].parts[0].layers == layer_range{2, 4});
+  probe.b.on_kv_moved(mv[0].id, 4096, "");
+  a = probe.b.take_actions();
+  auto rel = only<act::release>(a);
+  REQUIRE(rel.size() == 1);
+  CHECK(rel[0].stages == std::vector<stage_id>{11});  // the shard it left
+  auto next = only<act::step>(a);
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].route == 3);
+  CHECK(next[0].rows.seqs.size() == 1);  // goes on from where it was: no recompute
+  auto st = probe.b.stats();
+  CHECK(st.kv_migrations == 1);
+  CHECK(st.kv_bytes_moved == 4096);
+}
+
+TEST_CASE("batcher: the ugly orders around a KV move") {
+  auto move_of = [](harness& h, const act::step& out) {
+    h.b.set_routes({local(2, 3)});
+    h.b.on_step(out.id, answer(out, ten));
+    auto mv = only<act::kv_move>(h.b.take_actions());
+    REQUIRE(mv.size() == 1);
+    return mv[0];
+  };
+  SUBCASE("a failed move recomputes on the new route") {
+    migrating m;
+    auto mv = move_of(m.h, m.out);
+    m.h.b.on_kv_moved(mv.id, 0, "kvsend timed out");
+    auto a = m.h.b.take_actions();
+    auto next = only<act::step>(a);
+    REQUIRE(next.size() == 1);
+    CHECK(next[0].route == 3);
+    CHECK(next[0].rows.pos.front() == 0);  // one prefill of everything so far
+    CHECK(next[0].rows.seqs.size() == 4);  // prompt 2 + 2 generated
+    auto rel = only<act::release>(a);
+    REQUIRE(rel.size() == 2);  // what arrived on the new route, then the old route
+    CHECK(m.h.b.stats().kv_migrations == 0);
+    CHECK(m.h.b.stats().migrations == 1);
+  }
+  SUBCASE("cancel during the move ends the request when the move ends") {
+    migrating m;
+    auto mv = move_of(m.h, m.out);
+    CHECK(m.h.b.cancel(m.id));
+    CHECK(only<act::done>(m.h.b.take_actions()).empty());
+    m.h.b.on_kv_moved(mv.id, 100, "");
+    auto done = only<act::done>(m.h.b.take_actions());
+    REQUIRE(done.size() == 1);
+    CHECK(done[0].result.finish_reason == "cancelled");
+  }
+  SUBCASE("a stage lost during the move re-admits the request") {
+    migrating m;
+    auto mv = move_of(m.h, m.out);
+    m.h.b.on_stage_lost(11, "node a died");
+    CHECK(only<act::step>(m.h.b.take_actions()).empty());  // still moving
+    m.h.b.on_kv_moved(mv.id, 100, "");
+    auto a = m.h.b.take_actions();
+    auto next = only<act::step>(a);
+    REQUIRE(next.size() == 1);
+    CHECK(next[0].route == 3);
+    CHECK(next[0].rows.pos.front() == 0);
+    CHECK(m.h.b.stats().readmissions == 1);
+  }
+  SUBCASE("a move reported twice counts once") {
+    migrating m;
+    auto mv = move_of(m.h, m.out);
+    m.h.b.on_kv_moved(mv.id, 100, "");
+    m.h.b.take_actions();
+    m.h.b.on_kv_moved(mv.id, 100, "");
+    CHECK(m.h.b.take_actions().empty());
+    CHECK(m.h.b.stats().kv_migrations == 1);
+  }
+}
+
+TEST_CASE("batcher: without KV migration a request recomputes, and the release reaches a shared shard first") {
+  batcher_options o;
+  o.kv_migration = false;
+  migrating m(o);
+  m.h.b.set_routes({local(2, 3)});
+  m.h.b.on_step(m.out.id, answer(m.out, ten));
+  auto a = m.h.b.take_actions();
+  REQUIRE(only<act::kv_move>(a).empty());
+  // The old route's release comes before the new route's first step (both may share a shard).
+  size_t rel = a.size(), step = a.size();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (std::holds_alternative<act::release>(a[i]) && rel == a.size()) rel = i;
+    if (std::holds_alternative<act::step>(a[i])) step = i;
+  }
+  REQUIRE(rel < a.size());
+  REQUIRE(step < a.size());
+  CHECK(rel < step);
+  CHECK(std::get<act::step>(a[step]).rows.pos.front() == 0);
+}
+
+TEST_CASE("batcher: time comes from the clock it is given") {
+  harness h;
+  h.b.set_routes({local(1, 1)});
+  h.admit({1, 5}, 2);
+  auto s = only<act::step>(h.run());
+  h.now += std::chrono::milliseconds(40);
+  h.b.on_step(s[0].id, answer(s[0], ten));
+  auto s2 = only<act::step>(h.b.take_actions());
+  h.now += std::chrono::milliseconds(10);
+  h.b.on_step(s2[0].id, answer(s2[0], ten));
+  auto done = only<act::done>(h.b.take_actions());
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].result.ttft_us == 40000);
+  CHECK(done[0].result.total_us == 50000);
+  CHECK(h.b.stats().ttft_ema_s == doctest::Approx(0.04));
+  CHECK(h.b.stats().tbt_ema_s == doctest::Approx(0.01));
+}
+
+TEST_CASE("batcher: a route takes its share of max_running; the rest wait for room") {
+  batcher_options o;
+  o.max_running = 4;
+  harness h(o);
+  h.b.set_routes({cooperative(2)});  // share 0.5: two requests of four
+  for (int i = 0; i < 3; ++i) h.admit({1, 5}, 1);
+  auto s = only<act::step>(h.run());
+  REQUIRE(s.size() == 1);
+  CHECK(s[0].rows.sampling.size() == 2);
+  CHECK(h.b.waiting() == 1);
+  CHECK(h.b.stats().running_by_instance.at(2) == 2);
+  CHECK(h.b.stats().in_use_by_instance.at(1) == 2);  // its layers [2,4) run on instance 1
+  h.b.on_step(s[0].id, answer(s[0], ten));            // both end (one token each)
+  auto next = only<act::step>(h.b.take_actions());
+  REQUIRE(next.size() == 1);
+  CHECK(next[0].rows.sampling.size() == 1);  // the third got room
+}
