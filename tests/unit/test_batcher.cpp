@@ -262,7 +262,7 @@ TEST_CASE("batcher: how a request ends, at each boundary") {
   }
 }
 
-TEST_CASE("batcher: cancel while waiting ends at once; cancel during a step ends when it returns, then frees") {
+TEST_CASE("batcher: cancel while waiting ends at once, cancel during a step ends when it returns and then frees") {
   harness h;
   auto waiting = h.admit({1, 5});
   CHECK(h.b.cancel(waiting));
@@ -368,7 +368,7 @@ TEST_CASE("batcher: with a grace period the requests wait for a route, and fail 
   CHECK(done[0].result.error.find("layer shard [0,4) of instance 1 is down") != std::string::npos);
 }
 
-TEST_CASE("batcher: a step that times out re-admits its members; the retry budget ends in an error") {
+TEST_CASE("batcher: a step that times out re-admits its members and the retry budget ends in an error") {
   batcher_options o;
   o.readmit.max_retries = 1;
   o.step_timeout = std::chrono::milliseconds(250);
@@ -541,7 +541,7 @@ TEST_CASE("batcher: time comes from the clock it is given") {
   CHECK(h.b.stats().tbt_ema_s == doctest::Approx(0.01));
 }
 
-TEST_CASE("batcher: a route takes its share of max_running; the rest wait for room") {
+TEST_CASE("batcher: a route takes its share of max_running and the rest wait for room") {
   batcher_options o;
   o.max_running = 4;
   harness h(o);
