@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <unordered_map>
 
+#include "actors/control_plane.hpp"
 #include "actors/stages.hpp"
 #include "dataflow/files.hpp"
 #include "dataflow/model/manifest.hpp"
@@ -526,10 +527,10 @@ void join(node_actor* self) {
 // The controller dropped this node (it was frozen or cut off past the heartbeat timeout) and
 // has heard from it again: whatever it ran or received was written off by the cluster (its
 // instances' requests were re-admitted elsewhere), so it starts over as a fresh member.
-void rejoin(node_actor* self) {
+void rejoin(node_actor* self, const char* why = "dropped by the controller; rejoining") {
   auto& st = self->state;
   if (st.id == 0) return;  // already rejoining
-  std::fprintf(stderr, "strata node %s: dropped by the controller; rejoining\n", st.cfg.name.c_str());
+  std::fprintf(stderr, "strata node %s: %s\n", st.cfg.name.c_str(), why);
   st.id = 0;
   std::vector<uint32_t> ids;
   for (auto& [id, h] : st.hosted) ids.push_back(id);
@@ -538,6 +539,47 @@ void rejoin(node_actor* self) {
   st.held.clear();
   st.orphan_loads.clear();
   join(self);
+}
+
+// The controller is gone for good: the node serves its instances on until their scalers end
+// them, then stops (unhost_instance), or stops now when it hosts none.
+void without_controller(node_actor* self, const std::string& why,
+                        caf::error reason = caf::exit_reason::remote_link_unreachable) {
+  auto& st = self->state;
+  if (st.hosted.empty()) {
+    std::fprintf(stderr, "strata node %s: controller lost (%s); stopping\n", st.cfg.name.c_str(), why.c_str());
+    self->quit(std::move(reason));
+    return;
+  }
+  std::fprintf(stderr, "strata node %s: controller lost (%s); serving its %zu instance(s) on until their scalers end\n",
+               st.cfg.name.c_str(), why.c_str(), st.hosted.size());
+}
+
+// Dials the controller again, every reconnect_pause, up to `left` times. Reached: this node
+// joins again as a fresh member (the controller wrote off what it ran when the connection
+// dropped) and its mesh of direct connections starts over. Not reached: without_controller.
+void reconnect(node_actor* self, std::string why, int left) {
+  auto& st = self->state;
+  auto hp = split_host_port(st.cfg.controller);
+  if (!hp) return without_controller(self, why);
+  auto mm = control_dialer(self->home_system());
+  auto retry = [=](const std::string& e) {
+    if (left > 1) return self->delayed_send(self, reconnect_pause, reconnect_atom::value, why, left - 1);
+    without_controller(self, why + "; " + std::to_string(reconnect_attempts) + " attempts to reconnect failed, the last: " + e);
+  };
+  self->request(mm, reconnect_pause * 4, caf::connect_atom::value, hp->first, hp->second)
+      .then(
+          [=](const caf::node_id&, const caf::strong_actor_ptr& p, const std::set<std::string>&) {
+            auto c = caf::actor_cast<caf::actor>(p);
+            if (!c) return retry("no actor published there");
+            auto& st = self->state;
+            st.controller = c;
+            st.controller_lost = false;
+            self->monitor(c);
+            spawn_mesh(self->home_system(), c, st.cfg.name);
+            rejoin(self, "reconnected to the controller; joining again as a fresh member");
+          },
+          [=](caf::error& e) { retry(self->system().render(e)); });
 }
 
 caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
@@ -557,25 +599,24 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
       return;
     }
     // Instances here serve on without the controller (their clients reach this process
-    // directly): the node stays until their scalers end them, then stops.
+    // directly); transfers cannot finish without its plan and repairs.
     auto& st = self->state;
     st.controller_lost = true;
-    if (st.hosted.empty()) {
-      std::fprintf(stderr, "strata node %s: controller lost (%s); stopping\n", st.cfg.name.c_str(),
-                   caf::to_string(dm.reason).c_str());
-      self->quit(dm.reason);
-      return;
-    }
-    std::fprintf(stderr, "strata node %s: controller lost (%s); serving its %zu instance(s) on until their scalers end\n",
-                 st.cfg.name.c_str(), caf::to_string(dm.reason).c_str(), st.hosted.size());
-    // Transfers cannot finish without the controller's plan and repairs.
     abort_all_transfers(self);
+    if (dm.reason == caf::exit_reason::user_shutdown || dm.reason == caf::exit_reason::normal || st.cfg.controller.empty())
+      return without_controller(self, caf::to_string(dm.reason), dm.reason);
+    // A lost connection may be only the connection: the controller may be alive (a link reset
+    // under load). Dial it again before concluding it is gone.
+    std::fprintf(stderr, "strata node %s: connection to the controller lost (%s); reconnecting\n", st.cfg.name.c_str(),
+                 caf::to_string(dm.reason).c_str());
+    reconnect(self, caf::to_string(dm.reason), reconnect_attempts);
   });
   join(self);
   heartbeat(self);
   return {
       [=](heartbeat_atom, uint32_t) { heartbeat(self); },
       [=](rejoin_atom) { rejoin(self); },
+      [=](reconnect_atom, const std::string& why, int left) { reconnect(self, why, left); },
       [=](tabort_atom, uint64_t tid, const std::string&) { abort_transfer(self, tid); },
       [=](tabort_atom, uint64_t tid) { self->state.retired.erase(tid); },
       [=](transfer_atom, const std::vector<uint8_t>& plan) {
@@ -724,6 +765,7 @@ struct controller_state {
   node_id next_id = 1;
   uint64_t next_tid = 1;
   clock::time_point last_check = clock::now();  // of the heartbeat check: late means the controller stalled
+  std::set<node_id> told_rejoin;  // dropped nodes heard from again (logged once each)
   static inline const char* name = "strata.controller";
 };
 
@@ -951,9 +993,15 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
   return {
       [=](join_atom, node_info& info, caf::actor& handle) -> caf::result<uint32_t> {
         auto& st = self->state;
-        for (auto& [id, e] : st.nodes)
-          if (e.info.name == info.name)
+        for (auto& [id, e] : st.nodes) {
+          if (e.info.name != info.name) continue;
+          if (e.handle != handle)
             return make_caf_error(errc::bad_request, "a node named '" + info.name + "' is already in the cluster");
+          // The same node joins again (its connection dropped and it dialled back before this
+          // side noticed): what it had is written off as for a lost node; it starts afresh.
+          node_lost(self, id, "it joined again after losing its connection");
+          break;
+        }
         info.id = st.next_id++;
         self->monitor(handle);
         st.nodes[info.id] = node_entry{info, handle, clock::now(), {}};
@@ -966,7 +1014,11 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
           return;
         }
         // A node dropped earlier that is alive after all (it was frozen): it starts over.
-        if (auto n = caf::actor_cast<caf::actor>(self->current_sender())) self->send(n, rejoin_atom::value);
+        auto n = caf::actor_cast<caf::actor>(self->current_sender());
+        if (self->state.told_rejoin.insert(id).second)
+          std::fprintf(stderr, "strata controller: heartbeat from dropped node id %u%s; telling it to rejoin\n", id,
+                       n ? "" : " (no sender to answer)");
+        if (n) self->send(n, rejoin_atom::value);
       },
       [=](hbcheck_atom) {
         auto& st = self->state;

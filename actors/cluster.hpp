@@ -37,6 +37,11 @@ using ttimeout_atom = caf::atom_constant<caf::atom("ttimeout")>;
 using tabort_atom = caf::atom_constant<caf::atom("tabort")>;
 // (rejoin_atom): controller -> a node it dropped that is heard from again: start over and join.
 using rejoin_atom = caf::atom_constant<caf::atom("rejoin")>;
+// (reconnect_atom, why, attempts left): a node to itself, dialling a controller whose connection
+// dropped; reconnect_attempts tries, reconnect_pause apart, before it counts the controller lost.
+using reconnect_atom = caf::atom_constant<caf::atom("reconnect")>;
+constexpr int reconnect_attempts = 10;
+constexpr std::chrono::milliseconds reconnect_pause{500};
 using pump_atom = caf::atom_constant<caf::atom("pump")>;
 using stall_atom = caf::atom_constant<caf::atom("stall")>;
 using instance_atom = caf::atom_constant<caf::atom("instance")>;

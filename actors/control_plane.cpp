@@ -84,6 +84,10 @@ expected<caf::actor> connect_control(caf::actor_system& sys, const std::string& 
   return explain(std::move(at->result));
 }
 
+caf::io::middleman_actor control_dialer(caf::actor_system& sys) {
+  return sys.has_openssl_manager() ? sys.openssl_manager().actor_handle() : sys.middleman().actor_handle();
+}
+
 namespace {
 
 struct mesh_state {
@@ -97,8 +101,7 @@ void mesh_tick(caf::stateful_actor<mesh_state>* self, caf::actor controller, std
           [=](const cluster_view& v) {
             auto& st = self->state;
             std::set<std::string> listed;
-            auto mm = self->home_system().has_openssl_manager() ? self->home_system().openssl_manager().actor_handle()
-                                                                : self->home_system().middleman().actor_handle();
+            auto mm = control_dialer(self->home_system());
             for (auto& n : v.nodes) {
               if (n.control_address.empty() || n.name == self_name) continue;
               auto key = n.name + "@" + n.control_address;

@@ -34,6 +34,11 @@ expected<uint16_t> publish_control(caf::actor_system& sys, const caf::actor& a, 
 expected<caf::actor> connect_control(caf::actor_system& sys, const std::string& where, std::chrono::seconds patience,
                                      bool detach);
 
+// The actor that dials control-plane peers without blocking: (connect_atom, host, port) ->
+// (node_id, strong_actor_ptr of the published actor, interfaces); TLS when the system has an
+// identity.
+caf::io::middleman_actor control_dialer(caf::actor_system& sys);
+
 // Keeps a direct control-plane connection from this process to every member the controller
 // lists with a control address (other than `self_name`; the driver passes ""), checking the view
 // every second. CAF then routes to a node's actors over that connection rather than through the

@@ -312,8 +312,12 @@ TEST_CASE("batcher: a stage lost during prefill re-admits its request on the oth
   auto id = h.admit({1, 3, 4, 5}, 2);
   auto s = only<act::step>(h.run());
   REQUIRE(s.size() == 1);
+  CHECK(s[0].route == 1);
+  h.b.on_step(s[0].id, answer(s[0], ten));  // half the prompt is in route 1's cache
+  s = only<act::step>(h.b.take_actions());
+  REQUIRE(s.size() == 1);
   const auto first = s[0];
-  CHECK(first.route == 1);
+  CHECK(first.rows.pos == std::vector<int32_t>{2, 3});
   h.b.on_stage_lost(11, "node a died");
   auto a = h.b.take_actions();
   auto again = only<act::step>(a);
