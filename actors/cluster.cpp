@@ -13,6 +13,7 @@
 #include "actors/control_plane.hpp"
 #include "actors/stages.hpp"
 #include "dataflow/files.hpp"
+#include "dataflow/cluster/transfer_session.hpp"
 #include "dataflow/model/manifest.hpp"
 
 namespace strata {
@@ -74,20 +75,13 @@ struct hosted_instance {
   std::vector<bool> loaded;   // per segment
 };
 
+// One multicast this node takes part in: the session (dataflow/cluster/transfer_session.hpp)
+// decides, the node moves bytes and messages.
 struct transfer_state {
-  transfer_plan plan;
-  std::shared_ptr<host_buffer> image;
-  bool target = false;
-  std::vector<uint8_t> have;
-  std::vector<int> tree_of;   // chunk -> tree index
-  std::vector<int> seg_left;  // chunks still missing per segment
-  uint32_t remaining = 0;
-  uint32_t refetched = 0;
+  std::shared_ptr<host_buffer> image;  // where chunks land (target) or are read from (holder)
+  transfer_session s;
   clock::time_point t0;
-  std::set<int> corrupt_once;
-  std::set<int> drop_once;
-  clock::time_point last_progress;
-  bool finished = false;
+  const transfer_plan& plan() const { return s.plan(); }
 };
 
 struct node_state {
@@ -127,8 +121,8 @@ using node_actor = caf::stateful_actor<node_state>;
 expected<transport::peer_id> peer_for(node_actor* self, transfer_state& t, node_id to) {
   auto& st = self->state;
   if (auto it = st.peers.find(to); it != st.peers.end()) return it->second;
-  auto addr = t.plan.peers.find(to);
-  if (addr == t.plan.peers.end()) return make_error("no UCX address for node " + std::to_string(to));
+  auto addr = t.plan().peers.find(to);
+  if (addr == t.plan().peers.end()) return make_error("no UCX address for node " + std::to_string(to));
   auto p = st.ucx->connect(addr->second);
   if (!p) return p.err();
   st.peers[to] = *p;
@@ -139,15 +133,17 @@ expected<transport::peer_id> peer_for(node_actor* self, transfer_state& t, node_
 // connection is wired up while every peer is alive (see ucx_endpoint::connect). Failures are
 // left to the controller, which notices a dead peer and repairs the plan.
 void connect_children(node_actor* self, transfer_state& t) {
-  for (auto& tree : t.plan.plan.trees)
+  for (auto& tree : t.plan().plan.trees)
     for (auto child : tree.children_of(self->state.id)) (void)peer_for(self, t, child);
 }
 
 void ucx_send_chunk(node_actor* self, uint64_t tid, uint32_t idx, node_id to) {
-  auto& t = self->state.transfers[tid];
+  auto it = self->state.transfers.find(tid);
+  if (it == self->state.transfers.end() || idx >= it->second.plan().chunks.size()) return;
+  auto& t = it->second;
   auto peer = peer_for(self, t, to);
   if (!peer) return;  // the controller notices a dead peer and repairs the plan
-  const auto& c = t.plan.chunks[idx];
+  const auto& c = t.plan().chunks[idx];
   auto image = t.image;  // keeps the bytes alive until UCX is done with them
   self->state.ucx->send(*peer, header_bytes(tid, idx), image->data() + c.offset, c.length,
                         [image](status) {});
@@ -170,19 +166,13 @@ void pump(node_actor* self) {
     auto q = st.sendq.front();
     st.sendq.pop_front();
     auto it = st.transfers.find(q.tid);
-    if (it == st.transfers.end() || q.idx >= it->second.plan.chunks.size()) continue;
+    if (it == st.transfers.end() || q.idx >= it->second.plan().chunks.size()) continue;
     ucx_send_chunk(self, q.tid, q.idx, q.to);
-    double secs = double(it->second.plan.chunks[q.idx].length) / (st.cfg.throttle_mb_s * 1e6);
+    double secs = double(it->second.plan().chunks[q.idx].length) / (st.cfg.throttle_mb_s * 1e6);
     self->delayed_send(self, std::chrono::microseconds(int64_t(secs * 1e6)), pump_atom::value);
     return;
   }
   st.pumping = false;
-}
-
-void forward(node_actor* self, uint64_t tid, uint32_t idx) {
-  auto& t = self->state.transfers[tid];
-  const auto& tree = t.plan.plan.trees[size_t(t.tree_of[idx])];
-  for (auto child : tree.children_of(self->state.id)) send_chunk(self, tid, idx, child);
 }
 
 // memory_gb is what a node offers for parameters: held copies and images being received count
@@ -205,6 +195,8 @@ std::string over_memory(node_actor* self, uint64_t more, const std::string& what
   return buf;
 }
 
+void run_transfer(node_actor* self, uint64_t tid);
+
 void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
   auto& st = self->state;
   auto plan = decode_plan(bytes.data(), bytes.size());
@@ -213,60 +205,41 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
     return;
   }
   uint64_t tid = plan->id;
-  auto& t = st.transfers[tid];
-  t.plan = std::move(*plan);
-  t.t0 = clock::now();
-  t.target = t.plan.is_target(st.id);
-  t.tree_of.assign(t.plan.chunks.size(), 0);
-  for (size_t i = 0; i < t.plan.plan.trees.size(); ++i)
-    for (auto c : t.plan.plan.trees[i].chunks) t.tree_of[c] = int(i);
-  for (auto c : st.cfg.corrupt_chunks) t.corrupt_once.insert(c);
-  for (auto c : st.cfg.drop_chunks) t.drop_once.insert(c);
-  t.last_progress = clock::now();
-  if (t.target) {
-    if (auto why = over_memory(self, t.plan.image_bytes, "the parameters of " + t.plan.model); !why.empty()) {
-      st.transfers.erase(tid);
+  if (st.transfers.count(tid)) return;  // a plan delivered twice
+  std::shared_ptr<host_buffer> image;
+  if (plan->is_target(st.id)) {
+    if (auto why = over_memory(self, plan->image_bytes, "the parameters of " + plan->model); !why.empty()) {
       self->send(st.controller, tfail_atom::value, tid, st.id, why);
       return;
     }
-    auto buf = host_buffer::allocate(t.plan.image_bytes);
+    auto buf = host_buffer::allocate(plan->image_bytes);
     if (!buf) {
-      st.transfers.erase(tid);
       self->send(st.controller, tfail_atom::value, tid, st.id, "target cannot hold the image: " + buf.message());
       return;
     }
-    t.image = std::make_shared<host_buffer>(std::move(*buf));
-    t.have.assign(t.plan.chunks.size(), 0);
-    t.remaining = uint32_t(t.plan.chunks.size());
-    for (auto& c : t.plan.chunks) {
-      if (size_t(c.segment) >= t.seg_left.size()) t.seg_left.resize(size_t(c.segment) + 1, 0);
-      ++t.seg_left[size_t(c.segment)];
-    }
+    image = std::make_shared<host_buffer>(std::move(*buf));
+  } else {
+    auto h = st.held.find(plan->model);
+    if (h == st.held.end() || h->second.image->size() != plan->image_bytes) return;  // not a holder: idle spare
+    image = h->second.image;
+  }
+  transfer_faults faults;
+  faults.corrupt_once.insert(st.cfg.corrupt_chunks.begin(), st.cfg.corrupt_chunks.end());
+  faults.drop_once.insert(st.cfg.drop_chunks.begin(), st.cfg.drop_chunks.end());
+  auto now = clock::now();
+  auto& t = st.transfers
+                .emplace(tid, transfer_state{image, transfer_session(std::move(*plan), st.id, image->data(), now, faults), now})
+                .first->second;
+  if (t.s.target()) {
     std::lock_guard<std::mutex> g(st.zone->mu);
     auto& z = st.zone->transfers[tid];
     z.image = t.image->data();
-    for (auto& c : t.plan.chunks) z.ranges.emplace_back(c.offset, c.length);
+    for (auto& c : t.plan().chunks) z.ranges.emplace_back(c.offset, c.length);
     self->delayed_send(self, std::chrono::milliseconds(st.cfg.stall_ms), stall_atom::value, tid);
-    connect_children(self, t);
-    return;
   }
-  auto h = st.held.find(t.plan.model);
-  if (h == st.held.end() || h->second.image->size() != t.plan.image_bytes) return;  // not a holder: idle spare
-  t.image = h->second.image;
   connect_children(self, t);
-  // Round-robin over the trees rooted here, so with a block plan every target starts receiving
-  // its own block at once instead of waiting behind the blocks before it.
-  std::vector<const forward_tree*> mine;
-  size_t longest = 0;
-  for (auto& tree : t.plan.plan.trees)
-    if (tree.root == st.id) {
-      mine.push_back(&tree);
-      longest = std::max(longest, tree.chunks.size());
-    }
-  for (size_t k = 0; k < longest; ++k)
-    for (auto* tree : mine)
-      if (k < tree->chunks.size())
-        for (auto child : tree->children_of(st.id)) send_chunk(self, tid, tree->chunks[k], child);
+  t.s.start();
+  run_transfer(self, tid);
 }
 
 // Hands a segment that landed to a hosted instance: the globals become its head and tail, a
@@ -356,9 +329,9 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   }
   // Segments of a running transfer that landed before the instance was asked for.
   for (auto& [tid, t] : st.transfers)
-    if (t.target && !t.finished && t.plan.model == model)
-      for (size_t sgm = 0; sgm < t.seg_left.size(); ++sgm)
-        if (t.seg_left[sgm] == 0) feed_instance(self, id, placed, t.image->data(), int32_t(sgm));
+    if (t.s.target() && !t.s.finished() && t.plan().model == model)
+      for (size_t sgm = 0; sgm < t.s.segments(); ++sgm)
+        if (t.s.segment_complete(sgm)) feed_instance(self, id, placed, t.image->data(), int32_t(sgm));
   return out;
 }
 
@@ -371,7 +344,7 @@ void drop_copy_if_unused(node_actor* self, const std::string& model) {
   auto held = st.held.find(model);
   if (held == st.held.end() || held->second.host_copy) return;
   st.held.erase(held);
-  std::erase_if(st.transfers, [&](auto& kv) { return kv.second.finished && kv.second.plan.model == model; });
+  std::erase_if(st.transfers, [&](auto& kv) { return kv.second.s.finished() && kv.second.plan().model == model; });
   self->send(st.controller, unhold_atom::value, st.id, model);
 }
 
@@ -391,43 +364,42 @@ void unhost_instance(node_actor* self, uint32_t id) {
   }
 }
 
-void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
+// Carries out what transfer `tid`'s session decided: sends, re-fetch requests, segments and the
+// whole image handed on.
+void run_transfer(node_actor* self, uint64_t tid) {
   auto& st = self->state;
   auto it = st.transfers.find(tid);
   if (it == st.transfers.end()) return;
   auto& t = it->second;
-  if (!t.target || t.finished || idx >= t.have.size() || t.have[idx]) return;  // duplicate
-  const auto& c = t.plan.chunks[idx];
-  if (t.drop_once.erase(int(idx))) return;  // fault injection: as if it never arrived
-  if (ok && t.corrupt_once.erase(int(idx))) t.image->data()[c.offset + c.length / 2] ^= 0x5a;  // fault injection
-  if (!ok || checksum64(t.image->data() + c.offset, c.length) != c.checksum) {
-    ++t.refetched;
-    self->send(st.controller, refetch_atom::value, tid, idx, st.id,
-               std::string(ok ? "checksum mismatch" : "receive failed"));
-    return;
-  }
-  t.have[idx] = 1;
-  --t.remaining;
-  t.last_progress = clock::now();
-  forward(self, tid, idx);
-  if (--t.seg_left[size_t(c.segment)] == 0) {
-    self->send(st.controller, ready_atom::value, tid, st.id, c.segment);
-    for (auto& [id, h] : st.hosted)
-      if (h.model == t.plan.model) feed_instance(self, id, h, t.image->data(), c.segment);
-  }
-  if (t.remaining == 0) {
-    t.finished = true;
-    held_model hm;
-    hm.manifest = t.plan.manifest;
-    hm.image = t.image;
-    st.held[t.plan.model] = std::move(hm);
-    {
-      std::lock_guard<std::mutex> g(st.zone->mu);
-      st.zone->transfers.erase(tid);
+  for (auto& a : t.s.take_actions()) {
+    if (auto* s = std::get_if<xfer::send>(&a)) {
+      send_chunk(self, tid, s->chunk, s->to);
+    } else if (auto* r = std::get_if<xfer::refetch>(&a)) {
+      self->send(st.controller, refetch_atom::value, tid, r->chunk, st.id, r->why);
+    } else if (auto* g = std::get_if<xfer::segment_ready>(&a)) {
+      self->send(st.controller, ready_atom::value, tid, st.id, g->segment);
+      for (auto& [id, h] : st.hosted)
+        if (h.model == t.plan().model) feed_instance(self, id, h, t.image->data(), g->segment);
+    } else if (auto* f = std::get_if<xfer::finished>(&a)) {
+      held_model hm;
+      hm.manifest = t.plan().manifest;
+      hm.image = t.image;
+      st.held[t.plan().model] = std::move(hm);
+      {
+        std::lock_guard<std::mutex> g(st.zone->mu);
+        st.zone->transfers.erase(tid);
+      }
+      self->send(st.controller, tdone_atom::value, tid, st.id, uint64_t(t.plan().image_bytes), since(t.t0), f->refetched);
+      if (st.orphan_loads.erase(t.plan().model)) drop_copy_if_unused(self, t.plan().model);
     }
-    self->send(st.controller, tdone_atom::value, tid, st.id, uint64_t(t.plan.image_bytes), since(t.t0), t.refetched);
-    if (st.orphan_loads.erase(t.plan.model)) drop_copy_if_unused(self, t.plan.model);
   }
+}
+
+void on_chunk(node_actor* self, uint64_t tid, uint32_t idx, bool ok) {
+  auto it = self->state.transfers.find(tid);
+  if (it == self->state.transfers.end()) return;
+  it->second.s.on_chunk(idx, ok, clock::now());
+  run_transfer(self, tid);
 }
 
 // The controller gave up on a transfer: stop sending it, and drop what landed of it. UCX may still
@@ -437,9 +409,9 @@ void abort_transfer(node_actor* self, uint64_t tid) {
   auto it = st.transfers.find(tid);
   if (it == st.transfers.end()) return;
   auto& t = it->second;
-  std::string model = t.plan.model;
-  bool finished = t.finished;
-  if (t.target && !finished) {
+  std::string model = t.plan().model;
+  bool finished = t.s.finished();
+  if (t.s.target() && !finished) {
     {
       std::lock_guard<std::mutex> g(st.zone->mu);
       st.zone->transfers.erase(tid);
@@ -629,22 +601,9 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         // No chunk for stall_ms while some are missing: they were lost; ask for them again.
         auto& st = self->state;
         auto it = st.transfers.find(tid);
-        if (it == st.transfers.end() || it->second.finished) return;
-        auto& t = it->second;
-        // Until a first chunk lands the sources may still be starting (the controller waits for
-        // every target to prepare), so a busy machine gets a longer grace before "lost".
-        bool streaming = t.remaining < t.have.size();
-        double quiet_ms = streaming ? st.cfg.stall_ms : std::max(10.0 * st.cfg.stall_ms, 5000.0);
-        if (since(t.last_progress) * 1000 >= quiet_ms) {
-          int asked = 0;
-          for (uint32_t i = 0; i < t.have.size() && asked < 64; ++i)
-            if (!t.have[i]) {
-              ++asked;
-              ++t.refetched;
-              self->send(st.controller, refetch_atom::value, tid, i, st.id, std::string("lost"));
-            }
-          t.last_progress = clock::now();
-        }
+        if (it == st.transfers.end() || it->second.s.finished()) return;
+        it->second.s.on_stall(clock::now(), std::chrono::milliseconds(st.cfg.stall_ms));
+        run_transfer(self, tid);
         self->delayed_send(self, std::chrono::milliseconds(st.cfg.stall_ms), stall_atom::value, tid);
       },
       [=](chunks_atom, const std::string& model, uint64_t chunk_bytes,
@@ -660,30 +619,19 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
       },
       [=](refetch_atom, uint64_t tid, uint32_t idx, uint32_t requester) {
         auto it = self->state.transfers.find(tid);
-        if (it == self->state.transfers.end() || idx >= it->second.plan.chunks.size()) return;
-        bool have = !it->second.target || it->second.have[idx];
-        if (have) send_chunk(self, tid, idx, requester);
-        // else: it is forwarded the moment it lands here
+        if (it == self->state.transfers.end()) return;
+        it->second.s.on_refetch(idx, requester);
+        run_transfer(self, tid);
       },
       [=](missing_atom, uint64_t tid) -> std::vector<uint32_t> {
-        std::vector<uint32_t> out;
         auto it = self->state.transfers.find(tid);
-        if (it == self->state.transfers.end()) return out;
-        for (uint32_t i = 0; i < it->second.have.size(); ++i)
-          if (!it->second.have[i]) out.push_back(i);
-        return out;
+        return it == self->state.transfers.end() ? std::vector<uint32_t>{} : it->second.s.missing();
       },
       [=](adopt_atom, uint64_t tid, uint32_t tree, uint32_t child, const std::vector<uint32_t>& missing) {
         auto it = self->state.transfers.find(tid);
-        if (it == self->state.transfers.end() || tree >= it->second.plan.plan.trees.size()) return;
-        auto& t = it->second;
-        auto& ft = t.plan.plan.trees[tree];
-        if (ft.root != self->state.id && !t.target) ft.root = self->state.id;  // a spare source takes over
-        ft.children[self->state.id].push_back(child);
-        ft.parent[child] = self->state.id;
-        for (auto c : missing)
-          if (c < t.plan.chunks.size() && size_t(t.tree_of[c]) == tree && (!t.target || t.have[c]))
-            send_chunk(self, tid, c, child);
+        if (it == self->state.transfers.end()) return;
+        it->second.s.on_adopt(tree, child, missing);
+        run_transfer(self, tid);
       },
       [=](instance_atom, instance_spec& s) {
         return host_instance(self, s.model, s.manifest, s.id, device_model{s.layer_s, s.per_row_s}, s.local_mb_s,

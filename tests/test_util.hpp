@@ -9,10 +9,21 @@
 #include <string>
 #include <stdexcept>
 #include <unistd.h>
+#include <variant>
+#include <vector>
 
 #include "dataflow/model/model.hpp"
 
 namespace strata::test {
+
+// The actions of one kind among a sans-IO object's actions (a vector of std::variant), in order.
+template <class T, class Variants>
+std::vector<T> only(const Variants& actions) {
+  std::vector<T> out;
+  for (auto& x : actions)
+    if (auto* p = std::get_if<T>(&x)) out.push_back(*p);
+  return out;
+}
 
 // The shared data: $STRATA_DATA_DIR when set (a data folder elsewhere, without reconfiguring),
 // else the folder CMake was configured with (-DSTRATA_DATA_DIR, default ../shared/data).

@@ -31,9 +31,6 @@ std::vector<uint8_t> encode_plan(const transfer_plan& p);
 // names known chunks; an error says which check failed.
 expected<transfer_plan> decode_plan(const uint8_t* data, size_t size);
 
-// A chunk table as the node that cuts it sends it (five integers per chunk), and back: chunk i
-// must have index i, and offset + length must not overflow. `image_bytes` is the end of the
-// last-ending chunk.
 // A chunk table from another process, checked before use: indices 0, 1, 2, ... in order,
 // segments not negative, non-empty ranges whose ends do not overflow. Sets image_bytes to the
 // furthest end.

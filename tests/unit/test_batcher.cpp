@@ -7,6 +7,8 @@
 
 #include "dataflow/serving/batcher.hpp"
 
+#include "../test_util.hpp"
+
 using namespace strata;
 
 namespace {
@@ -51,13 +53,7 @@ struct harness {
   }
 };
 
-template <class T>
-std::vector<T> only(const std::vector<batcher_action>& a) {
-  std::vector<T> out;
-  for (auto& x : a)
-    if (auto* p = std::get_if<T>(&x)) out.push_back(*p);
-  return out;
-}
+using test::only;
 
 // What the route gives back: per wanted row the token `sample(seq, pos)`, the RNG advanced by one.
 step_return answer(const act::step& s, const std::function<int32_t(seq_id, int32_t)>& sample) {
