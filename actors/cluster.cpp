@@ -679,21 +679,6 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
 // ---------------------------------------------------------------------------------------------
 // Controller
 
-struct node_entry {
-  node_info info;
-  caf::actor handle;
-  clock::time_point last_seen;
-  std::set<caf::actor> watchers;  // scalers with instances here: told when the node is lost
-};
-
-struct model_entry {
-  std::vector<uint8_t> manifest;
-  std::set<node_id> host_copies;                // at most cfg.host_copies
-  std::set<node_id> instances;                  // nodes that received all parameters
-  std::map<node_id, std::set<int32_t>> partial; // nodes loading: segments ready so far
-  int segments = 0;
-};
-
 struct active_transfer {
   transfer_plan plan;
   caf::response_promise rp;
@@ -705,29 +690,34 @@ struct active_transfer {
   int64_t timeout_ms = 0;
 };
 
+// A member's actor side: what the book (dataflow/cluster/cluster_book.hpp) does not hold.
+struct member_link {
+  caf::actor handle;
+  std::set<caf::actor> watchers;  // scalers with instances there: told when the node is lost
+};
+
 struct controller_state {
   node_config cfg;
-  std::map<node_id, node_entry> nodes;
-  std::map<std::string, model_entry> models;
+  std::optional<cluster_book> book;  // members, health, holdings, placement
+  std::map<node_id, member_link> links;
   std::map<uint64_t, active_transfer> transfers;
-  node_id next_id = 1;
   uint64_t next_tid = 1;
-  clock::time_point last_check = clock::now();  // of the heartbeat check: late means the controller stalled
   std::set<node_id> told_rejoin;  // dropped nodes heard from again (logged once each)
   static inline const char* name = "strata.controller";
 };
 
 using controller_actor = caf::stateful_actor<controller_state>;
 
-std::string node_name(controller_actor* self, node_id n) {
-  auto it = self->state.nodes.find(n);
-  return it == self->state.nodes.end() ? "n" + std::to_string(n) : it->second.info.name;
+std::string node_name(controller_actor* self, node_id n) { return self->state.book->name_of(n); }
+
+member_link* node_named(controller_actor* self, const std::string& name) {
+  auto id = self->state.book->named(name);
+  return id ? &self->state.links.at(*id) : nullptr;
 }
 
-node_entry* node_named(controller_actor* self, const std::string& name) {
-  for (auto& [id, e] : self->state.nodes)
-    if (e.info.name == name) return &e;
-  return nullptr;
+caf::actor handle_of(controller_actor* self, node_id n) {
+  auto it = self->state.links.find(n);
+  return it == self->state.links.end() ? caf::actor{} : it->second.handle;
 }
 
 // Asks the node called `name` and hands its answer (or error) to the requester.
@@ -753,7 +743,7 @@ void finish_if_done(controller_actor* self, uint64_t tid) {
 
 void fail_target(controller_actor* self, active_transfer& t, node_id n, const std::string& why) {
   if (!t.pending.erase(n)) return;
-  self->state.models[t.plan.model].partial.erase(n);  // a half-loaded image is not a holding
+  self->state.book->load_failed(t.plan.model, n);  // a half-loaded image is not a holding
   auto& row = t.report.targets[t.row[n]];
   row.ok = false;
   row.error = why;
@@ -762,17 +752,13 @@ void fail_target(controller_actor* self, active_transfer& t, node_id n, const st
 
 void node_lost(controller_actor* self, node_id n, const std::string& why) {
   auto& st = self->state;
-  auto it = st.nodes.find(n);
-  if (it == st.nodes.end()) return;
-  std::string name = it->second.info.name;
+  std::string name = st.book->lose(n);
+  if (name.empty()) return;
   // Operators (and a failing test's log) see every node the cluster drops, and why.
   std::fprintf(stderr, "strata controller: node %s dropped: %s\n", name.c_str(), why.c_str());
-  for (auto& w : it->second.watchers) self->send(w, nodelost_atom::value, name, why);
-  st.nodes.erase(it);
-  for (auto& [_, m] : st.models) {
-    m.host_copies.erase(n);
-    m.instances.erase(n);
-    m.partial.erase(n);
+  if (auto l = st.links.find(n); l != st.links.end()) {
+    for (auto& w : l->second.watchers) self->send(w, nodelost_atom::value, name, why);
+    st.links.erase(l);
   }
   std::vector<uint64_t> touched;
   for (auto& [tid, t] : st.transfers) {
@@ -791,13 +777,12 @@ void node_lost(controller_actor* self, node_id n, const std::string& why) {
     for (auto& a : *adoptions) {
       t.report.events.push_back(node_name(self, a.child) + " adopted by " + node_name(self, a.parent) + " (tree " +
                                 std::to_string(a.tree) + ")");
-      auto child = st.nodes.find(a.child), parent = st.nodes.find(a.parent);
-      if (child == st.nodes.end() || parent == st.nodes.end()) continue;
-      auto parent_handle = parent->second.handle;
+      auto child = handle_of(self, a.child), parent_handle = handle_of(self, a.parent);
+      if (!child || !parent_handle) continue;
       uint64_t id = tid;
       uint32_t tree = uint32_t(a.tree), kid = a.child;
       // Ask the orphan what it lacks, then have its new parent send exactly that.
-      self->request(child->second.handle, std::chrono::seconds(10), missing_atom::value, id)
+      self->request(child, std::chrono::seconds(10), missing_atom::value, id)
           .then([=](const std::vector<uint32_t>& missing) {
                   self->send(parent_handle, adopt_atom::value, id, tree, kid, missing);
                 },
@@ -809,41 +794,21 @@ void node_lost(controller_actor* self, node_id n, const std::string& why) {
 
 void start_multicast(controller_actor* self, multicast_request req, caf::response_promise rp) {
   auto& st = self->state;
-  auto mit = st.models.find(req.model);
-  if (mit == st.models.end()) return rp.deliver(make_caf_error(errc::bad_request, "no node holds model " + req.model));
   auto kind = parse_plan_kind(req.plan);
   if (!kind) return rp.deliver(make_caf_error(errc::bad_request, kind.message()));
-  // A target that holds the model, or is receiving it, would get every byte again.
-  std::vector<node_id> targets;
-  const auto& me = mit->second;
-  for (auto& name : req.targets) {
-    auto* e = node_named(self, name);
-    if (!e) return rp.deliver(make_caf_error(errc::bad_request, "unknown target node '" + name + "'"));
-    auto id = e->info.id;
-    if (std::find(targets.begin(), targets.end(), id) != targets.end())
-      return rp.deliver(make_caf_error(errc::bad_request, "target node '" + name + "' named twice"));
-    if (!req.resend && (me.host_copies.count(id) || me.instances.count(id)))
-      return rp.deliver(make_caf_error(errc::bad_request, "node '" + name + "' already holds " + req.model));
+  auto receiving = [&](node_id n) -> std::optional<uint64_t> {
     for (auto& [tid, t] : st.transfers)
-      if (t.plan.model == req.model && t.pending.count(id))
-        return rp.deliver(make_caf_error(errc::bad_request, "node '" + name + "' is already receiving " + req.model +
-                                                            " (transfer " + std::to_string(tid) + ")"));
-    targets.push_back(id);
-  }
-  for (auto& name : req.busy)
-    if (!node_named(self, name)) return rp.deliver(make_caf_error(errc::bad_request, "busy: unknown node '" + name + "'"));
-  std::vector<source_info> sources;
-  std::set<node_id> holders(mit->second.host_copies);
-  holders.insert(mit->second.instances.begin(), mit->second.instances.end());
-  for (auto h : holders) {
-    // A holder the cluster view no longer lists (dropped, then heard from late) is no source.
-    if (!st.nodes.count(h) || std::find(targets.begin(), targets.end(), h) != targets.end()) continue;
-    bool busy = std::find(req.busy.begin(), req.busy.end(), node_name(self, h)) != req.busy.end();
-    sources.push_back({h, busy});
-  }
-  if (sources.empty()) return rp.deliver(make_caf_error(errc::unavailable, "no live holder of " + req.model));
-  auto first = st.nodes.at(sources.front().node).handle;
-  auto manifest = mit->second.manifest;
+      if (t.plan.model == req.model && t.pending.count(n)) return tid;
+    return std::nullopt;
+  };
+  auto targets_or = st.book->targets(req, receiving);
+  if (!targets_or) return rp.deliver(to_caf(targets_or.err()));
+  auto targets = *targets_or;
+  auto sources_or = st.book->sources(req, targets);
+  if (!sources_or) return rp.deliver(to_caf(sources_or.err()));
+  auto sources = *sources_or;
+  auto first = handle_of(self, sources.front().node);
+  auto manifest = *st.book->manifest(req.model);
   self->request(first, std::chrono::seconds(60), chunks_atom::value, req.model, req.chunk_bytes, req.segment_order)
       .then(
           [=](std::vector<chunk_desc>& chunks) mutable {
@@ -869,7 +834,7 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
             std::set<node_id> involved(targets.begin(), targets.end());
             for (auto& s : sources) involved.insert(s.node);
             for (auto n : involved)
-              if (st.nodes.count(n)) tp.peers[n] = st.nodes[n].info.ucx_address;
+              if (auto* i = st.book->find(n)) tp.peers[n] = i->ucx_address;
             active_transfer t;
             t.plan = tp;
             t.rp = rp;
@@ -902,13 +867,13 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
                 it->second.report.setup_seconds = since(it->second.t0);
               }
               for (auto& s : sources)
-                if (st.nodes.count(s.node))
-                  self->request(st.nodes[s.node].handle, std::chrono::seconds(10), transfer_atom::value, bytes)
+                if (auto h = handle_of(self, s.node))
+                  self->request(h, std::chrono::seconds(10), transfer_atom::value, bytes)
                       .then([](bool) {}, [](caf::error&) {});  // a dead source is repaired via its monitor
             };
             for (auto n : targets) {
-              auto node = st.nodes.find(n);
-              if (node == st.nodes.end()) {  // lost while the source listed its chunks
+              auto node = handle_of(self, n);
+              if (!node) {  // lost while the source listed its chunks
                 if (auto it = st.transfers.find(tid); it != st.transfers.end()) {
                   fail_target(self, it->second, n, "node left the cluster before the transfer started");
                   finish_if_done(self, tid);
@@ -916,7 +881,7 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
                 if (--*acks == 0) start_sources();
                 continue;
               }
-              self->request(node->second.handle, std::chrono::seconds(10), transfer_atom::value, bytes)
+              self->request(node, std::chrono::seconds(10), transfer_atom::value, bytes)
                   .then(
                       [=](bool) {
                         if (--*acks == 0) start_sources();
@@ -933,34 +898,27 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
 
 caf::behavior controller_fun(controller_actor* self, node_config cfg) {
   self->state.cfg = cfg;
+  self->state.book.emplace(book_options{cfg.heartbeat_timeout_ms, cfg.host_copies}, clock::now());
   self->set_down_handler([=](caf::down_msg& dm) {
-    for (auto& [id, e] : self->state.nodes)
-      if (e.handle.address() == dm.source) return node_lost(self, id, "connection lost: " + caf::to_string(dm.reason));
+    for (auto& [id, l] : self->state.links)
+      if (l.handle.address() == dm.source) return node_lost(self, id, "connection lost: " + caf::to_string(dm.reason));
   });
   self->send(self, hbcheck_atom::value);
   return {
       [=](join_atom, node_info& info, caf::actor& handle) -> caf::result<uint32_t> {
         auto& st = self->state;
-        for (auto& [id, e] : st.nodes) {
-          if (e.info.name != info.name) continue;
-          if (e.handle != handle)
-            return make_caf_error(errc::bad_request, "a node named '" + info.name + "' is already in the cluster");
-          // The same node joins again (its connection dropped and it dialled back before this
-          // side noticed): what it had is written off as for a lost node; it starts afresh.
-          node_lost(self, id, "it joined again after losing its connection");
-          break;
-        }
-        info.id = st.next_id++;
+        // The same node joining again (its connection dropped and it dialled back before this
+        // side noticed): what it had is written off as for a lost node; it starts afresh.
+        if (auto old = st.book->named(info.name); old && handle_of(self, *old) == handle)
+          node_lost(self, *old, "it joined again after losing its connection");
+        auto id = st.book->join(info, clock::now());
+        if (!id) return to_caf(id.err());
         self->monitor(handle);
-        st.nodes[info.id] = node_entry{info, handle, clock::now(), {}};
-        return info.id;
+        st.links[*id] = member_link{handle, {}};
+        return *id;
       },
       [=](heartbeat_atom, uint32_t id) {
-        auto it = self->state.nodes.find(id);
-        if (it != self->state.nodes.end()) {
-          it->second.last_seen = clock::now();
-          return;
-        }
+        if (self->state.book->heartbeat(id, clock::now())) return;
         // A node dropped earlier that is alive after all (it was frozen): it starts over.
         auto n = caf::actor_cast<caf::actor>(self->current_sender());
         if (self->state.told_rejoin.insert(id).second)
@@ -970,42 +928,24 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
       },
       [=](hbcheck_atom) {
         auto& st = self->state;
-        // A check that comes late means the controller itself was stalled (frozen, swapped out):
-        // the nodes' silence is its own, and their heartbeats may still sit unread. Each gets a
-        // full timeout from now instead of being dropped.
-        const double interval_s = std::max(10, st.cfg.heartbeat_timeout_ms / 4) / 1000.0;
-        if (since(st.last_check) > 2 * interval_s + st.cfg.heartbeat_timeout_ms / 2000.0) {
+        auto h = st.book->check(clock::now());
+        if (h.stalled_s > 0)
           std::fprintf(stderr, "strata controller: stalled for %.1f s; giving every node a fresh heartbeat timeout\n",
-                       since(st.last_check));
-          for (auto& [id, e] : st.nodes) e.last_seen = clock::now();
-        }
-        st.last_check = clock::now();
-        std::vector<node_id> dead;
-        for (auto& [id, e] : st.nodes)
-          if (since(e.last_seen) * 1000 > st.cfg.heartbeat_timeout_ms) dead.push_back(id);
-        for (auto id : dead) node_lost(self, id, "no heartbeat for " + std::to_string(st.cfg.heartbeat_timeout_ms) + " ms");
-        self->delayed_send(self, std::chrono::milliseconds(std::max(10, st.cfg.heartbeat_timeout_ms / 4)),
-                           hbcheck_atom::value);
+                       h.stalled_s);
+        for (auto& [id, why] : h.dead) node_lost(self, id, why);
+        self->delayed_send(self, st.book->check_interval(), hbcheck_atom::value);
       },
       [=](hold_atom, uint32_t id, const std::string& model, const std::vector<uint8_t>& manifest) -> bool {
-        auto& st = self->state;
-        if (!st.nodes.count(id)) return false;  // not (or no longer) in the cluster view
-        auto& m = st.models[model];
-        if (m.manifest.empty()) m.manifest = manifest;
-        if (m.manifest != manifest) return false;  // a different model under the same name
-        if (m.host_copies.count(id)) return true;
-        if (int(m.host_copies.size()) >= st.cfg.host_copies) return false;
-        m.host_copies.insert(id);
-        return true;
+        return self->state.book->hold(id, model, manifest);
       },
       [=](imagesum_atom, const std::string& node, const std::string& model) {
         return relay_to_node<uint64_t>(self, node, std::chrono::seconds(10), imagesum_atom::value, model);
       },
       [=](instance_atom, instance_spec& s) -> caf::result<std::vector<caf::actor>> {
-        auto m = self->state.models.find(s.model);
-        if (m == self->state.models.end()) return make_caf_error(errc::bad_request, "no node holds model " + s.model);
+        auto* manifest = self->state.book->manifest(s.model);
+        if (!manifest) return make_caf_error(errc::bad_request, "no node holds model " + s.model);
         if (auto* e = node_named(self, s.node); e && s.watcher) e->watchers.insert(s.watcher);
-        s.manifest = m->second.manifest;
+        s.manifest = *manifest;
         auto node = s.node;
         return relay_to_node<std::vector<caf::actor>>(self, node, std::chrono::seconds(30), instance_atom::value,
                                                       std::move(s));
@@ -1019,28 +959,8 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
       [=](uninstance_atom, const std::string& node, uint32_t id) {
         if (auto* e = node_named(self, node)) self->send(e->handle, uninstance_atom::value, id);
       },
-      [=](unhold_atom, uint32_t node, const std::string& model) {
-        auto m = self->state.models.find(model);
-        if (m == self->state.models.end()) return;
-        m->second.instances.erase(node);
-        m->second.host_copies.erase(node);
-      },
-      [=](view_atom) {
-        cluster_view v;
-        for (auto& [id, e] : self->state.nodes) v.nodes.push_back(e.info);
-        for (auto& [name, m] : self->state.models) {
-          std::string line = name + ":";
-          for (auto n : m.host_copies) line += " " + node_name(self, n) + " (host copy)";
-          for (auto n : m.instances) line += " " + node_name(self, n);
-          for (auto& [n, segs] : m.partial) {
-            std::string list;
-            for (auto sgm : segs) list += (list.empty() ? "" : ",") + std::to_string(sgm);
-            line += " " + node_name(self, n) + " (loading; segments ready: " + list + ")";
-          }
-          v.holdings.push_back(line);
-        }
-        return v;
-      },
+      [=](unhold_atom, uint32_t node, const std::string& model) { self->state.book->unhold(node, model); },
+      [=](view_atom) { return self->state.book->view(); },
       [=](multicast_atom, multicast_request& req) -> caf::result<transfer_report> {
         auto rp = self->make_response_promise<transfer_report>();
         start_multicast(self, std::move(req), rp);
@@ -1052,8 +972,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         auto& row = it->second.report.targets[it->second.row[node]];
         if (row.first_layer_s == 0) row.first_layer_s = since(it->second.stream);
         row.ready_order.push_back(segment);
-        auto& m = self->state.models[it->second.plan.model];
-        m.partial[node].insert(segment);
+        self->state.book->segment_ready(it->second.plan.model, node, segment);
       },
       [=](tdone_atom, uint64_t tid, uint32_t node, uint64_t bytes, double, uint32_t refetched) {
         auto& st = self->state;
@@ -1064,10 +983,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         row.bytes = bytes;
         row.seconds = since(it->second.stream);
         row.refetched = refetched;
-        auto& m = st.models[it->second.plan.model];
-        m.instances.insert(node);
-        m.segments = int(m.partial[node].size());
-        m.partial.erase(node);
+        st.book->loaded(it->second.plan.model, node);
         finish_if_done(self, tid);
       },
       [=](tfail_atom, uint64_t tid, uint32_t node, const std::string& why) {
@@ -1084,10 +1000,12 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         auto tree = t.plan.tree_of(idx);
         if (!tree) return;
         auto p = tree->parent.find(requester);
-        if (p == tree->parent.end() || !st.nodes.count(p->second)) return;
+        if (p == tree->parent.end()) return;
+        auto parent = handle_of(self, p->second);
+        if (!parent) return;
         t.report.events.push_back(node_name(self, requester) + " re-fetches chunk " + std::to_string(idx) + " (" +
                                   why + ") from " + node_name(self, p->second));
-        self->send(st.nodes[p->second].handle, refetch_atom::value, tid, idx, requester);
+        self->send(parent, refetch_atom::value, tid, idx, requester);
       },
       [=](ttimeout_atom, uint64_t tid) {
         auto it = self->state.transfers.find(tid);
@@ -1098,37 +1016,14 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         t.report.events.push_back(why + "; aborted");
         for (auto n : std::set<node_id>(t.pending)) fail_target(self, t, n, why);
         // Nothing of it goes on behind the report: every node stops and drops it.
-        for (auto& [n, addr] : t.plan.peers) {
-          auto e = self->state.nodes.find(n);
-          if (e != self->state.nodes.end()) self->send(e->second.handle, tabort_atom::value, tid, why);
-        }
+        for (auto& [n, addr] : t.plan.peers)
+          if (auto h = handle_of(self, n)) self->send(h, tabort_atom::value, tid, why);
         finish_if_done(self, tid);
       },
   };
 }
 
 }  // namespace
-
-std::string transfer_report::summary() const {
-  std::ostringstream os;
-  char line[256];
-  std::snprintf(line, sizeof line,
-                "transfer %llu of %s: %.1f MiB to %zu target(s) in %.3f s (%.3f s preparing targets, then streaming)\n",
-                (unsigned long long)id, model.c_str(), double(image_bytes) / (1 << 20), targets.size(), seconds,
-                setup_seconds);
-  os << line << plan_text;
-  std::snprintf(line, sizeof line, "  %-14s %-6s %10s %12s %12s %9s  %s\n", "target", "ok", "seconds", "MiB/s",
-                "1st layer s", "refetch", "error");
-  os << line;
-  for (auto& t : targets) {
-    std::snprintf(line, sizeof line, "  %-14s %-6s %10.3f %12.1f %12.3f %9u  %s\n", t.node.c_str(),
-                  t.ok ? "yes" : "NO", t.seconds, t.seconds > 0 ? double(t.bytes) / (1 << 20) / t.seconds : 0.0,
-                  t.first_layer_s, t.refetched, t.error.c_str());
-    os << line;
-  }
-  for (auto& e : events) os << "  event: " << e << "\n";
-  return os.str();
-}
 
 void register_cluster_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<node_info>("strata.node_info");

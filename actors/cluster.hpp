@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "actors/messages.hpp"
+#include "dataflow/cluster/cluster_book.hpp"
 #include "dataflow/cluster/node_config.hpp"
 #include "dataflow/cluster/transfer_plan.hpp"
 #include "transport/ucx_endpoint.hpp"
@@ -53,37 +54,11 @@ using uncache_atom = caf::atom_constant<caf::atom("uncache")>;
 using localfeed_atom = caf::atom_constant<caf::atom("localfeed")>;
 using nodelost_atom = caf::atom_constant<caf::atom("nodelost")>;
 
-struct node_info {
-  uint32_t id = 0;
-  std::string name;
-  std::vector<uint8_t> ucx_address;
-  uint64_t memory_bytes = 0;
-  std::string transport;
-  std::vector<std::string> devices;  // "cpu" now; CUDA devices later
-  // host:port where this node's process accepts control-plane connections: the other members
-  // connect there directly (control_plane's mesh), so their traffic does not ride the
-  // controller's connection and outlives it. Empty: reached only through the controller.
-  std::string control_address;
-};
-
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_info& x) {
   return f(caf::meta::type_name("node_info"), x.id, x.name, x.ucx_address, x.memory_bytes, x.transport, x.devices,
            x.control_address);
 }
-
-struct multicast_request {
-  std::string model;
-  std::vector<std::string> targets;     // node names
-  std::string plan = "chain";           // one-to-one, chain, binomial, kary
-  uint64_t chunk_bytes = 4 << 20;
-  int32_t fanout = 2;
-  int32_t max_sources = 0;              // 0: every holder
-  std::vector<std::string> busy;        // holders to use only as a last resort
-  std::vector<int32_t> segment_order;   // layers in the order wanted (0: globals, 1 + l: layer l)
-  int64_t timeout_ms = 0;               // the transfer fails and is aborted after this (0: the controller's transfer_timeout_ms)
-  bool resend = false;                  // send even to targets that hold the model already (benchmarks)
-};
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, multicast_request& x) {
@@ -115,45 +90,17 @@ typename Inspector::result_type inspect(Inspector& f, instance_spec& x) {
            x.local_mb_s, x.watcher);
 }
 
-struct target_report {
-  std::string node;
-  bool ok = false;
-  std::string error;
-  uint64_t bytes = 0;
-  double seconds = 0;         // sources start -> last chunk verified here
-  double first_layer_s = 0;   // sources start -> first segment ready here
-  uint32_t refetched = 0;     // chunks fetched again (checksum mismatch or lost)
-  std::vector<int32_t> ready_order;  // segments in the order they became ready here
-};
-
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, target_report& x) {
   return f(caf::meta::type_name("target_report"), x.node, x.ok, x.error, x.bytes, x.seconds, x.first_layer_s,
            x.refetched, x.ready_order);
 }
 
-struct transfer_report {
-  uint64_t id = 0;
-  std::string model;
-  std::string plan_text;
-  std::vector<target_report> targets;
-  std::vector<std::string> events;  // repairs and failures, in order
-  double seconds = 0;        // request -> report
-  double setup_seconds = 0;  // planning and preparing targets (host memory) before streaming
-  uint64_t image_bytes = 0;
-  std::string summary() const;
-};
-
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, transfer_report& x) {
   return f(caf::meta::type_name("transfer_report"), x.id, x.model, x.plan_text, x.targets, x.events, x.seconds,
            x.setup_seconds, x.image_bytes);
 }
-
-struct cluster_view {
-  std::vector<node_info> nodes;
-  std::vector<std::string> holdings;  // "model: node, node (host copy)"
-};
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, cluster_view& x) {
