@@ -196,7 +196,7 @@ std::vector<command_spec> make_table() {
                opts{{"controller", "HOST:PORT", "", "the controller (required)", ""},
                     {"model", "NAME", "", "a model some node holds (required)", ""},
                     {"targets", "LIST", "", "nodes to receive it (required)", ""},
-                    {"plan", "NAME", "chain", "chain, binomial, kary, block, binomial-pipeline or one-to-one", ""},
+                    {"plan", "NAME", "chain", "a registered multicast plan (strata policies lists them): chain, binomial, kary, block, binomial-pipeline, one-to-one", ""},
                     {"chunk-kb", "KB", "4096", "chunk size", ""},
                     {"fanout", "K", "2", "kary: children per node", ""},
                     {"busy", "LIST", "", "holders to use as sources only as a last resort", ""},

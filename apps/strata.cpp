@@ -962,6 +962,8 @@ int cmd_policies() {
   for (auto& p : scaling_policies()) std::printf("  %-16s %s\n", p.name.c_str(), p.description.c_str());
   std::printf("route schedulers (--scheduler):\n");
   for (auto& r : route_schedulers()) std::printf("  %-16s %s\n", r.name.c_str(), r.description.c_str());
+  std::printf("multicast plans (cluster multicast --plan):\n");
+  for (auto& p : plan_shapes()) std::printf("  %-18s %s\n", p.name.c_str(), p.description.c_str());
   return 0;
 }
 

@@ -1,32 +1,64 @@
 #include "dataflow/cluster/multicast.hpp"
 
+#include "dataflow/registry.hpp"
+
 #include <algorithm>
 #include <set>
 #include <sstream>
 
 namespace strata {
 
-const char* to_string(plan_kind k) {
-  switch (k) {
-    case plan_kind::one_to_one: return "one-to-one";
-    case plan_kind::chain: return "chain";
-    case plan_kind::binomial: return "binomial";
-    case plan_kind::kary: return "kary";
-    case plan_kind::block: return "block";
-    case plan_kind::binomial_pipeline: return "binomial-pipeline";
-  }
-  return "?";
+namespace {
+
+size_t binomial_parent(size_t rank, int) {
+  size_t hi = 1;
+  while (hi * 2 <= rank) hi *= 2;
+  return rank - hi;  // rank joins in the round of its highest bit
+}
+size_t chain_parent(size_t rank, int) { return rank - 1; }
+
+registry<plan_shape>& shapes() {
+  using split = plan_shape::split;
+  static registry<plan_shape> r(
+      "multicast plan",
+      {
+          {"one-to-one", "the source sends every target the whole image itself", {"one_to_one", "direct"},
+           [](size_t, int) { return size_t(0); }, split::whole, false},
+          {"chain", "a pipeline through the targets: each forwards every chunk to the next", {}, chain_parent,
+           split::whole, false},
+          {"binomial", "a binomial tree: the holders double each round (log2 hops)", {}, binomial_parent, split::whole,
+           false},
+          {"kary", "a tree with --fanout children per node", {"k-ary"},
+           [](size_t rank, int fanout) { return (rank - 1) / size_t(std::max(1, fanout)); }, split::whole, true},
+          {"block", "one block per target, each entering at its own target and chained through the rest",
+           {"block-pipeline"}, chain_parent, split::from_source, false},
+          {"binomial-pipeline", "one block per target, each spread from its own target by a binomial tree (lambdaScale)",
+           {"binomial_pipeline"}, binomial_parent, split::from_target, false},
+      });
+  return r;
 }
 
-expected<plan_kind> parse_plan_kind(const std::string& s) {
-  if (s == "one-to-one" || s == "one_to_one" || s == "direct") return plan_kind::one_to_one;
-  if (s == "chain") return plan_kind::chain;
-  if (s == "binomial") return plan_kind::binomial;
-  if (s == "kary" || s == "k-ary") return plan_kind::kary;
-  if (s == "block" || s == "block-pipeline") return plan_kind::block;
-  if (s == "binomial-pipeline" || s == "binomial_pipeline") return plan_kind::binomial_pipeline;
-  return make_error("unknown plan '" + s +
-                    "' (expected one-to-one, chain, binomial, kary, block or binomial-pipeline)");
+}  // namespace
+
+status register_plan_shape(plan_shape s) {
+  if (!s.parent) return make_error("multicast plan '" + s.name + "' has no parent function");
+  for (auto& a : s.aliases)
+    if (find_plan_shape(a)) return make_error("multicast plan alias '" + a + "' is taken");
+  return shapes().add(std::move(s));
+}
+
+std::vector<plan_shape> plan_shapes() { return shapes().all(); }
+
+expected<plan_shape> find_plan_shape(const std::string& name) {
+  for (auto& s : shapes().all())
+    if (std::find(s.aliases.begin(), s.aliases.end(), name) != s.aliases.end()) return s;
+  return shapes().find(name);
+}
+
+expected<std::string> parse_plan_kind(const std::string& s) {
+  auto shape = find_plan_shape(s);
+  if (!shape) return shape.err();
+  return shape->name;
 }
 
 std::vector<node_id> forward_tree::children_of(node_id n) const {
@@ -36,27 +68,14 @@ std::vector<node_id> forward_tree::children_of(node_id n) const {
 
 namespace {
 
-// Builds the tree over root + order (order[i] is the node of rank i + 1).
-forward_tree build_tree(plan_kind kind, node_id root, const std::vector<node_id>& order, int fanout) {
+// Builds the tree over root + order (order[i] is the node of rank i + 1) with the shape's parents.
+forward_tree build_tree(const plan_shape& shape, node_id root, const std::vector<node_id>& order, int fanout) {
   forward_tree t;
   t.root = root;
   auto node_at = [&](size_t rank) { return rank == 0 ? root : order[rank - 1]; };
   size_t n = order.size() + 1;
   for (size_t rank = 1; rank < n; ++rank) {
-    size_t parent = 0;
-    switch (kind) {
-      case plan_kind::one_to_one: parent = 0; break;
-      case plan_kind::chain:
-      case plan_kind::block: parent = rank - 1; break;
-      case plan_kind::binomial:
-      case plan_kind::binomial_pipeline: {
-        size_t hi = 1;
-        while (hi * 2 <= rank) hi *= 2;
-        parent = rank - hi;  // rank joins in the round of its highest bit
-        break;
-      }
-      case plan_kind::kary: parent = (rank - 1) / size_t(std::max(1, fanout)); break;
-    }
+    size_t parent = std::min(shape.parent(rank, fanout), rank - 1);  // a parent joins before its child
     t.parent[node_at(rank)] = node_at(parent);
     t.children[node_at(parent)].push_back(node_at(rank));
   }
@@ -76,7 +95,9 @@ void print_subtree(std::ostringstream& os, const forward_tree& t, node_id n, int
 expected<multicast_plan> plan_multicast(const plan_request& r) {
   if (r.targets.empty()) return make_error("multicast plan needs at least one target");
   if (r.n_chunks == 0) return make_error("multicast plan needs at least one chunk");
-  if (r.kind == plan_kind::kary && r.fanout < 1) return make_error("kary plan needs fanout >= 1");
+  auto shape = find_plan_shape(r.kind);
+  if (!shape) return shape.err();
+  if (shape->uses_fanout && r.fanout < 1) return make_error(shape->name + " plan needs fanout >= 1");
   std::set<node_id> tset(r.targets.begin(), r.targets.end());
   if (tset.size() != r.targets.size()) return make_error("a target is listed twice");
   std::vector<node_id> usable, busy;
@@ -90,7 +111,7 @@ expected<multicast_plan> plan_multicast(const plan_request& r) {
   size_t k = std::min<size_t>(usable.size(), r.n_chunks);
 
   multicast_plan p;
-  p.kind = r.kind;
+  p.kind = shape->name;
   for (auto& s : r.sources) p.sources.push_back(s.node);
   p.targets = r.targets;
   for (size_t i = 0; i < k; ++i) {
@@ -98,24 +119,23 @@ expected<multicast_plan> plan_multicast(const plan_request& r) {
     uint32_t b = uint32_t(size_t(r.n_chunks) * i / k), e = uint32_t(size_t(r.n_chunks) * (i + 1) / k);
     std::vector<node_id> order = r.targets;
     std::rotate(order.begin(), order.begin() + long(i * order.size() / k), order.end());
-    bool blocks = r.kind == plan_kind::block || r.kind == plan_kind::binomial_pipeline;
-    if (!blocks) {
-      auto t = build_tree(r.kind, usable[i], order, r.fanout);
+    if (shape->blocks == plan_shape::split::whole) {
+      auto t = build_tree(*shape, usable[i], order, r.fanout);
       for (uint32_t c = b; c < e; ++c) t.chunks.push_back(c);
       p.trees.push_back(std::move(t));
       continue;
     }
-    // One block per target: block j enters at the j-th target, which passes it on along a
-    // chain (block) or a binomial tree of the targets (binomial_pipeline).
+    // One block per target: block j enters at the j-th target, which passes it on along the
+    // shape's tree (a chain for block, a binomial tree of the targets for binomial-pipeline).
     size_t n = std::min<size_t>(order.size(), e - b);
     for (size_t j = 0; j < n; ++j) {
       std::vector<node_id> rot = order;
       std::rotate(rot.begin(), rot.begin() + long(j), rot.end());
       forward_tree t;
-      if (r.kind == plan_kind::block) {
-        t = build_tree(r.kind, usable[i], rot, r.fanout);
+      if (shape->blocks == plan_shape::split::from_source) {
+        t = build_tree(*shape, usable[i], rot, r.fanout);
       } else {
-        t = build_tree(r.kind, rot[0], std::vector<node_id>(rot.begin() + 1, rot.end()), r.fanout);
+        t = build_tree(*shape, rot[0], std::vector<node_id>(rot.begin() + 1, rot.end()), r.fanout);
         t.root = usable[i];
         t.parent[rot[0]] = usable[i];
         t.children[usable[i]] = {rot[0]};
@@ -170,7 +190,7 @@ expected<std::vector<adoption>> repair_plan(multicast_plan& p, node_id failed) {
 std::string multicast_plan::describe(const std::function<std::string(node_id)>& name_of) const {
   auto name = name_of ? name_of : [](node_id n) { return "n" + std::to_string(n); };
   std::ostringstream os;
-  os << to_string(kind) << " plan: " << trees.size() << " tree(s) to " << targets.size() << " target(s)\n";
+  os << kind << " plan: " << trees.size() << " tree(s) to " << targets.size() << " target(s)\n";
   for (size_t i = 0; i < trees.size(); ++i) {
     auto& t = trees[i];
     os << "  tree " << i << ": root " << name(t.root) << ", chunks " << t.chunks.front() << ".." << t.chunks.back() << " ("

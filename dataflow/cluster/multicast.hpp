@@ -28,9 +28,34 @@ namespace strata {
 
 using node_id = uint32_t;
 
-enum class plan_kind : uint8_t { one_to_one, chain, binomial, kary, block, binomial_pipeline };
-const char* to_string(plan_kind k);
-expected<plan_kind> parse_plan_kind(const std::string& s);
+// Multicast plan shapes, a registry (dataflow/registry.hpp) like scaling policies: how the
+// targets hang off a source and how its chunks split among trees. Built in: one-to-one, chain,
+// binomial, kary, block and binomial-pipeline; an app file may register its own before it plans.
+struct plan_shape {
+  std::string name;
+  std::string description;
+  std::vector<std::string> aliases;  // other names it answers to
+  // The parent of rank `rank` (>= 1) in a tree over ranks 0 (its root) .. n-1.
+  std::function<size_t(size_t rank, int fanout)> parent;
+  // whole: one tree over every target carries all of a source's chunks. per_target: one block of
+  // them per target, entering at that target: from_source: the tree is over the source and the
+  // targets rotated to start there (block); from_target: over the rotated targets, fed by the
+  // source through its first (binomial-pipeline).
+  enum class split { whole, from_source, from_target } blocks = split::whole;
+  bool uses_fanout = false;  // plan_request::fanout must then be >= 1
+};
+status register_plan_shape(plan_shape s);
+std::vector<plan_shape> plan_shapes();
+// By name or alias; an error lists the registered names.
+expected<plan_shape> find_plan_shape(const std::string& name);
+
+// The built-in shapes' names, for code that picks one.
+namespace plan_kind {
+inline const std::string one_to_one = "one-to-one", chain = "chain", binomial = "binomial", kary = "kary",
+                         block = "block", binomial_pipeline = "binomial-pipeline";
+}
+// The registered name `s` stands for (an alias resolves to its shape's name).
+expected<std::string> parse_plan_kind(const std::string& s);
 
 struct source_info {
   node_id node = 0;
@@ -46,7 +71,7 @@ struct forward_tree {
 };
 
 struct multicast_plan {
-  plan_kind kind = plan_kind::chain;
+  std::string kind = plan_kind::chain;  // a registered plan shape
   std::vector<node_id> sources;  // every holder that may serve (also spares for repair)
   std::vector<node_id> targets;
   std::vector<forward_tree> trees;
@@ -55,7 +80,7 @@ struct multicast_plan {
 };
 
 struct plan_request {
-  plan_kind kind = plan_kind::chain;
+  std::string kind = plan_kind::chain;  // a registered plan shape
   std::vector<source_info> sources;
   std::vector<node_id> targets;
   uint32_t n_chunks = 0;

@@ -35,7 +35,7 @@ std::vector<uint8_t> encode_plan(const transfer_plan& p) {
   }
   std::vector<flatbuffers::Offset<fb::Peer>> peers;
   for (auto& [n, addr] : p.peers) peers.push_back(fb::CreatePeerDirect(b, n, &addr));
-  auto root = fb::CreateTransferPlanDirect(b, p.id, p.model.c_str(), to_string(p.plan.kind), &p.manifest,
+  auto root = fb::CreateTransferPlanDirect(b, p.id, p.model.c_str(), p.plan.kind.c_str(), &p.manifest,
                                            p.image_bytes, &chunks, &trees, &peers, &p.plan.targets);
   b.Finish(root, "STTP");
   return {b.GetBufferPointer(), b.GetBufferPointer() + b.GetSize()};
@@ -63,9 +63,10 @@ expected<transfer_plan> decode_plan(const uint8_t* data, size_t size) {
   transfer_plan p;
   p.id = r->transfer_id();
   p.model = r->model() ? r->model()->str() : "";
-  auto kind = parse_plan_kind(r->kind() ? r->kind()->str() : "");
-  if (!kind) return kind.err();
-  p.plan.kind = *kind;
+  // The shape's name is a label here (the trees say who sends what): a node need not know a
+  // shape that only the controller's app registered.
+  p.plan.kind = r->kind() ? r->kind()->str() : "";
+  if (p.plan.kind.empty() || p.plan.kind.size() > 64) return make_error("transfer plan: no plan shape name");
   if (r->manifest()) p.manifest.assign(r->manifest()->begin(), r->manifest()->end());
   p.image_bytes = r->image_bytes();
   if (r->chunks())

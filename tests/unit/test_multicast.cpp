@@ -140,7 +140,7 @@ TEST_CASE("binomial pipeline: blocks enter at different targets and spread in lo
   // (a chain would make each forward 7 too, but one hop later each time).
   for (auto n : r.targets) CHECK(forwards[n] == 7);
   every_target_gets_everything(*p, 16);
-  CHECK(to_string(parse_plan_kind("binomial-pipeline").value()) == std::string("binomial-pipeline"));
+  CHECK(parse_plan_kind("binomial_pipeline").value() == "binomial-pipeline");  // an alias names its shape
 }
 
 TEST_CASE("several sources split the chunks, busy ones only as a last resort") {
@@ -324,4 +324,41 @@ TEST_CASE("a chunk table from another process is checked before use") {
   bad(t);
   CHECK(check_chunk_table({}, image));
   CHECK(image == 0);
+}
+
+TEST_CASE("multicast plan shapes come from a registry: listed, found by alias, refused by name, extensible") {
+  std::vector<std::string> names;
+  for (auto& s : plan_shapes()) names.push_back(s.name);
+  CHECK(names.size() >= 6);
+  CHECK(std::find(names.begin(), names.end(), "binomial-pipeline") != names.end());
+  CHECK(parse_plan_kind("direct").value() == "one-to-one");
+  auto bad = parse_plan_kind("ring");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.message().find("unknown multicast plan 'ring' (expected one of one-to-one, chain") == 0);
+  plan_request r;
+  r.sources = {{1, false}};
+  r.targets = {2, 3, 4, 5};
+  r.n_chunks = 4;
+  r.kind = "ring";
+  CHECK_FALSE(plan_multicast(r));
+  // An app's own shape: every target hangs off the first target (a star behind one relay).
+  plan_shape star{"test-star", "one relay feeds every other target", {"test-relay-star"},
+                  [](size_t rank, int) { return rank == 1 ? size_t(0) : size_t(1); }, plan_shape::split::whole, false};
+  REQUIRE(register_plan_shape(star));
+  CHECK_FALSE(register_plan_shape(star));  // a name once
+  r.kind = "test-relay-star";
+  auto p = plan_multicast(r);
+  REQUIRE_MESSAGE(p, p.message());
+  CHECK(p->kind == "test-star");
+  REQUIRE(p->trees.size() == 1);
+  CHECK(p->trees[0].children_of(1) == std::vector<node_id>{2});
+  CHECK(p->trees[0].children_of(2) == std::vector<node_id>{3, 4, 5});
+  every_target_gets_everything(*p, 4);
+  // A parent function that points past its child cannot make a cycle: it is clamped.
+  plan_shape odd{"test-odd", "", {}, [](size_t rank, int) { return rank + 5; }, plan_shape::split::whole, false};
+  REQUIRE(register_plan_shape(odd));
+  r.kind = "test-odd";
+  auto q = plan_multicast(r);
+  REQUIRE(q);
+  every_target_gets_everything(*q, 4);
 }

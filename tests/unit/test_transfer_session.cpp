@@ -17,7 +17,7 @@ namespace {
 using clock_t_ = transfer_session::clock;
 
 // A plan over an image of 6 chunks of 16 bytes in 3 segments (2 chunks each), from node 1.
-transfer_plan plan_of(plan_kind kind, std::vector<node_id> targets, std::vector<uint8_t>& source_image) {
+transfer_plan plan_of(const std::string& kind, std::vector<node_id> targets, std::vector<uint8_t>& source_image) {
   transfer_plan p;
   p.id = 7;
   p.model = "m";
@@ -45,7 +45,7 @@ struct swarm {
   std::map<node_id, std::unique_ptr<transfer_session>> nodes;
   std::map<node_id, std::vector<transfer_action>> seen;  // every action each node took, in order
   clock_t_::time_point now{};
-  swarm(plan_kind kind, std::vector<node_id> targets, std::map<node_id, transfer_faults> faults = {}) {
+  swarm(const std::string& kind, std::vector<node_id> targets, std::map<node_id, transfer_faults> faults = {}) {
     auto p = plan_of(kind, targets, images[1]);
     nodes[1] = std::make_unique<transfer_session>(p, 1, images[1].data(), now);
     for (auto t : targets) {
