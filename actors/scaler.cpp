@@ -4,6 +4,7 @@
 #include <set>
 
 #include "actors/cluster.hpp"
+#include "actors/instance_provider.hpp"
 #include "dataflow/model/param_image.hpp"
 
 namespace strata {
@@ -16,7 +17,7 @@ using cping_atom = caf::atom_constant<caf::atom("cping")>;  // does the controll
 struct instance {
   uint32_t id = 0;
   std::string node;  // cluster mode: the node process hosting it
-  caf::actor head, shard, tail, loader;
+  caf::actor head, shard, tail;
   instance_view view;
   double decided = 0;       // scale-out decision time
   double first_route = -1;  // first time requests could be routed to it
@@ -37,19 +38,16 @@ struct scaler_state {
   uint32_t next = 1;
   clk::time_point t0;
   scaling_report report;
-  std::shared_ptr<std::vector<caf::actor>> owned = std::make_shared<std::vector<caf::actor>>();
+  std::shared_ptr<instance_provider> provider;  // where instances run (actors/instance_provider.hpp)
   uint64_t last_tokens = 0;
   double last_tick = 0;
   uint64_t tick_epoch = 0;  // one chain of ticks: a wake-up starts a new one, older ticks lapse
   double shares = 0;  // sum of the started instances' shares since the last count
-  std::set<std::string> lost_nodes;  // dropped by the controller: never placed on again
   std::string controller_lost;       // set once the cluster's controller is gone: nothing can be placed
   static inline const char* name = "strata.scaler";
 };
 
 using scaler_actor = caf::stateful_actor<scaler_state>;
-
-std::chrono::microseconds us(double seconds) { return std::chrono::microseconds(int64_t(seconds * 1e6)); }
 
 double now(scaler_actor* self) { return std::chrono::duration<double>(clk::now() - self->state.t0).count(); }
 
@@ -95,36 +93,6 @@ void resize_instance(scaler_actor* self, uint32_t id, double share) {
             it->second.resizable = false;
             count_instances(self);
           });
-}
-
-// Streams an instance's parameters into its shard: the globals, then layers in `order`, each
-// after the time its bytes take on the link; announces each as it lands.
-struct loader_state {
-  static inline const char* name = "strata.loader";
-};
-caf::behavior loader_fun(caf::stateful_actor<loader_state>* self, model_ptr m, caf::actor shard, caf::actor scaler,
-                         uint32_t id, std::vector<int> order, double globals_s, double layer_s) {
-  self->delayed_send(self, us(globals_s), lready_atom::value, int32_t(-1), size_t(0));
-  return {
-      [=](lready_atom, int32_t layer, size_t next) {
-        if (layer >= 0) self->send(shard, load_atom::value, layer, layer_ptr(m->layers[size_t(layer)]));
-        self->send(scaler, lready_atom::value, id, layer);
-        if (next < order.size())
-          self->delayed_send(self, us(layer_s), lready_atom::value, int32_t(order[next]), next + 1);
-        else
-          self->quit();
-      },
-  };
-}
-
-// Parameter bytes of a layer (-1: the globals) as they travel: the model's own in a cluster;
-// in-process the emulated size when one is set (a GPU-sized profile), else the model's.
-double segment_bytes(scaler_actor* self, int32_t layer) {
-  const auto& st = self->state;
-  auto l = layout_of(st.m->config);
-  double real = double(l.bytes[size_t(layer + 1) % l.bytes.size()]);
-  double emulated = layer < 0 ? st.opt.globals_bytes : st.opt.layer_bytes;
-  return !st.opt.cluster.controller && emulated > 0 ? emulated : real;
 }
 
 route_ptr make_route(scaler_actor* self, const route_plan& p) {
@@ -185,179 +153,60 @@ void push_routes(scaler_actor* self) {
 void on_layer(scaler_actor* self, uint32_t id, int32_t layer);
 void stop_instance(scaler_actor* self, uint32_t id);
 
-// Cluster mode: the parameters of instances started by one decision travel in one multicast,
-// from every node holding them (or only the host copy when the policy loads from it).
-void multicast_to(scaler_actor* self, std::vector<uint32_t> ids) {
-  auto& st = self->state;
-  auto spec = st.policy->loading();
-  int L = st.m->config.n_layers;
-  multicast_request req;
-  req.model = st.opt.cluster.model;
-  req.chunk_bytes = st.opt.cluster.chunk_bytes;
-  // BlitzScale chains from every holder; λScale spreads blocks over a binomial pipeline; a
-  // stop-the-world instance fetches the whole model by itself.
-  req.plan = st.opt.cluster.plan;
-  if (req.plan.empty()) req.plan = !spec.live ? "one-to-one" : spec.pipeline ? "binomial-pipeline" : "chain";
-  req.segment_order.push_back(0);
-  for (int l : st.policy->load_order(L, 0)) req.segment_order.push_back(1 + l);
-  std::map<std::string, uint32_t> by_node;
-  for (auto id : ids) {
-    req.targets.push_back(st.insts[id].node);
-    by_node[st.insts[id].node] = id;
-  }
-  if (!spec.live) {
-    // Stop-the-world loads from the host copy, as a serverless system loads from its storage.
-    req.max_sources = 1;
-    for (auto& [id, in] : st.insts)
-      if (in.view.full()) req.busy.push_back(in.node);
-  }
-  self->request(st.opt.cluster.controller, std::chrono::minutes(10), multicast_atom::value, req)
-      .then(
-          [=](const transfer_report& r) mutable {
-            char line[160];
-            for (auto& t : r.targets) {
-              std::snprintf(line, sizeof line, "%s: %.2f MB in %.2f s (%s)", t.node.c_str(), double(t.bytes) / 1e6,
-                            t.seconds, req.plan.c_str());
-              event(self, t.ok ? "loaded" : "load failed", by_node[t.node], t.ok ? line : t.node + ": " + t.error);
-              if (!t.ok) stop_instance(self, by_node[t.node]);
-            }
-          },
-          [=](caf::error& e) mutable {
-            event(self, "load failed", 0, describe(e));
-            for (auto& [node, id] : by_node) stop_instance(self, id);
-          });
-}
-
-// The instances one decision starts in a cluster: their multicast goes out once every node has
-// answered (a node that already holds the model needs none).
-struct start_group {
-  std::vector<uint32_t> loading;
-  int pending = 0;
-  void answered(scaler_actor* self) {
-    if (--pending == 0 && !loading.empty()) multicast_to(self, loading);
-  }
-};
-
-void start_cluster_instance(scaler_actor* self, bool preloaded, std::shared_ptr<start_group> group) {
-  auto& st = self->state;
-  int L = st.m->config.n_layers;
-  std::set<std::string> used;
-  for (auto& [id, in] : st.insts) used.insert(in.node);
-  used.insert(st.lost_nodes.begin(), st.lost_nodes.end());
-  std::string node;
-  for (auto& n : st.opt.cluster.nodes)
-    if (!used.count(n)) {
-      node = n;
-      break;
-    }
-  if (node.empty()) {
-    event(self, "no node", 0, "every node hosts an instance already or was lost");
-    return group->answered(self);
-  }
-  instance in;
-  in.id = st.next++;
-  in.node = node;
-  in.view.id = in.id;
-  in.view.have.assign(size_t(L), false);
-  in.decided = preloaded ? 0 : now(self);
-  uint32_t id = in.id;
-  st.insts[id] = std::move(in);
-  count_instances(self);
-  const auto& dev = st.opt.device;
-  bool local = !preloaded && st.policy->loading().local_copy && st.opt.cluster.local_mb_s > 0;
-  instance_spec spec;
-  spec.node = node;
-  spec.model = st.opt.cluster.model;
-  spec.id = id;
-  spec.layer_s = dev.layer_s;
-  spec.per_row_s = dev.per_row_s;
-  spec.local_mb_s = local ? st.opt.cluster.local_mb_s : 0.0;
-  spec.watcher = caf::actor_cast<caf::actor>(self);
-  self->request(st.opt.cluster.controller, std::chrono::seconds(30), instance_atom::value, std::move(spec))
-      .then(
-          [=](const std::vector<caf::actor>& a) {
-            auto& st = self->state;
-            auto it = st.insts.find(id);
-            if (it != st.insts.end() && a.size() == 3) {
-              auto& in = it->second;
-              in.shard = a[1];
-              if (double s = st.policy->initial_share(); s < 1.0) resize_instance(self, id, s);
-              if (a[0]) {  // the node holds the model: complete at once
-                in.head = a[0];
-                in.tail = a[2];
-                in.view.globals = true;
-                in.view.have.assign(in.view.have.size(), true);
-                in.full_at = now(self);
-                push_routes(self);
-              } else {
-                if (!local) group->loading.push_back(id);  // else the node loads its own copy
-                event(self, "scale-out", id, "on " + in.node + ", loading from " + st.policy->loading().source);
-              }
-            }
-            group->answered(self);
-          },
-          [=](caf::error& e) {
-            event(self, "start failed", id, describe(e));
-            stop_instance(self, id);
-            group->answered(self);
-          });
-}
-
-// Starts `n` instances; `preloaded`: they hold the parameters from the start (the initial ones).
+// Starts `n` instances where the provider finds room; `preloaded`: they hold the parameters
+// from the start (the initial ones).
 void start_instances(scaler_actor* self, bool preloaded, int n) {
   auto& st = self->state;
-  if (st.opt.cluster.controller) {
-    if (!st.controller_lost.empty()) return;
-    auto group = std::make_shared<start_group>();
-    group->pending = n;
-    for (int k = 0; k < n; ++k) start_cluster_instance(self, preloaded, group);
-    return;
-  }
-  auto& sys = self->home_system();
+  if (!st.controller_lost.empty()) return;
   int L = st.m->config.n_layers;
-  for (int k = 0; k < n; ++k) {
+  std::set<std::string> in_use;
+  for (auto& [id, in] : st.insts)
+    if (!in.node.empty()) in_use.insert(in.node);
+  std::string why;
+  auto places = st.provider->places(n, in_use, why);
+  if (int(places.size()) < n) event(self, "no node", 0, why);
+  std::vector<placement> group;
+  for (auto& where : places) {
     instance in;
     in.id = st.next++;
-    shard_options so;
-    so.preload = preloaded;
-    so.device = st.opt.device;
-    so.cuda_device = st.opt.cuda_device;
-    in.head = sys.spawn(head_actor, st.m);
-    in.shard = sys.spawn(loading_shard_actor, st.m, layer_range{0, L}, so);
-    in.tail = sys.spawn(device_tail_actor, st.m, int32_t(so.cuda_device));
-    st.owned->insert(st.owned->end(), {in.head, in.shard, in.tail});
+    in.node = where;
     in.view.id = in.id;
-    in.view.globals = preloaded;
-    in.view.have.assign(size_t(L), preloaded);
+    in.view.have.assign(size_t(L), false);
     in.decided = preloaded ? 0 : now(self);
-    if (preloaded) in.full_at = 0;
-    if (!preloaded) {
-      auto spec = st.policy->loading();
-      double bw = spec.gb_s * 1e9;
-      in.loader = sys.spawn(loader_fun, st.m, in.shard, caf::actor_cast<caf::actor>(self), in.id,
-                            st.policy->load_order(L, k), segment_bytes(self, -1) / bw, segment_bytes(self, 0) / bw);
-      event(self, "scale-out", in.id, "loading from " + spec.source);
-    }
-    uint32_t id = in.id;
-    st.insts[id] = std::move(in);
+    group.push_back({in.id, where});
+    st.insts[in.id] = std::move(in);
     count_instances(self);
-    if (double s = st.policy->initial_share(); s < 1.0) resize_instance(self, id, s);
   }
+  st.provider->start(group, preloaded);
+}
+
+// The provider made an instance's stages: a whole one serves at once, a loading one announces
+// its layers as they land (on_layer).
+bool on_placed(scaler_actor* self, uint32_t id, const instance_stages& s, bool whole) {
+  auto& st = self->state;
+  auto it = st.insts.find(id);
+  if (it == st.insts.end()) return false;
+  auto& in = it->second;
+  in.head = s.head;
+  in.shard = s.shard;
+  in.tail = s.tail;
+  if (double share = st.policy->initial_share(); share < 1.0) resize_instance(self, id, share);
+  if (whole) {
+    in.view.globals = true;
+    in.view.have.assign(in.view.have.size(), true);
+    in.full_at = now(self);
+    push_routes(self);
+  } else {
+    event(self, "scale-out", id, (in.node.empty() ? "" : "on " + in.node + ", ") + "loading from " + st.policy->loading().source);
+  }
+  return true;
 }
 
 void stop_instance(scaler_actor* self, uint32_t id) {
   auto& st = self->state;
   auto it = st.insts.find(id);
   if (it == st.insts.end()) return;
-  if (!it->second.node.empty()) {
-    self->send(st.opt.cluster.controller, uninstance_atom::value, it->second.node, id);
-  } else {
-    for (const caf::actor& a : {it->second.head, it->second.shard, it->second.tail, it->second.loader})
-      if (a) {
-        caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-        std::erase(*st.owned, a);
-      }
-  }
+  st.provider->stop({id, it->second.node});
   st.insts.erase(it);
   event(self, "stopped", id);
   count_instances(self);
@@ -388,7 +237,7 @@ void drop_instances(scaler_actor* self, const std::function<bool(const instance&
 }
 
 void node_lost(scaler_actor* self, const std::string& node, const std::string& why) {
-  self->state.lost_nodes.insert(node);
+  self->state.provider->lose(node);
   drop_instances(self, [&](const instance& in) { return in.node == node; }, "node " + node + " lost: " + why);
 }
 
@@ -496,7 +345,7 @@ void on_layer(scaler_actor* self, uint32_t id, int32_t layer) {
     in.view.have[size_t(layer)] = true;
   if (fresh) {
     ++st.report.layers_loaded;
-    st.report.bytes_loaded += segment_bytes(self, layer);
+    st.report.bytes_loaded += st.provider->segment_bytes(layer);
   }
   if (in.view.full() && in.full_at < 0) {
     in.full_at = now(self);
@@ -516,10 +365,19 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
   st.opt = opt;
   st.t0 = clk::now();
   st.report.policy = policy->name();
+  provider_reports reports;
+  reports.event = [=](uint32_t id, const std::string& what, const std::string& detail) { event(self, what, id, detail); };
+  reports.placed = [=](uint32_t id, const instance_stages& s, bool whole) { return on_placed(self, id, s, whole); };
+  reports.failed = [=](uint32_t id) { stop_instance(self, id); };
+  reports.serving_places = [=] {
+    std::vector<std::string> out;
+    for (auto& [id, in] : self->state.insts)
+      if (in.view.full()) out.push_back(in.node);
+    return out;
+  };
+  st.provider = make_instance_provider(self, m, policy, opt, std::move(reports));
   // Instances die with their scaler, whichever way it ends (nodes monitor the scaler of theirs).
-  self->attach_functor([owned = st.owned] {
-    for (auto& a : *owned) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  });
+  self->attach_functor([provider = st.provider] { provider->shutdown(); });
   if (opt.cluster.controller) {
     self->send(self, cping_atom::value);
     self->monitor(opt.cluster.controller);

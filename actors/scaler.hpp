@@ -1,7 +1,8 @@
 // The scaler actor: watches a model's router, asks its policy how many instances to run, starts
 // instances whose parameters stream in layer by layer and rewrites the router's routes as layers
 // land, so a live policy serves from a new instance at once (cooperative execution), and drains
-// instances it removes. An instance is a head, one shard actor (its device) and a tail, either
+// instances it removes. An instance is a head, one shard actor (its device) and a tail; an
+// instance_provider (actors/instance_provider.hpp) places and starts them, either
 // - in a cluster (scaler_options::cluster): hosted by node processes, parameters multicast over
 //   UCX from the nodes that hold them, activations crossing processes between route hops; or
 // - in this process: parameters arrive after the time an emulated link takes (research on a

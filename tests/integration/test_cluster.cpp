@@ -290,7 +290,7 @@ TEST_CASE("nodes join mid-run and are served from any holder, and one host copy 
   CHECK(bad.message().find("unknown target node 'nobody'") != std::string::npos);
   auto bad_plan = c.multicast(request_for({"a"}, "zigzag"));
   REQUIRE_FALSE(bad_plan);
-  CHECK(bad_plan.message().find("unknown plan 'zigzag'") != std::string::npos);
+  CHECK(bad_plan.message().find("unknown multicast plan 'zigzag'") != std::string::npos);
   // Nothing is sent again to a node that holds the model, named twice, or to an unknown busy node.
   auto no_resend = [](multicast_request r) {
     r.resend = false;
