@@ -48,7 +48,6 @@ using stall_atom = caf::atom_constant<caf::atom("stall")>;
 using instance_atom = caf::atom_constant<caf::atom("instance")>;
 using uninstance_atom = caf::atom_constant<caf::atom("uninst")>;
 using unhold_atom = caf::atom_constant<caf::atom("unhold")>;
-using layerin_atom = caf::atom_constant<caf::atom("layerin")>;
 using cache_atom = caf::atom_constant<caf::atom("cache")>;
 using uncache_atom = caf::atom_constant<caf::atom("uncache")>;
 using localfeed_atom = caf::atom_constant<caf::atom("localfeed")>;

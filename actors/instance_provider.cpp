@@ -28,7 +28,7 @@ caf::behavior loader_fun(caf::stateful_actor<loader_state>* self, model_ptr m, c
   return {
       [=](lready_atom, int32_t layer, size_t next) {
         if (layer >= 0) self->send(shard, load_atom::value, layer, layer_ptr(m->layers[size_t(layer)]));
-        self->send(scaler, lready_atom::value, id, layer);
+        self->send(scaler, layerin_atom::value, id, layer, std::vector<caf::actor>{});
         if (next < order.size())
           self->delayed_send(self, us(layer_s), lready_atom::value, int32_t(order[next]), next + 1);
         else

@@ -6,8 +6,8 @@
 // - cluster_provider: node processes host the instances; parameters multicast over UCX from
 //   the nodes that hold them (one multicast per scaling decision).
 // A simulator would be a third. The provider reports back through provider_reports, always on
-// the scaler's own actor; the layers themselves arrive as messages to the scaler (lready_atom
-// from a loader, layerin_atom from a node).
+// the scaler's own actor; the layers themselves arrive as one message to the scaler, whichever
+// provider loads them (layerin_atom, actors/messages.hpp).
 #pragma once
 
 #include <functional>

@@ -45,6 +45,12 @@ using closed_atom = caf::atom_constant<caf::atom("closed")>;
 // (wake_atom) to a router: the sender gets one (wake_atom) when the next request is admitted (a
 // scaler that found the model idle ticks slowly until then; idle costs no CPU).
 using wake_atom = caf::atom_constant<caf::atom("wake")>;
+// (layerin_atom, instance id, int32 layer, std::vector<caf::actor> actors) to a scaler: one
+// layer of a loading instance landed in its shard, whichever way it came (a multicast over the
+// cluster, a node's host copy, an emulated link in this process); layer -1 is the globals and
+// carries {head, tail} when those stages were made for it (else none). The one "layer landed"
+// event: a route is rewritten only after its shard has the layer.
+using layerin_atom = caf::atom_constant<caf::atom("layerin")>;
 constexpr std::chrono::seconds kv_move_timeout{10};  // one shard-to-shard KV move
 
 // The error vocabulary of dataflow/expected.hpp (errc + message) across actor boundaries: a CAF

@@ -391,7 +391,6 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
   return {
       [=](scaletick_atom, uint64_t epoch) { tick(self, epoch); },
       [=](wake_atom) { tick(self, ++self->state.tick_epoch); },
-      [=](lready_atom, uint32_t id, int32_t layer) { on_layer(self, id, layer); },
       [=](nodelost_atom, const std::string& node, const std::string& why) { node_lost(self, node, why); },
       [=](cping_atom) {
         // A hung controller (frozen, swapped out) keeps its connection: no monitor fires, and

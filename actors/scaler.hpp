@@ -76,6 +76,7 @@ struct scaling_report {
 };
 
 using report_atom = caf::atom_constant<caf::atom("report")>;
+// (lready_atom, layer, next): a loader actor's own timer (actors/instance_provider.cpp).
 using lready_atom = caf::atom_constant<caf::atom("lready")>;
 using scaletick_atom = caf::atom_constant<caf::atom("scaletick")>;
 
