@@ -2,6 +2,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -15,6 +17,18 @@
 #include "dataflow/model/model.hpp"
 
 namespace strata::test {
+
+// Polls `done` every `step` until it holds or `limit` passed: what tests wait on instead of a
+// fixed sleep. The last answer.
+template <class Pred>
+bool wait_until(Pred done, std::chrono::milliseconds limit, std::chrono::milliseconds step = std::chrono::milliseconds(50)) {
+  auto end = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    if (done()) return true;
+    if (std::chrono::steady_clock::now() >= end) return false;
+    std::this_thread::sleep_for(step);
+  }
+}
 
 // The actions of one kind among a sans-IO object's actions (a vector of std::variant), in order.
 template <class T, class Variants>

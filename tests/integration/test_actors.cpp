@@ -727,10 +727,19 @@ burst_outcome burst_under(const std::string& policy_name, bool emulated_device =
     CHECK(r.ok);
     CHECK(r.generated == r.output_tokens);
   }
-  std::this_thread::sleep_for(1500ms);  // idle: instances above the minimum drain and stop
+  // Idle now: wait (bounded) until every instance started for the burst drained and stopped.
   caf::scoped_actor self{sys};
   burst_outcome out;
-  self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { out.rep = r; }, [](caf::error&) {});
+  auto settled = [&] {
+    self->request(scaler, 5s, report_atom::value).receive([&](scaling_report& r) { out.rep = r; }, [](caf::error&) {});
+    size_t out_n = 0, stopped = 0;
+    for (auto& e : out.rep.events) {
+      out_n += e.what == "scale-out";
+      stopped += e.what == "stopped";
+    }
+    return !out.rep.instances.empty() && out.rep.instances.back().second == 1 && stopped >= out_n;
+  };
+  CHECK(test::wait_until(settled, 15s));
   for (auto& e : out.rep.events) {
     MESSAGE(e.t << " " << e.what << " i" << e.instance << " " << e.detail);
     if (!out.when[e.instance].count(e.what)) out.when[e.instance][e.what] = e.t;

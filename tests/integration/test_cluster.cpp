@@ -264,9 +264,9 @@ TEST_CASE("nodes join mid-run and are served from any holder, and one host copy 
   // A node whose model cannot be loaded says why and leaves (it once stayed, offering nothing).
   c.start("broken", "[[models]]\nname = \"other\"\npath = \"/nonexistent\"\n");
   const std::string why = "cannot load model other: /nonexistent: no such file or directory; stopping";
-  for (int i = 0; i < 200 && c.log("broken").find(why) == std::string::npos; ++i) std::this_thread::sleep_for(50ms);
-  CHECK(c.log("broken").find(why) != std::string::npos);
-  std::this_thread::sleep_for(300ms);  // let "a" finish offering
+  CHECK(test::wait_until([&] { return c.log("broken").find(why) != std::string::npos; }, 10s));
+  // "a" finishes offering: its copy shows in the view (the controller keeps one host copy).
+  CHECK(test::wait_until([&] { return c.view().holdings.size() == 1; }, 10s));
   CHECK(c.view().nodes.size() == 2);
   auto holdings = c.view().holdings;
   REQUIRE(holdings.size() == 1);
@@ -372,11 +372,12 @@ TEST_CASE("a controller frozen past the heartbeat timeout keeps its cluster") {
   REQUIRE(c.wait_nodes(3));
   REQUIRE(c.wait_holding());
   c.kill("src", SIGSTOP);
-  std::this_thread::sleep_for(4s);
+  std::this_thread::sleep_for(4s);  // the stimulus: frozen past the 1.5 s heartbeat timeout
   c.kill("src", SIGCONT);
   // It notices its own stall and gives every node a fresh timeout instead of evicting them all
-  // (and itself, with the host copy).
-  std::this_thread::sleep_for(2s);
+  // (and itself, with the host copy); then a full timeout passes with the nodes still there.
+  CHECK(test::wait_until([&] { return c.log("src").find("stalled for") != std::string::npos; }, 10s));
+  std::this_thread::sleep_for(2s);  // a timeout and more: nobody is dropped late either
   auto v = c.view();
   CHECK(v.nodes.size() == 3);
   REQUIRE(v.holdings.size() == 1);
