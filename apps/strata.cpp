@@ -12,6 +12,7 @@
 
 #include "actors/engine.hpp"
 #include "actors/http_server.hpp"
+#include "actors/experiments.hpp"
 #include "actors/local_cluster.hpp"
 #include "actors/replay.hpp"
 #include "actors/scaler.hpp"
@@ -502,15 +503,6 @@ int run_replay(const args& a) {
 }
 
 
-// Scaling knobs, link and device profile, and the router's scheduling options of `autoscale`
-// and `serve --policy`.
-struct scaling_setup {
-  scaling_knobs knobs;
-  link_speeds links;
-  scaler_options so;
-  router_options ro;
-};
-
 expected<scaling_setup> scaling_from_args(const args& a) {
   scaling_setup s;
   auto& k = s.knobs;
@@ -687,235 +679,10 @@ int cmd_run(int argc, char** argv) {
   return rc;
 }
 
-int run_autoscale(const args& a) {
-  if (!a.has("model") || !a.has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
-  apply_common(a);
-  if (a.has("threads")) ::setenv("STRATA_THREADS", a.str("threads").c_str(), 1);  // for node processes
-  const int n_nodes = int(a.integer("nodes", 0, 64));
-  const double link = a.number("link-mbs", 0, 1e6);
-  const uint64_t chunk_bytes = uint64_t(a.integer("chunk-kb", 1, 1 << 20)) << 10;
-  const std::string transport = a.choice("transport", {"tcp", "sm"});
-  std::string victim;
-  double kill_at = 0;
-  const int kill_sig = a.choice("kill-signal", {"KILL", "STOP"}) == "KILL" ? SIGKILL : SIGSTOP;
-  if (a.has("kill")) {
-    auto spec = a.str("kill");
-    auto at = spec.find('@');
-    if (at == std::string::npos || at == 0) return fail("--kill: expected NODE@SECONDS, got '" + spec + "'");
-    victim = spec.substr(0, at);
-    auto when = spec.substr(at + 1);
-    char* end = nullptr;
-    kill_at = std::strtod(when.c_str(), &end);
-    if (when.empty() || *end != '\0' || !(kill_at >= 0 && kill_at <= 86400))
-      return fail("--kill: expected seconds in [0, 86400] after '@', got '" + when + "'");
-    if (n_nodes == 0) return fail("--kill needs --nodes (it kills a node process)");
-    bool known = victim == "src";
-    for (int i = 1; i <= n_nodes; ++i) known |= victim == "n" + std::to_string(i);
-    if (!known) return fail("--kill: unknown node '" + victim + "' (the nodes are n1..n" + std::to_string(n_nodes) + ")");
-  }
-  auto m = load_model(a.str("model"));
-  if (!m) return fail(m.message());
-  auto shaped = trace_from_args(a, **m);
-  if (!shaped) return fail(shaped.message());
-  auto setup = scaling_from_args(a);
-  if (!setup) return fail(setup.message());
-  auto& k = setup->knobs;
-  auto& links = setup->links;
-  auto& so = setup->so;
-  slo_spec slo;
-  slo.ttft_s = k.ttft_slo_s;
-  slo.tbt_s = k.tbt_slo_s;
-  // Cluster mode: instances live in node processes, parameters move over UCX.
-  std::string policies = a.str("policies");
-  std::unique_ptr<local_cluster> cluster;
-  std::vector<std::string> all_nodes;  // src, n1..nN
-  if (n_nodes > 0) {
-    local_cluster_options lo;
-    lo.transport = transport;
-    lo.controller_models = {{"model", a.str("model")}};
-    lo.model_roots = {a.str("model")};  // all-cache has every node load it from disk
-    std::string extra = link > 0 ? "throttle_mb_s = " + std::to_string(link) + "\n" : "";
-    // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
-    // policies run with the one copy 'src' holds.
-    lo.controller_extra = extra + "host_copies = " + std::to_string(n_nodes + 1) + "\n";
-    // all-cache loads from a node's own copy as much faster than the network as the in-process
-    // profile's host path is (PCIe vs network), scaled like the paced links.
-    so.cluster.local_mb_s = link > 0 ? link * links.local_host_gb_s / links.network_gb_s : 0;
-    say("starting a cluster: controller node 'src' (host copy of the model) and %d node processes, "
-        "UCX %s, each node's egress %s\n",
-        n_nodes, lo.transport.c_str(), link > 0 ? (format_number(link) + " MB/s").c_str() : "unpaced");
-    auto lc = local_cluster::start(lo);
-    if (!lc) return fail(lc.message());
-    cluster = std::move(*lc);
-    so.cluster.nodes.push_back("src");
-    for (int i = 1; i <= n_nodes; ++i) {
-      auto name = "n" + std::to_string(i);
-      if (auto st = cluster->add_node(name, extra); !st) return fail(st.message());
-      so.cluster.nodes.push_back(name);
-    }
-    all_nodes = so.cluster.nodes;
-    if (a.has("placement")) {
-      // Which nodes may host instances, in the order they are used (the first serves from the
-      // start; a node without the host copy loads it first).
-      std::vector<std::string> order;
-      for (auto& n : split_list(a.str("placement"))) {
-        if (std::find(all_nodes.begin(), all_nodes.end(), n) == all_nodes.end())
-          return fail("unknown node '" + n + "' in --placement (the nodes are src and n1..n" + std::to_string(n_nodes) +
-                      ")");
-        if (std::find(order.begin(), order.end(), n) != order.end())
-          return fail("node '" + n + "' appears twice in --placement");
-        order.push_back(n);
-      }
-      if (order.empty()) return fail("--placement names no node");
-      so.cluster.nodes = order;
-    }
-    if (auto st = cluster->wait_nodes(size_t(n_nodes + 1)); !st) return fail(st.message());
-    if (auto st = cluster->wait_host_copy("model"); !st) return fail(st.message());
-    so.cluster.controller = cluster->controller();
-    so.cluster.model = "model";
-    so.cluster.chunk_bytes = chunk_bytes;
-    say("cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, "
-        "multicast in %.0f KiB chunks\n",
-        cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
-        double(layout_of((*m)->config).total) / 1e6, double(so.cluster.chunk_bytes) / 1024);
-  } else {
-    say("emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; "
-        "links: network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s\n",
-        so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
-        links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
-  }
-  struct row {
-    std::string policy;
-    replay_summary sum;
-    scaling_report rep;
-  };
-  std::vector<row> rows;
-  std::string first_failure;
-  for (auto& name : split_list(policies)) {
-    auto pol = make_policy(name, k, links);
-    if (!pol) return fail(pol.message());
-    bool all_cache = (*pol)->loading().local_copy;
-    std::string from = (*pol)->loading().source;
-    if (cluster && all_cache)
-      from = "the host copy on their own node" +
-             (so.cluster.local_mb_s > 0 ? " at " + format_number(so.cluster.local_mb_s) + " MB/s" : std::string());
-    else if (cluster && !(*pol)->loading().live)
-      from = "the host copy (over the same links)";
-    std::printf("== %s: new instances load from %s%s\n", name.c_str(), from.c_str(),
-                (*pol)->loading().live ? ", serving while they load" : ", serving once complete");
-    if (cluster && all_cache) {
-      // A host copy on every node for this policy only, loaded from disk by each node.
-      caf::scoped_actor self{cluster->system()};
-      for (size_t i = 1; i < all_nodes.size(); ++i) {
-        std::string err;
-        self->request(cluster->controller(), std::chrono::seconds(90), cache_atom::value, all_nodes[i],
-                      std::string("model"), a.str("model"))
-            .receive([](bool) {}, [&](caf::error& e) { err = describe(e); });
-        if (!err.empty()) return fail("caching the model on " + all_nodes[i] + ": " + err);
-      }
-    }
-    std::optional<actor_runtime> own;
-    if (!cluster) own.emplace();
-    auto& sys = cluster ? cluster->system() : *own->sys;
-    router_options ro = setup->ro;
-    if (cluster) {
-      ro.costs.per_hop = 0.5;  // a process boundary costs more than a mailbox
-      ro.readmit.grace_ms = 10000;  // a lost instance's requests may wait for the scaler's next one
-    }
-    if (cluster) so.cluster.controller = cluster->controller();  // a new one after --kill src
-    auto router = spawn_router(sys, *m, std::vector<route_ptr>{}, ro);
-    auto scaler = spawn_scaler(sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
-    stop_on_exit guard;
-    guard.actors = {scaler, router};
-    std::thread killer;
-    std::atomic<bool> replay_done{false};
-    std::atomic<double> killed_at{-1};
-    auto t_start = std::chrono::steady_clock::now();
-    if (!victim.empty())
-      killer = std::thread([&] {
-        auto when = t_start + std::chrono::microseconds(int64_t(kill_at * 1e6));
-        while (!replay_done && std::chrono::steady_clock::now() < when) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        if (replay_done) return;
-        (void)cluster->signal(victim, kill_sig);
-        killed_at = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-      });
-    auto records = replay(sys, router, *shaped, printing_replay(**m, a, shaped->requests.size(), 5));
-    replay_done = true;
-    if (killer.joinable()) killer.join();
-    if (!records) return fail(records.message());
-    router_stats rstats;
-    {
-      caf::scoped_actor self{sys};
-      self->request(router, std::chrono::seconds(5), stats_atom::value)
-          .receive([&](router_stats& s) { rstats = s; }, [](caf::error&) {});
-    }
-    scaling_report rep;
-    caf::scoped_actor self{sys};
-    self->request(scaler, std::chrono::seconds(5), report_atom::value)
-        .receive([&](scaling_report& r) { rep = std::move(r); }, [&](caf::error&) {});
-    caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
-    caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
-    auto sum = summarize_replay(*records, slo);
-    std::printf("%s", sum.table(name).c_str());
-    if (!victim.empty()) {
-      // Recovery: the longest a request running at the signal waited from it for its next token.
-      double ka = killed_at, recovered = 0;
-      size_t in_flight = 0;
-      for (auto& r : *records) {
-        if (ka < 0 || r.arrival > ka || (r.done >= 0 && r.done <= ka)) continue;
-        ++in_flight;
-        auto next = std::upper_bound(r.token_times.begin(), r.token_times.end(), ka);
-        if (next != r.token_times.end()) recovered = std::max(recovered, *next - ka);
-      }
-      if (ka < 0)
-        std::printf("  fault: %s was not signalled (the replay ended first)\n", victim.c_str());
-      else
-        std::printf("  fault: SIG%s to %s at %.2f s; %llu request(s) re-admitted; requests in flight then: %zu, %s\n",
-                    kill_sig == SIGKILL ? "KILL" : "STOP", victim.c_str(), ka, (unsigned long long)rstats.readmissions,
-                    in_flight,
-                    recovered > 0 ? ("the longest wait of one of them for its next token " + std::to_string(recovered).substr(0, 5) +
-                                     " s").c_str()
-                    : in_flight > 0 ? "none of them got another token"
-                                    : "none to recover");
-    }
-    for (auto& e : rep.events)
-      if (e.instance == 0)  // an event of the cluster, not of one instance
-        std::printf("    %7.2f s  %s: %s\n", e.t, e.what.c_str(), e.detail.c_str());
-      else
-        std::printf("    %7.2f s  %-9s instance %u %s\n", e.t, e.what.c_str(), e.instance, e.detail.c_str());
-    if (a.has("svg-prefix")) {
-      step_series inst{"instances", rep.instances};
-      auto path = a.str("svg-prefix") + name + ".svg";
-      if (auto st = write_timeline_svg(path, "policy " + name, *records, {inst}); !st) return fail(st.message());
-      std::printf("  timeline: %s\n", path.c_str());
-    }
-    if (cluster) {
-      if (all_cache && victim != "src") {
-        caf::scoped_actor self{cluster->system()};
-        for (size_t i = 1; i < all_nodes.size(); ++i)
-          self->request(cluster->controller(), std::chrono::seconds(10), uncache_atom::value, all_nodes[i],
-                        std::string("model"))
-              .receive([](bool) {}, [](caf::error&) {});
-      }
-      // The next policy starts from the same state: every node up, only the host copy holds the model
-      // (after the controller's death, a whole new cluster).
-      if (!victim.empty()) {
-        if (auto st = cluster->restart(victim); !st) return fail("restarting " + victim + ": " + st.message());
-        if (auto st = cluster->wait_nodes(size_t(n_nodes + 1)); !st) return fail(st.message());
-      }
-      if (auto st = cluster->wait_only_host_copies("model"); !st) return fail(st.message());
-    }
-    std::printf("\n");
-    rows.push_back({name, sum, rep});
-    if (first_failure.empty())
-      for (auto& r : *records)
-        if (!r.ok) {
-          first_failure = name + ": " + std::to_string(sum.failed) + " of " + std::to_string(sum.requests) +
-                          " requests failed; the first: " + r.error;
-          break;
-        }
-  }
-  const row* base = nullptr;
+// The policies side by side. A column that does not apply (no stop-the-world run to compare
+// with, no scale-out to time) prints "-", never a 0 that reads as a measurement.
+void print_policy_table(const std::vector<policy_run>& rows) {
+  const policy_run* base = nullptr;
   for (auto& r : rows)
     if (r.policy == "stop-the-world") base = &r;
   auto mean = [](const std::vector<double>& v) {
@@ -927,8 +694,6 @@ int run_autoscale(const args& a) {
               "p99 TBT", "p99 E2E", "SLO %", "inst*s", "dev*s", "p99 TTFT", "to serving", "to full", "migrated", "with KV");
   std::printf("%-15s %9s %9s %9s %9s %7s %8s %8s %9s %11s %11s %9s %8s\n", "", "ms", "ms", "ms", "ms", "", "", "", "vs STW", "s",
               "s", "requests", "MB");
-  // A column that does not apply (no stop-the-world run to compare with, no scale-out to time)
-  // prints "-", never a 0 that reads as a measurement.
   auto cell = [](bool applies, double v, const char* fmt) {
     char b[32];
     if (!applies) return std::string("-");
@@ -936,19 +701,112 @@ int run_autoscale(const args& a) {
     return std::string(b);
   };
   for (auto& r : rows) {
-    bool vs = base && base->sum.ttft.p99 > 0;
+    bool vs = base && base->summary.ttft.p99 > 0;
     std::printf("%-15s %9.1f %9.1f %9.1f %9.1f %7.1f %8.1f %8.1f %9s %11s %11s %9llu %8.2f\n", r.policy.c_str(),
-                r.sum.ttft.p50 * 1e3, r.sum.ttft.p99 * 1e3, r.sum.tbt.p99 * 1e3, r.sum.e2e.p99 * 1e3,
-                100 * r.sum.slo_attainment, r.rep.instance_seconds, r.rep.device_seconds,
-                cell(vs, vs ? r.sum.ttft.p99 / base->sum.ttft.p99 : 0, "%.2f").c_str(),
-                cell(!r.rep.to_first_layer_s.empty(), mean(r.rep.to_first_layer_s), "%.3f").c_str(),
-                cell(!r.rep.to_full_s.empty(), mean(r.rep.to_full_s), "%.3f").c_str(),
-                (unsigned long long)r.rep.migrations, double(r.rep.kv_bytes_moved) / 1e6);
+                r.summary.ttft.p50 * 1e3, r.summary.ttft.p99 * 1e3, r.summary.tbt.p99 * 1e3, r.summary.e2e.p99 * 1e3,
+                100 * r.summary.slo_attainment, r.report.instance_seconds, r.report.device_seconds,
+                cell(vs, vs ? r.summary.ttft.p99 / base->summary.ttft.p99 : 0, "%.2f").c_str(),
+                cell(!r.report.to_first_layer_s.empty(), mean(r.report.to_first_layer_s), "%.3f").c_str(),
+                cell(!r.report.to_full_s.empty(), mean(r.report.to_full_s), "%.3f").c_str(),
+                (unsigned long long)r.report.migrations, double(r.report.kv_bytes_moved) / 1e6);
   }
+}
+
+int run_autoscale(const args& a) {
+  if (!a.has("model") || !a.has("trace")) return fail("autoscale needs --model PATH and --trace FILE|gamma");
+  apply_common(a);
+  if (a.has("threads")) ::setenv("STRATA_THREADS", a.str("threads").c_str(), 1);  // for node processes
+  // The options become a spec (every value checked before anything starts) ...
+  autoscale_spec spec;
+  spec.model_path = a.str("model");
+  spec.nodes = int(a.integer("nodes", 0, 64));
+  spec.link_mbs = a.number("link-mbs", 0, 1e6);
+  spec.chunk_bytes = uint64_t(a.integer("chunk-kb", 1, 1 << 20)) << 10;
+  spec.transport = a.choice("transport", {"tcp", "sm"});
+  spec.policies = split_list(a.str("policies"));
+  spec.placement = split_list(a.str("placement"));
+  if (a.has("placement") && spec.placement.empty()) return fail("--placement names no node");
+  const int kill_sig = a.choice("kill-signal", {"KILL", "STOP"}) == "KILL" ? SIGKILL : SIGSTOP;
+  if (a.has("kill")) {
+    auto text = a.str("kill");
+    auto at = text.find('@');
+    if (at == std::string::npos || at == 0) return fail("--kill: expected NODE@SECONDS, got '" + text + "'");
+    auto when = text.substr(at + 1);
+    char* end = nullptr;
+    double kill_at = std::strtod(when.c_str(), &end);
+    if (when.empty() || *end != '\0' || !(kill_at >= 0 && kill_at <= 86400))
+      return fail("--kill: expected seconds in [0, 86400] after '@', got '" + when + "'");
+    spec.fault = node_fault{text.substr(0, at), kill_at, kill_sig};
+    if (spec.nodes == 0) return fail("--kill needs --nodes (it kills a node process)");
+  }
+  auto m = load_model(spec.model_path);
+  if (!m) return fail(m.message());
+  spec.model = *m;
+  auto shaped = trace_from_args(a, **m);
+  if (!shaped) return fail(shaped.message());
+  spec.requests = std::move(*shaped);
+  auto setup = scaling_from_args(a);
+  if (!setup) return fail(setup.message());
+  spec.setup = *setup;
+  spec.replay = printing_replay(**m, a, spec.requests.requests.size(), 5);
+  // ... the runner replays it under each policy, and this prints what it returns.
+  autoscale_hooks hooks;
+  hooks.log = [](const std::string& s) { say("%s\n", s.c_str()); };
+  hooks.starting = [](const policy_run& r) {
+    std::printf("== %s: new instances load from %s%s\n", r.policy.c_str(), r.loads_from.c_str(),
+                r.live ? ", serving while they load" : ", serving once complete");
+    std::fflush(stdout);
+  };
+  hooks.finished = [&](const policy_run& r) -> status {
+    std::printf("%s", r.summary.table(r.policy).c_str());
+    if (spec.fault) {
+      // Recovery: the longest a request running at the signal waited from it for its next token.
+      double ka = r.fault_at_s, recovered = 0;
+      size_t in_flight = 0;
+      for (auto& q : r.records) {
+        if (ka < 0 || q.arrival > ka || (q.done >= 0 && q.done <= ka)) continue;
+        ++in_flight;
+        auto next = std::upper_bound(q.token_times.begin(), q.token_times.end(), ka);
+        if (next != q.token_times.end()) recovered = std::max(recovered, *next - ka);
+      }
+      if (ka < 0)
+        std::printf("  fault: %s was not signalled (the replay ended first)\n", spec.fault->node.c_str());
+      else
+        std::printf("  fault: SIG%s to %s at %.2f s; %llu request(s) re-admitted; requests in flight then: %zu, %s\n",
+                    kill_sig == SIGKILL ? "KILL" : "STOP", spec.fault->node.c_str(), ka,
+                    (unsigned long long)r.router.readmissions, in_flight,
+                    recovered > 0 ? ("the longest wait of one of them for its next token " +
+                                     std::to_string(int64_t(recovered * 1000 + 0.5)) + " ms").c_str()
+                    : in_flight > 0 ? "none of them got another token"
+                                    : "none to recover");
+    }
+    for (auto& e : r.report.events)
+      if (e.instance == 0)  // an event of the cluster, not of one instance
+        std::printf("    %7.2f s  %s: %s\n", e.t, e.what.c_str(), e.detail.c_str());
+      else
+        std::printf("    %7.2f s  %-9s instance %u %s\n", e.t, e.what.c_str(), e.instance, e.detail.c_str());
+    if (a.has("svg-prefix")) {
+      step_series inst{"instances", r.report.instances};
+      auto path = a.str("svg-prefix") + r.policy + ".svg";
+      if (auto st = write_timeline_svg(path, "policy " + r.policy, r.records, {inst}); !st) return st;
+      std::printf("  timeline: %s\n", path.c_str());
+    }
+    std::printf("\n");
+    std::fflush(stdout);
+    return {};
+  };
+  auto result = run_autoscale_experiment(spec, hooks);
+  if (!result) return fail(result.message());
+  print_policy_table(result->runs);
   // A run that lost requests says so in its exit status, with the first reason.
-  if (!first_failure.empty()) return fail(first_failure);
+  for (auto& r : result->runs)
+    for (auto& q : r.records)
+      if (!q.ok)
+        return fail(r.policy + ": " + std::to_string(r.summary.failed) + " of " + std::to_string(r.summary.requests) +
+                    " requests failed; the first: " + q.error);
   return 0;
 }
+
 // A command that runs from its parsed options (strata run builds the same args from a file).
 int parsed(int argc, char** argv, const char* name, int (*run)(const args&)) {
   auto a = args::parse(argc, argv, 2, strata_command(name));

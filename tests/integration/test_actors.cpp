@@ -7,6 +7,7 @@
 
 #include "../test_util.hpp"
 #include "actors/engine.hpp"
+#include "actors/experiments.hpp"
 #include "actors/replay.hpp"
 #include "actors/scaler.hpp"
 #include "dataflow/text/tokenizer.hpp"
@@ -822,4 +823,56 @@ TEST_CASE("has-gpu on shards that cannot resize treats them as whole devices and
   REQUIRE_FALSE(refused.empty());
   for (auto& [id, n] : refused) CHECK(n == 1);  // asked once, then treated as a whole device
   CHECK(rep.device_seconds == doctest::Approx(rep.instance_seconds).epsilon(1e-6));
+}
+
+TEST_CASE("the autoscale experiment runs as library code: a spec in, a result per policy out") {
+  autoscale_spec spec;
+  spec.model_path = test::stories_dir();
+  spec.model = test::stories();
+  gamma_options g;
+  g.n = 12;
+  g.rate = 40;
+  g.burstiness = 0.3;
+  g.prompt_min = 4;
+  g.prompt_max = 16;
+  g.output_min = 4;
+  g.output_max = 8;
+  auto t = gamma_trace(g);
+  REQUIRE(t);
+  spec.requests = *t;
+  spec.setup.knobs.max_instances = 3;
+  spec.setup.knobs.queue_per_instance = 2;
+  spec.setup.so.device.layer_s = 0.002;
+  spec.setup.so.layer_bytes = 2e6;
+  spec.policies = {"blitz", "stop-the-world"};
+  spec.replay.vocab_size = spec.model->config.vocab_size;
+  std::vector<std::string> started, logged;
+  autoscale_hooks hooks;
+  hooks.log = [&](const std::string& s) { logged.push_back(s); };
+  hooks.starting = [&](const policy_run& r) { started.push_back(r.policy); };
+  auto result = run_autoscale_experiment(spec, hooks);
+  REQUIRE_MESSAGE(result, result.message());
+  CHECK(started == spec.policies);
+  REQUIRE(result->runs.size() == 2);
+  for (auto& r : result->runs) {
+    CAPTURE(r.policy);
+    CHECK(r.records.size() == 12);
+    CHECK(r.summary.ok == 12);
+    CHECK(r.report.policy == r.policy);
+    CHECK_FALSE(r.report.instances.empty());
+  }
+  CHECK(result->runs[0].live);
+  CHECK_FALSE(result->runs[1].live);
+  REQUIRE_FALSE(logged.empty());
+  CHECK(logged[0].find("emulated profile") == 0);
+  // A spec that cannot run is refused before anything starts.
+  spec.policies = {"nope"};
+  auto bad = run_autoscale_experiment(spec);
+  REQUIRE_FALSE(bad);
+  CHECK(bad.message().find("unknown policy 'nope'") != std::string::npos);
+  spec.policies = {"blitz"};
+  spec.fault = node_fault{"n1", 1.0, SIGKILL};
+  auto no_nodes = run_autoscale_experiment(spec);
+  REQUIRE_FALSE(no_nodes);
+  CHECK(no_nodes.message() == "--kill needs --nodes (it kills a node process)");
 }

@@ -1,0 +1,218 @@
+#include "actors/experiments.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <thread>
+
+#include "actors/cluster.hpp"
+#include "actors/local_cluster.hpp"
+#include "dataflow/model/param_image.hpp"
+
+namespace strata {
+
+namespace {
+
+std::string mb_s(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.4g MB/s", x);
+  return b;
+}
+
+// Stops the actors of one policy's run on every way out of it.
+struct stop_actors {
+  std::vector<caf::actor> actors;
+  ~stop_actors() {
+    for (auto& a : actors)
+      if (a) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+  }
+};
+
+status check_spec(const autoscale_spec& s) {
+  if (!s.model) return make_error("autoscale: no model");
+  if (s.requests.requests.empty()) return make_error("autoscale: the trace has no requests");
+  if (s.policies.empty()) return make_error("autoscale: no policy to run");
+  for (auto& p : s.policies)
+    if (auto made = make_policy(p, s.setup.knobs, s.setup.links); !made) return made.err();
+  if (s.fault) {
+    if (s.nodes == 0) return make_error("--kill needs --nodes (it kills a node process)");
+    bool known = s.fault->node == "src";
+    for (int i = 1; i <= s.nodes; ++i) known |= s.fault->node == "n" + std::to_string(i);
+    if (!known)
+      return make_error("--kill: unknown node '" + s.fault->node + "' (the nodes are n1..n" + std::to_string(s.nodes) + ")");
+  }
+  std::vector<std::string> seen;
+  for (auto& n : s.placement) {
+    bool known = n == "src";
+    for (int i = 1; i <= s.nodes; ++i) known |= n == "n" + std::to_string(i);
+    if (!known)
+      return make_error("unknown node '" + n + "' in --placement (the nodes are src and n1..n" + std::to_string(s.nodes) +
+                        ")");
+    if (std::find(seen.begin(), seen.end(), n) != seen.end()) return make_error("node '" + n + "' appears twice in --placement");
+    seen.push_back(n);
+  }
+  return {};
+}
+
+}  // namespace
+
+expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, const autoscale_hooks& hooks) {
+  auto log = [&](const std::string& s) {
+    if (hooks.log) hooks.log(s);
+  };
+  if (auto ok = check_spec(spec); !ok) return ok.err();
+  const auto& k = spec.setup.knobs;
+  const auto& links = spec.setup.links;
+  scaler_options so = spec.setup.so;  // the cluster's part is filled in here
+  const auto& m = spec.model;
+  slo_spec slo;
+  slo.ttft_s = k.ttft_slo_s;
+  slo.tbt_s = k.tbt_slo_s;
+  autoscale_result result;
+  // Cluster mode: instances live in node processes, parameters move over UCX.
+  std::unique_ptr<local_cluster> cluster;
+  std::vector<std::string> all_nodes;  // src, n1..nN
+  if (spec.nodes > 0) {
+    local_cluster_options lo;
+    lo.transport = spec.transport;
+    lo.controller_models = {{"model", spec.model_path}};
+    lo.model_roots = {spec.model_path};  // all-cache has every node load it from disk
+    std::string extra = spec.link_mbs > 0 ? "throttle_mb_s = " + std::to_string(spec.link_mbs) + "\n" : "";
+    // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
+    // policies run with the one copy 'src' holds.
+    lo.controller_extra = extra + "host_copies = " + std::to_string(spec.nodes + 1) + "\n";
+    // all-cache loads from a node's own copy as much faster than the network as the in-process
+    // profile's host path is (PCIe vs network), scaled like the paced links.
+    so.cluster.local_mb_s = spec.link_mbs > 0 ? spec.link_mbs * links.local_host_gb_s / links.network_gb_s : 0;
+    log("starting a cluster: controller node 'src' (host copy of the model) and " + std::to_string(spec.nodes) +
+        " node processes, UCX " + lo.transport + ", each node's egress " +
+        (spec.link_mbs > 0 ? mb_s(spec.link_mbs) : std::string("unpaced")));
+    auto lc = local_cluster::start(lo);
+    if (!lc) return lc.err();
+    cluster = std::move(*lc);
+    so.cluster.nodes = {"src"};
+    for (int i = 1; i <= spec.nodes; ++i) {
+      auto name = "n" + std::to_string(i);
+      if (auto st = cluster->add_node(name, extra); !st) return st.err();
+      so.cluster.nodes.push_back(name);
+    }
+    all_nodes = so.cluster.nodes;
+    // Which nodes may host instances, in the order they are used (the first serves from the
+    // start; a node without the host copy loads it first).
+    if (!spec.placement.empty()) so.cluster.nodes = spec.placement;
+    if (auto st = cluster->wait_nodes(size_t(spec.nodes + 1)); !st) return st.err();
+    if (auto st = cluster->wait_host_copy("model"); !st) return st.err();
+    so.cluster.controller = cluster->controller();
+    so.cluster.model = "model";
+    so.cluster.chunk_bytes = spec.chunk_bytes;
+    result.cluster_dir = cluster->work_dir();
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, multicast in %.0f KiB "
+                  "chunks",
+                  cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
+                  double(layout_of(m->config).total) / 1e6, double(so.cluster.chunk_bytes) / 1024);
+    log(line);
+  } else {
+    char line[256];
+    std::snprintf(line, sizeof line,
+                  "emulated profile: %.0f MB per layer, %.0f MB globals, device %.2f ms/layer + %.3f ms/row; links: "
+                  "network %.1f GB/s, host %.1f GB/s, remote %.1f GB/s",
+                  so.layer_bytes / 1e6, so.globals_bytes / 1e6, so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
+                  links.network_gb_s, links.local_host_gb_s, links.remote_gb_s);
+    log(line);
+  }
+  for (auto& name : spec.policies) {
+    auto pol = make_policy(name, k, links);
+    if (!pol) return pol.err();
+    policy_run run;
+    run.policy = name;
+    run.live = (*pol)->loading().live;
+    bool all_cache = (*pol)->loading().local_copy;
+    run.loads_from = (*pol)->loading().source;
+    if (cluster && all_cache)
+      run.loads_from = "the host copy on their own node" +
+                       (so.cluster.local_mb_s > 0 ? " at " + mb_s(so.cluster.local_mb_s) : std::string());
+    else if (cluster && !run.live)
+      run.loads_from = "the host copy (over the same links)";
+    if (hooks.starting) hooks.starting(run);
+    if (cluster && all_cache) {
+      // A host copy on every node for this policy only, loaded from disk by each node.
+      caf::scoped_actor self{cluster->system()};
+      for (size_t i = 1; i < all_nodes.size(); ++i) {
+        std::string err;
+        self->request(cluster->controller(), std::chrono::seconds(90), cache_atom::value, all_nodes[i],
+                      std::string("model"), spec.model_path)
+            .receive([](bool) {}, [&](caf::error& e) { err = describe(e); });
+        if (!err.empty()) return make_error("caching the model on " + all_nodes[i] + ": " + err);
+      }
+    }
+    std::optional<caf::actor_system_config> own_cfg;
+    std::optional<caf::actor_system> own;
+    if (!cluster) {
+      own_cfg.emplace();
+      register_strata_types(*own_cfg);
+      own.emplace(*own_cfg);
+    }
+    auto& sys = cluster ? cluster->system() : *own;
+    router_options ro = spec.setup.ro;
+    if (cluster) {
+      ro.costs.per_hop = 0.5;       // a process boundary costs more than a mailbox
+      ro.readmit.grace_ms = 10000;  // a lost instance's requests may wait for the scaler's next one
+      so.cluster.controller = cluster->controller();  // a new one after a fault on src
+    }
+    auto router = spawn_router(sys, m, std::vector<route_ptr>{}, ro);
+    auto scaler = spawn_scaler(sys, m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
+    {
+      stop_actors guard{{scaler, router}};
+      std::thread killer;
+      std::atomic<bool> replay_done{false};
+      std::atomic<double> fault_at{-1};
+      auto t_start = std::chrono::steady_clock::now();
+      if (spec.fault)
+        killer = std::thread([&] {
+          auto when = t_start + std::chrono::microseconds(int64_t(spec.fault->at_s * 1e6));
+          while (!replay_done && std::chrono::steady_clock::now() < when)
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+          if (replay_done) return;
+          (void)cluster->signal(spec.fault->node, spec.fault->signal);
+          fault_at = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+        });
+      auto records = replay(sys, router, spec.requests, spec.replay);
+      replay_done = true;
+      if (killer.joinable()) killer.join();
+      if (!records) return records.err();
+      run.records = std::move(*records);
+      run.fault_at_s = fault_at;
+      caf::scoped_actor self{sys};
+      self->request(router, std::chrono::seconds(5), stats_atom::value)
+          .receive([&](router_stats& s) { run.router = s; }, [](caf::error&) {});
+      self->request(scaler, std::chrono::seconds(5), report_atom::value)
+          .receive([&](scaling_report& r) { run.report = std::move(r); }, [](caf::error&) {});
+    }
+    run.summary = summarize_replay(run.records, slo);
+    if (hooks.finished)
+      if (auto st = hooks.finished(run); !st) return st.err();
+    if (cluster) {
+      if (all_cache && !(spec.fault && spec.fault->node == "src")) {
+        caf::scoped_actor self{cluster->system()};
+        for (size_t i = 1; i < all_nodes.size(); ++i)
+          self->request(cluster->controller(), std::chrono::seconds(10), uncache_atom::value, all_nodes[i],
+                        std::string("model"))
+              .receive([](bool) {}, [](caf::error&) {});
+      }
+      // The next policy starts from the same state: every node up, only the host copy holds the
+      // model (after the controller's death, a whole new cluster).
+      if (spec.fault) {
+        if (auto st = cluster->restart(spec.fault->node); !st)
+          return make_error("restarting " + spec.fault->node + ": " + st.message());
+        if (auto st = cluster->wait_nodes(size_t(spec.nodes + 1)); !st) return st.err();
+      }
+      if (auto st = cluster->wait_only_host_copies("model"); !st) return st.err();
+    }
+    result.runs.push_back(std::move(run));
+  }
+  return result;
+}
+
+}  // namespace strata

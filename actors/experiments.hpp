@@ -1,0 +1,80 @@
+// Experiments as library code: a typed spec in, results as structs out. The CLI (`strata
+// autoscale`, `strata run FILE`) parses options into a spec and prints the results; tests and
+// other apps call the runner directly.
+#pragma once
+
+#include <csignal>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "actors/replay.hpp"
+#include "actors/router.hpp"
+#include "actors/scaler.hpp"
+#include "dataflow/experiment/metrics.hpp"
+#include "dataflow/experiment/trace.hpp"
+
+namespace strata {
+
+// Scaling knobs, link and device profile, and the router's scheduling options of an autoscaled
+// model (`autoscale`, `serve --policy`).
+struct scaling_setup {
+  scaling_knobs knobs;
+  link_speeds links;
+  scaler_options so;
+  router_options ro;
+};
+
+// A signal to one node process at a time into each policy's replay.
+struct node_fault {
+  std::string node;  // "src" (the controller's node) or "n1".."nN"
+  double at_s = 0;
+  int signal = SIGKILL;  // or SIGSTOP
+};
+
+struct autoscale_spec {
+  std::string model_path;  // what node processes (and all-cache copies) load
+  model_ptr model;
+  trace requests;
+  scaling_setup setup;
+  std::vector<std::string> policies;  // registered scaling policies, run one after the other
+  // > 0: a cluster of node processes on this machine (controller node "src" with the host copy,
+  // n1..nN); 0: instances in this process on the emulated profile.
+  int nodes = 0;
+  double link_mbs = 0;  // each node's paced egress (0: unpaced)
+  uint64_t chunk_bytes = 64 << 10;
+  std::string transport = "tcp";
+  std::vector<std::string> placement;  // nodes that may host instances, in order (empty: all)
+  std::optional<node_fault> fault;
+  replay_options replay;
+};
+
+// One policy's replay.
+struct policy_run {
+  std::string policy;
+  std::string loads_from;  // where its new instances load from, for people
+  bool live = false;       // serves while instances load
+  std::vector<request_record> records;
+  replay_summary summary;
+  scaling_report report;
+  router_stats router;
+  double fault_at_s = -1;  // when the fault struck (-1: the replay ended first, or none)
+};
+
+struct autoscale_hooks {
+  std::function<void(const std::string&)> log;        // progress for people (stderr)
+  std::function<void(const policy_run&)> starting;    // a policy's replay begins (records empty)
+  std::function<status(const policy_run&)> finished;  // ... ended; an error stops the experiment
+};
+
+struct autoscale_result {
+  std::vector<policy_run> runs;
+  std::string cluster_dir;  // the node processes' configs and logs (cluster mode)
+};
+
+// Checks the spec (nodes, fault, placement, policies) before anything starts, then replays the
+// trace under each policy from the same starting state.
+expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, const autoscale_hooks& hooks = {});
+
+}  // namespace strata
