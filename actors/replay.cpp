@@ -43,6 +43,7 @@ void finish(replay_actor* self, size_t i, bool ok, const std::string& err) {
   r.error = err;
   r.done = now(self);
   ++st.done;
+  if (st.o.finished) st.o.finished(i, r);
   if (st.o.progress && (st.done % st.o.progress_every == 0 || st.done == st.records.size()))
     st.o.progress(st.done, st.records.size(), now(self));
   if (st.done == st.records.size()) st.rp.deliver(std::make_shared<std::vector<request_record>>(st.records));

@@ -17,6 +17,8 @@ struct replay_options {
   std::chrono::milliseconds request_timeout{120000};  // per request, admission to done
   // Called in the replay actor every `progress_every` finished requests, and at the end.
   std::function<void(size_t finished, size_t total, double t)> progress;
+  // Called as each request ends (its index in the trace and its record), e.g. for --verbose.
+  std::function<void(size_t index, const request_record& r)> finished;
   size_t progress_every = 50;
 };
 

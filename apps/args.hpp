@@ -156,8 +156,12 @@ class args {
     auto it = v_.find(k);
     return it == v_.end() ? def : it->second;
   }
-  // The value, or the command table's default for it.
-  std::string str(const std::string& k) const { return str(k, table_default(k)); }
+  // The value, or the command table's default for it (empty for a parser without a table, as
+  // the benchmarks use).
+  std::string str(const std::string& k) const {
+    if (auto it = v_.find(k); it != v_.end()) return it->second;
+    return spec_ ? table_default(k) : std::string();
+  }
   long integer(const std::string& k, long lo, long hi) const { return with_default(k).integer(k, 0, lo, hi); }
   double number(const std::string& k, double lo, double hi) const { return with_default(k).number(k, 0, lo, hi); }
   double positive(const std::string& k, double hi) const { return with_default(k).positive(k, 0, hi); }

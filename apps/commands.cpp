@@ -53,6 +53,7 @@ const opts trace_opts = {
     {"burstiness", "B", "0.5", "gamma: shape (lower: burstier)", ""},
     {"seed", "S", "1", "gamma arrivals and prompt tokens", ""},
     {"quiet", "", "", "only results on stdout, nothing on stderr but errors", ""},
+    {"verbose", "", "", "also one line on stderr per finished request (times, tokens, error)", ""},
 };
 
 const opts slo_opts = {

@@ -456,6 +456,14 @@ replay_options printing_replay(const model& m, const args& a, size_t requests, s
   o.progress = [](size_t done, size_t total, double t) {
     say("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total);
   };
+  if (a.has("verbose")) {
+    if (a.has("quiet")) throw usage_error("--quiet and --verbose exclude each other");
+    o.finished = [](size_t i, const request_record& r) {
+      auto rel = [&](double t) { return t >= 0 ? (t - r.arrival) * 1e3 : -1.0; };
+      say("  request %zu: arrived %.3f s, first token +%.1f ms, done +%.1f ms, %d/%d tokens%s%s\n", i, r.arrival,
+          rel(r.first_token), rel(r.done), r.generated, r.output_tokens, r.ok ? "" : ", error: ", r.error.c_str());
+    };
+  }
   return o;
 }
 

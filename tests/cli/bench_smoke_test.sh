@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The benchmarks still run (their options parse, their setup works) at toy sizes: their ratios
+# mean nothing there, so a FAIL or MISS (exit 1) is accepted, a crash or usage error is not.
+# Usage: bench_smoke_test.sh BIN_DIR DATA_DIR
+set -u
+bin=$1 data=$2
+fail() { echo "FAIL: $*"; exit 1; }
+run() {  # run NAME PATTERN ARGS...: exit 0 or 1 and PATTERN in its output
+  local name=$1 pattern=$2; shift 2
+  out=$(timeout 300 "$bin/$name" "$@" 2>&1)
+  rc=$?
+  [ "$rc" -le 1 ] || fail "$name $*: exit $rc: $(echo "$out" | tail -5)"
+  echo "$out" | grep -q "$pattern" || fail "$name $*: no '$pattern' in: $(echo "$out" | tail -5)"
+  echo "ok: $name $* (exit $rc)"
+}
+run bench_decode "ratio per-layer / single" --model "$data/models/stories260K" --reps 1 --steps 4
+run bench_decode "ratio per-layer / single" --dim 64 --hidden 128 --layers 2 --heads 2 --kv-heads 2 --vocab 256 --reps 1 --steps 2
+run bench_multicast "binomial-pipeline" --mib 8 --reps 1 --transports tcp
