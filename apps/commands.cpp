@@ -76,6 +76,7 @@ const opts scaling_opts = {
     {"device-layer-ms", "MS", "0.5", "emulated device time per layer and step", ""},
     {"device-row-ms", "MS", "0.02", "emulated device time per row and layer", ""},
     {"scheduler", "NAME", "zigzag", "how a request picks among routes: zigzag or least-loaded", ""},
+    {"batch-scheduler", "NAME", "fcfs", "which waiting request starts next (strata policies lists them)", ""},
     {"migration", "HOW", "kv", "how requests leave a cooperative route: kv, recompute or off", ""},
 };
 

@@ -536,6 +536,8 @@ expected<scaling_setup> scaling_from_args(const args& a) {
   std::string migration = a.choice("migration", {"kv", "recompute", "off"});
   s.ro.max_running = int(a.integer("max-running", 1, 1 << 16));
   s.ro.scheduler = scheduler;
+  s.ro.batch_scheduler = a.str("batch-scheduler");
+  if (auto b = find_batch_scheduler(s.ro.batch_scheduler); !b) throw usage_error("--batch-scheduler: " + b.message());
   s.ro.recompute_migration = migration != "off";
   s.ro.kv_migration = migration == "kv";
   // The zigzag scheduler's cost model in ms: the emulated device's, and a hop between instances.
@@ -828,6 +830,8 @@ int cmd_policies() {
   for (auto& p : scaling_policies()) std::printf("  %-16s %s\n", p.name.c_str(), p.description.c_str());
   std::printf("route schedulers (--scheduler):\n");
   for (auto& r : route_schedulers()) std::printf("  %-16s %s\n", r.name.c_str(), r.description.c_str());
+  std::printf("batch schedulers (--batch-scheduler):\n");
+  for (auto& b : batch_schedulers()) std::printf("  %-16s %s\n", b.name.c_str(), b.description.c_str());
   std::printf("multicast plans (cluster multicast --plan):\n");
   for (auto& p : plan_shapes()) std::printf("  %-18s %s\n", p.name.c_str(), p.description.c_str());
   return 0;

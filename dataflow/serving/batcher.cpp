@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "dataflow/registry.hpp"
+
 namespace strata {
 
 status check_request(const generate_request& req, const model_config& c) {
@@ -20,6 +22,26 @@ status check_request(const generate_request& req, const model_config& c) {
   if (!(req.top_p > 0.0f && req.top_p <= 1.0f)) return bad("top_p must be in (0, 1]");
   return {};
 }
+
+namespace {
+
+registry<batch_scheduler>& batch_registry() {
+  static registry<batch_scheduler> r(
+      "batch scheduler",
+      {{"fcfs", "first come, first served (re-admitted requests first)", [](const std::vector<waiting_request>&) {
+          return size_t(0);
+        }}});
+  return r;
+}
+
+}  // namespace
+
+status register_batch_scheduler(batch_scheduler s) {
+  if (!s.pick) return make_error("batch scheduler '" + s.name + "' has no pick function");
+  return batch_registry().add(std::move(s));
+}
+std::vector<batch_scheduler> batch_schedulers() { return batch_registry().all(); }
+expected<batch_scheduler> find_batch_scheduler(const std::string& name) { return batch_registry().find(name); }
 
 namespace {
 
@@ -51,6 +73,29 @@ batcher::batcher(model_config c, batcher_options o, std::function<time_point()> 
     pick_ = sch->pick;
   else  // nothing can be scheduled, whatever routes arrive: every request is refused with the reason
     misconfigured_ = "route scheduler: " + sch.message();
+  if (auto b = find_batch_scheduler(opt_.batch_scheduler))
+    next_ = b->pick;
+  else if (misconfigured_.empty())
+    misconfigured_ = "batch scheduler: " + b.message();
+}
+
+// The waiting request the batch scheduler starts next (removed from the queue).
+uint64_t batcher::next_waiting() {
+  size_t i = 0;
+  if (waiting_.size() > 1) {
+    std::vector<waiting_request> view;
+    view.reserve(waiting_.size());
+    auto now = now_();
+    for (auto id : waiting_) {
+      auto& q = reqs_.at(id);
+      view.push_back({id, std::chrono::duration<double>(now - q.admitted).count(), int(q.tokens.size()),
+                      q.req.max_new_tokens, q.readmitted});
+    }
+    i = std::min(next_(view), view.size() - 1);  // an index past the end takes the last
+  }
+  auto id = waiting_[i];
+  waiting_.erase(waiting_.begin() + long(i));
+  return id;
 }
 
 // Whether the row at position p only gives the logits that score prompt token p+1.
@@ -162,6 +207,7 @@ void batcher::apply(const readmit_actions& a) {
     }
     std::erase(waiting_, r.id);
     waiting_.push_front(r.id);
+    r.readmitted = true;
   }
   if (a.arm_grace_ms > 0) out_.push_back(act::grace{a.arm_grace_ms, a.grace_epoch});
 }
@@ -293,12 +339,11 @@ route_id batcher::pick_route() {
 }
 
 void batcher::schedule() {
-  if (!pick_) return;
+  if (!pick_ || !next_) return;
   while (!waiting_.empty()) {
     auto r = pick_route();
     if (!r) break;
-    auto id = waiting_.front();
-    waiting_.pop_front();
+    auto id = next_waiting();
     auto& q = reqs_.at(id);
     q.path = r;
     q.seq = next_seq_++;

@@ -48,7 +48,31 @@ struct batcher_options {
   // all running requests, pick_split) or "least-loaded" (whose instance runs the fewest requests).
   std::string scheduler = "zigzag";
   split_costs costs;
+  // Which waiting request starts next: a registered batch scheduler.
+  std::string batch_scheduler = "fcfs";
 };
+
+// A waiting request as a batch scheduler sees it.
+struct waiting_request {
+  uint64_t id = 0;
+  double waited_s = 0;       // since admission
+  int prompt_tokens = 0;     // to prefill (the prompt, plus what it streamed if re-admitted)
+  int max_new_tokens = 0;
+  bool readmitted = false;   // lost its route once: it has streamed tokens already
+};
+
+// The batch scheduler registry: which waiting request starts next when a route has room, by
+// name (dataflow/registry.hpp). Built in: fcfs (admission order; re-admitted requests first).
+// SLO-aware schedulers (SlackFit, deadlines) register here; `strata policies` lists them.
+struct batch_scheduler {
+  std::string name;
+  std::string description;
+  // An index into `waiting` (in queue order: re-admitted requests first, then by admission).
+  std::function<size_t(const std::vector<waiting_request>& waiting)> pick;
+};
+status register_batch_scheduler(batch_scheduler s);
+std::vector<batch_scheduler> batch_schedulers();
+expected<batch_scheduler> find_batch_scheduler(const std::string& name);
 
 using route_id = uint64_t;
 using stage_id = uint64_t;
@@ -198,6 +222,7 @@ class batcher {
     bool moving = false;  // its KV cache is moving to migrate_to (KV migration)
     bool cancelled = false;
     bool started = false;  // has (or may have) KV state in the shards
+    bool readmitted = false;
     time_point admitted, first_token, last_token;
   };
   struct inflight_step {
@@ -222,13 +247,15 @@ class batcher {
   void migrate(request& q, route_id to);
   void plan_migrations();
   route_id pick_route();
+  uint64_t next_waiting();
   std::string stage_name(stage_id s) const;
   void prune_routes();
 
   model_config c_;
   batcher_options opt_;
   std::function<int(const route_choice&)> pick_;
-  std::string misconfigured_;  // the scheduler named no registered one: every request is refused
+  std::function<size_t(const std::vector<waiting_request>&)> next_;  // the batch scheduler's
+  std::string misconfigured_;  // a scheduler named no registered one: every request is refused
   std::vector<route_id> routes_;          // where new requests may start
   std::map<route_id, route_info> known_;  // every route still named by something
   std::map<uint64_t, request> reqs_;

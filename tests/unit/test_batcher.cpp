@@ -558,3 +558,41 @@ TEST_CASE("batcher: a route takes its share of max_running and the rest wait for
   REQUIRE(next.size() == 1);
   CHECK(next[0].rows.sampling.size() == 1);  // the third got room
 }
+
+TEST_CASE("batcher: batch schedulers come from a registry and choose which waiting request starts") {
+  CHECK(find_batch_scheduler("fcfs"));
+  auto bad = find_batch_scheduler("nope");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.message().find("unknown batch scheduler 'nope' (expected one of fcfs") == 0);
+  // An app's own: the shortest prompt first.
+  REQUIRE(register_batch_scheduler({"test-shortest-first", "the shortest prompt first", [](const std::vector<waiting_request>& w) {
+                                      size_t best = 0;
+                                      for (size_t i = 1; i < w.size(); ++i)
+                                        if (w[i].prompt_tokens < w[best].prompt_tokens) best = i;
+                                      return best;
+                                    }}));
+  CHECK_FALSE(register_batch_scheduler({"fcfs", "again", [](const std::vector<waiting_request>&) { return size_t(0); }}));
+  for (std::string name : {"fcfs", "test-shortest-first"}) {
+    CAPTURE(name);
+    batcher_options o;
+    o.max_running = 1;  // one at a time: the order of starts is the scheduler's
+    o.batch_scheduler = name;
+    harness h(o);
+    auto a = h.admit({1, 5, 6, 7, 8}, 1);
+    auto b = h.admit({1, 5}, 1);
+    h.b.set_routes({local(1, 1)});
+    auto s = only<act::step>(h.b.take_actions());
+    REQUIRE(s.size() == 1);
+    CHECK(s[0].rows.seqs.size() == (name == "fcfs" ? 5u : 2u));  // a first, or the shorter b
+    (void)a;
+    (void)b;
+  }
+  batcher_options o;
+  o.batch_scheduler = "nope";
+  harness h(o);
+  generate_request q;
+  q.prompt = {1, 5};
+  auto refused = h.b.admit(q, 1);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.message().find("batch scheduler: unknown batch scheduler 'nope'") == 0);
+}
