@@ -575,10 +575,12 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
     auto& st = self->state;
     st.controller_lost = true;
     abort_all_transfers(self);
-    if (dm.reason == caf::exit_reason::user_shutdown || dm.reason == caf::exit_reason::normal || st.cfg.controller.empty())
+    // A node serving instances keeps serving them for their scalers (rejoining would write them
+    // off); one that hosts nothing dials the controller again before concluding it is gone (it
+    // may be restarted at its address, or the drop was only the connection's).
+    if (dm.reason == caf::exit_reason::user_shutdown || dm.reason == caf::exit_reason::normal ||
+        st.cfg.controller.empty() || !st.hosted.empty())
       return without_controller(self, caf::to_string(dm.reason), dm.reason);
-    // A lost connection may be only the connection: the controller may be alive (a link reset
-    // under load). Dial it again before concluding it is gone.
     std::fprintf(stderr, "strata node %s: connection to the controller lost (%s); reconnecting\n", st.cfg.name.c_str(),
                  caf::to_string(dm.reason).c_str());
     reconnect(self, caf::to_string(dm.reason), reconnect_attempts);

@@ -97,8 +97,18 @@ class cluster {
 
 // The scaler tests' serving graph: blitz from one instance (on src) to two (on n1, then n2),
 // devices slow enough that a queue builds up and triggers the scale-out.
+// A scaled model's router and scaler, stopped however the test ends: a failed REQUIRE must fail
+// the test at once, not leave the scaler ticking while the actor system waits for it (a hang
+// until ctest's timeout).
 struct scaled {
   caf::actor router, scaler;
+  scaled(caf::actor r, caf::actor s) : router(std::move(r)), scaler(std::move(s)) {}
+  scaled(scaled&& o) noexcept : router(std::move(o.router)), scaler(std::move(o.scaler)) {}
+  scaled(const scaled&) = delete;
+  ~scaled() {
+    for (auto* a : {&scaler, &router})
+      if (*a) caf::anon_send_exit(*a, caf::exit_reason::user_shutdown);
+  }
 };
 scaled spawn_scaled(cluster& c, const model_ptr& m, router_options ro, const std::string& policy_name = "blitz",
                     int max_instances = 2) {
@@ -643,7 +653,8 @@ void controller_death_run(bool after_full, int sig = SIGKILL) {
     CHECK(res.ended[size_t(i)] < killed + (after_full ? 30 : 8));
     if (!res.errors[size_t(i)].empty()) {
       ++failed;
-      CHECK(res.errors[size_t(i)].find("the cluster's controller was lost") != std::string::npos);
+      CHECK_MESSAGE(res.errors[size_t(i)].find("the cluster's controller was lost") != std::string::npos,
+                    res.errors[size_t(i)]);
     } else {
       CHECK(res.tokens[size_t(i)] == reference_tokens(**m, prompts[size_t(i)], len));
     }
