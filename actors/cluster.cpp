@@ -545,6 +545,9 @@ void reconnect(node_actor* self, std::string why, int left) {
             auto c = caf::actor_cast<caf::actor>(p);
             if (!c) return retry("no actor published there");
             auto& st = self->state;
+            // The middleman may still hold the dead connection for that address: the same
+            // controller actor again is no reconnection.
+            if (c == st.controller) return retry("only the lost connection answered");
             st.controller = c;
             st.controller_lost = false;
             self->monitor(c);
