@@ -169,11 +169,6 @@ cluster_view cluster_book::view() const {
   return v;
 }
 
-std::vector<node_id> cluster_book::members() const {
-  std::vector<node_id> out;
-  for (auto& [id, _] : nodes_) out.push_back(id);
-  return out;
-}
 
 std::string transfer_report::summary() const {
   std::ostringstream os;

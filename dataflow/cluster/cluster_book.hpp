@@ -118,7 +118,6 @@ class cluster_book {
   void loaded(const std::string& model, node_id n);       // the whole image landed
   void load_failed(const std::string& model, node_id n);  // a half-loaded image is no holding
   const std::vector<uint8_t>* manifest(const std::string& model) const;
-  bool knows(const std::string& model) const { return models_.count(model) > 0; }
 
   // Placement for a multicast of req.model: the targets (by name; refused: unknown, named
   // twice, already holding unless resend, or receiving it now: `receiving` names the transfer),
@@ -128,7 +127,6 @@ class cluster_book {
   expected<std::vector<source_info>> sources(const multicast_request& req, const std::vector<node_id>& targets) const;
 
   cluster_view view() const;
-  std::vector<node_id> members() const;
 
  private:
   struct member {

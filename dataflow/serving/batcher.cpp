@@ -632,11 +632,4 @@ void batcher::prune_routes() {
   std::erase_if(known_, [&](auto& kv) { return !uses_route(kv.first); });
 }
 
-std::set<stage_id> batcher::stages_in_use() const {
-  std::set<stage_id> out;
-  for (auto& [_, r] : known_)
-    for (auto& h : r.stops) out.insert(h.stage);
-  return out;
-}
-
 }  // namespace strata

@@ -191,10 +191,9 @@ class batcher {
   // The actions so far, oldest first; taking them empties the outbox.
   std::vector<batcher_action> take_actions() { return std::exchange(out_, {}); }
   router_stats stats() const;
-  // Whether a route or stage is still named by a route, a request, a step or a move (the
+  // Whether a route is still named by the offered routes, a request, a step or a move (the
   // wiring forgets those that are not).
   bool uses_route(route_id r) const;
-  std::set<stage_id> stages_in_use() const;
   size_t waiting() const { return waiting_.size(); }
   size_t running() const { return running_.size(); }
   size_t requests() const { return reqs_.size(); }
