@@ -82,6 +82,12 @@ void stop_pipeline(const pipeline& p) {
   for (auto& a : p.actors()) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
 }
 
+stop_guard::~stop_guard() {
+  for (auto& p : pipelines) stop_pipeline(p);
+  for (auto& a : actors)
+    if (a) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+}
+
 request_stream::request_stream(caf::actor_system& sys, caf::actor router, std::chrono::milliseconds idle_timeout)
     : self_(sys), router_(std::move(router)), idle_(idle_timeout) {
   self_->monitor(router_);

@@ -30,6 +30,19 @@ expected<pipeline> spawn_pipeline(caf::actor_system& sys, model_ptr m, const std
 // Stops every actor of the pipeline (and nothing else).
 void stop_pipeline(const pipeline& p);
 
+// Stops what a run spawned on every way out of it: an actor system waits for its actors when it
+// ends, so one left running after an error would turn the error into a hang. Declare it after
+// the actor system it belongs to, so it runs first.
+struct stop_guard {
+  std::vector<caf::actor> actors;
+  std::vector<pipeline> pipelines;
+  stop_guard() = default;
+  explicit stop_guard(std::vector<caf::actor> xs) : actors(std::move(xs)) {}
+  stop_guard(const stop_guard&) = delete;
+  stop_guard& operator=(const stop_guard&) = delete;
+  ~stop_guard();
+};
+
 // A finished generation as seen by a blocking client.
 struct completion {
   std::vector<int32_t> tokens;

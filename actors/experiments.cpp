@@ -9,6 +9,8 @@
 #include "actors/local_cluster.hpp"
 #include "dataflow/model/param_image.hpp"
 
+#include <nlohmann/json.hpp>
+
 namespace strata {
 
 namespace {
@@ -18,15 +20,6 @@ std::string mb_s(double x) {
   std::snprintf(b, sizeof b, "%.4g MB/s", x);
   return b;
 }
-
-// Stops the actors of one policy's run on every way out of it.
-struct stop_actors {
-  std::vector<caf::actor> actors;
-  ~stop_actors() {
-    for (auto& a : actors)
-      if (a) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  }
-};
 
 status check_spec(const autoscale_spec& s) {
   if (!s.model) return make_error("autoscale: no model");
@@ -164,7 +157,7 @@ expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, 
     auto router = spawn_router(sys, m, std::vector<route_ptr>{}, ro);
     auto scaler = spawn_scaler(sys, m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), k, so);
     {
-      stop_actors guard{{scaler, router}};
+      stop_guard guard{{scaler, router}};
       std::thread killer;
       std::atomic<bool> replay_done{false};
       std::atomic<double> fault_at{-1};
@@ -213,6 +206,104 @@ expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, 
     result.runs.push_back(std::move(run));
   }
   return result;
+}
+
+expected<replay_result> run_replay_experiment(const replay_spec& spec) {
+  if (!spec.model) return make_error("replay: no model");
+  if (spec.requests.requests.empty()) return make_error("replay: the trace has no requests");
+  auto shards = spec.shards.empty() ? std::vector<layer_range>{{0, spec.model->config.n_layers}} : spec.shards;
+  caf::actor_system_config cfg;
+  register_strata_types(cfg);
+  caf::actor_system sys{cfg};
+  auto p = spawn_pipeline(sys, spec.model, shards);
+  if (!p) return p.err();
+  stop_guard guard;
+  guard.pipelines.push_back(*p);
+  auto router = spawn_router(sys, spec.model, p->path, spec.ro);
+  guard.actors.push_back(router);
+  auto records = replay(sys, router, spec.requests, spec.replay);
+  if (!records) return records.err();
+  replay_result r;
+  r.records = std::move(*records);
+  r.summary = summarize_replay(r.records, spec.slo);
+  caf::scoped_actor self{sys};
+  self->request(router, std::chrono::seconds(5), stats_atom::value)
+      .receive([&](router_stats& s) { r.router = s; }, [](caf::error&) {});
+  return r;
+}
+
+namespace {
+
+nlohmann::json json_of(const percentiles& p) {
+  return {{"n", p.n}, {"mean", p.mean}, {"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}, {"max", p.max}};
+}
+
+nlohmann::json json_of(const replay_summary& s) {
+  return {{"requests", s.requests}, {"ok", s.ok},
+          {"failed", s.failed},     {"ttft_s", json_of(s.ttft)},
+          {"tbt_s", json_of(s.tbt)}, {"e2e_s", json_of(s.e2e)},
+          {"slo_attainment", s.slo_attainment}, {"goodput_per_s", s.goodput},
+          {"tokens_per_s", s.tokens_per_s},     {"duration_s", s.duration}};
+}
+
+nlohmann::json json_of(const std::vector<request_record>& records) {
+  auto out = nlohmann::json::array();
+  for (auto& r : records) {
+    nlohmann::json j = {{"arrival_s", r.arrival},          {"prompt_tokens", r.prompt_tokens},
+                        {"output_tokens", r.output_tokens}, {"generated", r.generated},
+                        {"ok", r.ok}};
+    // A time that never came is null, not a negative number that reads as a measurement.
+    j["ttft_s"] = r.first_token >= 0 ? nlohmann::json(r.ttft()) : nlohmann::json(nullptr);
+    j["e2e_s"] = r.done >= 0 ? nlohmann::json(r.e2e()) : nlohmann::json(nullptr);
+    if (!r.ok) j["error"] = r.error;
+    out.push_back(std::move(j));
+  }
+  return out;
+}
+
+nlohmann::json json_of(const router_stats& s) {
+  return {{"tokens", s.tokens},          {"finished", s.finished},           {"migrations", s.migrations},
+          {"kv_migrations", s.kv_migrations}, {"kv_bytes_moved", s.kv_bytes_moved}, {"readmissions", s.readmissions}};
+}
+
+nlohmann::json json_of(const scaling_report& r) {
+  auto events = nlohmann::json::array();
+  for (auto& e : r.events) events.push_back({{"t_s", e.t}, {"what", e.what}, {"instance", e.instance}, {"detail", e.detail}});
+  auto instances = nlohmann::json::array();
+  for (auto& [t, n] : r.instances) instances.push_back({t, n});
+  return {{"events", events},
+          {"instances", instances},
+          {"to_first_layer_s", r.to_first_layer_s},
+          {"to_full_s", r.to_full_s},
+          {"instance_seconds", r.instance_seconds},
+          {"device_seconds", r.device_seconds},
+          {"migrations", r.migrations},
+          {"kv_migrations", r.kv_migrations},
+          {"kv_bytes_moved", r.kv_bytes_moved},
+          {"layers_loaded", r.layers_loaded},
+          {"bytes_loaded", r.bytes_loaded}};
+}
+
+}  // namespace
+
+std::string results_json(const replay_result& r) {
+  nlohmann::json j = {{"summary", json_of(r.summary)}, {"router", json_of(r.router)}, {"requests", json_of(r.records)}};
+  return j.dump(1) + "\n";
+}
+
+std::string results_json(const autoscale_result& r) {
+  auto runs = nlohmann::json::array();
+  for (auto& p : r.runs) {
+    nlohmann::json j = {{"policy", p.policy},           {"loads_from", p.loads_from},
+                        {"live", p.live},               {"summary", json_of(p.summary)},
+                        {"scaling", json_of(p.report)}, {"router", json_of(p.router)},
+                        {"requests", json_of(p.records)}};
+    j["fault_at_s"] = p.fault_at_s >= 0 ? nlohmann::json(p.fault_at_s) : nlohmann::json(nullptr);
+    runs.push_back(std::move(j));
+  }
+  nlohmann::json j = {{"policies", runs}};
+  if (!r.cluster_dir.empty()) j["cluster_dir"] = r.cluster_dir;
+  return j.dump(1) + "\n";
 }
 
 }  // namespace strata

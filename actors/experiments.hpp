@@ -1,6 +1,6 @@
 // Experiments as library code: a typed spec in, results as structs out. The CLI (`strata
-// autoscale`, `strata run FILE`) parses options into a spec and prints the results; tests and
-// other apps call the runner directly.
+// replay`, `strata autoscale`, `strata run FILE`) parses options into a spec and prints the
+// results (or writes them as JSON); tests and other apps call the runners directly.
 #pragma once
 
 #include <csignal>
@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "actors/engine.hpp"
 #include "actors/replay.hpp"
 #include "actors/router.hpp"
 #include "actors/scaler.hpp"
@@ -76,5 +77,28 @@ struct autoscale_result {
 // Checks the spec (nodes, fault, placement, policies) before anything starts, then replays the
 // trace under each policy from the same starting state.
 expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, const autoscale_hooks& hooks = {});
+
+// A trace against one fixed pipeline (no scaling): `strata replay`.
+struct replay_spec {
+  model_ptr model;
+  std::vector<layer_range> shards;  // empty: one shard of every layer
+  trace requests;
+  router_options ro;
+  slo_spec slo;
+  replay_options replay;
+};
+
+struct replay_result {
+  std::vector<request_record> records;
+  replay_summary summary;
+  router_stats router;
+};
+
+expected<replay_result> run_replay_experiment(const replay_spec& spec);
+
+// Results as JSON for scripts and tests: the summary, each request's record and (autoscale) each
+// policy's scaling report. Times in seconds, as in the structs.
+std::string results_json(const replay_result& r);
+std::string results_json(const autoscale_result& r);
 
 }  // namespace strata

@@ -135,7 +135,9 @@ std::vector<command_spec> make_table() {
                    opts{{"shards", "SPEC", "1", "K even layer shards, or sizes like 2,3", ""},
                         {"max-running", "N", "64", "sequences decoding at once", ""},
                         {"max-batch-tokens", "N", "512", "rows per step", ""},
-                        {"svg", "FILE", "", "write a timeline plot", ""}} +
+                        {"svg", "FILE", "", "write a timeline plot", ""},
+                        {"json", "FILE", "", "write the results as JSON (summary, router counters, every request)",
+                         ""}} +
                    slo_opts + common,
                "Lengths are also clipped to the model's context. Exit 1 when a request failed."});
   t.push_back({"autoscale", "", "replay a trace under scaling policies and compare them (the math is the real model's)",
@@ -144,6 +146,8 @@ std::vector<command_spec> make_table() {
                          "policies to compare, in order (see strata policies)", ""},
                         {"max-running", "N", "16", "sequences decoding at once per instance", ""},
                         {"svg-prefix", "P", "", "write P<policy>.svg timelines", ""},
+                        {"json", "FILE", "", "write the results as JSON (per policy: summary, scaling report, every "
+                         "request)", ""},
                         {"nodes", "N", "0", "instances in N strata node processes, parameters over UCX (0: in-process)",
                          ""},
                         {"link-mbs", "MB/s", "0", "nodes: pace each node's egress (0: unpaced)", ""},

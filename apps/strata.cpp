@@ -66,22 +66,6 @@ struct actor_runtime {
   }
 };
 
-// Stops what a command spawned on every way out of it: an actor system waits for its actors when
-// it ends, so one left running after an error would turn the error into a hang. Declared after
-// the actor system it belongs to, so it runs first.
-struct stop_on_exit {
-  std::vector<caf::actor> actors;
-  std::vector<pipeline> pipelines;
-  stop_on_exit() = default;
-  stop_on_exit(const stop_on_exit&) = delete;
-  stop_on_exit& operator=(const stop_on_exit&) = delete;
-  ~stop_on_exit() {
-    for (auto& p : pipelines) stop_pipeline(p);
-    for (auto& a : actors)
-      if (a) caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
-  }
-};
-
 // A prompt's text as the user wrote it: its tokens decoded, without the BOS the encoder put first.
 std::string prompt_text(const tokenizer& tok, const std::vector<int32_t>& prompt) {
   size_t skip = !prompt.empty() && prompt[0] == 1 ? 1 : 0;
@@ -107,7 +91,7 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
   auto devices = parse_devices(device_spec, shards->size());
   if (!devices) return fail(devices.message());
   actor_runtime rt;
-  stop_on_exit guard;
+  stop_guard guard;
   auto p = spawn_pipeline(*rt.sys, m, *shards, *devices);
   if (!p) return fail(p.message());
   guard.pipelines.push_back(*p);
@@ -385,12 +369,6 @@ int cmd_convert(int argc, char** argv) {
   return 0;
 }
 
-std::string format_number(double x) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", x);
-  return b;
-}
-
 // Requests in flight over time, from the records (a step series for the timeline plot).
 step_series in_flight(const std::vector<request_record>& records) {
   std::vector<std::pair<double, int>> ev;
@@ -471,43 +449,40 @@ int run_replay(const args& a) {
   if (!a.has("model") || !a.has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
   apply_common(a);
   // Every value is checked before the replay starts, not after it.
-  slo_spec slo;
-  slo.ttft_s = a.positive("ttft-slo-ms", 1e9) / 1000;
-  slo.tbt_s = a.positive("tbt-slo-ms", 1e9) / 1000;
-  router_options ro;
-  ro.max_running = int(a.integer("max-running", 1, 1 << 16));
-  ro.max_batch_tokens = int(a.integer("max-batch-tokens", 1, 1 << 24));
+  replay_spec spec;
+  spec.slo.ttft_s = a.positive("ttft-slo-ms", 1e9) / 1000;
+  spec.slo.tbt_s = a.positive("tbt-slo-ms", 1e9) / 1000;
+  spec.ro.max_running = int(a.integer("max-running", 1, 1 << 16));
+  spec.ro.max_batch_tokens = int(a.integer("max-batch-tokens", 1, 1 << 24));
   auto m = load_model(a.str("model"));
   if (!m) return fail(m.message());
+  spec.model = *m;
   auto shaped = trace_from_args(a, **m);
   if (!shaped) return fail(shaped.message());
+  spec.requests = std::move(*shaped);
   auto shards = parse_shards(a.str("shards"), (*m)->config.n_layers);
   if (!shards) return fail(shards.message());
-  actor_runtime rt;
-  stop_on_exit guard;
-  auto p = spawn_pipeline(*rt.sys, *m, *shards);
-  if (!p) return fail(p.message());
-  guard.pipelines.push_back(*p);
-  auto router = spawn_router(*rt.sys, *m, p->path, ro);
-  guard.actors.push_back(router);
-  auto records = replay(*rt.sys, router, *shaped, printing_replay(**m, a, shaped->requests.size(), 10));
-  stop_pipeline(*p);
-  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
-  if (!records) return fail(records.message());
-  auto sum = summarize_replay(*records, slo);
-  std::printf("\n%s", sum.table("replay of " + a.str("trace") + " on " + (*m)->name + ", shards " +
-                                to_string(*shards)).c_str());
-  for (auto& r : *records)
-    if (!r.ok) {
-      std::printf("  first failure: %s\n", r.error.c_str());
+  spec.shards = *shards;
+  spec.replay = printing_replay(**m, a, spec.requests.requests.size(), 10);
+  auto r = run_replay_experiment(spec);
+  if (!r) return fail(r.message());
+  std::printf("\n%s", r->summary.table("replay of " + a.str("trace") + " on " + (*m)->name + ", shards " +
+                                     to_string(*shards)).c_str());
+  for (auto& q : r->records)
+    if (!q.ok) {
+      std::printf("  first failure: %s\n", q.error.c_str());
       break;
     }
   if (a.has("svg")) {
-    auto st = write_timeline_svg(a.str("svg"), "replay of " + a.str("trace"), *records, {in_flight(*records)});
+    auto st = write_timeline_svg(a.str("svg"), "replay of " + a.str("trace"), r->records, {in_flight(r->records)});
     if (!st) return fail(st.message());
     std::printf("  timeline written to %s\n", a.str("svg").c_str());
   }
-  return sum.failed ? 1 : 0;
+  if (a.has("json")) {
+    if (auto st = write_file(a.str("json"), results_json(*r), "JSON results"); !st) return fail(st.message());
+    std::printf("  results written to %s\n", a.str("json").c_str());
+  }
+  return r->summary.failed ? 1 : 0;
 }
 
 
@@ -584,7 +559,7 @@ int run_serve(const args& a) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   actor_runtime rt;
-  stop_on_exit guard;
+  stop_guard guard;
   // A fixed pipeline, or instances a scaler starts and stops under its policy (in this process,
   // parameters arriving after the emulated link time; /ready is 503 until the first serves).
   pipeline pl;
@@ -808,6 +783,10 @@ int run_autoscale(const args& a) {
   auto result = run_autoscale_experiment(spec, hooks);
   if (!result) return fail(result.message());
   print_policy_table(result->runs);
+  if (a.has("json")) {
+    if (auto st = write_file(a.str("json"), results_json(*result), "JSON results"); !st) return fail(st.message());
+    std::printf("results written to %s\n", a.str("json").c_str());
+  }
   // A run that lost requests says so in its exit status, with the first reason.
   for (auto& r : result->runs)
     for (auto& q : r.records)

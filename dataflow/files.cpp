@@ -64,6 +64,16 @@ expected<std::string> confine_path(const std::string& path, const std::vector<st
   return make_error(path + " is outside the model roots (" + (listed.empty() ? "none configured" : listed) + ")");
 }
 
+status write_file(const std::string& path, const std::string& text, const char* what) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (!f) return make_error(path + ": cannot write " + what + ": " + std::strerror(errno));
+  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  int err = errno;
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok) return make_error(path + ": cannot write " + what + ": " + std::strerror(err ? err : errno));
+  return {};
+}
+
 expected<std::string> read_file(const std::string& path, uint64_t max_bytes, const char* what) {
   auto fd = open_regular(path);
   if (!fd) return make_error(std::string(what) + " " + fd.message());

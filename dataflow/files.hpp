@@ -20,6 +20,9 @@ expected<int> open_regular(const std::string& path);
 // ("trace", "node config").
 expected<std::string> read_file(const std::string& path, uint64_t max_bytes, const char* what);
 
+// Writes `text` to `path` (replacing it); "PATH: cannot write WHAT: reason" when it fails.
+status write_file(const std::string& path, const std::string& text, const char* what);
+
 // A read-only memory-mapped regular file. Mapping instead of reading keeps loading of large
 // checkpoints zero-copy until conversion.
 class mapped_file {

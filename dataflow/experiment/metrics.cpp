@@ -1,5 +1,7 @@
 #include "dataflow/experiment/metrics.hpp"
 
+#include "dataflow/files.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -142,10 +144,7 @@ status write_timeline_svg(const std::string& path, const std::string& title,
        << " (right axis)</text>\n";
   }
   os << "</svg>\n";
-  std::ofstream out(path);
-  out << os.str();
-  if (!out) return make_error(path + ": cannot write SVG");
-  return {};
+  return write_file(path, os.str(), "SVG");
 }
 
 prom_histogram::prom_histogram(std::vector<double> upper_bounds)

@@ -16,6 +16,11 @@ expect_error() {  # expect_error "needle" cmd...: the command fails with status 
   [ "$rc" -eq 1 ] || fail "expected exit status 1, got $rc from: $* -- output: $out"
   grep -qF -- "$needle" <<<"$out" || fail "expected '$needle' from: $* -- got: $out"
 }
+# jcheck FILE 'EXPR' WHAT: a check of a command's --json results (EXPR is Python over `r`).
+jcheck() {
+  python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); sys.exit(0 if eval("(" + sys.argv[2] + ")") else 1)' "$1" "$2" \
+    || fail "$3: $2 does not hold for $(head -c 2000 "$1")"
+}
 
 # (outputs are captured before grep: with pipefail, grep -q closing the pipe early would fail the writer)
 # Help per command, from the same table the parser reads: its options with their defaults.
@@ -125,9 +130,11 @@ expect_error "unknown command" "$strata" frobnicate
 # Trace replay: a truncated line is reported with its number and skipped; bad input fails clearly.
 m="$data/models/stories260K"
 printf 'TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:17:03.5,20,5\r\n2023-11-16 18:17:03.6,30\r\n2023-11-16 18:17:03.9,25,4' > "$tmp/t.csv"
-out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --svg "$tmp/r.svg" 2>&1)
+out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --svg "$tmp/r.svg" --json "$tmp/r.json" 2>&1)
 grep -q "skipped line 3: has 2 columns (truncated?)" <<<"$out" || fail "replay skipped line: $out"
 grep -q "2 requests (2 ok, 0 failed)" <<<"$out" || fail "replay result: $out"
+jcheck "$tmp/r.json" 'r["summary"]["ok"] == 2 and [q["prompt_tokens"] for q in r["requests"]] == [20, 25] and
+  all(q["generated"] == q["output_tokens"] and 0 < q["ttft_s"] <= q["e2e_s"] for q in r["requests"])' "replay --json"
 grep -q "<svg" "$tmp/r.svg" || fail "no svg written"
 out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --quiet 2>&1 >/dev/null)
 [ -z "$out" ] || fail "replay --quiet printed on stderr: $out"
@@ -140,10 +147,15 @@ grep -qE "^blitz .* ([0-9.]+|-) +[0-9]+ +[0-9.]+$" <<<"$out" || fail "autoscale 
 # all-cache puts a host copy on every node for its run only, then drops them again (blitz after it
 # loads over the network from the one copy left).
 out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies all-cache,blitz --threads 1 \
-  --nodes 2 --link-mbs 2 --device-layer-ms 2 2>&1)
-grep -q "cluster up" <<<"$out" || fail "autoscale --nodes: no cluster: $out"
-grep -q "all-cache: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes all-cache: $out"
-grep -q "blitz: 20 requests (20 ok, 0 failed)" <<<"$out" || fail "autoscale --nodes: $out"
+  --nodes 2 --link-mbs 2 --device-layer-ms 2 --json "$tmp/a.json" 2>&1)
+jcheck "$tmp/a.json" '[p["policy"] for p in r["policies"]] == ["all-cache", "blitz"] and "cluster_dir" in r and
+  all(p["summary"]["ok"] == 20 and p["summary"]["failed"] == 0 for p in r["policies"])' "autoscale --nodes"
+# The report counts only what happened: a time to serving per scale-out at most, layers loaded
+# only where an instance was started.
+jcheck "$tmp/a.json" 'all(len(p["scaling"]["to_first_layer_s"]) <= sum(e["what"] == "scale-out" for e in
+  p["scaling"]["events"]) and (p["scaling"]["layers_loaded"] > 0) == any(e["what"] == "scale-out" for e in
+  p["scaling"]["events"]) for p in r["policies"])' \
+  "autoscale --nodes blitz report"
 # Without a stop-the-world run there is nothing to compare with: "-", not a 0 that reads as a ratio.
 grep -qE "^blitz +([0-9.]+ +){7}- " <<<"$out" || fail "autoscale: vs STW column without STW: $out"
 expect_error "unknown node 'n7' in --placement" "$strata" autoscale --model "$m" --trace gamma --n 5 --nodes 1 \
@@ -153,8 +165,10 @@ topos="$(cd "$(dirname "$0")/../../apps/topologies" && pwd)"
 out=$("$strata" run "$topos/conv-replay.toml" --max-requests 10 --svg "$tmp/topo.svg")
 grep -q "10 requests (10 ok, 0 failed)" <<<"$out" || fail "run conv-replay: $out"
 # A topology with a random model: written to a temp dir first, then the job runs on it.
-out=$("$strata" run "$topos/gamma-random-model.toml" --max-requests 6 --policies blitz --nodes 2 --link-mbs 8 2>&1)
-grep -q "blitz: 6 requests (6 ok, 0 failed)" <<<"$out" || fail "run gamma-random-model: $out"
+out=$("$strata" run "$topos/gamma-random-model.toml" --max-requests 6 --policies blitz --nodes 2 --link-mbs 8 \
+  --json "$tmp/run.json" 2>&1)
+jcheck "$tmp/run.json" 'r["policies"][0]["policy"] == "blitz" and r["policies"][0]["summary"]["ok"] == 6' \
+  "run gamma-random-model"
 grep -q "^topology .*: strata autoscale .*--model /tmp/strata-topology-" <<<"$out" || fail "run prints its command: $out"
 printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[scaling]\nmaxx = 2\n' "$m" > "$tmp/bad.toml"
 expect_error "unknown key 'maxx' in [scaling]" "$strata" run "$tmp/bad.toml"

@@ -1,5 +1,6 @@
 // The actor pipeline, for real: CAF actors, router, continuous batching, cancellation, failures.
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <cstring>
 #include <random>
@@ -489,13 +490,7 @@ TEST_CASE("a stage that stops answering times the step out") {
 
 TEST_CASE("trace replay issues every request at its time and records every token") {
   served s("2,3");
-  gamma_options g;
-  g.n = 30;
-  g.rate = 40;
-  g.burstiness = 0.5;
-  g.prompt_max = 40;
-  g.output_max = 20;
-  auto t = gamma_trace(g);
+  auto t = gamma_trace({.n = 30, .rate = 40, .burstiness = 0.5, .prompt_max = 40, .output_max = 20});
   REQUIRE(t);
   replay_options o;
   o.vocab_size = 512;
@@ -522,12 +517,7 @@ TEST_CASE("trace replay issues every request at its time and records every token
 
 TEST_CASE("a replay whose pipeline loses a shard records the failures and ends") {
   served s("2,3");
-  gamma_options g;
-  g.n = 40;
-  g.rate = 100;
-  g.output_min = 50;
-  g.output_max = 60;
-  auto t = gamma_trace(g);
+  auto t = gamma_trace({.n = 40, .rate = 100, .output_min = 50, .output_max = 60});
   replay_options o;
   o.vocab_size = 512;
   o.request_timeout = 5s;
@@ -712,14 +702,7 @@ burst_outcome burst_under(const std::string& policy_name, bool emulated_device =
   ro.max_running = 4;
   auto router = spawn_router(sys, m, std::vector<route_ptr>{}, ro);
   auto scaler = spawn_scaler(sys, m, router, std::shared_ptr<scaling_policy>(std::move(*policy)), k, so);
-  gamma_options g;
-  g.n = 60;
-  g.rate = 60;
-  g.burstiness = 0.5;
-  g.prompt_max = 30;
-  g.output_min = 20;
-  g.output_max = 40;
-  auto t = gamma_trace(g);
+  auto t = gamma_trace({.n = 60, .rate = 60, .burstiness = 0.5, .prompt_max = 30, .output_min = 20, .output_max = 40});
   replay_options o;
   o.vocab_size = 512;
   auto records = replay(sys, router, *t, o);
@@ -831,15 +814,8 @@ TEST_CASE("the autoscale experiment runs as library code: a spec in, a result pe
   autoscale_spec spec;
   spec.model_path = test::stories_dir();
   spec.model = test::stories();
-  gamma_options g;
-  g.n = 12;
-  g.rate = 40;
-  g.burstiness = 0.3;
-  g.prompt_min = 4;
-  g.prompt_max = 16;
-  g.output_min = 4;
-  g.output_max = 8;
-  auto t = gamma_trace(g);
+  auto t = gamma_trace(
+      {.n = 12, .rate = 40, .burstiness = 0.3, .prompt_min = 4, .prompt_max = 16, .output_min = 4, .output_max = 8});
   REQUIRE(t);
   spec.requests = *t;
   spec.setup.knobs.max_instances = 3;
@@ -867,6 +843,19 @@ TEST_CASE("the autoscale experiment runs as library code: a spec in, a result pe
   CHECK_FALSE(result->runs[1].live);
   REQUIRE_FALSE(logged.empty());
   CHECK(logged[0].find("emulated profile") == 0);
+  // The JSON results say what the structs say.
+  auto j = nlohmann::json::parse(results_json(*result));
+  REQUIRE(j["policies"].size() == 2);
+  for (size_t i = 0; i < 2; ++i) {
+    auto& r = result->runs[i];
+    auto& p = j["policies"][i];
+    CHECK(p["policy"] == r.policy);
+    CHECK(p["summary"]["ok"] == r.summary.ok);
+    CHECK(p["summary"]["ttft_s"]["p99"].get<double>() == r.summary.ttft.p99);
+    CHECK(p["scaling"]["events"].size() == r.report.events.size());
+    CHECK(p["requests"].size() == r.records.size());
+    CHECK(p["fault_at_s"].is_null());
+  }
   // A spec that cannot run is refused before anything starts.
   spec.policies = {"nope"};
   auto bad = run_autoscale_experiment(spec);
@@ -877,4 +866,39 @@ TEST_CASE("the autoscale experiment runs as library code: a spec in, a result pe
   auto no_nodes = run_autoscale_experiment(spec);
   REQUIRE_FALSE(no_nodes);
   CHECK(no_nodes.message() == "--kill needs --nodes (it kills a node process)");
+}
+
+TEST_CASE("the replay experiment runs as library code; its JSON results match the records") {
+  replay_spec spec;
+  spec.model = test::stories();
+  spec.shards = {{0, 2}, {2, spec.model->config.n_layers}};
+  auto t = gamma_trace({.n = 6, .rate = 50, .prompt_min = 4, .prompt_max = 12, .output_min = 3, .output_max = 6});
+  REQUIRE(t);
+  spec.requests = *t;
+  spec.replay.vocab_size = spec.model->config.vocab_size;
+  auto r = run_replay_experiment(spec);
+  REQUIRE_MESSAGE(r, r.message());
+  REQUIRE(r->records.size() == 6);
+  CHECK(r->summary.ok == 6);
+  CHECK(r->router.finished == 6);
+  uint64_t tokens = 0;
+  for (size_t i = 0; i < 6; ++i) {
+    CHECK(r->records[i].prompt_tokens == spec.requests.requests[i].prompt_tokens);
+    CHECK(r->records[i].generated == r->records[i].output_tokens);
+    tokens += uint64_t(r->records[i].generated);
+  }
+  CHECK(r->router.tokens == tokens);
+  auto j = nlohmann::json::parse(results_json(*r));
+  REQUIRE(j["requests"].size() == 6);
+  for (size_t i = 0; i < 6; ++i) {
+    CHECK(j["requests"][i]["generated"] == r->records[i].generated);
+    CHECK(j["requests"][i]["ttft_s"].get<double>() == r->records[i].ttft());
+  }
+  CHECK(j["summary"]["requests"] == 6);
+  CHECK(j["router"]["tokens"] == tokens);
+  // No requests: an error, not an empty result.
+  spec.requests.requests.clear();
+  auto none = run_replay_experiment(spec);
+  REQUIRE_FALSE(none);
+  CHECK(none.message() == "replay: the trace has no requests");
 }
