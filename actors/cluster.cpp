@@ -889,6 +889,9 @@ void start_multicast(controller_actor* self, multicast_request req, caf::respons
               self->request(node, std::chrono::seconds(10), transfer_atom::value, bytes)
                   .then(
                       [=](bool) {
+                        auto& st = self->state;
+                        if (auto it = st.transfers.find(tid); it != st.transfers.end() && it->second.pending.count(n))
+                          st.book->loading(it->second.plan.model, n);  // the view shows it loading from now on
                         if (--*acks == 0) start_sources();
                       },
                       [=](caf::error& e) {

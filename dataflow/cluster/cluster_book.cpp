@@ -91,6 +91,10 @@ void cluster_book::unhold(node_id n, const std::string& model) {
   m->second.host_copies.erase(n);
 }
 
+void cluster_book::loading(const std::string& model, node_id n) {
+  if (nodes_.count(n)) models_[model].partial[n];
+}
+
 void cluster_book::segment_ready(const std::string& model, node_id n, int32_t segment) {
   if (nodes_.count(n)) models_[model].partial[n].insert(segment);
 }
@@ -162,7 +166,7 @@ cluster_view cluster_book::view() const {
     for (auto& [n, segs] : m.partial) {
       std::string list;
       for (auto sgm : segs) list += (list.empty() ? "" : ",") + std::to_string(sgm);
-      line += " " + name_of(n) + " (loading; segments ready: " + list + ")";
+      line += " " + name_of(n) + " (loading; segments ready: " + (list.empty() ? "none" : list) + ")";
     }
     v.holdings.push_back(line);
   }

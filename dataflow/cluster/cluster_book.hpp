@@ -114,6 +114,7 @@ class cluster_book {
   // is refused, as is a node not in the view.
   bool hold(node_id n, const std::string& model, const std::vector<uint8_t>& manifest);
   void unhold(node_id n, const std::string& model);
+  void loading(const std::string& model, node_id n);  // a multicast target made room: it is loading
   void segment_ready(const std::string& model, node_id n, int32_t segment);
   void loaded(const std::string& model, node_id n);       // the whole image landed
   void load_failed(const std::string& model, node_id n);  // a half-loaded image is no holding

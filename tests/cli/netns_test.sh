@@ -102,32 +102,28 @@ awk -v s="$secs" -v m="$mib" 'BEGIN { exit !(s >= 0.8 * m * 1.048576 / 10) }' ||
   fail "b received $mib MiB in $secs s: faster than the 10 MB/s links allow (did it bypass them?)"
 echo "ok: multicast of $mib MiB over the shaped links to b in $secs s"
 
-# A relay killed mid-multicast: in the chain src -> a2 -> b2, a2 dies; b2 is adopted by a2's
-# parent and completes.
+# A relay killed mid-multicast: in the chain src -> a2 -> b2 (src the one source: a and b, which
+# hold the model now, only as a last resort), a2 dies; b2 is adopted by a2's parent and completes.
 relay_killed() {  # relay_killed RELAY LEAF: multicast src -> RELAY -> LEAF, kill RELAY mid-way
   local r=$1 l=$2
   node a "$r" --controller "$ip_c:7000" --listen "$ip_a:0"
   node b "$l" --controller "$ip_c:7000" --listen "$ip_b:0"
   wait_nodes 5
   in_ns x "$strata" cluster multicast --controller "$ip_c:7000" --tls "$tmp/certs" --model rand --targets "$r,$l" \
-    --plan chain --chunk-kb 64 >"$tmp/mc2.out" 2>&1 &
+    --plan chain --chunk-kb 64 --max-sources 1 --busy a,b >"$tmp/mc2.out" 2>&1 &
   mc2=$!
-  sleep 0.6
+  # Mid-way: once the view shows the relay receiving (a client process starts slowly on a busy
+  # machine; a fixed delay once killed the relay before the multicast even reached the controller).
+  local seen=""
+  for _ in $(seq 200); do view | grep -q " $r (loading" && { seen=1; break; }; sleep 0.05; done
+  [ -n "$seen" ] || fail "the view never showed $r loading: $(view; cat "$tmp/mc2.out")"
   eval "kill -KILL \$pid_$r; wait \$pid_$r" 2>/dev/null
   wait "$mc2" || true
   grep -v "re-fetches chunk" "$tmp/mc2.out"
 }
 relay_killed a2 b2
-# Known defect (open, see issue 16's note): under load a member that has just joined has lost
-# its link to the controller within a second (the controller logs "node a2 dropped: connection
-# lost: remote_link_unreachable") and does not rejoin, so the multicast names an unknown node.
-# That is reported here, not hidden; the relay-kill check needs both members in the cluster.
-if grep -q "unknown target node" "$tmp/mc2.out"; then
-  echo "WARN: relay-kill check not run: $(grep 'dropped' "$tmp/src.log" | head -1)"
-else
-  grep -E "^  b2 +yes" "$tmp/mc2.out" >/dev/null || fail "b2 did not complete after its relay a2 was killed"
-  echo "ok: relay a2 killed mid-multicast; b2 completed"
-fi
+grep -E "^  b2 +yes" "$tmp/mc2.out" >/dev/null || fail "b2 did not complete after its relay a2 was killed"
+echo "ok: relay a2 killed mid-multicast; b2 completed"
 wait_nodes 4
 
 # Killed: gone from the view at once. Frozen past the heartbeat timeout: dropped, then rejoins.

@@ -33,6 +33,21 @@ std::vector<int32_t> reference(const std::vector<int32_t>& prompt, int n, const 
 
 // An actor system plus one served pipeline; everything is stopped on destruction so the
 // system can shut down.
+// An actor's stats (router_stats, stage_stats), asked the way operators ask: (stats_atom).
+template <class Stats>
+Stats stats_of(caf::actor_system& sys, const caf::actor& a) {
+  Stats out;
+  caf::scoped_actor self{sys};
+  self->request(a, 5s, stats_atom::value).receive([&](const Stats& s) { out = s; }, [](caf::error&) { FAIL("no stats"); });
+  return out;
+}
+
+// Waits (bounded) until the router's stats satisfy `pred`: how a test sequences its stimuli.
+template <class Pred>
+bool router_until(caf::actor_system& sys, const caf::actor& router, Pred pred) {
+  return test::wait_until([&] { return pred(stats_of<router_stats>(sys, router)); }, 10s, 2ms);
+}
+
 struct served {
   caf::actor_system_config cfg;
   std::unique_ptr<caf::actor_system> sys;
@@ -78,11 +93,7 @@ struct served {
     return out;
   }
   bool kv_drains() {
-    for (int i = 0; i < 200; ++i) {
-      if (kv_sequences() == 0) return true;
-      std::this_thread::sleep_for(10ms);
-    }
-    return false;
+    return test::wait_until([&] { return kv_sequences() == 0; }, 2s, 10ms);
   }
 };
 
@@ -288,7 +299,7 @@ TEST_CASE("a shard that dies fails its requests with a clear error instead of ha
       return true;
     });
   });
-  while (tokens < 3) std::this_thread::sleep_for(1ms);
+  CHECK(test::wait_until([&] { return tokens >= 3; }, 20s, 1ms));
   caf::anon_send_exit(s.p.shards[1].actor, caf::exit_reason::kill);
   client.join();
   REQUIRE_MESSAGE(result, result.message());
@@ -349,7 +360,7 @@ TEST_CASE("requests on an instance that dies are re-admitted on another: no erro
         return true;
       });
     });
-  while (tokens < n * 10) std::this_thread::sleep_for(1ms);
+  CHECK(test::wait_until([&] { return tokens >= n * 10; }, 20s, 1ms));
   caf::anon_send_exit(b[1], caf::exit_reason::kill);  // instance 2's shard: its requests lose their KV cache
   for (auto& c : clients) c.join();
   for (int i = 0; i < n; ++i) {
@@ -369,7 +380,7 @@ TEST_CASE("requests on an instance that dies are re-admitted on another: no erro
           [](caf::error&) { FAIL("no stats"); });
   // Losing the last instance fails what runs there with the reason, and refuses new work.
   caf::anon_send_exit(a[1], caf::exit_reason::kill);
-  std::this_thread::sleep_for(50ms);
+  CHECK(router_until(sys, router, [](const router_stats& s) { return s.routes == 0; }));
   auto r = generate(sys, router, greedy({1}, 5));
   REQUIRE_FALSE(r);
   CHECK(r.message().find("layer shard [0,5) of instance 1 is down") != std::string::npos);
@@ -522,7 +533,8 @@ TEST_CASE("a replay whose pipeline loses a shard records the failures and ends")
   o.vocab_size = 512;
   o.request_timeout = 5s;
   std::thread killer([&] {
-    std::this_thread::sleep_for(100ms);
+    // Strikes while requests run: once some tokens came out.
+    router_until(*s.sys, s.router, [](const router_stats& st) { return st.tokens >= 20 && st.running > 0; });
     caf::anon_send_exit(s.p.shards[0].actor, caf::exit_reason::kill);
   });
   auto records = replay(*s.sys, s.router, *t, o);
@@ -562,14 +574,14 @@ TEST_CASE("cooperative routes through a loading instance give the same tokens as
   // A long request starts on the cooperative route ...
   expected<completion> first = make_error("not run");
   std::thread t([&] { first = generate(sys, router, greedy({1}, 120)); });
-  std::this_thread::sleep_for(20ms);
+  CHECK(router_until(sys, router, [](const router_stats& s) { return s.tokens >= 2; }));
   // ... B finishes loading: new requests go to its local route, and the first moves there too,
   // taking its KV cache for layers [2,5) from A along (or recomputing it on B).
   for (int l : {2, 3, 4}) caf::anon_send(b_shard, load_atom::value, int32_t(l), layer_ptr(m->layers[size_t(l)]));
   auto local = std::make_shared<route>();
   local->instance = 2;
   local->hops = {{b_head, {0, 0}, 2}, {b_shard, {0, 5}, 2}, {b_tail, {5, 5}, 2}};
-  std::this_thread::sleep_for(20ms);
+  CHECK(test::wait_until([&] { return stats_of<stage_stats>(sys, b_shard).layers_loaded == 5; }, 10s, 2ms));
   caf::anon_send(router, routes_atom::value, std::vector<route_ptr>{local});
   auto second = generate(sys, router, greedy({1}, 120));
   t.join();
@@ -638,19 +650,20 @@ TEST_CASE("the zigzag scheduler sends a new request through the least busy partn
     std::vector<expected<completion>> busy(3, make_error("not run"));
     std::vector<std::thread> ts;
     for (size_t i = 0; i < busy.size(); ++i) ts.emplace_back([&, i] { busy[i] = generate(sys, router, greedy({1}, 150)); });
-    std::this_thread::sleep_for(50ms);
+    CHECK(router_until(sys, router, [](const router_stats& s) { return s.running == 3 && s.tokens >= 3; }));
     caf::anon_send(router, routes_atom::value, std::vector<route_ptr>{a_own, via(a_shard, a_tail, 1), via(c_shard, c_tail, 3)});
-    std::this_thread::sleep_for(20ms);
+    CHECK(router_until(sys, router, [](const router_stats& s) { return s.routes == 3; }));
     expected<completion> last = make_error("not run");
     std::thread t([&] { last = generate(sys, router, greedy({1}, 60)); });
-    std::this_thread::sleep_for(60ms);
-    caf::scoped_actor self{sys};
-    uint64_t on_c = 99;
-    self->request(c_shard, 5s, stats_atom::value)
-        .receive([&](const stage_stats& s) { on_c = s.kv_sequences; }, [](caf::error&) { FAIL("no stats"); });
+    CHECK(router_until(sys, router, [](const router_stats& s) { return s.running == 4; }));
     // zigzag: instance 3 idles, so the request leans on it; least-loaded takes the first of the
     // two equally loaded cooperative routes, through busy instance 1.
-    CHECK(on_c == (sched == "zigzag" ? 1u : 0u));
+    auto st = stats_of<router_stats>(sys, router);
+    CHECK(st.in_use_by_instance[3] == (sched == "zigzag" ? 1u : 0u));
+    if (sched == "zigzag")  // ... and its KV cache for layers [2,5) lands on instance 3's shard
+      CHECK(test::wait_until([&] { return stats_of<stage_stats>(sys, c_shard).kv_sequences == 1; }, 10s, 2ms));
+    else
+      CHECK(stats_of<stage_stats>(sys, c_shard).kv_sequences == 0);
     t.join();
     for (auto& th : ts) th.join();
     REQUIRE_MESSAGE(last, last.message());

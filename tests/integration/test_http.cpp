@@ -742,8 +742,7 @@ TEST_CASE("stop sequences cut the text before the stop, streamed or not") {
     CHECK(finish == "stop");
   }
   // The stopped requests were cancelled and freed.
-  for (int i = 0; i < 100 && s.kv_sequences() > 0; ++i) std::this_thread::sleep_for(10ms);
-  CHECK(s.kv_sequences() == 0);
+  CHECK(test::wait_until([&] { return s.kv_sequences() == 0; }, 2s, 10ms));
 }
 
 TEST_CASE("bad requests get OpenAI-style errors with the right status, and the server keeps serving") {
@@ -847,12 +846,7 @@ TEST_CASE("a client that disconnects mid-stream has its request cancelled and it
   req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };  // hang up
   auto r = c.send(req);
   CHECK(r.error() == httplib::Error::Canceled);  // the client cancelled the transfer
-  bool freed = false;
-  for (int i = 0; i < 300 && !freed; ++i) {
-    freed = s.stats().running == 0 && s.kv_sequences() == 0;
-    std::this_thread::sleep_for(10ms);
-  }
-  CHECK(freed);
+  CHECK(test::wait_until([&] { return s.stats().running == 0 && s.kv_sequences() == 0; }, 3s, 10ms));
   auto metrics = c.Get("/metrics");
   REQUIRE(metrics);
   CHECK(metrics->body.find("strata:request_success_total{model_name=\"stories260K\",finished_reason=\"abort\"} 1") !=
@@ -911,7 +905,8 @@ TEST_CASE("a full queue answers 429 with Retry-After, and drain finishes in-flig
         texts[size_t(i)] = json::parse(r->body)["choices"][0]["text"];
       }
     });
-    std::this_thread::sleep_for(80ms);  // the first runs, the second waits
+    // the first runs, the second waits
+    CHECK(test::wait_until([&] { auto st = s.stats(); return st.running + st.waiting == uint32_t(i + 1); }, 10s, 2ms));
   }
   auto c = s.client();
   auto full = c.Post("/v1/completions", long_req.dump(), "application/json");
@@ -921,7 +916,7 @@ TEST_CASE("a full queue answers 429 with Retry-After, and drain finishes in-flig
   CHECK(json::parse(full->body)["error"]["type"] == "rate_limit_error");
   // Drain while both run: new requests and readiness get 503, the two finish.
   std::thread drainer([&] { CHECK(s.http->drain(20s) == 0); });
-  std::this_thread::sleep_for(50ms);
+  CHECK(test::wait_until([&] { auto r = c.Get("/ready"); return r && r->status == 503; }, 10s, 5ms));
   auto refused = c.Post("/v1/completions", long_req.dump(), "application/json");
   REQUIRE(refused);
   CHECK(refused->status == 503);
@@ -964,11 +959,8 @@ TEST_CASE("an autoscaled model behind HTTP: scales out under a burst and reports
   httplib::Client c("127.0.0.1", (*srv)->port());
   c.set_read_timeout(60, 0);
   c.set_tcp_nodelay(true);
-  for (int i = 0; i < 100; ++i) {  // ready once the first instance serves
-    auto r = c.Get("/ready");
-    if (r && r->status == 200) break;
-    std::this_thread::sleep_for(20ms);
-  }
+  // ready once the first instance serves
+  CHECK(test::wait_until([&] { auto r = c.Get("/ready"); return r && r->status == 200; }, 10s, 20ms));
   std::vector<std::thread> ts;
   std::vector<std::string> texts(8);
   for (size_t i = 0; i < texts.size(); ++i)
@@ -1141,14 +1133,9 @@ TEST_CASE("hostile clients: slow heads, many connections, pipelining, Range, odd
   SUBCASE("a non-streaming client that hangs up has its request cancelled") {
     raw_conn k(port);
     REQUIRE(k.send(http_post("/v1/completions", R"({"model":"stories260K","prompt":"Once","max_tokens":500,"temperature":0.8})")));
-    std::this_thread::sleep_for(30ms);
+    CHECK(test::wait_until([&] { return s.stats().running == 1; }, 10s, 2ms));  // hang up while it runs
     ::shutdown(k.fd, SHUT_RDWR);
-    bool freed = false;
-    for (int i = 0; i < 300 && !freed; ++i) {
-      freed = s.stats().running == 0 && s.kv_sequences() == 0;
-      std::this_thread::sleep_for(10ms);
-    }
-    CHECK(freed);
+    CHECK(test::wait_until([&] { return s.stats().running == 0 && s.kv_sequences() == 0; }, 3s, 10ms));
   }
 }
 
@@ -1196,7 +1183,7 @@ TEST_CASE("drain is bounded by its timeout, and stop returns at once under open 
       });
       k.read_until([](const std::string&) { return false; });  // until the server closes
     });
-  for (int i = 0; i < 500 && started < 8; ++i) std::this_thread::sleep_for(10ms);
+  CHECK(test::wait_until([&] { return started >= 8; }, 5s, 10ms));
   auto t0 = std::chrono::steady_clock::now();
   int left = s.http->drain(1s);
   s.http->stop();

@@ -99,6 +99,22 @@ TEST_CASE("cluster book: holds keep at most host_copies of a model, one manifest
   CHECK(b.manifest("x") == nullptr);
 }
 
+TEST_CASE("cluster book: a target shows loading from the moment it made room, until it lands or fails") {
+  auto b = four();
+  b.loading("m", 4);  // c: room made, nothing landed yet
+  CHECK(b.view().holdings ==
+        std::vector<std::string>{"m: src (host copy) a b (loading; segments ready: 0,2) c (loading; segments ready: none)"});
+  b.loading("m", 3);  // twice, or after segments landed: what landed stays
+  b.segment_ready("m", 4, 1);
+  CHECK(b.view().holdings ==
+        std::vector<std::string>{"m: src (host copy) a b (loading; segments ready: 0,2) c (loading; segments ready: 1)"});
+  b.load_failed("m", 4);
+  b.loaded("m", 3);
+  CHECK(b.view().holdings == std::vector<std::string>{"m: src (host copy) a b"});
+  b.loading("m", 9);  // not a member: nothing
+  CHECK(b.view().holdings == std::vector<std::string>{"m: src (host copy) a b"});
+}
+
 TEST_CASE("cluster book: losing a node forgets everything it held, in one event") {
   auto b = four();
   CHECK(b.view().holdings == std::vector<std::string>{"m: src (host copy) a b (loading; segments ready: 0,2)"});
