@@ -70,10 +70,6 @@ void prune(router_actor* self) {
   }
 }
 
-void release_on(router_actor* self, const std::vector<caf::actor>& shards, const std::vector<seq_id>& seqs) {
-  for (auto& a : shards) self->send(a, release_atom::value, seqs);
-}
-
 void flush(router_actor* self);
 
 // Runs the parts of a KV move and reports the whole move to the batcher once all parts ended.
@@ -158,17 +154,7 @@ void flush(router_actor* self) {
 void on_step(router_actor* self, step_ptr& s) {
   step_return r{std::move(s->seqs), std::move(s->pos),    std::move(s->want), std::move(s->sampled),
                 std::move(s->rng),  std::move(s->logits), std::move(s->error)};
-  if (!self->state.b->on_step(s->id, r)) {
-    // Came back after its timeout: its requests are gone, but it may have refilled caches.
-    std::sort(r.seqs.begin(), r.seqs.end());
-    r.seqs.erase(std::unique(r.seqs.begin(), r.seqs.end()), r.seqs.end());
-    std::vector<caf::actor> shards;
-    for (auto& h : s->path->hops)
-      if (h.range.size() > 0 && std::find(shards.begin(), shards.end(), h.actor) == shards.end())
-        shards.push_back(h.actor);
-    if (!r.seqs.empty()) release_on(self, shards, r.seqs);
-    return;
-  }
+  self->state.b->on_step(s->id, r);
   flush(self);
 }
 

@@ -407,7 +407,18 @@ void batcher::schedule() {
 
 bool batcher::on_step(uint64_t step, const step_return& s) {
   auto it = inflight_.find(step);
-  if (it == inflight_.end()) return false;  // came back after its timeout: the wiring frees what it wrote
+  if (it == inflight_.end()) {
+    // Came back after it was given up on: its requests went on elsewhere, but it may have filled
+    // caches along its route.
+    if (auto l = late_.find(step); l != late_.end()) {
+      std::vector<seq_id> seqs = s.seqs;
+      std::sort(seqs.begin(), seqs.end());
+      seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
+      if (!seqs.empty()) out_.push_back(act::release{std::move(l->second), std::move(seqs)});
+      late_.erase(l);
+    }
+    return false;
+  }
   auto members = std::move(it->second.members);
   inflight_.erase(it);
   // Rows per request and, per request, its wanted rows (index among them, position), the last
@@ -499,10 +510,16 @@ bool batcher::on_step(uint64_t step, const step_return& s) {
   return true;
 }
 
+void batcher::give_up(uint64_t step, route_id r) {
+  late_[step] = shards_of(r);
+  while (late_.size() > 4096) late_.erase(late_.begin());
+}
+
 void batcher::on_step_timeout(uint64_t step) {
   auto it = inflight_.find(step);
   if (it == inflight_.end()) return;
   auto members = std::move(it->second.members);
+  give_up(step, it->second.route);
   inflight_.erase(it);
   std::erase_if(members, [&](uint64_t id) { return !reqs_.count(id); });
   // The late return (if any) frees what the step wrote: it names this attempt's sequences.
@@ -543,7 +560,11 @@ void batcher::on_stage_lost(stage_id s, const std::string& reason) {
   if (!lost_.insert(s).second) return;
   std::string why = stage_name(s) + " is down (" + reason + ")";
   std::erase_if(routes_, [&](route_id r) { return route_has(route_of(r), s); });
-  std::erase_if(inflight_, [&](auto& kv) { return route_has(route_of(kv.second.route), s); });
+  std::erase_if(inflight_, [&](auto& kv) {
+    if (!route_has(route_of(kv.second.route), s)) return false;
+    give_up(kv.first, kv.second.route);
+    return true;
+  });
   std::vector<uint64_t> hit;
   for (auto& [id, r] : reqs_)
     if (r.path && !r.moving && route_has(route_of(r.path), s)) hit.push_back(id);

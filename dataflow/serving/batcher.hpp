@@ -169,8 +169,8 @@ class batcher {
   expected<uint64_t> admit(generate_request req, uint64_t client);
   // Starts waiting requests on routes with room and sends the steps that can go.
   void schedule();
-  // A step came back; false when no step of that id is in flight (it timed out): the wiring then
-  // frees what it wrote along its own route.
+  // A step came back; false when no step of that id is in flight any more (it timed out, or a
+  // stage of its route was lost): then only a release of what it wrote comes out.
   bool on_step(uint64_t step, const step_return& r);
   void on_step_timeout(uint64_t step);
   // New requests start on these routes; running ones finish where they are (drain), except
@@ -261,6 +261,11 @@ class batcher {
   std::deque<uint64_t> waiting_;
   std::set<uint64_t> running_;
   std::map<uint64_t, inflight_step> inflight_;
+  // Steps given up on (timed out, route lost), by id: the shards of their route, so that a late
+  // return frees what it wrote. The oldest are forgotten past a bound (a step to a dead stage
+  // never returns).
+  std::map<uint64_t, std::vector<stage_id>> late_;
+  void give_up(uint64_t step, route_id r);
   std::map<uint64_t, move> moves_;
   std::set<stage_id> lost_;
   readmission readmit_;

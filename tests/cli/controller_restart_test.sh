@@ -4,19 +4,7 @@
 # node that reaches it joins as a fresh member. Usage: controller_restart_test.sh STRATA_BIN
 set -u
 strata=$1
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done
-  exit 1
-}
+. "$(dirname "$0")/lib.sh"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 controller() {
   "$strata" node --name src --listen "127.0.0.1:$port" >>"$tmp/src.log" 2>&1 &
@@ -26,10 +14,6 @@ controller() {
   fail "the controller did not start"
 }
 view() { "$strata" cluster view --controller "127.0.0.1:$port" 2>&1; }
-wait_view() {  # wait_view PATTERN: the view matches within 15 s
-  for _ in $(seq 60); do view | grep -q "$1" && return 0; sleep 0.25; done
-  fail "the view never matched '$1': $(view)"
-}
 
 controller
 "$strata" node --name a --controller "127.0.0.1:$port" --listen 127.0.0.1:0 >"$tmp/a.log" 2>&1 &

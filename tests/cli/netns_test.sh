@@ -14,20 +14,8 @@ if [ "$(id -u)" -ne 0 ] || ! ip netns add "$tag-probe" 2>/dev/null; then
   exit 77
 fi
 ip netns del "$tag-probe"
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  for ns in sw c a b x; do ip netns del "$tag-$ns" 2>/dev/null; done
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-fail() {
-  echo "FAIL: $*"
-  for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done
-  exit 1
-}
+. "$(dirname "$0")/lib.sh"
+extra_cleanup() { for ns in sw c a b x; do ip netns del "$tag-$ns" 2>/dev/null; done; }
 in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
 
 # The switch: a bridge in a namespace of its own; each host gets 10.213.0.N and a link shaped to
@@ -68,10 +56,7 @@ node() {  # node HOST NAME ARGS...: a node process in host's namespace
   eval "pid_$name=$!"
 }
 view() { in_ns x "$strata" cluster view --controller "$ip_c:7000" --tls "$tmp/certs" 2>&1; }
-wait_nodes() {  # wait_nodes N: the view lists N nodes within 20 s
-  for _ in $(seq 80); do view | grep -q "^$1 node(s)" && return 0; sleep 0.25; done
-  fail "expected $1 nodes; the view: $(view)"
-}
+wait_nodes() { wait_view "^$1 node(s)"; }  # wait_nodes N: the view lists N nodes
 node c src --listen "$ip_c:7000" --model "rand=$tmp/model"
 for _ in $(seq 100); do grep -q "controller listening" "$tmp/src.log" && break; sleep 0.1; done
 node a a --controller "$ip_c:7000" --listen "$ip_a:0"

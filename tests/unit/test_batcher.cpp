@@ -323,8 +323,16 @@ TEST_CASE("batcher: a stage lost during prefill re-admits its request on the oth
   CHECK(again[0].rows.seqs[0] != first.rows.seqs[0]);
   CHECK(h.b.stats().readmissions == 1);
   CHECK(only<act::done>(a).empty());
-  // The lost route's step comes back late: not ours any more, the wiring frees what it wrote.
+  // The lost route's step comes back late: not ours any more; only what it wrote is freed, on
+  // the shards of its own route (once, however many rows the sequence had).
   CHECK_FALSE(h.b.on_step(first.id, answer(first, ten)));
+  auto late = h.b.take_actions();
+  REQUIRE(late.size() == 1);
+  auto rel = only<act::release>(late);
+  REQUIRE(rel.size() == 1);
+  CHECK(rel[0].seqs == std::vector<seq_id>{first.rows.seqs[0]});
+  CHECK(rel[0].stages == std::vector<stage_id>{11});  // route 1's one layer shard
+  CHECK_FALSE(h.b.on_step(first.id, answer(first, ten)));  // reported twice: nothing more
   CHECK(h.b.take_actions().empty());
   CHECK(h.b.requests() == 1);
   (void)id;
@@ -381,6 +389,14 @@ TEST_CASE("batcher: a step that times out re-admits its members and the retry bu
   auto s2 = only<act::step>(h.b.take_actions());
   REQUIRE(s2.size() == 1);  // tried again
   CHECK(s2[0].rows.seqs[0] != s1[0].rows.seqs[0]);
+  // The first attempt returns late: what it wrote is freed, nothing else happens.
+  CHECK_FALSE(h.b.on_step(s1[0].id, answer(s1[0], ten)));
+  auto late = h.b.take_actions();
+  REQUIRE(late.size() == 1);
+  auto rel = only<act::release>(late);
+  REQUIRE(rel.size() == 1);
+  CHECK(rel[0].stages == std::vector<stage_id>{11});
+  CHECK(rel[0].seqs == std::vector<seq_id>{s1[0].rows.seqs[0]});
   h.b.on_step_timeout(s2[0].id);
   auto done = only<act::done>(h.b.take_actions());
   REQUIRE(done.size() == 1);
