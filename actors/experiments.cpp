@@ -15,6 +15,12 @@ namespace strata {
 
 namespace {
 
+std::string join(const std::vector<std::string>& xs, const char* sep) {
+  std::string out;
+  for (auto& x : xs) out += (out.empty() ? "" : sep) + x;
+  return out;
+}
+
 std::string mb_s(double x) {
   char b[32];
   std::snprintf(b, sizeof b, "%.4g MB/s", x);
@@ -49,6 +55,71 @@ status check_spec(const autoscale_spec& s) {
 
 }  // namespace
 
+router_options cluster_router_options(router_options ro) {
+  ro.costs.per_hop = 0.5;       // a process boundary costs more than a mailbox
+  ro.readmit.grace_ms = 10000;  // a lost instance's requests may wait for the scaler's next one
+  return ro;
+}
+
+expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
+                                                const std::function<void(const std::string&)>& log_fn) {
+  auto log = [&](const std::string& s) {
+    if (log_fn) log_fn(s);
+  };
+  if (spec.model.empty()) return make_error("cluster: no model name");
+  if ((spec.nodes > 0) == !spec.controller.empty())
+    return make_error("cluster: start node processes here (nodes > 0) or attach to a controller, not both or neither");
+  scaling_cluster out;
+  if (spec.nodes > 0) {
+    local_cluster_options lo;
+    lo.transport = spec.transport;
+    lo.controller_models = {{spec.model, spec.model_path}};
+    lo.model_roots = {spec.model_path};  // all-cache has every node load it from disk
+    lo.tls_dir = spec.tls_dir;
+    std::string extra = spec.link_mbs > 0 ? "throttle_mb_s = " + std::to_string(spec.link_mbs) + "\n" : "";
+    // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
+    // policies run with the one copy 'src' holds.
+    int copies = spec.host_copies > 0 ? spec.host_copies : spec.nodes + 1;
+    lo.controller_extra = extra + "host_copies = " + std::to_string(copies) + "\n";
+    log("starting a cluster: controller node 'src' (host copy of " + spec.model + ") and " + std::to_string(spec.nodes) +
+        " node processes, UCX " + lo.transport + ", each node's egress " +
+        (spec.link_mbs > 0 ? mb_s(spec.link_mbs) : std::string("unpaced")));
+    auto lc = local_cluster::start(lo);
+    if (!lc) return lc.err();
+    out.cluster = std::move(*lc);
+    out.members = {"src"};
+    for (int i = 1; i <= spec.nodes; ++i) {
+      auto name = "n" + std::to_string(i);
+      if (auto st = out.cluster->add_node(name, extra); !st) return st.err();
+      out.members.push_back(name);
+    }
+    if (auto st = out.cluster->wait_nodes(size_t(spec.nodes + 1)); !st) return st.err();
+  } else {
+    log("attaching to the cluster at " + spec.controller);
+    auto lc = local_cluster::attach(spec.controller, spec.tls_dir);
+    if (!lc) return lc.err();
+    out.cluster = std::move(*lc);
+    auto v = out.cluster->view();
+    if (!v) return make_error("the controller at " + spec.controller + " gave no view: " + v.message());
+    for (auto& n : v->nodes) out.members.push_back(n.name);
+  }
+  for (auto& n : spec.placement)
+    if (std::find(out.members.begin(), out.members.end(), n) == out.members.end())
+      return make_error("unknown node '" + n + "' in the placement (the cluster's nodes: " + join(out.members, ", ") + ")");
+  if (auto st = out.cluster->wait_host_copy(spec.model, spec.nodes > 0 ? std::chrono::seconds(60) : std::chrono::seconds(5));
+      !st)
+    return make_error("no node of the cluster holds a host copy of '" + spec.model + "': " + st.message());
+  out.placement.controller = out.cluster->controller();
+  out.placement.model = spec.model;
+  out.placement.chunk_bytes = spec.chunk_bytes;
+  // Which nodes may host instances, in the order they are used (the first serves from the
+  // start; a node without the host copy loads it first).
+  out.placement.nodes = spec.placement.empty() ? out.members : spec.placement;
+  log("cluster up (" + std::to_string(out.members.size()) + " nodes: " + join(out.members, ", ") + "; logs in " +
+      (out.cluster->work_dir().empty() ? std::string("each node's own place") : out.cluster->work_dir()) + ")");
+  return out;
+}
+
 expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, const autoscale_hooks& hooks) {
   auto log = [&](const std::string& s) {
     if (hooks.log) hooks.log(s);
@@ -66,45 +137,27 @@ expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, 
   std::unique_ptr<local_cluster> cluster;
   std::vector<std::string> all_nodes;  // src, n1..nN
   if (spec.nodes > 0) {
-    local_cluster_options lo;
-    lo.transport = spec.transport;
-    lo.controller_models = {{"model", spec.model_path}};
-    lo.model_roots = {spec.model_path};  // all-cache has every node load it from disk
-    std::string extra = spec.link_mbs > 0 ? "throttle_mb_s = " + std::to_string(spec.link_mbs) + "\n" : "";
-    // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
-    // policies run with the one copy 'src' holds.
-    lo.controller_extra = extra + "host_copies = " + std::to_string(spec.nodes + 1) + "\n";
+    cluster_spec cs;
+    cs.nodes = spec.nodes;
+    cs.model = "model";
+    cs.model_path = spec.model_path;
+    cs.link_mbs = spec.link_mbs;
+    cs.transport = spec.transport;
+    cs.chunk_bytes = spec.chunk_bytes;
+    cs.placement = spec.placement;
+    auto sc = start_scaling_cluster(cs, log);
+    if (!sc) return sc.err();
+    cluster = std::move(sc->cluster);
+    all_nodes = sc->members;
+    so.cluster = sc->placement;
     // all-cache loads from a node's own copy as much faster than the network as the in-process
     // profile's host path is (PCIe vs network), scaled like the paced links.
     so.cluster.local_mb_s = spec.link_mbs > 0 ? spec.link_mbs * links.local_host_gb_s / links.network_gb_s : 0;
-    log("starting a cluster: controller node 'src' (host copy of the model) and " + std::to_string(spec.nodes) +
-        " node processes, UCX " + lo.transport + ", each node's egress " +
-        (spec.link_mbs > 0 ? mb_s(spec.link_mbs) : std::string("unpaced")));
-    auto lc = local_cluster::start(lo);
-    if (!lc) return lc.err();
-    cluster = std::move(*lc);
-    so.cluster.nodes = {"src"};
-    for (int i = 1; i <= spec.nodes; ++i) {
-      auto name = "n" + std::to_string(i);
-      if (auto st = cluster->add_node(name, extra); !st) return st.err();
-      so.cluster.nodes.push_back(name);
-    }
-    all_nodes = so.cluster.nodes;
-    // Which nodes may host instances, in the order they are used (the first serves from the
-    // start; a node without the host copy loads it first).
-    if (!spec.placement.empty()) so.cluster.nodes = spec.placement;
-    if (auto st = cluster->wait_nodes(size_t(spec.nodes + 1)); !st) return st.err();
-    if (auto st = cluster->wait_host_copy("model"); !st) return st.err();
-    so.cluster.controller = cluster->controller();
-    so.cluster.model = "model";
-    so.cluster.chunk_bytes = spec.chunk_bytes;
     result.cluster_dir = cluster->work_dir();
     char line[256];
-    std::snprintf(line, sizeof line,
-                  "cluster up (logs in %s); device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, multicast in %.0f KiB "
-                  "chunks",
-                  cluster->work_dir().c_str(), so.device.layer_s * 1e3, so.device.per_row_s * 1e3,
-                  double(layout_of(m->config).total) / 1e6, double(so.cluster.chunk_bytes) / 1024);
+    std::snprintf(line, sizeof line, "device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, multicast in %.0f KiB chunks",
+                  so.device.layer_s * 1e3, so.device.per_row_s * 1e3, double(layout_of(m->config).total) / 1e6,
+                  double(so.cluster.chunk_bytes) / 1024);
     log(line);
   } else {
     char line[256];
@@ -150,8 +203,7 @@ expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, 
     auto& sys = cluster ? cluster->system() : *own;
     router_options ro = spec.setup.ro;
     if (cluster) {
-      ro.costs.per_hop = 0.5;       // a process boundary costs more than a mailbox
-      ro.readmit.grace_ms = 10000;  // a lost instance's requests may wait for the scaler's next one
+      ro = cluster_router_options(ro);
       so.cluster.controller = cluster->controller();  // a new one after a fault on src
     }
     auto router = spawn_router(sys, m, std::vector<route_ptr>{}, ro);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "actors/engine.hpp"
+#include "actors/local_cluster.hpp"
 #include "actors/replay.hpp"
 #include "actors/router.hpp"
 #include "actors/scaler.hpp"
@@ -26,6 +27,37 @@ struct scaling_setup {
   scaler_options so;
   router_options ro;
 };
+
+// The cluster a scaler places instances on: node processes started on this machine (controller
+// node "src" with the host copy of the model, n1..nN), or a running cluster reached at its
+// controller (nodes started by operators anywhere).
+struct cluster_spec {
+  int nodes = 0;             // > 0: start src and n1..nN here
+  std::string controller;    // or: HOST:PORT of a running cluster
+  std::string tls_dir;       // attach: the cluster's certificates
+  std::string model;         // the model's name in the cluster
+  std::string model_path;    // started here: what src holds a host copy of (and nodes may cache)
+  double link_mbs = 0;       // started here: each node's paced egress (0: unpaced)
+  std::string transport = "tcp";
+  int host_copies = 0;       // started here: room for host copies per model (0: one per node)
+  uint64_t chunk_bytes = 64 << 10;
+  std::vector<std::string> placement;  // nodes that may host instances, in order (empty: all)
+};
+
+struct scaling_cluster {
+  std::unique_ptr<local_cluster> cluster;
+  std::vector<std::string> members;  // every node, src first when started here
+  cluster_placement placement;       // what the scaler is given (scaler_options::cluster)
+};
+
+// Starts (or attaches to) the cluster, waits for its members and for a host copy of the model,
+// and checks the placement. `log` gets progress for people.
+expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
+                                                const std::function<void(const std::string&)>& log = {});
+
+// The router's options where routes cross processes: a hop costs more than a mailbox, and a lost
+// instance's requests may wait for the scaler's next one.
+router_options cluster_router_options(router_options ro);
 
 // A signal to one node process at a time into each policy's replay.
 struct node_fault {

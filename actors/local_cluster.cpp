@@ -54,6 +54,31 @@ expected<std::unique_ptr<local_cluster>> local_cluster::start(local_cluster_opti
   return c;
 }
 
+expected<std::unique_ptr<local_cluster>> local_cluster::attach(const std::string& controller, const std::string& tls_dir) {
+  std::unique_ptr<local_cluster> c(new local_cluster());
+  c->attached_ = true;
+  c->opt_.tls_dir = tls_dir;
+  std::optional<tls::identity> id;
+  if (!tls_dir.empty()) {
+    auto i = tls::load_identity(tls_dir, tls::client_name);
+    if (!i) return i.err();
+    id = *i;
+  }
+  configure_control_plane(c->cfg_, id);
+  c->sys_ = std::make_unique<caf::actor_system>(c->cfg_);
+  // Detached: a peer that accepts but never completes the handshake cannot hang the caller. Its
+  // thread stays blocked inside the actor system, which is therefore left undestroyed (the
+  // caller is about to exit with the error).
+  auto ctl = connect_control(*c->sys_, controller, std::chrono::seconds(10), true);
+  if (!ctl) {
+    (void)c.release();
+    return ctl.err();
+  }
+  c->controller_ = *ctl;
+  c->mesh_ = spawn_mesh(*c->sys_, c->controller_, "");
+  return c;
+}
+
 status local_cluster::boot() {
   auto& opt = opt_;
   std::error_code ec;
@@ -73,11 +98,15 @@ status local_cluster::boot() {
   auto ctl = connect_control(*sys_, "127.0.0.1:" + std::to_string(port_), std::chrono::seconds(5), false);
   if (!ctl) return make_error(ctl.message() + "; its log:\n" + log("src"));
   controller_ = *ctl;
-  spawn_mesh(*sys_, controller_, "");  // the driver reaches every node directly
+  if (mesh_) caf::anon_send_exit(mesh_, caf::exit_reason::user_shutdown);  // a restart's old one
+  mesh_ = spawn_mesh(*sys_, controller_, "");  // the driver reaches every node directly
   return {};
 }
 
 local_cluster::~local_cluster() {
+  // The actor system waits for its actors when it ends: the mesh would otherwise keep an
+  // attached driver (whose cluster lives on) from exiting.
+  if (mesh_) caf::anon_send_exit(mesh_, caf::exit_reason::user_shutdown);
   for (auto& p : procs_)
     if (p.pid > 0) ::kill(p.pid, SIGKILL);
   for (auto& p : procs_)
@@ -89,6 +118,7 @@ local_cluster::~local_cluster() {
 }
 
 status local_cluster::add_node(const std::string& name, const std::string& extra) {
+  if (attached_) return make_error("cannot start node '" + name + "': this cluster was attached to, not started here");
   auto conf = (fs::path(opt_.work_dir) / (name + ".toml")).string();
   {
     std::ofstream out(conf);

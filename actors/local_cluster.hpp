@@ -1,6 +1,7 @@
 // A cluster of `strata node` processes on this machine (loopback), driven through CAF's
 // middleman like any remote client: what tests, benchmarks and demos use to run the real
-// multi-process system without hand-written scripts.
+// multi-process system without hand-written scripts. attach() drives a running cluster (nodes
+// started by operators anywhere) the same way, without starting or signalling processes.
 #pragma once
 
 #include <chrono>
@@ -30,6 +31,9 @@ class local_cluster {
  public:
   // Starts the controller node ("src") and connects to it.
   static expected<std::unique_ptr<local_cluster>> start(local_cluster_options opt);
+  // Connects to the controller at HOST:PORT of a running cluster (with TLS: the certificates
+  // in tls_dir, presented as "client"); add_node, signal and restart refuse on it.
+  static expected<std::unique_ptr<local_cluster>> attach(const std::string& controller, const std::string& tls_dir = "");
   ~local_cluster();
 
   // Starts another node process; `extra` is appended to its TOML config.
@@ -66,9 +70,11 @@ class local_cluster {
   };
   local_cluster_options opt_;
   bool own_dir_ = false;
+  bool attached_ = false;
   caf::actor_system_config cfg_;
   std::unique_ptr<caf::actor_system> sys_;
   caf::actor controller_;
+  caf::actor mesh_;  // this driver's direct connections to the members (stopped with it)
   uint16_t port_ = 0;
   std::vector<process> procs_;
 };

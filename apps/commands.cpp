@@ -80,6 +80,15 @@ const opts scaling_opts = {
     {"migration", "HOW", "kv", "how requests leave a cooperative route: kv, recompute or off", ""},
 };
 
+// Node processes started here for the instances (autoscale --nodes, serve --nodes).
+const opts node_opts = {
+    {"nodes", "N", "0", "instances in N strata node processes, parameters over UCX (0: in-process)", ""},
+    {"link-mbs", "MB/s", "0", "nodes: pace each node's egress (0: unpaced)", ""},
+    {"chunk-kb", "KB", "64", "nodes: multicast chunk size", ""},
+    {"transport", "NAME", "tcp", "nodes: UCX transport, tcp or sm", ""},
+    {"placement", "LIST", "", "nodes that may host instances, in order (e.g. src,n2,n1)", "src,n1..nN"},
+};
+
 const opts tls_opts = {
     {"tls", "DIR", "", "the cluster's certificates (strata cluster init-certs): mutual TLS", ""},
     {"tls-name", "NAME", "client", "the member certificate to present", ""},
@@ -123,10 +132,16 @@ std::vector<command_spec> make_table() {
                         {"drain-timeout-s", "S", "30", "how long SIGTERM waits for running requests", ""},
                         {"api-key", "KEY", "", "/v1/* needs Authorization: Bearer KEY (or STRATA_API_KEY)", ""},
                         {"policy", "NAME", "",
-                         "autoscale instances in this process under this policy (see strata policies)", ""}} +
-                   opts(scaling_opts.begin(), scaling_opts.end()) + slo_opts + common,
+                         "autoscale instances under this policy (see strata policies)", "blitz with --nodes or --controller"},
+                        {"controller", "HOST:PORT", "",
+                         "place instances on a running cluster's nodes (its controller; the model held there under "
+                         "its served name)", ""}} +
+                   node_opts + opts(tls_opts.begin(), tls_opts.begin() + 1) + opts(scaling_opts.begin(), scaling_opts.end()) +
+                   slo_opts + common,
                "With --policy the scaling, link and device options of autoscale apply; /ready is 503 until the "
-               "first instance serves."});
+               "first instance serves. With --nodes N the instances run in N node processes started here "
+               "(controller node 'src' holds the host copy); with --controller, on the nodes of a running cluster, "
+               "which must hold a host copy of the model under its served name (strata node --model NAME=PATH)."});
   t.push_back({"run", "FILE", "bring up what a topology file describes on this machine and run its job "
                "(autoscale, replay or serve); options after FILE override the file's", {},
                "Every key of a topology file is listed in the README (Topology files)."});
@@ -148,16 +163,9 @@ std::vector<command_spec> make_table() {
                         {"svg-prefix", "P", "", "write P<policy>.svg timelines", ""},
                         {"json", "FILE", "", "write the results as JSON (per policy: summary, scaling report, every "
                          "request)", ""},
-                        {"nodes", "N", "0", "instances in N strata node processes, parameters over UCX (0: in-process)",
-                         ""},
-                        {"link-mbs", "MB/s", "0", "nodes: pace each node's egress (0: unpaced)", ""},
-                        {"chunk-kb", "KB", "64", "nodes: multicast chunk size", ""},
-                        {"transport", "NAME", "tcp", "nodes: UCX transport, tcp or sm", ""},
-                        {"placement", "LIST", "", "nodes that may host instances, in order (e.g. src,n2,n1)",
-                         "src,n1..nN"},
                         {"kill", "NODE@S", "", "nodes: send NODE the --kill-signal S seconds into each replay", ""},
                         {"kill-signal", "SIG", "KILL", "KILL or STOP", ""}} +
-                   opts(scaling_opts.begin(), scaling_opts.end()) + slo_opts + common,
+                   node_opts + opts(scaling_opts.begin(), scaling_opts.end()) + slo_opts + common,
                "Without --nodes, instances run in this process and parameters arrive after the emulated link time. "
                "Exit 1 when a request failed, with the first reason."});
   t.push_back({"inspect", "", "print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)",

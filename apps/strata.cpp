@@ -540,6 +540,20 @@ int run_serve(const args& a) {
   ro.max_waiting = int(a.integer("max-waiting", 1, 1 << 20));
   ro.max_batch_tokens = int(a.integer("max-batch-tokens", 1, 1 << 24));
   const double drain_s = a.number("drain-timeout-s", 0, 86400);
+  // Where instances run: this process, node processes started here, or a running cluster.
+  cluster_spec cs;
+  cs.nodes = int(a.integer("nodes", 0, 64));
+  cs.controller = a.str("controller");
+  if (cs.nodes > 0 && !cs.controller.empty()) throw usage_error("--nodes and --controller exclude each other");
+  const bool on_cluster = cs.nodes > 0 || !cs.controller.empty();
+  if (a.has("tls") && cs.controller.empty()) throw usage_error("--tls needs --controller");
+  cs.tls_dir = a.str("tls");
+  cs.link_mbs = a.number("link-mbs", 0, 1e6);
+  cs.chunk_bytes = uint64_t(a.integer("chunk-kb", 1, 1 << 20)) << 10;
+  cs.transport = a.choice("transport", {"tcp", "sm"});
+  cs.placement = split_list(a.str("placement"));
+  if (a.has("placement") && cs.placement.empty()) throw usage_error("--placement names no node");
+  const std::string policy = a.str("policy", on_cluster ? "blitz" : "");
   apply_common(a);
   auto m = load_model(path);
   if (!m) return fail(m.message());
@@ -558,42 +572,66 @@ int run_serve(const args& a) {
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  actor_runtime rt;
+  // The actor system: this process's own, or the one joined to the cluster (declared before the
+  // guard, so the guard stops the actors first).
+  std::unique_ptr<actor_runtime> rt;
+  std::unique_ptr<local_cluster> cluster;
+  caf::actor_system* sys = nullptr;
+  std::unique_ptr<scaling_policy> pol;
+  if (!policy.empty()) {
+    auto made = make_policy(policy, setup->knobs, setup->links);
+    if (!made) return fail(made.message());
+    pol = std::move(*made);
+  }
+  if (on_cluster) {
+    if (pol->loading().local_copy)
+      return fail("policy " + policy + " loads from a host copy on every node, which serving over a cluster does not "
+                  "set up yet; use " + "blitz, lambda-pipe or stop-the-world");
+    cs.model = name;
+    cs.model_path = path;
+    auto sc = start_scaling_cluster(cs, [](const std::string& line) { say("%s\n", line.c_str()); });
+    if (!sc) return fail(sc.message());
+    cluster = std::move(sc->cluster);
+    setup->so.cluster = sc->placement;
+    ro = cluster_router_options(ro);
+    sys = &cluster->system();
+  } else {
+    rt = std::make_unique<actor_runtime>();
+    sys = rt->sys.get();
+  }
   stop_guard guard;
   // A fixed pipeline, or instances a scaler starts and stops under its policy (in this process,
-  // parameters arriving after the emulated link time; /ready is 503 until the first serves).
+  // parameters arriving after the emulated link time, or on the cluster's nodes, parameters
+  // multicast from a holder; /ready is 503 until the first serves).
   pipeline pl;
   caf::actor router, scaler;
-  if (a.has("policy")) {
-    auto pol = make_policy(a.str("policy"), setup->knobs, setup->links);
-    if (!pol) return fail(pol.message());
+  if (pol) {
     auto dev = parse_devices(a.str("devices"), 1);  // one device for every instance
     if (!dev) return fail(dev.message());
     setup->so.cuda_device = dev->front();
-    router = spawn_router(*rt.sys, *m, std::vector<route_ptr>{}, ro);
-    scaler = spawn_scaler(*rt.sys, *m, router, std::shared_ptr<scaling_policy>(std::move(*pol)), setup->knobs,
-                          setup->so);
+    router = spawn_router(*sys, *m, std::vector<route_ptr>{}, ro);
+    scaler = spawn_scaler(*sys, *m, router, std::shared_ptr<scaling_policy>(std::move(pol)), setup->knobs, setup->so);
     guard.actors = {scaler, router};
     ho.scaler = scaler;
   } else {
     auto devs = parse_devices(a.str("devices"), shards->size());
     if (!devs) return fail(devs.message());
-    auto p = spawn_pipeline(*rt.sys, *m, *shards, *devs);
+    auto p = spawn_pipeline(*sys, *m, *shards, *devs);
     if (!p) return fail(p.message());
     pl = *p;
     guard.pipelines.push_back(pl);
-    router = spawn_router(*rt.sys, *m, pl.path, ro);
+    router = spawn_router(*sys, *m, pl.path, ro);
     guard.actors.push_back(router);
   }
   // A fixed pipeline must serve before the server says it does: one real generation through it
   // (a GPU without a driver, say, fails here with the reason instead of in every request).
   if (!scaler)
-    if (auto st = probe_generation(*rt.sys, router, std::chrono::seconds(60)); !st) {
+    if (auto st = probe_generation(*sys, router, std::chrono::seconds(60)); !st) {
       if (pl.head) stop_pipeline(pl);
       caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
       return fail("the model cannot serve a request: " + st.message());
     }
-  auto srv = http_server::start(*rt.sys, router, *m, std::move(*tok), ho);
+  auto srv = http_server::start(*sys, router, *m, std::move(*tok), ho);
   if (!srv) return fail(srv.message());
   std::printf("serving %s as '%s' on http://%s:%d (POST /v1/completions, /v1/chat/completions; GET /v1/models, "
               "/health, /ready, /metrics)\n",

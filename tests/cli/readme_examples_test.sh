@@ -3,7 +3,7 @@
 # its continuation lines) is checked: its options exist in `strata CMD --help`; then it runs,
 # bounded: /tmp paths go to a temp dir, replays and autoscale runs are cut to a few requests,
 # serve starts on a free port and is drained by SIGTERM. Commands that need a running cluster on
-# fixed ports (node, cluster view/multicast) are only checked for their options.
+# fixed ports (node, cluster view/multicast, serve --controller) are only checked for their options.
 # Usage: readme_examples_test.sh BUILD_BIN_DIR DATA_DIR README
 set -euo pipefail
 bin=$1
@@ -41,6 +41,8 @@ while IFS= read -r line; do
     done
     checked=$((checked + 1))
   fi
+  # serve --controller needs a running cluster too.
+  [ "$cmd" = serve ] && [[ " ${words[*]} " == *" --controller "* ]] && continue
   case "$prog:$cmd:$sub" in
     strata:node:* | strata:cluster:view | strata:cluster:multicast) continue ;;
     strata:replay:* | strata:autoscale:*)

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The HTTP front door over a cluster, as an operator runs it: node processes started by hand (a
+# controller holding the model, one more node), `strata serve --controller` places the model's
+# instances on them. Checks: bad setups fail at once with the reason; greedy text over HTTP is
+# the in-process pipeline's; a burst scales out onto the other node with every text identical;
+# SIGTERM drains, exits 0 and leaves the nodes with only their host copy.
+# usage: cluster_serve_test.sh STRATA_BIN DATA_DIR
+set -uo pipefail
+strata=$1
+data=$2
+m="$data/models/stories260K"
+. "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/../serve_port.sh"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+ctl="127.0.0.1:$port"
+view() { "$strata" cluster view --controller "$ctl" 2>&1; }
+expect_error() {  # expect_error "needle" serve-args...: serve fails with status 1 within 60 s and says needle
+  local needle=$1; shift
+  local rc=0
+  out=$(timeout 60 "$strata" serve --model "$m" --port 0 --threads 1 "$@" 2>&1) || rc=$?
+  [ "$rc" -eq 1 ] || fail "expected exit status 1, got $rc from: serve $* -- output: $out"
+  grep -qF -- "$needle" <<<"$out" || fail "expected '$needle' from: serve $* -- got: $out"
+}
+
+# Nothing listening there: the reason, at once (no hang on a dead address).
+dead=$(free_port)
+expect_error "cannot reach controller at 127.0.0.1:$dead" --controller "127.0.0.1:$dead"
+expect_error "--nodes and --controller exclude each other" --nodes 1 --controller "$ctl"
+expect_error "--tls needs --controller" --tls /nonexistent
+
+"$strata" node --name src --listen "$ctl" --model "stories260K=$m" >"$tmp/src.log" 2>&1 &
+pids+=($!)
+"$strata" node --name n1 --controller "$ctl" --listen 127.0.0.1:0 >"$tmp/n1.log" 2>&1 &
+pids+=($!)
+wait_view "^2 node(s)"
+wait_view "stories260K: src (host copy)"
+expect_error "no node of the cluster holds a host copy of 'other'" --controller "$ctl" --served-model-name other
+expect_error "unknown node 'zz' in the placement (the cluster's nodes: src, n1)" --controller "$ctl" --placement zz
+expect_error "policy all-cache loads from a host copy on every node" --controller "$ctl" --policy all-cache
+echo "ok: bad setups fail with the reason"
+
+# Small instances (2 sequences each, scale out above 1 waiting) that leave 2 s after their last request.
+"$strata" serve --model "$m" --controller "$ctl" --port 0 --threads 1 --max-running 2 --queue 1 --keep-alive-s 2 \
+  --device-layer-ms 2 >"$tmp/serve.log" 2>&1 &
+srv=$!
+pids+=($srv)
+hport=$(serve_port "$tmp/serve.log" 300)
+[ -n "$hport" ] || fail "serve did not start"
+url="http://127.0.0.1:$hport"
+for _ in $(seq 300); do curl -sf "$url/ready" >/dev/null && break; sleep 0.1; done
+curl -sf "$url/ready" >/dev/null || fail "serve never became ready"
+complete() {  # complete FILE: a greedy completion of 60 tokens into FILE
+  curl -s "$url/v1/completions" -H 'content-type: application/json' \
+    -d '{"model":"stories260K","prompt":"Once upon a time","max_tokens":60,"temperature":0}' -o "$1"
+}
+text_of() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["choices"][0]["text"], end="")' "$1"; }
+complete "$tmp/one.json"
+one=$(text_of "$tmp/one.json") || fail "no completion: $(cat "$tmp/one.json")"
+gen=$("$strata" generate --model "$m" --prompt "Once upon a time" --steps 80 --temperature 0 2>/dev/null)
+python3 -c 'import sys; sys.exit(0 if sys.argv[2].startswith("Once upon a time" + sys.argv[1]) else 1)' "$one" "$gen" ||
+  fail "greedy text over the cluster '$one' is not the in-process pipeline's '$gen'"
+echo "ok: greedy text over the cluster front door is the in-process pipeline's"
+
+for i in $(seq 12); do complete "$tmp/burst$i.json" & done
+wait_jobs() { for j in $(jobs -p); do [[ " ${pids[*]} " == *" $j "* ]] || wait "$j"; done; }
+wait_jobs
+for i in $(seq 12); do
+  [ "$(text_of "$tmp/burst$i.json")" = "$one" ] || fail "burst request $i: $(cat "$tmp/burst$i.json")"
+done
+metrics=$(curl -s "$url/metrics")
+grep -qE '^strata:scale_events_total\{model_name="stories260K",event="scale-out"\} [1-9]' <<<"$metrics" ||
+  fail "the burst did not scale out: $(grep '^strata:' <<<"$metrics")"
+echo "ok: a burst of 12 scaled out onto the cluster's other node; every text identical"
+
+kill -TERM "$srv"
+for _ in $(seq 200); do kill -0 "$srv" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$srv" 2>/dev/null && fail "serve did not exit within 20 s of SIGTERM"
+wait "$srv"
+rc=$?
+[ "$rc" -eq 0 ] || fail "serve exited with $rc"
+grep -q "drained; bye" "$tmp/serve.log" || fail "no drain"
+wait_view "^  stories260K: src (host copy)$"
+echo "ok: SIGTERM drained and exited; the nodes keep only their host copy"
+echo "cluster serve test passed"
