@@ -979,7 +979,8 @@ void http_server::impl::readiness(std::function<void(std::string)> done) {
   auto self = shared_from_this();
   ask<router_stats>(sys, router, std::chrono::seconds(2), [self, done](expected<router_stats> s) {
     if (!s) return done("router: " + s.message());
-    if (s->routes == 0) return done("no instance of the model serves yet");
+    if (s->routes == 0)  // (a test request would start an instance of a model that scales from zero)
+      return done(self->opt.scales_from_zero ? "" : "no instance of the model serves yet");
     std::unique_lock<std::mutex> g(self->ready_mu);
     if (clk::now() - self->probed < std::chrono::seconds(5) && !self->probing) {
       auto why = self->probe_error;
@@ -1070,7 +1071,7 @@ std::string http_server::impl::metrics_text(const expected<router_stats>& s, con
     for (auto& e : r.events) ++by[e.what];
     std::string ev;
     for (auto& [what, n] : by) ev += line("strata:scale_events_total", ",event=\"" + what + "\"", double(n));
-    metric("strata:scale_events_total", "counter", "Scaling events (scale-out, serving, full, drain, stopped).", ev);
+    metric("strata:scale_events_total", "counter", "Scaling events (started, scale-out, serving, full, drain, stopped).", ev);
   }
   metric("strata:http_requests_in_flight", "gauge", "Generation requests being served over HTTP.",
          line("strata:http_requests_in_flight", "", in_flight.load()));

@@ -36,6 +36,8 @@ struct http_options {
   int max_connections_per_client = 256;  // per remote address
   std::string api_key;  // non-empty: /v1/* needs "Authorization: Bearer <api_key>" (401 otherwise)
   caf::actor scaler;  // when the model autoscales: its report feeds the instance and scaling metrics
+  // The scaler starts an instance for the first request (min 0): ready with no instance too.
+  bool scales_from_zero = false;
 };
 
 class http_server {

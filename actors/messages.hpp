@@ -36,6 +36,7 @@ using kvsend_atom = caf::atom_constant<caf::atom("kvsend")>;
 using kvput_atom = caf::atom_constant<caf::atom("kvput")>;
 using resize_atom = caf::atom_constant<caf::atom("resize")>;
 using grace_atom = caf::atom_constant<caf::atom("grace")>;
+using qdeadline_atom = caf::atom_constant<caf::atom("qdeadline")>;  // a router's own: a request's queue timeout
 // (stagelost_atom, std::vector<caf::actor>, std::string why): these stages are gone (their node
 // died or hung); sent to a router by whoever learns it first (a scaler told by the controller).
 using stagelost_atom = caf::atom_constant<caf::atom("stagelost")>;

@@ -147,6 +147,8 @@ void flush(router_actor* self) {
       run_kv_move(self, *k);
     } else if (auto* g = std::get_if<act::grace>(&a)) {
       self->delayed_send(self, std::chrono::milliseconds(g->ms), grace_atom::value, g->epoch);
+    } else if (auto* d = std::get_if<act::deadline>(&a)) {
+      self->delayed_send(self, std::chrono::milliseconds(d->ms), qdeadline_atom::value, d->request);
     }
   }
 }
@@ -229,6 +231,10 @@ caf::behavior router_fun(router_actor* self, model_ptr m, std::vector<route_ptr>
       },
       [=](grace_atom, uint64_t epoch) {
         self->state.b->on_grace(epoch);
+        flush(self);
+      },
+      [=](qdeadline_atom, uint64_t request) {
+        self->state.b->on_queue_deadline(request);
         flush(self);
       },
       [=](step_atom, step_ptr& s) { on_step(self, s); },

@@ -195,6 +195,7 @@ bool on_placed(scaler_actor* self, uint32_t id, const instance_stages& s, bool w
     in.view.globals = true;
     in.view.have.assign(in.view.have.size(), true);
     in.full_at = now(self);
+    event(self, "started", id, (in.node.empty() ? "" : "on " + in.node + ", ") + "whole (its parameters are there)");
     push_routes(self);
   } else {
     event(self, "scale-out", id, (in.node.empty() ? "" : "on " + in.node + ", ") + "loading from " + st.policy->loading().source);
@@ -385,7 +386,7 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
       if (dm.source == self->state.opt.cluster.controller.address()) controller_lost(self, caf::to_string(dm.reason));
     });
   }
-  start_instances(self, true, std::max(1, knobs.min_instances));
+  if (knobs.min_instances > 0) start_instances(self, true, knobs.min_instances);  // 0: from the first request
   push_routes(self);
   self->send(self, scaletick_atom::value, st.tick_epoch);
   return {

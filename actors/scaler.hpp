@@ -50,7 +50,7 @@ struct scaler_options {
 
 struct scaling_event {
   double t = 0;          // seconds since the scaler started
-  std::string what;      // "scale-out", "first layer", "full", "resize", "drain", "stopped"
+  std::string what;      // "started" (whole), "scale-out", "first layer", "full", "resize", "drain", "stopped"
   uint32_t instance = 0;
   std::string detail;
 };

@@ -63,10 +63,12 @@ const opts slo_opts = {
 
 // Scaling knobs, emulated links and device, and scheduling (autoscale, serve --policy).
 const opts scaling_opts = {
-    {"min", "N", "1", "fewest instances", ""},
+    {"min", "N", "1", "fewest instances (0: none until a request comes, scale from zero)", ""},
     {"max", "N", "4", "most instances", "max(4, --min)"},
     {"queue", "Q", "4", "scale out above Q waiting requests per instance", ""},
     {"keep-alive-s", "S", "3", "an instance idle this long is stopped", ""},
+    {"queue-timeout-s", "S", "120",
+     "a request not started this long after admission fails, e.g. a cold start that takes longer (0: no limit)", ""},
     {"min-share", "F", "0.25", "has-gpu: a new instance's share of its device, and the smallest", ""},
     {"layer-mb", "MB", "400", "emulated bytes per layer (in-process instances)", ""},
     {"globals-mb", "MB", "500", "emulated embedding + classifier bytes", ""},

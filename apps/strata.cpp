@@ -489,7 +489,7 @@ int run_replay(const args& a) {
 expected<scaling_setup> scaling_from_args(const args& a) {
   scaling_setup s;
   auto& k = s.knobs;
-  k.min_instances = int(a.integer("min", 1, 1024));
+  k.min_instances = int(a.integer("min", 0, 1024));
   k.max_instances = int(a.integer("max", std::max(4, k.min_instances), 1, 1024));
   k.queue_per_instance = a.positive("queue", 1e6);
   k.ttft_slo_s = a.positive("ttft-slo-ms", 1e9) / 1000;
@@ -508,6 +508,7 @@ expected<scaling_setup> scaling_from_args(const args& a) {
   auto sch = find_route_scheduler(scheduler);
   if (!sch) throw usage_error("--scheduler: " + sch.message());
   s.so.split_candidates = sch->wants_splits;
+  s.ro.queue_timeout = std::chrono::milliseconds(int64_t(a.number("queue-timeout-s", 0, 86400) * 1000));
   std::string migration = a.choice("migration", {"kv", "recompute", "off"});
   s.ro.max_running = int(a.integer("max-running", 1, 1 << 16));
   s.ro.scheduler = scheduler;
@@ -613,6 +614,7 @@ int run_serve(const args& a) {
     scaler = spawn_scaler(*sys, *m, router, std::shared_ptr<scaling_policy>(std::move(pol)), setup->knobs, setup->so);
     guard.actors = {scaler, router};
     ho.scaler = scaler;
+    ho.scales_from_zero = setup->knobs.min_instances == 0;
   } else {
     auto devs = parse_devices(a.str("devices"), shards->size());
     if (!devs) return fail(devs.message());

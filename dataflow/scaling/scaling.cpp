@@ -161,6 +161,11 @@ scale_decision threshold_policy::decide(const load_view& v) {
   bool pressure = under_pressure(v);
   if (total < knobs_.min_instances) {
     d.add = knobs_.min_instances - total;
+  } else if (total == 0 && v.waiting > 0 && knobs_.max_instances > 0) {
+    // Scale from zero: a request for a model with no instance starts one at once (no queue
+    // threshold, no cooldown), more if the queue already asks for them.
+    int want = int(double(v.waiting) / knobs_.queue_per_instance + 0.999);
+    d.add = std::clamp(want, 1, knobs_.max_instances);
   } else if (pressure && v.loading == 0 && total < knobs_.max_instances && v.now - last_out_ >= knobs_.cooldown_s) {
     // Enough instances for the queue at queue_per_instance each, at least one, within max.
     int want = int(double(v.waiting) / knobs_.queue_per_instance + 0.999);

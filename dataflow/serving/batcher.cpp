@@ -137,6 +137,7 @@ expected<uint64_t> batcher::admit(generate_request req, uint64_t client) {
   r.rng = initial_rng_state(r.req.seed);
   r.admitted = now_();
   waiting_.push_back(id);
+  if (opt_.queue_timeout.count() > 0) out_.push_back(act::deadline{opt_.queue_timeout.count(), id});
   return id;
 }
 
@@ -559,6 +560,7 @@ std::string batcher::stage_name(stage_id s) const {
 void batcher::on_stage_lost(stage_id s, const std::string& reason) {
   if (!lost_.insert(s).second) return;
   std::string why = stage_name(s) + " is down (" + reason + ")";
+  const size_t offered = routes_.size();
   std::erase_if(routes_, [&](route_id r) { return route_has(route_of(r), s); });
   std::erase_if(inflight_, [&](auto& kv) {
     if (!route_has(route_of(kv.second.route), s)) return false;
@@ -568,6 +570,13 @@ void batcher::on_stage_lost(stage_id s, const std::string& reason) {
   std::vector<uint64_t> hit;
   for (auto& [id, r] : reqs_)
     if (r.path && !r.moving && route_has(route_of(r.path), s)) hit.push_back(id);
+  // A stage of an instance that no longer serves (scaled in, perhaps to zero) took nothing
+  // with it: the requests waiting for the next instance go on waiting.
+  if (hit.empty() && routes_.size() == offered) {
+    schedule();
+    prune_routes();
+    return;
+  }
   std::vector<uint64_t> waiting(waiting_.begin(), waiting_.end());
   apply(readmit_.on_loss(hit, waiting, !routes_.empty(), why));
   if (routes_.empty() && !readmit_.in_grace()) down_ = why;
@@ -580,6 +589,16 @@ void batcher::close(const std::string& why) {
   std::vector<uint64_t> waiting(waiting_.begin(), waiting_.end());
   apply(readmit_.close(waiting, why));
   schedule();
+}
+
+void batcher::on_queue_deadline(uint64_t request) {
+  auto it = reqs_.find(request);
+  if (it == reqs_.end() || it->second.generated > 0 || it->second.started ||
+      std::find(waiting_.begin(), waiting_.end(), request) == waiting_.end())
+    return;
+  finish(request, "error",
+         "no instance took the request within " + std::to_string(opt_.queue_timeout.count()) + " ms" +
+             (routes_.empty() ? " (none serves yet: a cold start took longer)" : " (every instance was full)"));
 }
 
 void batcher::on_grace(uint64_t epoch) {

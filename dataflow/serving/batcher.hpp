@@ -33,6 +33,10 @@ struct batcher_options {
   int max_batch_tokens = 512;  // rows per step; longer prompts are prefilled in chunks
   int max_inflight = 1;        // steps in flight at once (>1 overlaps steps in a multi-shard pipeline)
   std::chrono::milliseconds step_timeout{60000};
+  // A request still waiting for its first step this long after admission fails (errc
+  // unavailable): the bound on a cold start, when no instance of the model serves yet and the
+  // scaler starts one (0: wait without limit).
+  std::chrono::milliseconds queue_timeout{0};
   // Requests on a route that loses a stage (or whose step times out) are re-admitted on the
   // others, each up to max_retries times; grace_ms: how long they wait for a new route when the
   // loss left none (a scaler may start one), 0 to fail at once.
@@ -152,9 +156,13 @@ struct grace {  // deliver on_grace(epoch) after ms
   int64_t ms;
   uint64_t epoch;
 };
+struct deadline {  // deliver on_queue_deadline(request) after ms
+  int64_t ms;
+  uint64_t request;
+};
 }  // namespace act
 using batcher_action = std::variant<act::step, act::release, act::token, act::prompt_logprobs, act::done,
-                                    act::kv_move, act::grace>;
+                                    act::kv_move, act::grace, act::deadline>;
 
 class batcher {
  public:
@@ -181,6 +189,8 @@ class batcher {
   // No route will come back: what waits fails with `why`, new requests are refused.
   void close(const std::string& why);
   void on_grace(uint64_t epoch);
+  // A request's queue_timeout passed: it fails if it has not started yet.
+  void on_queue_deadline(uint64_t request);
   // All parts of a KV move ended; `failure` is the first part's error, empty when all moved.
   void on_kv_moved(uint64_t move, uint64_t bytes, const std::string& failure);
   // Ends a request early; false when there is no such request.

@@ -612,3 +612,46 @@ TEST_CASE("batcher: batch schedulers come from a registry and choose which waiti
   REQUIRE_FALSE(refused);
   CHECK(refused.message().find("batch scheduler: unknown batch scheduler 'nope'") == 0);
 }
+
+TEST_CASE("batcher: a queue timeout bounds a cold start; a started request or a retired stage does not end it") {
+  batcher_options o;
+  o.queue_timeout = std::chrono::milliseconds(3000);
+  harness h(o);
+  auto cold = h.admit({1, 5});  // no route at all: the model scales from zero
+  auto a = h.b.take_actions();
+  auto d = only<act::deadline>(a);
+  REQUIRE(d.size() == 1);
+  CHECK(d[0].ms == 3000);
+  CHECK(d[0].request == cold);
+  h.b.on_queue_deadline(cold);
+  auto done = only<act::done>(h.b.take_actions());
+  REQUIRE(done.size() == 1);
+  CHECK(done[0].result.error == "no instance took the request within 3000 ms (none serves yet: a cold start took longer)");
+  CHECK(h.b.requests() == 0);
+  // One that started before its deadline runs on.
+  h.b.set_routes({local(1, 1)});
+  auto warm = h.admit({1, 5}, 1);
+  auto s = only<act::step>(h.run());
+  REQUIRE(s.size() == 1);
+  h.b.on_queue_deadline(warm);
+  CHECK(only<act::done>(h.b.take_actions()).empty());
+  h.b.on_step(s[0].id, answer(s[0], ten));
+  auto finished = only<act::done>(h.b.take_actions());
+  REQUIRE(finished.size() == 1);
+  CHECK(finished[0].result.error.empty());
+  // The instance is retired (scaled in to zero), then its stages exit: a request waiting for the
+  // next instance is not failed by that, and the model is not marked down.
+  h.b.set_routes({});
+  h.b.take_actions();
+  auto waiting = h.admit({1, 6});
+  h.b.on_stage_lost(11, "instance 1 stopped");
+  h.b.on_stage_lost(10, "instance 1 stopped");
+  auto after = h.b.take_actions();
+  CHECK(h.b.down().empty());
+  for (auto& x : only<act::done>(after)) CHECK(x.result.id != waiting);
+  h.b.set_routes({local(2, 2)});
+  auto s2 = only<act::step>(h.run());
+  REQUIRE_FALSE(s2.empty());
+  CHECK(s2.back().route == 2);
+}
+

@@ -163,6 +163,40 @@ TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-al
   CHECK(make_policy("magic", k, l).message().find("unknown policy 'magic'") == 0);
 }
 
+TEST_CASE("threshold policy: scale from zero and back to zero (min 0)") {
+  auto k = policy_knobs();
+  k.min_instances = 0;
+  link_speeds l;
+  for (const char* name : {"blitz", "stop-the-world", "has-gpu"}) {
+    CAPTURE(name);
+    auto p = make_policy(name, k, l);
+    REQUIRE(p);
+    load_view v;
+    CHECK((*p)->decide(v).add == 0);  // nothing asked, nothing started
+    v.waiting = 1;  // one request for the cold model: an instance at once, below any threshold
+    CHECK((*p)->decide(v).add == 1);
+    v.now = 0.1;  // no cooldown for it either
+    CHECK((*p)->decide(v).add == 1);
+    v.waiting = 9;  // a cold burst: as many as the queue asks for, within max
+    CHECK((*p)->decide(v).add == 3);
+    v.loading = 1;  // one on its way: that is no longer zero
+    v.waiting = 2;
+    CHECK((*p)->decide(v).add == 0);
+    v.loading = 0;
+    v.full = 1;
+    v.waiting = 0;
+    v.now = 10;
+    v.idle_for_s = {{1, 2.5}};  // idle past keep-alive: back to zero
+    if (std::string(name) == "has-gpu") v.share = {{1, 0.25}};  // has-gpu first shrinks to the smallest share
+    CHECK((*p)->decide(v).remove == std::vector<uint32_t>{1});
+  }
+  k.max_instances = 0;  // a model that may not run at all never starts
+  auto none = make_policy("blitz", k, l);
+  load_view v;
+  v.waiting = 3;
+  CHECK((*none)->decide(v).add == 0);
+}
+
 // Every threshold at, just below and just above its value: "above" means strictly above, and
 // the keep-alive and cooldown count from their value on.
 TEST_CASE("threshold policy: each threshold's boundary, exactly") {
