@@ -170,6 +170,17 @@ out=$("$strata" run "$topos/gamma-random-model.toml" --max-requests 6 --policies
 jcheck "$tmp/run.json" 'r["policies"][0]["policy"] == "blitz" and r["policies"][0]["summary"]["ok"] == 6' \
   "run gamma-random-model"
 grep -q "^topology .*: strata autoscale .*--model /tmp/strata-topology-" <<<"$out" || fail "run prints its command: $out"
+# The cluster front door from its topology: nodes started here, scale from zero, one request, drain.
+"$strata" run "$topos/serve-cluster.toml" --port 0 --threads 1 > "$tmp/topo-serve.log" 2>&1 &
+tsrv=$!
+tport=$(serve_port "$tmp/topo-serve.log" 300)
+[ -n "$tport" ] || { kill "$tsrv"; fail "run serve-cluster.toml did not start: $(cat "$tmp/topo-serve.log")"; }
+out=$(curl -s "http://127.0.0.1:$tport/v1/completions" -H 'content-type: application/json' \
+  -d '{"model":"stories260K","prompt":"Once","max_tokens":8,"temperature":0}')
+kill -TERM "$tsrv"
+wait "$tsrv" || fail "run serve-cluster.toml did not drain: $(cat "$tmp/topo-serve.log")"
+grep -q '"completion_tokens":8' <<<"$out" || fail "run serve-cluster.toml: $out"
+grep -q "cluster up (3 nodes: src, n1, n2" "$tmp/topo-serve.log" || fail "serve-cluster.toml: no cluster: $(cat "$tmp/topo-serve.log")"
 printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[scaling]\nmaxx = 2\n' "$m" > "$tmp/bad.toml"
 expect_error "unknown key 'maxx' in [scaling]" "$strata" run "$tmp/bad.toml"
 expect_error "topology $tmp/none.toml: cannot open" "$strata" run "$tmp/none.toml"

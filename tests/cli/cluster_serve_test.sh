@@ -3,7 +3,8 @@
 # controller holding the model, one more node), `strata serve --controller` places the model's
 # instances on them. Checks: bad setups fail at once with the reason; greedy text over HTTP is
 # the in-process pipeline's; a burst scales out onto the other node with every text identical;
-# SIGTERM drains, exits 0 and leaves the nodes with only their host copy.
+# SIGTERM drains, exits 0 and leaves the nodes with only their host copy; with --min 0 a cold
+# request starts an instance (parameters multicast to it) and idle instances go back to zero.
 # usage: cluster_serve_test.sh STRATA_BIN DATA_DIR
 set -uo pipefail
 strata=$1
@@ -82,4 +83,33 @@ rc=$?
 grep -q "drained; bye" "$tmp/serve.log" || fail "no drain"
 wait_view "^  stories260K: src (host copy)$"
 echo "ok: SIGTERM drained and exited; the nodes keep only their host copy"
+
+# Scale from zero: no instance until the first request, which starts one on n1 (its parameters
+# multicast from src's host copy) and is served; idle, the model goes back to zero.
+"$strata" serve --model "$m" --controller "$ctl" --port 0 --threads 1 --min 0 --placement n1 --keep-alive-s 1 \
+  >"$tmp/serve0.log" 2>&1 &
+srv=$!
+pids+=($srv)
+hport=$(serve_port "$tmp/serve0.log" 300)
+[ -n "$hport" ] || fail "serve --min 0 did not start"
+url="http://127.0.0.1:$hport"
+curl -sf "$url/ready" >/dev/null || fail "a model that scales from zero is not ready: $(curl -s "$url/ready")"
+grep -q '^strata:instances{model_name="stories260K"} 0$' <(curl -s "$url/metrics") || fail "an instance before any request"
+t0=$(date +%s.%N)
+complete "$tmp/cold.json"
+cold_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+[ "$(text_of "$tmp/cold.json")" = "$one" ] || fail "cold request: $(cat "$tmp/cold.json")"
+grep -qE '^strata:scale_events_total\{model_name="stories260K",event="scale-out"\} 1$' <(curl -s "$url/metrics") ||
+  fail "the cold request did not scale out: $(curl -s "$url/metrics" | grep '^strata:scale')"
+echo "ok: a cold request started an instance on n1 and was served in $cold_s s (same text)"
+for _ in $(seq 100); do
+  grep -q '^strata:instances{model_name="stories260K"} 0$' <(curl -s "$url/metrics") && break
+  sleep 0.1
+done
+grep -q '^strata:instances{model_name="stories260K"} 0$' <(curl -s "$url/metrics") || fail "never back to zero"
+complete "$tmp/cold2.json"
+[ "$(text_of "$tmp/cold2.json")" = "$one" ] || fail "second cold request: $(cat "$tmp/cold2.json")"
+echo "ok: idle, back to zero instances; the next request starts one again"
+kill -TERM "$srv"
+wait "$srv" || fail "serve --min 0 did not drain cleanly"
 echo "cluster serve test passed"

@@ -613,9 +613,10 @@ TEST_CASE("batcher: batch schedulers come from a registry and choose which waiti
   CHECK(refused.message().find("batch scheduler: unknown batch scheduler 'nope'") == 0);
 }
 
-TEST_CASE("batcher: a queue timeout bounds a cold start; a started request or a retired stage does not end it") {
+TEST_CASE("batcher: a queue timeout bounds a cold start and spares started requests and retired stages") {
   batcher_options o;
   o.queue_timeout = std::chrono::milliseconds(3000);
+  o.readmit.grace_ms = 500;
   harness h(o);
   auto cold = h.admit({1, 5});  // no route at all: the model scales from zero
   auto a = h.b.take_actions();
@@ -653,5 +654,14 @@ TEST_CASE("batcher: a queue timeout bounds a cold start; a started request or a 
   auto s2 = only<act::step>(h.run());
   REQUIRE_FALSE(s2.empty());
   CHECK(s2.back().route == 2);
+  // A request that streamed tokens and waits again after losing its instance (re-admitted, in
+  // the grace for a new one) is the re-admission's to end, not the queue timeout's.
+  h.b.on_step(s2.back().id, answer(s2.back(), ten));  // its first token
+  h.b.take_actions();
+  h.b.on_stage_lost(21, "node b died");
+  h.b.take_actions();
+  h.b.on_queue_deadline(waiting);
+  CHECK(only<act::done>(h.b.take_actions()).empty());
+  CHECK(h.b.requests() == 1);
 }
 

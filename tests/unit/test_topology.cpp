@@ -49,6 +49,15 @@ svg_prefix = "/tmp/x-"
   REQUIRE(s);
   CHECK(s->run == "serve");
   CHECK(option(*s, "port") == "8080");
+  // serve over a cluster: the [cluster] section applies to serve too.
+  auto c = parse_topology("run = \"serve\"\n[model]\npath = \"/m\"\n[cluster]\ncontroller = \"10.0.0.1:7000\"\n"
+                          "placement = [\"n1\", \"n2\"]\n[scaling]\nmin = 0\nqueue_timeout_s = 30\n",
+                          "/d", "c.toml");
+  REQUIRE_MESSAGE(c, c.message());
+  CHECK(option(*c, "controller") == "10.0.0.1:7000");
+  CHECK(option(*c, "placement") == "n1,n2");
+  CHECK(option(*c, "min") == "0");
+  CHECK(option(*c, "queue-timeout-s") == "30");
   auto r = parse_topology("[model.random]\nlayers = 4\nkv_heads = 2\n[workload]\ntrace = \"gamma\"\n", "/d", "r.toml");
   REQUIRE(r);
   CHECK(r->run == "replay");
@@ -63,7 +72,7 @@ TEST_CASE("topology mistakes are errors naming the file and key") {
   };
   const std::string base = "[model]\npath = \"/m\"\n[workload]\ntrace = \"gamma\"\n";
   CHECK(err(base + "[cluster]\nnodez = 3\n") ==
-        "t.toml: unknown key 'nodez' in [cluster] (known: nodes, transport, link_mb_s, chunk_kb, placement)");
+        "t.toml: unknown key 'nodez' in [cluster] (known: nodes, transport, link_mb_s, chunk_kb, placement, controller)");
   CHECK(err(base + "[clusters]\n").find("t.toml: unknown section [clusters]") == 0);
   CHECK(err(base + "[cluster]\nnodes = \"three\"\n") == "t.toml: [cluster] nodes must be an integer");
   CHECK(err("run = \"replay\"\n" + base + "[scaling]\nmax = 2\n") ==
