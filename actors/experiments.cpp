@@ -66,22 +66,24 @@ expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
   auto log = [&](const std::string& s) {
     if (log_fn) log_fn(s);
   };
-  if (spec.model.empty()) return make_error("cluster: no model name");
+  if (spec.models.empty()) return make_error("cluster: no model");
   if ((spec.nodes > 0) == !spec.controller.empty())
     return make_error("cluster: start node processes here (nodes > 0) or attach to a controller, not both or neither");
   scaling_cluster out;
   if (spec.nodes > 0) {
     local_cluster_options lo;
     lo.transport = spec.transport;
-    lo.controller_models = {{spec.model, spec.model_path}};
-    lo.model_roots = {spec.model_path};  // all-cache has every node load it from disk
+    lo.controller_models = spec.models;
+    for (auto& m : spec.models) lo.model_roots.push_back(m.path);  // all-cache has every node load it from disk
     lo.tls_dir = spec.tls_dir;
     std::string extra = spec.link_mbs > 0 ? "throttle_mb_s = " + std::to_string(spec.link_mbs) + "\n" : "";
     // Room for a host copy on every node, which only all-cache asks for (cache_atom); the other
     // policies run with the one copy 'src' holds.
     int copies = spec.host_copies > 0 ? spec.host_copies : spec.nodes + 1;
     lo.controller_extra = extra + "host_copies = " + std::to_string(copies) + "\n";
-    log("starting a cluster: controller node 'src' (host copy of " + spec.model + ") and " + std::to_string(spec.nodes) +
+    std::vector<std::string> names;
+    for (auto& m : spec.models) names.push_back(m.name);
+    log("starting a cluster: controller node 'src' (host copy of " + join(names, ", ") + ") and " + std::to_string(spec.nodes) +
         " node processes, UCX " + lo.transport + ", each node's egress " +
         (spec.link_mbs > 0 ? mb_s(spec.link_mbs) : std::string("unpaced")));
     auto lc = local_cluster::start(lo);
@@ -106,11 +108,12 @@ expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
   for (auto& n : spec.placement)
     if (std::find(out.members.begin(), out.members.end(), n) == out.members.end())
       return make_error("unknown node '" + n + "' in the placement (the cluster's nodes: " + join(out.members, ", ") + ")");
-  if (auto st = out.cluster->wait_host_copy(spec.model, spec.nodes > 0 ? std::chrono::seconds(60) : std::chrono::seconds(5));
-      !st)
-    return make_error("no node of the cluster holds a host copy of '" + spec.model + "': " + st.message());
+  for (auto& m : spec.models)
+    if (auto st = out.cluster->wait_host_copy(m.name, spec.nodes > 0 ? std::chrono::seconds(60) : std::chrono::seconds(5));
+        !st)
+      return make_error("no node of the cluster holds a host copy of '" + m.name + "': " + st.message());
   out.placement.controller = out.cluster->controller();
-  out.placement.model = spec.model;
+  out.placement.model = spec.models.front().name;
   out.placement.chunk_bytes = spec.chunk_bytes;
   // Which nodes may host instances, in the order they are used (the first serves from the
   // start; a node without the host copy loads it first).
@@ -139,8 +142,7 @@ expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, 
   if (spec.nodes > 0) {
     cluster_spec cs;
     cs.nodes = spec.nodes;
-    cs.model = "model";
-    cs.model_path = spec.model_path;
+    cs.models = {{"model", spec.model_path}};
     cs.link_mbs = spec.link_mbs;
     cs.transport = spec.transport;
     cs.chunk_bytes = spec.chunk_bytes;

@@ -35,8 +35,9 @@ struct cluster_spec {
   int nodes = 0;             // > 0: start src and n1..nN here
   std::string controller;    // or: HOST:PORT of a running cluster
   std::string tls_dir;       // attach: the cluster's certificates
-  std::string model;         // the model's name in the cluster
-  std::string model_path;    // started here: what src holds a host copy of (and nodes may cache)
+  // The models, by their names in the cluster; started here, src holds a host copy of each (and
+  // nodes may cache them from these paths); attached, some node must hold each.
+  std::vector<model_source> models;
   double link_mbs = 0;       // started here: each node's paced egress (0: unpaced)
   std::string transport = "tcp";
   int host_copies = 0;       // started here: room for host copies per model (0: one per node)
@@ -47,11 +48,17 @@ struct cluster_spec {
 struct scaling_cluster {
   std::unique_ptr<local_cluster> cluster;
   std::vector<std::string> members;  // every node, src first when started here
-  cluster_placement placement;       // what the scaler is given (scaler_options::cluster)
+  cluster_placement placement;       // what a scaler is given (scaler_options::cluster), for models[0]
+  // ... for another of the models.
+  cluster_placement placement_for(const std::string& model) const {
+    auto p = placement;
+    p.model = model;
+    return p;
+  }
 };
 
-// Starts (or attaches to) the cluster, waits for its members and for a host copy of the model,
-// and checks the placement. `log` gets progress for people.
+// Starts (or attaches to) the cluster, waits for its members and for a host copy of every
+// model, and checks the placement. `log` gets progress for people.
 expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
                                                 const std::function<void(const std::string&)>& log = {});
 

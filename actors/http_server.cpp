@@ -185,8 +185,24 @@ struct choice_state {
   caf::actor actor;
 };
 
+// A model behind the server, with its readiness probe and its metrics.
+struct model_state : served_model {
+  explicit model_state(served_model m) : served_model(std::move(m)) {}
+  // Readiness: the last probe's result, reused for a few seconds (under ready_mu).
+  std::mutex ready_mu;
+  clk::time_point probed{};
+  std::string probe_error = "not probed yet";
+  bool probing = false;
+  std::vector<std::function<void(std::string)>> probe_waiters;
+  // Metrics, under the server's mu.
+  prom_histogram ttft{latency_buckets()}, itl{latency_buckets()}, e2e{latency_buckets()};
+  uint64_t prompt_tokens = 0, generation_tokens = 0;
+  std::map<std::string, uint64_t> finished;  // by finish reason
+};
+
 // The request in flight on a connection (outside session: clang needs it complete to default-construct).
 struct gen_state {
+  std::shared_ptr<model_state> model;
   openai::request req;
   std::string id;
   int64_t created = 0;
@@ -241,9 +257,7 @@ struct bridge {
 
 struct http_server::impl : std::enable_shared_from_this<impl> {
   caf::actor_system& sys;
-  caf::actor router;
-  model_ptr m;
-  tokenizer tok;
+  std::vector<std::shared_ptr<model_state>> models;
   http_options opt;
   net::io_context io;
   tcp::acceptor acceptor{io};
@@ -257,30 +271,27 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
   std::map<std::string, int> per_client;
   int connections = 0;
   std::set<std::shared_ptr<bridge>> bridges;
-  // Readiness: the last probe's result, reused for a few seconds (under ready_mu).
-  std::mutex ready_mu;
-  clk::time_point probed{};
-  std::string probe_error = "not probed yet";
-  bool probing = false;
-  std::vector<std::function<void(std::string)>> probe_waiters;
-  // Metrics, under mu.
+  // Metrics (each model's and these), under mu.
   std::mutex mu;
-  prom_histogram ttft{latency_buckets()}, itl{latency_buckets()}, e2e{latency_buckets()};
-  uint64_t prompt_tokens = 0, generation_tokens = 0;
-  std::map<std::string, uint64_t> finished;  // by finish reason
-  std::map<int, uint64_t> rejected;          // by HTTP status
+  std::map<int, uint64_t> rejected;  // by HTTP status
 
-  impl(caf::actor_system& s, caf::actor r, model_ptr mm, tokenizer t, http_options o)
-      : sys(s), router(std::move(r)), m(std::move(mm)), tok(std::move(t)), opt(std::move(o)) {}
+  impl(caf::actor_system& s, std::vector<std::shared_ptr<model_state>> ms, http_options o)
+      : sys(s), models(std::move(ms)), opt(std::move(o)) {}
+
+  std::shared_ptr<model_state> find(const std::string& name) const {
+    for (auto& m : models)
+      if (m->name == name) return m;
+    return nullptr;
+  }
 
   void count_rejected(int status) {
     std::lock_guard<std::mutex> g(mu);
     ++rejected[status];
   }
   void accept();
-  void readiness(std::function<void(std::string)> done);  // "" when a request can succeed
+  void readiness(std::function<void(std::string)> done);  // "" when a request to every model can succeed
+  void model_readiness(const std::shared_ptr<model_state>& ms, std::function<void(std::string)> done);
   void metrics(std::function<void(std::string)> done);
-  std::string metrics_text(const expected<router_stats>& s, const expected<scaling_report>& rep);
 };
 
 namespace {
@@ -584,10 +595,14 @@ void session::on_request() {
   }
   auto self = shared_from_this();
   if (path == "/health") return respond(200, "application/json", "{\"status\":\"ok\"}");
-  if (path == "/v1/models") return respond(200, "application/json", openai::models_body({srv->opt.model_name}, srv->created_at));
+  if (path == "/v1/models") {
+    std::vector<std::string> names;
+    for (auto& ms : srv->models) names.push_back(ms->name);
+    return respond(200, "application/json", openai::models_body(names, srv->created_at));
+  }
   if (model_path) {
     auto id = path.substr(model_prefix.size());
-    if (id != srv->opt.model_name)
+    if (!srv->find(id))
       return reply_error(status_error(404, "invalid_request_error", "The model '" + id + "' does not exist", "model"));
     return respond(200, "application/json", openai::model_body(id, srv->created_at));
   }
@@ -617,9 +632,9 @@ void session::start_generation(bool chat) {
   auto p = openai::parse_request(body, chat);
   if (!p.req) return reply_error(p.err);
   auto& r = *p.req;
-  if (r.model != srv->opt.model_name)
-    return reply_error(status_error(404, "invalid_request_error", "The model '" + r.model + "' does not exist", "model"));
-  const int64_t ctx = srv->m->config.seq_len;
+  auto ms = srv->find(r.model);
+  if (!ms) return reply_error(status_error(404, "invalid_request_error", "The model '" + r.model + "' does not exist", "model"));
+  const int64_t ctx = ms->m->config.seq_len;
   const std::string where = chat ? "messages" : "prompt";
   auto too_long = [&](const std::string& what) {
     api_error e = status_error(400, "invalid_request_error",
@@ -628,7 +643,7 @@ void session::start_generation(bool chat) {
     return e;
   };
   // Token ids the parser could not check: the vocabulary is the model's.
-  const int vocab = srv->m->config.vocab_size;
+  const int vocab = ms->m->config.vocab_size;
   auto outside_vocab = [&](const std::string& what, int32_t t, const char* param) {
     return status_error(400, "invalid_request_error",
                         what + " " + std::to_string(t) + " is outside the vocabulary [0, " + std::to_string(vocab) + ")",
@@ -648,10 +663,10 @@ void session::start_generation(bool chat) {
     } else {
       // Every token covers at most max_token_bytes of text: a longer prompt cannot fit, and is
       // refused before the encoder spends time on it.
-      if (uint64_t(in.text.size()) > uint64_t(ctx) * srv->tok.max_token_bytes())
+      if (uint64_t(in.text.size()) > uint64_t(ctx) * ms->tok.max_token_bytes())
         return reply_error(too_long("the " + which + " has " + std::to_string(in.text.size()) + " bytes, more than " +
                                     std::to_string(ctx) + " tokens can hold"));
-      ids = srv->tok.encode(in.text, true);
+      ids = ms->tok.encode(in.text, true);
     }
     const int64_t n_prompt = int64_t(ids.size());
     if (n_prompt >= ctx) return reply_error(too_long("the " + which + " has " + std::to_string(n_prompt) + " tokens"));
@@ -669,6 +684,7 @@ void session::start_generation(bool chat) {
   for (auto t : r.stop_token_ids)
     if (t >= vocab) return reply_error(outside_vocab("'stop_token_ids' token", t, "stop_token_ids"));
   gen.emplace();
+  gen->model = ms;
   gen->serial = ++serials;
   gen->id = random_id(chat ? "chatcmpl-" : "cmpl-");
   gen->created = std::time(nullptr);
@@ -713,9 +729,9 @@ void session::start_generation(bool chat) {
       auto& in = gen->req.prompts[i / size_t(gen->req.best_of)];
       std::string text = in.text;
       if (in.tokens) {
-        int prev = srv->m->config.bos_id;
+        int prev = ms->m->config.bos_id;
         for (auto t : *in.tokens) {
-          if (t != srv->m->config.bos_id && t != srv->m->config.eos_id) text += srv->tok.decode(prev, t);
+          if (t != ms->m->config.bos_id && t != ms->m->config.eos_id) text += ms->tok.decode(prev, t);
           prev = t;
         }
       }
@@ -728,7 +744,7 @@ void session::start_generation(bool chat) {
   gen->unadmitted = gen->running = int(gen->choices.size());
   ++srv->in_flight;
   for (size_t i = 0; i < reqs.size(); ++i)
-    gen->choices[i].actor = srv->sys.spawn(generation_actor, srv->router, reqs[i], srv->opt.idle_timeout,
+    gen->choices[i].actor = srv->sys.spawn(generation_actor, ms->router, reqs[i], srv->opt.idle_timeout,
                                            std::shared_ptr<gen_events>(std::make_shared<session_events>(br, gen->serial, i)));
   watch();
 }
@@ -748,7 +764,7 @@ void session::on_admitted(uint64_t serial, size_t i, expected<uint64_t> id) {
     for (size_t k = 0; k < gen->choices.size(); ++k) {
       auto& ck = gen->choices[k];
       if (gen->req.chat && ck.first_chunk) {  // the role comes first, as OpenAI sends it
-        send_event(openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, "", nullptr, nullptr, true,
+        send_event(openai::chunk_body(gen->req, gen->id, gen->created, gen->model->name, "", nullptr, nullptr, true,
                                       gen->req.include_usage, int(k)));
         ck.first_chunk = false;
       }
@@ -784,7 +800,7 @@ void session::emit(size_t i, const std::string& text, const std::vector<openai::
     if (lps) c.logprobs.insert(c.logprobs.end(), lps->begin(), lps->end());
     return;
   }
-  auto ev = chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, srv->opt.model_name, text, nullptr,
+  auto ev = chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, gen->model->name, text, nullptr,
                                                 nullptr, c.first_chunk, gen->req.include_usage, int(i), lps) +
                   "\n\n");
   c.first_chunk = false;
@@ -799,16 +815,17 @@ void session::on_token(uint64_t serial, size_t i, int32_t tok, std::optional<tok
   auto now = clk::now();
   {
     std::lock_guard<std::mutex> g(srv->mu);
-    if (c.generated == 0) srv->ttft.observe(seconds(now - gen->t0));
-    else srv->itl.observe(seconds(now - c.last));
-    ++srv->generation_tokens;
+    auto& ms = *gen->model;
+    if (c.generated == 0) ms.ttft.observe(seconds(now - gen->t0));
+    else ms.itl.observe(seconds(now - c.last));
+    ++ms.generation_tokens;
   }
   c.last = now;
   ++c.generated;
   // BOS/EOS (generated only with ignore_eos) add no text, as vLLM's skip_special_tokens.
-  const auto& mc = srv->m->config;
+  const auto& mc = gen->model->m->config;
   const bool special = tok == mc.bos_id || tok == mc.eos_id;
-  std::string piece = special ? std::string() : srv->tok.decode(c.prev, tok);
+  std::string piece = special ? std::string() : gen->model->tok.decode(c.prev, tok);
   std::string out = special ? std::string() : c.stops->feed(piece);
   if (lp) {  // asked for, or needed to rank best_of candidates
     // Each token's chunk carries its log-probabilities, even while its text is held back.
@@ -823,8 +840,8 @@ void session::on_token(uint64_t serial, size_t i, int32_t tok, std::optional<tok
 }
 
 openai::logprob_entry session::entry_of(int32_t prev, int32_t tok, const token_logprobs* lp, int offset) const {
-  const auto& mc = srv->m->config;
-  auto text = [&](int32_t t) { return t == mc.bos_id || t == mc.eos_id ? std::string() : srv->tok.decode(prev, t); };
+  const auto& mc = gen->model->m->config;
+  auto text = [&](int32_t t) { return t == mc.bos_id || t == mc.eos_id ? std::string() : gen->model->tok.decode(prev, t); };
   openai::logprob_entry e;
   e.token = text(tok);
   e.text_offset = offset;
@@ -846,7 +863,7 @@ void session::on_prompt_logprobs(uint64_t serial, size_t i, std::vector<token_lo
   std::vector<openai::logprob_entry> entries;
   int offset = 0;
   for (size_t p = 0; p < c.prompt.size(); ++p) {
-    const int32_t prev = p == 0 ? srv->m->config.bos_id : c.prompt[p - 1];
+    const int32_t prev = p == 0 ? gen->model->m->config.bos_id : c.prompt[p - 1];
     entries.push_back(entry_of(prev, c.prompt[p], p == 0 ? nullptr : &lps[p - 1], offset));
     offset += int(entries.back().token.size());
   }
@@ -874,7 +891,7 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   if (q.stream) {
     std::string ev = reason == "error"
                          ? openai::error_body(status_error(500, "server_error", "generation failed: " + error))
-                         : openai::chunk_body(q, gen->id, gen->created, srv->opt.model_name, "", &reason, nullptr, false,
+                         : openai::chunk_body(q, gen->id, gen->created, gen->model->name, "", &reason, nullptr, false,
                                               q.include_usage, int(i));
     if (gen->headers_sent) send_event(ev);
     else c.pending += chunk("data: " + ev + "\n\n");
@@ -918,12 +935,12 @@ void session::finish_request() {
       end_generation(reason);
       return reply_error(e);
     }
-    auto body = openai::response_body(q, gen->id, gen->created, srv->opt.model_name, out, u);
+    auto body = openai::response_body(q, gen->id, gen->created, gen->model->name, out, u);
     end_generation(reason);
     return respond(200, "application/json", body);
   }
   if (q.include_usage)
-    send_event(openai::chunk_body(q, gen->id, gen->created, srv->opt.model_name, "", nullptr, &u));
+    send_event(openai::chunk_body(q, gen->id, gen->created, gen->model->name, "", nullptr, &u));
   send(chunk("data: [DONE]\n\n"));
   end_generation(reason);
   close_after_write = true;
@@ -934,9 +951,10 @@ void session::end_generation(const std::string& reason) {
   if (!gen) return;
   {
     std::lock_guard<std::mutex> g(srv->mu);
-    srv->e2e.observe(seconds(clk::now() - gen->t0));
-    srv->prompt_tokens += uint64_t(gen->prompt_tokens);
-    ++srv->finished[reason];
+    auto& ms = *gen->model;
+    ms.e2e.observe(seconds(clk::now() - gen->t0));
+    ms.prompt_tokens += uint64_t(gen->prompt_tokens);
+    ++ms.finished[reason];
   }
   gen.reset();
   --srv->in_flight;
@@ -974,33 +992,54 @@ void http_server::impl::accept() {
 }
 
 void http_server::impl::readiness(std::function<void(std::string)> done) {
+  // Ready when every model is: the models are asked one after the other, the first that is not
+  // names itself.
+  auto self = shared_from_this();
+  auto next = std::make_shared<std::function<void(size_t)>>();
+  *next = [self, done, next](size_t i) {
+    if (i == self->models.size()) {
+      done("");
+      *next = nullptr;  // the cycle through the captured pointer ends here
+      return;
+    }
+    auto& ms = self->models[i];
+    self->model_readiness(ms, [self, done, next, i, name = ms->name](std::string why) {
+      if (why.empty()) return (*next)(i + 1);
+      done(self->models.size() > 1 ? "model " + name + ": " + why : why);
+      *next = nullptr;
+    });
+  };
+  (*next)(0);
+}
+
+void http_server::impl::model_readiness(const std::shared_ptr<model_state>& ms, std::function<void(std::string)> done) {
   // Readiness means a request can succeed: the model has a route and a real one-token
   // generation went through it within the last few seconds.
   auto self = shared_from_this();
-  ask<router_stats>(sys, router, std::chrono::seconds(2), [self, done](expected<router_stats> s) {
+  ask<router_stats>(sys, ms->router, std::chrono::seconds(2), [self, ms, done](expected<router_stats> s) {
     if (!s) return done("router: " + s.message());
     if (s->routes == 0)  // (a test request would start an instance of a model that scales from zero)
-      return done(self->opt.scales_from_zero ? "" : "no instance of the model serves yet");
-    std::unique_lock<std::mutex> g(self->ready_mu);
-    if (clk::now() - self->probed < std::chrono::seconds(5) && !self->probing) {
-      auto why = self->probe_error;
+      return done(ms->scales_from_zero ? "" : "no instance of the model serves yet");
+    std::unique_lock<std::mutex> g(ms->ready_mu);
+    if (clk::now() - ms->probed < std::chrono::seconds(5) && !ms->probing) {
+      auto why = ms->probe_error;
       g.unlock();
       return done(why);
     }
-    self->probe_waiters.push_back(done);
-    if (self->probing) return;
-    self->probing = true;
+    ms->probe_waiters.push_back(done);
+    if (ms->probing) return;
+    ms->probing = true;
     g.unlock();
     struct probe_events : gen_events {
-      std::shared_ptr<http_server::impl> srv;
+      std::shared_ptr<model_state> ms;
       void finish(std::string why) {
         std::vector<std::function<void(std::string)>> w;
         {
-          std::lock_guard<std::mutex> g2(srv->ready_mu);
-          srv->probe_error = why;
-          srv->probed = clk::now();
-          srv->probing = false;
-          w.swap(srv->probe_waiters);
+          std::lock_guard<std::mutex> g2(ms->ready_mu);
+          ms->probe_error = why;
+          ms->probed = clk::now();
+          ms->probing = false;
+          w.swap(ms->probe_waiters);
         }
         for (auto& f : w) f(why);
       }
@@ -1015,93 +1054,156 @@ void http_server::impl::readiness(std::function<void(std::string)> done) {
       }
     };
     auto ev = std::make_shared<probe_events>();
-    ev->srv = self;
+    ev->ms = ms;
     generate_request g1;
-    g1.prompt = {self->m->config.bos_id};
+    g1.prompt = {ms->m->config.bos_id};
     g1.max_new_tokens = 1;
     g1.ignore_eos = true;
-    self->sys.spawn(generation_actor, self->router, g1, std::chrono::milliseconds(10000),
-                    std::shared_ptr<gen_events>(ev));
+    self->sys.spawn(generation_actor, ms->router, g1, std::chrono::milliseconds(10000), std::shared_ptr<gen_events>(ev));
   }, stats_atom::value);
 }
+
+namespace {
+
+// Prometheus text: each family's HELP and TYPE once, then its samples for every model.
+struct prom_text {
+  std::vector<std::string> order;
+  std::map<std::string, std::string> body;
+  void add(const std::string& name, const char* type, const char* help, const std::string& samples) {
+    auto [it, fresh] = body.emplace(name, "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n");
+    if (fresh) order.push_back(name);
+    it->second += samples;
+  }
+  std::string str() const {
+    std::string out;
+    for (auto& n : order) out += body.at(n);
+    return out;
+  }
+};
+
+struct model_sample {
+  std::shared_ptr<model_state> ms;
+  expected<router_stats> stats = make_error("not asked");
+  expected<scaling_report> report = make_error("no scaler");
+};
+
+}  // namespace
 
 void http_server::impl::metrics(std::function<void(std::string)> done) {
+  // Every model's router (and scaler) is asked, one after the other, then the text is written.
   auto self = shared_from_this();
-  ask<router_stats>(sys, router, std::chrono::seconds(2), [self, done](expected<router_stats> s) {
-    if (!self->opt.scaler) return done(self->metrics_text(s, make_error("no scaler")));
-    ask<scaling_report>(self->sys, self->opt.scaler, std::chrono::seconds(2),
-                        [self, done, s](expected<scaling_report> rep) { done(self->metrics_text(s, rep)); },
-                        report_atom::value);
-  }, stats_atom::value);
-}
-
-std::string http_server::impl::metrics_text(const expected<router_stats>& s, const expected<scaling_report>& rep) {
-  std::string labels = "model_name=\"" + opt.model_name + "\"";
-  std::string out;
-  auto metric = [&](const std::string& name, const char* type, const char* help, const std::string& body) {
-    out += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + body;
+  auto samples = std::make_shared<std::vector<model_sample>>();
+  for (auto& ms : models) samples->push_back({ms});
+  auto render = [self, samples] {
+    prom_text out;
+    auto line = [](const std::string& name, const std::string& labels, double v) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.9g", v);
+      return name + "{" + labels + "} " + buf + "\n";
+    };
+    for (auto& x : *samples) {
+      const std::string lb = "model_name=\"" + x.ms->name + "\"";
+      if (auto& s = x.stats) {
+        out.add("strata:num_requests_running", "gauge", "Requests holding KV cache in the engine.",
+                line("strata:num_requests_running", lb, s->running));
+        out.add("strata:num_requests_waiting", "gauge", "Requests admitted and waiting to run.",
+                line("strata:num_requests_waiting", lb, s->waiting));
+        out.add("strata:kv_cache_usage_perc", "gauge", "KV positions held / what the serving instances can hold.",
+                line("strata:kv_cache_usage_perc", lb, s->kv_capacity ? double(s->kv_tokens) / double(s->kv_capacity) : 0));
+        out.add("strata:num_routes", "gauge", "Routes new requests may start on.", line("strata:num_routes", lb, s->routes));
+        out.add("strata:request_migrations_total", "counter", "Requests moved off a cooperative route.",
+                line("strata:request_migrations_total", lb, double(s->migrations)));
+      }
+      if (auto& r = x.report) {
+        out.add("strata:instances", "gauge", "Instances of the model (loading or serving).",
+                line("strata:instances", lb, r->instances.empty() ? 0 : r->instances.back().second));
+        out.add("strata:layers_loaded_total", "counter", "Layers (and globals) that landed on new instances.",
+                line("strata:layers_loaded_total", lb, double(r->layers_loaded)));
+        out.add("strata:parameter_bytes_loaded_total", "counter", "Parameter bytes those layers carried.",
+                line("strata:parameter_bytes_loaded_total", lb, r->bytes_loaded));
+        out.add("strata:kv_bytes_migrated_total", "counter", "KV cache bytes moved with migrating requests.",
+                line("strata:kv_bytes_migrated_total", lb, double(r->kv_bytes_moved)));
+        std::map<std::string, uint64_t> by;
+        for (auto& e : r->events) ++by[e.what];
+        std::string ev;
+        for (auto& [what, n] : by) ev += line("strata:scale_events_total", lb + ",event=\"" + what + "\"", double(n));
+        out.add("strata:scale_events_total", "counter",
+                "Scaling events (started, scale-out, serving, full, drain, stopped).", ev);
+      }
+    }
+    out.add("strata:http_requests_in_flight", "gauge", "Generation requests being served over HTTP.",
+            line("strata:http_requests_in_flight", "", self->in_flight.load()));
+    std::lock_guard<std::mutex> g(self->mu);
+    for (auto& x : *samples) {
+      auto& ms = *x.ms;
+      const std::string lb = "model_name=\"" + ms.name + "\"";
+      out.add("strata:prompt_tokens_total", "counter", "Prompt tokens of finished requests.",
+              line("strata:prompt_tokens_total", lb, double(ms.prompt_tokens)));
+      out.add("strata:generation_tokens_total", "counter", "Tokens generated.",
+              line("strata:generation_tokens_total", lb, double(ms.generation_tokens)));
+      std::string fin;
+      for (auto& [reason, n] : ms.finished)
+        fin += line("strata:request_success_total", lb + ",finished_reason=\"" + reason + "\"", double(n));
+      out.add("strata:request_success_total", "counter", "Requests ended, by finish reason (abort: client went away).", fin);
+      out.add("strata:time_to_first_token_seconds", "histogram", "Time to first token.",
+              ms.ttft.render("strata:time_to_first_token_seconds", lb));
+      out.add("strata:inter_token_latency_seconds", "histogram", "Time between consecutive tokens of a request.",
+              ms.itl.render("strata:inter_token_latency_seconds", lb));
+      out.add("strata:e2e_request_latency_seconds", "histogram", "Arrival to last token.",
+              ms.e2e.render("strata:e2e_request_latency_seconds", lb));
+    }
+    std::string rej;
+    for (auto& [status, n] : self->rejected)
+      rej += line("strata:request_rejected_total", "status=\"" + std::to_string(status) + "\"", double(n));
+    out.add("strata:request_rejected_total", "counter", "Requests answered with an error status before generating.", rej);
+    return out.str();
   };
-  auto line = [&](const std::string& name, const std::string& extra, double v) {
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%.9g", v);
-    return name + "{" + labels + extra + "} " + buf + "\n";
+  auto next = std::make_shared<std::function<void(size_t)>>();
+  *next = [self, samples, render, done, next](size_t i) {
+    if (i == samples->size()) {
+      done(render());
+      *next = nullptr;
+      return;
+    }
+    auto& x = (*samples)[i];
+    ask<router_stats>(self->sys, x.ms->router, std::chrono::seconds(2), [self, samples, next, i](expected<router_stats> s) {
+      auto& x = (*samples)[i];
+      x.stats = std::move(s);
+      if (!x.ms->scaler) return (*next)(i + 1);
+      ask<scaling_report>(self->sys, x.ms->scaler, std::chrono::seconds(2),
+                          [samples, next, i](expected<scaling_report> rep) {
+                            (*samples)[i].report = std::move(rep);
+                            (*next)(i + 1);
+                          },
+                          report_atom::value);
+    }, stats_atom::value);
   };
-  if (s) {
-    metric("strata:num_requests_running", "gauge", "Requests holding KV cache in the engine.",
-           line("strata:num_requests_running", "", s->running));
-    metric("strata:num_requests_waiting", "gauge", "Requests admitted and waiting to run.",
-           line("strata:num_requests_waiting", "", s->waiting));
-    metric("strata:kv_cache_usage_perc", "gauge", "KV positions held / what the serving instances can hold.",
-           line("strata:kv_cache_usage_perc", "", s->kv_capacity ? double(s->kv_tokens) / double(s->kv_capacity) : 0));
-    metric("strata:num_routes", "gauge", "Routes new requests may start on.", line("strata:num_routes", "", s->routes));
-    metric("strata:request_migrations_total", "counter", "Requests moved off a cooperative route.",
-           line("strata:request_migrations_total", "", double(s->migrations)));
-  }
-  if (rep) {
-    auto& r = *rep;
-    metric("strata:instances", "gauge", "Instances of the model (loading or serving).",
-           line("strata:instances", "", r.instances.empty() ? 0 : r.instances.back().second));
-    metric("strata:layers_loaded_total", "counter", "Layers (and globals) that landed on new instances.",
-           line("strata:layers_loaded_total", "", double(r.layers_loaded)));
-    metric("strata:parameter_bytes_loaded_total", "counter", "Parameter bytes those layers carried.",
-           line("strata:parameter_bytes_loaded_total", "", r.bytes_loaded));
-    metric("strata:kv_bytes_migrated_total", "counter", "KV cache bytes moved with migrating requests.",
-           line("strata:kv_bytes_migrated_total", "", double(r.kv_bytes_moved)));
-    std::map<std::string, uint64_t> by;
-    for (auto& e : r.events) ++by[e.what];
-    std::string ev;
-    for (auto& [what, n] : by) ev += line("strata:scale_events_total", ",event=\"" + what + "\"", double(n));
-    metric("strata:scale_events_total", "counter", "Scaling events (started, scale-out, serving, full, drain, stopped).", ev);
-  }
-  metric("strata:http_requests_in_flight", "gauge", "Generation requests being served over HTTP.",
-         line("strata:http_requests_in_flight", "", in_flight.load()));
-  std::lock_guard<std::mutex> g(mu);
-  metric("strata:prompt_tokens_total", "counter", "Prompt tokens of finished requests.",
-         line("strata:prompt_tokens_total", "", double(prompt_tokens)));
-  metric("strata:generation_tokens_total", "counter", "Tokens generated.",
-         line("strata:generation_tokens_total", "", double(generation_tokens)));
-  std::string fin;
-  for (auto& [reason, n] : finished) fin += line("strata:request_success_total", ",finished_reason=\"" + reason + "\"", double(n));
-  metric("strata:request_success_total", "counter", "Requests ended, by finish reason (abort: client went away).", fin);
-  std::string rej;
-  for (auto& [status, n] : rejected) rej += line("strata:request_rejected_total", ",status=\"" + std::to_string(status) + "\"", double(n));
-  metric("strata:request_rejected_total", "counter", "Requests answered with an error status before generating.", rej);
-  metric("strata:time_to_first_token_seconds", "histogram", "Time to first token.",
-         ttft.render("strata:time_to_first_token_seconds", labels));
-  metric("strata:inter_token_latency_seconds", "histogram", "Time between consecutive tokens of a request.",
-         itl.render("strata:inter_token_latency_seconds", labels));
-  metric("strata:e2e_request_latency_seconds", "histogram", "Arrival to last token.",
-         e2e.render("strata:e2e_request_latency_seconds", labels));
-  return out;
+  (*next)(0);
 }
 
 expected<std::unique_ptr<http_server>> http_server::start(caf::actor_system& sys, caf::actor router, model_ptr m,
                                                           tokenizer tok, http_options opt) {
-  if (opt.model_name.empty()) return make_error("http server: no model name");
+  served_model one{opt.model_name, std::move(router), std::move(m), std::move(tok), opt.scaler, opt.scales_from_zero};
+  std::vector<served_model> models;
+  models.push_back(std::move(one));
+  return start(sys, std::move(models), std::move(opt));
+}
+
+expected<std::unique_ptr<http_server>> http_server::start(caf::actor_system& sys, std::vector<served_model> models,
+                                                          http_options opt) {
+  if (models.empty()) return make_error("http server: no model");
+  std::vector<std::shared_ptr<model_state>> states;
+  for (auto& m : models) {
+    if (m.name.empty()) return make_error("http server: a model without a name");
+    for (auto& st : states)
+      if (st->name == m.name) return make_error("http server: two models named '" + m.name + "'");
+    if (!m.router || !m.m) return make_error("http server: model '" + m.name + "' has no router or weights");
+    states.push_back(std::make_shared<model_state>(std::move(m)));
+  }
   // A peer that closes while we write must be an error code, not a signal that ends the process.
   std::signal(SIGPIPE, SIG_IGN);
   std::unique_ptr<http_server> out(new http_server);
-  out->impl_ = std::make_shared<impl>(sys, std::move(router), std::move(m), std::move(tok), opt);
+  out->impl_ = std::make_shared<impl>(sys, std::move(states), opt);
   auto& s = *out->impl_;
   beast::error_code ec;
   auto addr = net::ip::make_address(opt.host, ec);

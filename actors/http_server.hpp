@@ -1,4 +1,5 @@
-// The front door: an OpenAI-compatible HTTP/1.1 server in front of a model's router.
+// The front door: an OpenAI-compatible HTTP/1.1 server in front of one router per model (the
+// request's "model" picks it).
 //   POST /v1/completions, POST /v1/chat/completions (stream: true -> server-sent events ending
 //   in "data: [DONE]"), GET /v1/models, GET /v1/models/{id}, GET /health (alive), GET /ready (503
 //   unless a request can succeed now), GET /metrics (Prometheus text, "strata:" names).
@@ -15,6 +16,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "actors/messages.hpp"
 #include "dataflow/text/tokenizer.hpp"
@@ -24,7 +26,7 @@ namespace strata {
 struct http_options {
   std::string host = "127.0.0.1";
   int port = 8000;            // 0: any free port (see http_server::port)
-  std::string model_name;     // the name clients use in "model"
+  std::string model_name;     // one model: the name clients use in "model"
   int threads = 4;            // I/O threads (connections do not hold threads)
   size_t max_body_bytes = 1 << 20;
   size_t max_header_bytes = 64 << 10;
@@ -35,13 +37,26 @@ struct http_options {
   int max_connections = 4096;
   int max_connections_per_client = 256;  // per remote address
   std::string api_key;  // non-empty: /v1/* needs "Authorization: Bearer <api_key>" (401 otherwise)
-  caf::actor scaler;  // when the model autoscales: its report feeds the instance and scaling metrics
-  // The scaler starts an instance for the first request (min 0): ready with no instance too.
+  caf::actor scaler;  // one model: see served_model
+  bool scales_from_zero = false;
+};
+
+// One model behind the front door.
+struct served_model {
+  std::string name;  // what clients send as "model"
+  caf::actor router;
+  model_ptr m;
+  tokenizer tok;
+  caf::actor scaler;  // one model: see served_model
   bool scales_from_zero = false;
 };
 
 class http_server {
  public:
+  // Several models, each with its own router (and scaler); names must differ.
+  static expected<std::unique_ptr<http_server>> start(caf::actor_system& sys, std::vector<served_model> models,
+                                                      http_options opt);
+  // One model, named opt.model_name (with opt.scaler and opt.scales_from_zero).
   static expected<std::unique_ptr<http_server>> start(caf::actor_system& sys, caf::actor router, model_ptr m,
                                                       tokenizer tok, http_options opt);
   ~http_server();

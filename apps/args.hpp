@@ -78,6 +78,7 @@ class args {
       const option_spec* o = spec.find(k);
       if (!o || o->value.empty()) return make_error(spec.name + ": no option --" + k + " that takes a value");
       a.v_[k] = v;
+      a.all_[k] = {v};
     }
     for (auto& k : flags) {
       const option_spec* o = spec.find(k);
@@ -92,6 +93,12 @@ class args {
     args a;
     if (base) a = *base;
     a.spec_ = &spec;
+    std::set<std::string> on_line;  // options the command line gives (their file values are replaced)
+    auto put = [&](const std::string& k, std::string v) {
+      if (on_line.insert(k).second) a.all_[k].clear();
+      a.all_[k].push_back(v);
+      a.v_[k] = std::move(v);
+    };
     for (int i = first; i < argc; ++i) {
       std::string k = argv[i];
       if (k.rfind("--", 0) != 0)
@@ -114,11 +121,11 @@ class args {
         continue;
       }
       if (inline_value) {
-        a.v_[k] = *inline_value;
+        put(k, *inline_value);
         continue;
       }
       if (i + 1 >= argc) return make_error("option --" + k + " needs a value (" + o->value + ")");
-      a.v_[k] = argv[++i];
+      put(k, argv[++i]);
     }
     return a;
   }
@@ -142,13 +149,22 @@ class args {
     return a;
   }
   bool has(const std::string& k) const { return v_.count(k) > 0; }
-  void set(const std::string& k, const std::string& v) { v_[k] = v; }
+  void set(const std::string& k, const std::string& v) {
+    v_[k] = v;
+    all_[k] = {v};
+  }
+  // Every value given for an option that may repeat (--model a=X --model b=Y), in order; the
+  // other getters see the last.
+  std::vector<std::string> values(const std::string& k) const {
+    if (auto it = all_.find(k); it != all_.end()) return it->second;
+    return has(k) ? std::vector<std::string>{v_.at(k)} : std::vector<std::string>{};
+  }
   // "--key value ..." as a command line would say it.
   std::string line() const {
     std::string out;
     for (auto& [k, v] : v_) {
       const option_spec* o = spec_ ? spec_->find(k) : nullptr;
-      out += " --" + k + (o && o->value.empty() ? "" : " " + v);
+      for (auto& x : values(k)) out += " --" + k + (o && o->value.empty() ? "" : " " + x);
     }
     return out;
   }
@@ -230,6 +246,7 @@ class args {
     return b;
   }
   std::map<std::string, std::string> v_;
+  std::map<std::string, std::vector<std::string>> all_;
   const command_spec* spec_ = nullptr;
 };
 

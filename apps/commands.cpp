@@ -143,7 +143,9 @@ std::vector<command_spec> make_table() {
                "With --policy the scaling, link and device options of autoscale apply; /ready is 503 until the "
                "first instance serves. With --nodes N the instances run in N node processes started here "
                "(controller node 'src' holds the host copy); with --controller, on the nodes of a running cluster, "
-               "which must hold a host copy of the model under its served name (strata node --model NAME=PATH)."});
+               "which must hold a host copy of the model under its served name (strata node --model NAME=PATH). "
+               "--model may repeat as NAME=PATH: several models behind one front door, each with its own router "
+               "and scaler (needs --policy; the scaling options apply to each)."});
   t.push_back({"run", "FILE", "bring up what a topology file describes on this machine and run its job "
                "(autoscale, replay or serve); options after FILE override the file's", {},
                "Every key of a topology file is listed in the README (Topology files)."});

@@ -523,12 +523,49 @@ expected<scaling_setup> scaling_from_args(const args& a) {
   return s;
 }
 
+// One --model of serve: [NAME=]PATH, loaded with its tokenizer.
+struct serve_model {
+  std::string name, path;
+  model_ptr m;
+  std::optional<tokenizer> tok;
+};
+
+expected<serve_model> load_serve_model(const std::string& spec, const args& a, bool several) {
+  serve_model out;
+  auto eq = spec.find('=');
+  // A NAME= prefix only where it cannot be part of a path (no '/' before the '=').
+  if (eq != std::string::npos && spec.find('/') > eq) {
+    out.name = spec.substr(0, eq);
+    out.path = spec.substr(eq + 1);
+    if (out.name.empty()) return make_error("--model " + spec + ": empty model name before '='");
+  } else {
+    out.path = spec;
+  }
+  if (out.name.empty()) out.name = several ? "" : a.str("served-model-name");
+  if (out.name.empty()) out.name = fs::path(out.path).filename().string();
+  if (out.name.empty()) out.name = fs::path(out.path).parent_path().filename().string();
+  auto m = load_model(out.path);
+  if (!m) return m.err();
+  out.m = *m;
+  auto tok_path = several ? find_tokenizer(out.path) : a.str("tokenizer", find_tokenizer(out.path));
+  if (tok_path.empty())
+    return make_error("no tokenizer found next to " + out.path + (several ? "" : " (pass --tokenizer FILE)"));
+  auto tok = tokenizer::load(tok_path, out.m->config.vocab_size);
+  if (!tok) return tok.err();
+  out.tok = std::move(*tok);
+  return out;
+}
+
 int run_serve(const args& a) {
   if (!a.has("model")) return fail("serve needs --model PATH");
   auto setup = scaling_from_args(a);
   if (!setup) return fail(setup.message());
-  auto path = a.str("model");
-  // Every value is checked before the model loads.
+  const auto specs = a.values("model");
+  const bool several = specs.size() > 1;
+  if (several && a.has("served-model-name"))
+    throw usage_error("--served-model-name names the one model; with several, write --model NAME=PATH");
+  if (several && a.has("tokenizer")) throw usage_error("--tokenizer is for one model; with several, each has its own next to it");
+  // Every value is checked before the models load.
   http_options ho;
   ho.host = a.str("host");
   ho.port = int(a.integer("port", 0, 65535));
@@ -555,18 +592,19 @@ int run_serve(const args& a) {
   cs.placement = split_list(a.str("placement"));
   if (a.has("placement") && cs.placement.empty()) throw usage_error("--placement names no node");
   const std::string policy = a.str("policy", on_cluster ? "blitz" : "");
+  if (several && policy.empty())
+    throw usage_error("several models need --policy (each autoscales; a fixed pipeline serves one model)");
   apply_common(a);
-  auto m = load_model(path);
-  if (!m) return fail(m.message());
-  auto tok_path = a.str("tokenizer", find_tokenizer(path));
-  if (tok_path.empty()) return fail("no tokenizer found next to " + path + " (pass --tokenizer FILE)");
-  auto tok = tokenizer::load(tok_path, (*m)->config.vocab_size);
-  if (!tok) return fail(tok.message());
-  auto shards = parse_shards(a.str("shards"), (*m)->config.n_layers);
+  std::vector<serve_model> models;
+  for (auto& spec : specs) {
+    auto sm = load_serve_model(spec, a, several);
+    if (!sm) return fail(sm.message());
+    for (auto& other : models)
+      if (other.name == sm->name) return fail("two models named '" + sm->name + "' (write --model NAME=PATH)");
+    models.push_back(std::move(*sm));
+  }
+  auto shards = parse_shards(a.str("shards"), models[0].m->config.n_layers);
   if (!shards) return fail(shards.message());
-  auto name = a.str("served-model-name", fs::path(path).filename().string());
-  if (name.empty()) name = fs::path(path).parent_path().filename().string();
-  ho.model_name = name;
   // Signals go to the waiting main thread only: every other thread starts with them blocked.
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -577,23 +615,19 @@ int run_serve(const args& a) {
   // guard, so the guard stops the actors first).
   std::unique_ptr<actor_runtime> rt;
   std::unique_ptr<local_cluster> cluster;
+  std::optional<scaling_cluster> sc;
   caf::actor_system* sys = nullptr;
-  std::unique_ptr<scaling_policy> pol;
-  if (!policy.empty()) {
-    auto made = make_policy(policy, setup->knobs, setup->links);
-    if (!made) return fail(made.message());
-    pol = std::move(*made);
-  }
+  if (!policy.empty())  // checked before anything starts
+    if (auto made = make_policy(policy, setup->knobs, setup->links); !made) return fail(made.message());
   if (on_cluster) {
-    if (pol->loading().local_copy)
+    if ((*make_policy(policy, setup->knobs, setup->links))->loading().local_copy)
       return fail("policy " + policy + " loads from a host copy on every node, which serving over a cluster does not "
-                  "set up yet; use " + "blitz, lambda-pipe or stop-the-world");
-    cs.model = name;
-    cs.model_path = path;
-    auto sc = start_scaling_cluster(cs, [](const std::string& line) { say("%s\n", line.c_str()); });
-    if (!sc) return fail(sc.message());
+                  "set up yet; use blitz, lambda-pipe or stop-the-world");
+    for (auto& sm : models) cs.models.push_back({sm.name, sm.path});
+    auto started = start_scaling_cluster(cs, [](const std::string& line) { say("%s\n", line.c_str()); });
+    if (!started) return fail(started.message());
+    sc = std::move(*started);
     cluster = std::move(sc->cluster);
-    setup->so.cluster = sc->placement;
     ro = cluster_router_options(ro);
     sys = &cluster->system();
   } else {
@@ -601,43 +635,51 @@ int run_serve(const args& a) {
     sys = rt->sys.get();
   }
   stop_guard guard;
-  // A fixed pipeline, or instances a scaler starts and stops under its policy (in this process,
-  // parameters arriving after the emulated link time, or on the cluster's nodes, parameters
-  // multicast from a holder; /ready is 503 until the first serves).
+  // Per model: a fixed pipeline, or instances a scaler starts and stops under its policy (in this
+  // process, parameters arriving after the emulated link time, or on the cluster's nodes,
+  // parameters multicast from a holder; /ready is 503 until the first serves, unless --min 0).
+  std::vector<served_model> served;
+  std::vector<caf::actor> scalers, routers;
   pipeline pl;
-  caf::actor router, scaler;
-  if (pol) {
-    auto dev = parse_devices(a.str("devices"), 1);  // one device for every instance
-    if (!dev) return fail(dev.message());
-    setup->so.cuda_device = dev->front();
-    router = spawn_router(*sys, *m, std::vector<route_ptr>{}, ro);
-    scaler = spawn_scaler(*sys, *m, router, std::shared_ptr<scaling_policy>(std::move(pol)), setup->knobs, setup->so);
-    guard.actors = {scaler, router};
-    ho.scaler = scaler;
-    ho.scales_from_zero = setup->knobs.min_instances == 0;
-  } else {
-    auto devs = parse_devices(a.str("devices"), shards->size());
-    if (!devs) return fail(devs.message());
-    auto p = spawn_pipeline(*sys, *m, *shards, *devs);
-    if (!p) return fail(p.message());
-    pl = *p;
-    guard.pipelines.push_back(pl);
-    router = spawn_router(*sys, *m, pl.path, ro);
-    guard.actors.push_back(router);
-  }
-  // A fixed pipeline must serve before the server says it does: one real generation through it
-  // (a GPU without a driver, say, fails here with the reason instead of in every request).
-  if (!scaler)
-    if (auto st = probe_generation(*sys, router, std::chrono::seconds(60)); !st) {
-      if (pl.head) stop_pipeline(pl);
-      caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
-      return fail("the model cannot serve a request: " + st.message());
+  for (auto& sm : models) {
+    caf::actor router, scaler;
+    if (!policy.empty()) {
+      auto dev = parse_devices(a.str("devices"), 1);  // one device for every instance
+      if (!dev) return fail(dev.message());
+      auto so = setup->so;
+      so.cuda_device = dev->front();
+      if (sc) so.cluster = sc->placement_for(sm.name);
+      router = spawn_router(*sys, sm.m, std::vector<route_ptr>{}, ro);
+      scaler = spawn_scaler(*sys, sm.m, router,
+                            std::shared_ptr<scaling_policy>(std::move(*make_policy(policy, setup->knobs, setup->links))),
+                            setup->knobs, so);
+      guard.actors.push_back(scaler);
+      guard.actors.push_back(router);
+      scalers.push_back(scaler);
+    } else {
+      auto devs = parse_devices(a.str("devices"), shards->size());
+      if (!devs) return fail(devs.message());
+      auto p = spawn_pipeline(*sys, sm.m, *shards, *devs);
+      if (!p) return fail(p.message());
+      pl = *p;
+      guard.pipelines.push_back(pl);
+      router = spawn_router(*sys, sm.m, pl.path, ro);
+      guard.actors.push_back(router);
+      // A fixed pipeline must serve before the server says it does: one real generation through
+      // it (a GPU without a driver, say, fails here with the reason instead of in every request).
+      if (auto st = probe_generation(*sys, router, std::chrono::seconds(60)); !st)
+        return fail("the model cannot serve a request: " + st.message());
     }
-  auto srv = http_server::start(*sys, router, *m, std::move(*tok), ho);
+    routers.push_back(router);
+    served.push_back({sm.name, router, sm.m, std::move(*sm.tok), scaler, setup->knobs.min_instances == 0 && scaler});
+  }
+  auto srv = http_server::start(*sys, std::move(served), ho);
   if (!srv) return fail(srv.message());
-  std::printf("serving %s as '%s' on http://%s:%d (POST /v1/completions, /v1/chat/completions; GET /v1/models, "
-              "/health, /ready, /metrics)\n",
-              path.c_str(), name.c_str(), ho.host.c_str(), (*srv)->port());
+  for (auto& sm : models)
+    std::printf("serving %s as '%s'\n", sm.path.c_str(), sm.name.c_str());
+  std::printf("serving on http://%s:%d (POST /v1/completions, /v1/chat/completions; GET /v1/models, /health, /ready, "
+              "/metrics)\n",
+              ho.host.c_str(), (*srv)->port());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&sigs, &sig);
@@ -645,14 +687,14 @@ int run_serve(const args& a) {
   std::fflush(stdout);
   int left = (*srv)->drain(std::chrono::milliseconds(int64_t(drain_s * 1000)));
   (*srv)->stop();
-  if (scaler) caf::anon_send_exit(scaler, caf::exit_reason::user_shutdown);
-  caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
-  if (pl.head) stop_pipeline(pl);
+  for (auto& s : scalers) caf::anon_send_exit(s, caf::exit_reason::user_shutdown);
+  for (auto& r : routers) caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
   if (left > 0) {
     std::fprintf(stderr, "strata serve: %d request(s) still running after the drain timeout\n", left);
     return 1;
   }
   std::printf("drained; bye\n");
+  std::fflush(stdout);
   return 0;
 }
 

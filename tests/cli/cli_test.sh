@@ -170,6 +170,11 @@ out=$("$strata" run "$topos/gamma-random-model.toml" --max-requests 6 --policies
 jcheck "$tmp/run.json" 'r["policies"][0]["policy"] == "blitz" and r["policies"][0]["summary"]["ok"] == 6' \
   "run gamma-random-model"
 grep -q "^topology .*: strata autoscale .*--model /tmp/strata-topology-" <<<"$out" || fail "run prints its command: $out"
+# Several models need names of their own and autoscaling (each its own router and scaler).
+expect_error "two models named 'stories260K'" "$strata" serve --model "$m" --model "$m" --policy blitz --port 0
+expect_error "several models need --policy" "$strata" serve --model "a=$m" --model "b=$m" --port 0
+expect_error "--served-model-name names the one model" "$strata" serve --model "a=$m" --model "b=$m" \
+  --served-model-name x --policy blitz --port 0
 # The cluster front door from its topology: nodes started here, scale from zero, one request, drain.
 "$strata" run "$topos/serve-cluster.toml" --port 0 --threads 1 > "$tmp/topo-serve.log" 2>&1 &
 tsrv=$!

@@ -4,7 +4,8 @@
 # instances on them. Checks: bad setups fail at once with the reason; greedy text over HTTP is
 # the in-process pipeline's; a burst scales out onto the other node with every text identical;
 # SIGTERM drains, exits 0 and leaves the nodes with only their host copy; with --min 0 a cold
-# request starts an instance (parameters multicast to it) and idle instances go back to zero.
+# request starts an instance (parameters multicast to it) and idle instances go back to zero;
+# two models behind one front door each start and serve.
 # usage: cluster_serve_test.sh STRATA_BIN DATA_DIR
 set -uo pipefail
 strata=$1
@@ -112,4 +113,28 @@ complete "$tmp/cold2.json"
 echo "ok: idle, back to zero instances; the next request starts one again"
 kill -TERM "$srv"
 wait "$srv" || fail "serve --min 0 did not drain cleanly"
+# Two models behind one front door, on node processes started here (src holds a host copy of
+# each), both scaling from zero: each request goes to its own model's instances.
+"$strata" serve --model "a=$m" --model "b=$m" --nodes 2 --min 0 --port 0 --threads 1 >"$tmp/serve2.log" 2>&1 &
+srv=$!
+pids+=($srv)
+hport=$(serve_port "$tmp/serve2.log" 300)
+[ -n "$hport" ] || fail "serve with two models did not start"
+url="http://127.0.0.1:$hport"
+[ "$(curl -s "$url/v1/models" | python3 -c 'import json, sys; print(",".join(d["id"] for d in json.load(sys.stdin)["data"]))')" = "a,b" ] ||
+  fail "/v1/models: $(curl -s "$url/v1/models")"
+for name in a b; do
+  curl -s "$url/v1/completions" -H 'content-type: application/json' \
+    -d '{"model":"'$name'","prompt":"Once upon a time","max_tokens":60,"temperature":0}' -o "$tmp/$name.json"
+  [ "$(text_of "$tmp/$name.json")" = "$one" ] || fail "model $name: $(cat "$tmp/$name.json")"
+  [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["model"])' "$tmp/$name.json")" = "$name" ] ||
+    fail "model $name answered as another"
+done
+metrics=$(curl -s "$url/metrics")
+for name in a b; do
+  grep -qE "^strata:instances\{model_name=\"$name\"\} 1$" <<<"$metrics" || fail "model $name has no instance: $metrics"
+done
+kill -TERM "$srv"
+wait "$srv" || fail "serve with two models did not drain cleanly"
+echo "ok: two models behind one front door, each started from zero on the cluster and served"
 echo "cluster serve test passed"
