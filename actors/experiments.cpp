@@ -70,6 +70,14 @@ expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
   if ((spec.nodes > 0) == !spec.controller.empty())
     return make_error("cluster: start node processes here (nodes > 0) or attach to a controller, not both or neither");
   scaling_cluster out;
+  // A check that fails after attaching leaves the attached system undestroyed: tearing down a
+  // fresh middleman connection can block in CAF 0.17 (seen: ~actor_system waiting for a detached
+  // thread), and the caller is about to exit with the error. Started node processes are always
+  // cleaned up.
+  auto failed = [&](error e) -> expected<scaling_cluster> {
+    if (out.cluster && spec.nodes == 0) (void)out.cluster.release();
+    return e;
+  };
   if (spec.nodes > 0) {
     local_cluster_options lo;
     lo.transport = spec.transport;
@@ -102,16 +110,17 @@ expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
     if (!lc) return lc.err();
     out.cluster = std::move(*lc);
     auto v = out.cluster->view();
-    if (!v) return make_error("the controller at " + spec.controller + " gave no view: " + v.message());
+    if (!v) return failed(make_error("the controller at " + spec.controller + " gave no view: " + v.message()));
     for (auto& n : v->nodes) out.members.push_back(n.name);
   }
   for (auto& n : spec.placement)
     if (std::find(out.members.begin(), out.members.end(), n) == out.members.end())
-      return make_error("unknown node '" + n + "' in the placement (the cluster's nodes: " + join(out.members, ", ") + ")");
+      return failed(
+          make_error("unknown node '" + n + "' in the placement (the cluster's nodes: " + join(out.members, ", ") + ")"));
   for (auto& m : spec.models)
     if (auto st = out.cluster->wait_host_copy(m.name, spec.nodes > 0 ? std::chrono::seconds(60) : std::chrono::seconds(5));
         !st)
-      return make_error("no node of the cluster holds a host copy of '" + m.name + "': " + st.message());
+      return failed(make_error("no node of the cluster holds a host copy of '" + m.name + "': " + st.message()));
   out.placement.controller = out.cluster->controller();
   out.placement.model = spec.models.front().name;
   out.placement.chunk_bytes = spec.chunk_bytes;

@@ -200,6 +200,14 @@ struct model_state : served_model {
   std::map<std::string, uint64_t> finished;  // by finish reason
 };
 
+// What a model's router (and scaler) said when asked for /metrics or /v1/models.
+struct model_sample {
+  std::shared_ptr<model_state> ms;
+  expected<router_stats> stats = make_error("not asked");
+  expected<scaling_report> report = make_error("no scaler");
+};
+using model_samples = std::shared_ptr<std::vector<model_sample>>;
+
 // The request in flight on a connection (outside session: clang needs it complete to default-construct).
 struct gen_state {
   std::shared_ptr<model_state> model;
@@ -292,6 +300,9 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
   void readiness(std::function<void(std::string)> done);  // "" when a request to every model can succeed
   void model_readiness(const std::shared_ptr<model_state>& ms, std::function<void(std::string)> done);
   void metrics(std::function<void(std::string)> done);
+  // Asks every model's router (and scaler), one after the other; `done` gets what they said.
+  void gather(std::function<void(model_samples)> done);
+  void statuses(std::function<void(std::vector<openai::model_status>)> done);
 };
 
 namespace {
@@ -596,15 +607,22 @@ void session::on_request() {
   auto self = shared_from_this();
   if (path == "/health") return respond(200, "application/json", "{\"status\":\"ok\"}");
   if (path == "/v1/models") {
-    std::vector<std::string> names;
-    for (auto& ms : srv->models) names.push_back(ms->name);
-    return respond(200, "application/json", openai::models_body(names, srv->created_at));
+    watch();
+    return srv->statuses([br = br, created = srv->created_at](std::vector<openai::model_status> ms) {
+      br->post([ms = std::move(ms), created](session& s) { s.respond(200, "application/json", openai::models_body(ms, created)); });
+    });
   }
   if (model_path) {
     auto id = path.substr(model_prefix.size());
     if (!srv->find(id))
       return reply_error(status_error(404, "invalid_request_error", "The model '" + id + "' does not exist", "model"));
-    return respond(200, "application/json", openai::model_body(id, srv->created_at));
+    watch();
+    return srv->statuses([br = br, created = srv->created_at, id](std::vector<openai::model_status> ms) {
+      br->post([ms = std::move(ms), created, id](session& s) {
+        for (auto& m : ms)
+          if (m.name == id) return s.respond(200, "application/json", openai::model_body(m, created));
+      });
+    });
   }
   if (path == "/ready") {
     if (srv->draining) return reply_error(status_error(503, "server_error", "draining"));
@@ -1081,20 +1099,12 @@ struct prom_text {
   }
 };
 
-struct model_sample {
-  std::shared_ptr<model_state> ms;
-  expected<router_stats> stats = make_error("not asked");
-  expected<scaling_report> report = make_error("no scaler");
-};
-
 }  // namespace
 
 void http_server::impl::metrics(std::function<void(std::string)> done) {
   // Every model's router (and scaler) is asked, one after the other, then the text is written.
   auto self = shared_from_this();
-  auto samples = std::make_shared<std::vector<model_sample>>();
-  for (auto& ms : models) samples->push_back({ms});
-  auto render = [self, samples] {
+  gather([self, done](model_samples samples) {
     prom_text out;
     auto line = [](const std::string& name, const std::string& labels, double v) {
       char buf[64];
@@ -1156,12 +1166,18 @@ void http_server::impl::metrics(std::function<void(std::string)> done) {
     for (auto& [status, n] : self->rejected)
       rej += line("strata:request_rejected_total", "status=\"" + std::to_string(status) + "\"", double(n));
     out.add("strata:request_rejected_total", "counter", "Requests answered with an error status before generating.", rej);
-    return out.str();
-  };
+    done(out.str());
+  });
+}
+
+void http_server::impl::gather(std::function<void(model_samples)> done) {
+  auto self = shared_from_this();
+  auto samples = std::make_shared<std::vector<model_sample>>();
+  for (auto& ms : models) samples->push_back({ms});
   auto next = std::make_shared<std::function<void(size_t)>>();
-  *next = [self, samples, render, done, next](size_t i) {
+  *next = [self, samples, done, next](size_t i) {
     if (i == samples->size()) {
-      done(render());
+      done(samples);
       *next = nullptr;
       return;
     }
@@ -1179,6 +1195,31 @@ void http_server::impl::metrics(std::function<void(std::string)> done) {
     }, stats_atom::value);
   };
   (*next)(0);
+}
+
+void http_server::impl::statuses(std::function<void(std::vector<openai::model_status>)> done) {
+  gather([done](model_samples samples) {
+    std::vector<openai::model_status> out;
+    for (auto& x : *samples) {
+      openai::model_status m;
+      m.name = x.ms->name;
+      m.context = x.ms->m->config.seq_len;
+      if (x.stats) {
+        m.routes = x.stats->routes;
+        m.running = x.stats->running;
+        m.waiting = x.stats->waiting;
+      }
+      if (x.report) {
+        m.instances = x.report->instances.empty() ? 0 : int64_t(x.report->instances.back().second);
+        m.layers_loaded = int64_t(x.report->layers_loaded);
+      }
+      // A fixed pipeline (no scaler) is one instance.
+      if (x.stats) m.state = m.routes > 0 ? "serving" : m.instances > 0 ? "loading" : "cold";
+      if (x.stats && !x.ms->scaler) m.instances = m.routes > 0 ? 1 : 0;
+      out.push_back(std::move(m));
+    }
+    done(std::move(out));
+  });
 }
 
 expected<std::unique_ptr<http_server>> http_server::start(caf::actor_system& sys, caf::actor router, model_ptr m,

@@ -105,8 +105,15 @@ status local_cluster::boot() {
 
 local_cluster::~local_cluster() {
   // The actor system waits for its actors when it ends: the mesh would otherwise keep an
-  // attached driver (whose cluster lives on) from exiting.
-  if (mesh_) caf::anon_send_exit(mesh_, caf::exit_reason::user_shutdown);
+  // attached driver (whose cluster lives on) from exiting. Waited for (bounded), so that no
+  // request of it is still on its way through the middleman when the system goes down.
+  if (mesh_) {
+    caf::scoped_actor self{*sys_};
+    self->monitor(mesh_);
+    self->send_exit(mesh_, caf::exit_reason::user_shutdown);
+    self->receive([](const caf::down_msg&) {}, caf::after(std::chrono::seconds(3)) >> [] {});
+    mesh_ = nullptr;
+  }
   for (auto& p : procs_)
     if (p.pid > 0) ::kill(p.pid, SIGKILL);
   for (auto& p : procs_)

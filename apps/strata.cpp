@@ -625,7 +625,13 @@ int run_serve(const args& a) {
                   "set up yet; use blitz, lambda-pipe or stop-the-world");
     for (auto& sm : models) cs.models.push_back({sm.name, sm.path});
     auto started = start_scaling_cluster(cs, [](const std::string& line) { say("%s\n", line.c_str()); });
-    if (!started) return fail(started.message());
+    if (!started) {
+      // An attached cluster that failed its checks is left running (see start_scaling_cluster):
+      // exit without tearing its threads down.
+      fail(started.message());
+      std::fflush(nullptr);
+      std::_Exit(1);
+    }
     sc = std::move(*started);
     cluster = std::move(sc->cluster);
     ro = cluster_router_options(ro);

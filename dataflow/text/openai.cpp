@@ -432,13 +432,27 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
   return dump(j);
 }
 
-std::string model_body(const std::string& name, int64_t created) {
-  return dump({{"id", name}, {"object", "model"}, {"created", created}, {"owned_by", "strata"}});
+namespace {
+json model_json(const model_status& m, int64_t created) {
+  json j = {{"id", m.name}, {"object", "model"}, {"created", created}, {"owned_by", "strata"}};
+  if (m.context > 0) j["max_model_len"] = m.context;
+  json st = {{"state", m.state}};
+  auto put = [&](const char* k, int64_t v) { st[k] = v >= 0 ? json(v) : json(nullptr); };
+  put("instances", m.instances);
+  put("routes", m.routes);
+  put("layers_loaded", m.layers_loaded);
+  put("running", m.running);
+  put("waiting", m.waiting);
+  j["strata"] = st;
+  return j;
 }
+}  // namespace
 
-std::string models_body(const std::vector<std::string>& names, int64_t created) {
+std::string model_body(const model_status& m, int64_t created) { return dump(model_json(m, created)); }
+
+std::string models_body(const std::vector<model_status>& models, int64_t created) {
   json data = json::array();
-  for (auto& n : names) data.push_back({{"id", n}, {"object", "model"}, {"created", created}, {"owned_by", "strata"}});
+  for (auto& m : models) data.push_back(model_json(m, created));
   return dump(json{{"object", "list"}, {"data", data}});
 }
 

@@ -115,8 +115,20 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
                        bool first = false, bool usage_null = false, int index = 0,
                        const std::vector<logprob_entry>* logprobs = nullptr);
 // GET /v1/models, GET /v1/models/{id}
-std::string models_body(const std::vector<std::string>& names, int64_t created);
-std::string model_body(const std::string& name, int64_t created);
+// A served model as /v1/models shows it: OpenAI's fields plus "strata": its state ("cold": no
+// instance; "loading": instances, none serving yet; "serving"; "unknown" when its router did not
+// answer), instances, layers loaded onto new instances, and requests running and waiting.
+struct model_status {
+  std::string name;
+  std::string state = "unknown";
+  int64_t instances = -1;  // -1: not known (no scaler, or it did not answer)
+  int64_t routes = -1;
+  int64_t layers_loaded = -1;
+  int64_t running = -1, waiting = -1;
+  int64_t context = 0;  // the model's context length (vLLM's max_model_len)
+};
+std::string models_body(const std::vector<model_status>& models, int64_t created);
+std::string model_body(const model_status& m, int64_t created);
 
 // Cuts generated text at the first stop sequence. While streaming it holds back the tail that
 // could still begin a stop sequence, so no client ever sees text past a stop.

@@ -881,7 +881,7 @@ TEST_CASE("the autoscale experiment runs as library code: a spec in, a result pe
   CHECK(no_nodes.message() == "--kill needs --nodes (it kills a node process)");
 }
 
-TEST_CASE("the replay experiment runs as library code; its JSON results match the records") {
+TEST_CASE("the replay experiment runs as library code and its JSON results match the records") {
   replay_spec spec;
   spec.model = test::stories();
   spec.shards = {{0, 2}, {2, spec.model->config.n_layers}};

@@ -1220,6 +1220,12 @@ TEST_CASE("one front door, two models: each request goes to its model's router, 
   REQUIRE(ids.size() == 2);
   CHECK(ids[0]["id"] == "stories260K");
   CHECK(ids[1]["id"] == "random");
+  for (auto& m : ids) {  // fixed pipelines: one instance each, serving
+    CHECK(m["strata"]["state"] == "serving");
+    CHECK(m["strata"]["instances"] == 1);
+    CHECK(m["strata"]["waiting"] == 0);
+    CHECK(m["max_model_len"] == stories()->config.seq_len);
+  }
   CHECK(c.Get("/v1/models/random")->status == 200);
   json body = {{"prompt", "Once upon a time"}, {"max_tokens", 20}, {"temperature", 0}};
   body["model"] = "stories260K";
