@@ -97,12 +97,22 @@ relay_killed() {  # relay_killed RELAY LEAF: multicast src -> RELAY -> LEAF, kil
   in_ns x "$strata" cluster multicast --controller "$ip_c:7000" --tls "$tmp/certs" --model rand --targets "$r,$l" \
     --plan chain --chunk-kb 64 --max-sources 1 --busy a,b >"$tmp/mc2.out" 2>&1 &
   mc2=$!
-  # Mid-way: once the view shows the relay receiving (a client process starts slowly on a busy
-  # machine; a fixed delay once killed the relay before the multicast even reached the controller).
-  local seen=""
-  for _ in $(seq 200); do view | grep -q " $r (loading" && { seen=1; break; }; sleep 0.05; done
-  [ -n "$seen" ] || fail "the view never showed $r loading: $(view; cat "$tmp/mc2.out")"
-  eval "kill -KILL \$pid_$r; wait \$pid_$r" 2>/dev/null
+  # Mid-way: once the relay's host has received 2 MB of the 15 (its link's counter; a client
+  # process starts slowly on a busy machine, so a fixed delay once killed the relay before the
+  # multicast reached the controller, and polling the view, a process per poll, could miss it).
+  local rpid host=a
+  eval "rpid=\$pid_$r"
+  [ "$r" = a2 ] || host=b
+  rx() { in_ns "$host" cat "/sys/class/net/v$tag$host/statistics/rx_bytes"; }
+  local base seen=""
+  base=$(rx)
+  for _ in $(seq 1500); do
+    [ $(($(rx) - base)) -gt 2000000 ] && { seen=1; break; }
+    sleep 0.02
+  done
+  [ -n "$seen" ] || fail "$r's host never received 2 MB: $(cat "$tmp/mc2.out")"
+  kill -KILL "$rpid"
+  wait "$rpid" 2>/dev/null
   wait "$mc2" || true
   grep -v "re-fetches chunk" "$tmp/mc2.out"
 }
