@@ -127,6 +127,7 @@ expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
   // Which nodes may host instances, in the order they are used (the first serves from the
   // start; a node without the host copy loads it first).
   out.placement.nodes = spec.placement.empty() ? out.members : spec.placement;
+  out.placement.follow_view = spec.placement.empty();
   log("cluster up (" + std::to_string(out.members.size()) + " nodes: " + join(out.members, ", ") + "; logs in " +
       (out.cluster->work_dir().empty() ? std::string("each node's own place") : out.cluster->work_dir()) + ")");
   return out;

@@ -108,6 +108,13 @@ class cluster_provider : public instance_provider, public std::enable_shared_fro
                    const scaler_options& opt, provider_reports r)
       : self_(self), m_(std::move(m)), policy_(std::move(policy)), opt_(opt), r_(std::move(r)) {}
 
+  void on_view(const cluster_view& v) override {
+    if (!opt_.cluster.follow_view) return;
+    for (auto& n : v.nodes)  // a node that joined is used by the next placement, after the others
+      if (std::find(opt_.cluster.nodes.begin(), opt_.cluster.nodes.end(), n.name) == opt_.cluster.nodes.end())
+        opt_.cluster.nodes.push_back(n.name);
+  }
+
   std::vector<std::string> places(int n, const std::set<std::string>& in_use, std::string& why) override {
     std::vector<std::string> out;
     for (auto& node : opt_.cluster.nodes)

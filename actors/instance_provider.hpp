@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "actors/stages.hpp"
+#include "dataflow/cluster/cluster_book.hpp"
 #include "dataflow/scaling/scaling.hpp"
 
 namespace strata {
@@ -55,6 +56,8 @@ class instance_provider {
   virtual void stop(const placement& p) = 0;
   // A place is gone for good (its node was dropped): nothing is placed there again.
   virtual void lose(const std::string& where) { (void)where; }
+  // The cluster's membership as the controller last listed it.
+  virtual void on_view(const cluster_view& v) { (void)v; }
   // Parameter bytes of a layer (-1: the globals) as they travel to a new instance.
   virtual double segment_bytes(int32_t layer) const = 0;
   // Stops everything it started (the scaler ends).

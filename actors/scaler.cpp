@@ -400,7 +400,8 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
         if (!st.controller_lost.empty()) return;
         self->request(st.opt.cluster.controller, st.opt.controller_timeout, view_atom::value)
             .then(
-                [=](const cluster_view&) {
+                [=](const cluster_view& v) {
+                  self->state.provider->on_view(v);
                   self->delayed_send(self, self->state.opt.controller_ping, cping_atom::value);
                 },
                 [=](caf::error& e) {

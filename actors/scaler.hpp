@@ -23,6 +23,7 @@ struct cluster_placement {
   caf::actor controller;           // set: cluster mode
   std::string model;               // the model's name in the cluster
   std::vector<std::string> nodes;  // nodes that may host an instance (one each), preferred first
+  bool follow_view = false;        // members that join later are added to `nodes` (no placement given)
   uint64_t chunk_bytes = 64 << 10;
   std::string plan;                // multicast plan; empty: see multicast_to()
   // all-cache: MB/s from a node's own host copy to its instance (0: at once). The nodes must

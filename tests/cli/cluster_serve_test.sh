@@ -120,6 +120,28 @@ complete "$tmp/cold2.json"
 echo "ok: idle, back to zero instances; the next request starts one again"
 kill -TERM "$srv"
 wait "$srv" || fail "serve --min 0 did not drain cleanly"
+# A node that joins while serve runs is used by the next placement (serve follows the view).
+"$strata" serve --model "$m" --controller "$ctl" --port 0 --threads 1 --max-running 1 --queue 1 --max 3 \
+  --keep-alive-s 30 --device-layer-ms 2 >"$tmp/serve3.log" 2>&1 &
+srv=$!
+pids+=($srv)
+hport=$(serve_port "$tmp/serve3.log" 300)
+[ -n "$hport" ] || fail "serve did not start (joining node)"
+url="http://127.0.0.1:$hport"
+"$strata" node --name n2 --controller "$ctl" --listen 127.0.0.1:0 >"$tmp/n2.log" 2>&1 &
+pids+=($!)
+wait_view "^3 node(s)"
+sleep 1.5  # an absence of its own: the scaler's next look at the view (every second)
+for i in $(seq 12); do complete "$tmp/join$i.json" & done
+wait_jobs
+for i in $(seq 12); do
+  [ "$(text_of "$tmp/join$i.json")" = "$one" ] || fail "request $i with a joined node: $(cat "$tmp/join$i.json")"
+done
+grep -qE "^  stories260K: .* n2( |$)" <(view) || fail "no instance was placed on the node that joined: $(view)"
+kill -TERM "$srv"
+wait "$srv" || fail "serve (joining node) did not drain cleanly"
+echo "ok: a node that joined while serving took an instance"
+
 # Two models behind one front door, on node processes started here (src holds a host copy of
 # each), both scaling from zero: each request goes to its own model's instances.
 "$strata" serve --model "a=$m" --model "b=$m" --nodes 2 --min 0 --port 0 --threads 1 >"$tmp/serve2.log" 2>&1 &
