@@ -34,18 +34,18 @@ status check_spec(const autoscale_spec& s) {
   for (auto& p : s.policies)
     if (auto made = make_policy(p, s.setup.knobs, s.setup.links); !made) return made.err();
   if (s.fault) {
-    if (s.nodes == 0) return make_error("--kill needs --nodes (it kills a node process)");
+    if (s.cluster.nodes == 0) return make_error("--kill needs --nodes (it kills a node process)");
     bool known = s.fault->node == "src";
-    for (int i = 1; i <= s.nodes; ++i) known |= s.fault->node == "n" + std::to_string(i);
+    for (int i = 1; i <= s.cluster.nodes; ++i) known |= s.fault->node == "n" + std::to_string(i);
     if (!known)
-      return make_error("--kill: unknown node '" + s.fault->node + "' (the nodes are n1..n" + std::to_string(s.nodes) + ")");
+      return make_error("--kill: unknown node '" + s.fault->node + "' (the nodes are n1..n" + std::to_string(s.cluster.nodes) + ")");
   }
   std::vector<std::string> seen;
-  for (auto& n : s.placement) {
+  for (auto& n : s.cluster.placement) {
     bool known = n == "src";
-    for (int i = 1; i <= s.nodes; ++i) known |= n == "n" + std::to_string(i);
+    for (int i = 1; i <= s.cluster.nodes; ++i) known |= n == "n" + std::to_string(i);
     if (!known)
-      return make_error("unknown node '" + n + "' in --placement (the nodes are src and n1..n" + std::to_string(s.nodes) +
+      return make_error("unknown node '" + n + "' in --placement (the nodes are src and n1..n" + std::to_string(s.cluster.nodes) +
                         ")");
     if (std::find(seen.begin(), seen.end(), n) != seen.end()) return make_error("node '" + n + "' appears twice in --placement");
     seen.push_back(n);
@@ -149,14 +149,9 @@ expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, 
   // Cluster mode: instances live in node processes, parameters move over UCX.
   std::unique_ptr<local_cluster> cluster;
   std::vector<std::string> all_nodes;  // src, n1..nN
-  if (spec.nodes > 0) {
-    cluster_spec cs;
-    cs.nodes = spec.nodes;
+  if (spec.cluster.nodes > 0) {
+    cluster_spec cs = spec.cluster;
     cs.models = {{"model", spec.model_path}};
-    cs.link_mbs = spec.link_mbs;
-    cs.transport = spec.transport;
-    cs.chunk_bytes = spec.chunk_bytes;
-    cs.placement = spec.placement;
     auto sc = start_scaling_cluster(cs, log);
     if (!sc) return sc.err();
     cluster = std::move(sc->cluster);
@@ -164,7 +159,7 @@ expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, 
     so.cluster = sc->placement;
     // all-cache loads from a node's own copy as much faster than the network as the in-process
     // profile's host path is (PCIe vs network), scaled like the paced links.
-    so.cluster.local_mb_s = spec.link_mbs > 0 ? spec.link_mbs * links.local_host_gb_s / links.network_gb_s : 0;
+    so.cluster.local_mb_s = cs.link_mbs > 0 ? cs.link_mbs * links.local_host_gb_s / links.network_gb_s : 0;
     result.cluster_dir = cluster->work_dir();
     char line[256];
     std::snprintf(line, sizeof line, "device %.2f ms/layer + %.3f ms/row; parameters %.2f MB, multicast in %.0f KiB chunks",
@@ -263,7 +258,7 @@ expected<autoscale_result> run_autoscale_experiment(const autoscale_spec& spec, 
       if (spec.fault) {
         if (auto st = cluster->restart(spec.fault->node); !st)
           return make_error("restarting " + spec.fault->node + ": " + st.message());
-        if (auto st = cluster->wait_nodes(size_t(spec.nodes + 1)); !st) return st.err();
+        if (auto st = cluster->wait_nodes(size_t(spec.cluster.nodes + 1)); !st) return st.err();
       }
       if (auto st = cluster->wait_only_host_copies("model"); !st) return st.err();
     }

@@ -79,13 +79,10 @@ struct autoscale_spec {
   trace requests;
   scaling_setup setup;
   std::vector<std::string> policies;  // registered scaling policies, run one after the other
-  // > 0: a cluster of node processes on this machine (controller node "src" with the host copy,
-  // n1..nN); 0: instances in this process on the emulated profile.
-  int nodes = 0;
-  double link_mbs = 0;  // each node's paced egress (0: unpaced)
-  uint64_t chunk_bytes = 64 << 10;
-  std::string transport = "tcp";
-  std::vector<std::string> placement;  // nodes that may host instances, in order (empty: all)
+  // cluster.nodes > 0: a cluster of node processes on this machine (controller node "src" with
+  // the host copy of model_path, n1..nN; the runner names the model); 0: instances in this
+  // process on the emulated profile.
+  cluster_spec cluster;
   std::optional<node_fault> fault;
   replay_options replay;
 };

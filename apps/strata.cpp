@@ -523,6 +523,18 @@ expected<scaling_setup> scaling_from_args(const args& a) {
   return s;
 }
 
+// The node options (node_opts in apps/commands.cpp) of autoscale and serve.
+cluster_spec nodes_from_args(const args& a) {
+  cluster_spec cs;
+  cs.nodes = int(a.integer("nodes", 0, 64));
+  cs.link_mbs = a.number("link-mbs", 0, 1e6);
+  cs.chunk_bytes = uint64_t(a.integer("chunk-kb", 1, 1 << 20)) << 10;
+  cs.transport = a.choice("transport", {"tcp", "sm"});
+  cs.placement = split_list(a.str("placement"));
+  if (a.has("placement") && cs.placement.empty()) throw usage_error("--placement names no node");
+  return cs;
+}
+
 // One --model of serve: [NAME=]PATH, loaded with its tokenizer.
 struct serve_model {
   std::string name, path;
@@ -579,18 +591,12 @@ int run_serve(const args& a) {
   ro.max_batch_tokens = int(a.integer("max-batch-tokens", 1, 1 << 24));
   const double drain_s = a.number("drain-timeout-s", 0, 86400);
   // Where instances run: this process, node processes started here, or a running cluster.
-  cluster_spec cs;
-  cs.nodes = int(a.integer("nodes", 0, 64));
+  cluster_spec cs = nodes_from_args(a);
   cs.controller = a.str("controller");
   if (cs.nodes > 0 && !cs.controller.empty()) throw usage_error("--nodes and --controller exclude each other");
   const bool on_cluster = cs.nodes > 0 || !cs.controller.empty();
   if (a.has("tls") && cs.controller.empty()) throw usage_error("--tls needs --controller");
   cs.tls_dir = a.str("tls");
-  cs.link_mbs = a.number("link-mbs", 0, 1e6);
-  cs.chunk_bytes = uint64_t(a.integer("chunk-kb", 1, 1 << 20)) << 10;
-  cs.transport = a.choice("transport", {"tcp", "sm"});
-  cs.placement = split_list(a.str("placement"));
-  if (a.has("placement") && cs.placement.empty()) throw usage_error("--placement names no node");
   const std::string policy = a.str("policy", on_cluster ? "blitz" : "");
   if (several && policy.empty())
     throw usage_error("several models need --policy (each autoscales; a fixed pipeline serves one model)");
@@ -792,13 +798,8 @@ int run_autoscale(const args& a) {
   // The options become a spec (every value checked before anything starts) ...
   autoscale_spec spec;
   spec.model_path = a.str("model");
-  spec.nodes = int(a.integer("nodes", 0, 64));
-  spec.link_mbs = a.number("link-mbs", 0, 1e6);
-  spec.chunk_bytes = uint64_t(a.integer("chunk-kb", 1, 1 << 20)) << 10;
-  spec.transport = a.choice("transport", {"tcp", "sm"});
+  spec.cluster = nodes_from_args(a);
   spec.policies = split_list(a.str("policies"));
-  spec.placement = split_list(a.str("placement"));
-  if (a.has("placement") && spec.placement.empty()) return fail("--placement names no node");
   const int kill_sig = a.choice("kill-signal", {"KILL", "STOP"}) == "KILL" ? SIGKILL : SIGSTOP;
   if (a.has("kill")) {
     auto text = a.str("kill");
@@ -810,7 +811,7 @@ int run_autoscale(const args& a) {
     if (when.empty() || *end != '\0' || !(kill_at >= 0 && kill_at <= 86400))
       return fail("--kill: expected seconds in [0, 86400] after '@', got '" + when + "'");
     spec.fault = node_fault{text.substr(0, at), kill_at, kill_sig};
-    if (spec.nodes == 0) return fail("--kill needs --nodes (it kills a node process)");
+    if (spec.cluster.nodes == 0) return fail("--kill needs --nodes (it kills a node process)");
   }
   auto m = load_model(spec.model_path);
   if (!m) return fail(m.message());
