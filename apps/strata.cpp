@@ -623,10 +623,14 @@ int run_serve(const args& a) {
   std::unique_ptr<local_cluster> cluster;
   std::optional<scaling_cluster> sc;
   caf::actor_system* sys = nullptr;
-  if (!policy.empty())  // checked before anything starts
-    if (auto made = make_policy(policy, setup->knobs, setup->links); !made) return fail(made.message());
+  std::unique_ptr<scaling_policy> checked;  // the policy, checked before anything starts
+  if (!policy.empty()) {
+    auto made = make_policy(policy, setup->knobs, setup->links);
+    if (!made) return fail(made.message());
+    checked = std::move(*made);
+  }
   if (on_cluster) {
-    if ((*make_policy(policy, setup->knobs, setup->links))->loading().local_copy)
+    if (checked->loading().local_copy)
       return fail("policy " + policy + " loads from a host copy on every node, which serving over a cluster does not "
                   "set up yet; use blitz, lambda-pipe or stop-the-world");
     for (auto& sm : models) cs.models.push_back({sm.name, sm.path});
