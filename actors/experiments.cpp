@@ -293,33 +293,6 @@ expected<replay_result> run_replay_experiment(const replay_spec& spec) {
 
 namespace {
 
-nlohmann::json json_of(const percentiles& p) {
-  return {{"n", p.n}, {"mean", p.mean}, {"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}, {"max", p.max}};
-}
-
-nlohmann::json json_of(const replay_summary& s) {
-  return {{"requests", s.requests}, {"ok", s.ok},
-          {"failed", s.failed},     {"ttft_s", json_of(s.ttft)},
-          {"tbt_s", json_of(s.tbt)}, {"e2e_s", json_of(s.e2e)},
-          {"slo_attainment", s.slo_attainment}, {"goodput_per_s", s.goodput},
-          {"tokens_per_s", s.tokens_per_s},     {"duration_s", s.duration}};
-}
-
-nlohmann::json json_of(const std::vector<request_record>& records) {
-  auto out = nlohmann::json::array();
-  for (auto& r : records) {
-    nlohmann::json j = {{"arrival_s", r.arrival},          {"prompt_tokens", r.prompt_tokens},
-                        {"output_tokens", r.output_tokens}, {"generated", r.generated},
-                        {"ok", r.ok}};
-    // A time that never came is null, not a negative number that reads as a measurement.
-    j["ttft_s"] = r.first_token >= 0 ? nlohmann::json(r.ttft()) : nlohmann::json(nullptr);
-    j["e2e_s"] = r.done >= 0 ? nlohmann::json(r.e2e()) : nlohmann::json(nullptr);
-    if (!r.ok) j["error"] = r.error;
-    out.push_back(std::move(j));
-  }
-  return out;
-}
-
 nlohmann::json json_of(const router_stats& s) {
   return {{"tokens", s.tokens},          {"finished", s.finished},           {"migrations", s.migrations},
           {"kv_migrations", s.kv_migrations}, {"kv_bytes_moved", s.kv_bytes_moved}, {"readmissions", s.readmissions}};

@@ -172,6 +172,25 @@ std::vector<command_spec> make_table() {
                    node_opts + opts(scaling_opts.begin(), scaling_opts.end()) + slo_opts + common,
                "Without --nodes, instances run in this process and parameters arrive after the emulated link time. "
                "Exit 1 when a request failed, with the first reason."});
+  t.push_back({"bench-serve", "",
+               "replay a trace over HTTP against an OpenAI-compatible endpoint (Strata, vLLM, llama.cpp's "
+               "server): streaming TTFT, TBT, E2E, SLO attainment and goodput per model",
+               opts{{"url", "URL", "", "the endpoint, e.g. http://127.0.0.1:8000 (required)", ""},
+                    {"model", "LIST", "", "models to ask for, request i for the (i mod k)-th", "the first /v1/models lists"},
+                    {"vocab", "N", "256", "prompt token ids are drawn from [3, N)", ""},
+                    {"max-concurrency", "N", "0", "at most N requests in flight, later ones wait (0: open loop)", ""},
+                    {"timeout-s", "S", "300", "a request without a whole response this long after it was sent fails",
+                     ""},
+                    {"api-key", "KEY", "", "sent as Authorization: Bearer KEY (or STRATA_API_KEY)", ""},
+                    {"svg", "FILE", "", "write a timeline plot", ""},
+                    {"json", "FILE", "", "write the results as JSON (summary, per model, HTTP statuses, every request)",
+                     ""}} +
+                   trace_opts + slo_opts,
+               "Each request is a streamed /v1/completions call: a prompt of token ids of the trace's length "
+               "(BOS, then random ids), greedy, max_tokens the trace's output length with ignore_eos, and "
+               "stream_options.include_usage for the token count. Lengths are clipped to the smallest context the "
+               "asked models list (max_model_len). Latency counts from when a request is sent. Exit 1 when a "
+               "request failed."});
   t.push_back({"inspect", "", "print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)",
                model_opt + opts{{"verify", "", "", "re-read every byte range and check its checksum", ""},
                                 {"write", "FILE", "", "save the flatbuffers manifest", ""},

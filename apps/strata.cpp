@@ -12,6 +12,7 @@
 
 #include "actors/engine.hpp"
 #include "actors/http_server.hpp"
+#include "actors/bench_serve.hpp"
 #include "actors/experiments.hpp"
 #include "actors/local_cluster.hpp"
 #include "actors/replay.hpp"
@@ -384,8 +385,10 @@ step_series in_flight(const std::vector<request_record>& records) {
 }
 
 // The trace a replay-like command asks for: a file (format guessed or --format) or a gamma
-// process, shaped by the window/speed options and clipped to the model's context.
-expected<trace> trace_from_args(const args& a, const model& m) {
+// process, shaped by the window/speed options and clipped to the context (0: not clipped; gamma
+// lengths then as for a 512-token context).
+expected<trace> trace_from_args(const args& a, int context) {
+  int seq_len = context > 0 ? context : 512;
   expected<trace> tr = make_error("no trace");
   if (a.str("trace") == "gamma") {
     gamma_options g;
@@ -393,8 +396,8 @@ expected<trace> trace_from_args(const args& a, const model& m) {
     g.rate = a.positive("gamma-rate", 1e6);
     g.burstiness = a.positive("burstiness", 1e3);
     g.seed = uint64_t(a.integer("seed", 0, LONG_MAX));
-    g.prompt_max = std::min(256, m.config.seq_len / 2);
-    g.output_max = std::min(128, m.config.seq_len / 4);
+    g.prompt_max = std::min(256, seq_len / 2);
+    g.output_max = std::min(128, seq_len / 4);
     g.prompt_min = std::min(g.prompt_min, g.prompt_max);
     g.output_min = std::min(g.output_min, g.output_max);
     tr = gamma_trace(g);
@@ -412,7 +415,7 @@ expected<trace> trace_from_args(const args& a, const model& m) {
   so.max_requests = size_t(a.integer("max-requests", 0, 100'000'000));
   so.speedup = a.positive("speedup", 1e6);
   so.target_rate = a.number("rate", 0, 1e6);
-  so.context = m.config.seq_len;
+  so.context = context;
   so.max_prompt = int(a.integer("max-prompt", 0, 1 << 24));
   so.max_output = int(a.integer("max-output", 0, 1 << 24));
   auto shaped = shape_trace(*tr, so);
@@ -445,6 +448,29 @@ replay_options printing_replay(const model& m, const args& a, size_t requests, s
   return o;
 }
 
+// The end of a replay-like command: the first failure, --svg and --json; exit 1 when a request
+// failed.
+int replay_outputs(const args& a, const std::string& what, const std::vector<request_record>& records,
+                   const std::string& json) {
+  bool failed = false;
+  for (auto& q : records)
+    if (!q.ok) {
+      std::printf("  first failure: %s\n", q.error.c_str());
+      failed = true;
+      break;
+    }
+  if (a.has("svg")) {
+    auto st = write_timeline_svg(a.str("svg"), what + " of " + a.str("trace"), records, {in_flight(records)});
+    if (!st) return fail(st.message());
+    std::printf("  timeline written to %s\n", a.str("svg").c_str());
+  }
+  if (a.has("json")) {
+    if (auto st = write_file(a.str("json"), json, "JSON results"); !st) return fail(st.message());
+    std::printf("  results written to %s\n", a.str("json").c_str());
+  }
+  return failed ? 1 : 0;
+}
+
 int run_replay(const args& a) {
   if (!a.has("model") || !a.has("trace")) return fail("replay needs --model PATH and --trace FILE|gamma");
   apply_common(a);
@@ -457,7 +483,7 @@ int run_replay(const args& a) {
   auto m = load_model(a.str("model"));
   if (!m) return fail(m.message());
   spec.model = *m;
-  auto shaped = trace_from_args(a, **m);
+  auto shaped = trace_from_args(a, (*m)->config.seq_len);
   if (!shaped) return fail(shaped.message());
   spec.requests = std::move(*shaped);
   auto shards = parse_shards(a.str("shards"), (*m)->config.n_layers);
@@ -468,23 +494,60 @@ int run_replay(const args& a) {
   if (!r) return fail(r.message());
   std::printf("\n%s", r->summary.table("replay of " + a.str("trace") + " on " + (*m)->name + ", shards " +
                                      to_string(*shards)).c_str());
-  for (auto& q : r->records)
-    if (!q.ok) {
-      std::printf("  first failure: %s\n", q.error.c_str());
-      break;
-    }
-  if (a.has("svg")) {
-    auto st = write_timeline_svg(a.str("svg"), "replay of " + a.str("trace"), r->records, {in_flight(r->records)});
-    if (!st) return fail(st.message());
-    std::printf("  timeline written to %s\n", a.str("svg").c_str());
-  }
-  if (a.has("json")) {
-    if (auto st = write_file(a.str("json"), results_json(*r), "JSON results"); !st) return fail(st.message());
-    std::printf("  results written to %s\n", a.str("json").c_str());
-  }
-  return r->summary.failed ? 1 : 0;
+  return replay_outputs(a, "replay", r->records, results_json(*r));
 }
 
+
+int run_bench_serve_cmd(const args& a) {
+  if (!a.has("url") || !a.has("trace")) return fail("bench-serve needs --url URL and --trace FILE|gamma");
+  bench_serve_spec spec;
+  auto url = parse_http_url(a.str("url"));
+  if (!url) return fail(url.message());
+  spec.url = *url;
+  spec.vocab = int(a.integer("vocab", 4, 1 << 30));
+  spec.seed = uint64_t(a.integer("seed", 0, LONG_MAX));
+  spec.slo.ttft_s = a.positive("ttft-slo-ms", 1e9) / 1000;
+  spec.slo.tbt_s = a.positive("tbt-slo-ms", 1e9) / 1000;
+  spec.http.timeout = std::chrono::milliseconds(int64_t(a.positive("timeout-s", 1e6) * 1000));
+  spec.http.max_in_flight = size_t(a.integer("max-concurrency", 0, 1 << 20));
+  spec.http.api_key = a.str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
+  if (a.has("quiet") && a.has("verbose")) throw usage_error("--quiet and --verbose exclude each other");
+  auto served = endpoint_models(spec.url, spec.http);
+  if (!served) return fail(served.message());
+  std::string names;
+  for (auto& m : *served) names += (names.empty() ? "" : ", ") + m.id;
+  spec.models = a.has("model") ? split_list(a.str("model")) : std::vector<std::string>{served->front().id};
+  int context = 0;
+  for (auto& m : spec.models) {
+    auto it = std::find_if(served->begin(), served->end(), [&](auto& e) { return e.id == m; });
+    if (it == served->end()) return fail("--model: '" + m + "' is not served at " + spec.url.str() + " (it serves " + names + ")");
+    if (it->context > 0) context = context ? std::min(context, it->context) : it->context;
+  }
+  say("endpoint %s serves %s; asking for %s\n", spec.url.str().c_str(), names.c_str(), a.str("model", served->front().id).c_str());
+  auto shaped = trace_from_args(a, context);
+  if (!shaped) return fail(shaped.message());
+  spec.requests = std::move(*shaped);
+  size_t n = spec.requests.requests.size();
+  spec.progress_every = std::max<size_t>(1, n / 10);
+  spec.progress = [](size_t done, size_t total, double t) { say("  t=%6.1f s  %zu/%zu requests finished\n", t, done, total); };
+  if (a.has("verbose"))
+    spec.finished = [](size_t i, const request_record& r) {
+      auto rel = [&](double t) { return t >= 0 ? (t - r.arrival) * 1e3 : -1.0; };
+      say("  request %zu (%s): sent %.3f s, first token +%.1f ms, done +%.1f ms, %d/%d tokens%s%s\n", i, r.model.c_str(),
+          r.arrival, rel(r.first_token), rel(r.done), r.generated, r.output_tokens, r.ok ? "" : ", error: ",
+          r.error.c_str());
+    };
+  auto r = run_bench_serve(spec);
+  if (!r) return fail(r.message());
+  std::printf("\n%s", r->summary.table("bench-serve of " + a.str("trace") + " against " + spec.url.str()).c_str());
+  if (r->per_model.size() > 1)
+    for (auto& [m, s] : r->per_model) std::printf("%s", s.table("model " + m).c_str());
+  std::string st;
+  for (auto& [code, count] : r->statuses)
+    st += (st.empty() ? "" : ", ") + (code ? std::to_string(code) : std::string("no response")) + " x" + std::to_string(count);
+  std::printf("  HTTP statuses: %s\n", st.c_str());
+  return replay_outputs(a, "bench-serve", r->records, results_json(spec, *r));
+}
 
 expected<scaling_setup> scaling_from_args(const args& a) {
   scaling_setup s;
@@ -820,7 +883,7 @@ int run_autoscale(const args& a) {
   auto m = load_model(spec.model_path);
   if (!m) return fail(m.message());
   spec.model = *m;
-  auto shaped = trace_from_args(a, **m);
+  auto shaped = trace_from_args(a, (*m)->config.seq_len);
   if (!shaped) return fail(shaped.message());
   spec.requests = std::move(*shaped);
   auto setup = scaling_from_args(a);
@@ -951,6 +1014,7 @@ int dispatch(int argc, char** argv) {
   if (cmd == "replay") return parsed(argc, argv, "replay", run_replay);
   if (cmd == "autoscale") return parsed(argc, argv, "autoscale", run_autoscale);
   if (cmd == "serve") return parsed(argc, argv, "serve", run_serve);
+  if (cmd == "bench-serve") return parsed(argc, argv, "bench-serve", run_bench_serve_cmd);
   if (cmd == "run") return cmd_run(argc, argv);
   if (cmd == "cluster") return cmd_cluster(argc, argv);
   if (cmd == "policies") return argc > 2 ? fail("policies takes no options") : cmd_policies();

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 namespace strata {
 
 percentiles summarize(std::vector<double> v) {
@@ -174,6 +176,34 @@ std::string prom_histogram::render(const std::string& name, const std::string& l
   std::snprintf(buf, sizeof buf, "%.9g", sum);
   out += name + "_sum{" + labels + "} " + buf + "\n";
   out += name + "_count{" + labels + "} " + std::to_string(count) + "\n";
+  return out;
+}
+
+nlohmann::json json_of(const percentiles& p) {
+  return {{"n", p.n}, {"mean", p.mean}, {"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}, {"max", p.max}};
+}
+
+nlohmann::json json_of(const replay_summary& s) {
+  return {{"requests", s.requests}, {"ok", s.ok},
+          {"failed", s.failed},     {"ttft_s", json_of(s.ttft)},
+          {"tbt_s", json_of(s.tbt)}, {"e2e_s", json_of(s.e2e)},
+          {"slo_attainment", s.slo_attainment}, {"goodput_per_s", s.goodput},
+          {"tokens_per_s", s.tokens_per_s},     {"duration_s", s.duration}};
+}
+
+nlohmann::json json_of(const std::vector<request_record>& records) {
+  auto out = nlohmann::json::array();
+  for (auto& r : records) {
+    nlohmann::json j = {{"arrival_s", r.arrival},          {"prompt_tokens", r.prompt_tokens},
+                        {"output_tokens", r.output_tokens}, {"generated", r.generated},
+                        {"ok", r.ok}};
+    // A time that never came is null, not a negative number that reads as a measurement.
+    j["ttft_s"] = r.first_token >= 0 ? nlohmann::json(r.ttft()) : nlohmann::json(nullptr);
+    j["e2e_s"] = r.done >= 0 ? nlohmann::json(r.e2e()) : nlohmann::json(nullptr);
+    if (!r.model.empty()) j["model"] = r.model;
+    if (!r.ok) j["error"] = r.error;
+    out.push_back(std::move(j));
+  }
   return out;
 }
 

@@ -2,6 +2,7 @@
 // goodput, and an SVG timeline (latency and a step series such as instances) written by hand.
 #pragma once
 
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,7 @@ struct request_record {
   std::vector<double> token_times;  // absolute seconds of every token
   bool ok = false;
   std::string error;
+  std::string model;  // the model it asked for, where several are served (bench-serve)
   double ttft() const { return first_token - arrival; }
   double e2e() const { return done - arrival; }
 };
@@ -69,5 +71,11 @@ struct prom_histogram {
   // model_name="x" (no braces).
   std::string render(const std::string& name, const std::string& labels) const;
 };
+
+// Results as JSON values (seconds; a time that never came is null): shared by every runner's
+// --json output.
+nlohmann::json json_of(const percentiles& p);
+nlohmann::json json_of(const replay_summary& s);
+nlohmann::json json_of(const std::vector<request_record>& records);
 
 }  // namespace strata

@@ -488,4 +488,84 @@ std::string stop_matcher::flush() {
   return out;
 }
 
+std::vector<std::string> sse_reader::feed(std::string_view bytes) {
+  std::vector<std::string> out;
+  buf_.append(bytes);
+  size_t pos = 0;
+  while (true) {
+    // An event ends at a blank line (\n\n or \r\n\r\n).
+    size_t a = buf_.find("\n\n", pos), b = buf_.find("\r\n\r\n", pos);
+    size_t end = std::min(a, b);
+    if (end == std::string::npos) break;
+    size_t next = end == a ? a + 2 : b + 4;
+    std::string data;
+    bool has = false;
+    size_t ls = pos;
+    while (ls < end) {
+      size_t le = std::min(buf_.find('\n', ls), end);
+      std::string line = buf_.substr(ls, le - ls);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (line.rfind("data:", 0) == 0) {
+        std::string v = line.substr(5);
+        if (!v.empty() && v[0] == ' ') v.erase(0, 1);
+        data += (has ? "\n" : "") + v;
+        has = true;
+      }
+      ls = le + 1;
+    }
+    if (has) out.push_back(std::move(data));
+    pos = next;
+  }
+  buf_.erase(0, pos);
+  if (buf_.size() > (1u << 20)) {
+    buf_.clear();
+    out.push_back(R"({"error": {"message": "a server-sent event longer than 1 MiB"}})");
+  }
+  return out;
+}
+
+stream_event parse_stream_event(const std::string& data) {
+  stream_event ev;
+  if (data == "[DONE]") {
+    ev.done = true;
+    return ev;
+  }
+  auto j = json::parse(data, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) {
+    ev.error = "an event that is not JSON: '" + data.substr(0, 80) + "'";
+    return ev;
+  }
+  if (j.contains("error")) {
+    auto& e = j["error"];
+    ev.error = e.is_object() && e.contains("message") && e["message"].is_string() ? e["message"].get<std::string>()
+                                                                                   : e.dump().substr(0, 200);
+    return ev;
+  }
+  if (j.contains("usage") && j["usage"].is_object()) {
+    auto& u = j["usage"];
+    if (u.contains("completion_tokens") && u["completion_tokens"].is_number_integer())
+      ev.completion_tokens = int(u["completion_tokens"].get<int64_t>());
+    if (u.contains("prompt_tokens") && u["prompt_tokens"].is_number_integer())
+      ev.prompt_tokens = int(u["prompt_tokens"].get<int64_t>());
+  }
+  if (!j.contains("choices")) return ev;
+  if (!j["choices"].is_array()) {
+    ev.error = "'choices' is not an array";
+    return ev;
+  }
+  if (j["choices"].empty()) return ev;  // the usage chunk
+  auto& c = j["choices"][0];
+  if (!c.is_object()) {
+    ev.error = "a choice that is not an object";
+    return ev;
+  }
+  if (c.contains("text") && c["text"].is_string()) ev.text = c["text"].get<std::string>();
+  if (c.contains("delta") && c["delta"].is_object() && c["delta"].contains("content") &&
+      c["delta"]["content"].is_string())
+    ev.text = c["delta"]["content"].get<std::string>();
+  if (c.contains("finish_reason") && c["finish_reason"].is_string())
+    ev.finish_reason = c["finish_reason"].get<std::string>();
+  return ev;
+}
+
 }  // namespace strata::openai

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace strata::openai {
@@ -147,5 +148,28 @@ class stop_matcher {
   std::string pending_;
   bool stopped_ = false;
 };
+
+// Client side (strata bench-serve reads a streamed response with these).
+// Server-sent events fed as bytes arrive: returns the data of each event the bytes complete
+// (data lines joined by newlines; comments and other fields skipped). An event longer than 1 MiB
+// comes back as an error payload instead of growing the buffer.
+class sse_reader {
+ public:
+  std::vector<std::string> feed(std::string_view bytes);
+
+ private:
+  std::string buf_;
+};
+
+// One event's data as a completions or chat chunk.
+struct stream_event {
+  bool done = false;            // "[DONE]"
+  std::string text;             // choices[0].text, or choices[0].delta.content
+  std::string finish_reason;    // when the chunk has one
+  int completion_tokens = -1;   // from usage, when present
+  int prompt_tokens = -1;
+  std::string error;            // an error object's message, or why the data is not a chunk
+};
+stream_event parse_stream_event(const std::string& data);
 
 }  // namespace strata::openai

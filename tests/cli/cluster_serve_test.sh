@@ -5,7 +5,7 @@
 # the in-process pipeline's; a burst scales out onto the other node with every text identical;
 # SIGTERM drains, exits 0 and leaves the nodes with only their host copy; with --min 0 a cold
 # request starts an instance (parameters multicast to it) and idle instances go back to zero;
-# two models behind one front door each start and serve.
+# two models behind one front door each start and serve (also under bench-serve).
 # usage: cluster_serve_test.sh STRATA_BIN DATA_DIR
 set -uo pipefail
 strata=$1
@@ -13,7 +13,6 @@ data=$2
 m="$data/models/stories260K"
 . "$(dirname "$0")/lib.sh"
 . "$(dirname "$0")/../serve_port.sh"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port=$(free_port)
 ctl="127.0.0.1:$port"
 view() { "$strata" cluster view --controller "$ctl" 2>&1; }
@@ -164,6 +163,17 @@ for name in a b; do  # each started an instance of its own (whole on a holder, o
   grep -qE "^strata:scale_events_total\{model_name=\"$name\",event=\"(started|scale-out)\"\} [1-9]" <<<"$metrics" ||
     fail "model $name started no instance: $metrics"
 done
+# bench-serve across both models (request i asks for a or b in turn): each model's requests all
+# served, each with the tokens it asked for.
+"$strata" bench-serve --url "$url" --model a,b --trace gamma --n 12 --gamma-rate 6 --max-output 24 \
+  --json "$tmp/bench2.json" >"$tmp/bench2.out" 2>"$tmp/bench2.log" || fail "bench-serve on two models: $(cat "$tmp/bench2.out")"
+python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert set(j["models"]) == {"a", "b"} and all(j["models"][k]["ok"] == 6 for k in "ab"), j["models"]
+assert all(q["ok"] and q["generated"] == q["output_tokens"] for q in j["requests"])' "$tmp/bench2.json" ||
+  fail "bench-serve on two models: $(cat "$tmp/bench2.out")"
+grep -q "^model a: 6 requests (6 ok" "$tmp/bench2.out" || fail "no per-model table: $(cat "$tmp/bench2.out")"
 kill -TERM "$srv"
 wait "$srv" || fail "serve with two models did not drain cleanly"
 echo "ok: two models behind one front door, each started from zero on the cluster and served"

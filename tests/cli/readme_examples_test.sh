@@ -2,7 +2,8 @@
 # Every example command in the README's sh blocks keeps working. Each `build/bin/...` line (with
 # its continuation lines) is checked: its options exist in `strata CMD --help`; then it runs,
 # bounded: /tmp paths go to a temp dir, replays and autoscale runs are cut to a few requests,
-# serve starts on a free port and is drained by SIGTERM. Commands that need a running cluster on
+# serve starts on a free port and is drained by SIGTERM; bench-serve runs against a front door
+# of its own. Commands that need a running cluster on
 # fixed ports (node, cluster view/multicast, serve --controller) are only checked for their options.
 # Usage: readme_examples_test.sh BUILD_BIN_DIR DATA_DIR README
 set -euo pipefail
@@ -47,6 +48,24 @@ while IFS= read -r line; do
     strata:node:* | strata:cluster:view | strata:cluster:multicast) continue ;;
     strata:replay:* | strata:autoscale:*)
       words+=(--max-requests 6 --duration 5) ;;
+    strata:bench-serve:*)  # against a front door of its own, whatever URL the example names
+      "$bin/strata" serve --model "$data/models/stories260K" --port 0 > "$tmp/bench-serve.log" 2>&1 &
+      srv=$!
+      port=""
+      for _ in $(seq 300); do
+        port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$tmp/bench-serve.log")
+        [ -n "$port" ] && break
+        sleep 0.1
+      done
+      [ -n "$port" ] || fail "no front door for the bench-serve example: $(cat "$tmp/bench-serve.log")"
+      for i in "${!words[@]}"; do [ "${words[$i]}" = --url ] && words[$((i + 1))]="http://127.0.0.1:$port"; done
+      words+=(--max-requests 6 --duration 5)
+      out=$(cd "$tmp" && timeout 300 "${words[@]}" 2>&1) || fail "README example failed: $line -- output: $(tail -5 <<<"$out")"
+      kill -TERM "$srv"
+      wait "$srv" || fail "the bench-serve example's front door did not drain: $(cat "$tmp/bench-serve.log")"
+      srv=""
+      ran=$((ran + 1))
+      continue ;;
     strata:serve:*)
       "${words[@]}" --port 0 > "$tmp/serve.log" 2>&1 &
       srv=$!

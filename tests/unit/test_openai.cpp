@@ -213,3 +213,41 @@ TEST_CASE("one error vocabulary: kinds, their names and HTTP statuses") {
   CHECK(strata::http_status(strata::errc::internal) == 503);
   CHECK(strata::http_status(strata::errc::none) == 503);
 }
+
+TEST_CASE("a client reads server-sent events split anywhere, and each event as a chunk") {
+  // The same stream fed whole and one byte at a time gives the same events.
+  std::string stream =
+      ": a comment\r\ndata: {\"choices\":[{\"text\":\"Once\",\"index\":0}]}\r\n\r\n"
+      "event: x\ndata: {\"choices\":[{\"delta\":{\"content\":\" upon\"}}]}\n\n"
+      "data: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"length\"}]}\n\n"
+      "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\n"
+      "data: [DONE]\n\npartial";
+  sse_reader whole, bytewise;
+  auto a = whole.feed(stream);
+  std::vector<std::string> b;
+  for (char c : stream)
+    for (auto& e : bytewise.feed(std::string_view(&c, 1))) b.push_back(e);
+  REQUIRE(a.size() == 5);
+  CHECK(a == b);
+  CHECK(parse_stream_event(a[0]).text == "Once");
+  CHECK(parse_stream_event(a[1]).text == " upon");
+  CHECK(parse_stream_event(a[2]).finish_reason == "length");
+  auto u = parse_stream_event(a[3]);
+  CHECK(u.completion_tokens == 2);
+  CHECK(u.prompt_tokens == 3);
+  CHECK(u.error.empty());
+  CHECK(parse_stream_event(a[4]).done);
+  // Several data lines are one event, joined by newlines.
+  sse_reader r;
+  CHECK(r.feed("data: a\ndata: b\n\n") == std::vector<std::string>{"a\nb"});
+  // What is not a chunk says why.
+  CHECK(parse_stream_event("nope").error.find("not JSON") != std::string::npos);
+  CHECK(parse_stream_event(R"({"error":{"message":"boom"}})").error == "boom");
+  CHECK(parse_stream_event(R"({"choices":3})").error == "'choices' is not an array");
+  // An event that never ends does not grow the buffer past 1 MiB.
+  sse_reader big;
+  std::vector<std::string> got;
+  for (int i = 0; i < 40 && got.empty(); ++i) got = big.feed("data: " + std::string(64 << 10, 'x'));
+  REQUIRE(got.size() == 1);
+  CHECK(parse_stream_event(got[0]).error == "a server-sent event longer than 1 MiB");
+}

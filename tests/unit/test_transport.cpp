@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "dataflow/model/model.hpp"
+#include "transport/http_client.hpp"
 #include "transport/ucx_endpoint.hpp"
 
 using namespace strata;
@@ -132,4 +133,24 @@ TEST_CASE("ucx: a worker address round-trips framed, and any flipped byte, cut o
   longer.push_back(0);
   CHECK_FALSE(transport::unframe_address(longer));
   CHECK_FALSE(transport::unframe_address({}));
+}
+
+TEST_CASE("http client: URLs parse into host, port and base path, and bad ones say why") {
+  auto u = strata::parse_http_url("http://127.0.0.1:8000/");
+  REQUIRE(u);
+  CHECK(u->host == "127.0.0.1");
+  CHECK(u->port == "8000");
+  CHECK(u->base.empty());
+  auto v = strata::parse_http_url("http://[::1]:9/api/");
+  REQUIRE(v);
+  CHECK(v->host == "::1");
+  CHECK(v->port == "9");
+  CHECK(v->base == "/api");
+  CHECK(strata::parse_http_url("http://example")->port == "80");
+  CHECK(strata::parse_http_url("https://x").message().find("https is not supported") != std::string::npos);
+  CHECK(strata::parse_http_url("x:80").message().find("must start with http://") != std::string::npos);
+  CHECK(strata::parse_http_url("http://h:0").message().find("bad port '0'") != std::string::npos);
+  CHECK(strata::parse_http_url("http://h:80x").message().find("bad port '80x'") != std::string::npos);
+  CHECK(strata::parse_http_url("http://:80").message().find("has no host") != std::string::npos);
+  CHECK(strata::parse_http_url("http://[::1").message().find("unclosed '['") != std::string::npos);
 }
