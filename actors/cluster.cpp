@@ -107,6 +107,7 @@ struct node_state {
   std::deque<queued_send> sendq;
   bool pumping = false;
   bool controller_lost = false;  // it stays up only while it hosts instances
+  bool draining = false;         // told to leave: it does once it hosts no instance
   ~node_state() {
     if (zone) {
       std::lock_guard<std::mutex> g(zone->mu);
@@ -348,6 +349,18 @@ void drop_copy_if_unused(node_actor* self, const std::string& model) {
   self->send(st.controller, unhold_atom::value, st.id, model);
 }
 
+// Drained: the controller takes this node out of the view, then the node stops (its process
+// exits once the actor system is done).
+void abort_all_transfers(node_actor* self);
+
+void leave(node_actor* self) {
+  auto& st = self->state;
+  std::fprintf(stderr, "strata node %s: drained (no instance left); leaving the cluster\n", st.cfg.name.c_str());
+  abort_all_transfers(self);
+  self->send(st.controller, leave_atom::value, st.id);
+  self->quit(caf::exit_reason::normal);
+}
+
 void unhost_instance(node_actor* self, uint32_t id) {
   auto& st = self->state;
   auto it = st.hosted.find(id);
@@ -361,6 +374,8 @@ void unhost_instance(node_actor* self, uint32_t id) {
   if (st.controller_lost && st.hosted.empty()) {
     std::fprintf(stderr, "strata node %s: the last instance ended; stopping (no controller)\n", st.cfg.name.c_str());
     self->quit(caf::exit_reason::normal);
+  } else if (st.draining && st.hosted.empty()) {
+    leave(self);
   }
 }
 
@@ -673,6 +688,12 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         return true;
       },
       [=](uninstance_atom, uint32_t id) { unhost_instance(self, id); },
+      [=](drain_atom) {
+        auto& st = self->state;
+        st.draining = true;
+        std::fprintf(stderr, "strata node %s: draining: %zu instance(s) to finish\n", st.cfg.name.c_str(), st.hosted.size());
+        if (st.hosted.empty()) leave(self);
+      },
       [=](imagesum_atom, const std::string& model) -> caf::result<uint64_t> {
         auto h = self->state.held.find(model);
         if (h == self->state.held.end()) return make_caf_error(errc::bad_request, "model " + model + " is not held here");
@@ -968,6 +989,18 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         if (auto* e = node_named(self, node)) self->send(e->handle, uninstance_atom::value, id);
       },
       [=](unhold_atom, uint32_t node, const std::string& model) { self->state.book->unhold(node, model); },
+      [=](drain_atom, const std::string& node) -> caf::result<std::string> {
+        auto& st = self->state;
+        auto id = st.book->named(node);
+        if (!id) return make_caf_error(errc::bad_request, "no node '" + node + "' in the cluster");
+        if (auto d = st.book->drain(*id); !d) return to_caf(d.err());
+        auto& l = st.links.at(*id);
+        std::fprintf(stderr, "strata controller: node %s drains (%zu scaler(s) had instances there)\n", node.c_str(),
+                     l.watchers.size());
+        self->send(l.handle, drain_atom::value);
+        return "node " + node + " drains: no new placement; it leaves once its instances have stopped";
+      },
+      [=](leave_atom, uint32_t id) { node_lost(self, id, "drained: it left the cluster"); },
       [=](view_atom) { return self->state.book->view(); },
       [=](multicast_atom, multicast_request& req) -> caf::result<transfer_report> {
         auto rp = self->make_response_promise<transfer_report>();

@@ -52,6 +52,11 @@ using cache_atom = caf::atom_constant<caf::atom("cache")>;
 using uncache_atom = caf::atom_constant<caf::atom("uncache")>;
 using localfeed_atom = caf::atom_constant<caf::atom("localfeed")>;
 using nodelost_atom = caf::atom_constant<caf::atom("nodelost")>;
+// (drain_atom, node name) -> std::string to the controller (strata cluster drain): the node gets no
+// new placement; the controller passes (drain_atom) on to it, and the node leaves (leave_atom, its
+// id) once its last instance has stopped, then exits.
+using drain_atom = caf::atom_constant<caf::atom("drain")>;
+using leave_atom = caf::atom_constant<caf::atom("leave")>;
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_info& x) {
@@ -103,7 +108,7 @@ typename Inspector::result_type inspect(Inspector& f, transfer_report& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, cluster_view& x) {
-  return f(caf::meta::type_name("cluster_view"), x.nodes, x.holdings);
+  return f(caf::meta::type_name("cluster_view"), x.nodes, x.holdings, x.draining);
 }
 
 void register_cluster_types(caf::actor_system_config& cfg);

@@ -109,6 +109,7 @@ class cluster_provider : public instance_provider, public std::enable_shared_fro
       : self_(self), m_(std::move(m)), policy_(std::move(policy)), opt_(opt), r_(std::move(r)) {}
 
   void on_view(const cluster_view& v) override {
+    draining_ = std::set<std::string>(v.draining.begin(), v.draining.end());
     if (!opt_.cluster.follow_view) return;
     for (auto& n : v.nodes)  // a node that joined is used by the next placement, after the others
       if (std::find(opt_.cluster.nodes.begin(), opt_.cluster.nodes.end(), n.name) == opt_.cluster.nodes.end())
@@ -118,8 +119,9 @@ class cluster_provider : public instance_provider, public std::enable_shared_fro
   std::vector<std::string> places(int n, const std::set<std::string>& in_use, std::string& why) override {
     std::vector<std::string> out;
     for (auto& node : opt_.cluster.nodes)
-      if (int(out.size()) < n && !in_use.count(node) && !lost_.count(node)) out.push_back(node);
-    if (int(out.size()) < n) why = "every node hosts an instance already or was lost";
+      if (int(out.size()) < n && !in_use.count(node) && !lost_.count(node) && !draining_.count(node))
+        out.push_back(node);
+    if (int(out.size()) < n) why = "every node hosts an instance already, drains or was lost";
     return out;
   }
 
@@ -221,6 +223,7 @@ class cluster_provider : public instance_provider, public std::enable_shared_fro
   scaler_options opt_;
   provider_reports r_;
   std::set<std::string> lost_;  // dropped by the controller: never placed on again
+  std::set<std::string> draining_;  // told to leave (strata cluster drain): not placed on
 };
 
 }  // namespace

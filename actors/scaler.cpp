@@ -237,6 +237,19 @@ void drop_instances(scaler_actor* self, const std::function<bool(const instance&
   }
 }
 
+// Nodes told to leave: their instances take no new request and stop once none of theirs runs
+// (on_stats); the policy counts them gone, so it starts replacements elsewhere as the load asks.
+void drain_nodes(scaler_actor* self, const std::vector<std::string>& nodes) {
+  bool changed = false;
+  for (auto& [id, in] : self->state.insts)
+    if (!in.draining && std::find(nodes.begin(), nodes.end(), in.node) != nodes.end()) {
+      in.draining = true;
+      event(self, "drain", id, "node " + in.node + " leaves the cluster");
+      changed = true;
+    }
+  if (changed) push_routes(self);
+}
+
 void node_lost(scaler_actor* self, const std::string& node, const std::string& why) {
   self->state.provider->lose(node);
   drop_instances(self, [&](const instance& in) { return in.node == node; }, "node " + node + " lost: " + why);
@@ -402,6 +415,7 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
             .then(
                 [=](const cluster_view& v) {
                   self->state.provider->on_view(v);
+                  drain_nodes(self, v.draining);
                   self->delayed_send(self, self->state.opt.controller_ping, cping_atom::value);
                 },
                 [=](caf::error& e) {

@@ -1,4 +1,5 @@
 // `strata node` and `strata cluster`: run a node process, and talk to a running cluster.
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
@@ -130,15 +131,20 @@ int cmd_node(int argc, char** argv) {
   std::fflush(stdout);
   caf::scoped_actor self{*rt.sys};
   self->monitor(*node);
-  bool down = false;
+  bool down = false, drained = false;
   while (!down && !stop_requested)
-    self->receive([&](caf::down_msg&) { down = true; }, caf::after(std::chrono::milliseconds(200)) >> [] {});
+    self->receive(
+        [&](caf::down_msg& dm) {
+          down = true;
+          drained = dm.reason == caf::exit_reason::normal;  // it left (drained, or its last instance ended)
+        },
+        caf::after(std::chrono::milliseconds(200)) >> [] {});
   std::printf("strata node %s: stopping\n", cfg.name.c_str());
   std::fflush(stdout);
   caf::anon_send_exit(*node, caf::exit_reason::user_shutdown);
   if (cfg.controller.empty()) caf::anon_send_exit(controller, caf::exit_reason::user_shutdown);
   // The middleman may wait on peers that are gone; nothing is left to flush.
-  std::_Exit(down ? 1 : 0);
+  std::_Exit(down && !drained ? 1 : 0);
 }
 
 // strata cluster init-certs DIR --names src,a,b: a cluster CA and a certificate for each member
@@ -158,11 +164,49 @@ int cmd_init_certs(int argc, char** argv) {
   return 0;
 }
 
+// strata cluster drain: tells the controller, then follows the view until the node has left
+// (its instances stopped after their requests) or the timeout passes.
+int drain_node(caf::scoped_actor& self, const caf::actor& ctl, const std::string& node, std::chrono::seconds timeout) {
+  if (node.empty()) return fail("--node NAME is required");
+  int rc = 0;
+  self->request(ctl, std::chrono::seconds(10), drain_atom::value, node)
+      .receive([&](const std::string& said) { std::fprintf(stderr, "%s\n", said.c_str()); },
+               [&](caf::error& e) { rc = fail(describe(e)); });
+  if (rc) return rc;
+  auto t0 = std::chrono::steady_clock::now();
+  auto deadline = t0 + timeout;
+  std::string last;
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool gone = false, answered = false;
+    std::string holds;
+    self->request(ctl, std::chrono::seconds(10), view_atom::value)
+        .receive(
+            [&](const cluster_view& v) {
+              answered = true;
+              gone = std::none_of(v.nodes.begin(), v.nodes.end(), [&](auto& n) { return n.name == node; });
+              for (auto& h : v.holdings)
+                if (h.find(" " + node) != std::string::npos) holds += (holds.empty() ? "" : "; ") + h;
+            },
+            [&](caf::error& e) { rc = fail("the controller stopped answering: " + describe(e)); });
+    if (!answered) return rc;
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (gone) {
+      std::printf("node %s drained and left the cluster in %.1f s\n", node.c_str(), s);
+      return 0;
+    }
+    if (holds != last) std::fprintf(stderr, "  %.1f s: %s still holds %s\n", s, node.c_str(), holds.empty() ? "nothing" : holds.c_str());
+    last = holds;
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+  }
+  return fail("node " + node + " did not leave within " + std::to_string(timeout.count()) +
+              " s (its instances still run requests; it leaves when they end)");
+}
+
 int cmd_cluster(int argc, char** argv) {
   std::string sub = argc > 2 ? argv[2] : "";
   if (sub == "init-certs") return cmd_init_certs(argc, argv);
-  if (sub != "view" && sub != "multicast")
-    return fail("usage: strata cluster view|multicast --controller HOST:PORT ... | init-certs DIR --names A,B");
+  if (sub != "view" && sub != "multicast" && sub != "drain")
+    return fail("usage: strata cluster view|multicast|drain --controller HOST:PORT ... | init-certs DIR --names A,B");
   auto a = args::parse(argc, argv, 3, strata_command("cluster " + sub));
   if (!a) return fail(a.message());
   auto id = identity_for(a->str("tls"), a->str("tls-name"));
@@ -197,12 +241,16 @@ int cmd_cluster(int argc, char** argv) {
         .receive(
             [&](const cluster_view& v) {
               std::printf("%zu node(s)\n", v.nodes.size());
-              for (auto& n : v.nodes)
-                std::printf("  %-14s id %-3u %-5s %8.1f GiB\n", n.name.c_str(), n.id, n.transport.c_str(),
-                            double(n.memory_bytes) / (1 << 30));
+              for (auto& n : v.nodes) {
+                bool draining = std::find(v.draining.begin(), v.draining.end(), n.name) != v.draining.end();
+                std::printf("  %-14s id %-3u %-5s %8.1f GiB%s\n", n.name.c_str(), n.id, n.transport.c_str(),
+                            double(n.memory_bytes) / (1 << 30), draining ? "  draining" : "");
+              }
               for (auto& h : v.holdings) std::printf("  %s\n", h.c_str());
             },
             [&](caf::error& e) { rc = fail(describe(e)); });
+  } else if (sub == "drain") {
+    rc = drain_node(self, *ctl, a->str("node"), std::chrono::seconds(a->integer("timeout-s", 1, 86400)));
   } else {
     self->request(*ctl, timeout + std::chrono::seconds(10), multicast_atom::value, req)
         .receive(

@@ -241,6 +241,13 @@ std::vector<command_spec> make_table() {
                     {"timeout-s", "S", "300", "abort the transfer on every node after S seconds", ""}} +
                    tls_opts,
                ""});
+  t.push_back({"cluster drain", "", "tell a node to leave: no new placement, its instances stop once their requests "
+               "end (front doors start replacements elsewhere), then it exits 0; waits until it has left",
+               opts{{"controller", "HOST:PORT", "", "the controller (required)", ""},
+                    {"node", "NAME", "", "the node (required)", ""},
+                    {"timeout-s", "S", "300", "fail if it has not left after S seconds (it keeps draining)", ""}} +
+                   tls_opts,
+               "A node holding the only host copy of a model is refused (offer the model on another node first)."});
   t.push_back({"cluster init-certs", "DIR", "make a cluster CA and member certificates (keys 0600; a rerun adds "
                "new members and keeps the CA)",
                {{"names", "LIST", "", "member names, e.g. src,a,b (required)", ""},

@@ -999,7 +999,7 @@ int dispatch(int argc, char** argv) {
     }
     if (known_command(current_command)) return std::fputs(command_help(strata_command(current_command)).c_str(), stdout), 0;
     if (cmd == "cluster") {
-      for (const char* sub : {"cluster view", "cluster multicast", "cluster init-certs"})
+      for (const char* sub : {"cluster view", "cluster multicast", "cluster drain", "cluster init-certs"})
         std::printf("%s\n", command_help(strata_command(sub)).c_str());
       return 0;
     }

@@ -73,8 +73,27 @@ std::string cluster_book::lose(node_id n) {
   return name;
 }
 
+status cluster_book::drain(node_id n) {
+  auto it = nodes_.find(n);
+  if (it == nodes_.end()) return make_error(errc::bad_request, "no node " + name_of(n) + " in the cluster");
+  if (nodes_.size() > 1)
+    for (auto& [model, m] : models_)
+      if (m.host_copies.size() == 1 && m.host_copies.count(n))
+        return make_error(errc::bad_request, "node '" + it->second.info.name + "' holds the only host copy of " + model +
+                                                 " (offer it on another node first: strata node --model " + model +
+                                                 "=PATH)");
+  it->second.draining = true;
+  return {};
+}
+
+bool cluster_book::draining(node_id n) const {
+  auto it = nodes_.find(n);
+  return it != nodes_.end() && it->second.draining;
+}
+
 bool cluster_book::hold(node_id n, const std::string& model, const std::vector<uint8_t>& manifest) {
   if (!nodes_.count(n)) return false;  // not (or no longer) in the cluster view
+  if (nodes_.at(n).draining && !models_[model].host_copies.count(n)) return false;  // it is leaving
   auto& m = models_[model];
   if (m.manifest.empty()) m.manifest = manifest;
   if (m.manifest != manifest) return false;  // a different model under the same name
@@ -127,6 +146,7 @@ expected<std::vector<node_id>> cluster_book::targets(
     if (std::find(out.begin(), out.end(), *id) != out.end())
       return make_error(errc::bad_request, "target node '" + name + "' named twice");
     // A target that holds the model, or is receiving it, would get every byte again.
+    if (draining(*id)) return make_error(errc::bad_request, "node '" + name + "' is draining (leaving the cluster)");
     if (!req.resend && (me.host_copies.count(*id) || me.instances.count(*id)))
       return make_error(errc::bad_request, "node '" + name + "' already holds " + req.model);
     if (auto tid = receiving ? receiving(*id) : std::nullopt)
@@ -158,7 +178,10 @@ expected<std::vector<source_info>> cluster_book::sources(const multicast_request
 
 cluster_view cluster_book::view() const {
   cluster_view v;
-  for (auto& [id, m] : nodes_) v.nodes.push_back(m.info);
+  for (auto& [id, m] : nodes_) {
+    v.nodes.push_back(m.info);
+    if (m.draining) v.draining.push_back(m.info.name);
+  }
   for (auto& [name, m] : models_) {
     std::string line = name + ":";
     for (auto n : m.host_copies) line += " " + name_of(n) + " (host copy)";

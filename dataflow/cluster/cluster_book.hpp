@@ -35,6 +35,7 @@ struct node_info {
 struct cluster_view {
   std::vector<node_info> nodes;
   std::vector<std::string> holdings;  // "model: node, node (host copy)"
+  std::vector<std::string> draining;  // nodes told to leave: no new placement, no new host copy
 };
 
 // What a client asks of a multicast.
@@ -105,6 +106,13 @@ class cluster_book {
   health check(time_point now);
   std::chrono::milliseconds check_interval() const;
 
+  // An operator tells a node to leave (strata cluster drain): it gets no multicast target and no
+  // new host copy from now on, and scalers stop placing on it. Refused for a node that is not in
+  // the view, or that holds the only host copy of a model while others are members (the cluster
+  // would lose the model; a lone node may go).
+  status drain(node_id n);
+  bool draining(node_id n) const;
+
   // Losing a node, however it went: it leaves the view with everything it held. Its name, or
   // empty when it was not in the view.
   std::string lose(node_id n);
@@ -133,6 +141,7 @@ class cluster_book {
   struct member {
     node_info info;
     time_point last_seen;
+    bool draining = false;
   };
   struct model_entry {
     std::vector<uint8_t> manifest;

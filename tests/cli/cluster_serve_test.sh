@@ -5,7 +5,8 @@
 # the in-process pipeline's; a burst scales out onto the other node with every text identical;
 # SIGTERM drains, exits 0 and leaves the nodes with only their host copy; with --min 0 a cold
 # request starts an instance (parameters multicast to it) and idle instances go back to zero;
-# two models behind one front door each start and serve (also under bench-serve).
+# `strata cluster drain` under streaming load loses no request and the node exits; two models
+# behind one front door each start and serve (also under bench-serve).
 # usage: cluster_serve_test.sh STRATA_BIN DATA_DIR
 set -uo pipefail
 strata=$1
@@ -16,6 +17,16 @@ m="$data/models/stories260K"
 port=$(free_port)
 ctl="127.0.0.1:$port"
 view() { "$strata" cluster view --controller "$ctl" 2>&1; }
+start_serve() {  # start_serve LOG "what failed" serve-args...: srv, hport and url of a serve on a free port
+  local log=$1 what=$2
+  shift 2
+  "$strata" serve "$@" >"$tmp/$log" 2>&1 &
+  srv=$!
+  pids+=($srv)
+  hport=$(serve_port "$tmp/$log" 300)
+  [ -n "$hport" ] || fail "$what"
+  url="http://127.0.0.1:$hport"
+}
 expect_error() {  # expect_error "needle" serve-args...: serve fails with status 1 within 60 s and says needle
   local needle=$1; shift
   local rc=0
@@ -42,13 +53,8 @@ expect_error "policy all-cache loads from a host copy on every node" --controlle
 echo "ok: bad setups fail with the reason"
 
 # Small instances (2 sequences each, scale out above 1 waiting) that leave 2 s after their last request.
-"$strata" serve --model "$m" --controller "$ctl" --port 0 --threads 1 --max-running 2 --queue 1 --keep-alive-s 2 \
-  --device-layer-ms 2 >"$tmp/serve.log" 2>&1 &
-srv=$!
-pids+=($srv)
-hport=$(serve_port "$tmp/serve.log" 300)
-[ -n "$hport" ] || fail "serve did not start"
-url="http://127.0.0.1:$hport"
+start_serve serve.log "serve did not start" --model "$m" --controller "$ctl" --port 0 --threads 1 --max-running 2 --queue 1 --keep-alive-s 2 \
+  --device-layer-ms 2
 for _ in $(seq 300); do curl -sf "$url/ready" >/dev/null && break; sleep 0.1; done
 curl -sf "$url/ready" >/dev/null || fail "serve never became ready"
 complete() {  # complete FILE: a greedy completion of 60 tokens into FILE
@@ -86,13 +92,8 @@ echo "ok: SIGTERM drained and exited; the nodes keep only their host copy"
 
 # Scale from zero: no instance until the first request, which starts one on n1 (its parameters
 # multicast from src's host copy) and is served; idle, the model goes back to zero.
-"$strata" serve --model "$m" --controller "$ctl" --port 0 --threads 1 --min 0 --placement n1 --keep-alive-s 1 \
-  >"$tmp/serve0.log" 2>&1 &
-srv=$!
-pids+=($srv)
-hport=$(serve_port "$tmp/serve0.log" 300)
-[ -n "$hport" ] || fail "serve --min 0 did not start"
-url="http://127.0.0.1:$hport"
+start_serve serve0.log "serve --min 0 did not start" --model "$m" --controller "$ctl" --port 0 --threads 1 --min 0 --placement n1 --keep-alive-s 1 \
+ 
 curl -sf "$url/ready" >/dev/null || fail "a model that scales from zero is not ready: $(curl -s "$url/ready")"
 grep -q '^strata:instances{model_name="stories260K"} 0$' <(curl -s "$url/metrics") || fail "an instance before any request"
 state() {  # state, instances and whether layers were loaded onto new instances
@@ -120,15 +121,11 @@ echo "ok: idle, back to zero instances; the next request starts one again"
 kill -TERM "$srv"
 wait "$srv" || fail "serve --min 0 did not drain cleanly"
 # A node that joins while serve runs is used by the next placement (serve follows the view).
-"$strata" serve --model "$m" --controller "$ctl" --port 0 --threads 1 --max-running 1 --queue 1 --max 3 \
-  --keep-alive-s 30 --device-layer-ms 2 >"$tmp/serve3.log" 2>&1 &
-srv=$!
-pids+=($srv)
-hport=$(serve_port "$tmp/serve3.log" 300)
-[ -n "$hport" ] || fail "serve did not start (joining node)"
-url="http://127.0.0.1:$hport"
+start_serve serve3.log "serve did not start (joining node)" --model "$m" --controller "$ctl" --port 0 --threads 1 --max-running 1 --queue 1 --max 3 \
+  --keep-alive-s 30 --device-layer-ms 2
 "$strata" node --name n2 --controller "$ctl" --listen 127.0.0.1:0 >"$tmp/n2.log" 2>&1 &
-pids+=($!)
+n2=$!
+pids+=($n2)
 wait_view "^3 node(s)"
 sleep 1.5  # an absence of its own: the scaler's next look at the view (every second)
 for i in $(seq 12); do complete "$tmp/join$i.json" & done
@@ -141,14 +138,41 @@ kill -TERM "$srv"
 wait "$srv" || fail "serve (joining node) did not drain cleanly"
 echo "ok: a node that joined while serving took an instance"
 
+# Draining a node under streaming load: the instance on n2 takes no new request, its running
+# ones finish, a replacement starts on src, n2 leaves the cluster and exits 0; no request fails.
+start_serve serve4.log "serve did not start (drain)" --model "$m" --controller "$ctl" --port 0 --threads 1 --placement n2,src --keep-alive-s 30 \
+  --device-layer-ms 2
+for _ in $(seq 300); do curl -sf "$url/ready" >/dev/null && break; sleep 0.1; done
+grep -qE "^  stories260K: .* n2( |$)" <(view) || fail "no instance on n2 to drain: $(view)"
+"$strata" bench-serve --url "$url" --trace gamma --n 40 --gamma-rate 8 --max-output 120 --json "$tmp/drain.json" \
+  >"$tmp/drain-bench.out" 2>"$tmp/drain-bench.log" &
+bench=$!
+for _ in $(seq 100); do grep -q "requests finished" "$tmp/drain-bench.log" && break; sleep 0.1; done
+out=$(timeout 60 "$strata" cluster drain --controller "$ctl" --node src 2>&1) && fail "draining the only host copy's node: $out"
+grep -q "node 'src' holds the only host copy of stories260K" <<<"$out" || fail "drain src: $out"
+out=$(timeout 60 "$strata" cluster drain --controller "$ctl" --node zz 2>&1) && fail "draining an unknown node: $out"
+grep -q "no node 'zz' in the cluster" <<<"$out" || fail "drain zz: $out"
+timeout 60 "$strata" cluster drain --controller "$ctl" --node n2 >"$tmp/drain.out" 2>&1 || fail "drain n2: $(cat "$tmp/drain.out")"
+grep -q "node n2 drained and left the cluster" "$tmp/drain.out" || fail "drain n2: $(cat "$tmp/drain.out")"
+wait "$n2" || fail "the drained node exited with $?"
+grep -q "draining: 1 instance(s) to finish" "$tmp/n2.log" || fail "n2 had no instance when drained"
+wait "$bench" || fail "requests failed while n2 drained: $(cat "$tmp/drain-bench.out")"
+python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["summary"]["ok"] == 40 and all(q["generated"] == q["output_tokens"] for q in j["requests"]), j["summary"]' \
+  "$tmp/drain.json" || fail "drain: $(cat "$tmp/drain-bench.out")"
+view | grep -q "^  n2 " && fail "n2 still in the view: $(view)"
+metrics=$(curl -s "$url/metrics")
+grep -qE '^strata:scale_events_total\{model_name="stories260K",event="drain"\} 1$' <<<"$metrics" || fail "no drain event: $metrics"
+grep -qE '^strata:instances\{model_name="stories260K"\} 1$' <<<"$metrics" || fail "no replacement: $metrics"
+kill -TERM "$srv"
+wait "$srv" || fail "serve (drain) did not drain cleanly"
+echo "ok: n2 drained under streaming load: 40/40 requests served, a replacement on src, n2 left and exited 0"
+
 # Two models behind one front door, on node processes started here (src holds a host copy of
 # each), both scaling from zero: each request goes to its own model's instances.
-"$strata" serve --model "a=$m" --model "b=$m" --nodes 2 --min 0 --port 0 --threads 1 >"$tmp/serve2.log" 2>&1 &
-srv=$!
-pids+=($srv)
-hport=$(serve_port "$tmp/serve2.log" 300)
-[ -n "$hport" ] || fail "serve with two models did not start"
-url="http://127.0.0.1:$hport"
+start_serve serve2.log "serve with two models did not start" --model "a=$m" --model "b=$m" --nodes 2 --min 0 --port 0 --threads 1
 [ "$(curl -s "$url/v1/models" | python3 -c 'import json, sys; print(",".join(d["id"] for d in json.load(sys.stdin)["data"]))')" = "a,b" ] ||
   fail "/v1/models: $(curl -s "$url/v1/models")"
 for name in a b; do

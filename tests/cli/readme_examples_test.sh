@@ -4,7 +4,8 @@
 # bounded: /tmp paths go to a temp dir, replays and autoscale runs are cut to a few requests,
 # serve starts on a free port and is drained by SIGTERM; bench-serve runs against a front door
 # of its own. Commands that need a running cluster on
-# fixed ports (node, cluster view/multicast, serve --controller) are only checked for their options.
+# fixed ports (node, cluster view/multicast/drain, serve --controller) are only checked for their
+# options.
 # Usage: readme_examples_test.sh BUILD_BIN_DIR DATA_DIR README
 set -euo pipefail
 bin=$1
@@ -45,7 +46,7 @@ while IFS= read -r line; do
   # serve --controller needs a running cluster too.
   [ "$cmd" = serve ] && [[ " ${words[*]} " == *" --controller "* ]] && continue
   case "$prog:$cmd:$sub" in
-    strata:node:* | strata:cluster:view | strata:cluster:multicast) continue ;;
+    strata:node:* | strata:cluster:view | strata:cluster:multicast | strata:cluster:drain) continue ;;
     strata:replay:* | strata:autoscale:*)
       words+=(--max-requests 6 --duration 5) ;;
     strata:bench-serve:*)  # against a front door of its own, whatever URL the example names

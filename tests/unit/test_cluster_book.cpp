@@ -184,3 +184,35 @@ TEST_CASE("cluster book: multicast targets and sources, each refusal named") {
   CHECK(dead.err().code == errc::unavailable);
   CHECK(dead.message() == "no live holder of m");
 }
+
+TEST_CASE("cluster book: a draining node gets no multicast and no new host copy, and the only host copy may not drain") {
+  auto b = four();  // src holds the host copy of m
+  auto only = b.drain(1);
+  REQUIRE_FALSE(only);
+  CHECK(only.message().find("node 'src' holds the only host copy of m") != std::string::npos);
+  CHECK_FALSE(b.draining(1));
+  CHECK(b.drain(9).message() == "no node n9 in the cluster");
+  REQUIRE(b.drain(4));  // c
+  CHECK(b.draining(4));
+  CHECK(b.view().draining == std::vector<std::string>{"c"});
+  multicast_request req;
+  req.model = "m";
+  req.targets = {"c"};
+  auto t = b.targets(req, {});
+  REQUIRE_FALSE(t);
+  CHECK(t.message() == "node 'c' is draining (leaving the cluster)");
+  cluster_book two({2000, 2}, t0);  // room for two host copies
+  two.join(member("x"), t0);
+  two.join(member("y"), t0);
+  REQUIRE(two.hold(1, "m", {1}));
+  REQUIRE(two.drain(2));
+  CHECK_FALSE(two.hold(2, "m", {1}));  // leaving: no new host copy
+  // A node with only a full image may drain; so may a lone member, whatever it holds.
+  REQUIRE(b.drain(2));  // a (a full image, not a host copy)
+  cluster_book lone({}, t0);
+  lone.join(member("z"), t0);
+  REQUIRE(lone.hold(1, "m", {1}));
+  CHECK(lone.drain(1));
+  CHECK(b.lose(4) == "c");
+  CHECK(b.view().draining == std::vector<std::string>{"a"});
+}
