@@ -68,6 +68,7 @@ struct held_model {
 
 // A serving instance living in this node's process.
 struct hosted_instance {
+  uint32_t id = 0;            // the scaler's instance id (several scalers may use the same one)
   std::string model;
   model_config config;
   caf::actor head, shard, tail;
@@ -93,7 +94,8 @@ struct node_state {
   std::map<std::string, held_model> held;
   std::map<node_id, transport::peer_id> peers;
   std::map<uint64_t, transfer_state> transfers;
-  std::map<uint32_t, hosted_instance> hosted;
+  std::map<uint64_t, hosted_instance> hosted;  // by a key of this node's, not the scaler's id
+  uint64_t next_key = 1;
   // Models whose instances here all stopped while their parameters were still arriving: the copy
   // is dropped when the transfer completes (else it would count as a holding no one asked for).
   std::set<std::string> orphan_loads;
@@ -247,7 +249,7 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
 // layer goes to its shard; the watcher (a scaler) learns of it after the shard has it. A
 // finished image (`keep`) is borrowed, zero-copy; a segment of an image still streaming is
 // copied, since a late duplicate chunk may still land on its bytes.
-void feed_instance(node_actor* self, uint32_t id, hosted_instance& h, const uint8_t* image, int32_t segment,
+void feed_instance(node_actor* self, hosted_instance& h, const uint8_t* image, int32_t segment,
                    std::shared_ptr<const host_buffer> keep = {}) {
   if (segment < 0 || size_t(segment) >= h.loaded.size() || h.loaded[size_t(segment)]) return;
   h.loaded[size_t(segment)] = true;
@@ -262,37 +264,40 @@ void feed_instance(node_actor* self, uint32_t id, hosted_instance& h, const uint
   } else {
     self->send(h.shard, load_atom::value, segment - 1, layer_ptr(layer_from_segment(h.config, seg, keep)));
   }
-  if (h.watcher) self->send(h.watcher, layerin_atom::value, id, segment - 1, actors);
+  if (h.watcher) self->send(h.watcher, layerin_atom::value, h.id, segment - 1, actors);
 }
 
 // Segment `segment` of instance `id` lands from this node's host copy after the time its bytes
 // take at `mb_s` (localfeed_atom); each one that lands schedules the next.
-void schedule_local_segment(node_actor* self, uint32_t id, const hosted_instance& h, int32_t segment, double mb_s) {
+void schedule_local_segment(node_actor* self, uint64_t key, const hosted_instance& h, int32_t segment, double mb_s) {
   if (size_t(segment) >= h.loaded.size()) return;
   auto l = layout_of(h.config);
   // bytes / (MB/s) = microseconds
   auto wait = std::chrono::microseconds(int64_t(double(l.bytes[size_t(segment)]) / mb_s));
-  self->delayed_send(self, wait, localfeed_atom::value, id, segment, mb_s);
+  self->delayed_send(self, wait, localfeed_atom::value, key, segment, mb_s);
 }
 
-void local_feed(node_actor* self, uint32_t id, int32_t segment, double mb_s) {
+void local_feed(node_actor* self, uint64_t key, int32_t segment, double mb_s) {
   auto& st = self->state;
-  auto h = st.hosted.find(id);
+  auto h = st.hosted.find(key);
   if (h == st.hosted.end()) return;
   auto held = st.held.find(h->second.model);
   if (held == st.held.end()) return;
-  feed_instance(self, id, h->second, held->second.image->data(), segment, held->second.image);
-  schedule_local_segment(self, id, h->second, segment + 1, mb_s);
+  feed_instance(self, h->second, held->second.image->data(), segment, held->second.image);
+  schedule_local_segment(self, key, h->second, segment + 1, mb_s);
 }
 
 caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::string& model,
                                                    const std::vector<uint8_t>& manifest, uint32_t id,
                                                    device_model dev, double local_mb_s, caf::actor watcher) {
   auto& st = self->state;
-  if (st.hosted.count(id)) return make_caf_error(errc::bad_request, "instance " + std::to_string(id) + " exists already");
+  if (std::any_of(st.hosted.begin(), st.hosted.end(), [&](auto& kv) { return kv.second.id == id && kv.second.watcher == watcher; }))
+    return make_caf_error(errc::bad_request, "instance " + std::to_string(id) + " exists already");
+  uint64_t key = st.next_key++;
   auto view = read_manifest(manifest.data(), manifest.size());
   if (!view) return make_caf_error(errc::bad_request, "manifest of " + model + ": " + view.message());
   hosted_instance h;
+  h.id = id;
   h.model = model;
   h.config = view->config;
   h.watcher = watcher;
@@ -313,7 +318,7 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
     h.tail = self->spawn(device_tail_actor, m, int32_t(so.cuda_device));
     h.loaded.assign(size_t(L + 1), true);
     std::vector<caf::actor> out{h.head, h.shard, h.tail};
-    st.hosted[id] = std::move(h);
+    st.hosted[key] = std::move(h);
     return out;
   }
   auto skeleton = std::make_shared<strata::model>();
@@ -323,16 +328,16 @@ caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::
   h.shard = self->spawn(loading_shard_actor, model_ptr(skeleton), layer_range{0, L}, so);
   h.loaded.assign(size_t(L + 1), false);
   std::vector<caf::actor> out{caf::actor{}, h.shard, caf::actor{}};
-  auto& placed = st.hosted[id] = std::move(h);
+  auto& placed = st.hosted[key] = std::move(h);
   if (held != st.held.end()) {  // from the host copy here, at host-to-device speed
-    schedule_local_segment(self, id, placed, 0, local_mb_s);
+    schedule_local_segment(self, key, placed, 0, local_mb_s);
     return out;
   }
   // Segments of a running transfer that landed before the instance was asked for.
   for (auto& [tid, t] : st.transfers)
     if (t.s.target() && !t.s.finished() && t.plan().model == model)
       for (size_t sgm = 0; sgm < t.s.segments(); ++sgm)
-        if (t.s.segment_complete(sgm)) feed_instance(self, id, placed, t.image->data(), int32_t(sgm));
+        if (t.s.segment_complete(sgm)) feed_instance(self, placed, t.image->data(), int32_t(sgm));
   return out;
 }
 
@@ -361,9 +366,9 @@ void leave(node_actor* self) {
   self->quit(caf::exit_reason::normal);
 }
 
-void unhost_instance(node_actor* self, uint32_t id) {
+void unhost_instance(node_actor* self, uint64_t key) {
   auto& st = self->state;
-  auto it = st.hosted.find(id);
+  auto it = st.hosted.find(key);
   if (it == st.hosted.end()) return;
   for (auto& a : {it->second.head, it->second.shard, it->second.tail})
     if (a) self->send_exit(a, caf::exit_reason::user_shutdown);
@@ -393,8 +398,8 @@ void run_transfer(node_actor* self, uint64_t tid) {
       self->send(st.controller, refetch_atom::value, tid, r->chunk, st.id, r->why);
     } else if (auto* g = std::get_if<xfer::segment_ready>(&a)) {
       self->send(st.controller, ready_atom::value, tid, st.id, g->segment);
-      for (auto& [id, h] : st.hosted)
-        if (h.model == t.plan().model) feed_instance(self, id, h, t.image->data(), g->segment);
+      for (auto& [key, h] : st.hosted)
+        if (h.model == t.plan().model) feed_instance(self, h, t.image->data(), g->segment);
     } else if (auto* f = std::get_if<xfer::finished>(&a)) {
       held_model hm;
       hm.manifest = t.plan().manifest;
@@ -519,9 +524,9 @@ void rejoin(node_actor* self, const char* why = "dropped by the controller; rejo
   if (st.id == 0) return;  // already rejoining
   std::fprintf(stderr, "strata node %s: %s\n", st.cfg.name.c_str(), why);
   st.id = 0;
-  std::vector<uint32_t> ids;
-  for (auto& [id, h] : st.hosted) ids.push_back(id);
-  for (auto id : ids) unhost_instance(self, id);
+  std::vector<uint64_t> keys;
+  for (auto& [key, h] : st.hosted) keys.push_back(key);
+  for (auto key : keys) unhost_instance(self, key);
   abort_all_transfers(self);
   st.held.clear();
   st.orphan_loads.clear();
@@ -582,7 +587,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
   self->monitor(controller);
   self->set_down_handler([=](caf::down_msg& dm) {
     if (dm.source != self->state.controller.address()) {
-      std::vector<uint32_t> orphans;
+      std::vector<uint64_t> orphans;
       for (auto& [id, h] : self->state.hosted)
         if (h.watcher.address() == dm.source) orphans.push_back(id);
       for (auto id : orphans) unhost_instance(self, id);
@@ -657,7 +662,7 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         return host_instance(self, s.model, s.manifest, s.id, device_model{s.layer_s, s.per_row_s}, s.local_mb_s,
                              s.watcher);
       },
-      [=](localfeed_atom, uint32_t id, int32_t segment, double mb_s) { local_feed(self, id, segment, mb_s); },
+      [=](localfeed_atom, uint64_t key, int32_t segment, double mb_s) { local_feed(self, key, segment, mb_s); },
       [=](cache_atom, const std::string& model, const std::string& path) -> caf::result<bool> {
         if (self->state.held.count(model)) return true;
         // A remote party names the path: only what the operator put under a model root is read.
@@ -687,7 +692,12 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         drop_copy_if_unused(self, model);  // now, or with the last instance here that runs on it
         return true;
       },
-      [=](uninstance_atom, uint32_t id) { unhost_instance(self, id); },
+      [=](uninstance_atom, uint32_t id, const caf::actor& watcher) {
+        auto& hosted = self->state.hosted;
+        auto it = std::find_if(hosted.begin(), hosted.end(),
+                               [&](auto& kv) { return kv.second.id == id && kv.second.watcher == watcher; });
+        if (it != hosted.end()) unhost_instance(self, it->first);
+      },
       [=](drain_atom) {
         auto& st = self->state;
         st.draining = true;
@@ -986,7 +996,9 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         return relay_to_node<bool>(self, node, std::chrono::seconds(10), uncache_atom::value, model);
       },
       [=](uninstance_atom, const std::string& node, uint32_t id) {
-        if (auto* e = node_named(self, node)) self->send(e->handle, uninstance_atom::value, id);
+        // The instance is the sender's (its scaler's): ids are only unique per scaler.
+        auto watcher = caf::actor_cast<caf::actor>(self->current_sender());
+        if (auto* e = node_named(self, node)) self->send(e->handle, uninstance_atom::value, id, watcher);
       },
       [=](unhold_atom, uint32_t node, const std::string& model) { self->state.book->unhold(node, model); },
       [=](drain_atom, const std::string& node) -> caf::result<std::string> {

@@ -61,7 +61,7 @@ using leave_atom = caf::atom_constant<caf::atom("leave")>;
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_info& x) {
   return f(caf::meta::type_name("node_info"), x.id, x.name, x.ucx_address, x.memory_bytes, x.transport, x.devices,
-           x.control_address);
+           x.control_address, x.models, x.used_bytes);
 }
 
 template <class Inspector>

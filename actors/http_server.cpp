@@ -219,6 +219,7 @@ struct gen_state {
   uint64_t serial = 0;  // events of an earlier request's choices (cancelled, still ending) carry another
   int unadmitted = 0, running = 0;
   bool headers_sent = false, failed = false;
+  bool unavailable = false;  // a choice failed for lack of capacity (503, not 500)
   int prompt_tokens = 0;  // once per prompt of the batch
   void cancel_all() {
     for (auto& c : choices)
@@ -898,7 +899,7 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   std::string reason;
   if (!error.empty()) reason = "error";
   else if (c.stops->stopped()) reason = "stop";
-  else if (r.finish_reason == "error") reason = "error", error = r.error;
+  else if (r.finish_reason == "error") reason = "error", error = r.error, gen->unavailable |= r.unavailable;
   else reason = r.finish_reason == "length" ? "length" : "stop";
   // Ending on EOS (or BOS), the token that ended it counts, as vLLM counts it.
   if (reason == "stop" && !c.stops->stopped() && r.finish_reason == "stop") ++c.generated;
@@ -908,7 +909,9 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   auto& q = gen->req;
   if (q.stream) {
     std::string ev = reason == "error"
-                         ? openai::error_body(status_error(500, "server_error", "generation failed: " + error))
+                         ? openai::error_body(gen->unavailable
+                                                  ? status_error(503, "service_unavailable", "generation failed: " + error)
+                                                  : status_error(500, "server_error", "generation failed: " + error))
                          : openai::chunk_body(q, gen->id, gen->created, gen->model->name, "", &reason, nullptr, false,
                                               q.include_usage, int(i));
     if (gen->headers_sent) send_event(ev);
@@ -949,9 +952,10 @@ void session::finish_request() {
   if (!first_error.empty()) reason = "error";
   if (!q.stream) {
     if (!first_error.empty()) {
-      auto e = status_error(500, "server_error", "generation failed: " + first_error);
+      auto e = gen->unavailable ? status_error(503, "service_unavailable", "generation failed: " + first_error)
+                                : status_error(500, "server_error", "generation failed: " + first_error);
       end_generation(reason);
-      return reply_error(e);
+      return gen->unavailable ? reply_error(e, {{"Retry-After", "1"}}) : reply_error(e);
     }
     auto body = openai::response_body(q, gen->id, gen->created, gen->model->name, out, u);
     end_generation(reason);

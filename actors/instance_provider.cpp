@@ -109,20 +109,18 @@ class cluster_provider : public instance_provider, public std::enable_shared_fro
       : self_(self), m_(std::move(m)), policy_(std::move(policy)), opt_(opt), r_(std::move(r)) {}
 
   void on_view(const cluster_view& v) override {
-    draining_ = std::set<std::string>(v.draining.begin(), v.draining.end());
+    view_ = v;
     if (!opt_.cluster.follow_view) return;
     for (auto& n : v.nodes)  // a node that joined is used by the next placement, after the others
       if (std::find(opt_.cluster.nodes.begin(), opt_.cluster.nodes.end(), n.name) == opt_.cluster.nodes.end())
         opt_.cluster.nodes.push_back(n.name);
   }
 
+  // Nodes in placement order with room for the model (nodes_with_room, on the last view).
   std::vector<std::string> places(int n, const std::set<std::string>& in_use, std::string& why) override {
-    std::vector<std::string> out;
-    for (auto& node : opt_.cluster.nodes)
-      if (int(out.size()) < n && !in_use.count(node) && !lost_.count(node) && !draining_.count(node))
-        out.push_back(node);
-    if (int(out.size()) < n) why = "every node hosts an instance already, drains or was lost";
-    return out;
+    auto skip = in_use;
+    skip.insert(lost_.begin(), lost_.end());
+    return nodes_with_room(view_, opt_.cluster.model, layout_of(m_->config).total, opt_.cluster.nodes, skip, n, why);
   }
 
   // Each node is asked to host its instance; once every one answered, the parameters of those
@@ -223,7 +221,7 @@ class cluster_provider : public instance_provider, public std::enable_shared_fro
   scaler_options opt_;
   provider_reports r_;
   std::set<std::string> lost_;  // dropped by the controller: never placed on again
-  std::set<std::string> draining_;  // told to leave (strata cluster drain): not placed on
+  cluster_view view_;  // the controller's, as last seen: draining nodes, memory and what each holds
 };
 
 }  // namespace

@@ -44,6 +44,7 @@ struct scaler_state {
   uint64_t tick_epoch = 0;  // one chain of ticks: a wake-up starts a new one, older ticks lapse
   double shares = 0;  // sum of the started instances' shares since the last count
   std::string controller_lost;       // set once the cluster's controller is gone: nothing can be placed
+  std::string no_node;               // why the last placement fell short (empty: it did not)
   static inline const char* name = "strata.scaler";
 };
 
@@ -52,7 +53,11 @@ using scaler_actor = caf::stateful_actor<scaler_state>;
 double now(scaler_actor* self) { return std::chrono::duration<double>(clk::now() - self->state.t0).count(); }
 
 void event(scaler_actor* self, const std::string& what, uint32_t id, const std::string& detail = {}) {
-  self->state.report.events.push_back({now(self), what, id, detail});
+  auto& st = self->state;
+  st.report.events.push_back({now(self), what, id, detail});
+  if (!st.opt.log_label.empty())
+    std::fprintf(stderr, "strata scaler %s: %.2f s %s%s%s%s\n", st.opt.log_label.c_str(), now(self), what.c_str(),
+                 id ? (" #" + std::to_string(id)).c_str() : "", detail.empty() ? "" : ": ", detail.c_str());
 }
 
 void count_instances(scaler_actor* self) {
@@ -164,7 +169,9 @@ void start_instances(scaler_actor* self, bool preloaded, int n) {
     if (!in.node.empty()) in_use.insert(in.node);
   std::string why;
   auto places = st.provider->places(n, in_use, why);
-  if (int(places.size()) < n) event(self, "no node", 0, why);
+  // Said once per reason: a policy asks again every tick while it cannot place.
+  if (int(places.size()) < n && why != st.no_node) event(self, "no node", 0, why);
+  st.no_node = int(places.size()) < n ? why : std::string();
   std::vector<placement> group;
   for (auto& where : places) {
     instance in;

@@ -47,6 +47,9 @@ struct scaler_options {
   std::chrono::milliseconds controller_ping{1000};
   std::chrono::milliseconds controller_timeout{4000};
   cluster_placement cluster;
+  // Non-empty: every scaling event is also written to stderr as "strata scaler LABEL: ..." (the
+  // front door's log for operators).
+  std::string log_label;
 };
 
 struct scaling_event {

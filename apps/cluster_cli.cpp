@@ -69,10 +69,9 @@ int cmd_node(int argc, char** argv) {
   if (a->has("tls")) cfg.tls = a->str("tls");
   if (a->has("model-root")) cfg.model_roots.push_back(a->str("model-root"));
   if (a->has("memory-gb")) cfg.memory_gb = a->positive("memory-gb", 0, 1 << 20);
-  if (a->has("model")) {
-    auto spec = a->str("model");
+  for (auto& spec : a->values("model")) {  // may repeat: one host copy offered per model
     auto eq = spec.find('=');
-    if (eq == std::string::npos) return fail("--model expects NAME=PATH");
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size()) return fail("--model expects NAME=PATH, got '" + spec + "'");
     cfg.models.push_back({spec.substr(0, eq), spec.substr(eq + 1)});
   }
   if (cfg.name.empty()) cfg.name = "node-" + std::to_string(::getpid());

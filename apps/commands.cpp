@@ -221,7 +221,7 @@ std::vector<command_spec> make_table() {
                 {"listen", "HOST:PORT", "", "where the control plane listens", "from the config"},
                 {"controller", "HOST:PORT", "", "the controller to join (omit: this node is the controller)", ""},
                 {"transport", "NAME", "", "UCX transport: tcp, sm or auto", "from the config"},
-                {"model", "NAME=PATH", "", "offer a model from disk", ""},
+                {"model", "NAME=PATH", "", "offer a model from disk (repeat for several)", ""},
                 {"port-file", "FILE", "", "write the control port here once listening", ""},
                 {"memory-gb", "G", "", "memory for parameters", "half the RAM"},
                 {"model-root", "DIR", "", "where others may ask it to load models from", "its models' paths"},

@@ -728,6 +728,7 @@ int run_serve(const args& a) {
       auto so = setup->so;
       so.cuda_device = dev->front();
       if (sc) so.cluster = sc->placement_for(sm.name);
+      so.log_label = sm.name;  // scaling events on stderr, for operators
       router = spawn_router(*sys, sm.m, std::vector<route_ptr>{}, ro);
       scaler = spawn_scaler(*sys, sm.m, router,
                             std::shared_ptr<scaling_policy>(std::move(*make_policy(policy, setup->knobs, setup->links))),

@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <sstream>
 
+#include "dataflow/model/manifest.hpp"
+#include "dataflow/model/param_image.hpp"
+
 namespace strata {
 
 namespace {
@@ -95,7 +98,10 @@ bool cluster_book::hold(node_id n, const std::string& model, const std::vector<u
   if (!nodes_.count(n)) return false;  // not (or no longer) in the cluster view
   if (nodes_.at(n).draining && !models_[model].host_copies.count(n)) return false;  // it is leaving
   auto& m = models_[model];
-  if (m.manifest.empty()) m.manifest = manifest;
+  if (m.manifest.empty()) {
+    m.manifest = manifest;
+    if (auto v = read_manifest(manifest.data(), manifest.size())) m.image_bytes = layout_of(v->config).total;
+  }
   if (m.manifest != manifest) return false;  // a different model under the same name
   if (m.host_copies.count(n)) return true;
   if (int(m.host_copies.size()) >= opt_.host_copies) return false;
@@ -180,6 +186,14 @@ cluster_view cluster_book::view() const {
   cluster_view v;
   for (auto& [id, m] : nodes_) {
     v.nodes.push_back(m.info);
+    auto& n = v.nodes.back();
+    n.models.clear();
+    n.used_bytes = 0;
+    for (auto& [name, me] : models_)
+      if (me.host_copies.count(id) || me.instances.count(id) || me.partial.count(id)) {
+        n.models.push_back(name);
+        n.used_bytes += me.image_bytes;
+      }
     if (m.draining) v.draining.push_back(m.info.name);
   }
   for (auto& [name, m] : models_) {
@@ -196,6 +210,33 @@ cluster_view cluster_book::view() const {
   return v;
 }
 
+
+std::vector<std::string> nodes_with_room(const cluster_view& v, const std::string& model, uint64_t need_bytes,
+                                         const std::vector<std::string>& candidates,
+                                         const std::set<std::string>& skip, int n, std::string& why) {
+  std::vector<std::string> out, short_of;
+  const double gib = double(1ull << 30);
+  for (auto& node : candidates) {
+    if (int(out.size()) >= n || skip.count(node)) continue;
+    if (std::find(v.draining.begin(), v.draining.end(), node) != v.draining.end()) continue;
+    auto it = std::find_if(v.nodes.begin(), v.nodes.end(), [&](const node_info& i) { return i.name == node; });
+    if (it != v.nodes.end() && std::find(it->models.begin(), it->models.end(), model) == it->models.end() &&
+        it->used_bytes + need_bytes > it->memory_bytes) {
+      char b[200];
+      std::snprintf(b, sizeof b, "%s has %.3g of %.3g GiB free (%zu model(s) there), %.3g GiB needed", node.c_str(),
+                    double(it->memory_bytes - std::min(it->memory_bytes, it->used_bytes)) / gib,
+                    double(it->memory_bytes) / gib, it->models.size(), double(need_bytes) / gib);
+      short_of.push_back(b);
+      continue;
+    }
+    out.push_back(node);
+  }
+  if (int(out.size()) < n) {
+    why = "every node hosts an instance already, drains, was lost or is short of memory";
+    for (auto& s : short_of) why += "; " + s;
+  }
+  return out;
+}
 
 std::string transfer_report::summary() const {
   std::ostringstream os;

@@ -30,6 +30,10 @@ struct node_info {
   // connect there directly (control_plane's mesh), so their traffic does not ride the
   // controller's connection and outlives it. Empty: reached only through the controller.
   std::string control_address;
+  // Filled by the view (not sent on join): the models this node holds or is loading, and their
+  // parameter bytes (what its memory_bytes must cover; placement checks room against it).
+  std::vector<std::string> models;
+  uint64_t used_bytes = 0;
 };
 
 struct cluster_view {
@@ -79,6 +83,15 @@ struct book_options {
   int heartbeat_timeout_ms = 2000;  // a node silent this long is dead
   int host_copies = 1;              // host copies kept per model
 };
+
+// Where new instances of `model` (parameter image `need_bytes`) may go: up to `n` of
+// `candidates` in order, skipping `skip` (hosting one already, lost, ...), draining nodes and
+// nodes without room for the image besides what they hold or load (a node holding the model
+// needs none); nodes the view does not list are taken as they are (the node checks again when the
+// parameters come). `why` says what was short when fewer than n were found.
+std::vector<std::string> nodes_with_room(const cluster_view& v, const std::string& model, uint64_t need_bytes,
+                                         const std::vector<std::string>& candidates,
+                                         const std::set<std::string>& skip, int n, std::string& why);
 
 class cluster_book {
  public:
@@ -145,6 +158,7 @@ class cluster_book {
   };
   struct model_entry {
     std::vector<uint8_t> manifest;
+    uint64_t image_bytes = 0;                     // its parameter image, from the manifest
     std::set<node_id> host_copies;                // at most host_copies
     std::set<node_id> instances;                  // nodes that received all parameters
     std::map<node_id, std::set<int32_t>> partial; // nodes loading: segments ready so far

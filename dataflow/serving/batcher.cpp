@@ -155,7 +155,7 @@ void batcher::release_kv(route_id r, const std::vector<seq_id>& seqs) {
 }
 
 // Ends a request: tells its client (if any is left) and frees its KV cache in the shards.
-void batcher::finish(uint64_t id, const std::string& reason, const std::string& err) {
+void batcher::finish(uint64_t id, const std::string& reason, const std::string& err, bool unavailable) {
   auto it = reqs_.find(id);
   if (it == reqs_.end()) return;
   auto& r = it->second;
@@ -163,6 +163,7 @@ void batcher::finish(uint64_t id, const std::string& reason, const std::string& 
   res.id = id;
   res.finish_reason = reason;
   res.error = err;
+  res.unavailable = unavailable;
   res.prompt_tokens = int32_t(r.req.prompt.size());
   res.generated_tokens = r.generated;
   res.ttft_us = r.generated > 0 ? micros(r.first_token - r.admitted) : 0;
@@ -598,7 +599,8 @@ void batcher::on_queue_deadline(uint64_t request) {
     return;
   finish(request, "error",
          "no instance took the request within " + std::to_string(opt_.queue_timeout.count()) + " ms" +
-             (routes_.empty() ? " (none serves yet: a cold start took longer)" : " (every instance was full)"));
+             (routes_.empty() ? " (none serves yet: a cold start took longer)" : " (every instance was full)"),
+         true);
 }
 
 void batcher::on_grace(uint64_t epoch) {

@@ -247,7 +247,7 @@ class batcher {
   const route_info& route_of(route_id r) const { return known_.at(r); }
   std::vector<stage_id> shards_of(route_id r) const;
   void release_kv(route_id r, const std::vector<seq_id>& seqs);
-  void finish(uint64_t id, const std::string& reason, const std::string& err = {});
+  void finish(uint64_t id, const std::string& reason, const std::string& err = {}, bool unavailable = false);
   void apply(const readmit_actions& a);
   bool touches_lost(route_id r) const;
   bool scores_row(const request& q, int p) const;

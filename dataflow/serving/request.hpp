@@ -47,6 +47,8 @@ struct generate_result {
   uint64_t id = 0;
   std::string finish_reason;  // "stop", "length", "cancelled", "error"
   std::string error;          // set when finish_reason == "error"
+  // The error is a lack of capacity (no instance took it in time), not a fault: a 503 at the door.
+  bool unavailable = false;
   int32_t prompt_tokens = 0;
   int32_t generated_tokens = 0;
   int64_t ttft_us = 0;   // admission to first token

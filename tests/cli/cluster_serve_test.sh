@@ -41,13 +41,13 @@ expect_error "cannot reach controller at 127.0.0.1:$dead" --controller "127.0.0.
 expect_error "--nodes and --controller exclude each other" --nodes 1 --controller "$ctl"
 expect_error "--tls needs --controller" --tls /nonexistent
 
-"$strata" node --name src --listen "$ctl" --model "stories260K=$m" >"$tmp/src.log" 2>&1 &
+"$strata" node --name src --listen "$ctl" --model "stories260K=$m" --model "other=$m" >"$tmp/src.log" 2>&1 &
 pids+=($!)
 "$strata" node --name n1 --controller "$ctl" --listen 127.0.0.1:0 >"$tmp/n1.log" 2>&1 &
 pids+=($!)
 wait_view "^2 node(s)"
 wait_view "stories260K: src (host copy)"
-expect_error "no node of the cluster holds a host copy of 'other'" --controller "$ctl" --served-model-name other
+expect_error "no node of the cluster holds a host copy of 'nope'" --controller "$ctl" --served-model-name nope
 expect_error "unknown node 'zz' in the placement (the cluster's nodes: src, n1)" --controller "$ctl" --placement zz
 expect_error "policy all-cache loads from a host copy on every node" --controller "$ctl" --policy all-cache
 echo "ok: bad setups fail with the reason"
@@ -149,7 +149,7 @@ grep -qE "^  stories260K: .* n2( |$)" <(view) || fail "no instance on n2 to drai
 bench=$!
 for _ in $(seq 100); do grep -q "requests finished" "$tmp/drain-bench.log" && break; sleep 0.1; done
 out=$(timeout 60 "$strata" cluster drain --controller "$ctl" --node src 2>&1) && fail "draining the only host copy's node: $out"
-grep -q "node 'src' holds the only host copy of stories260K" <<<"$out" || fail "drain src: $out"
+grep -qE "node 'src' holds the only host copy of (stories260K|other)" <<<"$out" || fail "drain src: $out"
 out=$(timeout 60 "$strata" cluster drain --controller "$ctl" --node zz 2>&1) && fail "draining an unknown node: $out"
 grep -q "no node 'zz' in the cluster" <<<"$out" || fail "drain zz: $out"
 timeout 60 "$strata" cluster drain --controller "$ctl" --node n2 >"$tmp/drain.out" 2>&1 || fail "drain n2: $(cat "$tmp/drain.out")"
@@ -169,6 +169,31 @@ grep -qE '^strata:instances\{model_name="stories260K"\} 1$' <<<"$metrics" || fai
 kill -TERM "$srv"
 wait "$srv" || fail "serve (drain) did not drain cleanly"
 echo "ok: n2 drained under streaming load: 40/40 requests served, a replacement on src, n2 left and exited 0"
+
+# Placement knows memory across models: n3 has room for one copy of the model's parameters, so
+# once stories260K runs there, other (the same weights under another name) is not placed there;
+# the scaler says why and the request fails after the queue timeout, with the reason.
+"$strata" node --name n3 --controller "$ctl" --listen 127.0.0.1:0 --memory-gb 0.0015 >"$tmp/n3.log" 2>&1 &
+pids+=($!)
+wait_view "^  n3 "
+start_serve serve5.log "serve did not start (memory)" --model "stories260K=$m" --model "other=$m" --controller "$ctl" \
+  --policy blitz --placement n3 --min 0 --keep-alive-s 30 --queue-timeout-s 3 --port 0 --threads 1
+ask() {  # ask MODEL FILE: a short greedy completion; prints the HTTP status
+  curl -s -o "$2" -w '%{http_code}' "$url/v1/completions" -H 'content-type: application/json' \
+    -d '{"model":"'"$1"'","prompt":"Once","max_tokens":8,"temperature":0}'
+}
+[ "$(ask stories260K "$tmp/mem1.json")" = 200 ] || fail "stories260K on n3: $(cat "$tmp/mem1.json")"
+wait_view "^  stories260K: .* n3"
+sleep 1.5  # an absence of its own: the scaler's next look at the view (every second)
+code=$(ask other "$tmp/mem2.json")
+[ "$code" != 200 ] || fail "other was served though n3 has no room: $(view)"
+[ "$code" = 503 ] && grep -q "no instance took the request within 3000 ms" "$tmp/mem2.json" || fail "other: $code $(cat "$tmp/mem2.json")"
+grep -qE "strata scaler other: .* no node: .*n3 has [0-9.e-]+ of [0-9.e-]+ GiB free \(1 model\(s\) there\), [0-9.e-]+ GiB needed" \
+  "$tmp/serve5.log" || fail "no reason for not placing other: $(grep 'strata scaler' "$tmp/serve5.log")"
+view | grep -qE "^  other: .* n3" && fail "other placed on n3 without room: $(view)"
+kill -TERM "$srv"
+wait "$srv" || fail "serve (memory) did not drain cleanly"
+echo "ok: placement across models respects a node's memory and says why it did not place"
 
 # Two models behind one front door, on node processes started here (src holds a host copy of
 # each), both scaling from zero: each request goes to its own model's instances.
@@ -198,6 +223,8 @@ assert set(j["models"]) == {"a", "b"} and all(j["models"][k]["ok"] == 6 for k in
 assert all(q["ok"] and q["generated"] == q["output_tokens"] for q in j["requests"])' "$tmp/bench2.json" ||
   fail "bench-serve on two models: $(cat "$tmp/bench2.out")"
 grep -q "^model a: 6 requests (6 ok" "$tmp/bench2.out" || fail "no per-model table: $(cat "$tmp/bench2.out")"
+# Each scaler numbers its instances from 1: on a shared node they must not collide.
+grep -q "start failed" "$tmp/serve2.log" && fail "an instance failed to start: $(grep 'strata scaler' "$tmp/serve2.log")"
 kill -TERM "$srv"
 wait "$srv" || fail "serve with two models did not drain cleanly"
 echo "ok: two models behind one front door, each started from zero on the cluster and served"

@@ -216,3 +216,32 @@ TEST_CASE("cluster book: a draining node gets no multicast and no new host copy,
   CHECK(b.lose(4) == "c");
   CHECK(b.view().draining == std::vector<std::string>{"a"});
 }
+
+TEST_CASE("cluster book: placement takes nodes in order that have room, and says who is short of memory") {
+  cluster_view v;
+  auto node = [](const std::string& name, uint64_t mem, uint64_t used, std::vector<std::string> models) {
+    node_info i;
+    i.name = name;
+    i.memory_bytes = mem;
+    i.used_bytes = used;
+    i.models = std::move(models);
+    return i;
+  };
+  const uint64_t gib = 1ull << 30;
+  v.nodes = {node("a", 2 * gib, gib + gib / 2, {"x"}), node("b", 4 * gib, 0, {}), node("c", gib, gib, {"m"}),
+             node("d", 8 * gib, 0, {})};
+  v.draining = {"d"};
+  std::string why;
+  // a: 0.5 GiB free, 1 needed; b has room; c holds m already (no bytes needed); d drains; e is not
+  // in the view (taken: the node checks when the parameters come).
+  auto got = nodes_with_room(v, "m", gib, {"a", "b", "c", "d", "e"}, {}, 9, why);
+  CHECK(got == std::vector<std::string>{"b", "c", "e"});
+  CHECK(why.find("a has 0.5 of 2 GiB free (1 model(s) there), 1 GiB needed") != std::string::npos);
+  why.clear();
+  CHECK(nodes_with_room(v, "m", gib, {"a", "b", "c"}, {"b"}, 1, why) == std::vector<std::string>{"c"});
+  CHECK(why.empty());
+  CHECK(nodes_with_room(v, "m", gib, {"a", "d"}, {}, 1, why).empty());
+  CHECK(why.find("short of memory; a has 0.5") != std::string::npos);
+  // Exactly full fits.
+  CHECK(nodes_with_room(v, "y", gib / 2, {"a"}, {}, 1, why) == std::vector<std::string>{"a"});
+}

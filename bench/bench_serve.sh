@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Serving over a cluster, measured through HTTP with `strata bench-serve` (issue 17's evaluation).
+#
+#   bench/bench_serve.sh [build/bin/strata] [parts]     parts: any of agree,cold,churn (default all)
+#
+# agree  The Azure code burst (845-870 s) replayed over HTTP against `serve --nodes 3` and by
+#        `autoscale --nodes 3` with the same settings (stories260K, device 4 ms/layer + 0.2 ms/row,
+#        every node's egress paced to 0.25 MB/s so a model load takes seconds), under blitz and
+#        stop-the-world: p99 TTFT, SLO attainment; ratios blitz/stop-the-world on each path and
+#        HTTP/autoscale per policy. The front door's queue is made as deep as the replay's (no 429).
+# cold   Scale from zero: one model, then four models at once (a request for each at t=0), on
+#        nodes that hold no copy (placement n1,n2: parameters multicast from src over 0.25 MB/s
+#        links), blitz and stop-the-world: cold-start TTFT; ratio four/one.
+# churn  Nodes started by hand, serve --controller, a steady load (gamma 6/s, 30 s); at 6 s a node
+#        joins, at 12 s another is drained, at 18 s a third is killed (SIGKILL): requests ok/failed
+#        and p99 TTFT of the requests that arrived within 3 s after each event vs before any.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+strata=$(realpath "${1:-build/bin/strata}")
+parts=${2:-agree,cold,churn}
+data=$(realpath ../shared/data)
+m="$data/models/stories260K"
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+. tests/serve_port.sh
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+dev=(--device-layer-ms 4 --device-row-ms 0.2)
+start_serve() {  # start_serve LOG serve-args...: sets srv and url once /ready answers 200
+  local log=$1
+  shift
+  "$strata" serve --port 0 --threads 1 "$@" >"$tmp/$log" 2>&1 &
+  srv=$!
+  pids+=($srv)
+  local port
+  port=$(serve_port "$tmp/$log" 600)
+  [ -n "$port" ] || { echo "serve did not start: $(tail -5 "$tmp/$log")"; exit 1; }
+  url="http://127.0.0.1:$port"
+  for _ in $(seq 600); do curl -sf "$url/ready" >/dev/null && return 0; sleep 0.1; done
+  echo "serve never ready: $(tail -5 "$tmp/$log")"
+  exit 1
+}
+stop_serve() { kill -TERM "$srv"; wait "$srv" || true; }
+summary() {  # summary JSON [policy]: p99 TTFT (ms), SLO attainment, ok/all of a bench-serve or autoscale result
+  python3 - "$@" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+s = j["summary"] if "summary" in j else next(p["summary"] for p in j["policies"] if p["policy"] == sys.argv[2])
+print(f'{s["ttft_s"]["p99"] * 1e3:.0f} {100 * s["slo_attainment"]:.1f} {s["ok"]}/{s["requests"]}')
+r = j["requests"] if "requests" in j else next(p["requests"] for p in j["policies"] if p["policy"] == sys.argv[2])
+for e in sorted({q["error"] for q in r if not q["ok"]})[:2]:
+    print("  failure:", e, file=sys.stderr)
+PY
+}
+ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.2f}' if b > 0 else 'n/a')" "$1" "$2"; }
+
+if [[ ,$parts, == *,agree,* ]]; then
+  echo "### Azure code burst 845-870 s over HTTP (bench-serve vs serve --nodes 3) and by autoscale --nodes 3; stories260K, device 4 ms/layer + 0.2 ms/row, links 0.25 MB/s"
+  trace=(--trace "$data/traces/AzureLLMInferenceTrace_code.csv" --start 845 --duration 25 --max-requests 1000 --max-prompt 64)
+  knobs=(--max 4 --max-running 16 --link-mbs 0.25 --chunk-kb 32 "${dev[@]}")
+  declare -A p99 slo
+  printf '%-16s %-11s %12s %9s %9s\n' policy path "p99 TTFT ms" "SLO %" "ok"
+  for pol in blitz stop-the-world; do
+    start_serve "agree-$pol.log" --model "$m" --nodes 3 --policy "$pol" --max-waiting 4096 "${knobs[@]}"
+    "$strata" bench-serve --url "$url" "${trace[@]}" --vocab 512 --json "$tmp/http-$pol.json" >/dev/null 2>&1 || true
+    stop_serve
+    read -r a b c < <(summary "$tmp/http-$pol.json")
+    p99[http-$pol]=$a slo[http-$pol]=$b
+    printf '%-16s %-11s %12s %9s %9s\n' "$pol" HTTP "$a" "$b" "$c"
+    "$strata" autoscale --model "$m" "${trace[@]}" --nodes 3 --policies "$pol" "${knobs[@]}" --threads 1 \
+      --json "$tmp/auto-$pol.json" >/dev/null 2>&1 || true
+    read -r a b c < <(summary "$tmp/auto-$pol.json" "$pol")
+    p99[auto-$pol]=$a slo[auto-$pol]=$b
+    printf '%-16s %-11s %12s %9s %9s\n' "$pol" autoscale "$a" "$b" "$c"
+  done
+  echo "p99 TTFT blitz / stop-the-world: HTTP $(ratio "${p99[http-blitz]}" "${p99[http-stop-the-world]}"), autoscale $(ratio "${p99[auto-blitz]}" "${p99[auto-stop-the-world]}")"
+  echo "p99 TTFT HTTP / autoscale: blitz $(ratio "${p99[http-blitz]}" "${p99[auto-blitz]}"), stop-the-world $(ratio "${p99[http-stop-the-world]}" "${p99[auto-stop-the-world]}")"
+  echo
+fi
+
+if [[ ,$parts, == *,cold,* ]]; then
+  echo "### scale from zero onto nodes without a copy (placement n1,n2; multicast from src over 0.25 MB/s links); stories260K"
+  printf '%-16s %-9s %14s %14s\n' policy models "cold TTFT ms" "max of models"
+  declare -A cold
+  for pol in blitz stop-the-world; do
+    for k in 1 4; do
+      names=(a b c d)
+      args=()
+      for n in "${names[@]:0:$k}"; do args+=(--model "$n=$m"); done
+      start_serve "cold-$pol-$k.log" "${args[@]}" --nodes 2 --placement n1,n2 --min 0 --policy "$pol" --link-mbs 0.25 \
+        --chunk-kb 32 --keep-alive-s 60
+      list=$(IFS=,; echo "${names[*]:0:$k}")
+      "$strata" bench-serve --url "$url" --model "$list" --trace gamma --n "$k" --gamma-rate 1000 --max-prompt 16 \
+        --max-output 16 --vocab 512 --json "$tmp/cold-$pol-$k.json" >/dev/null 2>&1 || true
+      stop_serve
+      read -r mean mx < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))["requests"]
+t = [q["ttft_s"] * 1e3 for q in r if q["ok"]]
+print(f"{sum(t) / len(t):.0f} {max(t):.0f}" if len(t) == len(r) else "failed failed")' "$tmp/cold-$pol-$k.json")
+      cold[$pol-$k]=$mean
+      printf '%-16s %-9s %14s %14s\n' "$pol" "$k" "$mean" "$mx"
+    done
+  done
+  echo "cold-start TTFT four models / one: blitz $(ratio "${cold[blitz-4]}" "${cold[blitz-1]}"), stop-the-world $(ratio "${cold[stop-the-world-4]}" "${cold[stop-the-world-1]}")"
+  echo
+fi
+
+if [[ ,$parts, == *,churn,* ]]; then
+  echo "### node churn under load (gamma 6/s for 30 s, serve --controller over src + n1..n3, blitz): n4 joins at 6 s, n1 drains at 12 s, n2 is killed at 18 s"
+  port=$(free_port)
+  ctl="127.0.0.1:$port"
+  "$strata" node --name src --listen "$ctl" --model "stories260K=$m" >"$tmp/src.log" 2>&1 &
+  pids+=($!)
+  declare -A node
+  for n in n1 n2 n3; do
+    "$strata" node --name "$n" --controller "$ctl" --listen 127.0.0.1:0 >"$tmp/$n.log" 2>&1 &
+    node[$n]=$!
+    pids+=($!)
+  done
+  for _ in $(seq 100); do "$strata" cluster view --controller "$ctl" 2>/dev/null | grep -q "^4 node(s)" && break; sleep 0.2; done
+  start_serve churn.log --model "$m" --controller "$ctl" --placement n1,n2,n3 --min 2 --max 3 --max-running 8 \
+    --keep-alive-s 60 "${dev[@]}"
+  "$strata" bench-serve --url "$url" --trace gamma --n 180 --gamma-rate 6 --burstiness 1 --max-output 64 --vocab 512 \
+    --json "$tmp/churn.json" >"$tmp/churn.out" 2>/dev/null &
+  bench=$!
+  t0=$(date +%s.%N)
+  at() { sleep "$(python3 -c "import sys, time; print(max(0, $1 - (time.time() - float(sys.argv[1]))))" "$t0")"; }
+  at 6
+  "$strata" node --name n4 --controller "$ctl" --listen 127.0.0.1:0 >"$tmp/n4.log" 2>&1 &
+  pids+=($!)
+  at 12
+  "$strata" cluster drain --controller "$ctl" --node n1 --timeout-s 60 >"$tmp/drain.out" 2>&1 &
+  drain=$!
+  at 18
+  kill -KILL "${node[n2]}"
+  wait "$bench" || true
+  wait "$drain" && drained=$(grep -o 'in [0-9.]* s' "$tmp/drain.out") || drained="failed: $(tail -1 "$tmp/drain.out")"
+  stop_serve
+  python3 - "$tmp/churn.json" "$drained" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+r = j["requests"]
+def p99(xs):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, int(0.99 * len(xs) + 0.999) - 1))] * 1e3 if xs else float("nan")
+def window(a, b):
+    w = [q for q in r if a <= q["arrival_s"] < b]
+    return len(w), sum(q["ok"] for q in w), p99([q["ttft_s"] for q in w if q["ok"]])
+n0, ok0, base = window(0, 6)
+print(f'{"window":<26} {"requests":>8} {"ok":>4} {"p99 TTFT ms":>12} {"x before":>9}')
+print(f'{"before any event (0-6 s)":<26} {n0:>8} {ok0:>4} {base:>12.0f} {1.0:>9.2f}')
+for name, t in (("n4 joins (6-9 s)", 6), ("n1 drains (12-15 s)", 12), ("n2 killed (18-21 s)", 18)):
+    n, ok, p = window(t, t + 3)
+    print(f'{name:<26} {n:>8} {ok:>4} {p:>12.0f} {p / base:>9.2f}')
+s = j["summary"]
+print(f'all: {s["ok"]}/{s["requests"]} ok (limit: all), SLO attainment {100 * s["slo_attainment"]:.1f}%; drain of n1: {sys.argv[2]}')
+fails = sorted({q["error"] for q in r if not q["ok"]})
+for e in fails[:3]:
+    print("  failure:", e)
+PY
+fi
