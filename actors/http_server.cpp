@@ -1138,7 +1138,7 @@ void http_server::impl::metrics(std::function<void(std::string)> done) {
         out.add("strata:kv_bytes_migrated_total", "counter", "KV cache bytes moved with migrating requests.",
                 line("strata:kv_bytes_migrated_total", lb, double(r->kv_bytes_moved)));
         std::map<std::string, uint64_t> by;
-        for (auto& e : r->events) ++by[e.what];
+        for (auto& [what, n] : r->event_counts) by[what] += n;
         std::string ev;
         for (auto& [what, n] : by) ev += line("strata:scale_events_total", lb + ",event=\"" + what + "\"", double(n));
         out.add("strata:scale_events_total", "counter",

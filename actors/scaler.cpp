@@ -55,6 +55,9 @@ double now(scaler_actor* self) { return std::chrono::duration<double>(clk::now()
 void event(scaler_actor* self, const std::string& what, uint32_t id, const std::string& detail = {}) {
   auto& st = self->state;
   st.report.events.push_back({now(self), what, id, detail});
+  ++st.report.event_counts[what];
+  if (st.opt.max_events && st.report.events.size() >= 2 * st.opt.max_events)  // trimmed now and then, not per event
+    st.report.events.erase(st.report.events.begin(), st.report.events.end() - ptrdiff_t(st.opt.max_events));
   if (!st.opt.log_label.empty())
     std::fprintf(stderr, "strata scaler %s: %.2f s %s%s%s%s\n", st.opt.log_label.c_str(), now(self), what.c_str(),
                  id ? (" #" + std::to_string(id)).c_str() : "", detail.empty() ? "" : ": ", detail.c_str());

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <caf/all.hpp>
+#include <map>
 
 #include "actors/messages.hpp"
 #include "actors/stages.hpp"
@@ -50,6 +51,9 @@ struct scaler_options {
   // Non-empty: every scaling event is also written to stderr as "strata scaler LABEL: ..." (the
   // front door's log for operators).
   std::string log_label;
+  // A long-running scaler (a front door's) keeps this many recent events in its report; counts
+  // of every event are kept regardless. 0: all (experiments, which end).
+  size_t max_events = 0;
 };
 
 struct scaling_event {
@@ -66,7 +70,8 @@ typename Inspector::result_type inspect(Inspector& f, scaling_event& x) {
 
 struct scaling_report {
   std::string policy;
-  std::vector<scaling_event> events;
+  std::vector<scaling_event> events;  // the latest scaler_options::max_events (all when 0)
+  std::map<std::string, uint64_t> event_counts;  // every event since the start, by what
   std::vector<std::pair<double, double>> instances;  // (t, instances started and not stopped)
   std::vector<double> to_first_layer_s;  // per new instance: decision -> first request served
   std::vector<double> to_full_s;         // decision -> every layer local

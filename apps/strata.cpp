@@ -729,6 +729,7 @@ int run_serve(const args& a) {
       so.cuda_device = dev->front();
       if (sc) so.cluster = sc->placement_for(sm.name);
       so.log_label = sm.name;  // scaling events on stderr, for operators
+      so.max_events = 1000;    // a server runs for days: its report keeps recent events, counts of all
       router = spawn_router(*sys, sm.m, std::vector<route_ptr>{}, ro);
       scaler = spawn_scaler(*sys, sm.m, router,
                             std::shared_ptr<scaling_policy>(std::move(*make_policy(policy, setup->knobs, setup->links))),

@@ -12,7 +12,8 @@
 #        nodes that hold no copy (placement n1,n2: parameters multicast from src over 0.25 MB/s
 #        links), blitz and stop-the-world: cold-start TTFT; ratio four/one.
 # churn  Nodes started by hand, serve --controller, a steady load (gamma 6/s, 30 s); at 6 s a node
-#        joins, at 12 s another is drained, at 18 s a third is killed (SIGKILL): requests ok/failed
+#        joins, at 12 s a node hosting an instance is drained, at 18 s another is killed (SIGKILL);
+#        placement follows the view (src first, members in order, joiners after): requests ok/failed
 #        and p99 TTFT of the requests that arrived within 3 s after each event vs before any.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  rm -rf "$tmp"
+  if [ -n "${STRATA_BENCH_KEEP:-}" ]; then echo "logs kept in $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
 . tests/serve_port.sh
@@ -111,7 +112,7 @@ print(f"{sum(t) / len(t):.0f} {max(t):.0f}" if len(t) == len(r) else "failed fai
 fi
 
 if [[ ,$parts, == *,churn,* ]]; then
-  echo "### node churn under load (gamma 6/s for 30 s, serve --controller over src + n1..n3, blitz): n4 joins at 6 s, n1 drains at 12 s, n2 is killed at 18 s"
+  echo "### node churn under load (gamma 6/s for 30 s, serve --controller over src + n1..n3, blitz, min 2): n4 joins at 6 s, a node with an instance drains at 12 s, another is killed at 18 s"
   port=$(free_port)
   ctl="127.0.0.1:$port"
   "$strata" node --name src --listen "$ctl" --model "stories260K=$m" >"$tmp/src.log" 2>&1 &
@@ -123,7 +124,7 @@ if [[ ,$parts, == *,churn,* ]]; then
     pids+=($!)
   done
   for _ in $(seq 100); do "$strata" cluster view --controller "$ctl" 2>/dev/null | grep -q "^4 node(s)" && break; sleep 0.2; done
-  start_serve churn.log --model "$m" --controller "$ctl" --placement n1,n2,n3 --min 2 --max 3 --max-running 8 \
+  start_serve churn.log --model "$m" --controller "$ctl" --min 2 --max 4 --max-running 8 \
     --keep-alive-s 60 "${dev[@]}"
   "$strata" bench-serve --url "$url" --trace gamma --n 180 --gamma-rate 6 --burstiness 1 --max-output 64 --vocab 512 \
     --json "$tmp/churn.json" >"$tmp/churn.out" 2>/dev/null &
@@ -132,16 +133,24 @@ if [[ ,$parts, == *,churn,* ]]; then
   at() { sleep "$(python3 -c "import sys, time; print(max(0, $1 - (time.time() - float(sys.argv[1]))))" "$t0")"; }
   at 6
   "$strata" node --name n4 --controller "$ctl" --listen 127.0.0.1:0 >"$tmp/n4.log" 2>&1 &
+  node[n4]=$!
   pids+=($!)
+  hosts() {  # nodes other than src with an instance of the model now
+    "$strata" cluster view --controller "$ctl" 2>/dev/null | sed -n 's/^  stories260K: //p' | tr ' ' '\n' | grep -E '^n[0-9]+$'
+  }
   at 12
-  "$strata" cluster drain --controller "$ctl" --node n1 --timeout-s 60 >"$tmp/drain.out" 2>&1 &
+  drained_node=$(hosts | head -1)
+  "$strata" cluster drain --controller "$ctl" --node "${drained_node:-n1}" --timeout-s 60 >"$tmp/drain.out" 2>&1 &
   drain=$!
   at 18
-  kill -KILL "${node[n2]}"
+  killed_node=$(hosts | grep -vx "${drained_node:-n1}" | head -1)
+  killed_node=${killed_node:-n2}
+  kill -KILL "${node[$killed_node]}"
   wait "$bench" || true
   wait "$drain" && drained=$(grep -o 'in [0-9.]* s' "$tmp/drain.out") || drained="failed: $(tail -1 "$tmp/drain.out")"
+  echo "scaling events: $(grep -oE 'strata scaler [^:]*: [0-9.]+ s (started|scale-out|drain|lost|stopped)[^,]*(, on [a-z0-9]+|: on [a-z0-9]+|: node [a-z0-9]+)?' "$tmp/churn.log" | sed -E 's/strata scaler [^:]*: //' | paste -sd ';' | sed 's/;/; /g')"
   stop_serve
-  python3 - "$tmp/churn.json" "$drained" <<'PY'
+  python3 - "$tmp/churn.json" "$drained" "${drained_node:-n1}" "$killed_node" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))
 r = j["requests"]
@@ -154,11 +163,11 @@ def window(a, b):
 n0, ok0, base = window(0, 6)
 print(f'{"window":<26} {"requests":>8} {"ok":>4} {"p99 TTFT ms":>12} {"x before":>9}')
 print(f'{"before any event (0-6 s)":<26} {n0:>8} {ok0:>4} {base:>12.0f} {1.0:>9.2f}')
-for name, t in (("n4 joins (6-9 s)", 6), ("n1 drains (12-15 s)", 12), ("n2 killed (18-21 s)", 18)):
+for name, t in (("n4 joins (6-9 s)", 6), (f"{sys.argv[3]} drains (12-15 s)", 12), (f"{sys.argv[4]} killed (18-21 s)", 18)):
     n, ok, p = window(t, t + 3)
     print(f'{name:<26} {n:>8} {ok:>4} {p:>12.0f} {p / base:>9.2f}')
 s = j["summary"]
-print(f'all: {s["ok"]}/{s["requests"]} ok (limit: all), SLO attainment {100 * s["slo_attainment"]:.1f}%; drain of n1: {sys.argv[2]}')
+print(f'all: {s["ok"]}/{s["requests"]} ok (limit: all), SLO attainment {100 * s["slo_attainment"]:.1f}%; drain of {sys.argv[3]}: {sys.argv[2]}')
 fails = sorted({q["error"] for q in r if not q["ok"]})
 for e in fails[:3]:
     print("  failure:", e)

@@ -220,6 +220,7 @@ std::vector<std::string> nodes_with_room(const cluster_view& v, const std::strin
     if (int(out.size()) >= n || skip.count(node)) continue;
     if (std::find(v.draining.begin(), v.draining.end(), node) != v.draining.end()) continue;
     auto it = std::find_if(v.nodes.begin(), v.nodes.end(), [&](const node_info& i) { return i.name == node; });
+    if (it == v.nodes.end() && !v.nodes.empty()) continue;  // it left (drained) or was dropped
     if (it != v.nodes.end() && std::find(it->models.begin(), it->models.end(), model) == it->models.end() &&
         it->used_bytes + need_bytes > it->memory_bytes) {
       char b[200];
@@ -232,7 +233,7 @@ std::vector<std::string> nodes_with_room(const cluster_view& v, const std::strin
     out.push_back(node);
   }
   if (int(out.size()) < n) {
-    why = "every node hosts an instance already, drains, was lost or is short of memory";
+    why = "every node hosts an instance already, drains, left or is short of memory";
     for (auto& s : short_of) why += "; " + s;
   }
   return out;

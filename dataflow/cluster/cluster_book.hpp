@@ -87,8 +87,9 @@ struct book_options {
 // Where new instances of `model` (parameter image `need_bytes`) may go: up to `n` of
 // `candidates` in order, skipping `skip` (hosting one already, lost, ...), draining nodes and
 // nodes without room for the image besides what they hold or load (a node holding the model
-// needs none); nodes the view does not list are taken as they are (the node checks again when the
-// parameters come). `why` says what was short when fewer than n were found.
+// needs none). Nodes the view does not list have left, unless the view is empty (none seen yet:
+// taken as they are; the node checks again when the parameters come). `why` says what was short
+// when fewer than n were found.
 std::vector<std::string> nodes_with_room(const cluster_view& v, const std::string& model, uint64_t need_bytes,
                                          const std::vector<std::string>& candidates,
                                          const std::set<std::string>& skip, int n, std::string& why);
