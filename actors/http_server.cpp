@@ -171,7 +171,7 @@ void ask(caf::actor_system& sys, const caf::actor& whom, std::chrono::millisecon
 // One choice of a request: one router generation (a prompt of the batch, one of its n).
 struct choice_state {
   int prev = 0, generated = 0;
-  clk::time_point last;
+  clk::time_point first, last;
   std::optional<openai::stop_matcher> stops;
   std::string text;     // non-streamed: the choice so far
   std::string pending;  // streamed: chunks held until every choice is admitted (headers go first)
@@ -196,6 +196,7 @@ struct model_state : served_model {
   std::vector<std::function<void(std::string)>> probe_waiters;
   // Metrics, under the server's mu.
   prom_histogram ttft{latency_buckets()}, itl{latency_buckets()}, e2e{latency_buckets()};
+  prom_histogram cold_ttft{latency_buckets()};  // of requests admitted while no instance served
   uint64_t prompt_tokens = 0, generation_tokens = 0;
   std::map<std::string, uint64_t> finished;  // by finish reason
 };
@@ -835,7 +836,7 @@ void session::on_token(uint64_t serial, size_t i, int32_t tok, std::optional<tok
   {
     std::lock_guard<std::mutex> g(srv->mu);
     auto& ms = *gen->model;
-    if (c.generated == 0) ms.ttft.observe(seconds(now - gen->t0));
+    if (c.generated == 0) ms.ttft.observe(seconds(now - gen->t0)), c.first = now;
     else ms.itl.observe(seconds(now - c.last));
     ++ms.generation_tokens;
   }
@@ -901,6 +902,10 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   else if (c.stops->stopped()) reason = "stop";
   else if (r.finish_reason == "error") reason = "error", error = r.error, gen->unavailable |= r.unavailable;
   else reason = r.finish_reason == "length" ? "length" : "stop";
+  if (r.cold_start && c.generated > 0) {
+    std::lock_guard<std::mutex> g(srv->mu);
+    gen->model->cold_ttft.observe(seconds(c.first - gen->t0));
+  }
   // Ending on EOS (or BOS), the token that ended it counts, as vLLM counts it.
   if (reason == "stop" && !c.stops->stopped() && r.finish_reason == "stop") ++c.generated;
   c.finish_reason = reason;
@@ -1115,6 +1120,7 @@ void http_server::impl::metrics(std::function<void(std::string)> done) {
       std::snprintf(buf, sizeof buf, "%.9g", v);
       return name + "{" + labels + "} " + buf + "\n";
     };
+    cluster_view cluster_nodes;  // the cluster as some model's scaler last saw it (cluster mode)
     for (auto& x : *samples) {
       const std::string lb = "model_name=\"" + x.ms->name + "\"";
       if (auto& s = x.stats) {
@@ -1143,6 +1149,21 @@ void http_server::impl::metrics(std::function<void(std::string)> done) {
         for (auto& [what, n] : by) ev += line("strata:scale_events_total", lb + ",event=\"" + what + "\"", double(n));
         out.add("strata:scale_events_total", "counter",
                 "Scaling events (started, scale-out, serving, full, drain, stopped).", ev);
+        std::string inst, layers, bytes;
+        for (auto& [node, nl] : r->by_node) {
+          const std::string nb = lb + ",node=\"" + node + "\"";
+          inst += line("strata:node_instances", nb, nl.instances);
+          layers += line("strata:node_layers_loaded_total", nb, double(nl.layers_loaded));
+          bytes += line("strata:node_parameter_bytes_loaded_total", nb, nl.bytes_loaded);
+        }
+        if (!r->by_node.empty()) {
+          out.add("strata:node_instances", "gauge", "Instances of the model on each node.", inst);
+          out.add("strata:node_layers_loaded_total", "counter", "Layers that landed on the model's new instances, per node.",
+                  layers);
+          out.add("strata:node_parameter_bytes_loaded_total", "counter", "Parameter bytes those layers carried, per node.",
+                  bytes);
+        }
+        if (!r->view.nodes.empty() && cluster_nodes.nodes.empty()) cluster_nodes = r->view;
       }
     }
     out.add("strata:http_requests_in_flight", "gauge", "Generation requests being served over HTTP.",
@@ -1161,10 +1182,29 @@ void http_server::impl::metrics(std::function<void(std::string)> done) {
       out.add("strata:request_success_total", "counter", "Requests ended, by finish reason (abort: client went away).", fin);
       out.add("strata:time_to_first_token_seconds", "histogram", "Time to first token.",
               ms.ttft.render("strata:time_to_first_token_seconds", lb));
+      out.add("strata:cold_start_time_to_first_token_seconds", "histogram",
+              "Time to first token of requests that arrived while no instance served (scale from zero).",
+              ms.cold_ttft.render("strata:cold_start_time_to_first_token_seconds", lb));
       out.add("strata:inter_token_latency_seconds", "histogram", "Time between consecutive tokens of a request.",
               ms.itl.render("strata:inter_token_latency_seconds", lb));
       out.add("strata:e2e_request_latency_seconds", "histogram", "Arrival to last token.",
               ms.e2e.render("strata:e2e_request_latency_seconds", lb));
+    }
+    if (!cluster_nodes.nodes.empty()) {  // once per node, whichever models run there
+      std::string mem, used, models, draining;
+      for (auto& n : cluster_nodes.nodes) {
+        const std::string nb = "node=\"" + n.name + "\"";
+        mem += line("strata:node_memory_bytes", nb, double(n.memory_bytes));
+        used += line("strata:node_memory_used_bytes", nb, double(n.used_bytes));
+        models += line("strata:node_models", nb, double(n.models.size()));
+        bool d = std::find(cluster_nodes.draining.begin(), cluster_nodes.draining.end(), n.name) !=
+                 cluster_nodes.draining.end();
+        draining += line("strata:node_draining", nb, d ? 1 : 0);
+      }
+      out.add("strata:node_memory_bytes", "gauge", "Memory a node offers for parameters (memory_gb).", mem);
+      out.add("strata:node_memory_used_bytes", "gauge", "Parameter bytes a node holds or is loading, all models.", used);
+      out.add("strata:node_models", "gauge", "Models a node holds or is loading.", models);
+      out.add("strata:node_draining", "gauge", "1 while a node drains (strata cluster drain).", draining);
     }
     std::string rej;
     for (auto& [status, n] : self->rejected)

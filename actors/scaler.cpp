@@ -72,6 +72,8 @@ void count_instances(scaler_actor* self) {
     r.device_seconds += st.shares * (t - r.instances.back().first);
   }
   r.instances.push_back({t, n});
+  if (st.opt.max_events && r.instances.size() >= 2 * st.opt.max_events)  // its sums above keep the history
+    r.instances.erase(r.instances.begin(), r.instances.end() - ptrdiff_t(st.opt.max_events));
   st.shares = 0;
   for (auto& [id, in] : st.insts) st.shares += in.share;
 }
@@ -370,6 +372,11 @@ void on_layer(scaler_actor* self, uint32_t id, int32_t layer) {
   if (fresh) {
     ++st.report.layers_loaded;
     st.report.bytes_loaded += st.provider->segment_bytes(layer);
+    if (!in.node.empty()) {
+      auto& nl = st.report.by_node[in.node];
+      ++nl.layers_loaded;
+      nl.bytes_loaded += st.provider->segment_bytes(layer);
+    }
   }
   if (in.view.full() && in.full_at < 0) {
     in.full_at = now(self);
@@ -425,6 +432,7 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
             .then(
                 [=](const cluster_view& v) {
                   self->state.provider->on_view(v);
+                  self->state.report.view = v;
                   drain_nodes(self, v.draining);
                   self->delayed_send(self, self->state.opt.controller_ping, cping_atom::value);
                 },
@@ -448,6 +456,9 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
       [=](report_atom) {
         auto& st = self->state;
         count_instances(self);
+        for (auto& [node, nl] : st.report.by_node) nl.instances = 0;
+        for (auto& [id, in] : st.insts)
+          if (!in.node.empty()) ++st.report.by_node[in.node].instances;
         return st.report;
       },
   };

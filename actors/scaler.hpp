@@ -15,6 +15,7 @@
 
 #include "actors/messages.hpp"
 #include "actors/stages.hpp"
+#include "dataflow/cluster/cluster_book.hpp"
 #include "dataflow/scaling/scaling.hpp"
 
 namespace strata {
@@ -72,6 +73,15 @@ struct scaling_report {
   std::string policy;
   std::vector<scaling_event> events;  // the latest scaler_options::max_events (all when 0)
   std::map<std::string, uint64_t> event_counts;  // every event since the start, by what
+  // Cluster mode: per node, this model's instances now and what landed there; and the cluster as
+  // the controller last listed it (memory, what each node holds, who drains).
+  struct node_load {
+    int instances = 0;
+    uint64_t layers_loaded = 0;
+    double bytes_loaded = 0;
+  };
+  std::map<std::string, node_load> by_node;
+  cluster_view view;
   std::vector<std::pair<double, double>> instances;  // (t, instances started and not stopped)
   std::vector<double> to_first_layer_s;  // per new instance: decision -> first request served
   std::vector<double> to_full_s;         // decision -> every layer local

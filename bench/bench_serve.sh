@@ -7,7 +7,8 @@
 #        `autoscale --nodes 3` with the same settings (stories260K, device 4 ms/layer + 0.2 ms/row,
 #        every node's egress paced to 0.25 MB/s so a model load takes seconds), under blitz and
 #        stop-the-world: p99 TTFT, SLO attainment; ratios blitz/stop-the-world on each path and
-#        HTTP/autoscale per policy. The front door's queue is made as deep as the replay's (no 429).
+#        HTTP/autoscale per policy. The front door's queue and its connections per client are made
+#        as deep as the replay's (no 429, no refused connection: each streamed request holds one).
 # cold   Scale from zero: one model, then four models at once (a request for each at t=0), on
 #        nodes that hold no copy (placement n1,n2: parameters multicast from src over 0.25 MB/s
 #        links), blitz and stop-the-world: cold-start TTFT; ratio four/one.
@@ -66,7 +67,8 @@ if [[ ,$parts, == *,agree,* ]]; then
   declare -A p99 slo
   printf '%-16s %-11s %12s %9s %9s\n' policy path "p99 TTFT ms" "SLO %" "ok"
   for pol in blitz stop-the-world; do
-    start_serve "agree-$pol.log" --model "$m" --nodes 3 --policy "$pol" --max-waiting 4096 "${knobs[@]}"
+    start_serve "agree-$pol.log" --model "$m" --nodes 3 --policy "$pol" --max-waiting 4096 \
+      --max-connections-per-client 4096 "${knobs[@]}"
     "$strata" bench-serve --url "$url" "${trace[@]}" --vocab 512 --json "$tmp/http-$pol.json" >/dev/null 2>&1 || true
     stop_serve
     read -r a b c < <(summary "$tmp/http-$pol.json")

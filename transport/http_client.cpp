@@ -105,7 +105,11 @@ struct load {
       std::snprintf(b, sizeof b, "%g", double(o.timeout.count()) / 1000);
       return finish(c, "no complete response within " + std::string(b) + " s (" + doing + ")");
     }
-    finish(c, doing + ": " + e.message());
+    std::string hint;
+    if (doing == "reading the response head" && (e == net::error::connection_reset || e == bhttp::error::end_of_stream))
+      hint = " (the server closed the connection before answering: it may cap connections per client, e.g. strata "
+             "serve --max-connections-per-client)";
+    finish(c, doing + ": " + e.message() + hint);
   }
 
   void finish(const std::shared_ptr<call>& c, const std::string& error) {

@@ -136,6 +136,7 @@ expected<uint64_t> batcher::admit(generate_request req, uint64_t client) {
   r.req = std::move(req);
   r.rng = initial_rng_state(r.req.seed);
   r.admitted = now_();
+  r.cold = routes_.empty();
   waiting_.push_back(id);
   if (opt_.queue_timeout.count() > 0) out_.push_back(act::deadline{opt_.queue_timeout.count(), id});
   return id;
@@ -164,6 +165,7 @@ void batcher::finish(uint64_t id, const std::string& reason, const std::string& 
   res.finish_reason = reason;
   res.error = err;
   res.unavailable = unavailable;
+  res.cold_start = r.cold;
   res.prompt_tokens = int32_t(r.req.prompt.size());
   res.generated_tokens = r.generated;
   res.ttft_us = r.generated > 0 ? micros(r.first_token - r.admitted) : 0;

@@ -232,6 +232,7 @@ class batcher {
     bool cancelled = false;
     bool started = false;  // has (or may have) KV state in the shards
     bool readmitted = false;
+    bool cold = false;  // no route served when it was admitted
     time_point admitted, first_token, last_token;
   };
   struct inflight_step {

@@ -49,6 +49,7 @@ struct generate_result {
   std::string error;          // set when finish_reason == "error"
   // The error is a lack of capacity (no instance took it in time), not a fault: a 503 at the door.
   bool unavailable = false;
+  bool cold_start = false;  // admitted while no route served the model (a cold or loading start)
   int32_t prompt_tokens = 0;
   int32_t generated_tokens = 0;
   int64_t ttft_us = 0;   // admission to first token

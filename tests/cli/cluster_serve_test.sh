@@ -107,6 +107,8 @@ cold_s=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
 [ "$(text_of "$tmp/cold.json")" = "$one" ] || fail "cold request: $(cat "$tmp/cold.json")"
 grep -qE '^strata:scale_events_total\{model_name="stories260K",event="scale-out"\} 1$' <(curl -s "$url/metrics") ||
   fail "the cold request did not scale out: $(curl -s "$url/metrics" | grep '^strata:scale')"
+grep -q '^strata:cold_start_time_to_first_token_seconds_count{model_name="stories260K"} 1$' <(curl -s "$url/metrics") ||
+  fail "the cold request is not in the cold-start TTFT histogram: $(curl -s "$url/metrics" | grep cold_start)"
 # Serving, unless (a slow machine) the keep-alive already took it back to zero: layers landed.
 case "$(state)" in "serving 1 True" | "cold 0 True") ;; *) fail "/v1/models after the cold request: $(curl -s "$url/v1/models")" ;; esac
 echo "ok: a cold request started an instance on n1 and was served in $cold_s s (same text); /v1/models: cold, then layers loaded"
@@ -191,6 +193,13 @@ code=$(ask other "$tmp/mem2.json")
 grep -qE "strata scaler other: .* no node: .*n3 has [0-9.e-]+ of [0-9.e-]+ GiB free \(1 model\(s\) there\), [0-9.e-]+ GiB needed" \
   "$tmp/serve5.log" || fail "no reason for not placing other: $(grep 'strata scaler' "$tmp/serve5.log")"
 view | grep -qE "^  other: .* n3" && fail "other placed on n3 without room: $(view)"
+# Per-node series: the instance on n3, its memory, what it holds and that it does not drain.
+metrics=$(curl -s "$url/metrics")
+for want in 'strata:node_instances{model_name="stories260K",node="n3"} 1' 'strata:node_memory_bytes{node="n3"} 1610612' \
+  'strata:node_models{node="n3"} 1' 'strata:node_draining{node="n3"} 0' 'strata:node_layers_loaded_total{model_name="stories260K",node="n3"} 6'; do
+  grep -qF "$want" <<<"$metrics" || fail "no '$want' in /metrics: $(grep '^strata:node' <<<"$metrics")"
+done
+grep -qE '^strata:node_memory_used_bytes\{node="n3"\} [1-9]' <<<"$metrics" || fail "n3 holds nothing: $(grep '^strata:node' <<<"$metrics")"
 kill -TERM "$srv"
 wait "$srv" || fail "serve (memory) did not drain cleanly"
 echo "ok: placement across models respects a node's memory and says why it did not place"
