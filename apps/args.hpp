@@ -78,7 +78,7 @@ class args {
       const option_spec* o = spec.find(k);
       if (!o || o->value.empty()) return make_error(spec.name + ": no option --" + k + " that takes a value");
       a.v_[k] = v;
-      a.all_[k] = {v};
+      a.all_[k].push_back(v);  // an option that may repeat (--model) keeps every value
     }
     for (auto& k : flags) {
       const option_spec* o = spec.find(k);

@@ -137,7 +137,11 @@ std::vector<command_spec> make_table() {
                          "autoscale instances under this policy (see strata policies)", "blitz with --nodes or --controller"},
                         {"controller", "HOST:PORT", "",
                          "place instances on a running cluster's nodes (its controller; the model held there under "
-                         "its served name)", ""}} +
+                         "its served name)", ""},
+                        {"model-knobs", "NAME:K=V,...", "",
+                         "one model's own values of policy, min, max, queue, keep-alive-s, queue-timeout-s, min-share, "
+                         "ttft-slo-ms, tbt-slo-ms, max-running, max-waiting, scheduler, batch-scheduler, migration "
+                         "(repeat per model; the others take the command's)", ""}} +
                    node_opts + opts(tls_opts.begin(), tls_opts.begin() + 1) + opts(scaling_opts.begin(), scaling_opts.end()) +
                    slo_opts + common,
                "With --policy the scaling, link and device options of autoscale apply; /ready is 503 until the "

@@ -631,10 +631,70 @@ expected<serve_model> load_serve_model(const std::string& spec, const args& a, b
   return out;
 }
 
+// The options a model behind a front door may set for itself (--model-knobs NAME:K=V,...).
+const std::vector<std::string> model_knob_keys = {"policy", "min", "max", "queue", "keep-alive-s", "queue-timeout-s",
+                                                  "min-share", "ttft-slo-ms", "tbt-slo-ms", "max-running",
+                                                  "max-waiting", "scheduler", "batch-scheduler", "migration"};
+
+// Each served model's options: the command's, with its --model-knobs on top. Names, keys and
+// values are checked here, before anything starts; a bad value names the model.
+std::map<std::string, args> per_model_args(const args& a, const std::vector<std::string>& names) {
+  std::map<std::string, args> out;
+  for (auto& n : names) out.emplace(n, a);
+  for (auto& spec : a.values("model-knobs")) {
+    auto colon = spec.find(':');
+    if (colon == std::string::npos || colon == 0)
+      throw usage_error("--model-knobs: expected NAME:KEY=VALUE,..., got '" + spec + "'");
+    auto name = spec.substr(0, colon);
+    auto it = out.find(name);
+    if (it == out.end()) {
+      std::string served;
+      for (auto& n : names) served += (served.empty() ? "" : ", ") + n;
+      throw usage_error("--model-knobs: no model '" + name + "' is served (" + served + ")");
+    }
+    auto pairs = split_list(spec.substr(colon + 1));
+    if (pairs.empty()) throw usage_error("--model-knobs " + name + ": no KEY=VALUE");
+    for (auto& kv : pairs) {
+      auto eq = kv.find('=');
+      auto key = kv.substr(0, eq);
+      if (std::find(model_knob_keys.begin(), model_knob_keys.end(), key) == model_knob_keys.end()) {
+        std::string known;
+        for (auto& k : model_knob_keys) known += (known.empty() ? "" : ", ") + k;
+        auto near = nearest_name(model_knob_keys, key);
+        throw usage_error("--model-knobs " + name + ": unknown key '" + key + "'" +
+                          (near.empty() ? "" : " (did you mean " + near + "?)") + " (known: " + known + ")");
+      }
+      if (eq == std::string::npos || eq + 1 == kv.size())
+        throw usage_error("--model-knobs " + name + ": '" + key + "' needs a value (" + key + "=VALUE)");
+      it->second.set(key, kv.substr(eq + 1));
+    }
+  }
+  return out;
+}
+
+// One model's scaling setup and router options from its own options.
+struct model_serving {
+  scaling_setup setup;
+  std::string policy;  // empty: a fixed pipeline (one model, no scaling)
+};
+
+model_serving model_serving_from(const args& a, const std::string& name, bool on_cluster) {
+  try {
+    auto s = scaling_from_args(a);
+    if (!s) throw usage_error(s.message());
+    model_serving out{*s, a.str("policy", on_cluster ? "blitz" : "")};
+    // A server that can queue nothing rejects every request: at least one may wait.
+    out.setup.ro.max_waiting = int(a.integer("max-waiting", 1, 1 << 20));
+    out.setup.ro.max_batch_tokens = int(a.integer("max-batch-tokens", 1, 1 << 24));
+    return out;
+  } catch (const usage_error& e) {
+    if (a.has("model-knobs")) throw usage_error("model " + name + ": " + e.what());
+    throw;
+  }
+}
+
 int run_serve(const args& a) {
   if (!a.has("model")) return fail("serve needs --model PATH");
-  auto setup = scaling_from_args(a);
-  if (!setup) return fail(setup.message());
   const auto specs = a.values("model");
   const bool several = specs.size() > 1;
   if (several && a.has("served-model-name"))
@@ -648,10 +708,6 @@ int run_serve(const args& a) {
   ho.max_connections_per_client = int(a.integer("max-connections-per-client", 1, 1 << 16));
   ho.api_key = a.str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
   if (a.has("api-key") && ho.api_key.empty()) throw usage_error("--api-key: must not be empty");
-  router_options ro = setup->ro;
-  // A server that can queue nothing rejects every request: at least one may wait.
-  ro.max_waiting = int(a.integer("max-waiting", 1, 1 << 20));
-  ro.max_batch_tokens = int(a.integer("max-batch-tokens", 1, 1 << 24));
   const double drain_s = a.number("drain-timeout-s", 0, 86400);
   // Where instances run: this process, node processes started here, or a running cluster.
   cluster_spec cs = nodes_from_args(a);
@@ -660,9 +716,8 @@ int run_serve(const args& a) {
   const bool on_cluster = cs.nodes > 0 || !cs.controller.empty();
   if (a.has("tls") && cs.controller.empty()) throw usage_error("--tls needs --controller");
   cs.tls_dir = a.str("tls");
-  const std::string policy = a.str("policy", on_cluster ? "blitz" : "");
-  if (several && policy.empty())
-    throw usage_error("several models need --policy (each autoscales; a fixed pipeline serves one model)");
+  if (!several && a.has("model-knobs")) throw usage_error("--model-knobs is for several models; with one, use the options");
+  model_serving_from(a, "", on_cluster);  // the command's own values, checked before the models load
   apply_common(a);
   std::vector<serve_model> models;
   for (auto& spec : specs) {
@@ -671,6 +726,25 @@ int run_serve(const args& a) {
     for (auto& other : models)
       if (other.name == sm->name) return fail("two models named '" + sm->name + "' (write --model NAME=PATH)");
     models.push_back(std::move(*sm));
+  }
+  // Each model's options: the command's with its --model-knobs on top.
+  std::vector<std::string> names;
+  for (auto& sm : models) names.push_back(sm.name);
+  auto margs = per_model_args(a, names);
+  std::map<std::string, model_serving> knobs_of;
+  for (auto& sm : models) {
+    auto m = model_serving_from(margs.at(sm.name), sm.name, on_cluster);
+    if (several && m.policy.empty())
+      throw usage_error("several models need --policy, or a policy for each in --model-knobs (each autoscales; a "
+                        "fixed pipeline serves one model)");
+    if (!m.policy.empty()) {
+      auto made = make_policy(m.policy, m.setup.knobs, m.setup.links);
+      if (!made) return fail((several ? "model " + sm.name + ": " : std::string()) + made.message());
+      if (on_cluster && (*made)->loading().local_copy)
+        return fail("policy " + m.policy + " loads from a host copy on every node, which serving over a cluster does not "
+                    "set up yet; use blitz, lambda-pipe or stop-the-world");
+    }
+    knobs_of.emplace(sm.name, std::move(m));
   }
   auto shards = parse_shards(a.str("shards"), models[0].m->config.n_layers);
   if (!shards) return fail(shards.message());
@@ -686,16 +760,7 @@ int run_serve(const args& a) {
   std::unique_ptr<local_cluster> cluster;
   std::optional<scaling_cluster> sc;
   caf::actor_system* sys = nullptr;
-  std::unique_ptr<scaling_policy> checked;  // the policy, checked before anything starts
-  if (!policy.empty()) {
-    auto made = make_policy(policy, setup->knobs, setup->links);
-    if (!made) return fail(made.message());
-    checked = std::move(*made);
-  }
   if (on_cluster) {
-    if (checked->loading().local_copy)
-      return fail("policy " + policy + " loads from a host copy on every node, which serving over a cluster does not "
-                  "set up yet; use blitz, lambda-pipe or stop-the-world");
     for (auto& sm : models) cs.models.push_back({sm.name, sm.path});
     auto started = start_scaling_cluster(cs, [](const std::string& line) { say("%s\n", line.c_str()); });
     if (!started) {
@@ -707,7 +772,7 @@ int run_serve(const args& a) {
     }
     sc = std::move(*started);
     cluster = std::move(sc->cluster);
-    ro = cluster_router_options(ro);
+    for (auto& [name, m] : knobs_of) m.setup.ro = cluster_router_options(m.setup.ro);
     sys = &cluster->system();
   } else {
     rt = std::make_unique<actor_runtime>();
@@ -722,18 +787,20 @@ int run_serve(const args& a) {
   pipeline pl;
   for (auto& sm : models) {
     caf::actor router, scaler;
-    if (!policy.empty()) {
+    const auto& mk = knobs_of.at(sm.name);
+    const router_options& ro = mk.setup.ro;
+    if (!mk.policy.empty()) {
       auto dev = parse_devices(a.str("devices"), 1);  // one device for every instance
       if (!dev) return fail(dev.message());
-      auto so = setup->so;
+      auto so = mk.setup.so;
       so.cuda_device = dev->front();
       if (sc) so.cluster = sc->placement_for(sm.name);
       so.log_label = sm.name;  // scaling events on stderr, for operators
       so.max_events = 1000;    // a server runs for days: its report keeps recent events, counts of all
       router = spawn_router(*sys, sm.m, std::vector<route_ptr>{}, ro);
       scaler = spawn_scaler(*sys, sm.m, router,
-                            std::shared_ptr<scaling_policy>(std::move(*make_policy(policy, setup->knobs, setup->links))),
-                            setup->knobs, so);
+                            std::shared_ptr<scaling_policy>(std::move(*make_policy(mk.policy, mk.setup.knobs, mk.setup.links))),
+                            mk.setup.knobs, so);
       guard.actors.push_back(scaler);
       guard.actors.push_back(router);
       scalers.push_back(scaler);
@@ -752,7 +819,7 @@ int run_serve(const args& a) {
         return fail("the model cannot serve a request: " + st.message());
     }
     routers.push_back(router);
-    served.push_back({sm.name, router, sm.m, std::move(*sm.tok), scaler, setup->knobs.min_instances == 0 && scaler});
+    served.push_back({sm.name, router, sm.m, std::move(*sm.tok), scaler, mk.setup.knobs.min_instances == 0 && scaler});
   }
   auto srv = http_server::start(*sys, std::move(served), ho);
   if (!srv) return fail(srv.message());

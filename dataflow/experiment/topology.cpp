@@ -79,6 +79,25 @@ const key_spec keys[] = {
     {"output", "svg", "svg", kind::path, "replay"},
 };
 
+// [models.NAME]: one of several models behind a front door (serve): its path, and its own values
+// of these knobs (serve --model NAME=PATH --model-knobs NAME:...).
+const key_spec model_keys[] = {
+    {"models", "policy", "policy", kind::text, "serve"},
+    {"models", "min", "min", kind::integer, "serve"},
+    {"models", "max", "max", kind::integer, "serve"},
+    {"models", "queue", "queue", kind::number, "serve"},
+    {"models", "keep_alive_s", "keep-alive-s", kind::number, "serve"},
+    {"models", "queue_timeout_s", "queue-timeout-s", kind::number, "serve"},
+    {"models", "min_share", "min-share", kind::number, "serve"},
+    {"models", "ttft_ms", "ttft-slo-ms", kind::number, "serve"},
+    {"models", "tbt_ms", "tbt-slo-ms", kind::number, "serve"},
+    {"models", "max_running", "max-running", kind::integer, "serve"},
+    {"models", "max_waiting", "max-waiting", kind::integer, "serve"},
+    {"models", "scheduler", "scheduler", kind::text, "serve"},
+    {"models", "batch_scheduler", "batch-scheduler", kind::text, "serve"},
+    {"models", "migration", "migration", kind::text, "serve"},
+};
+
 // [model.random]: a random-weight model written before the job (strata gen-model options).
 const char* random_keys[] = {"dim", "hidden", "layers", "heads", "kv_heads", "vocab", "seq_len", "seed"};
 
@@ -146,17 +165,53 @@ expected<topology> parse_topology(const std::string& text, const std::string& di
     if (out.run != "autoscale" && out.run != "replay" && out.run != "serve")
       return make_error(source + ": unknown run = \"" + out.run + "\" (expected autoscale, replay or serve)");
   } else {
-    out.run = t.contains("http") ? "serve" : t.contains("scaling") || t.contains("cluster") ? "autoscale" : "replay";
+    out.run = t.contains("http") || t.contains("models") ? "serve"
+              : t.contains("scaling") || t.contains("cluster") ? "autoscale"
+                                                              : "replay";
   }
   for (auto& [sec, node] : t) {
     std::string section(sec.str());
     if (section == "run") continue;
     if (!node.is_table()) return make_error(source + ": '" + section + "' must be a [section]");
+    if (section == "models") {
+      if (out.run != "serve") return make_error(source + ": [models] does not apply to run = \"" + out.run + "\" (only to serve)");
+      for (auto& [mk, mv] : *node.as_table()) {
+        std::string name(mk.str());
+        const std::string where = "[models." + name + "]";
+        if (!mv.is_table()) return make_error(source + ": " + where + " must be a table (path = \"...\" and knobs)");
+        std::string path, knobs;
+        for (auto& [k, v] : *mv.as_table()) {
+          std::string key(k.str()), err;
+          if (key == "path") {
+            path = render(v, kind::path, dir, err);
+            if (!err.empty()) return make_error(source + ": " + where + " path " + err);
+            continue;
+          }
+          const key_spec* spec = nullptr;
+          std::string known = "path";
+          for (auto& s : model_keys) {
+            known += std::string(", ") + s.key;
+            if (key == s.key) spec = &s;
+          }
+          if (!spec) return make_error(source + ": unknown key '" + key + "' in " + where + " (known: " + known + ")");
+          auto value = render(v, spec->k, dir, err);
+          if (!err.empty()) return make_error(source + ": " + where + " " + key + " " + err);
+          if (value.find_first_of(",:") != std::string::npos)
+            return make_error(source + ": " + where + " " + key + " must not contain ',' or ':'");
+          knobs += (knobs.empty() ? "" : ",") + std::string(spec->option) + "=" + value;
+        }
+        if (path.empty()) return make_error(source + ": " + where + " needs path = \"...\"");
+        out.options.emplace_back("model", name + "=" + path);
+        out.origins.emplace_back("model", where + " path");
+        if (!knobs.empty()) out.options.emplace_back("model-knobs", name + ":" + knobs);
+      }
+      continue;
+    }
     bool known_section = false;
     for (auto& s : keys) known_section = known_section || section == s.section;
     if (!known_section)
       return make_error(source + ": unknown section [" + section +
-                        "] (known: model, cluster, links, device, serving, scaling, slo, workload, http, output)");
+                        "] (known: model, models, cluster, links, device, serving, scaling, slo, workload, http, output)");
     for (auto& [k, v] : *node.as_table()) {
       std::string key(k.str());
       if (section == "model" && key == "random") {
@@ -197,6 +252,8 @@ expected<topology> parse_topology(const std::string& text, const std::string& di
   bool has_model = !out.random_model.empty();
   for (auto& [o, _] : out.options) has_model = has_model || o == "model";
   if (!has_model) return make_error(source + ": [model] needs path = \"...\" or a [model.random] table");
+  if (t.contains("models") && t.contains("model"))
+    return make_error(source + ": both [model] and [models.NAME]; one model goes in [model], several in [models.NAME]");
   if (!out.random_model.empty())
     for (auto& [o, _] : out.options)
       if (o == "model") return make_error(source + ": [model] has both path and random; choose one");

@@ -186,6 +186,36 @@ kill -TERM "$tsrv"
 wait "$tsrv" || fail "run serve-cluster.toml did not drain: $(cat "$tmp/topo-serve.log")"
 grep -q '"completion_tokens":8' <<<"$out" || fail "run serve-cluster.toml: $out"
 grep -q "cluster up (3 nodes: src, n1, n2" "$tmp/topo-serve.log" || fail "serve-cluster.toml: no cluster: $(cat "$tmp/topo-serve.log")"
+# Per-model knobs (topology [models.NAME]): chat has an instance from the start, batch scales
+# from zero; each keeps its own values.
+"$strata" run "$topos/serve-models.toml" --port 0 --threads 1 > "$tmp/topo-models.log" 2>&1 &
+msrv=$!
+mport=$(serve_port "$tmp/topo-models.log" 300)
+[ -n "$mport" ] || { kill "$msrv"; fail "run serve-models.toml did not start: $(cat "$tmp/topo-models.log")"; }
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$mport/ready" >/dev/null && break; sleep 0.1; done
+states=$(curl -s "http://127.0.0.1:$mport/v1/models" |
+  python3 -c 'import json, sys; print(" ".join(d["id"] + "=" + d["strata"]["state"] for d in json.load(sys.stdin)["data"]))')
+out=$(curl -s "http://127.0.0.1:$mport/v1/completions" -H 'content-type: application/json' \
+  -d '{"model":"batch","prompt":"Once","max_tokens":8,"temperature":0}')
+kill -TERM "$msrv"
+wait "$msrv" || fail "run serve-models.toml did not drain: $(cat "$tmp/topo-models.log")"
+[ "$states" = "batch=cold chat=serving" ] || [ "$states" = "chat=serving batch=cold" ] || fail "serve-models.toml states: $states"
+grep -q '"completion_tokens":8' <<<"$out" || fail "serve-models.toml, the cold model: $out"
+grep -q -- "--model-knobs batch:keep-alive-s=60,max-waiting=64,min=0,queue-timeout-s=30 --model-knobs chat:min=1,queue=1,ttft-slo-ms=500" \
+  "$tmp/topo-models.log" || fail "serve-models.toml command line: $(head -2 "$tmp/topo-models.log")"
+expect_error "--model-knobs: no model 'zz' is served (a, b)" "$strata" serve --model "a=$m" --model "b=$m" --policy blitz \
+  --model-knobs zz:min=0 --port 0
+expect_error "--model-knobs a: unknown key 'mn' (did you mean min?)" "$strata" serve --model "a=$m" --model "b=$m" \
+  --policy blitz --model-knobs a:mn=0 --port 0
+expect_error "model a: --max: expected an integer" "$strata" serve --model "a=$m" --model "b=$m" --policy blitz \
+  --model-knobs a:max=-1 --port 0
+expect_error "model b: unknown policy 'nope'" "$strata" serve --model "a=$m" --model "b=$m" --policy blitz \
+  --model-knobs b:policy=nope --port 0
+expect_error "--model-knobs is for several models" "$strata" serve --model "$m" --model-knobs x:min=0 --port 0
+printf '[models.a]\npath = "%s"\nmn = 1\n' "$m" > "$tmp/models.toml"
+expect_error "unknown key 'mn' in [models.a]" "$strata" run "$tmp/models.toml"
+printf '[models.a]\nmin = 1\n' > "$tmp/models2.toml"
+expect_error "[models.a] needs path" "$strata" run "$tmp/models2.toml"
 printf '[model]\npath = "%s"\n[workload]\ntrace = "gamma"\n[scaling]\nmaxx = 2\n' "$m" > "$tmp/bad.toml"
 expect_error "unknown key 'maxx' in [scaling]" "$strata" run "$tmp/bad.toml"
 expect_error "topology $tmp/none.toml: cannot open" "$strata" run "$tmp/none.toml"

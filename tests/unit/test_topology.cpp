@@ -86,9 +86,43 @@ TEST_CASE("topology mistakes are errors naming the file and key") {
 }
 
 TEST_CASE("the shipped example topologies parse") {
-  for (auto name : {"azure-burst-cluster", "gamma-random-model", "conv-replay", "serve"}) {
+  for (auto name : {"azure-burst-cluster", "gamma-random-model", "conv-replay", "serve", "serve-cluster", "serve-models"}) {
     CAPTURE(name);
     auto t = load_topology(std::string(STRATA_SOURCE_DIR) + "/apps/topologies/" + name + ".toml");
     CHECK_MESSAGE(t, t.message());
   }
+}
+
+TEST_CASE("several models in a topology: [models.NAME] become --model NAME=PATH and --model-knobs") {
+  auto t = parse_topology(R"(
+[scaling]
+policy = "blitz"
+[models.a]
+path = "m/a"
+min = 0
+keep_alive_s = 2.5
+[models.b]
+path = "/abs/b"
+)", "/d", "t.toml");
+  REQUIRE_MESSAGE(t, t.message());
+  CHECK(t->run == "serve");  // implied by [models]
+  std::vector<std::string> models, knobs;
+  for (auto& [o, v] : t->options) {
+    if (o == "model") models.push_back(v);
+    if (o == "model-knobs") knobs.push_back(v);
+  }
+  CHECK(models == std::vector<std::string>{"a=/d/m/a", "b=/abs/b"});
+  CHECK(knobs == std::vector<std::string>{"a:keep-alive-s=2.5,min=0"});
+  auto err = [](const std::string& text) {
+    auto r = parse_topology(text, "/d", "t.toml");
+    REQUIRE_FALSE(r);
+    return r.message();
+  };
+  CHECK(err("[models.a]\nmin = 1\n") == "t.toml: [models.a] needs path = \"...\"");
+  CHECK(err("[models.a]\npath = \"/m\"\nmn = 1\n").find("t.toml: unknown key 'mn' in [models.a] (known: path, policy, min") == 0);
+  CHECK(err("[models.a]\npath = \"/m\"\nmin = \"x\"\n") == "t.toml: [models.a] min must be an integer");
+  CHECK(err("[models.a]\npath = \"/m\"\npolicy = \"a,b\"\n") == "t.toml: [models.a] policy must not contain ',' or ':'");
+  CHECK(err("[models]\na = 3\n") == "t.toml: [models.a] must be a table (path = \"...\" and knobs)");
+  CHECK(err("[model]\npath = \"/m\"\n[models.a]\npath = \"/m\"\n").find("both [model] and [models.NAME]") != std::string::npos);
+  CHECK(err("run = \"replay\"\n[models.a]\npath = \"/m\"\n") == "t.toml: [models] does not apply to run = \"replay\" (only to serve)");
 }
