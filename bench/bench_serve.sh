@@ -148,7 +148,7 @@ if [[ ,$parts, == *,churn,* ]]; then
   at 18
   killed_node=$(hosts | grep -vx "${drained_node:-n1}" | head -1)
   killed_node=${killed_node:-n2}
-  { kill -KILL "${node[$killed_node]}"; wait "${node[$killed_node]}"; } 2>/dev/null
+  { kill -KILL "${node[$killed_node]}"; wait "${node[$killed_node]}" || true; } 2>/dev/null
   wait "$bench" || true
   wait "$drain" && drained=$(grep -o 'in [0-9.]* s' "$tmp/drain.out") || drained="failed: $(tail -1 "$tmp/drain.out")"
   echo "scaling events: $(grep -oE 'strata scaler [^:]*: [0-9.]+ s (started|scale-out|drain|lost|stopped)[^,]*(, on [a-z0-9]+|: on [a-z0-9]+|: node [a-z0-9]+)?' "$tmp/churn.log" | sed -E 's/strata scaler [^:]*: //' | paste -sd ';' | sed 's/;/; /g')"
