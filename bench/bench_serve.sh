@@ -3,11 +3,12 @@
 #
 #   bench/bench_serve.sh [build/bin/strata] [parts]     parts: any of agree,cold,churn (default all)
 #
-# agree  The Azure code burst (845-870 s) replayed over HTTP against `serve --nodes 3` and by
-#        `autoscale --nodes 3` with the same settings (stories260K, device 4 ms/layer + 0.2 ms/row,
-#        every node's egress paced to 0.25 MB/s so a model load takes seconds), under blitz and
-#        stop-the-world: p99 TTFT, SLO attainment; ratios blitz/stop-the-world on each path and
-#        HTTP/autoscale per policy. The front door's queue and its connections per client are made
+# agree  Bursts of the Azure code trace (845-870 s), the Azure conversation trace (1865-1890 s, its
+#        densest 25 s) and BurstGPT (its first 200 requests at 8/s) replayed over HTTP against
+#        `serve --nodes 3` and by `autoscale --nodes 3` with the same settings (stories260K,
+#        device 4 ms/layer + 0.2 ms/row, every node's egress paced to 0.25 MB/s so a model load
+#        takes seconds), under blitz and stop-the-world: p99 TTFT, SLO attainment; ratios
+#        blitz/stop-the-world on each path and HTTP/autoscale per policy. The front door's queue and its connections per client are made
 #        as deep as the replay's (no 429, no refused connection: each streamed request holds one).
 # cold   Scale from zero: one model, then four models at once (a request for each at t=0), on
 #        nodes that hold no copy (placement n1,n2: parameters multicast from src over 0.25 MB/s
@@ -62,27 +63,35 @@ PY
 ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.2f}' if b > 0 else 'n/a')" "$1" "$2"; }
 
 if [[ ,$parts, == *,agree,* ]]; then
-  echo "### Azure code burst 845-870 s over HTTP (bench-serve vs serve --nodes 3) and by autoscale --nodes 3; stories260K, device 4 ms/layer + 0.2 ms/row, links 0.25 MB/s"
-  trace=(--trace "$data/traces/AzureLLMInferenceTrace_code.csv" --start 845 --duration 25 --max-requests 1000 --max-prompt 64)
+  echo "### bursts over HTTP (bench-serve vs serve --nodes 3) and by autoscale --nodes 3; stories260K, device 4 ms/layer + 0.2 ms/row, links 0.25 MB/s"
   knobs=(--max 4 --max-running 16 --link-mbs 0.25 --chunk-kb 32 "${dev[@]}")
   declare -A p99 slo
-  printf '%-16s %-11s %12s %9s %9s\n' policy path "p99 TTFT ms" "SLO %" "ok"
-  for pol in blitz stop-the-world; do
-    start_serve "agree-$pol.log" --model "$m" --nodes 3 --policy "$pol" --max-waiting 4096 \
-      --max-connections-per-client 4096 "${knobs[@]}"
-    "$strata" bench-serve --url "$url" "${trace[@]}" --vocab 512 --json "$tmp/http-$pol.json" >/dev/null 2>&1 || true
-    stop_serve
-    read -r a b c < <(summary "$tmp/http-$pol.json")
-    p99[http-$pol]=$a slo[http-$pol]=$b
-    printf '%-16s %-11s %12s %9s %9s\n' "$pol" HTTP "$a" "$b" "$c"
-    "$strata" autoscale --model "$m" "${trace[@]}" --nodes 3 --policies "$pol" "${knobs[@]}" --threads 1 \
-      --json "$tmp/auto-$pol.json" >/dev/null 2>&1 || true
-    read -r a b c < <(summary "$tmp/auto-$pol.json" "$pol")
-    p99[auto-$pol]=$a slo[auto-$pol]=$b
-    printf '%-16s %-11s %12s %9s %9s\n' "$pol" autoscale "$a" "$b" "$c"
+  labels=("Azure code 845-870 s" "Azure conversation 1865-1890 s" "BurstGPT first 200 at 8/s")
+  traces=("--trace $data/traces/AzureLLMInferenceTrace_code.csv --start 845 --duration 25 --max-requests 1000"
+          "--trace $data/traces/AzureLLMInferenceTrace_conv.csv --start 1865 --duration 25 --max-requests 1000"
+          "--trace $data/traces/burstgpt1_first400.csv --max-requests 200 --rate 8")
+  printf '%-32s %-16s %-10s %12s %7s %8s\n' trace policy path "p99 TTFT ms" "SLO %" ok
+  for i in "${!traces[@]}"; do
+    read -r -a trace <<<"${traces[$i]} --max-prompt 64"
+    label=${labels[$i]}
+    for pol in blitz stop-the-world; do
+      start_serve "agree-$i-$pol.log" --model "$m" --nodes 3 --policy "$pol" --max-waiting 4096 \
+        --max-connections-per-client 4096 "${knobs[@]}"
+      "$strata" bench-serve --url "$url" "${trace[@]}" --vocab 512 --json "$tmp/http-$i-$pol.json" >/dev/null 2>&1 || true
+      stop_serve
+      read -r a b c < <(summary "$tmp/http-$i-$pol.json")
+      p99[http-$i-$pol]=$a
+      printf '%-32s %-16s %-10s %12s %7s %8s\n' "$label" "$pol" HTTP "$a" "$b" "$c"
+      "$strata" autoscale --model "$m" "${trace[@]}" --nodes 3 --policies "$pol" "${knobs[@]}" --threads 1 \
+        --json "$tmp/auto-$i-$pol.json" >/dev/null 2>&1 || true
+      read -r a b c < <(summary "$tmp/auto-$i-$pol.json" "$pol")
+      p99[auto-$i-$pol]=$a
+      printf '%-32s %-16s %-10s %12s %7s %8s\n' "$label" "$pol" autoscale "$a" "$b" "$c"
+    done
   done
-  echo "p99 TTFT blitz / stop-the-world: HTTP $(ratio "${p99[http-blitz]}" "${p99[http-stop-the-world]}"), autoscale $(ratio "${p99[auto-blitz]}" "${p99[auto-stop-the-world]}")"
-  echo "p99 TTFT HTTP / autoscale: blitz $(ratio "${p99[http-blitz]}" "${p99[auto-blitz]}"), stop-the-world $(ratio "${p99[http-stop-the-world]}" "${p99[auto-stop-the-world]}")"
+  for i in "${!traces[@]}"; do
+    echo "${labels[$i]}: p99 TTFT blitz / stop-the-world: HTTP $(ratio "${p99[http-$i-blitz]}" "${p99[http-$i-stop-the-world]}"), autoscale $(ratio "${p99[auto-$i-blitz]}" "${p99[auto-$i-stop-the-world]}"); HTTP / autoscale: blitz $(ratio "${p99[http-$i-blitz]}" "${p99[auto-$i-blitz]}"), stop-the-world $(ratio "${p99[http-$i-stop-the-world]}" "${p99[auto-$i-stop-the-world]}")"
+  done
   echo
 fi
 
