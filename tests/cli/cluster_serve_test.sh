@@ -5,8 +5,9 @@
 # the in-process pipeline's; a burst scales out onto the other node with every text identical;
 # SIGTERM drains, exits 0 and leaves the nodes with only their host copy; with --min 0 a cold
 # request starts an instance (parameters multicast to it) and idle instances go back to zero;
-# `strata cluster drain` under streaming load loses no request and the node exits; two models
-# behind one front door each start and serve (also under bench-serve).
+# `strata cluster drain` under streaming load loses no request and the node exits; a node
+# SIGKILLed under streaming load loses none either; placement respects each node's memory across
+# models; two models behind one front door each start and serve (also under bench-serve).
 # usage: cluster_serve_test.sh STRATA_BIN DATA_DIR
 set -uo pipefail
 strata=$1
@@ -44,7 +45,8 @@ expect_error "--tls needs --controller" --tls /nonexistent
 "$strata" node --name src --listen "$ctl" --model "stories260K=$m" --model "other=$m" >"$tmp/src.log" 2>&1 &
 pids+=($!)
 "$strata" node --name n1 --controller "$ctl" --listen 127.0.0.1:0 >"$tmp/n1.log" 2>&1 &
-pids+=($!)
+n1pid=$!
+pids+=($n1pid)
 wait_view "^2 node(s)"
 wait_view "stories260K: src (host copy)"
 expect_error "no node of the cluster holds a host copy of 'nope'" --controller "$ctl" --served-model-name nope
@@ -171,6 +173,28 @@ grep -qE '^strata:instances\{model_name="stories260K"\} 1$' <<<"$metrics" || fai
 kill -TERM "$srv"
 wait "$srv" || fail "serve (drain) did not drain cleanly"
 echo "ok: n2 drained under streaming load: 40/40 requests served, a replacement on src, n2 left and exited 0"
+
+# A node killed under streaming load: the requests on its instance are re-admitted on src's (they
+# resume from the tokens they streamed) and every stream ends whole.
+start_serve serve6.log "serve did not start (kill)" --model "$m" --controller "$ctl" --port 0 --threads 1 \
+  --placement n1,src --min 2 --max 2 --keep-alive-s 30 --device-layer-ms 2
+for _ in $(seq 300); do curl -sf "$url/ready" >/dev/null && break; sleep 0.1; done
+wait_view "^  stories260K: .* n1\b"
+"$strata" bench-serve --url "$url" --trace gamma --n 30 --gamma-rate 8 --max-output 120 --json "$tmp/kill.json" \
+  >"$tmp/kill-bench.out" 2>"$tmp/kill-bench.log" &
+bench=$!
+for _ in $(seq 100); do grep -q "requests finished" "$tmp/kill-bench.log" && break; sleep 0.1; done
+kill -KILL "$n1pid"
+wait "$bench" || fail "requests failed when n1 was killed: $(cat "$tmp/kill-bench.out")"
+python3 -c '
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["summary"]["ok"] == 30 and all(q["generated"] == q["output_tokens"] for q in j["requests"]), j["summary"]' \
+  "$tmp/kill.json" || fail "kill: $(cat "$tmp/kill-bench.out")"
+grep -qE "strata scaler stories260K: .* lost #[0-9]+: n1" "$tmp/serve6.log" || fail "n1's instance was not lost: $(grep 'strata scaler' "$tmp/serve6.log")"
+kill -TERM "$srv"
+wait "$srv" || fail "serve (kill) did not drain cleanly"
+echo "ok: n1 killed under streaming load: 30/30 streams ended whole"
 
 # Placement knows memory across models: n3 has room for one copy of the model's parameters, so
 # once stories260K runs there, other (the same weights under another name) is not placed there;
