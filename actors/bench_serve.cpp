@@ -10,18 +10,26 @@ namespace strata {
 
 using json = nlohmann::json;
 
+namespace {
+// The message of an OpenAI error body ({"error": {"message": ...}}), else the body's start.
+std::string error_message(const std::string& body) {
+  auto j = json::parse(body, nullptr, false);
+  if (j.is_object() && j.contains("error") && j["error"].is_object() && j["error"].contains("message") &&
+      j["error"]["message"].is_string())
+    return j["error"]["message"].get<std::string>();
+  return body.substr(0, 200);
+}
+}  // namespace
+
 expected<std::vector<endpoint_model>> endpoint_models(const http_url& url, const http_load_options& o) {
   auto o2 = o;
   o2.timeout = std::min(o.timeout, std::chrono::milliseconds(30000));
   auto r = http_fetch(url, "GET", "/v1/models", "", o2);
   if (!r) return r.err();
+  if (r->status != 200)
+    return make_error("GET " + url.str() + "/v1/models: HTTP " + std::to_string(r->status) + ": " +
+                      error_message(r->body));
   auto j = json::parse(r->body, nullptr, false);
-  if (r->status != 200) {
-    std::string why = j.is_object() && j.contains("error") && j["error"].is_object()
-                          ? j["error"].value("message", "")
-                          : r->body.substr(0, 200);
-    return make_error("GET " + url.str() + "/v1/models: HTTP " + std::to_string(r->status) + ": " + why);
-  }
   if (!j.is_object() || !j.contains("data") || !j["data"].is_array())
     return make_error("GET " + url.str() + "/v1/models: not a model list (no 'data' array)");
   std::vector<endpoint_model> out;
@@ -50,11 +58,7 @@ struct in_flight {
 
 std::string error_of(const in_flight& f) {
   if (f.status != 200) {
-    auto j = json::parse(f.error_body, nullptr, false);
-    std::string msg = j.is_object() && j.contains("error") && j["error"].is_object() && j["error"].contains("message") &&
-                              j["error"]["message"].is_string()
-                          ? j["error"]["message"].get<std::string>()
-                          : f.error_body.substr(0, 200);
+    std::string msg = error_message(f.error_body);
     return "HTTP " + std::to_string(f.status) + (msg.empty() ? "" : ": " + msg);
   }
   if (!f.event_error.empty()) return "in the stream: " + f.event_error;

@@ -287,11 +287,17 @@ void local_feed(node_actor* self, uint64_t key, int32_t segment, double mb_s) {
   schedule_local_segment(self, key, h->second, segment + 1, mb_s);
 }
 
+// The instance a scaler (`watcher`) numbered `id`: ids are only unique per scaler.
+std::map<uint64_t, hosted_instance>::iterator find_hosted(node_state& st, uint32_t id, const caf::actor& watcher) {
+  return std::find_if(st.hosted.begin(), st.hosted.end(),
+                      [&](auto& kv) { return kv.second.id == id && kv.second.watcher == watcher; });
+}
+
 caf::result<std::vector<caf::actor>> host_instance(node_actor* self, const std::string& model,
                                                    const std::vector<uint8_t>& manifest, uint32_t id,
                                                    device_model dev, double local_mb_s, caf::actor watcher) {
   auto& st = self->state;
-  if (std::any_of(st.hosted.begin(), st.hosted.end(), [&](auto& kv) { return kv.second.id == id && kv.second.watcher == watcher; }))
+  if (find_hosted(st, id, watcher) != st.hosted.end())
     return make_caf_error(errc::bad_request, "instance " + std::to_string(id) + " exists already");
   uint64_t key = st.next_key++;
   auto view = read_manifest(manifest.data(), manifest.size());
@@ -354,10 +360,10 @@ void drop_copy_if_unused(node_actor* self, const std::string& model) {
   self->send(st.controller, unhold_atom::value, st.id, model);
 }
 
-// Drained: the controller takes this node out of the view, then the node stops (its process
-// exits once the actor system is done).
 void abort_all_transfers(node_actor* self);
 
+// Drained: the controller takes this node out of the view, then the node stops (its process
+// exits once the actor system is done).
 void leave(node_actor* self) {
   auto& st = self->state;
   std::fprintf(stderr, "strata node %s: drained (no instance left); leaving the cluster\n", st.cfg.name.c_str());
@@ -693,10 +699,8 @@ caf::behavior node_fun(node_actor* self, node_config cfg, caf::actor controller,
         return true;
       },
       [=](uninstance_atom, uint32_t id, const caf::actor& watcher) {
-        auto& hosted = self->state.hosted;
-        auto it = std::find_if(hosted.begin(), hosted.end(),
-                               [&](auto& kv) { return kv.second.id == id && kv.second.watcher == watcher; });
-        if (it != hosted.end()) unhost_instance(self, it->first);
+        if (auto it = find_hosted(self->state, id, watcher); it != self->state.hosted.end())
+          unhost_instance(self, it->first);
       },
       [=](drain_atom) {
         auto& st = self->state;

@@ -43,6 +43,12 @@ api_error status_error(int status, std::string type, std::string message, std::s
   return api_error{status, std::move(type), std::move(message), std::move(param), {}};
 }
 
+// A generation that failed: for lack of capacity (no instance took it in time) a 503, else a 500.
+api_error generation_error(bool unavailable, const std::string& why) {
+  return unavailable ? status_error(503, "service_unavailable", "generation failed: " + why)
+                     : status_error(500, "server_error", "generation failed: " + why);
+}
+
 const char* reason_of(int status) {
   return bhttp::obsolete_reason(bhttp::status(unsigned(status))).data();
 }
@@ -914,9 +920,7 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   auto& q = gen->req;
   if (q.stream) {
     std::string ev = reason == "error"
-                         ? openai::error_body(gen->unavailable
-                                                  ? status_error(503, "service_unavailable", "generation failed: " + error)
-                                                  : status_error(500, "server_error", "generation failed: " + error))
+                         ? openai::error_body(generation_error(gen->unavailable, error))
                          : openai::chunk_body(q, gen->id, gen->created, gen->model->name, "", &reason, nullptr, false,
                                               q.include_usage, int(i));
     if (gen->headers_sent) send_event(ev);
@@ -957,8 +961,7 @@ void session::finish_request() {
   if (!first_error.empty()) reason = "error";
   if (!q.stream) {
     if (!first_error.empty()) {
-      auto e = gen->unavailable ? status_error(503, "service_unavailable", "generation failed: " + first_error)
-                                : status_error(500, "server_error", "generation failed: " + first_error);
+      auto e = generation_error(gen->unavailable, first_error);
       end_generation(reason);
       return gen->unavailable ? reply_error(e, {{"Retry-After", "1"}}) : reply_error(e);
     }
@@ -1143,10 +1146,8 @@ void http_server::impl::metrics(std::function<void(std::string)> done) {
                 line("strata:parameter_bytes_loaded_total", lb, r->bytes_loaded));
         out.add("strata:kv_bytes_migrated_total", "counter", "KV cache bytes moved with migrating requests.",
                 line("strata:kv_bytes_migrated_total", lb, double(r->kv_bytes_moved)));
-        std::map<std::string, uint64_t> by;
-        for (auto& [what, n] : r->event_counts) by[what] += n;
         std::string ev;
-        for (auto& [what, n] : by) ev += line("strata:scale_events_total", lb + ",event=\"" + what + "\"", double(n));
+        for (auto& [what, n] : r->event_counts) ev += line("strata:scale_events_total", lb + ",event=\"" + what + "\"", double(n));
         out.add("strata:scale_events_total", "counter",
                 "Scaling events (started, scale-out, serving, full, drain, stopped).", ev);
         std::string inst, layers, bytes;
