@@ -954,7 +954,7 @@ caf::behavior controller_fun(controller_actor* self, node_config cfg) {
         // side noticed): what it had is written off as for a lost node; it starts afresh.
         if (auto old = st.book->named(info.name); old && handle_of(self, *old) == handle)
           node_lost(self, *old, "it joined again after losing its connection");
-        auto id = st.book->join(info, clock::now());
+        auto id = st.book->join(info, clock::now(), handle.node() == self->node());
         if (!id) return to_caf(id.err());
         self->monitor(handle);
         st.links[*id] = member_link{handle, {}};

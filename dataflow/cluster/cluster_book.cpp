@@ -13,10 +13,10 @@ namespace {
 double seconds(cluster_book::clock::duration d) { return std::chrono::duration<double>(d).count(); }
 }  // namespace
 
-expected<node_id> cluster_book::join(node_info info, time_point now) {
+expected<node_id> cluster_book::join(node_info info, time_point now, bool same_process) {
   if (named(info.name)) return make_error(errc::bad_request, "a node named '" + info.name + "' is already in the cluster");
   info.id = next_id_++;
-  nodes_[info.id] = member{info, now};
+  nodes_[info.id] = member{info, now, false, same_process};
   return info.id;
 }
 
@@ -58,7 +58,7 @@ cluster_book::health cluster_book::check(time_point now) {
     return h;
   }
   for (auto& [id, m] : nodes_)
-    if (seconds(now - m.last_seen) * 1000 > opt_.heartbeat_timeout_ms)
+    if (!m.same_process && seconds(now - m.last_seen) * 1000 > opt_.heartbeat_timeout_ms)
       h.dead.emplace_back(id, "no heartbeat for " + std::to_string(opt_.heartbeat_timeout_ms) + " ms");
   return h;
 }

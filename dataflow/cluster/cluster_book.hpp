@@ -102,8 +102,11 @@ class cluster_book {
   cluster_book(book_options o, time_point now) : opt_(o), last_check_(now) {}
 
   // A node joins: its id, or bad_request when a member has that name (the same member joining
-  // again is first lost by the caller: see named()).
-  expected<node_id> join(node_info info, time_point now);
+  // again is first lost by the caller: see named()). A node in the controller's own process
+  // (`same_process`) is never judged by heartbeats: it dies with the controller, and its
+  // heartbeats queue behind its own work (a multicast send, a forward pass) in the same actor
+  // system, so a busy moment on two cores must not drop the cluster's host copy.
+  expected<node_id> join(node_info info, time_point now, bool same_process = false);
   std::optional<node_id> named(const std::string& name) const;
   const node_info* find(node_id n) const;
   std::string name_of(node_id n) const;  // "n<id>" for a node not in the view
@@ -156,6 +159,7 @@ class cluster_book {
     node_info info;
     time_point last_seen;
     bool draining = false;
+    bool same_process = false;
   };
   struct model_entry {
     std::vector<uint8_t> manifest;

@@ -71,6 +71,16 @@ TEST_CASE("cluster book: a node silent past the timeout is dead, at the boundary
   CHECK_FALSE(b.heartbeat(9, now));  // not in the view
 }
 
+TEST_CASE("cluster book: a node in the controller's own process is never judged by heartbeats") {
+  cluster_book b({2000, 1}, t0);
+  b.join(member("src"), t0, true);
+  b.join(member("a"), t0);
+  auto now = t0;
+  for (int i = 1; i <= 5; ++i) CHECK(b.check(now += ms(500)).dead.size() == (i == 5 ? 1u : 0u));
+  CHECK(b.check(now += ms(500)).dead.at(0).first == 2);  // a, silent; src, silent as long, stays
+  CHECK(b.heartbeat(1, now));
+}
+
 TEST_CASE("cluster book: a check that comes late blames the controller, not its nodes") {
   cluster_book b({2000, 1}, t0);
   b.join(member("a"), t0);
