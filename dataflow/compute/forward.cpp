@@ -21,7 +21,8 @@ void kv_cache::release(seq_id s) { seqs_.erase(s); }
 
 size_t kv_cache::bytes() const {
   size_t n = 0;
-  for (auto& [_, e] : seqs_) n += 2 * size_t(e.capacity) * size_t(c_.kv_dim()) * e.k.size() * sizeof(float);
+  for (auto& [_, e] : seqs_)
+    for (size_t l = 0; l < e.k.size(); ++l) n += (e.k[l].size() + e.v[l].size()) * sizeof(float);
   return n;
 }
 
@@ -36,13 +37,20 @@ kv_cache::entry& kv_cache::prepare(seq_id s, int needed) {
     int cap = std::max(64, e.capacity);
     while (cap < needed) cap *= 2;
     cap = std::min(cap, c_.seq_len);
-    for (size_t l = 0; l < e.k.size(); ++l) {
+    for (size_t l = 0; l < e.k.size(); ++l) {  // the layers the sequence runs (see touch)
+      if (e.k[l].empty()) continue;
       e.k[l].resize(size_t(cap) * size_t(c_.kv_dim()));
       e.v[l].resize(size_t(cap) * size_t(c_.kv_dim()));
     }
     e.capacity = cap;
   }
   return e;
+}
+
+void kv_cache::touch(entry& e, size_t layer_index) {
+  if (!e.k[layer_index].empty()) return;
+  e.k[layer_index].resize(size_t(e.capacity) * size_t(c_.kv_dim()));
+  e.v[layer_index].resize(size_t(e.capacity) * size_t(c_.kv_dim()));
 }
 
 status kv_cache::covers(int begin, int end) const {
@@ -67,6 +75,11 @@ expected<kv_slice> kv_cache::export_seq(seq_id seq, int begin, int end) const {
   for (int l = begin; l < end; ++l) {
     const auto& k = e.k[size_t(l - begin_)];
     const auto& v = e.v[size_t(l - begin_)];
+    if (k.empty()) {  // a layer the sequence's subnet skips: zeros, never read
+      x.k.resize(x.k.size() + n, 0.0f);
+      x.v.resize(x.v.size() + n, 0.0f);
+      continue;
+    }
     x.k.insert(x.k.end(), k.begin(), k.begin() + long(n));
     x.v.insert(x.v.end(), v.begin(), v.begin() + long(n));
   }
@@ -87,6 +100,7 @@ status kv_cache::import_seq(const kv_slice& x) {
                       " positions here, the slice " + std::to_string(x.length));
   auto& e = prepare(x.seq, std::max(1, x.length));
   for (int l = x.begin; l < x.end; ++l) {
+    touch(e, size_t(l - begin_));
     size_t off = size_t(l - x.begin) * n;
     std::copy(x.k.begin() + long(off), x.k.begin() + long(off + n), e.k[size_t(l - begin_)].begin());
     std::copy(x.v.begin() + long(off), x.v.begin() + long(off + n), e.v[size_t(l - begin_)].begin());
@@ -95,14 +109,42 @@ status kv_cache::import_seq(const kv_slice& x) {
   return {};
 }
 
+namespace {
+
+// Rows grouped by one width (first appearance order; key 0 is the whole layer's).
+std::vector<std::pair<int, std::vector<int>>> group_rows(int rows, const row_width* width, int32_t row_width::*key) {
+  std::vector<std::pair<int, std::vector<int>>> groups;
+  for (int r = 0; r < rows; ++r) {
+    int k = width ? width[r].*key : 0;
+    auto it = std::find_if(groups.begin(), groups.end(), [k](auto& g) { return g.first == k; });
+    if (it == groups.end()) it = groups.insert(groups.end(), {k, {}});
+    it->second.push_back(r);
+  }
+  return groups;
+}
+
+// The rows `idx` of a [rows, n] matrix, contiguous: m itself when idx is every row in order.
+const float* gather(const float* m, int n, const std::vector<int>& idx, int rows, std::vector<float>& buf) {
+  if (int(idx.size()) == rows) return m;
+  buf.resize(idx.size() * size_t(n));
+  for (size_t i = 0; i < idx.size(); ++i) std::copy_n(m + size_t(idx[i]) * n, n, buf.data() + i * size_t(n));
+  return buf.data();
+}
+
+}  // namespace
+
 status forward_layer(const model_config& c, const layer_weights& w, int layer, kv_cache& kv, const seq_id* seqs,
-                     const int* pos, int rows, float* x) {
+                     const int* pos, int rows, float* x, const row_width* width) {
   if (layer < kv.begin_ || layer >= kv.end_)
     return make_error("layer " + std::to_string(layer) + " is outside this cache's layers [" +
                       std::to_string(kv.begin_) + ", " + std::to_string(kv.end_) + ")");
   const int d = c.dim, q_dim = c.q_dim(), kv_dim = c.kv_dim(), hd = c.head_dim, hid = c.hidden_dim;
-  const int qkv_dim = q_dim + 2 * kv_dim;
   const size_t li = size_t(layer - kv.begin_);
+  for (int r = 0; width && r < rows; ++r)
+    if (width[r].ffn < 0 || width[r].ffn > hid || width[r].kv_heads < 0 || width[r].kv_heads > c.n_kv_heads)
+      return make_error("row " + std::to_string(r) + ": width (FFN " + std::to_string(width[r].ffn) + ", KV heads " +
+                        std::to_string(width[r].kv_heads) + ") outside the layer's (" + std::to_string(hid) + ", " +
+                        std::to_string(c.n_kv_heads) + ")");
 
   // Check positions and size every sequence's cache before any parallel work touches it.
   std::vector<kv_cache::entry*> entry_of(static_cast<size_t>(rows));
@@ -115,64 +157,96 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
     if (pos[r] > have || (!first && pos[r] != pos[r - 1] + 1))
       return make_error("sequence " + std::to_string(seqs[r]) + ": position " + std::to_string(pos[r]) +
                         " does not continue the " + std::to_string(have) + " cached positions");
-    entry_of[size_t(r)] = &kv.prepare(seqs[r], pos[r] + 1);
+    auto& e = kv.prepare(seqs[r], pos[r] + 1);
+    kv.touch(e, li);
+    entry_of[size_t(r)] = &e;
   }
 
-  std::vector<float> xb(size_t(rows) * d), qkv(size_t(rows) * qkv_dim), att(size_t(rows) * q_dim);
+  // Rows of one width share each GEMM; a row's bits do not depend on who it shares it with.
+  std::vector<float> xb(size_t(rows) * d), gbuf, tmp;
   rmsnorm(xb.data(), x, w.att_norm.data(), rows, d, c.norm_eps);
-  matmul(qkv.data(), xb.data(), w.wqkv.data(), rows, d, qkv_dim);
-  for (int r = 0; r < rows; ++r) {
-    float* q = qkv.data() + size_t(r) * qkv_dim;
-    rope(q, c.n_heads, hd, pos[r], c.rope_theta, c.rope);
-    rope(q + q_dim, c.n_kv_heads, hd, pos[r], c.rope_theta, c.rope);
-    auto& e = *entry_of[size_t(r)];
-    std::copy(q + q_dim, q + q_dim + kv_dim, e.k[li].data() + size_t(pos[r]) * kv_dim);
-    std::copy(q + q_dim + kv_dim, q + qkv_dim, e.v[li].data() + size_t(pos[r]) * kv_dim);
-    e.length = std::max(e.length, pos[r] + 1);
-  }
-
-  // Attention: one task per (row, head); causal because a row sees positions <= its own.
   const int group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(hd));
-  default_pool().parallel_for(size_t(rows) * size_t(c.n_heads), 4, [&](size_t b, size_t e) {
-    std::vector<float> scores(static_cast<size_t>(c.seq_len));
-    for (size_t task = b; task < e; ++task) {
-      int r = int(task / size_t(c.n_heads)), h = int(task % size_t(c.n_heads));
-      const float* q = qkv.data() + size_t(r) * qkv_dim + size_t(h) * hd;
-      const auto& ent = *entry_of[size_t(r)];
-      const float* K = ent.k[li].data() + size_t(h / group) * hd;
-      const float* V = ent.v[li].data() + size_t(h / group) * hd;
-      int n = pos[r] + 1;
-      for (int t = 0; t < n; ++t) {
-        const float* k = K + size_t(t) * kv_dim;
-        float s = 0.0f;
-        for (int i = 0; i < hd; ++i) s += q[i] * k[i];
-        scores[size_t(t)] = s * scale;
-      }
-      softmax(scores.data(), n);
-      float* out = att.data() + size_t(r) * q_dim + size_t(h) * hd;
-      std::fill(out, out + hd, 0.0f);
-      for (int t = 0; t < n; ++t) {
-        const float* v = V + size_t(t) * kv_dim;
-        float a = scores[size_t(t)];
-        for (int i = 0; i < hd; ++i) out[i] += a * v[i];
-      }
+  for (auto& [key, idx] : group_rows(rows, width, &row_width::kv_heads)) {
+    const int n = int(idx.size()), kvh = key ? key : c.n_kv_heads, nq = kvh * group;
+    const int qd = nq * hd, kd = kvh * hd, stride = qd + 2 * kd;
+    const float* gx = gather(xb.data(), d, idx, rows, gbuf);
+    std::vector<float> qkv(size_t(n) * stride), att(size_t(n) * qd);
+    if (kvh == c.n_kv_heads) {
+      matmul(qkv.data(), gx, w.wqkv.data(), n, d, stride);
+    } else {  // the prefix rows of wq, wk and wv
+      matmul(qkv.data(), gx, w.wqkv.data(), n, d, qd, 0, stride);
+      matmul(qkv.data() + qd, gx, w.wqkv.data() + size_t(q_dim) * d, n, d, kd, 0, stride);
+      matmul(qkv.data() + qd + kd, gx, w.wqkv.data() + size_t(q_dim + kv_dim) * d, n, d, kd, 0, stride);
     }
-  });
-
-  std::vector<float> tmp(size_t(rows) * d);
-  matmul(tmp.data(), att.data(), w.wo.data(), rows, q_dim, d);
-  for (size_t i = 0; i < tmp.size(); ++i) x[i] += tmp[i];
+    for (int i = 0; i < n; ++i) {
+      const int r = idx[size_t(i)];
+      float* q = qkv.data() + size_t(i) * stride;
+      rope(q, nq, hd, pos[r], c.rope_theta, c.rope);
+      rope(q + qd, kvh, hd, pos[r], c.rope_theta, c.rope);
+      auto& e = *entry_of[size_t(r)];
+      std::copy(q + qd, q + qd + kd, e.k[li].data() + size_t(pos[r]) * kv_dim);
+      std::copy(q + qd + kd, q + stride, e.v[li].data() + size_t(pos[r]) * kv_dim);
+      e.length = std::max(e.length, pos[r] + 1);
+    }
+    // Attention: one task per (row, head); causal because a row sees positions <= its own.
+    default_pool().parallel_for(size_t(n) * size_t(nq), 4, [&](size_t b, size_t e) {
+      std::vector<float> scores(static_cast<size_t>(c.seq_len));
+      for (size_t task = b; task < e; ++task) {
+        int i = int(task / size_t(nq)), h = int(task % size_t(nq)), r = idx[size_t(i)];
+        const float* q = qkv.data() + size_t(i) * stride + size_t(h) * hd;
+        const auto& ent = *entry_of[size_t(r)];
+        const float* K = ent.k[li].data() + size_t(h / group) * hd;
+        const float* V = ent.v[li].data() + size_t(h / group) * hd;
+        int len = pos[r] + 1;
+        for (int t = 0; t < len; ++t) {
+          const float* k = K + size_t(t) * kv_dim;
+          float s = 0.0f;
+          for (int j = 0; j < hd; ++j) s += q[j] * k[j];
+          scores[size_t(t)] = s * scale;
+        }
+        softmax(scores.data(), len);
+        float* out = att.data() + size_t(i) * qd + size_t(h) * hd;
+        std::fill(out, out + hd, 0.0f);
+        for (int t = 0; t < len; ++t) {
+          const float* v = V + size_t(t) * kv_dim;
+          float a = scores[size_t(t)];
+          for (int j = 0; j < hd; ++j) out[j] += a * v[j];
+        }
+      }
+    });
+    tmp.resize(size_t(n) * d);
+    matmul(tmp.data(), att.data(), w.wo.data(), n, qd, d, q_dim);
+    for (int i = 0; i < n; ++i) {
+      float* xr = x + size_t(idx[size_t(i)]) * d;
+      const float* t = tmp.data() + size_t(i) * d;
+      for (int j = 0; j < d; ++j) xr[j] += t[j];
+    }
+  }
 
   rmsnorm(xb.data(), x, w.ffn_norm.data(), rows, d, c.norm_eps);
-  std::vector<float> h13(size_t(rows) * 2 * hid), h(size_t(rows) * hid);
-  matmul(h13.data(), xb.data(), w.w13.data(), rows, d, 2 * hid);
-  for (int r = 0; r < rows; ++r) {
-    const float* g = h13.data() + size_t(r) * 2 * hid;
-    swiglu(h.data() + size_t(r) * hid, g, g + hid, size_t(hid));
+  for (auto& [key, idx] : group_rows(rows, width, &row_width::ffn)) {
+    const int n = int(idx.size()), f = key ? key : hid;
+    const float* gx = gather(xb.data(), d, idx, rows, gbuf);
+    std::vector<float> h13(size_t(n) * 2 * f), h(size_t(n) * f);
+    if (f == hid) {
+      matmul(h13.data(), gx, w.w13.data(), n, d, 2 * hid);
+    } else {  // the first f rows of w1 (gate) and of w3 (up)
+      matmul(h13.data(), gx, w.w13.data(), n, d, f, 0, 2 * f);
+      matmul(h13.data() + f, gx, w.w13.data() + size_t(hid) * d, n, d, f, 0, 2 * f);
+    }
+    for (int i = 0; i < n; ++i) {
+      const float* g = h13.data() + size_t(i) * 2 * f;
+      swiglu(h.data() + size_t(i) * f, g, g + f, size_t(f));
+    }
+    tmp.resize(size_t(n) * d);
+    matmul(tmp.data(), h.data(), w.w2.data(), n, f, d, hid);  // w2's first f columns
+    for (int i = 0; i < n; ++i) {
+      float* xr = x + size_t(idx[size_t(i)]) * d;
+      const float* t = tmp.data() + size_t(i) * d;
+      for (int j = 0; j < d; ++j) xr[j] += t[j];
+    }
   }
-  matmul(tmp.data(), h.data(), w.w2.data(), rows, hid, d);
-  for (size_t i = 0; i < tmp.size(); ++i) x[i] += tmp[i];
   return {};
 }
 
@@ -331,8 +405,9 @@ token_logprobs logprobs_of(const float* logits, int n, int token, int top_k) {
 }
 
 std::vector<int> generate_reference(const model& m, const std::vector<int>& prompt, int max_new,
-                                    const sampling_params& p, const logits_observer& on_logits) {
+                                    const sampling_params& p, const logits_observer& on_logits, const subnet& sub) {
   const auto& c = m.config;
+  if (!check_subnet(sub, c)) return {};
   kv_cache kv(c, 0, c.n_layers);
   std::vector<int> out;
   std::vector<int> feed = prompt;
@@ -345,9 +420,12 @@ std::vector<int> generate_reference(const model& m, const std::vector<int>& prom
     std::vector<seq_id> seqs(static_cast<size_t>(rows), 0);
     std::vector<int> positions(static_cast<size_t>(rows));
     std::iota(positions.begin(), positions.end(), pos);
+    std::vector<row_width> width(size_t(rows), row_width{sub.ffn, sub.kv_heads});
     embed(m, feed.data(), rows, x.data());
     for (int l = 0; l < c.n_layers; ++l)
-      if (!forward_layer(c, *m.layers[size_t(l)], l, kv, seqs.data(), positions.data(), rows, x.data())) return out;
+      if (sub.runs(l) &&
+          !forward_layer(c, *m.layers[size_t(l)], l, kv, seqs.data(), positions.data(), rows, x.data(), width.data()))
+        return out;
     final_logits(m, x.data() + size_t(rows - 1) * c.dim, 1, logits.data());
     std::vector<float> seen;
     if (on_logits) seen = logits;  // sample() overwrites them with probabilities

@@ -8,6 +8,7 @@
 #include <functional>
 #include <vector>
 
+#include "dataflow/compute/subnet.hpp"
 #include "dataflow/model/model.hpp"
 
 namespace strata {
@@ -23,6 +24,14 @@ struct kv_slice {
   int32_t kv_dim = 0;
   std::vector<float> k, v;  // per layer in order: [length, kv_dim]
   size_t bytes() const { return (k.size() + v.size()) * sizeof(float); }
+};
+
+// The width a row runs a layer at (a subnet's WeightSlice, dataflow/compute/subnet.hpp): the
+// first `ffn` FFN neurons and the first `kv_heads` KV head groups with their query heads; 0 is
+// the whole layer. A sequence's KV width must stay the same for all its rows.
+struct row_width {
+  int32_t ffn = 0;
+  int32_t kv_heads = 0;
 };
 
 class kv_cache {
@@ -44,7 +53,10 @@ class kv_cache {
     int capacity = 0;
     int length = 0;
   };
+  // Grows the sequence's storage to `needed` positions in the layers it runs; touch() adds a
+  // layer (storage for layers a subnet skips is never made).
   entry& prepare(seq_id s, int needed);
+  void touch(entry& e, size_t layer_index);
 
   // Copies out `seq`'s positions for layers [begin, end) (within this cache's layers).
   expected<kv_slice> export_seq(seq_id seq, int begin, int end) const;
@@ -54,7 +66,7 @@ class kv_cache {
  private:
   status covers(int begin, int end) const;  // layers [begin, end) are all in this cache's
   friend status forward_layer(const model_config&, const layer_weights&, int, kv_cache&, const seq_id*,
-                              const int*, int, float*);
+                              const int*, int, float*, const row_width*);
   model_config c_;
   int begin_ = 0, end_ = 0;
   std::unordered_map<seq_id, entry> seqs_;
@@ -62,9 +74,11 @@ class kv_cache {
 
 // Runs transformer layer `layer` on rows x[rows, dim] in place. Rows of one sequence must come
 // in increasing position order, and a sequence's first row must continue what the cache holds
-// (position <= stored length): anything else is an error, not garbage.
+// (position <= stored length): anything else is an error, not garbage. `width` (per row, or
+// null: every row whole) slices the layer per row; rows of one width share each GEMM, and each
+// row's result is bitwise what the same slice copied out as a dense layer would give.
 status forward_layer(const model_config& c, const layer_weights& w, int layer, kv_cache& kv, const seq_id* seqs,
-                     const int* pos, int rows, float* x);
+                     const int* pos, int rows, float* x, const row_width* width = nullptr);
 
 // x[r] = embedding of tokens[r]. Token ids must be in range (checked by the caller).
 void embed(const model& m, const int* tokens, int rows, float* x);
@@ -128,11 +142,13 @@ struct token_logprobs {
 token_logprobs logprobs_of(const float* logits, int n, int token, int top_k);
 
 // Single-sequence generation straight on the kernels, without actors: the reference the actor
-// pipeline is tested against. Returns the generated tokens (stopping at BOS/EOS or max_new).
+// pipeline is tested against. Returns the generated tokens (stopping at BOS/EOS or max_new);
+// `sub` runs a subnet of the model instead (its layers, at its widths).
 // `on_logits`, if set, sees every position's logits before sampling and the token drawn from
 // them (also a final BOS/EOS that ends generation): what `strata generate --logits` writes.
 using logits_observer = std::function<void(int position, const float* logits, int token)>;
 std::vector<int> generate_reference(const model& m, const std::vector<int>& prompt, int max_new,
-                                    const sampling_params& p = {}, const logits_observer& on_logits = {});
+                                    const sampling_params& p = {}, const logits_observer& on_logits = {},
+                                    const subnet& sub = {});
 
 }  // namespace strata

@@ -30,7 +30,7 @@ namespace {
 // on the batch size or on where a thread's chunk starts). 4 x 3 uses 12 accumulators + 4 loads
 // in the 16 AVX registers: 7 loads feed 12 FMAs.
 template <int O, int R>
-inline void tile(const float* w, int in, const float* const* x, float* y, size_t ystride) {
+inline void tile(const float* w, int in, size_t ldw, const float* const* x, float* y, size_t ystride) {
   __m256 acc[O][R];
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) acc[o][r] = _mm256_setzero_ps();
@@ -39,7 +39,7 @@ inline void tile(const float* w, int in, const float* const* x, float* y, size_t
     __m256 xv[R];
     for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x[r] + k);
     for (int o = 0; o < O; ++o) {
-      __m256 wv = _mm256_loadu_ps(w + size_t(o) * in + k);
+      __m256 wv = _mm256_loadu_ps(w + size_t(o) * ldw + k);
       for (int r = 0; r < R; ++r) acc[o][r] = _mm256_fmadd_ps(wv, xv[r], acc[o][r]);
     }
   }
@@ -49,7 +49,7 @@ inline void tile(const float* w, int in, const float* const* x, float* y, size_t
       _mm256_store_ps(lanes, acc[o][r]);
       float s = 0.0f;
       for (int j = 0; j < 8; ++j) s += lanes[j];
-      for (int t = k; t < in; ++t) s += w[size_t(o) * in + t] * x[r][t];
+      for (int t = k; t < in; ++t) s += w[size_t(o) * ldw + t] * x[r][t];
       y[size_t(r) * ystride + size_t(o)] = s;
     }
 }
@@ -57,16 +57,16 @@ constexpr int tile_o = 4, tile_r = 3;
 #else
 // Portable version of the same contract: 8 lanes per output, fixed-order reduction.
 template <int O, int R>
-inline void tile(const float* w, int in, const float* const* x, float* y, size_t ystride) {
+inline void tile(const float* w, int in, size_t ldw, const float* const* x, float* y, size_t ystride) {
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) {
       float lanes[8] = {};
       int k = 0;
       for (; k + 8 <= in; k += 8)
-        for (int j = 0; j < 8; ++j) lanes[j] += w[size_t(o) * in + k + j] * x[r][k + j];
+        for (int j = 0; j < 8; ++j) lanes[j] += w[size_t(o) * ldw + k + j] * x[r][k + j];
       float s = 0.0f;
       for (int j = 0; j < 8; ++j) s += lanes[j];
-      for (int t = k; t < in; ++t) s += w[size_t(o) * in + t] * x[r][t];
+      for (int t = k; t < in; ++t) s += w[size_t(o) * ldw + t] * x[r][t];
       y[size_t(r) * ystride + size_t(o)] = s;
     }
 }
@@ -74,17 +74,18 @@ constexpr int tile_o = 4, tile_r = 3;
 #endif
 
 template <int O>
-void tile_rows(int r_left, const float* w, int in, const float* const* x, float* y, size_t ystride) {
+void tile_rows(int r_left, const float* w, int in, size_t ldw, const float* const* x, float* y, size_t ystride) {
   switch (r_left) {
-    case 1: return tile<O, 1>(w, in, x, y, ystride);
-    case 2: return tile<O, 2>(w, in, x, y, ystride);
-    default: return tile<O, 3>(w, in, x, y, ystride);
+    case 1: return tile<O, 1>(w, in, ldw, x, y, ystride);
+    case 2: return tile<O, 2>(w, in, ldw, x, y, ystride);
+    default: return tile<O, 3>(w, in, ldw, x, y, ystride);
   }
 }
 
 }  // namespace
 
-void matmul(float* y, const float* x, const float* W, int rows, int in, int out) {
+void matmul(float* y, const float* x, const float* W, int rows, int in, int out, int ldw, int ldy) {
+  const size_t lw = size_t(ldw > 0 ? ldw : in), ly = size_t(ldy > 0 ? ldy : out);
   // Chunks of whole 4-row weight blocks, each streaming at least ~64 KiB of weights.
   size_t blocks = size_t((out + tile_o - 1) / tile_o);
   size_t grain = std::max<size_t>(1, 16384 / (size_t(in) * tile_o) + 1);
@@ -93,16 +94,16 @@ void matmul(float* y, const float* x, const float* W, int rows, int in, int out)
     for (size_t blk = bb; blk < be; ++blk) {
       int o = int(blk) * tile_o;
       int o_left = std::min(tile_o, out - o);
-      const float* w = W + size_t(o) * size_t(in);
+      const float* w = W + size_t(o) * lw;
       for (int r = 0; r < rows; r += tile_r) {
         int r_left = std::min(tile_r, rows - r);
         for (int i = 0; i < r_left; ++i) xs[i] = x + size_t(r + i) * size_t(in);
-        float* yo = y + size_t(r) * size_t(out) + size_t(o);
+        float* yo = y + size_t(r) * ly + size_t(o);
         switch (o_left) {
-          case 1: tile_rows<1>(r_left, w, in, xs, yo, size_t(out)); break;
-          case 2: tile_rows<2>(r_left, w, in, xs, yo, size_t(out)); break;
-          case 3: tile_rows<3>(r_left, w, in, xs, yo, size_t(out)); break;
-          default: tile_rows<4>(r_left, w, in, xs, yo, size_t(out)); break;
+          case 1: tile_rows<1>(r_left, w, in, lw, xs, yo, ly); break;
+          case 2: tile_rows<2>(r_left, w, in, lw, xs, yo, ly); break;
+          case 3: tile_rows<3>(r_left, w, in, lw, xs, yo, ly); break;
+          default: tile_rows<4>(r_left, w, in, lw, xs, yo, ly); break;
         }
       }
     }

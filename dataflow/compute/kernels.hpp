@@ -13,8 +13,10 @@ namespace strata {
 void rmsnorm(float* out, const float* x, const float* w, int rows, int n, float eps);
 
 // y[r, o] = sum_i x[r, i] * W[o, i]: x is [rows, in], W is [out, in] row-major, y is [rows, out].
-// Parallel over output rows on the default thread pool.
-void matmul(float* y, const float* x, const float* W, int rows, int in, int out);
+// Parallel over output rows on the default thread pool. W's rows may be longer than `in` (row
+// stride ldw; 0: in) and y's rows longer than `out` (ldy; 0: out): a prefix slice of a weight
+// (WeightSlice) computes with no copy, and bit for bit as the same slice copied out would.
+void matmul(float* y, const float* x, const float* W, int rows, int in, int out, int ldw = 0, int ldy = 0);
 
 // Rotates one position's query or key heads in place (n_heads heads of head_dim).
 void rope(float* v, int n_heads, int head_dim, int pos, float theta, rope_style style);

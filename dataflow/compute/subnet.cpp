@@ -1,0 +1,130 @@
+#include "dataflow/compute/subnet.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace strata {
+
+bool subnet::runs(int layer) const {
+  return layers.empty() || std::binary_search(layers.begin(), layers.end(), int32_t(layer));
+}
+
+status check_subnet(const subnet& s, const model_config& c) {
+  auto bad = [](std::string m) -> status { return make_error(errc::bad_request, "subnet: " + std::move(m)); };
+  if (s.ffn < 0 || s.ffn > c.hidden_dim)
+    return bad("FFN width " + std::to_string(s.ffn) + " outside [1, " + std::to_string(c.hidden_dim) + "]");
+  if (s.kv_heads < 0 || s.kv_heads > c.n_kv_heads)
+    return bad(std::to_string(s.kv_heads) + " KV head groups, outside [1, " + std::to_string(c.n_kv_heads) + "]");
+  if (s.layers.size() > size_t(c.n_layers)) return bad("more layers than the model's " + std::to_string(c.n_layers));
+  for (size_t i = 0; i < s.layers.size(); ++i) {
+    if (s.layers[i] < 0 || s.layers[i] >= c.n_layers)
+      return bad("layer " + std::to_string(s.layers[i]) + " outside [0, " + std::to_string(c.n_layers) + ")");
+    if (i > 0 && s.layers[i] <= s.layers[i - 1]) return bad("layers must be ascending, each once");
+  }
+  return {};
+}
+
+expected<subnet_spec> parse_subnet_spec(const std::string& text) {
+  auto bad = [&](const std::string& why) -> expected<subnet_spec> {
+    return make_error(errc::bad_request, "subnet '" + text + "': " + why +
+                                             " (expected 'full' or d<layers>, w<FFN %>, h<KV head %> in this order, "
+                                             "e.g. d3w50)");
+  };
+  subnet_spec s;
+  if (text == "full") return s;
+  if (text.empty()) return bad("empty");
+  const std::string order = "dwh";
+  size_t next_part = 0, i = 0;
+  while (i < text.size()) {
+    size_t k = order.find(text[i]);
+    if (k == std::string::npos) return bad(std::string("unknown part '") + text[i] + "'");
+    if (k < next_part) return bad(std::string("part '") + text[i] + "' repeated or out of order");
+    next_part = k + 1;
+    size_t j = i + 1;
+    while (j < text.size() && j - i <= 4 && text[j] >= '0' && text[j] <= '9') ++j;
+    if (j == i + 1) return bad(std::string("'") + text[i] + "' needs a number");
+    if (j < text.size() && text[j] >= '0' && text[j] <= '9') return bad("number too long");
+    int v = std::atoi(text.substr(i + 1, j - i - 1).c_str());
+    if (text[i] == 'd') {
+      if (v < 1) return bad("depth must be at least 1");
+      s.depth = v;
+    } else {
+      if (v < 1 || v > 100) return bad(std::string("'") + text[i] + "' is a percentage in [1, 100]");
+      (text[i] == 'w' ? s.ffn_pct : s.head_pct) = v;
+    }
+    i = j;
+  }
+  return s;
+}
+
+std::string to_string(const subnet_spec& s) {
+  std::string out;
+  if (s.depth > 0) out += "d" + std::to_string(s.depth);
+  if (s.ffn_pct != 100) out += "w" + std::to_string(s.ffn_pct);
+  if (s.head_pct != 100) out += "h" + std::to_string(s.head_pct);
+  return out.empty() ? "full" : out;
+}
+
+std::vector<int32_t> default_drop_order(int n_layers) {
+  std::vector<int32_t> mid;
+  for (int l = 1; l + 1 < n_layers; ++l) mid.push_back(l);
+  // Distance from the centre, doubled to stay integral; later layers first at equal distance.
+  std::stable_sort(mid.begin(), mid.end(), [n_layers](int32_t a, int32_t b) {
+    int da = std::abs(2 * a - (n_layers - 1)), db = std::abs(2 * b - (n_layers - 1));
+    return da != db ? da < db : a > b;
+  });
+  if (n_layers > 1) mid.push_back(n_layers - 1);
+  return mid;
+}
+
+expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, const std::vector<int32_t>& drop_order) {
+  auto bad = [&](std::string m) -> expected<subnet> {
+    return make_error(errc::bad_request, "subnet '" + to_string(spec) + "': " + std::move(m));
+  };
+  subnet s;
+  if (spec.depth > c.n_layers)
+    return bad("depth " + std::to_string(spec.depth) + " is more than the model's " + std::to_string(c.n_layers) +
+               " layers");
+  if (spec.depth > 0 && spec.depth < c.n_layers) {
+    const size_t drop = size_t(c.n_layers - spec.depth);
+    if (drop > drop_order.size())
+      return bad("the model's drop order removes at most " + std::to_string(drop_order.size()) + " layers");
+    std::vector<bool> gone(size_t(c.n_layers), false);
+    for (size_t i = 0; i < drop; ++i) {
+      int32_t l = drop_order[i];
+      if (l < 0 || l >= c.n_layers || gone[size_t(l)]) return bad("the model's drop order is malformed");
+      gone[size_t(l)] = true;
+    }
+    for (int l = 0; l < c.n_layers; ++l)
+      if (!gone[size_t(l)]) s.layers.push_back(l);
+  }
+  auto part = [](int whole, int pct) { return int32_t((int64_t(whole) * pct + 99) / 100); };
+  if (spec.ffn_pct < 100) s.ffn = std::max(1, part(c.hidden_dim, spec.ffn_pct));
+  if (spec.head_pct < 100) s.kv_heads = std::max(1, part(c.n_kv_heads, spec.head_pct));
+  if (s.ffn == c.hidden_dim) s.ffn = 0;
+  if (s.kv_heads == c.n_kv_heads) s.kv_heads = 0;
+  return s;
+}
+
+model_config subnet_config(const subnet& s, const model_config& c) {
+  model_config out = c;
+  if (!s.layers.empty()) out.n_layers = int(s.layers.size());
+  if (s.ffn > 0) out.hidden_dim = s.ffn;
+  if (s.kv_heads > 0) {
+    out.n_heads = c.n_heads / c.n_kv_heads * s.kv_heads;
+    out.n_kv_heads = s.kv_heads;
+  }
+  return out;
+}
+
+std::vector<subnet_spec> default_subnet_space(const model_config& c) {
+  std::vector<subnet_spec> out;
+  std::vector<int> heads = {100};
+  if (c.n_kv_heads >= 2) heads.push_back(50);
+  for (int d = c.n_layers; d >= std::max(1, c.n_layers - 2); --d)
+    for (int w : {100, 75, 50})
+      for (int h : heads) out.push_back(subnet_spec{d == c.n_layers ? 0 : d, w, h});
+  return out;
+}
+
+}  // namespace strata

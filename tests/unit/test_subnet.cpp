@@ -1,0 +1,210 @@
+// SubNetAct (dataflow/compute/subnet.hpp): subnet names, the drop order, and the forward pass of
+// a subnet against a dense model copied out of the same weights by this test (its own slicing
+// code, not the engine's), bit for bit; mixed-width batches against rows run alone.
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/compute/subnet.hpp"
+#include "dataflow/model/model_io.hpp"
+
+using namespace strata;
+
+namespace {
+
+// The subnet's weights as a dense model of its own shape: kept layers in order, the first kv
+// groups' rows of wq/wk/wv and columns of wo, the first f rows of w1/w3 and columns of w2.
+model_ptr dense_copy(const model& m, const subnet& s) {
+  const auto& c = m.config;
+  auto out = std::make_shared<model>(m);
+  out->config = subnet_config(s, c);
+  const auto& k = out->config;
+  const int d = c.dim, qd = k.q_dim(), kd = k.kv_dim(), f = k.hidden_dim;
+  out->layers.clear();
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (!s.runs(l)) continue;
+    const auto& w = *m.layers[size_t(l)];
+    auto n = std::make_shared<layer_weights>();
+    n->allocate(k);
+    n->att_norm.copy(w.att_norm.data(), size_t(d));
+    n->ffn_norm.copy(w.ffn_norm.data(), size_t(d));
+    float* qkv = n->wqkv.data();
+    std::memcpy(qkv, w.wqkv.data(), sizeof(float) * size_t(qd) * d);
+    std::memcpy(qkv + size_t(qd) * d, w.wqkv.data() + size_t(c.q_dim()) * d, sizeof(float) * size_t(kd) * d);
+    std::memcpy(qkv + size_t(qd + kd) * d, w.wqkv.data() + size_t(c.q_dim() + c.kv_dim()) * d,
+                sizeof(float) * size_t(kd) * d);
+    for (int o = 0; o < d; ++o)
+      std::memcpy(n->wo.data() + size_t(o) * qd, w.wo.data() + size_t(o) * c.q_dim(), sizeof(float) * size_t(qd));
+    std::memcpy(n->w13.data(), w.w13.data(), sizeof(float) * size_t(f) * d);
+    std::memcpy(n->w13.data() + size_t(f) * d, w.w13.data() + size_t(c.hidden_dim) * d, sizeof(float) * size_t(f) * d);
+    for (int o = 0; o < d; ++o)
+      std::memcpy(n->w2.data() + size_t(o) * f, w.w2.data() + size_t(o) * c.hidden_dim, sizeof(float) * size_t(f));
+    out->layers.push_back(n);
+  }
+  return out;
+}
+
+struct run_out {
+  std::vector<int> tokens;
+  std::vector<std::vector<float>> logits;
+};
+run_out run(const model& m, const std::vector<int>& prompt, int n, const subnet& s = {}) {
+  run_out r;
+  r.tokens = generate_reference(m, prompt, n, {}, [&](int, const float* l, int) {
+    r.logits.emplace_back(l, l + m.config.vocab_size);
+  }, s);
+  return r;
+}
+
+// GQA (8 query heads over 4 KV groups), an FFN width that is no multiple of 8, five layers.
+model_ptr test_model() { return make_random_model(model_config::llama(64, 172, 5, 8, 4, 96, 64), 7); }
+
+}  // namespace
+
+TEST_CASE("subnet: names parse to specs and back, bad ones are refused with the reason") {
+  struct good_case {
+    const char* text;
+    subnet_spec spec;
+    const char* canonical;
+  };
+  for (auto& g : {good_case{"full", {}, "full"}, good_case{"d3", {3, 100, 100}, "d3"},
+                  good_case{"w50", {0, 50, 100}, "w50"}, good_case{"d3w50", {3, 50, 100}, "d3w50"},
+                  good_case{"d4w75h50", {4, 75, 50}, "d4w75h50"}, good_case{"w100", {0, 100, 100}, "full"},
+                  good_case{"h25", {0, 100, 25}, "h25"}}) {
+    auto s = parse_subnet_spec(g.text);
+    REQUIRE_MESSAGE(s, g.text << ": " << s.message());
+    CHECK(*s == g.spec);
+    CHECK(to_string(*s) == g.canonical);
+  }
+  struct bad_case {
+    const char* text;
+    const char* why;
+  };
+  for (auto& b : {bad_case{"", "empty"}, bad_case{"x3", "unknown part 'x'"}, bad_case{"w50d3", "out of order"},
+                  bad_case{"d3d2", "repeated"}, bad_case{"d", "'d' needs a number"}, bad_case{"d0", "at least 1"},
+                  bad_case{"w0", "percentage"}, bad_case{"w101", "percentage"}, bad_case{"d123456", "too long"},
+                  bad_case{"d3-", "unknown part '-'"}, bad_case{"D3", "unknown part 'D'"}}) {
+    auto s = parse_subnet_spec(b.text);
+    REQUIRE_FALSE(s);
+    CHECK(s.err().code == errc::bad_request);
+    CHECK_MESSAGE(s.message().find(b.why) != std::string::npos, b.text << ": " << s.message());
+  }
+}
+
+TEST_CASE("subnet: the default drop order keeps the first and last layers longest") {
+  CHECK(default_drop_order(5) == std::vector<int32_t>{2, 3, 1, 4});
+  CHECK(default_drop_order(6) == std::vector<int32_t>{3, 2, 4, 1, 5});
+  CHECK(default_drop_order(2) == std::vector<int32_t>{1});
+  CHECK(default_drop_order(1).empty());
+  auto c = model_config::llama(64, 172, 5, 8, 4, 96, 64);
+  auto order = default_drop_order(5);
+  auto s = resolve_subnet({3, 75, 50}, c, order);
+  REQUIRE(s);
+  CHECK(s->layers == std::vector<int32_t>{0, 1, 4});
+  CHECK(s->ffn == 129);  // ceil(172 * 0.75)
+  CHECK(s->kv_heads == 2);
+  CHECK(resolve_subnet({5, 100, 100}, c, order)->full());
+  CHECK(resolve_subnet({1, 1, 1}, c, order)->layers == std::vector<int32_t>{0});
+  CHECK(resolve_subnet({1, 1, 1}, c, order)->ffn == 2);  // ceil(1.72)
+  CHECK(resolve_subnet({6, 100, 100}, c, order).message() == "subnet 'd6': depth 6 is more than the model's 5 layers");
+  CHECK(resolve_subnet({2, 100, 100}, c, {2, 3}).message() ==
+        "subnet 'd2': the model's drop order removes at most 2 layers");
+  CHECK(resolve_subnet({3, 100, 100}, c, {2, 2}).message() == "subnet 'd3': the model's drop order is malformed");
+  CHECK_FALSE(check_subnet(subnet{{0, 0}, 0, 0}, c));
+  CHECK_FALSE(check_subnet(subnet{{5}, 0, 0}, c));
+  CHECK_FALSE(check_subnet(subnet{{}, 173, 0}, c));
+  CHECK_FALSE(check_subnet(subnet{{}, 0, 5}, c));
+  CHECK(check_subnet(subnet{{1, 3}, 172, 4}, c));
+}
+
+TEST_CASE("subnet: a LayerSelect/WeightSlice subnet computes what its dense copy computes, bit for bit") {
+  auto m = test_model();
+  const std::vector<int> prompt = {1, 17, 42, 5, 88, 3};
+  auto order = default_drop_order(m->config.n_layers);
+  for (const char* name : {"d4", "d3", "d1", "w75", "w50", "w1", "h50", "h25", "d3w50h50", "d4w75h25"}) {
+    CAPTURE(name);
+    auto s = resolve_subnet(*parse_subnet_spec(name), m->config, order);
+    REQUIRE(s);
+    auto dense = dense_copy(*m, *s);
+    auto got = run(*m, prompt, 12, *s);
+    auto want = run(*dense, prompt, 12);
+    CHECK(got.tokens == want.tokens);
+    REQUIRE(got.logits.size() == want.logits.size());
+    for (size_t i = 0; i < got.logits.size(); ++i) CHECK(got.logits[i] == want.logits[i]);
+    // ... and is a different function from the model (else the test would prove nothing).
+    CHECK(got.logits[0] != run(*m, prompt, 1).logits[0]);
+  }
+  auto full = run(*m, prompt, 12, subnet{});
+  CHECK(full.logits == run(*m, prompt, 12).logits);
+}
+
+TEST_CASE("subnet: a batch of rows at different widths equals each row run alone") {
+  auto m = test_model();
+  const auto& c = m->config;
+  const auto& w = *m->layers[1];
+  // Three sequences: a prefill of 3 rows at (FFN 86, KV 2), a prefill of 2 at full width, one
+  // row at (FFN 129, full KV); then one decode row each, batched and alone.
+  const std::vector<row_width> widths = {{86, 2}, {0, 0}, {129, 0}};
+  const std::vector<int> lengths = {3, 2, 1};
+  std::vector<float> x0(size_t(6) * c.dim);
+  for (size_t i = 0; i < x0.size(); ++i) x0[i] = float(int(i * 7919 % 200) - 100) / 97.0f;
+  kv_cache together(c, 1, 2);
+  std::vector<seq_id> seqs;
+  std::vector<int> pos;
+  std::vector<row_width> rw;
+  for (int s = 0; s < 3; ++s)
+    for (int p = 0; p < lengths[size_t(s)]; ++p) {
+      seqs.push_back(seq_id(s));
+      pos.push_back(p);
+      rw.push_back(widths[size_t(s)]);
+    }
+  auto xb = x0;
+  REQUIRE(forward_layer(c, w, 1, together, seqs.data(), pos.data(), 6, xb.data(), rw.data()));
+  std::vector<float> dec(size_t(3) * c.dim, 0.25f);
+  std::vector<seq_id> dseqs = {0, 1, 2};
+  std::vector<int> dpos = {3, 2, 1};
+  auto db = dec;
+  REQUIRE(forward_layer(c, w, 1, together, dseqs.data(), dpos.data(), 3, db.data(), widths.data()));
+  size_t row = 0;
+  for (int s = 0; s < 3; ++s) {
+    CAPTURE(s);
+    kv_cache alone(c, 1, 2);
+    const int n = lengths[size_t(s)];
+    std::vector<float> xa(x0.begin() + long(row * c.dim), x0.begin() + long((row + size_t(n)) * c.dim));
+    std::vector<seq_id> sq(static_cast<size_t>(n), seq_id(s));
+    std::vector<int> ps(static_cast<size_t>(n));
+    for (int p = 0; p < n; ++p) ps[size_t(p)] = p;
+    std::vector<row_width> ws(size_t(n), widths[size_t(s)]);
+    REQUIRE(forward_layer(c, w, 1, alone, sq.data(), ps.data(), n, xa.data(), ws.data()));
+    CHECK(std::equal(xa.begin(), xa.end(), xb.begin() + long(row * c.dim)));
+    std::vector<float> da(dec.begin() + s * c.dim, dec.begin() + (s + 1) * c.dim);
+    seq_id one = seq_id(s);
+    int p = n;
+    REQUIRE(forward_layer(c, w, 1, alone, &one, &p, 1, da.data(), &widths[size_t(s)]));
+    CHECK(std::equal(da.begin(), da.end(), db.begin() + s * c.dim));
+    row += size_t(n);
+  }
+  // Widths outside the layer are an error, not a read past the weights.
+  row_width bad{173, 0};
+  seq_id q = 9;
+  int p0 = 0;
+  auto r = forward_layer(c, w, 1, together, &q, &p0, 1, dec.data(), &bad);
+  CHECK_FALSE(r);
+  CHECK(r.message() == "row 0: width (FFN 173, KV heads 0) outside the layer's (172, 4)");
+}
+
+TEST_CASE("subnet: KV is kept only for the layers a sequence runs") {
+  auto m = test_model();
+  kv_cache kv(m->config, 0, 5);
+  std::vector<float> x(size_t(m->config.dim), 0.5f);
+  seq_id s = 1;
+  int p = 0;
+  for (int l : {0, 4}) REQUIRE(forward_layer(m->config, *m->layers[size_t(l)], l, kv, &s, &p, 1, x.data()));
+  const size_t per_layer = 2 * 64 * size_t(m->config.kv_dim()) * sizeof(float);  // 64 positions at first
+  CHECK(kv.bytes() == 2 * per_layer);
+  auto slice = kv.export_seq(1, 0, 5);  // a skipped layer exports zeros (never read)
+  REQUIRE(slice);
+  CHECK(slice->k.size() == 5 * size_t(m->config.kv_dim()));
+  CHECK(slice->k[size_t(2 * m->config.kv_dim())] == 0.0f);
+}
