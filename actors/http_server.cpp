@@ -271,6 +271,19 @@ struct bridge {
 
 }  // namespace
 
+// A subnet as /v1/models lists it (nothing for the whole model or a spec that does not fit).
+static std::optional<openai::subnet_status> subnet_listing(const subnet_spec& spec, const model_config& c) {
+  auto s = resolve_subnet(spec, c, default_drop_order(c.n_layers));
+  if (!s || s->full()) return std::nullopt;
+  openai::subnet_status st;
+  st.spec = to_string(spec);
+  for (int l = 0; l < c.n_layers; ++l)
+    if (s->runs(l)) st.layers.push_back(l);
+  st.ffn = s->ffn ? s->ffn : c.hidden_dim;
+  st.kv_heads = s->kv_heads ? s->kv_heads : c.n_kv_heads;
+  return st;
+}
+
 struct http_server::impl : std::enable_shared_from_this<impl> {
   caf::actor_system& sys;
   std::vector<std::shared_ptr<model_state>> models;
@@ -298,6 +311,16 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
     for (auto& m : models)
       if (m->name == name) return m;
     return nullptr;
+  }
+
+  // The subnet `spec` names on model `ms`; the error says why not (`where`: the field it came from).
+  expected<subnet> subnet_of(const model_state& ms, const std::string& spec, const char* where) const {
+    if (!opt.subnets)
+      return make_error(errc::bad_request, "'" + std::string(where) + "' names subnet \"" + spec + "\" but this server " +
+                                               "serves whole models only (serve --subnets off)");
+    auto s = parse_subnet_spec(spec);
+    if (!s) return s.err();
+    return resolve_subnet(*s, ms.m->config, default_drop_order(ms.m->config.n_layers));
   }
 
   void count_rejected(int status) {
@@ -622,13 +645,30 @@ void session::on_request() {
   }
   if (model_path) {
     auto id = path.substr(model_prefix.size());
-    if (!srv->find(id))
+    auto [base, spec] = split_subnet_name(id);
+    auto found = srv->find(base);
+    if (found && !spec.empty()) {
+      auto sub = srv->subnet_of(*found, spec, "model");
+      if (!sub) return reply_error(status_error(404, "invalid_request_error", "The model '" + id + "' does not exist: " +
+                                                                                 sub.err().message, "model"));
+    }
+    if (!found)
       return reply_error(status_error(404, "invalid_request_error", "The model '" + id + "' does not exist", "model"));
     watch();
-    return srv->statuses([br = br, created = srv->created_at, id](std::vector<openai::model_status> ms) {
-      br->post([ms = std::move(ms), created, id](session& s) {
-        for (auto& m : ms)
-          if (m.name == id) return s.respond(200, "application/json", openai::model_body(m, created));
+    return srv->statuses([br = br, created = srv->created_at, base = base, spec = spec](std::vector<openai::model_status> ms) {
+      br->post([ms = std::move(ms), created, base, spec](session& s) {
+        for (auto& m : ms) {
+          if (m.name != base) continue;
+          if (spec.empty()) return s.respond(200, "application/json", openai::model_body(m, created));
+          auto canon = parse_subnet_spec(spec);  // valid: checked before
+          for (auto& sub : m.subnets)
+            if (sub.spec == to_string(*canon)) return s.respond(200, "application/json", openai::subnet_body(m, sub, created));
+          // A valid subnet outside the listed space: its shape, not profiled.
+          auto x = subnet_listing(*canon, s.srv->find(base)->m->config);
+          openai::subnet_status whole;
+          whole.spec = to_string(*canon);
+          return s.respond(200, "application/json", openai::subnet_body(m, x ? *x : whole, created));
+        }
       });
     });
   }
@@ -658,8 +698,19 @@ void session::start_generation(bool chat) {
   auto p = openai::parse_request(body, chat);
   if (!p.req) return reply_error(p.err);
   auto& r = *p.req;
-  auto ms = srv->find(r.model);
+  auto [base_name, spec_in_name] = split_subnet_name(r.model);
+  auto ms = srv->find(base_name);
   if (!ms) return reply_error(status_error(404, "invalid_request_error", "The model '" + r.model + "' does not exist", "model"));
+  subnet sub;
+  if (!spec_in_name.empty() || r.subnet) {
+    if (!spec_in_name.empty() && r.subnet && *r.subnet != spec_in_name)
+      return reply_error(status_error(400, "invalid_request_error",
+                                      "'subnet' is \"" + *r.subnet + "\" but 'model' names subnet \"" + spec_in_name + "\"",
+                                      "subnet"));
+    auto s = srv->subnet_of(*ms, spec_in_name.empty() ? *r.subnet : spec_in_name, spec_in_name.empty() ? "subnet" : "model");
+    if (!s) return reply_error(status_error(400, "invalid_request_error", s.err().message, spec_in_name.empty() ? "subnet" : "model"));
+    sub = std::move(*s);
+  }
   const int64_t ctx = ms->m->config.seq_len;
   const std::string where = chat ? "messages" : "prompt";
   auto too_long = [&](const std::string& what) {
@@ -739,6 +790,7 @@ void session::start_generation(bool chat) {
       g.min_p = r.min_p;
       g.logit_bias = r.logit_bias;
       g.min_tokens = r.min_tokens;
+      g.sub = sub;
       g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
       reqs.push_back(std::move(g));
       choice_state c;
@@ -1243,12 +1295,16 @@ void http_server::impl::gather(std::function<void(model_samples)> done) {
 }
 
 void http_server::impl::statuses(std::function<void(std::vector<openai::model_status>)> done) {
-  gather([done](model_samples samples) {
+  gather([done, subnets = opt.subnets](model_samples samples) {
     std::vector<openai::model_status> out;
     for (auto& x : *samples) {
       openai::model_status m;
       m.name = x.ms->name;
-      m.context = x.ms->m->config.seq_len;
+      const auto& c = x.ms->m->config;
+      m.context = c.seq_len;
+      for (auto& spec : subnets ? default_subnet_space(c) : std::vector<subnet_spec>{}) {
+        if (auto st = subnet_listing(spec, c)) m.subnets.push_back(std::move(*st));
+      }
       if (x.stats) {
         m.routes = x.stats->routes;
         m.running = x.stats->running;

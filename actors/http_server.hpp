@@ -39,6 +39,9 @@ struct http_options {
   std::string api_key;  // non-empty: /v1/* needs "Authorization: Bearer <api_key>" (401 otherwise)
   caf::actor scaler;  // one model: see served_model
   bool scales_from_zero = false;
+  // Requests may name a subnet of a model ("NAME@d3w50" or "subnet"), and /v1/models lists the
+  // model's subnet space; false: the whole model only (serve --subnets off).
+  bool subnets = true;
 };
 
 // One model behind the front door.

@@ -64,10 +64,15 @@ error from_caf(const caf::error& e);
 std::string describe(const caf::error& e);
 
 template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, subnet& x) {
+  return f(caf::meta::type_name("subnet"), x.layers, x.ffn, x.kv_heads);
+}
+
+template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_p, x.seed,
            x.ignore_eos, x.logprobs, x.prompt_logprobs, x.stop_token_ids, x.presence_penalty, x.frequency_penalty, x.repetition_penalty,
-           x.top_k, x.min_p, x.logit_bias, x.min_tokens);
+           x.top_k, x.min_p, x.logit_bias, x.min_tokens, x.sub);
 }
 
 template <class Inspector>
@@ -118,6 +123,10 @@ struct step_batch {
   std::vector<logit_processing> processing;  // per wanted row, or empty when no row has any
   bool return_logits = false;
   std::vector<float> logits;  // [wanted rows, vocab] when return_logits
+  // Subnets (see step_rows): empty when every row runs the whole model, else per row an index
+  // into `subnets`. A stage runs a layer on the rows whose subnet keeps it, at their widths.
+  std::vector<subnet> subnets;
+  std::vector<uint32_t> row_subnet;
   std::string error;          // set by the stage that failed; the batch then goes to reply_to
   int rows() const { return int(seqs.size()); }
 };
@@ -156,7 +165,8 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, wire_step& x) {
   auto& s = x.s;
   return f(caf::meta::type_name("wire_step"), s.id, x.hops, x.instance, x.share, s.hop, s.reply_to, s.seqs, s.pos,
-           s.tokens, s.want, s.x, s.sampling, s.rng, s.sampled, s.processing, s.return_logits, s.logits, s.error);
+           s.tokens, s.want, s.x, s.sampling, s.rng, s.sampled, s.processing, s.return_logits, s.logits, s.subnets,
+           s.row_subnet, s.error);
 }
 
 // Sends a batch to `to`: the pointer itself within a process, a wire_step to another.

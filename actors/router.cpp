@@ -129,6 +129,8 @@ void flush(router_actor* self) {
       b->rng = std::move(r.rng);
       b->processing = std::move(r.processing);
       b->return_logits = r.return_logits;
+      b->subnets = std::move(r.subnets);
+      b->row_subnet = std::move(r.row_subnet);
       self->delayed_send(self, st.b->options().step_timeout, timeout_atom::value, s->id);
       auto head = b->path->hops[0].actor;
       send_step(self, head, std::move(b));

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <map>
 
 #include "cuda/head.hpp"
 #ifdef STRATA_HAVE_CUDA
@@ -37,6 +38,11 @@ std::string malformed_step(const step_batch& s, size_t n_hops, int dim, bool at_
            std::to_string(s.rng.size()) + " RNG states";
   if (!s.processing.empty() && s.processing.size() != wanted)
     return std::to_string(s.processing.size()) + " logit processings for " + std::to_string(wanted) + " rows";
+  if (!s.row_subnet.empty() && s.row_subnet.size() != rows)
+    return std::to_string(s.row_subnet.size()) + " subnet indices for " + std::to_string(rows) + " rows";
+  for (auto i : s.row_subnet)
+    if (i >= s.subnets.size())
+      return "subnet index " + std::to_string(i) + " of " + std::to_string(s.subnets.size()) + " subnets";
   if (at_router && s.error.empty() && s.sampled.size() != wanted)
     return std::to_string(s.sampled.size()) + " tokens sampled for " + std::to_string(wanted) + " rows";
   for (auto p : s.pos)
@@ -68,9 +74,27 @@ step_ptr from_wire(caf::event_based_actor* self, wire_step& w, int dim, bool at_
   return nullptr;
 }
 
+// Whether some row of `s` runs a layer of `r` (LayerSelect: a route skips the stages of layers
+// no row in the batch keeps).
+bool runs_any(const step_batch& s, layer_range r) {
+  if (s.row_subnet.empty()) return true;
+  std::vector<bool> seen(s.subnets.size());
+  for (auto i : s.row_subnet) {
+    if (seen[i]) continue;
+    seen[i] = true;
+    for (int l = r.begin; l < r.end; ++l)
+      if (s.subnets[i].runs(l)) return true;
+  }
+  return false;
+}
+
 void pass_on(caf::event_based_actor* self, step_ptr s) {
   auto to = s->reply_to;
-  if (s->error.empty() && ++s->hop < s->path->hops.size()) to = s->path->hops[s->hop].actor;
+  if (s->error.empty()) {
+    const auto& hops = s->path->hops;
+    while (++s->hop < hops.size() && hops[s->hop].range.size() > 0 && !runs_any(*s, hops[s->hop].range)) {}
+    if (s->hop < hops.size()) to = hops[s->hop].actor;
+  }
   send_step(self, to, std::move(s));
 }
 
@@ -99,14 +123,29 @@ void start_device_group(caf::stateful_actor<shard_state>* self) {
   auto& st = self->state;
   st.device_group = std::move(st.device_queue);
   st.device_queue.clear();
-  int max_layers = 0;
+  // A layer's fixed cost (its weights read once) at the widest share any row runs it at; each
+  // row's cost at its own share (a subnet row reads and computes less of the layer).
+  std::map<int, double> layer_max;
   double row_layers = 0;
   for (auto& s : st.device_group) {
-    int n = s->path->hops[s->hop].range.size();
-    max_layers = std::max(max_layers, n);
-    row_layers += double(n) * s->rows();
+    const auto& r = s->path->hops[s->hop].range;
+    for (int l = r.begin; l < r.end; ++l) {
+      if (s->row_subnet.empty()) {
+        layer_max[l] = 1.0;
+        row_layers += s->rows();
+        continue;
+      }
+      std::vector<double> share(s->subnets.size());
+      for (size_t i = 0; i < share.size(); ++i) share[i] = layer_share(s->subnets[i], l, st.m->config);
+      for (auto i : s->row_subnet) {
+        layer_max[l] = std::max(layer_max[l], share[i]);
+        row_layers += share[i];
+      }
+    }
   }
-  double busy = (max_layers * st.opt.device.layer_s + row_layers * st.opt.device.per_row_s) / st.opt.share;
+  double fixed = 0;
+  for (auto& [_, m] : layer_max) fixed += m;
+  double busy = (fixed * st.opt.device.layer_s + row_layers * st.opt.device.per_row_s) / st.opt.share;
   st.device_busy = true;
   self->delayed_send(self, std::chrono::microseconds(int64_t(busy * 1e6)), devdone_atom::value);
 }
@@ -147,6 +186,34 @@ void start_gpu(shard_state& st) {
 #else
   st.backend_error = "shard on cuda:" + std::to_string(st.opt.cuda_device) + ": this build has no CUDA backend";
 #endif
+}
+
+// Layer l on the rows of `s` whose subnet keeps it, each at its width: those rows gathered into
+// a batch of their own when others skip the layer (their activations pass through unchanged).
+status forward_subnet_rows(shard_state& st, const layer_weights& w, int l, step_batch& s) {
+  const int d = st.m->config.dim, rows = s.rows();
+  std::vector<int> idx;
+  std::vector<row_width> width;
+  for (int r = 0; r < rows; ++r) {
+    const auto& sub = s.subnets[s.row_subnet[size_t(r)]];
+    if (!sub.runs(l)) continue;
+    idx.push_back(r);
+    width.push_back({sub.ffn, sub.kv_heads});
+  }
+  if (idx.empty()) return {};
+  if (int(idx.size()) == rows)
+    return forward_layer(st.m->config, w, l, st.kv, s.seqs.data(), s.pos.data(), rows, s.x.data(), width.data());
+  std::vector<seq_id> seqs;
+  std::vector<int> pos;
+  std::vector<float> x(idx.size() * size_t(d));
+  for (size_t i = 0; i < idx.size(); ++i) {
+    seqs.push_back(s.seqs[size_t(idx[i])]);
+    pos.push_back(s.pos[size_t(idx[i])]);
+    std::copy_n(s.x.data() + size_t(idx[i]) * d, d, x.data() + i * size_t(d));
+  }
+  auto r = forward_layer(st.m->config, w, l, st.kv, seqs.data(), pos.data(), int(idx.size()), x.data(), width.data());
+  for (size_t i = 0; r && i < idx.size(); ++i) std::copy_n(x.data() + i * size_t(d), d, s.x.data() + size_t(idx[i]) * d);
+  return r;
 }
 
 // A layer that arrived: the CPU backend keeps it, the GPU backend starts copying it to the device
@@ -192,13 +259,19 @@ caf::behavior loading_shard_actor(caf::stateful_actor<shard_state>* self, model_
         s->error = "layer " + std::to_string(l) + " is not loaded on shard [" + std::to_string(st.range.begin) +
                    "," + std::to_string(st.range.end) + ")";
     if (s->error.empty() && !st.backend_error.empty()) s->error = st.backend_error;
+    for (size_t i = 0; i < s->subnets.size() && s->error.empty() && !s->row_subnet.empty(); ++i)
+      if (auto r = check_subnet(s->subnets[i], st.m->config); !r) s->error = r.message();
+    if (s->error.empty() && st.gpu && !s->row_subnet.empty())
+      s->error = "subnets run on the CPU backend only (this shard is on cuda:" + std::to_string(st.opt.cuda_device) + ")";
     if (s->error.empty() && st.gpu) {
       auto r = st.gpu->forward(want.begin, want.end, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
       if (!r) s->error = "layers [" + std::to_string(want.begin) + "," + std::to_string(want.end) + ") on the GPU: " + r.message();
     } else {
       for (int l = want.begin; l < want.end && s->error.empty(); ++l) {
         const auto& w = st.layers[size_t(l - st.range.begin)];
-        auto r = forward_layer(st.m->config, *w, l, st.kv, s->seqs.data(), s->pos.data(), s->rows(), s->x.data());
+        auto r = s->row_subnet.empty()
+                     ? forward_layer(st.m->config, *w, l, st.kv, s->seqs.data(), s->pos.data(), s->rows(), s->x.data())
+                     : forward_subnet_rows(st, *w, l, *s);
         if (!r) s->error = "layer " + std::to_string(l) + ": " + r.message();
       }
     }

@@ -105,7 +105,10 @@ std::vector<command_spec> make_table() {
                                 {"shards", "SPEC", "1", "K even layer shards, or sizes like 2,3", ""},
                                 {"n", "N", "1", "run N copies of the prompt concurrently and print each", ""},
                                 {"logits", "FILE", "",
-                                 "write every generated position's logits (JSON) from the plain forward pass", ""}} +
+                                 "write every generated position's logits (JSON) from the plain forward pass", ""},
+                                {"subnet", "SPEC", "full",
+                                 "run a subnet of the model: d<layers>w<FFN %>h<KV head %>, e.g. d3w50 (README: "
+                                 "Subnets)", ""}} +
                    sampling + common,
                "The text goes to stdout (streamed for one request; each completion after the run for --n > 1; "
                "token ids for a model without a tokenizer); timings and the per-request table go to stderr."});
@@ -133,6 +136,9 @@ std::vector<command_spec> make_table() {
                         {"max-connections-per-client", "N", "256", "open connections per client address", ""},
                         {"drain-timeout-s", "S", "30", "how long SIGTERM waits for running requests", ""},
                         {"api-key", "KEY", "", "/v1/* needs Authorization: Bearer KEY (or STRATA_API_KEY)", ""},
+                        {"subnets", "on|off", "on",
+                         "requests may run a subnet (\"model\": \"NAME@d3w50\" or \"subnet\"), /v1/models lists them; "
+                         "off: whole models only", ""},
                         {"policy", "NAME", "",
                          "autoscale instances under this policy (see strata policies)", "blitz with --nodes or --controller"},
                         {"controller", "HOST:PORT", "",

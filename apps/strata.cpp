@@ -85,7 +85,8 @@ struct job_result {
 // a model without a tokenizer). The pipeline, the per-request table and the totals are logs (say).
 int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<std::vector<int32_t>>& prompts,
                    const std::vector<std::string>& labels, const std::string& shard_spec,
-                   const std::string& device_spec, int steps, float temperature, float top_p, uint64_t seed) {
+                   const std::string& device_spec, int steps, float temperature, float top_p, uint64_t seed,
+                   const subnet& sub) {
   const bool stream = prompts.size() == 1 && tok;
   auto shards = parse_shards(shard_spec, m->config.n_layers);
   if (!shards) return fail(shards.message());
@@ -117,6 +118,7 @@ int run_generation(const model_ptr& m, const tokenizer* tok, const std::vector<s
       req.temperature = temperature;
       req.top_p = top_p;
       req.seed = seed + i;
+      req.sub = sub;
       int32_t prev = req.prompt.back();
       auto r = generate(*rt.sys, router, req, [&](int32_t t) {
         if (stream) {
@@ -204,7 +206,7 @@ expected<std::vector<int32_t>> parse_token_list(const std::string& s, const mode
 // the token drawn from them, as JSON, so the forward pass can be compared with other engines.
 // The plain forward pass (generate_reference) gives the same tokens as the actor pipeline.
 int write_logits(const model& m, const tokenizer* tok, const std::vector<int32_t>& prompt, int steps,
-                 const sampling_params& sp, const std::string& path) {
+                 const sampling_params& sp, const std::string& path, const subnet& sub) {
   FILE* f = std::fopen(path.c_str(), "w");
   if (!f) return fail("--logits: cannot write " + path + ": " + std::strerror(errno));
   std::fprintf(f, "{\"vocab_size\": %d, \"prompt_tokens\": [", m.config.vocab_size);
@@ -220,7 +222,7 @@ int write_logits(const model& m, const tokenizer* tok, const std::vector<int32_t
                                   for (int i = 0; i < m.config.vocab_size; ++i)
                                     std::fprintf(f, "%s%.9g", i ? ", " : "", double(logits[i]));
                                   std::fprintf(f, "]}");
-                                });
+                                }, sub);
   std::fprintf(f, "\n ],\n \"tokens\": [");
   for (size_t i = 0; i < out.size(); ++i) std::fprintf(f, "%s%d", i ? ", " : "", out[i]);
   std::fprintf(f, "]}\n");
@@ -261,6 +263,14 @@ int cmd_generate(int argc, char** argv, bool demo) {
     if (!t) return fail(t.message());
     tok = std::make_unique<tokenizer>(std::move(*t));
   }
+  subnet sub;
+  if (!demo && a->has("subnet")) {
+    auto spec = parse_subnet_spec(a->str("subnet"));
+    if (!spec) return fail("--subnet: " + spec.message());
+    auto s = resolve_subnet(*spec, (*m)->config, default_drop_order((*m)->config.n_layers));
+    if (!s) return fail("--subnet: " + s.message());
+    sub = *s;
+  }
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> labels;
   if (demo) {
@@ -272,7 +282,7 @@ int cmd_generate(int argc, char** argv, bool demo) {
       labels.push_back(p);
     }
     return run_generation(*m, tok.get(), prompts, labels, a->str("shards"), a->str("devices"), int(steps),
-                          float(temp), float(top_p), uint64_t(seed));
+                          float(temp), float(top_p), uint64_t(seed), sub);
   }
   std::vector<int32_t> prompt;
   if (a->has("prompt-tokens")) {
@@ -289,14 +299,14 @@ int cmd_generate(int argc, char** argv, bool demo) {
     if (n != 1 || a->has("shards") || a->has("devices"))
       return fail("--logits runs one sequence through the plain forward pass: no --n, --shards or --devices");
     return write_logits(**m, tok.get(), prompt, int(steps), {float(temp), float(top_p), uint64_t(seed)},
-                        a->str("logits"));
+                        a->str("logits"), sub);
   }
   for (long i = 0; i < n; ++i) {
     prompts.push_back(prompt);
     labels.push_back(a->str("prompt", a->str("prompt-tokens")));
   }
   return run_generation(*m, tok.get(), prompts, labels, a->str("shards"), a->str("devices"), int(steps),
-                        float(temp), float(top_p), uint64_t(seed));
+                        float(temp), float(top_p), uint64_t(seed), sub);
 }
 
 int cmd_inspect(int argc, char** argv) {
@@ -708,6 +718,7 @@ int run_serve(const args& a) {
   ho.max_connections_per_client = int(a.integer("max-connections-per-client", 1, 1 << 16));
   ho.api_key = a.str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
   if (a.has("api-key") && ho.api_key.empty()) throw usage_error("--api-key: must not be empty");
+  ho.subnets = a.choice("subnets", {"on", "off"}) == "on";
   const double drain_s = a.number("drain-timeout-s", 0, 86400);
   // Where instances run: this process, node processes started here, or a running cluster.
   cluster_spec cs = nodes_from_args(a);

@@ -65,6 +65,12 @@ std::string to_string(const subnet_spec& s) {
   return out.empty() ? "full" : out;
 }
 
+std::pair<std::string, std::string> split_subnet_name(const std::string& model) {
+  auto at = model.rfind('@');
+  if (at == std::string::npos) return {model, ""};
+  return {model.substr(0, at), model.substr(at + 1)};
+}
+
 std::vector<int32_t> default_drop_order(int n_layers) {
   std::vector<int32_t> mid;
   for (int l = 1; l + 1 < n_layers; ++l) mid.push_back(l);
@@ -115,6 +121,17 @@ model_config subnet_config(const subnet& s, const model_config& c) {
     out.n_kv_heads = s.kv_heads;
   }
   return out;
+}
+
+double layer_share(const subnet& s, int layer, const model_config& c) {
+  if (!s.runs(layer)) return 0.0;
+  if (s.ffn == 0 && s.kv_heads == 0) return 1.0;
+  auto params = [&c](double hid, double kvh) {
+    const double hd = c.head_dim, qd = kvh * (c.n_heads / c.n_kv_heads) * hd, kd = kvh * hd;
+    return (qd + 2 * kd) * c.dim + double(c.dim) * qd + 3 * hid * c.dim + 2.0 * c.dim;
+  };
+  return params(s.ffn ? s.ffn : c.hidden_dim, s.kv_heads ? s.kv_heads : c.n_kv_heads) /
+         params(c.hidden_dim, c.n_kv_heads);
 }
 
 std::vector<subnet_spec> default_subnet_space(const model_config& c) {

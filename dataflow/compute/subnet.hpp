@@ -48,6 +48,8 @@ struct subnet_spec {
 };
 expected<subnet_spec> parse_subnet_spec(const std::string& text);
 std::string to_string(const subnet_spec& s);  // canonical: "full", or the parts that are not whole
+// "NAME@SPEC" as an API model name: {NAME, SPEC}; without '@' {NAME, ""}.
+std::pair<std::string, std::string> split_subnet_name(const std::string& model);
 
 // LayerSelect's order: the layers to drop first. The default keeps the first and the last layer
 // longest (dropping from the middle outwards, later layers first at equal distance), then drops
@@ -60,6 +62,10 @@ expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, 
 // The model config of a subnet as a dense model of its own (what a copy of its weights would be):
 // fewer layers, hidden_dim = ffn, n_kv_heads = kv_heads, n_heads scaled alike.
 model_config subnet_config(const subnet& s, const model_config& c);
+
+// The share of a layer's parameters (and so of its bytes read and FLOPs per row) that a subnet
+// row runs: 1 for the whole layer, 0 for a layer it skips. Emulated devices charge by it.
+double layer_share(const subnet& s, int layer, const model_config& c);
 
 // The default subnet space served when a model has no profiled catalogue: depths n, n-1, n-2
 // (at least 1), FFN widths 100/75/50 %, and KV heads 100/50 % where the model has 2+ groups.

@@ -20,6 +20,7 @@ status check_request(const generate_request& req, const model_config& c) {
   if (req.max_new_tokens < 0) return bad("max_new_tokens must not be negative");
   if (!(req.temperature >= 0.0f) || req.temperature > 100.0f) return bad("temperature must be in [0, 100]");
   if (!(req.top_p > 0.0f && req.top_p <= 1.0f)) return bad("top_p must be in (0, 1]");
+  if (auto s = check_subnet(req.sub, c); !s) return s;
   return {};
 }
 
@@ -368,18 +369,27 @@ void batcher::schedule() {
       auto& rows = s.rows;
       std::vector<uint64_t> members;
       std::vector<logit_processing> procs;  // one per sampled row, kept if any does something
-      bool any_proc = false;
+      bool any_proc = false, any_sub = false;
+      rows.subnets = {subnet{}};
       int budget = opt_.max_batch_tokens;
       for (; next < ids.size() && budget > 0; ++next) {
         auto& r = reqs_.at(ids[next]);
         int todo = int(r.tokens.size()) - r.processed;
         int take = std::min(todo, budget);
+        uint32_t sub = 0;
+        if (!r.req.sub.full()) {
+          any_sub = true;
+          auto it = std::find(rows.subnets.begin(), rows.subnets.end(), r.req.sub);
+          sub = uint32_t(it - rows.subnets.begin());
+          if (it == rows.subnets.end()) rows.subnets.push_back(r.req.sub);
+        }
         for (int i = 0; i < take; ++i) {
           const int p = r.processed + i;
           rows.seqs.push_back(r.seq);
           rows.pos.push_back(p);
           rows.tokens.push_back(r.tokens[size_t(p)]);
           rows.want.push_back(p + 1 == int(r.tokens.size()) ? 1 : 0);
+          rows.row_subnet.push_back(sub);
           if (scores_row(r, p)) {  // logits only: drawn greedily, dropped (see on_step)
             rows.want.back() = 1;
             rows.sampling.push_back({0.0f, 1.0f, 0, 0, 0.0f});
@@ -402,6 +412,10 @@ void batcher::schedule() {
       }
       if (members.empty()) break;
       if (any_proc) rows.processing = std::move(procs);
+      if (!any_sub) {
+        rows.subnets.clear();
+        rows.row_subnet.clear();
+      }
       inflight_.emplace(s.id, inflight_step{path, std::move(members)});
       ++busy[path];
       out_.push_back(std::move(s));

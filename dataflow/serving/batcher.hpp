@@ -105,6 +105,10 @@ struct step_rows {
   std::vector<uint64_t> rng;
   std::vector<logit_processing> processing;  // per wanted row, or empty when no row has any
   bool return_logits = false;
+  // The rows' subnets: empty when every row runs the whole model, else per row an index into
+  // `subnets` (whose first entry is the whole model).
+  std::vector<subnet> subnets;
+  std::vector<uint32_t> row_subnet;
 };
 
 // What came back of a step: per wanted row its token and RNG state, logits when asked for.

@@ -34,6 +34,7 @@ struct generate_request {
   float min_p = 0;
   std::vector<std::pair<int32_t, float>> logit_bias;
   int32_t min_tokens = 0;  // EOS, BOS and stop_token_ids cannot be drawn before this many tokens
+  subnet sub;  // the subnet it runs (SuperServe's SubNetAct); default: the whole model
 };
 
 constexpr int max_top_logprobs = 20;  // alternatives per token, as OpenAI allows

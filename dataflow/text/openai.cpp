@@ -54,7 +54,8 @@ bool honoured(const std::string& key, bool chat) {
   static const std::set<std::string> common = {"model", "max_tokens", "temperature", "top_p", "seed", "n",
                                                "stop", "stream", "stream_options", "user", "ignore_eos", "logprobs",
                                                "stop_token_ids", "presence_penalty", "frequency_penalty",
-                                               "repetition_penalty", "top_k", "min_p", "logit_bias", "min_tokens"};
+                                               "repetition_penalty", "top_k", "min_p", "logit_bias", "min_tokens",
+                                               "subnet"};
   if (common.count(key)) return true;
   return chat ? key == "messages" || key == "max_completion_tokens" || key == "top_logprobs"
               : key == "prompt" || key == "echo" || key == "best_of";
@@ -282,6 +283,10 @@ parsed parse_request(const std::string& body, bool chat) {
       return fail("'top_k' must be an integer: -1 or 0 (off), or the number of tokens kept", "top_k");
     r.top_k = int32_t(std::max<int64_t>(0, k.get<int64_t>()));
   }
+  if (has("subnet")) {
+    if (!j["subnet"].is_string()) return fail("'subnet' must be a string such as \"d3w50\"", "subnet");
+    r.subnet = j["subnet"].get<std::string>();
+  }
   if (has("min_tokens")) {
     const auto& k = j["min_tokens"];
     if (!k.is_number_integer() || k.get<int64_t>() < 0 || (r.max_tokens && k.get<int64_t>() > *r.max_tokens))
@@ -450,9 +455,30 @@ json model_json(const model_status& m, int64_t created) {
 
 std::string model_body(const model_status& m, int64_t created) { return dump(model_json(m, created)); }
 
+namespace {
+json subnet_json(const model_status& m, const subnet_status& s, int64_t created) {
+  json j = {{"id", m.name + "@" + s.spec}, {"object", "model"}, {"created", created}, {"owned_by", "strata"},
+            {"root", m.name},           {"parent", m.name}};
+  if (m.context > 0) j["max_model_len"] = m.context;
+  auto opt = [](double v) { return v >= 0 ? json(v) : json(nullptr); };
+  j["strata"] = {{"subnet", s.spec},          {"layers", s.layers},
+                 {"ffn", s.ffn},              {"kv_heads", s.kv_heads},
+                 {"latency_ms", opt(s.latency_ms)}, {"quality", opt(s.quality)},
+                 {"profiled", s.latency_ms >= 0}};
+  return j;
+}
+}  // namespace
+
+std::string subnet_body(const model_status& m, const subnet_status& s, int64_t created) {
+  return dump(subnet_json(m, s, created));
+}
+
 std::string models_body(const std::vector<model_status>& models, int64_t created) {
   json data = json::array();
-  for (auto& m : models) data.push_back(model_json(m, created));
+  for (auto& m : models) {
+    data.push_back(model_json(m, created));
+    for (auto& s : m.subnets) data.push_back(subnet_json(m, s, created));
+  }
   return dump(json{{"object", "list"}, {"data", data}});
 }
 

@@ -60,6 +60,9 @@ struct request {
   std::vector<std::pair<int32_t, float>> logit_bias;
   int32_t min_tokens = 0;
   bool echo = false;                    // completions: the prompt's text comes first
+  // Strata's: the subnet to run (dataflow/compute/subnet.hpp's grammar, e.g. "d3w50"); the
+  // same as naming the model "NAME@d3w50".
+  std::optional<std::string> subnet;
 };
 
 // Parses a request body; `chat` selects /v1/chat/completions. Every malformed field is a 400
@@ -119,8 +122,17 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
 // A served model as /v1/models shows it: OpenAI's fields plus "strata": its state ("cold": no
 // instance; "loading": instances, none serving yet; "serving"; "unknown" when its router did not
 // answer), instances, layers loaded onto new instances, and requests running and waiting.
+// A served model's subnets are listed as models of their own ("NAME@SPEC", parent NAME) with
+// their shape and, once profiled, latency and quality (null: not profiled).
+struct subnet_status {
+  std::string spec;
+  std::vector<int32_t> layers;  // the layers it runs
+  int32_t ffn = 0, kv_heads = 0;
+  double latency_ms = -1, quality = -1;
+};
 struct model_status {
   std::string name;
+  std::vector<subnet_status> subnets;
   std::string state = "unknown";
   int64_t instances = -1;  // -1: not known (no scaler, or it did not answer)
   int64_t routes = -1;
@@ -130,6 +142,7 @@ struct model_status {
 };
 std::string models_body(const std::vector<model_status>& models, int64_t created);
 std::string model_body(const model_status& m, int64_t created);
+std::string subnet_body(const model_status& m, const subnet_status& s, int64_t created);
 
 // Cuts generated text at the first stop sequence. While streaming it holds back the tail that
 // could still begin a stop sequence, so no client ever sees text past a stop.

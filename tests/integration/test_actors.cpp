@@ -199,6 +199,52 @@ TEST_CASE("concurrent requests join the running batch and each matches its solo 
   }
 }
 
+TEST_CASE("requests of different subnets share batches and each matches its subnet's reference") {
+  // Depths that skip a whole shard (d1 runs only layer 0), widths that split a GEMM, and the
+  // whole model, concurrently through three shards: mixed batches, skipped hops.
+  const char* specs[] = {"full", "d3w50", "d1", "w75", "h50", "d4w50h50", "d2", "full"};
+  const char* texts[] = {"", "Once upon a time, Tom", "The little cat", "Lily and Ben went to the park",
+                         "One day, a big dog", "Sam had a red ball", "The sun", "A bird sang"};
+  router_options opt;
+  opt.max_batch_tokens = 6;
+  served s("1,2,2", opt);
+  const auto& c = stories()->config;
+  std::vector<std::thread> threads;
+  std::vector<std::vector<int32_t>> got(8), want(8);
+  std::vector<std::string> errors(8);
+  for (int i = 0; i < 8; ++i) {
+    auto prompt = encode(texts[i]);
+    auto sub = resolve_subnet(*parse_subnet_spec(specs[i]), c, default_drop_order(c.n_layers));
+    REQUIRE(sub);
+    auto ref = generate_reference(*stories(), std::vector<int>(prompt.begin(), prompt.end()), 24, {}, {}, *sub);
+    want[size_t(i)].assign(ref.begin(), ref.end());
+    threads.emplace_back([&, i, prompt, sub = *sub] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(3 * i));
+      auto req = greedy(prompt, 24);
+      req.sub = sub;
+      auto r = s.run(req);
+      if (!r)
+        errors[size_t(i)] = r.message();
+      else
+        got[size_t(i)] = r->tokens;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 8; ++i) {
+    CAPTURE(specs[i]);
+    CHECK(errors[size_t(i)] == "");
+    CHECK(got[size_t(i)] == want[size_t(i)]);
+  }
+  CHECK(want[1] != want[0]);  // the subnets compute other functions
+  CHECK(s.kv_drains());
+  // A subnet that does not fit the model is refused at admission with the reason.
+  auto bad = greedy(encode("x"), 4);
+  bad.sub.layers = {0, 7};
+  auto r = s.run(bad);
+  REQUIRE_FALSE(r);
+  CHECK(r.message().find("subnet: layer 7 outside [0, 5)") != std::string::npos);
+}
+
 TEST_CASE("a long prompt is prefilled in steps of at most max_batch_tokens rows") {
   router_options opt;
   opt.max_batch_tokens = 8;
