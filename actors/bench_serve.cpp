@@ -38,6 +38,7 @@ expected<std::vector<endpoint_model>> endpoint_models(const http_url& url, const
     endpoint_model e{m["id"].get<std::string>(), 0};
     if (m.contains("max_model_len") && m["max_model_len"].is_number_integer())
       e.context = int(std::min<int64_t>(m["max_model_len"].get<int64_t>(), 1 << 30));
+    if (m.contains("parent") && m["parent"].is_string()) e.parent = m["parent"].get<std::string>();
     out.push_back(std::move(e));
   }
   if (out.empty()) return make_error("GET " + url.str() + "/v1/models lists no model");

@@ -21,6 +21,7 @@ namespace strata {
 struct endpoint_model {
   std::string id;
   int context = 0;
+  std::string parent;  // a subnet or adapter of this model (vLLM's and Strata's "parent"), or empty
 };
 expected<std::vector<endpoint_model>> endpoint_models(const http_url& url, const http_load_options& o);
 

@@ -647,8 +647,8 @@ void session::on_request() {
     auto id = path.substr(model_prefix.size());
     auto [base, spec] = split_subnet_name(id);
     auto found = srv->find(base);
-    if (found && !spec.empty()) {
-      auto sub = srv->subnet_of(*found, spec, "model");
+    if (found && spec) {
+      auto sub = srv->subnet_of(*found, *spec, "model");
       if (!sub) return reply_error(status_error(404, "invalid_request_error", "The model '" + id + "' does not exist: " +
                                                                                  sub.err().message, "model"));
     }
@@ -659,8 +659,8 @@ void session::on_request() {
       br->post([ms = std::move(ms), created, base, spec](session& s) {
         for (auto& m : ms) {
           if (m.name != base) continue;
-          if (spec.empty()) return s.respond(200, "application/json", openai::model_body(m, created));
-          auto canon = parse_subnet_spec(spec);  // valid: checked before
+          if (!spec) return s.respond(200, "application/json", openai::model_body(m, created));
+          auto canon = parse_subnet_spec(*spec);  // valid: checked before
           for (auto& sub : m.subnets)
             if (sub.spec == to_string(*canon)) return s.respond(200, "application/json", openai::subnet_body(m, sub, created));
           // A valid subnet outside the listed space: its shape, not profiled.
@@ -702,13 +702,14 @@ void session::start_generation(bool chat) {
   auto ms = srv->find(base_name);
   if (!ms) return reply_error(status_error(404, "invalid_request_error", "The model '" + r.model + "' does not exist", "model"));
   subnet sub;
-  if (!spec_in_name.empty() || r.subnet) {
-    if (!spec_in_name.empty() && r.subnet && *r.subnet != spec_in_name)
+  if (spec_in_name || r.subnet) {
+    if (spec_in_name && r.subnet && *r.subnet != *spec_in_name)
       return reply_error(status_error(400, "invalid_request_error",
-                                      "'subnet' is \"" + *r.subnet + "\" but 'model' names subnet \"" + spec_in_name + "\"",
+                                      "'subnet' is \"" + *r.subnet + "\" but 'model' names subnet \"" + *spec_in_name + "\"",
                                       "subnet"));
-    auto s = srv->subnet_of(*ms, spec_in_name.empty() ? *r.subnet : spec_in_name, spec_in_name.empty() ? "subnet" : "model");
-    if (!s) return reply_error(status_error(400, "invalid_request_error", s.err().message, spec_in_name.empty() ? "subnet" : "model"));
+    const char* field = spec_in_name ? "model" : "subnet";
+    auto s = srv->subnet_of(*ms, spec_in_name ? *spec_in_name : *r.subnet, field);
+    if (!s) return reply_error(status_error(400, "invalid_request_error", s.err().message, field));
     sub = std::move(*s);
   }
   const int64_t ctx = ms->m->config.seq_len;
@@ -842,7 +843,7 @@ void session::on_admitted(uint64_t serial, size_t i, expected<uint64_t> id) {
     for (size_t k = 0; k < gen->choices.size(); ++k) {
       auto& ck = gen->choices[k];
       if (gen->req.chat && ck.first_chunk) {  // the role comes first, as OpenAI sends it
-        send_event(openai::chunk_body(gen->req, gen->id, gen->created, gen->model->name, "", nullptr, nullptr, true,
+        send_event(openai::chunk_body(gen->req, gen->id, gen->created, gen->req.model, "", nullptr, nullptr, true,
                                       gen->req.include_usage, int(k)));
         ck.first_chunk = false;
       }
@@ -878,7 +879,7 @@ void session::emit(size_t i, const std::string& text, const std::vector<openai::
     if (lps) c.logprobs.insert(c.logprobs.end(), lps->begin(), lps->end());
     return;
   }
-  auto ev = chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, gen->model->name, text, nullptr,
+  auto ev = chunk("data: " + openai::chunk_body(gen->req, gen->id, gen->created, gen->req.model, text, nullptr,
                                                 nullptr, c.first_chunk, gen->req.include_usage, int(i), lps) +
                   "\n\n");
   c.first_chunk = false;
@@ -973,7 +974,7 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   if (q.stream) {
     std::string ev = reason == "error"
                          ? openai::error_body(generation_error(gen->unavailable, error))
-                         : openai::chunk_body(q, gen->id, gen->created, gen->model->name, "", &reason, nullptr, false,
+                         : openai::chunk_body(q, gen->id, gen->created, gen->req.model, "", &reason, nullptr, false,
                                               q.include_usage, int(i));
     if (gen->headers_sent) send_event(ev);
     else c.pending += chunk("data: " + ev + "\n\n");
@@ -1017,12 +1018,12 @@ void session::finish_request() {
       end_generation(reason);
       return gen->unavailable ? reply_error(e, {{"Retry-After", "1"}}) : reply_error(e);
     }
-    auto body = openai::response_body(q, gen->id, gen->created, gen->model->name, out, u);
+    auto body = openai::response_body(q, gen->id, gen->created, gen->req.model, out, u);
     end_generation(reason);
     return respond(200, "application/json", body);
   }
   if (q.include_usage)
-    send_event(openai::chunk_body(q, gen->id, gen->created, gen->model->name, "", nullptr, &u));
+    send_event(openai::chunk_body(q, gen->id, gen->created, gen->req.model, "", nullptr, &u));
   send(chunk("data: [DONE]\n\n"));
   end_generation(reason);
   close_after_write = true;

@@ -524,12 +524,20 @@ int run_bench_serve_cmd(const args& a) {
   if (a.has("quiet") && a.has("verbose")) throw usage_error("--quiet and --verbose exclude each other");
   auto served = endpoint_models(spec.url, spec.http);
   if (!served) return fail(served.message());
+  // The models by name; their subnets (or adapters) counted, not listed.
   std::string names;
-  for (auto& m : *served) names += (names.empty() ? "" : ", ") + m.id;
+  size_t children = 0;
+  for (auto& m : *served)
+    if (m.parent.empty()) names += (names.empty() ? "" : ", ") + m.id;
+    else ++children;
+  if (children) names += " and " + std::to_string(children) + " subnets of them (NAME@SPEC)";
   spec.models = a.has("model") ? split_list(a.str("model")) : std::vector<std::string>{served->front().id};
   int context = 0;
   for (auto& m : spec.models) {
+    // A subnet need not be listed (any NAME@SPEC of a listed model may be asked for).
+    const std::string base = split_subnet_name(m).first;
     auto it = std::find_if(served->begin(), served->end(), [&](auto& e) { return e.id == m; });
+    if (it == served->end()) it = std::find_if(served->begin(), served->end(), [&](auto& e) { return e.id == base; });
     if (it == served->end()) return fail("--model: '" + m + "' is not served at " + spec.url.str() + " (it serves " + names + ")");
     if (it->context > 0) context = context ? std::min(context, it->context) : it->context;
   }

@@ -65,9 +65,9 @@ std::string to_string(const subnet_spec& s) {
   return out.empty() ? "full" : out;
 }
 
-std::pair<std::string, std::string> split_subnet_name(const std::string& model) {
+std::pair<std::string, std::optional<std::string>> split_subnet_name(const std::string& model) {
   auto at = model.rfind('@');
-  if (at == std::string::npos) return {model, ""};
+  if (at == std::string::npos) return {model, std::nullopt};
   return {model.substr(0, at), model.substr(at + 1)};
 }
 

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -48,8 +49,8 @@ struct subnet_spec {
 };
 expected<subnet_spec> parse_subnet_spec(const std::string& text);
 std::string to_string(const subnet_spec& s);  // canonical: "full", or the parts that are not whole
-// "NAME@SPEC" as an API model name: {NAME, SPEC}; without '@' {NAME, ""}.
-std::pair<std::string, std::string> split_subnet_name(const std::string& model);
+// "NAME@SPEC" as an API model name: {NAME, SPEC}; without '@' {NAME, nullopt}.
+std::pair<std::string, std::optional<std::string>> split_subnet_name(const std::string& model);
 
 // LayerSelect's order: the layers to drop first. The default keeps the first and the last layer
 // longest (dropping from the middle outwards, later layers first at equal distance), then drops

@@ -32,7 +32,8 @@ pids+=($srv)
 port=$(serve_port "$tmp/serve.log" 300)
 [ -n "$port" ] || fail "serve did not start"
 url="http://127.0.0.1:$port"
-expect_error "--model: 'nope' is not served at $url (it serves stories260K)" --url "$url" --trace gamma --model nope
+expect_error "--model: 'nope' is not served at $url (it serves stories260K and 17 subnets of them (NAME@SPEC))" --url "$url" --trace gamma --model nope
+expect_error "--model: 'other@d3' is not served" --url "$url" --trace gamma --model other@d3
 
 # A gamma trace with at most 2 requests in flight (the server runs 2; so none waits, however slow
 # the build): every request served, each with the tokens it asked for.
@@ -48,6 +49,15 @@ assert all(q["ok"] and q["generated"] == q["output_tokens"] and q["ttft_s"] is n
 assert s["ttft_s"]["n"] == 24 and s["tbt_s"]["n"] > 0' || fail "results: $(head -c 2000 "$tmp/ok.json")"
 grep -q "<svg" "$tmp/ok.svg" || fail "no SVG"
 echo "ok: a gamma trace over HTTP, every request streamed and counted"
+
+# Subnets as models: a listed one and one outside the listed space, each request counted under its name.
+"$strata" bench-serve --url "$url" --trace gamma --n 6 --gamma-rate 6 --max-concurrency 2 --model stories260K@d3w50,stories260K@d2w10 \
+  --json "$tmp/sub.json" >"$tmp/sub.out" 2>"$tmp/sub.log" || fail "bench-serve of subnets failed: $(cat "$tmp/sub.out" "$tmp/sub.log")"
+jq_py "$tmp/sub.json" '
+r = j["requests"]
+assert [q["model"] for q in r] == ["stories260K@d3w50", "stories260K@d2w10"] * 3, r
+assert all(q["ok"] and q["generated"] == q["output_tokens"] for q in r), r' || fail "subnet results: $(head -c 2000 "$tmp/sub.json")"
+echo "ok: subnets named as models are benchmarked per subnet"
 
 # A burst beyond the queue (2 running, 2 waiting): the server's 429s are failures with its reason,
 # the rest are served, and the run exits 1.

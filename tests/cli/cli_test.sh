@@ -194,7 +194,7 @@ mport=$(serve_port "$tmp/topo-models.log" 300)
 [ -n "$mport" ] || { kill "$msrv"; fail "run serve-models.toml did not start: $(cat "$tmp/topo-models.log")"; }
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$mport/ready" >/dev/null && break; sleep 0.1; done
 states=$(curl -s "http://127.0.0.1:$mport/v1/models" |
-  python3 -c 'import json, sys; print(" ".join(d["id"] + "=" + d["strata"]["state"] for d in json.load(sys.stdin)["data"]))')
+  python3 -c 'import json, sys; print(" ".join(d["id"] + "=" + d["strata"]["state"] for d in json.load(sys.stdin)["data"] if "parent" not in d))')
 out=$(curl -s "http://127.0.0.1:$mport/v1/completions" -H 'content-type: application/json' \
   -d '{"model":"batch","prompt":"Once","max_tokens":8,"temperature":0}')
 kill -TERM "$msrv"

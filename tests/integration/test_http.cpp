@@ -1216,7 +1216,10 @@ TEST_CASE("one front door, two models: each request goes to its model's router, 
   c.set_read_timeout(30, 0);
   auto listed = c.Get("/v1/models");
   REQUIRE(listed);
-  auto ids = json::parse(listed->body)["data"];
+  json ids = json::array();  // the models; their subnets are listed after each, with a parent
+  auto listing = json::parse(listed->body);
+  for (auto& m : listing["data"])
+    if (!m.contains("parent")) ids.push_back(m);
   REQUIRE(ids.size() == 2);
   CHECK(ids[0]["id"] == "stories260K");
   CHECK(ids[1]["id"] == "random");
@@ -1258,4 +1261,95 @@ TEST_CASE("one front door, two models: each request goes to its model's router, 
   (*srv)->stop();
   for (auto& p : pls) stop_pipeline(p);
   for (auto& r : routers) caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
+}
+
+TEST_CASE("subnets over HTTP: NAME@SPEC and the subnet field run the subnet's reference, bad specs are 400s") {
+  server s;
+  auto c = s.client();
+  auto tok = load_tok();
+  auto ids = tok.encode("Once upon a time", true);
+  const auto& cfg = stories()->config;
+  auto subnet_text = [&](const char* spec) {
+    auto sub = resolve_subnet(*parse_subnet_spec(spec), cfg, default_drop_order(cfg.n_layers));
+    REQUIRE(sub);
+    return tok.decode_all(generate_reference(*stories(), ids, 16, {}, {}, *sub), ids.back());
+  };
+  for (const char* spec : {"d3w50", "d4", "h50", "w75"}) {
+    CAPTURE(spec);
+    auto want = subnet_text(spec);
+    CHECK(want != reference_text("Once upon a time", 16));
+    auto j = post(c, "/v1/completions",
+                  {{"model", std::string("stories260K@") + spec}, {"prompt", "Once upon a time"}, {"max_tokens", 16},
+                   {"temperature", 0}},
+                  200);
+    CHECK(j["choices"][0]["text"] == want);
+    CHECK(j["model"] == std::string("stories260K@") + spec);
+    auto k = post(c, "/v1/completions",
+                  {{"model", "stories260K"}, {"subnet", spec}, {"prompt", "Once upon a time"}, {"max_tokens", 16},
+                   {"temperature", 0}},
+                  200);
+    CHECK(k["choices"][0]["text"] == want);
+  }
+  // The full subnet is the model.
+  auto full = post(c, "/v1/completions",
+                   {{"model", "stories260K@full"}, {"prompt", "Once upon a time"}, {"max_tokens", 16}, {"temperature", 0}},
+                   200);
+  CHECK(full["choices"][0]["text"] == reference_text("Once upon a time", 16));
+  // Chat takes them too.
+  post(c, "/v1/chat/completions",
+       {{"model", "stories260K@d3"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_tokens", 4}}, 200);
+  struct bad_case {
+    json body;
+    const char* param;
+    const char* says;
+  };
+  for (auto& b : {bad_case{{{"model", "stories260K@d9"}}, "model", "depth 9 is more than the model's 5 layers"},
+                  bad_case{{{"model", "stories260K@w50d3"}}, "model", "out of order"},
+                  bad_case{{{"model", "stories260K@"}}, "model", "empty"},
+                  bad_case{{{"model", "stories260K"}, {"subnet", "x"}}, "subnet", "unknown part 'x'"},
+                  bad_case{{{"model", "stories260K"}, {"subnet", 3}}, "subnet", "must be a string"},
+                  bad_case{{{"model", "stories260K@d3"}, {"subnet", "d4"}}, "subnet", "'model' names subnet"}}) {
+    auto body = b.body;
+    body["prompt"] = "x";
+    body["max_tokens"] = 2;
+    CAPTURE(body.dump());
+    auto j = post(c, "/v1/completions", body, 400);
+    CHECK(j["error"]["param"] == b.param);
+    CHECK_MESSAGE(j["error"]["message"].get<std::string>().find(b.says) != std::string::npos, j.dump());
+  }
+  post(c, "/v1/completions", {{"model", "other@d3"}, {"prompt", "x"}}, 404);
+  // /v1/models lists the subnet space as models with their parent and shape.
+  auto r = c.Get("/v1/models");
+  REQUIRE(r);
+  auto models = json::parse(r->body)["data"];
+  std::map<std::string, json> by_id;
+  for (auto& m : models) by_id[m["id"].get<std::string>()] = m;
+  REQUIRE(by_id.count("stories260K"));
+  REQUIRE(by_id.count("stories260K@d3w50"));
+  auto& d3 = by_id["stories260K@d3w50"];
+  CHECK(d3["parent"] == "stories260K");
+  CHECK(d3["strata"]["layers"] == json::array({0, 1, 4}));
+  CHECK(d3["strata"]["ffn"] == 86);
+  CHECK(d3["strata"]["kv_heads"] == 4);
+  CHECK(d3["strata"]["profiled"] == false);
+  CHECK(d3["strata"]["latency_ms"].is_null());
+  CHECK(models.size() == 18);  // 3 depths x 3 widths x 2 head widths, less the whole model
+  auto one = c.Get("/v1/models/stories260K@d2w10");  // valid, outside the listed space
+  REQUIRE(one);
+  CHECK(one->status == 200);
+  CHECK(json::parse(one->body)["strata"]["ffn"] == 18);
+  auto missing = c.Get("/v1/models/stories260K@d7");
+  REQUIRE(missing);
+  CHECK(missing->status == 404);
+}
+
+TEST_CASE("serve --subnets off: whole models only, subnet requests refused by name") {
+  server s({}, {}, [](http_options& o) { o.subnets = false; });
+  auto c = s.client();
+  auto j = post(c, "/v1/completions", {{"model", "stories260K@d3"}, {"prompt", "x"}, {"max_tokens", 2}}, 400);
+  CHECK(j["error"]["param"] == "model");
+  CHECK(j["error"]["message"].get<std::string>().find("--subnets off") != std::string::npos);
+  auto r = c.Get("/v1/models");
+  REQUIRE(r);
+  CHECK(json::parse(r->body)["data"].size() == 1);
 }
