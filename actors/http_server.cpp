@@ -1303,8 +1303,17 @@ void http_server::impl::statuses(std::function<void(std::vector<openai::model_st
       m.name = x.ms->name;
       const auto& c = x.ms->m->config;
       m.context = c.seq_len;
-      for (auto& spec : subnets ? default_subnet_space(c) : std::vector<subnet_spec>{}) {
-        if (auto st = subnet_listing(spec, c)) m.subnets.push_back(std::move(*st));
+      if (subnets && x.ms->catalogue) {  // the profiled subnets, with latency (batch 1) and top-1 agreement
+        for (auto& p : x.ms->catalogue->subnets) {
+          auto st = subnet_listing(*parse_subnet_spec(p.spec), c);
+          if (!st) continue;
+          st->latency_ms = p.latency_ms(1, p.step_ms.empty());
+          st->quality = p.top1;
+          m.subnets.push_back(std::move(*st));
+        }
+      } else {
+        for (auto& spec : subnets ? default_subnet_space(c) : std::vector<subnet_spec>{})
+          if (auto st = subnet_listing(spec, c)) m.subnets.push_back(std::move(*st));
       }
       if (x.stats) {
         m.routes = x.stats->routes;
@@ -1326,7 +1335,7 @@ void http_server::impl::statuses(std::function<void(std::vector<openai::model_st
 
 expected<std::unique_ptr<http_server>> http_server::start(caf::actor_system& sys, caf::actor router, model_ptr m,
                                                           tokenizer tok, http_options opt) {
-  served_model one{opt.model_name, std::move(router), std::move(m), std::move(tok), opt.scaler, opt.scales_from_zero};
+  served_model one{opt.model_name, std::move(router), std::move(m), std::move(tok), opt.scaler, opt.scales_from_zero, {}};
   std::vector<served_model> models;
   models.push_back(std::move(one));
   return start(sys, std::move(models), std::move(opt));

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "actors/messages.hpp"
+#include "dataflow/serving/subnet_catalogue.hpp"
 #include "dataflow/text/tokenizer.hpp"
 
 namespace strata {
@@ -52,6 +53,7 @@ struct served_model {
   tokenizer tok;
   caf::actor scaler;  // one model: see served_model
   bool scales_from_zero = false;
+  std::shared_ptr<const subnet_catalogue> catalogue;  // its profiled subnets, or none
 };
 
 class http_server {

@@ -139,6 +139,9 @@ std::vector<command_spec> make_table() {
                         {"subnets", "on|off", "on",
                          "requests may run a subnet (\"model\": \"NAME@d3w50\" or \"subnet\"), /v1/models lists them; "
                          "off: whole models only", ""},
+                        {"subnet-catalogue", "FILE", "",
+                         "the subnets /v1/models lists, with latency and quality (strata subnets --json; NAME=FILE,... "
+                         "for several models)", "subnets.json beside the model, else the default space unprofiled"},
                         {"policy", "NAME", "",
                          "autoscale instances under this policy (see strata policies)", "blitz with --nodes or --controller"},
                         {"controller", "HOST:PORT", "",
@@ -201,6 +204,25 @@ std::vector<command_spec> make_table() {
                "stream_options.include_usage for the token count. Lengths are clipped to the smallest context the "
                "asked models list (max_model_len). Latency counts from when a request is sent. Exit 1 when a "
                "request failed."});
+  t.push_back({"subnets", "",
+               "profile a model's subnets: latency per decode step by batch size, quality against the whole model "
+               "(top-1 agreement, KL, perplexity), the Pareto front",
+               model_opt + opts{{"space", "LIST", "default",
+                                 "subnets to profile: default (depths n..n-2 x FFN 100/75/50 % x KV heads 100/50 %) or "
+                                 "specs like full,d3w50", ""},
+                                {"batches", "LIST", "1,4,16", "batch sizes to time a decode step at", ""},
+                                {"steps", "N", "9", "timed decode steps per batch size (the median counts)", ""},
+                                {"context", "N", "64", "position the decode steps are timed at", ""},
+                                {"samples", "N", "8", "sequences sampled from the whole model to measure quality on", ""},
+                                {"sample-length", "N", "128", "tokens per sampled sequence", ""},
+                                {"seed", "N", "1000", "seed of the first sampled sequence", ""},
+                                {"device-layer-ms", "MS", "0", "also the latency on an emulated device: time per layer and step", ""},
+                                {"device-row-ms", "MS", "0", "... and per row and layer", ""},
+                                {"json", "FILE", "", "write the catalogue (serve --subnet-catalogue reads it)", ""},
+                                {"svg", "FILE", "", "plot latency vs quality, the Pareto front marked", ""}} +
+                   common,
+               "The table goes to stdout, progress to stderr. Latency is measured with the kernel thread pool "
+               "(--threads); quality on text sampled from the whole model (temperature 1), scored teacher-forced."});
   t.push_back({"inspect", "", "print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)",
                model_opt + opts{{"verify", "", "", "re-read every byte range and check its checksum", ""},
                                 {"write", "FILE", "", "save the flatbuffers manifest", ""},

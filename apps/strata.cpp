@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "dataflow/files.hpp"
 #include "dataflow/model/manifest.hpp"
 #include "dataflow/model/param_image.hpp"
+#include "dataflow/serving/subnet_catalogue.hpp"
 #include "dataflow/thread_pool.hpp"
 #include "dataflow/text/tokenizer.hpp"
 #include "dataflow/experiment/topology.hpp"
@@ -307,6 +309,100 @@ int cmd_generate(int argc, char** argv, bool demo) {
   }
   return run_generation(*m, tok.get(), prompts, labels, a->str("shards"), a->str("devices"), int(steps),
                         float(temp), float(top_p), uint64_t(seed), sub);
+}
+
+// strata subnets: the subnet catalogue of a model (dataflow/serving/subnet_catalogue.hpp).
+int run_subnets(const args& a) {
+  apply_common(a);
+  auto m = load_model(a.str("model"));
+  if (!m) return fail(with_data_hint(a.str("model"), m.message()));
+  const auto& c = (*m)->config;
+  std::vector<subnet_spec> space;
+  if (a.str("space", "default") == "default") {
+    space = default_subnet_space(c);
+  } else {
+    for (auto& name : split_list(a.str("space"))) {
+      auto s = parse_subnet_spec(name);
+      if (!s) throw usage_error("--space: " + s.message());
+      space.push_back(*s);
+    }
+  }
+  std::vector<int> batches;
+  for (auto& b : split_list(a.str("batches", "1,4,16"))) {
+    char* end = nullptr;
+    long v = std::strtol(b.c_str(), &end, 10);
+    if (b.empty() || *end || v < 1 || v > 4096) throw usage_error("--batches: '" + b + "' is not a batch size in [1, 4096]");
+    batches.push_back(int(v));
+  }
+  std::sort(batches.begin(), batches.end());
+  batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
+  const int steps = int(a.integer("steps", 1, 1000));
+  const int context = int(a.integer("context", 1, c.seq_len - 1));
+  const int samples = int(a.integer("samples", 1, 10000));
+  const int length = int(a.integer("sample-length", 2, c.seq_len));
+  const uint64_t seed = uint64_t(a.integer("seed", 0, LONG_MAX));
+  const double layer_ms = a.number("device-layer-ms", 0, 1e6), row_ms = a.number("device-row-ms", 0, 1e6);
+  const bool emulated = layer_ms > 0 || row_ms > 0;
+  subnet_catalogue cat;
+  cat.model = (*m)->name;
+  cat.device = "cpu, " + std::to_string(default_pool().concurrency()) + " kernel threads";
+  cat.context = context;
+  cat.samples = samples;
+  cat.sample_length = length;
+  say("sampling %d sequences of %d tokens from the whole model for quality\n", samples, length);
+  auto set = quality_set(**m, samples, length, seed);
+  std::vector<std::vector<float>> full;
+  for (auto& seq : set) full.push_back(*sequence_logits(**m, seq));
+  const auto order = default_drop_order(c.n_layers);
+  for (size_t i = 0; i < space.size(); ++i) {
+    auto sub = resolve_subnet(space[i], c, order);
+    if (!sub) return fail("--space: " + sub.message());
+    subnet_profile p;
+    p.spec = to_string(space[i]);
+    if (cat.find(p.spec)) continue;
+    p.sub = *sub;
+    double share = 0;
+    for (int l = 0; l < c.n_layers; ++l) share += layer_share(p.sub, l, c);
+    p.share = share / c.n_layers;
+    say("[%zu/%zu] %s\n", i + 1, space.size(), p.spec.c_str());
+    for (int b : batches) {
+      p.step_ms.emplace_back(b, time_decode_step_ms(**m, p.sub, b, context, steps));
+      if (emulated) {
+        double ms = 0;
+        for (int l = 0; l < c.n_layers; ++l) {
+          const double sh = layer_share(p.sub, l, c);
+          ms += sh > 0 ? layer_ms * sh + b * row_ms * sh : 0;
+        }
+        p.emulated_ms.emplace_back(b, ms);
+      }
+    }
+    if (auto st = score_subnet(**m, p.sub, set, full, p); !st) return fail(st.message());
+    if (p.sub.full()) cat.full_ppl = p.ppl;
+    cat.subnets.push_back(std::move(p));
+  }
+  mark_pareto(cat, emulated);
+  std::printf("%-12s %-14s %5s %3s %6s", "subnet", "layers", "ffn", "kv", "params");
+  for (int b : batches) std::printf(" %9s", ("ms@" + std::to_string(b)).c_str());
+  if (emulated) std::printf(" %9s", "emu ms@1");
+  std::printf(" %6s %7s %8s %s\n", "top-1", "KL", "ppl", "pareto");
+  for (auto& p : cat.subnets) {
+    std::string layers;
+    for (int l = 0; l < c.n_layers; ++l)
+      if (p.sub.runs(l)) layers += (layers.empty() ? "" : ",") + std::to_string(l);
+    std::printf("%-12s %-14s %5d %3d %5.0f%%", p.spec.c_str(), layers.c_str(), p.sub.ffn ? p.sub.ffn : c.hidden_dim,
+                p.sub.kv_heads ? p.sub.kv_heads : c.n_kv_heads, p.share * 100);
+    for (auto& [_, ms] : p.step_ms) std::printf(" %9.3f", ms);
+    if (emulated) std::printf(" %9.3f", p.latency_ms(1, true));
+    std::printf(" %6.3f %7.3f %8.2f %s\n", p.top1, p.kl, p.ppl, p.pareto ? "*" : "");
+  }
+  std::printf("quality on %zu sampled sequences (%d tokens, seeds %llu..), teacher-forced; the whole model's "
+              "perplexity %.2f; * = Pareto-optimal by %s latency at batch 1 and top-1\n",
+              set.size(), length, (unsigned long long)seed, cat.full_ppl, emulated ? "emulated" : "measured");
+  if (a.has("json"))
+    if (auto st = write_file(a.str("json"), catalogue_json(cat) + "\n", "the catalogue"); !st) return fail("--json: " + st.message());
+  if (a.has("svg"))
+    if (auto st = write_pareto_svg(a.str("svg"), cat, emulated); !st) return fail("--svg: " + st.message());
+  return 0;
 }
 
 int cmd_inspect(int argc, char** argv) {
@@ -621,7 +717,24 @@ struct serve_model {
   std::string name, path;
   model_ptr m;
   std::optional<tokenizer> tok;
+  std::shared_ptr<const subnet_catalogue> catalogue;
 };
+
+// A model's subnet catalogue: `file` (from --subnet-catalogue), else subnets.json beside the model
+// (the catalogue travels with it), else none.
+expected<std::shared_ptr<const subnet_catalogue>> load_catalogue(const serve_model& sm, std::string file) {
+  if (file.empty()) {
+    std::error_code ec;
+    auto dir = fs::is_directory(sm.path, ec) ? fs::path(sm.path) : fs::path(sm.path).parent_path();
+    if (!fs::exists(dir / "subnets.json", ec)) return std::shared_ptr<const subnet_catalogue>{};
+    file = (dir / "subnets.json").string();
+  }
+  auto text = read_file(file, 16 << 20, "subnet catalogue");
+  if (!text) return text.err();
+  auto c = parse_catalogue(*text, sm.m->config, file);
+  if (!c) return c.err();
+  return std::make_shared<const subnet_catalogue>(std::move(*c));
+}
 
 expected<serve_model> load_serve_model(const std::string& spec, const args& a, bool several) {
   serve_model out;
@@ -746,6 +859,21 @@ int run_serve(const args& a) {
       if (other.name == sm->name) return fail("two models named '" + sm->name + "' (write --model NAME=PATH)");
     models.push_back(std::move(*sm));
   }
+  // --subnet-catalogue FILE for one model, NAME=FILE,... for several.
+  std::map<std::string, std::string> catalogue_files;
+  for (auto& item : a.has("subnet-catalogue") ? split_list(a.str("subnet-catalogue")) : std::vector<std::string>{}) {
+    auto eq = item.find('=');
+    std::string name = eq == std::string::npos ? models[0].name : item.substr(0, eq);
+    if (eq == std::string::npos && several) throw usage_error("--subnet-catalogue: with several models write NAME=FILE");
+    if (std::none_of(models.begin(), models.end(), [&](auto& m) { return m.name == name; }))
+      throw usage_error("--subnet-catalogue: no model named '" + name + "'");
+    catalogue_files[name] = eq == std::string::npos ? item : item.substr(eq + 1);
+  }
+  for (auto& sm : models) {
+    auto c = load_catalogue(sm, catalogue_files[sm.name]);
+    if (!c) return fail("--subnet-catalogue: " + c.message());
+    sm.catalogue = *c;
+  }
   // Each model's options: the command's with its --model-knobs on top.
   std::vector<std::string> names;
   for (auto& sm : models) names.push_back(sm.name);
@@ -838,7 +966,8 @@ int run_serve(const args& a) {
         return fail("the model cannot serve a request: " + st.message());
     }
     routers.push_back(router);
-    served.push_back({sm.name, router, sm.m, std::move(*sm.tok), scaler, mk.setup.knobs.min_instances == 0 && scaler});
+    served.push_back({sm.name, router, sm.m, std::move(*sm.tok), scaler, mk.setup.knobs.min_instances == 0 && scaler,
+                      sm.catalogue});
   }
   auto srv = http_server::start(*sys, std::move(served), ho);
   if (!srv) return fail(srv.message());
@@ -1096,6 +1225,7 @@ int dispatch(int argc, char** argv) {
   if (cmd == "generate") return cmd_generate(argc, argv, false);
   if (cmd == "demo") return cmd_generate(argc, argv, true);
   if (cmd == "inspect") return cmd_inspect(argc, argv);
+  if (cmd == "subnets") return parsed(argc, argv, "subnets", run_subnets);
   if (cmd == "gen-model") return parsed(argc, argv, "gen-model", run_gen_model);
   if (cmd == "convert") return cmd_convert(argc, argv);
   if (cmd == "node") return cmd_node(argc, argv);

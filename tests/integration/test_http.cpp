@@ -1205,7 +1205,7 @@ TEST_CASE("one front door, two models: each request goes to its model's router, 
     auto pl = spawn_pipeline(sys, m, {{0, m->config.n_layers}});
     REQUIRE(pl);
     pls.push_back(*pl);
-    models.push_back({name, spawn_router(sys, m, pl->path, {}), m, load_tok(), caf::actor{}, false});
+    models.push_back({name, spawn_router(sys, m, pl->path, {}), m, load_tok(), caf::actor{}, false, {}});
   }
   std::vector<caf::actor> routers = {models[0].router, models[1].router};
   http_options ho;

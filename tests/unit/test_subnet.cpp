@@ -8,6 +8,7 @@
 #include "dataflow/compute/forward.hpp"
 #include "dataflow/compute/subnet.hpp"
 #include "dataflow/model/model_io.hpp"
+#include "dataflow/serving/subnet_catalogue.hpp"
 
 using namespace strata;
 
@@ -207,4 +208,104 @@ TEST_CASE("subnet: KV is kept only for the layers a sequence runs") {
   REQUIRE(slice);
   CHECK(slice->k.size() == 5 * size_t(m->config.kv_dim()));
   CHECK(slice->k[size_t(2 * m->config.kv_dim())] == 0.0f);
+}
+
+TEST_CASE("subnet catalogue: latency between and past the profiled batch sizes") {
+  subnet_profile p;
+  CHECK(p.latency_ms(1) == -1);
+  p.step_ms = {{1, 2.0}, {4, 5.0}, {16, 11.0}};
+  CHECK(p.latency_ms(1) == 2.0);
+  CHECK(p.latency_ms(2) == doctest::Approx(3.0));
+  CHECK(p.latency_ms(4) == 5.0);
+  CHECK(p.latency_ms(10) == doctest::Approx(8.0));
+  CHECK(p.latency_ms(32) == doctest::Approx(19.0));  // the last slope, 0.5 ms per row
+  CHECK(p.latency_ms(1, true) == -1);                 // nothing emulated
+  p.emulated_ms = {{2, 4.0}};
+  CHECK(p.latency_ms(1, true) == 4.0);
+  CHECK(p.latency_ms(6, true) == doctest::Approx(12.0));  // one point: linear in rows
+}
+
+TEST_CASE("subnet catalogue: the Pareto front by latency and top-1, ties kept") {
+  subnet_catalogue c;
+  auto add = [&](const char* spec, double ms, double top1) {
+    subnet_profile p;
+    p.spec = spec;
+    p.step_ms = {{1, ms}};
+    p.top1 = top1;
+    c.subnets.push_back(p);
+  };
+  add("full", 10, 1.0);
+  add("d4", 8, 0.9);
+  add("w75", 8, 0.6);   // as fast as d4, worse
+  add("d3", 6, 0.9);    // faster than d4, as good: d4 is dominated
+  add("d3w50", 3, 0.2);
+  add("same", 3, 0.2);  // identical to d3w50: neither dominates
+  add("slow", 12, 0.5);
+  mark_pareto(c, false);
+  std::vector<std::string> front;
+  for (auto& p : c.subnets)
+    if (p.pareto) front.push_back(p.spec);
+  CHECK(front == std::vector<std::string>{"full", "d3", "d3w50", "same"});
+}
+
+TEST_CASE("subnet catalogue: JSON round trip, and files that do not fit the model are refused with the place") {
+  auto cfg = model_config::llama(64, 172, 5, 8, 4, 96, 64);
+  subnet_catalogue c;
+  c.model = "m";
+  c.full_ppl = 3.5;
+  subnet_profile p;
+  p.spec = "d3w50";
+  p.sub = *resolve_subnet({3, 50, 100}, cfg, default_drop_order(5));
+  p.step_ms = {{1, 1.5}, {4, 2.5}};
+  p.top1 = 0.75;
+  p.pareto = true;
+  c.subnets.push_back(p);
+  auto back = parse_catalogue(catalogue_json(c), cfg, "f.json");
+  REQUIRE_MESSAGE(back, back.message());
+  REQUIRE(back->subnets.size() == 1);
+  CHECK(back->subnets[0].sub == p.sub);
+  CHECK(back->subnets[0].step_ms == p.step_ms);
+  CHECK(back->subnets[0].top1 == 0.75);
+  CHECK(back->subnets[0].kl == -1);
+  CHECK(back->full_ppl == 3.5);
+  CHECK(back->find("d3w50"));
+  struct bad_case {
+    const char* text;
+    const char* says;
+  };
+  for (auto& b : {bad_case{"[]", "f.json: not a JSON object"}, bad_case{"{}", "f.json: no 'subnets' array"},
+                  bad_case{R"({"subnets": [{"spec": "d9"}]})", "f.json: subnets[0]: subnet 'd9': depth 9 is more"},
+                  bad_case{R"({"subnets": [{"spec": "q"}]})", "f.json: subnets[0]: subnet 'q': unknown part"},
+                  bad_case{R"({"subnets": [3]})", "f.json: subnets[0]: no 'spec' string"},
+                  bad_case{R"({"subnets": [{"spec": "d3", "step_ms": {"x": 1}}]})", "'step_ms' entry \"x\""},
+                  bad_case{R"({"subnets": [{"spec": "d3", "step_ms": {"1": -1}}]})", "'step_ms' entry \"1\""},
+                  bad_case{R"({"subnets": [{"spec": "d3", "step_ms": [1]}]})", "must map batch sizes"}}) {
+    auto r = parse_catalogue(b.text, cfg, "f.json");
+    REQUIRE_FALSE(r);
+    CHECK_MESSAGE(r.message().find(b.says) != std::string::npos, r.message());
+  }
+}
+
+TEST_CASE("subnet quality: the whole model agrees with itself, a subnet scores below it") {
+  auto m = test_model();
+  auto set = quality_set(*m, 3, 24, 5);
+  REQUIRE(set.size() == 3);
+  std::vector<std::vector<float>> full;
+  for (auto& s : set) full.push_back(*sequence_logits(*m, s));
+  // sequence_logits is the forward pass: its last row is what generation saw there.
+  std::vector<float> last;
+  generate_reference(*m, {set[0].begin(), set[0].end() - 1}, 1, {}, [&](int, const float* l, int) {
+    if (last.empty()) last.assign(l, l + m->config.vocab_size);
+  });
+  const size_t V = size_t(m->config.vocab_size), n = set[0].size();
+  CHECK(std::equal(last.begin(), last.end(), full[0].begin() + long((n - 2) * V)));
+  subnet_profile whole, part;
+  REQUIRE(score_subnet(*m, {}, set, full, whole));
+  CHECK(whole.top1 == 1.0);
+  CHECK(whole.kl == doctest::Approx(0.0).epsilon(1e-12));
+  CHECK(whole.ppl > 1.0);
+  REQUIRE(score_subnet(*m, *resolve_subnet({2, 50, 50}, m->config, default_drop_order(5)), set, full, part));
+  CHECK(part.top1 < 1.0);
+  CHECK(part.kl > 0.0);
+  CHECK(time_decode_step_ms(*m, {}, 2, 8, 3) > 0.0);
 }

@@ -1,0 +1,66 @@
+// The subnet catalogue: each subnet of a model with its measured latency per decode step (by
+// batch size, on this machine and on an emulated device) and its quality against the whole
+// model (top-1 agreement, KL divergence, perplexity on text sampled from the whole model). What
+// `strata subnets` writes, what /v1/models shows and what a subnet-choosing scheduler reads.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dataflow/compute/forward.hpp"
+#include "dataflow/compute/subnet.hpp"
+#include "dataflow/expected.hpp"
+
+namespace strata {
+
+struct subnet_profile {
+  std::string spec;  // canonical name ("full", "d3w50", ...)
+  subnet sub;
+  double share = 1.0;  // of the model's layer parameters it runs
+  std::vector<std::pair<int, double>> step_ms;      // (batch, median ms per decode step), measured
+  std::vector<std::pair<int, double>> emulated_ms;  // (batch, ms) on the emulated device, if any
+  double top1 = -1;  // share of positions whose argmax equals the whole model's (-1: not measured)
+  double kl = -1;    // mean KL(whole || subnet) per position, nats
+  double ppl = -1;   // perplexity on the sampled text
+  bool pareto = false;  // no other subnet is at least as fast (batch 1) and as good, and better in one
+  // Latency at `batch` (the measured, or emulated when asked), interpolated between profiled
+  // batch sizes and extrapolated linearly past the last; -1 when none was measured.
+  double latency_ms(int batch, bool emulated = false) const;
+};
+
+struct subnet_catalogue {
+  std::string model;
+  std::string device;  // where step_ms was measured, in words
+  int context = 0;     // the position decode steps were timed at
+  int samples = 0, sample_length = 0;  // the quality set
+  double full_ppl = -1;  // the whole model's perplexity on the same text
+  std::vector<subnet_profile> subnets;
+  const subnet_profile* find(const std::string& spec) const;
+};
+
+// The whole model's logits at every position of `tokens` run as one prefill through subnet `s`:
+// [tokens.size(), vocab].
+expected<std::vector<float>> sequence_logits(const model& m, const std::vector<int>& tokens, const subnet& s = {});
+
+// `n` sequences of `length` tokens sampled (temperature 1) from the whole model from BOS, seeds
+// seed, seed+1, ...: the text quality is measured on.
+std::vector<std::vector<int>> quality_set(const model& m, int n, int length, uint64_t seed);
+
+// Top-1 agreement, KL and perplexity of subnet `s` on `set`; `full` holds the whole model's
+// sequence_logits of each sequence.
+status score_subnet(const model& m, const subnet& s, const std::vector<std::vector<int>>& set,
+                    const std::vector<std::vector<float>>& full, subnet_profile& out);
+
+// The median wall time of one decode step of `batch` sequences at position `context` through
+// subnet `s` (each sequence prefilled first, untimed), over `steps` steps.
+double time_decode_step_ms(const model& m, const subnet& s, int batch, int context, int steps);
+
+// Marks the Pareto-optimal subnets by (latency at batch 1, top-1 agreement).
+void mark_pareto(subnet_catalogue& c, bool emulated);
+
+std::string catalogue_json(const subnet_catalogue& c);
+expected<subnet_catalogue> parse_catalogue(const std::string& text, const model_config& mc, const std::string& where);
+status write_pareto_svg(const std::string& path, const subnet_catalogue& c, bool emulated);
+
+}  // namespace strata
