@@ -245,6 +245,9 @@ std::vector<command_spec> make_table() {
   t.push_back({"convert", "", "write any loadable model as a Hugging Face directory",
                model_opt + opts{{"out", "DIR", "", "where to write it (required)", ""},
                                 {"dtype", "TYPE", "f32", "f32, f16 or bf16", ""},
+                                {"subnet", "SPEC", "full",
+                                 "write this subnet as a model of its own (a copy of its weights: a separately "
+                                 "loaded variant)", ""},
                                 common[1]},
                ""});
   t.push_back({"node", "", "run one node process of a cluster (CAF middleman + UCX data plane)",

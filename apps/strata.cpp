@@ -469,7 +469,15 @@ int cmd_convert(int argc, char** argv) {
   if (!m) return fail(m.message());
   auto dt = parse_dtype(a->str("dtype"));
   if (!dt) return fail(dt.message());
-  if (auto st = save_hf(**m, a->str("out"), *dt); !st) return fail(st.message());
+  model_ptr out = *m;
+  if (a->has("subnet")) {
+    auto spec = parse_subnet_spec(a->str("subnet"));
+    if (!spec) return fail("--subnet: " + spec.message());
+    auto sub = resolve_subnet(*spec, out->config, default_drop_order(out->config.n_layers));
+    if (!sub) return fail("--subnet: " + sub.message());
+    out = extract_subnet(*out, *sub);
+  }
+  if (auto st = save_hf(*out, a->str("out"), *dt); !st) return fail(st.message());
   auto tok = find_tokenizer(a->str("model"));
   if (!tok.empty()) fs::copy_file(tok, fs::path(a->str("out")) / "tokenizer.bin", fs::copy_options::overwrite_existing);
   std::printf("wrote %s (%s)\n", a->str("out").c_str(), to_string(*dt));

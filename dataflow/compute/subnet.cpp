@@ -134,6 +134,39 @@ double layer_share(const subnet& s, int layer, const model_config& c) {
          params(c.hidden_dim, c.n_kv_heads);
 }
 
+model_ptr extract_subnet(const model& m, const subnet& s) {
+  const auto& c = m.config;
+  auto out = std::make_shared<model>(m);
+  out->config = subnet_config(s, c);
+  const auto& k = out->config;
+  const size_t d = size_t(c.dim), qd = size_t(k.q_dim()), kd = size_t(k.kv_dim()), f = size_t(k.hidden_dim);
+  const size_t q_all = size_t(c.q_dim()), kv_all = size_t(c.kv_dim()), h_all = size_t(c.hidden_dim);
+  out->layers.clear();
+  out->tensors.clear();  // the manifest described the source files, not this copy
+  for (int l = 0; l < c.n_layers; ++l) {
+    if (!s.runs(l)) continue;
+    const auto& w = *m.layers[size_t(l)];
+    auto n = std::make_shared<layer_weights>();
+    n->allocate(k);
+    n->att_norm.copy(w.att_norm.data(), d);
+    n->ffn_norm.copy(w.ffn_norm.data(), d);
+    // Row blocks: wq's first qd rows, wk's and wv's first kd; w1's and w3's first f.
+    auto rows = [&](float* dst, const float* src, size_t n_rows) { std::copy_n(src, n_rows * d, dst); };
+    rows(n->wqkv.data(), w.wqkv.data(), qd);
+    rows(n->wqkv.data() + qd * d, w.wqkv.data() + q_all * d, kd);
+    rows(n->wqkv.data() + (qd + kd) * d, w.wqkv.data() + (q_all + kv_all) * d, kd);
+    rows(n->w13.data(), w.w13.data(), f);
+    rows(n->w13.data() + f * d, w.w13.data() + h_all * d, f);
+    // Column prefixes: wo's first qd, w2's first f, of every output row.
+    for (size_t o = 0; o < d; ++o) {
+      std::copy_n(w.wo.data() + o * q_all, qd, n->wo.data() + o * qd);
+      std::copy_n(w.w2.data() + o * h_all, f, n->w2.data() + o * f);
+    }
+    out->layers.push_back(std::move(n));
+  }
+  return out;
+}
+
 std::vector<subnet_spec> default_subnet_space(const model_config& c) {
   std::vector<subnet_spec> out;
   std::vector<int> heads = {100};

@@ -68,6 +68,10 @@ model_config subnet_config(const subnet& s, const model_config& c);
 // row runs: 1 for the whole layer, 0 for a layer it skips. Emulated devices charge by it.
 double layer_share(const subnet& s, int layer, const model_config& c);
 
+// A subnet's weights copied out as a model of its own (subnet_config's shape, the same globals):
+// a separately loadable variant, what serving without weight sharing would deploy.
+model_ptr extract_subnet(const model& m, const subnet& s);
+
 // The default subnet space served when a model has no profiled catalogue: depths n, n-1, n-2
 // (at least 1), FFN widths 100/75/50 %, and KV heads 100/50 % where the model has 2+ groups.
 std::vector<subnet_spec> default_subnet_space(const model_config& c);

@@ -16,3 +16,4 @@ run() {  # run NAME PATTERN ARGS...: exit 0 or 1 and PATTERN in its output
 run bench_decode "ratio per-layer / single" --model "$data/models/stories260K" --reps 1 --steps 4
 run bench_decode "ratio per-layer / single" --dim 64 --hidden 128 --layers 2 --heads 2 --kv-heads 2 --vocab 256 --reps 1 --steps 2
 run bench_multicast "binomial-pipeline" --mib 8 --reps 1 --transports tcp
+run bench_subnets "memory: 3 subnets as separate models" --model "$data/models/stories260K" --reps 1 --space full,d3w50,h50
