@@ -188,6 +188,7 @@ struct choice_state {
   std::string echo;                             // ... and its text, sent with their logprobs
   bool first_chunk = true, done = false;
   std::string finish_reason, error;
+  openai::choice_meta meta;  // the subnet the router chose for it, if it did
   caf::actor actor;
 };
 
@@ -792,6 +793,10 @@ void session::start_generation(bool chat) {
       g.logit_bias = r.logit_bias;
       g.min_tokens = r.min_tokens;
       g.sub = sub;
+      if (r.slo_ms) {
+        g.slo_ms = float(*r.slo_ms);
+        g.choose_subnet = srv->opt.subnets && !spec_in_name && !r.subnet;  // SLO only: the router picks
+      }
       g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
       reqs.push_back(std::move(g));
       choice_state c;
@@ -969,13 +974,14 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   if (reason == "stop" && !c.stops->stopped() && r.finish_reason == "stop") ++c.generated;
   c.finish_reason = reason;
   c.error = error;
+  c.meta = {r.subnet, r.slo_feasible};
   emit(i, c.stops->flush());
   auto& q = gen->req;
   if (q.stream) {
     std::string ev = reason == "error"
                          ? openai::error_body(generation_error(gen->unavailable, error))
                          : openai::chunk_body(q, gen->id, gen->created, gen->req.model, "", &reason, nullptr, false,
-                                              q.include_usage, int(i));
+                                              q.include_usage, int(i), nullptr, &c.meta);
     if (gen->headers_sent) send_event(ev);
     else c.pending += chunk("data: " + ev + "\n\n");
   }
@@ -990,7 +996,7 @@ void session::finish_request() {
   std::vector<openai::choice_out> out;
   for (auto& c : gen->choices) {
     u.completion_tokens += c.generated;  // every candidate's tokens, as OpenAI bills best_of
-    out.push_back({c.text, c.finish_reason, c.logprobs});
+    out.push_back({c.text, c.finish_reason, c.logprobs, c.meta});
     if (c.finish_reason == "error" && first_error.empty()) first_error = c.error;
     if (c.finish_reason == "length") reason = "length";
   }

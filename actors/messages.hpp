@@ -72,7 +72,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_request& x) {
   return f(caf::meta::type_name("generate_request"), x.prompt, x.max_new_tokens, x.temperature, x.top_p, x.seed,
            x.ignore_eos, x.logprobs, x.prompt_logprobs, x.stop_token_ids, x.presence_penalty, x.frequency_penalty, x.repetition_penalty,
-           x.top_k, x.min_p, x.logit_bias, x.min_tokens, x.sub);
+           x.top_k, x.min_p, x.logit_bias, x.min_tokens, x.sub, x.slo_ms, x.choose_subnet);
 }
 
 template <class Inspector>
@@ -82,7 +82,8 @@ typename Inspector::result_type inspect(Inspector& f, token_logprobs& x) {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_result& x) {
-  return f(caf::meta::type_name("generate_result"), x.id, x.finish_reason, x.error, x.unavailable, x.cold_start, x.prompt_tokens,
+  return f(caf::meta::type_name("generate_result"), x.id, x.finish_reason, x.error, x.unavailable, x.cold_start, x.subnet,
+           x.slo_feasible, x.prompt_tokens,
            x.generated_tokens, x.ttft_us, x.total_us);
 }
 

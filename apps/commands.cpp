@@ -142,6 +142,11 @@ std::vector<command_spec> make_table() {
                         {"subnet-catalogue", "FILE", "",
                          "the subnets /v1/models lists, with latency and quality (strata subnets --json; NAME=FILE,... "
                          "for several models)", "subnets.json beside the model, else the default space unprofiled"},
+                        {"subnet-policy", "NAME", "slackfit",
+                         "which subnet a request with slo_ms and no subnet runs: slackfit, max-accuracy, max-batch or "
+                         "fixed:SPEC (strata policies)", ""},
+                        {"subnet-latency", "WHICH", "measured",
+                         "the catalogue's latencies the policy predicts with: measured or emulated", ""},
                         {"policy", "NAME", "",
                          "autoscale instances under this policy (see strata policies)", "blitz with --nodes or --controller"},
                         {"controller", "HOST:PORT", "",

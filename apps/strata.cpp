@@ -867,6 +867,9 @@ int run_serve(const args& a) {
       if (other.name == sm->name) return fail("two models named '" + sm->name + "' (write --model NAME=PATH)");
     models.push_back(std::move(*sm));
   }
+  const std::string subnet_policy = a.str("subnet-policy", "slackfit");
+  if (auto p = find_subnet_policy(subnet_policy); !p) throw usage_error("--subnet-policy: " + p.message());
+  const bool emulated_latency = a.choice("subnet-latency", {"measured", "emulated"}) == "emulated";
   // --subnet-catalogue FILE for one model, NAME=FILE,... for several.
   std::map<std::string, std::string> catalogue_files;
   for (auto& item : a.has("subnet-catalogue") ? split_list(a.str("subnet-catalogue")) : std::vector<std::string>{}) {
@@ -943,7 +946,10 @@ int run_serve(const args& a) {
   for (auto& sm : models) {
     caf::actor router, scaler;
     const auto& mk = knobs_of.at(sm.name);
-    const router_options& ro = mk.setup.ro;
+    router_options ro = mk.setup.ro;
+    ro.catalogue = sm.catalogue;
+    ro.subnet_policy = subnet_policy;
+    ro.emulated_latency = emulated_latency;
     if (!mk.policy.empty()) {
       auto dev = parse_devices(a.str("devices"), 1);  // one device for every instance
       if (!dev) return fail(dev.message());
@@ -1190,6 +1196,8 @@ int cmd_policies() {
   for (auto& p : scaling_policies()) std::printf("  %-16s %s\n", p.name.c_str(), p.description.c_str());
   std::printf("route schedulers (--scheduler):\n");
   for (auto& r : route_schedulers()) std::printf("  %-16s %s\n", r.name.c_str(), r.description.c_str());
+  std::printf("subnet policies (serve --subnet-policy; also fixed:SPEC):\n");
+  for (auto& p : subnet_policies()) std::printf("  %-16s %s\n", p.name.c_str(), p.description.c_str());
   std::printf("batch schedulers (--batch-scheduler):\n");
   for (auto& b : batch_schedulers()) std::printf("  %-16s %s\n", b.name.c_str(), b.description.c_str());
   std::printf("multicast plans (cluster multicast --plan):\n");

@@ -20,6 +20,7 @@ status check_request(const generate_request& req, const model_config& c) {
   if (req.max_new_tokens < 0) return bad("max_new_tokens must not be negative");
   if (!(req.temperature >= 0.0f) || req.temperature > 100.0f) return bad("temperature must be in [0, 100]");
   if (!(req.top_p > 0.0f && req.top_p <= 1.0f)) return bad("top_p must be in (0, 1]");
+  if (!(req.slo_ms >= 0.0f && req.slo_ms <= 1e9f)) return bad("slo_ms must be in [0, 1e9]");
   if (auto s = check_subnet(req.sub, c); !s) return s;
   return {};
 }
@@ -31,6 +32,13 @@ registry<batch_scheduler>& batch_registry() {
       "batch scheduler",
       {{"fcfs", "first come, first served (re-admitted requests first)", [](const std::vector<waiting_request>&) {
           return size_t(0);
+        }},
+       {"edf", "earliest deadline first (the least slack to its SLO; without one, in queue order after)",
+        [](const std::vector<waiting_request>& w) {
+          size_t best = 0;
+          for (size_t i = 1; i < w.size(); ++i)
+            if (w[i].slack_s < w[best].slack_s) best = i;
+          return best;
         }}});
   return r;
 }
@@ -78,6 +86,36 @@ batcher::batcher(model_config c, batcher_options o, std::function<time_point()> 
     next_ = b->pick;
   else if (misconfigured_.empty())
     misconfigured_ = "batch scheduler: " + b.message();
+  auto sp = find_subnet_policy(opt_.subnet_policy);
+  if (sp)
+    choose_ = sp->choose;
+  else if (misconfigured_.empty())
+    misconfigured_ = sp.message();
+  const std::string fixed = "fixed:";
+  if (sp && opt_.catalogue && opt_.subnet_policy.rfind(fixed, 0) == 0 && misconfigured_.empty())
+    if (auto spec = parse_subnet_spec(opt_.subnet_policy.substr(fixed.size()));
+        spec && !opt_.catalogue->find(to_string(*spec)))
+      misconfigured_ = "subnet policy " + opt_.subnet_policy + ": the catalogue has no subnet " + to_string(*spec);
+}
+
+// An SLO-only request's subnet, from the catalogue by the subnet policy: each subnet's latency
+// predicted for the step the request joins (the running requests' decode rows plus its first
+// prefill chunk), against the time left to its deadline.
+void batcher::choose_subnet(request& q) {
+  q.req.choose_subnet = false;  // once: a re-admitted request keeps its subnet (its KV's shape)
+  subnet_choice c;
+  const int rows = int(running_.size()) + std::min(int(q.tokens.size()), opt_.max_batch_tokens);
+  for (auto& p : opt_.catalogue->subnets) {
+    double ms = p.latency_ms(rows, opt_.emulated_latency);
+    if (ms >= 0) c.candidates.push_back({&p, ms, std::max(0.0, p.top1)});
+  }
+  if (c.candidates.empty()) return;  // nothing profiled: the whole model
+  auto due = q.admitted + std::chrono::microseconds(int64_t(double(q.req.slo_ms) * 1000));
+  c.slack_ms = std::chrono::duration<double, std::milli>(due - now_()).count();
+  auto& pick = c.candidates[std::min(choose_(c), c.candidates.size() - 1)];
+  q.req.sub = pick.profile->sub;
+  q.chosen = pick.profile->spec;
+  q.slo_feasible = pick.latency_ms <= c.slack_ms;
 }
 
 // The waiting request the batch scheduler starts next (removed from the queue).
@@ -89,8 +127,9 @@ uint64_t batcher::next_waiting() {
     auto now = now_();
     for (auto id : waiting_) {
       auto& q = reqs_.at(id);
-      view.push_back({id, std::chrono::duration<double>(now - q.admitted).count(), int(q.tokens.size()),
-                      q.req.max_new_tokens, q.readmitted});
+      const double waited = std::chrono::duration<double>(now - q.admitted).count();
+      view.push_back({id, waited, int(q.tokens.size()), q.req.max_new_tokens, q.readmitted,
+                      q.req.slo_ms > 0 ? double(q.req.slo_ms) / 1000 - waited : 1e300});
     }
     i = std::min(next_(view), view.size() - 1);  // an index past the end takes the last
   }
@@ -126,6 +165,10 @@ expected<uint64_t> batcher::admit(generate_request req, uint64_t client) {
   if (!misconfigured_.empty()) return make_error(errc::bad_request, misconfigured_);
   if (!down_.empty()) return make_error(errc::unavailable, down_);
   if (auto ok = check_request(req, c_); !ok) return ok.err();
+  if (req.choose_subnet && (!opt_.catalogue || opt_.catalogue->subnets.empty()))
+    return make_error(errc::bad_request, "an SLO without a subnet needs the model's subnet catalogue (strata subnets "
+                                         "--json FILE, then serve --subnet-catalogue FILE)");
+  if (req.choose_subnet && !(req.slo_ms > 0)) return make_error(errc::bad_request, "choosing a subnet needs an SLO");
   if (int(waiting_.size()) >= opt_.max_waiting)
     return make_error(errc::overloaded, "queue full (" + std::to_string(waiting_.size()) + " waiting)");
   uint64_t id = next_id_++;
@@ -167,6 +210,8 @@ void batcher::finish(uint64_t id, const std::string& reason, const std::string& 
   res.error = err;
   res.unavailable = unavailable;
   res.cold_start = r.cold;
+  res.subnet = r.chosen;
+  res.slo_feasible = r.slo_feasible;
   res.prompt_tokens = int32_t(r.req.prompt.size());
   res.generated_tokens = r.generated;
   res.ttft_us = r.generated > 0 ? micros(r.first_token - r.admitted) : 0;
@@ -350,6 +395,7 @@ void batcher::schedule() {
     if (!r) break;
     auto id = next_waiting();
     auto& q = reqs_.at(id);
+    if (q.req.choose_subnet) choose_subnet(q);
     q.path = r;
     q.seq = next_seq_++;
     running_.insert(id);

@@ -14,6 +14,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -24,6 +25,7 @@
 #include "dataflow/serving/readmission.hpp"
 #include "dataflow/serving/request.hpp"
 #include "dataflow/serving/route.hpp"
+#include "dataflow/serving/subnet_catalogue.hpp"
 
 namespace strata {
 
@@ -54,6 +56,12 @@ struct batcher_options {
   split_costs costs;
   // Which waiting request starts next: a registered batch scheduler.
   std::string batch_scheduler = "fcfs";
+  // The model's profiled subnets (strata subnets): requests that leave their subnet to the router
+  // (choose_subnet) get one from it by the subnet policy, predicted with the measured latencies
+  // (or the emulated ones: emulated_latency). Without a catalogue such requests are refused.
+  std::shared_ptr<const subnet_catalogue> catalogue;
+  std::string subnet_policy = "slackfit";
+  bool emulated_latency = false;
 };
 
 // A waiting request as a batch scheduler sees it.
@@ -63,6 +71,7 @@ struct waiting_request {
   int prompt_tokens = 0;     // to prefill (the prompt, plus what it streamed if re-admitted)
   int max_new_tokens = 0;
   bool readmitted = false;   // lost its route once: it has streamed tokens already
+  double slack_s = 1e300;    // until its first token is due (slo_ms); huge without an SLO
 };
 
 // The batch scheduler registry: which waiting request starts next when a route has room, by
@@ -237,6 +246,8 @@ class batcher {
     bool started = false;  // has (or may have) KV state in the shards
     bool readmitted = false;
     bool cold = false;  // no route served when it was admitted
+    std::string chosen;  // the subnet the policy chose for it
+    bool slo_feasible = true;
     time_point admitted, first_token, last_token;
   };
   struct inflight_step {
@@ -269,6 +280,8 @@ class batcher {
   batcher_options opt_;
   std::function<int(const route_choice&)> pick_;
   std::function<size_t(const std::vector<waiting_request>&)> next_;  // the batch scheduler's
+  std::function<size_t(const subnet_choice&)> choose_;             // the subnet policy's
+  void choose_subnet(request& q);
   std::string misconfigured_;  // a scheduler named no registered one: every request is refused
   std::vector<route_id> routes_;          // where new requests may start
   std::map<route_id, route_info> known_;  // every route still named by something

@@ -35,6 +35,11 @@ struct generate_request {
   std::vector<std::pair<int32_t, float>> logit_bias;
   int32_t min_tokens = 0;  // EOS, BOS and stop_token_ids cannot be drawn before this many tokens
   subnet sub;  // the subnet it runs (SuperServe's SubNetAct); default: the whole model
+  // > 0: its first token is due this long after admission (the edf batch scheduler orders by it).
+  float slo_ms = 0;
+  // The router's subnet policy picks `sub` from its catalogue when the request starts (an SLO and
+  // no subnet: SuperServe's SlackFit), once; the choice is reported in generate_result.
+  bool choose_subnet = false;
 };
 
 constexpr int max_top_logprobs = 20;  // alternatives per token, as OpenAI allows
@@ -51,6 +56,8 @@ struct generate_result {
   // The error is a lack of capacity (no instance took it in time), not a fault: a 503 at the door.
   bool unavailable = false;
   bool cold_start = false;  // admitted while no route served the model (a cold or loading start)
+  std::string subnet;        // the subnet the policy chose (choose_subnet), canonical; else empty
+  bool slo_feasible = true;  // the chosen subnet's predicted first-token time fit the request's slack
   int32_t prompt_tokens = 0;
   int32_t generated_tokens = 0;
   int64_t ttft_us = 0;   // admission to first token

@@ -9,6 +9,9 @@
 #include <sstream>
 
 #include <nlohmann/json.hpp>
+#include <optional>
+
+#include "dataflow/registry.hpp"
 
 namespace strata {
 
@@ -168,6 +171,46 @@ void mark_pareto(subnet_catalogue& c, bool emulated) {
 }
 
 namespace {
+
+// The fastest candidate; ties: the more accurate.
+size_t fastest(const subnet_choice& c) {
+  size_t best = 0;
+  for (size_t i = 1; i < c.candidates.size(); ++i) {
+    auto& a = c.candidates[i];
+    auto& b = c.candidates[best];
+    if (a.latency_ms < b.latency_ms || (a.latency_ms == b.latency_ms && a.quality > b.quality)) best = i;
+  }
+  return best;
+}
+
+// The most accurate candidate among those `ok` admits (ties: the faster), or none.
+template <class Ok>
+std::optional<size_t> most_accurate(const subnet_choice& c, Ok ok) {
+  std::optional<size_t> best;
+  for (size_t i = 0; i < c.candidates.size(); ++i) {
+    if (!ok(c.candidates[i])) continue;
+    auto& a = c.candidates[i];
+    if (!best || a.quality > c.candidates[*best].quality ||
+        (a.quality == c.candidates[*best].quality && a.latency_ms < c.candidates[*best].latency_ms))
+      best = i;
+  }
+  return best;
+}
+
+registry<subnet_policy>& policy_registry() {
+  static registry<subnet_policy> r(
+      "subnet policy",
+      {{"slackfit", "the most accurate subnet whose predicted latency fits the request's slack (none: the fastest)",
+        [](const subnet_choice& c) {
+          return most_accurate(c, [&](const subnet_candidate& x) { return x.latency_ms <= c.slack_ms; })
+              .value_or(fastest(c));
+        }},
+       {"max-accuracy", "always the most accurate subnet",
+        [](const subnet_choice& c) { return *most_accurate(c, [](const subnet_candidate&) { return true; }); }},
+       {"max-batch", "always the fastest subnet (the most requests per unit of time)", fastest}});
+  return r;
+}
+
 json points(const std::vector<std::pair<int, double>>& p) {
   json j = json::object();
   for (auto& [b, ms] : p) j[std::to_string(b)] = ms;
@@ -175,6 +218,22 @@ json points(const std::vector<std::pair<int, double>>& p) {
 }
 json opt(double v) { return v >= 0 ? json(v) : json(nullptr); }
 }  // namespace
+
+status register_subnet_policy(subnet_policy p) { return policy_registry().add(std::move(p)); }
+std::vector<subnet_policy> subnet_policies() { return policy_registry().all(); }
+
+expected<subnet_policy> find_subnet_policy(const std::string& name) {
+  const std::string fixed = "fixed:";
+  if (name.rfind(fixed, 0) != 0) return policy_registry().find(name);
+  auto spec = parse_subnet_spec(name.substr(fixed.size()));
+  if (!spec) return make_error(errc::bad_request, "subnet policy '" + name + "': " + spec.message());
+  const std::string want = to_string(*spec);
+  return subnet_policy{name, "always " + want, [want](const subnet_choice& c) {
+                         for (size_t i = 0; i < c.candidates.size(); ++i)
+                           if (c.candidates[i].profile->spec == want) return i;
+                         return fastest(c);  // not in the catalogue: checked where the policy is set
+                       }};
+}
 
 std::string catalogue_json(const subnet_catalogue& c) {
   json subs = json::array();

@@ -4,6 +4,7 @@
 // `strata subnets` writes, what /v1/models shows and what a subnet-choosing scheduler reads.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -58,6 +59,32 @@ double time_decode_step_ms(const model& m, const subnet& s, int batch, int conte
 
 // Marks the Pareto-optimal subnets by (latency at batch 1, top-1 agreement).
 void mark_pareto(subnet_catalogue& c, bool emulated);
+
+// Choosing a request's subnet when it starts (a request that gave an SLO and no subnet): the
+// catalogue's subnets with their predicted time to the request's first token (the profiled step
+// latency at the rows of the step it joins) and quality, and the request's slack.
+struct subnet_candidate {
+  const subnet_profile* profile = nullptr;
+  double latency_ms = 0;  // predicted, for this request's first step
+  double quality = 0;     // top-1 agreement (0 when not measured)
+};
+struct subnet_choice {
+  std::vector<subnet_candidate> candidates;  // never empty
+  double slack_ms = 0;                       // deadline minus now (negative: already late)
+};
+
+// The subnet policy registry (dataflow/registry.hpp): which subnet an SLO-only request runs.
+// Built in: slackfit (SuperServe: the most accurate subnet whose predicted latency fits the slack;
+// none fits: the fastest), max-accuracy, max-batch (the fastest: the most requests per unit of
+// time), and fixed:SPEC (one static point, Clipper-style; SPEC must be in the catalogue).
+struct subnet_policy {
+  std::string name;
+  std::string description;
+  std::function<size_t(const subnet_choice&)> choose;  // an index into candidates
+};
+status register_subnet_policy(subnet_policy p);
+std::vector<subnet_policy> subnet_policies();
+expected<subnet_policy> find_subnet_policy(const std::string& name);
 
 std::string catalogue_json(const subnet_catalogue& c);
 expected<subnet_catalogue> parse_catalogue(const std::string& text, const model_config& mc, const std::string& where);

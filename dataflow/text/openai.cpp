@@ -55,7 +55,7 @@ bool honoured(const std::string& key, bool chat) {
                                                "stop", "stream", "stream_options", "user", "ignore_eos", "logprobs",
                                                "stop_token_ids", "presence_penalty", "frequency_penalty",
                                                "repetition_penalty", "top_k", "min_p", "logit_bias", "min_tokens",
-                                               "subnet"};
+                                               "subnet", "slo_ms"};
   if (common.count(key)) return true;
   return chat ? key == "messages" || key == "max_completion_tokens" || key == "top_logprobs"
               : key == "prompt" || key == "echo" || key == "best_of";
@@ -283,6 +283,12 @@ parsed parse_request(const std::string& body, bool chat) {
       return fail("'top_k' must be an integer: -1 or 0 (off), or the number of tokens kept", "top_k");
     r.top_k = int32_t(std::max<int64_t>(0, k.get<int64_t>()));
   }
+  if (has("slo_ms")) {
+    const auto& v = j["slo_ms"];
+    if (!v.is_number() || !(v.get<double>() > 0 && v.get<double>() <= 1e9))
+      return fail("'slo_ms' must be a number of milliseconds in (0, 1e9]", "slo_ms");
+    r.slo_ms = v.get<double>();
+  }
   if (has("subnet")) {
     if (!j["subnet"].is_string()) return fail("'subnet' must be a string such as \"d3w50\"", "subnet");
     r.subnet = j["subnet"].get<std::string>();
@@ -396,6 +402,8 @@ std::string response_body(const request& r, const std::string& id, int64_t creat
                    {"logprobs", r.logprobs >= 0 ? logprobs_json(r, choices[i].logprobs) : json(nullptr)}};
     if (r.chat) choice["message"] = {{"role", "assistant"}, {"content", choices[i].text}};
     else choice["text"] = choices[i].text;
+    if (!choices[i].meta.subnet.empty())
+      choice["strata"] = {{"subnet", choices[i].meta.subnet}, {"slo_feasible", choices[i].meta.slo_feasible}};
     list.push_back(std::move(choice));
   }
   json j = {{"id", id},
@@ -410,7 +418,8 @@ std::string response_body(const request& r, const std::string& id, int64_t creat
 
 std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                        const std::string& text, const std::string* finish_reason, const usage* u, bool first,
-                       bool usage_null, int index, const std::vector<logprob_entry>* logprobs) {
+                       bool usage_null, int index, const std::vector<logprob_entry>* logprobs,
+                       const choice_meta* meta) {
   json j = {{"id", id},
             {"object", r.chat ? "chat.completion.chunk" : "text_completion"},
             {"created", created},
@@ -422,6 +431,7 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
     return dump(j);
   }
   json choice = {{"index", index}, {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}};
+  if (meta && !meta->subnet.empty()) choice["strata"] = {{"subnet", meta->subnet}, {"slo_feasible", meta->slo_feasible}};
   if (r.chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";

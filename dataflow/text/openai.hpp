@@ -63,6 +63,9 @@ struct request {
   // Strata's: the subnet to run (dataflow/compute/subnet.hpp's grammar, e.g. "d3w50"); the
   // same as naming the model "NAME@d3w50".
   std::optional<std::string> subnet;
+  // Strata's: the first token is due this long after the request arrives (ms); without a subnet
+  // the server's subnet policy picks one that fits (SuperServe's SlackFit).
+  std::optional<double> slo_ms;
 };
 
 // Parses a request body; `chat` selects /v1/chat/completions. Every malformed field is a 400
@@ -98,10 +101,18 @@ struct logprob_entry {
   int text_offset = 0;
 };
 
+// Strata's note on a choice whose subnet the server chose (an SLO and no subnet): rendered as
+// "strata": {"subnet": SPEC, "slo_feasible": bool} on the choice (its last chunk when streamed).
+struct choice_meta {
+  std::string subnet;  // empty: nothing to note
+  bool slo_feasible = true;
+};
+
 struct choice_out {
   std::string text;
   std::string finish_reason;
   std::vector<logprob_entry> logprobs;  // rendered when the request asked for them
+  choice_meta meta;
 };
 
 // A whole (non-streamed) response; choice i has index i.
@@ -117,7 +128,7 @@ inline std::string response_body(const request& r, const std::string& id, int64_
 std::string chunk_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                        const std::string& text, const std::string* finish_reason, const usage* u = nullptr,
                        bool first = false, bool usage_null = false, int index = 0,
-                       const std::vector<logprob_entry>* logprobs = nullptr);
+                       const std::vector<logprob_entry>* logprobs = nullptr, const choice_meta* meta = nullptr);
 // GET /v1/models, GET /v1/models/{id}
 // A served model as /v1/models shows it: OpenAI's fields plus "strata": its state ("cold": no
 // instance; "loading": instances, none serving yet; "serving"; "unknown" when its router did not

@@ -1353,3 +1353,69 @@ TEST_CASE("serve --subnets off: whole models only, subnet requests refused by na
   REQUIRE(r);
   CHECK(json::parse(r->body)["data"].size() == 1);
 }
+
+TEST_CASE("slo_ms without a subnet: the router's SlackFit picks one from the catalogue and the response says which") {
+  auto cat = std::make_shared<subnet_catalogue>();
+  const auto& cfg = stories()->config;
+  for (auto [spec, ms, top1] : {std::tuple{"full", 200.0, 1.0}, std::tuple{"d4", 60.0, 0.6}, std::tuple{"d3w50", 5.0, 0.04}}) {
+    subnet_profile p;
+    p.spec = spec;
+    p.sub = *resolve_subnet(*parse_subnet_spec(spec), cfg, default_drop_order(cfg.n_layers));
+    p.step_ms = {{1, ms}, {512, ms}};
+    p.top1 = top1;
+    cat->subnets.push_back(p);
+  }
+  router_options ro;
+  ro.catalogue = cat;
+  ro.batch_scheduler = "edf";
+  server s(ro);
+  auto c = s.client();
+  auto tok = load_tok();
+  auto ids = tok.encode("Once upon a time", true);
+  struct row {
+    double slo_ms;
+    const char* subnet;
+    bool feasible;
+  };
+  for (auto& r : {row{100000, "full", true}, row{100, "d4", true}, row{20, "d3w50", true}, row{1, "d3w50", false}}) {
+    CAPTURE(r.slo_ms);
+    for (bool stream : {false, true}) {
+      json body = {{"model", "stories260K"}, {"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0},
+                   {"slo_ms", r.slo_ms}, {"stream", stream}};
+      auto res = c.Post("/v1/completions", body.dump(), "application/json");
+      REQUIRE(res);
+      REQUIRE(res->status == 200);
+      json choice;
+      std::string text;
+      if (stream) {
+        for (auto& d : sse_data(res->body)) {
+          if (d == "[DONE]") continue;
+          auto j = json::parse(d);
+          text += j["choices"][0].value("text", "");
+          if (j["choices"][0].contains("strata")) choice = j["choices"][0];
+        }
+      } else {
+        choice = json::parse(res->body)["choices"][0];
+        text = choice["text"];
+      }
+      REQUIRE(choice.contains("strata"));
+      CHECK(choice["strata"]["subnet"] == r.subnet);
+      CHECK(choice["strata"]["slo_feasible"] == r.feasible);
+      auto sub = cat->find(r.subnet)->sub;
+      CHECK(text == tok.decode_all(generate_reference(*stories(), ids, 12, {}, {}, sub), ids.back()));
+    }
+  }
+  // A subnet named with an SLO runs that subnet (the SLO only orders the queue): no note.
+  auto named = post(c, "/v1/completions",
+                    {{"model", "stories260K@d4"}, {"prompt", "x"}, {"max_tokens", 2}, {"slo_ms", 1}}, 200);
+  CHECK_FALSE(named["choices"][0].contains("strata"));
+  auto bad = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"slo_ms", 0}}, 400);
+  CHECK(bad["error"]["param"] == "slo_ms");
+}
+
+TEST_CASE("slo_ms without a catalogue: refused with what to do") {
+  server s;
+  auto c = s.client();
+  auto j = post(c, "/v1/completions", {{"model", "stories260K"}, {"prompt", "x"}, {"max_tokens", 2}, {"slo_ms", 50}}, 400);
+  CHECK(j["error"]["message"].get<std::string>().find("needs the model's subnet catalogue") != std::string::npos);
+}

@@ -665,3 +665,113 @@ TEST_CASE("batcher: a queue timeout bounds a cold start and spares started reque
   CHECK(h.b.requests() == 1);
 }
 
+
+TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the subnet SlackFit picks for their slack") {
+  auto cat = std::make_shared<subnet_catalogue>();
+  const auto c = small_model();
+  auto add = [&](const char* spec, double ms, double top1) {
+    subnet_profile p;
+    p.spec = spec;
+    p.sub = *resolve_subnet(*parse_subnet_spec(spec), c, default_drop_order(c.n_layers));
+    p.step_ms = {{1, ms}, {16, ms}};  // flat: the batch does not matter here
+    p.top1 = top1;
+    cat->subnets.push_back(p);
+  };
+  add("full", 10, 1.0);
+  add("d3", 6, 0.7);
+  add("d2", 3, 0.4);
+  struct row {
+    const char* policy;
+    std::vector<std::pair<std::string, bool>> want;  // per start, in start order: subnet, SLO feasible
+  };
+  // Deadlines 100, 20 and 2 ms after admission, all at t=0; each runs alone (max_running 1) and
+  // its one step takes 12 ms: C starts at 0 (slack 2), B at 12 (slack 8), A at 24 (slack 76).
+  for (auto& r : {row{"slackfit", {{"d2", false}, {"d3", true}, {"full", true}}},
+                  row{"max-accuracy", {{"full", false}, {"full", false}, {"full", true}}},
+                  row{"max-batch", {{"d2", false}, {"d2", true}, {"d2", true}}},
+                  row{"fixed:d3", {{"d3", false}, {"d3", true}, {"d3", true}}}}) {
+    CAPTURE(r.policy);
+    batcher_options o;
+    o.max_running = 1;
+    o.batch_scheduler = "edf";
+    o.catalogue = cat;
+    o.subnet_policy = r.policy;
+    harness h(o);
+    std::vector<uint64_t> ids;
+    for (float slo : {100.0f, 20.0f, 2.0f}) {
+      generate_request q;
+      q.prompt = {1, 5};
+      q.max_new_tokens = 1;
+      q.slo_ms = slo;
+      q.choose_subnet = true;
+      auto id = h.b.admit(q, 1);
+      REQUIRE_MESSAGE(id, id.message());
+      ids.push_back(*id);
+    }
+    h.b.set_routes({local(1, 1)});
+    std::vector<uint64_t> order;
+    auto s = only<act::step>(h.run());
+    for (size_t k = 0; k < 3; ++k) {
+      CAPTURE(k);
+      REQUIRE(s.size() == 1);
+      const auto& want = cat->find(r.want[k].first)->sub;
+      // Every row of the step runs the chosen subnet (the whole model needs no table).
+      if (want.full()) CHECK(s[0].rows.row_subnet.empty());
+      else CHECK(s[0].rows.subnets.at(s[0].rows.row_subnet.at(0)) == want);
+      h.now += std::chrono::milliseconds(12);
+      h.b.on_step(s[0].id, answer(s[0], ten));
+      auto acts = h.b.take_actions();  // the request's end, and the next one's first step
+      auto done = only<act::done>(acts);
+      s = only<act::step>(acts);
+      REQUIRE(done.size() == 1);
+      order.push_back(done[0].result.id);
+      CHECK(done[0].result.subnet == r.want[k].first);
+      CHECK(done[0].result.slo_feasible == r.want[k].second);
+    }
+    CHECK(order == std::vector<uint64_t>{ids[2], ids[1], ids[0]});  // earliest deadline first
+  }
+  // Without a catalogue an SLO-only request is refused with what to do; a fixed subnet the
+  // catalogue lacks refuses every request.
+  harness none;
+  generate_request q;
+  q.prompt = {1, 5};
+  q.slo_ms = 10;
+  q.choose_subnet = true;
+  auto refused = none.b.admit(q, 1);
+  REQUIRE_FALSE(refused);
+  CHECK(refused.message().find("needs the model's subnet catalogue (strata subnets") != std::string::npos);
+  batcher_options o;
+  o.catalogue = cat;
+  o.subnet_policy = "fixed:d1";
+  harness missing(o);
+  auto r2 = missing.b.admit(q, 1);
+  REQUIRE_FALSE(r2);
+  CHECK(r2.message() == "subnet policy fixed:d1: the catalogue has no subnet d1");
+  CHECK(find_subnet_policy("nope").message().find("unknown subnet policy 'nope' (expected one of slackfit") == 0);
+  CHECK(find_subnet_policy("fixed:zz").message().find("subnet 'zz': unknown part 'z'") != std::string::npos);
+}
+
+TEST_CASE("subnet policies on hand-made choices: fits, ties, nothing fits") {
+  subnet_profile a, b, c;
+  a.spec = "full";
+  b.spec = "d2";
+  c.spec = "d3";
+  struct row {
+    const char* policy;
+    double slack;
+    size_t want;
+  };
+  // full: 10 ms, 0.9; d2: 5 ms, 0.6; d3: 5 ms, 0.8 (as fast as d2, better).
+  subnet_choice ch{{{&a, 10, 0.9}, {&b, 5, 0.6}, {&c, 5, 0.8}}, 0};
+  for (auto& r : {row{"slackfit", 20, 0}, row{"slackfit", 10, 0}, row{"slackfit", 9.99, 2}, row{"slackfit", 5, 2},
+                  row{"slackfit", 4, 2} /* none fits: the fastest, the better of a tie */, row{"slackfit", -3, 2},
+                  row{"max-accuracy", 1, 0}, row{"max-batch", 100, 2}, row{"fixed:d2", 100, 1},
+                  row{"fixed:d1", 100, 2} /* not a candidate: the fastest */}) {
+    CAPTURE(r.policy);
+    CAPTURE(r.slack);
+    ch.slack_ms = r.slack;
+    auto p = find_subnet_policy(r.policy);
+    REQUIRE(p);
+    CHECK(p->choose(ch) == r.want);
+  }
+}
