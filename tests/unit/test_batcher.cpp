@@ -730,6 +730,34 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
     }
     CHECK(order == std::vector<uint64_t>{ids[2], ids[1], ids[0]});  // earliest deadline first
   }
+  {  // Re-admitted after its route is lost, a request keeps its subnet (its KV cache's shape), however
+     // late it is by then.
+    batcher_options o;
+    o.catalogue = cat;
+    o.scheduler = "least-loaded";
+    harness h(o);
+    h.b.set_routes({local(1, 1), local(2, 2)});
+    generate_request q;
+    q.prompt = {1, 5};
+    q.max_new_tokens = 1;
+    q.slo_ms = 100;
+    q.choose_subnet = true;
+    REQUIRE(h.b.admit(q, 1));
+    auto s = only<act::step>(h.run());
+    REQUIRE(s.size() == 1);
+    CHECK(s[0].rows.row_subnet.empty());  // full: 10 ms fits 100
+    h.now += std::chrono::milliseconds(500);  // past the deadline: slackfit would now pick d2
+    h.b.on_stage_lost(10 * s[0].route + 1, "node died");
+    auto again = only<act::step>(h.b.take_actions());
+    REQUIRE(again.size() == 1);
+    CHECK(again[0].route != s[0].route);
+    CHECK(again[0].rows.row_subnet.empty());
+    h.b.on_step(again[0].id, answer(again[0], ten));
+    auto done = only<act::done>(h.b.take_actions());
+    REQUIRE(done.size() == 1);
+    CHECK(done[0].result.subnet == "full");
+    CHECK(done[0].result.slo_feasible);
+  }
   // Without a catalogue an SLO-only request is refused with what to do; a fixed subnet the
   // catalogue lacks refuses every request.
   harness none;
