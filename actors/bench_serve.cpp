@@ -39,6 +39,9 @@ expected<std::vector<endpoint_model>> endpoint_models(const http_url& url, const
     if (m.contains("max_model_len") && m["max_model_len"].is_number_integer())
       e.context = int(std::min<int64_t>(m["max_model_len"].get<int64_t>(), 1 << 30));
     if (m.contains("parent") && m["parent"].is_string()) e.parent = m["parent"].get<std::string>();
+    if (m.contains("strata") && m["strata"].is_object() && m["strata"].contains("quality") &&
+        m["strata"]["quality"].is_number())
+      e.quality = m["strata"]["quality"].get<double>();
     out.push_back(std::move(e));
   }
   if (out.empty()) return make_error("GET " + url.str() + "/v1/models lists no model");
@@ -92,6 +95,7 @@ expected<bench_serve_result> run_bench_serve(const bench_serve_spec& spec) {
                  {"max_tokens", tr.output_tokens}, {"temperature", 0},
                  {"stream", true},         {"stream_options", {{"include_usage", true}}},
                  {"ignore_eos", true}};
+    if (spec.slo_ms > 0) body["slo_ms"] = spec.slo_ms;
     calls[i] = http_call{tr.t, "POST", "/v1/completions", body.dump()};
   }
   std::vector<in_flight> fl(n);
@@ -118,6 +122,7 @@ expected<bench_serve_result> run_bench_serve(const bench_serve_spec& spec) {
       }
       if (!e.finish_reason.empty()) f.finish_reason = e.finish_reason;
       if (e.completion_tokens >= 0) f.completion_tokens = e.completion_tokens;
+      if (!e.subnet.empty()) r.subnet = e.subnet;
     }
   };
   ev.end = [&](size_t i, const std::string& error, double t) {
@@ -145,6 +150,10 @@ expected<bench_serve_result> run_bench_serve(const bench_serve_spec& spec) {
     res.per_model.emplace_back(m, summarize_replay(mine, spec.slo));
   }
   res.statuses.assign(statuses.begin(), statuses.end());
+  std::map<std::string, size_t> subnets;
+  for (auto& r : res.records)
+    if (!r.subnet.empty()) ++subnets[r.subnet];
+  res.subnets.assign(subnets.begin(), subnets.end());
   return res;
 }
 
@@ -158,6 +167,7 @@ std::string results_json(const bench_serve_spec& spec, const bench_serve_result&
             {"summary", json_of(r.summary)},
             {"models", models},
             {"statuses", statuses},
+            {"subnets", json(std::map<std::string, size_t>(r.subnets.begin(), r.subnets.end()))},
             {"requests", json_of(r.records)}};
   return j.dump(1) + "\n";
 }

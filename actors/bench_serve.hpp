@@ -22,6 +22,7 @@ struct endpoint_model {
   std::string id;
   int context = 0;
   std::string parent;  // a subnet or adapter of this model (vLLM's and Strata's "parent"), or empty
+  double quality = -1;  // Strata's profiled quality of a subnet (strata.quality), -1: none
 };
 expected<std::vector<endpoint_model>> endpoint_models(const http_url& url, const http_load_options& o);
 
@@ -32,6 +33,7 @@ struct bench_serve_spec {
   int vocab = 256;                  // prompt ids are drawn from [3, vocab)
   uint64_t seed = 1;
   slo_spec slo;
+  double slo_ms = 0;  // > 0: every request carries "slo_ms" (the server may choose its subnet)
   http_load_options http;
   // Every `progress_every` finished requests and at the end, on the load's thread.
   std::function<void(size_t finished, size_t total, double t)> progress;
@@ -44,6 +46,7 @@ struct bench_serve_result {
   replay_summary summary;
   std::vector<std::pair<std::string, replay_summary>> per_model;  // in spec.models order
   std::vector<std::pair<int, size_t>> statuses;  // HTTP status -> responses (0: no response)
+  std::vector<std::pair<std::string, size_t>> subnets;  // the subnets the server chose -> requests
 };
 
 expected<bench_serve_result> run_bench_serve(const bench_serve_spec& spec);

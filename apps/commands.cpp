@@ -200,6 +200,9 @@ std::vector<command_spec> make_table() {
                     {"timeout-s", "S", "300", "a request without a whole response this long after it was sent fails",
                      ""},
                     {"api-key", "KEY", "", "sent as Authorization: Bearer KEY (or STRATA_API_KEY)", ""},
+                    {"slo-ms", "MS", "",
+                     "send every request with slo_ms (Strata picks its subnet; the TTFT SLO unless --ttft-slo-ms); "
+                     "reports the subnets chosen and their mean quality", ""},
                     {"svg", "FILE", "", "write a timeline plot", ""},
                     {"json", "FILE", "", "write the results as JSON (summary, per model, HTTP statuses, every request)",
                      ""}} +

@@ -625,6 +625,10 @@ int run_bench_serve_cmd(const args& a) {
   spec.http.timeout = std::chrono::milliseconds(int64_t(a.positive("timeout-s", 1e6) * 1000));
   spec.http.max_in_flight = size_t(a.integer("max-concurrency", 0, 1 << 20));
   spec.http.api_key = a.str("api-key", std::getenv("STRATA_API_KEY") ? std::getenv("STRATA_API_KEY") : "");
+  if (a.has("slo-ms")) {
+    spec.slo_ms = a.positive("slo-ms", 1e9);
+    if (!a.has("ttft-slo-ms")) spec.slo.ttft_s = spec.slo_ms / 1000;
+  }
   if (a.has("quiet") && a.has("verbose")) throw usage_error("--quiet and --verbose exclude each other");
   auto served = endpoint_models(spec.url, spec.http);
   if (!served) return fail(served.message());
@@ -668,6 +672,21 @@ int run_bench_serve_cmd(const args& a) {
   for (auto& [code, count] : r->statuses)
     st += (st.empty() ? "" : ", ") + (code ? std::to_string(code) : std::string("no response")) + " x" + std::to_string(count);
   std::printf("  HTTP statuses: %s\n", st.c_str());
+  if (!r->subnets.empty()) {
+    // Mean served quality: each request's subnet at its profiled quality (the whole model 1).
+    std::string chosen;
+    double quality = 0;
+    size_t rated = 0;
+    for (auto& [sub, count] : r->subnets) {
+      chosen += (chosen.empty() ? "" : ", ") + sub + " x" + std::to_string(count);
+      const std::string id = split_subnet_name(spec.models[0]).first + "@" + sub;
+      auto it = std::find_if(served->begin(), served->end(), [&](auto& e) { return e.id == id; });
+      double q = sub == "full" ? 1.0 : it != served->end() ? it->quality : -1;
+      if (q >= 0) quality += q * double(count), rated += count;
+    }
+    std::printf("  subnets chosen: %s\n", chosen.c_str());
+    if (rated) std::printf("  mean quality (profiled top-1 agreement) of %zu requests: %.3f\n", rated, quality / double(rated));
+  }
   return replay_outputs(a, "bench-serve", r->records, results_json(spec, *r));
 }
 

@@ -201,6 +201,7 @@ nlohmann::json json_of(const std::vector<request_record>& records) {
     j["ttft_s"] = r.first_token >= 0 ? nlohmann::json(r.ttft()) : nlohmann::json(nullptr);
     j["e2e_s"] = r.done >= 0 ? nlohmann::json(r.e2e()) : nlohmann::json(nullptr);
     if (!r.model.empty()) j["model"] = r.model;
+    if (!r.subnet.empty()) j["subnet"] = r.subnet;
     if (!r.ok) j["error"] = r.error;
     out.push_back(std::move(j));
   }

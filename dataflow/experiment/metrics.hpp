@@ -21,6 +21,7 @@ struct request_record {
   bool ok = false;
   std::string error;
   std::string model;  // the model it asked for, where several are served (bench-serve)
+  std::string subnet;  // the subnet the server chose for it (bench-serve --slo-ms)
   double ttft() const { return first_token - arrival; }
   double e2e() const { return done - arrival; }
 };

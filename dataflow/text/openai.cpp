@@ -601,6 +601,8 @@ stream_event parse_stream_event(const std::string& data) {
     ev.text = c["delta"]["content"].get<std::string>();
   if (c.contains("finish_reason") && c["finish_reason"].is_string())
     ev.finish_reason = c["finish_reason"].get<std::string>();
+  if (c.contains("strata") && c["strata"].is_object() && c["strata"].contains("subnet") && c["strata"]["subnet"].is_string())
+    ev.subnet = c["strata"]["subnet"].get<std::string>();
   return ev;
 }
 

@@ -192,6 +192,7 @@ struct stream_event {
   std::string finish_reason;    // when the chunk has one
   int completion_tokens = -1;   // from usage, when present
   int prompt_tokens = -1;
+  std::string subnet;           // choices[0].strata.subnet: the subnet Strata chose (slo_ms)
   std::string error;            // an error object's message, or why the data is not a chunk
 };
 stream_event parse_stream_event(const std::string& data);

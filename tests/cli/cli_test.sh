@@ -288,6 +288,13 @@ assert all(x["strata"]["latency_ms"] > 0 and 0 <= x["strata"]["quality"] <= 1 fo
 got=$(curl -s "http://127.0.0.1:$sport/v1/completions" -H 'content-type: application/json' \
   -d '{"model":"stories260K@d4","prompt":"Once upon a time","max_tokens":20,"temperature":0}' |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["choices"][0]["text"])')
+# SLO-only load: every request's subnet is the server's choice, reported per request and counted.
+"$strata" bench-serve --url "http://127.0.0.1:$sport" --trace gamma --n 6 --gamma-rate 6 --max-output 4 --max-concurrency 1 \
+  --slo-ms 100000 --json "$tmp/slo.json" > "$tmp/slo.out" 2>"$tmp/slo.log" || fail "bench-serve --slo-ms: $(cat "$tmp/slo.out" "$tmp/slo.log")"
+grep -q "subnets chosen: full x6" "$tmp/slo.out" && grep -q "mean quality (profiled top-1 agreement) of 6 requests: 1.000" "$tmp/slo.out" ||
+  fail "bench-serve --slo-ms summary: $(cat "$tmp/slo.out")"
+python3 -c 'import json, sys; j = json.load(open(sys.argv[1])); assert j["subnets"] == {"full": 6} and all(r["subnet"] == "full" for r in j["requests"]), j' \
+  "$tmp/slo.json" || fail "bench-serve --slo-ms JSON: $(head -c 800 "$tmp/slo.json")"
 kill -TERM "$ssrv"
 wait "$ssrv" || fail "serve with a catalogue did not drain: $(cat "$tmp/subserve.log")"
 want=$("$strata" generate --model "$m" --prompt "Once upon a time" --steps 20 --subnet d4 --logits "$tmp/d4.json" 2>/dev/null)

@@ -244,6 +244,10 @@ TEST_CASE("a client reads server-sent events split anywhere, and each event as a
   CHECK(parse_stream_event("nope").error.find("not JSON") != std::string::npos);
   CHECK(parse_stream_event(R"({"error":{"message":"boom"}})").error == "boom");
   CHECK(parse_stream_event(R"({"choices":3})").error == "'choices' is not an array");
+  // Strata's note on a choice whose subnet it chose.
+  CHECK(parse_stream_event(R"({"choices":[{"text":"","finish_reason":"stop","strata":{"subnet":"d4","slo_feasible":true}}]})")
+            .subnet == "d4");
+  CHECK(parse_stream_event(R"({"choices":[{"text":"x","strata":{"subnet":3}}]})").subnet.empty());
   // An event that never ends does not grow the buffer past 1 MiB.
   sse_reader big;
   std::vector<std::string> got;
