@@ -4,10 +4,13 @@
 # link shaped by tc (delay and bandwidth). Checks, over those addresses: a mutual-TLS cluster
 # forms and refuses an outsider; a multicast crosses the shaped links (it cannot beat their
 # bandwidth) and arrives intact; a relay killed mid-multicast is repaired around; a killed node
-# leaves the view at once and a frozen one rejoins. Needs root (skips otherwise, exit 77).
-# usage: netns_test.sh STRATA_BIN
+# leaves the view at once and a frozen one rejoins; the HTTP front door on a host of its own
+# serves a model from zero on the cluster's nodes, its greedy text the same as in one process.
+# Needs root (skips otherwise, exit 77).
+# usage: netns_test.sh STRATA_BIN DATA_DIR
 set -uo pipefail
 strata=$(realpath "$1")
+data=$(realpath "$2")
 tag="st$$"
 if [ "$(id -u)" -ne 0 ] || ! ip netns add "$tag-probe" 2>/dev/null; then
   echo "SKIP: network namespaces need root (ip netns add failed)"
@@ -15,6 +18,7 @@ if [ "$(id -u)" -ne 0 ] || ! ip netns add "$tag-probe" 2>/dev/null; then
 fi
 ip netns del "$tag-probe"
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/../serve_port.sh"
 extra_cleanup() { for ns in sw c a b x; do ip netns del "$tag-$ns" 2>/dev/null; done; }
 in_ns() { local ns=$1; shift; ip netns exec "$tag-$ns" "$@"; }
 
@@ -57,7 +61,7 @@ node() {  # node HOST NAME ARGS...: a node process in host's namespace
 }
 view() { in_ns x "$strata" cluster view --controller "$ip_c:7000" --tls "$tmp/certs" 2>&1; }
 wait_nodes() { wait_view "^$1 node(s)"; }  # wait_nodes N: the view lists N nodes
-node c src --listen "$ip_c:7000" --model "rand=$tmp/model"
+node c src --listen "$ip_c:7000" --model "rand=$tmp/model" --model "stories260K=$data/models/stories260K"
 for _ in $(seq 100); do grep -q "controller listening" "$tmp/src.log" && break; sleep 0.1; done
 node a a --controller "$ip_c:7000" --listen "$ip_a:0"
 node b b --controller "$ip_c:7000" --listen "$ip_b:0"
@@ -132,4 +136,20 @@ kill -CONT "$pid_b"
 wait_nodes 3
 grep -q "rejoining" "$tmp/b.log" || fail "b did not say it rejoined"
 echo "ok: a frozen node was dropped and rejoined"
+
+# The front door on host x, attached to the TLS cluster: no instance until a request comes (min
+# 0), then one on a, stories260K's layers multicast from src over the shaped link; greedy text
+# through HTTP equals the same generation in one process.
+in_ns x "$strata" serve --model "$data/models/stories260K" --controller "$ip_c:7000" --tls "$tmp/certs" --min 0 \
+  --placement a,b --port 0 --threads 1 >"$tmp/serve.log" 2>&1 &
+pids+=($!)
+port=$(serve_port "$tmp/serve.log" 300)
+[ -n "$port" ] || fail "serve on host x did not start"
+got=$(in_ns x curl -s --max-time 60 "http://127.0.0.1:$port/v1/completions" -H 'content-type: application/json' \
+  -d '{"model":"stories260K","prompt":"Once upon a time","max_tokens":24,"temperature":0}' |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["choices"][0]["text"])') || fail "no completion from the cluster"
+want=$("$strata" generate --model "$data/models/stories260K" --prompt "Once upon a time" --steps 24 --quiet 2>/dev/null)
+[ "Once upon a time$got" = "$want" ] || fail "over the cluster: '$got', in one process: '$want'"
+grep -q "scale-out.* on a, loading from" "$tmp/serve.log" || fail "no scale-out onto a: $(grep 'strata scaler' "$tmp/serve.log")"
+echo "ok: the front door on $ip_x served from zero on the cluster's nodes, the same text as in one process"
 echo "netns cluster test passed"
