@@ -167,8 +167,9 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
   rmsnorm(xb.data(), x, w.att_norm.data(), rows, d, c.norm_eps);
   const int group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(hd));
-  for (auto& [key, idx] : group_rows(rows, width, &row_width::kv_heads)) {
-    const int n = int(idx.size()), kvh = key ? key : c.n_kv_heads, nq = kvh * group;
+  for (auto& g : group_rows(rows, width, &row_width::kv_heads)) {
+    const auto& idx = g.second;  // a plain reference: the lambda below captures it (clang 14: no bindings)
+    const int n = int(idx.size()), kvh = g.first ? g.first : c.n_kv_heads, nq = kvh * group;
     const int qd = nq * hd, kd = kvh * hd, stride = qd + 2 * kd;
     const float* gx = gather(xb.data(), d, idx, rows, gbuf);
     std::vector<float> qkv(size_t(n) * stride), att(size_t(n) * qd);
@@ -225,8 +226,9 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
   }
 
   rmsnorm(xb.data(), x, w.ffn_norm.data(), rows, d, c.norm_eps);
-  for (auto& [key, idx] : group_rows(rows, width, &row_width::ffn)) {
-    const int n = int(idx.size()), f = key ? key : hid;
+  for (auto& g : group_rows(rows, width, &row_width::ffn)) {
+    const auto& idx = g.second;
+    const int n = int(idx.size()), f = g.first ? g.first : hid;
     const float* gx = gather(xb.data(), d, idx, rows, gbuf);
     std::vector<float> h13(size_t(n) * 2 * f), h(size_t(n) * f);
     if (f == hid) {
