@@ -274,7 +274,7 @@ struct bridge {
 
 // A subnet as /v1/models lists it (nothing for the whole model or a spec that does not fit).
 static std::optional<openai::subnet_status> subnet_listing(const subnet_spec& spec, const model_config& c) {
-  auto s = resolve_subnet(spec, c, default_drop_order(c.n_layers));
+  auto s = resolve_subnet(spec, c);
   if (!s || s->full()) return std::nullopt;
   openai::subnet_status st;
   st.spec = to_string(spec);
@@ -319,9 +319,7 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
     if (!opt.subnets)
       return make_error(errc::bad_request, "'" + std::string(where) + "' names subnet \"" + spec + "\" but this server " +
                                                "serves whole models only (serve --subnets off)");
-    auto s = parse_subnet_spec(spec);
-    if (!s) return s.err();
-    return resolve_subnet(*s, ms.m->config, default_drop_order(ms.m->config.n_layers));
+    return subnet_named(spec, ms.m->config);
   }
 
   void count_rejected(int status) {

@@ -267,9 +267,7 @@ int cmd_generate(int argc, char** argv, bool demo) {
   }
   subnet sub;
   if (!demo && a->has("subnet")) {
-    auto spec = parse_subnet_spec(a->str("subnet"));
-    if (!spec) return fail("--subnet: " + spec.message());
-    auto s = resolve_subnet(*spec, (*m)->config, default_drop_order((*m)->config.n_layers));
+    auto s = subnet_named(a->str("subnet"), (*m)->config);
     if (!s) return fail("--subnet: " + s.message());
     sub = *s;
   }
@@ -353,9 +351,8 @@ int run_subnets(const args& a) {
   auto set = quality_set(**m, samples, length, seed);
   std::vector<std::vector<float>> full;
   for (auto& seq : set) full.push_back(*sequence_logits(**m, seq));
-  const auto order = default_drop_order(c.n_layers);
   for (size_t i = 0; i < space.size(); ++i) {
-    auto sub = resolve_subnet(space[i], c, order);
+    auto sub = resolve_subnet(space[i], c);
     if (!sub) return fail("--space: " + sub.message());
     subnet_profile p;
     p.spec = to_string(space[i]);
@@ -471,9 +468,7 @@ int cmd_convert(int argc, char** argv) {
   if (!dt) return fail(dt.message());
   model_ptr out = *m;
   if (a->has("subnet")) {
-    auto spec = parse_subnet_spec(a->str("subnet"));
-    if (!spec) return fail("--subnet: " + spec.message());
-    auto sub = resolve_subnet(*spec, out->config, default_drop_order(out->config.n_layers));
+    auto sub = subnet_named(a->str("subnet"), out->config);
     if (!sub) return fail("--subnet: " + sub.message());
     out = extract_subnet(*out, *sub);
   }

@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
   size_t variants_bytes = 0;
   std::vector<double> ratios;
   for (auto& sp : space) {
-    auto sub = resolve_subnet(sp, c, default_drop_order(c.n_layers));
+    auto sub = resolve_subnet(sp, c);
     if (!sub) return std::fprintf(stderr, "bench_subnets: %s\n", sub.message().c_str()), 1;
     const std::string name = to_string(sp);
     fs::path dir = work / name;

@@ -252,6 +252,16 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
   return {};
 }
 
+status forward_layers(const model& m, kv_cache& kv, const seq_id* seqs, const int* pos, int rows, float* x,
+                      const subnet& sub) {
+  std::vector<row_width> width(size_t(rows), row_width{sub.ffn, sub.kv_heads});
+  for (int l = 0; l < m.config.n_layers; ++l)
+    if (sub.runs(l))
+      if (auto st = forward_layer(m.config, *m.layers[size_t(l)], l, kv, seqs, pos, rows, x, width.data()); !st)
+        return st;
+  return {};
+}
+
 void embed(const model& m, const int* tokens, int rows, float* x) {
   const int d = m.config.dim;
   for (int r = 0; r < rows; ++r)
@@ -422,12 +432,8 @@ std::vector<int> generate_reference(const model& m, const std::vector<int>& prom
     std::vector<seq_id> seqs(static_cast<size_t>(rows), 0);
     std::vector<int> positions(static_cast<size_t>(rows));
     std::iota(positions.begin(), positions.end(), pos);
-    std::vector<row_width> width(size_t(rows), row_width{sub.ffn, sub.kv_heads});
     embed(m, feed.data(), rows, x.data());
-    for (int l = 0; l < c.n_layers; ++l)
-      if (sub.runs(l) &&
-          !forward_layer(c, *m.layers[size_t(l)], l, kv, seqs.data(), positions.data(), rows, x.data(), width.data()))
-        return out;
+    if (!forward_layers(m, kv, seqs.data(), positions.data(), rows, x.data(), sub)) return out;
     final_logits(m, x.data() + size_t(rows - 1) * c.dim, 1, logits.data());
     std::vector<float> seen;
     if (on_logits) seen = logits;  // sample() overwrites them with probabilities

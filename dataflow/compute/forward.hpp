@@ -80,6 +80,11 @@ class kv_cache {
 status forward_layer(const model_config& c, const layer_weights& w, int layer, kv_cache& kv, const seq_id* seqs,
                      const int* pos, int rows, float* x, const row_width* width = nullptr);
 
+// Every layer `sub` keeps, in order and at its widths, on rows x[rows, dim]: the plain forward
+// pass over one cache holding all layers (the whole model by default).
+status forward_layers(const model& m, kv_cache& kv, const seq_id* seqs, const int* pos, int rows, float* x,
+                      const subnet& sub = {});
+
 // x[r] = embedding of tokens[r]. Token ids must be in range (checked by the caller).
 void embed(const model& m, const int* tokens, int rows, float* x);
 

@@ -83,7 +83,14 @@ std::vector<int32_t> default_drop_order(int n_layers) {
   return mid;
 }
 
-expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, const std::vector<int32_t>& drop_order) {
+expected<subnet> subnet_named(const std::string& text, const model_config& c) {
+  auto spec = parse_subnet_spec(text);
+  if (!spec) return spec.err();
+  return resolve_subnet(*spec, c);
+}
+
+expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, const std::vector<int32_t>& order) {
+  const auto& drop_order = order.empty() ? default_drop_order(c.n_layers) : order;
   auto bad = [&](std::string m) -> expected<subnet> {
     return make_error(errc::bad_request, "subnet '" + to_string(spec) + "': " + std::move(m));
   };

@@ -57,8 +57,13 @@ std::pair<std::string, std::optional<std::string>> split_subnet_name(const std::
 // the last; layer 0 is never dropped. A model may record its own order (a fine-tuned supernet).
 std::vector<int32_t> default_drop_order(int n_layers);
 
-// The subnet `spec` names on model `c`; bad_request naming the part that does not fit.
-expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, const std::vector<int32_t>& drop_order);
+// The subnet `spec` names on model `c` under `drop_order` (empty: default_drop_order, the one
+// place the order comes from until a model records its own); bad_request naming the part that
+// does not fit.
+expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c,
+                                const std::vector<int32_t>& drop_order = {});
+// parse_subnet_spec, then resolve_subnet: a subnet by its name, as users write it.
+expected<subnet> subnet_named(const std::string& text, const model_config& c);
 
 // The model config of a subnet as a dense model of its own (what a copy of its weights would be):
 // fewer layers, hidden_dim = ffn, n_kv_heads = kv_heads, n_heads scaled alike.

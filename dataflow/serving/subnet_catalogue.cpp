@@ -51,12 +51,8 @@ expected<std::vector<float>> sequence_logits(const model& m, const std::vector<i
   std::vector<seq_id> seqs(size_t(n), 0);
   std::vector<int> pos(static_cast<size_t>(n));
   std::iota(pos.begin(), pos.end(), 0);
-  std::vector<row_width> width(size_t(n), row_width{s.ffn, s.kv_heads});
   embed(m, tokens.data(), n, x.data());
-  for (int l = 0; l < c.n_layers; ++l)
-    if (s.runs(l))
-      if (auto st = forward_layer(c, *m.layers[size_t(l)], l, kv, seqs.data(), pos.data(), n, x.data(), width.data()); !st)
-        return st.err();
+  if (auto st = forward_layers(m, kv, seqs.data(), pos.data(), n, x.data(), s); !st) return st.err();
   std::vector<float> logits(size_t(n) * c.vocab_size);
   final_logits(m, x.data(), n, logits.data());
   return logits;
@@ -125,10 +121,8 @@ double time_decode_step_ms(const model& m, const subnet& s, int batch, int conte
   auto run = [&](std::vector<seq_id>& seqs, std::vector<int>& pos, std::vector<int>& toks) {
     const int rows = int(seqs.size());
     std::vector<float> x(size_t(rows) * c.dim);
-    std::vector<row_width> width(size_t(rows), row_width{s.ffn, s.kv_heads});
     embed(m, toks.data(), rows, x.data());
-    for (int l = 0; l < c.n_layers; ++l)
-      if (s.runs(l)) (void)forward_layer(c, *m.layers[size_t(l)], l, kv, seqs.data(), pos.data(), rows, x.data(), width.data());
+    (void)forward_layers(m, kv, seqs.data(), pos.data(), rows, x.data(), s);  // checked inputs: it cannot fail
     std::vector<float> logits(size_t(rows) * c.vocab_size);
     final_logits(m, x.data(), rows, logits.data());
   };
@@ -268,14 +262,13 @@ expected<subnet_catalogue> parse_catalogue(const std::string& text, const model_
   c.device = j.value("device", "");
   auto number = [](const json& v, double def) { return v.is_number() ? v.get<double>() : def; };
   c.full_ppl = number(j.value("full_ppl", json()), -1);
-  const auto order = default_drop_order(mc.n_layers);
   for (size_t i = 0; i < j["subnets"].size(); ++i) {
     const auto& e = j["subnets"][i];
     const std::string at = "subnets[" + std::to_string(i) + "]";
     if (!e.is_object() || !e.contains("spec") || !e["spec"].is_string()) return bad(at + ": no 'spec' string");
     auto spec = parse_subnet_spec(e["spec"].get<std::string>());
     if (!spec) return bad(at + ": " + spec.message());
-    auto sub = resolve_subnet(*spec, mc, order);
+    auto sub = resolve_subnet(*spec, mc);
     if (!sub) return bad(at + ": " + sub.message());
     subnet_profile p;
     p.spec = to_string(*spec);

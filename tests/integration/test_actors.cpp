@@ -165,6 +165,28 @@ TEST_CASE("logits are bitwise identical for any sharding") {
   CHECK(std::memcmp(seen[0].data(), seen[2].data(), seen[0].size() * 4) == 0);
 }
 
+// Runs the requests on `s` concurrently, request i arriving 3i ms after the first (while the
+// others run): each one's tokens, or its error.
+struct outcomes {
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::string> errors;
+};
+static outcomes run_together(served& s, const std::vector<generate_request>& reqs) {
+  outcomes out{std::vector<std::vector<int32_t>>(reqs.size()), std::vector<std::string>(reqs.size())};
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i)
+    threads.emplace_back([&, i] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(3 * i));
+      auto r = s.run(reqs[i]);
+      if (!r)
+        out.errors[i] = r.message();
+      else
+        out.tokens[i] = r->tokens;
+    });
+  for (auto& t : threads) t.join();
+  return out;
+}
+
 TEST_CASE("concurrent requests join the running batch and each matches its solo run") {
   const char* texts[] = {"", "Once upon a time, Tom", "The little cat", "Lily and Ben went to the park",
                          "One day, a big dog", "Sam had a red ball", "The sun", "A bird sang"};
@@ -173,27 +195,19 @@ TEST_CASE("concurrent requests join the running batch and each matches its solo 
     opt.max_batch_tokens = 6;  // long prompts are prefilled in chunks alongside decodes
     opt.max_inflight = inflight;
     served s("2,3", opt);
-    std::vector<std::thread> threads;
-    std::vector<std::vector<int32_t>> got(8), want(8);
-    std::vector<std::string> errors(8);
+    std::vector<generate_request> reqs;
+    std::vector<std::vector<int32_t>> want;
     for (int i = 0; i < 8; ++i) {
       auto prompt = encode(texts[i]);
       int n = 20 + 10 * i;
-      want[size_t(i)] = reference(prompt, n);
-      threads.emplace_back([&, i, prompt, n] {
-        std::this_thread::sleep_for(std::chrono::milliseconds(3 * i));  // arrive while others run
-        auto r = s.run(greedy(prompt, n));
-        if (!r)
-          errors[size_t(i)] = r.message();
-        else
-          got[size_t(i)] = r->tokens;
-      });
+      want.push_back(reference(prompt, n));
+      reqs.push_back(greedy(prompt, n));
     }
-    for (auto& t : threads) t.join();
-    for (int i = 0; i < 8; ++i) {
+    auto got = run_together(s, reqs);
+    for (size_t i = 0; i < 8; ++i) {
       CAPTURE(i);
-      CHECK(errors[size_t(i)] == "");
-      CHECK(got[size_t(i)] == want[size_t(i)]);
+      CHECK(got.errors[i] == "");
+      CHECK(got.tokens[i] == want[i]);
     }
     CHECK(s.kv_drains());
   }
@@ -209,31 +223,22 @@ TEST_CASE("requests of different subnets share batches and each matches its subn
   opt.max_batch_tokens = 6;
   served s("1,2,2", opt);
   const auto& c = stories()->config;
-  std::vector<std::thread> threads;
-  std::vector<std::vector<int32_t>> got(8), want(8);
-  std::vector<std::string> errors(8);
+  std::vector<generate_request> reqs;
+  std::vector<std::vector<int32_t>> want;
   for (int i = 0; i < 8; ++i) {
     auto prompt = encode(texts[i]);
-    auto sub = resolve_subnet(*parse_subnet_spec(specs[i]), c, default_drop_order(c.n_layers));
+    auto sub = subnet_named(specs[i], c);
     REQUIRE(sub);
     auto ref = generate_reference(*stories(), std::vector<int>(prompt.begin(), prompt.end()), 24, {}, {}, *sub);
-    want[size_t(i)].assign(ref.begin(), ref.end());
-    threads.emplace_back([&, i, prompt, sub = *sub] {
-      std::this_thread::sleep_for(std::chrono::milliseconds(3 * i));
-      auto req = greedy(prompt, 24);
-      req.sub = sub;
-      auto r = s.run(req);
-      if (!r)
-        errors[size_t(i)] = r.message();
-      else
-        got[size_t(i)] = r->tokens;
-    });
+    want.emplace_back(ref.begin(), ref.end());
+    reqs.push_back(greedy(prompt, 24));
+    reqs.back().sub = *sub;
   }
-  for (auto& t : threads) t.join();
-  for (int i = 0; i < 8; ++i) {
+  auto got = run_together(s, reqs);
+  for (size_t i = 0; i < 8; ++i) {
     CAPTURE(specs[i]);
-    CHECK(errors[size_t(i)] == "");
-    CHECK(got[size_t(i)] == want[size_t(i)]);
+    CHECK(got.errors[i] == "");
+    CHECK(got.tokens[i] == want[i]);
   }
   CHECK(want[1] != want[0]);  // the subnets compute other functions
   CHECK(s.kv_drains());
