@@ -112,6 +112,8 @@ expected<scaling_cluster> start_scaling_cluster(const cluster_spec& spec,
     auto v = out.cluster->view();
     if (!v) return failed(make_error("the controller at " + spec.controller + " gave no view: " + v.message()));
     for (auto& n : v->nodes) out.members.push_back(n.name);
+    // The view's order is the controller's map order; sort so placement and messages are stable.
+    std::sort(out.members.begin(), out.members.end());
   }
   for (auto& n : spec.placement)
     if (std::find(out.members.begin(), out.members.end(), n) == out.members.end())

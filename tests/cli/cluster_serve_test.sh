@@ -50,7 +50,7 @@ pids+=($n1pid)
 wait_view "^2 node(s)"
 wait_view "stories260K: src (host copy)"
 expect_error "no node of the cluster holds a host copy of 'nope'" --controller "$ctl" --served-model-name nope
-expect_error "unknown node 'zz' in the placement (the cluster's nodes: src, n1)" --controller "$ctl" --placement zz
+expect_error "unknown node 'zz' in the placement (the cluster's nodes: n1, src)" --controller "$ctl" --placement zz
 expect_error "policy all-cache loads from a host copy on every node" --controller "$ctl" --policy all-cache
 echo "ok: bad setups fail with the reason"
 
