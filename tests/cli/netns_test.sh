@@ -140,7 +140,8 @@ echo "ok: a frozen node was dropped and rejoined"
 # The front door on host x, attached to the TLS cluster: no instance until a request comes (min
 # 0), then one on a, stories260K's layers multicast from src over the shaped link; greedy text
 # through HTTP equals the same generation in one process.
-in_ns x "$strata" serve --model "$data/models/stories260K" --controller "$ip_c:7000" --tls "$tmp/certs" --min 0 \
+# ip netns exec, not in_ns: $! must be serve's own pid (see node()).
+ip netns exec "$tag-x" "$strata" serve --model "$data/models/stories260K" --controller "$ip_c:7000" --tls "$tmp/certs" --min 0 \
   --placement a,b --port 0 --threads 1 >"$tmp/serve.log" 2>&1 &
 pids+=($!)
 port=$(serve_port "$tmp/serve.log" 300)
