@@ -222,6 +222,9 @@ std::vector<command_spec> make_table() {
                                 {"steps", "N", "9", "timed decode steps per batch size (the median counts)", ""},
                                 {"context", "N", "64", "position the decode steps are timed at", ""},
                                 {"samples", "N", "8", "sequences sampled from the whole model to measure quality on", ""},
+                                {"reference", "PATH", "",
+                                 "measure quality against this model instead (a supernet against the model it was "
+                                 "trained from; same vocabulary)", ""},
                                 {"sample-length", "N", "128", "tokens per sampled sequence", ""},
                                 {"seed", "N", "1000", "seed of the first sampled sequence", ""},
                                 {"device-layer-ms", "MS", "0", "also the latency on an emulated device: time per layer and step", ""},

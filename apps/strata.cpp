@@ -347,10 +347,26 @@ int run_subnets(const args& a) {
   cat.context = context;
   cat.samples = samples;
   cat.sample_length = length;
-  say("sampling %d sequences of %d tokens from the whole model for quality\n", samples, length);
-  auto set = quality_set(**m, samples, length, seed);
+  // Quality against the model itself, or against --reference (an elastic supernet against the
+  // model it was trained from: its full subnet is then measured too).
+  model_ptr ref = *m;
+  if (a.has("reference")) {
+    auto r = load_model(a.str("reference"));
+    if (!r) return fail("--reference: " + with_data_hint(a.str("reference"), r.message()));
+    const auto& rc = (*r)->config;
+    if (rc.vocab_size != c.vocab_size || rc.bos_id != c.bos_id || rc.seq_len < length)
+      return fail("--reference: " + (*r)->name + " (vocabulary " + std::to_string(rc.vocab_size) + ", BOS " +
+                  std::to_string(rc.bos_id) + ", context " + std::to_string(rc.seq_len) + ") cannot score " + (*m)->name +
+                  "'s text (vocabulary " + std::to_string(c.vocab_size) + ", BOS " + std::to_string(c.bos_id) +
+                  ", " + std::to_string(length) + " tokens)");
+    ref = *r;
+    cat.reference = ref->name;
+  }
+  say("sampling %d sequences of %d tokens from %s for quality\n", samples, length,
+      ref == *m ? "the whole model" : ref->name.c_str());
+  auto set = quality_set(*ref, samples, length, seed);
   std::vector<std::vector<float>> full;
-  for (auto& seq : set) full.push_back(*sequence_logits(**m, seq));
+  for (auto& seq : set) full.push_back(*sequence_logits(*ref, seq));
   for (size_t i = 0; i < space.size(); ++i) {
     auto sub = resolve_subnet(space[i], c);
     if (!sub) return fail("--space: " + sub.message());
@@ -374,7 +390,7 @@ int run_subnets(const args& a) {
       }
     }
     if (auto st = score_subnet(**m, p.sub, set, full, p); !st) return fail(st.message());
-    if (p.sub.full()) cat.full_ppl = p.ppl;
+    if (p.sub.full() && !a.has("reference")) cat.full_ppl = p.ppl;
     cat.subnets.push_back(std::move(p));
   }
   mark_pareto(cat, emulated);

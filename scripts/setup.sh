@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 
 pkgs=(g++ cmake ninja-build libcaf-dev libucx-dev ucx-utils libflatbuffers-dev flatbuffers-compiler
       doctest-dev nlohmann-json3-dev libxxhash-dev libtomlplusplus-dev libcpp-httplib-dev libboost-dev libssl-dev pkg-config curl
-      python3)
+      python3 python3-torch python3-numpy libopenblas0-pthread)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -90,7 +90,7 @@ expected<subnet> subnet_named(const std::string& text, const model_config& c) {
 }
 
 expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, const std::vector<int32_t>& order) {
-  const auto& drop_order = order.empty() ? default_drop_order(c.n_layers) : order;
+  const auto& drop_order = !order.empty() ? order : !c.drop_order.empty() ? c.drop_order : default_drop_order(c.n_layers);
   auto bad = [&](std::string m) -> expected<subnet> {
     return make_error(errc::bad_request, "subnet '" + to_string(spec) + "': " + std::move(m));
   };
@@ -121,7 +121,16 @@ expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, 
 
 model_config subnet_config(const subnet& s, const model_config& c) {
   model_config out = c;
-  if (!s.layers.empty()) out.n_layers = int(s.layers.size());
+  if (!s.layers.empty()) {
+    out.n_layers = int(s.layers.size());
+    // The kept layers' order, renumbered: the copy drops further as the supernet would.
+    out.drop_order.clear();
+    for (auto l : c.drop_order.empty() ? default_drop_order(c.n_layers) : c.drop_order) {
+      auto it = std::find(s.layers.begin(), s.layers.end(), l);
+      if (it != s.layers.end()) out.drop_order.push_back(int32_t(it - s.layers.begin()));
+    }
+    if (c.drop_order.empty()) out.drop_order.clear();
+  }
   if (s.ffn > 0) out.hidden_dim = s.ffn;
   if (s.kv_heads > 0) {
     out.n_heads = c.n_heads / c.n_kv_heads * s.kv_heads;

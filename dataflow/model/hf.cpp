@@ -217,6 +217,7 @@ expected<model_ptr> load_hf(const std::string& dir_str) {
     m->tensors.push_back(std::move(r));
   }
   m->files = files;
+  if (auto st = apply_supernet_file(*m, dir_str); !st) return st.err();
   return model_ptr(std::move(m));
 }
 
@@ -247,6 +248,11 @@ status save_hf(const model& m, const std::string& dir_str, dtype type, uint64_t 
     std::ofstream out(dir / "config.json");
     out << cfg.dump(2) << "\n";
     if (!out) return make_error((dir / "config.json").string() + ": write failed");
+  }
+  if (!c.drop_order.empty()) {  // a supernet's own order travels with it
+    std::ofstream out(dir / "supernet.json");
+    out << json{{"drop_order", c.drop_order}}.dump() << "\n";
+    if (!out) return make_error((dir / "supernet.json").string() + ": write failed");
   }
   // Permuted copies of wq/wk for interleaved models live here until written.
   std::vector<std::vector<float>> scratch;

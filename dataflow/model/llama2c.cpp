@@ -99,6 +99,7 @@ expected<model_ptr> load_llama2c(const std::string& path) {
   std::stable_sort(m->tensors.begin(), m->tensors.end(),
                    [](const tensor_record& a, const tensor_record& b) { return a.layer < b.layer; });
   m->files.push_back(fname);
+  if (auto st = apply_supernet_file(*m, path); !st) return st.err();
   return model_ptr(std::move(m));
 }
 

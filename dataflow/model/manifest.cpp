@@ -14,9 +14,10 @@ namespace fb = strata::schema;
 std::vector<uint8_t> build_manifest(const model& m) {
   flatbuffers::FlatBufferBuilder b(1024 + m.tensors.size() * 128);
   const auto& c = m.config;
-  auto arch = fb::CreateArchitecture(b, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
-                                     c.vocab_size, c.seq_len, c.norm_eps, c.rope_theta,
-                                     static_cast<fb::RopeStyle>(c.rope), c.tied_embeddings, c.bos_id, c.eos_id);
+  auto arch = fb::CreateArchitectureDirect(b, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
+                                           c.vocab_size, c.seq_len, c.norm_eps, c.rope_theta,
+                                           static_cast<fb::RopeStyle>(c.rope), c.tied_embeddings, c.bos_id, c.eos_id,
+                                           c.drop_order.empty() ? nullptr : &c.drop_order);
   std::vector<flatbuffers::Offset<fb::TensorInfo>> ts;
   for (auto& t : m.tensors)
     ts.push_back(fb::CreateTensorInfoDirect(b, t.name.c_str(), t.source_name.c_str(), t.layer,
@@ -57,6 +58,7 @@ expected<manifest_view> read_manifest(const uint8_t* data, size_t size) {
     c.tied_embeddings = a->tied_embeddings();
     c.bos_id = a->bos_id();
     c.eos_id = a->eos_id();
+    if (auto d = a->drop_order()) c.drop_order.assign(d->begin(), d->end());
   }
   // A manifest from another node sizes the image this node allocates: the config must be sane.
   if (auto st = out.config.validate(); !st) return make_error("manifest of '" + out.name + "': " + st.message());

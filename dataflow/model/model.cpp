@@ -6,9 +6,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "dataflow/files.hpp"
@@ -193,6 +195,16 @@ status model_config::validate() const {
   if (bos_id < 0 || bos_id >= vocab_size || eos_id < 0 || eos_id >= vocab_size)
     return make_error("bos/eos token id (" + std::to_string(bos_id) + ", " + std::to_string(eos_id) +
                       ") outside the vocabulary of " + std::to_string(vocab_size));
+  if (drop_order.size() >= size_t(n_layers))
+    return make_error("drop_order lists " + std::to_string(drop_order.size()) + " layers; a model of " +
+                      std::to_string(n_layers) + " keeps at least one");
+  std::vector<bool> seen(size_t(n_layers), false);
+  for (auto l : drop_order) {
+    if (l < 0 || l >= n_layers)
+      return make_error("drop_order names layer " + std::to_string(l) + ", outside [0, " + std::to_string(n_layers) + ")");
+    if (seen[size_t(l)]) return make_error("drop_order names layer " + std::to_string(l) + " twice");
+    seen[size_t(l)] = true;
+  }
   return {};
 }
 
@@ -286,6 +298,34 @@ uint64_t checksum64(const void* data, size_t n) {
   if (avx2) return detail::checksum64_avx2(data, n);
 #endif
   return XXH3_64bits(data, n);
+}
+
+std::string supernet_file(const model& m, const std::string& path) {
+  fs::path p(path);
+  if (m.format == source_format::huggingface) return (p / "supernet.json").string();
+  return (p.parent_path() / (p.stem().string() + ".supernet.json")).string();
+}
+
+status apply_supernet_file(model& m, const std::string& path) {
+  const auto file = supernet_file(m, path);
+  std::error_code ec;
+  if (!fs::exists(file, ec)) return {};
+  auto text = read_file(file, 1 << 20, "the supernet side file");
+  if (!text) return text.err();
+  auto j = nlohmann::json::parse(*text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) return make_error(file + ": not a JSON object");
+  if (!j.contains("drop_order")) return {};
+  const auto& d = j["drop_order"];
+  if (!d.is_array()) return make_error(file + ": 'drop_order' must be an array of layer indices");
+  model_config c = m.config;
+  for (auto& v : d) {
+    if (!v.is_number_integer() || v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX)
+      return make_error(file + ": 'drop_order' holds " + v.dump() + ", not a layer index");
+    c.drop_order.push_back(int32_t(v.get<int64_t>()));
+  }
+  if (auto st = c.validate(); !st) return make_error(file + ": " + st.message());
+  m.config.drop_order = std::move(c.drop_order);
+  return {};
 }
 
 expected<model_ptr> load_model(const std::string& path) {

@@ -43,6 +43,9 @@ struct model_config {
   bool tied_embeddings = true;
   int bos_id = 1;
   int eos_id = 2;
+  // LayerSelect's order (subnet.hpp), the layers to drop first, where the model records its own
+  // (an elastic supernet's side file, supernet_file()); empty: the default order.
+  std::vector<int32_t> drop_order;
 
   // A Hugging Face-style Llama shape (rotate_half RoPE, head_dim = dim / heads, tied embeddings).
   static model_config llama(int dim, int hidden, int layers, int heads, int kv_heads, int vocab, int seq_len);
@@ -154,6 +157,13 @@ using model_ptr = std::shared_ptr<const model>;
 // Loads a model from a path: a llama2.c checkpoint file, a directory holding one (plus its
 // tok*.bin tokenizer), or a Hugging Face directory with config.json and *.safetensors.
 expected<model_ptr> load_model(const std::string& path);
+
+// The side file a model's supernet facts live in (tools/supernet/train_supernet.py writes it):
+// F's stem + ".supernet.json" beside a llama2.c checkpoint F, supernet.json in a Hugging Face
+// directory. load_model applies it (the drop order) when it exists; a malformed one is an error.
+// Both loaders call apply_supernet_file on the model they built, with the path they loaded.
+std::string supernet_file(const model& m, const std::string& path);
+status apply_supernet_file(model& m, const std::string& path);
 
 // Canonical names of the tensors of a layer, in manifest order.
 std::string layer_tensor_name(int layer, const char* what);

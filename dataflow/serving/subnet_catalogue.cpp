@@ -244,7 +244,8 @@ std::string catalogue_json(const subnet_catalogue& c) {
                     {"ppl", opt(s.ppl)},
                     {"pareto", s.pareto}});
   json j = {{"model", c.model},     {"device", c.device},     {"context", c.context},
-            {"samples", c.samples}, {"sample_length", c.sample_length}, {"full_ppl", opt(c.full_ppl)},
+            {"samples", c.samples}, {"sample_length", c.sample_length}, {"reference", c.reference},
+            {"full_ppl", opt(c.full_ppl)},
             {"subnets", subs}};
   return j.dump(1);
 }
@@ -258,8 +259,12 @@ expected<subnet_catalogue> parse_catalogue(const std::string& text, const model_
   if (!j.contains("subnets") || !j["subnets"].is_array()) return bad("no 'subnets' array");
   if (j["subnets"].size() > 4096) return bad("more than 4096 subnets");
   subnet_catalogue c;
-  c.model = j.value("model", "");
-  c.device = j.value("device", "");
+  auto text_of = [&](const char* key) {
+    return j.contains(key) && j[key].is_string() ? j[key].get<std::string>() : std::string();
+  };
+  c.model = text_of("model");
+  c.device = text_of("device");
+  c.reference = text_of("reference");
   auto number = [](const json& v, double def) { return v.is_number() ? v.get<double>() : def; };
   c.full_ppl = number(j.value("full_ppl", json()), -1);
   for (size_t i = 0; i < j["subnets"].size(); ++i) {
@@ -290,7 +295,7 @@ expected<subnet_catalogue> parse_catalogue(const std::string& text, const model_
     p.top1 = number(e.value("top1", json()), -1);
     p.kl = number(e.value("kl", json()), -1);
     p.ppl = number(e.value("ppl", json()), -1);
-    p.pareto = e.value("pareto", false);
+    p.pareto = e.contains("pareto") && e["pareto"].is_boolean() && e["pareto"].get<bool>();
     c.subnets.push_back(std::move(p));
   }
   return c;
@@ -319,7 +324,8 @@ status write_pareto_svg(const std::string& path, const subnet_catalogue& c, bool
   os << "<text x='" << (L + W - R) / 2 << "' y='" << H - 12 << "' text-anchor='middle'>ms per decode step, batch 1"
      << (emulated ? " (emulated device)" : "") << "</text>\n";
   os << "<text x='16' y='" << (T + H - B) / 2 << "' transform='rotate(-90 16 " << (T + H - B) / 2
-     << ")' text-anchor='middle'>top-1 agreement with the whole model</text>\n";
+     << ")' text-anchor='middle'>top-1 agreement with "
+     << (c.reference.empty() ? std::string("the whole model") : c.reference) << "</text>\n";
   std::vector<const subnet_profile*> front;
   for (auto& s : c.subnets) {
     double l = s.latency_ms(1, emulated);

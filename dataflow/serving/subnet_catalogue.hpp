@@ -35,7 +35,8 @@ struct subnet_catalogue {
   std::string device;  // where step_ms was measured, in words
   int context = 0;     // the position decode steps were timed at
   int samples = 0, sample_length = 0;  // the quality set
-  double full_ppl = -1;  // the whole model's perplexity on the same text
+  std::string reference;  // the model quality is measured against (empty: this model itself)
+  double full_ppl = -1;  // the whole model's perplexity on the same text (not with a reference)
   std::vector<subnet_profile> subnets;
   const subnet_profile* find(const std::string& spec) const;
 };

@@ -7,6 +7,7 @@
 
 #include "dataflow/compute/forward.hpp"
 #include "dataflow/compute/subnet.hpp"
+#include "dataflow/model/manifest.hpp"
 #include "dataflow/model/model_io.hpp"
 #include "dataflow/serving/subnet_catalogue.hpp"
 
@@ -117,6 +118,34 @@ TEST_CASE("subnet: the default drop order keeps the first and last layers longes
   CHECK_FALSE(check_subnet(subnet{{}, 173, 0}, c));
   CHECK_FALSE(check_subnet(subnet{{}, 0, 5}, c));
   CHECK(check_subnet(subnet{{1, 3}, 172, 4}, c));
+}
+
+TEST_CASE("subnet: a model's own drop order decides LayerSelect, travels in the manifest and in copies") {
+  auto c = model_config::llama(64, 172, 5, 8, 4, 96, 64);
+  c.drop_order = {4, 1, 3};  // an elastic supernet's (train_supernet.py's side file)
+  REQUIRE(c.validate());
+  CHECK(subnet_named("d3", c)->layers == std::vector<int32_t>{0, 2, 3});
+  CHECK(subnet_named("d2", c)->layers == std::vector<int32_t>{0, 2});
+  CHECK(subnet_named("d1", c).message() == "subnet 'd1': the model's drop order removes at most 3 layers");
+  // A copy of d3 is a 3-layer model whose order continues the supernet's: drop 3 (now 2) first.
+  CHECK(subnet_config(*subnet_named("d3", c), c).drop_order == std::vector<int32_t>{2});
+  CHECK(subnet_config(*subnet_named("w50", c), c).drop_order == c.drop_order);
+  auto plain = model_config::llama(64, 172, 5, 8, 4, 96, 64);
+  CHECK(subnet_config(*subnet_named("d3", plain), plain).drop_order.empty());  // the default, as before
+
+  auto bad = c;
+  bad.drop_order = {1, 1};
+  CHECK(bad.validate().message() == "drop_order names layer 1 twice");
+  bad.drop_order = {5};
+  CHECK(bad.validate().message() == "drop_order names layer 5, outside [0, 5)");
+  bad.drop_order = {0, 1, 2, 3, 4};
+  CHECK(bad.validate().message() == "drop_order lists 5 layers; a model of 5 keeps at least one");
+
+  auto m = make_random_model(c, 3);
+  auto buf = build_manifest(*m);
+  auto view = read_manifest(buf.data(), buf.size());
+  REQUIRE(view);
+  CHECK(view->config.drop_order == c.drop_order);
 }
 
 TEST_CASE("subnet: a LayerSelect/WeightSlice subnet computes what its dense copy computes, bit for bit") {
