@@ -98,16 +98,40 @@ batcher::batcher(model_config c, batcher_options o, std::function<time_point()> 
       misconfigured_ = "subnet policy " + opt_.subnet_policy + ": the catalogue has no subnet " + to_string(*spec);
 }
 
-// An SLO-only request's subnet, from the catalogue by the subnet policy: each subnet's latency
-// predicted for the step the request joins (the running requests' decode rows plus its first
-// prefill chunk), against the time left to its deadline.
-void batcher::choose_subnet(request& q) {
+// An SLO-only request's subnet, from the catalogue by the subnet policy: each subnet's time to
+// the request's first token predicted as the rest of the step in flight on its route, then the
+// step it joins (the running requests' decode rows plus its first prefill chunk). A mixed batch
+// pays at least what its widest subnet pays, so a narrow choice beside wide rows gains less.
+// Against the time left to its deadline.
+void batcher::choose_subnet(request& q, route_id route) {
   q.req.choose_subnet = false;  // once: a re-admitted request keeps its subnet (its KV's shape)
   subnet_choice c;
-  const int rows = int(running_.size()) + std::min(int(q.tokens.size()), opt_.max_batch_tokens);
-  for (auto& p : opt_.catalogue->subnets) {
-    double ms = p.latency_ms(rows, opt_.emulated_latency);
-    if (ms >= 0) c.candidates.push_back({&p, ms, std::max(0.0, p.top1)});
+  const auto& cat = *opt_.catalogue;
+  int running_rows = 0;
+  const subnet_profile* widest = nullptr;
+  for (auto id : running_) {
+    const auto& r = reqs_.at(id);
+    if (r.path != route) continue;
+    ++running_rows;
+    const subnet_profile* p = nullptr;
+    for (auto& x : cat.subnets)
+      if (x.sub == r.req.sub) p = &x;
+    if (!p) p = cat.find("full");  // not profiled: count it as the whole model
+    if (p && (!widest || p->share > widest->share)) widest = p;
+  }
+  const int rows = running_rows + std::min(int(q.tokens.size()), opt_.max_batch_tokens);
+  double wait_ms = 0;
+  for (auto& [_, s] : inflight_)
+    if (s.route == route && widest) {
+      double left = widest->latency_ms(s.rows, opt_.emulated_latency) -
+                    std::chrono::duration<double, std::milli>(now_() - s.started).count();
+      wait_ms = std::max(wait_ms, left);
+    }
+  for (auto& p : cat.subnets) {
+    const double alone = p.latency_ms(rows, opt_.emulated_latency);
+    if (alone < 0) continue;
+    const double ms = widest ? std::max(alone, widest->latency_ms(rows, opt_.emulated_latency)) : alone;
+    c.candidates.push_back({&p, wait_ms + ms, std::max(0.0, p.top1), alone});
   }
   if (c.candidates.empty()) return;  // nothing profiled: the whole model
   auto due = q.admitted + std::chrono::microseconds(int64_t(double(q.req.slo_ms) * 1000));
@@ -395,7 +419,7 @@ void batcher::schedule() {
     if (!r) break;
     auto id = next_waiting();
     auto& q = reqs_.at(id);
-    if (q.req.choose_subnet) choose_subnet(q);
+    if (q.req.choose_subnet) choose_subnet(q, r);
     q.path = r;
     q.seq = next_seq_++;
     running_.insert(id);
@@ -462,7 +486,7 @@ void batcher::schedule() {
         rows.subnets.clear();
         rows.row_subnet.clear();
       }
-      inflight_.emplace(s.id, inflight_step{path, std::move(members)});
+      inflight_.emplace(s.id, inflight_step{path, std::move(members), now_(), opt_.max_batch_tokens - budget});
       ++busy[path];
       out_.push_back(std::move(s));
     }

@@ -253,6 +253,8 @@ class batcher {
   struct inflight_step {
     route_id route;
     std::vector<uint64_t> members;
+    time_point started{};
+    int rows = 0;  // positions it computes
   };
   struct move {
     uint64_t request;
@@ -281,7 +283,7 @@ class batcher {
   std::function<int(const route_choice&)> pick_;
   std::function<size_t(const std::vector<waiting_request>&)> next_;  // the batch scheduler's
   std::function<size_t(const subnet_choice&)> choose_;             // the subnet policy's
-  void choose_subnet(request& q);
+  void choose_subnet(request& q, route_id r);
   std::string misconfigured_;  // a scheduler named no registered one: every request is refused
   std::vector<route_id> routes_;          // where new requests may start
   std::map<route_id, route_info> known_;  // every route still named by something

@@ -66,8 +66,9 @@ void mark_pareto(subnet_catalogue& c, bool emulated);
 // latency at the rows of the step it joins) and quality, and the request's slack.
 struct subnet_candidate {
   const subnet_profile* profile = nullptr;
-  double latency_ms = 0;  // predicted, for this request's first step
+  double latency_ms = 0;  // predicted, for this request's first token
   double quality = 0;     // top-1 agreement (0 when not measured)
+  double alone_ms = 0;    // its own step latency at those rows (the batch may be paced by a wider one)
 };
 struct subnet_choice {
   std::vector<subnet_candidate> candidates;  // never empty

@@ -758,6 +758,56 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
     CHECK(done[0].result.subnet == "full");
     CHECK(done[0].result.slo_feasible);
   }
+  // The prediction counts the rest of the step in flight and the widest subnet in the batch: the
+  // step of a running request is in flight when an SLO-only request arrives; what fits its slack
+  // is what fits after that step, at no less than the running subnet's cost.
+  struct late {
+    const char* running;  // the running request's subnet (named by it)
+    int arrives_ms;       // when the SLO-only one arrives; the step in flight started at 0
+    float slo_ms;
+    const char* want;
+    bool feasible;
+  };
+  for (auto& r : {late{"d2", 1, 7, "d2", true},      // wait 2: d3 (6) fits 7 alone, not after the wait
+                  late{"d2", 1, 8.5f, "d3", true},   // 2 + 6 fits
+                  late{"full", 9, 9, "d2", false},   // wait 1, then at least full's 10: nothing fits
+                  late{"full", 9, 12, "full", true}}) {  // 1 + 10 fits: then the most accurate
+    CAPTURE(r.running);
+    CAPTURE(r.slo_ms);
+    batcher_options o;
+    o.catalogue = cat;
+    harness h(o);
+    h.b.set_routes({local(1, 1)});
+    generate_request a;
+    a.prompt = {1, 5};
+    a.max_new_tokens = 2;
+    a.sub = cat->find(r.running)->sub;
+    REQUIRE(h.b.admit(a, 1));
+    auto first = only<act::step>(h.run());
+    REQUIRE(first.size() == 1);
+    h.now += std::chrono::milliseconds(r.arrives_ms);
+    generate_request q;
+    q.prompt = {1, 7};
+    q.max_new_tokens = 1;
+    q.slo_ms = r.slo_ms;
+    q.choose_subnet = true;
+    auto id = h.b.admit(q, 2);
+    REQUIRE(id);
+    std::optional<generate_result> got;
+    CHECK(only<act::step>(h.run()).empty());  // one step in flight per route
+    h.b.on_step(first[0].id, answer(first[0], ten));
+    auto acts = h.b.take_actions();
+    for (int round = 0; round < 4 && !got; ++round) {
+      for (auto& s : only<act::step>(acts)) h.b.on_step(s.id, answer(s, ten));
+      acts = h.b.take_actions();
+      for (auto& d : only<act::done>(acts))
+        if (d.result.id == *id) got = d.result;
+    }
+    REQUIRE(got);
+    CHECK(got->subnet == r.want);
+    CHECK(got->slo_feasible == r.feasible);
+  }
+
   // Without a catalogue an SLO-only request is refused with what to do; a fixed subnet the
   // catalogue lacks refuses every request.
   harness none;
