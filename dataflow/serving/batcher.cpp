@@ -113,25 +113,20 @@ void batcher::choose_subnet(request& q, route_id route) {
     const auto& r = reqs_.at(id);
     if (r.path != route) continue;
     ++running_rows;
-    const subnet_profile* p = nullptr;
-    for (auto& x : cat.subnets)
-      if (x.sub == r.req.sub) p = &x;
-    if (!p) p = cat.find("full");  // not profiled: count it as the whole model
+    const subnet_profile* p = profile_of(r.req.sub);
     if (p && (!widest || p->share > widest->share)) widest = p;
   }
   const int rows = running_rows + std::min(int(q.tokens.size()), opt_.max_batch_tokens);
   double wait_ms = 0;
   for (auto& [_, s] : inflight_)
-    if (s.route == route && widest) {
-      double left = widest->latency_ms(s.rows, opt_.emulated_latency) -
-                    std::chrono::duration<double, std::milli>(now_() - s.started).count();
-      wait_ms = std::max(wait_ms, left);
-    }
+    if (s.route == route && s.predicted_ms > 0)
+      wait_ms = std::max(wait_ms, s.predicted_ms * step_scale_ -
+                                      std::chrono::duration<double, std::milli>(now_() - s.started).count());
   for (auto& p : cat.subnets) {
     const double alone = p.latency_ms(rows, opt_.emulated_latency);
     if (alone < 0) continue;
     const double ms = widest ? std::max(alone, widest->latency_ms(rows, opt_.emulated_latency)) : alone;
-    c.candidates.push_back({&p, wait_ms + ms, std::max(0.0, p.top1), alone});
+    c.candidates.push_back({&p, wait_ms + ms * step_scale_, std::max(0.0, p.top1), alone});
   }
   if (c.candidates.empty()) return;  // nothing profiled: the whole model
   auto due = q.admitted + std::chrono::microseconds(int64_t(double(q.req.slo_ms) * 1000));
@@ -140,6 +135,13 @@ void batcher::choose_subnet(request& q, route_id route) {
   q.req.sub = pick.profile->sub;
   q.chosen = pick.profile->spec;
   q.slo_feasible = pick.latency_ms <= c.slack_ms;
+}
+
+const subnet_profile* batcher::profile_of(const subnet& s) const {
+  if (!opt_.catalogue) return nullptr;
+  for (auto& x : opt_.catalogue->subnets)
+    if (x.sub == s) return &x;
+  return opt_.catalogue->find("full");
 }
 
 // The waiting request the batch scheduler starts next (removed from the queue).
@@ -486,7 +488,18 @@ void batcher::schedule() {
         rows.subnets.clear();
         rows.row_subnet.clear();
       }
-      inflight_.emplace(s.id, inflight_step{path, std::move(members), now_(), opt_.max_batch_tokens - budget});
+      const int step_rows = opt_.max_batch_tokens - budget;
+      double predicted = -1;
+      if (opt_.catalogue) {
+        const subnet_profile* widest = nullptr;
+        auto consider = [&](const subnet& sub) {
+          if (auto p = profile_of(sub); p && (!widest || p->share > widest->share)) widest = p;
+        };
+        if (rows.row_subnet.empty()) consider(subnet{});
+        for (auto i : rows.row_subnet) consider(rows.subnets.at(i));
+        if (widest) predicted = widest->latency_ms(step_rows, opt_.emulated_latency);
+      }
+      inflight_.emplace(s.id, inflight_step{path, std::move(members), now_(), step_rows, predicted});
       ++busy[path];
       out_.push_back(std::move(s));
     }
@@ -508,6 +521,10 @@ bool batcher::on_step(uint64_t step, const step_return& s) {
     return false;
   }
   auto members = std::move(it->second.members);
+  if (it->second.predicted_ms > 0) {
+    const double took = std::chrono::duration<double, std::milli>(now_() - it->second.started).count();
+    step_scale_ = std::clamp(0.8 * step_scale_ + 0.2 * took / it->second.predicted_ms, 0.25, 8.0);
+  }
   inflight_.erase(it);
   // Rows per request and, per request, its wanted rows (index among them, position), the last
   // one its sampled token when the step reached the end of its tokens.

@@ -254,7 +254,8 @@ class batcher {
     route_id route;
     std::vector<uint64_t> members;
     time_point started{};
-    int rows = 0;  // positions it computes
+    int rows = 0;               // positions it computes
+    double predicted_ms = -1;   // the catalogue's latency of its widest subnet at its rows
   };
   struct move {
     uint64_t request;
@@ -284,6 +285,9 @@ class batcher {
   std::function<size_t(const std::vector<waiting_request>&)> next_;  // the batch scheduler's
   std::function<size_t(const subnet_choice&)> choose_;             // the subnet policy's
   void choose_subnet(request& q, route_id r);
+  // The catalogue's profile of subnet `s` (the whole model's when it is not listed); null
+  // without a catalogue.
+  const subnet_profile* profile_of(const subnet& s) const;
   std::string misconfigured_;  // a scheduler named no registered one: every request is refused
   std::vector<route_id> routes_;          // where new requests may start
   std::map<route_id, route_info> known_;  // every route still named by something
@@ -291,6 +295,9 @@ class batcher {
   std::deque<uint64_t> waiting_;
   std::set<uint64_t> running_;
   std::map<uint64_t, inflight_step> inflight_;
+  // Measured over predicted step time (moving average): the profile was taken on an idle
+  // machine with no serving around it; SlackFit scales its predictions by what steps really take.
+  double step_scale_ = 1.0;
   // Steps given up on (timed out, route lost), by id: the shards of their route, so that a late
   // return frees what it wrote. The oldest are forgotten past a bound (a step to a dead stage
   // never returns).

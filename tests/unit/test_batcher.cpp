@@ -684,8 +684,10 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
     const char* policy;
     std::vector<std::pair<std::string, bool>> want;  // per start, in start order: subnet, SLO feasible
   };
-  // Deadlines 100, 20 and 2 ms after admission, all at t=0; each runs alone (max_running 1) and
-  // its one step takes 12 ms: C starts at 0 (slack 2), B at 12 (slack 8), A at 24 (slack 76).
+  // Deadlines 100, 12 and 2 ms after admission, all at t=0; each runs alone (max_running 1) and
+  // its one step takes its subnet's profiled time (so the predictions need no correction). With
+  // slackfit: C starts at 0 (slack 2: nothing fits), runs d2 for 3 ms; B at 3 (slack 9) fits d3,
+  // runs 6; A at 9 (slack 91) the whole model.
   for (auto& r : {row{"slackfit", {{"d2", false}, {"d3", true}, {"full", true}}},
                   row{"max-accuracy", {{"full", false}, {"full", false}, {"full", true}}},
                   row{"max-batch", {{"d2", false}, {"d2", true}, {"d2", true}}},
@@ -698,7 +700,7 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
     o.subnet_policy = r.policy;
     harness h(o);
     std::vector<uint64_t> ids;
-    for (float slo : {100.0f, 20.0f, 2.0f}) {
+    for (float slo : {100.0f, 12.0f, 2.0f}) {
       generate_request q;
       q.prompt = {1, 5};
       q.max_new_tokens = 1;
@@ -718,7 +720,7 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
       // Every row of the step runs the chosen subnet (the whole model needs no table).
       if (want.full()) CHECK(s[0].rows.row_subnet.empty());
       else CHECK(s[0].rows.subnets.at(s[0].rows.row_subnet.at(0)) == want);
-      h.now += std::chrono::milliseconds(12);
+      h.now += std::chrono::microseconds(int64_t(cat->find(r.want[k].first)->step_ms[0].second * 1000));
       h.b.on_step(s[0].id, answer(s[0], ten));
       auto acts = h.b.take_actions();  // the request's end, and the next one's first step
       auto done = only<act::done>(acts);
