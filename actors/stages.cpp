@@ -123,29 +123,19 @@ void start_device_group(caf::stateful_actor<shard_state>* self) {
   auto& st = self->state;
   st.device_group = std::move(st.device_queue);
   st.device_queue.clear();
-  // A layer's fixed cost (its weights read once) at the widest share any row runs it at; each
-  // row's cost at its own share (a subnet row reads and computes less of the layer).
-  std::map<int, double> layer_max;
-  double row_layers = 0;
+  device_charge charge(st.m->config);
   for (auto& s : st.device_group) {
     const auto& r = s->path->hops[s->hop].range;
-    for (int l = r.begin; l < r.end; ++l) {
-      if (s->row_subnet.empty()) {
-        layer_max[l] = 1.0;
-        row_layers += s->rows();
-        continue;
-      }
-      std::vector<double> share(s->subnets.size());
-      for (size_t i = 0; i < share.size(); ++i) share[i] = layer_share(s->subnets[i], l, st.m->config);
-      for (auto i : s->row_subnet) {
-        layer_max[l] = std::max(layer_max[l], share[i]);
-        row_layers += share[i];
-      }
+    if (s->row_subnet.empty()) {
+      charge.add(subnet{}, r.begin, r.end, size_t(s->rows()));
+      continue;
     }
+    std::vector<size_t> rows_of(s->subnets.size(), 0);
+    for (auto i : s->row_subnet) ++rows_of.at(i);
+    for (size_t i = 0; i < rows_of.size(); ++i)
+      if (rows_of[i]) charge.add(s->subnets[i], r.begin, r.end, rows_of[i]);
   }
-  double fixed = 0;
-  for (auto& [_, m] : layer_max) fixed += m;
-  double busy = (fixed * st.opt.device.layer_s + row_layers * st.opt.device.per_row_s) / st.opt.share;
+  double busy = charge.cost(st.opt.device.layer_s, st.opt.device.per_row_s) / st.opt.share;
   st.device_busy = true;
   self->delayed_send(self, std::chrono::microseconds(int64_t(busy * 1e6)), devdone_atom::value);
 }

@@ -381,12 +381,9 @@ int run_subnets(const args& a) {
     for (int b : batches) {
       p.step_ms.emplace_back(b, time_decode_step_ms(**m, p.sub, b, context, steps));
       if (emulated) {
-        double ms = 0;
-        for (int l = 0; l < c.n_layers; ++l) {
-          const double sh = layer_share(p.sub, l, c);
-          ms += sh > 0 ? layer_ms * sh + b * row_ms * sh : 0;
-        }
-        p.emulated_ms.emplace_back(b, ms);
+        device_charge charge(c);
+        charge.add(p.sub, 0, c.n_layers, size_t(b));
+        p.emulated_ms.emplace_back(b, charge.cost(layer_ms, row_ms));
       }
     }
     if (auto st = score_subnet(**m, p.sub, set, full, p); !st) return fail(st.message());

@@ -119,6 +119,21 @@ expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, 
   return s;
 }
 
+void device_charge::add(const subnet& s, int begin, int end, size_t rows) {
+  if (layer_max_.size() < size_t(c_.n_layers)) layer_max_.resize(size_t(c_.n_layers), 0.0);
+  for (int l = std::max(0, begin); l < std::min(end, c_.n_layers); ++l) {
+    const double sh = layer_share(s, l, c_);
+    layer_max_[size_t(l)] = std::max(layer_max_[size_t(l)], sh);
+    row_layers_ += sh * double(rows);
+  }
+}
+
+double device_charge::cost(double layer_cost, double row_cost) const {
+  double fixed = 0;
+  for (auto m : layer_max_) fixed += m;
+  return fixed * layer_cost + row_layers_ * row_cost;
+}
+
 model_config subnet_config(const subnet& s, const model_config& c) {
   model_config out = c;
   if (!s.layers.empty()) {

@@ -73,6 +73,23 @@ model_config subnet_config(const subnet& s, const model_config& c);
 // row runs: 1 for the whole layer, 0 for a layer it skips. Emulated devices charge by it.
 double layer_share(const subnet& s, int layer, const model_config& c);
 
+// What an emulated device charges for the rows of a batch: each layer's fixed cost (its weights
+// read once) at the widest share any row runs it at, each row's cost at its own share. The one
+// cost model of emulated devices (the stages) and of `strata subnets --device-*`.
+class device_charge {
+ public:
+  explicit device_charge(const model_config& c) : c_(c) {}
+  // `rows` rows of subnet `s` through layers [begin, end).
+  void add(const subnet& s, int begin, int end, size_t rows);
+  // The time for it all at `layer_cost` per whole layer and `row_cost` per row and whole layer.
+  double cost(double layer_cost, double row_cost) const;
+
+ private:
+  const model_config& c_;
+  std::vector<double> layer_max_;
+  double row_layers_ = 0;
+};
+
 // A subnet's weights copied out as a model of its own (subnet_config's shape, the same globals):
 // a separately loadable variant, what serving without weight sharing would deploy.
 model_ptr extract_subnet(const model& m, const subnet& s);

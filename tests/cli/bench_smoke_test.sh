@@ -17,3 +17,9 @@ run bench_decode "ratio per-layer / single" --model "$data/models/stories260K" -
 run bench_decode "ratio per-layer / single" --dim 64 --hidden 128 --layers 2 --heads 2 --kv-heads 2 --vocab 256 --reps 1 --steps 2
 run bench_multicast "binomial-pipeline" --mib 8 --reps 1 --transports tcp
 run bench_subnets "memory: 3 subnets as separate models" --model "$data/models/stories260K" --reps 1 --space full,d3w50,h50
+# The SlackFit evaluation over HTTP, one trace and three policies.
+root="$(cd "$(dirname "$0")/../.." && pwd)"
+out=$(DATA="$data" timeout 300 bash "$root/bench/bench_slackfit.sh" "$bin/strata" quick 2>&1) ||
+  fail "bench_slackfit.sh quick: $(echo "$out" | tail -5)"
+echo "$out" | grep -qE '^gamma CV2 4 +slackfit +[0-9.]+ +[0-9.]+ ' || fail "bench_slackfit.sh quick: no slackfit row in: $out"
+echo "ok: bench_slackfit.sh quick"

@@ -148,6 +148,27 @@ TEST_CASE("subnet: a model's own drop order decides LayerSelect, travels in the 
   CHECK(view->config.drop_order == c.drop_order);
 }
 
+TEST_CASE("subnet: an emulated device charges a layer once at its widest row and each row at its share") {
+  const auto c = model_config::llama(64, 172, 5, 8, 4, 96, 64);
+  device_charge whole(c);
+  whole.add(subnet{}, 0, 5, 2);
+  CHECK(whole.cost(4, 0.2) == doctest::Approx(5 * 4 + 2 * 5 * 0.2));
+  const auto d3 = *subnet_named("d3", c);  // layers 0, 1, 4
+  device_charge mixed(c);
+  mixed.add(d3, 0, 5, 3);
+  CHECK(mixed.cost(4, 0.2) == doctest::Approx(3 * 4 + 3 * 3 * 0.2));
+  mixed.add(subnet{}, 2, 3, 1);  // one whole row on layer 2 only (a stage's range)
+  CHECK(mixed.cost(4, 0.2) == doctest::Approx(4 * 4 + (9 + 1) * 0.2));
+  const auto w50 = *subnet_named("w50", c);
+  device_charge narrow(c);
+  narrow.add(w50, 0, 5, 1);
+  const double sh = layer_share(w50, 0, c);
+  CHECK(sh < 0.7);
+  CHECK(narrow.cost(4, 0.2) == doctest::Approx(5 * sh * (4 + 0.2)));
+  narrow.add(subnet{}, 0, 5, 1);  // a whole row beside it: the layers are read whole
+  CHECK(narrow.cost(4, 0.2) == doctest::Approx(5 * 4 + 5 * (sh + 1) * 0.2));
+}
+
 TEST_CASE("subnet: a LayerSelect/WeightSlice subnet computes what its dense copy computes, bit for bit") {
   auto m = test_model();
   const std::vector<int> prompt = {1, 17, 42, 5, 88, 3};

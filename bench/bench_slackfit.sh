@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# SlackFit against fixed subnets and the other subnet policies, over HTTP (issue 18's evaluation).
+#
+#   bench/bench_slackfit.sh [build/bin/strata] [quick]
+#
+# The model's subnet catalogue is profiled on an emulated device (4 ms per layer and step, 0.2 ms
+# per row and layer, charged by the share of a layer a subnet runs), then `strata serve` (one
+# instance on that device, EDF, predictions from the emulated latencies) serves each trace once
+# per subnet policy; every request carries only an SLO (`bench-serve --slo-ms`: the TTFT SLO),
+# so the policy picks its subnet. Per trace and policy: SLO attainment and the mean profiled
+# quality (top-1 agreement) of what was served. Then, against the front of the fixed subnets
+# (linear between neighbours by attainment), SuperServe's two claims on this setup:
+#   quality gain at equal attainment   (slackfit's quality - the fixed front's at its attainment)
+#   attainment gain at equal quality   (slackfit's attainment / the fixed front's at its quality)
+# and an SVG per run (attainment vs quality, one panel per trace).
+# Traces: gamma arrivals at 12/s with CV^2 1, 4 and 8 (shape 1, 1/4, 1/8), the Azure code trace
+# (845-870 s) and BurstGPT (first 200) rescaled to 12/s; prompts clipped to 16 tokens, outputs
+# to 32. MODEL=path picks another model (an elastic supernet from tools/supernet); SLO_MS (80).
+# quick: one trace, three policies, 20 requests (the smoke test). SVG=FILE keeps the plot.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+strata=$(realpath "${1:-build/bin/strata}")
+quick=${2:-}
+data=$(realpath "${DATA:-../shared/data}")
+m=${MODEL:-$data/models/stories260K}
+slo=${SLO_MS:-80}
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null
+  if [ -n "${STRATA_BENCH_KEEP:-}" ]; then echo "logs kept in $tmp" >&2; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+. tests/serve_port.sh
+dev=(--device-layer-ms 4 --device-row-ms 0.2)
+svg=${SVG:-$tmp/slackfit.svg}
+
+echo "### subnet policies over HTTP: $(basename "$m"), device 4 ms/layer + 0.2 ms/row, TTFT SLO $slo ms"
+"$strata" subnets --model "$m" "${dev[@]}" --batches 1,4,16,64 --steps 3 --json "$tmp/cat.json" >"$tmp/cat.txt" 2>/dev/null
+# The fixed baselines: the Pareto-optimal subnets, thinned to at most 6 spread over quality.
+front=$(python3 -c '
+import json, sys
+c = sorted((s for s in json.load(open(sys.argv[1]))["subnets"] if s["pareto"]), key=lambda s: -(s["top1"] or 0))
+k = min(6, len(c))
+pick = sorted({round(i * (len(c) - 1) / max(1, k - 1)) for i in range(k)})
+print(" ".join(c[i]["spec"] for i in pick))' "$tmp/cat.json")
+echo "fixed baselines (Pareto-optimal by emulated latency at batch 1 and top-1, thinned): $front"
+
+if [ "$quick" = quick ]; then
+  labels=("gamma CV2 4")
+  traces=("--trace gamma --n 20 --gamma-rate 12 --burstiness 0.25")
+  policies=(slackfit max-batch "fixed:$(echo "$front" | awk '{print $1}')")
+else
+  labels=("gamma CV2 1" "gamma CV2 4" "gamma CV2 8" "Azure code 845-870 s" "BurstGPT first 200")
+  traces=("--trace gamma --n 150 --gamma-rate 12 --burstiness 1"
+          "--trace gamma --n 150 --gamma-rate 12 --burstiness 0.25"
+          "--trace gamma --n 150 --gamma-rate 12 --burstiness 0.125"
+          "--trace $data/traces/AzureLLMInferenceTrace_code.csv --start 845 --duration 25 --max-requests 150 --rate 12"
+          "--trace $data/traces/burstgpt1_first400.csv --max-requests 150 --rate 12")
+  policies=(slackfit max-accuracy max-batch)
+  for s in $front; do policies+=("fixed:$s"); done
+fi
+
+printf '%-22s %-18s %8s %9s %s\n' trace policy "SLO %" quality "subnets chosen"
+for i in "${!traces[@]}"; do
+  read -r -a trace <<<"${traces[$i]} --max-prompt 16 --max-output 32"
+  for pol in "${policies[@]}"; do
+    log="$tmp/serve-$i-${pol//:/_}.log"
+    "$strata" serve --model "$m" --port 0 --threads 1 --policy all-cache --min 1 --max 1 "${dev[@]}" \
+      --subnet-catalogue "$tmp/cat.json" --subnet-latency emulated --subnet-policy "$pol" --batch-scheduler edf \
+      --max-waiting 4096 --max-connections-per-client 4096 >"$log" 2>&1 &
+    srv=$!
+    pids+=($srv)
+    port=$(serve_port "$log" 120)
+    [ -n "$port" ] || { echo "serve did not start: $(tail -5 "$log")"; exit 1; }
+    for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && break; sleep 0.1; done
+    out="$tmp/run-$i-${pol//:/_}.json"
+    "$strata" bench-serve --url "http://127.0.0.1:$port" "${trace[@]}" --vocab 512 --slo-ms "$slo" --json "$out" \
+      --quiet >/dev/null 2>&1 || true
+    kill -TERM "$srv"
+    wait "$srv" 2>/dev/null || true
+    python3 - "$out" "${labels[$i]}" "$pol" "$tmp/cat.json" >>"$tmp/rows.tsv" <<'PY'
+import json, sys, collections
+j = json.load(open(sys.argv[1]))
+cat = {s["spec"]: s for s in json.load(open(sys.argv[4]))["subnets"]}
+r = j["requests"]
+chosen = collections.Counter(q.get("subnet") or "?" for q in r if q["ok"])
+q = [max(0.0, cat[s]["top1"] or 0.0) if s in cat else 0.0 for q_ in r if q_["ok"] for s in [q_.get("subnet")]]
+quality = sum(q) / len(r) if r else 0.0  # a failed request served nothing
+att = 100 * j["summary"]["slo_attainment"]
+print("\t".join([sys.argv[2], sys.argv[3], f"{att:.1f}", f"{quality:.3f}",
+                 ",".join(f"{k}x{v}" for k, v in chosen.most_common(4))]))
+PY
+    tail -1 "$tmp/rows.tsv" | awk -F'\t' '{ printf "%-22s %-18s %8s %9s %s\n", $1, $2, $3, $4, $5 }'
+  done
+done
+
+python3 - "$tmp/rows.tsv" "$svg" <<'PY'
+import sys, collections
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+by = collections.OrderedDict()
+for t, p, a, q, _ in rows:
+    by.setdefault(t, {})[p] = (float(a), float(q))
+
+def front(points):  # fixed subnets: the upper-right hull by attainment, monotone
+    pts = sorted(points, key=lambda x: (x[0], -x[1]))
+    out = []
+    for a, q in pts:
+        while out and out[-1][1] <= q:
+            out.pop()
+        out.append((a, q))
+    return out
+
+def interp(pts, x, xi, yi):  # y at x on the front, linear between neighbours (None outside)
+    pts = sorted(pts, key=lambda p: p[xi])
+    for (p0, p1) in zip(pts, pts[1:]):
+        if p0[xi] <= x <= p1[xi]:
+            if p1[xi] == p0[xi]:
+                return max(p0[yi], p1[yi])
+            t = (x - p0[xi]) / (p1[xi] - p0[xi])
+            return p0[yi] + t * (p1[yi] - p0[yi])
+    return None
+
+print()
+print(f"{'trace':<22} {'slackfit SLO %':>14} {'quality':>8} {'front quality at its SLO %':>27} {'front SLO % at its quality':>27}")
+for t, pol in by.items():
+    fixed = [v for k, v in pol.items() if k.startswith("fixed:")]
+    if "slackfit" not in pol or len(fixed) < 2:
+        continue
+    a, q = pol["slackfit"]
+    f = front(fixed)
+    fq = interp(f, a, 0, 1)
+    fa = interp(f, q, 1, 0)
+    dq = f"{fq:.3f} (gain {q - fq:+.3f})" if fq is not None else "outside the front"
+    da = f"{fa:.1f} (ratio {a / fa:.2f}x)" if fa else "outside the front"
+    print(f"{t:<22} {a:>14.1f} {q:>8.3f} {dq:>27} {da:>27}")
+
+# One panel per trace: attainment (x) vs mean served quality (y).
+W, H, P = 300, 260, 45
+n = len(by)
+svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W * n}' height='{H + 40}' font-family='sans-serif' "
+       "font-size='10'><rect width='100%' height='100%' fill='white'/>",
+       f"<text x='10' y='14' font-size='12'>SLO attainment (x, %) vs mean served quality (y, top-1): fixed subnets "
+       "(grey, front dashed), slackfit (red), max-accuracy (blue), max-batch (green)</text>"]
+colour = {"slackfit": "#d62728", "max-accuracy": "#1f77b4", "max-batch": "#2ca02c"}
+for k, (t, pol) in enumerate(by.items()):
+    ox, oy = k * W, 30
+    X = lambda a: ox + P + (W - P - 15) * a / 100
+    Y = lambda q: oy + H - P - (H - P - 20) * q
+    svg.append(f"<text x='{ox + W / 2}' y='{oy + 12}' text-anchor='middle' font-size='11'>{t}</text>")
+    svg.append(f"<line x1='{X(0)}' y1='{Y(0)}' x2='{X(100)}' y2='{Y(0)}' stroke='black'/>"
+               f"<line x1='{X(0)}' y1='{Y(0)}' x2='{X(0)}' y2='{Y(1)}' stroke='black'/>")
+    for v in (0, 50, 100):
+        svg.append(f"<text x='{X(v)}' y='{Y(0) + 12}' text-anchor='middle'>{v}</text>")
+    for v in (0, 0.5, 1):
+        svg.append(f"<text x='{X(0) - 4}' y='{Y(v) + 3}' text-anchor='end'>{v}</text>")
+    f = front([v for p, v in pol.items() if p.startswith("fixed:")])
+    if len(f) > 1:
+        svg.append("<polyline fill='none' stroke='#999' stroke-dasharray='4 3' points='" +
+                   " ".join(f"{X(a):.1f},{Y(q):.1f}" for a, q in sorted(f)) + "'/>")
+    for p, (a, q) in pol.items():
+        c = colour.get(p, "#999")
+        svg.append(f"<circle cx='{X(a):.1f}' cy='{Y(q):.1f}' r='{5 if p in colour else 3.5}' fill='{c}'/>")
+        if not p.startswith("fixed:") or len(pol) < 12:
+            svg.append(f"<text x='{X(a) + 5:.1f}' y='{Y(q) - 4:.1f}' fill='{c}'>{p.replace('fixed:', '')}</text>")
+svg.append("</svg>")
+open(sys.argv[2], "w").write("\n".join(svg) + "\n")
+PY
+echo "plot: $svg"
