@@ -123,6 +123,7 @@ expected<bench_serve_result> run_bench_serve(const bench_serve_spec& spec) {
       if (!e.finish_reason.empty()) f.finish_reason = e.finish_reason;
       if (e.completion_tokens >= 0) f.completion_tokens = e.completion_tokens;
       if (!e.subnet.empty()) r.subnet = e.subnet;
+      if (!e.served.empty()) r.served = e.served;
     }
   };
   ev.end = [&](size_t i, const std::string& error, double t) {

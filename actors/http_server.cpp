@@ -972,7 +972,7 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   if (reason == "stop" && !c.stops->stopped() && r.finish_reason == "stop") ++c.generated;
   c.finish_reason = reason;
   c.error = error;
-  c.meta = {r.subnet, r.slo_feasible};
+  c.meta = {r.subnet, r.slo_feasible, r.served};
   emit(i, c.stops->flush());
   auto& q = gen->req;
   if (q.stream) {

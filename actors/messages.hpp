@@ -83,7 +83,7 @@ typename Inspector::result_type inspect(Inspector& f, token_logprobs& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, generate_result& x) {
   return f(caf::meta::type_name("generate_result"), x.id, x.finish_reason, x.error, x.unavailable, x.cold_start, x.subnet,
-           x.slo_feasible, x.prompt_tokens,
+           x.slo_feasible, x.served, x.prompt_tokens,
            x.generated_tokens, x.ttft_us, x.total_us);
 }
 

@@ -86,11 +86,22 @@ j = json.load(open(sys.argv[1]))
 cat = {s["spec"]: s for s in json.load(open(sys.argv[4]))["subnets"]}
 r = j["requests"]
 chosen = collections.Counter(q.get("subnet") or "?" for q in r if q["ok"])
-q = [max(0.0, cat[s]["top1"] or 0.0) if s in cat else 0.0 for q_ in r if q_["ok"] for s in [q_.get("subnet")]]
-quality = sum(q) / len(r) if r else 0.0  # a failed request served nothing
+tokens = narrowed = 0
+for q in r:
+    for s, k in (q.get("served") or {}).items():
+        tokens += k
+        narrowed += k if s != q.get("subnet") else 0
+def top1(spec):
+    return max(0.0, cat[spec]["top1"] or 0.0) if spec in cat else 0.0
+def quality_of(q):  # token-weighted over the subnets that made its tokens (SlackFit narrows per step)
+    served = q.get("served") or {}
+    n = sum(served.values())
+    return sum(top1(s) * k for s, k in served.items()) / n if n else top1(q.get("subnet"))
+quality = sum(quality_of(q) for q in r if q["ok"]) / len(r) if r else 0.0  # a failed request served nothing
 att = 100 * j["summary"]["slo_attainment"]
+note = f" ({100 * narrowed / tokens:.0f}% of tokens FFN-narrowed)" if narrowed else ""
 print("\t".join([sys.argv[2], sys.argv[3], f"{att:.1f}", f"{quality:.3f}",
-                 ",".join(f"{k}x{v}" for k, v in chosen.most_common(4))]))
+                 ",".join(f"{k}x{v}" for k, v in chosen.most_common(4)) + note]))
 PY
     tail -1 "$tmp/rows.tsv" | awk -F'\t' '{ printf "%-22s %-18s %8s %9s %s\n", $1, $2, $3, $4, $5 }'
   done

@@ -202,6 +202,10 @@ nlohmann::json json_of(const std::vector<request_record>& records) {
     j["e2e_s"] = r.done >= 0 ? nlohmann::json(r.e2e()) : nlohmann::json(nullptr);
     if (!r.model.empty()) j["model"] = r.model;
     if (!r.subnet.empty()) j["subnet"] = r.subnet;
+    if (!r.served.empty()) {
+      j["served"] = nlohmann::json::object();
+      for (auto& [spec, n] : r.served) j["served"][spec] = n;
+    }
     if (!r.ok) j["error"] = r.error;
     out.push_back(std::move(j));
   }

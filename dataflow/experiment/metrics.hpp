@@ -4,6 +4,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dataflow/expected.hpp"
@@ -22,6 +23,7 @@ struct request_record {
   std::string error;
   std::string model;  // the model it asked for, where several are served (bench-serve)
   std::string subnet;  // the subnet the server chose for it (bench-serve --slo-ms)
+  std::vector<std::pair<std::string, int32_t>> served;  // its tokens by the subnet that made them
   double ttft() const { return first_token - arrival; }
   double e2e() const { return done - arrival; }
 };

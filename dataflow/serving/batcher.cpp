@@ -1,6 +1,8 @@
 #include "dataflow/serving/batcher.hpp"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 #include "dataflow/registry.hpp"
 
@@ -87,9 +89,10 @@ batcher::batcher(model_config c, batcher_options o, std::function<time_point()> 
   else if (misconfigured_.empty())
     misconfigured_ = "batch scheduler: " + b.message();
   auto sp = find_subnet_policy(opt_.subnet_policy);
-  if (sp)
+  if (sp) {
     choose_ = sp->choose;
-  else if (misconfigured_.empty())
+    narrows_ = sp->narrows;
+  } else if (misconfigured_.empty())
     misconfigured_ = sp.message();
   const std::string fixed = "fixed:";
   if (sp && opt_.catalogue && opt_.subnet_policy.rfind(fixed, 0) == 0 && misconfigured_.empty())
@@ -134,14 +137,74 @@ void batcher::choose_subnet(request& q, route_id route) {
   auto& pick = c.candidates[std::min(choose_(c), c.candidates.size() - 1)];
   q.req.sub = pick.profile->sub;
   q.chosen = pick.profile->spec;
+  q.narrowable = narrows_;
   q.slo_feasible = pick.latency_ms <= c.slack_ms;
 }
 
-const subnet_profile* batcher::profile_of(const subnet& s) const {
+const subnet_profile* batcher::profile_of(const subnet& s, bool exact) const {
   if (!opt_.catalogue) return nullptr;
   for (auto& x : opt_.catalogue->subnets)
     if (x.sub == s) return &x;
-  return opt_.catalogue->find("full");
+  return exact ? nullptr : opt_.catalogue->find("full");
+}
+
+namespace {
+// `s` with its FFN narrowed to `cap` neurons (0: as it is).
+subnet narrowed(subnet s, int32_t cap, int hidden) {
+  if (cap > 0 && cap < (s.ffn ? s.ffn : hidden)) s.ffn = cap == hidden ? 0 : cap;
+  return s;
+}
+}  // namespace
+
+// Depth and KV heads are a request's for good (its KV's shape), FFN width holds no state: when
+// the step at its rows' own widths would make the earliest deadline miss (of the requests
+// awaiting their first token, in the step or waiting), the SLO-only rows run at the widest FFN
+// width of the catalogue that fits, else the narrowest. SuperServe's per-batch choice, on the
+// part of a subnet a batch may change.
+int32_t batcher::ffn_cap(const std::vector<uint64_t>& ids, size_t from) const {
+  if (!opt_.catalogue) return 0;
+  const auto now = now_();
+  auto slack_of = [&](const request& r) {
+    return r.req.slo_ms > 0 && r.generated == 0
+               ? double(r.req.slo_ms) - std::chrono::duration<double, std::milli>(now - r.admitted).count()
+               : std::numeric_limits<double>::infinity();
+  };
+  double slack = std::numeric_limits<double>::infinity();
+  int rows = 0;
+  const subnet_profile* floor = nullptr;  // the widest row that keeps its width
+  std::vector<const request*> narrow;
+  for (size_t k = from; k < ids.size(); ++k) {
+    const auto& r = reqs_.at(ids[k]);
+    rows += int(r.tokens.size()) - r.processed;
+    slack = std::min(slack, slack_of(r));
+    if (r.narrowable) narrow.push_back(&r);
+    else if (auto p = profile_of(r.req.sub); p && (!floor || p->share > floor->share)) floor = p;
+  }
+  for (auto id : waiting_) slack = std::min(slack, slack_of(reqs_.at(id)));
+  if (narrow.empty() || !std::isfinite(slack)) return 0;
+  rows = std::min(rows, opt_.max_batch_tokens);
+  // The step's predicted time with the narrowable rows at `cap` (-1: a width the catalogue lacks).
+  auto predicted = [&](int32_t cap) {
+    double worst = floor ? floor->latency_ms(rows, opt_.emulated_latency) : 0;
+    for (auto* r : narrow) {
+      auto p = profile_of(narrowed(r->req.sub, cap, c_.hidden_dim), true);
+      if (!p) return -1.0;
+      worst = std::max(worst, p->latency_ms(rows, opt_.emulated_latency));
+    }
+    return worst * step_scale_;
+  };
+  if (predicted(0) <= slack) return 0;
+  std::set<int32_t> widths;  // narrower than the whole layer
+  for (auto& x : opt_.catalogue->subnets)
+    if (x.sub.ffn > 0) widths.insert(x.sub.ffn);
+  int32_t narrowest = 0;
+  for (auto it = widths.rbegin(); it != widths.rend(); ++it) {
+    const double ms = predicted(*it);
+    if (ms < 0) continue;
+    if (ms <= slack) return *it;
+    narrowest = *it;
+  }
+  return narrowest;
 }
 
 // The waiting request the batch scheduler starts next (removed from the queue).
@@ -238,6 +301,7 @@ void batcher::finish(uint64_t id, const std::string& reason, const std::string& 
   res.cold_start = r.cold;
   res.subnet = r.chosen;
   res.slo_feasible = r.slo_feasible;
+  if (r.narrowable) res.served.assign(r.served.begin(), r.served.end());
   res.prompt_tokens = int32_t(r.req.prompt.size());
   res.generated_tokens = r.generated;
   res.ttft_us = r.generated > 0 ? micros(r.first_token - r.admitted) : 0;
@@ -444,16 +508,20 @@ void batcher::schedule() {
       bool any_proc = false, any_sub = false;
       rows.subnets = {subnet{}};
       int budget = opt_.max_batch_tokens;
+      const int32_t cap = ffn_cap(ids, next);
       for (; next < ids.size() && budget > 0; ++next) {
         auto& r = reqs_.at(ids[next]);
         int todo = int(r.tokens.size()) - r.processed;
         int take = std::min(todo, budget);
         uint32_t sub = 0;
-        if (!r.req.sub.full()) {
+        const subnet runs = r.narrowable ? narrowed(r.req.sub, cap, c_.hidden_dim) : r.req.sub;
+        if (r.narrowable)
+          if (auto p = profile_of(runs, true)) r.step_spec = p->spec;
+        if (!runs.full()) {
           any_sub = true;
-          auto it = std::find(rows.subnets.begin(), rows.subnets.end(), r.req.sub);
+          auto it = std::find(rows.subnets.begin(), rows.subnets.end(), runs);
           sub = uint32_t(it - rows.subnets.begin());
-          if (it == rows.subnets.end()) rows.subnets.push_back(r.req.sub);
+          if (it == rows.subnets.end()) rows.subnets.push_back(runs);
         }
         for (int i = 0; i < take; ++i) {
           const int p = r.processed + i;
@@ -523,7 +591,7 @@ bool batcher::on_step(uint64_t step, const step_return& s) {
   auto members = std::move(it->second.members);
   if (it->second.predicted_ms > 0) {
     const double took = std::chrono::duration<double, std::milli>(now_() - it->second.started).count();
-    step_scale_ = std::clamp(0.8 * step_scale_ + 0.2 * took / it->second.predicted_ms, 0.25, 8.0);
+    step_scale_ = std::clamp(0.8 * step_scale_ + 0.2 * took / it->second.predicted_ms, 1.0, 8.0);
   }
   inflight_.erase(it);
   // Rows per request and, per request, its wanted rows (index among them, position), the last
@@ -596,6 +664,7 @@ bool batcher::on_step(uint64_t step, const step_return& s) {
     }
     r.last_token = now;
     ++r.generated;
+    if (r.narrowable) ++r.served[r.step_spec];
     ++tokens_;
     r.tokens.push_back(tok);
     ++r.out_counts[tok];

@@ -248,6 +248,10 @@ class batcher {
     bool cold = false;  // no route served when it was admitted
     std::string chosen;  // the subnet the policy chose for it
     bool slo_feasible = true;
+    // Its subnet was chosen for it (SLO only): SlackFit may narrow its FFN width per step.
+    bool narrowable = false;
+    std::string step_spec;                   // the subnet its rows run in the step in flight
+    std::map<std::string, int32_t> served;   // tokens by the subnet that made them
     time_point admitted, first_token, last_token;
   };
   struct inflight_step {
@@ -283,11 +287,15 @@ class batcher {
   batcher_options opt_;
   std::function<int(const route_choice&)> pick_;
   std::function<size_t(const std::vector<waiting_request>&)> next_;  // the batch scheduler's
-  std::function<size_t(const subnet_choice&)> choose_;             // the subnet policy's
+  std::function<size_t(const subnet_choice&)> choose_;
+  bool narrows_ = false;  // the subnet policy narrows FFN width per step (ffn_cap)             // the subnet policy's
   void choose_subnet(request& q, route_id r);
-  // The catalogue's profile of subnet `s` (the whole model's when it is not listed); null
-  // without a catalogue.
-  const subnet_profile* profile_of(const subnet& s) const;
+  // The catalogue's profile of subnet `s` (the whole model's when it is not listed, or null with
+  // `exact`); null without a catalogue.
+  const subnet_profile* profile_of(const subnet& s, bool exact = false) const;
+  // SlackFit at batch formation: the FFN width (neurons) the step's narrowable rows run at, 0 for
+  // their own. `ids[from..]` are the requests the step may take.
+  int32_t ffn_cap(const std::vector<uint64_t>& ids, size_t from) const;
   std::string misconfigured_;  // a scheduler named no registered one: every request is refused
   std::vector<route_id> routes_;          // where new requests may start
   std::map<route_id, route_info> known_;  // every route still named by something
@@ -295,8 +303,9 @@ class batcher {
   std::deque<uint64_t> waiting_;
   std::set<uint64_t> running_;
   std::map<uint64_t, inflight_step> inflight_;
-  // Measured over predicted step time (moving average): the profile was taken on an idle
-  // machine with no serving around it; SlackFit scales its predictions by what steps really take.
+  // Measured over predicted step time (moving average, at least 1): the profile was taken on an
+  // idle machine with no serving around it, a lower bound; SlackFit scales its predictions by
+  // what steps really take when they take longer.
   double step_scale_ = 1.0;
   // Steps given up on (timed out, route lost), by id: the shards of their route, so that a late
   // return frees what it wrote. The oldest are forgotten past a bound (a step to a dead stage

@@ -58,6 +58,9 @@ struct generate_result {
   bool cold_start = false;  // admitted while no route served the model (a cold or loading start)
   std::string subnet;        // the subnet the policy chose (choose_subnet), canonical; else empty
   bool slo_feasible = true;  // the chosen subnet's predicted first-token time fit the request's slack
+  // A chosen subnet's tokens by the subnet that made them: SlackFit narrows the FFN width of a
+  // step's SLO-only rows when the earliest deadline would miss (FFN width holds no state).
+  std::vector<std::pair<std::string, int32_t>> served;
   int32_t prompt_tokens = 0;
   int32_t generated_tokens = 0;
   int64_t ttft_us = 0;   // admission to first token

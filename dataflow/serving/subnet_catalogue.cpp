@@ -198,11 +198,14 @@ std::optional<size_t> most_accurate(const subnet_choice& c, Ok ok) {
 registry<subnet_policy>& policy_registry() {
   static registry<subnet_policy> r(
       "subnet policy",
-      {{"slackfit", "the most accurate subnet whose predicted latency fits the request's slack (none: the fastest)",
+      {{"slackfit",
+        "the most accurate subnet whose predicted latency fits the request's slack (none: the fastest); per step, "
+        "the FFN width of such requests narrowed while the earliest deadline would miss",
         [](const subnet_choice& c) {
           return most_accurate(c, [&](const subnet_candidate& x) { return x.latency_ms <= c.slack_ms; })
               .value_or(fastest(c));
-        }},
+        },
+        true},
        {"max-accuracy", "always the most accurate subnet",
         [](const subnet_choice& c) { return *most_accurate(c, [](const subnet_candidate&) { return true; }); }},
        {"max-batch", "always the fastest subnet (the most requests per unit of time)", fastest}});

@@ -83,6 +83,9 @@ struct subnet_policy {
   std::string name;
   std::string description;
   std::function<size_t(const subnet_choice&)> choose;  // an index into candidates
+  // Also per step: the batcher narrows the FFN width of the requests it chose for when a step at
+  // their widths would make the earliest deadline miss (batcher::ffn_cap).
+  bool narrows = false;
 };
 status register_subnet_policy(subnet_policy p);
 std::vector<subnet_policy> subnet_policies();

@@ -15,6 +15,15 @@ using json = nlohmann::json;
 // render whatever is invalid as U+FFFD rather than failing.
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
 
+json meta_json(const choice_meta& m) {
+  json j = {{"subnet", m.subnet}, {"slo_feasible", m.slo_feasible}};
+  if (!m.served.empty()) {
+    j["served"] = json::object();
+    for (auto& [spec, n] : m.served) j["served"][spec] = n;
+  }
+  return j;
+}
+
 size_t complete_utf8(const std::string& s) {
   size_t n = s.size(), i = n;
   int back = 0;
@@ -402,8 +411,7 @@ std::string response_body(const request& r, const std::string& id, int64_t creat
                    {"logprobs", r.logprobs >= 0 ? logprobs_json(r, choices[i].logprobs) : json(nullptr)}};
     if (r.chat) choice["message"] = {{"role", "assistant"}, {"content", choices[i].text}};
     else choice["text"] = choices[i].text;
-    if (!choices[i].meta.subnet.empty())
-      choice["strata"] = {{"subnet", choices[i].meta.subnet}, {"slo_feasible", choices[i].meta.slo_feasible}};
+    if (!choices[i].meta.subnet.empty()) choice["strata"] = meta_json(choices[i].meta);
     list.push_back(std::move(choice));
   }
   json j = {{"id", id},
@@ -431,7 +439,7 @@ std::string chunk_body(const request& r, const std::string& id, int64_t created,
     return dump(j);
   }
   json choice = {{"index", index}, {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}};
-  if (meta && !meta->subnet.empty()) choice["strata"] = {{"subnet", meta->subnet}, {"slo_feasible", meta->slo_feasible}};
+  if (meta && !meta->subnet.empty()) choice["strata"] = meta_json(*meta);
   if (r.chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";
@@ -603,6 +611,10 @@ stream_event parse_stream_event(const std::string& data) {
     ev.finish_reason = c["finish_reason"].get<std::string>();
   if (c.contains("strata") && c["strata"].is_object() && c["strata"].contains("subnet") && c["strata"]["subnet"].is_string())
     ev.subnet = c["strata"]["subnet"].get<std::string>();
+  if (c.contains("strata") && c["strata"].is_object() && c["strata"].contains("served") && c["strata"]["served"].is_object())
+    for (auto& [spec, n] : c["strata"]["served"].items())
+      if (n.is_number_integer() && n.get<int64_t>() >= 0 && n.get<int64_t>() <= INT32_MAX && ev.served.size() < 64)
+        ev.served.emplace_back(spec, int32_t(n.get<int64_t>()));
   return ev;
 }
 

@@ -102,10 +102,13 @@ struct logprob_entry {
 };
 
 // Strata's note on a choice whose subnet the server chose (an SLO and no subnet): rendered as
-// "strata": {"subnet": SPEC, "slo_feasible": bool} on the choice (its last chunk when streamed).
+// "strata": {"subnet": SPEC, "slo_feasible": bool, "served": {SPEC: tokens, ...}} on the choice
+// (its last chunk when streamed); served counts the tokens each subnet made (SlackFit may narrow
+// the FFN width of later steps).
 struct choice_meta {
   std::string subnet;  // empty: nothing to note
   bool slo_feasible = true;
+  std::vector<std::pair<std::string, int32_t>> served;
 };
 
 struct choice_out {
@@ -193,6 +196,7 @@ struct stream_event {
   int completion_tokens = -1;   // from usage, when present
   int prompt_tokens = -1;
   std::string subnet;           // choices[0].strata.subnet: the subnet Strata chose (slo_ms)
+  std::vector<std::pair<std::string, int32_t>> served;  // choices[0].strata.served
   std::string error;            // an error object's message, or why the data is not a chunk
 };
 stream_event parse_stream_event(const std::string& data);

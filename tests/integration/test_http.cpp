@@ -1401,6 +1401,8 @@ TEST_CASE("slo_ms without a subnet: the router's SlackFit picks one from the cat
       REQUIRE(choice.contains("strata"));
       CHECK(choice["strata"]["subnet"] == r.subnet);
       CHECK(choice["strata"]["slo_feasible"] == r.feasible);
+      // Alone on the server nothing narrows it: every token from the chosen subnet.
+      CHECK(choice["strata"]["served"] == json{{r.subnet, 12}});
       auto sub = cat->find(r.subnet)->sub;
       CHECK(text == tok.decode_all(generate_reference(*stories(), ids, 12, {}, {}, sub), ids.back()));
     }

@@ -16,7 +16,11 @@ namespace {
 model_config small_model() {
   model_config c;
   c.dim = 8;
+  c.hidden_dim = 16;
   c.n_layers = 4;
+  c.n_heads = 2;
+  c.n_kv_heads = 2;
+  c.head_dim = 4;
   c.vocab_size = 32;
   c.seq_len = 16;
   c.bos_id = 1;
@@ -829,6 +833,80 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
   CHECK(r2.message() == "subnet policy fixed:d1: the catalogue has no subnet d1");
   CHECK(find_subnet_policy("nope").message().find("unknown subnet policy 'nope' (expected one of slackfit") == 0);
   CHECK(find_subnet_policy("fixed:zz").message().find("subnet 'zz': unknown part 'z'") != std::string::npos);
+}
+
+TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while the earliest deadline would miss") {
+  auto cat = std::make_shared<subnet_catalogue>();
+  const auto c = small_model();
+  for (auto [spec, ms, top1] : {std::tuple{"full", 10.0, 1.0}, {"w75", 7.0, 0.8}, {"w50", 5.0, 0.5}}) {
+    subnet_profile p;
+    p.spec = spec;
+    p.sub = *subnet_named(spec, c);
+    p.share = layer_share(p.sub, 0, c);
+    p.step_ms = {{1, ms}, {64, ms}};
+    p.top1 = top1;
+    cat->subnets.push_back(p);
+  }
+  for (const char* policy : {"slackfit", "max-accuracy"}) {
+    CAPTURE(policy);
+    batcher_options o;
+    o.catalogue = cat;
+    o.subnet_policy = policy;
+    harness h(o);
+    h.b.set_routes({local(1, 1)});
+    generate_request a;  // a loose deadline: the whole model, then decoding
+    a.prompt = {1, 5};
+    a.max_new_tokens = 4;
+    a.slo_ms = 1000;
+    a.choose_subnet = true;
+    auto ida = h.b.admit(a, 1);
+    REQUIRE(ida);
+    auto s = only<act::step>(h.run());
+    REQUIRE(s.size() == 1);
+    h.now += std::chrono::milliseconds(10);
+    h.b.on_step(s[0].id, answer(s[0], ten));
+    s = only<act::step>(h.b.take_actions());  // a's first decode step, in flight from t=10
+    REQUIRE(s.size() == 1);
+    generate_request b;  // due 17 ms after t=10: behind a step of the whole model nothing fits
+    b.prompt = {1, 6};
+    b.max_new_tokens = 1;
+    b.slo_ms = 17;
+    b.choose_subnet = true;
+    auto idb = h.b.admit(b, 2);
+    REQUIRE(idb);
+    CHECK(only<act::step>(h.run()).empty());
+    h.now += std::chrono::milliseconds(10);
+    h.b.on_step(s[0].id, answer(s[0], ten));
+    s = only<act::step>(h.b.take_actions());  // t=20: a's decode and b's prefill, b's slack 7
+    REQUIRE(s.size() == 1);
+    auto subnet_of_row = [&](size_t i) {
+      return s[0].rows.row_subnet.empty() ? subnet{} : s[0].rows.subnets.at(s[0].rows.row_subnet.at(i));
+    };
+    const size_t last = s[0].rows.seqs.size() - 1;  // b's prefill rows come after a's decode row
+    if (std::string(policy) == "slackfit") {
+      CHECK(subnet_of_row(0) == cat->find("w75")->sub);  // full 10 > 7: w75 (7) fits
+      CHECK(subnet_of_row(last) == cat->find("w50")->sub);  // b's own choice, narrower already
+    } else {
+      CHECK(subnet_of_row(0).full());  // a fixed choice is never narrowed
+    }
+    std::map<uint64_t, generate_result> done;
+    for (int round = 0; round < 6 && done.size() < 2; ++round) {
+      h.now += std::chrono::milliseconds(10);
+      for (auto& st : s) h.b.on_step(st.id, answer(st, ten));
+      auto acts = h.b.take_actions();
+      for (auto& d : only<act::done>(acts)) done[d.result.id] = d.result;
+      s = only<act::step>(acts);
+    }
+    REQUIRE(done.size() == 2);
+    using served = std::vector<std::pair<std::string, int32_t>>;
+    if (std::string(policy) == "slackfit") {
+      // a: its first token from the whole model, one from w75 while b was due, then whole again.
+      CHECK(done[*ida].served == served{{"full", 3}, {"w75", 1}});
+      CHECK(done[*idb].served == served{{"w50", 1}});
+    } else {
+      CHECK(done[*ida].served.empty());
+    }
+  }
 }
 
 TEST_CASE("subnet policies on hand-made choices: fits, ties, nothing fits") {

@@ -248,6 +248,8 @@ TEST_CASE("a client reads server-sent events split anywhere, and each event as a
   CHECK(parse_stream_event(R"({"choices":[{"text":"","finish_reason":"stop","strata":{"subnet":"d4","slo_feasible":true}}]})")
             .subnet == "d4");
   CHECK(parse_stream_event(R"({"choices":[{"text":"x","strata":{"subnet":3}}]})").subnet.empty());
+  auto served = parse_stream_event(R"({"choices":[{"text":"","strata":{"subnet":"d4","served":{"d4":3,"d4w50":2,"x":-1,"y":"z"}}}]})");
+  CHECK(served.served == std::vector<std::pair<std::string, int32_t>>{{"d4", 3}, {"d4w50", 2}});
   // An event that never ends does not grow the buffer past 1 MiB.
   sse_reader big;
   std::vector<std::string> got;
