@@ -847,11 +847,14 @@ TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while 
     p.top1 = top1;
     cat->subnets.push_back(p);
   }
-  for (const char* policy : {"slackfit", "max-accuracy"}) {
+  // slackfit+named: beside them a request that named the whole model, never narrowed (its width
+  // then sets the step's cost, so nothing but the narrowest helps).
+  for (std::string policy : {"slackfit", "max-accuracy", "slackfit+named"}) {
     CAPTURE(policy);
+    const bool named = policy == "slackfit+named";
     batcher_options o;
     o.catalogue = cat;
-    o.subnet_policy = policy;
+    o.subnet_policy = named ? "slackfit" : policy;
     harness h(o);
     h.b.set_routes({local(1, 1)});
     generate_request a;  // a loose deadline: the whole model, then decoding
@@ -861,6 +864,12 @@ TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while 
     a.choose_subnet = true;
     auto ida = h.b.admit(a, 1);
     REQUIRE(ida);
+    if (named) {
+      generate_request w;
+      w.prompt = {1, 7};
+      w.max_new_tokens = 4;
+      REQUIRE(h.b.admit(w, 3));
+    }
     auto s = only<act::step>(h.run());
     REQUIRE(s.size() == 1);
     h.now += std::chrono::milliseconds(10);
@@ -883,23 +892,28 @@ TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while 
       return s[0].rows.row_subnet.empty() ? subnet{} : s[0].rows.subnets.at(s[0].rows.row_subnet.at(i));
     };
     const size_t last = s[0].rows.seqs.size() - 1;  // b's prefill rows come after a's decode row
-    if (std::string(policy) == "slackfit") {
+    if (policy == "slackfit") {
       CHECK(subnet_of_row(0) == cat->find("w75")->sub);  // full 10 > 7: w75 (7) fits
       CHECK(subnet_of_row(last) == cat->find("w50")->sub);  // b's own choice, narrower already
+    } else if (named) {
+      CHECK(subnet_of_row(0) == cat->find("w50")->sub);  // nothing fits beside a whole row
+      CHECK(subnet_of_row(1).full());                    // the named request keeps its width
     } else {
       CHECK(subnet_of_row(0).full());  // a fixed choice is never narrowed
     }
     std::map<uint64_t, generate_result> done;
-    for (int round = 0; round < 6 && done.size() < 2; ++round) {
+    for (int round = 0; round < 6 && done.size() < (named ? 3u : 2u); ++round) {
       h.now += std::chrono::milliseconds(10);
       for (auto& st : s) h.b.on_step(st.id, answer(st, ten));
       auto acts = h.b.take_actions();
       for (auto& d : only<act::done>(acts)) done[d.result.id] = d.result;
       s = only<act::step>(acts);
     }
-    REQUIRE(done.size() == 2);
+    REQUIRE(done.size() >= 2);
     using served = std::vector<std::pair<std::string, int32_t>>;
-    if (std::string(policy) == "slackfit") {
+    if (named) {
+      CHECK(done[*ida].served == served{{"full", 3}, {"w50", 1}});
+    } else if (policy == "slackfit") {
       // a: its first token from the whole model, one from w75 while b was due, then whole again.
       CHECK(done[*ida].served == served{{"full", 3}, {"w75", 1}});
       CHECK(done[*idb].served == served{{"w50", 1}});
