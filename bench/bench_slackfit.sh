@@ -24,16 +24,7 @@ quick=${2:-}
 data=$(realpath "${DATA:-../shared/data}")
 m=${MODEL:-$data/models/stories260K}
 slo=${SLO_MS:-80}
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-  wait 2>/dev/null
-  if [ -n "${STRATA_BENCH_KEEP:-}" ]; then echo "logs kept in $tmp" >&2; else rm -rf "$tmp"; fi
-}
-trap cleanup EXIT
-. tests/serve_port.sh
-dev=(--device-layer-ms 4 --device-row-ms 0.2)
+. bench/lib.sh
 svg=${SVG:-$tmp/slackfit.svg}
 
 echo "### subnet policies over HTTP: $(basename "$m"), device 4 ms/layer + 0.2 ms/row, TTFT SLO $slo ms"
@@ -66,20 +57,13 @@ printf '%-22s %-18s %8s %9s %s\n' trace policy "SLO %" quality "subnets chosen"
 for i in "${!traces[@]}"; do
   read -r -a trace <<<"${traces[$i]} --max-prompt 16 --max-output 32"
   for pol in "${policies[@]}"; do
-    log="$tmp/serve-$i-${pol//:/_}.log"
-    "$strata" serve --model "$m" --port 0 --threads 1 --policy all-cache --min 1 --max 1 "${dev[@]}" \
+    start_serve "serve-$i-${pol//:/_}.log" --model "$m" --policy all-cache --min 1 --max 1 "${dev[@]}" \
       --subnet-catalogue "$tmp/cat.json" --subnet-latency emulated --subnet-policy "$pol" --batch-scheduler edf \
-      --max-waiting 4096 --max-connections-per-client 4096 >"$log" 2>&1 &
-    srv=$!
-    pids+=($srv)
-    port=$(serve_port "$log" 120)
-    [ -n "$port" ] || { echo "serve did not start: $(tail -5 "$log")"; exit 1; }
-    for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/ready" >/dev/null && break; sleep 0.1; done
+      --max-waiting 4096 --max-connections-per-client 4096
     out="$tmp/run-$i-${pol//:/_}.json"
-    "$strata" bench-serve --url "http://127.0.0.1:$port" "${trace[@]}" --vocab 512 --slo-ms "$slo" --json "$out" \
-      --quiet >/dev/null 2>&1 || true
-    kill -TERM "$srv"
-    wait "$srv" 2>/dev/null || true
+    "$strata" bench-serve --url "$url" "${trace[@]}" --vocab 512 --slo-ms "$slo" --json "$out" --quiet >/dev/null 2>&1 ||
+      true
+    stop_serve 2>/dev/null
     python3 - "$out" "${labels[$i]}" "$pol" "$tmp/cat.json" >>"$tmp/rows.tsv" <<'PY'
 import json, sys, collections
 j = json.load(open(sys.argv[1]))
