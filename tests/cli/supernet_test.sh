@@ -14,12 +14,12 @@ data=$2
 py=/usr/bin/python3
 train="$(cd "$(dirname "$0")/../.." && pwd)/tools/supernet/train_supernet.py"
 base="$data/models/stories260K/stories260K.bin"
-cp "$data/models/stories260K/tok512.bin" "$tmp/"
 small=(--batch 4 --length 32 --train-samples 16 --held-out 4 --threads 1)
 
 "$py" "$train" --model "$base" --out "$tmp/ordered.bin" --steps 0 "${small[@]}" >"$tmp/ordered.out" 2>"$tmp/ordered.log" ||
   fail "train_supernet --steps 0: $(tail -3 "$tmp/ordered.log")"
 [ -s "$tmp/ordered.supernet.json" ] || fail "no side file ordered.supernet.json"
+[ -s "$tmp/tok512.bin" ] || fail "the base model's tokenizer was not copied beside the supernet"
 cmp -s "$base" "$tmp/ordered.bin" && fail "the reordered model is byte-identical to the base (no permutation applied)"
 want=$("$strata" generate --model "$base" --prompt "Once upon a time" --steps 40 --quiet 2>/dev/null)
 got=$("$strata" generate --model "$tmp/ordered.bin" --prompt "Once upon a time" --steps 40 --quiet 2>/dev/null)

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import shutil
 import struct
 import sys
 import time
@@ -399,7 +400,13 @@ def main():
     log("top-1 agreement after training: " + ", ".join(f"{s} {q:.3f}" for s, q in after.items()))
     del smallest
 
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     write_llama2c(a.out, cfg, trained)
+    # The base model's tokenizer beside it, so the engine finds it as it finds the base's.
+    base_dir, out_dir = os.path.dirname(os.path.abspath(a.model)), os.path.dirname(os.path.abspath(a.out))
+    for f in os.listdir(base_dir):
+        if f.startswith("tok") and f.endswith(".bin") and not os.path.exists(os.path.join(out_dir, f)):
+            shutil.copyfile(os.path.join(base_dir, f), os.path.join(out_dir, f))
     report = {
         "base": os.path.basename(a.model),
         "file": os.path.basename(a.out),
