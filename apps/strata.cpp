@@ -362,11 +362,17 @@ int run_subnets(const args& a) {
     ref = *r;
     cat.reference = ref->name;
   }
+  const bool own = ref == *m;
   say("sampling %d sequences of %d tokens from %s for quality\n", samples, length,
-      ref == *m ? "the whole model" : ref->name.c_str());
+      own ? "the whole model" : ref->name.c_str());
   auto set = quality_set(*ref, samples, length, seed);
   std::vector<std::vector<float>> full;
   for (auto& seq : set) full.push_back(*sequence_logits(*ref, seq));
+  if (!own) {  // the reference's own perplexity on its text, the floor the subnets are read against
+    subnet_profile rp;
+    if (auto st = score_subnet(*ref, subnet{}, set, full, rp); !st) return fail(st.message());
+    cat.full_ppl = rp.ppl;
+  }
   for (size_t i = 0; i < space.size(); ++i) {
     auto sub = resolve_subnet(space[i], c);
     if (!sub) return fail("--space: " + sub.message());
@@ -387,7 +393,7 @@ int run_subnets(const args& a) {
       }
     }
     if (auto st = score_subnet(**m, p.sub, set, full, p); !st) return fail(st.message());
-    if (p.sub.full() && !a.has("reference")) cat.full_ppl = p.ppl;
+    if (p.sub.full() && own) cat.full_ppl = p.ppl;
     cat.subnets.push_back(std::move(p));
   }
   mark_pareto(cat, emulated);
@@ -405,9 +411,10 @@ int run_subnets(const args& a) {
     if (emulated) std::printf(" %9.3f", p.latency_ms(1, true));
     std::printf(" %6.3f %7.3f %8.2f %s\n", p.top1, p.kl, p.ppl, p.pareto ? "*" : "");
   }
-  std::printf("quality on %zu sampled sequences (%d tokens, seeds %llu..), teacher-forced; the whole model's "
+  std::printf("quality on %zu sequences sampled from %s (%d tokens, seeds %llu..), teacher-forced; %s "
               "perplexity %.2f; * = Pareto-optimal by %s latency at batch 1 and top-1\n",
-              set.size(), length, (unsigned long long)seed, cat.full_ppl, emulated ? "emulated" : "measured");
+              set.size(), own ? "the whole model" : ref->name.c_str(), length, (unsigned long long)seed,
+              own ? "the whole model's" : "its", cat.full_ppl, emulated ? "emulated" : "measured");
   if (a.has("json"))
     if (auto st = write_file(a.str("json"), catalogue_json(cat) + "\n", "the catalogue"); !st) return fail("--json: " + st.message());
   if (a.has("svg"))

@@ -15,7 +15,8 @@
 # and an SVG per run (attainment vs quality, one panel per trace).
 # Traces: gamma arrivals at 12/s with CV^2 1, 4 and 8 (shape 1, 1/4, 1/8), the Azure code trace
 # (845-870 s) and BurstGPT (first 200) rescaled to 12/s; prompts clipped to 16 tokens, outputs
-# to 32. MODEL=path picks another model (an elastic supernet from tools/supernet); SLO_MS (80).
+# to 32. MODEL=path picks another model (an elastic supernet from tools/supernet; REFERENCE=path
+# scores its quality against the model it was trained from); SLO_MS (80).
 # quick: one trace, three policies, 20 requests (the smoke test). SVG=FILE keeps the plot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,8 +28,11 @@ slo=${SLO_MS:-80}
 . bench/lib.sh
 svg=${SVG:-$tmp/slackfit.svg}
 
-echo "### subnet policies over HTTP: $(basename "$m"), device 4 ms/layer + 0.2 ms/row, TTFT SLO $slo ms"
-"$strata" subnets --model "$m" "${dev[@]}" --batches 1,4,16,64 --steps 3 --json "$tmp/cat.json" >"$tmp/cat.txt" 2>/dev/null
+echo "### subnet policies over HTTP: $(basename "$m")${REFERENCE:+ (quality against $(basename "$REFERENCE"))}, device 4 ms/layer + 0.2 ms/row, TTFT SLO $slo ms"
+ref=()
+[ -n "${REFERENCE:-}" ] && ref=(--reference "$REFERENCE")
+"$strata" subnets --model "$m" "${ref[@]}" "${dev[@]}" --batches 1,4,16,64 --steps 3 --json "$tmp/cat.json" \
+  >"$tmp/cat.txt" 2>/dev/null
 # The fixed baselines: the Pareto-optimal subnets, thinned to at most 6 spread over quality.
 front=$(python3 -c '
 import json, sys

@@ -320,6 +320,8 @@ def main():
     ap.add_argument("--held-out", type=int, default=64, help="sequences to measure quality on (other seeds)")
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--full-weight", type=float, default=2.0,
+                    help="weight of the full subnet's loss against each other subnet's (it must stay the base model)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the CPU count)")
     ap.add_argument("--report", default="", help="also write the report JSON here")
     a = ap.parse_args()
@@ -387,7 +389,7 @@ def main():
         total = 0.0
         for s in chosen:
             # The full subnet carries more weight: it must stay the original model.
-            loss = kl_to(tlogp, forward(cfg, params, batch, subnets[s])) * (2.0 if s == "full" else 1.0)
+            loss = kl_to(tlogp, forward(cfg, params, batch, subnets[s])) * (a.full_weight if s == "full" else 1.0)
             loss.backward()
             total += float(loss)
         torch.nn.utils.clip_grad_norm_(flat, 1.0)
@@ -412,12 +414,14 @@ def main():
         "file": os.path.basename(a.out),
         "drop_order": drop_order,
         "importance": "FFN neurons by mean |silu(w1 x) * (w3 x)| times the L2 norm of their w2 column; KV head groups "
-                      "by the mean L2 norm their query heads write through wo; on text sampled from the base model",
+                      "by the KL to the model's output when their query heads' outputs are zeroed; on text sampled "
+                      "from the base model",
         "training": {"method": "distillation (KL to the base model) on text sampled from it, sandwich rule "
                                "(full, smallest and 2 random subnets per step), progressive shrinking: depth, "
                                "then FFN width, then KV heads",
                      "steps": a.steps, "batch": a.batch, "length": a.length, "train_samples": a.train_samples,
-                     "lr": a.lr, "seed": a.seed, "seconds": round(time.time() - t0, 1)},
+                     "lr": a.lr, "seed": a.seed, "full_weight": a.full_weight,
+                     "seconds": round(time.time() - t0, 1)},
         "quality": {"measure": "top-1 agreement with the base model's argmax, teacher-forced on "
                                f"{a.held_out} held-out sequences of {a.length} tokens sampled from it",
                     "base_sliced": before_plain, "ordered": before, "trained": after},
