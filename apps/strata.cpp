@@ -688,16 +688,24 @@ int run_bench_serve_cmd(const args& a) {
     st += (st.empty() ? "" : ", ") + (code ? std::to_string(code) : std::string("no response")) + " x" + std::to_string(count);
   std::printf("  HTTP statuses: %s\n", st.c_str());
   if (!r->subnets.empty()) {
-    // Mean served quality: each request's subnet at its profiled quality (the whole model 1).
+    // Mean served quality: each request's tokens at the profiled quality of the subnet that made
+    // them (SlackFit may narrow some steps; without that note, its chosen subnet's; whole model 1).
     std::string chosen;
-    double quality = 0;
-    size_t rated = 0;
-    for (auto& [sub, count] : r->subnets) {
-      chosen += (chosen.empty() ? "" : ", ") + sub + " x" + std::to_string(count);
+    for (auto& [sub, count] : r->subnets) chosen += (chosen.empty() ? "" : ", ") + sub + " x" + std::to_string(count);
+    auto quality_of = [&](const std::string& sub) {
       const std::string id = split_subnet_name(spec.models[0]).first + "@" + sub;
       auto it = std::find_if(served->begin(), served->end(), [&](auto& e) { return e.id == id; });
-      double q = sub == "full" ? 1.0 : it != served->end() ? it->quality : -1;
-      if (q >= 0) quality += q * double(count), rated += count;
+      return sub == "full" ? 1.0 : it != served->end() ? it->quality : -1.0;
+    };
+    double quality = 0;
+    size_t rated = 0;
+    for (auto& rec : r->records) {
+      if (rec.subnet.empty()) continue;
+      double sum = 0, tokens = 0;
+      for (auto& [sub, n] : rec.served)
+        if (double q = quality_of(sub); q >= 0) sum += q * n, tokens += n;
+      double q = tokens > 0 ? sum / tokens : quality_of(rec.subnet);
+      if (q >= 0) quality += q, ++rated;
     }
     std::printf("  subnets chosen: %s\n", chosen.c_str());
     if (rated) std::printf("  mean quality (profiled top-1 agreement) of %zu requests: %.3f\n", rated, quality / double(rated));
