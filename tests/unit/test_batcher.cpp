@@ -923,6 +923,69 @@ TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while 
   }
 }
 
+TEST_CASE("batcher: SlackFit scales its predictions by how long steps really take, never below the profile") {
+  auto cat = std::make_shared<subnet_catalogue>();
+  const auto c = small_model();
+  for (auto [spec, ms] : {std::pair{"full", 10.0}, {"w50", 3.0}}) {
+    subnet_profile p;
+    p.spec = spec;
+    p.sub = *subnet_named(spec, c);
+    p.share = layer_share(p.sub, 0, c);
+    p.step_ms = {{1, ms}, {64, ms}};
+    p.top1 = spec == std::string("full") ? 1.0 : 0.5;
+    cat->subnets.push_back(p);
+  }
+  // A's steps (the whole model, named) take `step_ms` each. B arrives after five of them and is
+  // chosen for when the sixth returns (it waited one step: its slack is `slo` - step_ms), the
+  // scale then learnt from six steps. Steps as profiled: the whole model (10) fits 15. Steps
+  // twice as long: a scale of about 1.74 (17.4 > 12), nothing fits. Steps half as long do not
+  // talk the profile down: 10 > 8 still (at a scale of 0.63 the whole model would fit).
+  struct row {
+    int step_ms;
+    float slo;
+    const char* want;
+    bool feasible;
+  };
+  for (auto& r : {row{10, 25, "full", true}, row{20, 32, "w50", false}, row{5, 13, "w50", false}}) {
+    CAPTURE(r.step_ms);
+    const int step_ms = r.step_ms;
+    batcher_options o;
+    o.catalogue = cat;
+    harness h(o);
+    h.b.set_routes({local(1, 1)});
+    generate_request a;
+    a.prompt = {1, 5};
+    a.max_new_tokens = 20;
+    REQUIRE(h.b.admit(a, 1));
+    auto s = only<act::step>(h.run());
+    for (int k = 0; k < 5; ++k) {
+      REQUIRE(s.size() == 1);
+      h.now += std::chrono::milliseconds(step_ms);
+      h.b.on_step(s[0].id, answer(s[0], ten));
+      s = only<act::step>(h.b.take_actions());
+    }
+    generate_request b;
+    b.prompt = {1, 6};
+    b.max_new_tokens = 1;
+    b.slo_ms = r.slo;
+    b.choose_subnet = true;
+    auto id = h.b.admit(b, 2);
+    REQUIRE(id);
+    std::optional<generate_result> got;
+    for (int round = 0; round < 4 && !got; ++round) {
+      h.now += std::chrono::milliseconds(step_ms);
+      for (auto& st : s) h.b.on_step(st.id, answer(st, ten));
+      auto acts = h.b.take_actions();
+      for (auto& d : only<act::done>(acts))
+        if (d.result.id == *id) got = d.result;
+      s = only<act::step>(acts);
+    }
+    REQUIRE(got);
+    CHECK(got->subnet == r.want);
+    CHECK(got->slo_feasible == r.feasible);
+  }
+}
+
 TEST_CASE("subnet policies on hand-made choices: fits, ties, nothing fits") {
   subnet_profile a, b, c;
   a.spec = "full";
