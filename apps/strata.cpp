@@ -380,9 +380,7 @@ int run_subnets(const args& a) {
     p.spec = to_string(space[i]);
     if (cat.find(p.spec)) continue;
     p.sub = *sub;
-    double share = 0;
-    for (int l = 0; l < c.n_layers; ++l) share += layer_share(p.sub, l, c);
-    p.share = share / c.n_layers;
+    p.share = subnet_share(p.sub, c);
     say("[%zu/%zu] %s\n", i + 1, space.size(), p.spec.c_str());
     for (int b : batches) {
       p.step_ms.emplace_back(b, time_decode_step_ms(**m, p.sub, b, context, steps));

@@ -119,6 +119,12 @@ expected<subnet> resolve_subnet(const subnet_spec& spec, const model_config& c, 
   return s;
 }
 
+double subnet_share(const subnet& s, const model_config& c) {
+  double share = 0;
+  for (int l = 0; l < c.n_layers; ++l) share += layer_share(s, l, c);
+  return share / c.n_layers;
+}
+
 void device_charge::add(const subnet& s, int begin, int end, size_t rows) {
   if (layer_max_.size() < size_t(c_.n_layers)) layer_max_.resize(size_t(c_.n_layers), 0.0);
   for (int l = std::max(0, begin); l < std::min(end, c_.n_layers); ++l) {
@@ -138,13 +144,13 @@ model_config subnet_config(const subnet& s, const model_config& c) {
   model_config out = c;
   if (!s.layers.empty()) {
     out.n_layers = int(s.layers.size());
-    // The kept layers' order, renumbered: the copy drops further as the supernet would.
+    // A model's own order, its kept layers renumbered: the copy drops further as the supernet
+    // would (a model on the default order keeps the default: empty).
     out.drop_order.clear();
-    for (auto l : c.drop_order.empty() ? default_drop_order(c.n_layers) : c.drop_order) {
+    for (auto l : c.drop_order) {
       auto it = std::find(s.layers.begin(), s.layers.end(), l);
       if (it != s.layers.end()) out.drop_order.push_back(int32_t(it - s.layers.begin()));
     }
-    if (c.drop_order.empty()) out.drop_order.clear();
   }
   if (s.ffn > 0) out.hidden_dim = s.ffn;
   if (s.kv_heads > 0) {

@@ -72,6 +72,8 @@ model_config subnet_config(const subnet& s, const model_config& c);
 // The share of a layer's parameters (and so of its bytes read and FLOPs per row) that a subnet
 // row runs: 1 for the whole layer, 0 for a layer it skips. Emulated devices charge by it.
 double layer_share(const subnet& s, int layer, const model_config& c);
+// The share of the model's layer parameters a subnet runs (layer_share's mean over the layers).
+double subnet_share(const subnet& s, const model_config& c);
 
 // What an emulated device charges for the rows of a batch: each layer's fixed cost (its weights
 // read once) at the widest share any row runs it at, each row's cost at its own share. The one

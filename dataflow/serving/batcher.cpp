@@ -567,7 +567,7 @@ void batcher::schedule() {
         for (auto i : rows.row_subnet) consider(rows.subnets.at(i));
         if (widest) predicted = widest->latency_ms(step_rows, opt_.emulated_latency);
       }
-      inflight_.emplace(s.id, inflight_step{path, std::move(members), now_(), step_rows, predicted});
+      inflight_.emplace(s.id, inflight_step{path, std::move(members), now_(), predicted});
       ++busy[path];
       out_.push_back(std::move(s));
     }

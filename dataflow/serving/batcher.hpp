@@ -258,8 +258,7 @@ class batcher {
     route_id route;
     std::vector<uint64_t> members;
     time_point started{};
-    int rows = 0;               // positions it computes
-    double predicted_ms = -1;   // the catalogue's latency of its widest subnet at its rows
+    double predicted_ms = -1;  // the catalogue's latency of its widest subnet at its rows
   };
   struct move {
     uint64_t request;

@@ -4,6 +4,9 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <map>
+#include <set>
+#include <tuple>
 
 #include "dataflow/serving/batcher.hpp"
 
@@ -71,6 +74,49 @@ step_return answer(const act::step& s, const std::function<int32_t(seq_id, int32
   return r;
 }
 int32_t ten(seq_id, int32_t) { return 10; }
+
+// A subnet catalogue of flat profiles (a step costs the same at any batch): spec, ms, top-1.
+std::shared_ptr<subnet_catalogue> flat_catalogue(std::initializer_list<std::tuple<const char*, double, double>> subnets) {
+  auto cat = std::make_shared<subnet_catalogue>();
+  const auto c = small_model();
+  for (auto& [spec, ms, top1] : subnets) {
+    subnet_profile p;
+    p.spec = spec;
+    p.sub = *subnet_named(spec, c);
+    p.share = subnet_share(p.sub, c);
+    p.step_ms = {{1, ms}, {64, ms}};
+    p.top1 = top1;
+    cat->subnets.push_back(p);
+  }
+  return cat;
+}
+
+// A request that leaves its subnet to the subnet policy (slo_ms only).
+generate_request slo_only(std::vector<int32_t> prompt, int max_new_tokens, float slo_ms) {
+  generate_request q;
+  q.prompt = std::move(prompt);
+  q.max_new_tokens = max_new_tokens;
+  q.slo_ms = slo_ms;
+  q.choose_subnet = true;
+  return q;
+}
+
+// Answers `steps` and the steps that follow them, `step_time` apart, until every request of
+// `ids` is done or `rounds` rounds passed: the results of those done.
+std::map<uint64_t, generate_result> answer_until_done(harness& h, std::vector<act::step> steps,
+                                                      const std::set<uint64_t>& ids,
+                                                      std::chrono::milliseconds step_time, int rounds) {
+  std::map<uint64_t, generate_result> done;
+  for (int round = 0; round < rounds && done.size() < ids.size(); ++round) {
+    h.now += step_time;
+    for (auto& s : steps) h.b.on_step(s.id, answer(s, ten));
+    auto acts = h.b.take_actions();
+    for (auto& d : only<act::done>(acts))
+      if (ids.count(d.result.id)) done[d.result.id] = d.result;
+    steps = only<act::step>(acts);
+  }
+  return done;
+}
 
 }  // namespace
 
@@ -671,19 +717,7 @@ TEST_CASE("batcher: a queue timeout bounds a cold start and spares started reque
 
 
 TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the subnet SlackFit picks for their slack") {
-  auto cat = std::make_shared<subnet_catalogue>();
-  const auto c = small_model();
-  auto add = [&](const char* spec, double ms, double top1) {
-    subnet_profile p;
-    p.spec = spec;
-    p.sub = *resolve_subnet(*parse_subnet_spec(spec), c, default_drop_order(c.n_layers));
-    p.step_ms = {{1, ms}, {16, ms}};  // flat: the batch does not matter here
-    p.top1 = top1;
-    cat->subnets.push_back(p);
-  };
-  add("full", 10, 1.0);
-  add("d3", 6, 0.7);
-  add("d2", 3, 0.4);
+  auto cat = flat_catalogue({{"full", 10, 1.0}, {"d3", 6, 0.7}, {"d2", 3, 0.4}});
   struct row {
     const char* policy;
     std::vector<std::pair<std::string, bool>> want;  // per start, in start order: subnet, SLO feasible
@@ -705,12 +739,7 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
     harness h(o);
     std::vector<uint64_t> ids;
     for (float slo : {100.0f, 12.0f, 2.0f}) {
-      generate_request q;
-      q.prompt = {1, 5};
-      q.max_new_tokens = 1;
-      q.slo_ms = slo;
-      q.choose_subnet = true;
-      auto id = h.b.admit(q, 1);
+      auto id = h.b.admit(slo_only({1, 5}, 1, slo), 1);
       REQUIRE_MESSAGE(id, id.message());
       ids.push_back(*id);
     }
@@ -792,26 +821,13 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
     auto first = only<act::step>(h.run());
     REQUIRE(first.size() == 1);
     h.now += std::chrono::milliseconds(r.arrives_ms);
-    generate_request q;
-    q.prompt = {1, 7};
-    q.max_new_tokens = 1;
-    q.slo_ms = r.slo_ms;
-    q.choose_subnet = true;
-    auto id = h.b.admit(q, 2);
+    auto id = h.b.admit(slo_only({1, 7}, 1, r.slo_ms), 2);
     REQUIRE(id);
-    std::optional<generate_result> got;
     CHECK(only<act::step>(h.run()).empty());  // one step in flight per route
-    h.b.on_step(first[0].id, answer(first[0], ten));
-    auto acts = h.b.take_actions();
-    for (int round = 0; round < 4 && !got; ++round) {
-      for (auto& s : only<act::step>(acts)) h.b.on_step(s.id, answer(s, ten));
-      acts = h.b.take_actions();
-      for (auto& d : only<act::done>(acts))
-        if (d.result.id == *id) got = d.result;
-    }
-    REQUIRE(got);
-    CHECK(got->subnet == r.want);
-    CHECK(got->slo_feasible == r.feasible);
+    auto done = answer_until_done(h, first, {*id}, std::chrono::milliseconds(0), 5);
+    REQUIRE(done.count(*id));
+    CHECK(done[*id].subnet == r.want);
+    CHECK(done[*id].slo_feasible == r.feasible);
   }
 
   // Without a catalogue an SLO-only request is refused with what to do; a fixed subnet the
@@ -836,17 +852,7 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
 }
 
 TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while the earliest deadline would miss") {
-  auto cat = std::make_shared<subnet_catalogue>();
-  const auto c = small_model();
-  for (auto [spec, ms, top1] : {std::tuple{"full", 10.0, 1.0}, {"w75", 7.0, 0.8}, {"w50", 5.0, 0.5}}) {
-    subnet_profile p;
-    p.spec = spec;
-    p.sub = *subnet_named(spec, c);
-    p.share = layer_share(p.sub, 0, c);
-    p.step_ms = {{1, ms}, {64, ms}};
-    p.top1 = top1;
-    cat->subnets.push_back(p);
-  }
+  auto cat = flat_catalogue({{"full", 10, 1.0}, {"w75", 7, 0.8}, {"w50", 5, 0.5}});
   // slackfit+named: beside them a request that named the whole model, never narrowed (its width
   // then sets the step's cost, so nothing but the narrowest helps).
   for (std::string policy : {"slackfit", "max-accuracy", "slackfit+named"}) {
@@ -857,18 +863,16 @@ TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while 
     o.subnet_policy = named ? "slackfit" : policy;
     harness h(o);
     h.b.set_routes({local(1, 1)});
-    generate_request a;  // a loose deadline: the whole model, then decoding
-    a.prompt = {1, 5};
-    a.max_new_tokens = 4;
-    a.slo_ms = 1000;
-    a.choose_subnet = true;
-    auto ida = h.b.admit(a, 1);
+    auto ida = h.b.admit(slo_only({1, 5}, 4, 1000), 1);  // a loose deadline: the whole model, then decoding
     REQUIRE(ida);
+    std::set<uint64_t> ids = {*ida};
     if (named) {
       generate_request w;
       w.prompt = {1, 7};
       w.max_new_tokens = 4;
-      REQUIRE(h.b.admit(w, 3));
+      auto idw = h.b.admit(w, 3);
+      REQUIRE(idw);
+      ids.insert(*idw);
     }
     auto s = only<act::step>(h.run());
     REQUIRE(s.size() == 1);
@@ -876,13 +880,9 @@ TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while 
     h.b.on_step(s[0].id, answer(s[0], ten));
     s = only<act::step>(h.b.take_actions());  // a's first decode step, in flight from t=10
     REQUIRE(s.size() == 1);
-    generate_request b;  // due 17 ms after t=10: behind a step of the whole model nothing fits
-    b.prompt = {1, 6};
-    b.max_new_tokens = 1;
-    b.slo_ms = 17;
-    b.choose_subnet = true;
-    auto idb = h.b.admit(b, 2);
+    auto idb = h.b.admit(slo_only({1, 6}, 1, 17), 2);  // due at 27: behind a whole-model step nothing fits
     REQUIRE(idb);
+    ids.insert(*idb);
     CHECK(only<act::step>(h.run()).empty());
     h.now += std::chrono::milliseconds(10);
     h.b.on_step(s[0].id, answer(s[0], ten));
@@ -901,15 +901,8 @@ TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while 
     } else {
       CHECK(subnet_of_row(0).full());  // a fixed choice is never narrowed
     }
-    std::map<uint64_t, generate_result> done;
-    for (int round = 0; round < 6 && done.size() < (named ? 3u : 2u); ++round) {
-      h.now += std::chrono::milliseconds(10);
-      for (auto& st : s) h.b.on_step(st.id, answer(st, ten));
-      auto acts = h.b.take_actions();
-      for (auto& d : only<act::done>(acts)) done[d.result.id] = d.result;
-      s = only<act::step>(acts);
-    }
-    REQUIRE(done.size() >= 2);
+    auto done = answer_until_done(h, s, ids, std::chrono::milliseconds(10), 6);
+    REQUIRE(done.size() == ids.size());
     using served = std::vector<std::pair<std::string, int32_t>>;
     if (named) {
       CHECK(done[*ida].served == served{{"full", 3}, {"w50", 1}});
@@ -924,17 +917,7 @@ TEST_CASE("batcher: SlackFit narrows the FFN width of its requests' steps while 
 }
 
 TEST_CASE("batcher: SlackFit scales its predictions by how long steps really take, never below the profile") {
-  auto cat = std::make_shared<subnet_catalogue>();
-  const auto c = small_model();
-  for (auto [spec, ms] : {std::pair{"full", 10.0}, {"w50", 3.0}}) {
-    subnet_profile p;
-    p.spec = spec;
-    p.sub = *subnet_named(spec, c);
-    p.share = layer_share(p.sub, 0, c);
-    p.step_ms = {{1, ms}, {64, ms}};
-    p.top1 = spec == std::string("full") ? 1.0 : 0.5;
-    cat->subnets.push_back(p);
-  }
+  auto cat = flat_catalogue({{"full", 10, 1.0}, {"w50", 3, 0.5}});
   // A's steps (the whole model, named) take `step_ms` each. B arrives after five of them and is
   // chosen for when the sixth returns (it waited one step: its slack is `slo` - step_ms), the
   // scale then learnt from six steps. Steps as profiled: the whole model (10) fits 15. Steps
@@ -964,25 +947,12 @@ TEST_CASE("batcher: SlackFit scales its predictions by how long steps really tak
       h.b.on_step(s[0].id, answer(s[0], ten));
       s = only<act::step>(h.b.take_actions());
     }
-    generate_request b;
-    b.prompt = {1, 6};
-    b.max_new_tokens = 1;
-    b.slo_ms = r.slo;
-    b.choose_subnet = true;
-    auto id = h.b.admit(b, 2);
+    auto id = h.b.admit(slo_only({1, 6}, 1, r.slo), 2);
     REQUIRE(id);
-    std::optional<generate_result> got;
-    for (int round = 0; round < 4 && !got; ++round) {
-      h.now += std::chrono::milliseconds(step_ms);
-      for (auto& st : s) h.b.on_step(st.id, answer(st, ten));
-      auto acts = h.b.take_actions();
-      for (auto& d : only<act::done>(acts))
-        if (d.result.id == *id) got = d.result;
-      s = only<act::step>(acts);
-    }
-    REQUIRE(got);
-    CHECK(got->subnet == r.want);
-    CHECK(got->slo_feasible == r.feasible);
+    auto done = answer_until_done(h, s, {*id}, std::chrono::milliseconds(step_ms), 4);
+    REQUIRE(done.count(*id));
+    CHECK(done[*id].subnet == r.want);
+    CHECK(done[*id].slo_feasible == r.feasible);
   }
 }
 
