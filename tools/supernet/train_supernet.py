@@ -159,8 +159,10 @@ def rmsnorm(x, g):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * g
 
 
-def forward(cfg, w, tokens, sub=None, probe=None):
-    """Logits [B, T, vocab] of `tokens` [B, T] through subnet `sub` (None: the whole model).
+def forward(cfg, w, tokens, sub=None, probe=None, cache=None, pos0=0):
+    """Logits [B, T, vocab] of `tokens` [B, T] at positions pos0.. through subnet `sub` (None: the
+    whole model). With `cache` (per layer K and V, [B, kv_heads, length, head_dim]) the tokens'
+    K/V are stored there and attention sees positions 0..pos0+T-1 (incremental decoding).
     `probe(layer, ffn_act)` sees each layer's FFN activations."""
     B, T = tokens.shape
     H, KV = cfg["heads"], cfg["kv_heads"]
@@ -170,8 +172,9 @@ def forward(cfg, w, tokens, sub=None, probe=None):
     f = sub.ffn if sub else cfg["hidden"]
     kv = sub.kv if sub else KV
     q_heads = kv * group
-    cos, sin = rope_tables(cfg, T)
-    mask = torch.full((T, T), float("-inf")).triu(1)
+    cos, sin = rope_tables(cfg, pos0 + T)
+    cos, sin = cos[pos0:], sin[pos0:]
+    mask = torch.full((T, pos0 + T), float("-inf")).triu(pos0 + 1)
     x = w["tok_emb"][tokens]
     for l in layers:
         h = rmsnorm(x, w["att_norm"][l])
@@ -179,8 +182,12 @@ def forward(cfg, w, tokens, sub=None, probe=None):
         k = (h @ w["wk"][l][: kv * hd].T).view(B, T, kv, hd)
         v = (h @ w["wv"][l][: kv * hd].T).view(B, T, kv, hd)
         q = rope(q, cos[:, None, :], sin[:, None, :]).transpose(1, 2)
-        k = rope(k, cos[:, None, :], sin[:, None, :]).transpose(1, 2).repeat_interleave(group, dim=1)
-        v = v.transpose(1, 2).repeat_interleave(group, dim=1)
+        k = rope(k, cos[:, None, :], sin[:, None, :]).transpose(1, 2)
+        v = v.transpose(1, 2)
+        if cache is not None:
+            cache[l][0][:, :kv, pos0:pos0 + T], cache[l][1][:, :kv, pos0:pos0 + T] = k, v
+            k, v = cache[l][0][:, :kv, : pos0 + T], cache[l][1][:, :kv, : pos0 + T]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + mask, dim=-1)
         o = (att @ v).transpose(1, 2)  # [B, T, q_heads, hd]
         wo = w["wo"][l][:, : q_heads * hd]
@@ -195,30 +202,6 @@ def forward(cfg, w, tokens, sub=None, probe=None):
 
 
 @torch.no_grad()
-def decode_step(cfg, w, tok, pos, cache):
-    """One token per sequence at position `pos` through the whole model, with a KV cache."""
-    H, KV = cfg["heads"], cfg["kv_heads"]
-    hd, group = cfg["dim"] // H, H // KV
-    B = tok.shape[0]
-    cos, sin = rope_tables(cfg, pos + 1)
-    cos, sin = cos[pos], sin[pos]
-    x = w["tok_emb"][tok]
-    for l in range(cfg["layers"]):
-        h = rmsnorm(x, w["att_norm"][l])
-        q = rope((h @ w["wq"][l].T).view(B, H, hd), cos, sin)
-        k = rope((h @ w["wk"][l].T).view(B, KV, hd), cos, sin)
-        v = (h @ w["wv"][l].T).view(B, KV, hd)
-        cache[l][0][:, :, pos], cache[l][1][:, :, pos] = k, v
-        ks = cache[l][0][:, :, : pos + 1].repeat_interleave(group, dim=1)
-        vs = cache[l][1][:, :, : pos + 1].repeat_interleave(group, dim=1)
-        att = torch.softmax(torch.einsum("bhd,bhtd->bht", q, ks) / math.sqrt(hd), dim=-1)
-        x = x + torch.einsum("bht,bhtd->bhd", att, vs).reshape(B, H * hd) @ w["wo"][l].T
-        h = rmsnorm(x, w["ffn_norm"][l])
-        x = x + (F.silu(h @ w["w1"][l].T) * (h @ w["w3"][l].T)) @ w["w2"][l].T
-    return rmsnorm(x, w["final_norm"]) @ (w["tok_emb"] if cfg["tied"] else w["wcls"]).T
-
-
-@torch.no_grad()
 def sample(cfg, w, n, length, seed, bos=1, chunk=512):
     """`n` sequences of `length` tokens sampled at temperature 1 from BOS (the teacher's text)."""
     g = torch.Generator().manual_seed(seed)
@@ -230,7 +213,7 @@ def sample(cfg, w, n, length, seed, bos=1, chunk=512):
                  for _ in range(cfg["layers"])]
         seq = torch.full((b, length), bos, dtype=torch.long)
         for pos in range(length - 1):
-            logits = decode_step(cfg, w, seq[:, pos], pos, cache)
+            logits = forward(cfg, w, seq[:, pos:pos + 1], cache=cache, pos0=pos)[:, -1]
             seq[:, pos + 1] = torch.multinomial(torch.softmax(logits, -1), 1, generator=g)[:, 0]
         out.append(seq)
     return torch.cat(out)
