@@ -206,6 +206,16 @@ struct model_state : served_model {
   prom_histogram cold_ttft{latency_buckets()};  // of requests admitted while no instance served
   uint64_t prompt_tokens = 0, generation_tokens = 0;
   std::map<std::string, uint64_t> finished;  // by finish reason
+  // A variant (NAME@SPEC beside NAME, or NAME itself as "full" when it has variants): its profile
+  // in NAME's catalogue and what the variant poller last saw of its router (routes < 0: not yet).
+  const subnet_profile* variant = nullptr;
+  std::atomic<int> routes{-1}, running{0};
+  // Under the server's mu: since when a request waits for its first instance, and the measured
+  // load time of its last cold start (-1: never measured).
+  std::optional<clk::time_point> loading_since;
+  double load_ms = -1;
+  clk::time_point last_used{};  // the last request sent to it
+  bool evicting = false;        // told to drain for another variant; until the poller sees it empty
 };
 
 // What a model's router (and scaler) said when asked for /metrics or /v1/models.
@@ -229,6 +239,10 @@ struct gen_state {
   bool headers_sent = false, failed = false;
   bool unavailable = false;  // a choice failed for lack of capacity (503, not 500)
   int prompt_tokens = 0;  // once per prompt of the batch
+  // The front door picked a variant (its subnet spec) for an SLO-only request (SLO feasible as
+  // predicted).
+  std::string variant;
+  bool picked = false, picked_feasible = true;
   void cancel_all() {
     for (auto& c : choices)
       if (c.actor && !c.done) caf::anon_send(c.actor, cancel_atom::value);
@@ -312,6 +326,89 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
     for (auto& m : models)
       if (m->name == name) return m;
     return nullptr;
+  }
+  // A request's "model": a served model by its exact name (a variant NAME@SPEC among them), else
+  // NAME@SPEC as subnet SPEC of model NAME; the model is null when neither is served.
+  std::pair<std::shared_ptr<model_state>, std::optional<std::string>> resolve(const std::string& id) const {
+    if (auto m = find(id)) return {m, std::nullopt};
+    auto [base, spec] = split_subnet_name(id);
+    return {find(base), spec};
+  }
+
+  // Variant families: NAME -> NAME itself ("full") and its variants NAME@SPEC.
+  std::map<std::string, std::vector<std::shared_ptr<model_state>>> families;
+  std::optional<subnet_policy> variant_policy;
+  caf::actor poller;  // variant_poller, while there are variants
+  struct variant_pick {
+    std::shared_ptr<model_state> model;
+    bool feasible = true;
+  };
+  // Under mu: whether variant `m` holds (or is getting) instances, and whether it could give them
+  // up now (nothing runs or waits there, and no request was sent to it just now).
+  static bool occupies(const model_state& m) { return !m.evicting && (m.routes > 0 || m.loading_since); }
+  static bool evictable(const model_state& m, clk::time_point now) {
+    return occupies(m) && !m.loading_since && m.running == 0 && now - m.last_used > std::chrono::milliseconds(200);
+  }
+  // Under mu: a request goes to `to`; one that must load it within a full budget evicts the least
+  // recently used evictable variant of `family` (none: over budget until one drains).
+  void dispatch_variant(const std::vector<std::shared_ptr<model_state>>& family, model_state& to) {
+    const auto now = clk::now();
+    if (!occupies(to)) {
+      to.loading_since = now;
+      int occupied = 0;
+      model_state* lru = nullptr;
+      for (auto& m : family) {
+        if (m.get() == &to) continue;
+        occupied += occupies(*m);
+        if (evictable(*m, now) && (!lru || m->last_used < lru->last_used)) lru = m.get();
+      }
+      if (opt.variant_slots > 0 && occupied >= opt.variant_slots && lru) {
+        lru->evicting = true;
+        caf::anon_send(lru->scaler, evict_atom::value, "evicted by the front door: variant " + to.name + " needs its slot");
+      }
+    }
+    to.last_used = now;
+    ++to.running;  // until the poller's next look: a burst's picks see each other
+  }
+  // The variant of `family` an SLO-only request runs (the policy over variant_choice). Within a
+  // full budget with nothing to evict, only variants that hold instances are candidates.
+  variant_pick pick_variant(const std::vector<std::shared_ptr<model_state>>& family, double slo_ms) {
+    std::lock_guard<std::mutex> g(mu);
+    const auto now = clk::now();
+    double measured = 0;
+    int n = 0, occupied = 0;
+    bool can_evict = false;
+    for (auto& m : family) {
+      if (m->load_ms >= 0) measured += m->load_ms, ++n;
+      occupied += occupies(*m);
+      can_evict |= evictable(*m, now);
+    }
+    const bool room = opt.variant_slots <= 0 || occupied < opt.variant_slots || can_evict;
+    std::vector<variant_state> vs;
+    std::vector<size_t> index;  // candidate -> family member
+    for (size_t k = 0; k < family.size(); ++k) {
+      auto& m = *family[k];
+      const bool loaded = m.routes > 0 && !m.evicting;
+      if (!loaded && !room && !occupies(m)) continue;
+      vs.push_back({m.variant, loaded, m.running.load(), m.load_ms >= 0 ? m.load_ms : n ? measured / n : 0});
+      index.push_back(k);
+    }
+    auto c = variant_choice(vs, slo_ms, opt.emulated_latency);
+    size_t i = variant_policy->choose(c);
+    auto& chosen = family[index[i]];
+    dispatch_variant(family, *chosen);
+    return {chosen, c.candidates[i].latency_ms <= slo_ms};
+  }
+  // What the variant poller saw of `m`'s router: a first instance ends a measured load.
+  void saw_router(model_state& m, const router_stats& st) {
+    std::lock_guard<std::mutex> g(mu);
+    m.running = int(st.running + st.waiting);
+    m.routes = int(st.routes);
+    if (st.routes == 0) {
+      m.evicting = false;
+      return;
+    }
+    if (m.loading_since) m.load_ms = seconds(clk::now() - *m.loading_since) * 1000, m.loading_since.reset();
   }
 
   // The subnet `spec` names on model `ms`; the error says why not (`where`: the field it came from).
@@ -644,8 +741,8 @@ void session::on_request() {
   }
   if (model_path) {
     auto id = path.substr(model_prefix.size());
-    auto [base, spec] = split_subnet_name(id);
-    auto found = srv->find(base);
+    auto [found, spec] = srv->resolve(id);
+    const std::string base = found ? found->name : id;
     if (found && spec) {
       auto sub = srv->subnet_of(*found, *spec, "model");
       if (!sub) return reply_error(status_error(404, "invalid_request_error", "The model '" + id + "' does not exist: " +
@@ -697,9 +794,20 @@ void session::start_generation(bool chat) {
   auto p = openai::parse_request(body, chat);
   if (!p.req) return reply_error(p.err);
   auto& r = *p.req;
-  auto [base_name, spec_in_name] = split_subnet_name(r.model);
-  auto ms = srv->find(base_name);
+  auto [ms, spec_in_name] = srv->resolve(r.model);
   if (!ms) return reply_error(status_error(404, "invalid_request_error", "The model '" + r.model + "' does not exist", "model"));
+  // SLO only, on a model with variants: the front door picks the variant.
+  std::optional<http_server::impl::variant_pick> pick;
+  if (ms->variant) {
+    auto& family = srv->families.at(split_subnet_name(ms->name).first);
+    if (r.slo_ms && !spec_in_name && !r.subnet && srv->opt.subnets && ms == family.front()) {
+      pick = srv->pick_variant(family, *r.slo_ms);
+      ms = pick->model;
+    } else {
+      std::lock_guard<std::mutex> g(srv->mu);
+      srv->dispatch_variant(family, *ms);
+    }
+  }
   subnet sub;
   if (spec_in_name || r.subnet) {
     if (spec_in_name && r.subnet && *r.subnet != *spec_in_name)
@@ -762,6 +870,8 @@ void session::start_generation(bool chat) {
     if (t >= vocab) return reply_error(outside_vocab("'stop_token_ids' token", t, "stop_token_ids"));
   gen.emplace();
   gen->model = ms;
+  if (ms->variant) gen->variant = ms->variant->spec;
+  if (pick) gen->picked = true, gen->picked_feasible = pick->feasible;
   gen->serial = ++serials;
   gen->id = random_id(chat ? "chatcmpl-" : "cmpl-");
   gen->created = std::time(nullptr);
@@ -793,7 +903,7 @@ void session::start_generation(bool chat) {
       g.sub = sub;
       if (r.slo_ms) {
         g.slo_ms = float(*r.slo_ms);
-        g.choose_subnet = srv->opt.subnets && !spec_in_name && !r.subnet;  // SLO only: the router picks
+        g.choose_subnet = srv->opt.subnets && !spec_in_name && !r.subnet && !pick;  // SLO only: the router picks
       }
       g.seed = base_seed + uint64_t(j);  // choice j of every prompt: seed + j
       reqs.push_back(std::move(g));
@@ -973,6 +1083,8 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   c.finish_reason = reason;
   c.error = error;
   c.meta = {r.subnet, r.slo_feasible, r.served};
+  // A variant the front door picked runs as a whole model: its tokens are its subnet's.
+  if (gen->picked) c.meta = {gen->variant, gen->picked_feasible, {{gen->variant, c.generated}}};
   emit(i, c.stops->flush());
   auto& q = gen->req;
   if (q.stream) {
@@ -1345,6 +1457,79 @@ expected<std::unique_ptr<http_server>> http_server::start(caf::actor_system& sys
   return start(sys, std::move(models), std::move(opt));
 }
 
+namespace {
+
+// Models named NAME@SPEC beside a model NAME are its variants: subnet SPEC of NAME written as a
+// model of its own. Each must be what NAME's catalogue profiles as SPEC, in shape.
+expected<std::map<std::string, std::vector<std::shared_ptr<model_state>>>>
+variant_families(const std::vector<std::shared_ptr<model_state>>& states) {
+  std::map<std::string, std::vector<std::shared_ptr<model_state>>> out;
+  for (auto& st : states) {
+    auto at = st->name.rfind('@');
+    if (at == std::string::npos) continue;
+    const std::string name = st->name.substr(0, at), where = "model '" + st->name + "'";
+    auto base = std::find_if(states.begin(), states.end(), [&](auto& x) { return x->name == name; });
+    if (base == states.end())
+      return make_error(where + ": '@' names a variant (subnet SPEC of model NAME as a model of its own), but no model '" +
+                        name + "' is served");
+    auto spec = parse_subnet_spec(st->name.substr(at + 1));
+    if (!spec) return make_error(where + ": " + spec.message());
+    const auto& cat = (*base)->catalogue;
+    const subnet_profile* full = cat ? cat->find("full") : nullptr;
+    const subnet_profile* prof = cat ? cat->find(to_string(*spec)) : nullptr;
+    if (!full || !prof)
+      return make_error(where + ": a variant is chosen by its profile, but model '" + name + "' has " +
+                        (cat ? "no subnet '" + std::string(full ? to_string(*spec) : "full") + "' in its catalogue"
+                             : "no subnet catalogue (strata subnets --json; serve --subnet-catalogue)"));
+    auto want = subnet_config(prof->sub, (*base)->m->config);
+    const auto& got = st->m->config;
+    if (got.dim != want.dim || got.n_layers != want.n_layers || got.hidden_dim != want.hidden_dim ||
+        got.n_heads != want.n_heads || got.n_kv_heads != want.n_kv_heads || got.vocab_size != want.vocab_size)
+      return make_error(where + ": its shape (dim " + std::to_string(got.dim) + ", " + std::to_string(got.n_layers) +
+                        " layers, FFN " + std::to_string(got.hidden_dim) + ", " + std::to_string(got.n_kv_heads) +
+                        " KV heads) is not subnet " + prof->spec + " of '" + name + "' (" +
+                        std::to_string(want.n_layers) + " layers, FFN " + std::to_string(want.hidden_dim) + ", " +
+                        std::to_string(want.n_kv_heads) + " KV heads); write it with strata convert --subnet " +
+                        prof->spec);
+    auto& fam = out[name];
+    if (fam.empty()) {
+      (*base)->variant = full;
+      fam.push_back(*base);
+    }
+    for (auto& other : fam)
+      if (other->variant == prof) return make_error(where + ": subnet " + prof->spec + " of '" + name + "' is served twice");
+    st->variant = prof;
+    fam.push_back(st);
+  }
+  return out;
+}
+
+// Keeps each variant's serving state (routes, queue) as its router reports it, a few times per
+// tick of the front door's choice: INFaaS's monitoring daemon. One round at a time.
+caf::behavior variant_poller(caf::event_based_actor* self, std::weak_ptr<http_server::impl> w) {
+  auto pending = std::make_shared<int>(0);
+  self->send(self, tick_atom::value);
+  return {[=](tick_atom) {
+    auto srv = w.lock();
+    if (!srv || srv->stopped) return self->quit();
+    if (*pending == 0)
+      for (auto& [name, family] : srv->families)
+        for (auto& m : family) {
+          ++*pending;
+          self->request(m->router, std::chrono::seconds(1), stats_atom::value)
+              .then(
+                  [=](router_stats& st) {
+                    --*pending;
+                    if (auto s = w.lock()) s->saw_router(*m, st);
+                  },
+                  [=](caf::error&) { --*pending; });
+        }
+    self->delayed_send(self, std::chrono::milliseconds(20), tick_atom::value);
+  }};
+}
+
+}  // namespace
+
 expected<std::unique_ptr<http_server>> http_server::start(caf::actor_system& sys, std::vector<served_model> models,
                                                           http_options opt) {
   if (models.empty()) return make_error("http server: no model");
@@ -1356,11 +1541,20 @@ expected<std::unique_ptr<http_server>> http_server::start(caf::actor_system& sys
     if (!m.router || !m.m) return make_error("http server: model '" + m.name + "' has no router or weights");
     states.push_back(std::make_shared<model_state>(std::move(m)));
   }
+  auto families = variant_families(states);
+  if (!families) return families.err();
   // A peer that closes while we write must be an error code, not a signal that ends the process.
   std::signal(SIGPIPE, SIG_IGN);
   std::unique_ptr<http_server> out(new http_server);
   out->impl_ = std::make_shared<impl>(sys, std::move(states), opt);
   auto& s = *out->impl_;
+  s.families = std::move(*families);
+  if (!s.families.empty()) {
+    auto p = find_subnet_policy(opt.subnet_policy);
+    if (!p) return p.err();
+    s.variant_policy = std::move(*p);
+    s.poller = sys.spawn(variant_poller, std::weak_ptr<impl>(out->impl_));
+  }
   beast::error_code ec;
   auto addr = net::ip::make_address(opt.host, ec);
   if (ec) {
@@ -1398,6 +1592,7 @@ int http_server::drain(std::chrono::milliseconds timeout) {
 
 void http_server::stop() {
   if (!impl_ || impl_->stopped.exchange(true)) return;
+  if (impl_->poller) caf::anon_send_exit(impl_->poller, caf::exit_reason::user_shutdown);
   // Close every connection on its own strand and stop accepting; no event from CAF threads is
   // posted after this. The I/O threads then run out of work (or are stopped after a second).
   {

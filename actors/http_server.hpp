@@ -43,6 +43,17 @@ struct http_options {
   // Requests may name a subnet of a model ("NAME@d3w50" or "subnet"), and /v1/models lists the
   // model's subnet space; false: the whole model only (serve --subnets off).
   bool subnets = true;
+  // Which subnet (or separately loaded variant) an SLO-only request runs, and whether the
+  // catalogue's emulated latencies predict it (serve --subnet-policy, --subnet-latency). The
+  // routers choose among a loaded supernet's subnets; the front door chooses among a model's
+  // variants: models named NAME@SPEC beside NAME (subnet SPEC of NAME written as a model of its
+  // own, with its own router and instances: INFaaS's setting), each scored by NAME's catalogue
+  // profile of SPEC and whether an instance of it serves.
+  std::string subnet_policy = "slackfit";
+  bool emulated_latency = false;
+  // At most this many variants of a model hold instances (0: no limit): one that must load
+  // evicts the least recently used idle one, and while none is idle only loaded ones are picked.
+  int variant_slots = 0;
 };
 
 // One model behind the front door.

@@ -453,6 +453,16 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
         }
         on_layer(self, id, layer);
       },
+      [=](evict_atom, const std::string& why) {
+        bool changed = false;
+        for (auto& [id, in] : self->state.insts)
+          if (!in.draining) {
+            in.draining = changed = true;
+            event(self, "drain", id, why);
+          }
+        if (changed) push_routes(self);
+        tick(self, ++self->state.tick_epoch);  // stops the drained ones as soon as nothing runs there
+      },
       [=](report_atom) {
         auto& st = self->state;
         count_instances(self);

@@ -98,6 +98,9 @@ using report_atom = caf::atom_constant<caf::atom("report")>;
 // (lready_atom, layer, next): a loader actor's own timer (actors/instance_provider.cpp).
 using lready_atom = caf::atom_constant<caf::atom("lready")>;
 using scaletick_atom = caf::atom_constant<caf::atom("scaletick")>;
+// (evict_atom, std::string why): drain every instance now (the memory is wanted for another
+// model: a front door's variant budget). Requests that arrive later start one again as usual.
+using evict_atom = caf::atom_constant<caf::atom("evict")>;
 
 // Spawns a scaler for `router` (which it feeds routes). Starts policy.min_instances full
 // instances at once. (report_atom) -> scaling_report (local only).

@@ -143,10 +143,13 @@ std::vector<command_spec> make_table() {
                          "the subnets /v1/models lists, with latency and quality (strata subnets --json; NAME=FILE,... "
                          "for several models)", "subnets.json beside the model, else the default space unprofiled"},
                         {"subnet-policy", "NAME", "slackfit",
-                         "which subnet a request with slo_ms and no subnet runs: slackfit, max-accuracy, max-batch or "
-                         "fixed:SPEC (strata policies)", ""},
+                         "which subnet (or variant) a request with slo_ms and no subnet runs: slackfit, max-accuracy, "
+                         "max-batch, infaas-like or fixed:SPEC (strata policies)", ""},
                         {"subnet-latency", "WHICH", "measured",
                          "the catalogue's latencies the policy predicts with: measured or emulated", ""},
+                        {"variant-slots", "N", "0",
+                         "at most N variants (NAME@SPEC models) of a model hold instances: loading another evicts the "
+                         "least recently used idle one (0: no limit)", ""},
                         {"policy", "NAME", "",
                          "autoscale instances under this policy (see strata policies)", "blitz with --nodes or --controller"},
                         {"controller", "HOST:PORT", "",
@@ -154,8 +157,8 @@ std::vector<command_spec> make_table() {
                          "its served name)", ""},
                         {"model-knobs", "NAME:K=V,...", "",
                          "one model's own values of policy, min, max, queue, keep-alive-s, queue-timeout-s, min-share, "
-                         "ttft-slo-ms, tbt-slo-ms, max-running, max-waiting, scheduler, batch-scheduler, migration "
-                         "(repeat per model; the others take the command's)", ""}} +
+                         "ttft-slo-ms, tbt-slo-ms, max-running, max-waiting, scheduler, batch-scheduler, migration, "
+                         "layer-mb, globals-mb (repeat per model; the others take the command's)", ""}} +
                    node_opts + opts(tls_opts.begin(), tls_opts.begin() + 1) + opts(scaling_opts.begin(), scaling_opts.end()) +
                    slo_opts + common,
                "With --policy the scaling, link and device options of autoscale apply; /ready is 503 until the "
@@ -163,7 +166,10 @@ std::vector<command_spec> make_table() {
                "(controller node 'src' holds the host copy); with --controller, on the nodes of a running cluster, "
                "which must hold a host copy of the model under its served name (strata node --model NAME=PATH). "
                "--model may repeat as NAME=PATH: several models behind one front door, each with its own router "
-               "and scaler (needs --policy; the scaling options apply to each)."});
+               "and scaler (needs --policy; the scaling options apply to each). A model named NAME@SPEC beside "
+               "NAME is a variant: subnet SPEC of NAME written as a model of its own (strata convert --subnet SPEC), "
+               "with its own instances; an SLO-only request for NAME then runs the variant --subnet-policy picks "
+               "by NAME's catalogue and which variants have an instance (infaas-like: a loaded one first)."});
   t.push_back({"run", "FILE", "bring up what a topology file describes on this machine and run its job "
                "(autoscale, replay or serve); options after FILE override the file's", {},
                "Every key of a topology file is listed in the README (Topology files)."});

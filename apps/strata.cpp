@@ -813,7 +813,8 @@ expected<serve_model> load_serve_model(const std::string& spec, const args& a, b
 // The options a model behind a front door may set for itself (--model-knobs NAME:K=V,...).
 const std::vector<std::string> model_knob_keys = {"policy", "min", "max", "queue", "keep-alive-s", "queue-timeout-s",
                                                   "min-share", "ttft-slo-ms", "tbt-slo-ms", "max-running",
-                                                  "max-waiting", "scheduler", "batch-scheduler", "migration"};
+                                                  "max-waiting", "scheduler", "batch-scheduler", "migration",
+                                                  "layer-mb", "globals-mb"};
 
 // Each served model's options: the command's, with its --model-knobs on top. Names, keys and
 // values are checked here, before anything starts; a bad value names the model.
@@ -910,6 +911,9 @@ int run_serve(const args& a) {
   const std::string subnet_policy = a.str("subnet-policy", "slackfit");
   if (auto p = find_subnet_policy(subnet_policy); !p) throw usage_error("--subnet-policy: " + p.message());
   const bool emulated_latency = a.choice("subnet-latency", {"measured", "emulated"}) == "emulated";
+  ho.subnet_policy = subnet_policy;
+  ho.variant_slots = int(a.integer("variant-slots", 0, 1 << 16));
+  ho.emulated_latency = emulated_latency;
   // --subnet-catalogue FILE for one model, NAME=FILE,... for several.
   std::map<std::string, std::string> catalogue_files;
   for (auto& item : a.has("subnet-catalogue") ? split_list(a.str("subnet-catalogue")) : std::vector<std::string>{}) {

@@ -69,16 +69,33 @@ struct subnet_candidate {
   double latency_ms = 0;  // predicted, for this request's first token
   double quality = 0;     // top-1 agreement (0 when not measured)
   double alone_ms = 0;    // its own step latency at those rows (the batch may be paced by a wider one)
+  bool loaded = true;     // false: a separately loaded variant with no instance yet (latency_ms counts its load)
 };
 struct subnet_choice {
   std::vector<subnet_candidate> candidates;  // never empty
   double slack_ms = 0;                       // deadline minus now (negative: already late)
 };
 
+// A front door choosing among separately loaded variants of one model (serve --model
+// NAME@SPEC=PATH: subnet SPEC written as a model of its own, with its own instances) instead of
+// subnets of one loaded supernet: each variant's catalogue profile, whether an instance of it
+// serves, the requests it runs and what loading it takes (ms, from its last measured cold start).
+struct variant_state {
+  const subnet_profile* profile = nullptr;
+  bool loaded = false;
+  int running = 0;
+  double load_ms = 0;
+};
+// The candidates a request with `slo_ms` of slack chooses among: a variant's predicted first token
+// is its profiled step latency at its running requests plus this one, plus its load when not loaded.
+subnet_choice variant_choice(const std::vector<variant_state>& variants, double slo_ms, bool emulated);
+
 // The subnet policy registry (dataflow/registry.hpp): which subnet an SLO-only request runs.
 // Built in: slackfit (SuperServe: the most accurate subnet whose predicted latency fits the slack;
 // none fits: the fastest), max-accuracy, max-batch (the fastest: the most requests per unit of
-// time), and fixed:SPEC (one static point, Clipper-style; SPEC must be in the catalogue).
+// time), infaas-like (INFaaS over separately loaded variants: a loaded variant that fits first,
+// see variant_choice) and fixed:SPEC (one static point, Clipper-style; SPEC must be in the
+// catalogue).
 struct subnet_policy {
   std::string name;
   std::string description;

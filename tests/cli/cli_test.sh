@@ -300,4 +300,46 @@ wait "$ssrv" || fail "serve with a catalogue did not drain: $(cat "$tmp/subserve
 want=$("$strata" generate --model "$m" --prompt "Once upon a time" --steps 20 --subnet d4 --logits "$tmp/d4.json" 2>/dev/null)
 [ "Once upon a time$got" = "$want" ] || fail "stories260K@d4 over HTTP: '$got', the forward pass: '$want'"
 echo "ok: subnets profiled, served with their catalogue, and generated as the forward pass does"
+# Variants (INFaaS's setting): subnets written as models of their own, each with its own instances
+# (scale from zero); the front door picks one for an SLO-only request, infaas-like keeping to a
+# loaded one. A variant generates its subnet's text; a variant of the wrong shape, of a subnet the
+# catalogue lacks or of a model not served is refused at start.
+for v in d4 d3w50; do
+  "$strata" convert --model "$m" --subnet "$v" --out "$tmp/v-$v" >/dev/null 2>"$tmp/conv.log" || fail "convert --subnet $v: $(cat "$tmp/conv.log")"
+done
+vargs=(--policy blitz --min 0 --port 0 --threads 1 --subnet-catalogue "s=$tmp/cat.json")
+expect_error "model 's@d4': its shape (dim 64, 3 layers, FFN 86, 4 KV heads) is not subnet d4 of 's' (4 layers, FFN 172" \
+  "$strata" serve --model "s=$m" --model "s@d4=$tmp/v-d3w50" "${vargs[@]}"
+expect_error "model 's@w50': a variant is chosen by its profile, but model 's' has no subnet 'w50' in its catalogue" \
+  "$strata" serve --model "s=$m" --model "s@w50=$tmp/v-d3w50" "${vargs[@]}"
+expect_error "model 'x@d4': '@' names a variant (subnet SPEC of model NAME as a model of its own), but no model 'x' is served" \
+  "$strata" serve --model "s=$m" --model "x@d4=$tmp/v-d4" "${vargs[@]}"
+"$strata" serve --model "s=$m" --model "s@d4=$tmp/v-d4" --model "s@d3w50=$tmp/v-d3w50" "${vargs[@]}" \
+  --subnet-policy infaas-like --variant-slots 1 --keep-alive-s 60 > "$tmp/varserve.log" 2>&1 &
+vsrv=$!
+vport=$(serve_port "$tmp/varserve.log" 300)
+[ -n "$vport" ] || { kill "$vsrv"; fail "serve with variants did not start: $(cat "$tmp/varserve.log")"; }
+vgot=$(curl -s "http://127.0.0.1:$vport/v1/completions" -d '{"model":"s@d4","prompt":"Once upon a time","max_tokens":20,"temperature":0}' |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["choices"][0]["text"])')
+sleep 0.3  # the front door sees the variant's instance within its 20 ms poll
+slo_pick() {
+  curl -s "http://127.0.0.1:$vport/v1/completions" -d '{"model":"s","prompt":"Once","max_tokens":5,"slo_ms":100000,"ignore_eos":true}' |
+    python3 -c 'import json, sys; c = json.load(sys.stdin)["choices"][0]["strata"]; print(c["subnet"], c["served"], c["slo_feasible"])'
+}
+vpick=$(slo_pick)
+# One slot: a request for s@d3w50 evicts the idle s@d4; SLO-only requests then keep to s@d3w50.
+sleep 0.3
+curl -s "http://127.0.0.1:$vport/v1/completions" -d '{"model":"s@d3w50","prompt":"Once","max_tokens":2}' >/dev/null
+sleep 0.3
+vpick2=$(slo_pick)
+kill -TERM "$vsrv"
+wait "$vsrv" || fail "serve with variants did not drain: $(cat "$tmp/varserve.log")"
+[ "Once upon a time$vgot" = "$want" ] || fail "variant s@d4: '$vgot', subnet d4 of the forward pass: '$want'"
+# The whole model fits the SLO and would load (slackfit, max-accuracy take it); infaas-like keeps d4.
+[ "$vpick" = "d4 {'d4': 5} True" ] || fail "infaas-like over variants picked: $vpick ($(tail -5 "$tmp/varserve.log"))"
+grep -q "strata scaler s@d4: .* serving #1" "$tmp/varserve.log" || fail "no instance of s@d4 started: $(cat "$tmp/varserve.log")"
+grep -q "strata scaler s@d4: .* drain #1: evicted by the front door: variant s@d3w50 needs its slot" "$tmp/varserve.log" ||
+  fail "s@d4 was not evicted for s@d3w50 (one slot): $(grep 'strata scaler' "$tmp/varserve.log")"
+[ "$vpick2" = "d3w50 {'d3w50': 5} True" ] || fail "after the eviction infaas-like picked: $vpick2"
+echo "ok: variants load on demand, generate their subnet's text; infaas-like keeps to a loaded one, one slot evicts"
 echo "cli: all checks passed"

@@ -956,6 +956,40 @@ TEST_CASE("batcher: SlackFit scales its predictions by how long steps really tak
   }
 }
 
+TEST_CASE("infaas-like over separately loaded variants: a loaded one that fits first, then one worth loading") {
+  auto cat = flat_catalogue({{"full", 10, 0.9}, {"d3", 6, 0.8}, {"d2", 3, 0.4}});
+  const auto* full = cat->find("full");
+  const auto* d3 = cat->find("d3");
+  const auto* d2 = cat->find("d2");
+  struct row {
+    const char* what;
+    std::vector<variant_state> variants;
+    double slo;
+    const char* infaas;    // infaas-like's pick
+    const char* slackfit;  // slackfit's on the same candidates (loads counted, not preferred)
+  };
+  const std::vector<variant_state> only_d2 = {{full, false, 0, 40}, {d3, false, 0, 20}, {d2, true, 0, 10}};
+  const std::vector<variant_state> none = {{full, false, 0, 40}, {d3, false, 0, 20}, {d2, false, 0, 10}};
+  const std::vector<variant_state> busy = {{full, true, 63, 40}, {d3, true, 0, 20}, {d2, true, 0, 10}};
+  for (auto& r : {row{"loaded d2 fits: kept, though loading full would fit", only_d2, 100, "d2", "full"},
+                  row{"nothing fits: the fastest loaded", only_d2, 2, "d2", "d2"},
+                  row{"none loaded: the most accurate whose load fits", none, 30, "d3", "d3"},
+                  row{"none loaded, none fits: the fastest", none, 5, "d2", "d2"},
+                  row{"all loaded: the most accurate that fits", busy, 9, "d3", "d3"}}) {
+    CAPTURE(r.what);
+    auto c = variant_choice(r.variants, r.slo, false);
+    REQUIRE(c.candidates.size() == r.variants.size());
+    for (size_t i = 0; i < c.candidates.size(); ++i) {
+      auto& v = r.variants[i];
+      CHECK(c.candidates[i].loaded == v.loaded);
+      CHECK(c.candidates[i].latency_ms == doctest::Approx(v.profile->step_ms[0].second + (v.loaded ? 0 : v.load_ms)));
+    }
+    CHECK(c.slack_ms == r.slo);
+    CHECK(c.candidates[find_subnet_policy("infaas-like")->choose(c)].profile->spec == r.infaas);
+    CHECK(c.candidates[find_subnet_policy("slackfit")->choose(c)].profile->spec == r.slackfit);
+  }
+}
+
 TEST_CASE("subnet policies on hand-made choices: fits, ties, nothing fits") {
   subnet_profile a, b, c;
   a.spec = "full";

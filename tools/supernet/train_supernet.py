@@ -131,10 +131,12 @@ def resolve(spec, cfg, drop_order):
         import re
         m = re.fullmatch(r"(?:d(\d+))?(?:w(\d+))?(?:h(\d+))?", s)
         if not m or not s:
-            raise SystemExit(f"bad subnet spec '{spec}'")
+            raise SystemExit(f"train_supernet: bad subnet spec '{spec}' (want full or dNwPhP, e.g. d4w75)")
         depth = int(m.group(1) or depth)
         ffn_pct = int(m.group(2) or 100)
         head_pct = int(m.group(3) or 100)
+        if not 1 <= depth <= cfg["layers"] or not 1 <= ffn_pct <= 100 or not 1 <= head_pct <= 100:
+            raise SystemExit(f"train_supernet: subnet '{spec}' is outside depth 1..{cfg['layers']}, widths 1..100 %")
     gone = set(drop_order[: cfg["layers"] - depth])
     layers = [l for l in range(cfg["layers"]) if l not in gone]
     ffn = max(1, (cfg["hidden"] * ffn_pct + 99) // 100)
@@ -305,6 +307,9 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--full-weight", type=float, default=2.0,
                     help="weight of the full subnet's loss against each other subnet's (it must stay the base model)")
+    ap.add_argument("--space", default="",
+                    help="comma-separated subnet specs to train (e.g. full,d4,w75,w50; must hold full); "
+                         "default: depths L..L-2 x FFN 100/75/50 %% x KV heads 100/50 %%")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: the CPU count)")
     ap.add_argument("--report", default="", help="also write the report JSON here")
     a = ap.parse_args()
@@ -321,6 +326,19 @@ def main():
     log(f"{a.model}: dim {cfg['dim']}, hidden {cfg['hidden']}, {cfg['layers']} layers, {cfg['heads']} heads "
         f"({cfg['kv_heads']} KV), vocab {cfg['vocab']}")
 
+    L = cfg["layers"]
+    if a.space:
+        specs = list(dict.fromkeys(x.strip() for x in a.space.split(",")))
+        if "full" not in specs:
+            raise SystemExit(f"train_supernet: --space {a.space} lacks 'full' (the sandwich always trains it)")
+        for s in specs:
+            resolve(s, cfg, default_order(L))  # exits naming a malformed or out-of-range spec
+    else:
+        depths = list(range(L, max(1, L - 2) - 1, -1))
+        widths = [100, 75, 50]
+        heads = [100, 50] if cfg["kv_heads"] >= 2 else [100]
+        specs = space(cfg, depths, widths, heads)
+
     log(f"sampling {a.train_samples} training and {a.held_out} held-out sequences of {a.length} tokens")
     data = sample(cfg, teacher, a.train_samples, a.length, seed=a.seed)
     held = sample(cfg, teacher, a.held_out, a.length, seed=a.seed + 1_000_003)
@@ -334,10 +352,6 @@ def main():
     drop_order = choose_drop_order(cfg, student, calib, calib_logp)
 
     L = cfg["layers"]
-    depths = list(range(L, max(1, L - 2) - 1, -1))
-    widths = [100, 75, 50]
-    heads = [100, 50] if cfg["kv_heads"] >= 2 else [100]
-    specs = space(cfg, depths, widths, heads)
     subnets = {s: resolve(s, cfg, drop_order) for s in specs}
 
     def quality(w):
@@ -402,7 +416,7 @@ def main():
         "training": {"method": "distillation (KL to the base model) on text sampled from it, sandwich rule "
                                "(full, smallest and 2 random subnets per step), progressive shrinking: depth, "
                                "then FFN width, then KV heads",
-                     "steps": a.steps, "batch": a.batch, "length": a.length, "train_samples": a.train_samples,
+                     "space": specs, "steps": a.steps, "batch": a.batch, "length": a.length, "train_samples": a.train_samples,
                      "lr": a.lr, "seed": a.seed, "full_weight": a.full_weight,
                      "seconds": round(time.time() - t0, 1)},
         "quality": {"measure": "top-1 agreement with the base model's argmax, teacher-forced on "
