@@ -210,6 +210,7 @@ struct model_state : served_model {
   // in NAME's catalogue and what the variant poller last saw of its router (routes < 0: not yet).
   const subnet_profile* variant = nullptr;
   std::atomic<int> routes{-1}, running{0};
+  std::atomic<double> ttft_ms{0};  // its router's smoothed time to first token
   // Under the server's mu: since when a request waits for its first instance, and the measured
   // load time of its last cold start (-1: never measured).
   std::optional<clk::time_point> loading_since;
@@ -390,7 +391,7 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
       auto& m = *family[k];
       const bool loaded = m.routes > 0 && !m.evicting;
       if (!loaded && !room && !occupies(m)) continue;
-      vs.push_back({m.variant, loaded, m.running.load(), m.load_ms >= 0 ? m.load_ms : n ? measured / n : 0});
+      vs.push_back({m.variant, loaded, m.running.load(), m.load_ms >= 0 ? m.load_ms : n ? measured / n : 0, m.ttft_ms});
       index.push_back(k);
     }
     auto c = variant_choice(vs, slo_ms, opt.emulated_latency);
@@ -404,6 +405,7 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
     std::lock_guard<std::mutex> g(mu);
     m.running = int(st.running + st.waiting);
     m.routes = int(st.routes);
+    m.ttft_ms = st.ttft_ema_s * 1000;
     if (st.routes == 0) {
       m.evicting = false;
       return;

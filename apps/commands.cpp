@@ -158,7 +158,8 @@ std::vector<command_spec> make_table() {
                         {"model-knobs", "NAME:K=V,...", "",
                          "one model's own values of policy, min, max, queue, keep-alive-s, queue-timeout-s, min-share, "
                          "ttft-slo-ms, tbt-slo-ms, max-running, max-waiting, scheduler, batch-scheduler, migration, "
-                         "layer-mb, globals-mb (repeat per model; the others take the command's)", ""}} +
+                         "layer-mb, globals-mb, device-layer-ms, device-row-ms (repeat per model; the others take the "
+                         "command's)", ""}} +
                    node_opts + opts(tls_opts.begin(), tls_opts.begin() + 1) + opts(scaling_opts.begin(), scaling_opts.end()) +
                    slo_opts + common,
                "With --policy the scaling, link and device options of autoscale apply; /ready is 503 until the "

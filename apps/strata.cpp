@@ -814,7 +814,7 @@ expected<serve_model> load_serve_model(const std::string& spec, const args& a, b
 const std::vector<std::string> model_knob_keys = {"policy", "min", "max", "queue", "keep-alive-s", "queue-timeout-s",
                                                   "min-share", "ttft-slo-ms", "tbt-slo-ms", "max-running",
                                                   "max-waiting", "scheduler", "batch-scheduler", "migration",
-                                                  "layer-mb", "globals-mb"};
+                                                  "layer-mb", "globals-mb", "device-layer-ms", "device-row-ms"};
 
 // Each served model's options: the command's, with its --model-knobs on top. Names, keys and
 // values are checked here, before anything starts; a bad value names the model.

@@ -42,10 +42,30 @@ pick = sorted({round(i * (len(c) - 1) / max(1, k - 1)) for i in range(k)})
 print(" ".join(c[i]["spec"] for i in pick))' "$tmp/cat.json")
 echo "fixed baselines (Pareto-optimal by emulated latency at batch 1 and top-1, thinned): $front"
 
+# The INFaaS baseline: the same subnets as separately loaded variants (strata convert --subnet),
+# one device's memory for one of them at a time (--variant-slots 1), each loaded on demand from a
+# host copy (all-cache: GPU-sized 400 MB per whole layer + 500 MB of globals at 25 GB/s), its
+# layers' emulated bytes and device time scaled by their size against the base's.
+variant_args=(--model "s=$m")
+layers=$("$strata" inspect --model "$m" | sed -n 's/.* layers=\([0-9]*\) .*/\1/p')
+for v in $front; do
+  [ "$v" = full ] && continue
+  "$strata" convert --model "$m" --subnet "$v" --out "$tmp/v-$v" >/dev/null 2>&1
+  knobs=$(python3 -c '
+import json, sys
+s = {x["spec"]: x for x in json.load(open(sys.argv[1]))["subnets"]}[sys.argv[2]]
+n = int(sys.argv[3])
+f = s["share"] * n / (len(s["layers"]) or n)  # the share of a whole layer each of its layers holds
+print(f"layer-mb={400 * f:.1f},device-layer-ms={4 * f:.3f},device-row-ms={0.2 * f:.4f}")' "$tmp/cat.json" "$v" "$layers")
+  variant_args+=(--model "s@$v=$tmp/v-$v" --model-knobs "s@$v:$knobs")
+done
+variant_args+=(--subnet-catalogue "s=$tmp/cat.json" --variant-slots 1 --min 0 --keep-alive-s 600)
+echo "infaas-like variants: $(echo "$front" | tr ' ' '\n' | grep -vx full | tr '\n' ' ')(and the whole model), one slot"
+
 if [ "$quick" = quick ]; then
   labels=("gamma CV2 4")
   traces=("--trace gamma --n 20 --gamma-rate 12 --burstiness 0.25")
-  policies=(slackfit max-batch "fixed:$(echo "$front" | awk '{print $1}')")
+  policies=(slackfit max-batch infaas-like "fixed:$(echo "$front" | awk '{print $1}')")
 else
   labels=("gamma CV2 1" "gamma CV2 4" "gamma CV2 8" "Azure code 845-870 s" "BurstGPT first 200")
   traces=("--trace gamma --n 150 --gamma-rate 12 --burstiness 1"
@@ -53,7 +73,7 @@ else
           "--trace gamma --n 150 --gamma-rate 12 --burstiness 0.125"
           "--trace $data/traces/AzureLLMInferenceTrace_code.csv --start 845 --duration 25 --max-requests 150 --rate 12"
           "--trace $data/traces/burstgpt1_first400.csv --max-requests 150 --rate 12")
-  policies=(slackfit max-accuracy max-batch)
+  policies=(slackfit max-accuracy max-batch infaas-like)
   for s in $front; do policies+=("fixed:$s"); done
 fi
 
@@ -61,12 +81,16 @@ printf '%-22s %-18s %8s %9s %s\n' trace policy "SLO %" quality "subnets chosen"
 for i in "${!traces[@]}"; do
   read -r -a trace <<<"${traces[$i]} --max-prompt 16 --max-output 32"
   for pol in "${policies[@]}"; do
-    start_serve "serve-$i-${pol//:/_}.log" --model "$m" --policy all-cache --min 1 --max 1 "${dev[@]}" \
-      --subnet-catalogue "$tmp/cat.json" --subnet-latency emulated --subnet-policy "$pol" --batch-scheduler edf \
-      --max-waiting 4096 --max-connections-per-client 4096
+    if [ "$pol" = infaas-like ]; then
+      serving=("${variant_args[@]}" --policy all-cache --max 1)
+    else
+      serving=(--model "$m" --subnet-catalogue "$tmp/cat.json" --policy all-cache --min 1 --max 1)
+    fi
+    start_serve "serve-$i-${pol//:/_}.log" "${serving[@]}" "${dev[@]}" --subnet-latency emulated --subnet-policy "$pol" \
+      --batch-scheduler edf --max-waiting 4096 --max-connections-per-client 4096
     out="$tmp/run-$i-${pol//:/_}.json"
-    "$strata" bench-serve --url "$url" "${trace[@]}" --vocab 512 --slo-ms "$slo" --json "$out" --quiet >/dev/null 2>&1 ||
-      true
+    "$strata" bench-serve --url "$url" --model "$(curl -s "$url/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')" \
+      "${trace[@]}" --vocab 512 --slo-ms "$slo" --json "$out" --quiet >/dev/null 2>&1 || true
     stop_serve 2>/dev/null
     python3 - "$out" "${labels[$i]}" "$pol" "$tmp/cat.json" >>"$tmp/rows.tsv" <<'PY'
 import json, sys, collections
@@ -92,6 +116,7 @@ print("\t".join([sys.argv[2], sys.argv[3], f"{att:.1f}", f"{quality:.3f}",
                  ",".join(f"{k}x{v}" for k, v in chosen.most_common(4)) + note]))
 PY
     tail -1 "$tmp/rows.tsv" | awk -F'\t' '{ printf "%-22s %-18s %8s %9s %s\n", $1, $2, $3, $4, $5 }'
+    [ "$pol" != infaas-like ] || echo "  (infaas-like: $(grep -c 'evicted by the front door' "$tmp/serve-$i-${pol//:/_}.log") evictions, $(grep -c ': .* scale-out #' "$tmp/serve-$i-${pol//:/_}.log") loads)"
   done
 done
 
@@ -141,8 +166,8 @@ n = len(by)
 svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W * n}' height='{H + 40}' font-family='sans-serif' "
        "font-size='10'><rect width='100%' height='100%' fill='white'/>",
        f"<text x='10' y='14' font-size='12'>SLO attainment (x, %) vs mean served quality (y, top-1): fixed subnets "
-       "(grey, front dashed), slackfit (red), max-accuracy (blue), max-batch (green)</text>"]
-colour = {"slackfit": "#d62728", "max-accuracy": "#1f77b4", "max-batch": "#2ca02c"}
+       "(grey, front dashed), slackfit (red), max-accuracy (blue), max-batch (green), infaas-like variants (purple)</text>"]
+colour = {"slackfit": "#d62728", "max-accuracy": "#1f77b4", "max-batch": "#2ca02c", "infaas-like": "#9467bd"}
 for k, (t, pol) in enumerate(by.items()):
     ox, oy = k * W, 30
     X = lambda a: ox + P + (W - P - 15) * a / 100

@@ -167,27 +167,18 @@ void mark_pareto(subnet_catalogue& c, bool emulated) {
 
 namespace {
 
-// The fastest candidate among those `ok` admits, or none; ties (a wider batch sets the pace): the
-// faster alone, then the more accurate.
-template <class Ok>
-std::optional<size_t> fastest_of(const subnet_choice& c, Ok ok) {
-  std::optional<size_t> best;
-  for (size_t i = 0; i < c.candidates.size(); ++i) {
-    if (!ok(c.candidates[i])) continue;
+// The fastest candidate; ties (a wider batch sets the pace): the faster alone, then the more
+// accurate.
+size_t fastest(const subnet_choice& c) {
+  size_t best = 0;
+  for (size_t i = 1; i < c.candidates.size(); ++i) {
     auto& a = c.candidates[i];
-    if (!best) {
-      best = i;
-      continue;
-    }
-    auto& b = c.candidates[*best];
+    auto& b = c.candidates[best];
     if (std::tie(a.latency_ms, a.alone_ms) < std::tie(b.latency_ms, b.alone_ms) ||
         (a.latency_ms == b.latency_ms && a.alone_ms == b.alone_ms && a.quality > b.quality))
       best = i;
   }
   return best;
-}
-size_t fastest(const subnet_choice& c) {
-  return *fastest_of(c, [](const subnet_candidate&) { return true; });
 }
 
 // The most accurate candidate among those `ok` admits (ties: the faster), or none.
@@ -220,13 +211,12 @@ registry<subnet_policy>& policy_registry() {
        {"max-batch", "always the fastest subnet (the most requests per unit of time)", fastest},
        {"infaas-like",
         "INFaaS over separately loaded variants (serve --model NAME@SPEC=PATH): the most accurate loaded variant "
-        "that fits the slack; else the most accurate whose load and latency fit (it loads); none: the fastest "
-        "loaded, else the fastest. Over one supernet's subnets (all loaded): slackfit without narrowing",
+        "that fits the slack; else the most accurate whose load and latency fit (it loads); none: the fastest, "
+        "loads counted. Over one supernet's subnets (all loaded): slackfit without narrowing",
         [](const subnet_choice& c) {
           auto fits = [&](const subnet_candidate& x) { return x.latency_ms <= c.slack_ms; };
           if (auto i = most_accurate(c, [&](const subnet_candidate& x) { return x.loaded && fits(x); })) return *i;
-          if (auto i = most_accurate(c, fits)) return *i;
-          return fastest_of(c, [](const subnet_candidate& x) { return x.loaded; }).value_or(fastest(c));
+          return most_accurate(c, fits).value_or(fastest(c));
         }}});
   return r;
 }
@@ -245,7 +235,7 @@ subnet_choice variant_choice(const std::vector<variant_state>& variants, double 
   for (auto& v : variants) {
     subnet_candidate x;
     x.profile = v.profile;
-    x.alone_ms = std::max(0.0, v.profile->latency_ms(std::max(1, v.running + 1), emulated));
+    x.alone_ms = std::max({0.0, v.profile->latency_ms(std::max(1, v.running + 1), emulated), v.loaded ? v.ttft_ms : 0.0});
     x.latency_ms = x.alone_ms + (v.loaded ? 0.0 : std::max(0.0, v.load_ms));
     x.quality = std::max(0.0, v.profile->top1);
     x.loaded = v.loaded;

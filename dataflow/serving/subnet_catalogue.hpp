@@ -85,16 +85,19 @@ struct variant_state {
   bool loaded = false;
   int running = 0;
   double load_ms = 0;
+  double ttft_ms = 0;  // its recent requests' measured time to first token, smoothed (0: none yet)
 };
 // The candidates a request with `slo_ms` of slack chooses among: a variant's predicted first token
-// is its profiled step latency at its running requests plus this one, plus its load when not loaded.
+// is its profiled step latency at its running requests plus this one, or the time to first token
+// its requests now see if longer (queueing, steps in flight), plus its load when not loaded.
 subnet_choice variant_choice(const std::vector<variant_state>& variants, double slo_ms, bool emulated);
 
 // The subnet policy registry (dataflow/registry.hpp): which subnet an SLO-only request runs.
 // Built in: slackfit (SuperServe: the most accurate subnet whose predicted latency fits the slack;
 // none fits: the fastest), max-accuracy, max-batch (the fastest: the most requests per unit of
-// time), infaas-like (INFaaS over separately loaded variants: a loaded variant that fits first,
-// see variant_choice) and fixed:SPEC (one static point, Clipper-style; SPEC must be in the
+// time), infaas-like (INFaaS over separately loaded variants: the most accurate loaded variant
+// that fits, else the most accurate whose load and latency fit, else the fastest; see
+// variant_choice) and fixed:SPEC (one static point, Clipper-style; SPEC must be in the
 // catalogue).
 struct subnet_policy {
   std::string name;

@@ -971,18 +971,23 @@ TEST_CASE("infaas-like over separately loaded variants: a loaded one that fits f
   const std::vector<variant_state> only_d2 = {{full, false, 0, 40}, {d3, false, 0, 20}, {d2, true, 0, 10}};
   const std::vector<variant_state> none = {{full, false, 0, 40}, {d3, false, 0, 20}, {d2, false, 0, 10}};
   const std::vector<variant_state> busy = {{full, true, 63, 40}, {d3, true, 0, 20}, {d2, true, 0, 10}};
+  // Loaded d2's requests now wait 50 ms for their first token (queued behind a burst).
+  const std::vector<variant_state> slow = {{full, false, 0, 40}, {d3, false, 0, 20}, {d2, true, 0, 10, 50}};
   for (auto& r : {row{"loaded d2 fits: kept, though loading full would fit", only_d2, 100, "d2", "full"},
-                  row{"nothing fits: the fastest loaded", only_d2, 2, "d2", "d2"},
+                  row{"nothing fits: the fastest, loads counted", only_d2, 2, "d2", "d2"},
+                  row{"nothing fits, the loaded one measured slowest: the fastest to load and run", slow, 5, "d3", "d3"},
                   row{"none loaded: the most accurate whose load fits", none, 30, "d3", "d3"},
                   row{"none loaded, none fits: the fastest", none, 5, "d2", "d2"},
-                  row{"all loaded: the most accurate that fits", busy, 9, "d3", "d3"}}) {
+                  row{"all loaded: the most accurate that fits", busy, 9, "d3", "d3"},
+                  row{"the loaded one is measured too slow: load one that fits", slow, 30, "d3", "d3"}}) {
     CAPTURE(r.what);
     auto c = variant_choice(r.variants, r.slo, false);
     REQUIRE(c.candidates.size() == r.variants.size());
     for (size_t i = 0; i < c.candidates.size(); ++i) {
       auto& v = r.variants[i];
       CHECK(c.candidates[i].loaded == v.loaded);
-      CHECK(c.candidates[i].latency_ms == doctest::Approx(v.profile->step_ms[0].second + (v.loaded ? 0 : v.load_ms)));
+      CHECK(c.candidates[i].latency_ms ==
+            doctest::Approx(std::max(v.profile->step_ms[0].second, v.loaded ? v.ttft_ms : 0) + (v.loaded ? 0 : v.load_ms)));
     }
     CHECK(c.slack_ms == r.slo);
     CHECK(c.candidates[find_subnet_policy("infaas-like")->choose(c)].profile->spec == r.infaas);
