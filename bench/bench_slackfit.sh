@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SlackFit against fixed subnets and the other subnet policies, over HTTP (issue 18's evaluation).
 #
-#   bench/bench_slackfit.sh [build/bin/strata] [quick]
+#   bench/bench_slackfit.sh [build/bin/strata] [quick|scaling]
 #
 # The model's subnet catalogue is profiled on an emulated device (4 ms per layer and step, 0.2 ms
 # per row and layer, charged by the share of a layer a subnet runs), then `strata serve` (one
@@ -17,7 +17,13 @@
 # (845-870 s) and BurstGPT (first 200) rescaled to 12/s; prompts clipped to 16 tokens, outputs
 # to 32. MODEL=path picks another model (an elastic supernet from tools/supernet; REFERENCE=path
 # scores its quality against the model it was trained from); SLO_MS (80).
-# quick: one trace, three policies, 20 requests (the smoke test). SVG=FILE keeps the plot.
+# quick: one trace, four policies, 20 requests (the smoke test). SVG=FILE keeps the plot.
+# scaling: SlackFit inside live autoscaling (a combination none of the seed systems has): the
+# bursty traces at 24/s, slackfit and fixed:full on one instance and under blitz (1..4 instances,
+# each new one's parameters over the emulated 12.5 GB/s network, serving while they stream in),
+# every instance running at most 8 sequences at once (so arrivals queue and the scaler sees it).
+# What it buys: attainment and quality of slackfit+blitz against fixed:full+blitz (scaling
+# alone) and slackfit (subnets alone), and how many instances each started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 strata=$(realpath "${1:-build/bin/strata}")
@@ -27,6 +33,7 @@ m=${MODEL:-$data/models/stories260K}
 slo=${SLO_MS:-80}
 . bench/lib.sh
 svg=${SVG:-$tmp/slackfit.svg}
+scaling_args=()
 
 echo "### subnet policies over HTTP: $(basename "$m")${REFERENCE:+ (quality against $(basename "$REFERENCE"))}, device 4 ms/layer + 0.2 ms/row, TTFT SLO $slo ms"
 ref=()
@@ -62,7 +69,16 @@ done
 variant_args+=(--subnet-catalogue "s=$tmp/cat.json" --variant-slots 1 --min 0 --keep-alive-s 600)
 echo "infaas-like variants: $(echo "$front" | tr ' ' '\n' | grep -vx full | tr '\n' ' ')(and the whole model), one slot"
 
-if [ "$quick" = quick ]; then
+if [ "$quick" = scaling ]; then
+  labels=("gamma CV2 8 at 24/s" "Azure code at 24/s" "BurstGPT at 24/s")
+  traces=("--trace gamma --n 300 --max-requests 300 --gamma-rate 24 --burstiness 0.125"
+          "--trace $data/traces/AzureLLMInferenceTrace_code.csv --start 845 --duration 25 --max-requests 300 --rate 24"
+          "--trace $data/traces/burstgpt1_first400.csv --max-requests 300 --rate 24")
+  policies=(fixed:full slackfit fixed:full+blitz slackfit+blitz)
+  # A device runs 8 sequences at a time (else every arrival joins the batch, nothing queues and
+  # a scaler sees no pressure, only slow steps).
+  scaling_args=(--max-running 8)
+elif [ "$quick" = quick ]; then
   labels=("gamma CV2 4")
   traces=("--trace gamma --n 20 --gamma-rate 12 --burstiness 0.25")
   policies=(slackfit max-batch infaas-like "fixed:$(echo "$front" | awk '{print $1}')")
@@ -83,10 +99,13 @@ for i in "${!traces[@]}"; do
   for pol in "${policies[@]}"; do
     if [ "$pol" = infaas-like ]; then
       serving=("${variant_args[@]}" --policy all-cache --max 1)
+    elif [ "${pol%+blitz}" != "$pol" ]; then
+      serving=(--model "$m" --subnet-catalogue "$tmp/cat.json" --policy blitz --min 1 --max 4 --ttft-slo-ms "$slo")
     else
       serving=(--model "$m" --subnet-catalogue "$tmp/cat.json" --policy all-cache --min 1 --max 1)
     fi
-    start_serve "serve-$i-${pol//:/_}.log" "${serving[@]}" "${dev[@]}" --subnet-latency emulated --subnet-policy "$pol" \
+    start_serve "serve-$i-${pol//:/_}.log" "${serving[@]}" "${scaling_args[@]}" "${dev[@]}" --subnet-latency emulated \
+      --subnet-policy "${pol%+blitz}" \
       --batch-scheduler edf --max-waiting 4096 --max-connections-per-client 4096
     out="$tmp/run-$i-${pol//:/_}.json"
     "$strata" bench-serve --url "$url" --model "$(curl -s "$url/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')" \
@@ -117,6 +136,7 @@ print("\t".join([sys.argv[2], sys.argv[3], f"{att:.1f}", f"{quality:.3f}",
 PY
     tail -1 "$tmp/rows.tsv" | awk -F'\t' '{ printf "%-22s %-18s %8s %9s %s\n", $1, $2, $3, $4, $5 }'
     [ "$pol" != infaas-like ] || echo "  (infaas-like: $(grep -c 'evicted by the front door' "$tmp/serve-$i-${pol//:/_}.log") evictions, $(grep -c ': .* scale-out #' "$tmp/serve-$i-${pol//:/_}.log") loads)"
+    [ "${pol%+blitz}" = "$pol" ] || echo "  ($pol: $(grep -c ': .* scale-out #' "$tmp/serve-$i-${pol//:/_}.log") instances started, $(grep -c ': .* stopped #' "$tmp/serve-$i-${pol//:/_}.log") stopped)"
   done
 done
 
@@ -147,11 +167,12 @@ def interp(pts, x, xi, yi):  # y at x on the front, linear between neighbours (N
     return None
 
 print()
-print(f"{'trace':<22} {'slackfit SLO %':>14} {'quality':>8} {'front quality at its SLO %':>27} {'front SLO % at its quality':>27}")
-for t, pol in by.items():
-    fixed = [v for k, v in pol.items() if k.startswith("fixed:")]
-    if "slackfit" not in pol or len(fixed) < 2:
-        continue
+compared = [(t, pol) for t, pol in by.items()
+            if "slackfit" in pol and sum(k.startswith("fixed:") and not k.endswith("+blitz") for k in pol) >= 2]
+if compared:
+    print(f"{'trace':<22} {'slackfit SLO %':>14} {'quality':>8} {'front quality at its SLO %':>27} {'front SLO % at its quality':>27}")
+for t, pol in compared:
+    fixed = [v for k, v in pol.items() if k.startswith("fixed:") and not k.endswith("+blitz")]
     a, q = pol["slackfit"]
     f = front(fixed)
     fq = interp(f, a, 0, 1)
@@ -160,6 +181,17 @@ for t, pol in by.items():
     da = f"{fa:.1f} (ratio {a / fa:.2f}x)" if fa else "outside the front"
     print(f"{t:<22} {a:>14.1f} {q:>8.3f} {dq:>27} {da:>27}")
 
+# Scaling mode: what SlackFit buys inside live autoscaling, and what scaling buys SlackFit.
+scaled = [(t, pol) for t, pol in by.items() if {"slackfit+blitz", "fixed:full+blitz", "slackfit"} <= set(pol)]
+if scaled:
+    print(f"{'trace':<22} {'slackfit+blitz SLO %, quality':>30} {'vs fixed:full+blitz':>26} {'vs slackfit on one instance':>30}")
+    for t, pol in scaled:
+        a, q = pol["slackfit+blitz"]
+        fa, fq = pol["fixed:full+blitz"]
+        sa, sq = pol["slackfit"]
+        vs_full = f"{a / fa:.2f}x SLO, {q - fq:+.3f} q" if fa > 0 else f"{a - fa:+.1f} SLO, {q - fq:+.3f} q"
+        print(f"{t:<22} {a:>21.1f}, {q:.3f} {vs_full:>26} {f'{a - sa:+.1f} SLO %, {q - sq:+.3f} q':>30}")
+
 # One panel per trace: attainment (x) vs mean served quality (y).
 W, H, P = 300, 260, 45
 n = len(by)
@@ -167,7 +199,8 @@ svg = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W * n}' height='{H + 40
        "font-size='10'><rect width='100%' height='100%' fill='white'/>",
        f"<text x='10' y='14' font-size='12'>SLO attainment (x, %) vs mean served quality (y, top-1): fixed subnets "
        "(grey, front dashed), slackfit (red), max-accuracy (blue), max-batch (green), infaas-like variants (purple)</text>"]
-colour = {"slackfit": "#d62728", "max-accuracy": "#1f77b4", "max-batch": "#2ca02c", "infaas-like": "#9467bd"}
+colour = {"slackfit": "#d62728", "max-accuracy": "#1f77b4", "max-batch": "#2ca02c", "infaas-like": "#9467bd",
+          "slackfit+blitz": "#8c1a1a", "fixed:full+blitz": "#555555"}
 for k, (t, pol) in enumerate(by.items()):
     ox, oy = k * W, 30
     X = lambda a: ox + P + (W - P - 15) * a / 100
@@ -179,14 +212,14 @@ for k, (t, pol) in enumerate(by.items()):
         svg.append(f"<text x='{X(v)}' y='{Y(0) + 12}' text-anchor='middle'>{v}</text>")
     for v in (0, 0.5, 1):
         svg.append(f"<text x='{X(0) - 4}' y='{Y(v) + 3}' text-anchor='end'>{v}</text>")
-    f = front([v for p, v in pol.items() if p.startswith("fixed:")])
+    f = front([v for p, v in pol.items() if p.startswith("fixed:") and not p.endswith("+blitz")])
     if len(f) > 1:
         svg.append("<polyline fill='none' stroke='#999' stroke-dasharray='4 3' points='" +
                    " ".join(f"{X(a):.1f},{Y(q):.1f}" for a, q in sorted(f)) + "'/>")
     for p, (a, q) in pol.items():
         c = colour.get(p, "#999")
         svg.append(f"<circle cx='{X(a):.1f}' cy='{Y(q):.1f}' r='{5 if p in colour else 3.5}' fill='{c}'/>")
-        if not p.startswith("fixed:") or len(pol) < 12:
+        if p in colour or len(pol) < 12:
             svg.append(f"<text x='{X(a) + 5:.1f}' y='{Y(q) - 4:.1f}' fill='{c}'>{p.replace('fixed:', '')}</text>")
 svg.append("</svg>")
 open(sys.argv[2], "w").write("\n".join(svg) + "\n")
