@@ -44,6 +44,19 @@ grep -qE '^w50 +[0-9.]+ +[0-9.]+ +[0-9.]+$' "$tmp/trained.out" || fail "no befor
   fail "the trained supernet does not serve a subnet: $(cat "$tmp/gen.log")"
 echo "ok: three training steps change the weights; the report lists each subnet before and after"
 
+# A space of its own: only those subnets are trained and reported.
+"$py" "$train" --model "$base" --out "$tmp/space.bin" --steps 2 --space full,d4,w50 "${small[@]}" >"$tmp/space.out" 2>"$tmp/space.log" ||
+  fail "train_supernet --space: $(tail -3 "$tmp/space.log")"
+rows=$(awk 'NR > 1 && $1 != "wrote" { printf "%s ", $1 }' "$tmp/space.out")
+[ "$rows" = "full d4 w50 " ] || fail "--space full,d4,w50 reported: $rows"
+grep -q '"space": \[' "$tmp/space.supernet.json" || fail "the side file does not record the space"
+for bad in "d4,w50:lacks 'full'" "full,d9:subnet 'd9' is outside depth 1..5" "full,x2:bad subnet spec 'x2'"; do
+  "$py" "$train" --model "$base" --out "$tmp/x.bin" --steps 0 --space "${bad%%:*}" "${small[@]}" >/dev/null 2>"$tmp/bad.log" &&
+    fail "--space ${bad%%:*} was accepted"
+  grep -q "${bad#*:}" "$tmp/bad.log" || fail "--space ${bad%%:*}: $(tail -1 "$tmp/bad.log")"
+done
+echo "ok: --space trains and reports only its subnets; bad spaces are clear errors"
+
 # Bad inputs: a truncated checkpoint, a malformed side file.
 head -c 1000 "$base" >"$tmp/cut.bin"
 "$py" "$train" --model "$tmp/cut.bin" --out "$tmp/x.bin" --steps 0 "${small[@]}" >/dev/null 2>"$tmp/cut.log" &&
