@@ -217,6 +217,7 @@ struct model_state : served_model {
   double load_ms = -1;
   clk::time_point last_used{};  // the last request sent to it
   bool evicting = false;        // told to drain for another variant; until the poller sees it empty
+  uint64_t picks = 0;           // SLO-only requests sent to it by pick_variant
 };
 
 // What a model's router (and scaler) said when asked for /metrics or /v1/models.
@@ -397,6 +398,7 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
     auto c = variant_choice(vs, slo_ms, opt.emulated_latency);
     size_t i = variant_policy->choose(c);
     auto& chosen = family[index[i]];
+    ++chosen->picks;
     dispatch_variant(family, *chosen);
     return {chosen, c.candidates[i].latency_ms <= slo_ms};
   }
@@ -1361,6 +1363,13 @@ void http_server::impl::metrics(std::function<void(std::string)> done) {
               ms.itl.render("strata:inter_token_latency_seconds", lb));
       out.add("strata:e2e_request_latency_seconds", "histogram", "Arrival to last token.",
               ms.e2e.render("strata:e2e_request_latency_seconds", lb));
+      if (!ms.variant) continue;
+      out.add("strata:variant_picks_total", "counter", "SLO-only requests the front door sent to this variant.",
+              line("strata:variant_picks_total", lb, double(ms.picks)));
+      if (ms.load_ms >= 0)
+        out.add("strata:variant_load_seconds", "gauge",
+                "The variant's last measured load: from a request that found no instance to one serving.",
+                line("strata:variant_load_seconds", lb, ms.load_ms / 1000));
     }
     if (!cluster_nodes.nodes.empty()) {  // once per node, whichever models run there
       std::string mem, used, models, draining;

@@ -332,6 +332,7 @@ sleep 0.3
 curl -s "http://127.0.0.1:$vport/v1/completions" -d '{"model":"s@d3w50","prompt":"Once","max_tokens":2}' >/dev/null
 sleep 0.3
 vpick2=$(slo_pick)
+curl -s "http://127.0.0.1:$vport/metrics" > "$tmp/varmetrics.txt"
 kill -TERM "$vsrv"
 wait "$vsrv" || fail "serve with variants did not drain: $(cat "$tmp/varserve.log")"
 [ "Once upon a time$vgot" = "$want" ] || fail "variant s@d4: '$vgot', subnet d4 of the forward pass: '$want'"
@@ -341,5 +342,9 @@ grep -q "strata scaler s@d4: .* serving #1" "$tmp/varserve.log" || fail "no inst
 grep -q "strata scaler s@d4: .* drain #1: evicted by the front door: variant s@d3w50 needs its slot" "$tmp/varserve.log" ||
   fail "s@d4 was not evicted for s@d3w50 (one slot): $(grep 'strata scaler' "$tmp/varserve.log")"
 [ "$vpick2" = "d3w50 {'d3w50': 5} True" ] || fail "after the eviction infaas-like picked: $vpick2"
+grep -q '^strata:variant_picks_total{model_name="s@d3w50"} 1$' "$tmp/varmetrics.txt" &&
+  grep -q '^strata:variant_picks_total{model_name="s@d4"} 1$' "$tmp/varmetrics.txt" &&
+  grep -qE '^strata:variant_load_seconds\{model_name="s@d4"\} [0-9.e-]+$' "$tmp/varmetrics.txt" ||
+  fail "variant metrics: $(grep variant "$tmp/varmetrics.txt")"
 echo "ok: variants load on demand, generate their subnet's text; infaas-like keeps to a loaded one, one slot evicts"
 echo "cli: all checks passed"
