@@ -410,6 +410,9 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
     m.ttft_ms = st.ttft_ema_s * 1000;
     if (st.routes == 0) {
       m.evicting = false;
+      // A load nothing waits for any more (its requests failed or left): it holds no slot.
+      if (m.loading_since && m.running == 0 && clk::now() - *m.loading_since > std::chrono::seconds(1))
+        m.loading_since.reset();
       return;
     }
     if (m.loading_since) m.load_ms = seconds(clk::now() - *m.loading_since) * 1000, m.loading_since.reset();
