@@ -371,6 +371,15 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
     }
     to.last_used = now;
     ++to.running;  // until the poller's next look: a burst's picks see each other
+    caf::anon_send(poller, wake_atom::value);
+  }
+  // Whether a variant has requests, loads or drains (the poller looks closely then).
+  bool variants_busy() {
+    std::lock_guard<std::mutex> g(mu);
+    for (auto& [name, family] : families)
+      for (auto& m : family)
+        if (m->running > 0 || m->loading_since || m->evicting) return true;
+    return false;
   }
   // The variant of `family` an SLO-only request runs (the policy over variant_choice). Within a
   // full budget with nothing to evict, only variants that hold instances are candidates.
@@ -1518,28 +1527,42 @@ variant_families(const std::vector<std::shared_ptr<model_state>>& states) {
   return out;
 }
 
-// Keeps each variant's serving state (routes, queue) as its router reports it, a few times per
-// tick of the front door's choice: INFaaS's monitoring daemon. One round at a time.
+// Keeps each variant's serving state (routes, queue, TTFT) as its router reports it: INFaaS's
+// monitoring daemon. Every 20 ms while a variant has requests, loads or drains, else every
+// second (idle costs no CPU); a dispatch wakes it (wake_atom). One round of asks at a time.
 caf::behavior variant_poller(caf::event_based_actor* self, std::weak_ptr<http_server::impl> w) {
-  auto pending = std::make_shared<int>(0);
-  self->send(self, tick_atom::value);
-  return {[=](tick_atom) {
-    auto srv = w.lock();
-    if (!srv || srv->stopped) return self->quit();
-    if (*pending == 0)
-      for (auto& [name, family] : srv->families)
-        for (auto& m : family) {
-          ++*pending;
-          self->request(m->router, std::chrono::seconds(1), stats_atom::value)
-              .then(
-                  [=](router_stats& st) {
-                    --*pending;
-                    if (auto s = w.lock()) s->saw_router(*m, st);
-                  },
-                  [=](caf::error&) { --*pending; });
-        }
-    self->delayed_send(self, std::chrono::milliseconds(20), tick_atom::value);
-  }};
+  struct state {
+    int pending = 0;
+    uint64_t epoch = 0;
+    bool fast = true;
+  };
+  auto st = std::make_shared<state>();
+  self->send(self, tick_atom::value, uint64_t(0));
+  return {[=](tick_atom, uint64_t epoch) {
+            auto srv = w.lock();
+            if (!srv || srv->stopped) return self->quit();
+            if (epoch != st->epoch) return;  // a wake started another loop
+            if (st->pending == 0)
+              for (auto& [name, family] : srv->families)
+                for (auto& m : family) {
+                  ++st->pending;
+                  self->request(m->router, std::chrono::seconds(1), stats_atom::value)
+                      .then(
+                          [=](router_stats& rs) {
+                            --st->pending;
+                            if (auto s = w.lock()) s->saw_router(*m, rs);
+                          },
+                          [=](caf::error&) { --st->pending; });
+                }
+            st->fast = srv->variants_busy();
+            self->delayed_send(self, st->fast ? std::chrono::milliseconds(20) : std::chrono::milliseconds(1000),
+                               tick_atom::value, epoch);
+          },
+          [=](wake_atom) {
+            if (st->fast) return;
+            st->fast = true;
+            self->send(self, tick_atom::value, ++st->epoch);
+          }};
 }
 
 }  // namespace

@@ -206,7 +206,7 @@ typename Inspector::result_type inspect(Inspector& f, kv_slice& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, router_stats& x) {
   return f(caf::meta::type_name("router_stats"), x.waiting, x.running, x.routes, x.ttft_ema_s, x.tbt_ema_s,
-           x.kv_tokens, x.kv_capacity, x.tokens, x.finished, x.migrations, x.kv_migrations, x.kv_bytes_moved,
+           x.quality_ema, x.kv_tokens, x.kv_capacity, x.tokens, x.finished, x.migrations, x.kv_migrations, x.kv_bytes_moved,
            x.readmissions, x.running_by_instance,
            x.in_use_by_instance);
 }

@@ -303,6 +303,7 @@ bool on_stats(scaler_actor* self, const router_stats& rs) {
   v.running = rs.running;
   v.ttft_ema_s = rs.ttft_ema_s;
   v.tbt_ema_s = rs.tbt_ema_s;
+  v.quality_ema = rs.quality_ema;
   v.kv_use = rs.kv_capacity > 0 ? double(rs.kv_tokens) / double(rs.kv_capacity) : 0;
   if (t > st.last_tick) v.tokens_per_s = double(rs.tokens - st.last_tokens) / (t - st.last_tick);
   st.last_tokens = rs.tokens;

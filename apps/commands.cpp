@@ -70,6 +70,9 @@ const opts scaling_opts = {
     {"queue-timeout-s", "S", "120",
      "a request not started this long after admission fails, e.g. a cold start that takes longer (0: no limit)", ""},
     {"min-share", "F", "0.25", "has-gpu: a new instance's share of its device, and the smallest", ""},
+    {"min-quality", "Q", "0",
+     "subnet-aware scaling: scale out while the served quality (catalogue top-1) of SLO-only requests is below Q "
+     "(SlackFit serves bursts small; this brings the whole model back; 0: off)", ""},
     {"layer-mb", "MB", "400", "emulated bytes per layer (in-process instances)", ""},
     {"globals-mb", "MB", "500", "emulated embedding + classifier bytes", ""},
     {"network-gbs", "GB/s", "12.5", "emulated compute network", ""},
@@ -158,8 +161,8 @@ std::vector<command_spec> make_table() {
                         {"model-knobs", "NAME:K=V,...", "",
                          "one model's own values of policy, min, max, queue, keep-alive-s, queue-timeout-s, min-share, "
                          "ttft-slo-ms, tbt-slo-ms, max-running, max-waiting, scheduler, batch-scheduler, migration, "
-                         "layer-mb, globals-mb, device-layer-ms, device-row-ms (repeat per model; the others take the "
-                         "command's)", ""}} +
+                         "layer-mb, globals-mb, device-layer-ms, device-row-ms, min-quality (repeat per model; the others "
+                         "take the command's)", ""}} +
                    node_opts + opts(tls_opts.begin(), tls_opts.begin() + 1) + opts(scaling_opts.begin(), scaling_opts.end()) +
                    slo_opts + common,
                "With --policy the scaling, link and device options of autoscale apply; /ready is 503 until the "

@@ -722,6 +722,7 @@ expected<scaling_setup> scaling_from_args(const args& a) {
   k.keep_alive_s = a.number("keep-alive-s", 0, 1e6);
   if (k.max_instances < k.min_instances) return make_error("need --min <= --max");
   k.min_share = a.positive("min-share", 1);
+  k.min_quality = a.number("min-quality", 0, 1);
   s.links.network_gb_s = a.positive("network-gbs", 1e5);
   s.links.local_host_gb_s = a.positive("host-gbs", 1e5);
   s.links.remote_gb_s = a.positive("remote-gbs", 1e5);
@@ -814,7 +815,8 @@ expected<serve_model> load_serve_model(const std::string& spec, const args& a, b
 const std::vector<std::string> model_knob_keys = {"policy", "min", "max", "queue", "keep-alive-s", "queue-timeout-s",
                                                   "min-share", "ttft-slo-ms", "tbt-slo-ms", "max-running",
                                                   "max-waiting", "scheduler", "batch-scheduler", "migration",
-                                                  "layer-mb", "globals-mb", "device-layer-ms", "device-row-ms"};
+                                                  "layer-mb", "globals-mb", "device-layer-ms", "device-row-ms",
+                                                  "min-quality"};
 
 // Each served model's options: the command's, with its --model-knobs on top. Names, keys and
 // values are checked here, before anything starts; a bad value names the model.

@@ -21,7 +21,9 @@
 # scaling: SlackFit inside live autoscaling (a combination none of the seed systems has): the
 # bursty traces at 24/s, slackfit and fixed:full on one instance and under blitz (1..4 instances,
 # each new one's parameters over the emulated 12.5 GB/s network, serving while they stream in),
-# every instance running at most 8 sequences at once (so arrivals queue and the scaler sees it).
+# every instance running at most 8 sequences at once (so arrivals queue and the scaler sees it);
+# slackfit+blitz+q adds the subnet-aware signal (--min-quality 0.9: scale out while the served
+# quality is below 0.9).
 # What it buys: attainment and quality of slackfit+blitz against fixed:full+blitz (scaling
 # alone) and slackfit (subnets alone), and how many instances each started.
 set -euo pipefail
@@ -74,7 +76,7 @@ if [ "$quick" = scaling ]; then
   traces=("--trace gamma --n 300 --max-requests 300 --gamma-rate 24 --burstiness 0.125"
           "--trace $data/traces/AzureLLMInferenceTrace_code.csv --start 845 --duration 25 --max-requests 300 --rate 24"
           "--trace $data/traces/burstgpt1_first400.csv --max-requests 300 --rate 24")
-  policies=(fixed:full slackfit fixed:full+blitz slackfit+blitz)
+  policies=(fixed:full slackfit fixed:full+blitz slackfit+blitz slackfit+blitz+q)
   # A device runs 8 sequences at a time (else every arrival joins the batch, nothing queues and
   # a scaler sees no pressure, only slow steps).
   scaling_args=(--max-running 8)
@@ -99,13 +101,14 @@ for i in "${!traces[@]}"; do
   for pol in "${policies[@]}"; do
     if [ "$pol" = infaas-like ]; then
       serving=("${variant_args[@]}" --policy all-cache --max 1)
-    elif [ "${pol%+blitz}" != "$pol" ]; then
+    elif [ "${pol%+blitz*}" != "$pol" ]; then
       serving=(--model "$m" --subnet-catalogue "$tmp/cat.json" --policy blitz --min 1 --max 4 --ttft-slo-ms "$slo")
+      [ "${pol%+q}" = "$pol" ] || serving+=(--min-quality 0.9)
     else
       serving=(--model "$m" --subnet-catalogue "$tmp/cat.json" --policy all-cache --min 1 --max 1)
     fi
     start_serve "serve-$i-${pol//:/_}.log" "${serving[@]}" "${scaling_args[@]}" "${dev[@]}" --subnet-latency emulated \
-      --subnet-policy "${pol%+blitz}" \
+      --subnet-policy "${pol%%+*}" \
       --batch-scheduler edf --max-waiting 4096 --max-connections-per-client 4096
     out="$tmp/run-$i-${pol//:/_}.json"
     "$strata" bench-serve --url "$url" --model "$(curl -s "$url/v1/models" | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')" \
@@ -136,7 +139,7 @@ print("\t".join([sys.argv[2], sys.argv[3], f"{att:.1f}", f"{quality:.3f}",
 PY
     tail -1 "$tmp/rows.tsv" | awk -F'\t' '{ printf "%-22s %-18s %8s %9s %s\n", $1, $2, $3, $4, $5 }'
     [ "$pol" != infaas-like ] || echo "  (infaas-like: $(grep -c 'evicted by the front door' "$tmp/serve-$i-${pol//:/_}.log") evictions, $(grep -c ': .* scale-out #' "$tmp/serve-$i-${pol//:/_}.log") loads)"
-    [ "${pol%+blitz}" = "$pol" ] || echo "  ($pol: $(grep -c ': .* scale-out #' "$tmp/serve-$i-${pol//:/_}.log") instances started, $(grep -c ': .* stopped #' "$tmp/serve-$i-${pol//:/_}.log") stopped)"
+    [ "${pol%+blitz*}" = "$pol" ] || echo "  ($pol: $(grep -c ': .* scale-out #' "$tmp/serve-$i-${pol//:/_}.log") instances started, $(grep -c ': .* stopped #' "$tmp/serve-$i-${pol//:/_}.log") stopped)"
   done
 done
 
@@ -191,6 +194,13 @@ if scaled:
         sa, sq = pol["slackfit"]
         vs_full = f"{a / fa:.2f}x SLO, {q - fq:+.3f} q" if fa > 0 else f"{a - fa:+.1f} SLO, {q - fq:+.3f} q"
         print(f"{t:<22} {a:>21.1f}, {q:.3f} {vs_full:>26} {f'{a - sa:+.1f} SLO %, {q - sq:+.3f} q':>30}")
+    aware = [(t, pol) for t, pol in scaled if "slackfit+blitz+q" in pol]
+    if aware:
+        print(f"{'trace':<22} {'subnet-aware (+q) SLO %, quality':>33} {'vs slackfit+blitz':>26}")
+    for t, pol in aware:
+        a, q = pol["slackfit+blitz+q"]
+        ba, bq = pol["slackfit+blitz"]
+        print(f"{t:<22} {a:>24.1f}, {q:.3f} {f'{a - ba:+.1f} SLO %, {q - bq:+.3f} q':>26}")
 
 # One panel per trace: attainment (x) vs mean served quality (y).
 W, H, P = 300, 260, 45

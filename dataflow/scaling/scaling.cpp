@@ -148,6 +148,9 @@ threshold_policy::threshold_policy(std::string name, load_spec spec, scaling_kno
     : name_(std::move(name)), spec_(std::move(spec)), knobs_(knobs) {}
 
 bool threshold_policy::under_pressure(const load_view& v) const {
+  // Served quality below the floor while requests run: SlackFit is trading quality for deadlines
+  // (it keeps the queue short, so the signals below may never fire).
+  if (knobs_.min_quality > 0 && v.running > 0 && v.quality_ema >= 0 && v.quality_ema < knobs_.min_quality) return true;
   // Pressure needs a queue: latency averages alone linger after a burst has been absorbed.
   return v.waiting > 0 && (double(v.waiting) > knobs_.queue_per_instance * std::max(1, v.full) ||
                            v.ttft_ema_s > knobs_.ttft_slo_s || v.tbt_ema_s > knobs_.tbt_slo_s ||

@@ -109,6 +109,7 @@ struct load_view {
   uint32_t running = 0;
   double ttft_ema_s = 0;
   double tbt_ema_s = 0;
+  double quality_ema = -1;     // served quality of SLO-chosen subnets, smoothed (-1: none)
   double tokens_per_s = 0;     // generated over the last tick
   double kv_use = 0;           // KV positions held / what the serving instances can hold
   int full = 0;                // instances holding every layer and serving
@@ -143,6 +144,10 @@ struct scaling_knobs {
   double keep_alive_s = 3.0;      // an idle instance above the minimum is removed after this
   double cooldown_s = 0.5;        // no new scale-out decision within this after the last
   double min_share = 0.25;        // has-gpu: a new instance's compute share, and the smallest
+  // Subnet-aware: served quality (load_view::quality_ema) below this while requests run triggers
+  // scale-out (0: off). SlackFit holds the deadlines by serving smaller subnets; this brings the
+  // whole model back by adding instances.
+  double min_quality = 0;
 };
 
 // The draining instances that may stop now: no running request's route touches them (a

@@ -302,6 +302,16 @@ void batcher::finish(uint64_t id, const std::string& reason, const std::string& 
   res.subnet = r.chosen;
   res.slo_feasible = r.slo_feasible;
   if (r.narrowable) res.served.assign(r.served.begin(), r.served.end());
+  if (opt_.catalogue && !r.chosen.empty() && r.generated > 0) {  // what the policy's choices cost in quality
+    auto top1 = [&](const std::string& spec) {
+      const auto* p = opt_.catalogue->find(spec);
+      return p ? std::max(0.0, p->top1) : 0.0;
+    };
+    double q = 0, n = 0;
+    for (auto& [spec, k] : r.served) q += top1(spec) * k, n += k;  // per step, when narrowed
+    q = n > 0 ? q / n : top1(r.chosen);
+    quality_ema_ = quality_ema_ < 0 ? q : 0.8 * quality_ema_ + 0.2 * q;
+  }
   res.prompt_tokens = int32_t(r.req.prompt.size());
   res.generated_tokens = r.generated;
   res.ttft_us = r.generated > 0 ? micros(r.first_token - r.admitted) : 0;
@@ -810,6 +820,7 @@ router_stats batcher::stats() const {
   s.routes = uint32_t(routes_.size());
   s.ttft_ema_s = ttft_ema_;
   s.tbt_ema_s = tbt_ema_;
+  s.quality_ema = quality_ema_;
   std::set<uint32_t> instances;
   for (auto r : routes_) instances.insert(route_of(r).instance);
   s.kv_capacity = uint64_t(instances.size()) * uint64_t(opt_.max_running) * uint64_t(c_.seq_len);

@@ -320,6 +320,7 @@ class batcher {
   seq_id next_seq_ = 1;
   std::function<time_point()> now_;
   double ttft_ema_ = 0, tbt_ema_ = 0;
+  double quality_ema_ = -1;  // router_stats::quality_ema
   uint64_t tokens_ = 0, finished_ = 0, migrations_ = 0, kv_migrations_ = 0, kv_bytes_moved_ = 0;
 };
 

@@ -74,6 +74,9 @@ struct router_stats {
   uint32_t routes = 0;
   double ttft_ema_s = 0;  // smoothed time to first token of recent requests
   double tbt_ema_s = 0;   // smoothed time between tokens
+  // Smoothed quality (catalogue top-1, token-weighted) of the requests whose subnet the router
+  // chose for their SLO, as they end; -1 before the first such request.
+  double quality_ema = -1;
   uint64_t kv_tokens = 0; // positions held in KV caches by running requests
   uint64_t kv_capacity = 0;  // positions the serving instances can hold (max_running * context)
   uint64_t tokens = 0;    // generated so far

@@ -764,6 +764,10 @@ TEST_CASE("batcher: SLO-only requests start earliest deadline first and get the 
       CHECK(done[0].result.slo_feasible == r.want[k].second);
     }
     CHECK(order == std::vector<uint64_t>{ids[2], ids[1], ids[0]});  // earliest deadline first
+    // The served quality the scaler reads: the chosen subnets' top-1, smoothed in finishing order.
+    double q = -1;
+    for (auto& w : r.want) q = q < 0 ? cat->find(w.first)->top1 : 0.8 * q + 0.2 * cat->find(w.first)->top1;
+    CHECK(h.b.stats().quality_ema == doctest::Approx(q));
   }
   {  // Re-admitted after its route is lost, a request keeps its subnet (its KV cache's shape), however
      // late it is by then.

@@ -250,6 +250,41 @@ TEST_CASE("threshold policy: each threshold's boundary, exactly") {
   CHECK((*p)->decide(v).remove == std::vector<uint32_t>{2});
 }
 
+TEST_CASE("subnet-aware scaling: served quality below the floor scales out while requests run") {
+  auto k = policy_knobs();
+  link_speeds l;
+  struct row {
+    const char* what;
+    double min_quality, quality;
+    uint32_t running, waiting;
+    int loading, add;
+  };
+  const row rows[] = {
+      {"off (0): quality alone never scales", 0, 0.2, 8, 0, 0, 0},
+      {"at the floor", 0.9, 0.9, 8, 0, 0, 0},
+      {"below it, no queue: out", 0.9, 0.899, 8, 0, 0, 1},
+      {"below it, nothing runs (an old average): stay", 0.9, 0.5, 0, 0, 0, 0},
+      {"no SLO-chosen request yet (-1): stay", 0.9, -1, 8, 0, 0, 0},
+      {"below it, one already loading: wait for it", 0.9, 0.5, 8, 0, 1, 0},
+      {"below it with a long queue: as many as the queue asks", 0.9, 0.5, 8, 13, 0, 2},
+  };
+  for (auto& r : rows) {
+    CAPTURE(r.what);
+    auto kk = k;
+    kk.min_quality = r.min_quality;
+    auto p = make_policy("blitz", kk, l);
+    REQUIRE(p);
+    load_view v;
+    v.full = 1;
+    v.now = 100;
+    v.running = r.running;
+    v.waiting = r.waiting;
+    v.loading = r.loading;
+    v.quality_ema = r.quality;
+    CHECK((*p)->decide(v).add == r.add);
+  }
+}
+
 TEST_CASE("a draining instance stops only once no running request touches it") {
   // 1: one cooperative request still leans on it; 2: none (an entry of 0); 3: never used.
   CHECK(drained({1, 2, 3}, {{1, 1}, {2, 0}}) == std::vector<uint32_t>{2, 3});
