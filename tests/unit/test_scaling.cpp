@@ -114,6 +114,15 @@ scaling_knobs policy_knobs() {
   k.cooldown_s = 1;
   return k;
 }
+
+// What a fresh blitz policy adds for view `v` of one serving instance at t = 100 s.
+int blitz_adds(const scaling_knobs& k, load_view v) {
+  auto p = make_policy("blitz", k, link_speeds{});
+  REQUIRE(p);
+  v.full = 1;
+  v.now = 100;
+  return (*p)->decide(v).add;
+}
 }  // namespace
 
 TEST_CASE("threshold policy: scale out on queue, within bounds, in after keep-alive") {
@@ -221,16 +230,12 @@ TEST_CASE("threshold policy: each threshold's boundary, exactly") {
   };
   for (auto& r : rows) {
     CAPTURE(r.what);
-    auto p = make_policy("blitz", k, l);
-    REQUIRE(p);
     load_view v;
-    v.full = 1;
-    v.now = 100;
     v.waiting = r.waiting;
     v.ttft_ema_s = r.ttft;
     v.tbt_ema_s = r.tbt;
     v.kv_use = r.kv;
-    CHECK((*p)->decide(v).add == r.add);
+    CHECK(blitz_adds(k, v) == r.add);
   }
   auto p = make_policy("blitz", k, l);
   load_view v;
@@ -252,7 +257,6 @@ TEST_CASE("threshold policy: each threshold's boundary, exactly") {
 
 TEST_CASE("subnet-aware scaling: served quality below the floor scales out while requests run") {
   auto k = policy_knobs();
-  link_speeds l;
   struct row {
     const char* what;
     double min_quality, quality;
@@ -272,16 +276,12 @@ TEST_CASE("subnet-aware scaling: served quality below the floor scales out while
     CAPTURE(r.what);
     auto kk = k;
     kk.min_quality = r.min_quality;
-    auto p = make_policy("blitz", kk, l);
-    REQUIRE(p);
     load_view v;
-    v.full = 1;
-    v.now = 100;
     v.running = r.running;
     v.waiting = r.waiting;
     v.loading = r.loading;
     v.quality_ema = r.quality;
-    CHECK((*p)->decide(v).add == r.add);
+    CHECK(blitz_adds(kk, v) == r.add);
   }
 }
 
