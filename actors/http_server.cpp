@@ -207,12 +207,12 @@ struct model_state : served_model {
   uint64_t prompt_tokens = 0, generation_tokens = 0;
   std::map<std::string, uint64_t> finished;  // by finish reason
   // A variant (NAME@SPEC beside NAME, or NAME itself as "full" when it has variants): its profile
-  // in NAME's catalogue and what the variant poller last saw of its router (routes < 0: not yet).
+  // in NAME's catalogue. The rest under the server's mu: what the variant poller last saw of its
+  // router (routes < 0: not yet; ttft_ms its smoothed time to first token), since when a request
+  // waits for its first instance, and the measured load time of its last cold start (-1: never).
   const subnet_profile* variant = nullptr;
-  std::atomic<int> routes{-1}, running{0};
-  std::atomic<double> ttft_ms{0};  // its router's smoothed time to first token
-  // Under the server's mu: since when a request waits for its first instance, and the measured
-  // load time of its last cold start (-1: never measured).
+  int routes = -1, running = 0;
+  double ttft_ms = 0;
   std::optional<clk::time_point> loading_since;
   double load_ms = -1;
   clk::time_point last_used{};  // the last request sent to it
@@ -241,10 +241,10 @@ struct gen_state {
   bool headers_sent = false, failed = false;
   bool unavailable = false;  // a choice failed for lack of capacity (503, not 500)
   int prompt_tokens = 0;  // once per prompt of the batch
-  // The front door picked a variant (its subnet spec) for an SLO-only request (SLO feasible as
-  // predicted).
+  // The variant (its subnet spec) the front door picked for an SLO-only request, empty when it
+  // picked none, and whether its SLO was predicted feasible.
   std::string variant;
-  bool picked = false, picked_feasible = true;
+  bool picked_feasible = true;
   void cancel_all() {
     for (auto& c : choices)
       if (c.actor && !c.done) caf::anon_send(c.actor, cancel_atom::value);
@@ -401,7 +401,7 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
       auto& m = *family[k];
       const bool loaded = m.routes > 0 && !m.evicting;
       if (!loaded && !room && !occupies(m)) continue;
-      vs.push_back({m.variant, loaded, m.running.load(), m.load_ms >= 0 ? m.load_ms : n ? measured / n : 0, m.ttft_ms});
+      vs.push_back({m.variant, loaded, m.running, m.load_ms >= 0 ? m.load_ms : n ? measured / n : 0, m.ttft_ms});
       index.push_back(k);
     }
     auto c = variant_choice(vs, slo_ms, opt.emulated_latency);
@@ -886,8 +886,7 @@ void session::start_generation(bool chat) {
     if (t >= vocab) return reply_error(outside_vocab("'stop_token_ids' token", t, "stop_token_ids"));
   gen.emplace();
   gen->model = ms;
-  if (ms->variant) gen->variant = ms->variant->spec;
-  if (pick) gen->picked = true, gen->picked_feasible = pick->feasible;
+  if (pick) gen->variant = ms->variant->spec, gen->picked_feasible = pick->feasible;
   gen->serial = ++serials;
   gen->id = random_id(chat ? "chatcmpl-" : "cmpl-");
   gen->created = std::time(nullptr);
@@ -1100,7 +1099,7 @@ void session::on_done(uint64_t serial, size_t i, generate_result r, std::string 
   c.error = error;
   c.meta = {r.subnet, r.slo_feasible, r.served};
   // A variant the front door picked runs as a whole model: its tokens are its subnet's.
-  if (gen->picked) c.meta = {gen->variant, gen->picked_feasible, {{gen->variant, c.generated}}};
+  if (!gen->variant.empty()) c.meta = {gen->variant, gen->picked_feasible, {{gen->variant, c.generated}}};
   emit(i, c.stops->flush());
   auto& q = gen->req;
   if (q.stream) {

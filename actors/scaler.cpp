@@ -249,17 +249,24 @@ void drop_instances(scaler_actor* self, const std::function<bool(const instance&
   }
 }
 
-// Nodes told to leave: their instances take no new request and stop once none of theirs runs
-// (on_stats); the policy counts them gone, so it starts replacements elsewhere as the load asks.
-void drain_nodes(scaler_actor* self, const std::vector<std::string>& nodes) {
+// The instances `drain_if` selects take no new request and stop once none of theirs runs
+// (on_stats); the policy counts them gone, so it starts replacements as the load asks.
+void drain_instances(scaler_actor* self, const std::function<bool(const instance&)>& drain_if,
+                     const std::function<std::string(const instance&)>& why) {
   bool changed = false;
   for (auto& [id, in] : self->state.insts)
-    if (!in.draining && std::find(nodes.begin(), nodes.end(), in.node) != nodes.end()) {
-      in.draining = true;
-      event(self, "drain", id, "node " + in.node + " leaves the cluster");
-      changed = true;
+    if (!in.draining && drain_if(in)) {
+      in.draining = changed = true;
+      event(self, "drain", id, why(in));
     }
   if (changed) push_routes(self);
+}
+
+// Nodes told to leave: their instances drain (replacements go elsewhere).
+void drain_nodes(scaler_actor* self, const std::vector<std::string>& nodes) {
+  drain_instances(
+      self, [&](const instance& in) { return std::find(nodes.begin(), nodes.end(), in.node) != nodes.end(); },
+      [](const instance& in) { return "node " + in.node + " leaves the cluster"; });
 }
 
 void node_lost(scaler_actor* self, const std::string& node, const std::string& why) {
@@ -455,13 +462,7 @@ caf::behavior scaler_fun(scaler_actor* self, model_ptr m, caf::actor router, std
         on_layer(self, id, layer);
       },
       [=](evict_atom, const std::string& why) {
-        bool changed = false;
-        for (auto& [id, in] : self->state.insts)
-          if (!in.draining) {
-            in.draining = changed = true;
-            event(self, "drain", id, why);
-          }
-        if (changed) push_routes(self);
+        drain_instances(self, [](const instance&) { return true; }, [&](const instance&) { return why; });
         tick(self, ++self->state.tick_epoch);  // stops the drained ones as soon as nothing runs there
       },
       [=](report_atom) {
