@@ -51,6 +51,8 @@ const opts trace_opts = {
     {"n", "N", "100", "gamma: requests", ""},
     {"gamma-rate", "R", "4", "gamma: mean requests/s", ""},
     {"burstiness", "B", "0.5", "gamma: shape (lower: burstier)", ""},
+    {"ramp-to", "R", "0", "gamma: move the mean rate from --gamma-rate to R (0: constant)", ""},
+    {"ramp-accel", "A", "1", "gamma: how fast the ramp moves, requests/s^2", ""},
     {"seed", "S", "1", "gamma arrivals and prompt tokens", ""},
     {"quiet", "", "", "only results on stdout, nothing on stderr but errors", ""},
     {"verbose", "", "", "also one line on stderr per finished request (times, tokens, error)", ""},

@@ -522,6 +522,9 @@ expected<trace> trace_from_args(const args& a, int context) {
     g.n = size_t(a.integer("n", 1, 10'000'000));
     g.rate = a.positive("gamma-rate", 1e6);
     g.burstiness = a.positive("burstiness", 1e3);
+    g.ramp_to = a.number("ramp-to", 0, 1e6);
+    g.ramp_accel = a.positive("ramp-accel", 1e6);
+    if (a.has("ramp-accel") && !a.has("ramp-to")) throw usage_error("--ramp-accel needs --ramp-to (the rate to ramp to)");
     g.seed = uint64_t(a.integer("seed", 0, LONG_MAX));
     g.prompt_max = std::min(256, seq_len / 2);
     g.output_max = std::min(128, seq_len / 4);
@@ -529,6 +532,8 @@ expected<trace> trace_from_args(const args& a, int context) {
     g.output_min = std::min(g.output_min, g.output_max);
     tr = gamma_trace(g);
   } else {
+    for (const char* k : {"n", "gamma-rate", "burstiness", "ramp-to", "ramp-accel"})
+      if (a.has(k)) throw usage_error(std::string("--") + k + " shapes a gamma process; it does not apply to --trace FILE");
     auto fmt = a.has("format") ? parse_trace_format(a.str("format")) : guess_trace_format(a.str("trace"));
     if (!fmt) return fmt.err();
     trace_options to;

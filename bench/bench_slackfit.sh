@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SlackFit against fixed subnets and the other subnet policies, over HTTP (issue 18's evaluation).
 #
-#   bench/bench_slackfit.sh [build/bin/strata] [quick|scaling]
+#   bench/bench_slackfit.sh [build/bin/strata] [quick|scaling|sweep]
 #
 # The model's subnet catalogue is profiled on an emulated device (4 ms per layer and step, 0.2 ms
 # per row and layer, charged by the share of a layer a subnet runs), then `strata serve` (one
@@ -18,6 +18,8 @@
 # to 32. MODEL=path picks another model (an elastic supernet from tools/supernet; REFERENCE=path
 # scores its quality against the model it was trained from); SLO_MS (80).
 # quick: one trace, four policies, 20 requests (the smoke test). SVG=FILE keeps the plot.
+# sweep: SuperServe's synthetic sweeps: the mean rate (gamma CV^2 4 at 6, 12, 18 and 24/s) and
+# time-varying ramps (CV^2 4, 4/s rising to 24/s at 2 and 8 req/s^2, and falling 24 to 4/s).
 # scaling: SlackFit inside live autoscaling (a combination none of the seed systems has): the
 # bursty traces at 24/s, slackfit and fixed:full on one instance and under blitz (1..4 instances,
 # each new one's parameters over the emulated 12.5 GB/s network, serving while they stream in),
@@ -80,6 +82,16 @@ if [ "$quick" = scaling ]; then
   # A device runs 8 sequences at a time (else every arrival joins the batch, nothing queues and
   # a scaler sees no pressure, only slow steps).
   scaling_args=(--max-running 8)
+elif [ "$quick" = sweep ]; then
+  labels=("gamma CV2 4 at 6/s" "gamma CV2 4 at 12/s" "gamma CV2 4 at 18/s" "gamma CV2 4 at 24/s"
+          "ramp 4-24/s at 2/s2" "ramp 4-24/s at 8/s2" "ramp 24-4/s at 2/s2")
+  traces=()
+  for r in 6 12 18 24; do traces+=("--trace gamma --n 150 --gamma-rate $r --burstiness 0.25"); done
+  traces+=("--trace gamma --n 150 --gamma-rate 4 --ramp-to 24 --ramp-accel 2 --burstiness 0.25"
+           "--trace gamma --n 150 --gamma-rate 4 --ramp-to 24 --ramp-accel 8 --burstiness 0.25"
+           "--trace gamma --n 150 --gamma-rate 24 --ramp-to 4 --ramp-accel 2 --burstiness 0.25")
+  policies=(slackfit max-accuracy max-batch infaas-like)
+  for s in $front; do policies+=("fixed:$s"); done
 elif [ "$quick" = quick ]; then
   labels=("gamma CV2 4")
   traces=("--trace gamma --n 20 --gamma-rate 12 --burstiness 0.25")

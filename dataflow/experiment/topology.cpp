@@ -70,6 +70,8 @@ const key_spec keys[] = {
     {"workload", "n", "n", kind::integer, "autoscale replay"},
     {"workload", "gamma_rate", "gamma-rate", kind::number, "autoscale replay"},
     {"workload", "burstiness", "burstiness", kind::number, "autoscale replay"},
+    {"workload", "ramp_to", "ramp-to", kind::number, "autoscale replay"},
+    {"workload", "ramp_accel", "ramp-accel", kind::number, "autoscale replay"},
     {"workload", "seed", "seed", kind::integer, "autoscale replay"},
     {"http", "host", "host", kind::text, "serve"},
     {"http", "port", "port", kind::integer, "serve"},

@@ -196,19 +196,37 @@ expected<trace> load_trace(const std::string& path, trace_format f, const trace_
   return parse_trace(*text, f, path, o);
 }
 
+namespace {
+
+// The time at which the integrated rate reaches u arrivals: rate r0 moving to r1 at `accel`
+// (requests/s^2), then constant r1.
+double ramp_time(double u, double r0, double r1, double accel) {
+  double a = r1 >= r0 ? accel : -accel;
+  double t_end = (r1 - r0) / a;
+  double u_end = r0 * t_end + a * t_end * t_end / 2;
+  if (u >= u_end) return t_end + (u - u_end) / r1;
+  return (std::sqrt(std::max(0.0, r0 * r0 + 2 * a * u)) - r0) / a;  // a t^2 / 2 + r0 t = u
+}
+
+} // namespace
+
 expected<trace> gamma_trace(const gamma_options& o) {
   if (o.n == 0 || !(o.rate > 0) || !(o.burstiness > 0))
     return make_error("gamma trace needs n > 0, rate > 0 and burstiness > 0");
   if (o.prompt_min < 1 || o.prompt_max < o.prompt_min || o.output_min < 1 || o.output_max < o.output_min)
     return make_error("gamma trace needs 1 <= min <= max for prompt and output lengths");
+  if (!(o.ramp_to >= 0) || !(o.ramp_accel > 0) || !std::isfinite(o.ramp_to) || !std::isfinite(o.ramp_accel))
+    return make_error("gamma ramp needs ramp_to >= 0 (0: no ramp) and ramp_accel > 0");
+  bool ramp = o.ramp_to > 0 && o.ramp_to != o.rate;
   std::mt19937_64 rng(o.seed);
-  // Mean gap 1/rate: shape k = burstiness, scale 1/(rate k).
-  std::gamma_distribution<double> gap(o.burstiness, 1.0 / (o.rate * o.burstiness));
+  // Gaps in units of the mean: shape k = burstiness, scale 1/k (mean 1).
+  std::gamma_distribution<double> gap(o.burstiness, 1.0 / o.burstiness);
   std::uniform_int_distribution<int> p(o.prompt_min, o.prompt_max), q(o.output_min, o.output_max);
   trace t;
-  double now = 0;
+  double u = 0;
   for (size_t i = 0; i < o.n; ++i) {
-    if (i > 0) now += gap(rng);
+    if (i > 0) u += gap(rng);
+    double now = ramp ? ramp_time(u, o.rate, o.ramp_to, o.ramp_accel) : u / o.rate;
     t.requests.push_back({now, p(rng), q(rng)});
   }
   t.lines = o.n;

@@ -40,10 +40,16 @@ expected<trace> parse_trace(const std::string& text, trace_format f, const std::
 
 // Synthetic arrivals: `n` requests at `rate` per second whose gaps are gamma-distributed with
 // shape `burstiness` (1: Poisson; < 1: burstier), lengths uniform in [min, max]. Deterministic.
+// A ramp (SuperServe's time-varying traces): with ramp_to > 0 the mean rate moves linearly from
+// `rate` to `ramp_to` at `ramp_accel` requests/s^2, then stays there; the gamma gaps are drawn in
+// units of the mean and mapped through the integrated rate, so burstiness means the same at
+// every rate.
 struct gamma_options {
   size_t n = 100;
   double rate = 1.0;
   double burstiness = 1.0;
+  double ramp_to = 0;     // 0: a constant rate
+  double ramp_accel = 1;  // |d rate / dt| while ramping, requests/s^2
   int prompt_min = 16, prompt_max = 256;
   int output_min = 16, output_max = 128;
   uint64_t seed = 1;

@@ -140,6 +140,13 @@ out=$("$strata" replay --model "$m" --trace "$tmp/t.csv" --quiet 2>&1 >/dev/null
 [ -z "$out" ] || fail "replay --quiet printed on stderr: $out"
 expect_error "line 3: has 2 columns" "$strata" replay --model "$m" --trace "$tmp/t.csv" --strict
 expect_error "trace $tmp/none.csv: cannot open" "$strata" replay --model "$m" --trace "$tmp/none.csv"
+# Gamma options shape only a gamma process; a ramp moves the rate (5/s to 50/s at 50/s^2: 30
+# arrivals in about 1 s instead of 6 s at 5/s).
+expect_error "--burstiness shapes a gamma process; it does not apply to --trace FILE" "$strata" replay --model "$m" --trace "$tmp/t.csv" --burstiness 0.5
+expect_error "--ramp-accel needs --ramp-to" "$strata" replay --model "$m" --trace gamma --ramp-accel 3
+out=$("$strata" replay --model "$m" --trace gamma --n 30 --gamma-rate 5 --ramp-to 50 --ramp-accel 50 --burstiness 1 --max-output 2 2>&1)
+span=$(sed -n 's/.*replaying 30 over \([0-9.]*\) s.*/\1/p' <<<"$out")
+python3 -c "import sys; sys.exit(0 if 0.5 < float('${span:-0}') < 2.5 else 1)" || fail "a 5->50/s ramp spans ${span:-?} s: $out"
 expect_error "unknown policy 'magic'" "$strata" autoscale --model "$m" --trace gamma --n 5 --policies magic
 out=$("$strata" autoscale --model "$m" --trace gamma --n 20 --gamma-rate 20 --policies blitz,stop-the-world --threads 1)
 grep -qE "^blitz .* ([0-9.]+|-) +[0-9]+ +[0-9.]+$" <<<"$out" || fail "autoscale table: $out"

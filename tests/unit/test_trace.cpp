@@ -120,6 +120,40 @@ TEST_CASE("gamma arrivals: deterministic, the asked rate, burstier with lower sh
   CHECK_FALSE(gamma_trace(g));
 }
 
+TEST_CASE("gamma ramps: the rate moves linearly at the asked acceleration then holds") {
+  gamma_options g;
+  g.n = 4000;
+  g.rate = 2;
+  g.ramp_to = 20;
+  g.ramp_accel = 1;  // 18 s of ramp: 2*18 + 18^2/2 = 198 arrivals expected in it
+  auto count = [](const trace& t, double from, double to) {
+    return double(std::count_if(t.requests.begin(), t.requests.end(),
+                                [&](const trace_request& r) { return r.t >= from && r.t < to; }));
+  };
+  auto up = gamma_trace(g);
+  REQUIRE(up);
+  CHECK(count(*up, 0, 18) == doctest::Approx(198).epsilon(0.2));
+  CHECK(count(*up, 0, 6) == doctest::Approx(2 * 6 + 18).epsilon(0.35));  // slow start: 30, not 6/18 of 198
+  CHECK(count(*up, 18, 68) / 50 == doctest::Approx(20).epsilon(0.1));    // then the end rate holds
+  g.rate = 20;
+  g.ramp_to = 2;  // down: the same shape mirrored
+  auto down = gamma_trace(g);
+  REQUIRE(down);
+  CHECK(count(*down, 0, 18) == doctest::Approx(198).epsilon(0.2));
+  CHECK(count(*down, 0, 6) == doctest::Approx(20 * 6 - 18).epsilon(0.2));
+  CHECK(count(*down, 18, 118) / 100 == doctest::Approx(2).epsilon(0.2));
+  for (size_t i = 1; i < down->requests.size(); ++i) REQUIRE(down->requests[i].t >= down->requests[i - 1].t);
+  g.ramp_to = g.rate;  // no ramp: the constant-rate process itself
+  gamma_options flat = g;
+  flat.ramp_to = 0;
+  CHECK(gamma_trace(g)->requests.back().t == gamma_trace(flat)->requests.back().t);
+  g.ramp_accel = 0;
+  CHECK(gamma_trace(g).message().find("ramp_accel") != std::string::npos);
+  g.ramp_accel = 1;
+  g.ramp_to = -1;
+  CHECK_FALSE(gamma_trace(g));
+}
+
 TEST_CASE("shaping: window, speedup, target rate and context clipping") {
   trace t;
   for (int i = 0; i < 10; ++i) t.requests.push_back({double(i), 100 * (i + 1), 50});
