@@ -57,6 +57,21 @@ for bad in "d4,w50:lacks 'full'" "full,d9:subnet 'd9' is outside depth 1..5" "fu
 done
 echo "ok: --space trains and reports only its subnets; bad spaces are clear errors"
 
+# The per-subnet norm gains probe: one row per subnet of the side file's space, shared vs own.
+probe="$(dirname "$train")/probe_norms.py"
+"$py" "$probe" --base "$base" --supernet "$tmp/space.bin" --steps 2 --batch 4 --length 32 --train-samples 8 \
+  --held-out 4 --threads 1 >"$tmp/probe.out" 2>"$tmp/probe.log" || fail "probe_norms: $(tail -3 "$tmp/probe.log")"
+rows=$(awk '$2 ~ /^[0-9.]+$/ && $3 ~ /^[0-9.]+$/ && $4 ~ /^[-+][0-9.]+$/ { printf "%s ", $1 }' "$tmp/probe.out")
+[ "$rows" = "full d4 w50 " ] || fail "probe_norms rows: $(cat "$tmp/probe.out")"
+"$py" "$probe" --base "$base" --supernet "$tmp/bad-none.bin" >/dev/null 2>"$tmp/probe.log" && fail "probe_norms without a supernet file"
+grep -q "bad-none.bin: cannot read (No such file or directory)" "$tmp/probe.log" || fail "probe_norms, no file: $(tail -1 "$tmp/probe.log")"
+"$py" "$probe" --base "$base" --supernet "$tmp/ordered.bin" --steps 0 --held-out 1 --train-samples 16 --batch 1 --length 8 \
+  >/dev/null 2>"$tmp/probe.log" || fail "probe_norms on the ordered model: $(tail -2 "$tmp/probe.log")"
+cp "$tmp/ordered.bin" "$tmp/noside.bin"
+"$py" "$probe" --base "$base" --supernet "$tmp/noside.bin" >/dev/null 2>"$tmp/probe.log" && fail "probe_norms without a side file"
+grep -q "noside.supernet.json: not train_supernet.py's side file" "$tmp/probe.log" || fail "probe_norms, no side file: $(tail -1 "$tmp/probe.log")"
+echo "ok: probe_norms reports shared vs own norm gains per subnet; a missing side file is a clear error"
+
 # Bad inputs: a truncated checkpoint, a malformed side file.
 head -c 1000 "$base" >"$tmp/cut.bin"
 "$py" "$train" --model "$tmp/cut.bin" --out "$tmp/x.bin" --steps 0 "${small[@]}" >/dev/null 2>"$tmp/cut.log" &&

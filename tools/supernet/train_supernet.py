@@ -55,8 +55,11 @@ def log(msg):
 # ---------------------------------------------------------------- llama2.c checkpoints
 
 def read_llama2c(path):
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read ({e.strerror})")
     if len(data) < 28:
         raise SystemExit(f"{path}: {len(data)} bytes, the llama2.c header alone needs 28")
     dim, hidden, layers, heads, kv_heads, vocab, seq_len = struct.unpack("<7i", data[:28])
