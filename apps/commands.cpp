@@ -246,9 +246,11 @@ std::vector<command_spec> make_table() {
                    common,
                "The table goes to stdout, progress to stderr. Latency is measured with the kernel thread pool "
                "(--threads); quality on text sampled from the whole model (temperature 1), scored teacher-forced."});
-  t.push_back({"inspect", "", "print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum)",
+  t.push_back({"inspect", "", "print a model's manifest (architecture; per tensor dtype, shape, bytes, checksum), "
+               "or with --cpu this CPU's instruction-set levels and the one the kernels run at",
                model_opt + opts{{"verify", "", "", "re-read every byte range and check its checksum", ""},
                                 {"write", "FILE", "", "save the flatbuffers manifest", ""},
+                                {"cpu", "", "", "print the CPU's flags, its levels and the kernels' level (STRATA_ISA=LEVEL lowers it)", ""},
                                 common[1]},
                ""});
   t.push_back({"gen-model", "", "write a deterministic random-weight Llama model in Hugging Face format",

@@ -21,6 +21,7 @@
 #include "apps/args.hpp"
 #include "apps/cluster_cli.hpp"
 #include "apps/commands.hpp"
+#include "dataflow/compute/cpu.hpp"
 #include "dataflow/files.hpp"
 #include "dataflow/model/manifest.hpp"
 #include "dataflow/model/param_image.hpp"
@@ -424,7 +425,20 @@ int cmd_inspect(int argc, char** argv) {
   auto a = args::parse(argc, argv, 2, strata_command("inspect"));
   if (!a) return fail(a.message());
   apply_common(*a);
-  if (!a->has("model")) return fail("inspect needs --model PATH");
+  if (a->has("cpu")) {
+    if (a->has("model") || a->has("verify") || a->has("write")) return fail("inspect --cpu takes no model options");
+    const cpu_info& c = this_cpu();
+    std::printf("cpu: %s (%s)\n", c.brand.empty() ? "unknown" : c.brand.c_str(), c.vendor.c_str());
+    std::printf("  flags: %s\n", c.flags().c_str());
+    std::string levels;
+    for (int l = 0; l <= int(c.best()); ++l) levels += std::string(l ? ", " : "") + to_string(isa(l));
+    std::printf("  levels: %s\n", levels.c_str());
+    const char* env = std::getenv("STRATA_ISA");
+    std::printf("  kernels run at: %s%s\n", to_string(active_isa()),
+                env && *env ? (std::string(" (STRATA_ISA=") + env + ")").c_str() : " (the best this CPU has)");
+    return 0;
+  }
+  if (!a->has("model")) return fail("inspect needs --model PATH (or --cpu)");
   auto m = load_model(a->str("model"));
   if (!m) return fail(m.message());
   auto buf = build_manifest(**m);
@@ -1289,6 +1303,8 @@ int dispatch(int argc, char** argv) {
     }
     return fail("unknown command '" + cmd + "' (see strata help)");
   }
+  // A bad STRATA_ISA fails every command up front rather than running at another level.
+  if (auto st = check_isa_env(); !st) return fail(st.message());
   if (cmd == "generate") return cmd_generate(argc, argv, false);
   if (cmd == "demo") return cmd_generate(argc, argv, true);
   if (cmd == "inspect") return cmd_inspect(argc, argv);

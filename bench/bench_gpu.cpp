@@ -28,21 +28,18 @@
 #include <vector>
 
 #include "apps/args.hpp"
+#include "bench/bench_util.hpp"
 #include "cuda/device.hpp"
 #include "cuda/head.hpp"
 #include "cuda/shard.hpp"
 
 using namespace strata;
-using clk = std::chrono::steady_clock;
+using strata::bench::clk;
+using strata::bench::median;
 
 namespace {
 
 double seconds_since(clk::time_point t) { return std::chrono::duration<double>(clk::now() - t).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 #define BENCH_CUDA(call)                                                                 \
   do {                                                                                   \

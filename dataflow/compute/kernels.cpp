@@ -3,10 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
+#include "dataflow/compute/cpu.hpp"
+#include "dataflow/compute/kernels_isa.hpp"
 #include "dataflow/thread_pool.hpp"
 
 namespace strata {
@@ -22,91 +20,56 @@ void rmsnorm(float* out, const float* x, const float* w, int rows, int n, float 
   }
 }
 
+namespace kernels {
+
+void matmul_rows_reference(int lanes, float* y, const float* x, const float* W, int rows, int in, size_t ldw,
+                           size_t ly, int o_begin, int o_end) {
+  float acc[16];
+  const int body = in - in % lanes;
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + size_t(r) * size_t(in);
+    for (int o = o_begin; o < o_end; ++o) {
+      const float* w = W + size_t(o) * ldw;
+      std::fill(acc, acc + lanes, 0.0f);
+      for (int k = 0; k < body; ++k) acc[k % lanes] = std::fma(w[k], xr[k], acc[k % lanes]);
+      float s = 0.0f;
+      for (int j = 0; j < lanes; ++j) s += acc[j];
+      for (int t = body; t < in; ++t) s += w[t] * xr[t];
+      y[size_t(r) * ly + size_t(o)] = s;
+    }
+  }
+}
+
+void matmul_rows_scalar(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
+                        int o_begin, int o_end) {
+  matmul_rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
+}
+
+}  // namespace kernels
+
 namespace {
 
-#if defined(__AVX2__) && defined(__FMA__)
-// Register tile of O weight rows x R activation rows. Every output keeps one 8-lane FMA
-// accumulator over k, reduced in a fixed order, so its bits do not depend on O or R (and so not
-// on the batch size or on where a thread's chunk starts). 4 x 3 uses 12 accumulators + 4 loads
-// in the 16 AVX registers: 7 loads feed 12 FMAs.
-template <int O, int R>
-inline void tile(const float* w, int in, size_t ldw, const float* const* x, float* y, size_t ystride) {
-  __m256 acc[O][R];
-  for (int o = 0; o < O; ++o)
-    for (int r = 0; r < R; ++r) acc[o][r] = _mm256_setzero_ps();
-  int k = 0;
-  for (; k + 8 <= in; k += 8) {
-    __m256 xv[R];
-    for (int r = 0; r < R; ++r) xv[r] = _mm256_loadu_ps(x[r] + k);
-    for (int o = 0; o < O; ++o) {
-      __m256 wv = _mm256_loadu_ps(w + size_t(o) * ldw + k);
-      for (int r = 0; r < R; ++r) acc[o][r] = _mm256_fmadd_ps(wv, xv[r], acc[o][r]);
-    }
-  }
-  for (int o = 0; o < O; ++o)
-    for (int r = 0; r < R; ++r) {
-      alignas(32) float lanes[8];
-      _mm256_store_ps(lanes, acc[o][r]);
-      float s = 0.0f;
-      for (int j = 0; j < 8; ++j) s += lanes[j];
-      for (int t = k; t < in; ++t) s += w[size_t(o) * ldw + t] * x[r][t];
-      y[size_t(r) * ystride + size_t(o)] = s;
-    }
-}
-constexpr int tile_o = 4, tile_r = 3;
-#else
-// Portable version of the same contract: 8 lanes per output, fixed-order reduction.
-template <int O, int R>
-inline void tile(const float* w, int in, size_t ldw, const float* const* x, float* y, size_t ystride) {
-  for (int o = 0; o < O; ++o)
-    for (int r = 0; r < R; ++r) {
-      float lanes[8] = {};
-      int k = 0;
-      for (; k + 8 <= in; k += 8)
-        for (int j = 0; j < 8; ++j) lanes[j] += w[size_t(o) * ldw + k + j] * x[r][k + j];
-      float s = 0.0f;
-      for (int j = 0; j < 8; ++j) s += lanes[j];
-      for (int t = k; t < in; ++t) s += w[size_t(o) * ldw + t] * x[r][t];
-      y[size_t(r) * ystride + size_t(o)] = s;
-    }
-}
-constexpr int tile_o = 4, tile_r = 3;
+// The f32 matmul of each level (AVX512_BF16 and AMX add nothing for f32).
+kernels::matmul_rows_fn matmul_rows_for(isa level) {
+#if defined(__x86_64__)
+  if (level >= isa::avx512) return kernels::matmul_rows_avx512;
+  if (level >= isa::avx2) return kernels::matmul_rows_avx2;
 #endif
-
-template <int O>
-void tile_rows(int r_left, const float* w, int in, size_t ldw, const float* const* x, float* y, size_t ystride) {
-  switch (r_left) {
-    case 1: return tile<O, 1>(w, in, ldw, x, y, ystride);
-    case 2: return tile<O, 2>(w, in, ldw, x, y, ystride);
-    default: return tile<O, 3>(w, in, ldw, x, y, ystride);
-  }
+  (void)level;
+  return kernels::matmul_rows_scalar;
 }
 
 }  // namespace
 
 void matmul(float* y, const float* x, const float* W, int rows, int in, int out, int ldw, int ldy) {
   const size_t lw = size_t(ldw > 0 ? ldw : in), ly = size_t(ldy > 0 ? ldy : out);
+  const kernels::matmul_rows_fn rows_fn = matmul_rows_for(active_isa());
   // Chunks of whole 4-row weight blocks, each streaming at least ~64 KiB of weights.
-  size_t blocks = size_t((out + tile_o - 1) / tile_o);
-  size_t grain = std::max<size_t>(1, 16384 / (size_t(in) * tile_o) + 1);
+  constexpr int block = 4;
+  size_t blocks = size_t((out + block - 1) / block);
+  size_t grain = std::max<size_t>(1, 16384 / (size_t(in) * block) + 1);
   default_pool().parallel_for(blocks, grain, [&](size_t bb, size_t be) {
-    const float* xs[tile_r];
-    for (size_t blk = bb; blk < be; ++blk) {
-      int o = int(blk) * tile_o;
-      int o_left = std::min(tile_o, out - o);
-      const float* w = W + size_t(o) * lw;
-      for (int r = 0; r < rows; r += tile_r) {
-        int r_left = std::min(tile_r, rows - r);
-        for (int i = 0; i < r_left; ++i) xs[i] = x + size_t(r + i) * size_t(in);
-        float* yo = y + size_t(r) * ly + size_t(o);
-        switch (o_left) {
-          case 1: tile_rows<1>(r_left, w, in, lw, xs, yo, ly); break;
-          case 2: tile_rows<2>(r_left, w, in, lw, xs, yo, ly); break;
-          case 3: tile_rows<3>(r_left, w, in, lw, xs, yo, ly); break;
-          default: tile_rows<4>(r_left, w, in, lw, xs, yo, ly); break;
-        }
-      }
-    }
+    rows_fn(y, x, W, rows, in, lw, ly, int(bb) * block, std::min(out, int(be) * block));
   });
 }
 

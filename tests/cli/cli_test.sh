@@ -126,6 +126,21 @@ expect_error "a FIFO, not a regular file" "$strata" replay --model "$data/models
 out=$("$strata" generate --model "$data/models/stories260K" --prompt "Once" --temperature 1e-40 --top-p 0.5 --steps 20)
 greedy=$("$strata" generate --model "$data/models/stories260K" --prompt "Once" --temperature 0 --steps 20)
 [ "$out" = "$greedy" ] || fail "temperature 1e-40 is not greedy: $out"
+# Instruction-set levels: inspect --cpu says what runs; STRATA_ISA lowers it (scalar and AVX2
+# accumulate alike, so their text is the same bit for bit); a bad or too high level is an error.
+out=$("$strata" inspect --cpu)
+grep -qE '^  kernels run at: [a-z0-9-]+ \(the best this CPU has\)$' <<<"$out" || fail "inspect --cpu: $out"
+levels=$(sed -n 's/^  levels: //p' <<<"$out")
+out=$(STRATA_ISA=scalar "$strata" inspect --cpu)
+grep -qx '  kernels run at: scalar (STRATA_ISA=scalar)' <<<"$out" || fail "STRATA_ISA=scalar: $out"
+if grep -q avx2 <<<"$levels"; then
+  a=$(STRATA_ISA=scalar "$strata" generate --model "$data/models/stories260K" --prompt "Once" --steps 40 --quiet 2>/dev/null)
+  b=$(STRATA_ISA=avx2 "$strata" generate --model "$data/models/stories260K" --prompt "Once" --steps 40 --quiet 2>/dev/null)
+  [ -n "$a" ] && [ "$a" = "$b" ] || fail "scalar and avx2 levels disagree: '$a' vs '$b'"
+fi
+expect_error "STRATA_ISA: unknown instruction-set level 'avx9'" env STRATA_ISA=avx9 "$strata" generate --model "$data/models/stories260K"
+grep -q amx <<<"$levels" || expect_error "STRATA_ISA=amx: this CPU runs at most" env STRATA_ISA=amx "$strata" inspect --cpu
+expect_error "inspect --cpu takes no model options" "$strata" inspect --cpu --model "$data/models/stories260K"
 expect_error "unknown command" "$strata" frobnicate
 # Trace replay: a truncated line is reported with its number and skipped; bad input fails clearly.
 m="$data/models/stories260K"

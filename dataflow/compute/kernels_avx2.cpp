@@ -1,0 +1,28 @@
+// The AVX2 + FMA level (kernels_isa.hpp's contract at 8 lanes).
+#include <immintrin.h>
+
+#include "dataflow/compute/kernels_isa.hpp"
+#include "dataflow/compute/kernels_tile.hpp"
+
+namespace strata::kernels {
+
+namespace {
+
+struct avx2 {
+  using reg = __m256;
+  static constexpr int lanes = 8;
+  static reg zero() { return _mm256_setzero_ps(); }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg fma(reg a, reg b, reg acc) { return _mm256_fmadd_ps(a, b, acc); }
+  static void store(float* p, reg v) { _mm256_store_ps(p, v); }
+};
+
+}  // namespace
+
+// 4 x 3 tiles: 12 accumulators + 4 loads in the 16 YMM registers (7 loads feed 12 FMAs).
+void matmul_rows_avx2(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly, int o_begin,
+                      int o_end) {
+  f32_matmul_rows<avx2, 3>(y, x, W, rows, in, ldw, ly, o_begin, o_end);
+}
+
+}  // namespace strata::kernels
