@@ -1,0 +1,102 @@
+// The instruction-set levels (compute/cpu.hpp): detection rules, STRATA_ISA, and every level's
+// kernels against the lane-exact reference. Also built as isa_portable_tests, for plain x86-64
+// (-march=x86-64, no AVX in the compiler's baseline): the dispatch must still reach every level
+// this CPU has.
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <random>
+#include <vector>
+
+#include "dataflow/compute/cpu.hpp"
+#include "dataflow/compute/kernels.hpp"
+#include "dataflow/compute/kernels_isa.hpp"
+
+#if defined(STRATA_PORTABLE_TEST) && defined(__AVX2__)
+#error "isa_portable_tests must be built without AVX2 in the baseline"
+#endif
+
+using namespace strata;
+
+namespace {
+
+std::vector<float> random_vector(size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("the kernels run at the best level this CPU has unless STRATA_ISA lowers it") {
+  if (!std::getenv("STRATA_ISA")) CHECK(active_isa() == this_cpu().best());
+  MESSAGE("cpu: " << this_cpu().brand << ", levels up to " << std::string(to_string(this_cpu().best())));
+}
+
+TEST_CASE("matmul at every instruction-set level this CPU has equals its lane reference bit for bit") {
+  // kernels_isa.hpp's contract: scalar and AVX2 accumulate in 8 lanes (so they agree with each
+  // other), AVX-512 in 16; strided weights and outputs (WeightSlice's prefix views) included.
+  std::mt19937 rng(20261207);
+  const isa was = active_isa();
+  for (int l = 0; l <= int(this_cpu().best()); ++l) {
+    const isa level = isa(l);
+    REQUIRE(set_active_isa(level));
+    const int lanes = level >= isa::avx512 ? 16 : 8;
+    for (int rows : {1, 2, 3, 5, 7, 13})
+      for (int in : {1, 7, 8, 15, 16, 17, 33, 64, 172})
+        for (int out : {1, 3, 4, 6, 9, 70}) {
+          const int ldw = in + (out % 2) * 5, ly = out + (rows % 2) * 3;
+          auto x = random_vector(size_t(rows * in), rng), W = random_vector(size_t(out * ldw), rng);
+          std::vector<float> y(size_t(rows * ly), -7.0f), want(y);
+          matmul(y.data(), x.data(), W.data(), rows, in, out, ldw, ly);
+          kernels::matmul_rows_reference(lanes, want.data(), x.data(), W.data(), rows, in, size_t(ldw), size_t(ly), 0,
+                                         out);
+          CAPTURE(to_string(level));
+          CAPTURE(rows);
+          CAPTURE(in);
+          CAPTURE(out);
+          REQUIRE(std::memcmp(y.data(), want.data(), y.size() * 4) == 0);  // the padding untouched too
+        }
+  }
+  REQUIRE(set_active_isa(was));
+}
+
+TEST_CASE("instruction-set levels: the best a CPU has, STRATA_ISA lowers it and never raises it") {
+  cpu_info c;
+  CHECK(c.best() == isa::scalar);
+  c.avx2 = c.fma = true;
+  CHECK(c.best() == isa::scalar);  // the OS must save the YMM registers
+  c.os_avx = true;
+  CHECK(c.best() == isa::avx2);
+  c.avx512f = c.avx512bw = c.avx512vl = true;
+  CHECK(c.best() == isa::avx2);
+  c.os_avx512 = true;
+  CHECK(c.best() == isa::avx512);
+  c.avx512_bf16 = c.avx512_vnni = true;
+  CHECK(c.best() == isa::avx512_bf16);
+  c.amx_tile = c.amx_bf16 = c.amx_int8 = true;
+  CHECK(c.best() == isa::avx512_bf16);  // without the OS's tile permission
+  c.os_amx = true;
+  CHECK(c.best() == isa::amx);
+  CHECK(*choose_isa(c, "") == isa::amx);
+  CHECK(*choose_isa(c, "avx2") == isa::avx2);
+  CHECK(*choose_isa(c, "scalar") == isa::scalar);
+  c.os_amx = false;
+  auto high = choose_isa(c, "amx");
+  REQUIRE_FALSE(high);
+  CHECK(high.message().find("STRATA_ISA=amx: this CPU runs at most avx512-bf16") != std::string::npos);
+  auto bad = choose_isa(c, "avx9");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.message() ==
+        "STRATA_ISA: unknown instruction-set level 'avx9' (expected one of scalar, avx2, avx512, avx512-bf16, amx)");
+  for (int l = 0; l < isa_count; ++l) CHECK(*parse_isa(to_string(isa(l))) == isa(l));
+  if (this_cpu().best() != isa::amx) {  // a level above this CPU's is refused
+    auto above = set_active_isa(isa(int(this_cpu().best()) + 1));
+    REQUIRE_FALSE(above);
+    CHECK(above.message().find(std::string("this CPU runs at most ") + to_string(this_cpu().best())) == 0);
+  }
+}
+
