@@ -1,11 +1,12 @@
-// GEMM efficiency at every instruction-set level this CPU has (compute/cpu.hpp), against limits
-// measured in the same run:
+// GEMM efficiency at every instruction-set level this CPU has (compute/cpu.hpp), for f32 and bf16
+// weights (bf16: read as stored, widened in registers), against limits measured in the same run:
 //   decode (1 row): weight bytes per second over the streaming-read bandwidth (decode reads every
-//     weight once per step, so this is the fraction of the memory limit reached);
+//     weight once per step, so this is the fraction of the memory limit reached; the default
+//     8192 x 8192 weights, 256 MiB in f32, outsize the caches as a real model's do);
 //   batches (R rows): FLOP/s over the level's FMA peak (independent FMA chains on every pool
 //     thread, the same vector width as the level's kernel).
 //
-//   build/bin/bench_gemm [--in 4096] [--out 4096] [--rows 1,16,64,256] [--reps 5] [--threads N]
+//   build/bin/bench_gemm [--in 8192] [--out 8192] [--rows 1,16,64,256] [--reps 5] [--threads N]
 #include <immintrin.h>
 
 #include <climits>
@@ -107,7 +108,7 @@ std::vector<int> int_list(const std::string& s) {
 int main(int argc, char** argv) {
   auto a = args::parse(argc, argv, 1, {"in", "out", "rows", "reps", "threads"});
   if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
-  const int in = int(a->integer("in", 4096, 16, 1 << 16)), out = int(a->integer("out", 4096, 16, 1 << 16));
+  const int in = int(a->integer("in", 8192, 16, 1 << 16)), out = int(a->integer("out", 8192, 16, 1 << 16));
   const int reps = int(a->integer("reps", 5, 1, 1000));
   const auto rows = int_list(a->str("rows", "1,16,64,256"));
   if (a->has("threads")) set_default_threads(size_t(a->integer("threads", 0, 1, 1024)));
@@ -117,13 +118,20 @@ int main(int argc, char** argv) {
 
   int max_rows = *std::max_element(rows.begin(), rows.end());
   std::vector<float> W(size_t(out) * in), x(size_t(max_rows) * in), y(size_t(max_rows) * out);
-  for (size_t i = 0; i < W.size(); ++i) W[i] = float(int(i * 2654435761u % 2001) - 1000) * 1e-4f;
+  std::vector<uint16_t> W16(W.size());
+  for (size_t i = 0; i < W.size(); ++i) {
+    W[i] = float(int(i * 2654435761u % 2001) - 1000) * 1e-4f;
+    uint32_t bits;
+    std::memcpy(&bits, &W[i], 4);
+    W16[i] = uint16_t(bits >> 16);
+  }
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 40503u % 2001) - 1000) * 1e-3f;
   double read = read_gbs(size_t(512) << 20);
   std::printf("cpu: %s; flags: %s\n", cpu.brand.c_str(), cpu.flags().c_str());
-  std::printf("f32 matmul, weights [%d x %d] (%.0f MiB), %zu threads; streaming read limit %.1f GB/s\n", out, in,
-              double(W.size()) * 4 / (1 << 20), default_pool().concurrency(), read);
-  std::printf("%-12s %10s", "level", "peak GF/s");
+  std::printf("matmul, weights [%d x %d] (f32 %.0f MiB, bf16 %.0f MiB), %zu threads; streaming read limit %.1f GB/s\n",
+              out, in, double(W.size()) * 4 / (1 << 20), double(W.size()) * 2 / (1 << 20), default_pool().concurrency(),
+              read);
+  std::printf("%-17s %10s", "level", "peak GF/s");
   for (int r : rows) std::printf(" %22s", (r == 1 ? "decode (1 row)" : std::to_string(r) + " rows").c_str());
   std::printf("\n");
   for (int l = 0; l <= int(top); ++l) {
@@ -132,26 +140,36 @@ int main(int argc, char** argv) {
     if (level == isa::amx) continue;
     if (auto st = set_active_isa(level); !st) return std::fprintf(stderr, "bench_gemm: %s\n", st.message().c_str()), 1;
     double peak = peak_gflops(level);
-    std::printf("%-12s %10.1f", to_string(level), peak);
-    for (int r : rows) {
-      std::vector<double> t;
-      matmul(y.data(), x.data(), W.data(), r, in, out);  // warm
-      for (int k = 0; k < reps; ++k) {
-        auto t0 = clk::now();
-        matmul(y.data(), x.data(), W.data(), r, in, out);
-        t.push_back(std::chrono::duration<double>(clk::now() - t0).count());
+    double decode_f32 = 0, decode_bf16 = 0;
+    for (bool bf16 : {false, true}) {
+      std::printf("%-17s %10.1f", (std::string(to_string(level)) + (bf16 ? " bf16" : " f32")).c_str(), peak);
+      for (int r : rows) {
+        auto run = [&] {
+          if (bf16) matmul_bf16(y.data(), x.data(), W16.data(), r, in, out);
+          else matmul(y.data(), x.data(), W.data(), r, in, out);
+        };
+        std::vector<double> t;
+        run();  // warm
+        for (int k = 0; k < reps; ++k) {
+          auto t0 = clk::now();
+          run();
+          t.push_back(std::chrono::duration<double>(clk::now() - t0).count());
+        }
+        double s = median(t);
+        if (r == 1) {
+          double gbs = double(W.size()) * (bf16 ? 2 : 4) / s / 1e9;
+          std::printf(" %8.1f GB/s (%4.2fx rd)", gbs, gbs / read);
+          if (!bf16) decode_f32 = s;
+          else decode_bf16 = s;
+        } else {
+          double gf = 2.0 * r * in * out / s / 1e9;
+          std::printf(" %7.1f GF/s (%4.2fx pk)", gf, gf / peak);
+        }
       }
-      double s = median(t);
-      if (r == 1) {
-        double gbs = double(W.size()) * 4 / s / 1e9;
-        std::printf(" %8.1f GB/s (%4.2fx rd)", gbs, gbs / read);
-      } else {
-        double gf = 2.0 * r * in * out / s / 1e9;
-        std::printf(" %7.1f GF/s (%4.2fx pk)", gf, gf / peak);
-      }
+      if (bf16 && decode_f32 > 0 && decode_bf16 > 0) std::printf("  decode %.2fx f32's speed", decode_f32 / decode_bf16);
+      std::printf("\n");
+      std::fflush(stdout);
     }
-    std::printf("\n");
-    std::fflush(stdout);
   }
   (void)set_active_isa(top);
   std::printf("(medians of %d; rd = the streaming-read limit, pk = the level's FMA peak, both measured in this run)\n",

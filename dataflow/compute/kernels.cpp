@@ -5,6 +5,7 @@
 
 #include "dataflow/compute/cpu.hpp"
 #include "dataflow/compute/kernels_isa.hpp"
+#include "dataflow/compute/kernels_tile.hpp"
 #include "dataflow/thread_pool.hpp"
 
 namespace strata {
@@ -22,55 +23,85 @@ void rmsnorm(float* out, const float* x, const float* w, int rows, int n, float 
 
 namespace kernels {
 
-void matmul_rows_reference(int lanes, float* y, const float* x, const float* W, int rows, int in, size_t ldw,
-                           size_t ly, int o_begin, int o_end) {
+namespace {
+
+template <class T>
+void rows_reference(int lanes, float* y, const float* x, const T* W, int rows, int in, size_t ldw, size_t ly,
+                    int o_begin, int o_end) {
   float acc[16];
   const int body = in - in % lanes;
   for (int r = 0; r < rows; ++r) {
     const float* xr = x + size_t(r) * size_t(in);
     for (int o = o_begin; o < o_end; ++o) {
-      const float* w = W + size_t(o) * ldw;
+      const T* w = W + size_t(o) * ldw;
       std::fill(acc, acc + lanes, 0.0f);
-      for (int k = 0; k < body; ++k) acc[k % lanes] = std::fma(w[k], xr[k], acc[k % lanes]);
+      for (int k = 0; k < body; ++k) acc[k % lanes] = std::fma(widen(w[k]), xr[k], acc[k % lanes]);
       float s = 0.0f;
       for (int j = 0; j < lanes; ++j) s += acc[j];
-      for (int t = body; t < in; ++t) s += w[t] * xr[t];
+      for (int t = body; t < in; ++t) s += widen(w[t]) * xr[t];
       y[size_t(r) * ly + size_t(o)] = s;
     }
   }
 }
 
+}  // namespace
+
+void matmul_rows_reference(int lanes, float* y, const float* x, const float* W, int rows, int in, size_t ldw,
+                           size_t ly, int o_begin, int o_end) {
+  rows_reference(lanes, y, x, W, rows, in, ldw, ly, o_begin, o_end);
+}
+void matmul_bf16_rows_reference(int lanes, float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw,
+                                size_t ly, int o_begin, int o_end) {
+  rows_reference(lanes, y, x, W, rows, in, ldw, ly, o_begin, o_end);
+}
 void matmul_rows_scalar(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
                         int o_begin, int o_end) {
-  matmul_rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
+  rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
+}
+void matmul_bf16_rows_scalar(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
+                             int o_begin, int o_end) {
+  rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
 }
 
 }  // namespace kernels
 
 namespace {
 
-// The f32 matmul of each level (AVX512_BF16 and AMX add nothing for f32).
-kernels::matmul_rows_fn matmul_rows_for(isa level) {
+// Each level's row functions (AVX512_BF16 and AMX add nothing yet: their dot products round the
+// activations to bf16, another contract).
+struct level_kernels {
+  kernels::matmul_rows_fn f32;
+  kernels::matmul_bf16_rows_fn bf16;
+};
+level_kernels kernels_for(isa level) {
 #if defined(__x86_64__)
-  if (level >= isa::avx512) return kernels::matmul_rows_avx512;
-  if (level >= isa::avx2) return kernels::matmul_rows_avx2;
+  if (level >= isa::avx512) return {kernels::matmul_rows_avx512, kernels::matmul_bf16_rows_avx512};
+  if (level >= isa::avx2) return {kernels::matmul_rows_avx2, kernels::matmul_bf16_rows_avx2};
 #endif
   (void)level;
-  return kernels::matmul_rows_scalar;
+  return {kernels::matmul_rows_scalar, kernels::matmul_bf16_rows_scalar};
+}
+
+// Chunks of whole 4-row weight blocks over the pool, each streaming at least ~64 KiB of weights.
+template <class T, class Fn>
+void matmul_blocks(Fn rows_fn, float* y, const float* x, const T* W, int rows, int in, int out, int ldw, int ldy) {
+  const size_t lw = size_t(ldw > 0 ? ldw : in), ly = size_t(ldy > 0 ? ldy : out);
+  constexpr int block = 4;
+  size_t blocks = size_t((out + block - 1) / block);
+  size_t grain = std::max<size_t>(1, 16384 / (size_t(in) * block * sizeof(T) / 4) + 1);
+  default_pool().parallel_for(blocks, grain, [&](size_t bb, size_t be) {
+    rows_fn(y, x, W, rows, in, lw, ly, int(bb) * block, std::min(out, int(be) * block));
+  });
 }
 
 }  // namespace
 
 void matmul(float* y, const float* x, const float* W, int rows, int in, int out, int ldw, int ldy) {
-  const size_t lw = size_t(ldw > 0 ? ldw : in), ly = size_t(ldy > 0 ? ldy : out);
-  const kernels::matmul_rows_fn rows_fn = matmul_rows_for(active_isa());
-  // Chunks of whole 4-row weight blocks, each streaming at least ~64 KiB of weights.
-  constexpr int block = 4;
-  size_t blocks = size_t((out + block - 1) / block);
-  size_t grain = std::max<size_t>(1, 16384 / (size_t(in) * block) + 1);
-  default_pool().parallel_for(blocks, grain, [&](size_t bb, size_t be) {
-    rows_fn(y, x, W, rows, in, lw, ly, int(bb) * block, std::min(out, int(be) * block));
-  });
+  matmul_blocks(kernels_for(active_isa()).f32, y, x, W, rows, in, out, ldw, ldy);
+}
+
+void matmul_bf16(float* y, const float* x, const uint16_t* W, int rows, int in, int out, int ldw, int ldy) {
+  matmul_blocks(kernels_for(active_isa()).bf16, y, x, W, rows, in, out, ldw, ldy);
 }
 
 void rope(float* v, int n_heads, int head_dim, int pos, float theta, rope_style style) {

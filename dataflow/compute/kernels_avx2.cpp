@@ -1,6 +1,8 @@
 // The AVX2 + FMA level (kernels_isa.hpp's contract at 8 lanes).
 #include <immintrin.h>
 
+#include <cstdint>
+
 #include "dataflow/compute/kernels_isa.hpp"
 #include "dataflow/compute/kernels_tile.hpp"
 
@@ -13,6 +15,10 @@ struct avx2 {
   static constexpr int lanes = 8;
   static reg zero() { return _mm256_setzero_ps(); }
   static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg load(const uint16_t* p) {  // bf16: the top halves of f32s
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
   static reg fma(reg a, reg b, reg acc) { return _mm256_fmadd_ps(a, b, acc); }
   static void store(float* p, reg v) { _mm256_store_ps(p, v); }
 };
@@ -22,6 +28,11 @@ struct avx2 {
 // 4 x 3 tiles: 12 accumulators + 4 loads in the 16 YMM registers (7 loads feed 12 FMAs).
 void matmul_rows_avx2(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly, int o_begin,
                       int o_end) {
+  f32_matmul_rows<avx2, 3>(y, x, W, rows, in, ldw, ly, o_begin, o_end);
+}
+
+void matmul_bf16_rows_avx2(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
+                           int o_begin, int o_end) {
   f32_matmul_rows<avx2, 3>(y, x, W, rows, in, ldw, ly, o_begin, o_end);
 }
 

@@ -1,17 +1,31 @@
-// The f32 register-tile matmul shared by the vector levels (kernels_isa.hpp's contract),
-// instantiated in each level's file with that level's vector type: V provides `reg`, `lanes`,
-// zero(), load(p), fma(a, b, acc) (a * b + acc, fused) and store(p, v). V is local to that file,
-// so every instantiation has internal linkage and no copy built for one level is linked into
-// another's callers.
+// The register-tile matmul shared by the vector levels (kernels_isa.hpp's contract), instantiated
+// in each level's file with that level's vector type: V provides `reg`, `lanes`, zero(),
+// load(const float*), load(const uint16_t*) (bf16 weights widened exactly to f32), fma(a, b,
+// acc) (a * b + acc, fused) and store(p, v). V is local to that file, so every instantiation has
+// internal linkage and no copy built for one level is linked into another's callers. T is the
+// weight type: float, or uint16_t holding bf16.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 namespace strata::kernels {
+// Unnamed on purpose: each level's file gets its own copies, so none compiled for AVX-512 can be
+// the one the linker keeps for a caller on a lesser CPU.
+namespace {
+
+inline float widen(float w) { return w; }
+inline float widen(uint16_t bf16) {  // exact: bf16 is the top half of an f32
+  uint32_t bits = uint32_t(bf16) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 
 // O weight rows x R activation rows: O * R accumulators of V::lanes lanes each.
-template <class V, int O, int R>
-inline void f32_tile(const float* w, int in, size_t ldw, const float* x, float* y, size_t ly) {
+template <class V, class T, int O, int R>
+inline void f32_tile(const T* w, int in, size_t ldw, const float* x, float* y, size_t ly) {
   typename V::reg acc[O][R];
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) acc[o][r] = V::zero();
@@ -31,39 +45,40 @@ inline void f32_tile(const float* w, int in, size_t ldw, const float* x, float* 
       float s = 0.0f;
       for (int j = 0; j < V::lanes; ++j) s += lanes[j];
       const float* xr = x + size_t(r) * size_t(in);
-      for (int t = k; t < in; ++t) s += w[size_t(o) * ldw + size_t(t)] * xr[t];
+      for (int t = k; t < in; ++t) s += widen(w[size_t(o) * ldw + size_t(t)]) * xr[t];
       y[size_t(r) * ly + size_t(o)] = s;
     }
 }
 
 // The last `left` (1..R) activation rows.
-template <class V, int O, int R>
-inline void f32_tile_left(int left, const float* w, int in, size_t ldw, const float* x, float* y, size_t ly) {
-  if (left == R) return f32_tile<V, O, R>(w, in, ldw, x, y, ly);
-  if constexpr (R > 1) f32_tile_left<V, O, R - 1>(left, w, in, ldw, x, y, ly);
+template <class V, class T, int O, int R>
+inline void f32_tile_left(int left, const T* w, int in, size_t ldw, const float* x, float* y, size_t ly) {
+  if (left == R) return f32_tile<V, T, O, R>(w, in, ldw, x, y, ly);
+  if constexpr (R > 1) f32_tile_left<V, T, O, R - 1>(left, w, in, ldw, x, y, ly);
 }
 
 // O weight rows against every activation row, R at a time.
-template <class V, int O, int R>
-inline void f32_weight_rows(const float* w, int in, size_t ldw, const float* x, int rows, float* y, size_t ly) {
+template <class V, class T, int O, int R>
+inline void f32_weight_rows(const T* w, int in, size_t ldw, const float* x, int rows, float* y, size_t ly) {
   int r = 0;
-  for (; r + R <= rows; r += R) f32_tile<V, O, R>(w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
-  if (r < rows) f32_tile_left<V, O, R>(rows - r, w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
+  for (; r + R <= rows; r += R) f32_tile<V, T, O, R>(w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
+  if (r < rows) f32_tile_left<V, T, O, R>(rows - r, w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
 }
 
-// kernels_isa.hpp's matmul_rows_fn for tiles of 4 weight rows x R activation rows.
-template <class V, int R>
-inline void f32_matmul_rows(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
-                            int o_begin, int o_end) {
+// kernels_isa.hpp's row functions for tiles of 4 weight rows x R activation rows.
+template <class V, int R, class T>
+inline void f32_matmul_rows(float* y, const float* x, const T* W, int rows, int in, size_t ldw, size_t ly, int o_begin,
+                            int o_end) {
   int o = o_begin;
-  for (; o + 4 <= o_end; o += 4) f32_weight_rows<V, 4, R>(W + size_t(o) * ldw, in, ldw, x, rows, y + o, ly);
-  const float* w = W + size_t(o) * ldw;
+  for (; o + 4 <= o_end; o += 4) f32_weight_rows<V, T, 4, R>(W + size_t(o) * ldw, in, ldw, x, rows, y + o, ly);
+  const T* w = W + size_t(o) * ldw;
   switch (o_end - o) {
-    case 3: f32_weight_rows<V, 3, R>(w, in, ldw, x, rows, y + o, ly); break;
-    case 2: f32_weight_rows<V, 2, R>(w, in, ldw, x, rows, y + o, ly); break;
-    case 1: f32_weight_rows<V, 1, R>(w, in, ldw, x, rows, y + o, ly); break;
+    case 3: f32_weight_rows<V, T, 3, R>(w, in, ldw, x, rows, y + o, ly); break;
+    case 2: f32_weight_rows<V, T, 2, R>(w, in, ldw, x, rows, y + o, ly); break;
+    case 1: f32_weight_rows<V, T, 1, R>(w, in, ldw, x, rows, y + o, ly); break;
     default: break;
   }
 }
 
+}  // namespace
 }  // namespace strata::kernels

@@ -4,6 +4,7 @@
 // this CPU has.
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -59,6 +60,45 @@ TEST_CASE("matmul at every instruction-set level this CPU has equals its lane re
           CAPTURE(in);
           CAPTURE(out);
           REQUIRE(std::memcmp(y.data(), want.data(), y.size() * 4) == 0);  // the padding untouched too
+        }
+  }
+  REQUIRE(set_active_isa(was));
+}
+
+TEST_CASE("bf16 matmul at every level equals the f32 matmul of the widened weights bit for bit") {
+  // Weights stay 16-bit (half the bytes) and are widened in registers; the result is the f32
+  // contract's on the same values, so a model computed in bf16 gives the bits a load-time
+  // conversion to f32 gave.
+  std::mt19937 rng(7);
+  const isa was = active_isa();
+  for (int l = 0; l <= int(this_cpu().best()); ++l) {
+    const isa level = isa(l);
+    REQUIRE(set_active_isa(level));
+    const int lanes = level >= isa::avx512 ? 16 : 8;
+    for (int rows : {1, 2, 4, 7, 12})
+      for (int in : {1, 8, 15, 16, 17, 64, 100, 172})
+        for (int out : {1, 4, 5, 70}) {
+          const int ldw = in + (out % 2) * 3, ly = out + (rows % 2) * 2;
+          auto x = random_vector(size_t(rows * in), rng), Wf = random_vector(size_t(out * ldw), rng);
+          std::vector<uint16_t> W(Wf.size());
+          for (size_t i = 0; i < W.size(); ++i) {
+            uint32_t bits;
+            std::memcpy(&bits, &Wf[i], 4);
+            W[i] = uint16_t(bits >> 16);  // truncated: any bf16 value will do
+            bits = uint32_t(W[i]) << 16;
+            std::memcpy(&Wf[i], &bits, 4);  // the widened weights
+          }
+          std::vector<float> y(size_t(rows * ly), -3.0f), want(y), f32(y);
+          matmul_bf16(y.data(), x.data(), W.data(), rows, in, out, ldw, ly);
+          kernels::matmul_bf16_rows_reference(lanes, want.data(), x.data(), W.data(), rows, in, size_t(ldw),
+                                              size_t(ly), 0, out);
+          matmul(f32.data(), x.data(), Wf.data(), rows, in, out, ldw, ly);
+          CAPTURE(to_string(level));
+          CAPTURE(rows);
+          CAPTURE(in);
+          CAPTURE(out);
+          REQUIRE(std::memcmp(y.data(), want.data(), y.size() * 4) == 0);
+          REQUIRE(std::memcmp(y.data(), f32.data(), y.size() * 4) == 0);
         }
   }
   REQUIRE(set_active_isa(was));
