@@ -1,7 +1,8 @@
 // GEMM efficiency at every instruction-set level this CPU has (compute/cpu.hpp), for f32 and bf16
 // weights (bf16: read as stored, widened in registers), against limits measured in the same run:
-//   decode (1 row): weight bytes per second over the streaming-read bandwidth (decode reads every
-//     weight once per step, so this is the fraction of the memory limit reached; the default
+//   decode (1 row): weight bytes per second over memcpy's traffic (read + write bytes per second;
+//     decode reads every weight once per step, so this is the fraction of the memory limit reached;
+//     the streaming read of a parallel XOR is printed beside it); the default
 //     8192 x 8192 weights, 256 MiB in f32, outsize the caches as a real model's do);
 //   batches (R rows): FLOP/s over the level's FMA peak (independent FMA chains on every pool
 //     thread, the same vector width as the level's kernel).
@@ -126,11 +127,12 @@ int main(int argc, char** argv) {
     W16[i] = uint16_t(bits >> 16);
   }
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 40503u % 2001) - 1000) * 1e-3f;
-  double read = read_gbs(size_t(512) << 20);
+  double read = read_gbs(size_t(512) << 20), copy = memcpy_traffic_gbs(size_t(512) << 20);
   std::printf("cpu: %s; flags: %s\n", cpu.brand.c_str(), cpu.flags().c_str());
-  std::printf("matmul, weights [%d x %d] (f32 %.0f MiB, bf16 %.0f MiB), %zu threads; streaming read limit %.1f GB/s\n",
+  std::printf("matmul, weights [%d x %d] (f32 %.0f MiB, bf16 %.0f MiB), %zu threads; memory: memcpy traffic %.1f GB/s, "
+              "streaming read %.1f GB/s\n",
               out, in, double(W.size()) * 4 / (1 << 20), double(W.size()) * 2 / (1 << 20), default_pool().concurrency(),
-              read);
+              copy, read);
   std::printf("%-17s %10s", "level", "peak GF/s");
   for (int r : rows) std::printf(" %22s", (r == 1 ? "decode (1 row)" : std::to_string(r) + " rows").c_str());
   std::printf("\n");
@@ -158,7 +160,7 @@ int main(int argc, char** argv) {
         double s = median(t);
         if (r == 1) {
           double gbs = double(W.size()) * (bf16 ? 2 : 4) / s / 1e9;
-          std::printf(" %8.1f GB/s (%4.2fx rd)", gbs, gbs / read);
+          std::printf(" %8.1f GB/s (%4.2fx cp)", gbs, gbs / copy);
           if (!bf16) decode_f32 = s;
           else decode_bf16 = s;
         } else {
@@ -172,7 +174,8 @@ int main(int argc, char** argv) {
     }
   }
   (void)set_active_isa(top);
-  std::printf("(medians of %d; rd = the streaming-read limit, pk = the level's FMA peak, both measured in this run)\n",
+  std::printf("(medians of %d; cp = memcpy's read + write traffic, pk = the level's FMA peak, both measured in this "
+              "run)\n",
               reps);
   return 0;
 }
