@@ -85,6 +85,7 @@ level_kernels kernels_for(isa level) {
 // Chunks of whole 4-row weight blocks over the pool, each streaming at least ~64 KiB of weights.
 template <class T, class Fn>
 void matmul_blocks(Fn rows_fn, float* y, const float* x, const T* W, int rows, int in, int out, int ldw, int ldy) {
+  if (rows <= 0 || out <= 0) return;  // nothing to write (y may be an empty buffer's null)
   const size_t lw = size_t(ldw > 0 ? ldw : in), ly = size_t(ldy > 0 ? ldy : out);
   constexpr int block = 4;
   size_t blocks = size_t((out + block - 1) / block);

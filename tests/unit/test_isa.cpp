@@ -62,6 +62,15 @@ TEST_CASE("matmul at every instruction-set level this CPU has equals its lane re
           REQUIRE(std::memcmp(y.data(), want.data(), y.size() * 4) == 0);  // the padding untouched too
         }
   }
+  for (int l = 0; l <= int(this_cpu().best()); ++l) {  // no rows or no outputs: nothing is touched
+    REQUIRE(set_active_isa(isa(l)));
+    std::vector<float> W(64, 1.0f), x(16, 1.0f);
+    matmul(nullptr, x.data(), W.data(), 0, 16, 4);
+    matmul(nullptr, nullptr, W.data(), 0, 16, 4);
+    matmul(nullptr, x.data(), W.data(), 1, 16, 0);
+    std::vector<uint16_t> W16(64, 0x3f80);
+    matmul_bf16(nullptr, x.data(), W16.data(), 0, 16, 4);
+  }
   REQUIRE(set_active_isa(was));
 }
 
