@@ -699,6 +699,7 @@ TEST_CASE("batcher: a queue timeout bounds a cold start and spares started reque
   h.b.on_stage_lost(10, "instance 1 stopped");
   auto after = h.b.take_actions();
   CHECK(h.b.down().empty());
+  CHECK(only<act::grace>(after).empty());  // nothing was lost: no countdown to failing the waiting
   for (auto& x : only<act::done>(after)) CHECK(x.result.id != waiting);
   h.b.set_routes({local(2, 2)});
   auto s2 = only<act::step>(h.run());
