@@ -269,4 +269,19 @@ inline std::vector<std::string> split_list(const std::string& s) {
   return out;
 }
 
+// "1,4,16" -> {1, 4, 16}: every part an integer in [lo, hi], else usage_error naming the option
+// and the part ("--batches: '0' is not a batch size in [1, 4096]").
+inline std::vector<int> int_list(const std::string& key, const std::string& s, int lo, int hi, const std::string& what) {
+  std::vector<int> out;
+  for (auto& part : split_list(s)) {
+    char* end = nullptr;
+    long v = std::strtol(part.c_str(), &end, 10);
+    if (*end || v < lo || v > hi)
+      throw usage_error("--" + key + ": '" + part + "' is not " + what + " in [" + std::to_string(lo) + ", " +
+                        std::to_string(hi) + "]");
+    out.push_back(int(v));
+  }
+  return out;
+}
+
 }  // namespace strata

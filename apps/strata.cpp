@@ -326,13 +326,7 @@ int run_subnets(const args& a) {
       space.push_back(*s);
     }
   }
-  std::vector<int> batches;
-  for (auto& b : split_list(a.str("batches", "1,4,16"))) {
-    char* end = nullptr;
-    long v = std::strtol(b.c_str(), &end, 10);
-    if (b.empty() || *end || v < 1 || v > 4096) throw usage_error("--batches: '" + b + "' is not a batch size in [1, 4096]");
-    batches.push_back(int(v));
-  }
+  std::vector<int> batches = int_list("batches", a.str("batches", "1,4,16"), 1, 4096, "a batch size");
   std::sort(batches.begin(), batches.end());
   batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
   const int steps = int(a.integer("steps", 1, 1000));

@@ -85,25 +85,6 @@ double peak_gflops(isa level) {
   return best;
 }
 
-std::vector<int> int_list(const std::string& s) {
-  std::vector<int> out;
-  size_t p = 0;
-  while (p <= s.size()) {
-    size_t q = s.find(',', p);
-    std::string part = s.substr(p, q == std::string::npos ? std::string::npos : q - p);
-    char* end = nullptr;
-    long v = std::strtol(part.c_str(), &end, 10);
-    if (part.empty() || *end || v < 1 || v > 65536) {
-      std::fprintf(stderr, "bench_gemm: --rows: '%s' is not a row count in [1, 65536]\n", part.c_str());
-      std::exit(2);
-    }
-    out.push_back(int(v));
-    if (q == std::string::npos) break;
-    p = q + 1;
-  }
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -111,7 +92,13 @@ int main(int argc, char** argv) {
   if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
   const int in = int(a->integer("in", 8192, 16, 1 << 16)), out = int(a->integer("out", 8192, 16, 1 << 16));
   const int reps = int(a->integer("reps", 5, 1, 1000));
-  const auto rows = int_list(a->str("rows", "1,16,64,256"));
+  std::vector<int> rows;
+  try {
+    rows = int_list("rows", a->str("rows", "1,16,64,256"), 1, 65536, "a row count");
+  } catch (const usage_error& e) {
+    return std::fprintf(stderr, "bench_gemm: %s\n", e.what()), 2;
+  }
+  if (rows.empty()) return std::fprintf(stderr, "bench_gemm: --rows names no row count\n"), 2;
   if (a->has("threads")) set_default_threads(size_t(a->integer("threads", 0, 1, 1024)));
   if (auto st = check_isa_env(); !st) return std::fprintf(stderr, "bench_gemm: %s\n", st.message().c_str()), 2;
   const cpu_info& cpu = this_cpu();
