@@ -95,10 +95,14 @@ cpu_info detect() { return {}; }
 std::atomic<int> active{-1};
 std::once_flag active_once;
 
+expected<isa> isa_from_env() {
+  const char* env = std::getenv("STRATA_ISA");
+  return choose_isa(this_cpu(), env ? env : "");
+}
+
 void init_active() {
   std::call_once(active_once, [] {
-    const char* env = std::getenv("STRATA_ISA");
-    auto level = choose_isa(this_cpu(), env ? env : "");
+    auto level = isa_from_env();
     if (!level) {
       std::fprintf(stderr, "strata: %s; using %s\n", level.message().c_str(), to_string(this_cpu().best()));
       level = this_cpu().best();
@@ -168,8 +172,7 @@ isa active_isa() {
 }
 
 status check_isa_env() {
-  const char* env = std::getenv("STRATA_ISA");
-  if (auto level = choose_isa(this_cpu(), env ? env : ""); !level) return level.err();
+  if (auto level = isa_from_env(); !level) return level.err();
   return {};
 }
 

@@ -54,18 +54,16 @@ void matmul_bf16_rows_reference(int lanes, float* y, const float* x, const uint1
                                 size_t ly, int o_begin, int o_end) {
   rows_reference(lanes, y, x, W, rows, in, ldw, ly, o_begin, o_end);
 }
-void matmul_rows_scalar(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
-                        int o_begin, int o_end) {
-  rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
-}
-void matmul_bf16_rows_scalar(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
-                             int o_begin, int o_end) {
-  rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
-}
-
 }  // namespace kernels
 
 namespace {
+
+// The scalar level: the reference at 8 lanes (bit-identical to AVX2).
+template <class T>
+void rows_scalar(float* y, const float* x, const T* W, int rows, int in, size_t ldw, size_t ly, int o_begin,
+                 int o_end) {
+  kernels::rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
+}
 
 // Each level's row functions (AVX512_BF16 and AMX add nothing yet: their dot products round the
 // activations to bf16, another contract).
@@ -79,7 +77,7 @@ level_kernels kernels_for(isa level) {
   if (level >= isa::avx2) return {kernels::matmul_rows_avx2, kernels::matmul_bf16_rows_avx2};
 #endif
   (void)level;
-  return {kernels::matmul_rows_scalar, kernels::matmul_bf16_rows_scalar};
+  return {rows_scalar<float>, rows_scalar<uint16_t>};
 }
 
 // Chunks of whole 4-row weight blocks over the pool, each streaming at least ~64 KiB of weights.

@@ -29,10 +29,6 @@ void matmul_rows_reference(int lanes, float* y, const float* x, const float* W, 
                            size_t ly, int o_begin, int o_end);
 void matmul_bf16_rows_reference(int lanes, float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw,
                                 size_t ly, int o_begin, int o_end);
-void matmul_rows_scalar(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
-                        int o_begin, int o_end);  // the reference at 8 lanes
-void matmul_bf16_rows_scalar(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
-                             int o_begin, int o_end);
 #if defined(__x86_64__)
 void matmul_rows_avx2(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
                       int o_begin, int o_end);

@@ -30,6 +30,18 @@ std::vector<float> random_vector(size_t n, std::mt19937& rng) {
   return v;
 }
 
+// fn(level, lanes) at every level this CPU has (lanes: the contract's accumulator width there),
+// then the level that was active before.
+template <class Fn>
+void at_every_level(Fn fn) {
+  const isa was = active_isa();
+  for (int l = 0; l <= int(this_cpu().best()); ++l) {
+    REQUIRE(set_active_isa(isa(l)));
+    fn(isa(l), isa(l) >= isa::avx512 ? 16 : 8);
+  }
+  REQUIRE(set_active_isa(was));
+}
+
 }  // namespace
 
 TEST_CASE("the kernels run at the best level this CPU has unless STRATA_ISA lowers it") {
@@ -41,11 +53,7 @@ TEST_CASE("matmul at every instruction-set level this CPU has equals its lane re
   // kernels_isa.hpp's contract: scalar and AVX2 accumulate in 8 lanes (so they agree with each
   // other), AVX-512 in 16; strided weights and outputs (WeightSlice's prefix views) included.
   std::mt19937 rng(20261207);
-  const isa was = active_isa();
-  for (int l = 0; l <= int(this_cpu().best()); ++l) {
-    const isa level = isa(l);
-    REQUIRE(set_active_isa(level));
-    const int lanes = level >= isa::avx512 ? 16 : 8;
+  at_every_level([&](isa level, int lanes) {
     for (int rows : {1, 2, 3, 5, 7, 13})
       for (int in : {1, 7, 8, 15, 16, 17, 33, 64, 172})
         for (int out : {1, 3, 4, 6, 9, 70}) {
@@ -61,17 +69,15 @@ TEST_CASE("matmul at every instruction-set level this CPU has equals its lane re
           CAPTURE(out);
           REQUIRE(std::memcmp(y.data(), want.data(), y.size() * 4) == 0);  // the padding untouched too
         }
-  }
-  for (int l = 0; l <= int(this_cpu().best()); ++l) {  // no rows or no outputs: nothing is touched
-    REQUIRE(set_active_isa(isa(l)));
+  });
+  at_every_level([](isa, int) {  // no rows or no outputs: nothing is touched
     std::vector<float> W(64, 1.0f), x(16, 1.0f);
     matmul(nullptr, x.data(), W.data(), 0, 16, 4);
     matmul(nullptr, nullptr, W.data(), 0, 16, 4);
     matmul(nullptr, x.data(), W.data(), 1, 16, 0);
     std::vector<uint16_t> W16(64, 0x3f80);
     matmul_bf16(nullptr, x.data(), W16.data(), 0, 16, 4);
-  }
-  REQUIRE(set_active_isa(was));
+  });
 }
 
 TEST_CASE("bf16 matmul at every level equals the f32 matmul of the widened weights bit for bit") {
@@ -79,11 +85,7 @@ TEST_CASE("bf16 matmul at every level equals the f32 matmul of the widened weigh
   // contract's on the same values, so a model computed in bf16 gives the bits a load-time
   // conversion to f32 gave.
   std::mt19937 rng(7);
-  const isa was = active_isa();
-  for (int l = 0; l <= int(this_cpu().best()); ++l) {
-    const isa level = isa(l);
-    REQUIRE(set_active_isa(level));
-    const int lanes = level >= isa::avx512 ? 16 : 8;
+  at_every_level([&](isa level, int lanes) {
     for (int rows : {1, 2, 4, 7, 12})
       for (int in : {1, 8, 15, 16, 17, 64, 100, 172})
         for (int out : {1, 4, 5, 70}) {
@@ -109,8 +111,7 @@ TEST_CASE("bf16 matmul at every level equals the f32 matmul of the widened weigh
           REQUIRE(std::memcmp(y.data(), want.data(), y.size() * 4) == 0);
           REQUIRE(std::memcmp(y.data(), f32.data(), y.size() * 4) == 0);
         }
-  }
-  REQUIRE(set_active_isa(was));
+  });
 }
 
 TEST_CASE("instruction-set levels: the best a CPU has, STRATA_ISA lowers it and never raises it") {
