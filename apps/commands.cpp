@@ -20,6 +20,9 @@ const opts common = {
     {"max-memory", "SIZE", "",
      "memory budget a model is checked against before anything is allocated, e.g. 8G (or STRATA_MAX_MEMORY)",
      "physical RAM"},
+    {"weights", "TYPE", "",
+     "hold the matrices as f32, bf16, f16 or q8, converting at load where the files differ (or STRATA_WEIGHTS)",
+     "as the files store them"},
 };
 
 const opts model_opt = {
@@ -251,7 +254,7 @@ std::vector<command_spec> make_table() {
                model_opt + opts{{"verify", "", "", "re-read every byte range and check its checksum", ""},
                                 {"write", "FILE", "", "save the flatbuffers manifest", ""},
                                 {"cpu", "", "", "print the CPU's flags, its levels and the kernels' level (STRATA_ISA=LEVEL lowers it)", ""},
-                                common[1]},
+                                common[1], common[2]},
                ""});
   t.push_back({"gen-model", "", "write a deterministic random-weight Llama model in Hugging Face format",
                {{"out", "DIR", "", "where to write it (required)", ""},
@@ -262,14 +265,16 @@ std::vector<command_spec> make_table() {
                 {"kv-heads", "N", "0", "key/value heads", "--heads"},
                 {"vocab", "V", "512", "vocabulary size", ""},
                 {"seq-len", "S", "1024", "context length", ""},
-                {"dtype", "TYPE", "bf16", "f32, f16 or bf16", ""},
+                {"dtype", "TYPE", "bf16", "f32, f16, bf16 or q8", ""},
                 {"seed", "S", "1", "weights' seed", ""},
                 {"untied", "", "", "a classifier of its own instead of the embedding's", ""},
                 {"shard-mb", "MB", "2048", "split safetensors files at this size", ""}},
                ""});
   t.push_back({"convert", "", "write any loadable model as a Hugging Face directory",
                model_opt + opts{{"out", "DIR", "", "where to write it (required)", ""},
-                                {"dtype", "TYPE", "f32", "f32, f16 or bf16", ""},
+                                {"dtype", "TYPE", "f32",
+                                 "f32, f16, bf16 or q8 (8-bit blocks of 32 with an f16 scale, stored as U8 tensors)",
+                                 ""},
                                 {"subnet", "SPEC", "full",
                                  "write this subnet as a model of its own (a copy of its weights: a separately "
                                  "loaded variant)", ""},

@@ -49,6 +49,11 @@ void say(const char* fmt, Ts... xs) {
 // Options every model-loading command takes: --threads N (kernel threads; 0: one per core) and
 // --max-memory SIZE (the memory budget models are checked against before they are allocated).
 void apply_common(const args& a) {
+  if (a.has("weights")) {  // over STRATA_WEIGHTS (read at start)
+    auto t = parse_dtype(a.str("weights"));
+    if (!t) throw usage_error("--weights: " + t.message());
+    set_default_load_options({true, *t});
+  }
   if (long t = a.integer("threads", 0, 0, 1024); t > 0) set_default_threads(size_t(t));  // not every command has it
   if (a.has("max-memory")) {
     auto b = parse_bytes(a.str("max-memory"));
@@ -1297,8 +1302,14 @@ int dispatch(int argc, char** argv) {
     }
     return fail("unknown command '" + cmd + "' (see strata help)");
   }
-  // A bad STRATA_ISA fails every command up front rather than running at another level.
+  // A bad STRATA_ISA fails every command up front rather than running at another level; so does
+  // a bad STRATA_WEIGHTS (which nodes, which have no --weights, honour too).
   if (auto st = check_isa_env(); !st) return fail(st.message());
+  if (const char* w = std::getenv("STRATA_WEIGHTS"); w && *w) {
+    auto t = parse_dtype(w);
+    if (!t) return fail(std::string("STRATA_WEIGHTS: ") + t.message());
+    set_default_load_options({true, *t});
+  }
   if (cmd == "generate") return cmd_generate(argc, argv, false);
   if (cmd == "demo") return cmd_generate(argc, argv, true);
   if (cmd == "inspect") return cmd_inspect(argc, argv);

@@ -1,11 +1,13 @@
-// GEMM efficiency at every instruction-set level this CPU has (compute/cpu.hpp), for f32 and bf16
-// weights (bf16: read as stored, widened in registers), against limits measured in the same run:
+// GEMM efficiency at every instruction-set level this CPU has (compute/cpu.hpp), for f32, bf16,
+// f16 and q8 weights (read as stored: bf16/f16 widened in registers, q8 against activations
+// quantised per block), against limits measured in the same run:
 //   decode (1 row): weight bytes per second over memcpy's traffic (read + write bytes per second;
 //     decode reads every weight once per step, so this is the fraction of the memory limit reached;
 //     the streaming read of a parallel XOR is printed beside it); the default
 //     8192 x 8192 weights, 256 MiB in f32, outsize the caches as a real model's do);
-//   batches (R rows): FLOP/s over the level's FMA peak (independent FMA chains on every pool
-//     thread, the same vector width as the level's kernel).
+//   batches (R rows): FLOP/s over the level's f32 FMA peak (independent FMA chains on every pool
+//     thread, the same vector width as the level's kernel; q8's integer dots have another peak,
+//     so its ratio says how it compares with the f32 kernels, not how close it is to its own).
 //
 //   build/bin/bench_gemm [--in 8192] [--out 8192] [--rows 1,16,64,256] [--reps 5] [--threads N]
 #include <immintrin.h>
@@ -106,56 +108,66 @@ int main(int argc, char** argv) {
 
   int max_rows = *std::max_element(rows.begin(), rows.end());
   std::vector<float> W(size_t(out) * in), x(size_t(max_rows) * in), y(size_t(max_rows) * out);
-  std::vector<uint16_t> W16(W.size());
-  for (size_t i = 0; i < W.size(); ++i) {
-    W[i] = float(int(i * 2654435761u % 2001) - 1000) * 1e-4f;
-    uint32_t bits;
-    std::memcpy(&bits, &W[i], 4);
-    W16[i] = uint16_t(bits >> 16);
-  }
+  for (size_t i = 0; i < W.size(); ++i) W[i] = float(int(i * 2654435761u % 2001) - 1000) * 1e-4f;
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 40503u % 2001) - 1000) * 1e-3f;
+  // The same weights stored in each type.
+  const dtype types[] = {dtype::f32, dtype::bf16, dtype::f16, dtype::q8};
+  std::vector<std::vector<uint8_t>> stored;
+  for (dtype t : types) {
+    std::vector<uint8_t> b(size_t(out) * row_bytes(t, size_t(in)));
+    for (int o = 0; o < out; ++o) {
+      const float* src = W.data() + size_t(o) * in;
+      uint8_t* dst = b.data() + size_t(o) * row_bytes(t, size_t(in));
+      for (int i = 0; i < in && t != dtype::q8; ++i) {
+        if (t == dtype::f32) std::memcpy(dst + 4 * size_t(i), &src[i], 4);
+        uint16_t h = t == dtype::bf16 ? f32_to_bf16(src[i]) : f32_to_f16(src[i]);
+        if (t != dtype::f32) std::memcpy(dst + 2 * size_t(i), &h, 2);
+      }
+      if (t == dtype::q8) quantize_q8_row(src, size_t(in), dst);
+    }
+    stored.push_back(std::move(b));
+  }
   double read = read_gbs(size_t(512) << 20), copy = memcpy_traffic_gbs(size_t(512) << 20);
   std::printf("cpu: %s; flags: %s\n", cpu.brand.c_str(), cpu.flags().c_str());
-  std::printf("matmul, weights [%d x %d] (f32 %.0f MiB, bf16 %.0f MiB), %zu threads; memory: memcpy traffic %.1f GB/s, "
-              "streaming read %.1f GB/s\n",
-              out, in, double(W.size()) * 4 / (1 << 20), double(W.size()) * 2 / (1 << 20), default_pool().concurrency(),
-              copy, read);
+  std::printf("matmul, weights [%d x %d] (f32 %.0f MiB, bf16/f16 %.0f MiB, q8 %.0f MiB), %zu threads; memory: memcpy "
+              "traffic %.1f GB/s, streaming read %.1f GB/s\n",
+              out, in, double(stored[0].size()) / (1 << 20), double(stored[1].size()) / (1 << 20),
+              double(stored[3].size()) / (1 << 20), default_pool().concurrency(), copy, read);
   std::printf("%-17s %10s", "level", "peak GF/s");
   for (int r : rows) std::printf(" %22s", (r == 1 ? "decode (1 row)" : std::to_string(r) + " rows").c_str());
   std::printf("\n");
   for (int l = 0; l <= int(top); ++l) {
     isa level = isa(l);
-    if (l > 0 && level == isa::avx512_bf16) continue;  // f32 runs the AVX-512 kernel there too
-    if (level == isa::amx) continue;
+    if (level == isa::amx) continue;  // nothing of its own yet
     if (auto st = set_active_isa(level); !st) return std::fprintf(stderr, "bench_gemm: %s\n", st.message().c_str()), 1;
     double peak = peak_gflops(level);
-    double decode_f32 = 0, decode_bf16 = 0;
-    for (bool bf16 : {false, true}) {
-      std::printf("%-17s %10.1f", (std::string(to_string(level)) + (bf16 ? " bf16" : " f32")).c_str(), peak);
+    double decode_f32 = 0;
+    for (size_t ti = 0; ti < std::size(types); ++ti) {
+      const dtype t = types[ti];
+      if (level == isa::avx512_bf16 && t != dtype::q8) continue;  // the AVX-512 kernels again (VNNI is q8's)
+      std::printf("%-17s %10.1f", (std::string(to_string(level)) + " " + to_string(t)).c_str(), peak);
+      const weight_matrix wm{t, stored[ti].data(), size_t(in)};
+      double decode = 0;
       for (int r : rows) {
-        auto run = [&] {
-          if (bf16) matmul_bf16(y.data(), x.data(), W16.data(), r, in, out);
-          else matmul(y.data(), x.data(), W.data(), r, in, out);
-        };
-        std::vector<double> t;
-        run();  // warm
+        std::vector<double> times;
+        matmul(y.data(), x.data(), wm, r, in, out);  // warm
         for (int k = 0; k < reps; ++k) {
           auto t0 = clk::now();
-          run();
-          t.push_back(std::chrono::duration<double>(clk::now() - t0).count());
+          matmul(y.data(), x.data(), wm, r, in, out);
+          times.push_back(std::chrono::duration<double>(clk::now() - t0).count());
         }
-        double s = median(t);
+        double sec = median(times);
         if (r == 1) {
-          double gbs = double(W.size()) * (bf16 ? 2 : 4) / s / 1e9;
+          double gbs = double(stored[ti].size()) / sec / 1e9;
           std::printf(" %8.1f GB/s (%4.2fx cp)", gbs, gbs / copy);
-          if (!bf16) decode_f32 = s;
-          else decode_bf16 = s;
+          decode = sec;
+          if (t == dtype::f32) decode_f32 = sec;
         } else {
-          double gf = 2.0 * r * in * out / s / 1e9;
+          double gf = 2.0 * r * in * out / sec / 1e9;
           std::printf(" %7.1f GF/s (%4.2fx pk)", gf, gf / peak);
         }
       }
-      if (bf16 && decode_f32 > 0 && decode_bf16 > 0) std::printf("  decode %.2fx f32's speed", decode_f32 / decode_bf16);
+      if (t != dtype::f32 && decode_f32 > 0 && decode > 0) std::printf("  decode %.2fx f32's speed", decode_f32 / decode);
       std::printf("\n");
       std::fflush(stdout);
     }

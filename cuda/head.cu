@@ -256,7 +256,7 @@ expected<std::unique_ptr<gpu_head>> gpu_head::create(const model& m, const head_
   STRATA_CUBLAS_TRY(cublasSetStream(g.blas, g.stream));
   // The classifier goes up once, converted on the host (the tail is built with its model).
   std::vector<uint16_t> staged(v * d);
-  convert_weights(staged.data(), cls.data(), staged.size(), o.type == weight_type::bf16);
+  stage_weights(staged.data(), cls, o.type == weight_type::bf16);
   STRATA_CUDA_TRY(cudaMemcpy(g.classifier, staged.data(), v * d * 2, cudaMemcpyHostToDevice));
   STRATA_CUDA_TRY(cudaMemcpy(g.norm, m.final_norm.data(), d * 4, cudaMemcpyHostToDevice));
   return std::move(h);  // C++17 (nvcc here): no implicit move into expected<>

@@ -7,7 +7,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstring>
+#include <vector>
+
 #include "cuda/check.hpp"
+#include "dataflow/model/model.hpp"
 
 namespace strata::cuda::detail {
 
@@ -80,12 +84,23 @@ inline status gemm(cublasHandle_t blas, cudaDataType_t type, float* y, const voi
   return {};
 }
 
-// fp32 weights to the device weight type (bf16 or fp16), on the host into staging memory.
-inline void convert_weights(void* dst, const float* src, size_t n, bool bf16) {
-  if (bf16)
-    for (size_t j = 0; j < n; ++j) static_cast<__nv_bfloat16*>(dst)[j] = __float2bfloat16(src[j]);
-  else
-    for (size_t j = 0; j < n; ++j) static_cast<__half*>(dst)[j] = __float2half(src[j]);
+// A host weight tensor in the device weight type (bf16 or fp16), into staging memory: its bytes
+// as stored when the types agree (a bf16 model moves half of f32's bytes), else each row widened
+// to f32 (q8 dequantised) and rounded.
+inline void stage_weights(void* dst, const tensor& t, bool bf16) {
+  if (t.type() == (bf16 ? dtype::bf16 : dtype::f16)) {
+    std::memcpy(dst, t.raw(), t.bytes());
+    return;
+  }
+  std::vector<float> row(t.cols());
+  for (size_t r = 0; r < t.rows(); ++r) {
+    t.row_f32(r, row.data());
+    const size_t at = r * t.cols();
+    if (bf16)
+      for (size_t j = 0; j < row.size(); ++j) static_cast<__nv_bfloat16*>(dst)[at + j] = __float2bfloat16(row[j]);
+    else
+      for (size_t j = 0; j < row.size(); ++j) static_cast<__half*>(dst)[at + j] = __float2half(row[j]);
+  }
 }
 
 }  // namespace strata::cuda::detail

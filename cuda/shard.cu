@@ -518,12 +518,10 @@ status gpu_shard::load_layer(int layer, const layer_weights& w) {
   auto& drained = m.staging[(m.staged_loads - 1) % m.staging.size()].drained;
   char* p = static_cast<char*>(*buffer);
   for (size_t i = 0; i < parts.size(); ++i) {
-    const float* src = parts[i]->data();
-    size_t n = parts[i]->size();
     if (is_norm(i))
-      std::copy_n(src, n, reinterpret_cast<float*>(p));
+      std::copy_n(parts[i]->data(), parts[i]->size(), reinterpret_cast<float*>(p));
     else
-      convert_weights(p, src, n, m.o.type == weight_type::bf16);
+      stage_weights(p, *parts[i], m.o.type == weight_type::bf16);
     STRATA_CUDA_TRY(cudaMemcpyAsync(l.part[i], p, bytes[i], cudaMemcpyHostToDevice, m.copy));
     p += bytes[i];
   }

@@ -174,11 +174,11 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
     const float* gx = gather(xb.data(), d, idx, rows, gbuf);
     std::vector<float> qkv(size_t(n) * stride), att(size_t(n) * qd);
     if (kvh == c.n_kv_heads) {
-      matmul(qkv.data(), gx, w.wqkv.data(), n, d, stride);
+      matmul(qkv.data(), gx, matrix_of(w.wqkv), n, d, stride);
     } else {  // the prefix rows of wq, wk and wv
-      matmul(qkv.data(), gx, w.wqkv.data(), n, d, qd, 0, stride);
-      matmul(qkv.data() + qd, gx, w.wqkv.data() + size_t(q_dim) * d, n, d, kd, 0, stride);
-      matmul(qkv.data() + qd + kd, gx, w.wqkv.data() + size_t(q_dim + kv_dim) * d, n, d, kd, 0, stride);
+      matmul(qkv.data(), gx, matrix_of(w.wqkv), n, d, qd, stride);
+      matmul(qkv.data() + qd, gx, matrix_of(w.wqkv).from_row(size_t(q_dim)), n, d, kd, stride);
+      matmul(qkv.data() + qd + kd, gx, matrix_of(w.wqkv).from_row(size_t(q_dim + kv_dim)), n, d, kd, stride);
     }
     for (int i = 0; i < n; ++i) {
       const int r = idx[size_t(i)];
@@ -217,7 +217,7 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
       }
     });
     tmp.resize(size_t(n) * d);
-    matmul(tmp.data(), att.data(), w.wo.data(), n, qd, d, q_dim);
+    matmul(tmp.data(), att.data(), matrix_of(w.wo), n, qd, d);  // wo's first qd columns
     for (int i = 0; i < n; ++i) {
       float* xr = x + size_t(idx[size_t(i)]) * d;
       const float* t = tmp.data() + size_t(i) * d;
@@ -232,17 +232,17 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
     const float* gx = gather(xb.data(), d, idx, rows, gbuf);
     std::vector<float> h13(size_t(n) * 2 * f), h(size_t(n) * f);
     if (f == hid) {
-      matmul(h13.data(), gx, w.w13.data(), n, d, 2 * hid);
+      matmul(h13.data(), gx, matrix_of(w.w13), n, d, 2 * hid);
     } else {  // the first f rows of w1 (gate) and of w3 (up)
-      matmul(h13.data(), gx, w.w13.data(), n, d, f, 0, 2 * f);
-      matmul(h13.data() + f, gx, w.w13.data() + size_t(hid) * d, n, d, f, 0, 2 * f);
+      matmul(h13.data(), gx, matrix_of(w.w13), n, d, f, 2 * f);
+      matmul(h13.data() + f, gx, matrix_of(w.w13).from_row(size_t(hid)), n, d, f, 2 * f);
     }
     for (int i = 0; i < n; ++i) {
       const float* g = h13.data() + size_t(i) * 2 * f;
       swiglu(h.data() + size_t(i) * f, g, g + f, size_t(f));
     }
     tmp.resize(size_t(n) * d);
-    matmul(tmp.data(), h.data(), w.w2.data(), n, f, d, hid);  // w2's first f columns
+    matmul(tmp.data(), h.data(), matrix_of(w.w2), n, f, d);  // w2's first f columns
     for (int i = 0; i < n; ++i) {
       float* xr = x + size_t(idx[size_t(i)]) * d;
       const float* t = tmp.data() + size_t(i) * d;
@@ -265,14 +265,14 @@ status forward_layers(const model& m, kv_cache& kv, const seq_id* seqs, const in
 void embed(const model& m, const int* tokens, int rows, float* x) {
   const int d = m.config.dim;
   for (int r = 0; r < rows; ++r)
-    std::copy_n(m.tok_emb.data() + size_t(tokens[r]) * d, d, x + size_t(r) * d);
+    m.tok_emb.row_f32(size_t(tokens[r]), x + size_t(r) * d);
 }
 
 void final_logits(const model& m, const float* x, int rows, float* logits) {
   const int d = m.config.dim;
   std::vector<float> xb(size_t(rows) * d);
   rmsnorm(xb.data(), x, m.final_norm.data(), rows, d, m.config.norm_eps);
-  matmul(logits, xb.data(), m.classifier().data(), rows, d, m.config.vocab_size);
+  matmul(logits, xb.data(), matrix_of(m.classifier()), rows, d, m.config.vocab_size);
 }
 
 namespace {

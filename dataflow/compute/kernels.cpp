@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "dataflow/compute/cpu.hpp"
 #include "dataflow/compute/kernels_isa.hpp"
@@ -44,63 +46,147 @@ void rows_reference(int lanes, float* y, const float* x, const T* W, int rows, i
   }
 }
 
-}  // namespace
-
-void matmul_rows_reference(int lanes, float* y, const float* x, const float* W, int rows, int in, size_t ldw,
-                           size_t ly, int o_begin, int o_end) {
-  rows_reference(lanes, y, x, W, rows, in, ldw, ly, o_begin, o_end);
+void q8_rows_reference(float* y, const q8_act* x, const uint8_t* W, int rows, int blocks, size_t ldw, size_t ly,
+                       int o_begin, int o_end) {
+  for (int r = 0; r < rows; ++r)
+    for (int o = o_begin; o < o_end; ++o) {
+      float acc[8] = {};
+      for (int b = 0; b < blocks; ++b) {
+        const q8_act& xb = x[size_t(r) * size_t(blocks) + size_t(b)];
+        const uint8_t* blk = W + size_t(o) * ldw + size_t(b) * q8_block_bytes;
+        uint16_t d16;
+        std::memcpy(&d16, blk, 2);
+        const float d = xb.d * f16_to_f32(d16);
+        auto wq = reinterpret_cast<const int8_t*>(blk + 2);
+        for (int j = 0; j < 8; ++j) {
+          int32_t s = 0;
+          for (int t = 4 * j; t < 4 * j + 4; ++t) s += int32_t(xb.q[t]) * int32_t(wq[t]);
+          acc[j] = std::fma(float(s), d, acc[j]);
+        }
+      }
+      float s = 0.0f;
+      for (float a : acc) s += a;
+      y[size_t(r) * ly + size_t(o)] = s;
+    }
 }
-void matmul_bf16_rows_reference(int lanes, float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw,
-                                size_t ly, int o_begin, int o_end) {
-  rows_reference(lanes, y, x, W, rows, in, ldw, ly, o_begin, o_end);
-}
-}  // namespace kernels
-
-namespace {
 
 // The scalar level: the reference at 8 lanes (bit-identical to AVX2).
 template <class T>
 void rows_scalar(float* y, const float* x, const T* W, int rows, int in, size_t ldw, size_t ly, int o_begin,
                  int o_end) {
-  kernels::rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
-}
-
-// Each level's row functions (AVX512_BF16 and AMX add nothing yet: their dot products round the
-// activations to bf16, another contract).
-struct level_kernels {
-  kernels::matmul_rows_fn f32;
-  kernels::matmul_bf16_rows_fn bf16;
-};
-level_kernels kernels_for(isa level) {
-#if defined(__x86_64__)
-  if (level >= isa::avx512) return {kernels::matmul_rows_avx512, kernels::matmul_bf16_rows_avx512};
-  if (level >= isa::avx2) return {kernels::matmul_rows_avx2, kernels::matmul_bf16_rows_avx2};
-#endif
-  (void)level;
-  return {rows_scalar<float>, rows_scalar<uint16_t>};
+  rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
 }
 
 // Chunks of whole 4-row weight blocks over the pool, each streaming at least ~64 KiB of weights.
-template <class T, class Fn>
-void matmul_blocks(Fn rows_fn, float* y, const float* x, const T* W, int rows, int in, int out, int ldw, int ldy) {
-  if (rows <= 0 || out <= 0) return;  // nothing to write (y may be an empty buffer's null)
-  const size_t lw = size_t(ldw > 0 ? ldw : in), ly = size_t(ldy > 0 ? ldy : out);
+template <class Fn>
+void parallel_blocks(int out, size_t row_bytes_in, Fn fn) {
   constexpr int block = 4;
   size_t blocks = size_t((out + block - 1) / block);
-  size_t grain = std::max<size_t>(1, 16384 / (size_t(in) * block * sizeof(T) / 4) + 1);
-  default_pool().parallel_for(blocks, grain, [&](size_t bb, size_t be) {
-    rows_fn(y, x, W, rows, in, lw, ly, int(bb) * block, std::min(out, int(be) * block));
-  });
+  size_t grain = std::max<size_t>(1, 65536 / (std::max<size_t>(row_bytes_in, 1) * block) + 1);
+  default_pool().parallel_for(blocks, grain,
+                              [&](size_t bb, size_t be) { fn(int(bb) * block, std::min(out, int(be) * block)); });
+}
+
+// The rows x blocks activation blocks of x (each row quantised alone, so no row depends on another).
+std::vector<q8_act> quantize_rows(const float* x, int rows, int in) {
+  const size_t blocks = (size_t(in) + q8_block - 1) / q8_block;
+  std::vector<q8_act> q(size_t(rows) * blocks);
+  for (int r = 0; r < rows; ++r) quantize_q8_act(x + size_t(r) * size_t(in), in, q.data() + size_t(r) * blocks);
+  return q;
+}
+
+// One matmul on a level's row functions (the dispatch of matmul and of matmul_reference).
+template <class Rows>
+void run_matmul(const Rows& k, float* y, const float* x, const weight_matrix& W, int rows, int in, int out, int ldy,
+                bool parallel) {
+  if (rows <= 0 || out <= 0) return;  // nothing to write (y may be an empty buffer's null)
+  const size_t lw = W.ld ? W.ld : size_t(in), ly = size_t(ldy > 0 ? ldy : out);
+  const size_t rb = row_bytes(W.type, size_t(in));
+  auto each = [&](auto fn) {
+    if (parallel) parallel_blocks(out, rb, fn);
+    else fn(0, out);
+  };
+  switch (W.type) {
+    case dtype::f32:
+      each([&](int b, int e) { k.f32(y, x, static_cast<const float*>(W.p), rows, in, lw, ly, b, e); });
+      return;
+    case dtype::bf16:
+      each([&](int b, int e) { k.bf16(y, x, static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e); });
+      return;
+    case dtype::f16:
+      each([&](int b, int e) { k.f16(y, x, static_cast<const half*>(W.p), rows, in, lw, ly, b, e); });
+      return;
+    case dtype::q8: {
+      const auto q = quantize_rows(x, rows, in);
+      const int blocks = int((size_t(in) + q8_block - 1) / q8_block);
+      const size_t wb = row_bytes(dtype::q8, lw);
+      each([&](int b, int e) { k.q8(y, q.data(), static_cast<const uint8_t*>(W.p), rows, blocks, wb, ly, b, e); });
+      return;
+    }
+  }
+}
+
+// The reference at any lane count, in level_kernels' shape for run_matmul.
+struct reference {
+  int lanes;
+  template <class T>
+  void operator()(float* y, const float* x, const T* W, int rows, int in, size_t ldw, size_t ly, int b, int e) const {
+    rows_reference(lanes, y, x, W, rows, in, ldw, ly, b, e);
+  }
+};
+struct reference_kernels {
+  const reference& f32;
+  const reference& bf16;
+  const reference& f16;
+  q8_rows_fn q8;
+};
+
+}  // namespace
+
+void quantize_q8_act(const float* x, int n, q8_act* out) {
+  for (int b = 0; b < n; b += int(q8_block), ++out) {
+    const int k = std::min(int(q8_block), n - b);
+    float amax = 0.0f;
+    for (int i = 0; i < k; ++i) amax = std::max(amax, std::fabs(x[b + i]));
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    out->d = amax / 127.0f;
+    for (int i = 0; i < int(q8_block); ++i)
+      out->q[i] = i < k ? int8_t(std::clamp(std::nearbyint(x[b + i] * id), -127.0f, 127.0f)) : int8_t(0);
+  }
+}
+
+level_kernels scalar_kernels() { return {rows_scalar<float>, rows_scalar<uint16_t>, rows_scalar<half>, q8_rows_reference}; }
+
+void matmul_reference(int lanes, float* y, const float* x, const weight_matrix& W, int rows, int in, int out,
+                      int ldy) {
+  const reference ref{lanes};
+  run_matmul(reference_kernels{ref, ref, ref, q8_rows_reference}, y, x, W, rows, in, out, ldy, false);
+}
+
+}  // namespace kernels
+
+namespace {
+
+// Each level's row functions (AMX adds nothing yet: its dot products round the activations to
+// bf16, another contract).
+kernels::level_kernels kernels_for(isa level) {
+#if defined(__x86_64__)
+  if (level >= isa::avx512_bf16) return kernels::avx512_vnni_kernels();
+  if (level >= isa::avx512) return kernels::avx512_kernels();
+  if (level >= isa::avx2) return kernels::avx2_kernels();
+#endif
+  (void)level;
+  return kernels::scalar_kernels();
 }
 
 }  // namespace
 
-void matmul(float* y, const float* x, const float* W, int rows, int in, int out, int ldw, int ldy) {
-  matmul_blocks(kernels_for(active_isa()).f32, y, x, W, rows, in, out, ldw, ldy);
+void matmul(float* y, const float* x, const weight_matrix& W, int rows, int in, int out, int ldy) {
+  kernels::run_matmul(kernels_for(active_isa()), y, x, W, rows, in, out, ldy, true);
 }
 
-void matmul_bf16(float* y, const float* x, const uint16_t* W, int rows, int in, int out, int ldw, int ldy) {
-  matmul_blocks(kernels_for(active_isa()).bf16, y, x, W, rows, in, out, ldw, ldy);
+void matmul(float* y, const float* x, const float* W, int rows, int in, int out, int ldw, int ldy) {
+  matmul(y, x, weight_matrix{dtype::f32, W, size_t(ldw > 0 ? ldw : in)}, rows, in, out, ldy);
 }
 
 void rope(float* v, int n_heads, int head_dim, int pos, float theta, rope_style style) {

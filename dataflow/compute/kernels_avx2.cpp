@@ -1,9 +1,10 @@
-// The AVX2 + FMA level (kernels_isa.hpp's contract at 8 lanes).
+// The AVX2 + FMA + F16C level (kernels_isa.hpp's float contract at 8 lanes; q8 by pairwise dots).
 #include <immintrin.h>
 
 #include <cstdint>
 
 #include "dataflow/compute/kernels_isa.hpp"
+#include "dataflow/compute/kernels_q8.hpp"
 #include "dataflow/compute/kernels_tile.hpp"
 
 namespace strata::kernels {
@@ -19,6 +20,7 @@ struct avx2 {
     __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
+  static reg load(const half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
   static reg fma(reg a, reg b, reg acc) { return _mm256_fmadd_ps(a, b, acc); }
   static void store(float* p, reg v) { _mm256_store_ps(p, v); }
 };
@@ -26,14 +28,9 @@ struct avx2 {
 }  // namespace
 
 // 4 x 3 tiles: 12 accumulators + 4 loads in the 16 YMM registers (7 loads feed 12 FMAs).
-void matmul_rows_avx2(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly, int o_begin,
-                      int o_end) {
-  f32_matmul_rows<avx2, 3>(y, x, W, rows, in, ldw, ly, o_begin, o_end);
-}
-
-void matmul_bf16_rows_avx2(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
-                           int o_begin, int o_end) {
-  f32_matmul_rows<avx2, 3>(y, x, W, rows, in, ldw, ly, o_begin, o_end);
+level_kernels avx2_kernels() {
+  return {f32_matmul_rows<avx2, 3, float>, f32_matmul_rows<avx2, 3, uint16_t>, f32_matmul_rows<avx2, 3, half>,
+          q8_matmul_rows<dot_avx2, 2>};
 }
 
 }  // namespace strata::kernels

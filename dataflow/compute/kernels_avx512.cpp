@@ -1,9 +1,11 @@
-// The AVX-512 level (kernels_isa.hpp's contract at 16 lanes).
+// The AVX-512 level (kernels_isa.hpp's float contract at 16 lanes; q8 on 256-bit registers, as
+// every level, so its results equal AVX2's).
 #include <immintrin.h>
 
 #include <cstdint>
 
 #include "dataflow/compute/kernels_isa.hpp"
+#include "dataflow/compute/kernels_q8.hpp"
 #include "dataflow/compute/kernels_tile.hpp"
 
 namespace strata::kernels {
@@ -19,21 +21,17 @@ struct avx512 {
     __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
+  static reg load(const half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static reg fma(reg a, reg b, reg acc) { return _mm512_fmadd_ps(a, b, acc); }
   static void store(float* p, reg v) { _mm512_store_ps(p, v); }
 };
 
 }  // namespace
 
-// 4 x 6 tiles: 24 accumulators + 6 loads + 1 weight in the 32 ZMM registers.
-void matmul_rows_avx512(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
-                        int o_begin, int o_end) {
-  f32_matmul_rows<avx512, 6>(y, x, W, rows, in, ldw, ly, o_begin, o_end);
-}
-
-void matmul_bf16_rows_avx512(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
-                             int o_begin, int o_end) {
-  f32_matmul_rows<avx512, 6>(y, x, W, rows, in, ldw, ly, o_begin, o_end);
+// 4 x 6 tiles: 24 accumulators + 6 loads + 1 weight in the 32 ZMM registers; q8 4 x 4.
+level_kernels avx512_kernels() {
+  return {f32_matmul_rows<avx512, 6, float>, f32_matmul_rows<avx512, 6, uint16_t>, f32_matmul_rows<avx512, 6, half>,
+          q8_matmul_rows<dot_avx2, 4>};
 }
 
 }  // namespace strata::kernels

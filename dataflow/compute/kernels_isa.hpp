@@ -1,43 +1,69 @@
 // The per-level kernels behind kernels.hpp's dispatch (internal to compute/). Each level's file is
-// compiled for its instruction set alone (kernels_avx2.cpp with -mavx2 -mfma, ...) and called only
-// when the CPU has it, so a portable build reaches every level. These files use no standard
-// library templates: an inline function instantiated with AVX-512 enabled could be the copy the
-// linker keeps for the whole program, and crash a CPU without it.
+// compiled for its instruction set alone (kernels_avx2.cpp with -mavx2 -mfma -mf16c, ...) and
+// called only when the CPU has it, so a portable build reaches every level. These files use no
+// standard library templates: an inline function instantiated with AVX-512 enabled could be the
+// copy the linker keeps for the whole program, and crash a CPU without it.
 //
-// The f32 contract, exact at each level: output (r, o) accumulates w[o, k] * x[r, k] with one
-// fused multiply-add per lane over the first in - in % L values (L lanes, k % L picks the lane),
-// sums the L lanes in order 0..L-1 (plain adds), then adds the tail's products one by one. L is 8
-// for scalar and AVX2 (bit-identical), 16 for AVX-512. No result depends on the rows beside it.
-// bf16 weights are widened to f32 exactly (a shift) and follow the same contract, so a bf16
-// matmul equals the f32 matmul of the widened weights at the same level, bit for bit.
+// The float contract (f32, bf16 and f16 weights), exact at each level: output (r, o) accumulates
+// w[o, k] * x[r, k] with one fused multiply-add per lane over the first in - in % L values (L
+// lanes, k % L picks the lane), sums the L lanes in order 0..L-1 (plain adds), then adds the
+// tail's products one by one. L is 8 for scalar and AVX2 (bit-identical), 16 for AVX-512. bf16
+// and f16 weights are widened to f32 exactly, so their matmul equals the f32 matmul of the widened
+// weights at the same level, bit for bit.
+//
+// The q8 contract, exact and the same at every level: the activations are quantised per 32-value
+// block (q8_act: an f32 scale and int8 values, zero past `in`); for each block b and lane j < 8,
+// the integer sum of the 4 products of values 4j..4j+3 is exact, and lane j accumulates
+// fma(float(sum), d_x * d_w, acc_j) block after block; the 8 lanes are then summed in order. No
+// result depends on the rows beside it.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+namespace strata {
+struct weight_matrix;
+}
+
 namespace strata::kernels {
 
-// y[r, o] for every x row r < rows and weight rows o in [o_begin, o_end): W's rows are ldw
-// floats apart, y's rows ly apart, x's rows `in` apart.
-using matmul_rows_fn = void (*)(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
-                                int o_begin, int o_end);
-using matmul_bf16_rows_fn = void (*)(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw,
-                                     size_t ly, int o_begin, int o_end);
+struct half {  // an f16 weight as stored
+  uint16_t bits;
+};
+struct q8_act {  // one block of quantised activations: x ~ d * q
+  float d;
+  int8_t q[32];
+};
 
-// The reference: plain C++ for any lane count (std::fma; exact for the contract above).
-void matmul_rows_reference(int lanes, float* y, const float* x, const float* W, int rows, int in, size_t ldw,
-                           size_t ly, int o_begin, int o_end);
-void matmul_bf16_rows_reference(int lanes, float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw,
-                                size_t ly, int o_begin, int o_end);
+// y[r, o] for every x row r < rows and weight rows o in [o_begin, o_end): W's rows are ldw
+// values apart, y's rows ly apart, x's rows `in` apart.
+template <class T>
+using rows_fn = void (*)(float* y, const float* x, const T* W, int rows, int in, size_t ldw, size_t ly, int o_begin,
+                         int o_end);
+// The same for q8 weights: x is rows x blocks activation blocks, W's rows ldw bytes apart.
+using q8_rows_fn = void (*)(float* y, const q8_act* x, const uint8_t* W, int rows, int blocks, size_t ldw, size_t ly,
+                            int o_begin, int o_end);
+
+struct level_kernels {
+  rows_fn<float> f32;
+  rows_fn<uint16_t> bf16;
+  rows_fn<half> f16;
+  q8_rows_fn q8;
+};
+
+// Quantises one activation row of n values into ceil(n / 32) blocks (plain C++, shared by every
+// level: d = max|x| / 127, q = round-to-nearest-even(x * 127 / max|x|)).
+void quantize_q8_act(const float* x, int n, q8_act* out);
+
+// The reference of both contracts at `lanes` lanes (plain C++, std::fma): what matmul computes.
+void matmul_reference(int lanes, float* y, const float* x, const weight_matrix& W, int rows, int in, int out,
+                      int ldy = 0);
+
+level_kernels scalar_kernels();
 #if defined(__x86_64__)
-void matmul_rows_avx2(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
-                      int o_begin, int o_end);
-void matmul_rows_avx512(float* y, const float* x, const float* W, int rows, int in, size_t ldw, size_t ly,
-                        int o_begin, int o_end);
-void matmul_bf16_rows_avx2(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
-                           int o_begin, int o_end);
-void matmul_bf16_rows_avx512(float* y, const float* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
-                             int o_begin, int o_end);
+level_kernels avx2_kernels();
+level_kernels avx512_kernels();
+level_kernels avx512_vnni_kernels();  // AVX-512 with VNNI's int8 dot products for q8
 #endif
 
 }  // namespace strata::kernels

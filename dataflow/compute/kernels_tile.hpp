@@ -1,14 +1,20 @@
-// The register-tile matmul shared by the vector levels (kernels_isa.hpp's contract), instantiated
-// in each level's file with that level's vector type: V provides `reg`, `lanes`, zero(),
-// load(const float*), load(const uint16_t*) (bf16 weights widened exactly to f32), fma(a, b,
-// acc) (a * b + acc, fused) and store(p, v). V is local to that file, so every instantiation has
-// internal linkage and no copy built for one level is linked into another's callers. T is the
-// weight type: float, or uint16_t holding bf16.
+// The register-tile matmul shared by the vector levels (kernels_isa.hpp's float contract),
+// instantiated in each level's file with that level's vector type: V provides `reg`, `lanes`,
+// zero(), load(const float*), load(const uint16_t*) (bf16 weights widened exactly to f32),
+// load(const half*) (f16, the same), fma(a, b, acc) (a * b + acc, fused) and store(p, v). V is
+// local to that file, so every instantiation has internal linkage and no copy built for one level
+// is linked into another's callers. T is the weight type: float, uint16_t holding bf16, or half.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+
+#include "dataflow/compute/kernels_isa.hpp"
+
+namespace strata {
+float f16_to_f32(uint16_t h);  // model.hpp; compiled at the base level
+}
 
 namespace strata::kernels {
 // Unnamed on purpose: each level's file gets its own copies, so none compiled for AVX-512 can be
@@ -22,6 +28,7 @@ inline float widen(uint16_t bf16) {  // exact: bf16 is the top half of an f32
   std::memcpy(&f, &bits, 4);
   return f;
 }
+inline float widen(half h) { return f16_to_f32(h.bits); }  // exact
 
 // O weight rows x R activation rows: O * R accumulators of V::lanes lanes each.
 // How far ahead a one-row tile (decode) prefetches each weight row: the hardware prefetchers alone

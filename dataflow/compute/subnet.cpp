@@ -1,5 +1,7 @@
 #include "dataflow/compute/subnet.hpp"
 
+#include <cstring>
+
 #include <algorithm>
 #include <cstdlib>
 
@@ -171,6 +173,20 @@ double layer_share(const subnet& s, int layer, const model_config& c) {
          params(c.hidden_dim, c.n_kv_heads);
 }
 
+namespace {
+
+// A row's first n values, as stored. A q8 prefix ending inside a block keeps that block's scale
+// and zeroes the values past n: the copy computes what the prefix slice computes.
+void copy_prefix(dtype t, uint8_t* dst, const uint8_t* src, size_t n) {
+  std::memcpy(dst, src, row_bytes(t, n));
+  if (t == dtype::q8 && n % q8_block != 0) {
+    uint8_t* last = dst + (n / q8_block) * q8_block_bytes + 2;
+    std::memset(last + n % q8_block, 0, q8_block - n % q8_block);
+  }
+}
+
+}  // namespace
+
 model_ptr extract_subnet(const model& m, const subnet& s) {
   const auto& c = m.config;
   auto out = std::make_shared<model>(m);
@@ -187,17 +203,20 @@ model_ptr extract_subnet(const model& m, const subnet& s) {
     n->allocate(k);
     n->att_norm.copy(w.att_norm.data(), d);
     n->ffn_norm.copy(w.ffn_norm.data(), d);
+    const dtype t = c.weights;
     // Row blocks: wq's first qd rows, wk's and wv's first kd; w1's and w3's first f.
-    auto rows = [&](float* dst, const float* src, size_t n_rows) { std::copy_n(src, n_rows * d, dst); };
-    rows(n->wqkv.data(), w.wqkv.data(), qd);
-    rows(n->wqkv.data() + qd * d, w.wqkv.data() + q_all * d, kd);
-    rows(n->wqkv.data() + (qd + kd) * d, w.wqkv.data() + (q_all + kv_all) * d, kd);
-    rows(n->w13.data(), w.w13.data(), f);
-    rows(n->w13.data() + f * d, w.w13.data() + h_all * d, f);
+    auto rows = [&](tensor& dst, size_t at, const tensor& src, size_t from, size_t n_rows) {
+      std::memcpy(dst.mutable_raw() + at * row_bytes(t, d), src.row(from), n_rows * row_bytes(t, d));
+    };
+    rows(n->wqkv, 0, w.wqkv, 0, qd);
+    rows(n->wqkv, qd, w.wqkv, q_all, kd);
+    rows(n->wqkv, qd + kd, w.wqkv, q_all + kv_all, kd);
+    rows(n->w13, 0, w.w13, 0, f);
+    rows(n->w13, f, w.w13, h_all, f);
     // Column prefixes: wo's first qd, w2's first f, of every output row.
     for (size_t o = 0; o < d; ++o) {
-      std::copy_n(w.wo.data() + o * q_all, qd, n->wo.data() + o * qd);
-      std::copy_n(w.w2.data() + o * h_all, f, n->w2.data() + o * f);
+      copy_prefix(t, n->wo.mutable_raw() + o * row_bytes(t, qd), w.wo.row(o), qd);
+      copy_prefix(t, n->w2.mutable_raw() + o * row_bytes(t, f), w.w2.row(o), f);
     }
     out->layers.push_back(std::move(n));
   }

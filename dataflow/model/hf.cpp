@@ -110,21 +110,22 @@ expected<std::string> canonical_name(const std::string& n, bool tied) {
 }
 
 // Inverse of HF's permute(): rows of head h go from halves layout back to interleaved pairs.
-// Used to write an interleaved model so that rotate_half computes the same function.
-void permute_rows_to_rotate_half(const float* src, float* dst, int n_heads, int head_dim, int cols) {
+// Used to write an interleaved model so that rotate_half computes the same function. Rows are
+// moved whole (row_bytes each), so any weight type permutes alike.
+void permute_rows_to_rotate_half(const uint8_t* src, uint8_t* dst, int n_heads, int head_dim, size_t row_bytes) {
   int half = head_dim / 2;
   for (int h = 0; h < n_heads; ++h)
     for (int i = 0; i < half; ++i)
       for (int k = 0; k < 2; ++k) {
-        const float* s = src + size_t(h * head_dim + 2 * i + k) * cols;
-        float* d = dst + size_t(h * head_dim + k * half + i) * cols;
-        std::copy(s, s + cols, d);
+        const uint8_t* s = src + size_t(h * head_dim + 2 * i + k) * row_bytes;
+        uint8_t* d = dst + size_t(h * head_dim + k * half + i) * row_bytes;
+        std::copy(s, s + row_bytes, d);
       }
 }
 
 }  // namespace
 
-expected<model_ptr> load_hf(const std::string& dir_str) {
+expected<model_ptr> load_hf(const std::string& dir_str, const load_options& o) {
   fs::path dir(dir_str);
   auto cfg = parse_config(dir / "config.json");
   if (!cfg) return cfg.err();
@@ -187,7 +188,19 @@ expected<model_ptr> load_hf(const std::string& dir_str) {
       if (it == by_name.end())
         return make_error(where + ": the config (" + m->config.describe() + ") has no such tensor");
       if (found.count(it->second)) return make_error(where + ": appears more than once");
-      if (e.shape != plan[it->second].shape)
+      const auto& want = plan[it->second].shape;
+      if (e.type == dtype::q8) {  // bytes [rows, row_bytes]: the values' shape is the config's
+        if (want.size() != 2)
+          return make_error(where + ": q8 bytes, but config.json implies " + shape_string(want) +
+                            " values: q8 holds matrices only");
+        const std::vector<int64_t> stored{want[0], int64_t(row_bytes(dtype::q8, size_t(want[1])))};
+        if (e.shape != stored)
+          return make_error(where + ": q8 bytes of shape " + shape_string(e.shape) + " but config.json implies " +
+                            shape_string(want) + " values, stored as " + shape_string(stored) +
+                            " bytes (34-byte blocks of 32)");
+        e.shape = want;
+      }
+      if (e.shape != want)
         return make_error(where + ": shape " + shape_string(e.shape) + " but config.json implies " +
                           shape_string(plan[it->second].shape));
       found[it->second] = {opened.size() - 1, e};
@@ -197,13 +210,24 @@ expected<model_ptr> load_hf(const std::string& dir_str) {
     if (!found.count(i))
       return make_error(dir.string() + ": missing tensor '" + plan[i].name + "' " + shape_string(plan[i].shape) +
                         " in " + std::to_string(files.size()) + " safetensors file(s)");
+  // Matrices stay in the files' type when they all share one; norms are always f32.
+  dtype held = dtype::f32;
+  bool first = true, mixed = false;
+  for (size_t i = 0; i < plan.size(); ++i)
+    if (plan[i].shape.size() == 2) {
+      dtype t = found.at(i).entry.type;
+      mixed |= !first && t != held;
+      held = t;
+      first = false;
+    }
+  m->config.weights = o.convert ? o.weights : mixed ? dtype::f32 : held;
   if (auto st = m->config.fits_memory(); !st) return make_error(dir.string() + ": " + st.message());
 
   auto slots = allocate_slots(*m);
   for (size_t i = 0; i < slots.size(); ++i) {
     const auto& [fi, e] = found.at(i);
     const uint8_t* p = opened[fi].file.data() + e.offset;
-    convert_to_f32(e.type, p, slots[i].dst, slots[i].count());
+    convert_rows(e.type, p, slots[i].type, slots[i].dst, slots[i].rows(), slots[i].cols());
     tensor_record r;
     r.name = slots[i].name;
     r.source_name = e.name;
@@ -243,7 +267,8 @@ status save_hf(const model& m, const std::string& dir_str, dtype type, uint64_t 
               {"bos_token_id", c.bos_id},
               {"eos_token_id", c.eos_id},
               {"hidden_act", "silu"},
-              {"torch_dtype", type == dtype::f32 ? "float32" : type == dtype::f16 ? "float16" : "bfloat16"}};
+              {"torch_dtype", type == dtype::f32 ? "float32" : type == dtype::bf16 ? "bfloat16" : "float16"}};
+  if (type == dtype::q8) cfg["strata_weights"] = "q8";  // the matrices are q8 blocks (safetensors.hpp)
   {
     std::ofstream out(dir / "config.json");
     out << cfg.dump(2) << "\n";
@@ -255,39 +280,41 @@ status save_hf(const model& m, const std::string& dir_str, dtype type, uint64_t 
     if (!out) return make_error((dir / "supernet.json").string() + ": write failed");
   }
   // Permuted copies of wq/wk for interleaved models live here until written.
-  std::vector<std::vector<float>> scratch;
-  auto rows_for = [&](const float* w, int heads, int cols) -> const float* {
-    if (c.rope == rope_style::rotate_half) return w;
-    scratch.emplace_back(size_t(heads) * c.head_dim * cols);
-    permute_rows_to_rotate_half(w, scratch.back().data(), heads, c.head_dim, cols);
+  std::vector<std::vector<uint8_t>> scratch;
+  const dtype w = c.weights;
+  const size_t rb = row_bytes(w, size_t(c.dim));
+  auto rows_for = [&](const uint8_t* src, int heads) -> const uint8_t* {
+    if (c.rope == rope_style::rotate_half) return src;
+    scratch.emplace_back(size_t(heads) * size_t(c.head_dim) * rb);
+    permute_rows_to_rotate_half(src, scratch.back().data(), heads, c.head_dim, rb);
     return scratch.back().data();
   };
   std::vector<safetensors_out> all;
   int64_t d = c.dim, h = c.hidden_dim, q = c.q_dim(), kv = c.kv_dim();
-  all.push_back({"model.embed_tokens.weight", {c.vocab_size, d}, m.tok_emb.data()});
+  auto f32 = [](const tensor& t) -> const void* { return t.raw(); };
+  all.push_back({"model.embed_tokens.weight", {c.vocab_size, d}, w, m.tok_emb.raw()});
   scratch.reserve(size_t(2 * c.n_layers));
   for (int l = 0; l < c.n_layers; ++l) {
     const auto& lw = *m.layers[size_t(l)];
     auto p = "model.layers." + std::to_string(l) + ".";
-    all.push_back({p + "input_layernorm.weight", {d}, lw.att_norm.data()});
-    all.push_back({p + "self_attn.q_proj.weight", {q, d}, rows_for(lw.wqkv.data(), c.n_heads, c.dim)});
-    all.push_back({p + "self_attn.k_proj.weight", {kv, d}, rows_for(lw.wqkv.data() + q * d, c.n_kv_heads, c.dim)});
-    all.push_back({p + "self_attn.v_proj.weight", {kv, d}, lw.wqkv.data() + (q + kv) * d});
-    all.push_back({p + "self_attn.o_proj.weight", {d, q}, lw.wo.data()});
-    all.push_back({p + "post_attention_layernorm.weight", {d}, lw.ffn_norm.data()});
-    all.push_back({p + "mlp.gate_proj.weight", {h, d}, lw.w13.data()});
-    all.push_back({p + "mlp.up_proj.weight", {h, d}, lw.w13.data() + h * d});
-    all.push_back({p + "mlp.down_proj.weight", {d, h}, lw.w2.data()});
+    all.push_back({p + "input_layernorm.weight", {d}, dtype::f32, f32(lw.att_norm)});
+    all.push_back({p + "self_attn.q_proj.weight", {q, d}, w, rows_for(lw.wqkv.row(0), c.n_heads)});
+    all.push_back({p + "self_attn.k_proj.weight", {kv, d}, w, rows_for(lw.wqkv.row(size_t(q)), c.n_kv_heads)});
+    all.push_back({p + "self_attn.v_proj.weight", {kv, d}, w, lw.wqkv.row(size_t(q + kv))});
+    all.push_back({p + "self_attn.o_proj.weight", {d, q}, w, lw.wo.raw()});
+    all.push_back({p + "post_attention_layernorm.weight", {d}, dtype::f32, f32(lw.ffn_norm)});
+    all.push_back({p + "mlp.gate_proj.weight", {h, d}, w, lw.w13.raw()});
+    all.push_back({p + "mlp.up_proj.weight", {h, d}, w, lw.w13.row(size_t(h))});
+    all.push_back({p + "mlp.down_proj.weight", {d, h}, w, lw.w2.raw()});
   }
-  all.push_back({"model.norm.weight", {d}, m.final_norm.data()});
-  if (!c.tied_embeddings) all.push_back({"lm_head.weight", {c.vocab_size, d}, m.lm_head.data()});
+  all.push_back({"model.norm.weight", {d}, dtype::f32, f32(m.final_norm)});
+  if (!c.tied_embeddings) all.push_back({"lm_head.weight", {c.vocab_size, d}, w, m.lm_head.raw()});
 
   // Shard greedily by size, as transformers' save_pretrained does.
   std::vector<std::vector<safetensors_out>> shards(1);
   uint64_t cur = 0;
   for (auto& t : all) {
-    uint64_t n = dtype_size(type);
-    for (auto x : t.shape) n *= uint64_t(x);
+    uint64_t n = t.rows() * row_bytes(t.written_as(type), t.cols());
     if (cur > 0 && cur + n > max_shard_bytes) {
       shards.emplace_back();
       cur = 0;
@@ -333,18 +360,25 @@ model_ptr make_random_model(const model_config& c, uint64_t seed, const std::str
   auto slots = allocate_slots(*m);
   for (auto& s : slots) {
     splitmix rng{seed ^ checksum64(s.name.data(), s.name.size())};
-    size_t n = s.count();
     bool is_norm = s.shape.size() == 1;
     // Uniform with std 1/sqrt(fan_in) keeps activations O(1) through many layers.
     float scale = is_norm ? 0.1f : std::sqrt(3.0f / float(s.shape.back()));
-    for (size_t i = 0; i < n; ++i) s.dst[i] = is_norm ? 1.0f + scale * rng.uniform() : scale * rng.uniform();
+    // Drawn as f32 row by row and stored as the slot's type: a model of another weight type is
+    // this one rounded.
+    std::vector<float> row(s.cols());
+    const size_t rb = row_bytes(s.type, s.cols());
+    for (size_t i = 0; i < s.rows(); ++i) {
+      for (auto& x : row) x = is_norm ? 1.0f + scale * rng.uniform() : scale * rng.uniform();
+      convert_rows(dtype::f32, row.data(), s.type, s.dst + i * rb, 1, s.cols());
+    }
     tensor_record r;
     r.name = s.name;
     r.source_name = s.name;
     r.layer = s.layer;
+    r.type = s.type;
     r.shape = s.shape;
-    r.length = n * 4;
-    r.checksum = checksum64(s.dst, n * 4);
+    r.length = s.bytes();
+    r.checksum = checksum64(s.dst, s.bytes());
     m->tensors.push_back(std::move(r));
   }
   return m;

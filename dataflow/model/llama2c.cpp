@@ -9,7 +9,7 @@
 
 namespace strata {
 
-expected<model_ptr> load_llama2c(const std::string& path) {
+expected<model_ptr> load_llama2c(const std::string& path, const load_options& o) {
   auto file = mapped_file::open(path);
   if (!file) return file.err();
   const size_t header_bytes = 7 * sizeof(int32_t);
@@ -34,6 +34,7 @@ expected<model_ptr> load_llama2c(const std::string& path) {
   c.rope = rope_style::interleaved;
   c.norm_eps = 1e-5f;
   c.rope_theta = 10000.0f;
+  c.weights = o.convert ? o.weights : dtype::f32;  // the file holds f32
   if (auto st = c.validate(); !st) return make_error(path + ": bad llama2.c header: " + st.message());
   if (c.head_dim * c.n_heads != c.dim)
     return make_error(path + ": bad llama2.c header: dim " + std::to_string(c.dim) +
@@ -82,7 +83,7 @@ expected<model_ptr> load_llama2c(const std::string& path) {
   for (size_t i = 0; i < slots.size(); ++i) {
     const uint8_t* p = file->data() + offset[i];
     uint64_t len = slots[i].count() * 4;
-    std::memcpy(slots[i].dst, p, len);
+    convert_rows(dtype::f32, p, slots[i].type, slots[i].dst, slots[i].rows(), slots[i].cols());
     tensor_record r;
     r.name = slots[i].name;
     r.source_name = source[i];

@@ -17,7 +17,8 @@ std::vector<uint8_t> build_manifest(const model& m) {
   auto arch = fb::CreateArchitectureDirect(b, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim,
                                            c.vocab_size, c.seq_len, c.norm_eps, c.rope_theta,
                                            static_cast<fb::RopeStyle>(c.rope), c.tied_embeddings, c.bos_id, c.eos_id,
-                                           c.drop_order.empty() ? nullptr : &c.drop_order);
+                                           c.drop_order.empty() ? nullptr : &c.drop_order,
+                                           static_cast<fb::DType>(c.weights));
   std::vector<flatbuffers::Offset<fb::TensorInfo>> ts;
   for (auto& t : m.tensors)
     ts.push_back(fb::CreateTensorInfoDirect(b, t.name.c_str(), t.source_name.c_str(), t.layer,
@@ -59,6 +60,9 @@ expected<manifest_view> read_manifest(const uint8_t* data, size_t size) {
     c.bos_id = a->bos_id();
     c.eos_id = a->eos_id();
     if (auto d = a->drop_order()) c.drop_order.assign(d->begin(), d->end());
+    if (int(a->weights()) < 0 || int(a->weights()) > int(dtype::q8))
+      return make_error("manifest: unknown weight type " + std::to_string(int(a->weights())));
+    c.weights = static_cast<dtype>(a->weights());
   }
   // A manifest from another node sizes the image this node allocates: the config must be sane.
   if (auto st = out.config.validate(); !st) return make_error("manifest of '" + out.name + "': " + st.message());
@@ -70,7 +74,7 @@ expected<manifest_view> read_manifest(const uint8_t* data, size_t size) {
       rec.name = t->name() ? t->name()->str() : "";
       rec.source_name = t->source_name() ? t->source_name()->str() : "";
       rec.layer = t->layer();
-      if (int(t->dtype()) > int(dtype::bf16)) return make_error("manifest: tensor with unknown dtype " + std::to_string(int(t->dtype())));
+      if (int(t->dtype()) < 0 || int(t->dtype()) > int(dtype::q8)) return make_error("manifest: tensor with unknown dtype " + std::to_string(int(t->dtype())));
       rec.type = static_cast<dtype>(t->dtype());
       if (t->shape()) rec.shape.assign(t->shape()->begin(), t->shape()->end());
       rec.file = t->file() ? t->file()->str() : "";

@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -25,17 +26,24 @@ const char* to_string(dtype t) {
     case dtype::f32: return "f32";
     case dtype::f16: return "f16";
     case dtype::bf16: return "bf16";
+    case dtype::q8: return "q8";
   }
   return "?";
 }
 
-size_t dtype_size(dtype t) { return t == dtype::f32 ? 4 : 2; }
+size_t dtype_size(dtype t) { return t == dtype::f32 ? 4 : t == dtype::q8 ? 1 : 2; }
+
+size_t row_bytes(dtype t, size_t cols) {
+  if (t == dtype::q8) return (cols + q8_block - 1) / q8_block * q8_block_bytes;
+  return cols * dtype_size(t);
+}
 
 expected<dtype> parse_dtype(const std::string& s) {
   if (s == "f32" || s == "F32" || s == "float32") return dtype::f32;
   if (s == "f16" || s == "F16" || s == "float16") return dtype::f16;
   if (s == "bf16" || s == "BF16" || s == "bfloat16") return dtype::bf16;
-  return make_error("unsupported dtype '" + s + "' (expected f32, f16 or bf16)");
+  if (s == "q8" || s == "Q8" || s == "q8_0" || s == "Q8_0") return dtype::q8;
+  return make_error("unsupported dtype '" + s + "' (expected f32, f16, bf16 or q8)");
 }
 
 float f16_to_f32(uint16_t h) {
@@ -105,6 +113,7 @@ uint16_t f32_to_bf16(float f) {
 
 void convert_to_f32(dtype t, const void* src, float* dst, size_t count) {
   switch (t) {
+    case dtype::q8: dequantize_q8_row(static_cast<const uint8_t*>(src), count, dst); return;
     case dtype::f32: std::memcpy(dst, src, count * 4); return;
     case dtype::f16: {
       auto s = static_cast<const uint16_t*>(src);
@@ -121,6 +130,7 @@ void convert_to_f32(dtype t, const void* src, float* dst, size_t count) {
 
 void convert_from_f32(dtype t, const float* src, void* dst, size_t count) {
   switch (t) {
+    case dtype::q8: quantize_q8_row(src, count, static_cast<uint8_t*>(dst)); return;
     case dtype::f32: std::memcpy(dst, src, count * 4); return;
     case dtype::f16: {
       auto d = static_cast<uint16_t*>(dst);
@@ -133,6 +143,96 @@ void convert_from_f32(dtype t, const float* src, void* dst, size_t count) {
       return;
     }
   }
+}
+
+void convert_rows(dtype from, const void* src, dtype to, void* dst, size_t rows, size_t cols) {
+  const size_t in = row_bytes(from, cols), out = row_bytes(to, cols);
+  auto s = static_cast<const uint8_t*>(src);
+  auto d = static_cast<uint8_t*>(dst);
+  if (from == to) {
+    std::memcpy(d, s, rows * in);
+  } else if (from == dtype::f32 && to != dtype::q8) {  // element-wise: one call for all rows
+    convert_from_f32(to, reinterpret_cast<const float*>(s), d, rows * cols);
+  } else if (to == dtype::f32 && from != dtype::q8) {
+    convert_to_f32(from, s, reinterpret_cast<float*>(d), rows * cols);
+  } else {
+    std::vector<float> tmp(cols);
+    for (size_t r = 0; r < rows; ++r) {
+      convert_to_f32(from, s + r * in, tmp.data(), cols);
+      convert_from_f32(to, tmp.data(), d + r * out, cols);
+    }
+  }
+}
+
+void quantize_q8_row(const float* x, size_t n, uint8_t* out) {
+  for (size_t b = 0; b < n; b += q8_block, out += q8_block_bytes) {
+    const size_t k = std::min(q8_block, n - b);
+    float amax = 0.0f;
+    for (size_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(x[b + i]));
+    uint16_t d16 = f32_to_f16(std::min(amax / 127.0f, 65504.0f));
+    const float d = f16_to_f32(d16), id = d > 0.0f ? 1.0f / d : 0.0f;
+    std::memcpy(out, &d16, 2);
+    auto q = reinterpret_cast<int8_t*>(out + 2);
+    for (size_t i = 0; i < q8_block; ++i)
+      q[i] = i < k ? int8_t(std::clamp(std::nearbyint(x[b + i] * id), -127.0f, 127.0f)) : int8_t(0);
+  }
+}
+
+void dequantize_q8_row(const uint8_t* row, size_t n, float* out) {
+  for (size_t b = 0; b < n; b += q8_block, row += q8_block_bytes) {
+    uint16_t d16;
+    std::memcpy(&d16, row, 2);
+    const float d = f16_to_f32(d16);
+    auto q = reinterpret_cast<const int8_t*>(row + 2);
+    for (size_t i = 0; i < std::min(q8_block, n - b); ++i) out[b + i] = d * float(q[i]);
+  }
+}
+
+void tensor::assign(size_t n, float v) {
+  clear();
+  own_.assign(n, v);
+  rows_ = 1;
+  cols_ = n;
+}
+
+void tensor::copy(const float* values, size_t n) {
+  clear();
+  own_.assign(values, values + n);
+  rows_ = 1;
+  cols_ = n;
+}
+
+uint8_t* tensor::allocate(dtype t, size_t rows, size_t cols) {
+  clear();
+  own_.assign((rows * row_bytes(t, cols) + 3) / 4, 0.0f);
+  type_ = t;
+  rows_ = rows;
+  cols_ = cols;
+  return reinterpret_cast<uint8_t*>(own_.data());
+}
+
+void tensor::borrow(dtype t, size_t rows, size_t cols, const void* bytes, std::shared_ptr<const void> keep) {
+  clear();
+  view_ = static_cast<const uint8_t*>(bytes);
+  type_ = t;
+  rows_ = rows;
+  cols_ = cols;
+  keep_ = std::move(keep);
+}
+
+void tensor::clear() {
+  own_.clear();
+  view_ = nullptr;
+  type_ = dtype::f32;
+  rows_ = cols_ = 0;
+  keep_.reset();
+}
+
+void tensor::row_f32(size_t r, float* out, size_t n) const { convert_to_f32(type_, row(r), out, n); }
+
+bool operator==(const tensor& a, const tensor& b) {
+  return a.type_ == b.type_ && a.size() == b.size() && a.bytes() == b.bytes() &&
+         std::memcmp(a.raw(), b.raw(), a.bytes()) == 0;
 }
 
 std::string shape_string(const std::vector<int64_t>& shape) {
@@ -208,10 +308,18 @@ status model_config::validate() const {
   return {};
 }
 
+uint64_t model_config::weight_bytes() const {
+  uint64_t n = 0;
+  for (auto& p : layer_weights::shapes(*this)) n += p.rows * row_bytes(p.type, p.cols);
+  n *= uint64_t(n_layers);
+  n += uint64_t(tied_embeddings ? 1 : 2) * uint64_t(vocab_size) * row_bytes(weights, size_t(dim));
+  return n + uint64_t(dim) * 4;
+}
+
 status model_config::fits_memory() const {
-  uint64_t need = uint64_t(total_params()) * 4, budget = memory_budget();
+  uint64_t need = weight_bytes(), budget = memory_budget();
   if (need > budget)
-    return make_error("the model needs " + format_bytes(need) + " for its fp32 weights (" + describe() +
+    return make_error("the model needs " + format_bytes(need) + " for its " + to_string(weights) + " weights (" + describe() +
                       ") but the memory budget is " + format_bytes(budget) +
                       " (--max-memory, STRATA_MAX_MEMORY, or this machine's memory)");
   return {};
@@ -222,7 +330,7 @@ std::string model_config::describe() const {
   os << "dim=" << dim << " hidden=" << hidden_dim << " layers=" << n_layers << " heads=" << n_heads
      << " kv_heads=" << n_kv_heads << " head_dim=" << head_dim << " vocab=" << vocab_size
      << " seq_len=" << seq_len << " rope=" << (rope == rope_style::interleaved ? "interleaved" : "rotate_half")
-     << (tied_embeddings ? " tied" : " untied") << " params=" << total_params();
+     << (tied_embeddings ? " tied" : " untied") << " weights=" << to_string(weights) << " params=" << total_params();
   return os.str();
 }
 
@@ -231,16 +339,23 @@ std::array<size_t, 6> layer_weights::sizes(const model_config& c) {
   return {d, (q + 2 * kv) * d, d * q, d, 2 * h * d, d * h};
 }
 
+std::array<layer_weights::part_shape, 6> layer_weights::shapes(const model_config& c) {
+  size_t d = size_t(c.dim), h = size_t(c.hidden_dim), q = size_t(c.q_dim()), kv = size_t(c.kv_dim());
+  const dtype w = c.weights;
+  return {part_shape{dtype::f32, 1, d}, part_shape{w, q + 2 * kv, d}, part_shape{w, d, q},
+          part_shape{dtype::f32, 1, d}, part_shape{w, 2 * h, d},      part_shape{w, d, h}};
+}
+
 void layer_weights::allocate(const model_config& c) {
-  auto n = sizes(c);
+  auto s = shapes(c);
   auto p = parts();
-  for (size_t i = 0; i < p.size(); ++i) p[i]->assign(n[i], 0.0f);
+  for (size_t i = 0; i < p.size(); ++i) p[i]->allocate(s[i].type, s[i].rows, s[i].cols);
 }
 
 size_t layer_weights::bytes() const {
   size_t n = 0;
-  for (const tensor* t : parts()) n += t->size();
-  return 4 * n;
+  for (const tensor* t : parts()) n += t->bytes();
+  return n;
 }
 
 std::string layer_tensor_name(int layer, const char* what) {
@@ -255,31 +370,32 @@ size_t tensor_slot::count() const {
 
 std::vector<tensor_slot> model_slots(const model_config& c, model* m) {
   int64_t d = c.dim, h = c.hidden_dim, q = c.q_dim(), kv = c.kv_dim(), v = c.vocab_size;
-  auto place = [&](tensor& t, size_t n) -> float* {
-    if (!m) return nullptr;
-    t.assign(n, 0.0f);
-    return t.data();
+  const dtype w = c.weights;
+  const size_t rb = row_bytes(w, size_t(d));
+  auto place = [&](tensor model::*t, dtype type, int64_t rows, int64_t cols) -> uint8_t* {
+    return m ? (m->*t).allocate(type, size_t(rows), size_t(cols)) : nullptr;
   };
   std::vector<tensor_slot> slots;
   if (m) m->layers.clear();
-  slots.push_back({"tok_emb", -1, {v, d}, m ? place(m->tok_emb, size_t(v * d)) : nullptr});
+  slots.push_back({"tok_emb", -1, {v, d}, w, place(&model::tok_emb, w, v, d)});
   for (int l = 0; l < c.n_layers; ++l) {
     auto lw = std::make_shared<layer_weights>();
     if (m) lw->allocate(c);
-    auto at = [&](tensor& t, int64_t off) { return m ? t.data() + off : nullptr; };
-    slots.push_back({layer_tensor_name(l, "att_norm"), l, {d}, at(lw->att_norm, 0)});
-    slots.push_back({layer_tensor_name(l, "wq"), l, {q, d}, at(lw->wqkv, 0)});
-    slots.push_back({layer_tensor_name(l, "wk"), l, {kv, d}, at(lw->wqkv, q * d)});
-    slots.push_back({layer_tensor_name(l, "wv"), l, {kv, d}, at(lw->wqkv, (q + kv) * d)});
-    slots.push_back({layer_tensor_name(l, "wo"), l, {d, q}, at(lw->wo, 0)});
-    slots.push_back({layer_tensor_name(l, "ffn_norm"), l, {d}, at(lw->ffn_norm, 0)});
-    slots.push_back({layer_tensor_name(l, "w1"), l, {h, d}, at(lw->w13, 0)});
-    slots.push_back({layer_tensor_name(l, "w2"), l, {d, h}, at(lw->w2, 0)});
-    slots.push_back({layer_tensor_name(l, "w3"), l, {h, d}, at(lw->w13, h * d)});
+    auto at = [&](tensor& t, int64_t row) { return m ? t.mutable_raw() + size_t(row) * rb : nullptr; };
+    auto whole = [&](tensor& t) { return m ? t.mutable_raw() : nullptr; };
+    slots.push_back({layer_tensor_name(l, "att_norm"), l, {d}, dtype::f32, whole(lw->att_norm)});
+    slots.push_back({layer_tensor_name(l, "wq"), l, {q, d}, w, at(lw->wqkv, 0)});
+    slots.push_back({layer_tensor_name(l, "wk"), l, {kv, d}, w, at(lw->wqkv, q)});
+    slots.push_back({layer_tensor_name(l, "wv"), l, {kv, d}, w, at(lw->wqkv, q + kv)});
+    slots.push_back({layer_tensor_name(l, "wo"), l, {d, q}, w, whole(lw->wo)});
+    slots.push_back({layer_tensor_name(l, "ffn_norm"), l, {d}, dtype::f32, whole(lw->ffn_norm)});
+    slots.push_back({layer_tensor_name(l, "w1"), l, {h, d}, w, at(lw->w13, 0)});
+    slots.push_back({layer_tensor_name(l, "w2"), l, {d, h}, w, whole(lw->w2)});
+    slots.push_back({layer_tensor_name(l, "w3"), l, {h, d}, w, at(lw->w13, h)});
     if (m) m->layers.push_back(std::move(lw));
   }
-  slots.push_back({"final_norm", -1, {d}, m ? place(m->final_norm, size_t(d)) : nullptr});
-  if (!c.tied_embeddings) slots.push_back({"lm_head", -1, {v, d}, m ? place(m->lm_head, size_t(v * d)) : nullptr});
+  slots.push_back({"final_norm", -1, {d}, dtype::f32, place(&model::final_norm, dtype::f32, 1, d)});
+  if (!c.tied_embeddings) slots.push_back({"lm_head", -1, {v, d}, w, place(&model::lm_head, w, v, d)});
   else if (m) m->lm_head.clear();
   return slots;
 }
@@ -328,24 +444,34 @@ status apply_supernet_file(model& m, const std::string& path) {
   return {};
 }
 
-expected<model_ptr> load_model(const std::string& path) {
+namespace {
+load_options& process_load_options() {
+  static load_options o;
+  return o;
+}
+}  // namespace
+
+const load_options& default_load_options() { return process_load_options(); }
+void set_default_load_options(const load_options& o) { process_load_options() = o; }
+
+expected<model_ptr> load_model(const std::string& path, const load_options& o) {
   std::error_code ec;
   if (!fs::exists(path, ec)) return make_error(path + ": no such file or directory");
   if (fs::is_directory(path, ec)) {
-    if (fs::exists(fs::path(path) / "config.json", ec)) return load_hf(path);
+    if (fs::exists(fs::path(path) / "config.json", ec)) return load_hf(path, o);
     // A llama2.c directory: exactly one checkpoint *.bin that is not a tokenizer.
     std::vector<fs::path> bins;
     for (auto& e : fs::directory_iterator(path, ec)) {
       auto n = e.path().filename().string();
       if (e.path().extension() == ".bin" && n.rfind("tok", 0) != 0) bins.push_back(e.path());
     }
-    if (bins.size() == 1) return load_llama2c(bins[0].string());
+    if (bins.size() == 1) return load_llama2c(bins[0].string(), o);
     if (bins.empty())
       return make_error(path + ": no config.json (Hugging Face) and no llama2.c *.bin checkpoint found");
     return make_error(path + ": several llama2.c checkpoints found; name one file");
   }
-  if (fs::path(path).filename() == "config.json") return load_hf(fs::path(path).parent_path().string());
-  return load_llama2c(path);
+  if (fs::path(path).filename() == "config.json") return load_hf(fs::path(path).parent_path().string(), o);
+  return load_llama2c(path, o);
 }
 
 }  // namespace strata

@@ -1,5 +1,5 @@
-// A Llama-architecture model held in host memory as fp32, plus the manifest that says where
-// every tensor came from. Weights are grouped per layer so shards (and later, streamed layers)
+// A Llama-architecture model held in host memory (matrices in their file's precision: f32, bf16,
+// f16 or q8; norms in f32), plus the manifest that says where every tensor came from. Weights are grouped per layer so shards (and later, streamed layers)
 // can own exactly the layers they run.
 #pragma once
 
@@ -15,13 +15,22 @@
 
 namespace strata {
 
-enum class dtype : uint8_t { f32 = 0, f16 = 1, bf16 = 2 };
+// q8: ggml's Q8_0 blocks. A row of n values is ceil(n / 32) blocks of 34 bytes, an f16 scale d and
+// 32 int8 q (value = d * q, |q| <= 127 when Strata quantises); a row whose length is not a
+// multiple of 32 ends in a block padded with zeros. GGUF's q8_0 tensors have this layout.
+enum class dtype : uint8_t { f32 = 0, f16 = 1, bf16 = 2, q8 = 3 };
 enum class rope_style : uint8_t { interleaved = 0, rotate_half = 1 };
 enum class source_format : uint8_t { llama2c = 0, huggingface = 1, generated = 2 };
 
 const char* to_string(dtype t);
+// Bytes of one element (f32 4, f16/bf16 2); q8 has no element size: use row_bytes.
 size_t dtype_size(dtype t);
-expected<dtype> parse_dtype(const std::string& s);  // "f32"/"F32"/"float32", "f16", "bf16"
+// Bytes of one stored row of `cols` values.
+size_t row_bytes(dtype t, size_t cols);
+expected<dtype> parse_dtype(const std::string& s);  // "f32"/"F32"/"float32", "f16", "bf16", "q8"
+
+constexpr size_t q8_block = 32;        // values per q8 block
+constexpr size_t q8_block_bytes = 34;  // its f16 scale and 32 int8 values
 
 float f16_to_f32(uint16_t h);
 uint16_t f32_to_f16(float f);
@@ -43,6 +52,9 @@ struct model_config {
   bool tied_embeddings = true;
   int bos_id = 1;
   int eos_id = 2;
+  // The matrices' type (embedding, projections, classifier); norms are always f32. Sizes the
+  // parameter image and the memory a model needs.
+  dtype weights = dtype::f32;
   // LayerSelect's order (subnet.hpp), the layers to drop first, where the model records its own
   // (an elastic supernet's side file, supernet_file()); empty: the default order.
   std::vector<int32_t> drop_order;
@@ -58,55 +70,66 @@ struct model_config {
   // Sanity rules shared by every loader; the message names the offending field and its bounds.
   // After it passes, every size derived from the config fits in 64 bits.
   status validate() const;
-  // Whether the fp32 weights fit the memory budget (files.hpp); checked before allocating.
+  // Bytes of the weights as held (matrices in `weights`, norms f32).
+  uint64_t weight_bytes() const;
+  // Whether the weights fit the memory budget (files.hpp); checked before allocating.
   status fits_memory() const;
   std::string describe() const;
 };
 
-// The fp32 values of one weight tensor: owned, or borrowed from a parameter image that `keep`
-// holds alive as long as the tensor (zero-copy: an instance on a node that holds the image
-// computes on the image's own bytes). Borrowed values are read-only.
+// One weight tensor of rows x cols values of one type (1-D tensors: one row): owned, or borrowed
+// from a parameter image that `keep` holds alive as long as the tensor (zero-copy: an instance on
+// a node that holds the image computes on the image's own bytes). Borrowed values are read-only.
 class tensor {
  public:
-  void assign(size_t n, float v) {
-    clear();
-    own_.assign(n, v);
-  }
-  void copy(const float* values, size_t n) {
-    clear();
-    own_.assign(values, values + n);
-  }
-  void clear() {
-    own_.clear();
-    view_ = nullptr;
-    n_ = 0;
-    keep_.reset();
-  }
-  void borrow(const float* values, size_t n, std::shared_ptr<const void> keep) {
-    clear();
-    view_ = values;
-    n_ = n;
-    keep_ = std::move(keep);
-  }
-  const float* data() const { return view_ ? view_ : own_.data(); }
-  float* data() {
-    assert(!view_ && "borrowed weights are read-only");
-    return view_ ? const_cast<float*>(view_) : own_.data();  // release builds: still the values
-  }
-  size_t size() const { return view_ ? n_ : own_.size(); }
+  // f32 values (owned, one row).
+  void assign(size_t n, float v);
+  void copy(const float* values, size_t n);
+  // rows x cols of type t, zeroed and owned; the bytes to fill (row_bytes(t, cols) per row).
+  uint8_t* allocate(dtype t, size_t rows, size_t cols);
+  void borrow(dtype t, size_t rows, size_t cols, const void* bytes, std::shared_ptr<const void> keep);
+  void clear();
+
+  dtype type() const { return type_; }
+  size_t rows() const { return rows_; }
+  size_t cols() const { return cols_; }
+  size_t size() const { return rows_ * cols_; }
+  size_t bytes() const { return rows_ * row_bytes(type_, cols_); }
   bool empty() const { return size() == 0; }
   bool borrowed() const { return view_ != nullptr; }
-  float operator[](size_t i) const { return data()[i]; }
-  friend bool operator==(const tensor& a, const tensor& b) {
-    return a.size() == b.size() && std::equal(a.data(), a.data() + a.size(), b.data());
+  const uint8_t* raw() const { return view_ ? view_ : reinterpret_cast<const uint8_t*>(own_.data()); }
+  const uint8_t* row(size_t r) const { return raw() + r * row_bytes(type_, cols_); }
+  uint8_t* mutable_raw() {
+    assert(!view_ && "borrowed weights are read-only");
+    return view_ ? const_cast<uint8_t*>(view_) : reinterpret_cast<uint8_t*>(own_.data());
   }
+  // The values of an f32 tensor.
+  const float* data() const {
+    assert(type_ == dtype::f32);
+    return reinterpret_cast<const float*>(raw());
+  }
+  float* data() {
+    assert(type_ == dtype::f32);
+    return reinterpret_cast<float*>(mutable_raw());
+  }
+  float operator[](size_t i) const { return data()[i]; }
+  // Row r's first n values (n <= cols) as f32: exact for f32/f16/bf16, d * q for q8.
+  void row_f32(size_t r, float* out, size_t n) const;
+  void row_f32(size_t r, float* out) const { row_f32(r, out, cols_); }
+  friend bool operator==(const tensor& a, const tensor& b);
 
  private:
-  std::vector<float> own_;
-  const float* view_ = nullptr;
-  size_t n_ = 0;
+  std::vector<float> own_;  // the bytes, in floats for alignment
+  const uint8_t* view_ = nullptr;
+  dtype type_ = dtype::f32;
+  size_t rows_ = 0, cols_ = 0;
   std::shared_ptr<const void> keep_;
 };
+
+// Quantises n values to one q8 row (row_bytes(q8, n) bytes; a short last block padded with zeros),
+// and back. Per block: d = max|x| / 127 rounded to f16, q = round-to-nearest-even(x / d).
+void quantize_q8_row(const float* x, size_t n, uint8_t* out);
+void dequantize_q8_row(const uint8_t* row, size_t n, float* out);
 
 // Weights of one transformer layer. Q/K/V and gate/up are stored fused so one GEMM pass
 // computes them (fewer thread-pool rounds per layer).
@@ -117,12 +140,18 @@ struct layer_weights {
   tensor ffn_norm;  // [dim]
   tensor w13;       // [2*hidden, dim]: rows of w1 (gate), then w3 (up)
   tensor w2;        // [dim, hidden]
-  void allocate(const model_config& c);
+  void allocate(const model_config& c);  // zeroed, matrices in c.weights
   size_t bytes() const;
   // The tensors in a fixed order (the parameter image's), and their element counts for `c`.
   std::array<tensor*, 6> parts() { return {&att_norm, &wqkv, &wo, &ffn_norm, &w13, &w2}; }
   std::array<const tensor*, 6> parts() const { return {&att_norm, &wqkv, &wo, &ffn_norm, &w13, &w2}; }
   static std::array<size_t, 6> sizes(const model_config& c);
+  // Each part's rows x cols and type for `c`.
+  struct part_shape {
+    dtype type;
+    size_t rows, cols;
+  };
+  static std::array<part_shape, 6> shapes(const model_config& c);
 };
 
 // Where one tensor lives in the source files (one row of the flatbuffers manifest).
@@ -154,9 +183,19 @@ struct model {
 
 using model_ptr = std::shared_ptr<const model>;
 
+// How loaders hold matrices: as the files store them (the default; a file whose matrices differ
+// in type is widened to f32), or converted to one type (`--weights`, STRATA_WEIGHTS).
+struct load_options {
+  bool convert = false;
+  dtype weights = dtype::f32;
+};
+// The process's default (apps set it from --weights / STRATA_WEIGHTS).
+const load_options& default_load_options();
+void set_default_load_options(const load_options& o);
+
 // Loads a model from a path: a llama2.c checkpoint file, a directory holding one (plus its
 // tok*.bin tokenizer), or a Hugging Face directory with config.json and *.safetensors.
-expected<model_ptr> load_model(const std::string& path);
+expected<model_ptr> load_model(const std::string& path, const load_options& o = default_load_options());
 
 // The side file a model's supernet facts live in (tools/supernet/train_supernet.py writes it):
 // F's stem + ".supernet.json" beside a llama2.c checkpoint F, supernet.json in a Hugging Face

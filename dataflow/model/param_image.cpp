@@ -18,31 +18,56 @@ namespace strata {
 
 namespace {
 
-// The global tensors in image order (const or not, as the model is), and their element counts.
+// The global tensors in image order (const or not, as the model is).
 template <class M>
 auto globals_of(M& m) {
   std::vector<decltype(&m.tok_emb)> out{&m.tok_emb, &m.final_norm};
-  if (!m.config.tied_embeddings) out.push_back(&m.lm_head);  // as global_sizes counts it
+  if (!m.config.tied_embeddings) out.push_back(&m.lm_head);  // as global_shapes lists it
   return out;
 }
 
-std::vector<size_t> global_sizes(const model_config& c) {
-  size_t vd = size_t(c.vocab_size) * size_t(c.dim);
-  if (c.tied_embeddings) return {vd, size_t(c.dim)};
-  return {vd, size_t(c.dim), vd};
+using part_shape = layer_weights::part_shape;
+
+std::vector<part_shape> global_shapes(const model_config& c) {
+  const part_shape emb{c.weights, size_t(c.vocab_size), size_t(c.dim)}, norm{dtype::f32, 1, size_t(c.dim)};
+  if (c.tied_embeddings) return {emb, norm};
+  return {emb, norm, emb};
+}
+
+// Each tensor starts 64-byte aligned in its segment: vector loads, and f32 norms after q8 rows
+// (34-byte blocks) stay aligned.
+uint64_t padded_bytes(const part_shape& p) { return (p.rows * row_bytes(p.type, p.cols) + 63) / 64 * 64; }
+
+template <class Shapes>
+uint64_t segment_bytes(const Shapes& shapes) {
+  uint64_t n = 0;
+  for (auto& p : shapes) n += padded_bytes(p);
+  return n;
 }
 
 // Fills tensors from a segment: copies, or borrows the bytes when `keep` owns the image.
-template <class Parts, class Sizes>
-void fill(const Parts& parts, const Sizes& sizes, const uint8_t* seg, const std::shared_ptr<const host_buffer>& keep) {
+template <class Parts, class Shapes>
+void fill(const Parts& parts, const Shapes& shapes, const uint8_t* seg, const std::shared_ptr<const host_buffer>& keep) {
   for (size_t i = 0; i < parts.size(); ++i) {
-    auto* values = reinterpret_cast<const float*>(seg);
+    const auto& s = shapes[i];
     if (keep)
-      parts[i]->borrow(values, sizes[i], keep);
+      parts[i]->borrow(s.type, s.rows, s.cols, seg, keep);
     else
-      parts[i]->copy(values, sizes[i]);
-    seg += sizes[i] * 4;
+      std::memcpy(parts[i]->allocate(s.type, s.rows, s.cols), seg, s.rows * row_bytes(s.type, s.cols));
+    seg += padded_bytes(s);
   }
+}
+
+// Writes tensors into a segment in fill's layout (the padding stays zero).
+template <class Parts>
+uint8_t* put(const Parts& parts, uint8_t* p) {
+  for (const tensor* t : parts) {
+    const uint64_t n = t->bytes(), padded = padded_bytes({t->type(), t->rows(), t->cols()});
+    std::memcpy(p, t->raw(), n);
+    std::memset(p + n, 0, padded - n);  // checksums cover the padding: it must not be garbage
+    p += padded;
+  }
+  return p;
 }
 
 }  // namespace
@@ -85,9 +110,7 @@ host_buffer::~host_buffer() {
 
 image_layout layout_of(const model_config& c) {
   image_layout l;
-  uint64_t globals = 0;
-  for (auto n : global_sizes(c)) globals += 4ull * n;
-  uint64_t layer = 4ull * c.layer_params();
+  const uint64_t globals = segment_bytes(global_shapes(c)), layer = segment_bytes(layer_weights::shapes(c));
   l.bytes.push_back(globals);
   for (int i = 0; i < c.n_layers; ++i) l.bytes.push_back(layer);
   for (auto b : l.bytes) {
@@ -101,23 +124,15 @@ expected<host_buffer> make_image(const model& m) {
   auto l = layout_of(m.config);
   auto img = host_buffer::allocate(l.total);
   if (!img) return img.err();
-  uint8_t* p = img->data();
-  for (const tensor* t : globals_of(m)) {
-    std::memcpy(p, t->data(), t->size() * 4);
-    p += t->size() * 4;
-  }
-  for (auto& lw : m.layers)
-    for (const tensor* t : lw->parts()) {
-      std::memcpy(p, t->data(), t->size() * 4);
-      p += t->size() * 4;
-    }
+  uint8_t* p = put(globals_of(m), img->data());
+  for (auto& lw : m.layers) p = put(lw->parts(), p);
   return img;
 }
 
 std::shared_ptr<layer_weights> layer_from_segment(const model_config& c, const uint8_t* seg,
                                                   std::shared_ptr<const host_buffer> keep) {
   auto w = std::make_shared<layer_weights>();
-  fill(w->parts(), layer_weights::sizes(c), seg, keep);
+  fill(w->parts(), layer_weights::shapes(c), seg, keep);
   return w;
 }
 
@@ -127,7 +142,7 @@ model_ptr globals_from_segment(const model_config& c, const uint8_t* seg, const 
   m->name = name;
   m->format = source_format::generated;
   m->config = c;
-  fill(globals_of(*m), global_sizes(c), seg, keep);
+  fill(globals_of(*m), global_shapes(c), seg, keep);
   return m;
 }
 

@@ -1,6 +1,7 @@
 // The parameter image of a model: the bytes the data plane moves. Segment 0 holds the global
-// tensors (embedding, final norm, classifier), segment 1 + l holds layer l, each as fp32 values
-// in a fixed order. Chunks never straddle segments, so a layer is ready the moment its last
+// tensors (embedding, final norm, classifier), segment 1 + l holds layer l, each as stored (matrices
+// in config.weights, norms f32; every tensor 64-byte aligned) in a fixed order, so a bf16 model
+// moves half of f32's bytes and a q8 one about a quarter. Chunks never straddle segments, so a layer is ready the moment its last
 // chunk lands.
 #pragma once
 

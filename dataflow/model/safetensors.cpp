@@ -1,5 +1,6 @@
 #include "dataflow/model/safetensors.hpp"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <memory>
@@ -26,6 +27,9 @@ expected<safetensors_file> read_safetensors(const std::string& path) {
     return make_error(path + ": safetensors header is not a JSON object");
   safetensors_file out;
   const uint64_t base = 8 + hlen;
+  // A Strata q8 file (save_hf) stores its matrices' q8 rows as U8 bytes and says so here.
+  const auto& meta = header.contains("__metadata__") ? header["__metadata__"] : json();
+  const bool q8_file = meta.is_object() && meta.contains("strata_weights") && meta["strata_weights"] == "q8";
   for (auto& [name, v] : header.items()) {
     if (name == "__metadata__") continue;
     auto where = path + ": tensor '" + name + "'";
@@ -35,9 +39,16 @@ expected<safetensors_file> read_safetensors(const std::string& path) {
       return make_error(where + ": header entry needs dtype, shape and data_offsets [begin, end]");
     safetensors_entry e;
     e.name = name;
-    auto t = parse_dtype(v["dtype"].get<std::string>());
-    if (!t) return make_error(where + ": " + t.message());
-    e.type = *t;
+    const auto ds = v["dtype"].get<std::string>();
+    auto t = parse_dtype(ds);
+    if (ds == "U8" && q8_file) {
+      e.type = dtype::q8;  // shape: [rows, bytes per q8 row]; the loader checks it against the config
+    } else if (!t || *t == dtype::q8) {
+      return make_error(where + ": dtype '" + ds + "' is not supported (F32, F16, BF16" +
+                        (ds == "U8" ? "; U8 only in a Strata q8 file, whose __metadata__ has strata_weights = q8)" : ")"));
+    } else {
+      e.type = *t;
+    }
     if (v["shape"].size() > 8) return make_error(where + ": shape has " + std::to_string(v["shape"].size()) + " dimensions");
     // The byte count is checked for overflow: a shape whose product wraps could otherwise pass
     // for a small tensor.
@@ -68,16 +79,20 @@ expected<safetensors_file> read_safetensors(const std::string& path) {
   return out;
 }
 
+dtype safetensors_out::written_as(dtype type) const { return type == dtype::q8 && shape.size() < 2 ? dtype::f32 : type; }
+
 status write_safetensors(const std::string& path, dtype type, const std::vector<safetensors_out>& tensors) {
   json header = json::object();
   header["__metadata__"] = {{"format", "pt"}, {"writer", "strata"}};
+  if (type == dtype::q8) header["__metadata__"]["strata_weights"] = "q8";
   uint64_t off = 0;
   for (auto& t : tensors) {
-    uint64_t n = 1;
-    for (auto d : t.shape) n *= uint64_t(d);
-    uint64_t len = n * dtype_size(type);
-    std::string dt = type == dtype::f32 ? "F32" : type == dtype::f16 ? "F16" : "BF16";
-    header[t.name] = {{"dtype", dt}, {"shape", t.shape}, {"data_offsets", {off, off + len}}};
+    const dtype as = t.written_as(type);
+    uint64_t len = t.rows() * row_bytes(as, t.cols());
+    const char* names[] = {"F32", "F16", "BF16", "U8"};
+    auto shape = t.shape;
+    if (as == dtype::q8) shape = {int64_t(t.rows()), int64_t(row_bytes(as, t.cols()))};
+    header[t.name] = {{"dtype", names[int(as)]}, {"shape", shape}, {"data_offsets", {off, off + len}}};
     off += len;
   }
   std::string h = header.dump();
@@ -87,14 +102,15 @@ status write_safetensors(const std::string& path, dtype type, const std::vector<
   uint64_t hlen = h.size();
   bool ok = std::fwrite(&hlen, 8, 1, fp.get()) == 1 && std::fwrite(h.data(), 1, h.size(), fp.get()) == h.size();
   std::vector<uint8_t> buf;
-  const size_t block = 1 << 20;  // convert in blocks: large models need no second full copy
   for (auto& t : tensors) {
-    size_t n = 1;
-    for (auto d : t.shape) n *= size_t(d);
-    for (size_t i = 0; ok && i < n; i += block) {
-      size_t k = std::min(block, n - i);
-      buf.resize(k * dtype_size(type));
-      convert_from_f32(type, t.data + i, buf.data(), k);
+    // Converted some rows at a time (about 4 MiB of source): large models need no second full copy.
+    const dtype as = t.written_as(type);
+    const size_t in = row_bytes(t.type, t.cols()), out = row_bytes(as, t.cols());
+    const size_t step = std::max<size_t>(1, (4u << 20) / in);
+    for (size_t r = 0; ok && r < t.rows(); r += step) {
+      size_t k = std::min(step, t.rows() - r);
+      buf.resize(k * out);
+      convert_rows(t.type, static_cast<const uint8_t*>(t.data) + r * in, as, buf.data(), k, t.cols());
       ok = std::fwrite(buf.data(), 1, buf.size(), fp.get()) == buf.size();
     }
   }

@@ -26,13 +26,20 @@ struct safetensors_file {
 // Parses and validates the header; every error names the file and, where it applies, the tensor.
 expected<safetensors_file> read_safetensors(const std::string& path);
 
-// A tensor to write: fp32 values converted to `type` on the way out.
+// A tensor to write: rows of `type` values (shape [cols] or [rows, cols]), converted on the way out.
 struct safetensors_out {
   std::string name;
   std::vector<int64_t> shape;
-  const float* data = nullptr;
+  dtype type = dtype::f32;
+  const void* data = nullptr;
+  size_t rows() const { return shape.size() == 2 ? size_t(shape[0]) : 1; }
+  size_t cols() const { return size_t(shape.back()); }
+  // How a file of `type` stores it: q8 quantises matrices only (1-D norms stay f32).
+  dtype written_as(dtype type) const;
 };
 
+// Writes the tensors as `type`. A q8 file stores each matrix's q8 rows as a U8 tensor
+// [rows, row_bytes(q8, cols)] and marks itself with __metadata__ strata_weights = q8.
 status write_safetensors(const std::string& path, dtype type, const std::vector<safetensors_out>& tensors);
 
 }  // namespace strata

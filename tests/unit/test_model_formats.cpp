@@ -165,20 +165,64 @@ TEST_CASE("stories260K converted to Hugging Face format computes the same text")
   CHECK(greedy_text(**hf, "", 200) == greedy_text(*stories(), "", 200));
 }
 
-TEST_CASE("f16 and bf16 Hugging Face models load with the expected precision") {
+TEST_CASE("f16 and bf16 Hugging Face models stay 16-bit in memory and compute what their widened weights compute") {
   auto m = make_random_model(small_config(), 11);
   for (auto t : {dtype::f16, dtype::bf16}) {
     temp_dir dir;
     REQUIRE(save_hf(*m, dir.str(), t));
     auto back = load_model(dir.str());
     REQUIRE_MESSAGE(back, back.message());
+    CAPTURE(to_string(t));
     CHECK((*back)->tensors[0].type == t);
+    CHECK((*back)->config.weights == t);
+    const auto& b = (*back)->layers[1]->w2;
+    CHECK(b.type() == t);
+    CHECK(b.bytes() == b.size() * 2);  // no load-time conversion: the file's bytes
+    CHECK((*back)->layers[1]->att_norm.type() == dtype::f32);
     double tol = t == dtype::f16 ? 1e-3 : 8e-3;  // relative step of the format
     const auto& a = m->layers[1]->w2;
-    const auto& b = (*back)->layers[1]->w2;
     REQUIRE(a.size() == b.size());
-    for (size_t i = 0; i < a.size(); ++i) REQUIRE(std::abs(a[i] - b[i]) <= tol * std::abs(a[i]) + 1e-7);
+    std::vector<float> row(b.cols());
+    for (size_t r = 0; r < b.rows(); ++r) {
+      b.row_f32(r, row.data());
+      for (size_t i = 0; i < row.size(); ++i)
+        REQUIRE(std::abs(a[r * b.cols() + i] - row[i]) <= tol * std::abs(a[r * b.cols() + i]) + 1e-7);
+    }
+    // --weights f32 widens at load; the 16-bit model computes the same bits (kernels_isa.hpp).
+    auto wide = load_model(dir.str(), load_options{true, dtype::f32});
+    REQUIRE_MESSAGE(wide, wide.message());
+    CHECK((*wide)->layers[1]->w2.type() == dtype::f32);
+    CHECK((*wide)->config.weight_bytes() > (*back)->config.weight_bytes() * 3 / 2);
+    std::vector<int> prompt = {1, 5, 9, 77, 3};
+    CHECK(generate_reference(**back, prompt, 24) == generate_reference(**wide, prompt, 24));
   }
+}
+
+TEST_CASE("q8 models: convert writes blocks, load keeps them, and they stay close to f32") {
+  // stories260K's FFN width is 172: w2's rows end in a short block.
+  temp_dir dir;
+  REQUIRE(save_hf(*stories(), dir.str(), dtype::q8));
+  auto q8 = load_model(dir.str());
+  REQUIRE_MESSAGE(q8, q8.message());
+  CHECK((*q8)->config.weights == dtype::q8);
+  const auto& w2 = (*q8)->layers[0]->w2;
+  CHECK(w2.type() == dtype::q8);
+  CHECK(w2.cols() == 172);
+  CHECK(w2.bytes() == w2.rows() * 6 * 34);
+  // Quantising at load (--weights q8) gives the same bytes as the file.
+  auto at_load = load_model(test::stories_dir(), load_options{true, dtype::q8});
+  REQUIRE_MESSAGE(at_load, at_load.message());
+  for (int l = 0; l < (*q8)->config.n_layers; ++l) {
+    // The HF file has wq/wk permuted to rotate_half rows: compare the row-order-free parts.
+    CHECK((*q8)->layers[size_t(l)]->w2 == (*at_load)->layers[size_t(l)]->w2);
+    CHECK((*q8)->layers[size_t(l)]->w13 == (*at_load)->layers[size_t(l)]->w13);
+  }
+  CHECK((*q8)->tok_emb == (*at_load)->tok_emb);
+  // The greedy text stays the f32 model's for a while and the logits stay close.
+  auto f32_text = greedy_text(*stories(), "Once upon a time", 40);
+  auto q8_text = greedy_text(**q8, "Once upon a time", 40);
+  MESSAGE("f32: " << f32_text << "\nq8:  " << q8_text);
+  CHECK(q8_text.substr(0, 40) == f32_text.substr(0, 40));
 }
 
 TEST_CASE("random models are deterministic, untied heads and sharded files round-trip exactly") {
@@ -230,6 +274,71 @@ TEST_CASE("malformed llama2.c checkpoints give precise errors") {
   write_all(dir / "long.bin", longer);
   CHECK(contains(error_of(dir / "long.bin"), "size mismatch"));
   CHECK(contains(error_of(dir / "missing.bin"), "no such file"));
+}
+
+TEST_CASE("malformed q8 files give precise errors") {
+  auto c = small_config();
+  c.hidden_dim = 100;  // w2's rows end in a short block (3 * 32 + 4)
+  auto m = make_random_model(c, 4);
+  temp_dir good;
+  REQUIRE(save_hf(*m, good.str(), dtype::q8));
+  REQUIRE(load_model(good.str()));
+  const auto bytes = read_all(good / "model.safetensors");
+  uint64_t hlen;
+  std::memcpy(&hlen, bytes.data(), 8);
+  // Rewrites the header (the data stays where it is) and returns the load error.
+  auto with_header = [&](const std::function<void(nlohmann::json&)>& f) {
+    auto h = nlohmann::json::parse(std::string(bytes.begin() + 8, bytes.begin() + 8 + long(hlen)));
+    f(h);
+    std::string text = h.dump();
+    while (text.size() % 8) text.push_back(' ');
+    uint64_t n = text.size();
+    std::vector<uint8_t> out(8);
+    std::memcpy(out.data(), &n, 8);
+    out.insert(out.end(), text.begin(), text.end());
+    out.insert(out.end(), bytes.begin() + 8 + long(hlen), bytes.end());
+    temp_dir d;
+    write_all(d / "model.safetensors", out);
+    std::filesystem::copy_file(good / "config.json", d / "config.json");
+    return error_of(d.str());
+  };
+  const std::string w2 = "model.layers.0.mlp.down_proj.weight";
+  SUBCASE("U8 tensors in a file that does not say it is q8") {
+    auto e = with_header([](nlohmann::json& h) { h["__metadata__"].erase("strata_weights"); });
+    CHECK(contains(e, "dtype 'U8' is not supported"));
+    CHECK(contains(e, "strata_weights = q8"));
+  }
+  SUBCASE("a row with a block missing") {
+    auto e = with_header([&](nlohmann::json& h) {
+      auto& t = h[w2];
+      REQUIRE(t["shape"][1] == 4 * 34);
+      t["shape"][1] = 3 * 34;
+      t["data_offsets"][1] = t["data_offsets"][0].get<uint64_t>() + uint64_t(c.dim) * 3 * 34;
+    });
+    CHECK(contains(e, "tensor '" + w2 + "': q8 bytes of shape [" + std::to_string(c.dim) + ",102]"));
+    CHECK(contains(e, "implies [" + std::to_string(c.dim) + ",100] values, stored as [" + std::to_string(c.dim) + ",136] bytes"));
+  }
+  SUBCASE("scales cut off: the bytes do not fill the shape") {
+    auto e = with_header([&](nlohmann::json& h) {
+      auto& t = h[w2];
+      t["data_offsets"][1] = t["data_offsets"][1].get<uint64_t>() - 2;
+    });
+    CHECK(contains(e, "tensor '" + w2 + "'"));
+    CHECK(contains(e, "bytes for shape"));
+  }
+  SUBCASE("a norm stored as q8 bytes") {
+    auto e = with_header([&](nlohmann::json& h) {
+      h["model.norm.weight"]["dtype"] = "U8";
+      h["model.norm.weight"]["shape"] = {4 * c.dim};
+    });
+    CHECK(contains(e, "tensor 'model.norm.weight': q8 bytes, but config.json implies [64] values: q8 holds matrices only"));
+  }
+  SUBCASE("a truncated file") {
+    temp_dir d;
+    write_all(d / "model.safetensors", std::vector<uint8_t>(bytes.begin(), bytes.end() - 40));
+    std::filesystem::copy_file(good / "config.json", d / "config.json");
+    CHECK(contains(error_of(d.str()), "truncated"));
+  }
 }
 
 TEST_CASE("malformed Hugging Face directories give precise errors") {
@@ -357,7 +466,7 @@ TEST_CASE("malformed Hugging Face directories give precise errors") {
     set_memory_budget(64 << 10);
     auto e = error_of(d.str());
     set_memory_budget(0);
-    CHECK(contains(e, "for its fp32 weights"));
+    CHECK_MESSAGE(contains(e, "weights ("), e);
     CHECK(contains(e, "but the memory budget is 64.00 KiB"));
   }
   SUBCASE("index file names stay inside the model directory") {

@@ -190,6 +190,28 @@ TEST_CASE("subnet: a LayerSelect/WeightSlice subnet computes what its dense copy
   CHECK(full.logits == run(*m, prompt, 12).logits);
 }
 
+TEST_CASE("subnet: bf16 and q8 subnets compute what their extracted copies compute, bit for bit") {
+  // Prefix views of 16-bit and q8 rows; w75 keeps 129 of 172 FFN columns, which cuts a q8 block.
+  const std::vector<int> prompt = {1, 17, 42, 5, 88, 3};
+  for (dtype t : {dtype::bf16, dtype::q8}) {
+    auto c = model_config::llama(64, 172, 5, 8, 4, 96, 64);
+    c.weights = t;
+    auto m = make_random_model(c, 7);
+    REQUIRE(m->layers[0]->w2.type() == t);
+    for (const char* name : {"w75", "w50", "h50", "d3w50h50"}) {
+      CAPTURE(to_string(t));
+      CAPTURE(name);
+      auto s = resolve_subnet(*parse_subnet_spec(name), c, default_drop_order(c.n_layers));
+      REQUIRE(s);
+      auto got = run(*m, prompt, 8, *s);
+      auto want = run(*extract_subnet(*m, *s), prompt, 8);
+      CHECK(got.tokens == want.tokens);
+      CHECK(got.logits == want.logits);
+      CHECK(got.logits[0] != run(*m, prompt, 1).logits[0]);
+    }
+  }
+}
+
 TEST_CASE("subnet: a batch of rows at different widths equals each row run alone") {
   auto m = test_model();
   const auto& c = m->config;
