@@ -81,9 +81,9 @@ int main(int argc, char** argv) {
   int steps = int(a->integer("steps", 24, 0, INT32_MAX));
   int reps = int(a->integer("reps", 3, 0, INT32_MAX));
   const auto& c = m->config;
-  double weight_bytes = double(c.total_params()) * 4.0;
-  std::printf("model: %s (%.0f M params, %.0f MB fp32)\nthreads: %zu\n\n", c.describe().c_str(),
-              double(c.total_params()) / 1e6, weight_bytes / 1e6, default_pool().concurrency());
+  double weight_bytes = double(c.weight_bytes());
+  std::printf("model: %s (%.0f M params, %.0f MB of %s weights)\nthreads: %zu\n\n", c.describe().c_str(),
+              double(c.total_params()) / 1e6, weight_bytes / 1e6, to_string(c.weights), default_pool().concurrency());
 
   caf::actor_system_config cfg;
   register_strata_types(cfg);

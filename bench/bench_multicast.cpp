@@ -1,8 +1,11 @@
 // Multicast of a large model from 1 source to N = 1, 2, 4 node processes over UCX tcp and
 // shared memory, against ucx_perftest on the same transport in the same run.
 //
-//   build/bin/bench_multicast [--mib 300] [--chunk-kb 4096] [--reps 2] [--transports tcp,sm]
-//                             [--link-mb-s 400]
+//   build/bin/bench_multicast [--mib 300] [--dtype f32] [--chunk-kb 4096] [--reps 2]
+//                             [--transports tcp,sm] [--link-mb-s 400]
+//
+// --dtype writes the generated model (the same parameters: --mib counts them as f32) as bf16,
+// f16 or q8; the nodes hold it as stored, so its image, and every byte multicast, shrinks.
 //
 // Reports per-target throughput / perftest bandwidth (target >= 0.8) and time(N=4) / time(N=1)
 // for the chain plan (target <= 1.2: multicast time nearly independent of N) and for the
@@ -51,7 +54,7 @@ expected<double> perftest(const std::string& tls, uint64_t msg_bytes, int iters)
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto a = args::parse(argc, argv, 1, {"mib", "chunk-kb", "reps", "transports", "model", "link-mb-s"});
+  auto a = args::parse(argc, argv, 1, {"mib", "dtype", "chunk-kb", "reps", "transports", "model", "link-mb-s"});
   if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
   uint64_t chunk = uint64_t(a->integer("chunk-kb", 4096, 1, 1 << 20)) << 10;
   int reps = int(a->integer("reps", 2, 0, INT32_MAX));
@@ -63,9 +66,13 @@ int main(int argc, char** argv) {
     auto c = model_config::llama(1024, 2816, 1, 16, 4, 32000, 2048);
     while (double(c.total_params()) * 4 < double(mib) * (1 << 20)) ++c.n_layers;
     model_dir = tmp + "/model";
+    auto dt = parse_dtype(a->str("dtype", "f32"));
+    if (!dt) return std::fprintf(stderr, "--dtype: %s\n", dt.message().c_str()), 2;
     auto m = make_random_model(c, 3, "bench");
-    if (auto st = save_hf(*m, model_dir, dtype::f32); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
-    std::printf("model: %s, %.0f MiB fp32\n", c.describe().c_str(), double(c.total_params()) * 4 / (1 << 20));
+    if (auto st = save_hf(*m, model_dir, *dt); !st) return std::fprintf(stderr, "%s\n", st.message().c_str()), 1;
+    c.weights = *dt;
+    std::printf("model: %s, %.0f MiB as f32, its image %.0f MiB in %s\n", c.describe().c_str(),
+                double(c.total_params()) * 4 / (1 << 20), double(layout_of(c).total) / (1 << 20), to_string(*dt));
   }
   std::string transports = a->str("transports", "tcp,sm");
   double link_mb_s = a->number("link-mb-s", 400, 0, 1e9);

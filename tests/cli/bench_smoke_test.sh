@@ -16,6 +16,8 @@ run() {  # run NAME PATTERN ARGS...: exit 0 or 1 and PATTERN in its output
 run bench_decode "ratio per-layer / single" --model "$data/models/stories260K" --reps 1 --steps 4
 run bench_decode "ratio per-layer / single" --dim 64 --hidden 128 --layers 2 --heads 2 --kv-heads 2 --vocab 256 --reps 1 --steps 2
 run bench_multicast "binomial-pipeline" --mib 8 --reps 1 --transports tcp
+run bench_gemm "decode (1 row)" --in 256 --out 256 --rows 1,4 --reps 1
+run bench_quality "forced argmax ok" --model "$data/models/stories260K" --tokens 8
 run bench_subnets "memory: 3 subnets as separate models" --model "$data/models/stories260K" --reps 1 --space full,d3w50,h50
 # The SlackFit evaluation over HTTP, one trace and three policies.
 root="$(cd "$(dirname "$0")/../.." && pwd)"

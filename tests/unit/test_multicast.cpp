@@ -223,62 +223,75 @@ model_config untied_config() {
 }  // namespace
 
 TEST_CASE("a model on a finished image borrows its bytes (zero-copy) and keeps the image alive") {
-  auto c = untied_config();
-  auto m = make_random_model(c, 5);
-  auto made = make_image(*m);
-  REQUIRE(made);
-  auto img = std::make_shared<host_buffer>(std::move(*made));
-  const uint8_t* lo = img->data();
-  const uint8_t* hi = lo + img->size();
-  auto inside = [&](const tensor& t) {
-    auto p = reinterpret_cast<const uint8_t*>(t.data());
-    return t.borrowed() && p >= lo && p + t.size() * 4 <= hi;
-  };
-  auto view = model_from_image(c, img->data(), "view", img);
-  auto copy = model_from_image(c, img->data(), "copy");
-  CHECK(inside(view->tok_emb));
-  CHECK(inside(view->lm_head));
-  CHECK(inside(view->layers[1]->w13));
-  CHECK_FALSE(copy->layers[1]->w13.borrowed());
-  std::weak_ptr<host_buffer> alive = img;
-  img.reset();  // the node drops its copy; the instance still runs on it
-  REQUIRE_FALSE(alive.expired());
-  CHECK(view->layers[2]->wqkv == m->layers[2]->wqkv);
-  CHECK(generate_reference(*view, {1, 3}, 10) == generate_reference(*m, {1, 3}, 10));
-  view.reset();
-  CHECK(alive.expired());
+  for (dtype t : {dtype::f32, dtype::bf16, dtype::q8}) {
+    CAPTURE(to_string(t));
+    auto c = untied_config();
+    c.weights = t;
+    auto m = make_random_model(c, 5);
+    auto made = make_image(*m);
+    REQUIRE(made);
+    auto img = std::make_shared<host_buffer>(std::move(*made));
+    const uint8_t* lo = img->data();
+    const uint8_t* hi = lo + img->size();
+    auto inside = [&](const tensor& x) { return x.borrowed() && x.raw() >= lo && x.raw() + x.bytes() <= hi; };
+    auto view = model_from_image(c, img->data(), "view", img);
+    auto copy = model_from_image(c, img->data(), "copy");
+    CHECK(inside(view->tok_emb));
+    CHECK(inside(view->lm_head));
+    CHECK(inside(view->layers[1]->w13));
+    CHECK(view->layers[1]->w13.type() == t);
+    CHECK_FALSE(copy->layers[1]->w13.borrowed());
+    std::weak_ptr<host_buffer> alive = img;
+    img.reset();  // the node drops its copy; the instance still runs on it
+    REQUIRE_FALSE(alive.expired());
+    CHECK(view->layers[2]->wqkv == m->layers[2]->wqkv);
+    CHECK(generate_reference(*view, {1, 3}, 10) == generate_reference(*m, {1, 3}, 10));
+    view.reset();
+    CHECK(alive.expired());
+  }
 }
 
-TEST_CASE("parameter image: round trip and chunking") {
-  auto c = untied_config();
-  auto m = make_random_model(c, 4);
-  auto made = make_image(*m);
-  REQUIRE(made);
-  auto& img = *made;
-  auto l = layout_of(c);
-  CHECK(img.size() == l.total);
-  CHECK(l.total == c.total_params() * 4);
-  auto back = model_from_image(c, img.data(), "copy");
-  CHECK(back->lm_head == m->lm_head);
-  CHECK(back->layers[2]->w2 == m->layers[2]->w2);
-  CHECK(generate_reference(*back, {1, 3}, 10) == generate_reference(*m, {1, 3}, 10));
-  auto chunks = make_chunks(l, img.data(), 1000, {0, 3, 1, 2});
-  REQUIRE(chunks);
-  std::vector<int> covered(img.size(), 0);
-  int last_segment = 0;
-  std::vector<int> seg_seq;
-  for (auto& ch : *chunks) {
-    CHECK(ch.offset >= l.offset[size_t(ch.segment)]);
-    CHECK(ch.offset + ch.length <= l.offset[size_t(ch.segment)] + l.bytes[size_t(ch.segment)]);
-    CHECK(ch.checksum == checksum64(img.data() + ch.offset, ch.length));
-    for (uint64_t i = ch.offset; i < ch.offset + ch.length; ++i) ++covered[i];
-    if (seg_seq.empty() || ch.segment != last_segment) seg_seq.push_back(ch.segment);
-    last_segment = ch.segment;
+TEST_CASE("parameter image: round trip and chunking, the matrices as stored") {
+  uint64_t f32_bytes = 0;
+  for (dtype t : {dtype::f32, dtype::bf16, dtype::f16, dtype::q8}) {
+    CAPTURE(to_string(t));
+    auto c = untied_config();
+    c.weights = t;
+    auto m = make_random_model(c, 4);
+    auto made = make_image(*m);
+    REQUIRE(made);
+    auto& img = *made;
+    auto l = layout_of(c);
+    CHECK(img.size() == l.total);
+    // Every tensor as stored, each padded to 64 bytes (at most 63 per tensor).
+    CHECK(l.total >= c.weight_bytes());
+    CHECK(l.total < c.weight_bytes() + 64 * (3 + 6 * uint64_t(c.n_layers)));
+    if (t == dtype::f32) f32_bytes = l.total;
+    if (t == dtype::bf16 || t == dtype::f16) CHECK(double(l.total) < 0.52 * double(f32_bytes));
+    if (t == dtype::q8) CHECK(double(l.total) < 0.29 * double(f32_bytes));
+    auto back = model_from_image(c, img.data(), "copy");
+    CHECK(back->lm_head == m->lm_head);
+    CHECK(back->layers[2]->w2 == m->layers[2]->w2);
+    CHECK(back->layers[2]->ffn_norm == m->layers[2]->ffn_norm);
+    CHECK(generate_reference(*back, {1, 3}, 10) == generate_reference(*m, {1, 3}, 10));
+    auto chunks = make_chunks(l, img.data(), 1000, {0, 3, 1, 2});
+    REQUIRE(chunks);
+    std::vector<int> covered(img.size(), 0);
+    int last_segment = 0;
+    std::vector<int> seg_seq;
+    for (auto& ch : *chunks) {
+      CHECK(ch.offset >= l.offset[size_t(ch.segment)]);
+      CHECK(ch.offset + ch.length <= l.offset[size_t(ch.segment)] + l.bytes[size_t(ch.segment)]);
+      CHECK(ch.checksum == checksum64(img.data() + ch.offset, ch.length));
+      for (uint64_t i = ch.offset; i < ch.offset + ch.length; ++i) ++covered[i];
+      if (seg_seq.empty() || ch.segment != last_segment) seg_seq.push_back(ch.segment);
+      last_segment = ch.segment;
+    }
+    CHECK(seg_seq == std::vector<int>{0, 3, 1, 2});
+    CHECK(std::all_of(covered.begin(), covered.end(), [](int x) { return x == 1; }));
+    CHECK_FALSE(make_chunks(l, img.data(), 1000, {0, 1, 1, 2}));
+    CHECK_FALSE(make_chunks(l, img.data(), 10));
   }
-  CHECK(seg_seq == std::vector<int>{0, 3, 1, 2});
-  CHECK(std::all_of(covered.begin(), covered.end(), [](int x) { return x == 1; }));
-  CHECK_FALSE(make_chunks(l, img.data(), 1000, {0, 1, 1, 2}));
-  CHECK_FALSE(make_chunks(l, img.data(), 10));
 }
 
 TEST_CASE("chunk checksums are XXH3-64 whichever vector path computes them") {
