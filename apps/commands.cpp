@@ -26,7 +26,7 @@ const opts common = {
 };
 
 const opts model_opt = {
-    {"model", "PATH", "", "llama2.c checkpoint (file or directory) or Hugging Face directory (required)", ""},
+    {"model", "PATH", "", "llama2.c checkpoint (file or directory), Hugging Face directory or GGUF file (required)", ""},
 };
 
 const opts sampling = {

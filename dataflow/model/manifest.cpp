@@ -39,7 +39,7 @@ expected<manifest_view> read_manifest(const uint8_t* data, size_t size) {
   auto r = fb::GetModelManifest(data);
   manifest_view out;
   out.name = r->name() ? r->name()->str() : "";
-  if (int(r->format()) > int(source_format::generated)) return make_error("manifest: unknown source format " + std::to_string(int(r->format())));
+  if (int(r->format()) < 0 || int(r->format()) > int(source_format::gguf)) return make_error("manifest: unknown source format " + std::to_string(int(r->format())));
   out.format = static_cast<source_format>(r->format());
   if (auto a = r->arch()) {
     auto& c = out.config;
@@ -90,8 +90,8 @@ expected<manifest_view> read_manifest(const uint8_t* data, size_t size) {
 
 std::string format_manifest(const manifest_view& m) {
   std::ostringstream os;
-  const char* fmt[] = {"llama2.c", "huggingface", "generated"};
-  os << "model " << m.name << " (" << fmt[int(m.format) % 3] << ")\n  " << m.config.describe() << "\n";
+  const char* fmt[] = {"llama2.c", "huggingface", "generated", "gguf"};
+  os << "model " << m.name << " (" << fmt[int(m.format) % 4] << ")\n  " << m.config.describe() << "\n";
   os << "  files:";
   for (auto& f : m.files) os << " " << f;
   os << "\n";

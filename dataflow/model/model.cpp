@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "dataflow/files.hpp"
+#include "dataflow/gguf.hpp"
 #include "dataflow/model/model_io.hpp"
 
 namespace fs = std::filesystem;
@@ -471,6 +472,7 @@ expected<model_ptr> load_model(const std::string& path, const load_options& o) {
     return make_error(path + ": several llama2.c checkpoints found; name one file");
   }
   if (fs::path(path).filename() == "config.json") return load_hf(fs::path(path).parent_path().string(), o);
+  if (fs::path(path).extension() == ".gguf" || looks_like_gguf(path)) return load_gguf(path, o);
   return load_llama2c(path, o);
 }
 

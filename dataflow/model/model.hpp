@@ -20,7 +20,7 @@ namespace strata {
 // multiple of 32 ends in a block padded with zeros. GGUF's q8_0 tensors have this layout.
 enum class dtype : uint8_t { f32 = 0, f16 = 1, bf16 = 2, q8 = 3 };
 enum class rope_style : uint8_t { interleaved = 0, rotate_half = 1 };
-enum class source_format : uint8_t { llama2c = 0, huggingface = 1, generated = 2 };
+enum class source_format : uint8_t { llama2c = 0, huggingface = 1, generated = 2, gguf = 3 };
 
 const char* to_string(dtype t);
 // Bytes of one element (f32 4, f16/bf16 2); q8 has no element size: use row_bytes.
@@ -194,7 +194,8 @@ const load_options& default_load_options();
 void set_default_load_options(const load_options& o);
 
 // Loads a model from a path: a llama2.c checkpoint file, a directory holding one (plus its
-// tok*.bin tokenizer), or a Hugging Face directory with config.json and *.safetensors.
+// tok*.bin tokenizer), a Hugging Face directory with config.json and *.safetensors, or a GGUF
+// file (llama architecture; F32, F16, BF16 and Q8_0 tensors; its tokenizer inside).
 expected<model_ptr> load_model(const std::string& path, const load_options& o = default_load_options());
 
 // The side file a model's supernet facts live in (tools/supernet/train_supernet.py writes it):

@@ -41,5 +41,6 @@ std::string shape_string(const std::vector<int64_t>& shape);
 // The llama2.c and HF loaders.
 expected<model_ptr> load_llama2c(const std::string& checkpoint_path, const load_options& o);
 expected<model_ptr> load_hf(const std::string& dir, const load_options& o);
+expected<model_ptr> load_gguf(const std::string& path, const load_options& o);
 
 }  // namespace strata

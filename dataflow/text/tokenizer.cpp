@@ -8,12 +8,72 @@
 #include <queue>
 
 #include "dataflow/files.hpp"
+#include "dataflow/gguf.hpp"
 
 namespace fs = std::filesystem;
 
 namespace strata {
 
+namespace {
+
+// A GGUF's SentencePiece vocabulary (tokenizer.ggml.model "llama"): its tokens with U+2581 as the
+// space llama2.c's vocabulary spells out, and their scores.
+expected<tokenizer> from_gguf(const std::string& path, int vocab_size) {
+  auto g = read_gguf(path);
+  if (!g) return g.err();
+  auto model = g->find("tokenizer.ggml.model");
+  if (!model || !model->is_string()) return make_error(path + ": no tokenizer in the GGUF metadata (tokenizer.ggml.model)");
+  if (model->text != "llama")
+    return make_error(path + ": tokenizer.ggml.model '" + model->text + "' is not supported (llama: SentencePiece BPE)");
+  auto tokens = g->find("tokenizer.ggml.tokens");
+  if (!tokens || !tokens->is_array() || tokens->element_type != 8)
+    return make_error(path + ": tokenizer.ggml.tokens must be an array of strings");
+  if (int64_t(tokens->texts.size()) != vocab_size)
+    return make_error(path + ": tokenizer.ggml.tokens has " + std::to_string(tokens->texts.size()) +
+                      " tokens, the model " + std::to_string(vocab_size));
+  std::vector<float> scores(tokens->texts.size(), 0.0f);
+  if (auto sc = g->find("tokenizer.ggml.scores")) {
+    if (!sc->is_array() || sc->numbers.size() != scores.size())
+      return make_error(path + ": tokenizer.ggml.scores must be an array of one number per token");
+    for (size_t i = 0; i < scores.size(); ++i) scores[i] = float(sc->numbers[i]);
+  }
+  std::vector<std::string> vocab;
+  vocab.reserve(tokens->texts.size());
+  for (auto& t : tokens->texts) {
+    std::string s;
+    for (size_t i = 0; i < t.size(); ++i) {
+      if (t.compare(i, 3, "\xe2\x96\x81") == 0) {
+        s += ' ';
+        i += 2;
+      } else {
+        s += t[i];
+      }
+    }
+    vocab.push_back(std::move(s));
+  }
+  return tokenizer::from_vocab(std::move(vocab), std::move(scores), path);
+}
+
+}  // namespace
+
+expected<tokenizer> tokenizer::from_vocab(std::vector<std::string> vocab, std::vector<float> scores,
+                                          const std::string& where) {
+  tokenizer t;
+  const int vocab_size = int(vocab.size());
+  for (size_t i = 0; i < vocab.size(); ++i) {
+    if (!std::isfinite(scores[i])) return make_error(where + ": token " + std::to_string(i) + " has a non-finite score");
+    t.index_.emplace(vocab[i], int(i));  // first occurrence wins, like llama2.c's sorted lookup
+  }
+  t.vocab_ = std::move(vocab);
+  t.scores_ = std::move(scores);
+  if (vocab_size < 259)
+    return make_error(where + ": " + std::to_string(vocab_size) + " tokens cannot hold llama2.c's BOS/EOS and 256 byte tokens");
+  return t;
+}
+
 expected<tokenizer> tokenizer::load(const std::string& path, int vocab_size) {
+  if (vocab_size < 1) return make_error(path + ": the model's vocabulary is empty");
+  if (looks_like_gguf(path)) return from_gguf(path, vocab_size);
   auto bytes = read_file(path, 1ull << 30, "tokenizer");
   if (!bytes) return bytes.err();
   const std::string& b = *bytes;
@@ -28,7 +88,6 @@ expected<tokenizer> tokenizer::load(const std::string& path, int vocab_size) {
   int32_t max_len = 0;
   if (!take(&max_len, 4) || max_len <= 0 || max_len > 4096)
     return make_error(path + ": bad tokenizer header (max token length " + std::to_string(max_len) + ")");
-  if (vocab_size < 1) return make_error(path + ": the model's vocabulary is empty");
   // Each token needs at least 8 bytes: a vocabulary the file cannot hold fails before reserving.
   if (uint64_t(vocab_size) * 8 > b.size() - at)
     return make_error(path + ": truncated tokenizer: " + std::to_string(b.size()) + " bytes cannot hold " +
@@ -167,6 +226,7 @@ std::string tokenizer::decode_all(const std::vector<int>& tokens, int prev) cons
 
 std::string find_tokenizer(const std::string& model_path) {
   std::error_code ec;
+  if (fs::is_regular_file(model_path, ec) && looks_like_gguf(model_path)) return model_path;
   fs::path dir = fs::is_directory(model_path, ec) ? fs::path(model_path) : fs::path(model_path).parent_path();
   if (dir.empty()) dir = ".";
   if (fs::exists(dir / "tokenizer.bin", ec)) return (dir / "tokenizer.bin").string();

@@ -1,4 +1,5 @@
-// llama2.c's byte-fallback BPE tokenizer (tok*.bin): encode by greedy highest-score merges.
+// llama2.c's byte-fallback BPE tokenizer (tok*.bin, or a GGUF's SentencePiece vocabulary):
+// encode by greedy highest-score merges.
 #pragma once
 
 #include <string>
@@ -11,7 +12,12 @@ namespace strata {
 
 class tokenizer {
  public:
+  // A llama2.c tok*.bin, or the vocabulary in a GGUF model file's metadata.
   static expected<tokenizer> load(const std::string& path, int vocab_size);
+  // From token texts (spaces as spaces, bytes as <0xNN>) and their merge scores; `where` names
+  // the source in errors.
+  static expected<tokenizer> from_vocab(std::vector<std::string> vocab, std::vector<float> scores,
+                                        const std::string& where);
 
   // BOS first when `bos`; a dummy space prefix like llama2.c (and sentencepiece) when non-empty.
   std::vector<int> encode(const std::string& text, bool bos, bool eos = false) const;
@@ -32,7 +38,8 @@ class tokenizer {
   std::unordered_map<std::string, int> index_;
 };
 
-// Finds the tokenizer next to a model: tokenizer.bin or tok*.bin in the model's directory.
+// Finds the tokenizer of a model: a GGUF file's own, else tokenizer.bin or tok*.bin in the model's
+// directory.
 std::string find_tokenizer(const std::string& model_path);
 
 }  // namespace strata

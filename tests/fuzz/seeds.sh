@@ -5,7 +5,7 @@
 set -euo pipefail
 out=$1 data=$2 committed=$3 strata=$4 fuzz_wire=$5 fuzz_messages=$6
 rm -rf "$out"
-mkdir -p "$out"/{llama2c,tokenizer,safetensors,hf,toml,trace,openai,wire,messages}
+mkdir -p "$out"/{llama2c,tokenizer,safetensors,hf,gguf,toml,trace,openai,wire,messages}
 m=$data/models/stories260K
 cp "$m/stories260K.bin" "$out/llama2c/"
 head -c 4096 "$m/stories260K.bin" > "$out/llama2c/head.bin"
@@ -17,6 +17,14 @@ trap 'rm -rf "$tmp"' EXIT
   --dtype bf16 >/dev/null
 cp "$tmp/hf/model.safetensors" "$out/safetensors/"
 { cat "$tmp/hf/config.json"; printf '%s' "$sep"; printf '%s' "$sep"; cat "$tmp/hf/model.safetensors"; } > "$out/hf/one-file"
+# A q8 safetensors file too (U8 blocks under strata_weights = q8).
+"$strata" convert --model "$tmp/hf" --out "$tmp/hf-q8" --dtype q8 >/dev/null
+{ cat "$tmp/hf-q8/config.json"; printf '%s' "$sep"; printf '%s' "$sep"; cat "$tmp/hf-q8/model.safetensors"; } > "$out/hf/q8"
+# GGUFs from the shared writer: the tiny random model (its synthetic vocabulary) in f32 and q8_0.
+writer="$data/../tools/peer-llamacpp/gguf_write.py"
+for dt in f32 q8_0; do
+  /usr/bin/python3 "$writer" hf --model "$tmp/hf" --out "$out/gguf/tiny-$dt.gguf" --dtype "$dt" >/dev/null
+done
 cp "$(dirname "$0")"/../../apps/topologies/*.toml "$out/toml/" 2>/dev/null || true
 cp "$committed"/toml/* "$out/toml/" 2>/dev/null || true
 for f in "$data"/traces/*.csv "$data"/traces/*.jsonl; do head -n 40 "$f" > "$out/trace/$(basename "$f")"; done
