@@ -144,7 +144,7 @@ int main(int argc, char** argv) {
     double decode_f32 = 0;
     for (size_t ti = 0; ti < std::size(types); ++ti) {
       const dtype t = types[ti];
-      if (level == isa::avx512_bf16 && t != dtype::q8) continue;  // the AVX-512 kernels again (VNNI is q8's)
+      if (level == isa::avx512_bf16 && t != dtype::q8 && t != dtype::bf16) continue;  // AVX-512's kernels again
       std::printf("%-17s %10.1f", (std::string(to_string(level)) + " " + to_string(t)).c_str(), peak);
       const weight_matrix wm{t, stored[ti].data(), size_t(in)};
       double decode = 0;

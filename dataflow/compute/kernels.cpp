@@ -111,7 +111,13 @@ void run_matmul(const Rows& k, float* y, const float* x, const weight_matrix& W,
       each([&](int b, int e) { k.f32(y, x, static_cast<const float*>(W.p), rows, in, lw, ly, b, e); });
       return;
     case dtype::bf16:
-      each([&](int b, int e) { k.bf16(y, x, static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e); });
+      if (k.bf16_dot) {  // activations rounded to bf16 once, then two products per lane and step
+        std::vector<uint16_t> xb(size_t(rows) * size_t(in));
+        for (size_t i = 0; i < xb.size(); ++i) xb[i] = f32_to_bf16(x[i]);
+        each([&](int b, int e) { k.bf16_dot(y, xb.data(), static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e); });
+      } else {
+        each([&](int b, int e) { k.bf16(y, x, static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e); });
+      }
       return;
     case dtype::f16:
       each([&](int b, int e) { k.f16(y, x, static_cast<const half*>(W.p), rows, in, lw, ly, b, e); });
@@ -139,6 +145,7 @@ struct reference_kernels {
   const reference& bf16;
   const reference& f16;
   q8_rows_fn q8;
+  bf16_dot_fn bf16_dot = nullptr;
 };
 
 }  // namespace

@@ -1,11 +1,14 @@
-// AVX-512 with VNNI (the avx512-bf16 level and above): the float kernels are AVX-512's; q8's dot
-// products are one vpdpbusd each, the same integers as AVX2's two instructions.
+// The avx512-bf16 level (AVX-512 with AVX512_BF16 and VNNI): the f32 and f16 kernels are
+// AVX-512's; q8's dot products are one vpdpbusd each (the same integers as AVX2's two
+// instructions); bf16 weights meet activations rounded to bf16 in vdpbf16ps, two products per
+// lane and instruction (kernels_isa.hpp's bf16-dot contract).
 #include <immintrin.h>
 
 #include <cstdint>
 
 #include "dataflow/compute/kernels_isa.hpp"
 #include "dataflow/compute/kernels_q8.hpp"
+#include "dataflow/compute/kernels_tile.hpp"
 
 namespace strata::kernels {
 
@@ -15,11 +18,67 @@ struct dot_vnni {
   static __m256i dot(__m256i a, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, s); }
 };
 
+// O weight rows x R activation rows of bf16, 16 lanes of value pairs.
+template <int O, int R>
+inline void dot_tile(const uint16_t* w, int in, size_t ldw, const uint16_t* x, float* y, size_t ly) {
+  __m512 acc[O][R];
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r) acc[o][r] = _mm512_setzero_ps();
+  int k = 0;
+  for (; k + 32 <= in; k += 32) {
+    __m512bh xv[R];
+    for (int r = 0; r < R; ++r) xv[r] = (__m512bh)_mm512_loadu_si512(x + size_t(r) * size_t(in) + size_t(k));
+    for (int o = 0; o < O; ++o) {
+      if constexpr (R == 1) __builtin_prefetch(w + size_t(o) * ldw + size_t(k) + prefetch_bytes / 2);
+      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + size_t(o) * ldw + size_t(k));
+      for (int r = 0; r < R; ++r) acc[o][r] = _mm512_dpbf16_ps(acc[o][r], wv, xv[r]);
+    }
+  }
+  for (int o = 0; o < O; ++o)
+    for (int r = 0; r < R; ++r) {
+      alignas(64) float lanes[16];
+      _mm512_store_ps(lanes, acc[o][r]);
+      float s = 0.0f;
+      for (int j = 0; j < 16; ++j) s += lanes[j];
+      const uint16_t* xr = x + size_t(r) * size_t(in);
+      for (int t = k; t < in; ++t) s += widen(w[size_t(o) * ldw + size_t(t)]) * widen(xr[t]);
+      y[size_t(r) * ly + size_t(o)] = s;
+    }
+}
+
+template <int O, int R>
+inline void dot_tile_left(int left, const uint16_t* w, int in, size_t ldw, const uint16_t* x, float* y, size_t ly) {
+  if (left == R) return dot_tile<O, R>(w, in, ldw, x, y, ly);
+  if constexpr (R > 1) dot_tile_left<O, R - 1>(left, w, in, ldw, x, y, ly);
+}
+
+template <int O, int R>
+inline void dot_weight_rows(const uint16_t* w, int in, size_t ldw, const uint16_t* x, int rows, float* y, size_t ly) {
+  int r = 0;
+  for (; r + R <= rows; r += R) dot_tile<O, R>(w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
+  if (r < rows) dot_tile_left<O, R>(rows - r, w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
+}
+
+// 4 x 6 tiles, as AVX-512's f32 kernel.
+void bf16_dot_rows(float* y, const uint16_t* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
+                   int o_begin, int o_end) {
+  int o = o_begin;
+  for (; o + 4 <= o_end; o += 4) dot_weight_rows<4, 6>(W + size_t(o) * ldw, in, ldw, x, rows, y + o, ly);
+  const uint16_t* w = W + size_t(o) * ldw;
+  switch (o_end - o) {
+    case 3: dot_weight_rows<3, 6>(w, in, ldw, x, rows, y + o, ly); break;
+    case 2: dot_weight_rows<2, 6>(w, in, ldw, x, rows, y + o, ly); break;
+    case 1: dot_weight_rows<1, 6>(w, in, ldw, x, rows, y + o, ly); break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 level_kernels avx512_vnni_kernels() {
   level_kernels k = avx512_kernels();
   k.q8 = q8_matmul_rows<dot_vnni, 4>;
+  k.bf16_dot = bf16_dot_rows;
   return k;
 }
 

@@ -11,6 +11,12 @@
 // and f16 weights are widened to f32 exactly, so their matmul equals the f32 matmul of the widened
 // weights at the same level, bit for bit.
 //
+// The bf16-dot contract (bf16 weights at the avx512-bf16 level and above, vdpbf16ps): the
+// activations are rounded to bf16 (to nearest even) and lane j < 16 accumulates the products of
+// value pairs 2j, 2j+1 of each 32-value step as the instruction does (its own rounding and
+// denormal rules), the lanes are summed in order, then the tail's products one by one. Its bits
+// are the CPU's; no row depends on the rows beside it; it is within a stated bound of f32.
+//
 // The q8 contract, exact and the same at every level: the activations are quantised per 32-value
 // block (q8_act: an f32 scale and int8 values, zero past `in`); for each block b and lane j < 8,
 // the integer sum of the 4 products of values 4j..4j+3 is exact, and lane j accumulates
@@ -44,18 +50,24 @@ using rows_fn = void (*)(float* y, const float* x, const T* W, int rows, int in,
 using q8_rows_fn = void (*)(float* y, const q8_act* x, const uint8_t* W, int rows, int blocks, size_t ldw, size_t ly,
                             int o_begin, int o_end);
 
+// bf16 weights against bf16 activations (the bf16-dot contract); x's rows are `in` apart.
+using bf16_dot_fn = void (*)(float* y, const uint16_t* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
+                             int o_begin, int o_end);
+
 struct level_kernels {
   rows_fn<float> f32;
   rows_fn<uint16_t> bf16;
   rows_fn<half> f16;
   q8_rows_fn q8;
+  bf16_dot_fn bf16_dot = nullptr;  // where set, bf16 weights take it instead of `bf16`
 };
 
 // Quantises one activation row of n values into ceil(n / 32) blocks (plain C++, shared by every
 // level: d = max|x| / 127, q = round-to-nearest-even(x * 127 / max|x|)).
 void quantize_q8_act(const float* x, int n, q8_act* out);
 
-// The reference of both contracts at `lanes` lanes (plain C++, std::fma): what matmul computes.
+// The reference of the float and q8 contracts at `lanes` lanes (plain C++, std::fma): what
+// matmul computes (bf16 weights: at a level without the bf16 dot).
 void matmul_reference(int lanes, float* y, const float* x, const weight_matrix& W, int rows, int in, int out,
                       int ldy = 0);
 
