@@ -1,5 +1,6 @@
 #include "dataflow/gguf.hpp"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -147,7 +148,8 @@ expected<gguf_file> read_gguf(const std::string& path) {
   }
   uint64_t align = 32;
   if (auto a = out.find("general.alignment")) {
-    if (!a->is_number() || a->number < 1 || a->number > 65536 || (uint64_t(a->number) & (uint64_t(a->number) - 1)))
+    if (!a->is_number() || !(a->number >= 1 && a->number <= 65536) || a->number != std::floor(a->number) ||
+        (uint64_t(a->number) & (uint64_t(a->number) - 1)))  // NaN fails before the casts
       return make_error(path + ": general.alignment must be a power of two up to 65536");
     align = uint64_t(a->number);
   }

@@ -35,7 +35,11 @@ expected<tokenizer> from_gguf(const std::string& path, int vocab_size) {
   if (auto sc = g->find("tokenizer.ggml.scores")) {
     if (!sc->is_array() || sc->numbers.size() != scores.size())
       return make_error(path + ": tokenizer.ggml.scores must be an array of one number per token");
-    for (size_t i = 0; i < scores.size(); ++i) scores[i] = float(sc->numbers[i]);
+    for (size_t i = 0; i < scores.size(); ++i) {
+      if (!(std::fabs(sc->numbers[i]) <= 3.4e38))  // converting it to float would overflow
+        return make_error(path + ": tokenizer.ggml.scores[" + std::to_string(i) + "] is not a finite float");
+      scores[i] = float(sc->numbers[i]);
+    }
   }
   std::vector<std::string> vocab;
   vocab.reserve(tokens->texts.size());

@@ -4,6 +4,7 @@
 // errors naming what is wrong and where.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -319,4 +320,26 @@ TEST_CASE("malformed GGUF files give precise errors") {
     REQUIRE_FALSE(t);
     CHECK(contains(t.message(), "has 299 tokens, the model 300"));
   }
+}
+
+TEST_CASE("GGUF numbers outside a float or an integer are errors, not conversions") {
+  auto m = make_random_model(gguf_config(dtype::f32), 3);
+  auto g = from_model(*m);
+  temp_dir d;
+  double huge = 1e300, nan = std::nan("");
+  g.value("llama.attention.layer_norm_rms_epsilon", 12, huge);  // a float64
+  CHECK(contains(error_of(write(d, g)), "'llama.attention.layer_norm_rms_epsilon' must be a number in a float's range"));
+  g = from_model(*m);
+  g.value("general.alignment", 12, nan);
+  CHECK(contains(error_of(write(d, g)), "general.alignment must be a power of two"));
+  g = from_model(*m);
+  g.value("llama.block_count", 12, nan);
+  CHECK(contains(error_of(write(d, g)), "metadata 'llama.block_count' must be an integer"));
+  g = from_model(*m);
+  g.array("tokenizer.ggml.scores", 12, 300, [&](std::vector<uint8_t>& b) {
+    for (int i = 0; i < 300; ++i) gguf_builder::put(b, &huge, 8);
+  });
+  auto t = tokenizer::load(write(d, g), 300);
+  REQUIRE_FALSE(t);
+  CHECK(contains(t.message(), "tokenizer.ggml.scores[0] is not a finite float"));
 }
