@@ -29,8 +29,9 @@ struct avx2 {
 
 // 4 x 3 tiles: 12 accumulators + 4 loads in the 16 YMM registers (7 loads feed 12 FMAs).
 level_kernels avx2_kernels() {
-  return {f32_matmul_rows<avx2, 3, float>, f32_matmul_rows<avx2, 3, uint16_t>, f32_matmul_rows<avx2, 3, half>,
-          q8_matmul_rows<dot_avx2, 2>};
+  using f32 = f32_tiles<avx2>;
+  return {tile_matmul_rows<f32, 3, float, float>, tile_matmul_rows<f32, 3, uint16_t, float>,
+          tile_matmul_rows<f32, 3, half, float>, tile_matmul_rows<q8_tiles<dot_avx2>, 2, uint8_t, q8_act>};
 }
 
 }  // namespace strata::kernels

@@ -30,8 +30,9 @@ struct avx512 {
 
 // 4 x 6 tiles: 24 accumulators + 6 loads + 1 weight in the 32 ZMM registers; q8 4 x 4.
 level_kernels avx512_kernels() {
-  return {f32_matmul_rows<avx512, 6, float>, f32_matmul_rows<avx512, 6, uint16_t>, f32_matmul_rows<avx512, 6, half>,
-          q8_matmul_rows<dot_avx2, 4>};
+  using f32 = f32_tiles<avx512>;
+  return {tile_matmul_rows<f32, 6, float, float>, tile_matmul_rows<f32, 6, uint16_t, float>,
+          tile_matmul_rows<f32, 6, half, float>, tile_matmul_rows<q8_tiles<dot_avx2>, 4, uint8_t, q8_act>};
 }
 
 }  // namespace strata::kernels

@@ -18,9 +18,14 @@ struct dot_vnni {
   static __m256i dot(__m256i a, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, s); }
 };
 
-// O weight rows x R activation rows of bf16, 16 lanes of value pairs.
+// O weight rows x R activation rows of bf16, 16 lanes of value pairs (tile_matmul_rows' Tiles).
+struct dot_tiles {
+  template <int O, int R>
+  static void run(const uint16_t* w, int in, size_t ldw, const uint16_t* x, float* y, size_t ly);
+};
+
 template <int O, int R>
-inline void dot_tile(const uint16_t* w, int in, size_t ldw, const uint16_t* x, float* y, size_t ly) {
+inline void dot_tiles::run(const uint16_t* w, int in, size_t ldw, const uint16_t* x, float* y, size_t ly) {
   __m512 acc[O][R];
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) acc[o][r] = _mm512_setzero_ps();
@@ -46,39 +51,12 @@ inline void dot_tile(const uint16_t* w, int in, size_t ldw, const uint16_t* x, f
     }
 }
 
-template <int O, int R>
-inline void dot_tile_left(int left, const uint16_t* w, int in, size_t ldw, const uint16_t* x, float* y, size_t ly) {
-  if (left == R) return dot_tile<O, R>(w, in, ldw, x, y, ly);
-  if constexpr (R > 1) dot_tile_left<O, R - 1>(left, w, in, ldw, x, y, ly);
-}
-
-template <int O, int R>
-inline void dot_weight_rows(const uint16_t* w, int in, size_t ldw, const uint16_t* x, int rows, float* y, size_t ly) {
-  int r = 0;
-  for (; r + R <= rows; r += R) dot_tile<O, R>(w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
-  if (r < rows) dot_tile_left<O, R>(rows - r, w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
-}
-
-// 4 x 6 tiles, as AVX-512's f32 kernel.
-void bf16_dot_rows(float* y, const uint16_t* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
-                   int o_begin, int o_end) {
-  int o = o_begin;
-  for (; o + 4 <= o_end; o += 4) dot_weight_rows<4, 6>(W + size_t(o) * ldw, in, ldw, x, rows, y + o, ly);
-  const uint16_t* w = W + size_t(o) * ldw;
-  switch (o_end - o) {
-    case 3: dot_weight_rows<3, 6>(w, in, ldw, x, rows, y + o, ly); break;
-    case 2: dot_weight_rows<2, 6>(w, in, ldw, x, rows, y + o, ly); break;
-    case 1: dot_weight_rows<1, 6>(w, in, ldw, x, rows, y + o, ly); break;
-    default: break;
-  }
-}
-
 }  // namespace
 
 level_kernels avx512_vnni_kernels() {
   level_kernels k = avx512_kernels();
-  k.q8 = q8_matmul_rows<dot_vnni, 4>;
-  k.bf16_dot = bf16_dot_rows;
+  k.q8 = tile_matmul_rows<q8_tiles<dot_vnni>, 4, uint8_t, q8_act>;
+  k.bf16_dot = tile_matmul_rows<dot_tiles, 6, uint16_t, uint16_t>;  // 4 x 6, as AVX-512's f32 tiles
   return k;
 }
 

@@ -13,9 +13,16 @@
 namespace strata::kernels {
 namespace {
 
-// O weight rows x R activation rows.
-template <class D, int O, int R>
-inline void q8_tile(const uint8_t* w, int blocks, size_t ldw, const q8_act* x, float* y, size_t ly) {
+// O weight rows x R activation rows (tile_matmul_rows' Tiles).
+template <class D>
+struct q8_tiles {
+  template <int O, int R>
+  static void run(const uint8_t* w, int blocks, size_t ldw, const q8_act* x, float* y, size_t ly);
+};
+
+template <class D>
+template <int O, int R>
+inline void q8_tiles<D>::run(const uint8_t* w, int blocks, size_t ldw, const q8_act* x, float* y, size_t ly) {
   __m256 acc[O][R];
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) acc[o][r] = _mm256_setzero_ps();
@@ -46,35 +53,6 @@ inline void q8_tile(const uint8_t* w, int blocks, size_t ldw, const q8_act* x, f
       for (int j = 0; j < 8; ++j) s += lanes[j];
       y[size_t(r) * ly + size_t(o)] = s;
     }
-}
-
-template <class D, int O, int R>
-inline void q8_tile_left(int left, const uint8_t* w, int blocks, size_t ldw, const q8_act* x, float* y, size_t ly) {
-  if (left == R) return q8_tile<D, O, R>(w, blocks, ldw, x, y, ly);
-  if constexpr (R > 1) q8_tile_left<D, O, R - 1>(left, w, blocks, ldw, x, y, ly);
-}
-
-template <class D, int O, int R>
-inline void q8_weight_rows(const uint8_t* w, int blocks, size_t ldw, const q8_act* x, int rows, float* y, size_t ly) {
-  int r = 0;
-  const size_t xs = size_t(blocks);
-  for (; r + R <= rows; r += R) q8_tile<D, O, R>(w, blocks, ldw, x + size_t(r) * xs, y + size_t(r) * ly, ly);
-  if (r < rows) q8_tile_left<D, O, R>(rows - r, w, blocks, ldw, x + size_t(r) * xs, y + size_t(r) * ly, ly);
-}
-
-// kernels_isa.hpp's q8 row function for tiles of 4 weight rows x R activation rows.
-template <class D, int R>
-inline void q8_matmul_rows(float* y, const q8_act* x, const uint8_t* W, int rows, int blocks, size_t ldw, size_t ly,
-                           int o_begin, int o_end) {
-  int o = o_begin;
-  for (; o + 4 <= o_end; o += 4) q8_weight_rows<D, 4, R>(W + size_t(o) * ldw, blocks, ldw, x, rows, y + o, ly);
-  const uint8_t* w = W + size_t(o) * ldw;
-  switch (o_end - o) {
-    case 3: q8_weight_rows<D, 3, R>(w, blocks, ldw, x, rows, y + o, ly); break;
-    case 2: q8_weight_rows<D, 2, R>(w, blocks, ldw, x, rows, y + o, ly); break;
-    case 1: q8_weight_rows<D, 1, R>(w, blocks, ldw, x, rows, y + o, ly); break;
-    default: break;
-  }
 }
 
 // AVX2's dot: pairs to int16 (at most 2 * 128 * 127, no saturation), then pairs of those to int32.

@@ -30,14 +30,23 @@ inline float widen(uint16_t bf16) {  // exact: bf16 is the top half of an f32
 }
 inline float widen(half h) { return f16_to_f32(h.bits); }  // exact
 
-// O weight rows x R activation rows: O * R accumulators of V::lanes lanes each.
 // How far ahead a one-row tile (decode) prefetches each weight row: the hardware prefetchers alone
 // leave 4 interleaved row streams short of the memory bandwidth (bench_gemm on a 2-core Zen 5 VM:
 // f32 45 -> 60 GB/s, bf16 36 -> 53 GB/s at 2048 bytes; 1024 and 4096 gained less).
 constexpr size_t prefetch_bytes = 2048;
 
-template <class V, class T, int O, int R>
-inline void f32_tile(const T* w, int in, size_t ldw, const float* x, float* y, size_t ly) {
+// The float contract's tile: O weight rows x R activation rows, O * R accumulators of V::lanes
+// lanes each.
+
+template <class V>
+struct f32_tiles {
+  template <int O, int R, class T>
+  static void run(const T* w, int in, size_t ldw, const float* x, float* y, size_t ly);
+};
+
+template <class V>
+template <int O, int R, class T>
+inline void f32_tiles<V>::run(const T* w, int in, size_t ldw, const float* x, float* y, size_t ly) {
   typename V::reg acc[O][R];
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) acc[o][r] = V::zero();
@@ -63,32 +72,34 @@ inline void f32_tile(const T* w, int in, size_t ldw, const float* x, float* y, s
     }
 }
 
-// The last `left` (1..R) activation rows.
-template <class V, class T, int O, int R>
-inline void f32_tile_left(int left, const T* w, int in, size_t ldw, const float* x, float* y, size_t ly) {
-  if (left == R) return f32_tile<V, T, O, R>(w, in, ldw, x, y, ly);
-  if constexpr (R > 1) f32_tile_left<V, T, O, R - 1>(left, w, in, ldw, x, y, ly);
+// The walk every level's row functions share (kernels_isa.hpp's rows_fn shape): 4 weight rows at
+// a time, then the last 1-3, against every activation row, R at a time, then the last 1..R-1.
+// Tiles::run<O, R>(w, n, ldw, x, y, ly) computes one tile of O weight rows x R activation rows; x's
+// rows are n elements apart (values, or q8 blocks), W's ldw.
+template <class Tiles, int O, int R, class W, class X>
+inline void tile_left(int left, const W* w, int n, size_t ldw, const X* x, float* y, size_t ly) {
+  if (left == R) return Tiles::template run<O, R>(w, n, ldw, x, y, ly);
+  if constexpr (R > 1) tile_left<Tiles, O, R - 1>(left, w, n, ldw, x, y, ly);
 }
 
-// O weight rows against every activation row, R at a time.
-template <class V, class T, int O, int R>
-inline void f32_weight_rows(const T* w, int in, size_t ldw, const float* x, int rows, float* y, size_t ly) {
+template <class Tiles, int O, int R, class W, class X>
+inline void tile_weight_rows(const W* w, int n, size_t ldw, const X* x, int rows, float* y, size_t ly) {
   int r = 0;
-  for (; r + R <= rows; r += R) f32_tile<V, T, O, R>(w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
-  if (r < rows) f32_tile_left<V, T, O, R>(rows - r, w, in, ldw, x + size_t(r) * size_t(in), y + size_t(r) * ly, ly);
+  for (; r + R <= rows; r += R)
+    Tiles::template run<O, R>(w, n, ldw, x + size_t(r) * size_t(n), y + size_t(r) * ly, ly);
+  if (r < rows) tile_left<Tiles, O, R>(rows - r, w, n, ldw, x + size_t(r) * size_t(n), y + size_t(r) * ly, ly);
 }
 
-// kernels_isa.hpp's row functions for tiles of 4 weight rows x R activation rows.
-template <class V, int R, class T>
-inline void f32_matmul_rows(float* y, const float* x, const T* W, int rows, int in, size_t ldw, size_t ly, int o_begin,
-                            int o_end) {
+template <class Tiles, int R, class W, class X>
+inline void tile_matmul_rows(float* y, const X* x, const W* Wm, int rows, int n, size_t ldw, size_t ly, int o_begin,
+                             int o_end) {
   int o = o_begin;
-  for (; o + 4 <= o_end; o += 4) f32_weight_rows<V, T, 4, R>(W + size_t(o) * ldw, in, ldw, x, rows, y + o, ly);
-  const T* w = W + size_t(o) * ldw;
+  for (; o + 4 <= o_end; o += 4) tile_weight_rows<Tiles, 4, R>(Wm + size_t(o) * ldw, n, ldw, x, rows, y + o, ly);
+  const W* w = Wm + size_t(o) * ldw;
   switch (o_end - o) {
-    case 3: f32_weight_rows<V, T, 3, R>(w, in, ldw, x, rows, y + o, ly); break;
-    case 2: f32_weight_rows<V, T, 2, R>(w, in, ldw, x, rows, y + o, ly); break;
-    case 1: f32_weight_rows<V, T, 1, R>(w, in, ldw, x, rows, y + o, ly); break;
+    case 3: tile_weight_rows<Tiles, 3, R>(w, n, ldw, x, rows, y + o, ly); break;
+    case 2: tile_weight_rows<Tiles, 2, R>(w, n, ldw, x, rows, y + o, ly); break;
+    case 1: tile_weight_rows<Tiles, 1, R>(w, n, ldw, x, rows, y + o, ly); break;
     default: break;
   }
 }
