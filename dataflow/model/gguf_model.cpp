@@ -144,15 +144,10 @@ expected<model_ptr> load_gguf(const std::string& path, const load_options& o) {
   }
   for (size_t i = 0; i < plan.size(); ++i)
     if (!found.count(i)) return make_error(where + "missing tensor for '" + plan[i].name + "' " + shape_string(plan[i].shape));
-  dtype held = dtype::f32;
-  bool first = true, mixed = false;
+  std::vector<dtype> matrices;
   for (auto& [i, t] : found)
-    if (plan[i].shape.size() == 2) {
-      mixed |= !first && dtype_of(t->type) != held;
-      held = dtype_of(t->type);
-      first = false;
-    }
-  c.weights = o.convert ? o.weights : mixed ? dtype::f32 : held;
+    if (plan[i].shape.size() == 2) matrices.push_back(dtype_of(t->type));
+  c.weights = held_weights(matrices, o);
   if (auto v = c.fits_memory(); !v) return make_error(where + v.message());
 
   auto slots = allocate_slots(*m);

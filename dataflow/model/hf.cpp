@@ -210,17 +210,10 @@ expected<model_ptr> load_hf(const std::string& dir_str, const load_options& o) {
     if (!found.count(i))
       return make_error(dir.string() + ": missing tensor '" + plan[i].name + "' " + shape_string(plan[i].shape) +
                         " in " + std::to_string(files.size()) + " safetensors file(s)");
-  // Matrices stay in the files' type when they all share one; norms are always f32.
-  dtype held = dtype::f32;
-  bool first = true, mixed = false;
+  std::vector<dtype> matrices;
   for (size_t i = 0; i < plan.size(); ++i)
-    if (plan[i].shape.size() == 2) {
-      dtype t = found.at(i).entry.type;
-      mixed |= !first && t != held;
-      held = t;
-      first = false;
-    }
-  m->config.weights = o.convert ? o.weights : mixed ? dtype::f32 : held;
+    if (plan[i].shape.size() == 2) matrices.push_back(found.at(i).entry.type);
+  m->config.weights = held_weights(matrices, o);
   if (auto st = m->config.fits_memory(); !st) return make_error(dir.string() + ": " + st.message());
 
   auto slots = allocate_slots(*m);

@@ -146,6 +146,13 @@ void convert_from_f32(dtype t, const float* src, void* dst, size_t count) {
   }
 }
 
+dtype held_weights(const std::vector<dtype>& matrix_types, const load_options& o) {
+  if (o.convert) return o.weights;
+  for (dtype t : matrix_types)
+    if (t != matrix_types.front()) return dtype::f32;
+  return matrix_types.empty() ? dtype::f32 : matrix_types.front();
+}
+
 void convert_rows(dtype from, const void* src, dtype to, void* dst, size_t rows, size_t cols) {
   const size_t in = row_bytes(from, cols), out = row_bytes(to, cols);
   auto s = static_cast<const uint8_t*>(src);

@@ -33,6 +33,10 @@ std::vector<tensor_slot> allocate_slots(model& m);
 // Converts `count` source elements of type `t` (not q8) into fp32 and back.
 void convert_to_f32(dtype t, const void* src, float* dst, size_t count);
 void convert_from_f32(dtype t, const float* src, void* dst, size_t count);
+// The type a loader holds matrices in, given the files' types of its matrices: o's when it
+// converts, else the files' when they all share one, else f32 (a mix is widened; norms are f32).
+dtype held_weights(const std::vector<dtype>& matrix_types, const load_options& o);
+
 // Converts a rows x cols matrix stored as `from` into `to`, row by row (the same type: a copy).
 void convert_rows(dtype from, const void* src, dtype to, void* dst, size_t rows, size_t cols);
 
