@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "dataflow/compute/kernels.hpp"
+#include "dataflow/compute/scratch.hpp"
 #include "dataflow/thread_pool.hpp"
 
 namespace strata {
@@ -124,35 +125,46 @@ std::vector<std::pair<int, std::vector<int>>> group_rows(int rows, const row_wid
   return groups;
 }
 
-// The activation buffers of forward_layer, kept by each thread across calls. A 256-token prefill
-// of a 1024-wide model needs ~13 MB of them per layer; fresh vectors cost a page fault per 4 KiB
-// and a memset every layer (40 % of that prefill's time on the dev VM, perf). Every buffer is
-// written before it is read, so what a previous call left in it changes nothing.
-class scratch {
- public:
-  enum slot { xb, gathered, tmp, qkv, att, h13, h, slots };
-  float* get(slot s, size_t n) {
-    auto& b = buf_[s];
-    if (n > b.size) {
-      b.size = std::max(n, b.size * 2);
-      b.p.reset(new float[b.size]);  // uninitialised: see above
-    }
-    return b.p.get();
-  }
+// The activation buffers of forward_layer (compute/scratch.hpp), one tag each.
+struct xb_buf;
+struct gathered_buf;
+struct tmp_buf;
+struct qkv_buf;
+struct att_buf;
+struct h13_buf;
+struct h_buf;
+struct scores_buf;
+template <class Tag>
+float* scratch(size_t n) {
+  return thread_buffer<float, Tag>(n);
+}
 
- private:
-  struct buffer {
-    std::unique_ptr<float[]> p;
-    size_t size = 0;
-  };
-  buffer buf_[slots];
-};
-thread_local scratch scratch_of_thread;
+// fn(i) for each i < n, over the pool in chunks of 16 or more (inline for up to 16: decode).
+template <class Fn>
+void each_row(int n, Fn&& fn) {
+  default_pool().parallel_for(size_t(n), 16, [&](size_t b, size_t e) {
+    for (size_t i = b; i < e; ++i) fn(int(i));
+  });
+}
+
+// out = rmsnorm(x) * w for each of `rows` rows of n values.
+void norm_rows(float* out, const float* x, const float* w, int rows, int n, float eps) {
+  each_row(rows, [&](int r) { rmsnorm(out + size_t(r) * n, x + size_t(r) * n, w, 1, n, eps); });
+}
+
+// x[idx[i]] += t[i] for the n rows of t (d values each).
+void add_rows(float* x, const float* t, const std::vector<int>& idx, int d) {
+  each_row(int(idx.size()), [&](int i) {
+    float* xr = x + size_t(idx[size_t(i)]) * d;
+    const float* tr = t + size_t(i) * d;
+    for (int j = 0; j < d; ++j) xr[j] += tr[j];
+  });
+}
 
 // The rows `idx` of a [rows, n] matrix, contiguous: m itself when idx is every row in order.
 const float* gather(const float* m, int n, const std::vector<int>& idx, int rows) {
   if (int(idx.size()) == rows) return m;
-  float* buf = scratch_of_thread.get(scratch::gathered, idx.size() * size_t(n));
+  float* buf = scratch<gathered_buf>(idx.size() * size_t(n));
   for (size_t i = 0; i < idx.size(); ++i) std::copy_n(m + size_t(idx[i]) * n, n, buf + i * size_t(n));
   return buf;
 }
@@ -189,9 +201,8 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
   }
 
   // Rows of one width share each GEMM; a row's bits do not depend on who it shares it with.
-  auto& sc = scratch_of_thread;
-  float* xb = sc.get(scratch::xb, size_t(rows) * d);
-  rmsnorm(xb, x, w.att_norm.data(), rows, d, c.norm_eps);
+  float* xb = scratch<xb_buf>(size_t(rows) * d);
+  norm_rows(xb, x, w.att_norm.data(), rows, d, c.norm_eps);
   const int group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(hd));
   for (auto& g : group_rows(rows, width, &row_width::kv_heads)) {
@@ -199,8 +210,8 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
     const int n = int(idx.size()), kvh = g.first ? g.first : c.n_kv_heads, nq = kvh * group;
     const int qd = nq * hd, kd = kvh * hd, stride = qd + 2 * kd;
     const float* gx = gather(xb, d, idx, rows);
-    float* qkv = sc.get(scratch::qkv, size_t(n) * stride);
-    float* att = sc.get(scratch::att, size_t(n) * qd);
+    float* qkv = scratch<qkv_buf>(size_t(n) * stride);
+    float* att = scratch<att_buf>(size_t(n) * qd);
     if (kvh == c.n_kv_heads) {
       matmul(qkv, gx, matrix_of(w.wqkv), n, d, stride);
     } else {  // the prefix rows of wq, wk and wv
@@ -208,7 +219,7 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
       matmul(qkv + qd, gx, matrix_of(w.wqkv).from_row(size_t(q_dim)), n, d, kd, stride);
       matmul(qkv + qd + kd, gx, matrix_of(w.wqkv).from_row(size_t(q_dim + kv_dim)), n, d, kd, stride);
     }
-    for (int i = 0; i < n; ++i) {
+    each_row(n, [&](int i) {  // rows write disjoint cache positions
       const int r = idx[size_t(i)];
       float* q = qkv + size_t(i) * stride;
       rope(q, nq, hd, pos[r], c.rope_theta, c.rope);
@@ -216,67 +227,49 @@ status forward_layer(const model_config& c, const layer_weights& w, int layer, k
       auto& e = *entry_of[size_t(r)];
       std::copy(q + qd, q + qd + kd, e.k[li].data() + size_t(pos[r]) * kv_dim);
       std::copy(q + qd + kd, q + stride, e.v[li].data() + size_t(pos[r]) * kv_dim);
-      e.length = std::max(e.length, pos[r] + 1);
+    });
+    for (int i = 0; i < n; ++i) {
+      auto& e = *entry_of[size_t(idx[size_t(i)])];
+      e.length = std::max(e.length, pos[idx[size_t(i)]] + 1);
     }
-    // Attention: one task per (row, head); causal because a row sees positions <= its own.
-    default_pool().parallel_for(size_t(n) * size_t(nq), 4, [&](size_t b, size_t e) {
-      std::vector<float> scores(static_cast<size_t>(c.seq_len));
+    // Attention: one task per (row, KV head), its `group` query heads together; causal because a
+    // row sees positions <= its own.
+    default_pool().parallel_for(size_t(n) * size_t(kvh), 1, [&](size_t b, size_t e) {
+      float* scores = scratch<scores_buf>(size_t(group) * size_t(c.seq_len));
       for (size_t task = b; task < e; ++task) {
-        int i = int(task / size_t(nq)), h = int(task % size_t(nq)), r = idx[size_t(i)];
-        const float* q = qkv + size_t(i) * stride + size_t(h) * hd;
+        const int i = int(task / size_t(kvh)), g = int(task % size_t(kvh)), r = idx[size_t(i)];
         const auto& ent = *entry_of[size_t(r)];
-        const float* K = ent.k[li].data() + size_t(h / group) * hd;
-        const float* V = ent.v[li].data() + size_t(h / group) * hd;
-        int len = pos[r] + 1;
-        for (int t = 0; t < len; ++t) {
-          const float* k = K + size_t(t) * kv_dim;
-          float s = 0.0f;
-          for (int j = 0; j < hd; ++j) s += q[j] * k[j];
-          scores[size_t(t)] = s * scale;
-        }
-        softmax(scores.data(), len);
-        float* out = att + size_t(i) * qd + size_t(h) * hd;
-        std::fill(out, out + hd, 0.0f);
-        for (int t = 0; t < len; ++t) {
-          const float* v = V + size_t(t) * kv_dim;
-          float a = scores[size_t(t)];
-          for (int j = 0; j < hd; ++j) out[j] += a * v[j];
-        }
+        const size_t head = size_t(g) * size_t(group) * size_t(hd);
+        attend(att + size_t(i) * qd + head, qkv + size_t(i) * stride + head, group, hd,
+               ent.k[li].data() + size_t(g) * hd, ent.v[li].data() + size_t(g) * hd, size_t(kv_dim), pos[r] + 1,
+               scale, scores);
       }
     });
-    float* tmp = sc.get(scratch::tmp, size_t(n) * d);
+    float* tmp = scratch<tmp_buf>(size_t(n) * d);
     matmul(tmp, att, matrix_of(w.wo), n, qd, d);  // wo's first qd columns
-    for (int i = 0; i < n; ++i) {
-      float* xr = x + size_t(idx[size_t(i)]) * d;
-      const float* t = tmp + size_t(i) * d;
-      for (int j = 0; j < d; ++j) xr[j] += t[j];
-    }
+    add_rows(x, tmp, idx, d);
   }
 
-  rmsnorm(xb, x, w.ffn_norm.data(), rows, d, c.norm_eps);
+  norm_rows(xb, x, w.ffn_norm.data(), rows, d, c.norm_eps);
   for (auto& g : group_rows(rows, width, &row_width::ffn)) {
     const auto& idx = g.second;
     const int n = int(idx.size()), f = g.first ? g.first : hid;
     const float* gx = gather(xb, d, idx, rows);
-    float* h13 = sc.get(scratch::h13, size_t(n) * 2 * f);
-    float* h = sc.get(scratch::h, size_t(n) * f);
+    float* h13 = scratch<h13_buf>(size_t(n) * 2 * f);
+    float* h = scratch<h_buf>(size_t(n) * f);
     if (f == hid) {
       matmul(h13, gx, matrix_of(w.w13), n, d, 2 * hid);
     } else {  // the first f rows of w1 (gate) and of w3 (up)
       matmul(h13, gx, matrix_of(w.w13), n, d, f, 2 * f);
       matmul(h13 + f, gx, matrix_of(w.w13).from_row(size_t(hid)), n, d, f, 2 * f);
     }
-    for (int i = 0; i < n; ++i) {
+    each_row(n, [&](int i) {
       const float* g = h13 + size_t(i) * 2 * f;
       swiglu(h + size_t(i) * f, g, g + f, size_t(f));
-    }
-    float* tmp = sc.get(scratch::tmp, size_t(n) * d);
+    });
+    float* tmp = scratch<tmp_buf>(size_t(n) * d);
     matmul(tmp, h, matrix_of(w.w2), n, f, d);  // w2's first f columns
-    for (int i = 0; i < n; ++i) {
-      float* xr = x + size_t(idx[size_t(i)]) * d;
-      const float* t = tmp + size_t(i) * d;
-      for (int j = 0; j < d; ++j) xr[j] += t[j];
-    }
+    add_rows(x, tmp, idx, d);
   }
   return {};
 }

@@ -8,6 +8,8 @@
 #include "dataflow/compute/cpu.hpp"
 #include "dataflow/compute/kernels_isa.hpp"
 #include "dataflow/compute/kernels_tile.hpp"
+#include "dataflow/compute/scratch.hpp"
+#include "dataflow/model/model_io.hpp"
 #include "dataflow/thread_pool.hpp"
 
 namespace strata {
@@ -87,13 +89,23 @@ void parallel_blocks(int out, size_t row_bytes_in, Fn fn) {
                               [&](size_t bb, size_t be) { fn(int(bb) * block, std::min(out, int(be) * block)); });
 }
 
-// The rows x blocks activation blocks of x (each row quantised alone, so no row depends on another).
-std::vector<q8_act> quantize_rows(const float* x, int rows, int in) {
-  const size_t blocks = (size_t(in) + q8_block - 1) / q8_block;
-  std::vector<q8_act> q(size_t(rows) * blocks);
-  for (int r = 0; r < rows; ++r) quantize_q8_act(x + size_t(r) * size_t(in), in, q.data() + size_t(r) * blocks);
-  return q;
+// x's rows as the kernels of W's type read them: quantised per block for q8 (q8_act), rounded to
+// bf16 for the bf16 dot; each row alone, so no row depends on another. The buffer is the calling
+// thread's (scratch.hpp), valid until its next matmul.
+struct bf16_act_buf;
+struct q8_act_buf;
+template <class Tag, class T>
+const T* activations_as(const float* x, int rows, int in, size_t per_row, bool parallel,
+                        void (*one)(const float*, int, T*)) {
+  T* out = thread_buffer<T, Tag>(size_t(rows) * per_row);
+  auto run = [&](size_t b, size_t e) {
+    for (size_t r = b; r < e; ++r) one(x + r * size_t(in), in, out + r * per_row);
+  };
+  if (parallel && rows > 1) default_pool().parallel_for(size_t(rows), 1, run);
+  else run(0, size_t(rows));
+  return out;
 }
+void round_bf16_row(const float* x, int n, uint16_t* out) { convert_from_f32(dtype::bf16, x, out, size_t(n)); }
 
 // One matmul on a level's row functions (the dispatch of matmul and of matmul_reference).
 template <class Rows>
@@ -112,9 +124,8 @@ void run_matmul(const Rows& k, float* y, const float* x, const weight_matrix& W,
       return;
     case dtype::bf16:
       if (k.bf16_dot) {  // activations rounded to bf16 once, then two products per lane and step
-        std::vector<uint16_t> xb(size_t(rows) * size_t(in));
-        for (size_t i = 0; i < xb.size(); ++i) xb[i] = f32_to_bf16(x[i]);
-        each([&](int b, int e) { k.bf16_dot(y, xb.data(), static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e); });
+        const uint16_t* xb = activations_as<bf16_act_buf>(x, rows, in, size_t(in), parallel, round_bf16_row);
+        each([&](int b, int e) { k.bf16_dot(y, xb, static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e); });
       } else {
         each([&](int b, int e) { k.bf16(y, x, static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e); });
       }
@@ -123,10 +134,10 @@ void run_matmul(const Rows& k, float* y, const float* x, const weight_matrix& W,
       each([&](int b, int e) { k.f16(y, x, static_cast<const half*>(W.p), rows, in, lw, ly, b, e); });
       return;
     case dtype::q8: {
-      const auto q = quantize_rows(x, rows, in);
       const int blocks = int((size_t(in) + q8_block - 1) / q8_block);
+      const q8_act* q = activations_as<q8_act_buf>(x, rows, in, size_t(blocks), parallel, quantize_q8_act);
       const size_t wb = row_bytes(dtype::q8, lw);
-      each([&](int b, int e) { k.q8(y, q.data(), static_cast<const uint8_t*>(W.p), rows, blocks, wb, ly, b, e); });
+      each([&](int b, int e) { k.q8(y, q, static_cast<const uint8_t*>(W.p), rows, blocks, wb, ly, b, e); });
       return;
     }
   }
@@ -197,15 +208,15 @@ void matmul(float* y, const float* x, const float* W, int rows, int in, int out,
 }
 
 void rope(float* v, int n_heads, int head_dim, int pos, float theta, rope_style style) {
-  for (int h = 0; h < n_heads; ++h) {
-    float* x = v + size_t(h) * head_dim;
-    for (int i = 0; i < head_dim; i += 2) {
-      // Same frequency set in both conventions: theta^(-i/head_dim) for even i.
-      float freq = 1.0f / std::pow(theta, float(i) / float(head_dim));
-      float val = float(pos) * freq;
-      float c = std::cos(val), s = std::sin(val);
-      int a = style == rope_style::interleaved ? i : i / 2;
-      int b = style == rope_style::interleaved ? i + 1 : i / 2 + head_dim / 2;
+  for (int i = 0; i < head_dim; i += 2) {
+    // Same frequency set in both conventions: theta^(-i/head_dim) for even i; one angle for all heads.
+    float freq = 1.0f / std::pow(theta, float(i) / float(head_dim));
+    float val = float(pos) * freq;
+    float c = std::cos(val), s = std::sin(val);
+    int a = style == rope_style::interleaved ? i : i / 2;
+    int b = style == rope_style::interleaved ? i + 1 : i / 2 + head_dim / 2;
+    for (int h = 0; h < n_heads; ++h) {
+      float* x = v + size_t(h) * head_dim;
       float x0 = x[a], x1 = x[b];
       x[a] = x0 * c - x1 * s;
       x[b] = x0 * s + x1 * c;
@@ -217,6 +228,56 @@ void swiglu(float* h, const float* a, const float* b, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     float v = a[i];
     h[i] = v * (1.0f / (1.0f + std::exp(-v))) * b[i];
+  }
+}
+
+namespace {
+
+// Eight floats in GCC's vector extension (SSE pairs at the base level, one register above); only
+// ever a local, so no function's ABI depends on the level.
+typedef float v8 __attribute__((vector_size(32)));
+
+float dot8(const float* a, const float* b, int n) {
+  v8 acc = {};
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    v8 x, y;
+    std::memcpy(&x, a + j, sizeof x);
+    std::memcpy(&y, b + j, sizeof y);
+    acc += x * y;
+  }
+  float s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+  for (; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+}  // namespace
+
+void attend(float* out, const float* q, int nq, int hd, const float* K, const float* V, size_t ld, int len,
+            float scale, float* scores) {
+  const size_t n = size_t(len);
+  for (int t = 0; t < len; ++t) {
+    const float* k = K + size_t(t) * ld;
+    for (int h = 0; h < nq; ++h) scores[size_t(h) * n + size_t(t)] = dot8(q + size_t(h) * hd, k, hd) * scale;
+  }
+  for (int h = 0; h < nq; ++h) softmax(scores + size_t(h) * n, len);
+  std::fill(out, out + size_t(nq) * hd, 0.0f);
+  const int body = hd - hd % 8;
+  for (int t = 0; t < len; ++t) {
+    const float* v = V + size_t(t) * ld;
+    for (int h = 0; h < nq; ++h) {
+      const float a = scores[size_t(h) * n + size_t(t)];
+      float* o = out + size_t(h) * hd;
+      int j = 0;
+      for (; j < body; j += 8) {
+        v8 acc, x;
+        std::memcpy(&acc, o + j, sizeof acc);
+        std::memcpy(&x, v + j, sizeof x);
+        acc += a * x;
+        std::memcpy(o + j, &acc, sizeof acc);
+      }
+      for (; j < hd; ++j) o[j] += a * v[j];
+    }
   }
 }
 

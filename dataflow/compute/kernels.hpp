@@ -42,4 +42,13 @@ void swiglu(float* h, const float* a, const float* b, size_t n);
 
 void softmax(float* x, int n);
 
+// Causal attention of one query row: the nq query heads in q (hd values each, consecutive) that
+// share one KV head attend to its positions [0, len), K's and V's rows `ld` floats apart; the nq
+// outputs go to out (consecutive). scores is scratch for nq * len floats. Dot products and
+// weighted sums run 8 lanes at a time in plain vector arithmetic (no fused multiply-add, lanes
+// summed in a fixed tree), so every level computes the same bits and a head's result depends on
+// nothing but its own query, keys and values.
+void attend(float* out, const float* q, int nq, int hd, const float* K, const float* V, size_t ld, int len,
+            float scale, float* scores);
+
 }  // namespace strata

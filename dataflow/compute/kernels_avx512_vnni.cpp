@@ -18,6 +18,15 @@ struct dot_vnni {
   static __m256i dot(__m256i a, __m256i s) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, s); }
 };
 
+// The 16 lanes' sum in kernels_isa.hpp's tree: lane j + 8 onto j, then j + 4, j + 2, j + 1.
+inline float sum_lanes(__m512 a) {
+  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));  // AVX512F, not DQ
+  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  const __m128 p = _mm_add_ps(q, _mm_movehl_ps(q, q));
+  return _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)));
+}
+
 // O weight rows x R activation rows of bf16, 16 lanes of value pairs (tile_matmul_rows' Tiles).
 struct dot_tiles {
   template <int O, int R>
@@ -41,10 +50,7 @@ inline void dot_tiles::run(const uint16_t* w, int in, size_t ldw, const uint16_t
   }
   for (int o = 0; o < O; ++o)
     for (int r = 0; r < R; ++r) {
-      alignas(64) float lanes[16];
-      _mm512_store_ps(lanes, acc[o][r]);
-      float s = 0.0f;
-      for (int j = 0; j < 16; ++j) s += lanes[j];
+      float s = sum_lanes(acc[o][r]);
       const uint16_t* xr = x + size_t(r) * size_t(in);
       for (int t = k; t < in; ++t) s += widen(w[size_t(o) * ldw + size_t(t)]) * widen(xr[t]);
       y[size_t(r) * ly + size_t(o)] = s;

@@ -14,7 +14,8 @@
 // The bf16-dot contract (bf16 weights at the avx512-bf16 level and above, vdpbf16ps): the
 // activations are rounded to bf16 (to nearest even) and lane j < 16 accumulates the products of
 // value pairs 2j, 2j+1 of each 32-value step as the instruction does (its own rounding and
-// denormal rules), the lanes are summed in order, then the tail's products one by one. Its bits
+// denormal rules), the lanes are summed in a tree (lane j + 8 onto lane j for j < 8, then j + 4
+// onto j < 4, j + 2 onto j < 2, lane 1 onto lane 0), then the tail's products one by one. Its bits
 // are the CPU's; no row depends on the rows beside it; it is within a stated bound of f32.
 //
 // The q8 contract, exact and the same at every level: the activations are quantised per 32-value

@@ -154,6 +154,37 @@ TEST_CASE("swiglu and softmax match float64") {
   check_close(s, ws, 1e-6);
 }
 
+TEST_CASE("attention of grouped heads matches float64 and each head alone bit for bit") {
+  auto rng = strata::test::seeded_rng();
+  for (int hd : {64, 8, 13}) {  // 13: a tail past the 8-lane body
+    const int nq = 4, len = 37, ld = 3 * hd;  // K and V rows wider than one head, as in the cache
+    auto q = random_vector(size_t(nq * hd), rng), K = random_vector(size_t(len * ld), rng, 2.0f),
+         V = random_vector(size_t(len * ld), rng);
+    const float scale = 1.0f / std::sqrt(float(hd));
+    std::vector<float> out(size_t(nq * hd)), scores(size_t(nq * len));
+    attend(out.data(), q.data(), nq, hd, K.data() + hd, V.data() + hd, size_t(ld), len, scale, scores.data());
+    std::vector<double> want(out.size());
+    for (int h = 0; h < nq; ++h) {
+      std::vector<double> p(static_cast<size_t>(len));
+      double mx = -1e300, sum = 0;
+      for (int t = 0; t < len; ++t) {
+        double d = 0;
+        for (int j = 0; j < hd; ++j) d += double(q[size_t(h * hd + j)]) * K[size_t(t * ld + hd + j)];
+        mx = std::max(mx, p[size_t(t)] = d * scale);
+      }
+      for (auto& x : p) sum += x = std::exp(x - mx);
+      for (int t = 0; t < len; ++t)
+        for (int j = 0; j < hd; ++j) want[size_t(h * hd + j)] += p[size_t(t)] / sum * V[size_t(t * ld + hd + j)];
+    }
+    check_close(out, want, 1e-5);
+    for (int h = 0; h < nq; ++h) {  // a head's bits do not depend on the heads computed beside it
+      std::vector<float> one(static_cast<size_t>(hd)), sc(static_cast<size_t>(len));
+      attend(one.data(), q.data() + h * hd, 1, hd, K.data() + hd, V.data() + hd, size_t(ld), len, scale, sc.data());
+      CHECK(std::memcmp(one.data(), out.data() + h * hd, one.size() * sizeof(float)) == 0);
+    }
+  }
+}
+
 namespace {
 
 // A float64 transformer layer written out plainly: the reference for forward_layer.
