@@ -22,6 +22,17 @@ struct usage_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// main() of a tool without strata.cpp's error handling (the benchmarks, the examples): fn's
+// usage_error becomes one line, "name: <what>", and exit status 2, never an abort.
+inline int guarded_main(const char* name, int argc, char** argv, int (*fn)(int, char**)) {
+  try {
+    return fn(argc, argv);
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
+    return 2;
+  }
+}
+
 // One option of a command: the single source of its parser, its --help and the README's CLI
 // reference (apps/commands.cpp holds the table; a docs test keeps the README equal to it).
 struct option_spec {

@@ -89,17 +89,13 @@ double peak_gflops(isa level) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   auto a = args::parse(argc, argv, 1, {"in", "out", "rows", "reps", "threads"});
   if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
   const int in = int(a->integer("in", 8192, 16, 1 << 16)), out = int(a->integer("out", 8192, 16, 1 << 16));
   const int reps = int(a->integer("reps", 5, 1, 1000));
-  std::vector<int> rows;
-  try {
-    rows = int_list("rows", a->str("rows", "1,16,64,256"), 1, 65536, "a row count");
-  } catch (const usage_error& e) {
-    return std::fprintf(stderr, "bench_gemm: %s\n", e.what()), 2;
-  }
+  const std::vector<int> rows = int_list("rows", a->str("rows", "1,16,64,256"), 1, 65536, "a row count");
   if (rows.empty()) return std::fprintf(stderr, "bench_gemm: --rows names no row count\n"), 2;
   if (a->has("threads")) set_default_threads(size_t(a->integer("threads", 0, 1, 1024)));
   if (auto st = check_isa_env(); !st) return std::fprintf(stderr, "bench_gemm: %s\n", st.message().c_str()), 2;
@@ -178,3 +174,6 @@ int main(int argc, char** argv) {
               reps);
   return 0;
 }
+}  // namespace
+
+int main(int argc, char** argv) { return strata::guarded_main("bench_gemm", argc, argv, run); }

@@ -92,7 +92,8 @@ int ipc_import(const model_config& c, int device, const char* file) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   auto a = args::parse(argc, argv, 1,
                        {"dim", "hidden", "layers", "heads", "kv-heads", "vocab", "steps", "device", "ipc-import"});
   if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
@@ -199,3 +200,6 @@ int main(int argc, char** argv) {
   std::printf("\n(a step: every layer and the head on the device; the embedding row gather stays on the host)\n");
   return 0;
 }
+}  // namespace
+
+int main(int argc, char** argv) { return strata::guarded_main("bench_gpu", argc, argv, run); }

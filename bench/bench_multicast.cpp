@@ -53,7 +53,8 @@ expected<double> perftest(const std::string& tls, uint64_t msg_bytes, int iters)
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   auto a = args::parse(argc, argv, 1, {"mib", "dtype", "chunk-kb", "reps", "transports", "model", "link-mb-s"});
   if (!a) return std::fprintf(stderr, "%s\n", a.message().c_str()), 2;
   uint64_t chunk = uint64_t(a->integer("chunk-kb", 4096, 1, 1 << 20)) << 10;
@@ -189,3 +190,6 @@ int main(int argc, char** argv) {
   std::printf("%s\n", failures ? "some targets missed (see MISS lines)" : "all targets met");
   return failures ? 1 : 0;
 }
+}  // namespace
+
+int main(int argc, char** argv) { return strata::guarded_main("bench_multicast", argc, argv, run); }

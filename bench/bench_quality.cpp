@@ -35,22 +35,18 @@ std::vector<std::vector<float>> forced_logits(const model& m, const std::vector<
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   auto a = args::parse(argc, argv, 1, {"model", "types", "tokens", "prompt-tokens"});
   if (!a) return std::fprintf(stderr, "bench_quality: %s\n", a.message().c_str()), 2;
   if (!a->has("model")) return std::fprintf(stderr, "bench_quality: --model PATH is required\n"), 2;
   const int n = int(a->integer("tokens", 32, 1, 4096));
-  std::vector<int> prompt;
+  const std::vector<int> prompt = int_list("prompt-tokens", a->str("prompt-tokens", "1,10,20,30"), 0, INT_MAX, "a token id");
   std::vector<dtype> types;
-  try {
-    prompt = int_list("prompt-tokens", a->str("prompt-tokens", "1,10,20,30"), 0, INT_MAX, "a token id");
-    for (auto& s : split_list(a->str("types", "bf16,f16,q8"))) {
-      auto t = parse_dtype(s);
-      if (!t) throw usage_error("--types: " + t.message());
-      types.push_back(*t);
-    }
-  } catch (const usage_error& e) {
-    return std::fprintf(stderr, "bench_quality: %s\n", e.what()), 2;
+  for (auto& s : split_list(a->str("types", "bf16,f16,q8"))) {
+    auto t = parse_dtype(s);
+    if (!t) throw usage_error("--types: " + t.message());
+    types.push_back(*t);
   }
   auto ref = load_model(a->str("model"), load_options{true, dtype::f32});
   if (!ref) return std::fprintf(stderr, "bench_quality: %s\n", ref.message().c_str()), 1;
@@ -88,3 +84,6 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+}  // namespace
+
+int main(int argc, char** argv) { return strata::guarded_main("bench_quality", argc, argv, run); }

@@ -42,7 +42,8 @@ size_t weight_bytes(const model& m) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace {
+int run(int argc, char** argv) {
   static const command_spec cmd{"bench_subnets", "", "", {
       {"model", "PATH", "", "the supernet", "models/stories260K in the data directory"},
       {"space", "LIST", "default", "subnets (default: the default subnet space)", ""},
@@ -124,3 +125,6 @@ int main(int argc, char** argv) {
               space.size(), variants_bytes / 1048576.0, weight_bytes(m) / 1048576.0, mem);
   return median(ratios) >= 10 ? 0 : 1;
 }
+}  // namespace
+
+int main(int argc, char** argv) { return strata::guarded_main("bench_subnets", argc, argv, run); }
