@@ -53,6 +53,8 @@ void apply_common(const args& a) {
     auto t = parse_dtype(a.str("weights"));
     if (!t) throw usage_error("--weights: " + t.message());
     set_default_load_options({true, *t});
+    // Node processes this one spawns (serve/autoscale --nodes) hold the same type as it does.
+    ::setenv("STRATA_WEIGHTS", to_string(*t), 1);
   }
   if (long t = a.integer("threads", 0, 0, 1024); t > 0) set_default_threads(size_t(t));  // not every command has it
   if (a.has("max-memory")) {

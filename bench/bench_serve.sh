@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Serving over a cluster, measured through HTTP with `strata bench-serve` (issue 17's evaluation).
 #
-#   bench/bench_serve.sh [build/bin/strata] [parts]     parts: any of agree,cold,churn (default all)
+#   bench/bench_serve.sh [build/bin/strata] [parts]     parts: any of agree,cold,weights,churn (default all)
 #
 # agree  Bursts of the Azure code trace (845-870 s), the Azure conversation trace (1865-1890 s, its
 #        densest 25 s) and BurstGPT (its first 200 requests at 8/s) replayed over HTTP against
@@ -13,6 +13,8 @@
 # cold   Scale from zero: one model, then four models at once (a request for each at t=0), on
 #        nodes that hold no copy (placement n1,n2: parameters multicast from src over 0.25 MB/s
 #        links), blitz and stop-the-world: cold-start TTFT; ratio four/one.
+# weights  Scale from zero as in cold, one model held as f32, bf16 and q8 (`--weights`, nodes
+#        too): the multicast image shrinks with the type, so the cold start does; ratios to f32.
 # churn  Nodes started by hand, serve --controller, a steady load (gamma 6/s, 30 s); at 6 s a node
 #        joins, at 12 s a node hosting an instance is drained, at 18 s another is killed (SIGKILL);
 #        placement follows the view (src first, members in order, joiners after): requests ok/failed
@@ -20,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 strata=$(realpath "${1:-build/bin/strata}")
-parts=${2:-agree,cold,churn}
+parts=${2:-agree,cold,weights,churn}
 data=$(realpath ../shared/data)
 m="$data/models/stories260K"
 . bench/lib.sh
@@ -95,6 +97,26 @@ print(f"{sum(t) / len(t):.0f} {max(t):.0f}" if len(t) == len(r) else "failed fai
     done
   done
   echo "cold-start TTFT four models / one: blitz $(ratio "${cold[blitz-4]}" "${cold[blitz-1]}"), stop-the-world $(ratio "${cold[stop-the-world-4]}" "${cold[stop-the-world-1]}")"
+  echo
+fi
+
+if [[ ,$parts, == *,weights,* ]]; then
+  echo "### scale from zero with the model held as f32, bf16 and q8 (--weights; placement n1; multicast from src over 0.25 MB/s links); stories260K"
+  printf '%-8s %14s %14s\n' weights "cold TTFT ms" "of f32"
+  declare -A wcold
+  for w in f32 bf16 q8; do
+    start_serve "weights-$w.log" --model "$m" --weights "$w" --nodes 2 --placement n1 --min 0 --policy blitz \
+      --link-mbs 0.25 --chunk-kb 32 --keep-alive-s 60
+    "$strata" bench-serve --url "$url" --trace gamma --n 1 --gamma-rate 1000 --max-prompt 16 --max-output 16 \
+      --vocab 512 --json "$tmp/weights-$w.json" >/dev/null 2>&1 || true
+    stop_serve
+    wcold[$w]=$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))["requests"]
+t = [q["ttft_s"] * 1e3 for q in r if q["ok"]]
+print(f"{t[0]:.0f}" if len(t) == len(r) == 1 else "failed")' "$tmp/weights-$w.json")
+    printf '%-8s %14s %14s\n' "$w" "${wcold[$w]}" "$(ratio "${wcold[$w]}" "${wcold[f32]}")"
+  done
   echo
 fi
 
