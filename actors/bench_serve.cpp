@@ -35,7 +35,8 @@ expected<std::vector<endpoint_model>> endpoint_models(const http_url& url, const
   std::vector<endpoint_model> out;
   for (auto& m : j["data"]) {
     if (!m.is_object() || !m.contains("id") || !m["id"].is_string()) continue;
-    endpoint_model e{m["id"].get<std::string>(), 0};
+    endpoint_model e;
+    e.id = m["id"].get<std::string>();
     if (m.contains("max_model_len") && m["max_model_len"].is_number_integer())
       e.context = int(std::min<int64_t>(m["max_model_len"].get<int64_t>(), 1 << 30));
     if (m.contains("parent") && m["parent"].is_string()) e.parent = m["parent"].get<std::string>();

@@ -35,7 +35,8 @@ void transfer_session::start() {
   for (size_t k = 0; k < longest; ++k)
     for (auto* tree : mine)
       if (k < tree->chunks.size())
-        for (auto child : tree->children_of(self_)) out_.push_back(xfer::send{tree->chunks[k], child});
+        for (auto child : tree->children_of(self_))
+          out_.emplace_back(std::in_place_type<xfer::send>, tree->chunks[k], child);
 }
 
 void transfer_session::forward(uint32_t idx) {

@@ -77,11 +77,11 @@ inline void q8_pair_tiles::run(const uint8_t* w, int blocks, size_t ldw, const q
 
 // The 16 lanes' sum in kernels_isa.hpp's tree: lane j + 8 onto j, then j + 4, j + 2, j + 1.
 inline float sum_lanes(__m512 a) {
-  const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));  // AVX512F, not DQ
-  const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
-  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  const __m128 p = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  return _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)));
+  a = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(1, 0, 3, 2)));  // j + 8
+  a = _mm512_add_ps(a, _mm512_shuffle_f32x4(a, a, _MM_SHUFFLE(2, 3, 0, 1)));  // j + 4
+  a = _mm512_add_ps(a, _mm512_permute_ps(a, _MM_SHUFFLE(1, 0, 3, 2)));        // j + 2
+  a = _mm512_add_ps(a, _mm512_permute_ps(a, _MM_SHUFFLE(2, 3, 0, 1)));        // j + 1
+  return _mm512_cvtss_f32(a);
 }
 
 // O weight rows x R activation rows of bf16, 16 lanes of value pairs (tile_matmul_rows' Tiles).

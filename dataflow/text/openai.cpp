@@ -77,8 +77,6 @@ struct neutral_field {
   bool (*is_off)(const json&);
 };
 
-bool is_zero(const json& v) { return v.is_number() && v.get<double>() == 0; }
-bool is_one(const json& v) { return v.is_number() && v.get<double>() == 1; }
 bool is_false(const json& v) { return v.is_boolean() && !v.get<bool>(); }
 bool is_empty(const json& v) { return (v.is_object() || v.is_array() || v.is_string()) && v.empty(); }
 

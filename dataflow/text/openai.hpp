@@ -123,7 +123,7 @@ std::string response_body(const request& r, const std::string& id, int64_t creat
                           const std::vector<choice_out>& choices, const usage& u);
 inline std::string response_body(const request& r, const std::string& id, int64_t created, const std::string& model,
                                  const std::string& text, const std::string& finish_reason, const usage& u) {
-  return response_body(r, id, created, model, std::vector<choice_out>{{text, finish_reason}}, u);
+  return response_body(r, id, created, model, std::vector<choice_out>{{text, finish_reason, {}, {}}}, u);
 }
 // One server-sent event payload (the JSON after "data: "): a text delta, or the last chunk
 // with a finish reason (text empty), or with usage only (include_usage). `usage_null` adds

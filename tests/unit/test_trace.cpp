@@ -185,9 +185,9 @@ TEST_CASE("replay metrics: percentiles, SLO attainment, goodput, SVG") {
   CHECK(p.max == 5);
   CHECK(p.mean == 3);
   std::vector<request_record> rs(3);
-  rs[0] = {0.0, 0.1, 0.5, 10, 3, 3, {0.1, 0.2, 0.3}, true, "", "", ""};
-  rs[1] = {1.0, 3.0, 3.5, 10, 3, 3, {3.0, 3.1, 3.2}, true, "", "", ""};  // TTFT 2 s: misses the SLO
-  rs[2] = {2.0, -1, 2.5, 10, 3, 0, {}, false, "error: shard down", "", ""};
+  rs[0] = {0.0, 0.1, 0.5, 10, 3, 3, {0.1, 0.2, 0.3}, true, "", "", "", {}};
+  rs[1] = {1.0, 3.0, 3.5, 10, 3, 3, {3.0, 3.1, 3.2}, true, "", "", "", {}};  // TTFT 2 s: misses the SLO
+  rs[2] = {2.0, -1, 2.5, 10, 3, 0, {}, false, "error: shard down", "", "", {}};
   auto s = summarize_replay(rs, {1.0, 0.2});
   // Both SLOs count: a fast first token with slow tokens after it misses.
   auto slow = rs;
