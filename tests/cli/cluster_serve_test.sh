@@ -7,7 +7,8 @@
 # request starts an instance (parameters multicast to it) and idle instances go back to zero;
 # `strata cluster drain` under streaming load loses no request and the node exits; a node
 # SIGKILLed under streaming load loses none either; placement respects each node's memory across
-# models; two models behind one front door each start and serve (also under bench-serve).
+# models; two models behind one front door each start and serve (also under bench-serve);
+# serve --weights reaches the node processes it starts.
 # usage: cluster_serve_test.sh STRATA_BIN DATA_DIR
 set -uo pipefail
 strata=$1
@@ -262,4 +263,22 @@ grep -q "start failed" "$tmp/serve2.log" && fail "an instance failed to start: $
 kill -TERM "$srv"
 wait "$srv" || fail "serve with two models did not drain cleanly"
 echo "ok: two models behind one front door, each started from zero on the cluster and served"
+# --weights reaches the node processes serve starts: src holds q8 and the instance loaded on n1
+# receives q8's image, about a quarter of the f32 model's 1.04 MB.
+start_serve serve7.log "serve --weights q8 did not start" --model "$m" --weights q8 --nodes 2 --placement n1 --min 0 \
+  --port 0 --threads 1
+curl -s "$url/v1/completions" -H 'content-type: application/json' \
+  -d '{"model":"stories260K","prompt":"Once upon a time","max_tokens":16,"temperature":0}' -o "$tmp/q8.json"
+[ -n "$(text_of "$tmp/q8.json")" ] || fail "q8 over the cluster: $(cat "$tmp/q8.json")"
+used=
+for _ in $(seq 100); do  # the metrics show the controller's view, refreshed every second
+  used=$(curl -s "$url/metrics" | sed -nE 's/^strata:node_memory_used_bytes\{node="n1"\} ([1-9][0-9.e+]*)$/\1/p')
+  [ -n "$used" ] && break
+  sleep 0.1
+done
+python3 -c 'import sys; b = float(sys.argv[1]); sys.exit(0 if 1e5 < b < 4e5 else 1)' "${used:-0}" ||
+  fail "n1 holds ${used:-nothing} bytes, not q8's ~0.28 MB: $(curl -s "$url/metrics" | grep '^strata:node')"
+kill -TERM "$srv"
+wait "$srv" || fail "serve --weights q8 did not drain cleanly"
+echo "ok: serve --weights q8 --nodes: the nodes hold and multicast q8 ($used bytes on n1)"
 echo "cluster serve test passed"

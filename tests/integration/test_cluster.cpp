@@ -243,6 +243,8 @@ TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others com
       std::this_thread::sleep_for(120ms);  // the stimulus: b dies mid-transfer
       c.kill("b");
     });
+    if (!r)
+      for (auto n : {"src", "a", "c", "d"}) MESSAGE("log of " << n << ":\n" << c.log(n));
     REQUIRE_MESSAGE(r, r.message());
     MESSAGE(r->summary());
     uint64_t want = c.image_sum("src");
