@@ -36,7 +36,7 @@ void transfer_session::start() {
     for (auto* tree : mine)
       if (k < tree->chunks.size())
         for (auto child : tree->children_of(self_))
-          out_.emplace_back(std::in_place_type<xfer::send>, tree->chunks[k], child);
+          out_.emplace_back(std::in_place_type<xfer::send>, xfer::send{tree->chunks[k], child});
 }
 
 void transfer_session::forward(uint32_t idx) {
