@@ -4,7 +4,9 @@
 // model loader's (model/gguf_model.cpp) and the tokenizer's business.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -29,6 +31,9 @@ struct gguf_value {
   bool is_string() const { return type == 8; }
   bool is_array() const { return type == 9; }
 };
+
+// x converts to a float without overflow: |x| <= FLT_MAX (NaN and infinities do not).
+inline bool fits_float(double x) { return std::fabs(x) <= double(std::numeric_limits<float>::max()); }
 
 struct gguf_tensor {
   std::string name;

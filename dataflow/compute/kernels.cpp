@@ -101,7 +101,7 @@ const T* activations_as(const float* x, int rows, int in, size_t per_row, bool p
   auto run = [&](size_t b, size_t e) {
     for (size_t r = b; r < e; ++r) one(x + r * size_t(in), in, out + r * per_row);
   };
-  if (parallel && rows > 1) default_pool().parallel_for(size_t(rows), 1, run);
+  if (parallel) default_pool().parallel_for(size_t(rows), 1, run);  // one row runs inline
   else run(0, size_t(rows));
   return out;
 }

@@ -37,7 +37,6 @@ constexpr size_t prefetch_bytes = 2048;
 
 // The float contract's tile: O weight rows x R activation rows, O * R accumulators of V::lanes
 // lanes each.
-
 template <class V>
 struct f32_tiles {
   template <int O, int R, class T>

@@ -71,7 +71,7 @@ expected<model_ptr> load_gguf(const std::string& path, const load_options& o) {
   auto number = [&](const std::string& key, float& dst) -> status {
     auto v = g->find(key);
     if (!v) return {};
-    if (!v->is_number() || !(std::fabs(v->number) <= 3.4e38))  // a float's range (NaN fails too)
+    if (!v->is_number() || !fits_float(v->number))
       return make_error(where + "metadata '" + key + "' must be a number in a float's range");
     dst = float(v->number);
     return {};

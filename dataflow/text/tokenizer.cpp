@@ -36,7 +36,7 @@ expected<tokenizer> from_gguf(const std::string& path, int vocab_size) {
     if (!sc->is_array() || sc->numbers.size() != scores.size())
       return make_error(path + ": tokenizer.ggml.scores must be an array of one number per token");
     for (size_t i = 0; i < scores.size(); ++i) {
-      if (!(std::fabs(sc->numbers[i]) <= 3.4e38))  // converting it to float would overflow
+      if (!fits_float(sc->numbers[i]))  // converting it to float would overflow
         return make_error(path + ": tokenizer.ggml.scores[" + std::to_string(i) + "] is not a finite float");
       scores[i] = float(sc->numbers[i]);
     }
