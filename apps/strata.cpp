@@ -437,8 +437,8 @@ int cmd_inspect(int argc, char** argv) {
     const char* env = std::getenv("STRATA_ISA");
     std::printf("  kernels run at: %s%s\n", to_string(active_isa()),
                 env && *env ? (std::string(" (STRATA_ISA=") + env + ")").c_str() : " (the best this CPU has)");
-    if (active_isa() == isa::amx)  // detected, but no tile kernels yet (never run on an AMX CPU)
-      std::printf("  amx has no kernels of its own yet: its matmuls are avx512-bf16's\n");
+    if (active_isa() == isa::amx)
+      std::printf("  amx: bf16 weights on AMX tiles (TDPBF16PS); other types as at avx512-bf16\n");
     return 0;
   }
   if (!a->has("model")) return fail("inspect needs --model PATH (or --cpu)");

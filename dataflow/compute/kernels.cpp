@@ -79,10 +79,10 @@ void rows_scalar(float* y, const float* x, const T* W, int rows, int in, size_t 
   rows_reference(8, y, x, W, rows, in, ldw, ly, o_begin, o_end);
 }
 
-// Chunks of whole 4-row weight blocks over the pool, each streaming at least ~64 KiB of weights.
-template <class Fn>
+// Chunks of whole `block`-row weight blocks over the pool, each streaming at least ~64 KiB of
+// weights (4 rows for the register tiles, 32 for AMX's two 16-row weight tiles).
+template <int block = 4, class Fn>
 void parallel_blocks(int out, size_t row_bytes_in, Fn fn) {
-  constexpr int block = 4;
   size_t blocks = size_t((out + block - 1) / block);
   size_t grain = std::max<size_t>(1, 65536 / (std::max<size_t>(row_bytes_in, 1) * block) + 1);
   default_pool().parallel_for(blocks, grain,
@@ -93,6 +93,7 @@ void parallel_blocks(int out, size_t row_bytes_in, Fn fn) {
 // bf16 for the bf16 dot; each row alone, so no row depends on another. The buffer is the calling
 // thread's (scratch.hpp), valid until its next matmul.
 struct bf16_act_buf;
+struct bf16_tile_buf;
 struct q8_act_buf;
 template <class Tag, class T>
 const T* activations_as(const float* x, int rows, int in, size_t per_row, bool parallel,
@@ -123,7 +124,15 @@ void run_matmul(const Rows& k, float* y, const float* x, const weight_matrix& W,
       each([&](int b, int e) { k.f32(y, x, static_cast<const float*>(W.p), rows, in, lw, ly, b, e); });
       return;
     case dtype::bf16:
-      if (k.bf16_dot) {  // activations rounded to bf16 once, then two products per lane and step
+      if (k.bf16_tiles) {  // activations rounded and packed as tiles once, then 32 weight rows per step
+        uint32_t* xp = thread_buffer<uint32_t, bf16_tile_buf>(bf16_tile_words(rows, in));
+        pack_bf16_tiles(x, rows, in, xp, parallel);
+        auto fn = [&](int b, int e) {
+          k.bf16_tiles(y, xp, static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e);
+        };
+        if (parallel) parallel_blocks<32>(out, rb, fn);
+        else fn(0, out);
+      } else if (k.bf16_dot) {  // activations rounded to bf16 once, then two products per lane and step
         const uint16_t* xb = activations_as<bf16_act_buf>(x, rows, in, size_t(in), parallel, round_bf16_row);
         each([&](int b, int e) { k.bf16_dot(y, xb, static_cast<const uint16_t*>(W.p), rows, in, lw, ly, b, e); });
       } else {
@@ -157,9 +166,39 @@ struct reference_kernels {
   const reference& f16;
   q8_rows_fn q8;
   bf16_dot_fn bf16_dot = nullptr;
+  bf16_tiles_fn bf16_tiles = nullptr;
 };
 
 }  // namespace
+
+size_t bf16_tile_words(int rows, int in) {
+  return size_t((rows + bf16_tile_rows - 1) / bf16_tile_rows) * size_t((in + bf16_tile_step - 1) / bf16_tile_step) *
+         size_t(bf16_tile_rows * bf16_tile_step / 2);
+}
+
+void pack_bf16_tiles(const float* x, int rows, int in, uint32_t* out, bool parallel) {
+  const int groups = (rows + bf16_tile_rows - 1) / bf16_tile_rows, steps = (in + bf16_tile_step - 1) / bf16_tile_step;
+  constexpr int tile = bf16_tile_rows * bf16_tile_step / 2;  // uint32 pairs per tile
+  // One task per 16-row group: a tile row (64 bytes) holds a pair of each of its 16 rows, so
+  // splitting a group would have tasks share cache lines.
+  auto run = [&](size_t gb, size_t ge) {
+    uint16_t v[bf16_tile_step];
+    for (size_t g = gb; g < ge; ++g)
+      for (int n = 0; n < bf16_tile_rows; ++n) {
+        const int r = int(g) * bf16_tile_rows + n;
+        uint32_t* col = out + g * size_t(steps) * tile + size_t(n);
+        for (int c = 0; c < steps; ++c, col += tile) {
+          const int k0 = c * bf16_tile_step, k = r < rows ? std::min(bf16_tile_step, in - k0) : 0;
+          if (k > 0) convert_from_f32(dtype::bf16, x + size_t(r) * size_t(in) + size_t(k0), v, size_t(k));
+          std::fill(v + k, v + bf16_tile_step, uint16_t(0));
+          for (int p = 0; p < bf16_tile_step / 2; ++p)
+            col[p * bf16_tile_rows] = uint32_t(v[2 * p]) | uint32_t(v[2 * p + 1]) << 16;
+        }
+      }
+  };
+  if (parallel) default_pool().parallel_for(size_t(groups), 1, run);  // one group runs inline
+  else run(0, size_t(groups));
+}
 
 void quantize_q8_act(const float* x, int n, q8_act* out) {
   for (int b = 0; b < n; b += int(q8_block), ++out) {
@@ -185,10 +224,10 @@ void matmul_reference(int lanes, float* y, const float* x, const weight_matrix& 
 
 namespace {
 
-// Each level's row functions (AMX adds nothing yet: its dot products round the activations to
-// bf16, another contract).
+// Each level's row functions.
 kernels::level_kernels kernels_for(isa level) {
 #if defined(__x86_64__)
+  if (level >= isa::amx) return kernels::amx_kernels();
   if (level >= isa::avx512_bf16) return kernels::avx512_vnni_kernels();
   if (level >= isa::avx512) return kernels::avx512_kernels();
   if (level >= isa::avx2) return kernels::avx2_kernels();
@@ -201,6 +240,11 @@ kernels::level_kernels kernels_for(isa level) {
 
 void matmul(float* y, const float* x, const weight_matrix& W, int rows, int in, int out, int ldy) {
   kernels::run_matmul(kernels_for(active_isa()), y, x, W, rows, in, out, ldy, true);
+}
+
+void kernels::matmul_with(const level_kernels& k, float* y, const float* x, const weight_matrix& W, int rows, int in,
+                          int out, int ldy) {
+  run_matmul(k, y, x, W, rows, in, out, ldy, true);
 }
 
 void matmul(float* y, const float* x, const float* W, int rows, int in, int out, int ldw, int ldy) {

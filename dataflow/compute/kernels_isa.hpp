@@ -18,6 +18,14 @@
 // onto j < 4, j + 2 onto j < 2, lane 1 onto lane 0), then the tail's products one by one. Its bits
 // are the CPU's; no row depends on the rows beside it; it is within a stated bound of f32.
 //
+// The AMX tile contract (bf16 weights at the amx level, TDPBF16PS, kernels_amx.hpp): the
+// activations are rounded to bf16 as above; output (r, o) is one f32 accumulator that takes the
+// instruction's dot products of 32-value steps in order, zeros after `in`, with the CPU's rounding
+// (round to nearest even, denormal inputs and results flushed to zero; Intel's manual describes
+// the order of the pair sums within an instruction in two ways across revisions, so the tests hold
+// the CPU to the bf16-dot bound, not to one order). Each output is computed alike in any batch,
+// shard or o range: no row depends on the rows beside it.
+//
 // The q8 contract, exact and the same at every level: the activations are quantised per 32-value
 // block (q8_act: an f32 scale and int8 values, zero past `in`); for each block b and lane j < 8,
 // the integer sum of the 4 products of values 4j..4j+3 is exact, and lane j accumulates
@@ -55,13 +63,28 @@ using q8_rows_fn = void (*)(float* y, const q8_act* x, const uint8_t* W, int row
 using bf16_dot_fn = void (*)(float* y, const uint16_t* x, const uint16_t* W, int rows, int in, size_t ldw, size_t ly,
                              int o_begin, int o_end);
 
+// The AMX tile contract's activations: 16-row groups (the last padded with zero rows), each a run
+// of ceil(in / 32) tiles of 1 KiB, one per 32-value step c; a tile's row k holds, for n < 16, the
+// bf16 pair (x[16 g + n][32 c + 2 k], x[..][32 c + 2 k + 1]) as one uint32 (first value low),
+// zero past `in`. This is TDPBF16PS's second operand as it is loaded.
+constexpr int bf16_tile_rows = 16, bf16_tile_step = 32;
+size_t bf16_tile_words(int rows, int in);  // uint32s of the packed activations
+void pack_bf16_tiles(const float* x, int rows, int in, uint32_t* out, bool parallel);
+using bf16_tiles_fn = void (*)(float* y, const uint32_t* x_packed, const uint16_t* W, int rows, int in, size_t ldw,
+                               size_t ly, int o_begin, int o_end);
+
 struct level_kernels {
   rows_fn<float> f32;
   rows_fn<uint16_t> bf16;
   rows_fn<half> f16;
   q8_rows_fn q8;
   bf16_dot_fn bf16_dot = nullptr;  // where set, bf16 weights take it instead of `bf16`
+  bf16_tiles_fn bf16_tiles = nullptr;  // where set, bf16 weights take it before either
 };
+
+// matmul (kernels.hpp) on the given row functions instead of the active level's; for the tests.
+void matmul_with(const level_kernels& k, float* y, const float* x, const weight_matrix& W, int rows, int in, int out,
+                 int ldy = 0);
 
 // Quantises one activation row of n values into ceil(n / 32) blocks (plain C++, shared by every
 // level: d = max|x| / 127, q = round-to-nearest-even(x * 127 / max|x|)).
@@ -77,6 +100,7 @@ level_kernels scalar_kernels();
 level_kernels avx2_kernels();
 level_kernels avx512_kernels();
 level_kernels avx512_vnni_kernels();  // AVX-512 with VNNI's int8 dot products for q8
+level_kernels amx_kernels();          // those, with bf16 weights on AMX tiles
 #endif
 
 }  // namespace strata::kernels
