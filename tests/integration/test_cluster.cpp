@@ -69,6 +69,9 @@ class cluster {
   }
   expected<transfer_report> multicast(multicast_request req, std::function<void()> meanwhile = {}) {
     req.model = "rand";
+    // A stuck transfer is failed by the controller before the test stops waiting, so its report
+    // (which targets, the repair events) says where it stuck.
+    if (req.timeout_ms == 0) req.timeout_ms = 45000;
     return c_->multicast(req, meanwhile, 60s);
   }
   uint64_t image_sum(const std::string& node) {
@@ -244,7 +247,7 @@ TEST_CASE("a relay killed mid-transfer: the chain is repaired and the others com
       c.kill("b");
     });
     if (!r)
-      for (auto n : {"src", "a", "c", "d"}) MESSAGE("log of " << n << ":\n" << c.log(n));
+      for (std::string n : {"src", "a", "c", "d"}) MESSAGE("log of " << n << ":\n" << c.log(n));
     REQUIRE_MESSAGE(r, r.message());
     MESSAGE(r->summary());
     uint64_t want = c.image_sum("src");
