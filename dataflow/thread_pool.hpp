@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <condition_variable>
 #include <cstddef>
 #include <deque>
@@ -36,6 +37,7 @@ class thread_pool {
   std::deque<std::shared_ptr<job>> queue_;
   std::vector<std::thread> workers_;
   bool stop_ = false;
+  std::atomic<uint64_t> epoch_{0};  // bumped per queued job (and at stop): what idle workers spin on
 };
 
 // The process-wide pool used by the kernels. Size: STRATA_THREADS, else the number of cores.
