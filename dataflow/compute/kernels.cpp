@@ -295,34 +295,74 @@ float dot8(const float* a, const float* b, int n) {
   return s;
 }
 
+// dot8(a, b_i, n) for the eight rows b_i = b + i * ld, bit for bit: the same lanes, and the eight
+// lane trees summed side by side (three shuffle-and-add steps instead of eight scalar trees).
+void dot8x8(const float* a, const float* b, size_t ld, int n, float* out) {
+  v8 acc[8] = {};
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    v8 x;
+    std::memcpy(&x, a + j, sizeof x);
+    for (int i = 0; i < 8; ++i) {
+      v8 y;
+      std::memcpy(&y, b + size_t(i) * ld + size_t(j), sizeof y);
+      acc[i] += x * y;
+    }
+  }
+  v8 s[4], t[2];
+  for (int p = 0; p < 4; ++p)  // lane l + lane l + 4, l < 4, of rows 2p and 2p + 1
+    s[p] = __builtin_shufflevector(acc[2 * p], acc[2 * p + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(acc[2 * p], acc[2 * p + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+  for (int p = 0; p < 2; ++p)  // then + lane l + 2, l < 2, of rows 4p .. 4p + 3
+    t[p] = __builtin_shufflevector(s[2 * p], s[2 * p + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+           __builtin_shufflevector(s[2 * p], s[2 * p + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+  const v8 r = __builtin_shufflevector(t[0], t[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+               __builtin_shufflevector(t[0], t[1], 1, 3, 5, 7, 9, 11, 13, 15);
+  for (int i = 0; i < 8; ++i) {
+    float v = r[i];
+    for (int k = j; k < n; ++k) v += a[k] * b[size_t(i) * ld + size_t(k)];
+    out[i] = v;
+  }
+}
+
 }  // namespace
 
 void attend(float* out, const float* q, int nq, int hd, const float* K, const float* V, size_t ld, int len,
             float scale, float* scores) {
   const size_t n = size_t(len);
-  for (int t = 0; t < len; ++t) {
-    const float* k = K + size_t(t) * ld;
-    for (int h = 0; h < nq; ++h) scores[size_t(h) * n + size_t(t)] = dot8(q + size_t(h) * hd, k, hd) * scale;
-  }
-  for (int h = 0; h < nq; ++h) softmax(scores + size_t(h) * n, len);
-  std::fill(out, out + size_t(nq) * hd, 0.0f);
-  const int body = hd - hd % 8;
-  for (int t = 0; t < len; ++t) {
-    const float* v = V + size_t(t) * ld;
+  int t = 0;
+  for (; t + 8 <= len; t += 8) {
+    float d[8];
     for (int h = 0; h < nq; ++h) {
-      const float a = scores[size_t(h) * n + size_t(t)];
-      float* o = out + size_t(h) * hd;
-      int j = 0;
-      for (; j < body; j += 8) {
-        v8 acc, x;
-        std::memcpy(&acc, o + j, sizeof acc);
-        std::memcpy(&x, v + j, sizeof x);
-        acc += a * x;
-        std::memcpy(o + j, &acc, sizeof acc);
-      }
-      for (; j < hd; ++j) o[j] += a * v[j];
+      dot8x8(q + size_t(h) * hd, K + size_t(t) * ld, ld, hd, d);
+      for (int i = 0; i < 8; ++i) scores[size_t(h) * n + size_t(t + i)] = d[i] * scale;
     }
   }
+  for (; t < len; ++t)
+    for (int h = 0; h < nq; ++h)
+      scores[size_t(h) * n + size_t(t)] = dot8(q + size_t(h) * hd, K + size_t(t) * ld, hd) * scale;
+  for (int h = 0; h < nq; ++h) softmax(scores + size_t(h) * n, len);
+  // Each output value sums a * v over the positions in order from 0: per 8 columns, up to four
+  // heads' sums stay in registers while each value row is read once.
+  const int body = hd - hd % 8;
+  for (int h0 = 0; h0 < nq; h0 += 4) {
+    const int nh = std::min(4, nq - h0);
+    for (int j = 0; j < body; j += 8) {
+      v8 acc[4] = {};
+      for (int u = 0; u < len; ++u) {
+        v8 x;
+        std::memcpy(&x, V + size_t(u) * ld + size_t(j), sizeof x);
+        for (int h = 0; h < nh; ++h) acc[h] += scores[size_t(h0 + h) * n + size_t(u)] * x;
+      }
+      for (int h = 0; h < nh; ++h) std::memcpy(out + size_t(h0 + h) * hd + size_t(j), &acc[h], sizeof acc[h]);
+    }
+  }
+  for (int h = 0; h < nq; ++h)
+    for (int j = body; j < hd; ++j) {
+      float o = 0.0f;
+      for (int u = 0; u < len; ++u) o += scores[size_t(h) * n + size_t(u)] * V[size_t(u) * ld + size_t(j)];
+      out[size_t(h) * hd + size_t(j)] = o;
+    }
 }
 
 void softmax(float* x, int n) {
