@@ -154,35 +154,69 @@ TEST_CASE("swiglu and softmax match float64") {
   check_close(s, ws, 1e-6);
 }
 
+namespace {
+
+// attend's arithmetic written out in scalars (kernels.hpp): 8-lane dot products (lane j % 8,
+// multiply then add), the lanes summed ((0+4)+(2+6))+((1+5)+(3+7)), the tail one by one; softmax;
+// each output value summed over the positions in order from zero.
+std::vector<float> attend_scalar(const float* q, int nq, int hd, const float* K, const float* V, size_t ld, int len,
+                                 float scale) {
+  std::vector<float> out(size_t(nq * hd), 0.0f), p(static_cast<size_t>(len));
+  const int body = hd - hd % 8;
+  for (int h = 0; h < nq; ++h) {
+    for (int t = 0; t < len; ++t) {
+      float a[8] = {};
+      for (int j = 0; j < body; ++j) a[j % 8] = a[j % 8] + q[h * hd + j] * K[size_t(t) * ld + size_t(j)];
+      float d = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+      for (int j = body; j < hd; ++j) d += q[h * hd + j] * K[size_t(t) * ld + size_t(j)];
+      p[size_t(t)] = d * scale;
+    }
+    softmax(p.data(), len);
+    for (int t = 0; t < len; ++t)
+      for (int j = 0; j < hd; ++j) out[size_t(h * hd + j)] += p[size_t(t)] * V[size_t(t) * ld + size_t(j)];
+  }
+  return out;
+}
+
+}  // namespace
+
 TEST_CASE("attention of grouped heads matches float64 and each head alone bit for bit") {
   auto rng = strata::test::seeded_rng();
-  for (int hd : {64, 8, 13}) {  // 13: a tail past the 8-lane body
-    const int nq = 4, len = 37, ld = 3 * hd;  // K and V rows wider than one head, as in the cache
-    auto q = random_vector(size_t(nq * hd), rng), K = random_vector(size_t(len * ld), rng, 2.0f),
-         V = random_vector(size_t(len * ld), rng);
-    const float scale = 1.0f / std::sqrt(float(hd));
-    std::vector<float> out(size_t(nq * hd)), scores(size_t(nq * len));
-    attend(out.data(), q.data(), nq, hd, K.data() + hd, V.data() + hd, size_t(ld), len, scale, scores.data());
-    std::vector<double> want(out.size());
-    for (int h = 0; h < nq; ++h) {
-      std::vector<double> p(static_cast<size_t>(len));
-      double mx = -1e300, sum = 0;
-      for (int t = 0; t < len; ++t) {
-        double d = 0;
-        for (int j = 0; j < hd; ++j) d += double(q[size_t(h * hd + j)]) * K[size_t(t * ld + hd + j)];
-        mx = std::max(mx, p[size_t(t)] = d * scale);
+  for (int hd : {64, 8, 13})  // 13: a tail past the 8-lane body
+    for (int nq : {4, 6})      // 6: a second group of heads past the four kept in registers
+      for (int len : {37, 5}) {  // 5: fewer positions than one block of eight scores
+        const int ld = 3 * hd;  // K and V rows wider than one head, as in the cache
+        CAPTURE(hd);
+        CAPTURE(nq);
+        CAPTURE(len);
+        auto q = random_vector(size_t(nq * hd), rng), K = random_vector(size_t(len * ld), rng, 2.0f),
+             V = random_vector(size_t(len * ld), rng);
+        const float scale = 1.0f / std::sqrt(float(hd));
+        std::vector<float> out(size_t(nq * hd)), scores(size_t(nq * len));
+        attend(out.data(), q.data(), nq, hd, K.data() + hd, V.data() + hd, size_t(ld), len, scale, scores.data());
+        std::vector<double> want(out.size());
+        for (int h = 0; h < nq; ++h) {
+          std::vector<double> p(static_cast<size_t>(len));
+          double mx = -1e300, sum = 0;
+          for (int t = 0; t < len; ++t) {
+            double d = 0;
+            for (int j = 0; j < hd; ++j) d += double(q[size_t(h * hd + j)]) * K[size_t(t * ld + hd + j)];
+            mx = std::max(mx, p[size_t(t)] = d * scale);
+          }
+          for (auto& x : p) sum += x = std::exp(x - mx);
+          for (int t = 0; t < len; ++t)
+            for (int j = 0; j < hd; ++j) want[size_t(h * hd + j)] += p[size_t(t)] / sum * V[size_t(t * ld + hd + j)];
+        }
+        check_close(out, want, 1e-5);
+        // the same bits as the plain order: no ISA level or blocking changes them
+        const auto exact = attend_scalar(q.data(), nq, hd, K.data() + hd, V.data() + hd, size_t(ld), len, scale);
+        CHECK(std::memcmp(exact.data(), out.data(), out.size() * sizeof(float)) == 0);
+        for (int h = 0; h < nq; ++h) {  // a head's bits do not depend on the heads computed beside it
+          std::vector<float> one(static_cast<size_t>(hd)), sc(static_cast<size_t>(len));
+          attend(one.data(), q.data() + h * hd, 1, hd, K.data() + hd, V.data() + hd, size_t(ld), len, scale, sc.data());
+          CHECK(std::memcmp(one.data(), out.data() + h * hd, one.size() * sizeof(float)) == 0);
+        }
       }
-      for (auto& x : p) sum += x = std::exp(x - mx);
-      for (int t = 0; t < len; ++t)
-        for (int j = 0; j < hd; ++j) want[size_t(h * hd + j)] += p[size_t(t)] / sum * V[size_t(t * ld + hd + j)];
-    }
-    check_close(out, want, 1e-5);
-    for (int h = 0; h < nq; ++h) {  // a head's bits do not depend on the heads computed beside it
-      std::vector<float> one(static_cast<size_t>(hd)), sc(static_cast<size_t>(len));
-      attend(one.data(), q.data() + h * hd, 1, hd, K.data() + hd, V.data() + hd, size_t(ld), len, scale, sc.data());
-      CHECK(std::memcmp(one.data(), out.data() + h * hd, one.size() * sizeof(float)) == 0);
-    }
-  }
 }
 
 namespace {
