@@ -132,19 +132,16 @@ expected<transport::peer_id> peer_for(node_actor* self, transfer_state& t, node_
   return *p;
 }
 
-// Connects to every node this one forwards to or receives from in transfer `t`, before any chunk
-// moves: a connection is wired up while every peer is alive (see ucx_endpoint::connect). The
-// parents too: UCX pairs this node's endpoint with the parent's, so the replies a parent's
-// wireup asks for go out on a connection that is already up; without it, a parent that died
-// while this node's reply waited for its own connection aborted this process (UCX 1.13's
-// "got REP message" assertion; the relay-kill test, ~1 run in 8 under load). Failures are left
-// to the controller, which notices a dead peer and repairs the plan.
-void connect_peers(node_actor* self, transfer_state& t) {
-  const node_id me = self->state.id;
-  for (auto& tree : t.plan().plan.trees) {
-    if (auto p = tree.parent.find(me); p != tree.parent.end()) (void)peer_for(self, t, p->second);
-    for (auto child : tree.children_of(me)) (void)peer_for(self, t, child);
-  }
+// Connects to every node this one forwards to in transfer `t`, before any chunk moves: a
+// connection is wired up while every peer is alive (see ucx_endpoint::connect). Failures are
+// left to the controller, which notices a dead peer and repairs the plan. Not to the parents as
+// well: over tcp, a parent and child connecting to each other at once held nearly every
+// transfer's preparation for 10 s (the plan request's timeout; tried 2026-12-07), though it
+// kept a dying parent from aborting its child mid-wireup (UCX 1.13's "got REP message"
+// assertion, ~1 relay-kill run in 8 under CPU load).
+void connect_children(node_actor* self, transfer_state& t) {
+  for (auto& tree : t.plan().plan.trees)
+    for (auto child : tree.children_of(self->state.id)) (void)peer_for(self, t, child);
 }
 
 void ucx_send_chunk(node_actor* self, uint64_t tid, uint32_t idx, node_id to) {
@@ -247,7 +244,7 @@ void on_transfer(node_actor* self, const std::vector<uint8_t>& bytes) {
     for (auto& c : t.plan().chunks) z.ranges.emplace_back(c.offset, c.length);
     self->delayed_send(self, std::chrono::milliseconds(st.cfg.stall_ms), stall_atom::value, tid);
   }
-  connect_peers(self, t);
+  connect_children(self, t);
   t.s.start();
   run_transfer(self, tid);
 }
