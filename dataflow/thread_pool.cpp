@@ -12,14 +12,13 @@ namespace {
 // is ~100 parallel_fors microseconds apart, and on a VM a futex wake costs tens of microseconds
 // (perf of a bf16 decode: 8 % of the time in the kernel's wake path).
 template <class Ready>
-bool spin_for(Ready ready) {
+void spin_for(Ready ready) {
   const auto t0 = std::chrono::steady_clock::now();
-  for (unsigned i = 1;; ++i) {
-    if (ready()) return true;
+  for (unsigned i = 1; !ready(); ++i) {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
 #endif
-    if (i % 64 == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(50)) return ready();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - t0 > std::chrono::microseconds(50)) return;
   }
 }
 

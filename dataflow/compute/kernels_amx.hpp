@@ -9,8 +9,8 @@
 // as TDPBF16PS); store_c(i, j, p) (accumulator (i, j) as 16 x 16 floats).
 //
 // Operands: A_i holds weight rows o .. o + 15 and 32 values of each (16 bf16 pairs per row); B_j
-// is 16 activation rows' same 32 values in the instruction's pair layout (bf16_tile_layout in
-// kernels_isa.hpp); accumulator (i, j)'s element (m, n) is y[row 16 j + n, weight row o + m].
+// is 16 activation rows' same 32 values in the instruction's pair layout (the AMX tile
+// contract's activations, kernels_isa.hpp); accumulator (i, j)'s element (m, n) is y[row 16 j + n, weight row o + m].
 // Weight tiles that would reach past o_end or `in` are copied into a zero-padded tile first, so
 // nothing past the matrix is read and every output sees the same padded steps in any o range.
 #pragma once
@@ -27,7 +27,10 @@ namespace {  // per including file: see kernels_tile.hpp
 template <class U>
 inline void amx_bf16_rows(U& u, float* y, const uint32_t* xp, const uint16_t* W, int rows, int in, size_t ldw,
                           size_t ly, int o_begin, int o_end) {
-  const int groups = (rows + 15) / 16, chunks = (in + 31) / 32, whole = in / 32;
+  // The packed activations' layout (kernels_isa.hpp): groups of 16 rows, a 1 KiB tile per step.
+  constexpr size_t tile_words = size_t(bf16_tile_rows * bf16_tile_step / 2);
+  const int groups = (rows + bf16_tile_rows - 1) / bf16_tile_rows, chunks = (in + bf16_tile_step - 1) / bf16_tile_step,
+            whole = in / bf16_tile_step;
   alignas(64) uint16_t pad[2][16 * 32];
   alignas(64) float c[16 * 16];
   u.config();
@@ -49,7 +52,7 @@ inline void amx_bf16_rows(U& u, float* y, const uint32_t* xp, const uint16_t* W,
           for (int r = 0; r < m; ++r) std::memcpy(pad[i] + r * 32, a + size_t(r) * ldw, size_t(k) * 2);
           u.load_a(i, pad[i], 64);
         }
-        for (int j = 0; j < nb; ++j) u.load_b(j, xp + (size_t(g + j) * size_t(chunks) + size_t(ch)) * 256);
+        for (int j = 0; j < nb; ++j) u.load_b(j, xp + (size_t(g + j) * size_t(chunks) + size_t(ch)) * tile_words);
         u.dot(na, nb);
       }
       for (int i = 0; i < na; ++i)
